@@ -1,6 +1,7 @@
 # Every dependency comes from a Debian package; nothing is vendored or fetched.
 
 find_package(absl REQUIRED)
+find_package(Threads REQUIRED)
 find_package(PkgConfig REQUIRED)
 
 # liburing-dev. Only core/ may link it (see core/CMakeLists.txt).
@@ -18,6 +19,8 @@ endif()
 add_library(llhttp STATIC ${LLHTTP_SRC_DIR}/api.c ${LLHTTP_SRC_DIR}/http.c ${LLHTTP_SRC_DIR}/llhttp.c)
 target_include_directories(llhttp SYSTEM PUBLIC ${LLHTTP_INCLUDE_DIR})
 set_target_properties(llhttp PROPERTIES C_STANDARD 11 POSITION_INDEPENDENT_CODE ON)
+# Strict mode rejects what the lenient build tolerates (bare LF, odd URL bytes).
+target_compile_definitions(llhttp PRIVATE LLHTTP_STRICT_MODE=1)
 target_compile_options(llhttp PRIVATE -w)
 
 # android-libboringssl-dev: BoringSSL under its own include and library dirs,

@@ -1,0 +1,195 @@
+#include "core/cli.h"
+
+#include <netdb.h>
+#include <netinet/in.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <optional>
+
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/str_cat.h"
+
+namespace sluice::core {
+namespace {
+
+void ParseOne(absl::string_view arg, const std::vector<std::string>& args,
+              size_t* i, std::vector<std::string>* positional, int depth,
+              absl::string_view usage);
+
+void ReadFlagfile(const std::string& path, std::vector<std::string>* positional,
+                  int depth, absl::string_view usage) {
+  if (depth > 8) UsageError(absl::StrCat("--flagfile: nesting too deep at ", path));
+  std::ifstream in(path);
+  if (!in) UsageError(absl::StrCat("--flagfile: cannot read ", path, ": ", strerror(errno)));
+  std::vector<std::string> lines;
+  std::string line;
+  while (std::getline(in, line)) {
+    size_t b = line.find_first_not_of(" \t\r");
+    size_t e = line.find_last_not_of(" \t\r");
+    if (b == std::string::npos || line[b] == '#') continue;
+    std::string arg = line.substr(b, e - b + 1);
+    if (arg.rfind("-", 0) != 0) {
+      UsageError(absl::StrCat("--flagfile: ", path, ": expected --flag=value, got '", arg, "'"));
+    }
+    lines.push_back(std::move(arg));
+  }
+  for (size_t i = 0; i < lines.size(); ++i) {
+    ParseOne(lines[i], lines, &i, positional, depth + 1, usage);
+  }
+}
+
+bool IsOurs(const absl::CommandLineFlag& flag) {
+  std::string file = flag.Filename();
+  return file.find("absl/") == std::string::npos &&
+         file.find("abseil") == std::string::npos;
+}
+
+[[noreturn]] void PrintHelp(absl::string_view usage) {
+  std::string out(usage);
+  out += "\n\nFlags (--name=value; durations like 500ms, 10s, 10m; sizes like 64k, 100M):\n";
+  std::vector<absl::CommandLineFlag*> flags;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (IsOurs(*flag)) flags.push_back(flag);
+  }
+  std::sort(flags.begin(), flags.end(),
+            [](auto* a, auto* b) { return a->Name() < b->Name(); });
+  for (auto* f : flags) {
+    absl::StrAppend(&out, "  --", f->Name(), "  (default: ",
+                    f->DefaultValue().empty() ? "\"\"" : f->DefaultValue(), ")\n      ",
+                    f->Help(), "\n");
+  }
+  out += "  --flagfile=FILE  read flags from FILE, one per line\n  --help  this text\n";
+  fwrite(out.data(), 1, out.size(), stdout);
+  exit(0);
+}
+
+void SetFlag(absl::string_view name, absl::string_view value) {
+  absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+  if (flag == nullptr || !IsOurs(*flag)) {
+    UsageError(absl::StrCat("unknown flag --", name, " (see --help)"));
+  }
+  std::string error;
+  if (!flag->ParseFrom(value, &error)) {
+    UsageError(absl::StrCat("--", name, ": invalid value '", value, "': ", error));
+  }
+}
+
+void ParseOne(absl::string_view arg, const std::vector<std::string>& args,
+              size_t* i, std::vector<std::string>* positional, int depth,
+              absl::string_view usage) {
+  if (arg.size() < 2 || arg[0] != '-') {
+    positional->emplace_back(arg);
+    return;
+  }
+  absl::string_view body = arg.substr(arg[1] == '-' ? 2 : 1);
+  size_t eq = body.find('=');
+  std::string name(body.substr(0, eq));
+  if (name == "help" || name == "helpfull" || name == "h") PrintHelp(usage);
+  std::optional<std::string> value;
+  if (eq != absl::string_view::npos) value = std::string(body.substr(eq + 1));
+  if (name == "flagfile") {
+    if (!value) {
+      if (*i + 1 >= args.size()) UsageError("--flagfile: missing file name");
+      value = args[++*i];
+    }
+    ReadFlagfile(*value, positional, depth, usage);
+    return;
+  }
+  absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+  if (!value) {
+    if (flag && flag->IsOfType<bool>()) {
+      value = "true";
+    } else if (!flag && name.rfind("no", 0) == 0) {
+      absl::CommandLineFlag* neg = absl::FindCommandLineFlag(name.substr(2));
+      if (neg && neg->IsOfType<bool>()) {
+        name = name.substr(2);
+        value = "false";
+      }
+    }
+    if (!value && flag) {
+      if (*i + 1 >= args.size()) UsageError(absl::StrCat("--", name, ": missing value"));
+      value = args[++*i];
+    }
+  }
+  SetFlag(name, value.value_or(""));
+}
+
+}  // namespace
+
+void UsageError(absl::string_view message) {
+  std::string line = absl::StrCat("sluice: ", message, "\n");
+  fwrite(line.data(), 1, line.size(), stderr);
+  exit(2);
+}
+
+std::vector<std::string> ParseFlagsOrExit(int argc, char** argv,
+                                          absl::string_view usage) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::vector<std::string> positional;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--") {
+      positional.insert(positional.end(), args.begin() + i + 1, args.end());
+      break;
+    }
+    ParseOne(args[i], args, &i, &positional, 0, usage);
+  }
+  return positional;
+}
+
+absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view text,
+                                            bool numeric_only) {
+  absl::string_view t = text;
+  if (t.rfind("http://", 0) == 0) t.remove_prefix(7);
+  while (!t.empty() && t.back() == '/') t.remove_suffix(1);
+  std::string host, port;
+  if (!t.empty() && t[0] == '[') {
+    size_t close = t.find(']');
+    if (close == absl::string_view::npos || close + 1 >= t.size() || t[close + 1] != ':') {
+      return absl::InvalidArgumentError(absl::StrCat("expected [ipv6]:port, got '", text, "'"));
+    }
+    host = std::string(t.substr(1, close - 1));
+    port = std::string(t.substr(close + 2));
+  } else {
+    size_t colon = t.rfind(':');
+    if (colon == absl::string_view::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("expected host:port, got '", text, "'"));
+    }
+    host = std::string(t.substr(0, colon));
+    port = std::string(t.substr(colon + 1));
+    if (host.find(':') != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("put IPv6 addresses in brackets: '", text, "'"));
+    }
+  }
+  if (host.empty()) host = "0.0.0.0";
+  if (port.empty() || port.find_first_not_of("0123456789") != std::string::npos ||
+      port.size() > 5 || std::stoi(port) > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid port in '", text, "'"));
+  }
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV | (numeric_only ? AI_NUMERICHOST : 0);
+  addrinfo* res = nullptr;
+  int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
+  if (rc != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot resolve '", text, "': ", gai_strerror(rc)));
+  }
+  addrinfo* pick = res;
+  for (addrinfo* a = res; a; a = a->ai_next) {
+    if (a->ai_family == AF_INET) {
+      pick = a;
+      break;
+    }
+  }
+  SocketAddress out;
+  memcpy(&out.storage, pick->ai_addr, pick->ai_addrlen);
+  out.len = pick->ai_addrlen;
+  freeaddrinfo(res);
+  return out;
+}
+
+}  // namespace sluice::core

@@ -1,0 +1,29 @@
+#pragma once
+
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/config.h"
+
+namespace sluice::core {
+
+// Parses argv against the registered absl flags. Accepts --name=value,
+// --name value, --bool / --nobool, and --flagfile=FILE (one flag per line,
+// '#' comments). --help prints every sluice flag with its default and
+// exits 0. Any bad flag, value or file exits 2 after one line on stderr
+// that names the flag. Returns the positional arguments.
+std::vector<std::string> ParseFlagsOrExit(int argc, char** argv,
+                                          absl::string_view usage);
+
+// Prints `message` as "sluice: <message>" and exits 2 (bad invocation).
+[[noreturn]] void UsageError(absl::string_view message);
+
+// "host:port", "[v6]:port" or ":port" (all IPv4 addresses); numeric hosts
+// only when `numeric_only`, else names are resolved (IPv4 preferred, since
+// Ollama binds 127.0.0.1 by default). An "http://" prefix is accepted.
+absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view text,
+                                            bool numeric_only);
+
+}  // namespace sluice::core

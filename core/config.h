@@ -1,0 +1,44 @@
+#pragma once
+
+#include <sys/socket.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace sluice::core {
+
+// A resolved socket address.
+struct SocketAddress {
+  sockaddr_storage storage{};
+  socklen_t len = 0;
+  const sockaddr* get() const { return reinterpret_cast<const sockaddr*>(&storage); }
+  int family() const { return storage.ss_family; }
+};
+
+// Everything a worker needs, fixed at start-up (built from the flags in
+// main.cc). Durations are in nanoseconds.
+struct Config {
+  SocketAddress listen_http;
+  std::string listen_http_text;
+  int threads = 1;
+  SocketAddress upstream;
+  std::string upstream_host;  // Host header sent upstream
+  int upstream_keepalive = 32;
+  int64_t upstream_idle_timeout_ns = 60'000'000'000;
+  int64_t connect_timeout_ns = 10'000'000'000;
+  int64_t read_timeout_ns = 600'000'000'000;
+  int64_t send_timeout_ns = 600'000'000'000;
+  int64_t keepalive_timeout_ns = 75'000'000'000;
+  int64_t client_header_timeout_ns = 60'000'000'000;
+  int64_t drain_timeout_ns = 30'000'000'000;
+  uint64_t client_max_body_size = 100ull << 20;
+  size_t max_header_bytes = 64 << 10;
+  int max_connections = 0;  // per worker; 0: unlimited
+  // Provided receive buffers per worker (a power of two) and their size.
+  uint32_t recv_buffers = 4096;
+  uint32_t recv_buffer_size = 16 << 10;
+  int log_level = 1;  // 0 debug, 1 info, 2 warn, 3 error
+};
+
+}  // namespace sluice::core

@@ -1,0 +1,94 @@
+#pragma once
+
+#include <deque>
+#include <memory>
+#include <string>
+
+#include "core/buffer.h"
+#include "core/relay.h"
+#include "core/stream.h"
+#include "core/timer.h"
+#include "http/h1_server_codec.h"
+#include "http/serialize.h"
+
+namespace sluice::core {
+
+class Worker;
+
+// One HTTP/1.1 client connection: feeds received slices to the codec, runs
+// one Relay per request (pipelined requests wait in `pending_`, answered in
+// order), frames responses, and becomes a raw tunnel after a 101.
+//
+// Memory bound per connection, besides the codec's request head (at most
+// --max_header_bytes): unparsed input up to kHighWatermark (reading stops
+// above it), the send queue up to kHighWatermark or kMaxPieces pieces
+// (the relay stops reading the upstream above it), plus what one in-flight
+// receive completes with (one 16 KiB buffer). About 150 KiB at worst; an
+// idle keepalive connection holds no buffer at all.
+class DownstreamConnection final : public StreamHandler,
+                                   public http::H1RequestSink,
+                                   public Downstream {
+ public:
+  DownstreamConnection(Worker* worker, int fd, std::string client_addr);
+  ~DownstreamConnection() override;
+
+  void Start();
+  // The worker is draining: close now if idle, else after this response.
+  void Drain();
+
+ private:
+  // StreamHandler
+  void OnData(Slice data) override;
+  void OnReadEnd(int res) override;
+  void OnWriteProgress() override;
+  void OnWriteError(int res) override;
+  void OnClosed() override;
+  // H1RequestSink
+  void OnRequestHead(http::RequestHead head) override;
+  void OnRequestBody(std::string_view data) override;
+  void OnRequestComplete() override;
+  // Downstream
+  void SendResponseHead(const http::ResponseHead& head) override;
+  void SendResponseBody(Slice piece) override;
+  void SendResponseEnd() override;
+  void SendError(int status, std::string_view message) override;
+  void AbortResponse() override;
+  void SendTunnelData(Slice data) override;
+  void EndTunnel() override;
+  bool congested() const override { return stream_.congested(); }
+  void PauseReading() override;
+  void ResumeReading() override;
+
+  void ProcessInput();
+  void FinishExchange();
+  void RetireRelay();
+  void CodecError(const absl::Status& status);
+  void CloseAfterDrain();
+  void UpdateReading();
+  void ArmIdleTimers();
+  void ArmSendTimer();
+  void Abort();
+
+  Worker* worker_;
+  Stream stream_;
+  http::H1ServerCodec codec_;
+  std::string client_addr_;
+  std::unique_ptr<Relay> relay_;
+  std::deque<Slice> pending_;  // received, not yet parsed
+  size_t pending_bytes_ = 0;
+  const Slice* current_ = nullptr;  // slice inside codec_.Dispatch
+  http::BodyFraming framing_ = http::BodyFraming::kNone;
+  Timer keepalive_timer_;
+  Timer header_timer_;
+  Timer send_timer_;
+  bool request_has_body_ = false;
+  bool request_keep_alive_ = true;
+  bool responding_ = false;   // a request is being answered
+  bool close_after_ = false;  // close once the current response is sent
+  bool tunnel_ = false;
+  bool paused_by_relay_ = false;
+  bool in_process_ = false;
+  bool draining_ = false;
+};
+
+}  // namespace sluice::core

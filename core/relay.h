@@ -1,0 +1,115 @@
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "core/buffer.h"
+#include "core/timer.h"
+#include "core/upstream_pool.h"
+#include "http/h1_response_parser.h"
+#include "http/message.h"
+
+namespace sluice::core {
+
+class Worker;
+
+// The client side of one request, as a Relay drives it (implemented by the
+// HTTP/1.1 downstream connection). Each Send* that ends the response
+// (SendResponseEnd, SendError, AbortResponse) is the relay's last call: the
+// downstream retires the relay from inside it.
+class Downstream {
+ public:
+  virtual ~Downstream() = default;
+  virtual void SendResponseHead(const http::ResponseHead& head) = 0;
+  // A piece of response payload (a slice of an upstream receive buffer).
+  virtual void SendResponseBody(Slice piece) = 0;
+  virtual void SendResponseEnd() = 0;
+  // A JSON error response; only before SendResponseHead.
+  virtual void SendError(int status, std::string_view message) = 0;
+  // The response was cut short after its head: end it so the client can tell.
+  virtual void AbortResponse() = 0;
+  // Raw tunnel bytes after a 101.
+  virtual void SendTunnelData(Slice data) = 0;
+  virtual void EndTunnel() = 0;
+  // Backpressure towards the client's send queue.
+  virtual bool congested() const = 0;
+  // Backpressure towards reading the client (request body, tunnel).
+  virtual void PauseReading() = 0;
+  virtual void ResumeReading() = 0;
+};
+
+// Joins one downstream request to one upstream link: re-serialises the
+// request, streams its body up, parses the response and hands every payload
+// piece down as it arrives (no copy: the pieces are slices of the receive
+// buffers), with backpressure both ways. Retries once on a fresh link when
+// a reused link fails before any response byte.
+class Relay final : public LinkUser, public http::H1ResponseSink {
+ public:
+  Relay(Worker* worker, Downstream* downstream, http::RequestHead head,
+        std::string_view client_addr, std::string_view proto);
+  ~Relay() override;
+
+  // Sends the request head upstream (acquiring a link).
+  void Start();
+  // Request body bytes, de-chunked, in order.
+  void OnRequestBody(Slice piece);
+  void OnRequestEnd();
+  // The downstream send queue drained below its low watermark.
+  void OnDownstreamDrained();
+  void OnDownstreamWriteProgress() { OnDownstreamDrained(); }
+  // The client went away: close the upstream link at once (so a generation
+  // stops) and send nothing more.
+  void Cancel();
+  // Tunnel bytes from the client after a 101.
+  void OnTunnelData(Slice data);
+  void OnTunnelEnd();
+
+  bool response_started() const { return head_sent_; }
+  const http::RequestHead& head() const { return head_; }
+
+ private:
+  // LinkUser
+  void OnLinkConnected(int res) override;
+  void OnLinkData(Slice data) override;
+  void OnLinkReadEnd(int res) override;
+  void OnLinkWriteProgress() override;
+  void OnLinkWriteError(int res) override;
+  // H1ResponseSink
+  void OnResponseHead(http::ResponseHead head) override;
+  void OnResponseBody(std::string_view data) override;
+  void OnResponseComplete() override;
+
+  void WriteUp(Slice piece);
+  void WriteUpCopy(std::string_view bytes);
+  bool AttachLink(bool fresh);
+  void FailBeforeResponse(int status, std::string_view message);
+  void LinkFailed(int status, std::string_view message);
+  void Finish(bool reusable);
+  void DropLink();
+  void ArmSendTimer();
+
+  Worker* worker_;
+  Downstream* downstream_;
+  http::RequestHead head_;
+  std::string client_addr_;
+  std::string proto_;
+  UpstreamLink* link_ = nullptr;
+  http::H1ResponseParser parser_;
+  std::string request_bytes_;  // serialised head, kept for a retry
+  std::string replay_;         // body bytes as sent, kept for a retry
+  const Slice* current_ = nullptr;  // buffer being parsed
+  http::ResponseHead response_;
+  Timer read_timer_;
+  Timer send_timer_;
+  bool replayable_ = true;
+  bool retried_ = false;
+  bool request_done_ = false;
+  bool head_sent_ = false;
+  bool complete_ = false;
+  bool tunnel_ = false;
+  bool upstream_paused_ = false;
+  bool downstream_paused_ = false;
+  bool finished_ = false;
+};
+
+}  // namespace sluice::core

@@ -1,0 +1,58 @@
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace sluice::core {
+
+class TimerList;
+
+// A one-shot deadline owned by a connection. Arm it on a TimerList; it fires
+// once unless re-armed or disarmed first. Destroying it disarms it.
+class Timer {
+ public:
+  explicit Timer(std::function<void()> on_fire) : on_fire_(std::move(on_fire)) {}
+  ~Timer() { Disarm(); }
+  Timer(const Timer&) = delete;
+  Timer& operator=(const Timer&) = delete;
+
+  void Disarm();
+  bool armed() const { return list_ != nullptr; }
+
+ private:
+  friend class TimerList;
+  std::function<void()> on_fire_;
+  TimerList* list_ = nullptr;
+  Timer* prev_ = nullptr;
+  Timer* next_ = nullptr;
+  int64_t deadline_ns_ = 0;
+};
+
+// Timers that all share one duration. Because every timer gets the same
+// timeout, arming appends to the tail and the list stays sorted by
+// deadline: arm, re-arm and disarm are O(1), expiry pops from the head.
+// A worker keeps one list per configured timeout (read, send, keepalive…).
+class TimerList {
+ public:
+  explicit TimerList(int64_t duration_ns) : duration_ns_(duration_ns) {}
+  ~TimerList();
+
+  // (Re)arms `t` to fire at now + duration.
+  void Arm(Timer* t, int64_t now_ns);
+  // Fires every timer whose deadline is <= now. A callback may arm or
+  // disarm any timer, and may destroy its owner.
+  void Expire(int64_t now_ns);
+  // Deadline of the earliest timer, or -1 if none is armed.
+  int64_t next_deadline() const { return head_ ? head_->deadline_ns_ : -1; }
+  int64_t duration_ns() const { return duration_ns_; }
+
+ private:
+  friend class Timer;
+  void Unlink(Timer* t);
+
+  int64_t duration_ns_;
+  Timer* head_ = nullptr;
+  Timer* tail_ = nullptr;
+};
+
+}  // namespace sluice::core

@@ -1,0 +1,209 @@
+#include "core/worker.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "core/h1_downstream.h"
+#include "core/log.h"
+#include "core/stream.h"
+#include "core/upstream_pool.h"
+
+namespace sluice::core {
+namespace {
+
+int64_t MonotonicNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+std::string PeerAddress(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "-";
+  char buf[INET6_ADDRSTRLEN] = "-";
+  if (ss.ss_family == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, buf, sizeof(buf));
+  } else if (ss.ss_family == AF_INET6) {
+    auto* a6 = reinterpret_cast<sockaddr_in6*>(&ss);
+    if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
+      inet_ntop(AF_INET, &a6->sin6_addr.s6_addr[12], buf, sizeof(buf));
+    } else {
+      inet_ntop(AF_INET6, &a6->sin6_addr, buf, sizeof(buf));
+    }
+  }
+  return buf;
+}
+
+}  // namespace
+
+Worker::Worker(int index, const Config& config, int listen_fd, int cpu)
+    : index_(index), config_(config), listen_fd_(listen_fd), cpu_(cpu) {
+  accept_op_.w = this;
+  wake_op_.w = this;
+  pool_ = std::make_unique<UpstreamPool>(this);
+  wake_fd_ = eventfd(0, EFD_CLOEXEC);
+}
+
+Worker::~Worker() {
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+absl::Status Worker::Init() {
+  SetLogWorker(index_);
+  if (cpu_ >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu_, &set);
+    pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+  }
+  if (absl::Status s = ring_.Init(4096); !s.ok()) return s;
+  if (absl::Status s = buffers_.Init(ring_.raw(), config_.recv_buffers,
+                                     config_.recv_buffer_size);
+      !s.ok()) {
+    return s;
+  }
+  UpdateClock();
+  ArmAccept();
+  ArmWake();
+  return absl::OkStatus();
+}
+
+void Worker::RequestStop() {
+  stop_requested_.store(true, std::memory_order_release);
+  uint64_t one = 1;
+  ssize_t ignored = ::write(wake_fd_, &one, sizeof(one));
+  (void)ignored;
+}
+
+TimerList* Worker::Timers(int64_t duration_ns) {
+  for (auto& list : timer_lists_) {
+    if (list->duration_ns() == duration_ns) return list.get();
+  }
+  timer_lists_.push_back(std::make_unique<TimerList>(duration_ns));
+  return timer_lists_.back().get();
+}
+
+void Worker::RemoveStarved(Stream* s) {
+  starved_.erase(std::remove(starved_.begin(), starved_.end(), s), starved_.end());
+}
+
+void Worker::ArmAccept() {
+  io_uring_sqe* sqe = ring_.GetSqe();
+  io_uring_prep_multishot_accept(sqe, listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+  io_uring_sqe_set_data(sqe, &accept_op_);
+  accept_armed_ = true;
+}
+
+void Worker::ArmWake() {
+  io_uring_sqe* sqe = ring_.GetSqe();
+  io_uring_prep_read(sqe, wake_fd_, &wake_buf_, sizeof(wake_buf_), 0);
+  io_uring_sqe_set_data(sqe, &wake_op_);
+}
+
+void Worker::OnAccept(int res, uint32_t flags) {
+  if (!(flags & IORING_CQE_F_MORE)) accept_armed_ = false;
+  if (res >= 0) {
+    if (draining_) {
+      ::close(res);
+    } else {
+      stats_.accepted.fetch_add(1, std::memory_order_relaxed);
+      int one = 1;
+      ::setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      auto* conn = new DownstreamConnection(this, res, PeerAddress(res));
+      conn->Start();
+    }
+  } else if (res != -ECANCELED) {
+    // EMFILE/ENFILE/ENOBUFS: the connection stays in the backlog; log and
+    // keep accepting once something is freed.
+    LOG_WARN("accept: %s", strerror(-res));
+  }
+  if (!accept_armed_ && !draining_) ArmAccept();
+}
+
+void Worker::OnWake(int res) {
+  if (stop_requested_.load(std::memory_order_acquire) && !draining_) {
+    BeginDrain();
+  } else if (!draining_) {
+    ArmWake();
+  }
+}
+
+void Worker::BeginDrain() {
+  draining_ = true;
+  drain_deadline_ns_ = now_ns_ + config_.drain_timeout_ns;
+  if (accept_armed_) {
+    io_uring_sqe* sqe = ring_.GetSqe();
+    io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(&accept_op_), 0);
+    io_uring_sqe_set_data64(sqe, 0);
+  }
+  // Closing the listener makes the kernel refuse new connections to this
+  // worker's socket (the others close theirs at the same time).
+  ::close(listen_fd_);
+  listen_fd_ = -1;
+  pool_->CloseIdle();
+  std::vector<DownstreamConnection*> conns(connections_.begin(), connections_.end());
+  for (DownstreamConnection* c : conns) c->Drain();
+  LOG_INFO("draining %zu connection(s)", connections_.size());
+}
+
+void Worker::UpdateClock() { now_ns_ = MonotonicNs(); }
+
+int64_t Worker::NextTimeout() const {
+  int64_t next = -1;
+  for (const auto& list : timer_lists_) {
+    int64_t d = list->next_deadline();
+    if (d >= 0 && (next < 0 || d < next)) next = d;
+  }
+  if (draining_ && (next < 0 || drain_deadline_ns_ < next)) next = drain_deadline_ns_;
+  if (next < 0) return -1;
+  return std::max<int64_t>(0, next - now_ns_);
+}
+
+void Worker::RunDeferred() {
+  while (!deferred_.empty()) {
+    std::vector<std::function<void()>> batch;
+    batch.swap(deferred_);
+    for (auto& fn : batch) fn();
+  }
+}
+
+void Worker::Run() {
+  for (;;) {
+    int ret = ring_.SubmitAndWait(NextTimeout());
+    if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY) {
+      LOG_ERROR("io_uring_enter: %s", strerror(-ret));
+    }
+    UpdateClock();
+    ring_.DispatchCompletions();
+    RunDeferred();
+    for (auto& list : timer_lists_) list->Expire(now_ns_);
+    RunDeferred();
+    // Receives parked on -ENOBUFS re-arm once buffers came back.
+    if (!starved_.empty() && buffers_.recycled() != recycled_seen_) {
+      std::vector<Stream*> starved;
+      starved.swap(starved_);
+      for (Stream* s : starved) s->RetryAfterBuffers();
+    }
+    recycled_seen_ = buffers_.recycled();
+    if (draining_) {
+      if (connections_.empty()) break;
+      if (now_ns_ >= drain_deadline_ns_) {
+        LOG_WARN("drain timeout: closing %zu connection(s)", connections_.size());
+        break;
+      }
+    }
+  }
+}
+
+}  // namespace sluice::core

@@ -1,0 +1,110 @@
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "core/buffer.h"
+#include "core/config.h"
+#include "core/ring.h"
+#include "core/timer.h"
+
+namespace sluice::core {
+
+class Stream;
+class UpstreamPool;
+class DownstreamConnection;
+
+// Per-worker counters, summed by whoever reads them. Written only by the
+// owning worker (relaxed atomics, so a reader on another thread is safe).
+struct WorkerStats {
+  std::atomic<uint64_t> accepted{0};
+  std::atomic<uint64_t> requests{0};
+  std::atomic<uint64_t> upstream_connects{0};
+  std::atomic<uint64_t> upstream_reused{0};
+};
+
+// One thread pinned to one CPU with everything it needs: its own io_uring,
+// provided buffers, SO_REUSEPORT listener, connections, upstream pool and
+// timers. Nothing on the request path is shared with other workers.
+class Worker {
+ public:
+  // `listen_fd` is a bound, listening SO_REUSEPORT socket this worker owns.
+  Worker(int index, const Config& config, int listen_fd, int cpu);
+  ~Worker();
+
+  // Sets up the ring and buffers; runs on the worker's thread.
+  absl::Status Init();
+  // The event loop; returns once stopped and drained.
+  void Run();
+  // Thread-safe: asks the loop to stop accepting and drain.
+  void RequestStop();
+
+  Ring& ring() { return ring_; }
+  BufferRing& buffers() { return buffers_; }
+  const Config& config() const { return config_; }
+  int64_t now_ns() const { return now_ns_; }
+  UpstreamPool& pool() { return *pool_; }
+  WorkerStats& stats() { return stats_; }
+  bool draining() const { return draining_; }
+  int index() const { return index_; }
+
+  // The list for timers of `duration_ns` (created on first use).
+  TimerList* Timers(int64_t duration_ns);
+  // Runs `fn` after the current batch of completions (safe place to free).
+  void Defer(std::function<void()> fn) { deferred_.push_back(std::move(fn)); }
+
+  void AddStarved(Stream* s) { starved_.push_back(s); }
+  void RemoveStarved(Stream* s);
+
+  void AddConnection(DownstreamConnection* c) { connections_.insert(c); }
+  void RemoveConnection(DownstreamConnection* c) { connections_.erase(c); }
+
+ private:
+  struct AcceptOp final : Completion {
+    Worker* w;
+    void Complete(int res, uint32_t flags) override { w->OnAccept(res, flags); }
+  };
+  struct WakeOp final : Completion {
+    Worker* w;
+    void Complete(int res, uint32_t flags) override { w->OnWake(res); }
+  };
+
+  void ArmAccept();
+  void ArmWake();
+  void OnAccept(int res, uint32_t flags);
+  void OnWake(int res);
+  void BeginDrain();
+  void UpdateClock();
+  int64_t NextTimeout() const;
+  void RunDeferred();
+
+  const int index_;
+  const Config& config_;
+  int listen_fd_;
+  int cpu_;
+  int wake_fd_ = -1;
+  uint64_t wake_buf_ = 0;
+  Ring ring_;
+  BufferRing buffers_;
+  AcceptOp accept_op_;
+  WakeOp wake_op_;
+  bool accept_armed_ = false;
+  int64_t now_ns_ = 0;
+  int64_t drain_deadline_ns_ = 0;
+  bool draining_ = false;
+  std::atomic<bool> stop_requested_{false};
+  std::vector<std::unique_ptr<TimerList>> timer_lists_;
+  std::vector<std::function<void()>> deferred_;
+  std::vector<Stream*> starved_;
+  uint64_t recycled_seen_ = 0;
+  absl::flat_hash_set<DownstreamConnection*> connections_;
+  std::unique_ptr<UpstreamPool> pool_;
+  WorkerStats stats_;
+};
+
+}  // namespace sluice::core

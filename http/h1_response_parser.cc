@@ -1,0 +1,158 @@
+#include "http/h1_response_parser.h"
+
+#include <llhttp.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+
+namespace sluice::http {
+namespace {
+H1ResponseParser* Self(llhttp_t* p) {
+  return static_cast<H1ResponseParser*>(p->data);
+}
+}  // namespace
+
+struct H1ResponseParserCallbacks {
+  static int OnMessageBegin(llhttp_t* p) {
+    H1ResponseParser* self = Self(p);
+    self->head_ = ResponseHead();
+    self->last_was_value_ = false;
+    return 0;
+  }
+  static int OnStatus(llhttp_t* p, const char* at, size_t len) {
+    Self(p)->head_.reason.append(at, len);
+    return 0;
+  }
+  static int OnHeaderField(llhttp_t* p, const char* at, size_t len) {
+    H1ResponseParser* self = Self(p);
+    if (self->last_was_value_ || self->head_.headers.empty()) {
+      self->head_.headers.emplace_back();
+    }
+    self->last_was_value_ = false;
+    self->head_.headers.back().name.append(at, len);
+    return 0;
+  }
+  static int OnHeaderValue(llhttp_t* p, const char* at, size_t len) {
+    H1ResponseParser* self = Self(p);
+    if (self->head_.headers.empty()) return -1;
+    std::string_view v(at, len);
+    if (v.find_first_of("\r\n") != std::string_view::npos) {
+      self->error_ = absl::InvalidArgumentError("upstream response uses obsolete line folding");
+      return HPE_USER;
+    }
+    self->last_was_value_ = true;
+    self->head_.headers.back().value.append(at, len);
+    return 0;
+  }
+  static int OnHeadersComplete(llhttp_t* p) {
+    H1ResponseParser* self = Self(p);
+    ResponseHead& h = self->head_;
+    h.status = p->status_code;
+    h.version_major = p->http_major;
+    h.version_minor = p->http_minor;
+    for (Header& f : h.headers) f.value = std::string(TrimOws(f.value));
+    if (h.status >= 100 && h.status < 200 && h.status != 101) {
+      // Interim response (RFC 9110 15.2): nothing to relay, the final
+      // response follows on the same link.
+      self->interim_ = true;
+      return 0;
+    }
+    self->interim_ = false;
+    if (p->flags & F_CHUNKED) {
+      h.chunked = true;
+    } else if (p->flags & F_CONTENT_LENGTH) {
+      h.content_length = p->content_length;
+    }
+    h.keep_alive = llhttp_should_keep_alive(p) != 0;
+    self->head_done_ = true;
+    if (h.status == 101) self->upgraded_ = true;
+    self->sink_->OnResponseHead(std::move(h));
+    if (self->upgraded_) return 2;  // no body; llhttp pauses for the tunnel
+    return self->head_request_ ? 1 : 0;
+  }
+  static int OnBody(llhttp_t* p, const char* at, size_t len) {
+    Self(p)->sink_->OnResponseBody(std::string_view(at, len));
+    return 0;
+  }
+  static int OnMessageComplete(llhttp_t* p) {
+    H1ResponseParser* self = Self(p);
+    if (self->interim_) {
+      self->interim_ = false;
+      return 0;
+    }
+    if (self->upgraded_) return 0;
+    self->complete_ = true;
+    self->sink_->OnResponseComplete();
+    return HPE_PAUSED;
+  }
+};
+
+namespace {
+const llhttp_settings_t& Settings() {
+  static const llhttp_settings_t settings = [] {
+    llhttp_settings_t s;
+    llhttp_settings_init(&s);
+    s.on_message_begin = &H1ResponseParserCallbacks::OnMessageBegin;
+    s.on_status = &H1ResponseParserCallbacks::OnStatus;
+    s.on_header_field = &H1ResponseParserCallbacks::OnHeaderField;
+    s.on_header_value = &H1ResponseParserCallbacks::OnHeaderValue;
+    s.on_headers_complete = &H1ResponseParserCallbacks::OnHeadersComplete;
+    s.on_body = &H1ResponseParserCallbacks::OnBody;
+    s.on_message_complete = &H1ResponseParserCallbacks::OnMessageComplete;
+    return s;
+  }();
+  return settings;
+}
+}  // namespace
+
+H1ResponseParser::H1ResponseParser(H1ResponseSink* sink)
+    : sink_(sink), parser_(new llhttp_t) {
+  llhttp_init(parser_, HTTP_RESPONSE, &Settings());
+  parser_->data = this;
+}
+
+H1ResponseParser::~H1ResponseParser() { delete parser_; }
+
+void H1ResponseParser::Begin(bool head_request) {
+  llhttp_init(parser_, HTTP_RESPONSE, &Settings());
+  parser_->data = this;
+  head_request_ = head_request;
+  interim_ = started_ = head_done_ = complete_ = upgraded_ = false;
+  error_ = absl::OkStatus();
+}
+
+absl::StatusOr<size_t> H1ResponseParser::Dispatch(std::string_view data) {
+  if (!error_.ok()) return error_;
+  if (complete_ || upgraded_ || data.empty()) return 0;
+  started_ = true;
+  llhttp_errno_t err = llhttp_execute(parser_, data.data(), data.size());
+  switch (err) {
+    case HPE_OK:
+      return data.size();
+    case HPE_PAUSED:
+    case HPE_PAUSED_UPGRADE:
+      return static_cast<size_t>(llhttp_get_error_pos(parser_) - data.data());
+    default:
+      if (error_.ok()) {
+        error_ = absl::InvalidArgumentError(absl::StrCat(
+            "malformed upstream response: ", llhttp_get_error_reason(parser_)));
+      }
+      return error_;
+  }
+}
+
+absl::Status H1ResponseParser::Finish() {
+  if (!error_.ok()) return error_;
+  if (complete_ || upgraded_) return absl::OkStatus();
+  if (!started_) return absl::UnavailableError("upstream closed before responding");
+  // llhttp_finish completes a body delimited by the connection's end and
+  // reports any other message as cut short.
+  llhttp_errno_t err = llhttp_finish(parser_);
+  if (err != HPE_OK && err != HPE_PAUSED) {
+    return absl::DataLossError("upstream response truncated");
+  }
+  if (!complete_) return absl::DataLossError("upstream response truncated");
+  return absl::OkStatus();
+}
+
+}  // namespace sluice::http

@@ -1,0 +1,279 @@
+#include "http/h1_server_codec.h"
+
+#include <llhttp.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace sluice::http {
+namespace {
+
+H1ServerCodec* Self(llhttp_t* p) { return static_cast<H1ServerCodec*>(p->data); }
+
+// Reduces an absolute-form target ("http://host:port/path?q") to origin form,
+// returning the authority in `authority`. RFC 9112 3.2.2: a server receiving
+// absolute form uses its authority as the Host.
+bool SplitAbsoluteForm(std::string& target, std::string& authority) {
+  std::string_view t = target;
+  size_t scheme_end = t.find("://");
+  if (scheme_end == std::string_view::npos) return false;
+  std::string_view scheme = t.substr(0, scheme_end);
+  if (!EqualsIgnoreCase(scheme, "http") &&
+      !EqualsIgnoreCase(scheme, "https")) {
+    return false;
+  }
+  std::string_view rest = t.substr(scheme_end + 3);
+  size_t path_start = rest.find_first_of("/?");
+  authority = std::string(rest.substr(0, path_start));
+  if (authority.empty() || authority.find('@') != std::string::npos) {
+    return false;
+  }
+  std::string path = path_start == std::string_view::npos
+                         ? "/"
+                         : std::string(rest.substr(path_start));
+  if (path[0] == '?') path.insert(0, "/");
+  target = std::move(path);
+  return true;
+}
+
+}  // namespace
+
+struct H1ServerCodecCallbacks;
+namespace {
+const llhttp_settings_t& Settings();
+}  // namespace
+
+H1ServerCodec::H1ServerCodec(H1RequestSink* sink, H1Limits limits)
+    : sink_(sink), limits_(limits), parser_(new llhttp_t) {
+  llhttp_init(parser_, HTTP_REQUEST, &Settings());
+  parser_->data = this;
+}
+
+H1ServerCodec::~H1ServerCodec() { delete parser_; }
+
+absl::StatusOr<size_t> H1ServerCodec::Dispatch(std::string_view data) {
+  if (!error_.ok()) return error_;
+  if (paused_ || upgraded_ || data.empty()) return 0;
+  llhttp_errno_t err = llhttp_execute(parser_, data.data(), data.size());
+  switch (err) {
+    case HPE_OK:
+      return data.size();
+    case HPE_PAUSED:
+      paused_ = true;
+      return static_cast<size_t>(llhttp_get_error_pos(parser_) - data.data());
+    case HPE_PAUSED_UPGRADE:
+      upgraded_ = true;
+      return static_cast<size_t>(llhttp_get_error_pos(parser_) - data.data());
+    default:
+      if (error_.ok()) {
+        error_ = absl::InvalidArgumentError(
+            absl::StrCat("malformed request: ", llhttp_get_error_reason(parser_)));
+      }
+      return error_;
+  }
+}
+
+void H1ServerCodec::Resume() {
+  if (!paused_) return;
+  paused_ = false;
+  llhttp_resume(parser_);
+}
+
+int H1ServerCodec::Fail(absl::Status status) {
+  if (error_.ok()) error_ = std::move(status);
+  return HPE_USER;
+}
+
+bool H1ServerCodec::CountHeaderBytes(size_t len) {
+  header_bytes_ += len;
+  return header_bytes_ <= limits_.max_header_bytes;
+}
+
+absl::Status H1ServerCodec::FinishHead() {
+  RequestHead& h = head_;
+  h.method = llhttp_method_name(static_cast<llhttp_method_t>(parser_->method));
+  h.version_major = parser_->http_major;
+  h.version_minor = parser_->http_minor;
+  if (h.version_major != 1) {
+    return absl::InvalidArgumentError("malformed request: unsupported HTTP version");
+  }
+  if (h.method == "CONNECT") {
+    return absl::UnimplementedError("CONNECT is not supported");
+  }
+
+  int host_count = 0;
+  std::string connection;
+  bool has_te = false;
+  for (Header& field : h.headers) {
+    field.value = std::string(TrimOws(field.value));
+    if (EqualsIgnoreCase(field.name, "host")) {
+      ++host_count;
+      h.host = field.value;
+    } else if (EqualsIgnoreCase(field.name, "connection")) {
+      if (!connection.empty()) connection += ',';
+      connection += field.value;
+    } else if (EqualsIgnoreCase(field.name, "transfer-encoding")) {
+      has_te = true;
+    } else if (EqualsIgnoreCase(field.name, "expect")) {
+      if (!EqualsIgnoreCase(field.value, "100-continue")) {
+        return absl::FailedPreconditionError("unsupported expectation");
+      }
+      h.expect_continue = h.version_minor >= 1;
+    }
+  }
+  // RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message is a smuggling
+  // vector (the 1.0 framing ignores it); a proxy must treat it as faulty.
+  if (has_te && h.version_minor == 0) {
+    return absl::InvalidArgumentError("malformed request: Transfer-Encoding in an HTTP/1.0 request");
+  }
+  // RFC 9112 3.2: exactly one Host in 1.1; never more than one.
+  if (host_count > 1) {
+    return absl::InvalidArgumentError("malformed request: duplicate Host header");
+  }
+  if (host_count == 0 && h.version_minor >= 1) {
+    return absl::InvalidArgumentError("malformed request: missing Host header");
+  }
+
+  if (h.target.empty()) {
+    return absl::InvalidArgumentError("malformed request: empty target");
+  }
+  if (h.target[0] != '/') {
+    std::string authority;
+    if (h.target == "*" && h.method == "OPTIONS") {
+      // asterisk-form, kept as is
+    } else if (SplitAbsoluteForm(h.target, authority)) {
+      h.host = std::move(authority);
+    } else {
+      return absl::InvalidArgumentError("malformed request: invalid request target");
+    }
+  }
+
+  if (parser_->flags & F_CHUNKED) {
+    h.chunked = true;
+  } else if (parser_->flags & F_CONTENT_LENGTH) {
+    h.content_length = parser_->content_length;
+    if (parser_->content_length > limits_.max_body_bytes) {
+      return absl::OutOfRangeError("request body too large");
+    }
+  }
+  h.keep_alive = llhttp_should_keep_alive(parser_) != 0;
+  h.upgrade = parser_->upgrade != 0 && h.Find("upgrade") != nullptr &&
+              HeaderListHasToken(connection, "upgrade");
+  return absl::OkStatus();
+}
+
+struct H1ServerCodecCallbacks {
+static int OnMessageBegin(llhttp_t* p) {
+  H1ServerCodec* self = Self(p);
+  self->head_ = RequestHead();
+  self->header_bytes_ = 0;
+  self->body_bytes_ = 0;
+  self->last_was_value_ = false;
+  self->in_message_ = true;
+  return 0;
+}
+
+static int OnUrl(llhttp_t* p, const char* at, size_t len) {
+  H1ServerCodec* self = Self(p);
+  if (!self->CountHeaderBytes(len)) {
+    return self->Fail(absl::ResourceExhaustedError("request header fields too large"));
+  }
+  self->head_.target.append(at, len);
+  return 0;
+}
+
+static int OnHeaderField(llhttp_t* p, const char* at, size_t len) {
+  H1ServerCodec* self = Self(p);
+  if (!self->CountHeaderBytes(len)) {
+    return self->Fail(absl::ResourceExhaustedError("request header fields too large"));
+  }
+  if (self->last_was_value_ || self->head_.headers.empty()) {
+    self->head_.headers.emplace_back();
+  }
+  self->last_was_value_ = false;
+  self->head_.headers.back().name.append(at, len);
+  return 0;
+}
+
+static int OnHeaderValue(llhttp_t* p, const char* at, size_t len) {
+  H1ServerCodec* self = Self(p);
+  if (!self->CountHeaderBytes(len)) {
+    return self->Fail(absl::ResourceExhaustedError("request header fields too large"));
+  }
+  if (self->head_.headers.empty()) {
+    return self->Fail(absl::InvalidArgumentError("malformed request: header value without a name"));
+  }
+  // llhttp passes an obs-fold (CRLF followed by SP/HTAB) through as part of
+  // the value; RFC 9112 5.2 lets a proxy only reject or rewrite it.
+  std::string_view v(at, len);
+  if (v.find_first_of("\r\n") != std::string_view::npos) {
+    return self->Fail(absl::InvalidArgumentError("malformed request: obsolete line folding"));
+  }
+  self->last_was_value_ = true;
+  self->head_.headers.back().value.append(at, len);
+  return 0;
+}
+
+static int OnHeadersComplete(llhttp_t* p) {
+  H1ServerCodec* self = Self(p);
+  absl::Status status = self->FinishHead();
+  if (!status.ok()) {
+    self->Fail(std::move(status));
+    return -1;
+  }
+  self->sink_->OnRequestHead(std::move(self->head_));
+  return 0;
+}
+
+static int OnBody(llhttp_t* p, const char* at, size_t len) {
+  H1ServerCodec* self = Self(p);
+  self->body_bytes_ += len;
+  if (self->body_bytes_ > self->limits_.max_body_bytes) {
+    return self->Fail(absl::OutOfRangeError("request body too large"));
+  }
+  self->sink_->OnRequestBody(std::string_view(at, len));
+  return 0;
+}
+
+static int OnMessageComplete(llhttp_t* p) {
+  H1ServerCodec* self = Self(p);
+  self->in_message_ = false;
+  self->sink_->OnRequestComplete();
+  // An upgrade request ends the HTTP/1.1 byte stream: llhttp reports
+  // HPE_PAUSED_UPGRADE itself once this callback returns.
+  return p->upgrade ? 0 : HPE_PAUSED;
+}
+
+};
+
+namespace {
+const llhttp_settings_t& Settings() {
+  static const llhttp_settings_t settings = [] {
+    llhttp_settings_t s;
+    llhttp_settings_init(&s);
+    s.on_message_begin = &H1ServerCodecCallbacks::OnMessageBegin;
+    s.on_url = &H1ServerCodecCallbacks::OnUrl;
+    s.on_header_field = &H1ServerCodecCallbacks::OnHeaderField;
+    s.on_header_value = &H1ServerCodecCallbacks::OnHeaderValue;
+    s.on_headers_complete = &H1ServerCodecCallbacks::OnHeadersComplete;
+    s.on_body = &H1ServerCodecCallbacks::OnBody;
+    s.on_message_complete = &H1ServerCodecCallbacks::OnMessageComplete;
+    return s;
+  }();
+  return settings;
+}
+}  // namespace
+
+int HttpStatusForError(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kResourceExhausted: return 431;
+    case absl::StatusCode::kOutOfRange: return 413;
+    case absl::StatusCode::kFailedPrecondition: return 417;
+    case absl::StatusCode::kUnimplemented: return 501;
+    default: return 400;
+  }
+}
+
+}  // namespace sluice::http

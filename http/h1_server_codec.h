@@ -1,0 +1,92 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "http/message.h"
+
+struct llhttp__internal_s;
+
+namespace sluice::http {
+
+// Receives the events of one HTTP/1.1 request at a time.
+// Callbacks run inside H1ServerCodec::Dispatch. They must not destroy the
+// codec. Views passed to them point into the buffer given to Dispatch and are
+// valid only during the call (the caller owns that buffer and can keep a
+// reference-counted slice of it instead of copying).
+class H1RequestSink {
+ public:
+  virtual ~H1RequestSink() = default;
+  // The request head, validated. Framing facts are in `head`.
+  virtual void OnRequestHead(RequestHead head) = 0;
+  // De-chunked body bytes, in order, as soon as they are parsed.
+  virtual void OnRequestBody(std::string_view data) = 0;
+  // The request is complete; the codec pauses until Resume().
+  virtual void OnRequestComplete() = 0;
+};
+
+struct H1Limits {
+  // Request line plus header fields, in bytes (431 above it).
+  size_t max_header_bytes = 64 * 1024;
+  // Body bytes, declared or streamed (413 above it).
+  uint64_t max_body_bytes = 100ull * 1024 * 1024;
+};
+
+// HTTP/1.1 server-side request codec on llhttp. Pure: bytes in, events out,
+// no sockets. Strict: llhttp runs in strict mode with no lenient flag, and the
+// codec also rejects what RFC 9112 forbids a proxy to accept although llhttp
+// 8.1 parses it (obs-fold, Transfer-Encoding on HTTP/1.0, missing or
+// duplicate Host, CONNECT, targets that are neither origin nor absolute form).
+class H1ServerCodec {
+ public:
+  H1ServerCodec(H1RequestSink* sink, H1Limits limits);
+  ~H1ServerCodec();
+  H1ServerCodec(const H1ServerCodec&) = delete;
+  H1ServerCodec& operator=(const H1ServerCodec&) = delete;
+
+  // Parses `data` and returns how many bytes were consumed. Consumption stops
+  // after a complete request (paused() is then true: the rest belongs to the
+  // next, pipelined request) and after an upgrade request's head (upgraded()
+  // is then true: the rest belongs to the tunnel). An error is final; its
+  // code maps to a status with HttpStatusForError.
+  absl::StatusOr<size_t> Dispatch(std::string_view data);
+
+  // Call once the previous request's response is under way, to parse the
+  // next request.
+  void Resume();
+
+  bool paused() const { return paused_; }
+  bool upgraded() const { return upgraded_; }
+  // True between a request's first byte and its completion.
+  bool in_message() const { return in_message_; }
+
+ private:
+  friend struct H1ServerCodecCallbacks;
+
+  int Fail(absl::Status status);
+  bool CountHeaderBytes(size_t len);
+  absl::Status FinishHead();
+
+  H1RequestSink* sink_;
+  H1Limits limits_;
+  llhttp__internal_s* parser_;
+  absl::Status error_;
+  RequestHead head_;
+  size_t header_bytes_ = 0;
+  uint64_t body_bytes_ = 0;
+  bool last_was_value_ = false;
+  bool paused_ = false;
+  bool upgraded_ = false;
+  bool in_message_ = false;
+};
+
+// The HTTP status a codec error is answered with: 400 malformed, 413 body
+// too large, 417 unsupported expectation, 431 headers too large, 501
+// unsupported method or transfer coding.
+int HttpStatusForError(const absl::Status& status);
+
+}  // namespace sluice::http
