@@ -35,13 +35,19 @@ struct H1ResponseParserCallbacks {
   static int OnHeaderValue(llhttp_t* p, const char* at, size_t len) {
     H1ResponseParser* self = Self(p);
     if (self->head_.headers.empty()) return -1;
-    std::string_view v(at, len);
-    if (v.find_first_of("\r\n") != std::string_view::npos) {
+    // Obs-fold detection as in H1ServerCodec::OnHeaderValue.
+    if (self->value_open_ && !self->value_span_at_end_) {
       self->error_ = absl::InvalidArgumentError("upstream response uses obsolete line folding");
       return HPE_USER;
     }
+    self->value_open_ = true;
+    self->value_span_at_end_ = (at + len == self->input_end_);
     self->last_was_value_ = true;
     self->head_.headers.back().value.append(at, len);
+    return 0;
+  }
+  static int OnHeaderValueComplete(llhttp_t* p) {
+    Self(p)->value_open_ = false;
     return 0;
   }
   static int OnHeadersComplete(llhttp_t* p) {
@@ -96,6 +102,7 @@ const llhttp_settings_t& Settings() {
     s.on_status = &H1ResponseParserCallbacks::OnStatus;
     s.on_header_field = &H1ResponseParserCallbacks::OnHeaderField;
     s.on_header_value = &H1ResponseParserCallbacks::OnHeaderValue;
+    s.on_header_value_complete = &H1ResponseParserCallbacks::OnHeaderValueComplete;
     s.on_headers_complete = &H1ResponseParserCallbacks::OnHeadersComplete;
     s.on_body = &H1ResponseParserCallbacks::OnBody;
     s.on_message_complete = &H1ResponseParserCallbacks::OnMessageComplete;
@@ -125,6 +132,7 @@ absl::StatusOr<size_t> H1ResponseParser::Dispatch(std::string_view data) {
   if (!error_.ok()) return error_;
   if (complete_ || upgraded_ || data.empty()) return 0;
   started_ = true;
+  input_end_ = data.data() + data.size();
   llhttp_errno_t err = llhttp_execute(parser_, data.data(), data.size());
   switch (err) {
     case HPE_OK:

@@ -61,6 +61,9 @@ class H1ResponseParser {
   ResponseHead head_;
   bool head_request_ = false;
   bool last_was_value_ = false;
+  bool value_open_ = false;
+  bool value_span_at_end_ = false;
+  const char* input_end_ = nullptr;
   bool interim_ = false;
   bool started_ = false;
   bool head_done_ = false;

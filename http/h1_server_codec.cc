@@ -56,6 +56,7 @@ H1ServerCodec::~H1ServerCodec() { delete parser_; }
 absl::StatusOr<size_t> H1ServerCodec::Dispatch(std::string_view data) {
   if (!error_.ok()) return error_;
   if (paused_ || upgraded_ || data.empty()) return 0;
+  input_end_ = data.data() + data.size();
   llhttp_errno_t err = llhttp_execute(parser_, data.data(), data.size());
   switch (err) {
     case HPE_OK:
@@ -205,14 +206,23 @@ static int OnHeaderValue(llhttp_t* p, const char* at, size_t len) {
   if (self->head_.headers.empty()) {
     return self->Fail(absl::InvalidArgumentError("malformed request: header value without a name"));
   }
-  // llhttp passes an obs-fold (CRLF followed by SP/HTAB) through as part of
-  // the value; RFC 9112 5.2 lets a proxy only reject or rewrite it.
-  std::string_view v(at, len);
-  if (v.find_first_of("\r\n") != std::string_view::npos) {
+  // llhttp accepts an obs-fold (CRLF then SP/HTAB) and reports the value as
+  // two spans. A span ends at the end of the input, at the end of the value
+  // (on_header_value_complete), or at a fold: so a second span of the same
+  // value whose predecessor stopped short of the input's end is a fold.
+  // RFC 9112 5.2 lets a proxy only reject or rewrite it.
+  if (self->value_open_ && !self->value_span_at_end_) {
     return self->Fail(absl::InvalidArgumentError("malformed request: obsolete line folding"));
   }
+  self->value_open_ = true;
+  self->value_span_at_end_ = (at + len == self->input_end_);
   self->last_was_value_ = true;
   self->head_.headers.back().value.append(at, len);
+  return 0;
+}
+
+static int OnHeaderValueComplete(llhttp_t* p) {
+  Self(p)->value_open_ = false;
   return 0;
 }
 
@@ -257,6 +267,7 @@ const llhttp_settings_t& Settings() {
     s.on_url = &H1ServerCodecCallbacks::OnUrl;
     s.on_header_field = &H1ServerCodecCallbacks::OnHeaderField;
     s.on_header_value = &H1ServerCodecCallbacks::OnHeaderValue;
+    s.on_header_value_complete = &H1ServerCodecCallbacks::OnHeaderValueComplete;
     s.on_headers_complete = &H1ServerCodecCallbacks::OnHeadersComplete;
     s.on_body = &H1ServerCodecCallbacks::OnBody;
     s.on_message_complete = &H1ServerCodecCallbacks::OnMessageComplete;

@@ -79,6 +79,9 @@ class H1ServerCodec {
   size_t header_bytes_ = 0;
   uint64_t body_bytes_ = 0;
   bool last_was_value_ = false;
+  bool value_open_ = false;
+  bool value_span_at_end_ = false;
+  const char* input_end_ = nullptr;
   bool paused_ = false;
   bool upgraded_ = false;
   bool in_message_ = false;

@@ -1,0 +1,156 @@
+#include "http/h1_response_parser.h"
+
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace sluice::http {
+namespace {
+
+class Recorder : public H1ResponseSink {
+ public:
+  void OnResponseHead(ResponseHead h) override { heads.push_back(std::move(h)); }
+  void OnResponseBody(std::string_view d) override { body += d; ++pieces; }
+  void OnResponseComplete() override { ++completes; }
+  std::vector<ResponseHead> heads;
+  std::string body;
+  int pieces = 0;
+  int completes = 0;
+};
+
+struct Result {
+  Recorder rec;
+  absl::Status status;
+  size_t consumed = 0;
+  bool upgraded = false;
+};
+
+// Feeds `input` in pieces cut at `cuts`, then EOF if `eof`.
+void Parse(Result& r, const std::string& input, std::vector<size_t> cuts,
+           bool head_request = false, bool eof = false) {
+  H1ResponseParser p(&r.rec);
+  p.Begin(head_request);
+  cuts.push_back(input.size());
+  size_t prev = 0;
+  std::string pending;
+  for (size_t cut : cuts) {
+    pending += input.substr(prev, cut - prev);
+    prev = cut;
+    absl::StatusOr<size_t> n = p.Dispatch(pending);
+    if (!n.ok()) {
+      r.status = n.status();
+      return;
+    }
+    r.consumed += *n;
+    pending.erase(0, *n);
+    if (p.complete() || p.upgraded()) break;
+  }
+  if (eof) r.status = p.Finish();
+  r.upgraded = p.upgraded();
+}
+
+TEST(H1ResponseParserTest, ChunkedStreamAtEveryOffset) {
+  const std::string in =
+      "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+      "Transfer-Encoding: chunked\r\n\r\n"
+      "c\r\n{\"t\":\"tok\"}\n\r\nd\r\n{\"done\":true}\r\n0\r\n\r\n";
+  for (size_t cut = 0; cut <= in.size(); ++cut) {
+    Result r;
+    Parse(r, in, cut == 0 ? std::vector<size_t>{} : std::vector<size_t>{cut});
+    ASSERT_TRUE(r.status.ok()) << cut << ": " << r.status;
+    ASSERT_EQ(r.rec.heads.size(), 1u);
+    EXPECT_TRUE(r.rec.heads[0].chunked);
+    EXPECT_EQ(r.rec.body, "{\"t\":\"tok\"}\n{\"done\":true}") << cut;
+    EXPECT_EQ(r.rec.completes, 1);
+    EXPECT_EQ(r.consumed, in.size());
+  }
+}
+
+TEST(H1ResponseParserTest, StopsAfterCompleteResponse) {
+  Result r;
+  const std::string one = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  Parse(r, one + "HTTP/1.1 200 OK\r\n", {});
+  EXPECT_EQ(r.consumed, one.size());
+  EXPECT_EQ(r.rec.completes, 1);
+}
+
+TEST(H1ResponseParserTest, HeadResponseHasNoBody) {
+  Result r;
+  Parse(r, "HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n", {}, /*head_request=*/true);
+  ASSERT_TRUE(r.status.ok());
+  EXPECT_EQ(r.rec.completes, 1);
+  EXPECT_EQ(r.rec.heads[0].content_length, 17u);
+}
+
+TEST(H1ResponseParserTest, InterimResponsesAreDropped) {
+  Result r;
+  Parse(r, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", {});
+  ASSERT_EQ(r.rec.heads.size(), 1u);
+  EXPECT_EQ(r.rec.heads[0].status, 204);
+  EXPECT_EQ(r.rec.completes, 1);
+}
+
+TEST(H1ResponseParserTest, SwitchingProtocolsLeavesTunnelBytes) {
+  Result r;
+  const std::string head =
+      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+  Parse(r, head + "\x81\x02hi", {});
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_TRUE(r.upgraded);
+  EXPECT_EQ(r.consumed, head.size());
+  EXPECT_EQ(r.rec.heads[0].status, 101);
+}
+
+TEST(H1ResponseParserTest, CloseDelimitedBodyEndsAtEof) {
+  Result r;
+  Parse(r, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nstream until close", {}, false, true);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.rec.body, "stream until close");
+  EXPECT_EQ(r.rec.completes, 1);
+  EXPECT_FALSE(r.rec.heads[0].keep_alive);
+}
+
+TEST(H1ResponseParserTest, TruncatedChunkedBodyIsAnError) {
+  Result r;
+  Parse(r, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", {}, false, true);
+  EXPECT_FALSE(r.status.ok());
+  EXPECT_EQ(r.rec.completes, 0);
+}
+
+TEST(H1ResponseParserTest, EofBeforeAnyByteIsUnavailable) {
+  Recorder rec;
+  H1ResponseParser p(&rec);
+  p.Begin(false);
+  EXPECT_EQ(p.Finish().code(), absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(p.started());
+}
+
+TEST(H1ResponseParserTest, GarbageIsAnError) {
+  Result r;
+  Parse(r, "NOT HTTP AT ALL\r\n\r\n", {});
+  EXPECT_FALSE(r.status.ok());
+}
+
+TEST(H1ResponseParserTest, ObsFoldIsAnError) {
+  for (size_t cut = 1; cut < 40; ++cut) {
+    Result r;
+    Parse(r, "HTTP/1.1 200 OK\r\nX-A: b\r\n c\r\nContent-Length: 0\r\n\r\n", {cut});
+    EXPECT_FALSE(r.status.ok()) << cut;
+  }
+}
+
+TEST(H1ResponseParserTest, ReusableAcrossResponses) {
+  Recorder rec;
+  H1ResponseParser p(&rec);
+  for (int i = 0; i < 3; ++i) {
+    p.Begin(false);
+    std::string in = "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx";
+    ASSERT_EQ(*p.Dispatch(in), in.size());
+    EXPECT_TRUE(p.complete());
+  }
+  EXPECT_EQ(rec.completes, 3);
+}
+
+}  // namespace
+}  // namespace sluice::http
