@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Quick start: install what is missing, build (Release) and run sluice on
+# 127.0.0.1:8080 in front of Ollama at 127.0.0.1:11434. When nothing listens
+# there, the bundled Ollama simulator is started in its place.
+# Extra arguments are passed to sluice (e.g. --threads=2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+tools/install-deps.sh
+cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DSLUICE_BUILD_TESTS=OFF -DSLUICE_BUILD_BENCH=OFF >/dev/null
+cmake --build build-release --target sluice ollama-sim
+
+sim_pid=""
+cleanup() { [[ -n "$sim_pid" ]] && kill "$sim_pid" 2>/dev/null || true; }
+trap cleanup EXIT
+
+if (exec 3<>/dev/tcp/127.0.0.1/11434) 2>/dev/null; then
+  echo "Ollama answers on 127.0.0.1:11434: proxying to it."
+else
+  echo "Nothing listens on 127.0.0.1:11434: starting the bundled Ollama simulator there."
+  build-release/tools/ollama-sim/ollama-sim --listen=127.0.0.1:11434 >/dev/null &
+  sim_pid=$!
+  for _ in $(seq 50); do
+    (exec 3<>/dev/tcp/127.0.0.1/11434) 2>/dev/null && break
+    sleep 0.1
+  done
+fi
+
+cat <<'MSG'
+
+Stream a generation through sluice (in another terminal):
+  curl -N http://127.0.0.1:8080/api/generate -d '{"model":"llama3.2","prompt":"Why is the sky blue?"}'
+Stop sluice with Ctrl-C (in-flight streams finish first).
+
+MSG
+build-release/core/sluice --listen_http=127.0.0.1:8080 --upstream=127.0.0.1:11434 "$@"
