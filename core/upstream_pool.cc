@@ -55,14 +55,14 @@ void UpstreamLink::OnConnected(int res) {
 
 void UpstreamLink::OnClosed() { pool_->Destroy(this); }
 
-UpstreamPool::UpstreamPool(Worker* worker) : worker_(worker) {}
+UpstreamPool::UpstreamPool(Worker* worker)
+    : worker_(worker), idle_(worker->config().upstream_keepalive) {}
 
 UpstreamPool::~UpstreamPool() = default;
 
 UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
-  if (!fresh && !idle_.empty()) {
-    UpstreamLink* link = idle_.back();
-    idle_.pop_back();
+  UpstreamLink* link = fresh ? nullptr : idle_.TakeNewest();
+  if (link != nullptr) {
     link->idle_ = false;
     link->idle_timer_.Disarm();
     link->user_ = user;
@@ -79,7 +79,7 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
   }
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  auto* link = new UpstreamLink(this, worker_, fd);
+  link = new UpstreamLink(this, worker_, fd);
   ++open_;
   link->user_ = user;
   worker_->stats().upstream_connects.fetch_add(1, std::memory_order_relaxed);
@@ -91,13 +91,11 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
 void UpstreamPool::Release(UpstreamLink* link) {
   link->user_ = nullptr;
   const Config& cfg = worker_->config();
-  if (worker_->draining() || link->stream_.closing() ||
-      static_cast<int>(idle_.size()) >= cfg.upstream_keepalive) {
+  if (worker_->draining() || link->stream_.closing() || !idle_.Offer(link)) {
     Discard(link);
     return;
   }
   link->idle_ = true;
-  idle_.push_back(link);
   link->stream_.StartReading();
   link->idle_timer_.Disarm();
   worker_->Timers(cfg.upstream_idle_timeout_ns)->Arm(&link->idle_timer_, worker_->now_ns());
@@ -106,27 +104,22 @@ void UpstreamPool::Release(UpstreamLink* link) {
 void UpstreamPool::Discard(UpstreamLink* link) {
   link->user_ = nullptr;
   link->idle_timer_.Disarm();
-  if (link->idle_) RemoveIdle(link);
+  if (link->idle_) {
+    idle_.Remove(link);
+    link->idle_ = false;
+  }
   link->stream_.Close();
 }
 
 void UpstreamPool::CloseIdle() {
-  std::vector<UpstreamLink*> idle;
-  idle.swap(idle_);
-  for (UpstreamLink* link : idle) {
+  for (UpstreamLink* link : idle_.TakeAll()) {
     link->idle_ = false;
     Discard(link);
   }
 }
 
-void UpstreamPool::RemoveIdle(UpstreamLink* link) {
-  link->idle_ = false;
-  auto it = std::find(idle_.begin(), idle_.end(), link);
-  if (it != idle_.end()) idle_.erase(it);
-}
-
 void UpstreamPool::Destroy(UpstreamLink* link) {
-  if (link->idle_) RemoveIdle(link);
+  if (link->idle_) idle_.Remove(link);
   --open_;
   delete link;
 }

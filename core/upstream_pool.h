@@ -4,6 +4,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/idle_list.h"
 #include "core/stream.h"
 #include "core/timer.h"
 
@@ -79,11 +80,10 @@ class UpstreamPool {
 
  private:
   friend class UpstreamLink;
-  void RemoveIdle(UpstreamLink* link);
   void Destroy(UpstreamLink* link);
 
   Worker* worker_;
-  std::vector<UpstreamLink*> idle_;
+  IdleList<UpstreamLink> idle_;
   size_t open_ = 0;
 };
 
