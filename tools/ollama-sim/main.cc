@@ -1,0 +1,172 @@
+// ollama-sim: a fake Ollama server for sluice's tests and benchmarks. See
+// README.md for the flags, the X-Sim-* header controls and /sim/stats.
+#include <pthread.h>
+#include <signal.h>
+#include <sys/resource.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "sim_config.h"
+#include "sim_server.h"
+
+// Numeric flags are declared as strings and validated here: absl exits with
+// status 1 on a value it cannot parse, and callers rely on status 2 with a
+// message naming the flag.
+ABSL_FLAG(std::string, listen, "127.0.0.1:11434",
+          "Address to listen on: host:port or [v6]:port; port 0 = ephemeral");
+ABSL_FLAG(std::string, threads, "1", "Worker threads (1..256)");
+ABSL_FLAG(std::string, tokens, "20", "Tokens per generation");
+ABSL_FLAG(std::string, token_delay_ms, "20",
+          "Delay between tokens in ms (fractions allowed; 0 = no delay)");
+ABSL_FLAG(std::string, ttft_ms, "0", "Extra delay before the first token, ms");
+ABSL_FLAG(std::string, mode, "normal", "normal | hang | garbage | busy");
+ABSL_FLAG(bool, allow_any_host, false, "Skip the loopback Host header check");
+
+namespace sluice::sim {
+namespace {
+
+[[noreturn]] void BadFlag(const char* flag, const std::string& value,
+                          const char* why) {
+  fprintf(stderr, "ollama-sim: invalid --%s value '%s': %s\n", flag,
+          value.c_str(), why);
+  exit(2);
+}
+
+int IntFlag(const char* name, const std::string& value, int min, int max) {
+  int parsed;
+  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(value), &parsed) ||
+      parsed < min || parsed > max) {
+    std::string why =
+        absl::StrCat("expected an integer in [", min, ", ", max, "]");
+    BadFlag(name, value, why.c_str());
+  }
+  return parsed;
+}
+
+int64_t MsFlagToNs(const char* name, const std::string& value) {
+  double ms;
+  if (!absl::SimpleAtod(absl::StripAsciiWhitespace(value), &ms) ||
+      !std::isfinite(ms) || ms < 0 || ms > 1e9) {
+    BadFlag(name, value, "expected a non-negative number of milliseconds");
+  }
+  return static_cast<int64_t>(std::llround(ms * 1e6));
+}
+
+// Benchmarks open thousands of connections; the soft limit is often 1024.
+void RaiseFileLimit() {
+  rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 &&
+      limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &limit);
+  }
+}
+
+int Main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Simulated Ollama server for tests and benchmarks.");
+  absl::ParseCommandLine(argc, argv);
+
+  SimConfig config;
+  int threads = IntFlag("threads", absl::GetFlag(FLAGS_threads), 1, 256);
+  config.tokens = IntFlag("tokens", absl::GetFlag(FLAGS_tokens), 0, 10'000'000);
+  config.token_delay_ns =
+      MsFlagToNs("token_delay_ms", absl::GetFlag(FLAGS_token_delay_ms));
+  config.ttft_ns = MsFlagToNs("ttft_ms", absl::GetFlag(FLAGS_ttft_ms));
+  std::string mode = absl::GetFlag(FLAGS_mode);
+  if (!ParseMode(mode, &config.mode)) {
+    BadFlag("mode", mode, "expected normal, hang, garbage or busy");
+  }
+  config.allow_any_host = absl::GetFlag(FLAGS_allow_any_host);
+  std::string listen = absl::GetFlag(FLAGS_listen);
+  absl::StatusOr<ListenAddress> address = ParseListenAddress(listen);
+  if (!address.ok()) {
+    BadFlag("listen", listen, std::string(address.status().message()).c_str());
+  }
+
+  RaiseFileLimit();
+  // Signals are taken synchronously by sigwait() below; every thread
+  // inherits this mask so none of them is interrupted by one.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  // Bind the first listener to learn the real port when 0 was asked for;
+  // the others join it with SO_REUSEPORT and the kernel spreads
+  // connections across them.
+  // SO_REUSEPORT would let this bind share a fixed port with another
+  // simulator (same user) without error, splitting its traffic. Probe with a
+  // plain socket first so a busy port fails loudly, as with real Ollama.
+  if (address->port != 0) {
+    if (absl::Status status = ProbePortFree(*address); !status.ok()) {
+      fprintf(stderr, "ollama-sim: %s\n",
+              std::string(status.message()).c_str());
+      return 1;
+    }
+  }
+  std::vector<int> listeners;
+  int port = address->port;
+  for (int i = 0; i < threads; ++i) {
+    absl::StatusOr<int> fd = OpenListener(*address, port);
+    if (!fd.ok()) {
+      fprintf(stderr, "ollama-sim: %s\n",
+              std::string(fd.status().message()).c_str());
+      return 1;
+    }
+    if (i == 0) {
+      absl::StatusOr<int> bound = BoundPort(*fd);
+      if (!bound.ok()) {
+        fprintf(stderr, "ollama-sim: %s\n",
+                std::string(bound.status().message()).c_str());
+        return 1;
+      }
+      port = *bound;
+    }
+    listeners.push_back(*fd);
+  }
+
+  std::vector<std::unique_ptr<Worker>> workers;
+  for (int fd : listeners) {
+    auto worker = std::make_unique<Worker>(fd, &config);
+    if (absl::Status status = worker->Init(); !status.ok()) {
+      fprintf(stderr, "ollama-sim: %s\n",
+              std::string(status.message()).c_str());
+      return 1;
+    }
+    workers.push_back(std::move(worker));
+  }
+  std::vector<std::thread> running;
+  for (auto& worker : workers) {
+    running.emplace_back([w = worker.get()] { w->Run(); });
+  }
+
+  printf("ollama-sim listening on http://%s:%d\n",
+         address->display_host.c_str(), port);
+  fflush(stdout);
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  for (auto& worker : workers) worker->Stop();
+  for (std::thread& thread : running) thread.join();
+  return 0;
+}
+
+}  // namespace
+}  // namespace sluice::sim
+
+int main(int argc, char** argv) { return sluice::sim::Main(argc, argv); }
