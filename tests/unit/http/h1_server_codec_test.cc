@@ -210,6 +210,8 @@ struct BadCase {
   int status;
 };
 
+void PrintTo(const BadCase& c, std::ostream* os) { *os << c.name; }
+
 class H1ServerCodecRejects : public testing::TestWithParam<BadCase> {};
 
 TEST_P(H1ServerCodecRejects, WithStatus) {
