@@ -204,7 +204,7 @@ void DownstreamConnection::FinishExchange() {
   RetireRelay();
   responding_ = false;
   ArmSendTimer();
-  if (close_after_) {
+  if (close_after_ || draining_) {
     CloseAfterDrain();
     return;
   }

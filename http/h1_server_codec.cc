@@ -108,6 +108,9 @@ absl::Status H1ServerCodec::FinishHead() {
   std::string connection;
   bool has_te = false;
   for (Header& field : h.headers) {
+    if (field.name.empty()) {
+      return absl::InvalidArgumentError("malformed request: empty header name");
+    }
     field.value = std::string(TrimOws(field.value));
     if (EqualsIgnoreCase(field.name, "host")) {
       ++host_count;

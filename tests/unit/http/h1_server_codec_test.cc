@@ -249,6 +249,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"BareLfAfterHeader", "GET / HTTP/1.1\r\nHost: a\nX: y\r\n\r\n", 400},
         BadCase{"NulInValue", std::string("GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n", 38), 400},
         BadCase{"CrInValue", "GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", 400},
+        BadCase{"EmptyHeaderName", "GET / HTTP/1.1\r\nHost: a\r\n: 1\r\n\r\n", 400},
         BadCase{"BadNameChar", "GET / HTTP/1.1\r\nHost: a\r\nX(y): z\r\n\r\n", 400},
         BadCase{"SpaceInTarget", "GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400},
         BadCase{"RelativeTarget", "GET api/tags HTTP/1.1\r\nHost: a\r\n\r\n", 400},
