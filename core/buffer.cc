@@ -47,7 +47,9 @@ absl::Status BufferRing::Init(io_uring* ring, uint32_t count,
   refs_.resize(count);
   const int mask = io_uring_buf_ring_mask(count);
   for (uint32_t i = 0; i < count; ++i) {
-    refs_[i] = BufferRef{this, 0, static_cast<uint16_t>(i)};
+    refs_[i].release = &BufferRing::Release;
+    refs_[i].ring = this;
+    refs_[i].bid = static_cast<uint16_t>(i);
     io_uring_buf_ring_add(br_, memory_ + static_cast<size_t>(i) * buffer_size,
                           buffer_size, static_cast<uint16_t>(i), mask,
                           static_cast<int>(i));
@@ -61,6 +63,11 @@ Slice BufferRing::Take(uint16_t bid, size_t len) {
   BufferRef* ref = &refs_[bid];
   // refs is 0 here; the Slice constructor takes the first reference.
   return Slice(ref, memory_ + static_cast<size_t>(bid) * buffer_size_, len);
+}
+
+void BufferRing::Release(SliceOwner* owner) {
+  auto* ref = static_cast<BufferRef*>(owner);
+  ref->ring->Recycle(ref->bid);
 }
 
 void BufferRing::Recycle(uint16_t bid) {

@@ -8,69 +8,17 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "core/slice.h"
 
 namespace sluice::core {
 
 class BufferRing;
 
-// Reference count of one provided buffer. When it drops to zero the buffer
-// goes back to its ring, so the kernel can fill it again.
-struct BufferRef {
-  BufferRing* ring;
-  uint32_t refs;
-  uint16_t bid;
-};
-
-// A reference-counted view of received bytes inside one provided buffer.
-// Copies share the buffer; the buffer returns to its ring when the last view
-// is destroyed, i.e. after the send that relays it has completed. Held views
-// pin ring memory: owners keep them only while a send or a bounded queue
-// needs them (see the watermarks in stream.h).
-class Slice {
- public:
-  Slice() = default;
-  Slice(BufferRef* ref, const char* data, size_t size)
-      : ref_(ref), data_(data), size_(size) {
-    if (ref_) ++ref_->refs;
-  }
-  Slice(const Slice& o) : Slice(o.ref_, o.data_, o.size_) {}
-  Slice(Slice&& o) noexcept : ref_(o.ref_), data_(o.data_), size_(o.size_) {
-    o.ref_ = nullptr;
-    o.data_ = nullptr;
-    o.size_ = 0;
-  }
-  Slice& operator=(Slice o) noexcept {
-    std::swap(ref_, o.ref_);
-    std::swap(data_, o.data_);
-    std::swap(size_, o.size_);
-    return *this;
-  }
-  ~Slice() { Release(); }
-
-  const char* data() const { return data_; }
-  size_t size() const { return size_; }
-  bool empty() const { return size_ == 0; }
-  std::string_view view() const { return {data_, size_}; }
-
-  // A view of [offset, offset+len) sharing the same buffer.
-  Slice Sub(size_t offset, size_t len) const {
-    return Slice(ref_, data_ + offset, len);
-  }
-  // The sub-view covering `part`, which must lie inside this slice.
-  Slice SubOf(std::string_view part) const {
-    return Sub(static_cast<size_t>(part.data() - data_), part.size());
-  }
-  void RemovePrefix(size_t n) {
-    data_ += n;
-    size_ -= n;
-  }
-
- private:
-  void Release();
-
-  BufferRef* ref_ = nullptr;
-  const char* data_ = nullptr;
-  size_t size_ = 0;
+// One provided buffer as a Slice owner: when its last Slice is gone it goes
+// back to its ring, so the kernel can fill it again.
+struct BufferRef : SliceOwner {
+  BufferRing* ring = nullptr;
+  uint16_t bid = 0;
 };
 
 // A ring of provided buffers registered with io_uring (liburing 2.3 has no
@@ -99,7 +47,7 @@ class BufferRing {
   uint64_t recycled() const { return recycled_; }
 
  private:
-  friend class Slice;
+  static void Release(SliceOwner* owner);
   void Recycle(uint16_t bid);
 
   io_uring* ring_ = nullptr;
@@ -113,10 +61,5 @@ class BufferRing {
   uint64_t recycled_ = 0;
   std::vector<BufferRef> refs_;
 };
-
-inline void Slice::Release() {
-  if (ref_ && --ref_->refs == 0) ref_->ring->Recycle(ref_->bid);
-  ref_ = nullptr;
-}
 
 }  // namespace sluice::core

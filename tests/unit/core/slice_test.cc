@@ -1,0 +1,68 @@
+#include "core/slice.h"
+
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace sluice::core {
+namespace {
+
+struct CountingOwner : SliceOwner {
+  int released = 0;
+  CountingOwner() {
+    release = [](SliceOwner* o) { ++static_cast<CountingOwner*>(o)->released; };
+  }
+};
+
+TEST(SliceTest, ReleasesOwnerAfterLastView) {
+  CountingOwner owner;
+  const char bytes[] = "hello world";
+  {
+    Slice a(&owner, bytes, 11);
+    Slice b = a.Sub(6, 5);
+    EXPECT_EQ(b.view(), "world");
+    Slice c = std::move(a);
+    EXPECT_TRUE(a.empty());
+    EXPECT_EQ(owner.refs, 2u);
+    c = Slice();
+    EXPECT_EQ(owner.released, 0);
+  }
+  EXPECT_EQ(owner.released, 1);
+  EXPECT_EQ(owner.refs, 0u);
+}
+
+TEST(SliceTest, CopyOwnsItsBytes) {
+  std::string src = "payload";
+  Slice s = Slice::Copy(src);
+  src[0] = 'X';
+  EXPECT_EQ(s.view(), "payload");
+  Slice sub = s.SubOf(s.view().substr(3));
+  s = Slice();
+  EXPECT_EQ(sub.view(), "load");
+  EXPECT_TRUE(Slice::Copy("").empty());
+}
+
+TEST(SliceWriterTest, TakesCommittedBytesAcrossBlocks) {
+  SliceWriter w(8);
+  std::string out;
+  std::vector<Slice> held;
+  for (char c = 'a'; c <= 'z'; ++c) {
+    size_t len = 0;
+    char* p = w.Reserve(&len);
+    ASSERT_GT(len, 0u);
+    *p = c;
+    w.Commit(1);
+    if (c % 3 == 0) held.push_back(w.Take());
+  }
+  held.push_back(w.Take());
+  for (const Slice& s : held) out += s.view();
+  EXPECT_EQ(out, "abcdefghijklmnopqrstuvwxyz");
+  EXPECT_TRUE(w.Take().empty());
+  w.Trim();
+  size_t len = 0;
+  w.Reserve(&len);
+  EXPECT_EQ(len, 8u);
+}
+
+}  // namespace
+}  // namespace sluice::core
