@@ -18,6 +18,7 @@ Stream::Stream(Worker* worker, int fd, StreamHandler* handler)
 
 Stream::~Stream() {
   if (starved_) worker_->RemoveStarved(this);
+  if (flush_pending_) worker_->CancelFlush(this);
   if (fd_ >= 0) ::close(fd_);
 }
 
@@ -153,6 +154,16 @@ void Stream::WriteOwned(std::string s) {
 }
 
 void Stream::KickSend() {
+  if (send_inflight_ || queue_.empty() || closing_ || connecting_ ||
+      flush_pending_) {
+    return;
+  }
+  flush_pending_ = true;
+  worker_->RequestFlush(this);
+}
+
+void Stream::Flush() {
+  flush_pending_ = false;
   if (send_inflight_ || queue_.empty() || closing_ || connecting_) return;
   int n = 0;
   for (auto it = queue_.begin(); it != queue_.end() && n < kMaxIov; ++it, ++n) {

@@ -11,6 +11,7 @@
 
 #include "core/buffer.h"
 #include "core/ring.h"
+#include "core/worker.h"
 
 namespace sluice::core {
 
@@ -47,7 +48,7 @@ inline constexpr size_t kMaxPieces = 96;
 // the provided-buffer ring, one send in flight at a time (a second send
 // could overtake a retried short one and reorder bytes), and a queue of
 // pieces to send, gathered with sendmsg. The Stream owns its fd.
-class Stream {
+class Stream final : public Flushable {
  public:
   Stream(Worker* worker, int fd, StreamHandler* handler);
   ~Stream();
@@ -95,6 +96,10 @@ class Stream {
 
   // Re-arms a receive that stopped on -ENOBUFS (called by the worker).
   void RetryAfterBuffers();
+  // Sends everything queued so far in one sendmsg (called by the worker at
+  // the end of a loop turn, so that a chunk's header, payload and CRLF
+  // leave together instead of in three sends).
+  void Flush() override;
 
  private:
   struct Piece {
@@ -149,6 +154,7 @@ class Stream {
   bool write_failed_ = false;
   bool shutdown_write_ = false;
   bool connecting_ = false;
+  bool flush_pending_ = false;
 };
 
 }  // namespace sluice::core

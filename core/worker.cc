@@ -178,6 +178,21 @@ void Worker::RunDeferred() {
   }
 }
 
+void Worker::CancelFlush(Flushable* f) {
+  for (Flushable*& p : flush_) {
+    if (p == f) p = nullptr;
+  }
+}
+
+void Worker::RunFlushes() {
+  // Flushing may queue more (a TLS session's records go to its Stream),
+  // so the list can grow while it runs.
+  for (size_t i = 0; i < flush_.size(); ++i) {
+    if (Flushable* f = flush_[i]) f->Flush();
+  }
+  flush_.clear();
+}
+
 void Worker::Run() {
   for (;;) {
     int ret = ring_.SubmitAndWait(NextTimeout());
@@ -196,6 +211,7 @@ void Worker::Run() {
       for (Stream* s : starved) s->RetryAfterBuffers();
     }
     recycled_seen_ = buffers_.recycled();
+    RunFlushes();
     if (draining_) {
       if (connections_.empty()) break;
       if (now_ns_ >= drain_deadline_ns_) {

@@ -17,6 +17,18 @@ namespace sluice::core {
 
 class Stream;
 class UpstreamPool;
+
+// Something with output to finish once per loop turn, after every event of
+// the turn was handled and before the batch is submitted: a Stream gathers
+// all pieces queued in the turn into one sendmsg; TLS and HTTP/2 sessions
+// seal and frame what their streams produced.
+class Flushable {
+ public:
+  virtual void Flush() = 0;
+
+ protected:
+  ~Flushable() = default;
+};
 class DownstreamConnection;
 
 // Per-worker counters, summed by whoever reads them. Written only by the
@@ -58,6 +70,12 @@ class Worker {
   // Runs `fn` after the current batch of completions (safe place to free).
   void Defer(std::function<void()> fn) { deferred_.push_back(std::move(fn)); }
 
+  // Calls f->Flush() at the end of this loop turn. The caller keeps a flag
+  // so that it registers once per turn; it must call CancelFlush before it
+  // is destroyed with a flush pending.
+  void RequestFlush(Flushable* f) { flush_.push_back(f); }
+  void CancelFlush(Flushable* f);
+
   void AddStarved(Stream* s) { starved_.push_back(s); }
   void RemoveStarved(Stream* s);
 
@@ -82,6 +100,7 @@ class Worker {
   void UpdateClock();
   int64_t NextTimeout() const;
   void RunDeferred();
+  void RunFlushes();
 
   const int index_;
   const Config& config_;
@@ -101,6 +120,7 @@ class Worker {
   std::vector<std::unique_ptr<TimerList>> timer_lists_;
   std::vector<std::function<void()>> deferred_;
   std::vector<Stream*> starved_;
+  std::vector<Flushable*> flush_;
   uint64_t recycled_seen_ = 0;
   absl::flat_hash_set<DownstreamConnection*> connections_;
   std::unique_ptr<UpstreamPool> pool_;
