@@ -104,7 +104,7 @@ SIM_PORT=$(wait_listening "$WORK/sim.log" "$SIM_PID" \
   '^ollama-sim listening on http://127\.0\.0\.1:([0-9]+)$')
 
 "${PROXY_CPU[@]}" "$SLUICE" --listen_http=127.0.0.1:0 \
-  --upstream="127.0.0.1:$SIM_PORT" --threads=1 >"$WORK/sluice.log" 2>&1 &
+  --listen_tls= --http_mode=serve --upstream="127.0.0.1:$SIM_PORT" --threads=1 >"$WORK/sluice.log" 2>&1 &
 SLUICE_PID=$!
 PIDS+=("$SLUICE_PID")
 SLUICE_PORT=$(wait_listening "$WORK/sluice.log" "$SLUICE_PID" \

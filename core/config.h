@@ -21,6 +21,16 @@ struct SocketAddress {
 struct Config {
   SocketAddress listen_http;
   std::string listen_http_text;
+  bool listen_http_enabled = true;
+  // --http_mode: serve plain HTTP (true) or redirect it to https (false).
+  bool http_serve = false;
+  SocketAddress listen_tls;
+  std::string listen_tls_text;
+  bool listen_tls_enabled = false;
+  int tls_port = 443;  // for redirects; the bound port once listening
+  // "Strict-Transport-Security: ...\r\n" for TLS responses, or empty.
+  std::string hsts_fields;
+  int64_t handshake_timeout_ns = 10'000'000'000;
   int threads = 1;
   SocketAddress upstream;
   std::string upstream_host;  // Host header sent upstream

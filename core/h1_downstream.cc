@@ -2,43 +2,47 @@
 
 #include <cerrno>
 
+#include "absl/strings/str_cat.h"
 #include "core/log.h"
 #include "core/worker.h"
 
 namespace sluice::core {
 
-DownstreamConnection::DownstreamConnection(Worker* worker, int fd,
-                                           std::string client_addr)
-    : worker_(worker),
-      stream_(worker, fd, this),
-      codec_(this, http::H1Limits{worker->config().max_header_bytes,
-                                  worker->config().client_max_body_size}),
-      client_addr_(std::move(client_addr)),
-      keepalive_timer_([this] { stream_.Close(); }),
+H1Downstream::H1Downstream(ClientConnection* conn)
+    : conn_(conn),
+      worker_(conn->worker()),
+      codec_(this, http::H1Limits{worker_->config().max_header_bytes,
+                                  worker_->config().client_max_body_size}),
+      keepalive_timer_([this] { conn_->Close(); }),
       header_timer_([this] {
         if (responding_) return;
-        stream_.WriteOwned(http::JsonErrorResponse(408, "request header timeout", true));
+        conn_->WriteOwned(http::JsonErrorResponse(408, "request header timeout",
+                                                  true, 0, ExtraFields()));
         CloseAfterDrain();
       }),
       send_timer_([this] { Abort(); }) {}
 
-DownstreamConnection::~DownstreamConnection() = default;
+H1Downstream::~H1Downstream() = default;
 
-void DownstreamConnection::Start() {
-  worker_->AddConnection(this);
-  stream_.StartReading();
+void H1Downstream::Start() {
+  conn_->StartReading();
   ArmIdleTimers();
 }
 
-void DownstreamConnection::Drain() {
+std::string_view H1Downstream::ExtraFields() const {
+  return conn_->secure() ? std::string_view(worker_->config().hsts_fields)
+                         : std::string_view();
+}
+
+void H1Downstream::Drain() {
   draining_ = true;
   if (!responding_ && !codec_.in_message() && pending_.empty()) {
-    stream_.Close();
+    conn_->Close();
   }
 }
 
-void DownstreamConnection::OnData(Slice data) {
-  if (stream_.closing()) return;
+void H1Downstream::OnData(Slice data) {
+  if (conn_->closing()) return;
   if (tunnel_) {
     if (relay_) relay_->OnTunnelData(std::move(data));
     return;
@@ -48,10 +52,10 @@ void DownstreamConnection::OnData(Slice data) {
   ProcessInput();
 }
 
-void DownstreamConnection::ProcessInput() {
+void H1Downstream::ProcessInput() {
   if (in_process_) return;  // the running loop below sees the new state
   in_process_ = true;
-  while (!stream_.closing() && !close_after_) {
+  while (!conn_->closing() && !close_after_) {
     if (codec_.paused()) {
       if (responding_) break;  // answer in order: next request waits
       codec_.Resume();
@@ -74,23 +78,23 @@ void DownstreamConnection::ProcessInput() {
     }
   }
   in_process_ = false;
-  if (stream_.closing()) return;
+  if (conn_->closing()) return;
   ArmIdleTimers();
   UpdateReading();
 }
 
-void DownstreamConnection::UpdateReading() {
+void H1Downstream::UpdateReading() {
   // Unparsed pipelined input is bounded; relay backpressure pauses too.
   bool want = !paused_by_relay_ && !close_after_ &&
               pending_bytes_ <= kHighWatermark;
-  if (want && !stream_.reading()) {
-    stream_.StartReading();
-  } else if (!want && stream_.reading()) {
-    stream_.StopReading();
+  if (want && !conn_->reading()) {
+    conn_->StartReading();
+  } else if (!want && conn_->reading()) {
+    conn_->StopReading();
   }
 }
 
-void DownstreamConnection::ArmIdleTimers() {
+void H1Downstream::ArmIdleTimers() {
   const Config& cfg = worker_->config();
   if (responding_ || tunnel_ || close_after_) {
     keepalive_timer_.Disarm();
@@ -108,7 +112,7 @@ void DownstreamConnection::ArmIdleTimers() {
   }
 }
 
-void DownstreamConnection::OnRequestHead(http::RequestHead head) {
+void H1Downstream::OnRequestHead(http::RequestHead head) {
   worker_->stats().requests.fetch_add(1, std::memory_order_relaxed);
   responding_ = true;
   keepalive_timer_.Disarm();
@@ -116,22 +120,27 @@ void DownstreamConnection::OnRequestHead(http::RequestHead head) {
   request_has_body_ = head.has_body();
   request_keep_alive_ = head.keep_alive;
   const bool expect_continue = head.expect_continue && head.has_body();
-  relay_ = std::make_unique<Relay>(worker_, this, std::move(head), client_addr_, "http");
+  if (conn_->kind() == ListenerKind::kRedirect) {
+    Redirect(head);
+    return;
+  }
+  relay_ = std::make_unique<Relay>(worker_, this, std::move(head),
+                                   conn_->client_addr(), conn_->scheme());
   // The body limit was already checked against Content-Length, so the
   // client may send; the expectation is not forwarded.
-  if (expect_continue) stream_.WriteStatic(http::k100Continue);
+  if (expect_continue) conn_->WriteStatic(http::k100Continue);
   relay_->Start();
 }
 
-void DownstreamConnection::OnRequestBody(std::string_view data) {
+void H1Downstream::OnRequestBody(std::string_view data) {
   if (relay_) relay_->OnRequestBody(current_->SubOf(data));
 }
 
-void DownstreamConnection::OnRequestComplete() {
+void H1Downstream::OnRequestComplete() {
   if (relay_) relay_->OnRequestEnd();
 }
 
-void DownstreamConnection::SendResponseHead(const http::ResponseHead& head) {
+void H1Downstream::SendResponseHead(const http::ResponseHead& head) {
   using http::BodyFraming;
   const bool http10 = relay_ && relay_->head().version_minor == 0;
   const bool no_body = (relay_ && relay_->head().is_head()) ||
@@ -152,8 +161,9 @@ void DownstreamConnection::SendResponseHead(const http::ResponseHead& head) {
     close_after_ = true;
   }
   std::string out;
-  http::AppendDownstreamResponseHead(head, framing_, close_after_ && !upgrade, &out);
-  stream_.WriteOwned(std::move(out));
+  http::AppendDownstreamResponseHead(head, framing_, close_after_ && !upgrade,
+                                     &out, ExtraFields());
+  conn_->WriteOwned(std::move(out));
   ArmSendTimer();
   if (upgrade) {
     tunnel_ = true;
@@ -168,39 +178,40 @@ void DownstreamConnection::SendResponseHead(const http::ResponseHead& head) {
   }
 }
 
-void DownstreamConnection::SendResponseBody(Slice piece) {
+void H1Downstream::SendResponseBody(Slice piece) {
   if (piece.empty()) return;
   if (framing_ == http::BodyFraming::kChunked) {
     char hdr[http::kMaxChunkHeader];
-    stream_.WriteCopy(std::string_view(hdr, http::FormatChunkHeader(piece.size(), hdr)));
-    stream_.Write(std::move(piece));
-    stream_.WriteStatic(http::kCrlf);
+    conn_->WriteCopy(std::string_view(hdr, http::FormatChunkHeader(piece.size(), hdr)));
+    conn_->Write(std::move(piece));
+    conn_->WriteStatic(http::kCrlf);
   } else if (framing_ != http::BodyFraming::kNone) {
-    stream_.Write(std::move(piece));
+    conn_->Write(std::move(piece));
   }
   ArmSendTimer();
 }
 
-void DownstreamConnection::SendResponseEnd() {
-  if (framing_ == http::BodyFraming::kChunked) stream_.WriteStatic(http::kLastChunk);
+void H1Downstream::SendResponseEnd() {
+  if (framing_ == http::BodyFraming::kChunked) conn_->WriteStatic(http::kLastChunk);
   FinishExchange();
 }
 
-void DownstreamConnection::SendError(int status, std::string_view message) {
+void H1Downstream::SendError(int status, std::string_view message) {
   if (codec_.in_message() && request_has_body_) close_after_ = true;
   if (!request_keep_alive_ || draining_) close_after_ = true;
-  stream_.WriteOwned(http::JsonErrorResponse(status, message, close_after_));
+  conn_->WriteOwned(
+      http::JsonErrorResponse(status, message, close_after_, 0, ExtraFields()));
   FinishExchange();
 }
 
-void DownstreamConnection::AbortResponse() {
+void H1Downstream::AbortResponse() {
   // No last-chunk (or fewer bytes than Content-Length) and a close: the
   // client sees a truncated response, never a complete-looking one.
   close_after_ = true;
   FinishExchange();
 }
 
-void DownstreamConnection::FinishExchange() {
+void H1Downstream::FinishExchange() {
   RetireRelay();
   responding_ = false;
   ArmSendTimer();
@@ -211,7 +222,7 @@ void DownstreamConnection::FinishExchange() {
   ProcessInput();
 }
 
-void DownstreamConnection::RetireRelay() {
+void H1Downstream::RetireRelay() {
   paused_by_relay_ = false;
   if (!relay_) return;
   // The relay may be on the call stack (it called us); free it after.
@@ -219,17 +230,17 @@ void DownstreamConnection::RetireRelay() {
   worker_->Defer([r] { delete r; });
 }
 
-void DownstreamConnection::CloseAfterDrain() {
+void H1Downstream::CloseAfterDrain() {
   close_after_ = true;
   keepalive_timer_.Disarm();
   header_timer_.Disarm();
-  if (stream_.reading()) stream_.StopReading();
-  if (stream_.write_idle()) stream_.Close();
+  if (conn_->reading()) conn_->StopReading();
+  if (conn_->write_idle()) conn_->Close();
 }
 
-void DownstreamConnection::CodecError(const absl::Status& status) {
+void H1Downstream::CodecError(const absl::Status& status) {
   const int code = http::HttpStatusForError(status);
-  LOG_INFO("client %s: %d %s", client_addr_.c_str(), code,
+  LOG_INFO("client %s: %d %s", conn_->client_addr().c_str(), code,
            std::string(status.message()).c_str());
   pending_.clear();
   pending_bytes_ = 0;
@@ -247,66 +258,66 @@ void DownstreamConnection::CodecError(const absl::Status& status) {
   std::string msg(status.message());
   if (code == 413) msg = "request body too large";
   if (code == 431) msg = "request header fields too large";
-  stream_.WriteOwned(http::JsonErrorResponse(code, msg, true));
+  conn_->WriteOwned(http::JsonErrorResponse(code, msg, true, 0, ExtraFields()));
   CloseAfterDrain();
 }
 
-void DownstreamConnection::SendTunnelData(Slice data) {
-  stream_.Write(std::move(data));
+void H1Downstream::SendTunnelData(Slice data) {
+  conn_->Write(std::move(data));
   ArmSendTimer();
 }
 
-void DownstreamConnection::EndTunnel() {
+void H1Downstream::EndTunnel() {
   RetireRelay();
   responding_ = false;
   CloseAfterDrain();
 }
 
-void DownstreamConnection::PauseReading() {
+void H1Downstream::PauseReading() {
   paused_by_relay_ = true;
   UpdateReading();
 }
 
-void DownstreamConnection::ResumeReading() {
+void H1Downstream::ResumeReading() {
   paused_by_relay_ = false;
   UpdateReading();
 }
 
-void DownstreamConnection::ArmSendTimer() {
-  if (stream_.write_idle()) {
+void H1Downstream::ArmSendTimer() {
+  if (conn_->write_idle()) {
     send_timer_.Disarm();
   } else if (!send_timer_.armed()) {
     worker_->Timers(worker_->config().send_timeout_ns)->Arm(&send_timer_, worker_->now_ns());
   }
 }
 
-void DownstreamConnection::OnWriteProgress() {
-  if (stream_.write_idle()) {
+void H1Downstream::OnWriteProgress() {
+  if (conn_->write_idle()) {
     send_timer_.Disarm();
   } else {
     worker_->Timers(worker_->config().send_timeout_ns)->Arm(&send_timer_, worker_->now_ns());
   }
-  if (close_after_ && !responding_ && stream_.write_idle()) {
-    stream_.Close();
+  if (close_after_ && !responding_ && conn_->write_idle()) {
+    conn_->Close();
     return;
   }
-  if (relay_ && stream_.drained()) relay_->OnDownstreamDrained();
+  if (relay_ && conn_->drained()) relay_->OnDownstreamDrained();
 }
 
-void DownstreamConnection::Abort() {
+void H1Downstream::Abort() {
   if (relay_) {
     relay_->Cancel();
     RetireRelay();
   }
   responding_ = false;
-  stream_.Close();
+  conn_->Close();
 }
 
-void DownstreamConnection::OnReadEnd(int res) {
+void H1Downstream::OnReadEnd(int res) {
   // A client that closes or resets mid-request has gone: drop the upstream
   // link at once so the model stops generating for nobody.
   if (relay_ && !tunnel_) {
-    LOG_DEBUG("client %s went away mid-request (%d)", client_addr_.c_str(), res);
+    LOG_DEBUG("client %s went away mid-request (%d)", conn_->client_addr().c_str(), res);
   }
   if (relay_ || res < 0) {
     Abort();
@@ -315,11 +326,33 @@ void DownstreamConnection::OnReadEnd(int res) {
   }
 }
 
-void DownstreamConnection::OnWriteError(int res) { Abort(); }
+void H1Downstream::OnWriteError(int res) { Abort(); }
 
-void DownstreamConnection::OnClosed() {
-  worker_->RemoveConnection(this);
-  delete this;
+void H1Downstream::Redirect(const http::RequestHead& head) {
+  // nginx's `return 301 https://$host$request_uri`: the Host without its
+  // port, plus the TLS port when it is not 443. The codec has checked that
+  // Host exists and holds only visible characters.
+  std::string_view host;
+  if (const http::Header* h = head.Find("host")) host = h->value;
+  if (!host.empty() && host.front() == '[') {
+    size_t close = host.find(']');
+    if (close != std::string_view::npos) host = host.substr(0, close + 1);
+  } else if (size_t colon = host.find(':'); colon != std::string_view::npos) {
+    host = host.substr(0, colon);
+  }
+  std::string location = "https://";
+  location.append(host.data(), host.size());
+  const int port = worker_->config().tls_port;
+  if (port != 443 && port > 0) absl::StrAppend(&location, ":", port);
+  std::string_view target = head.target;
+  if (target.empty() || target.front() != '/') target = "/";
+  location.append(target.data(), target.size());
+  request_has_body_ = head.has_body();
+  // The request body (if any) is not read: close after answering.
+  const bool close = !head.keep_alive || head.has_body() || draining_;
+  if (close) close_after_ = true;
+  conn_->WriteOwned(http::RedirectResponse(location, close));
+  FinishExchange();
 }
 
 }  // namespace sluice::core

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/buffer.h"
+#include "core/client_connection.h"
 #include "core/relay.h"
 #include "core/stream.h"
 #include "core/timer.h"
@@ -15,9 +16,11 @@ namespace sluice::core {
 
 class Worker;
 
-// One HTTP/1.1 client connection: feeds received slices to the codec, runs
-// one Relay per request (pipelined requests wait in `pending_`, answered in
-// order), frames responses, and becomes a raw tunnel after a 101.
+// The HTTP/1.1 session of one client connection: feeds received plaintext
+// to the codec, runs one Relay per request (pipelined requests wait in
+// `pending_`, answered in order), frames responses, and becomes a raw tunnel
+// after a 101. On a redirect listener it answers every request with a 301
+// to the https URL instead.
 //
 // Memory bound per connection, besides the codec's request head (at most
 // --max_header_bytes): unparsed input up to kHighWatermark (reading stops
@@ -25,24 +28,23 @@ class Worker;
 // (the relay stops reading the upstream above it), plus what one in-flight
 // receive completes with (one 16 KiB buffer). About 150 KiB at worst; an
 // idle keepalive connection holds no buffer at all.
-class DownstreamConnection final : public StreamHandler,
-                                   public http::H1RequestSink,
-                                   public Downstream {
+class H1Downstream final : public ClientSession,
+                           public http::H1RequestSink,
+                           public Downstream {
  public:
-  DownstreamConnection(Worker* worker, int fd, std::string client_addr);
-  ~DownstreamConnection() override;
+  explicit H1Downstream(ClientConnection* conn);
+  ~H1Downstream() override;
 
-  void Start();
+  // ClientSession
+  void Start() override;
   // The worker is draining: close now if idle, else after this response.
-  void Drain();
-
- private:
-  // StreamHandler
+  void Drain() override;
   void OnData(Slice data) override;
   void OnReadEnd(int res) override;
   void OnWriteProgress() override;
   void OnWriteError(int res) override;
-  void OnClosed() override;
+
+ private:
   // H1RequestSink
   void OnRequestHead(http::RequestHead head) override;
   void OnRequestBody(std::string_view data) override;
@@ -55,7 +57,7 @@ class DownstreamConnection final : public StreamHandler,
   void AbortResponse() override;
   void SendTunnelData(Slice data) override;
   void EndTunnel() override;
-  bool congested() const override { return stream_.congested(); }
+  bool congested() const override { return conn_->congested(); }
   void PauseReading() override;
   void ResumeReading() override;
 
@@ -68,11 +70,12 @@ class DownstreamConnection final : public StreamHandler,
   void ArmIdleTimers();
   void ArmSendTimer();
   void Abort();
+  void Redirect(const http::RequestHead& head);
+  std::string_view ExtraFields() const;
 
+  ClientConnection* conn_;
   Worker* worker_;
-  Stream stream_;
   http::H1ServerCodec codec_;
-  std::string client_addr_;
   std::unique_ptr<Relay> relay_;
   std::deque<Slice> pending_;  // received, not yet parsed
   size_t pending_bytes_ = 0;

@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "core/cli.h"
+#include "core/client_connection.h"
 #include "core/config.h"
 #include "core/log.h"
 #include "core/worker.h"
@@ -58,8 +59,27 @@ std::string AbslUnparseFlag(ByteSize s) {
   return absl::StrCat(s.bytes);
 }
 
-ABSL_FLAG(std::string, listen_http, "127.0.0.1:8080",
-          "Plain HTTP/1.1 listener, host:port or [v6]:port (port 0: any free port).");
+ABSL_FLAG(std::string, listen_http, "0.0.0.0:80",
+          "Plain HTTP listener, host:port or [v6]:port (port 0: any free port; "
+          "empty: none). What it does is set by --http_mode.");
+ABSL_FLAG(std::string, http_mode, "redirect",
+          "redirect: answer plain HTTP with 301 to https://host/path (nginx's "
+          "port-80 server); serve: proxy plain HTTP/1.1 and h2c (prior "
+          "knowledge) too, for loopback-only setups.");
+ABSL_FLAG(std::string, listen_tls, "0.0.0.0:443",
+          "TLS listener (HTTP/2 and HTTP/1.1 by ALPN), host:port or [v6]:port; "
+          "empty: none (then --http_mode=serve is required).");
+ABSL_FLAG(std::string, tls_cert, "",
+          "Certificate chain PEM (leaf first, like Let's Encrypt fullchain.pem); "
+          "re-read on SIGHUP.");
+ABSL_FLAG(std::string, tls_key, "", "Private key PEM for --tls_cert; re-read on SIGHUP.");
+ABSL_FLAG(bool, tls_session_tickets, true,
+          "Resume TLS sessions by tickets (keys rotated, shared by all workers); "
+          "the session cache works either way.");
+ABSL_FLAG(std::string, hsts, "max-age=63072000; includeSubDomains",
+          "Strict-Transport-Security value added to every TLS response; empty: off.");
+ABSL_FLAG(absl::Duration, handshake_timeout, absl::Seconds(10),
+          "Time a client has to complete the TLS handshake.");
 ABSL_FLAG(int32_t, threads, 0,
           "Worker threads, one pinned per CPU; 0 = the CPUs in the affinity mask.");
 ABSL_FLAG(std::string, upstream, "127.0.0.1:11434", "Ollama address, host:port.");
@@ -105,9 +125,43 @@ int64_t DurationFlag(const absl::Flag<absl::Duration>& flag, const char* name) {
 Config BuildConfig() {
   Config c;
   c.listen_http_text = absl::GetFlag(FLAGS_listen_http);
-  auto listen = ParseHostPort(c.listen_http_text, /*numeric_only=*/true);
-  if (!listen.ok()) UsageError(absl::StrCat("--listen_http: ", listen.status().message()));
-  c.listen_http = *listen;
+  c.listen_http_enabled = !c.listen_http_text.empty();
+  if (c.listen_http_enabled) {
+    auto listen = ParseHostPort(c.listen_http_text, /*numeric_only=*/true);
+    if (!listen.ok()) UsageError(absl::StrCat("--listen_http: ", listen.status().message()));
+    c.listen_http = *listen;
+  }
+  std::string mode = absl::GetFlag(FLAGS_http_mode);
+  if (mode != "redirect" && mode != "serve") {
+    UsageError("--http_mode: expected redirect or serve");
+  }
+  c.http_serve = mode == "serve";
+  c.listen_tls_text = absl::GetFlag(FLAGS_listen_tls);
+  c.listen_tls_enabled = !c.listen_tls_text.empty();
+  if (c.listen_tls_enabled) {
+    auto listen = ParseHostPort(c.listen_tls_text, /*numeric_only=*/true);
+    if (!listen.ok()) UsageError(absl::StrCat("--listen_tls: ", listen.status().message()));
+    c.listen_tls = *listen;
+    if (absl::GetFlag(FLAGS_tls_cert).empty()) {
+      UsageError("--tls_cert: required with --listen_tls (tools/make-certs.sh makes a "
+                 "local one; --listen_tls= turns TLS off)");
+    }
+    if (absl::GetFlag(FLAGS_tls_key).empty()) {
+      UsageError("--tls_key: required with --listen_tls");
+    }
+  } else if (!c.http_serve && c.listen_http_enabled) {
+    UsageError("--http_mode: redirect needs a TLS listener; use --http_mode=serve "
+               "to serve plain HTTP without --listen_tls");
+  }
+  if (!c.listen_tls_enabled && !c.listen_http_enabled) {
+    UsageError("--listen_http: at least one of --listen_http and --listen_tls is needed");
+  }
+  std::string hsts = absl::GetFlag(FLAGS_hsts);
+  if (hsts.find_first_of("\r\n") != std::string::npos) {
+    UsageError("--hsts: must not contain line breaks");
+  }
+  if (!hsts.empty()) c.hsts_fields = absl::StrCat("Strict-Transport-Security: ", hsts, "\r\n");
+  c.handshake_timeout_ns = DurationFlag(FLAGS_handshake_timeout, "handshake_timeout");
 
   int threads = absl::GetFlag(FLAGS_threads);
   if (threads < 0 || threads > 1024) UsageError("--threads: must be between 0 and 1024");
@@ -221,24 +275,43 @@ int Run(int argc, char** argv) {
   for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGPIPE}) sigaddset(&sigs, s);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
-  std::vector<int> listen_fds;
-  std::string error;
-  int first = Listen(config.listen_http, &error);
-  if (first < 0) {
-    fprintf(stderr, "sluice: --listen_http: cannot listen on %s: %s\n",
-            config.listen_http_text.c_str(), error.c_str());
-    return 1;
+  // Each worker gets its own SO_REUSEPORT socket per listener; the first
+  // one fixes the port when port 0 was asked for.
+  std::vector<std::vector<Listener>> listeners(n);
+  struct Spec {
+    const char* flag;
+    SocketAddress* addr;
+    const std::string* text;
+    ListenerKind kind;
+    const char* scheme;
+    int port = 0;
+  };
+  std::vector<Spec> specs;
+  if (config.listen_http_enabled) {
+    specs.push_back({"listen_http", &config.listen_http, &config.listen_http_text,
+                     config.http_serve ? ListenerKind::kHttp : ListenerKind::kRedirect,
+                     "http"});
   }
-  const int port = Port(first);
-  SetPort(&config.listen_http, port);
-  listen_fds.push_back(first);
-  for (int i = 1; i < n; ++i) {
-    int fd = Listen(config.listen_http, &error);
-    if (fd < 0) {
-      fprintf(stderr, "sluice: --listen_http: %s\n", error.c_str());
-      return 1;
+  if (config.listen_tls_enabled) {
+    specs.push_back({"listen_tls", &config.listen_tls, &config.listen_tls_text,
+                     ListenerKind::kTls, "https"});
+  }
+  for (Spec& spec : specs) {
+    std::string error;
+    for (int i = 0; i < n; ++i) {
+      int fd = Listen(*spec.addr, &error);
+      if (fd < 0) {
+        fprintf(stderr, "sluice: --%s: cannot listen on %s: %s\n", spec.flag,
+                spec.text->c_str(), error.c_str());
+        return 1;
+      }
+      if (i == 0) {
+        spec.port = Port(fd);
+        SetPort(spec.addr, spec.port);
+      }
+      listeners[i].push_back(Listener{fd, spec.kind});
     }
-    listen_fds.push_back(fd);
+    if (spec.kind == ListenerKind::kTls) config.tls_port = spec.port;
   }
 
   std::vector<std::unique_ptr<Worker>> workers;
@@ -247,7 +320,7 @@ int Run(int argc, char** argv) {
   std::atomic<int> running{n};
   for (int i = 0; i < n; ++i) {
     int cpu = cpus[i % cpus.size()];
-    workers.push_back(std::make_unique<Worker>(i, config, listen_fds[i], cpu));
+    workers.push_back(std::make_unique<Worker>(i, config, std::move(listeners[i]), cpu));
   }
   for (int i = 0; i < n; ++i) {
     threads.emplace_back([&, i] {
@@ -266,8 +339,10 @@ int Run(int argc, char** argv) {
       _exit(1);
     }
   }
-  printf("sluice listening on http://%s:%d (%d workers)\n",
-         HostPart(config.listen_http_text).c_str(), port, n);
+  for (const Spec& spec : specs) {
+    printf("sluice listening on %s://%s:%d (%d workers)\n", spec.scheme,
+           HostPart(*spec.text).c_str(), spec.port, n);
+  }
   fflush(stdout);
   LOG_INFO("upstream %s (Host: %s), %d worker(s)", absl::GetFlag(FLAGS_upstream).c_str(),
            config.upstream_host.c_str(), n);

@@ -12,7 +12,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "core/h1_downstream.h"
+#include "core/client_connection.h"
 #include "core/log.h"
 #include "core/stream.h"
 #include "core/upstream_pool.h"
@@ -46,16 +46,24 @@ std::string PeerAddress(int fd) {
 
 }  // namespace
 
-Worker::Worker(int index, const Config& config, int listen_fd, int cpu)
-    : index_(index), config_(config), listen_fd_(listen_fd), cpu_(cpu) {
-  accept_op_.w = this;
+Worker::Worker(int index, const Config& config, std::vector<Listener> listeners,
+               int cpu)
+    : index_(index), config_(config), cpu_(cpu) {
+  for (const Listener& l : listeners) {
+    auto op = std::make_unique<AcceptOp>();
+    op->w = this;
+    op->listener = l;
+    accept_ops_.push_back(std::move(op));
+  }
   wake_op_.w = this;
   pool_ = std::make_unique<UpstreamPool>(this);
   wake_fd_ = eventfd(0, EFD_CLOEXEC);
 }
 
 Worker::~Worker() {
-  if (listen_fd_ >= 0) ::close(listen_fd_);
+  for (auto& op : accept_ops_) {
+    if (op->listener.fd >= 0) ::close(op->listener.fd);
+  }
   if (wake_fd_ >= 0) ::close(wake_fd_);
 }
 
@@ -74,7 +82,7 @@ absl::Status Worker::Init() {
     return s;
   }
   UpdateClock();
-  ArmAccept();
+  for (auto& op : accept_ops_) ArmAccept(op.get());
   ArmWake();
   return absl::OkStatus();
 }
@@ -98,11 +106,12 @@ void Worker::RemoveStarved(Stream* s) {
   starved_.erase(std::remove(starved_.begin(), starved_.end(), s), starved_.end());
 }
 
-void Worker::ArmAccept() {
+void Worker::ArmAccept(AcceptOp* op) {
   io_uring_sqe* sqe = ring_.GetSqe();
-  io_uring_prep_multishot_accept(sqe, listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-  io_uring_sqe_set_data(sqe, &accept_op_);
-  accept_armed_ = true;
+  io_uring_prep_multishot_accept(sqe, op->listener.fd, nullptr, nullptr,
+                                 SOCK_CLOEXEC);
+  io_uring_sqe_set_data(sqe, op);
+  op->armed = true;
 }
 
 void Worker::ArmWake() {
@@ -111,8 +120,8 @@ void Worker::ArmWake() {
   io_uring_sqe_set_data(sqe, &wake_op_);
 }
 
-void Worker::OnAccept(int res, uint32_t flags) {
-  if (!(flags & IORING_CQE_F_MORE)) accept_armed_ = false;
+void Worker::OnAccept(AcceptOp* op, int res, uint32_t flags) {
+  if (!(flags & IORING_CQE_F_MORE)) op->armed = false;
   if (res >= 0) {
     if (draining_) {
       ::close(res);
@@ -120,7 +129,8 @@ void Worker::OnAccept(int res, uint32_t flags) {
       stats_.accepted.fetch_add(1, std::memory_order_relaxed);
       int one = 1;
       ::setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-      auto* conn = new DownstreamConnection(this, res, PeerAddress(res));
+      auto* conn = new ClientConnection(this, res, PeerAddress(res),
+                                        op->listener.kind);
       conn->Start();
     }
   } else if (res != -ECANCELED) {
@@ -128,7 +138,7 @@ void Worker::OnAccept(int res, uint32_t flags) {
     // keep accepting once something is freed.
     LOG_WARN("accept: %s", strerror(-res));
   }
-  if (!accept_armed_ && !draining_) ArmAccept();
+  if (!op->armed && !draining_) ArmAccept(op);
 }
 
 void Worker::OnWake(int res) {
@@ -142,18 +152,20 @@ void Worker::OnWake(int res) {
 void Worker::BeginDrain() {
   draining_ = true;
   drain_deadline_ns_ = now_ns_ + config_.drain_timeout_ns;
-  if (accept_armed_) {
-    io_uring_sqe* sqe = ring_.GetSqe();
-    io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(&accept_op_), 0);
-    io_uring_sqe_set_data64(sqe, 0);
+  for (auto& op : accept_ops_) {
+    if (op->armed) {
+      io_uring_sqe* sqe = ring_.GetSqe();
+      io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(op.get()), 0);
+      io_uring_sqe_set_data64(sqe, 0);
+    }
+    // Closing the listener makes the kernel refuse new connections to this
+    // worker's socket (the others close theirs at the same time).
+    ::close(op->listener.fd);
+    op->listener.fd = -1;
   }
-  // Closing the listener makes the kernel refuse new connections to this
-  // worker's socket (the others close theirs at the same time).
-  ::close(listen_fd_);
-  listen_fd_ = -1;
   pool_->CloseIdle();
-  std::vector<DownstreamConnection*> conns(connections_.begin(), connections_.end());
-  for (DownstreamConnection* c : conns) c->Drain();
+  std::vector<ClientConnection*> conns(connections_.begin(), connections_.end());
+  for (ClientConnection* c : conns) c->Drain();
   LOG_INFO("draining %zu connection(s)", connections_.size());
 }
 

@@ -29,7 +29,14 @@ class Flushable {
  protected:
   ~Flushable() = default;
 };
-class DownstreamConnection;
+class ClientConnection;
+enum class ListenerKind;
+
+// A bound, listening SO_REUSEPORT socket a worker owns, and what it serves.
+struct Listener {
+  int fd = -1;
+  ListenerKind kind;
+};
 
 // Per-worker counters, summed by whoever reads them. Written only by the
 // owning worker (relaxed atomics, so a reader on another thread is safe).
@@ -45,8 +52,9 @@ struct WorkerStats {
 // timers. Nothing on the request path is shared with other workers.
 class Worker {
  public:
-  // `listen_fd` is a bound, listening SO_REUSEPORT socket this worker owns.
-  Worker(int index, const Config& config, int listen_fd, int cpu);
+  // The worker owns the listeners' sockets.
+  Worker(int index, const Config& config, std::vector<Listener> listeners,
+         int cpu);
   ~Worker();
 
   // Sets up the ring and buffers; runs on the worker's thread.
@@ -79,22 +87,26 @@ class Worker {
   void AddStarved(Stream* s) { starved_.push_back(s); }
   void RemoveStarved(Stream* s);
 
-  void AddConnection(DownstreamConnection* c) { connections_.insert(c); }
-  void RemoveConnection(DownstreamConnection* c) { connections_.erase(c); }
+  void AddConnection(ClientConnection* c) { connections_.insert(c); }
+  void RemoveConnection(ClientConnection* c) { connections_.erase(c); }
 
  private:
   struct AcceptOp final : Completion {
     Worker* w;
-    void Complete(int res, uint32_t flags) override { w->OnAccept(res, flags); }
+    Listener listener;
+    bool armed = false;
+    void Complete(int res, uint32_t flags) override {
+      w->OnAccept(this, res, flags);
+    }
   };
   struct WakeOp final : Completion {
     Worker* w;
     void Complete(int res, uint32_t flags) override { w->OnWake(res); }
   };
 
-  void ArmAccept();
+  void ArmAccept(AcceptOp* op);
   void ArmWake();
-  void OnAccept(int res, uint32_t flags);
+  void OnAccept(AcceptOp* op, int res, uint32_t flags);
   void OnWake(int res);
   void BeginDrain();
   void UpdateClock();
@@ -104,15 +116,13 @@ class Worker {
 
   const int index_;
   const Config& config_;
-  int listen_fd_;
   int cpu_;
   int wake_fd_ = -1;
   uint64_t wake_buf_ = 0;
   Ring ring_;
   BufferRing buffers_;
-  AcceptOp accept_op_;
+  std::vector<std::unique_ptr<AcceptOp>> accept_ops_;
   WakeOp wake_op_;
-  bool accept_armed_ = false;
   int64_t now_ns_ = 0;
   int64_t drain_deadline_ns_ = 0;
   bool draining_ = false;
@@ -122,7 +132,7 @@ class Worker {
   std::vector<Stream*> starved_;
   std::vector<Flushable*> flush_;
   uint64_t recycled_seen_ = 0;
-  absl::flat_hash_set<DownstreamConnection*> connections_;
+  absl::flat_hash_set<ClientConnection*> connections_;
   std::unique_ptr<UpstreamPool> pool_;
   WorkerStats stats_;
 };

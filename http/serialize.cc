@@ -70,7 +70,8 @@ void AppendUpstreamRequestHead(const RequestHead& head,
 }
 
 void AppendDownstreamResponseHead(const ResponseHead& head, BodyFraming framing,
-                                  bool close, std::string* out) {
+                                  bool close, std::string* out,
+                                  std::string_view extra_fields) {
   absl::StrAppend(out, "HTTP/1.1 ", head.status, " ");
   out->append(head.reason.empty() ? ReasonPhrase(head.status)
                                   : std::string_view(head.reason));
@@ -107,6 +108,7 @@ void AppendDownstreamResponseHead(const ResponseHead& head, BodyFraming framing,
     case BodyFraming::kClose:
       break;
   }
+  out->append(extra_fields.data(), extra_fields.size());
   out->append("\r\n");
 }
 
@@ -131,11 +133,31 @@ void AppendJsonEscaped(std::string_view s, std::string* out) {
   }
 }
 
-std::string JsonErrorResponse(int status, std::string_view message, bool close,
-                              int retry_after_seconds) {
+std::string JsonErrorBody(std::string_view message) {
   std::string body = "{\"error\":\"";
   AppendJsonEscaped(message, &body);
   body += "\"}\n";
+  return body;
+}
+
+std::string RedirectResponse(std::string_view location, bool close) {
+  std::string body = "{\"error\":\"moved permanently\",\"location\":\"";
+  AppendJsonEscaped(location, &body);
+  body += "\"}\n";
+  std::string out = "HTTP/1.1 301 Moved Permanently\r\nLocation: ";
+  out.append(location.data(), location.size());
+  absl::StrAppend(&out, "\r\nContent-Type: application/json\r\nContent-Length: ",
+                  body.size(), "\r\n");
+  if (close) out += "Connection: close\r\n";
+  out += "\r\n";
+  out += body;
+  return out;
+}
+
+std::string JsonErrorResponse(int status, std::string_view message, bool close,
+                              int retry_after_seconds,
+                              std::string_view extra_fields) {
+  std::string body = JsonErrorBody(message);
   std::string out = absl::StrCat("HTTP/1.1 ", status, " ");
   out.append(ReasonPhrase(status));
   absl::StrAppend(&out, "\r\nContent-Type: application/json\r\n"
@@ -144,6 +166,7 @@ std::string JsonErrorResponse(int status, std::string_view message, bool close,
     absl::StrAppend(&out, "Retry-After: ", retry_after_seconds, "\r\n");
   }
   if (close) out += "Connection: close\r\n";
+  out.append(extra_fields.data(), extra_fields.size());
   out += "\r\n";
   out += body;
   return out;

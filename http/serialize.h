@@ -37,13 +37,24 @@ enum class BodyFraming {
 // Appends the response head sent to the client: the upstream's status and
 // end-to-end fields, with the framing restated and Connection: close when
 // `close` is set. A 101 keeps Upgrade and gets Connection: upgrade.
+// `extra_fields` are complete "Name: value\r\n" lines the proxy adds (e.g.
+// Strict-Transport-Security on TLS connections).
 void AppendDownstreamResponseHead(const ResponseHead& head, BodyFraming framing,
-                                  bool close, std::string* out);
+                                  bool close, std::string* out,
+                                  std::string_view extra_fields = {});
 
 // A complete response with body {"error":"<message>"} (JSON-escaped).
-// `retry_after_seconds` > 0 adds Retry-After.
+// `retry_after_seconds` > 0 adds Retry-After; `extra_fields` as above.
 std::string JsonErrorResponse(int status, std::string_view message, bool close,
-                              int retry_after_seconds = 0);
+                              int retry_after_seconds = 0,
+                              std::string_view extra_fields = {});
+
+// The JSON body alone: {"error":"<message>"} and a newline.
+std::string JsonErrorBody(std::string_view message);
+
+// A complete 301 response to `location` (which must contain no CR or LF)
+// with a short JSON body.
+std::string RedirectResponse(std::string_view location, bool close);
 
 // Appends `s` escaped as the inside of a JSON string.
 void AppendJsonEscaped(std::string_view s, std::string* out);

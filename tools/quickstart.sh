@@ -34,4 +34,4 @@ Stream a generation through sluice (in another terminal):
 Stop sluice with Ctrl-C (in-flight streams finish first).
 
 MSG
-build-release/core/sluice --listen_http=127.0.0.1:8080 --upstream=127.0.0.1:11434 "$@"
+build-release/core/sluice --listen_http=127.0.0.1:8080 --listen_tls= --http_mode=serve --upstream=127.0.0.1:11434 "$@"

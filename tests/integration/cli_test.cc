@@ -34,7 +34,8 @@ TEST_P(SluiceCliBadFlag, ExitsTwoWithOneLineNamingTheFlag) {
   // with anything; it is killed at the timeout.
   CommandResult res =
       RunProgram(SluiceBinary(),
-                 {"--listen_http=127.0.0.1:0", "--upstream=127.0.0.1:9",
+                 {"--listen_http=127.0.0.1:0", "--listen_tls=", "--http_mode=serve",
+                  "--upstream=127.0.0.1:9",
                   absl::StrCat("--", bad.flag, "=", bad.value)},
                  absl::Seconds(5));
   ASSERT_FALSE(res.timed_out)
@@ -95,7 +96,8 @@ TEST(SluiceCli, ListenFailureIsReported) {
   CommandResult res = RunProgram(
       SluiceBinary(),
       {absl::StrCat("--listen_http=127.0.0.1:", ntohs(addr.sin_port)),
-       "--upstream=127.0.0.1:9", "--threads=1"},
+       "--listen_tls=", "--http_mode=serve", "--upstream=127.0.0.1:9",
+       "--threads=1"},
       absl::Seconds(5));
   close(fd);
   ASSERT_FALSE(res.timed_out) << "listening on a taken port succeeded?";

@@ -284,6 +284,9 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> StartSluice(
   if (!HasFlag(extra_args, "listen_http")) {
     args.push_back("--listen_http=127.0.0.1:0");
   }
+  // Plain HTTP tests run without TLS unless they ask for it.
+  if (!HasFlag(extra_args, "listen_tls")) args.push_back("--listen_tls=");
+  if (!HasFlag(extra_args, "http_mode")) args.push_back("--http_mode=serve");
   if (!HasFlag(extra_args, "upstream")) {
     args.push_back(absl::StrCat("--upstream=127.0.0.1:", upstream_port));
   }
@@ -783,6 +786,20 @@ absl::Status ResetSim(int sim_port) {
         absl::StrCat("/sim/reset answered ", r->status, ": ", r->body));
   }
   return absl::OkStatus();
+}
+
+std::optional<std::string> SanitizerReport(absl::string_view stderr_text) {
+  constexpr absl::string_view kMarkers[] = {
+      "WARNING: ThreadSanitizer:", "ERROR: AddressSanitizer:",
+      "ERROR: LeakSanitizer:", "runtime error:"};
+  size_t first = absl::string_view::npos;
+  for (absl::string_view marker : kMarkers) {
+    first = std::min(first, stderr_text.find(marker));
+  }
+  if (first == absl::string_view::npos) return std::nullopt;
+  size_t line_start = stderr_text.rfind('\n', first);
+  line_start = line_start == absl::string_view::npos ? 0 : line_start + 1;
+  return std::string(stderr_text.substr(line_start, 8000));
 }
 
 int UnusedPort() {

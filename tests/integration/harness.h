@@ -255,6 +255,10 @@ absl::Status ResetSim(int sim_port);
 std::optional<int64_t> FindJsonInt(absl::string_view json,
                                    absl::string_view key);
 
+// The first sanitizer report (ASan, UBSan, TSan, LSan) in a child's
+// stderr, from its first line on (at most 8000 characters), or nullopt.
+std::optional<std::string> SanitizerReport(absl::string_view stderr_text);
+
 // A free loopback port with nothing listening on it (bound, then closed).
 int UnusedPort();
 

@@ -57,6 +57,19 @@ class ProxyTest : public ::testing::Test {
       ADD_FAILURE() << "sluice exited during the test (code " << info.code
                     << ", signal " << info.signal << ")";
     }
+    // A sanitizer build reports in the child's stderr and, for TSan, keeps
+    // running: stop both processes so that the reports are complete, then
+    // fail the test for any of them.
+    for (auto* child : {&sluice_, &sim_}) {
+      if (*child == nullptr) continue;
+      (*child)->Terminate();
+      std::optional<std::string> report = SanitizerReport((*child)->Stderr());
+      if (report.has_value()) {
+        ADD_FAILURE() << (child == &sluice_ ? "sluice" : "ollama-sim")
+                      << " reported a sanitizer error:\n"
+                      << *report;
+      }
+    }
     if (HasFailure()) {
       if (sluice_ != nullptr) {
         std::cerr << "---- sluice stderr (tail) ----\n"

@@ -1,0 +1,117 @@
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/slice.h"
+#include "core/stream.h"
+#include "core/timer.h"
+
+namespace sluice::core {
+
+class Worker;
+class ClientConnection;
+
+// What a listening socket serves.
+enum class ListenerKind {
+  kHttp,      // plain HTTP/1.1, and HTTP/2 with prior knowledge (h2c)
+  kRedirect,  // plain HTTP/1.1 answering every request with 301 to https
+  kTls,       // TLS, then HTTP/2 or HTTP/1.1 by ALPN
+};
+
+// The protocol side of a client connection (HTTP/1.1 or HTTP/2). It reads
+// plaintext and writes plaintext through its ClientConnection, which owns it
+// and destroys it when the socket is closed. Callbacks come from the worker
+// loop; a session may call ClientConnection::Close from any of them but
+// never deletes itself.
+class ClientSession {
+ public:
+  virtual ~ClientSession() = default;
+  virtual void Start() {}
+  // Plaintext bytes from the client, in order.
+  virtual void OnData(Slice data) = 0;
+  // The client closed its side (0) or the read failed (-errno).
+  virtual void OnReadEnd(int res) = 0;
+  // Bytes left the send queue; see ClientConnection::drained().
+  virtual void OnWriteProgress() = 0;
+  // Sending failed; the connection writes nothing more.
+  virtual void OnWriteError(int res) = 0;
+  // The worker is draining (SIGTERM): finish what is in flight, then close.
+  virtual void Drain() = 0;
+  // Called once at the end of a loop turn after RequestFlush().
+  virtual void Flush() {}
+};
+
+// One accepted client socket: the Stream, the transport layer under the
+// protocol (nothing for plain HTTP), and the protocol session chosen by the
+// listener kind, the h2c preface, or ALPN. Owned by itself: it deletes
+// itself once its Stream is closed.
+class ClientConnection final : public StreamHandler, public Flushable {
+ public:
+  ClientConnection(Worker* worker, int fd, std::string client_addr,
+                   ListenerKind kind);
+  ~ClientConnection() override;
+
+  void Start();
+  // The worker is draining: sessions finish their requests, then close.
+  void Drain();
+
+  // Plaintext output, sent in order. Same ownership rules as Stream::Write*.
+  void Write(Slice s) { stream_.Write(std::move(s)); }
+  void WriteStatic(std::string_view s) { stream_.WriteStatic(s); }
+  void WriteCopy(std::string_view s) { stream_.WriteCopy(s); }
+  void WriteOwned(std::string s) { stream_.WriteOwned(std::move(s)); }
+
+  // Backpressure of the send queue (see Stream).
+  bool congested() const { return stream_.congested(); }
+  bool drained() const { return stream_.drained(); }
+  bool write_idle() const { return stream_.write_idle(); }
+
+  void StartReading() { stream_.StartReading(); }
+  void StopReading() { stream_.StopReading(); }
+  bool reading() const { return stream_.reading(); }
+
+  // Aborts: cancels everything and closes the socket; the connection (and
+  // its session) is destroyed once nothing is in flight.
+  void Close() { stream_.Close(); }
+  bool closing() const { return stream_.closing(); }
+
+  // Asks for ClientSession::Flush at the end of this loop turn.
+  void RequestFlush();
+
+  Worker* worker() const { return worker_; }
+  const std::string& client_addr() const { return client_addr_; }
+  ListenerKind kind() const { return kind_; }
+  bool secure() const { return kind_ == ListenerKind::kTls; }
+  // "https" or "http", for X-Forwarded-Proto.
+  std::string_view scheme() const { return secure() ? "https" : "http"; }
+
+ private:
+  // StreamHandler
+  void OnData(Slice data) override;
+  void OnReadEnd(int res) override;
+  void OnWriteProgress() override;
+  void OnWriteError(int res) override;
+  void OnClosed() override;
+  // Flushable
+  void Flush() override;
+
+  // Plaintext to the session, choosing it first when none is running.
+  void Deliver(Slice data);
+  void StartH1();
+  void StartH2();
+
+  Worker* worker_;
+  Stream stream_;
+  std::string client_addr_;
+  ListenerKind kind_;
+  std::unique_ptr<ClientSession> session_;
+  std::vector<Slice> sniffed_;  // h2c preface detection on plain listeners
+  size_t sniffed_bytes_ = 0;
+  bool flush_pending_ = false;
+  bool draining_ = false;
+};
+
+}  // namespace sluice::core
