@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/h1_downstream.h"
+#include "core/h2_downstream.h"
 #include "core/log.h"
 #include "core/worker.h"
 
@@ -13,11 +14,20 @@ constexpr std::string_view kH2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 }  // namespace
 
 ClientConnection::ClientConnection(Worker* worker, int fd,
-                                   std::string client_addr, ListenerKind kind)
+                                   std::string client_addr, ListenerKind kind,
+                                   std::shared_ptr<const tls::TlsContext> tls)
     : worker_(worker),
       stream_(worker, fd, this),
       client_addr_(std::move(client_addr)),
-      kind_(kind) {}
+      kind_(kind),
+      handshake_timer_([this] {
+        LOG_DEBUG("client %s: TLS handshake timeout", client_addr_.c_str());
+        stream_.Close();
+      }) {
+  if (kind_ == ListenerKind::kTls && tls) {
+    tls_ = std::make_unique<tls::TlsSession>(std::move(tls));
+  }
+}
 
 ClientConnection::~ClientConnection() {
   if (flush_pending_) worker_->CancelFlush(this);
@@ -27,6 +37,14 @@ void ClientConnection::Start() {
   worker_->AddConnection(this);
   if (kind_ == ListenerKind::kRedirect) {
     StartH1();
+  } else if (kind_ == ListenerKind::kTls) {
+    if (!tls_) {
+      stream_.Close();
+      return;
+    }
+    worker_->Timers(worker_->config().handshake_timeout_ns)
+        ->Arm(&handshake_timer_, worker_->now_ns());
+    stream_.StartReading();
   } else {
     // Plain listeners wait for the first bytes to tell h2c from HTTP/1.1.
     stream_.StartReading();
@@ -35,6 +53,7 @@ void ClientConnection::Start() {
 
 void ClientConnection::Drain() {
   draining_ = true;
+  if (close_when_written_) return;
   if (session_) {
     session_->Drain();
   } else {
@@ -49,15 +68,111 @@ void ClientConnection::StartH1() {
 }
 
 void ClientConnection::StartH2() {
-  // HTTP/2 sessions arrive with the h2 codec; until then h2c is refused
-  // with a GOAWAY-free close rather than misparsed as HTTP/1.1.
-  LOG_DEBUG("client %s: h2c not available", client_addr_.c_str());
-  stream_.Close();
+  session_ = std::make_unique<H2Downstream>(this);
+  session_->Start();
+  if (draining_ && !closing()) session_->Drain();
 }
 
 void ClientConnection::OnData(Slice data) {
-  if (closing()) return;
-  Deliver(std::move(data));
+  if (closing() || close_when_written_) return;
+  if (tls_) {
+    OnCiphertext(std::move(data));
+  } else {
+    Deliver(std::move(data));
+  }
+}
+
+void ClientConnection::OnCiphertext(Slice data) {
+  std::vector<Slice> plain;
+  absl::Status st = tls_->Feed(data.view(), &plain);
+  data = Slice();  // the receive buffer goes back to the ring at once
+  if (!st.ok()) {
+    // A failed handshake or a bad record closes this connection only; the
+    // alert BoringSSL queued goes out first.
+    LOG_DEBUG("client %s: %s", client_addr_.c_str(),
+              std::string(st.message()).c_str());
+    SendTlsOutput();
+    CloseAfterWrite();
+    return;
+  }
+  if (tls_->handshake_done() && !session_) {
+    handshake_timer_.Disarm();
+    if (tls_->alpn() == "h2") {
+      StartH2();
+    } else {
+      StartH1();
+    }
+  }
+  for (Slice& s : plain) {
+    if (closing() || !session_) break;
+    session_->OnData(std::move(s));
+  }
+  if (tls_->HasOutput()) SendTlsOutput();
+  if (tls_->peer_closed() && session_ && !closing()) session_->OnReadEnd(0);
+}
+
+void ClientConnection::Write(Slice s) {
+  if (s.empty()) return;
+  if (!tls_) {
+    stream_.Write(std::move(s));
+    return;
+  }
+  plain_bytes_ += s.size();
+  plain_.push_back(std::move(s));
+  RequestFlush();
+}
+
+void ClientConnection::WriteStatic(std::string_view s) {
+  if (!tls_) {
+    stream_.WriteStatic(s);
+  } else {
+    Write(Slice::Static(s));
+  }
+}
+
+void ClientConnection::WriteCopy(std::string_view s) {
+  if (!tls_) {
+    stream_.WriteCopy(s);
+  } else {
+    Write(Slice::Copy(s));
+  }
+}
+
+void ClientConnection::WriteOwned(std::string s) {
+  if (!tls_) {
+    stream_.WriteOwned(std::move(s));
+  } else {
+    Write(Slice::FromString(std::move(s)));
+  }
+}
+
+void ClientConnection::SealPlaintext() {
+  if (plain_.empty()) return;
+  std::vector<std::string_view> pieces;
+  pieces.reserve(plain_.size());
+  for (const Slice& s : plain_) pieces.push_back(s.view());
+  absl::Status st = tls_->WriteV(pieces);
+  plain_.clear();
+  plain_bytes_ = 0;
+  if (!st.ok()) {
+    LOG_DEBUG("client %s: %s", client_addr_.c_str(),
+              std::string(st.message()).c_str());
+    stream_.Close();
+    return;
+  }
+  SendTlsOutput();
+}
+
+void ClientConnection::SendTlsOutput() {
+  std::vector<Slice> out;
+  tls_->TakeOutput(&out);
+  for (Slice& s : out) stream_.Write(std::move(s));
+}
+
+void ClientConnection::CloseAfterWrite() {
+  close_when_written_ = true;
+  if (stream_.reading()) stream_.StopReading();
+  if (stream_.write_idle()) stream_.Close();
 }
 
 void ClientConnection::Deliver(Slice data) {
@@ -99,6 +214,10 @@ void ClientConnection::OnReadEnd(int res) {
 }
 
 void ClientConnection::OnWriteProgress() {
+  if (close_when_written_) {
+    if (stream_.write_idle()) stream_.Close();
+    return;
+  }
   if (session_) session_->OnWriteProgress();
 }
 
@@ -118,7 +237,9 @@ void ClientConnection::RequestFlush() {
 
 void ClientConnection::Flush() {
   flush_pending_ = false;
-  if (session_ && !closing()) session_->Flush();
+  if (closing()) return;
+  if (session_) session_->Flush();
+  if (tls_ && !closing()) SealPlaintext();
 }
 
 void ClientConnection::OnClosed() {

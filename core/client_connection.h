@@ -8,6 +8,7 @@
 #include "core/slice.h"
 #include "core/stream.h"
 #include "core/timer.h"
+#include "tls/tls_session.h"
 
 namespace sluice::core {
 
@@ -50,8 +51,10 @@ class ClientSession {
 // itself once its Stream is closed.
 class ClientConnection final : public StreamHandler, public Flushable {
  public:
+  // `tls` is the context for a kTls listener (null otherwise).
   ClientConnection(Worker* worker, int fd, std::string client_addr,
-                   ListenerKind kind);
+                   ListenerKind kind,
+                   std::shared_ptr<const tls::TlsContext> tls = nullptr);
   ~ClientConnection() override;
 
   void Start();
@@ -59,15 +62,26 @@ class ClientConnection final : public StreamHandler, public Flushable {
   void Drain();
 
   // Plaintext output, sent in order. Same ownership rules as Stream::Write*.
-  void Write(Slice s) { stream_.Write(std::move(s)); }
-  void WriteStatic(std::string_view s) { stream_.WriteStatic(s); }
-  void WriteCopy(std::string_view s) { stream_.WriteCopy(s); }
-  void WriteOwned(std::string s) { stream_.WriteOwned(std::move(s)); }
+  // On TLS connections the pieces of one loop turn are sealed together at
+  // its end (an HTTP/1.1 chunk's size line, payload and CRLF, or an HTTP/2
+  // frame header and payload, share one record).
+  void Write(Slice s);
+  void WriteStatic(std::string_view s);
+  void WriteCopy(std::string_view s);
+  void WriteOwned(std::string s);
 
-  // Backpressure of the send queue (see Stream).
-  bool congested() const { return stream_.congested(); }
-  bool drained() const { return stream_.drained(); }
-  bool write_idle() const { return stream_.write_idle(); }
+  // Backpressure of the send queue (see Stream), plaintext waiting for
+  // encryption included.
+  bool congested() const {
+    return stream_.congested() || plain_bytes_ > kHighWatermark;
+  }
+  bool drained() const {
+    return stream_.drained() && plain_bytes_ <= kLowWatermark;
+  }
+  bool write_idle() const {
+    return stream_.write_idle() && plain_.empty() &&
+           (!tls_ || !tls_->HasOutput());
+  }
 
   void StartReading() { stream_.StartReading(); }
   void StopReading() { stream_.StopReading(); }
@@ -85,6 +99,8 @@ class ClientConnection final : public StreamHandler, public Flushable {
   const std::string& client_addr() const { return client_addr_; }
   ListenerKind kind() const { return kind_; }
   bool secure() const { return kind_ == ListenerKind::kTls; }
+  // The TLS session of a kTls connection, else null.
+  const tls::TlsSession* tls() const { return tls_.get(); }
   // "https" or "http", for X-Forwarded-Proto.
   std::string_view scheme() const { return secure() ? "https" : "http"; }
 
@@ -102,16 +118,26 @@ class ClientConnection final : public StreamHandler, public Flushable {
   void Deliver(Slice data);
   void StartH1();
   void StartH2();
+  void OnCiphertext(Slice data);
+  void SealPlaintext();
+  void SendTlsOutput();
+  // Sends what is queued (a TLS alert), then closes.
+  void CloseAfterWrite();
 
   Worker* worker_;
   Stream stream_;
   std::string client_addr_;
   ListenerKind kind_;
   std::unique_ptr<ClientSession> session_;
+  std::unique_ptr<tls::TlsSession> tls_;
+  std::vector<Slice> plain_;  // plaintext written this turn (TLS only)
+  size_t plain_bytes_ = 0;
+  Timer handshake_timer_;
   std::vector<Slice> sniffed_;  // h2c preface detection on plain listeners
   size_t sniffed_bytes_ = 0;
   bool flush_pending_ = false;
   bool draining_ = false;
+  bool close_when_written_ = false;
 };
 
 }  // namespace sluice::core

@@ -8,6 +8,8 @@
 
 namespace sluice::core {
 
+class TlsContextSlot;
+
 // A resolved socket address.
 struct SocketAddress {
   sockaddr_storage storage{};
@@ -30,7 +32,11 @@ struct Config {
   int tls_port = 443;  // for redirects; the bound port once listening
   // "Strict-Transport-Security: ...\r\n" for TLS responses, or empty.
   std::string hsts_fields;
+  std::string hsts;  // the bare value, for HTTP/2 responses
+  uint32_t h2_max_concurrent_streams = 128;
   int64_t handshake_timeout_ns = 10'000'000'000;
+  // The TLS context for new connections (owned by main; null without TLS).
+  TlsContextSlot* tls_slot = nullptr;
   int threads = 1;
   SocketAddress upstream;
   std::string upstream_host;  // Host header sent upstream

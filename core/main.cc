@@ -23,6 +23,8 @@
 #include "core/client_connection.h"
 #include "core/config.h"
 #include "core/log.h"
+#include "core/tls_context_slot.h"
+#include "tls/tls_context.h"
 #include "core/worker.h"
 
 // A byte count flag: plain bytes or with a k/m/g suffix (powers of 1024),
@@ -78,6 +80,9 @@ ABSL_FLAG(bool, tls_session_tickets, true,
           "the session cache works either way.");
 ABSL_FLAG(std::string, hsts, "max-age=63072000; includeSubDomains",
           "Strict-Transport-Security value added to every TLS response; empty: off.");
+ABSL_FLAG(int32_t, h2_max_concurrent_streams, 128,
+          "SETTINGS_MAX_CONCURRENT_STREAMS sent to HTTP/2 clients; more streams "
+          "are refused (REFUSED_STREAM), the client retries them.");
 ABSL_FLAG(absl::Duration, handshake_timeout, absl::Seconds(10),
           "Time a client has to complete the TLS handshake.");
 ABSL_FLAG(int32_t, threads, 0,
@@ -159,6 +164,11 @@ Config BuildConfig() {
   std::string hsts = absl::GetFlag(FLAGS_hsts);
   if (hsts.find_first_of("\r\n") != std::string::npos) {
     UsageError("--hsts: must not contain line breaks");
+  }
+  c.hsts = hsts;
+  c.h2_max_concurrent_streams = static_cast<uint32_t>(absl::GetFlag(FLAGS_h2_max_concurrent_streams));
+  if (c.h2_max_concurrent_streams < 1 || c.h2_max_concurrent_streams > 100000) {
+    UsageError("--h2_max_concurrent_streams: must be between 1 and 100000");
   }
   if (!hsts.empty()) c.hsts_fields = absl::StrCat("Strict-Transport-Security: ", hsts, "\r\n");
   c.handshake_timeout_ns = DurationFlag(FLAGS_handshake_timeout, "handshake_timeout");
@@ -264,6 +274,22 @@ int Run(int argc, char** argv) {
   Config config = BuildConfig();
   g_log_level.store(config.log_level);
 
+  // The certificate is loaded before anything listens: a bad pair is a
+  // configuration error (exit 2 naming the flag), not a half-started proxy.
+  TlsContextSlot tls_slot;
+  tls::TlsContextOptions tls_options;
+  if (config.listen_tls_enabled) {
+    tls_options.cert_chain_path = absl::GetFlag(FLAGS_tls_cert);
+    tls_options.key_path = absl::GetFlag(FLAGS_tls_key);
+    tls_options.session_tickets = absl::GetFlag(FLAGS_tls_session_tickets);
+    auto ctx = tls::TlsContext::Create(tls_options);
+    if (!ctx.ok()) {
+      UsageError(absl::StrCat("--tls_cert/--tls_key: ", ctx.status().message()));
+    }
+    tls_slot.Set(*std::move(ctx));
+    config.tls_slot = &tls_slot;
+  }
+
   std::vector<int> cpus = AllowedCpus();
   const int n = config.threads > 0 ? config.threads : static_cast<int>(cpus.size());
   config.threads = n;
@@ -351,7 +377,20 @@ int Run(int argc, char** argv) {
   while (running.load() > 0) {
     timespec wait{0, 200 * 1000 * 1000};
     int sig = sigtimedwait(&sigs, nullptr, &wait);
-    if (sig == SIGINT || sig == SIGTERM) {
+    if (sig == SIGHUP) {
+      // New handshakes use the new pair; connections keep theirs. A pair
+      // that does not load leaves the old one in place.
+      if (config.listen_tls_enabled) {
+        auto ctx = tls_slot.Get()->Reload(tls_options);
+        if (ctx.ok()) {
+          tls_slot.Set(*std::move(ctx));
+          LOG_INFO("SIGHUP: reloaded certificate %s", tls_options.cert_chain_path.c_str());
+        } else {
+          LOG_ERROR("SIGHUP: certificate not reloaded, keeping the old one: %s",
+                    std::string(ctx.status().message()).c_str());
+        }
+      }
+    } else if (sig == SIGINT || sig == SIGTERM) {
       if (!stopping) {
         LOG_INFO("%s: stop accepting, draining for up to %llds", strsignal(sig),
                  static_cast<long long>(config.drain_timeout_ns / 1000000000));

@@ -34,6 +34,21 @@ Slice Slice::Copy(std::string_view bytes) {
   return Slice(owner, owner->bytes(), bytes.size());
 }
 
+namespace {
+struct StringOwner : SliceOwner {
+  std::string bytes;
+};
+void FreeString(SliceOwner* owner) { delete static_cast<StringOwner*>(owner); }
+}  // namespace
+
+Slice Slice::FromString(std::string s) {
+  if (s.empty()) return Slice();
+  auto* owner = new StringOwner;
+  owner->release = &FreeString;
+  owner->bytes = std::move(s);
+  return Slice(owner, owner->bytes.data(), owner->bytes.size());
+}
+
 struct SliceWriter::Block : HeapOwner {};
 
 SliceWriter::~SliceWriter() {

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <utility>
 
@@ -47,6 +48,12 @@ class Slice {
 
   // A Slice over a fresh heap copy of `bytes`.
   static Slice Copy(std::string_view bytes);
+  // A Slice that takes over `s` (no copy of its bytes).
+  static Slice FromString(std::string s);
+  // A Slice over memory that outlives every user (string literals).
+  static Slice Static(std::string_view bytes) {
+    return Slice(nullptr, bytes.data(), bytes.size());
+  }
 
   const char* data() const { return data_; }
   size_t size() const { return size_; }

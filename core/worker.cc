@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "core/client_connection.h"
+#include "core/tls_context_slot.h"
 #include "core/log.h"
 #include "core/stream.h"
 #include "core/upstream_pool.h"
@@ -129,8 +130,17 @@ void Worker::OnAccept(AcceptOp* op, int res, uint32_t flags) {
       stats_.accepted.fetch_add(1, std::memory_order_relaxed);
       int one = 1;
       ::setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      std::shared_ptr<const tls::TlsContext> tls;
+      if (op->listener.kind == ListenerKind::kTls && config_.tls_slot) {
+        uint64_t gen = config_.tls_slot->generation();
+        if (gen != tls_generation_) {
+          tls_context_ = config_.tls_slot->Get();
+          tls_generation_ = gen;
+        }
+        tls = tls_context_;
+      }
       auto* conn = new ClientConnection(this, res, PeerAddress(res),
-                                        op->listener.kind);
+                                        op->listener.kind, std::move(tls));
       conn->Start();
     }
   } else if (res != -ECANCELED) {

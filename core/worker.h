@@ -12,6 +12,7 @@
 #include "core/config.h"
 #include "core/ring.h"
 #include "core/timer.h"
+#include "tls/tls_context.h"
 
 namespace sluice::core {
 
@@ -133,6 +134,9 @@ class Worker {
   std::vector<Flushable*> flush_;
   uint64_t recycled_seen_ = 0;
   absl::flat_hash_set<ClientConnection*> connections_;
+  // This worker's copy of the TLS context and the slot generation it is of.
+  std::shared_ptr<const tls::TlsContext> tls_context_;
+  uint64_t tls_generation_ = ~0ull;
   std::unique_ptr<UpstreamPool> pool_;
   WorkerStats stats_;
 };

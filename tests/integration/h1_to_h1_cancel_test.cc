@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/integration/proxy_test_base.h"
+#include "tests/integration/timing.h"
 
 namespace sluice::integration {
 namespace {
@@ -20,7 +21,7 @@ void PrintTo(CloseKind kind, std::ostream* os) {
 
 // The simulator writes a token every 20 ms, so it notices a closed link at
 // its next write at the latest: 50 ms leaves room for that plus scheduling.
-constexpr int64_t kMaxCancelDelayUs = 50000;
+constexpr int64_t kMaxCancelDelayUs = 50000 * TimingSlack();
 
 class H1ToH1StreamingCancel : public ProxyTest,
                               public ::testing::WithParamInterface<CloseKind> {

@@ -15,6 +15,7 @@
 #include "absl/strings/strip.h"
 #include "gtest/gtest.h"
 #include "tests/integration/proxy_test_base.h"
+#include "tests/integration/timing.h"
 
 namespace sluice::integration {
 namespace {
@@ -23,7 +24,7 @@ constexpr int kTokens = 10;
 constexpr int kTokenDelayMs = 100;
 // 10 tokens 100 ms apart span 900 ms at least; batching would shrink it.
 constexpr int64_t kMinSpreadUs = 700000;
-constexpr int64_t kMaxRelayDelayUs = 30000;
+constexpr int64_t kMaxRelayDelayUs = 30000 * TimingSlack();
 // Allowance for the two processes reading CLOCK_REALTIME at slightly
 // different moments around the send.
 constexpr int64_t kClockSlackUs = 2000;

@@ -127,8 +127,18 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
   for (std::string& a : argv_storage) argv.push_back(a.data());
   argv.push_back(nullptr);
 
+  // `extra_env` overrides inherited variables of the same name (getenv
+  // would otherwise find the inherited one first).
   std::vector<std::string> env_storage;
-  for (char** e = environ; *e != nullptr; ++e) env_storage.emplace_back(*e);
+  for (char** e = environ; *e != nullptr; ++e) {
+    absl::string_view entry(*e);
+    absl::string_view name = entry.substr(0, entry.find('=') + 1);
+    bool overridden = false;
+    for (const std::string& x : extra_env) {
+      if (!name.empty() && absl::StartsWith(x, name)) overridden = true;
+    }
+    if (!overridden) env_storage.emplace_back(entry);
+  }
   env_storage.insert(env_storage.end(), extra_env.begin(), extra_env.end());
   std::vector<char*> envp;
   for (std::string& e : env_storage) envp.push_back(e.data());
@@ -182,30 +192,46 @@ ChildProcess::~ChildProcess() {
 std::string ChildProcess::Stdout() const { return ReadWholeFile(stdout_path_); }
 std::string ChildProcess::Stderr() const { return ReadWholeFile(stderr_path_); }
 
+namespace {
+// The port of the first complete "<marker>HOST:PORT" line in `out`: 0 when
+// there is none yet, -1 when it does not parse.
+int FindListening(absl::string_view out, absl::string_view marker,
+                  std::string* host) {
+  size_t at = out.find(marker);
+  if (at == absl::string_view::npos) return 0;
+  size_t start = at + marker.size();
+  size_t end = out.find_first_of(" \r\n", start);
+  if (end == absl::string_view::npos) return 0;
+  absl::string_view hostport = out.substr(start, end - start);
+  size_t colon = hostport.rfind(':');
+  int port = 0;
+  if (colon == absl::string_view::npos ||
+      !absl::SimpleAtoi(hostport.substr(colon + 1), &port) || port <= 0 ||
+      port > 65535) {
+    return -1;
+  }
+  *host = std::string(hostport.substr(0, colon));
+  return port;
+}
+}  // namespace
+
 absl::Status ChildProcess::WaitListening(absl::Duration timeout) {
-  constexpr absl::string_view kMarker = "listening on http://";
   absl::Time deadline = absl::Now() + timeout;
   while (true) {
     std::string out = Stdout();
-    size_t at = out.find(kMarker.data(), 0, kMarker.size());
-    if (at != std::string::npos) {
-      size_t start = at + kMarker.size();
-      size_t end = out.find_first_of(" \r\n", start);
-      if (end != std::string::npos) {
-        absl::string_view hostport =
-            absl::string_view(out).substr(start, end - start);
-        size_t colon = hostport.rfind(':');
-        int port = 0;
-        if (colon == absl::string_view::npos ||
-            !absl::SimpleAtoi(hostport.substr(colon + 1), &port) || port <= 0 ||
-            port > 65535) {
-          return absl::InternalError(
-              absl::StrCat("cannot parse listening line: ", out));
-        }
-        host_ = std::string(hostport.substr(0, colon));
-        port_ = port;
-        return absl::OkStatus();
-      }
+    std::string host, tls_host;
+    int port = FindListening(out, "listening on http://", &host);
+    int tls_port = FindListening(out, "listening on https://", &tls_host);
+    if (port < 0 || tls_port < 0) {
+      return absl::InternalError(absl::StrCat("cannot parse listening line: ", out));
+    }
+    // sluice prints all its listening lines at once, after every listener
+    // is up; the last line ends with a newline.
+    if ((port > 0 || tls_port > 0) && !out.empty() && out.back() == '\n') {
+      host_ = port > 0 ? host : tls_host;
+      port_ = port;
+      tls_port_ = tls_port;
+      return absl::OkStatus();
     }
     if (!running() || WaitExit(absl::ZeroDuration()).has_value()) {
       return absl::InternalError(

@@ -53,12 +53,16 @@ class ChildProcess {
   ~ChildProcess();
 
   // Waits until stdout holds a line with "listening on http://HOST:PORT"
-  // and records HOST and PORT. Fails (with the child's stderr in the
+  // or "listening on https://HOST:PORT" and records HOST and PORT (the
+  // https one as tls_port()). Fails (with the child's stderr in the
   // message) when the deadline passes or the child exits first.
   absl::Status WaitListening(absl::Duration timeout);
 
   pid_t pid() const { return pid_; }
   int port() const { return port_; }
+  // The port of a "listening on https://HOST:PORT" line (sluice with
+  // --listen_tls), or 0.
+  int tls_port() const { return tls_port_; }
   const std::string& host() const { return host_; }
   // The whole stdout / stderr written so far.
   std::string Stdout() const;
@@ -82,6 +86,7 @@ class ChildProcess {
   std::optional<ExitInfo> exit_;
   std::string host_;
   int port_ = 0;
+  int tls_port_ = 0;
 };
 
 // Paths of the binaries under test (compile-time definitions from CMake).

@@ -41,6 +41,6 @@ try {
   console.log(`ok: ${chunks} chunks, text '${text.trim()}'`);
   clearTimeout(watchdog);
 } catch (err) {
-  console.error('FAIL:', err?.stack ?? err);
+  console.error('FAIL:', err?.stack ?? err, err?.cause ?? '', err?.cause?.cause ?? '');
   process.exit(1);
 }

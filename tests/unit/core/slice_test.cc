@@ -42,6 +42,20 @@ TEST(SliceTest, CopyOwnsItsBytes) {
   EXPECT_TRUE(Slice::Copy("").empty());
 }
 
+TEST(SliceTest, FromStringAndStatic) {
+  std::string big(1000, 'x');
+  const char* p = big.data();
+  Slice s = Slice::FromString(std::move(big));
+  EXPECT_EQ(s.size(), 1000u);
+  EXPECT_EQ(s.data(), p);  // moved, not copied
+  Slice t = s.Sub(10, 5);
+  s = Slice();
+  EXPECT_EQ(t.view(), "xxxxx");
+  Slice st = Slice::Static("abc");
+  Slice st2 = st;
+  EXPECT_EQ(st2.view(), "abc");
+}
+
 TEST(SliceWriterTest, TakesCommittedBytesAcrossBlocks) {
   SliceWriter w(8);
   std::string out;

@@ -1,0 +1,798 @@
+#!/usr/bin/env bash
+# sluice against nginx configured like the production baseline
+# (NGINX_BASELINE.md), both in front of the same ollama-sim, over TLS.
+#
+#   bash bench/compare_nginx.sh [--record] [--quick] [--rounds=N] [--only=abcdef]
+#                               [--keep] [BUILD_DIR]
+#   (or BUILD=dir bash bench/compare_nginx.sh ...)
+#
+# Builds nothing: it runs BUILD_DIR's core/sluice, tools/ollama-sim/ollama-sim
+# and bench/{relay_delay,h2_relay_delay,cancel_latency,tls_handshakes,
+# idle_conns} (default build dir: build-bench), and Debian's /usr/sbin/nginx
+# (as root, with a private prefix and config in a temporary directory),
+# h2load (nghttp2-client) and wrk. Certificates come from tools/make-certs.sh
+# in the temporary directory. Everything listens on 127.0.0.1. Each proxy
+# has one worker pinned to CPU 0; the simulator and the load generators
+# share CPU 1.
+#
+# Rounds alternate nginx then sluice for every measure (A B A B ...):
+#  (a) h2load over TLS (h2), GET /api/tags, -c64 -m10: req/s
+#  (b) wrk over TLS (HTTP/1.1), GET /api/tags, -c64: req/s and p99 latency
+#  (c) full TLS handshakes per second, one small request per connection
+#      (bench/tls_handshakes: BoringSSL client, no resumption)
+#  (d) per-chunk relay delay with 1000 concurrent h2 streams over 10 TLS
+#      connections (bench/h2_relay_delay): p50/p99/max and time to first
+#      chunk; relay_delay straight to the simulator (HTTP/1.1) as reference;
+#      and time to first chunk with all 1000 streams on one connection
+#  (e) RSS per idle TLS h2 connection, 5000 connections (bench/idle_conns)
+#      held against a freshly started instance of each proxy; in round 1
+#      also with ALPN http/1.1 and no request (the TLS part alone)
+#  (f) client cancel to upstream close (bench/cancel_latency): h2
+#      RST_STREAM and HTTP/1.1 close, against the simulator's last_abort_us
+# and prints a markdown table of medians with sluice/nginx ratios.
+# --record appends the table, per-round figures and notes to
+# bench/RESULTS.md. --quick: 1 round, short runs, 1000 idle connections
+# (for trying the script; not for recording). --only=LETTERS runs only
+# those measures. --keep leaves the temporary directory (configs, logs, raw
+# tool output) in place and prints its path. Full run (3 rounds): about
+# 6 minutes.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+COMMAND="bash bench/compare_nginx.sh $*"
+RECORD=0
+QUICK=0
+KEEP=0
+ONLY=abcdef
+ROUNDS=3
+BUILD_DIR=${BUILD:-build-bench}
+for arg in "$@"; do
+  case "$arg" in
+    --record) RECORD=1 ;;
+    --quick) QUICK=1 ;;
+    --rounds=*) ROUNDS=${arg#--rounds=} ;;
+    --only=*) ONLY=${arg#--only=} ;;
+    --keep) KEEP=1 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' ; exit 0 ;;
+    -*) echo "compare_nginx.sh: unknown option $arg" >&2; exit 2 ;;
+    *) BUILD_DIR=$arg ;;
+  esac
+done
+[[ "$BUILD_DIR" = /* ]] || BUILD_DIR="$ROOT/$BUILD_DIR"
+[[ -n "${BUILD:-}" ]] && COMMAND="BUILD=$BUILD $COMMAND"
+[[ "$ROUNDS" =~ ^[1-9][0-9]?$ ]] || { echo "compare_nginx.sh: --rounds wants 1..99" >&2; exit 2; }
+[[ "$ONLY" =~ ^[a-f]+$ ]] || { echo "compare_nginx.sh: --only wants letters a to f" >&2; exit 2; }
+wanted() { [[ "$ONLY" == *"$1"* ]]; }
+
+# --- Settings -----------------------------------------------------------
+H2_CONNS=64; H2_STREAMS=10; H2_SECONDS=5; H2_WARMUP=1
+WRK_CONNS=64; WRK_SECONDS=5
+HS_CONC=16; HS_SECONDS=3
+DELAY_CONNS=10; DELAY_STREAMS=1000; DELAY_TOKENS=40; DELAY_MS=50
+ONECONN_TOKENS=10  # 1000 streams on one connection: 8 waves of 128
+IDLE_CONNS=5000
+CANCEL_TRIALS=5; CANCEL_AFTER=3; CANCEL_DELAY_MS=10
+if (( QUICK )); then
+  [[ " $* " == *" --rounds="* ]] || ROUNDS=1
+  H2_SECONDS=2; WRK_SECONDS=2; HS_SECONDS=1; DELAY_TOKENS=10
+  IDLE_CONNS=1000; CANCEL_TRIALS=3; ONECONN_TOKENS=4
+fi
+API_KEY="sk-bench-0123456789abcdef"
+AUTH="Bearer $API_KEY"
+NGINX=/usr/sbin/nginx
+
+# --- Tools --------------------------------------------------------------
+SLUICE="$BUILD_DIR/core/sluice"
+SIM="$BUILD_DIR/tools/ollama-sim/ollama-sim"
+missing=()
+for bin in "$SLUICE" "$SIM" "$BUILD_DIR/bench/relay_delay" "$BUILD_DIR/bench/h2_relay_delay" \
+           "$BUILD_DIR/bench/cancel_latency" "$BUILD_DIR/bench/tls_handshakes" \
+           "$BUILD_DIR/bench/idle_conns"; do
+  [[ -x "$bin" ]] || missing+=("$bin (not built: cmake --build ${BUILD_DIR#"$ROOT"/})")
+done
+[[ -x "$NGINX" ]] || missing+=("$NGINX (Debian package nginx)")
+for tool in h2load:nghttp2-client wrk:wrk curl:curl openssl:openssl taskset:util-linux ss:iproute2; do
+  command -v "${tool%%:*}" >/dev/null || missing+=("${tool%%:*} (Debian package ${tool#*:})")
+done
+if ((${#missing[@]})); then
+  echo "compare_nginx.sh: missing:" >&2
+  printf '  %s\n' "${missing[@]}" >&2
+  echo "Build: cmake -S . -B build-bench -G Ninja -DCMAKE_BUILD_TYPE=Release -DSLUICE_BUILD_TESTS=OFF && cmake --build build-bench" >&2
+  echo "Packages: tools/install-deps.sh --test installs nginx, nghttp2-client and wrk." >&2
+  exit 2
+fi
+if (( $(id -u) != 0 )); then
+  echo "compare_nginx.sh: run as root (nginx's master process needs it here)" >&2
+  exit 2
+fi
+
+# Pinning: each proxy alone on CPU 0, everything else on CPU 1.
+if (( $(nproc) >= 2 )); then
+  PROXY_CPU=(taskset -c 0)
+  LOAD_CPU=(taskset -c 1)
+  PINNING="proxy (nginx or sluice, one worker) on CPU 0; ollama-sim and load generators on CPU 1"
+else
+  PROXY_CPU=()
+  LOAD_CPU=()
+  PINNING="unpinned (fewer than 2 CPUs)"
+fi
+
+# 5000 idle connections need more than the usual 1024 descriptors, in the
+# proxies (which inherit this) and the clients.
+ulimit -n "$(ulimit -Hn)"
+FD_LIMIT=$(ulimit -n)
+if (( FD_LIMIT < IDLE_CONNS + 200 )); then
+  echo "compare_nginx.sh: open-file limit $FD_LIMIT is below $((IDLE_CONNS + 200))" >&2
+  exit 2
+fi
+
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-vs-nginx.XXXXXX")
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if (( KEEP )); then echo "compare_nginx.sh: kept $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# stop_pid PID: stops one process this script started and forgets it, so
+# that the exit trap never signals a recycled PID.
+stop_pid() {
+  local pid=$1 p keep=()
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+
+wait_listening() {  # LOGFILE PID REGEX: the port in REGEX's first group
+  local log=$1 pid=$2 regex=$3 port
+  for _ in $(seq 100); do
+    port=$(sed -nE "s#${regex}#\\1#p" "$log" | head -1)
+    if [[ -n "$port" ]]; then echo "$port"; return 0; fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "compare_nginx.sh: no listening line from PID $pid; log:" >&2
+  cat "$log" >&2
+  return 1
+}
+
+# A port for nginx (it cannot report a kernel-chosen one): below the
+# ephemeral range, so no client connection of this run can hold it, and
+# unused in any state now.
+free_port() {
+  local port low
+  low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range)
+  (( low > 12000 )) || low=32768
+  for _ in $(seq 200); do
+    port=$((10000 + RANDOM % (low - 11000)))
+    if [[ -z "$(ss -Htan "sport = :$port")" ]]; then echo "$port"; return 0; fi
+  done
+  echo "compare_nginx.sh: no free port found" >&2
+  return 1
+}
+
+# https_ok PORT [h2]: GET /api/tags with the key answers 200.
+https_ok() {
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 --cacert "$WORK/certs/ca.pem" \
+    ${2:+--http2} -H "Authorization: $AUTH" "https://localhost:$1/api/tags" || true)
+  [[ "$code" == 200 ]]
+}
+
+bash "$ROOT/tools/make-certs.sh" "$WORK/certs" >/dev/null
+
+"${LOAD_CPU[@]}" "$SIM" --listen=127.0.0.1:0 --threads=1 >"$WORK/sim.log" 2>&1 &
+SIM_PID=$!
+PIDS+=("$SIM_PID")
+SIM_PORT=$(wait_listening "$WORK/sim.log" "$SIM_PID" \
+  '^ollama-sim listening on http://127\.0\.0\.1:([0-9]+)$')
+
+# --- nginx, set up like NGINX_BASELINE.md ---------------------------------
+# write_nginx_conf DIR TLS_PORT HTTP_PORT
+write_nginx_conf() {
+  local dir=$1 tls_port=$2 http_port=$3
+  mkdir -p "$dir/tmp"
+  # The API keys file the baseline includes into its map.
+  printf '"Bearer %s" 1;\n' "$API_KEY" >"$dir/api_keys.map"
+  cat >"$dir/nginx.conf" <<EOF
+# Generated by bench/compare_nginx.sh: the baseline (NGINX_BASELINE.md) on
+# loopback ports, with a private prefix. Rate limits keep the baseline's
+# zones but rates and bursts no client reaches, so the code path runs and
+# never rejects.
+daemon off;
+master_process on;
+worker_processes 1;
+# Workers as root: the temporary prefix is private to root.
+user root;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+worker_rlimit_nofile $FD_LIMIT;
+events {
+    worker_connections $((IDLE_CONNS + 1000));
+}
+http {
+    default_type application/octet-stream;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+
+    log_format ollama '\$remote_addr - \$remote_user [\$time_local] "\$request" '
+                      '\$status \$body_bytes_sent "\$http_referer" "\$http_user_agent" '
+                      'rt=\$request_time urt=\$upstream_response_time';
+    access_log $dir/access.log ollama;
+
+    map \$http_authorization \$api_key_valid {
+        default 0;
+        include $dir/api_keys.map;
+    }
+    # WebSocket pass-through. An empty Upgrade maps to an empty Connection
+    # header, so ordinary requests keep the upstream keepalive link.
+    map \$http_upgrade \$connection_upgrade {
+        default upgrade;
+        ''      '';
+    }
+    limit_req_zone \$binary_remote_addr zone=gen:10m rate=1000000r/s;
+    limit_req_zone \$binary_remote_addr zone=api:10m rate=1000000r/s;
+    limit_req_status 429;
+
+    upstream ollama {
+        server 127.0.0.1:$SIM_PORT;
+        keepalive 32;
+    }
+
+    server {
+        listen 127.0.0.1:$http_port;
+        server_name localhost;
+        return 301 https://\$server_name\$request_uri;
+    }
+
+    server {
+        listen 127.0.0.1:$tls_port ssl http2;
+        server_name localhost;
+
+        ssl_certificate $WORK/certs/server.pem;
+        ssl_certificate_key $WORK/certs/server.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384;
+        ssl_prefer_server_ciphers off;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_timeout 1d;
+        ssl_session_tickets off;
+
+        add_header Strict-Transport-Security "max-age=63072000; includeSubDomains" always;
+
+        client_max_body_size 100M;
+
+        proxy_http_version 1.1;
+        proxy_set_header Host \$host;
+        proxy_set_header X-Real-IP \$remote_addr;
+        proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto \$scheme;
+        proxy_set_header Upgrade \$http_upgrade;
+        proxy_set_header Connection \$connection_upgrade;
+        proxy_buffering off;
+        proxy_cache off;
+        chunked_transfer_encoding on;
+        proxy_connect_timeout 10s;
+        proxy_send_timeout 600s;
+        proxy_read_timeout 300s;
+
+        location = /nginx_status {
+            stub_status;
+            allow 127.0.0.1;
+            deny all;
+        }
+
+        location /api/delete {
+            default_type application/json;
+            return 403 '{"error": "model deletion is not permitted via API"}';
+        }
+        location /api/push {
+            default_type application/json;
+            return 403 '{"error": "model push is not permitted via API"}';
+        }
+
+        location /api/pull {
+            allow 127.0.0.1;
+            deny all;
+            if (\$api_key_valid = 0) {
+                return 401 '{"error":"Unauthorized"}';
+            }
+            limit_req zone=api burst=1000000 nodelay;
+            proxy_pass http://ollama;
+        }
+
+        location ~ ^/api/(generate|chat)\$ {
+            default_type application/json;
+            if (\$api_key_valid = 0) {
+                return 401 '{"error":"Unauthorized"}';
+            }
+            limit_req zone=gen burst=1000000 nodelay;
+            proxy_read_timeout 600s;
+            proxy_pass http://ollama;
+        }
+
+        location / {
+            default_type application/json;
+            if (\$api_key_valid = 0) {
+                return 401 '{"error":"Unauthorized"}';
+            }
+            limit_req zone=api burst=1000000 nodelay;
+            proxy_pass http://ollama;
+        }
+    }
+}
+EOF
+}
+
+# start_nginx TAG: starts nginx; sets STARTED_PID (the master) and
+# STARTED_PORT (TLS).
+start_nginx() {
+  local dir="$WORK/nginx-$1" tls_port http_port
+  tls_port=$(free_port); http_port=$(free_port)
+  write_nginx_conf "$dir" "$tls_port" "$http_port"
+  "$NGINX" -t -q -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" || {
+    echo "compare_nginx.sh: nginx -t failed:" >&2; cat "$dir/error.log" >&2; return 1; }
+  "${PROXY_CPU[@]}" "$NGINX" -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" \
+    >"$dir/stdout.log" 2>&1 &
+  STARTED_PID=$!
+  PIDS+=("$STARTED_PID")
+  STARTED_PORT=$tls_port
+  STARTED_HTTP_PORT=$http_port
+  for _ in $(seq 100); do
+    https_ok "$tls_port" && return 0
+    kill -0 "$STARTED_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "compare_nginx.sh: nginx did not come up on :$tls_port" >&2
+  cat "$dir/error.log" >&2
+  return 1
+}
+
+# start_sluice TAG: the same settings as flags (sluice's defaults already
+# match most; spelled out here so the comparison is explicit).
+start_sluice() {
+  local log="$WORK/sluice-$1.log"
+  "${PROXY_CPU[@]}" "$SLUICE" --threads=1 \
+    --listen_tls=127.0.0.1:0 --tls_cert="$WORK/certs/server.pem" --tls_key="$WORK/certs/server.key" \
+    --tls_session_tickets=false \
+    --listen_http=127.0.0.1:0 --http_mode=redirect \
+    --hsts='max-age=63072000; includeSubDomains' \
+    --upstream="127.0.0.1:$SIM_PORT" --upstream_keepalive=32 \
+    --connect_timeout=10s --read_timeout=600s --send_timeout=600s \
+    --client_max_body_size=100M --h2_max_concurrent_streams=128 \
+    >"$log" 2>&1 &
+  STARTED_PID=$!
+  PIDS+=("$STARTED_PID")
+  STARTED_PORT=$(wait_listening "$log" "$STARTED_PID" \
+    '^sluice listening on https://127\.0\.0\.1:([0-9]+) .*')
+  STARTED_HTTP_PORT=$(wait_listening "$log" "$STARTED_PID" \
+    '^sluice listening on http://127\.0\.0\.1:([0-9]+) .*')
+  for _ in $(seq 40); do
+    https_ok "$STARTED_PORT" && return 0
+    sleep 0.05
+  done
+  echo "compare_nginx.sh: sluice on :$STARTED_PORT does not answer GET /api/tags" >&2
+  cat "$log" >&2
+  return 1
+}
+
+# Memory and CPU of a proxy: the process and its children (nginx's worker).
+proxy_pids() { echo "$1"; pgrep -P "$1" || true; }
+rss_kb() {  # sum of VmRSS
+  local pid sum=0 v
+  for pid in $(proxy_pids "$1"); do
+    v=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
+    sum=$((sum + ${v:-0}))
+  done
+  echo "$sum"
+}
+pss_kb() {  # sum of Pss from smaps_rollup
+  local pid sum=0 v
+  for pid in $(proxy_pids "$1"); do
+    v=$(awk '/^Pss:/ { print $2 }' "/proc/$pid/smaps_rollup" 2>/dev/null || echo 0)
+    sum=$((sum + ${v:-0}))
+  done
+  echo "$sum"
+}
+cpu_ns() {  # CPU time of every thread, ns (schedstat's first field)
+  local pid f sum=0 v
+  for pid in $(proxy_pids "$1"); do
+    for f in /proc/"$pid"/task/*/schedstat; do
+      read -r v _ <"$f" 2>/dev/null || v=0
+      sum=$((sum + v))
+    done
+  done
+  echo "$sum"
+}
+cpu_pct() {  # NS_BEFORE NS_AFTER T_BEFORE T_AFTER: percent of one core
+  awk -v a="$1" -v b="$2" -v t0="$3" -v t1="$4" 'BEGIN { s = t1 - t0; printf "%.0f", (s > 0) ? (b - a) / 1e7 / s : 0 }'
+}
+per_core() {  # RATE CPU_PCT: the rate scaled to one fully busy core
+  awk -v r="$1" -v c="$2" 'BEGIN { if (r == "" || c + 0 <= 0) print "n/a"; else printf "%.0f", r * 100 / c }'
+}
+
+median() { printf '%s\n' "$@" | grep -E '^-?[0-9.]+$' | sort -g | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)]; else print "n/a" }'; }
+field() { sed -nE "s/.*(^| )$1=([^ ]*).*/\\2/p" <<<"$2"; }
+to_us() {  # a wrk latency figure ("812.00us", "1.23ms", "1.02s") in µs
+  awk -v v="$1" 'BEGIN { n = v + 0
+    if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000;
+    else if (v ~ /m$/) print n * 60e6; else if (v ~ /s$/) print n * 1e6; else print -1 }'
+}
+now_s() { date +%s.%N; }
+
+declare -A PID PORT HTTP_PORT
+declare -A H2RPS H2CPU H2PC WRKRPS WRKP99 WRKCPU WRKPC HSRATE HSCPU HSPC
+declare -A DP50 DP99 DMAX TTFC50 TTFC99 ONE50 ONE99 ONEEL MEMB MEMPSS MEMTLS CAN_H2 CAN_H1 CAN_H2_R CAN_H1_R
+DIRECT_P50=""; DIRECT_P99=""; DIRECT_MAX=""
+PROBLEMS=""
+problem() { PROBLEMS+="$1"$'\n'; echo "  problem: $1" >&2; }
+
+start_nginx main; PID[nginx]=$STARTED_PID; PORT[nginx]=$STARTED_PORT; HTTP_PORT[nginx]=$STARTED_HTTP_PORT
+start_sluice main; PID[sluice]=$STARTED_PID; PORT[sluice]=$STARTED_PORT; HTTP_PORT[sluice]=$STARTED_HTTP_PORT
+
+# Both must answer the same way before anything is measured: 200 with HSTS
+# over h2, 401 without a key from nginx (sluice has no auth yet).
+for name in nginx sluice; do
+  hdrs=$(curl -sS -D - -o /dev/null --http2 --max-time 3 --cacert "$WORK/certs/ca.pem" \
+    -H "Authorization: $AUTH" "https://localhost:${PORT[$name]}/api/tags" || true)
+  grep -q '^HTTP/2 200' <<<"$hdrs" || problem "$name: GET /api/tags over h2 did not answer 200"
+  grep -qi '^strict-transport-security: max-age=63072000; includeSubDomains' <<<"$hdrs" ||
+    problem "$name: no HSTS header"
+done
+# expect_code WHAT CODE CURL_ARGS...: one request, its status must be CODE.
+expect_code() {
+  local what=$1 want=$2 got
+  shift 2
+  got=$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 --cacert "$WORK/certs/ca.pem" "$@" || true)
+  [[ "$got" == "$want" ]] || problem "$what answered $got, not $want"
+}
+for name in nginx sluice; do
+  expect_code "$name: plain-HTTP listener" 301 "http://127.0.0.1:${HTTP_PORT[$name]}/api/tags"
+done
+# The baseline's policy rows, on nginx (sluice has no policy yet).
+N="https://localhost:${PORT[nginx]}"
+expect_code "nginx: /api/tags without a key" 401 "$N/api/tags"
+expect_code "nginx: /api/tags with a wrong key" 401 -H "Authorization: Bearer sk-wrong" "$N/api/tags"
+expect_code "nginx: DELETE /api/delete" 403 -X DELETE -H "Authorization: $AUTH" -d '{"model":"m"}' "$N/api/delete"
+expect_code "nginx: POST /api/push" 403 -H "Authorization: $AUTH" -d '{"model":"m"}' "$N/api/push"
+expect_code "nginx: POST /api/pull from 127.0.0.1" 200 -H "Authorization: $AUTH" \
+  -H 'X-Sim-Token-Delay-Ms: 0' -d '{"model":"m","stream":false}' "$N/api/pull"
+expect_code "nginx: stub_status from 127.0.0.1" 200 -H "Authorization: $AUTH" "$N/nginx_status"
+
+# --- Measures -----------------------------------------------------------
+run_h2load() {  # NAME ROUND
+  local name=$1 round=$2 out t0 t1 c0 c1 rps cpu
+  c0=$(cpu_ns "${PID[$name]}"); t0=$(now_s)
+  out=$("${LOAD_CPU[@]}" timeout $((H2_SECONDS + H2_WARMUP + 20)) h2load -t1 \
+    -c"$H2_CONNS" -m"$H2_STREAMS" -D"$H2_SECONDS" --warm-up-time="$H2_WARMUP" \
+    -H "Authorization: $AUTH" "https://127.0.0.1:${PORT[$name]}/api/tags" 2>&1) || true
+  t1=$(now_s); c1=$(cpu_ns "${PID[$name]}")
+  echo "$out" >"$WORK/h2load-$name-$round.txt"
+  rps=$(sed -nE 's/^finished in .*, ([0-9.]+) req\/s.*/\1/p' <<<"$out")
+  H2RPS[$name]+="${rps:-n/a} "
+  cpu=$(cpu_pct "$c0" "$c1" "$t0" "$t1")
+  H2CPU[$name]+="$cpu "
+  H2PC[$name]+="$(per_core "$rps" "$cpu") "
+  local req non2xx
+  req=$(grep -E '^requests:' <<<"$out" || true)
+  non2xx=$(sed -nE 's/^status codes: [0-9]+ 2xx, [0-9]+ 3xx, ([0-9]+) 4xx, ([0-9]+) 5xx/\1 \2/p' <<<"$out")
+  if [[ -z "$rps" ]] || ! grep -qE ' 0 failed, 0 errored, 0 timeout' <<<"$req" || [[ "$non2xx" != "0 0" ]]; then
+    problem "h2load $name round $round: ${req:-no summary}; 4xx/5xx: ${non2xx:-?}"
+  fi
+  printf '  (a) h2load %-6s round %d: %s req/s, proxy CPU %s%%\n' "$name" "$round" "${rps:-n/a}" "$cpu" >&2
+}
+
+run_wrk() {  # NAME ROUND
+  local name=$1 round=$2 out t0 t1 c0 c1 rps cpu
+  c0=$(cpu_ns "${PID[$name]}"); t0=$(now_s)
+  out=$("${LOAD_CPU[@]}" timeout $((WRK_SECONDS + 20)) wrk -t1 -c"$WRK_CONNS" \
+    -d"${WRK_SECONDS}s" --latency -H "Authorization: $AUTH" \
+    "https://127.0.0.1:${PORT[$name]}/api/tags" 2>&1) || true
+  t1=$(now_s); c1=$(cpu_ns "${PID[$name]}")
+  echo "$out" >"$WORK/wrk-$name-$round.txt"
+  rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
+  WRKRPS[$name]+="${rps:-n/a} "
+  WRKP99[$name]+="$(to_us "$(awk '$1 == "99%" { print $2 }' <<<"$out")") "
+  cpu=$(cpu_pct "$c0" "$c1" "$t0" "$t1")
+  WRKCPU[$name]+="$cpu "
+  WRKPC[$name]+="$(per_core "$rps" "$cpu") "
+  local bad
+  bad=$(grep -E 'Non-2xx|Socket errors' <<<"$out" | tr -s ' ' | paste -sd';' || true)
+  [[ -n "$bad" || -z "$rps" ]] && problem "wrk $name round $round: ${bad:-no result}"
+  printf '  (b) wrk    %-6s round %d: %s req/s, proxy CPU %s%%\n' "$name" "$round" "${rps:-n/a}" "$cpu" >&2
+}
+
+run_handshakes() {  # NAME ROUND
+  local name=$1 round=$2 line rc=0 c0 c1 t0 t1 cpu
+  c0=$(cpu_ns "${PID[$name]}"); t0=$(now_s)
+  line=$("${LOAD_CPU[@]}" "$BUILD_DIR/bench/tls_handshakes" --port="${PORT[$name]}" \
+    --concurrency="$HS_CONC" --duration_s="$HS_SECONDS" --authorization="$AUTH" \
+    --label="$name" 2>"$WORK/hs-$name-$round.err") || rc=$?
+  t1=$(now_s); c1=$(cpu_ns "${PID[$name]}")
+  HSRATE[$name]+="$(field per_s "$line") "
+  cpu=$(cpu_pct "$c0" "$c1" "$t0" "$t1")
+  HSCPU[$name]+="$cpu "
+  HSPC[$name]+="$(per_core "$(field per_s "$line")" "$cpu") "
+  (( rc == 0 )) || problem "tls_handshakes $name round $round (exit $rc): $line $(head -3 "$WORK/hs-$name-$round.err" | paste -sd';')"
+  [[ "$(field resumed "$line")" == 0 ]] || problem "tls_handshakes $name: sessions were resumed"
+  printf '  (c) handshakes %-6s round %d: %s; proxy CPU %s%%\n' "$name" "$round" "$line" "$cpu" >&2
+}
+
+run_delay() {  # NAME ROUND
+  local name=$1 round=$2 line rc=0
+  line=$("${LOAD_CPU[@]}" "$BUILD_DIR/bench/h2_relay_delay" --port="${PORT[$name]}" \
+    --connections="$DELAY_CONNS" --streams="$DELAY_STREAMS" --tokens="$DELAY_TOKENS" \
+    --token_delay_ms="$DELAY_MS" --authorization="$AUTH" --duration_s=60 \
+    --label="$name" 2>"$WORK/delay-$name-$round.err") || rc=$?
+  echo "$line" >"$WORK/delay-$name-$round.txt"
+  DP50[$name]+="$(field p50_us "$line") "
+  DP99[$name]+="$(field p99_us "$line") "
+  DMAX[$name]+="$(field max_us "$line") "
+  TTFC50[$name]+="$(field ttfc_p50_us "$line") "
+  TTFC99[$name]+="$(field ttfc_p99_us "$line") "
+  (( rc == 0 )) || problem "h2_relay_delay $name round $round (exit $rc): $line $(head -3 "$WORK/delay-$name-$round.err" | paste -sd';')"
+  printf '  (d) h2_relay_delay %-6s round %d: %s\n' "$name" "$round" "$line" >&2
+}
+
+run_direct_delay() {  # ROUND
+  local round=$1 line rc=0
+  line=$("${LOAD_CPU[@]}" "$BUILD_DIR/bench/relay_delay" --port="$SIM_PORT" \
+    --connections="$DELAY_STREAMS" --rounds=1 --tokens="$DELAY_TOKENS" \
+    --token_delay_ms="$DELAY_MS" --duration_s=60 --label=direct-h1 \
+    2>"$WORK/delay-direct-$round.err") || rc=$?
+  DIRECT_P50+="$(field p50_us "$line") "
+  DIRECT_P99+="$(field p99_us "$line") "
+  DIRECT_MAX+="$(field max_us "$line") "
+  (( rc == 0 )) || problem "relay_delay direct round $round (exit $rc): $line"
+  printf '  (d) relay_delay direct round %d: %s\n' "$round" "$line" >&2
+}
+
+run_oneconn() {  # NAME ROUND: all streams on one connection
+  local name=$1 round=$2 line rc=0
+  line=$("${LOAD_CPU[@]}" "$BUILD_DIR/bench/h2_relay_delay" --port="${PORT[$name]}" \
+    --connections=1 --streams="$DELAY_STREAMS" --tokens="$ONECONN_TOKENS" \
+    --token_delay_ms="$DELAY_MS" --authorization="$AUTH" --duration_s=60 \
+    --label="$name-1conn" 2>"$WORK/oneconn-$name-$round.err") || rc=$?
+  ONE50[$name]+="$(field ttfc_p50_us "$line") "
+  ONE99[$name]+="$(field ttfc_p99_us "$line") "
+  ONEEL[$name]+="$(field elapsed_s "$line") "
+  (( rc == 0 )) || problem "h2_relay_delay (1 connection) $name round $round (exit $rc): $line $(head -3 "$WORK/oneconn-$name-$round.err" | paste -sd';')"
+  printf '  (d) one connection %-6s round %d: %s\n' "$name" "$round" "$line" >&2
+}
+
+run_memory() {  # NAME ROUND [ALPN]: a fresh instance, IDLE_CONNS idle connections
+  local name=$1 round=$2 alpn=${3:-h2} pid port before after pss0 pss1 out client line est tag
+  tag=$name-$round-${alpn//\//}
+  "start_$name" "mem$round" || { problem "$name: memory instance did not start"; return; }
+  pid=$STARTED_PID; port=$STARTED_PORT
+  for _ in 1 2 3; do https_ok "$port" h2 || true; done
+  sleep 0.3
+  before=$(rss_kb "$pid"); pss0=$(pss_kb "$pid")
+  out="$WORK/idle-$tag.txt"
+  "${LOAD_CPU[@]}" "$BUILD_DIR/bench/idle_conns" --port="$port" --alpn="$alpn" \
+    --connections="$IDLE_CONNS" --parallel=64 --setup_timeout_s=60 --hold_s=90 \
+    >"$out" 2>"$WORK/idle-$tag.err" &
+  client=$!
+  PIDS+=("$client")
+  for _ in $(seq 700); do
+    grep -q '^ready ' "$out" && break
+    kill -0 "$client" 2>/dev/null || break
+    sleep 0.1
+  done
+  line=$(grep '^ready ' "$out" || true)
+  est=$(field established "$line")
+  if [[ -n "$est" && "$est" -gt 0 ]]; then
+    sleep 1
+    after=$(rss_kb "$pid"); pss1=$(pss_kb "$pid")
+    if [[ $alpn == h2 ]]; then
+      MEMB[$name]+="$(( (after - before) * 1024 / est )) "
+      MEMPSS[$name]+="$(( (pss1 - pss0) * 1024 / est )) "
+    else
+      MEMTLS[$name]+="$(( (after - before) * 1024 / est )) "
+    fi
+    printf '  (e) idle %s %-6s round %d: %s; RSS %d -> %d KiB (%d B/conn); PSS %d -> %d KiB\n' "$alpn" "$name" "$round" \
+      "$line" "$before" "$after" "$(( (after - before) * 1024 / est ))" "$pss0" "$pss1" >&2
+  elif [[ $alpn == h2 ]]; then
+    MEMB[$name]+="n/a "; MEMPSS[$name]+="n/a "
+  fi
+  stop_pid "$client"
+  line=$(grep '^done ' "$out" || true)
+  [[ "$(field failed "$(grep '^ready ' "$out" || true)")" == 0 && "$(field closed_by_server "$line")" == 0 ]] ||
+    problem "idle_conns $alpn $name round $round: $(paste -sd';' "$out") $(head -3 "$WORK/idle-$tag.err" | paste -sd';')"
+  kill -0 "$pid" 2>/dev/null || problem "$name memory instance exited during the idle test"
+  stop_pid "$pid"
+}
+
+run_cancel() {  # NAME ROUND
+  local name=$1 round=$2 proto line rc
+  for proto in h2 h1; do
+    rc=0
+    line=$("${LOAD_CPU[@]}" "$BUILD_DIR/bench/cancel_latency" --port="${PORT[$name]}" \
+      --sim_port="$SIM_PORT" --proto="$proto" --trials="$CANCEL_TRIALS" \
+      --cancel_after="$CANCEL_AFTER" --token_delay_ms="$CANCEL_DELAY_MS" \
+      --authorization="$AUTH" --label="$name" 2>"$WORK/cancel-$name-$proto-$round.err") || rc=$?
+    local samples
+    samples=$(field samples_us "$line" | tr ',' ' ')
+    [[ "$samples" == "-" ]] && samples=""
+    if [[ $proto == h2 ]]; then
+      CAN_H2[$name]+="$samples "; CAN_H2_R[$name]+="$(field p50_us "$line") "
+    else
+      CAN_H1[$name]+="$samples "; CAN_H1_R[$name]+="$(field p50_us "$line") "
+    fi
+    (( rc == 0 )) || problem "cancel_latency $name $proto round $round (exit $rc): $line $(head -3 "$WORK/cancel-$name-$proto-$round.err" | paste -sd';')"
+    printf '  (f) cancel %-6s %s round %d: %s\n' "$name" "$proto" "$round" "$line" >&2
+  done
+}
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "compare_nginx.sh: sim :$SIM_PORT, nginx :${PORT[nginx]}, sluice :${PORT[sluice]}; $PINNING; load average $LOAD_BEFORE; $ROUNDS round(s)" >&2
+# Warm both (upstream keepalive pools, page cache, CPU frequency).
+for name in nginx sluice; do
+  "${LOAD_CPU[@]}" timeout 10 h2load -t1 -c8 -m4 -D1 -H "Authorization: $AUTH" \
+    "https://127.0.0.1:${PORT[$name]}/api/tags" >/dev/null 2>&1 || true
+done
+
+T_START=$(date +%s)
+for round in $(seq "$ROUNDS"); do
+  if wanted a; then for name in nginx sluice; do run_h2load "$name" "$round"; done; fi
+  if wanted b; then for name in nginx sluice; do run_wrk "$name" "$round"; done; fi
+  if wanted c; then for name in nginx sluice; do run_handshakes "$name" "$round"; done; fi
+  if wanted d; then
+    run_direct_delay "$round"
+    for name in nginx sluice; do run_delay "$name" "$round"; done
+    for name in nginx sluice; do run_oneconn "$name" "$round"; done
+  fi
+  if wanted f; then for name in nginx sluice; do run_cancel "$name" "$round"; done; fi
+  if wanted e; then
+    for name in nginx sluice; do run_memory "$name" "$round"; done
+    # TLS alone (no HTTP/2 session), once: splits the per-connection cost.
+    if (( round == 1 )); then
+      for name in nginx sluice; do run_memory "$name" "$round" http/1.1; done
+    fi
+  fi
+done
+T_TOTAL=$(( $(date +%s) - T_START ))
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+for name in nginx sluice; do
+  kill -0 "${PID[$name]}" 2>/dev/null || problem "$name exited during the run"
+done
+SIM_STATS=$(curl -s --max-time 2 "http://127.0.0.1:$SIM_PORT/sim/stats" || true)
+NGINX_STATUS=$(curl -s --max-time 2 --cacert "$WORK/certs/ca.pem" -H "Authorization: $AUTH" \
+  "https://localhost:${PORT[nginx]}/nginx_status" | paste -sd' ' || true)
+ACCESS_LINES=$(cat "$WORK"/nginx-*/access.log 2>/dev/null | wc -l)
+NGINX_LOG=$(grep -hE '\[(warn|error|crit|alert|emerg)\]' "$WORK"/nginx-*/error.log 2>/dev/null | head -3 || true)
+SLUICE_LOG=$(grep -hE '\[(warn|error)\]' "$WORK"/sluice-*.log 2>/dev/null | head -5 || true)
+[[ -n "$NGINX_LOG" ]] && problem "nginx error log: $(paste -sd';' <<<"$NGINX_LOG")"
+[[ -n "$SLUICE_LOG" ]] && problem "sluice log: $(paste -sd';' <<<"$SLUICE_LOG")"
+
+# --- Table --------------------------------------------------------------
+# shellcheck disable=SC2086
+m() { median $1; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "n/a" || b == "n/a" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+verdict() { awk -v v="$1" -v lim="$2" -v dir="$3" 'BEGIN {
+  if (v == "n/a") { print "n/a"; exit }
+  ok = (dir == "le") ? (v + 0 <= lim) : (v + 0 >= lim); print ok ? "met" : "NOT met" }'; }
+fmt() { awk -v v="$1" 'BEGIN { if (v == "n/a" || v == "") print "n/a"; else printf "%.0f", v }'; }
+
+declare -A R
+for name in nginx sluice; do
+  R[h2,$name]=$(m "${H2RPS[$name]-}")
+  R[h2pc,$name]=$(m "${H2PC[$name]-}")
+  R[wrk,$name]=$(m "${WRKRPS[$name]-}")
+  R[wrkpc,$name]=$(m "${WRKPC[$name]-}")
+  R[hspc,$name]=$(m "${HSPC[$name]-}")
+  R[wrkp99,$name]=$(m "${WRKP99[$name]-}")
+  R[hs,$name]=$(m "${HSRATE[$name]-}")
+  R[dp50,$name]=$(m "${DP50[$name]-}")
+  R[dp99,$name]=$(m "${DP99[$name]-}")
+  R[dmax,$name]=$(m "${DMAX[$name]-}")
+  R[t50,$name]=$(m "${TTFC50[$name]-}")
+  R[t99,$name]=$(m "${TTFC99[$name]-}")
+  R[o50,$name]=$(m "${ONE50[$name]-}")
+  R[o99,$name]=$(m "${ONE99[$name]-}")
+  R[oel,$name]=$(m "${ONEEL[$name]-}")
+  R[mem,$name]=$(m "${MEMB[$name]-}")
+  R[pss,$name]=$(m "${MEMPSS[$name]-}")
+  R[memtls,$name]=$(m "${MEMTLS[$name]-}")
+  R[c2,$name]=$(m "${CAN_H2[$name]-}")
+  R[c1,$name]=$(m "${CAN_H1[$name]-}")
+done
+D50=$(m "$DIRECT_P50"); D99=$(m "$DIRECT_P99"); DMX=$(m "$DIRECT_MAX")
+added() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "n/a" || b == "n/a") print "n/a"; else printf "%+d", a - b }'; }
+H2_RATIO=$(ratio "${R[h2,sluice]}" "${R[h2,nginx]}")
+MEM_RATIO=$(ratio "${R[mem,sluice]}" "${R[mem,nginx]}")
+ADDED99=$(added "${R[dp99,sluice]}" "$D99")
+row() {  # LABEL KEY [TARGET]
+  printf '| %s | %s | %s | %s | %s |\n' "$1" "$(fmt "${R[$2,nginx]}")" "$(fmt "${R[$2,sluice]}")" \
+    "$(ratio "${R[$2,sluice]}" "${R[$2,nginx]}")" "${3:-}"
+}
+TABLE=$(
+  echo "| Measure (median of $ROUNDS rounds, nginx and sluice alternating) | nginx | sluice | sluice/nginx | target |"
+  echo "|---|---:|---:|---:|---|"
+  row "(a) h2 over TLS, GET /api/tags req/s (h2load -t1 -c$H2_CONNS -m$H2_STREAMS -D${H2_SECONDS}s)" h2 \
+    ">= 1.50: $(verdict "$H2_RATIO" 1.5 ge)"
+  row "(a) the same per fully busy proxy core (req/s ÷ proxy CPU share)" h2pc \
+    "(>= 1.50 per core: $(verdict "$(ratio "${R[h2pc,sluice]}" "${R[h2pc,nginx]}")" 1.5 ge))"
+  row "(b) HTTP/1.1 over TLS, GET /api/tags req/s (wrk -t1 -c$WRK_CONNS -d${WRK_SECONDS}s)" wrk
+  row "(b) the same per fully busy proxy core" wrkpc
+  row "(b) HTTP/1.1 over TLS, GET /api/tags latency p99 (µs)" wrkp99
+  row "(c) full TLS handshakes/s, 1 request each (tls_handshakes, $HS_CONC at once)" hs
+  row "(c) the same per fully busy proxy core" hspc
+  row "(d) per-chunk delay p50 (µs), $DELAY_STREAMS h2 streams on $DELAY_CONNS TLS conns [direct h1: $D50]" dp50
+  row "(d) per-chunk delay p99 (µs) [direct h1: $D99; sluice added: $ADDED99]" dp99 \
+    "sluice added <= 100: $(verdict "${ADDED99#+}" 100 le)"
+  row "(d) per-chunk delay max (µs) [direct h1: $DMX]" dmax
+  row "(d) time to first chunk p50 (µs)" t50
+  row "(d) time to first chunk p99 (µs)" t99
+  row "(d) $DELAY_STREAMS streams on 1 connection ($ONECONN_TOKENS tokens each): time to first chunk p50 (µs)" o50
+  row "(d) $DELAY_STREAMS streams on 1 connection: time to first chunk p99 (µs)" o99
+  row "(e) RSS per idle TLS h2 connection (bytes, $IDLE_CONNS conns)" mem \
+    "<= 0.50: $(verdict "$MEM_RATIO" 0.5 le)"
+  row "(e) PSS per idle TLS h2 connection (bytes)" pss
+  row "(e) RSS per idle TLS connection, ALPN http/1.1, no request (bytes, round 1 only)" memtls
+  row "(f) client cancel to upstream close, h2 RST_STREAM (µs, median of all trials)" c2
+  row "(f) client cancel to upstream close, HTTP/1.1 close (µs, median of all trials)" c1
+)
+
+per_round() {  # ARRAY_NAME: "nginx [..] sluice [..]"
+  local k v
+  for k in nginx sluice; do eval "v=\${$1[$k]-}"; printf '%s [%s] ' "$k" "${v% }"; done
+}
+NOTES="Setup: $PINNING. nginx $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') (OpenSSL), worker_processes 1, the baseline config (generated into the temp dir: TLS 1.2/1.3, ECDHE AES-GCM ciphers, shared session cache 10m, tickets off, HSTS always, API-key map with the auth check, limit_req zones gen/api with unreachable rates, /api/delete and /api/push 403, /api/pull allow-list, stub_status, access_log with the baseline format); its defaults otherwise (http2_max_concurrent_streams 128, keepalive_requests 1000). sluice --threads=1 with the same settings (tickets off, keepalive 32, timeouts 10/600/600 s, body 100M, 128 h2 streams). Both use the same ECDSA P-256 certificate from tools/make-certs.sh and the same ollama-sim --threads=1.
+Not equal work: sluice has no API-key check, rate limiting or access log yet; nginx does all three on every request here (its access log got $ACCESS_LINES lines).
+Proxy CPU % = CPU time of all the proxy's threads (schedstat) over the run's wall time, in percent of one core; 'per fully busy proxy core' = rate × 100 / CPU %, which reads through a client-bound or starved run (it assumes cost scales linearly).
+(a) req/s per round: $(per_round H2RPS); proxy CPU %: $(per_round H2CPU); per busy core: $(per_round H2PC).
+(b) req/s per round: $(per_round WRKRPS); p99 µs: $(per_round WRKP99); proxy CPU %: $(per_round WRKCPU); per busy core: $(per_round WRKPC).
+(c) bench/tls_handshakes (BoringSSL client, no session cache, ALPN http/1.1, X25519 + ECDSA P-256 as negotiated by default, Connection: close after one GET /api/tags; the client on CPU 1 does as much crypto per handshake as the server, so a proxy below 100 % CPU here was limited by the client): per round $(per_round HSRATE); proxy CPU %: $(per_round HSCPU); per busy core: $(per_round HSPC).
+(d) bench/h2_relay_delay --connections=$DELAY_CONNS --streams=$DELAY_STREAMS --tokens=$DELAY_TOKENS --token_delay_ms=$DELAY_MS ($((DELAY_STREAMS / DELAY_CONNS)) streams per connection, under both proxies' 128 limit, so no stream waits for a slot). p99 per round: $(per_round DP99); max: $(per_round DMAX); ttfc p99: $(per_round TTFC99). The same tool with all $DELAY_STREAMS streams on one connection and $ONECONN_TOKENS tokens each: the server's SETTINGS_MAX_CONCURRENT_STREAMS (128 for both) makes the client queue the rest, so the first chunk waits for earlier streams to end; run time per round: $(per_round ONEEL) s. Direct reference: relay_delay with $DELAY_STREAMS HTTP/1.1 connections straight to the simulator, p50 [${DIRECT_P50% }] p99 [${DIRECT_P99% }] max [${DIRECT_MAX% }]; 'sluice added' = sluice h2+TLS p99 minus direct h1 p99.
+(e) bench/idle_conns: $IDLE_CONNS TLS connections (ALPN h2, preface + SETTINGS exchanged both ways, no stream) against a freshly started instance of each proxy warmed with 3 requests; (RSS after - RSS before) / established, RSS = VmRSS summed over the proxy's processes (nginx: master + worker). Per round bytes/conn: $(per_round MEMB); PSS: $(per_round MEMPSS). Once more in round 1 with ALPN http/1.1 and no request (TLS and connection state without an HTTP/2 session): $(per_round MEMTLS). Kernel socket buffers are in neither.
+(f) bench/cancel_latency, $CANCEL_TRIALS trials per protocol per round: a generation (1 token every $CANCEL_DELAY_MS ms) cancelled after $CANCEL_AFTER chunks; sample = sim last_abort_us - client CLOCK_REALTIME just before sending RST_STREAM / closing. Per-round medians h2: $(per_round CAN_H2_R); h1: $(per_round CAN_H1_R).
+Load average (1/5/15 min) before: $LOAD_BEFORE, after: $LOAD_AFTER (the run itself keeps up to 2 busy); $T_TOTAL s of measuring; other processes share these CPUs.
+ollama-sim /sim/stats at the end: $SIM_STATS. nginx stub_status at the end: $NGINX_STATUS"
+if awk -v l="${LOAD_BEFORE%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n) }'; then
+  NOTES+=$'\n'"BUSY MACHINE: the 1-minute load average before the run ($LOAD_BEFORE) was above the CPU count; other work competed with the proxy on CPU 0 and with the clients on CPU 1, so rates and delays are contended (the per-core rows and the memory rows suffer least)."
+fi
+[[ -z "$PROBLEMS" ]] && PROBLEMS="none (no failed requests, non-2xx, socket errors, failed streams, missed aborts, or warnings in either log)"$'\n'
+
+echo
+echo "$TABLE"
+echo
+echo "$NOTES"
+echo
+echo "Problems seen: $PROBLEMS"
+
+if (( RECORD )); then
+  RESULTS="$ROOT/bench/RESULTS.md"
+  commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || commit+=" + uncommitted changes"
+  {
+    echo
+    echo "## $(date -u '+%Y-%m-%d %H:%M UTC'): sluice against nginx (bench/compare_nginx.sh)"
+    echo
+    echo "- Machine: nproc=$(nproc), CPU: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
+    echo "- Source: $commit"
+    echo "- Command: \`$COMMAND\`"
+    echo
+    echo "$TABLE"
+    echo
+    while IFS= read -r l; do echo "- $l"; done <<<"$NOTES"
+    echo "- Problems seen: $(printf '%s' "$PROBLEMS" | paste -sd';')"
+  } >>"$RESULTS"
+  echo "compare_nginx.sh: appended to $RESULTS" >&2
+fi

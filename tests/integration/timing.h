@@ -1,0 +1,23 @@
+// Latency bounds of the integration tests under a sanitizer build.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+#ifndef SLUICE_TEST_SANITIZE
+#define SLUICE_TEST_SANITIZE ""
+#endif
+
+namespace sluice::integration {
+
+// The factor by which a test multiplies a latency bound (relay delay,
+// cancel delay): 1 in a plain build, 3 when sluice and ollama-sim are built
+// with a sanitizer (SLUICE_SANITIZE), which makes every event-loop turn
+// slower (TSan 5-15x of CPU time, ASan about 2x). The bounds stay far
+// below what they guard against: 3 x 30 ms relay delay is still under the
+// 100 ms between two tokens, so a batched stream still fails.
+constexpr int64_t TimingSlack() {
+  return std::string_view(SLUICE_TEST_SANITIZE).empty() ? 1 : 3;
+}
+
+}  // namespace sluice::integration
