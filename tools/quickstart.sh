@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Quick start: install what is missing, build (Release) and run sluice on
-# 127.0.0.1:8080 in front of Ollama at 127.0.0.1:11434. When nothing listens
-# there, the bundled Ollama simulator is started in its place.
+# Quick start: install what is missing, build (Release) and run sluice with
+# TLS (HTTP/2 and HTTP/1.1) on 127.0.0.1:8443 and a redirect to it on
+# 127.0.0.1:8080, in front of Ollama at 127.0.0.1:11434. When nothing listens
+# there, the bundled Ollama simulator is started in its place. The
+# certificate comes from a local CA made by tools/make-certs.sh in certs/.
 # Extra arguments are passed to sluice (e.g. --threads=2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +12,7 @@ tools/install-deps.sh
 cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DSLUICE_BUILD_TESTS=OFF -DSLUICE_BUILD_BENCH=OFF >/dev/null
 cmake --build build-release --target sluice ollama-sim
+tools/make-certs.sh certs >/dev/null
 
 sim_pid=""
 cleanup() { [[ -n "$sim_pid" ]] && kill "$sim_pid" 2>/dev/null || true; }
@@ -30,8 +33,11 @@ fi
 cat <<'MSG'
 
 Stream a generation through sluice (in another terminal):
-  curl -N http://127.0.0.1:8080/api/generate -d '{"model":"llama3.2","prompt":"Why is the sky blue?"}'
+  curl -N --cacert certs/ca.pem https://127.0.0.1:8443/api/generate -d '{"model":"llama3.2","prompt":"Why is the sky blue?"}'
 Stop sluice with Ctrl-C (in-flight streams finish first).
 
 MSG
-build-release/core/sluice --listen_http=127.0.0.1:8080 --listen_tls= --http_mode=serve --upstream=127.0.0.1:11434 "$@"
+echo "(run from $(pwd); certs/ca.pem is the local CA)"
+build-release/core/sluice --listen_http=127.0.0.1:8080 --listen_tls=127.0.0.1:8443 \
+  --tls_cert=certs/server.pem --tls_key=certs/server.key \
+  --upstream=127.0.0.1:11434 "$@"
