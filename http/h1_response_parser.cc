@@ -16,7 +16,7 @@ struct H1ResponseParserCallbacks {
   static int OnMessageBegin(llhttp_t* p) {
     H1ResponseParser* self = Self(p);
     self->head_ = ResponseHead();
-    self->last_was_value_ = false;
+    self->headers_.Reset();
     return 0;
   }
   static int OnStatus(llhttp_t* p, const char* at, size_t len) {
@@ -25,29 +25,24 @@ struct H1ResponseParserCallbacks {
   }
   static int OnHeaderField(llhttp_t* p, const char* at, size_t len) {
     H1ResponseParser* self = Self(p);
-    if (self->last_was_value_ || self->head_.headers.empty()) {
-      self->head_.headers.emplace_back();
-    }
-    self->last_was_value_ = false;
-    self->head_.headers.back().name.append(at, len);
+    self->headers_.OnField(&self->head_.headers, at, len);
     return 0;
   }
   static int OnHeaderValue(llhttp_t* p, const char* at, size_t len) {
     H1ResponseParser* self = Self(p);
-    if (self->head_.headers.empty()) return -1;
-    // Obs-fold detection as in H1ServerCodec::OnHeaderValue.
-    if (self->value_open_ && !self->value_span_at_end_) {
-      self->error_ = absl::InvalidArgumentError("upstream response uses obsolete line folding");
-      return HPE_USER;
+    switch (self->headers_.OnValue(&self->head_.headers, at, len)) {
+      case HeaderCollector::Result::kOk:
+        return 0;
+      case HeaderCollector::Result::kValueWithoutName:
+        return -1;
+      case HeaderCollector::Result::kObsFold:
+        self->error_ = absl::InvalidArgumentError("upstream response uses obsolete line folding");
+        return HPE_USER;
     }
-    self->value_open_ = true;
-    self->value_span_at_end_ = (at + len == self->input_end_);
-    self->last_was_value_ = true;
-    self->head_.headers.back().value.append(at, len);
     return 0;
   }
   static int OnHeaderValueComplete(llhttp_t* p) {
-    Self(p)->value_open_ = false;
+    Self(p)->headers_.OnValueComplete();
     return 0;
   }
   static int OnHeadersComplete(llhttp_t* p) {
@@ -132,7 +127,7 @@ absl::StatusOr<size_t> H1ResponseParser::Dispatch(std::string_view data) {
   if (!error_.ok()) return error_;
   if (complete_ || upgraded_ || data.empty()) return 0;
   started_ = true;
-  input_end_ = data.data() + data.size();
+  headers_.set_input_end(data.data() + data.size());
   llhttp_errno_t err = llhttp_execute(parser_, data.data(), data.size());
   switch (err) {
     case HPE_OK:

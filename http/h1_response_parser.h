@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "http/header_collector.h"
 #include "http/message.h"
 
 struct llhttp__internal_s;
@@ -59,11 +60,8 @@ class H1ResponseParser {
   H1ResponseSink* sink_;
   llhttp__internal_s* parser_;
   ResponseHead head_;
+  HeaderCollector headers_;
   bool head_request_ = false;
-  bool last_was_value_ = false;
-  bool value_open_ = false;
-  bool value_span_at_end_ = false;
-  const char* input_end_ = nullptr;
   bool interim_ = false;
   bool started_ = false;
   bool head_done_ = false;

@@ -56,7 +56,7 @@ H1ServerCodec::~H1ServerCodec() { delete parser_; }
 absl::StatusOr<size_t> H1ServerCodec::Dispatch(std::string_view data) {
   if (!error_.ok()) return error_;
   if (paused_ || upgraded_ || data.empty()) return 0;
-  input_end_ = data.data() + data.size();
+  headers_.set_input_end(data.data() + data.size());
   llhttp_errno_t err = llhttp_execute(parser_, data.data(), data.size());
   switch (err) {
     case HPE_OK:
@@ -174,7 +174,7 @@ static int OnMessageBegin(llhttp_t* p) {
   self->head_ = RequestHead();
   self->header_bytes_ = 0;
   self->body_bytes_ = 0;
-  self->last_was_value_ = false;
+  self->headers_.Reset();
   self->in_message_ = true;
   return 0;
 }
@@ -193,11 +193,7 @@ static int OnHeaderField(llhttp_t* p, const char* at, size_t len) {
   if (!self->CountHeaderBytes(len)) {
     return self->Fail(absl::ResourceExhaustedError("request header fields too large"));
   }
-  if (self->last_was_value_ || self->head_.headers.empty()) {
-    self->head_.headers.emplace_back();
-  }
-  self->last_was_value_ = false;
-  self->head_.headers.back().name.append(at, len);
+  self->headers_.OnField(&self->head_.headers, at, len);
   return 0;
 }
 
@@ -206,26 +202,19 @@ static int OnHeaderValue(llhttp_t* p, const char* at, size_t len) {
   if (!self->CountHeaderBytes(len)) {
     return self->Fail(absl::ResourceExhaustedError("request header fields too large"));
   }
-  if (self->head_.headers.empty()) {
-    return self->Fail(absl::InvalidArgumentError("malformed request: header value without a name"));
+  switch (self->headers_.OnValue(&self->head_.headers, at, len)) {
+    case HeaderCollector::Result::kOk:
+      return 0;
+    case HeaderCollector::Result::kValueWithoutName:
+      return self->Fail(absl::InvalidArgumentError("malformed request: header value without a name"));
+    case HeaderCollector::Result::kObsFold:
+      return self->Fail(absl::InvalidArgumentError("malformed request: obsolete line folding"));
   }
-  // llhttp accepts an obs-fold (CRLF then SP/HTAB) and reports the value as
-  // two spans. A span ends at the end of the input, at the end of the value
-  // (on_header_value_complete), or at a fold: so a second span of the same
-  // value whose predecessor stopped short of the input's end is a fold.
-  // RFC 9112 5.2 lets a proxy only reject or rewrite it.
-  if (self->value_open_ && !self->value_span_at_end_) {
-    return self->Fail(absl::InvalidArgumentError("malformed request: obsolete line folding"));
-  }
-  self->value_open_ = true;
-  self->value_span_at_end_ = (at + len == self->input_end_);
-  self->last_was_value_ = true;
-  self->head_.headers.back().value.append(at, len);
   return 0;
 }
 
 static int OnHeaderValueComplete(llhttp_t* p) {
-  Self(p)->value_open_ = false;
+  Self(p)->headers_.OnValueComplete();
   return 0;
 }
 

@@ -7,6 +7,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "http/header_collector.h"
 #include "http/message.h"
 
 struct llhttp__internal_s;
@@ -76,12 +77,9 @@ class H1ServerCodec {
   llhttp__internal_s* parser_;
   absl::Status error_;
   RequestHead head_;
+  HeaderCollector headers_;
   size_t header_bytes_ = 0;
   uint64_t body_bytes_ = 0;
-  bool last_was_value_ = false;
-  bool value_open_ = false;
-  bool value_span_at_end_ = false;
-  const char* input_end_ = nullptr;
   bool paused_ = false;
   bool upgraded_ = false;
   bool in_message_ = false;

@@ -111,7 +111,8 @@ struct H2Options {
   // Header section limits per request (and per trailer section), counted as
   // RFC 9113 6.5.2 does: name + value + 32 per field. Advertised as
   // SETTINGS_MAX_HEADER_LIST_SIZE. Above either limit the request is answered
-  // with 431; trailers above it reset the stream.
+  // with 431; trailers above it reset the stream. (A single field over 64 KiB
+  // is a COMPRESSION_ERROR in nghttp2's decoder before this applies.)
   size_t max_header_list_bytes = 64 * 1024;
   size_t max_header_fields = 100;
   // Streams the codec resets because of what the client sent (protocol
@@ -123,7 +124,8 @@ struct H2Options {
   uint32_t max_sent_resets_per_window = 200;
   int64_t sent_reset_window_ms = 10000;
   // Client RST_STREAM rate limit of nghttp2 (rapid reset, CVE-2023-44487):
-  // a token bucket of `burst`, refilled by `rate` per second.
+  // a token bucket of `burst`, refilled by `rate` per second; past it
+  // nghttp2 sends GOAWAY(INTERNAL_ERROR).
   uint64_t received_reset_burst = 1000;
   uint64_t received_reset_rate = 33;
   // CONTINUATION frames allowed after one HEADERS (CVE-2024-28182).
@@ -186,8 +188,9 @@ struct H2Options {
 //     buffers).
 //   - Responses: per stream QueuedBytes < stream_high_watermark + one
 //     upstream chunk, so 128 x (64 KiB + chunk) in the worst case.
-//   - Output: what Dispatch prepares is capped at 16 KiB before the engine
-//     takes it; nghttp2 holds at most max_queued_frames frames and
+//   - Output: what Dispatch prepares is capped at 16 KiB plus one frame
+//     before the engine takes it; nghttp2 holds at most max_queued_frames
+//     frames (checked after each 16 KiB of input) and
 //     max_outbound_ack ACKs, each under ~100 bytes (HEADERS: the response
 //     head).
 //   - nghttp2 per stream: a few hundred bytes; closed streams are not kept
