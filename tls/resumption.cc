@@ -28,7 +28,7 @@ TicketKeyRing::TicketKeyRing(const ResumptionOptions& options)
     : lifetime_(options.session_lifetime),
       rotation_(options.ticket_key_rotation),
       clock_(options.clock) {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock lock(mu_);
   RotateLocked(clock_());
 }
 
@@ -57,12 +57,12 @@ void TicketKeyRing::RotateLocked(absl::Time now) {
 }
 
 void TicketKeyRing::Rotate() {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock lock(mu_);
   RotateLocked(clock_());
 }
 
 size_t TicketKeyRing::key_count() const {
-  absl::ReaderMutexLock lock(&mu_);
+  std::shared_lock lock(mu_);
   return keys_.size();
 }
 
@@ -71,16 +71,16 @@ bool TicketKeyRing::Seal(uint8_t* out, size_t* out_len, size_t max_out,
   absl::Time now = clock_();
   bool due;
   {
-    absl::ReaderMutexLock lock(&mu_);
+    std::shared_lock lock(mu_);
     due = now - keys_.front()->created >= rotation_;
   }
   if (due) {
-    absl::MutexLock lock(&mu_);
+    std::unique_lock lock(mu_);
     // Another thread may have rotated between the two locks.
     if (now - keys_.front()->created >= rotation_) RotateLocked(now);
   }
   if (max_out < kNameLen + kNonceLen) return false;
-  absl::ReaderMutexLock lock(&mu_);
+  std::shared_lock lock(mu_);
   const Key& key = *keys_.front();
   std::memcpy(out, key.name, kNameLen);
   uint8_t* nonce = out + kNameLen;
@@ -99,7 +99,7 @@ bool TicketKeyRing::Open(uint8_t* out, size_t* out_len, size_t max_out,
                          const uint8_t* in, size_t in_len) {
   if (in_len < kNameLen + kNonceLen + kTagLen) return false;
   absl::Time now = clock_();
-  absl::ReaderMutexLock lock(&mu_);
+  std::shared_lock lock(mu_);
   for (const auto& key : keys_) {
     if (std::memcmp(key->name, in, kNameLen) != 0) continue;
     if (now - key->retired > lifetime_) return false;
@@ -139,7 +139,7 @@ void SessionCache::Insert(const SSL_SESSION* session) {
 
   absl::Time now = clock_();
   entry.expires = now + lifetime_;
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   EvictExpiredLocked(now);
   auto found = index_.find(AbslView(entry.id));
   if (found != index_.end()) {
@@ -160,7 +160,7 @@ bssl::UniquePtr<SSL_SESSION> SessionCache::Lookup(std::string_view id,
   std::string bytes;
   {
     absl::Time now = clock_();
-    absl::MutexLock lock(&mu_);
+    std::lock_guard lock(mu_);
     auto found = index_.find(AbslView(id));
     if (found == index_.end()) return nullptr;
     if (found->second->expires <= now) {
@@ -176,7 +176,7 @@ bssl::UniquePtr<SSL_SESSION> SessionCache::Lookup(std::string_view id,
 }
 
 void SessionCache::Remove(std::string_view id) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   auto found = index_.find(AbslView(id));
   if (found == index_.end()) return;
   fifo_.erase(found->second);
@@ -184,7 +184,7 @@ void SessionCache::Remove(std::string_view id) {
 }
 
 size_t SessionCache::size() const {
-  absl::ReaderMutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   return fifo_.size();
 }
 

@@ -14,13 +14,13 @@
 #include <functional>
 #include <list>
 #include <memory>
+#include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
@@ -48,7 +48,9 @@ struct ResumptionOptions {
 // Session ticket encryption keys, rotated lazily. Thread-safe: Seal and Open
 // run concurrently from every worker under a reader lock (one AEAD call on a
 // few hundred bytes); rotation takes the writer lock once per
-// `ticket_key_rotation`.
+// `ticket_key_rotation`. (std::shared_mutex rather than absl::Mutex: the
+// Debian abseil is not built for ThreadSanitizer, which then cannot see
+// absl::Mutex's ordering and reports false races.)
 //
 // Why our own keys instead of BoringSSL's: BoringSSL generates a per-SSL_CTX
 // ticket key and rotates it every 48 hours (SSL_DEFAULT_TICKET_KEY_ROTATION_
@@ -101,14 +103,16 @@ class TicketKeyRing {
     absl::Time retired = absl::InfiniteFuture();
   };
 
-  void RotateLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Needs mu_ held exclusively.
+  void RotateLocked(absl::Time now);
 
   const absl::Duration lifetime_;
   const absl::Duration rotation_;
   const std::function<absl::Time()> clock_;
-  mutable absl::Mutex mu_;
-  // keys_.front() is the current key; the rest are retired, newest first.
-  std::vector<std::unique_ptr<Key>> keys_ ABSL_GUARDED_BY(mu_);
+  mutable std::shared_mutex mu_;
+  // Guarded by mu_. keys_.front() is the current key; the rest are retired,
+  // newest first.
+  std::vector<std::unique_ptr<Key>> keys_;
 };
 
 // A bounded server-side session cache keyed by TLS 1.2 session ID, used by
@@ -150,14 +154,16 @@ class SessionCache {
   };
   using List = std::list<Entry>;
 
-  void EvictExpiredLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Needs mu_ held.
+  void EvictExpiredLocked(absl::Time now);
 
   const size_t capacity_;
   const absl::Duration lifetime_;
   const std::function<absl::Time()> clock_;
-  mutable absl::Mutex mu_;
-  List fifo_ ABSL_GUARDED_BY(mu_);  // oldest first
-  absl::flat_hash_map<std::string, List::iterator> index_ ABSL_GUARDED_BY(mu_);
+  mutable std::mutex mu_;
+  // Guarded by mu_.
+  List fifo_;  // oldest first
+  absl::flat_hash_map<std::string, List::iterator> index_;
 };
 
 // Everything resumption needs, shared by all contexts of one listener

@@ -2,11 +2,11 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
 #include "tests/unit/tls/tls_test_peer.h"
 #include "tls/tls_context.h"
@@ -23,11 +23,11 @@ namespace {
 class FakeClock {
  public:
   absl::Time Now() {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard lock(mu_);
     return now_;
   }
   void Advance(absl::Duration d) {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard lock(mu_);
     now_ += d;
   }
   std::function<absl::Time()> Fn() {
@@ -35,7 +35,7 @@ class FakeClock {
   }
 
  private:
-  absl::Mutex mu_;
+  std::mutex mu_;
   absl::Time now_ = absl::FromUnixSeconds(1700000000);
 };
 

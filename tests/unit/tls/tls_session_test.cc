@@ -487,8 +487,9 @@ TEST_F(TlsSessionTest, HandshakeSplitAtEveryOffset) {
   auto ctx = Context(*ecdsa_);
   for (uint16_t v : {TLS1_2_VERSION, TLS1_3_VERSION}) {
     for (int flight = 0; flight < 2; ++flight) {
-      size_t flight_len = 1;
-      for (size_t k = 1; k < flight_len + 1; ++k) {
+      size_t flight_len = 0;
+      // One fresh handshake per split point k in [1, flight length).
+      for (size_t k = 1;; ++k) {
         TestClient client(ClientOptions{.max_version = v, .alpn = {"h2"}});
         TlsSession server(ctx);
         std::vector<core::Slice> plain;

@@ -124,14 +124,25 @@ inline void WriteFile(const std::string& path, std::string_view data) {
   std::fclose(f);
 }
 
-// A fresh directory under the test temp dir.
+// Directories made by TempDir, removed when the test program exits.
+struct TempDirs {
+  std::vector<std::string> dirs;
+  ~TempDirs() {
+    std::error_code ignored;
+    for (const std::string& d : dirs) std::filesystem::remove_all(d, ignored);
+  }
+};
+
+// A fresh directory under the test temp dir, removed at exit.
 inline std::string TempDir(const std::string& name) {
+  static TempDirs made;
   static int counter = 0;
   std::string dir = ::testing::TempDir() + "/sluice_tls_" +
                     std::to_string(::getpid()) + "_" + name + "_" +
                     std::to_string(counter++);
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
+  made.dirs.push_back(dir);
   return dir;
 }
 
