@@ -358,12 +358,17 @@ int Run(int argc, char** argv) {
       kill(getpid(), SIGUSR1);  // wake the signal loop
     });
   }
+  absl::Status init_error;
   for (int i = 0; i < n; ++i) {
     absl::Status st = ready[i].get_future().get();
-    if (!st.ok()) {
-      fprintf(stderr, "sluice: %s\n", std::string(st.message()).c_str());
-      _exit(1);
-    }
+    if (!st.ok() && init_error.ok()) init_error = st;
+  }
+  if (!init_error.ok()) {
+    // Stop the workers that did start and join them all before exiting.
+    for (auto& w : workers) w->RequestStop();
+    for (auto& t : threads) t.join();
+    fprintf(stderr, "sluice: %s\n", std::string(init_error.message()).c_str());
+    return 1;
   }
   for (const Spec& spec : specs) {
     printf("sluice listening on %s://%s:%d (%d workers)\n", spec.scheme,

@@ -18,10 +18,16 @@ std::string IoUringUnavailableMessage(int err) {
   std::ifstream f("/proc/sys/kernel/io_uring_disabled");
   if (f) std::getline(f, disabled);
   std::string msg = absl::StrCat("io_uring is unavailable (", strerror(err), ")");
-  if (err == EPERM || (!disabled.empty() && disabled != "0")) {
-    absl::StrAppend(&msg, ": kernel.io_uring_disabled=", disabled.empty() ? "?" : disabled,
+  if (!disabled.empty() && disabled != "0") {
+    absl::StrAppend(&msg, ": kernel.io_uring_disabled=", disabled,
                     "; run 'sysctl kernel.io_uring_disabled=0' (or allow this user via "
-                    "kernel.io_uring_group), and check that no seccomp profile blocks io_uring");
+                    "kernel.io_uring_group)");
+  } else if (err == EPERM) {
+    // The sysctl allows it, so something around the process refuses it.
+    absl::StrAppend(&msg, ": a seccomp profile (container runtime, systemd "
+                    "SystemCallFilter) blocks io_uring_setup although "
+                    "kernel.io_uring_disabled=", disabled.empty() ? "?" : disabled,
+                    "; allow the io_uring syscalls for sluice");
   } else if (err == ENOSYS) {
     absl::StrAppend(&msg, ": the kernel was built without io_uring (CONFIG_IO_URING)");
   } else if (err == ENOMEM) {

@@ -241,6 +241,15 @@ struct H2Callbacks {
       s->trailers_in.push_back({std::string(name), std::string(value)});
       return 0;
     }
+    if (s->header_bytes > 2 * c->options_.max_header_list_bytes ||
+        s->header_fields > 4 * c->options_.max_header_fields) {
+      // Far past the limit (an HPACK bomb: one large table entry indexed
+      // thousands of times): stop looking at fields. nghttp2 resets the
+      // stream and decodes the rest of the block without validating or
+      // reporting each field, which keeps the HPACK state in step but costs
+      // no more per decoded byte. Blocks just over the limit still get 431.
+      return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
     if (over && !s->oversize) {
       // Keep decoding (HPACK state must advance) but keep nothing: the
       // request gets a 431 once its block ends.
