@@ -283,3 +283,32 @@ TEST_F(H2ToH1Tls, MissingOrBadCertificateIsAFlagError) {
 
 }  // namespace
 }  // namespace sluice::integration
+
+namespace sluice::integration {
+namespace {
+
+TEST_F(H2ToH1Tls, SigtermLetsAnH2StreamFinishThenExitsZero) {
+  ASSERT_NO_FATAL_FAILURE(StartTls());
+  // A 10-token stream, 100 ms apart (about 1 s), on its own h2 connection.
+  auto client = ChildProcess::Spawn(
+      SLUICE_NODE_BIN, {absl::StrCat(SLUICE_NODE_DIR, "/h2_client.mjs"), "stream"},
+      {absl::StrCat("SLUICE_URL=", https()), absl::StrCat("SLUICE_CA=", ca())});
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::SleepFor(absl::Milliseconds(400));
+  ASSERT_TRUE(sluice_->Signal(SIGTERM));
+  // New connections are refused while the stream finishes.
+  absl::SleepFor(absl::Milliseconds(100));
+  CommandResult late = Curl("--http2 -o /dev/null", "/api/version");
+  EXPECT_NE(late.exit.code, 0) << "a new connection was accepted during the drain";
+  std::optional<ExitInfo> done = (*client)->WaitExit(absl::Seconds(10));
+  ASSERT_TRUE(done.has_value());
+  EXPECT_EQ(done->code, 0) << (*client)->Stderr();
+  EXPECT_TRUE(absl::StrContains((*client)->Stdout(), "\"chunks\":11")) << (*client)->Stdout();
+  std::optional<ExitInfo> exit = sluice_->WaitExit(absl::Seconds(5));
+  ASSERT_TRUE(exit.has_value()) << "sluice still running after the stream ended";
+  EXPECT_TRUE(exit->exited && exit->code == 0);
+  expect_sluice_exit_ = true;
+}
+
+}  // namespace
+}  // namespace sluice::integration
