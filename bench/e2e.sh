@@ -2,6 +2,7 @@
 # End-to-end comparison of sluice against talking to ollama-sim directly.
 #
 #   bash bench/e2e.sh [--record] [BUILD_DIR]      (or BUILD=dir bash bench/e2e.sh)
+#   SLUICE_EXTRA_ARGS="--busy_poll=2ms" adds flags to the sluice command line.
 #
 # Builds nothing: it runs BUILD_DIR's core/sluice, tools/ollama-sim/ollama-sim
 # and bench/relay_delay (default build dir: build-bench). Everything listens
@@ -32,6 +33,7 @@ for arg in "$@"; do
 done
 [[ "$BUILD_DIR" = /* ]] || BUILD_DIR="$ROOT/$BUILD_DIR"
 [[ -n "${BUILD:-}" ]] && COMMAND="BUILD=$BUILD $COMMAND"
+[[ -n "${SLUICE_EXTRA_ARGS:-}" ]] && COMMAND="SLUICE_EXTRA_ARGS='$SLUICE_EXTRA_ARGS' $COMMAND"
 
 SLUICE="$BUILD_DIR/core/sluice"
 SIM="$BUILD_DIR/tools/ollama-sim/ollama-sim"
@@ -104,7 +106,8 @@ SIM_PORT=$(wait_listening "$WORK/sim.log" "$SIM_PID" \
   '^ollama-sim listening on http://127\.0\.0\.1:([0-9]+)$')
 
 "${PROXY_CPU[@]}" "$SLUICE" --listen_http=127.0.0.1:0 \
-  --listen_tls= --http_mode=serve --upstream="127.0.0.1:$SIM_PORT" --threads=1 >"$WORK/sluice.log" 2>&1 &
+  --listen_tls= --http_mode=serve --upstream="127.0.0.1:$SIM_PORT" --threads=1 \
+  ${SLUICE_EXTRA_ARGS:-} >"$WORK/sluice.log" 2>&1 &
 SLUICE_PID=$!
 PIDS+=("$SLUICE_PID")
 SLUICE_PORT=$(wait_listening "$WORK/sluice.log" "$SLUICE_PID" \

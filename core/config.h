@@ -54,6 +54,8 @@ struct Config {
   // Provided receive buffers per worker (a power of two) and their size.
   uint32_t recv_buffers = 4096;
   uint32_t recv_buffer_size = 16 << 10;
+  // Poll for completions this long before sleeping (0: sleep at once).
+  int64_t busy_poll_ns = 0;
   int log_level = 1;  // 0 debug, 1 info, 2 warn, 3 error
 };
 

@@ -40,8 +40,9 @@ class Ring {
   io_uring_sqe* GetSqe();
 
   // Submits everything queued and waits for at least one completion or
-  // until `timeout_ns` (relative, <0: no limit). Returns -errno or >= 0.
-  int SubmitAndWait(int64_t timeout_ns);
+  // until `timeout_ns` (relative, <0: no limit), first polling for up to
+  // `busy_poll_ns` without sleeping. Returns -errno or >= 0.
+  int SubmitAndWait(int64_t timeout_ns, int64_t busy_poll_ns = 0);
 
   // Calls Complete on the owner of every ready CQE.
   unsigned DispatchCompletions();

@@ -217,7 +217,7 @@ void Worker::RunFlushes() {
 
 void Worker::Run() {
   for (;;) {
-    int ret = ring_.SubmitAndWait(NextTimeout());
+    int ret = ring_.SubmitAndWait(NextTimeout(), config_.busy_poll_ns);
     if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY) {
       LOG_ERROR("io_uring_enter: %s", strerror(-ret));
     }
