@@ -61,6 +61,8 @@ for arg in "$@"; do
 done
 [[ "$BUILD_DIR" = /* ]] || BUILD_DIR="$ROOT/$BUILD_DIR"
 [[ -n "${BUILD:-}" ]] && COMMAND="BUILD=$BUILD $COMMAND"
+# SLUICE_EXTRA_ARGS="--busy_poll=2ms" adds flags to sluice's command line.
+[[ -n "${SLUICE_EXTRA_ARGS:-}" ]] && COMMAND="SLUICE_EXTRA_ARGS='$SLUICE_EXTRA_ARGS' $COMMAND"
 [[ "$ROUNDS" =~ ^[1-9][0-9]?$ ]] || { echo "compare_nginx.sh: --rounds wants 1..99" >&2; exit 2; }
 [[ "$ONLY" =~ ^[a-f]+$ ]] || { echo "compare_nginx.sh: --only wants letters a to f" >&2; exit 2; }
 wanted() { [[ "$ONLY" == *"$1"* ]]; }
@@ -377,7 +379,7 @@ start_sluice() {
     --upstream="127.0.0.1:$SIM_PORT" --upstream_keepalive=32 \
     --connect_timeout=10s --read_timeout=600s --send_timeout=600s \
     --client_max_body_size=100M --h2_max_concurrent_streams=128 \
-    >"$log" 2>&1 &
+    ${SLUICE_EXTRA_ARGS:-} >"$log" 2>&1 &
   STARTED_PID=$!
   PIDS+=("$STARTED_PID")
   STARTED_PORT=$(wait_listening "$log" "$STARTED_PID" \
