@@ -11,6 +11,8 @@ namespace sluice::core {
 namespace {
 // RFC 9113 3.4: the client connection preface.
 constexpr std::string_view kH2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+// How long a closing connection keeps reading (and dropping) client bytes.
+constexpr int64_t kLingerNs = 2'000'000'000;
 }  // namespace
 
 ClientConnection::ClientConnection(Worker* worker, int fd,
@@ -23,7 +25,8 @@ ClientConnection::ClientConnection(Worker* worker, int fd,
       handshake_timer_([this] {
         LOG_DEBUG("client %s: TLS handshake timeout", client_addr_.c_str());
         stream_.Close();
-      }) {
+      }),
+      linger_timer_([this] { stream_.Close(); }) {
   if (kind_ == ListenerKind::kTls && tls) {
     tls_ = std::make_unique<tls::TlsSession>(std::move(tls));
   }
@@ -74,7 +77,7 @@ void ClientConnection::StartH2() {
 }
 
 void ClientConnection::OnData(Slice data) {
-  if (closing() || close_when_written_) return;
+  if (closing() || close_when_written_ || lingering_) return;
   if (tls_) {
     OnCiphertext(std::move(data));
   } else {
@@ -206,7 +209,9 @@ void ClientConnection::Deliver(Slice data) {
 }
 
 void ClientConnection::OnReadEnd(int res) {
-  if (session_) {
+  if (lingering_) {
+    stream_.Close();
+  } else if (session_) {
     session_->OnReadEnd(res);
   } else {
     stream_.Close();
@@ -218,6 +223,7 @@ void ClientConnection::OnWriteProgress() {
     if (stream_.write_idle()) stream_.Close();
     return;
   }
+  if (lingering_) return;
   if (session_) session_->OnWriteProgress();
 }
 
@@ -229,6 +235,29 @@ void ClientConnection::OnWriteError(int res) {
   }
 }
 
+void ClientConnection::CloseGracefully() {
+  if (closing() || lingering_) return;
+  lingering_ = true;
+  if (tls_ && tls_->handshake_done() && !tls_->failed()) {
+    SealPlaintext();
+    if (closing()) return;
+    tls_->Shutdown();
+    SendTlsOutput();
+  }
+  if (stream_.read_ended()) {
+    // The client already closed its side: nothing to drain.
+    if (stream_.write_idle()) {
+      stream_.Close();
+    } else {
+      close_when_written_ = true;
+    }
+    return;
+  }
+  stream_.ShutdownWriteWhenDrained();
+  stream_.StartReading();
+  worker_->Timers(kLingerNs)->Arm(&linger_timer_, worker_->now_ns());
+}
+
 void ClientConnection::RequestFlush() {
   if (flush_pending_) return;
   flush_pending_ = true;
@@ -238,7 +267,7 @@ void ClientConnection::RequestFlush() {
 void ClientConnection::Flush() {
   flush_pending_ = false;
   if (closing()) return;
-  if (session_) session_->Flush();
+  if (session_ && !lingering_) session_->Flush();
   if (tls_ && !closing()) SealPlaintext();
 }
 

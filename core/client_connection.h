@@ -91,6 +91,13 @@ class ClientConnection final : public StreamHandler, public Flushable {
   // its session) is destroyed once nothing is in flight.
   void Close() { stream_.Close(); }
   bool closing() const { return stream_.closing(); }
+  // Ends the connection politely once everything queued is sent: TLS
+  // close_notify, then FIN, then reads and drops what the client still
+  // sends until it closes too (at most a couple of seconds). Closing with
+  // unread input would make the kernel send RST, which can destroy a
+  // response (a 413, a GOAWAY) the client has not read yet; nginx's
+  // lingering_close exists for the same reason.
+  void CloseGracefully();
 
   // Asks for ClientSession::Flush at the end of this loop turn.
   void RequestFlush();
@@ -133,11 +140,13 @@ class ClientConnection final : public StreamHandler, public Flushable {
   std::vector<Slice> plain_;  // plaintext written this turn (TLS only)
   size_t plain_bytes_ = 0;
   Timer handshake_timer_;
+  Timer linger_timer_;
   std::vector<Slice> sniffed_;  // h2c preface detection on plain listeners
   size_t sniffed_bytes_ = 0;
   bool flush_pending_ = false;
   bool draining_ = false;
   bool close_when_written_ = false;
+  bool lingering_ = false;
 };
 
 }  // namespace sluice::core

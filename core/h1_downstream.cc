@@ -235,7 +235,7 @@ void H1Downstream::CloseAfterDrain() {
   keepalive_timer_.Disarm();
   header_timer_.Disarm();
   if (conn_->reading()) conn_->StopReading();
-  if (conn_->write_idle()) conn_->Close();
+  if (conn_->write_idle()) conn_->CloseGracefully();
 }
 
 void H1Downstream::CodecError(const absl::Status& status) {
@@ -298,7 +298,7 @@ void H1Downstream::OnWriteProgress() {
     worker_->Timers(worker_->config().send_timeout_ns)->Arm(&send_timer_, worker_->now_ns());
   }
   if (close_after_ && !responding_ && conn_->write_idle()) {
-    conn_->Close();
+    conn_->CloseGracefully();
     return;
   }
   if (relay_ && conn_->drained()) relay_->OnDownstreamDrained();

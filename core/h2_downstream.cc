@@ -157,7 +157,7 @@ void H2Downstream::MaybeClose() {
   if (!close_when_done_ || conn_->closing()) return;
   if (!failed_ && !streams_.empty()) return;
   if (codec_.WantsWrite() || !conn_->write_idle()) return;
-  conn_->Close();
+  conn_->CloseGracefully();
 }
 
 H2Downstream::StreamState* H2Downstream::Find(int32_t id) {

@@ -64,6 +64,8 @@ class Stream final : public Flushable {
   void StartReading();
   void StopReading();
   bool reading() const { return want_read_; }
+  // The peer closed its side or the read failed.
+  bool read_ended() const { return read_ended_; }
 
   // Queue bytes to send. Slices are held until their bytes are sent;
   // views must stay valid until then (static strings); small copies are

@@ -258,3 +258,30 @@ TEST_F(H1ToH1ExpectContinue, CurlExpect100) {
 
 }  // namespace
 }  // namespace sluice::integration
+
+namespace sluice::integration {
+namespace {
+
+// A client still sending a body that sluice refused must be able to read the
+// 413: sluice sends FIN and drains the rest (lingering close) instead of
+// closing with unread input, which would make the kernel reset the
+// connection and could destroy the answer.
+TEST_F(H1ToH1ExpectContinue, OversizeChunkedBodyStillReads413) {
+  sluice_.reset();
+  auto sluice = StartSluice(sim_port(), {"--client_max_body_size=1k"});
+  ASSERT_TRUE(sluice.ok()) << sluice.status();
+  sluice_ = std::move(*sluice);
+  IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
+  IT_ASSERT_OK(conn->Send("POST /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          "Transfer-Encoding: chunked\r\n\r\n"));
+  // 256 KiB in 4 KiB chunks, sent before reading anything.
+  std::string chunk = absl::StrCat("1000\r\n", std::string(4096, 'x'), "\r\n");
+  for (int i = 0; i < 64; ++i) IT_ASSERT_OK(conn->Send(chunk));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(5)));
+  EXPECT_EQ(r.status, 413);
+  EXPECT_TRUE(absl::StrContains(r.body, "\"error\"")) << r.body;
+  EXPECT_TRUE(conn->ExpectClosed(absl::Seconds(5)).ok());
+}
+
+}  // namespace
+}  // namespace sluice::integration
