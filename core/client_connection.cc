@@ -39,7 +39,7 @@ ClientConnection::~ClientConnection() {
 void ClientConnection::Start() {
   worker_->AddConnection(this);
   if (kind_ == ListenerKind::kRedirect) {
-    StartH1();
+    StartSession(std::make_unique<H1Downstream>(this));
   } else if (kind_ == ListenerKind::kTls) {
     if (!tls_) {
       stream_.Close();
@@ -64,14 +64,8 @@ void ClientConnection::Drain() {
   }
 }
 
-void ClientConnection::StartH1() {
-  session_ = std::make_unique<H1Downstream>(this);
-  session_->Start();
-  if (draining_ && !closing()) session_->Drain();
-}
-
-void ClientConnection::StartH2() {
-  session_ = std::make_unique<H2Downstream>(this);
+void ClientConnection::StartSession(std::unique_ptr<ClientSession> session) {
+  session_ = std::move(session);
   session_->Start();
   if (draining_ && !closing()) session_->Drain();
 }
@@ -101,9 +95,9 @@ void ClientConnection::OnCiphertext(Slice data) {
   if (tls_->handshake_done() && !session_) {
     handshake_timer_.Disarm();
     if (tls_->alpn() == "h2") {
-      StartH2();
+      StartSession(std::make_unique<H2Downstream>(this));
     } else {
-      StartH1();
+      StartSession(std::make_unique<H1Downstream>(this));
     }
   }
   for (Slice& s : plain) {
@@ -136,9 +130,19 @@ void ClientConnection::WriteStatic(std::string_view s) {
 void ClientConnection::WriteCopy(std::string_view s) {
   if (!tls_) {
     stream_.WriteCopy(s);
-  } else {
-    Write(Slice::Copy(s));
+    return;
   }
+  // Small copies (a chunk's size line) share one block until the turn's
+  // plaintext is sealed, instead of one allocation each.
+  size_t room = 0;
+  char* p = copies_.Reserve(&room);
+  if (room < s.size()) {
+    Write(Slice::Copy(s));
+    return;
+  }
+  memcpy(p, s.data(), s.size());
+  copies_.Commit(s.size());
+  Write(copies_.Take());
 }
 
 void ClientConnection::WriteOwned(std::string s) {
@@ -157,6 +161,7 @@ void ClientConnection::SealPlaintext() {
   absl::Status st = tls_->WriteV(pieces);
   plain_.clear();
   plain_bytes_ = 0;
+  copies_.Trim();  // idle connections hold no copy block
   if (!st.ok()) {
     LOG_DEBUG("client %s: %s", client_addr_.c_str(),
               std::string(st.message()).c_str());
@@ -198,9 +203,9 @@ void ClientConnection::Deliver(Slice data) {
   pending.swap(sniffed_);
   sniffed_bytes_ = 0;
   if (prefix) {
-    StartH2();
+    StartSession(std::make_unique<H2Downstream>(this));
   } else {
-    StartH1();
+    StartSession(std::make_unique<H1Downstream>(this));
   }
   for (Slice& s : pending) {
     if (closing() || !session_) break;

@@ -123,8 +123,7 @@ class ClientConnection final : public StreamHandler, public Flushable {
 
   // Plaintext to the session, choosing it first when none is running.
   void Deliver(Slice data);
-  void StartH1();
-  void StartH2();
+  void StartSession(std::unique_ptr<ClientSession> session);
   void OnCiphertext(Slice data);
   void SealPlaintext();
   void SendTlsOutput();
@@ -139,6 +138,7 @@ class ClientConnection final : public StreamHandler, public Flushable {
   std::unique_ptr<tls::TlsSession> tls_;
   std::vector<Slice> plain_;  // plaintext written this turn (TLS only)
   size_t plain_bytes_ = 0;
+  SliceWriter copies_{1024};  // small plaintext copies of this turn
   Timer handshake_timer_;
   Timer linger_timer_;
   std::vector<Slice> sniffed_;  // h2c preface detection on plain listeners

@@ -141,11 +141,8 @@ void H2Downstream::UpdateTimers() {
   }
   // A stalled writer (zero window, or a socket the client does not read)
   // gets send_timeout from its last progress, like an HTTP/1.1 client.
-  bool waiting = !conn_->write_idle() || codec_.WantsWrite();
-  for (auto& [id, st] : streams_) {
-    if (waiting) break;
-    waiting = codec_.QueuedBytes(id) > 0;
-  }
+  const bool waiting = !conn_->write_idle() || codec_.WantsWrite() ||
+                       codec_.total_queued_bytes() > 0;
   if (!waiting) {
     send_timer_.Disarm();
   } else if (!send_timer_.armed()) {

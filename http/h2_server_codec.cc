@@ -367,7 +367,7 @@ struct H2Callbacks {
       s->unconsumed = 0;
     }
     s->queue.clear();
-    s->queued = 0;
+    c->SetQueued(s, 0);
     if (!s->announced || s->app_reset || s->terminal_queued) {
       if (!s->terminal_queued || s->terminal_delivered) c->streams_.erase(it);
       return 0;
@@ -467,7 +467,7 @@ struct H2Callbacks {
         left = 0;
       }
     }
-    s->queued -= length;
+    c->SetQueued(s, s->queued - length);
     c->pending_bytes_ += length;
     if (s->blocked && s->queued <= c->options_.stream_low_watermark) {
       s->blocked = false;
@@ -646,6 +646,11 @@ void H2ServerCodec::FlushBytes() {
   pending_.push_back(writer_.Take());
   pending_bytes_ += writer_uncommitted_;
   writer_uncommitted_ = 0;
+}
+
+void H2ServerCodec::SetQueued(Stream* s, size_t n) {
+  queued_total_ = queued_total_ - s->queued + n;
+  s->queued = n;
 }
 
 void H2ServerCodec::DeliverEvents() {
@@ -843,7 +848,7 @@ void H2ServerCodec::Fail(uint32_t error_code, std::string_view why) {
       H2Callbacks::Enqueue(this, s.get(), std::move(ev));
     }
     s->queue.clear();
-    s->queued = 0;
+    SetQueued(s.get(), 0);
   }
 }
 
@@ -944,7 +949,7 @@ absl::Status H2ServerCodec::SendData(int32_t stream_id, core::Slice data) {
   if (s == nullptr) return absl::NotFoundError("no such stream");
   if (s->eof) return absl::FailedPreconditionError("stream already ended");
   if (data.empty()) return absl::OkStatus();
-  s->queued += data.size();
+  SetQueued(s, s->queued + data.size());
   s->queue.push_back(std::move(data));
   if (s->queued >= options_.stream_high_watermark) s->blocked = true;
   ResumeIfDeferred(s);
@@ -978,10 +983,10 @@ absl::Status H2ServerCodec::SubmitJsonErrorOn(Stream* s, int status,
     fields.push_back({"retry-after", std::to_string(retry_after_seconds)});
   }
   s->queue.clear();
-  s->queued = 0;
+  SetQueued(s, 0);
   absl::Status st = SubmitFinalHead(s, status, std::move(fields), false);
   if (!st.ok()) return st;
-  s->queued = body.size();
+  SetQueued(s, body.size());
   s->queue.push_back(core::Slice::Copy(body));
   s->eof = true;
   return absl::OkStatus();
@@ -1006,7 +1011,7 @@ absl::Status H2ServerCodec::ResetStream(int32_t stream_id,
   if (s->app_reset) return absl::OkStatus();
   s->app_reset = true;
   s->queue.clear();
-  s->queued = 0;
+  SetQueued(s, 0);
   if (!s->closed && !failed_) {
     nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, stream_id,
                               error_code);

@@ -275,6 +275,8 @@ class H2ServerCodec {
   // Response bytes queued for the stream and not yet taken by TakeOutput
   // (0 for an unknown stream): the backpressure signal.
   size_t QueuedBytes(int32_t stream_id) const;
+  // The same summed over all streams (kept as streams change, O(1)).
+  size_t total_queued_bytes() const { return queued_total_; }
 
   // --- Request bodies.
 
@@ -314,6 +316,7 @@ class H2ServerCodec {
   void AppendBytes(const uint8_t* data, size_t len);
   void FlushBytes();
   void DeliverEvents();
+  void SetQueued(Stream* s, size_t n);
   void ResumeIfDeferred(Stream* s);
   void CountSentReset();
   void Fail(uint32_t error_code, std::string_view why);
@@ -340,6 +343,7 @@ class H2ServerCodec {
   size_t writer_uncommitted_ = 0;  // bytes in writer_ not yet in pending_
   std::vector<core::Slice> pending_;
   size_t pending_bytes_ = 0;
+  size_t queued_total_ = 0;  // sum of Stream::queued
   size_t pump_limit_ = 0;  // the limit of the Pump in progress (0: none)
 
   const core::Slice* input_ = nullptr;  // during Dispatch

@@ -531,6 +531,7 @@ TEST(H2ServerCodecTest, SlowClientWindowHoldsQueueUntilWindowUpdate) {
   // The client's initial window (65535) is all that could go out.
   EXPECT_EQ(client.streams[id].body.size(), 65535u);
   EXPECT_EQ(codec.QueuedBytes(id), 4 * kPiece - 65535);
+  EXPECT_EQ(codec.total_queued_bytes(), 4 * kPiece - 65535);
   EXPECT_EQ(sink.streams[id].writable, 0);
   client.Drive();
   EXPECT_EQ(codec.QueuedBytes(id), 4 * kPiece - 65535);
@@ -546,6 +547,7 @@ TEST(H2ServerCodecTest, SlowClientWindowHoldsQueueUntilWindowUpdate) {
   }
   EXPECT_EQ(client.streams[id].body, expect);
   EXPECT_EQ(codec.QueuedBytes(id), 0u);
+  EXPECT_EQ(codec.total_queued_bytes(), 0u);
   EXPECT_EQ(sink.streams[id].writable, 1);
   ASSERT_TRUE(codec.EndStream(id).ok());
   client.Drive();
@@ -759,6 +761,29 @@ TEST(H2ServerCodecTest, JsonErrorMidUploadEndsCleanly) {
   int32_t next = client.Request("GET", "/");
   client.Drive();
   EXPECT_TRUE(sink.streams[next].has_head);
+}
+
+TEST(H2ServerCodecTest, TotalQueuedBytesFollowsSendAndReset) {
+  RecordingSink sink;
+  H2ServerCodec codec(&sink, H2Options{});
+  Client client(&codec, &sink, {.manual_window = true});
+  int32_t a = client.Request("GET", "/a");
+  int32_t b = client.Request("GET", "/b");
+  client.Drive();
+  ASSERT_TRUE(codec.SubmitResponse(a, Head(200), false).ok());
+  ASSERT_TRUE(codec.SubmitResponse(b, Head(200), false).ok());
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(codec.SendData(a, Slice::Copy(Pattern(50 * 1024, 'a'))).ok());
+  }
+  ASSERT_TRUE(codec.SendData(b, Slice::Copy(Pattern(1000, 'b'))).ok());
+  EXPECT_EQ(codec.total_queued_bytes(), 4u * 50 * 1024 + 1000);
+  client.Drive();
+  // B fit its window; A is held back by the flow-control windows.
+  EXPECT_EQ(codec.QueuedBytes(b), 0u);
+  EXPECT_EQ(codec.total_queued_bytes(), codec.QueuedBytes(a));
+  EXPECT_GT(codec.QueuedBytes(a), 0u);
+  ASSERT_TRUE(codec.ResetStream(a, NGHTTP2_CANCEL).ok());
+  EXPECT_EQ(codec.total_queued_bytes(), 0u);
 }
 
 TEST(H2ServerCodecTest, ClosedStreamReturnsItsUnconsumedWindow) {
