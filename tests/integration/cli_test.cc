@@ -60,7 +60,10 @@ INSTANTIATE_TEST_SUITE_P(
         BadFlag{"max_header_bytes", "12q"},
         BadFlag{"upstream_keepalive", "many"},
         BadFlag{"listen_http", "nowhere"}, BadFlag{"upstream", "nohost"},
-        BadFlag{"log_level", "loud"}),
+        BadFlag{"log_level", "loud"}, BadFlag{"http_mode", "sideways"},
+        BadFlag{"listen_tls", "nowhere"}, BadFlag{"busy_poll", "1s"},
+        BadFlag{"h2_max_concurrent_streams", "0"},
+        BadFlag{"handshake_timeout", "fast"}),
     [](const ::testing::TestParamInfo<BadFlag>& info) {
       return std::string(info.param.flag);
     });
@@ -74,7 +77,9 @@ TEST(SluiceCli, HelpExitsZeroAndListsEveryFlag) {
        {"listen_http", "threads", "upstream", "upstream_host",
         "upstream_keepalive", "connect_timeout", "read_timeout", "send_timeout",
         "client_max_body_size", "max_header_bytes", "drain_timeout",
-        "keepalive_timeout", "client_header_timeout", "log_level"}) {
+        "keepalive_timeout", "client_header_timeout", "log_level",
+        "listen_tls", "http_mode", "tls_cert", "tls_key", "tls_session_tickets",
+        "hsts", "handshake_timeout", "h2_max_concurrent_streams", "busy_poll"}) {
     EXPECT_TRUE(absl::StrContains(res.out, absl::StrCat("--", flag)))
         << "--help does not mention --" << flag << "\nstdout:\n"
         << res.out;

@@ -256,3 +256,31 @@ TEST_F(H1ToH1Streaming, LargePaddedChunksRelayedIntact) {
 
 }  // namespace
 }  // namespace sluice::integration
+
+namespace sluice::integration {
+namespace {
+
+// --busy_poll changes how a worker waits for completions, never what it
+// relays: a stream still arrives whole and incrementally, and timers (the
+// idle keepalive close) still fire while the worker polls.
+class H1ToH1BusyPoll : public ProxyTest {};
+
+TEST_F(H1ToH1BusyPoll, StreamsAndTimersWorkWhilePolling) {
+  ASSERT_NO_FATAL_FAILURE(StartStack({}, {"--busy_poll=2ms", "--keepalive_timeout=1s"}));
+  IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
+  IT_ASSERT_OK(conn->Send(BuildRequest(
+      "POST", "/api/generate", {{"X-Sim-Tokens", "5"}, {"X-Sim-Token-Delay-Ms", "50"}},
+      R"({"model":"sim","prompt":"hi"})")));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(15)));
+  ASSERT_EQ(r.status, 200) << r.body;
+  std::vector<TimedRecord> lines = SplitRecords(r.chunks, "\n");
+  ASSERT_EQ(lines.size(), 6u) << r.body;
+  EXPECT_GE(lines.back().arrival_us - lines.front().arrival_us, 150000) << r.body;
+  EXPECT_TRUE(absl::StrContains(lines.back().text, "\"done\":true"));
+  absl::Time idle_since = absl::Now();
+  EXPECT_TRUE(conn->ExpectClosed(absl::Seconds(5)).ok());
+  EXPECT_LT(absl::Now() - idle_since, absl::Seconds(3));
+}
+
+}  // namespace
+}  // namespace sluice::integration
