@@ -5,7 +5,7 @@
 set -euo pipefail
 
 pkgs=(g++ cmake ninja-build pkg-config curl openssl
-      liburing-dev libnghttp2-dev node-llhttp android-libboringssl-dev libabsl-dev)
+      libcrypt-dev liburing-dev libnghttp2-dev node-llhttp android-libboringssl-dev libabsl-dev)
 if [[ "${1:-}" == "--test" ]]; then
   pkgs+=(libgtest-dev libgmock-dev libbenchmark-dev nghttp2-client wrk nginx apache2-utils python3)
 fi

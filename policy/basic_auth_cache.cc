@@ -1,0 +1,1 @@
+#include "policy/basic_auth_cache.h"

@@ -1,0 +1,3 @@
+#pragma once
+
+namespace sluice::policy {}  // namespace sluice::policy

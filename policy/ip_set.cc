@@ -1,0 +1,1 @@
+#include "policy/ip_set.h"

@@ -1,0 +1,1 @@
+#include "policy/keys_command.h"
