@@ -107,6 +107,7 @@ SIM_PORT=$(wait_listening "$WORK/sim.log" "$SIM_PID" \
 
 "${PROXY_CPU[@]}" "$SLUICE" --listen_http=127.0.0.1:0 \
   --listen_tls= --http_mode=serve --upstream="127.0.0.1:$SIM_PORT" --threads=1 \
+  --auth=none --rate_generation=off --rate_api=off \
   ${SLUICE_EXTRA_ARGS:-} >"$WORK/sluice.log" 2>&1 &
 SLUICE_PID=$!
 PIDS+=("$SLUICE_PID")
@@ -223,7 +224,7 @@ TABLE=$(cat <<EOF
 EOF
 )
 
-NOTES="Setup: $PINNING; sluice --threads=1; ollama-sim --threads=1.
+NOTES="Setup: $PINNING; sluice --threads=1 --auth=none, no rate limits (the relay alone; bench/policy_cost.sh measures the policy); ollama-sim --threads=1.
 Delay runs: relay_delay --connections=$STREAMS --rounds=$STREAM_ROUNDS --tokens=$TOKENS --token_delay_ms=$TOKEN_DELAY_MS (each run $((STREAMS * STREAM_ROUNDS * (TOKENS + 1))) chunks).
 Per round: req/s direct [${RPS[direct]% }] sluice [${RPS[sluice]% }]; chunk p99 µs direct [${DP99[direct]% }] sluice [${DP99[sluice]% }]; chunk max µs direct [${DMAX[direct]% }] sluice [${DMAX[sluice]% }].
 Load average (1/5/15 min) before: $LOAD_BEFORE, after: $LOAD_AFTER (the run itself keeps about 2 busy); other processes share these CPUs.

@@ -9,6 +9,14 @@
 namespace sluice::core {
 
 class TlsContextSlot;
+class PolicySlot;
+class AuthVerifier;
+}  // namespace sluice::core
+namespace sluice::policy {
+class RateTable;
+class ConcurrencyTable;
+}  // namespace sluice::policy
+namespace sluice::core {
 
 // A resolved socket address.
 struct SocketAddress {
@@ -37,6 +45,12 @@ struct Config {
   int64_t handshake_timeout_ns = 10'000'000'000;
   // The TLS context for new connections (owned by main; null without TLS).
   TlsContextSlot* tls_slot = nullptr;
+  // The access policy (swapped on SIGHUP), the limit tables all workers
+  // share, and the helper threads for slow password checks; owned by main.
+  PolicySlot* policy_slot = nullptr;
+  policy::RateTable* rate_table = nullptr;
+  policy::ConcurrencyTable* conn_table = nullptr;
+  AuthVerifier* auth_verifier = nullptr;
   int threads = 1;
   SocketAddress upstream;
   std::string upstream_host;  // Host header sent upstream

@@ -119,16 +119,13 @@ void H1Downstream::OnRequestHead(http::RequestHead head) {
   header_timer_.Disarm();
   request_has_body_ = head.has_body();
   request_keep_alive_ = head.keep_alive;
-  const bool expect_continue = head.expect_continue && head.has_body();
+  expect_continue_ = head.expect_continue && head.has_body();
   if (conn_->kind() == ListenerKind::kRedirect) {
     Redirect(head);
     return;
   }
   relay_ = std::make_unique<Relay>(worker_, this, std::move(head),
                                    conn_->client_addr(), conn_->scheme());
-  // The body limit was already checked against Content-Length, so the
-  // client may send; the expectation is not forwarded.
-  if (expect_continue) conn_->WriteStatic(http::k100Continue);
   relay_->Start();
 }
 
@@ -202,6 +199,39 @@ void H1Downstream::SendError(int status, std::string_view message) {
   conn_->WriteOwned(
       http::JsonErrorResponse(status, message, close_after_, 0, ExtraFields()));
   FinishExchange();
+}
+
+void H1Downstream::SendPolicyAnswer(int status, std::string_view error,
+                                    const std::vector<http::Header>& headers) {
+  // A refused request's body is not read: the connection cannot be reused.
+  if (codec_.in_message() && request_has_body_) close_after_ = true;
+  if (!request_keep_alive_ || draining_) close_after_ = true;
+  std::string extra(ExtraFields());
+  for (const http::Header& h : headers) {
+    extra.append(h.name).append(": ").append(h.value).append("\r\n");
+  }
+  if (error.empty()) {
+    http::ResponseHead head;
+    head.status = status;
+    head.content_length = 0;
+    std::string out;
+    http::AppendDownstreamResponseHead(head, http::BodyFraming::kNone, close_after_,
+                                       &out, extra);
+    conn_->WriteOwned(std::move(out));
+  } else {
+    conn_->WriteOwned(http::JsonErrorResponse(status, error, close_after_, 0, extra));
+  }
+  FinishExchange();
+}
+
+void H1Downstream::OnAdmitted() {
+  // The body limit was already checked against Content-Length and the
+  // policy admitted the request, so the client may send; the expectation
+  // is not forwarded.
+  if (expect_continue_) {
+    expect_continue_ = false;
+    conn_->WriteStatic(http::k100Continue);
+  }
 }
 
 void H1Downstream::AbortResponse() {

@@ -54,6 +54,9 @@ class H1Downstream final : public ClientSession,
   void SendResponseBody(Slice piece) override;
   void SendResponseEnd() override;
   void SendError(int status, std::string_view message) override;
+  void SendPolicyAnswer(int status, std::string_view error,
+                        const std::vector<http::Header>& headers) override;
+  void OnAdmitted() override;
   void AbortResponse() override;
   void SendTunnelData(Slice data) override;
   void EndTunnel() override;
@@ -85,6 +88,7 @@ class H1Downstream final : public ClientSession,
   Timer header_timer_;
   Timer send_timer_;
   bool request_has_body_ = false;
+  bool expect_continue_ = false;  // 100 Continue owed once admitted
   bool request_keep_alive_ = true;
   bool responding_ = false;   // a request is being answered
   bool close_after_ = false;  // close once the current response is sent

@@ -274,19 +274,27 @@ void H2Downstream::StreamState::SendResponseEnd() {
 }
 
 void H2Downstream::StreamState::SendError(int status, std::string_view message) {
+  SendPolicyAnswer(status, message, {});
+}
+
+void H2Downstream::StreamState::SendPolicyAnswer(
+    int status, std::string_view message, const std::vector<http::Header>& headers) {
   H2Downstream* s = session_;
   const Config& cfg = s->worker_->config();
-  std::string body = http::JsonErrorBody(message);
+  // No body for an empty message (a CORS preflight's 204).
+  std::string body = message.empty() ? std::string() : http::JsonErrorBody(message);
   http::ResponseHead h;
   h.status = status;
-  h.headers.push_back(http::Header{"content-type", "application/json"});
+  if (!body.empty()) h.headers.push_back(http::Header{"content-type", "application/json"});
   if (s->conn_->secure() && !cfg.hsts.empty()) {
     h.headers.push_back(http::Header{"strict-transport-security", cfg.hsts});
   }
+  h.headers.insert(h.headers.end(), headers.begin(), headers.end());
   h.content_length = body.size();
   const int32_t id = id_;
-  Quiet(s->codec_.SubmitResponse(id, h, head_request_));
-  if (!head_request_) {
+  const bool no_body = head_request_ || body.empty();
+  Quiet(s->codec_.SubmitResponse(id, h, no_body));
+  if (!no_body) {
     Quiet(s->codec_.SendData(id, Slice::FromString(std::move(body))));
     Quiet(s->codec_.EndStream(id));
   }

@@ -50,6 +50,8 @@ class H2Downstream final : public ClientSession, public http::H2StreamSink {
     void SendResponseBody(Slice piece) override;
     void SendResponseEnd() override;
     void SendError(int status, std::string_view message) override;
+    void SendPolicyAnswer(int status, std::string_view error,
+                          const std::vector<http::Header>& headers) override;
     void AbortResponse() override;
     void SendTunnelData(Slice data) override;
     void EndTunnel() override;

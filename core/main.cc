@@ -8,24 +8,30 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <future>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "core/auth_verifier.h"
 #include "core/cli.h"
 #include "core/client_connection.h"
 #include "core/config.h"
 #include "core/log.h"
-#include "core/tls_context_slot.h"
+#include "core/snapshot_slot.h"
 #include "tls/tls_context.h"
 #include "core/worker.h"
+#include "policy/keys_command.h"
+#include "policy/limiter.h"
+#include "policy/policy.h"
 
 // A byte count flag: plain bytes or with a k/m/g suffix (powers of 1024),
 // as nginx writes client_max_body_size.
@@ -118,12 +124,62 @@ ABSL_FLAG(absl::Duration, busy_poll, absl::ZeroDuration(),
           "(virtual machines) at the cost of CPU time; 0 = off.");
 ABSL_FLAG(std::string, log_level, "info", "Error log level: debug, info, warn or error.");
 
+// Access policy. Files are re-read on SIGHUP; a file that does not load
+// leaves the old policy in place.
+ABSL_FLAG(std::string, auth, "",
+          "key (API keys), basic (htpasswd users), key_or_basic, or none. "
+          "Default: key_or_basic when --keys_file or --htpasswd is given; "
+          "without either, sluice refuses to start unless --auth=none.");
+ABSL_FLAG(std::string, keys_file, "",
+          "API keys, one NAME:sha256:HEX per line (made by `sluice keys add`); "
+          "clients send Authorization: Bearer KEY or x-api-key: KEY.");
+ABSL_FLAG(std::string, htpasswd, "",
+          "Basic-auth users, an Apache htpasswd file (bcrypt, apr1, SHA, "
+          "SHA-256/512 crypt).");
+ABSL_FLAG(std::string, rules_file, "",
+          "Extra rules, one per line: allow|deny CIDRS; zone NAME [by=ip|credential] "
+          "RATE [burst=N] [nodelay|delay=N]; route PATTERN allow|deny|admin "
+          "[zone=NAME|off] [allow_ip=CIDRS] [deny_ip=CIDRS] [max_per_ip=N] "
+          "[max_per_key=N]. Checked before the built-in routes.");
+ABSL_FLAG(std::string, allow, "",
+          "Only these client addresses (CIDR list, IPv4/IPv6) may connect; "
+          "empty: all. Checked before auth.");
+ABSL_FLAG(std::string, deny, "", "Client addresses refused with 403 (CIDR list).");
+ABSL_FLAG(std::string, trusted_proxies, "",
+          "Proxies whose X-Forwarded-For names the client (CIDR list); from "
+          "anyone else the header is ignored for policy.");
+ABSL_FLAG(std::string, admin_cidrs, "127.0.0.1/32,::1/128",
+          "Addresses allowed on the admin routes (/api/pull, /api/create, "
+          "/api/copy, /api/blobs).");
+ABSL_FLAG(std::string, cors_origins, "",
+          "Browser origins allowed to call the API (comma list of "
+          "scheme://host[:port], or *); sluice answers preflights and refuses "
+          "other origins with 403. The Origin header is not forwarded.");
+ABSL_FLAG(std::string, rate_generation, "10r/m burst=5 nodelay",
+          "Rate limit of the generation routes (/api/generate, /api/chat, "
+          "/api/embed, /api/embeddings, /v1/chat/completions, /v1/completions, "
+          "/v1/embeddings), nginx limit_req style; off: none.");
+ABSL_FLAG(std::string, rate_api, "60r/m burst=20 nodelay",
+          "Rate limit of every other route; off: none.");
+ABSL_FLAG(std::string, rate_by, "ip",
+          "What the rate limits count by: ip (the client address) or "
+          "credential (the key name or user; the address when anonymous).");
+ABSL_FLAG(int32_t, max_streams_per_ip, 0,
+          "Concurrent requests on the generation routes per client address "
+          "(429 above it); 0: no cap.");
+ABSL_FLAG(int32_t, max_streams_per_key, 0,
+          "Concurrent requests on the generation routes per key or user; 0: no cap.");
+ABSL_FLAG(int32_t, limit_table_entries, 131072,
+          "Client states the rate-limit table keeps (about 64 bytes each); the "
+          "least recently limited are dropped when it is full.");
+
 namespace sluice::core {
 namespace {
 
 constexpr absl::string_view kUsage =
     "sluice: a reverse proxy for Ollama (TLS, HTTP/2, auth, limits, metrics).\n"
-    "Usage: sluice [--flag=value ...]";
+    "Usage: sluice [--flag=value ...]\n"
+    "       sluice keys add|list|revoke [NAME] --keys_file FILE";
 
 int64_t DurationFlag(const absl::Flag<absl::Duration>& flag, const char* name) {
   absl::Duration d = absl::GetFlag(flag);
@@ -278,10 +334,68 @@ std::string HostPart(const std::string& text) {
   return host.empty() ? "0.0.0.0" : host;
 }
 
+policy::PolicyOptions PolicyFlags() {
+  policy::PolicyOptions o;
+  o.auth = absl::GetFlag(FLAGS_auth);
+  o.keys_file = absl::GetFlag(FLAGS_keys_file);
+  o.htpasswd_file = absl::GetFlag(FLAGS_htpasswd);
+  o.rules_file = absl::GetFlag(FLAGS_rules_file);
+  o.allow_cidrs = absl::GetFlag(FLAGS_allow);
+  o.deny_cidrs = absl::GetFlag(FLAGS_deny);
+  o.trusted_proxies = absl::GetFlag(FLAGS_trusted_proxies);
+  o.admin_cidrs = absl::GetFlag(FLAGS_admin_cidrs);
+  o.cors_origins = absl::GetFlag(FLAGS_cors_origins);
+  o.rate_generation = absl::GetFlag(FLAGS_rate_generation);
+  o.rate_api = absl::GetFlag(FLAGS_rate_api);
+  o.rate_by = absl::GetFlag(FLAGS_rate_by);
+  const int32_t per_ip = absl::GetFlag(FLAGS_max_streams_per_ip);
+  const int32_t per_key = absl::GetFlag(FLAGS_max_streams_per_key);
+  if (per_ip < 0) UsageError("--max_streams_per_ip: must be 0 or more");
+  if (per_key < 0) UsageError("--max_streams_per_key: must be 0 or more");
+  o.max_streams_per_ip = static_cast<uint32_t>(per_ip);
+  o.max_streams_per_key = static_cast<uint32_t>(per_key);
+  return o;
+}
+
 int Run(int argc, char** argv) {
+  // `sluice keys add|list|revoke ...` manages the keys file.
+  if (argc > 1 && std::string_view(argv[1]) == "keys") {
+    return policy::RunKeysCommand(argc - 1, argv + 1);
+  }
   ParseFlagsOrExit(argc, argv, kUsage);
   Config config = BuildConfig();
   g_log_level.store(config.log_level);
+
+  // Signals go to the main thread only (sigwait below); every thread
+  // started below (workers, password checkers) inherits the blocked mask.
+  // SIGPIPE is moot (sends use MSG_NOSIGNAL) but blocked too.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGPIPE}) sigaddset(&sigs, s);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+  // The policy is built before anything listens: a bad flag or file is a
+  // configuration error (exit 2 naming it).
+  const policy::PolicyOptions policy_options = PolicyFlags();
+  uint64_t policy_generation = 1;
+  PolicySlot policy_slot;
+  {
+    auto p = policy::Policy::Build(policy_options, policy_generation);
+    if (!p.ok()) UsageError(p.status().message());
+    policy_slot.Set(*std::move(p));
+  }
+  const int32_t table_entries = absl::GetFlag(FLAGS_limit_table_entries);
+  if (table_entries < 1024) UsageError("--limit_table_entries: must be at least 1024");
+  policy::RateTable rate_table(static_cast<size_t>(table_entries));
+  policy::ConcurrencyTable conn_table(static_cast<size_t>(table_entries));
+  // One bcrypt at a time per CPU at most; 256 waiting checks are about five
+  // seconds of bcrypt at cost 10 on two CPUs: more gets 503.
+  AuthVerifier auth_verifier(
+      std::max(1, std::min<int>(2, static_cast<int>(std::thread::hardware_concurrency()))), 256);
+  config.policy_slot = &policy_slot;
+  config.rate_table = &rate_table;
+  config.conn_table = &conn_table;
+  config.auth_verifier = &auth_verifier;
 
   // The certificate is loaded before anything listens: a bad pair is a
   // configuration error (exit 2 naming the flag), not a half-started proxy.
@@ -303,12 +417,6 @@ int Run(int argc, char** argv) {
   const int n = config.threads > 0 ? config.threads : static_cast<int>(cpus.size());
   config.threads = n;
 
-  // Signals go to the main thread only (sigwait below); workers inherit the
-  // blocked mask. SIGPIPE is moot (sends use MSG_NOSIGNAL) but blocked too.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGPIPE}) sigaddset(&sigs, s);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
   // Each worker gets its own SO_REUSEPORT socket per listener; the first
   // one fixes the port when port 0 was asked for.
@@ -386,12 +494,24 @@ int Run(int argc, char** argv) {
   fflush(stdout);
   LOG_INFO("upstream %s (Host: %s), %d worker(s)", absl::GetFlag(FLAGS_upstream).c_str(),
            config.upstream_host.c_str(), n);
+  LOG_INFO("policy: %s", policy_slot.Get()->Summary().c_str());
 
   bool stopping = false;
   while (running.load() > 0) {
     timespec wait{0, 200 * 1000 * 1000};
     int sig = sigtimedwait(&sigs, nullptr, &wait);
     if (sig == SIGHUP) {
+      // Keys, users and rules are replaced together or not at all; requests
+      // in flight keep the policy they were admitted with.
+      auto p = policy::Policy::Build(policy_options, policy_generation + 1);
+      if (p.ok()) {
+        ++policy_generation;
+        policy_slot.Set(*std::move(p));
+        LOG_INFO("SIGHUP: reloaded policy: %s", policy_slot.Get()->Summary().c_str());
+      } else {
+        LOG_ERROR("SIGHUP: policy not reloaded, keeping the old one: %s",
+                  std::string(p.status().message()).c_str());
+      }
       // New handshakes use the new pair; connections keep theirs. A pair
       // that does not load leaves the old one in place.
       if (config.listen_tls_enabled) {

@@ -1,7 +1,11 @@
 #include "core/relay.h"
 
 #include <cerrno>
+#include <optional>
 
+#include "absl/strings/match.h"
+
+#include "core/auth_verifier.h"
 #include "core/log.h"
 #include "core/worker.h"
 #include "http/serialize.h"
@@ -24,16 +28,154 @@ Relay::Relay(Worker* worker, Downstream* downstream, http::RequestHead head,
       proto_(proto),
       parser_(this),
       read_timer_([this] { LinkFailed(504, "upstream timeout"); }),
-      send_timer_([this] { LinkFailed(504, "upstream timeout"); }) {}
+      send_timer_([this] { LinkFailed(504, "upstream timeout"); }),
+      delay_timer_([this] {
+        if (!finished_) Proceed();
+      }) {}
 
-Relay::~Relay() { DropLink(); }
+Relay::~Relay() {
+  DropLink();
+  if (ticket_) ticket_->relay = nullptr;
+  policy::Policy::Release(&admission_, worker_->config().conn_table);
+}
+
+policy::RequestFacts Relay::Facts() const {
+  auto field = [this](std::string_view name) -> absl::string_view {
+    const http::Header* h = head_.Find(name);
+    return h ? absl::string_view(h->value) : absl::string_view();
+  };
+  policy::RequestFacts f;
+  f.method = head_.method;
+  f.target = head_.target;
+  f.scheme = proto_;
+  f.host = head_.host;
+  if (std::optional<policy::IpAddress> ip = policy::IpAddress::Parse(client_addr_)) {
+    f.peer = *ip;
+  }
+  f.authorization = field("authorization");
+  f.x_api_key = field("x-api-key");
+  f.forwarded_for = field("x-forwarded-for");
+  f.origin = field("origin");
+  f.ac_request_method = field("access-control-request-method");
+  f.ac_request_headers = field("access-control-request-headers");
+  return f;
+}
 
 void Relay::Start() {
+  policy_ = worker_->policy();
+  const policy::RequestFacts facts = Facts();
+  if (!policy_->Screen(facts, &admission_)) {
+    AnswerPolicy();
+    return;
+  }
+  switch (policy_->Authenticate(facts, &admission_, &worker_->auth_cache(),
+                                worker_->now_ns())) {
+    case policy::AuthStep::kRefused:
+      AnswerPolicy();
+      return;
+    case policy::AuthStep::kNeedVerify:
+      StartVerify();
+      return;
+    case policy::AuthStep::kDone:
+      break;
+  }
+  Admit();
+}
+
+void Relay::HoldReading() {
+  if (!gate_paused_) {
+    gate_paused_ = true;
+    downstream_->PauseReading();
+  }
+}
+
+void Relay::StartVerify() {
+  gate_ = Gate::kVerifying;
+  HoldReading();
+  ticket_ = std::make_shared<VerifyTicket>(VerifyTicket{this});
+  Worker* w = worker_;
+  AuthVerifier::Job job{policy_, admission_.basic_user, admission_.basic_password,
+                        [w, t = ticket_](bool valid) {
+                          w->Post([t, valid] {
+                            if (t->relay) t->relay->OnVerified(valid);
+                          });
+                        }};
+  if (!worker_->config().auth_verifier->Submit(std::move(job))) {
+    LOG_WARN("client %s: password checks queue full", client_addr_.c_str());
+    admission_.status = 503;
+    admission_.error = "authentication busy, retry later";
+    admission_.headers.emplace_back("Retry-After", "1");
+    AnswerPolicy();
+  }
+}
+
+void Relay::OnVerified(bool valid) {
+  ticket_.reset();
+  if (finished_ || gate_ != Gate::kVerifying) return;
+  if (!policy_->FinishBasic(valid, &admission_, &worker_->auth_cache(),
+                            worker_->now_ns())) {
+    AnswerPolicy();
+    return;
+  }
+  Admit();
+}
+
+void Relay::Admit() {
+  const Config& cfg = worker_->config();
+  policy::LimitStep step =
+      policy_->Limit(&admission_, cfg.rate_table, cfg.conn_table, worker_->now_ns());
+  switch (step.kind) {
+    case policy::LimitStep::kRefuse:
+      AnswerPolicy();
+      return;
+    case policy::LimitStep::kDelay:
+      // limit_req without nodelay: the request waits its turn, its body
+      // unread.
+      gate_ = Gate::kDelayed;
+      HoldReading();
+      worker_->DeadlineTimers()->ArmAt(&delay_timer_, worker_->now_ns() + step.delay_ns);
+      return;
+    case policy::LimitStep::kAdmit:
+      break;
+  }
+  Proceed();
+}
+
+void Relay::AnswerPolicy() {
+  finished_ = true;
+  std::vector<http::Header> headers;
+  headers.reserve(admission_.headers.size());
+  for (auto& [name, value] : admission_.headers) {
+    headers.push_back(http::Header{name, value});
+  }
+  downstream_->SendPolicyAnswer(admission_.status, admission_.error, headers);
+}
+
+void Relay::Proceed() {
+  gate_ = Gate::kOpen;
+  // Ollama sees exactly the path the rules were checked against. The
+  // proxy's own credentials and the Origin (CORS is answered here; Ollama
+  // would refuse origins it does not know) stay here.
+  if (admission_.path.forward != "*") head_.target = admission_.path.forward;
+  const bool drop_credentials = policy_->auth_mode() != policy::AuthMode::kNone;
+  std::erase_if(head_.headers, [&](const http::Header& h) {
+    return http::EqualsIgnoreCase(h.name, "origin") ||
+           (drop_credentials && (http::EqualsIgnoreCase(h.name, "authorization") ||
+                                 http::EqualsIgnoreCase(h.name, "x-api-key")));
+  });
   const Config& cfg = worker_->config();
   http::ForwardContext ctx{client_addr_, proto_, cfg.upstream_host};
   http::AppendUpstreamRequestHead(head_, ctx, &request_bytes_);
   if (!AttachLink(false)) return;
-  if (!head_.has_body()) OnRequestEnd();
+  downstream_->OnAdmitted();
+  if (gate_paused_) {
+    gate_paused_ = false;
+    downstream_->ResumeReading();
+  }
+  std::vector<Slice> held;
+  held.swap(held_body_);
+  for (Slice& piece : held) OnRequestBody(std::move(piece));
+  if (!head_.has_body() || end_held_) OnRequestEnd();
 }
 
 bool Relay::AttachLink(bool fresh) {
@@ -76,6 +218,10 @@ void Relay::WriteUpCopy(std::string_view bytes) {
 }
 
 void Relay::OnRequestBody(Slice piece) {
+  if (gate_ != Gate::kOpen) {
+    if (!finished_ && !piece.empty()) held_body_.push_back(std::move(piece));
+    return;
+  }
   if (link_ == nullptr || piece.empty()) return;
   if (head_.chunked) {
     char hdr[http::kMaxChunkHeader];
@@ -93,6 +239,10 @@ void Relay::OnRequestBody(Slice piece) {
 }
 
 void Relay::OnRequestEnd() {
+  if (gate_ != Gate::kOpen) {
+    end_held_ = true;
+    return;
+  }
   if (request_done_) return;
   request_done_ = true;
   if (link_ == nullptr) return;
@@ -165,6 +315,14 @@ void Relay::OnLinkData(Slice data) {
 
 void Relay::OnResponseHead(http::ResponseHead head) {
   response_ = std::move(head);
+  if (!admission_.cors_origin.empty()) {
+    std::erase_if(response_.headers, [](const http::Header& h) {
+      return absl::StartsWithIgnoreCase(h.name, "access-control-");
+    });
+    for (auto& [name, value] : admission_.ResponseHeaders()) {
+      response_.headers.push_back(http::Header{name, value});
+    }
+  }
   head_sent_ = true;
   downstream_->SendResponseHead(response_);
 }
@@ -269,6 +427,8 @@ void Relay::OnDownstreamDrained() {
 void Relay::Cancel() {
   finished_ = true;
   DropLink();
+  delay_timer_.Disarm();
+  held_body_.clear();
 }
 
 void Relay::OnTunnelData(Slice data) {

@@ -1,6 +1,8 @@
 #pragma once
 
+#include <memory>
 #include <string>
+#include <vector>
 #include <string_view>
 
 #include "core/buffer.h"
@@ -8,6 +10,7 @@
 #include "core/upstream_pool.h"
 #include "http/h1_response_parser.h"
 #include "http/message.h"
+#include "policy/policy.h"
 
 namespace sluice::core {
 
@@ -26,6 +29,13 @@ class Downstream {
   virtual void SendResponseEnd() = 0;
   // A JSON error response; only before SendResponseHead.
   virtual void SendError(int status, std::string_view message) = 0;
+  // The policy's answer: a JSON error with `error`, or no body when `error`
+  // is empty (a CORS preflight's 204), with `headers` added. Only before SendResponseHead.
+  virtual void SendPolicyAnswer(int status, std::string_view error,
+                                const std::vector<http::Header>& headers) = 0;
+  // The request passed the policy and goes upstream now (an HTTP/1.1
+  // client waiting on Expect: 100-continue may send its body).
+  virtual void OnAdmitted() {}
   // The response was cut short after its head: end it so the client can tell.
   virtual void AbortResponse() = 0;
   // Raw tunnel bytes after a 101.
@@ -38,8 +48,11 @@ class Downstream {
   virtual void ResumeReading() = 0;
 };
 
-// Joins one downstream request to one upstream link: re-serialises the
-// request, streams its body up, parses the response and hands every payload
+// Joins one downstream request to one upstream link: admits it through the
+// access policy (path, addresses, CORS, credentials, limits; a bcrypt check
+// runs on a helper thread and a delayed request waits on a timer, with the
+// client's body held and its reading paused meanwhile), re-serialises the
+// request with the normalised path, streams its body up, parses the response and hands every payload
 // piece down as it arrives (no copy: the pieces are slices of the receive
 // buffers), with backpressure both ways. Retries once on a fresh link when
 // a reused link fails before any response byte.
@@ -49,7 +62,8 @@ class Relay final : public LinkUser, public http::H1ResponseSink {
         std::string_view client_addr, std::string_view proto);
   ~Relay() override;
 
-  // Sends the request head upstream (acquiring a link).
+  // Runs the policy, then sends the request head upstream (acquiring a
+  // link). May answer (and so retire the relay) before returning.
   void Start();
   // Request body bytes, de-chunked, in order.
   void OnRequestBody(Slice piece);
@@ -78,6 +92,21 @@ class Relay final : public LinkUser, public http::H1ResponseSink {
   void OnResponseHead(http::ResponseHead head) override;
   void OnResponseBody(std::string_view data) override;
   void OnResponseComplete() override;
+
+  // Where the request stands in the policy.
+  enum class Gate { kChecking, kVerifying, kDelayed, kOpen };
+  // Shared with a password check on a helper thread: the relay clears
+  // `relay` when it goes, so a late answer finds nobody.
+  struct VerifyTicket {
+    Relay* relay;
+  };
+  policy::RequestFacts Facts() const;
+  void StartVerify();
+  void OnVerified(bool valid);
+  void Admit();
+  void Proceed();
+  void AnswerPolicy();
+  void HoldReading();
 
   void WriteUp(Slice piece);
   void WriteUpCopy(std::string_view bytes);
@@ -110,6 +139,15 @@ class Relay final : public LinkUser, public http::H1ResponseSink {
   bool upstream_paused_ = false;
   bool downstream_paused_ = false;
   bool finished_ = false;
+  // Policy state.
+  std::shared_ptr<const policy::Policy> policy_;
+  policy::Admission admission_;
+  std::shared_ptr<VerifyTicket> ticket_;
+  Timer delay_timer_;
+  std::vector<Slice> held_body_;  // body received before admission
+  Gate gate_ = Gate::kChecking;
+  bool gate_paused_ = false;
+  bool end_held_ = false;
 };
 
 }  // namespace sluice::core

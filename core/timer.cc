@@ -27,6 +27,18 @@ void TimerList::Arm(Timer* t, int64_t now_ns) {
   tail_ = t;
 }
 
+void TimerList::ArmAt(Timer* t, int64_t deadline_ns) {
+  if (t->list_) t->list_->Unlink(t);
+  t->deadline_ns_ = deadline_ns;
+  t->list_ = this;
+  Timer* after = tail_;
+  while (after && after->deadline_ns_ > deadline_ns) after = after->prev_;
+  t->prev_ = after;
+  t->next_ = after ? after->next_ : head_;
+  if (t->next_) t->next_->prev_ = t; else tail_ = t;
+  if (after) after->next_ = t; else head_ = t;
+}
+
 void TimerList::Expire(int64_t now_ns) {
   while (head_ && head_->deadline_ns_ <= now_ns) {
     Timer* t = head_;

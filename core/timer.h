@@ -39,6 +39,11 @@ class TimerList {
 
   // (Re)arms `t` to fire at now + duration.
   void Arm(Timer* t, int64_t now_ns);
+  // (Re)arms `t` to fire at `deadline_ns`, for a list whose timers have
+  // different durations (delayed requests): inserted in order, scanning from
+  // the tail, so O(n) in the timers that fire later. Do not mix with Arm on
+  // one list unless the deadlines keep the order.
+  void ArmAt(Timer* t, int64_t deadline_ns);
   // Fires every timer whose deadline is <= now. A callback may arm or
   // disarm any timer, and may destroy its owner.
   void Expire(int64_t now_ns);

@@ -13,8 +13,9 @@
 #include <cstring>
 
 #include "core/client_connection.h"
-#include "core/tls_context_slot.h"
+#include "core/snapshot_slot.h"
 #include "core/log.h"
+#include "absl/time/time.h"
 #include "core/stream.h"
 #include "core/upstream_pool.h"
 
@@ -59,6 +60,33 @@ Worker::Worker(int index, const Config& config, std::vector<Listener> listeners,
   wake_op_.w = this;
   pool_ = std::make_unique<UpstreamPool>(this);
   wake_fd_ = eventfd(0, EFD_CLOEXEC);
+  // 4096 remembered credentials per worker, about 150 KiB. A positive
+  // answer holds until a reload (the generation changes) or 10 minutes; a
+  // wrong password is remembered for a minute, so repeating it costs no
+  // bcrypt.
+  auth_cache_ = std::make_unique<policy::BasicAuthCache>(4096, absl::Minutes(10),
+                                                         absl::Minutes(1));
+  timer_lists_.push_back(std::make_unique<TimerList>(-1));
+  deadline_timers_ = timer_lists_.back().get();
+}
+
+void Worker::Post(std::function<void()> fn) {
+  {
+    std::lock_guard<std::mutex> lock(post_mu_);
+    posted_.push_back(std::move(fn));
+  }
+  uint64_t one = 1;
+  ssize_t ignored = ::write(wake_fd_, &one, sizeof(one));
+  (void)ignored;
+}
+
+const std::shared_ptr<const policy::Policy>& Worker::policy() {
+  const uint64_t gen = config_.policy_slot->generation();
+  if (gen != policy_generation_) {
+    policy_ = config_.policy_slot->Get();
+    policy_generation_ = gen;
+  }
+  return policy_;
 }
 
 Worker::~Worker() {
@@ -152,11 +180,17 @@ void Worker::OnAccept(AcceptOp* op, int res, uint32_t flags) {
 }
 
 void Worker::OnWake(int res) {
+  std::vector<std::function<void()>> posted;
+  {
+    std::lock_guard<std::mutex> lock(post_mu_);
+    posted.swap(posted_);
+  }
+  for (auto& fn : posted) fn();
   if (stop_requested_.load(std::memory_order_acquire) && !draining_) {
     BeginDrain();
-  } else if (!draining_) {
-    ArmWake();
   }
+  // Still armed while draining: requests in flight may wait for a post.
+  ArmWake();
 }
 
 void Worker::BeginDrain() {

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
@@ -12,6 +13,8 @@
 #include "core/config.h"
 #include "core/ring.h"
 #include "core/timer.h"
+#include "policy/basic_auth_cache.h"
+#include "policy/policy.h"
 #include "tls/tls_context.h"
 
 namespace sluice::core {
@@ -78,7 +81,16 @@ class Worker {
   TimerList* Timers(int64_t duration_ns);
   // Runs `fn` after the current batch of completions (safe place to free).
   void Defer(std::function<void()> fn) { deferred_.push_back(std::move(fn)); }
+  // Thread-safe: runs `fn` on this worker's loop soon (the rare cross-thread
+  // messages: a password check's answer). Dropped if the loop has ended.
+  void Post(std::function<void()> fn);
+  // Timers with arbitrary deadlines (TimerList::ArmAt): delayed requests.
+  TimerList* DeadlineTimers() { return deadline_timers_; }
 
+  // The policy for a new request: the slot's current snapshot, refreshed
+  // when its generation moved (one atomic load otherwise).
+  const std::shared_ptr<const policy::Policy>& policy();
+  policy::BasicAuthCache& auth_cache() { return *auth_cache_; }
   // Calls f->Flush() at the end of this loop turn. The caller keeps a flag
   // so that it registers once per turn; it must call CancelFlush before it
   // is destroyed with a flush pending.
@@ -139,6 +151,12 @@ class Worker {
   uint64_t tls_generation_ = ~0ull;
   std::unique_ptr<UpstreamPool> pool_;
   WorkerStats stats_;
+  std::shared_ptr<const policy::Policy> policy_;
+  uint64_t policy_generation_ = ~0ull;
+  std::unique_ptr<policy::BasicAuthCache> auth_cache_;
+  TimerList* deadline_timers_ = nullptr;
+  std::mutex post_mu_;
+  std::vector<std::function<void()>> posted_;
 };
 
 }  // namespace sluice::core

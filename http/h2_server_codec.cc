@@ -137,6 +137,10 @@ struct H2ServerCodec::Stream {
   bool terminal_delivered = false;
   bool no_error_reset = false;  // RST_STREAM(NO_ERROR) after the response
 
+  // Request body: its declared length and the bytes received so far.
+  std::optional<uint64_t> request_length;
+  uint64_t request_received = 0;
+
   // Request body bytes delivered (or queued for delivery) and not consumed.
   size_t unconsumed = 0;
 
@@ -330,6 +334,7 @@ struct H2Callbacks {
                          const uint8_t* data, size_t len, void* user_data) {
     H2ServerCodec* c = Self(user_data);
     Stream* s = Find(c, stream_id);
+    if (s != nullptr) s->request_received += len;
     if (s == nullptr || !s->announced || s->app_reset || s->closed) {
       // Nobody will relay these bytes: give their window back now.
       nghttp2_session_consume(session, stream_id, len);
@@ -391,7 +396,16 @@ struct H2Callbacks {
         // RFC 9113 8.1: a complete response before the end of the request
         // may be followed by RST_STREAM(NO_ERROR), so the client stops
         // sending a body nobody will read.
-        if (nghttp2_session_get_stream_remote_close(session, s->id) == 0) {
+        // A remainder that the client may send already (it fits the
+        // window it was granted) is read and dropped instead: curl 7.88
+        // reports a reset during its upload as an error even with
+        // NO_ERROR, and would lose the response (a 401 or 429).
+        const int32_t window = nghttp2_session_get_stream_local_window_size(session, s->id);
+        const bool fits = s->request_length.has_value() &&
+                          *s->request_length >= s->request_received && window >= 0 &&
+                          *s->request_length - s->request_received <=
+                              static_cast<uint64_t>(window);
+        if (!fits && nghttp2_session_get_stream_remote_close(session, s->id) == 0) {
           s->no_error_reset = true;
           nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, s->id,
                                     NGHTTP2_NO_ERROR);
@@ -775,6 +789,7 @@ void H2ServerCodec::FinishRequestHead(Stream* s, bool end_stream) {
     if (absl::SimpleAtoi(absl::string_view(cl->value.data(), cl->value.size()),
                          &n)) {
       head.content_length = n;
+      s->request_length = n;
     }
   }
   head.chunked = !end_stream && !head.content_length.has_value();

@@ -1,1 +1,591 @@
 #include "policy/policy.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+
+namespace sluice::policy {
+namespace {
+
+// The routes whose responses stream tokens: strict default limits, and the
+// caps on concurrent requests apply to them.
+constexpr absl::string_view kGenerationPaths[] = {
+    "/api/generate",       "/api/chat",      "/api/embed",
+    "/api/embeddings",     "/v1/chat/completions", "/v1/completions",
+    "/v1/embeddings",
+};
+constexpr absl::string_view kDeniedPaths[] = {"/api/delete", "/api/push"};
+constexpr absl::string_view kAdminPaths[] = {"/api/pull", "/api/create",
+                                             "/api/copy", "/api/blobs"};
+
+constexpr char kRealm[] = "sluice";
+
+// FNV-1a: a stable zone id from its name, so limit state survives a reload
+// that keeps the zone.
+uint32_t ZoneId(absl::string_view name) {
+  uint32_t h = 2166136261u;
+  for (unsigned char c : name) {
+    h ^= c;
+    h *= 16777619u;
+  }
+  return h;
+}
+
+absl::Status FlagError(absl::string_view flag, absl::string_view message) {
+  return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", message));
+}
+
+absl::StatusOr<LimitBy> ParseLimitBy(absl::string_view s) {
+  if (s == "ip") return LimitBy::kIp;
+  if (s == "credential" || s == "key" || s == "user") return LimitBy::kCredential;
+  return absl::InvalidArgumentError(
+      absl::StrCat("\"", s, "\": use ip or credential"));
+}
+
+bool ValidHeaderList(absl::string_view s) {
+  for (unsigned char c : s) {
+    if (!(absl::ascii_isalnum(c) || c == '-' || c == '_' || c == ',' ||
+          c == ' ' || c == '.')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string IpKey(const IpAddress& ip) {
+  return std::string(reinterpret_cast<const char*>(ip.bytes.data()),
+                     ip.bytes.size());
+}
+
+}  // namespace
+
+bool IsGenerationPath(absl::string_view path) {
+  for (absl::string_view p : kGenerationPaths) {
+    if (PathMatches(p, path)) return true;
+  }
+  return false;
+}
+
+std::vector<HeaderField> Admission::ResponseHeaders() const {
+  std::vector<HeaderField> h;
+  if (!cors_origin.empty()) {
+    h.emplace_back("Access-Control-Allow-Origin", cors_origin);
+    h.emplace_back("Access-Control-Allow-Credentials", "true");
+    h.emplace_back("Vary", "Origin");
+  }
+  return h;
+}
+
+absl::Status Policy::AddZone(const std::string& name, absl::string_view spec,
+                             LimitBy by) {
+  absl::StatusOr<RateSpec> rate = ParseRateSpec(spec);
+  if (!rate.ok()) return rate.status();
+  for (Zone& z : zones_) {
+    if (z.name == name) {
+      z.rate = *rate;
+      z.by = by;
+      return absl::OkStatus();
+    }
+  }
+  zones_.push_back(Zone{name, ZoneId(name), *rate, by});
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<const Policy>> Policy::Build(
+    const PolicyOptions& o, uint64_t generation) {
+  std::shared_ptr<Policy> p(new Policy());
+  p->generation_ = generation;
+
+  // Authentication.
+  if (!o.keys_file.empty()) {
+    absl::StatusOr<KeyStore> keys = KeyStore::Load(o.keys_file);
+    if (!keys.ok()) return FlagError("keys_file", keys.status().message());
+    p->keys_ = *std::move(keys);
+  }
+  if (!o.htpasswd_file.empty()) {
+    absl::StatusOr<Htpasswd> users = Htpasswd::Load(o.htpasswd_file);
+    if (!users.ok()) return FlagError("htpasswd", users.status().message());
+    p->users_ = *std::move(users);
+  }
+  if (o.auth.empty()) {
+    if (!p->keys_ && !p->users_) {
+      return FlagError("auth",
+                       "no --keys_file or --htpasswd given; sluice does not run "
+                       "without authentication unless --auth=none is set");
+    }
+    p->auth_ = AuthMode::kKeyOrBasic;
+  } else if (o.auth == "key") {
+    if (!p->keys_) return FlagError("auth", "--auth=key needs --keys_file");
+    p->auth_ = AuthMode::kKey;
+  } else if (o.auth == "basic") {
+    if (!p->users_) return FlagError("auth", "--auth=basic needs --htpasswd");
+    p->auth_ = AuthMode::kBasic;
+  } else if (o.auth == "key_or_basic") {
+    if (!p->keys_ && !p->users_) {
+      return FlagError("auth",
+                       "--auth=key_or_basic needs --keys_file or --htpasswd");
+    }
+    p->auth_ = AuthMode::kKeyOrBasic;
+  } else if (o.auth == "none") {
+    p->auth_ = AuthMode::kNone;
+  } else {
+    return FlagError("auth", absl::StrCat("\"", o.auth,
+                                          "\": use key, basic, key_or_basic or none"));
+  }
+
+  // Addresses.
+  struct CidrFlag {
+    const char* flag;
+    const std::string* text;
+    IpSet* out;
+  };
+  IpSet allow, deny;
+  for (const CidrFlag& f :
+       {CidrFlag{"allow", &o.allow_cidrs, &allow},
+        CidrFlag{"deny", &o.deny_cidrs, &deny},
+        CidrFlag{"trusted_proxies", &o.trusted_proxies, &p->trusted_proxies_},
+        CidrFlag{"admin_cidrs", &o.admin_cidrs, &p->admin_}}) {
+    absl::StatusOr<IpSet> set = IpSet::Parse(*f.text);
+    if (!set.ok()) return FlagError(f.flag, set.status().message());
+    *f.out = *std::move(set);
+  }
+
+  // CORS origins: exact "scheme://host[:port]" strings, or "*".
+  for (absl::string_view origin :
+       absl::StrSplit(o.cors_origins, absl::ByAnyChar(", "), absl::SkipEmpty())) {
+    if (origin == "*") {
+      p->cors_any_ = true;
+      continue;
+    }
+    if (!absl::StartsWith(origin, "http://") && !absl::StartsWith(origin, "https://")) {
+      return FlagError("cors_origins",
+                       absl::StrCat("\"", origin,
+                                    "\": an origin is scheme://host[:port] or *"));
+    }
+    std::string lower = absl::AsciiStrToLower(origin);
+    while (!lower.empty() && lower.back() == '/') lower.pop_back();
+    p->cors_origins_.push_back(std::move(lower));
+  }
+
+  // Rate zones from the flags; the rules file may redefine or add zones.
+  absl::StatusOr<LimitBy> by = ParseLimitBy(o.rate_by);
+  if (!by.ok()) return FlagError("rate_by", by.status().message());
+  p->rate_by_ = *by;
+  if (o.rate_generation != "off") {
+    absl::Status st = p->AddZone("gen", o.rate_generation, *by);
+    if (!st.ok()) return FlagError("rate_generation", st.message());
+  }
+  if (o.rate_api != "off") {
+    absl::Status st = p->AddZone("api", o.rate_api, *by);
+    if (!st.ok()) return FlagError("rate_api", st.message());
+  }
+
+  if (!o.rules_file.empty()) {
+    absl::Status st = p->AddRulesFile(o.rules_file);
+    if (!st.ok()) return FlagError("rules_file", st.message());
+  }
+
+  // Global IP rules after the file's: --deny, then --allow with an implicit
+  // "deny all" (nginx's `allow X; deny all;`).
+  if (!deny.empty()) p->ip_rules_.push_back(IpRule{false, std::move(deny)});
+  if (!allow.empty()) {
+    p->ip_rules_.push_back(IpRule{true, std::move(allow)});
+    absl::StatusOr<IpSet> all = IpSet::Parse("::/0");
+    p->ip_rules_.push_back(IpRule{false, *std::move(all)});
+  }
+
+  // Built-in routes after the file's (first match wins).
+  auto zone_index = [&](absl::string_view name) {
+    for (size_t i = 0; i < p->zones_.size(); ++i) {
+      if (p->zones_[i].name == name) return static_cast<int>(i);
+    }
+    return -1;
+  };
+  const int gen = zone_index("gen");
+  const int api = zone_index("api");
+  // File routes without zone= get the zone the defaults would give them.
+  for (Route& r : p->routes_) {
+    if (r.zone == -2) r.zone = IsGenerationPath(r.pattern) ? gen : api;
+    if (r.group.empty()) r.group = IsGenerationPath(r.pattern) ? "generation" : "api";
+  }
+  for (absl::string_view path : kDeniedPaths) {
+    Route r;
+    r.pattern = std::string(path);
+    r.action = RouteAction::kDeny;
+    r.group = "blocked";
+    r.source = "default";
+    p->routes_.push_back(std::move(r));
+  }
+  for (absl::string_view path : kAdminPaths) {
+    Route r;
+    r.pattern = std::string(path);
+    r.action = RouteAction::kAdmin;
+    r.zone = api;
+    r.group = "admin";
+    r.source = "default";
+    p->routes_.push_back(std::move(r));
+  }
+  for (absl::string_view path : kGenerationPaths) {
+    Route r;
+    r.pattern = std::string(path);
+    r.zone = gen;
+    r.max_per_ip = o.max_streams_per_ip;
+    r.max_per_credential = o.max_streams_per_key;
+    r.group = "generation";
+    r.source = "default";
+    p->routes_.push_back(std::move(r));
+  }
+  Route rest;
+  rest.pattern = "/";
+  rest.zone = api;
+  rest.group = "api";
+  rest.source = "default";
+  p->routes_.push_back(std::move(rest));
+  return std::shared_ptr<const Policy>(std::move(p));
+}
+
+// The rules file, one rule per line ('#' starts a comment):
+//   allow CIDR[,CIDR...]        global address rules, first match wins
+//   deny CIDR[,CIDR...]|all
+//   zone NAME [by=ip|credential] RATE [burst=N] [nodelay|delay=N]
+//   route PATTERN allow|deny|admin [zone=NAME|off] [allow_ip=CIDRS]
+//         [deny_ip=CIDRS] [max_per_ip=N] [max_per_key=N] [group=NAME]
+absl::Status Policy::AddRulesFile(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadPolicyFile(path);
+  if (!text.ok()) return text.status();
+  int line_no = 0;
+  std::vector<std::pair<Route, std::string>> pending_zone;  // route, zone name
+  for (absl::string_view raw : absl::StrSplit(*text, '\n')) {
+    ++line_no;
+    absl::string_view line = raw;
+    if (size_t hash = line.find('#'); hash != absl::string_view::npos) {
+      line = line.substr(0, hash);
+    }
+    std::vector<absl::string_view> words =
+        absl::StrSplit(line, absl::ByAnyChar(" \t\r"), absl::SkipEmpty());
+    if (words.empty()) continue;
+    auto error = [&](absl::string_view why) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no, ": ", why));
+    };
+    const absl::string_view verb = words[0];
+    if (verb == "allow" || verb == "deny") {
+      if (words.size() != 2) return error(absl::StrCat(verb, " takes one CIDR list"));
+      absl::StatusOr<IpSet> set =
+          words[1] == "all" ? IpSet::Parse("::/0") : IpSet::Parse(words[1]);
+      if (!set.ok()) return error(set.status().message());
+      ip_rules_.push_back(IpRule{verb == "allow", *std::move(set)});
+    } else if (verb == "zone") {
+      if (words.size() < 3) return error("zone NAME [by=ip|credential] RATE ...");
+      std::string name(words[1]);
+      LimitBy zone_by = rate_by_;
+      size_t i = 2;
+      if (absl::StartsWith(words[i], "by=")) {
+        absl::StatusOr<LimitBy> b = ParseLimitBy(words[i].substr(3));
+        if (!b.ok()) return error(b.status().message());
+        zone_by = *b;
+        ++i;
+      }
+      std::vector<absl::string_view> rest(words.begin() + i, words.end());
+      absl::Status st = AddZone(name, absl::StrJoin(rest, " "), zone_by);
+      if (!st.ok()) return error(st.message());
+    } else if (verb == "route") {
+      if (words.size() < 3) return error("route PATTERN allow|deny|admin [options]");
+      Route r;
+      r.source = absl::StrCat(path, ":", line_no);
+      absl::string_view pattern = words[1];
+      if (!absl::StartsWith(pattern, "/")) return error("a route pattern starts with /");
+      const bool star = absl::EndsWith(pattern, "*");
+      absl::StatusOr<NormalizedPath> norm =
+          NormalizePath(star ? pattern.substr(0, pattern.size() - 1) : pattern);
+      if (!norm.ok()) return error(absl::StrCat("bad pattern: ", norm.status().message()));
+      r.pattern = norm->match;
+      if (star) {
+        // Keep a trailing slash the author wrote before the '*'.
+        if (pattern.size() >= 2 && pattern[pattern.size() - 2] == '/' && r.pattern != "/") {
+          r.pattern += '/';
+        }
+        r.pattern += '*';
+      }
+      if (words[2] == "allow") {
+        r.action = RouteAction::kAllow;
+      } else if (words[2] == "deny") {
+        r.action = RouteAction::kDeny;
+      } else if (words[2] == "admin") {
+        r.action = RouteAction::kAdmin;
+      } else {
+        return error(absl::StrCat("\"", words[2], "\": use allow, deny or admin"));
+      }
+      r.zone = -2;  // resolved after the defaults are known
+      std::string zone_name;
+      for (size_t i = 3; i < words.size(); ++i) {
+        absl::string_view w = words[i];
+        size_t eq = w.find('=');
+        if (eq == absl::string_view::npos) return error(absl::StrCat("\"", w, "\": expected key=value"));
+        absl::string_view key = w.substr(0, eq), value = w.substr(eq + 1);
+        if (key == "zone") {
+          zone_name = std::string(value);
+        } else if (key == "allow_ip" || key == "deny_ip") {
+          absl::StatusOr<IpSet> set = IpSet::Parse(value);
+          if (!set.ok()) return error(set.status().message());
+          (key == "allow_ip" ? r.allow_ip : r.deny_ip) = *std::move(set);
+        } else if (key == "max_per_ip" || key == "max_per_key") {
+          uint32_t n = 0;
+          if (!absl::SimpleAtoi(value, &n)) return error(absl::StrCat("\"", w, "\": not a count"));
+          (key == "max_per_ip" ? r.max_per_ip : r.max_per_credential) = n;
+        } else if (key == "group") {
+          r.group = std::string(value);
+        } else {
+          return error(absl::StrCat("\"", key, "\": unknown route option"));
+        }
+      }
+      pending_zone.emplace_back(std::move(r), std::move(zone_name));
+    } else {
+      return error(absl::StrCat("\"", verb, "\": expected allow, deny, zone or route"));
+    }
+  }
+  // Zones may be defined after the routes that use them.
+  for (auto& [r, zone_name] : pending_zone) {
+    if (zone_name == "off") {
+      r.zone = -1;
+    } else if (!zone_name.empty()) {
+      r.zone = -1;
+      for (size_t i = 0; i < zones_.size(); ++i) {
+        if (zones_[i].name == zone_name) r.zone = static_cast<int>(i);
+      }
+      if (r.zone < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(r.source, ": zone \"", zone_name, "\" is not defined"));
+      }
+    }
+    routes_.push_back(std::move(r));
+  }
+  return absl::OkStatus();
+}
+
+void Policy::Refuse(Admission* a, int status, std::string error) const {
+  a->status = status;
+  a->error = std::move(error);
+  // A browser may read the error only when the origin was allowed.
+  for (HeaderField& h : a->ResponseHeaders()) a->headers.push_back(std::move(h));
+}
+
+bool Policy::Screen(const RequestFacts& req, Admission* a) const {
+  absl::StatusOr<NormalizedPath> path = NormalizePath(req.target);
+  if (!path.ok()) {
+    Refuse(a, 400, "bad request path");
+    return false;
+  }
+  a->path = *std::move(path);
+  a->client = ClientAddressFromXff(req.peer, req.forwarded_for, trusted_proxies_);
+  a->client_text = a->client.ToString();
+
+  for (const IpRule& rule : ip_rules_) {
+    if (rule.set.Contains(a->client)) {
+      if (rule.allow) break;
+      Refuse(a, 403, "access denied for this address");
+      return false;
+    }
+  }
+
+  if (!req.origin.empty()) {
+    std::string origin = absl::AsciiStrToLower(req.origin);
+    bool listed = cors_any_;
+    for (const std::string& o : cors_origins_) listed = listed || o == origin;
+    const bool same = origin == absl::AsciiStrToLower(absl::StrCat(req.scheme, "://", req.host));
+    if (!listed && !same) {
+      // Ollama refuses foreign origins too; a browser page elsewhere must
+      // not drive the API with a user's cached Basic credentials.
+      Refuse(a, 403, "origin not allowed");
+      return false;
+    }
+    if (listed) a->cors_origin = std::string(req.origin);
+    if (req.method == "OPTIONS" && !req.ac_request_method.empty()) {
+      a->status = 204;
+      a->headers = a->ResponseHeaders();
+      a->headers.emplace_back("Access-Control-Allow-Methods",
+                              "GET, POST, PUT, DELETE, HEAD, OPTIONS");
+      a->headers.emplace_back(
+          "Access-Control-Allow-Headers",
+          !req.ac_request_headers.empty() && ValidHeaderList(req.ac_request_headers)
+              ? std::string(req.ac_request_headers)
+              : std::string("authorization, content-type, x-api-key"));
+      a->headers.emplace_back("Access-Control-Max-Age", "86400");
+      return false;
+    }
+  }
+
+  const absl::string_view match =
+      a->path.match == "*" ? absl::string_view("/") : absl::string_view(a->path.match);
+  for (const Route& r : routes_) {
+    if (!PathMatches(r.pattern, match)) continue;
+    a->route = &r;
+    break;
+  }
+  const Route& r = *a->route;  // the last default route matches every path
+  if (r.action == RouteAction::kDeny) {
+    std::string shown = r.pattern;
+    if (!shown.empty() && shown.back() == '*') shown.pop_back();
+    Refuse(a, 403, absl::StrCat(shown, " is not permitted via API"));
+    return false;
+  }
+  if (r.deny_ip.Contains(a->client) ||
+      (!r.allow_ip.empty() && !r.allow_ip.Contains(a->client))) {
+    Refuse(a, 403, "access denied for this address");
+    return false;
+  }
+  if (r.action == RouteAction::kAdmin && !admin_.Contains(a->client)) {
+    std::string shown = r.pattern;
+    if (!shown.empty() && shown.back() == '*') shown.pop_back();
+    Refuse(a, 403, absl::StrCat(shown, " is only permitted from admin addresses"));
+    return false;
+  }
+  return true;
+}
+
+void Policy::RefuseAuth(Admission* a) const {
+  Refuse(a, 401, "Unauthorized");
+  // Challenge with Basic only where a user could answer it: a browser
+  // prompts for a password on a Basic challenge.
+  if (auth_ == AuthMode::kKey || !users_) {
+    a->headers.emplace_back("WWW-Authenticate", absl::StrCat("Bearer realm=\"", kRealm, "\""));
+  } else {
+    a->headers.emplace_back("WWW-Authenticate",
+                            absl::StrCat("Basic realm=\"", kRealm, "\", charset=\"UTF-8\""));
+  }
+}
+
+AuthStep Policy::Authenticate(const RequestFacts& req, Admission* a,
+                              BasicAuthCache* cache, int64_t now_ns) const {
+  if (auth_ == AuthMode::kNone) return AuthStep::kDone;
+  absl::string_view auth = req.authorization;
+  const bool basic = absl::StartsWithIgnoreCase(auth, "basic ") && req.x_api_key.empty();
+  if (auth_ != AuthMode::kBasic && !basic) {
+    std::optional<absl::string_view> key = PresentedKey(auth, req.x_api_key);
+    const std::string* name = key && keys_ ? keys_->Lookup(*key) : nullptr;
+    if (name == nullptr) {
+      RefuseAuth(a);
+      return AuthStep::kRefused;
+    }
+    a->user_name = *name;
+    a->principal = absl::StrCat("key:", *name);
+    return AuthStep::kDone;
+  }
+  if (auth_ == AuthMode::kKey || !basic || !users_) {
+    RefuseAuth(a);
+    return AuthStep::kRefused;
+  }
+  std::string decoded;
+  absl::string_view b64 = absl::StripLeadingAsciiWhitespace(auth.substr(6));
+  if (!absl::Base64Unescape(b64, &decoded)) {
+    RefuseAuth(a);
+    return AuthStep::kRefused;
+  }
+  size_t colon = decoded.find(':');
+  if (colon == std::string::npos || colon == 0) {
+    RefuseAuth(a);
+    return AuthStep::kRefused;
+  }
+  a->basic_user = decoded.substr(0, colon);
+  a->basic_password = decoded.substr(colon + 1);
+  switch (cache->Lookup(a->basic_user, a->basic_password, generation_, now_ns)) {
+    case CacheResult::kValid:
+      return FinishBasic(true, a, nullptr, now_ns) ? AuthStep::kDone : AuthStep::kRefused;
+    case CacheResult::kInvalid:
+      return FinishBasic(false, a, nullptr, now_ns) ? AuthStep::kDone : AuthStep::kRefused;
+    case CacheResult::kMiss:
+      break;
+  }
+  if (users_->Expensive(a->basic_user)) return AuthStep::kNeedVerify;
+  const bool ok = users_->Verify(a->basic_user, a->basic_password);
+  return FinishBasic(ok, a, cache, now_ns) ? AuthStep::kDone : AuthStep::kRefused;
+}
+
+bool Policy::VerifyBasic(absl::string_view user, absl::string_view password) const {
+  return users_ && users_->Verify(user, password);
+}
+
+bool Policy::FinishBasic(bool valid, Admission* a, BasicAuthCache* cache,
+                         int64_t now_ns) const {
+  if (cache != nullptr) {
+    cache->Insert(a->basic_user, a->basic_password, valid, generation_, now_ns);
+  }
+  // The password is not kept past this point.
+  std::fill(a->basic_password.begin(), a->basic_password.end(), '\0');
+  a->basic_password.clear();
+  if (!valid) {
+    RefuseAuth(a);
+    return false;
+  }
+  a->user_name = a->basic_user;
+  a->principal = absl::StrCat("user:", a->basic_user);
+  return true;
+}
+
+LimitStep Policy::Limit(Admission* a, RateTable* rates, ConcurrencyTable* conns,
+                        int64_t now_ns) const {
+  LimitStep step;
+  const Route& r = *a->route;
+  const std::string ip_key = IpKey(a->client);
+  if (r.zone >= 0) {
+    const Zone& z = zones_[r.zone];
+    const std::string& key =
+        z.by == LimitBy::kCredential && !a->principal.empty() ? a->principal : ip_key;
+    RateTable::RateResult res = rates->Check(z.id, key, z.rate, now_ns);
+    if (!res.allowed) {
+      Refuse(a, 429, "rate limit exceeded");
+      const int64_t secs = std::max<int64_t>(1, (res.retry_after_ns + 999'999'999) / 1'000'000'000);
+      a->headers.emplace_back("Retry-After", absl::StrCat(secs));
+      step.kind = LimitStep::kRefuse;
+      return step;
+    }
+    if (res.delay_ns > 0) {
+      step.kind = LimitStep::kDelay;
+      step.delay_ns = res.delay_ns;
+    }
+  }
+  auto take = [&](uint32_t limit, absl::string_view kind, const std::string& key) {
+    if (limit == 0) return true;
+    const uint32_t id = ZoneId(absl::StrCat("conn/", kind, "/", r.group));
+    if (!conns->Acquire(id, key, limit)) return false;
+    a->held.emplace_back(id, key);
+    return true;
+  };
+  if (!take(r.max_per_ip, "ip", ip_key) ||
+      (!a->principal.empty() && !take(r.max_per_credential, "cred", a->principal))) {
+    Release(a, conns);
+    Refuse(a, 429, "too many concurrent requests");
+    a->headers.emplace_back("Retry-After", "1");
+    step.kind = LimitStep::kRefuse;
+    step.delay_ns = 0;
+  }
+  return step;
+}
+
+void Policy::Release(Admission* a, ConcurrencyTable* conns) {
+  for (const auto& [id, key] : a->held) conns->Release(id, key);
+  a->held.clear();
+}
+
+std::string Policy::Summary() const {
+  static constexpr const char* kModes[] = {"key", "basic", "key_or_basic", "none"};
+  std::string s = absl::StrCat("auth=", kModes[static_cast<int>(auth_)],
+                               " keys=", key_count(), " users=", user_count(),
+                               " routes=", routes_.size(), " zones=");
+  for (size_t i = 0; i < zones_.size(); ++i) {
+    absl::StrAppend(&s, i ? "," : "", zones_[i].name, "(",
+                    zones_[i].rate.rate_per_s * 60, "r/m burst=", zones_[i].rate.burst, ")");
+  }
+  if (zones_.empty()) s += "none";
+  return s;
+}
+
+}  // namespace sluice::policy

@@ -1,3 +1,224 @@
 #pragma once
 
-namespace sluice::policy {}  // namespace sluice::policy
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "policy/basic_auth_cache.h"
+#include "policy/htpasswd.h"
+#include "policy/ip_set.h"
+#include "policy/keys.h"
+#include "policy/limiter.h"
+#include "policy/path.h"
+
+namespace sluice::policy {
+
+// --auth: which credentials a request must carry.
+enum class AuthMode { kKey, kBasic, kKeyOrBasic, kNone };
+
+// What a route rule does with a request that reaches it.
+enum class RouteAction {
+  kAllow,  // go on to auth and limits
+  kDeny,   // 403 "... not permitted via API"
+  kAdmin,  // only from --admin_cidrs (and the route's own ACL)
+};
+
+// What a rate or concurrency limit counts by.
+enum class LimitBy {
+  kIp,          // the client address (after --trusted_proxies)
+  kCredential,  // the key name or Basic user; the address when anonymous
+};
+
+// A rate-limit zone (nginx limit_req_zone + limit_req in one). `id` is
+// derived from the name, so a reload that keeps the name keeps the state.
+struct Zone {
+  std::string name;
+  uint32_t id = 0;
+  RateSpec rate;
+  LimitBy by = LimitBy::kIp;
+};
+
+// One route rule. The first rule whose pattern matches the normalised path
+// decides (rules from --rules_file come before the built-in defaults).
+struct Route {
+  std::string pattern;  // as PathMatches takes it: lowercase, normalised
+  RouteAction action = RouteAction::kAllow;
+  IpSet allow_ip;  // when not empty, only these addresses
+  IpSet deny_ip;   // these addresses get 403
+  int zone = -1;   // index into Policy::zones(), or -1 for no rate limit
+  // limit_conn style caps on concurrent requests of this route group
+  // (0: none). Held from admission to the end of the response.
+  uint32_t max_per_ip = 0;
+  uint32_t max_per_credential = 0;
+  // The route group for logs and limits ("generation", "api", ...).
+  std::string group;
+  std::string source;  // "FILE:LINE" or "default", for log lines
+};
+
+// The policy flags, as main.cc read them. Files are named here and read by
+// Policy::Build.
+struct PolicyOptions {
+  std::string auth;  // "" (the default: derived from the files) or a mode
+  std::string keys_file;
+  std::string htpasswd_file;
+  std::string rules_file;
+  std::string allow_cidrs;      // --allow: only these (plus deny all else)
+  std::string deny_cidrs;       // --deny
+  std::string trusted_proxies;  // X-Forwarded-For is read only from these
+  std::string admin_cidrs = "127.0.0.1/32,::1/128";
+  std::string cors_origins;  // "https://a.example,https://b.example" or "*"
+  std::string rate_generation = "10r/m burst=5 nodelay";  // or "off"
+  std::string rate_api = "60r/m burst=20 nodelay";        // or "off"
+  std::string rate_by = "ip";                             // or "credential"
+  uint32_t max_streams_per_ip = 0;
+  uint32_t max_streams_per_key = 0;
+};
+
+// One request as the policy sees it. Views into the request head; valid for
+// the duration of the call that takes it.
+struct RequestFacts {
+  absl::string_view method;
+  absl::string_view target;  // origin form, "/api/chat?x=1"
+  absl::string_view scheme;  // "http" or "https"
+  absl::string_view host;    // the request's Host / :authority
+  IpAddress peer;            // the TCP peer
+  absl::string_view authorization;       // Authorization, or empty
+  absl::string_view x_api_key;           // x-api-key, or empty
+  absl::string_view forwarded_for;       // X-Forwarded-For, or empty
+  absl::string_view origin;              // Origin, or empty
+  absl::string_view ac_request_method;   // Access-Control-Request-Method
+  absl::string_view ac_request_headers;  // Access-Control-Request-Headers
+};
+
+// A response header the policy adds (HTTP/1.1 capitals; HTTP/2 lowercases).
+using HeaderField = std::pair<std::string, std::string>;
+
+// The state of one request's admission, filled in stage by stage. Owned by
+// the request; it outlives reloads (it keeps what Release needs).
+struct Admission {
+  // Set by Screen.
+  NormalizedPath path;
+  IpAddress client;
+  std::string client_text;       // client.ToString(), for logs and headers
+  const Route* route = nullptr;  // points into the Policy the caller holds
+  // CORS: the allowed Origin to echo on the response, or empty.
+  std::string cors_origin;
+  // Set by Authenticate: "key:NAME", "user:NAME", or empty (--auth=none).
+  std::string principal;
+  std::string user_name;  // the bare key or user name, for logs
+  // Basic credentials waiting for an off-loop verification.
+  std::string basic_user;
+  std::string basic_password;
+  // Concurrency slots held: (zone id, key), released by Policy::Release.
+  std::vector<std::pair<uint32_t, std::string>> held;
+
+  // The answer when a stage refused the request (status != 0): a JSON
+  // error body with `error`, or no body for a CORS preflight (204).
+  int status = 0;
+  std::string error;
+  std::vector<HeaderField> headers;
+
+  // Response headers to add to a proxied response (CORS).
+  std::vector<HeaderField> ResponseHeaders() const;
+};
+
+// How the authentication stage ended.
+enum class AuthStep {
+  kDone,        // principal set (or auth off)
+  kRefused,     // status 401 set
+  kNeedVerify,  // basic_user/basic_password set: run VerifyBasic off the loop
+};
+
+// How the limit stage ended.
+struct LimitStep {
+  enum Kind { kAdmit, kDelay, kRefuse } kind = kAdmit;
+  int64_t delay_ns = 0;  // kDelay: wait this long, then the request goes on
+};
+
+// An immutable policy snapshot: keys, users, IP and route rules, zones and
+// CORS origins. Built on start-up and on SIGHUP, then swapped atomically;
+// each request keeps the snapshot it started with (shared_ptr). All methods
+// are const and thread-safe; per-request state lives in Admission, per-core
+// state in the caller's BasicAuthCache, shared limit state in the tables.
+class Policy {
+ public:
+  // Reads the files and checks the flags. Errors name the flag
+  // ("--auth: ...") or the file and line ("keys.txt:3: ..."). `generation`
+  // tags Basic-auth cache entries so a reload invalidates them.
+  static absl::StatusOr<std::shared_ptr<const Policy>> Build(
+      const PolicyOptions& options, uint64_t generation);
+
+  // Stage 1, before credentials: normalises the path (400), resolves the
+  // client address, answers a CORS preflight (204) or refuses a foreign
+  // Origin (403), then the global IP rules (403) and the route rule (403 for
+  // deny, for admin-only from elsewhere, and for the route's ACL). Returns
+  // false when `a->status` holds the answer.
+  bool Screen(const RequestFacts& req, Admission* a) const;
+
+  // Stage 2: API key or Basic credentials per --auth. Keys and cheap
+  // htpasswd schemes are checked here; an expensive one (bcrypt) is looked
+  // up in `cache` and otherwise left for VerifyBasic. Call after Screen.
+  AuthStep Authenticate(const RequestFacts& req, Admission* a,
+                        BasicAuthCache* cache, int64_t now_ns) const;
+  // The slow check for kNeedVerify (bcrypt: tens of ms). Thread-safe; runs
+  // on a helper thread, never on an event loop.
+  bool VerifyBasic(absl::string_view user, absl::string_view password) const;
+  // Completes kNeedVerify with VerifyBasic's answer: records it in `cache`
+  // and sets the principal or the 401. Returns whether the user may go on.
+  bool FinishBasic(bool valid, Admission* a, BasicAuthCache* cache,
+                   int64_t now_ns) const;
+
+  // Stage 3: the route's rate zone and concurrency caps. kRefuse sets 429
+  // with Retry-After. Slots taken are recorded in `a->held`.
+  LimitStep Limit(Admission* a, RateTable* rates, ConcurrencyTable* conns,
+                  int64_t now_ns) const;
+  // Gives back the concurrency slots the request holds (at its end). Does
+  // not need the snapshot the request was admitted with.
+  static void Release(Admission* a, ConcurrencyTable* conns);
+
+  AuthMode auth_mode() const { return auth_; }
+  uint64_t generation() const { return generation_; }
+  const std::vector<Route>& routes() const { return routes_; }
+  const std::vector<Zone>& zones() const { return zones_; }
+  size_t key_count() const { return keys_ ? keys_->size() : 0; }
+  size_t user_count() const { return users_ ? users_->size() : 0; }
+  // One line describing the policy, for the start-up log.
+  std::string Summary() const;
+
+ private:
+  Policy() = default;
+  absl::Status AddRulesFile(const std::string& path);
+  absl::Status AddZone(const std::string& name, absl::string_view spec,
+                       LimitBy by);
+  void Refuse(Admission* a, int status, std::string error) const;
+  void RefuseAuth(Admission* a) const;
+
+  struct IpRule {
+    bool allow;
+    IpSet set;
+  };
+
+  uint64_t generation_ = 0;
+  AuthMode auth_ = AuthMode::kNone;
+  std::optional<KeyStore> keys_;
+  std::optional<Htpasswd> users_;
+  std::vector<IpRule> ip_rules_;  // first match wins; none: allowed
+  IpSet trusted_proxies_;
+  IpSet admin_;
+  std::vector<std::string> cors_origins_;  // lowercase
+  bool cors_any_ = false;
+  std::vector<Zone> zones_;
+  std::vector<Route> routes_;
+  LimitBy rate_by_ = LimitBy::kIp;
+};
+
+// Whether `path` (a `match` path) is one of the generation routes: the
+// ones whose responses stream tokens and whose default limits are strict.
+bool IsGenerationPath(absl::string_view path);
+
+}  // namespace sluice::policy

@@ -4,6 +4,8 @@
 # 127.0.0.1:8080, in front of Ollama at 127.0.0.1:11434. When nothing listens
 # there, the bundled Ollama simulator is started in its place. The
 # certificate comes from a local CA made by tools/make-certs.sh in certs/.
+# Authentication is on, as in production: an API key named "quickstart" is
+# made once (certs/keys.txt holds its hash, certs/quickstart.key the key).
 # Extra arguments are passed to sluice (e.g. --threads=2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +15,11 @@ cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DSLUICE_BUILD_TESTS=OFF -DSLUICE_BUILD_BENCH=OFF >/dev/null
 cmake --build build-release --target sluice ollama-sim
 tools/make-certs.sh certs >/dev/null
+if [[ ! -s certs/quickstart.key ]]; then
+  rm -f certs/keys.txt
+  (umask 077 && build-release/core/sluice keys add quickstart --keys_file certs/keys.txt \
+    >certs/quickstart.key)
+fi
 
 sim_pid=""
 cleanup() { [[ -n "$sim_pid" ]] && kill "$sim_pid" 2>/dev/null || true; }
@@ -33,11 +40,14 @@ fi
 cat <<'MSG'
 
 Stream a generation through sluice (in another terminal):
-  curl -N --cacert certs/ca.pem https://127.0.0.1:8443/api/generate -d '{"model":"llama3.2","prompt":"Why is the sky blue?"}'
+  curl -N --cacert certs/ca.pem -H "Authorization: Bearer $(cat certs/quickstart.key)" \
+    https://127.0.0.1:8443/api/generate -d '{"model":"llama3.2","prompt":"Why is the sky blue?"}'
+More keys: build-release/core/sluice keys add NAME --keys_file certs/keys.txt, then
+kill -HUP the sluice process (or restart it).
 Stop sluice with Ctrl-C (in-flight streams finish first).
 
 MSG
 echo "(run from $(pwd); certs/ca.pem is the local CA)"
 build-release/core/sluice --listen_http=127.0.0.1:8080 --listen_tls=127.0.0.1:8443 \
-  --tls_cert=certs/server.pem --tls_key=certs/server.key \
+  --tls_cert=certs/server.pem --tls_key=certs/server.key --keys_file=certs/keys.txt \
   --upstream=127.0.0.1:11434 "$@"

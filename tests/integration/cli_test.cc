@@ -35,7 +35,7 @@ TEST_P(SluiceCliBadFlag, ExitsTwoWithOneLineNamingTheFlag) {
   CommandResult res =
       RunProgram(SluiceBinary(),
                  {"--listen_http=127.0.0.1:0", "--listen_tls=", "--http_mode=serve",
-                  "--upstream=127.0.0.1:9",
+                  "--upstream=127.0.0.1:9", "--auth=none",
                   absl::StrCat("--", bad.flag, "=", bad.value)},
                  absl::Seconds(5));
   ASSERT_FALSE(res.timed_out)
@@ -58,6 +58,13 @@ INSTANTIATE_TEST_SUITE_P(
         BadFlag{"client_header_timeout", "z"},
         BadFlag{"client_max_body_size", "lots"},
         BadFlag{"max_header_bytes", "12q"},
+        BadFlag{"auth", "bogus"}, BadFlag{"rate_api", "10r/x"},
+        BadFlag{"rate_generation", "10r/m burst=-1"}, BadFlag{"allow", "1.2.3.4/40"},
+        BadFlag{"deny", "nope"}, BadFlag{"admin_cidrs", "::/200"},
+        BadFlag{"trusted_proxies", "10.0.0.0/8,x"}, BadFlag{"cors_origins", "app.example"},
+        BadFlag{"rate_by", "moon"}, BadFlag{"max_streams_per_ip", "-1"},
+        BadFlag{"limit_table_entries", "5"}, BadFlag{"keys_file", "/nonexistent/keys"},
+        BadFlag{"htpasswd", "/nonexistent/users"}, BadFlag{"rules_file", "/nonexistent/rules"},
         BadFlag{"upstream_keepalive", "many"},
         BadFlag{"listen_http", "nowhere"}, BadFlag{"upstream", "nohost"},
         BadFlag{"log_level", "loud"}, BadFlag{"http_mode", "sideways"},
@@ -102,7 +109,7 @@ TEST(SluiceCli, ListenFailureIsReported) {
       SluiceBinary(),
       {absl::StrCat("--listen_http=127.0.0.1:", ntohs(addr.sin_port)),
        "--listen_tls=", "--http_mode=serve", "--upstream=127.0.0.1:9",
-       "--threads=1"},
+       "--threads=1", "--auth=none"},
       absl::Seconds(5));
   close(fd);
   ASSERT_FALSE(res.timed_out) << "listening on a taken port succeeded?";

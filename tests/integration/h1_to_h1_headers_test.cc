@@ -176,6 +176,16 @@ TEST_F(H1ToH1HeaderRewrite, LargeBodyForwardedIntact) {
 }
 
 TEST_F(H1ToH1HeaderRewrite, DeleteWithBodyForwarded) {
+  // /api/delete is refused by default; a rules file lets it through.
+  const std::string rules = absl::StrCat(::testing::TempDir(), "allow-delete-", getpid(), ".txt");
+  {
+    std::ofstream out(rules);
+    out << "route /api/delete allow\n";
+  }
+  sluice_.reset();
+  auto restarted = StartSluice(sim_port(), {"--rules_file=" + rules});
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  sluice_ = std::move(*restarted);
   IT_ASSERT_OK_AND_ASSIGN(
       HttpResponse ok,
       Exchange(proxy_port(),

@@ -273,7 +273,7 @@ TEST_F(H2ToH1Tls, MissingOrBadCertificateIsAFlagError) {
   RunShell(absl::StrCat("echo junk > ", dir, "/bad.pem"), absl::Seconds(5));
   CommandResult bad = RunProgram(
       SluiceBinary(),
-      {"--listen_http=", "--listen_tls=127.0.0.1:0", "--upstream=127.0.0.1:9",
+      {"--listen_http=", "--listen_tls=127.0.0.1:0", "--upstream=127.0.0.1:9", "--auth=none",
        absl::StrCat("--tls_cert=", dir, "/bad.pem"), absl::StrCat("--tls_key=", dir, "/server.key")},
       absl::Seconds(5));
   EXPECT_EQ(bad.exit.code, 2) << bad.err;

@@ -317,6 +317,14 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> StartSluice(
     args.push_back(absl::StrCat("--upstream=127.0.0.1:", upstream_port));
   }
   if (!HasFlag(extra_args, "threads")) args.push_back("--threads=1");
+  // Tests of other features run without the access policy unless they set
+  // it up: no credentials, no rate limits (the policy tests pass their own).
+  if (!HasFlag(extra_args, "auth") && !HasFlag(extra_args, "keys_file") &&
+      !HasFlag(extra_args, "htpasswd")) {
+    args.push_back("--auth=none");
+  }
+  if (!HasFlag(extra_args, "rate_generation")) args.push_back("--rate_generation=off");
+  if (!HasFlag(extra_args, "rate_api")) args.push_back("--rate_api=off");
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   auto child = ChildProcess::Spawn(SluiceBinary(), args);
   if (!child.ok()) return child.status();

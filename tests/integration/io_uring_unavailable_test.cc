@@ -68,7 +68,7 @@ TEST_P(SluiceIoUringUnavailable, ExitsNonZeroWithOneLineNamingIoUring) {
   CommandResult res = RunProgram(
       BlockIoUringBinary(),
       {refusal.errno_name, SluiceBinary(), "--listen_http=127.0.0.1:0",
-       "--listen_tls=", "--http_mode=serve", "--upstream=127.0.0.1:9",
+       "--listen_tls=", "--http_mode=serve", "--upstream=127.0.0.1:9", "--auth=none",
        absl::StrCat("--threads=", refusal.threads)},
       absl::Seconds(10));
   ASSERT_FALSE(res.timed_out)
