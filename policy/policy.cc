@@ -77,7 +77,9 @@ bool IsGenerationPath(absl::string_view path) {
 
 std::vector<HeaderField> Admission::ResponseHeaders() const {
   std::vector<HeaderField> h;
-  if (!cors_origin.empty()) {
+  if (cors_wildcard && !cors_origin.empty()) {
+    h.emplace_back("Access-Control-Allow-Origin", "*");
+  } else if (!cors_origin.empty()) {
     h.emplace_back("Access-Control-Allow-Origin", cors_origin);
     h.emplace_back("Access-Control-Allow-Credentials", "true");
     h.emplace_back("Vary", "Origin");
@@ -212,15 +214,15 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Build(
   };
   const int gen = zone_index("gen");
   const int api = zone_index("api");
-  // File routes without zone= get the zone the defaults would give them.
-  for (Route& r : p->routes_) {
-    if (r.zone == -2) r.zone = IsGenerationPath(r.pattern) ? gen : api;
-    if (r.group.empty()) r.group = IsGenerationPath(r.pattern) ? "generation" : "api";
-  }
+  p->gen_zone_ = gen;
+  p->api_zone_ = api;
+  p->gen_max_per_ip_ = o.max_streams_per_ip;
+  p->gen_max_per_credential_ = o.max_streams_per_key;
   for (absl::string_view path : kDeniedPaths) {
     Route r;
     r.pattern = std::string(path);
     r.action = RouteAction::kDeny;
+    r.zone = -1;
     r.group = "blocked";
     r.source = "default";
     p->routes_.push_back(std::move(r));
@@ -238,8 +240,6 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Build(
     Route r;
     r.pattern = std::string(path);
     r.zone = gen;
-    r.max_per_ip = o.max_streams_per_ip;
-    r.max_per_credential = o.max_streams_per_key;
     r.group = "generation";
     r.source = "default";
     p->routes_.push_back(std::move(r));
@@ -324,7 +324,6 @@ absl::Status Policy::AddRulesFile(const std::string& path) {
       } else {
         return error(absl::StrCat("\"", words[2], "\": use allow, deny or admin"));
       }
-      r.zone = -2;  // resolved after the defaults are known
       std::string zone_name;
       for (size_t i = 3; i < words.size(); ++i) {
         absl::string_view w = words[i];
@@ -408,6 +407,9 @@ bool Policy::Screen(const RequestFacts& req, Admission* a) const {
       return false;
     }
     if (listed) a->cors_origin = std::string(req.origin);
+    // "*" lets any page call with its own key, never with the browser's
+    // stored credentials (no Allow-Credentials for a wildcard).
+    a->cors_wildcard = cors_any_;
     if (req.method == "OPTIONS" && !req.ac_request_method.empty()) {
       a->status = 204;
       a->headers = a->ResponseHeaders();
@@ -431,6 +433,12 @@ bool Policy::Screen(const RequestFacts& req, Admission* a) const {
     break;
   }
   const Route& r = *a->route;  // the last default route matches every path
+  const bool generation = IsGenerationPath(match);
+  a->zone = r.zone == Route::kZoneByPath ? (generation ? gen_zone_ : api_zone_) : r.zone;
+  a->group = !r.group.empty() ? r.group : generation ? "generation" : "api";
+  a->max_per_ip = r.max_per_ip ? r.max_per_ip : generation ? gen_max_per_ip_ : 0;
+  a->max_per_credential =
+      r.max_per_credential ? r.max_per_credential : generation ? gen_max_per_credential_ : 0;
   if (r.action == RouteAction::kDeny) {
     std::string shown = r.pattern;
     if (!shown.empty() && shown.back() == '*') shown.pop_back();
@@ -533,16 +541,33 @@ bool Policy::FinishBasic(bool valid, Admission* a, BasicAuthCache* cache,
 LimitStep Policy::Limit(Admission* a, RateTable* rates, ConcurrencyTable* conns,
                         int64_t now_ns) const {
   LimitStep step;
-  const Route& r = *a->route;
   const std::string ip_key = IpKey(a->client);
-  if (r.zone >= 0) {
-    const Zone& z = zones_[r.zone];
+  // Caps first: a request they refuse is not charged to the rate zone.
+  auto take = [&](uint32_t limit, absl::string_view kind, const std::string& key) {
+    if (limit == 0) return true;
+    const uint32_t id = ZoneId(absl::StrCat("conn/", kind, "/", a->group));
+    if (!conns->Acquire(id, key, limit)) return false;
+    a->held.emplace_back(id, key);
+    return true;
+  };
+  if (!take(a->max_per_ip, "ip", ip_key) ||
+      (!a->principal.empty() && !take(a->max_per_credential, "cred", a->principal))) {
+    Release(a, conns);
+    Refuse(a, 429, "too many concurrent requests");
+    a->headers.emplace_back("Retry-After", "1");
+    step.kind = LimitStep::kRefuse;
+    return step;
+  }
+  if (a->zone >= 0) {
+    const Zone& z = zones_[a->zone];
     const std::string& key =
         z.by == LimitBy::kCredential && !a->principal.empty() ? a->principal : ip_key;
     RateTable::RateResult res = rates->Check(z.id, key, z.rate, now_ns);
     if (!res.allowed) {
+      Release(a, conns);
       Refuse(a, 429, "rate limit exceeded");
-      const int64_t secs = std::max<int64_t>(1, (res.retry_after_ns + 999'999'999) / 1'000'000'000);
+      const int64_t secs =
+          std::max<int64_t>(1, (res.retry_after_ns + 999'999'999) / 1'000'000'000);
       a->headers.emplace_back("Retry-After", absl::StrCat(secs));
       step.kind = LimitStep::kRefuse;
       return step;
@@ -551,21 +576,6 @@ LimitStep Policy::Limit(Admission* a, RateTable* rates, ConcurrencyTable* conns,
       step.kind = LimitStep::kDelay;
       step.delay_ns = res.delay_ns;
     }
-  }
-  auto take = [&](uint32_t limit, absl::string_view kind, const std::string& key) {
-    if (limit == 0) return true;
-    const uint32_t id = ZoneId(absl::StrCat("conn/", kind, "/", r.group));
-    if (!conns->Acquire(id, key, limit)) return false;
-    a->held.emplace_back(id, key);
-    return true;
-  };
-  if (!take(r.max_per_ip, "ip", ip_key) ||
-      (!a->principal.empty() && !take(r.max_per_credential, "cred", a->principal))) {
-    Release(a, conns);
-    Refuse(a, 429, "too many concurrent requests");
-    a->headers.emplace_back("Retry-After", "1");
-    step.kind = LimitStep::kRefuse;
-    step.delay_ns = 0;
   }
   return step;
 }

@@ -50,12 +50,19 @@ struct Route {
   RouteAction action = RouteAction::kAllow;
   IpSet allow_ip;  // when not empty, only these addresses
   IpSet deny_ip;   // these addresses get 403
-  int zone = -1;   // index into Policy::zones(), or -1 for no rate limit
-  // limit_conn style caps on concurrent requests of this route group
-  // (0: none). Held from admission to the end of the response.
+  // Index into Policy::zones(), -1 for no rate limit, or kZoneByPath: the
+  // zone the built-in routes give the request's path (gen for the
+  // generation routes, api for the rest), decided per request so that one
+  // rule such as "/v1/*" keeps each path's own limit.
+  int zone = kZoneByPath;
+  static constexpr int kZoneByPath = -2;
+  // limit_conn style caps on concurrent requests of this route group. 0:
+  // the --max_streams_per_* caps on generation paths, none elsewhere. Held
+  // from admission to the end of the response.
   uint32_t max_per_ip = 0;
   uint32_t max_per_credential = 0;
-  // The route group for logs and limits ("generation", "api", ...).
+  // The route group for logs and limits ("generation", "api", ...); empty:
+  // "generation" or "api" by the request's path.
   std::string group;
   std::string source;  // "FILE:LINE" or "default", for log lines
 };
@@ -106,8 +113,14 @@ struct Admission {
   IpAddress client;
   std::string client_text;       // client.ToString(), for logs and headers
   const Route* route = nullptr;  // points into the Policy the caller holds
+  // The route's limits as they apply to this path (see Route).
+  int zone = -1;
+  std::string group;
+  uint32_t max_per_ip = 0;
+  uint32_t max_per_credential = 0;
   // CORS: the allowed Origin to echo on the response, or empty.
   std::string cors_origin;
+  bool cors_wildcard = false;  // --cors_origins=*: answer "*", no credentials
   // Set by Authenticate: "key:NAME", "user:NAME", or empty (--auth=none).
   std::string principal;
   std::string user_name;  // the bare key or user name, for logs
@@ -215,6 +228,10 @@ class Policy {
   std::vector<Zone> zones_;
   std::vector<Route> routes_;
   LimitBy rate_by_ = LimitBy::kIp;
+  int gen_zone_ = -1;
+  int api_zone_ = -1;
+  uint32_t gen_max_per_ip_ = 0;
+  uint32_t gen_max_per_credential_ = 0;
 };
 
 // Whether `path` (a `match` path) is one of the generation routes: the
