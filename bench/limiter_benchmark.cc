@@ -6,7 +6,10 @@
 //
 // The rate is high enough (1e9 r/s, burst 1e6) that every request is
 // admitted: the admit path (lookup, TAT update) is what a request pays.
+#include <algorithm>
 #include <cstdint>
+#include <mutex>
+#include <unordered_map>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -81,6 +84,41 @@ void BM_RateCheckDistinctKeys(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_RateCheckDistinctKeys)->Threads(1)->Threads(2)->Threads(4);
+
+// Baseline: the same GCRA arithmetic in one std::unordered_map behind one
+// global std::mutex, the simple design the striped table replaces. Ratios
+// against it (same run, same keys) are what bench/RESULTS.md records.
+struct GlobalLockTable {
+  std::mutex mu;
+  std::unordered_map<std::string, int64_t> tat;
+  bool Check(const std::string& key, int64_t t_ns, int64_t burst_ns, int64_t now) {
+    std::lock_guard<std::mutex> lock(mu);
+    int64_t& v = tat[key];
+    const int64_t t0 = std::max(v, now);
+    if (t0 - now > burst_ns) return false;
+    v = t0 + t_ns;
+    return true;
+  }
+};
+
+void BM_BaselineGlobalLockDistinctKeys(benchmark::State& state) {
+  static GlobalLockTable* table = new GlobalLockTable;
+  std::vector<std::string> keys;
+  for (int i = 0; i < 1000; ++i) {
+    keys.push_back(std::string(Ip(absl::StrCat("10.", state.thread_index(), ".", i / 256,
+                                               ".", i % 256))
+                                   .AsBytes()));
+  }
+  int64_t now = int64_t{1} << 40;
+  size_t i = 0;
+  for (auto _ : state) {
+    now += 1000;
+    bool ok = table->Check(keys[i], 1, int64_t{1} << 40, now);
+    benchmark::DoNotOptimize(ok);
+    if (++i == keys.size()) i = 0;
+  }
+}
+BENCHMARK(BM_BaselineGlobalLockDistinctKeys)->Threads(1)->Threads(2)->Threads(4);
 
 void BM_ConcurrencyAcquireRelease(benchmark::State& state) {
   static ConcurrencyTable* table = new ConcurrencyTable(65536);

@@ -50,7 +50,7 @@ ROUNDS=3
 WRK_SECONDS=5
 if command -v taskset >/dev/null && (( $(nproc) >= 2 )); then
   PROXY_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1)
-  PINNING="sluice worker on CPU 0; ollama-sim and wrk on CPU 1 (bcrypt helper threads unpinned, nice 10)"
+  PINNING="sluice worker on CPU 0; ollama-sim and wrk on CPU 1 (bcrypt helper threads unpinned, SCHED_IDLE)"
 else
   PROXY_CPU=(); LOAD_CPU=(); PINNING="unpinned (fewer than 2 CPUs or no taskset)"
 fi
@@ -156,21 +156,27 @@ local function enc(data)
     return b64:sub(c + 1, c + 1)
   end) .. ({ '', '==', '=' })[#data % 3 + 1])
 end
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
 local n = 0
 request = function()
   n = n + 1
   return wrk.format('GET', '/api/tags',
     { Authorization = 'Basic ' .. enc('slow:wrong-' .. n .. '-' .. math.random(1, 1e9)) })
 end
-local codes = {}
+codes = {}
 response = function(status) codes[status] = (codes[status] or 0) + 1 end
 done = function()
+  local total = {}
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get('codes')) do total[k] = (total[k] or 0) + v end
+  end
   local s = ''
-  for k, v in pairs(codes) do s = s .. k .. '=' .. v .. ' ' end
+  for k, v in pairs(total) do s = s .. k .. '=' .. v .. ' ' end
   io.write('flood statuses: ' .. s .. '\n')
 end
 LUA
-declare -A PP50 PP99
+declare -A PP50 PP90 PP99
 FLOOD=""
 probe() {  # LABEL ROUND
   local out
@@ -178,6 +184,7 @@ probe() {  # LABEL ROUND
     "http://127.0.0.1:${PORT[on]}/api/version" 2>&1) || true
   echo "$out" >"$WORK/probe-$1-$2.txt"
   PP50[$1]+="$(to_us "$(awk '$1 == "50%" { print $2 }' <<<"$out")") "
+  PP90[$1]+="$(to_us "$(awk '$1 == "90%" { print $2 }' <<<"$out")") "
   PP99[$1]+="$(to_us "$(awk '$1 == "99%" { print $2 }' <<<"$out")") "
   printf '  probe %-5s round %d: p50 %s p99 %s\n' "$1" "$2" \
     "$(awk '$1 == "50%" { print $2 }' <<<"$out")" "$(awk '$1 == "99%" { print $2 }' <<<"$out")" >&2
@@ -196,8 +203,8 @@ done
 # shellcheck disable=SC2086
 {
   r_off=$(median ${RPS[off]}); r_on=$(median ${RPS[on]})
-  i50=$(median ${PP50[idle]}); i99=$(median ${PP99[idle]})
-  f50=$(median ${PP50[flood]}); f99=$(median ${PP99[flood]})
+  i50=$(median ${PP50[idle]}); i90=$(median ${PP90[idle]}); i99=$(median ${PP99[idle]})
+  f50=$(median ${PP50[flood]}); f90=$(median ${PP90[flood]}); f99=$(median ${PP99[flood]})
 }
 ratio=$(awk -v a="$r_on" -v b="$r_off" 'BEGIN { printf "%.3f", (b > 0) ? a / b : 0 }')
 cost=$(awk -v r="$ratio" 'BEGIN { printf "%.1f", (1 - r) * 100 }')
@@ -210,7 +217,8 @@ TABLE=$(cat <<EOF
 
 | Probe on "on" (wrk -t1 -c4, key auth, /api/version) | alone | during a wrong-password bcrypt flood | flood / alone |
 |---|---:|---:|---:|
-| latency p50 (µs) | ${i50%.*} | ${f50%.*} | |
+| latency p50 (µs) | ${i50%.*} | ${f50%.*} | $(awk -v a="$f50" -v b="$i50" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }') |
+| latency p90 (µs) | ${i90%.*} | ${f90%.*} | $(awk -v a="$f90" -v b="$i90" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }') |
 | latency p99 (µs) | ${i99%.*} | ${f99%.*} | $pr |
 EOF
 )

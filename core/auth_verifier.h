@@ -16,9 +16,10 @@ namespace sluice::core {
 
 // Helper threads for password checks too slow for an event loop (bcrypt
 // takes tens of milliseconds; one on the loop would stall every connection
-// of that worker). The threads run at a lower priority (nice 10) than the
-// workers, so a flood of wrong passwords slows logins, not traffic. The
-// queue is bounded: when it is full Submit refuses and the request gets 503.
+// of that worker). The threads run as SCHED_IDLE, on the CPU time the
+// workers leave, so a flood of wrong passwords slows logins, not traffic.
+// The queue is bounded: when it is full Submit refuses and the request gets
+// 503.
 class AuthVerifier {
  public:
   // `done` runs on a verifier thread with the answer; it must hand the
