@@ -164,7 +164,8 @@ void Relay::Proceed() {
                                  http::EqualsIgnoreCase(h.name, "x-api-key")));
   });
   const Config& cfg = worker_->config();
-  http::ForwardContext ctx{client_addr_, proto_, cfg.upstream_host};
+  http::ForwardContext ctx{client_addr_, proto_, cfg.upstream_host,
+                          admission_.client_text};
   http::AppendUpstreamRequestHead(head_, ctx, &request_bytes_);
   if (!AttachLink(false)) return;
   downstream_->OnAdmitted();

@@ -53,7 +53,7 @@ void AppendUpstreamRequestHead(const RequestHead& head,
   }
   if (!forwarded_for.empty()) forwarded_for += ", ";
   forwarded_for += ctx.client_addr;
-  AppendField("X-Real-IP", ctx.client_addr, out);
+  AppendField("X-Real-IP", ctx.real_ip.empty() ? ctx.client_addr : ctx.real_ip, out);
   AppendField("X-Forwarded-For", forwarded_for, out);
   AppendField("X-Forwarded-Proto", ctx.proto, out);
   if (!head.host.empty()) AppendField("X-Forwarded-Host", head.host, out);

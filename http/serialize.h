@@ -14,6 +14,9 @@ struct ForwardContext {
   std::string_view client_addr;    // textual client IP ("127.0.0.1", "::1")
   std::string_view proto;          // "http" or "https"
   std::string_view upstream_host;  // Host value sent upstream
+  // X-Real-IP: the client as the policy resolved it (X-Forwarded-For from a
+  // trusted proxy); empty means client_addr.
+  std::string_view real_ip = {};
 };
 
 // Appends the request head sent upstream: a fresh request line in origin form

@@ -291,6 +291,13 @@ TEST_F(PolicyIt, AdminRoutesAndTrustedProxies) {
                 "{\"model\":\"m\",\"stream\":false}")
                 .status,
             200);
+  // Ollama is told the resolved client in X-Real-IP; X-Forwarded-For keeps
+  // the chain with the TCP peer appended.
+  HttpResponse echo = Get("/sim/echo", {{"X-Forwarded-For", "10.9.9.7"}});
+  std::optional<EchoedRequest> e = ParseEcho(echo.body);
+  ASSERT_TRUE(e.has_value()) << echo.body;
+  EXPECT_EQ(e->All("X-Real-IP"), std::vector<std::string>{"10.9.9.7"}) << e->HeaderDump();
+  EXPECT_EQ(e->All("X-Forwarded-For"), std::vector<std::string>{"10.9.9.7, 127.0.0.1"});
   // A forged hop left of an untrusted one is not believed.
   EXPECT_EQ(Get("/api/pull", {{"X-Forwarded-For", "10.9.9.7, 192.0.2.1"}}, "POST", "{}").status,
             403);

@@ -740,6 +740,26 @@ TEST(H2ServerCodecTest, CookieCrumbsAreJoined) {
   EXPECT_EQ(head.Find("cookie")->value, "a=1; b=2");
 }
 
+// With a declared length larger than what the client may still send, the
+// early answer is followed by RST_STREAM(NO_ERROR) as well; a remainder
+// that fits the window is read and dropped instead (the curl 7.88 case,
+// covered through the binary in tests/integration/policy_test.cc).
+TEST(H2ServerCodecTest, JsonErrorMidLargeUploadWithLengthResetsWithNoError) {
+  RecordingSink sink;
+  H2ServerCodec codec(&sink, H2Options{});
+  Client client(&codec, &sink);
+  std::string body = Pattern(200 * 1024, 'y');
+  int32_t id = client.Request("POST", "/api/create",
+                              {{"content-length", std::to_string(body.size())}}, &body);
+  client.Drive();
+  ASSERT_TRUE(sink.streams[id].has_head);
+  ASSERT_TRUE(codec.SubmitJsonError(id, 429, "rate limit exceeded").ok());
+  client.Drive();
+  EXPECT_EQ(client.streams[id].status, "429");
+  EXPECT_TRUE(client.streams[id].closed);
+  EXPECT_EQ(client.streams[id].rst_code, NGHTTP2_NO_ERROR);
+}
+
 TEST(H2ServerCodecTest, JsonErrorMidUploadEndsCleanly) {
   RecordingSink sink;
   H2ServerCodec codec(&sink, H2Options{});
