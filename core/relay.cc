@@ -62,7 +62,7 @@ policy::RequestFacts Relay::Facts() const {
 }
 
 void Relay::Start() {
-  policy_ = worker_->policy();
+  policy_ = worker_->policy().get();
   const policy::RequestFacts facts = Facts();
   if (!policy_->Screen(facts, &admission_)) {
     AnswerPolicy();
@@ -92,9 +92,11 @@ void Relay::HoldReading() {
 void Relay::StartVerify() {
   gate_ = Gate::kVerifying;
   HoldReading();
+  // Still the snapshot Start took: nothing ran on this worker in between.
+  policy_hold_ = worker_->last_policy();
   ticket_ = std::make_shared<VerifyTicket>(VerifyTicket{this});
   Worker* w = worker_;
-  AuthVerifier::Job job{policy_, admission_.basic_user, admission_.basic_password,
+  AuthVerifier::Job job{policy_hold_, admission_.basic_user, admission_.basic_password,
                         [w, t = ticket_](bool valid) {
                           w->Post([t, valid] {
                             if (t->relay) t->relay->OnVerified(valid);
@@ -132,6 +134,7 @@ void Relay::Admit() {
       // limit_req without nodelay: the request waits its turn, its body
       // unread.
       gate_ = Gate::kDelayed;
+      if (!policy_hold_) policy_hold_ = worker_->last_policy();
       HoldReading();
       worker_->DeadlineTimers()->ArmAt(&delay_timer_, worker_->now_ns() + step.delay_ns);
       return;

@@ -140,7 +140,12 @@ class Relay final : public LinkUser, public http::H1ResponseSink {
   bool downstream_paused_ = false;
   bool finished_ = false;
   // Policy state.
-  std::shared_ptr<const policy::Policy> policy_;
+  // The worker's snapshot, valid while this request is checked in one go;
+  // `policy_hold_` keeps it alive across a wait (password check, delay),
+  // when a reload may replace the worker's. Not copied per request: the
+  // reference count is shared by all workers.
+  const policy::Policy* policy_ = nullptr;
+  std::shared_ptr<const policy::Policy> policy_hold_;
   policy::Admission admission_;
   std::shared_ptr<VerifyTicket> ticket_;
   Timer delay_timer_;

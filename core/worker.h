@@ -90,6 +90,8 @@ class Worker {
   // The policy for a new request: the slot's current snapshot, refreshed
   // when its generation moved (one atomic load otherwise).
   const std::shared_ptr<const policy::Policy>& policy();
+  // The snapshot policy() last returned, without looking for a newer one.
+  const std::shared_ptr<const policy::Policy>& last_policy() const { return policy_; }
   policy::BasicAuthCache& auth_cache() { return *auth_cache_; }
   // Calls f->Flush() at the end of this loop turn. The caller keeps a flag
   // so that it registers once per turn; it must call CancelFlush before it
