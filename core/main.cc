@@ -5,12 +5,15 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <linux/filter.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <future>
 #include <memory>
 #include <string>
@@ -334,6 +337,38 @@ std::string HostPart(const std::string& text) {
   return host.empty() ? "0.0.0.0" : host;
 }
 
+// Steers each client address to one worker: a classic BPF program on the
+// SO_REUSEPORT group returns the index of the socket (= the worker, sockets
+// join the group in listen order) from the packet's source address, hashed
+// as policy::SteeringHash and SteeringSlot do. One address's connections then meet one
+// worker, whose own stripes of the rate table hold its state, so checks do
+// not move cache lines between CPUs (bench/RESULTS.md). Without it (an old
+// kernel) the kernel's own hash spreads connections, and limits stay exact.
+void AttachSteering(int fd, int workers) {
+  sock_filter code[] = {
+      // A = IP version (high nibble of the first byte of the IP header).
+      BPF_STMT(BPF_LD | BPF_B | BPF_ABS, static_cast<uint32_t>(SKF_NET_OFF)),
+      BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 4),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 6, 2, 0),
+      // IPv4: the source address at offset 12.
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, static_cast<uint32_t>(SKF_NET_OFF + 12)),
+      BPF_JUMP(BPF_JMP | BPF_JA, 1, 0, 0),
+      // IPv6: the last 32 bits of the source address (offset 8 + 12).
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, static_cast<uint32_t>(SKF_NET_OFF + 20)),
+      BPF_STMT(BPF_ALU | BPF_MUL | BPF_K, 0x9E3779B1u),
+      BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 16),
+      // policy::SteeringSlot: (hash * workers) >> 16.
+      BPF_STMT(BPF_ALU | BPF_MUL | BPF_K, static_cast<uint32_t>(workers)),
+      BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 16),
+      BPF_STMT(BPF_RET | BPF_A, 0),
+  };
+  sock_fprog prog{static_cast<unsigned short>(sizeof(code) / sizeof(code[0])), code};
+  if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof(prog)) != 0) {
+    LOG_WARN("SO_ATTACH_REUSEPORT_CBPF: %s (clients are spread by the kernel's hash)",
+             strerror(errno));
+  }
+}
+
 policy::PolicyOptions PolicyFlags() {
   policy::PolicyOptions o;
   o.auth = absl::GetFlag(FLAGS_auth);
@@ -386,14 +421,12 @@ int Run(int argc, char** argv) {
   }
   const int32_t table_entries = absl::GetFlag(FLAGS_limit_table_entries);
   if (table_entries < 1024) UsageError("--limit_table_entries: must be at least 1024");
-  policy::RateTable rate_table(static_cast<size_t>(table_entries));
   policy::ConcurrencyTable conn_table(static_cast<size_t>(table_entries));
   // One bcrypt at a time per CPU at most; 256 waiting checks are about five
   // seconds of bcrypt at cost 10 on two CPUs: more gets 503.
   AuthVerifier auth_verifier(
       std::max(1, std::min<int>(2, static_cast<int>(std::thread::hardware_concurrency()))), 256);
   config.policy_slot = &policy_slot;
-  config.rate_table = &rate_table;
   config.conn_table = &conn_table;
   config.auth_verifier = &auth_verifier;
 
@@ -416,6 +449,9 @@ int Run(int argc, char** argv) {
   std::vector<int> cpus = AllowedCpus();
   const int n = config.threads > 0 ? config.threads : static_cast<int>(cpus.size());
   config.threads = n;
+  // One stripe group per worker: see AttachSteering.
+  policy::RateTable rate_table(static_cast<size_t>(table_entries), static_cast<size_t>(n));
+  config.rate_table = &rate_table;
 
 
   // Each worker gets its own SO_REUSEPORT socket per listener; the first
@@ -455,6 +491,7 @@ int Run(int argc, char** argv) {
       listeners[i].push_back(Listener{fd, spec.kind});
     }
     if (spec.kind == ListenerKind::kTls) config.tls_port = spec.port;
+    if (n > 1) AttachSteering(listeners[0].back().fd, n);
   }
 
   std::vector<std::unique_ptr<Worker>> workers;

@@ -167,7 +167,9 @@ void Worker::OnAccept(AcceptOp* op, int res, uint32_t flags) {
         }
         tls = tls_context_;
       }
-      auto* conn = new ClientConnection(this, res, PeerAddress(res),
+      std::string peer = PeerAddress(res);
+      LOG_DEBUG("client %s: accepted", peer.c_str());
+      auto* conn = new ClientConnection(this, res, std::move(peer),
                                         op->listener.kind, std::move(tls));
       conn->Start();
     }

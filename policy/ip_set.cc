@@ -208,6 +208,12 @@ std::string IpSet::ToString() const {
   });
 }
 
+uint32_t SteeringHash(const IpAddress& addr) {
+  const uint32_t word = (uint32_t{addr.bytes[12]} << 24) | (uint32_t{addr.bytes[13]} << 16) |
+                        (uint32_t{addr.bytes[14]} << 8) | uint32_t{addr.bytes[15]};
+  return (word * 0x9E3779B1u) >> 16;
+}
+
 IpAddress ClientAddressFromXff(const IpAddress& peer,
                                absl::string_view xff_header_or_empty,
                                const IpSet& trusted) {

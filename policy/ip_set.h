@@ -115,6 +115,17 @@ class IpSet {
   std::vector<Masked> masked_;
 };
 
+// The 16-bit hash that places a client address on a worker: the engine's
+// SO_REUSEPORT steering program (core/main.cc) computes the same from the
+// packet (the last 32 bits of the source address, big-endian, times
+// 0x9E3779B1, the high 16 bits), so the connections of one address land on
+// worker SteeringSlot(hash, workers), and the limit tables keep that
+// address's state in that worker's own stripes.
+uint32_t SteeringHash(const IpAddress& addr);
+// Which of `n` workers (or stripe groups) a SteeringHash picks:
+// (hash * n) >> 16, a multiply instead of a division, in BPF as in C++.
+inline uint32_t SteeringSlot(uint32_t hash, uint32_t n) { return (hash * n) >> 16; }
+
 // The client address behind trusted proxies, as nginx's realip module finds
 // it with real_ip_recursive on. When `peer` (the socket's address) is not in
 // `trusted`, returns `peer`: an untrusted client's header is ignored.

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "absl/hash/hash.h"
+#include "policy/ip_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -154,9 +155,11 @@ struct alignas(64) SlotTable::Stripe {
   void Unlock() { lock.store(0, std::memory_order_release); }
 };
 
-SlotTable::SlotTable(size_t capacity) {
+SlotTable::SlotTable(size_t capacity, size_t partitions) {
   const size_t total_sets = std::max<size_t>(1, (capacity + kWays - 1) / kWays);
   num_stripes_ = std::min<size_t>(256, std::bit_floor(total_sets));
+  partitions_ = std::clamp<size_t>(partitions, 1, num_stripes_);
+  stripes_per_partition_ = std::bit_floor(num_stripes_ / partitions_);
   sets_per_stripe_ = (total_sets + num_stripes_ - 1) / num_stripes_;
   const size_t slots = num_stripes_ * sets_per_stripe_ * kWays;
   stripes_ = std::make_unique<Stripe[]>(num_stripes_);
@@ -167,8 +170,8 @@ SlotTable::SlotTable(size_t capacity) {
 
 SlotTable::~SlotTable() = default;
 
-void SlotTable::MakeKey(uint32_t zone, absl::string_view bytes,
-                        Key* key) const {
+void SlotTable::MakeKey(uint32_t zone, absl::string_view bytes, Key* key,
+                        std::optional<uint32_t> steering) const {
   key->zone = zone;
   if (bytes.size() <= kMaxInlineKey) {
     key->len = static_cast<uint8_t>(bytes.size());
@@ -181,13 +184,24 @@ void SlotTable::MakeKey(uint32_t zone, absl::string_view bytes,
   }
   const size_t n = key->len == kDigestLen ? sizeof(key->digest) : key->len;
   key->hash = absl::HashOf(seed_, zone, absl::string_view(key->bytes, n));
+  if (steering.has_value()) {
+    // Both factors are cheap: a multiply-shift picks the group (as the
+    // steering program picks the worker) and the group size is a power
+    // of two.
+    key->stripe =
+        SteeringSlot(*steering & 0xffff, static_cast<uint32_t>(partitions_)) *
+            stripes_per_partition_ +
+        (key->hash & (stripes_per_partition_ - 1));
+  } else {
+    key->stripe = key->hash & (num_stripes_ - 1);
+  }
 }
 
 // Hash bits: the low 8 pick the stripe (at most 256), bits 8..23 the tag,
 // the high 32 the set within the stripe.
 SlotTable::Locked::Locked(SlotTable* table, const Key& key)
     : table_(table), key_(key) {
-  stripe_ = key.hash & (table->num_stripes_ - 1);
+  stripe_ = key.stripe;
   const size_t set =
       static_cast<size_t>(((key.hash >> 32) * table->sets_per_stripe_) >> 32);
   set_begin_ = (stripe_ * table->sets_per_stripe_ + set) * kWays;
@@ -258,15 +272,17 @@ size_t SlotTable::size() const {
 
 }  // namespace limiter_internal
 
-RateTable::RateTable(size_t capacity) : slots_(capacity) {}
+RateTable::RateTable(size_t capacity, size_t partitions)
+    : slots_(capacity, partitions) {}
 
 RateTable::RateResult RateTable::Check(uint32_t zone_id, absl::string_view key,
-                                       const RateSpec& spec, int64_t now_ns) {
+                                       const RateSpec& spec, int64_t now_ns,
+                                       std::optional<uint32_t> steering) {
   const int64_t interval = EmissionIntervalNs(spec.rate_per_s);
   const int64_t burst_span = SpanNs(spec.burst, interval);
   const int64_t delay_span = SpanNs(spec.delay, interval);
   limiter_internal::SlotTable::Key k;
-  slots_.MakeKey(zone_id, key, &k);
+  slots_.MakeKey(zone_id, key, &k, steering);
   auto locked = slots_.Lock(k);
   int64_t* tat = locked.found();
   const int64_t tat0 = tat != nullptr ? std::max(*tat, now_ns) : now_ns;

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -60,7 +61,10 @@ class SlotTable {
   static constexpr size_t kMaxInlineKey = 64;
   static constexpr int64_t kEmpty = INT64_MIN;
 
-  explicit SlotTable(size_t capacity);
+  // `partitions` (the number of workers) splits the stripes into that many
+  // groups; a key placed with a steering hash goes to group hash % partitions
+  // (see SteeringHash), others spread over all stripes.
+  explicit SlotTable(size_t capacity, size_t partitions = 1);
   ~SlotTable();
   SlotTable(const SlotTable&) = delete;
   SlotTable& operator=(const SlotTable&) = delete;
@@ -72,11 +76,15 @@ class SlotTable {
     const char* bytes;
     uint64_t hash;
     char digest[32];
+    size_t stripe;
   };
   static constexpr uint8_t kDigestLen = 0xff;
 
-  // Fills `key` for (zone, bytes). `key` must not be moved afterwards.
-  void MakeKey(uint32_t zone, absl::string_view bytes, Key* key) const;
+  // Fills `key` for (zone, bytes). `key` must not be moved afterwards. With
+  // `steering` the key's stripe is in partition *steering % partitions; a
+  // given (zone, bytes) must always come with the same `steering`.
+  void MakeKey(uint32_t zone, absl::string_view bytes, Key* key,
+               std::optional<uint32_t> steering = std::nullopt) const;
 
   // The locked view of one set for one key, from Lock() to the destructor:
   // it holds the stripe's spinlock, so keep it for a few instructions and
@@ -118,6 +126,8 @@ class SlotTable {
   struct Stripe;
 
   size_t num_stripes_;
+  size_t partitions_ = 1;
+  size_t stripes_per_partition_ = 1;
   size_t sets_per_stripe_;
   uint64_t seed_;  // secret: mixed into every hash
   std::unique_ptr<Stripe[]> stripes_;
@@ -144,7 +154,8 @@ class SlotTable {
 class RateTable {
  public:
   // `capacity`: total entries across all zones (e.g. 65536, 5.4 MB).
-  explicit RateTable(size_t capacity);
+  // `partitions`: the number of workers (see SlotTable).
+  explicit RateTable(size_t capacity, size_t partitions = 1);
 
   // The verdict on one request.
   struct RateResult {
@@ -162,8 +173,12 @@ class RateTable {
   // A rejected request changes nothing. One (zone, key) should always be
   // checked under the same spec (a policy reload may change it; the stored
   // TAT then carries over, as nginx's state does). Thread-safe.
+  // `steering`: SteeringHash of the client address when `key` is that
+  // address, so its state sits in the stripes of the worker its
+  // connections are steered to (no cache line moves between CPUs).
   RateResult Check(uint32_t zone_id, absl::string_view key,
-                   const RateSpec& spec, int64_t now_ns);
+                   const RateSpec& spec, int64_t now_ns,
+                   std::optional<uint32_t> steering = std::nullopt);
 
   // Entries holding some key's state, expired ones included (approximate
   // while other threads work).

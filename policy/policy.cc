@@ -560,9 +560,12 @@ LimitStep Policy::Limit(Admission* a, RateTable* rates, ConcurrencyTable* conns,
   }
   if (a->zone >= 0) {
     const Zone& z = zones_[a->zone];
-    const std::string& key =
-        z.by == LimitBy::kCredential && !a->principal.empty() ? a->principal : ip_key;
-    RateTable::RateResult res = rates->Check(z.id, key, z.rate, now_ns);
+    const bool by_credential = z.by == LimitBy::kCredential && !a->principal.empty();
+    // An address's state goes to the stripes of the worker its connections
+    // are steered to.
+    RateTable::RateResult res =
+        by_credential ? rates->Check(z.id, a->principal, z.rate, now_ns)
+                      : rates->Check(z.id, ip_key, z.rate, now_ns, SteeringHash(a->client));
     if (!res.allowed) {
       Release(a, conns);
       Refuse(a, 429, "rate limit exceeded");

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <fstream>
 #include <map>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -25,6 +26,7 @@
 #include "gtest/gtest.h"
 #include "tests/integration/proxy_test_base.h"
 #include "tests/integration/timing.h"
+#include "policy/ip_set.h"
 
 namespace sluice::integration {
 namespace {
@@ -394,33 +396,74 @@ TEST_F(PolicyIt, CorsIsAnsweredByTheProxy) {
   EXPECT_EQ(SimRequests(), 0);  // /sim/echo is not counted
 }
 
-// Connections spread over two workers: the limit is counted once.
-TEST_F(PolicyIt, RateLimitIsExactAcrossWorkers) {
+// Each client address is steered to one worker (the SO_REUSEPORT program
+// and policy::SteeringSlot agree), so its limit state stays on that CPU.
+TEST_F(PolicyIt, EachClientAddressIsSteeredToOneWorker) {
   ASSERT_NO_FATAL_FAILURE(
-      StartStack({}, {"--auth=none", "--threads=2", "--rate_api=6r/m burst=9 nodelay"}));
-  std::atomic<int> ok{0}, limited{0}, other{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < 4; ++t) {
-    threads.emplace_back([&] {
-      for (int i = 0; i < 15; ++i) {
-        auto r = Exchange(proxy_port(), BuildRequest("GET", "/api/version"));
-        if (!r.ok()) {
-          ++other;
-        } else if (r->status == 200) {
-          ++ok;
-        } else if (r->status == 429) {
-          ++limited;
-          if (r->Header("retry-after").value_or("") == "") ++other;
-        } else {
-          ++other;
-        }
-      }
-    });
+      StartStack({}, {"--auth=none", "--threads=2", "--log_level=debug"}));
+  CommandResult r = RunShell(
+      absl::StrCat("for x in 1 2 3 4 5 6 7 8; do for k in 1 2; do curl -s -o /dev/null "
+                   "--max-time 5 --interface 127.0.0.$x ",
+                   proxy_url(), "/api/version; done; done"),
+      absl::Seconds(30));
+  ASSERT_EQ(r.exit.code, 0) << r.err;
+  std::map<std::string, std::set<std::string>> workers;  // address -> wN
+  for (absl::string_view line : absl::StrSplit(sluice_->Stderr(), '\n')) {
+    if (!absl::StrContains(line, ": accepted")) continue;
+    std::vector<std::string> words = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    // "DATE TIME [debug] wN: client ADDR: accepted"
+    ASSERT_GE(words.size(), 7u) << line;
+    std::string addr = words[5];
+    addr.pop_back();  // ':'
+    workers[addr].insert(words[3]);
   }
-  for (auto& t : threads) t.join();
-  EXPECT_EQ(ok.load(), 10);
-  EXPECT_EQ(limited.load(), 50);
-  EXPECT_EQ(other.load(), 0);
+  ASSERT_EQ(workers.size(), 8u) << sluice_->Stderr();
+  std::set<std::string> used;
+  for (const auto& [addr, ws] : workers) {
+    std::optional<policy::IpAddress> ip = policy::IpAddress::Parse(addr);
+    ASSERT_TRUE(ip.has_value()) << addr;
+    const std::string expected =
+        absl::StrCat("w", policy::SteeringSlot(policy::SteeringHash(*ip), 2), ":");
+    EXPECT_EQ(ws, std::set<std::string>{expected}) << addr;
+    used.insert(ws.begin(), ws.end());
+  }
+  EXPECT_EQ(used.size(), 2u);  // these 8 addresses use both workers
+}
+
+// Connections of one client (a key, or an address behind a trusted proxy)
+// from 8 source addresses, so on both workers: the limit is counted once.
+TEST_F(PolicyIt, RateLimitIsExactAcrossWorkers) {
+  const std::string key = AddKey("shared");
+  // 40 requests, 5 from each of 127.0.0.1..8; prints one status per line.
+  auto burst = [&](const std::string& extra) {
+    CommandResult r = RunShell(
+        absl::StrCat("for k in 1 2 3 4 5; do for x in 1 2 3 4 5 6 7 8; do curl -s -o /dev/null "
+                     "-w '%{http_code}\\n' --max-time 5 --interface 127.0.0.$x -H ",
+                     ShellQuote("Authorization: Bearer " + key), " ", extra, " ", proxy_url(),
+                     "/api/version; done; done"),
+        absl::Seconds(60));
+    EXPECT_EQ(r.exit.code, 0) << r.err;
+    std::map<std::string, int> codes;
+    for (absl::string_view c : absl::StrSplit(r.out, '\n', absl::SkipEmpty())) {
+      ++codes[std::string(c)];
+    }
+    return codes;
+  };
+  // By key: the connections of one key meet both workers.
+  ASSERT_NO_FATAL_FAILURE(StartStack(
+      {}, {"--keys_file=" + keys(), "--threads=2", "--rate_api=6r/m burst=9 nodelay",
+           "--rate_by=credential"}));
+  std::map<std::string, int> codes = burst("");
+  EXPECT_EQ(codes["200"], 10);
+  EXPECT_EQ(codes["429"], 30);
+  // By address: one client behind trusted proxies on both workers.
+  sluice_.reset();
+  ASSERT_NO_FATAL_FAILURE(StartStack(
+      {}, {"--keys_file=" + keys(), "--threads=2", "--rate_api=6r/m burst=9 nodelay",
+           "--trusted_proxies=127.0.0.0/8"}));
+  codes = burst("-H 'X-Forwarded-For: 203.0.113.5'");
+  EXPECT_EQ(codes["200"], 10);
+  EXPECT_EQ(codes["429"], 30);
 }
 
 TEST_F(PolicyIt, DelayedModeQueuesUpToTheBurst) {

@@ -1,5 +1,6 @@
 #include "policy/ip_set.h"
 
+#include <optional>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
@@ -221,6 +222,46 @@ TEST(IpSetXff, UnparsableEntryStopsAtLastTrustedHop) {
       Ip("10.0.0.5"));
   EXPECT_EQ(ClientAddressFromXff(peer, "unknown, 203.0.113.7", trusted),
             Ip("203.0.113.7"));
+}
+
+}  // namespace
+}  // namespace sluice::policy
+
+namespace sluice::policy {
+namespace {
+
+// The contract with the SO_REUSEPORT program in core/main.cc: the last 32
+// bits of the address, big-endian, times 0x9E3779B1, high 16 bits; the
+// worker is (hash * n) >> 16.
+TEST(IpSetSteering, HashIsTheLastWordMixed) {
+  auto hash = [](const char* text) {
+    std::optional<IpAddress> ip = IpAddress::Parse(text);
+    EXPECT_TRUE(ip.has_value()) << text;
+    return SteeringHash(*ip);
+  };
+  const uint32_t w = (127u << 24) | 1u;
+  EXPECT_EQ(hash("127.0.0.1"), (w * 0x9E3779B1u) >> 16);
+  // IPv4 and its mapped form are one client; an IPv6 address uses its
+  // last 32 bits.
+  EXPECT_EQ(hash("127.0.0.1"), hash("::ffff:127.0.0.1"));
+  EXPECT_EQ(hash("2001:db8::7f00:1"), hash("127.0.0.1"));
+  for (const char* text : {"10.0.0.1", "192.168.7.9", "::1", "fd00::abcd"}) {
+    EXPECT_LT(hash(text), 65536u) << text;
+  }
+  EXPECT_EQ(SteeringSlot(0, 2), 0u);
+  EXPECT_EQ(SteeringSlot(0x7fff, 2), 0u);
+  EXPECT_EQ(SteeringSlot(0x8000, 2), 1u);
+  EXPECT_EQ(SteeringSlot(0xffff, 3), 2u);
+  // Spread: 4096 consecutive addresses over 2 workers, neither starved.
+  int count[2] = {0, 0};
+  for (uint32_t i = 0; i < 4096; ++i) {
+    IpAddress ip = *IpAddress::Parse("10.0.0.0");
+    ip.bytes[14] = static_cast<uint8_t>(i >> 8);
+    ip.bytes[15] = static_cast<uint8_t>(i);
+    ++count[SteeringSlot(SteeringHash(ip), 2)];
+  }
+  EXPECT_GT(count[0], 1800);
+  EXPECT_GT(count[1], 1800);
 }
 
 }  // namespace

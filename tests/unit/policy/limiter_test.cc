@@ -1,4 +1,5 @@
 #include "policy/limiter.h"
+#include "policy/ip_set.h"
 
 #include <openssl/sha.h>
 
@@ -497,6 +498,45 @@ TEST(ConcurrencyTableThreads, AcquireReleaseBalance) {
   EXPECT_GT(acquired.load(), 0);
   EXPECT_EQ(table.Count(9, "shared"), 0u);
   EXPECT_EQ(table.size(), 0u);
+}
+
+}  // namespace
+}  // namespace sluice::policy
+
+namespace sluice::policy {
+namespace {
+
+// A table split per worker keeps exactness: one key, always checked with
+// its steering hash, from 4 threads admits exactly 1 + burst; different
+// keys in different groups keep their own state.
+TEST(RateTableSteering, PartitionedTableIsExact) {
+  RateTable table(4096, 2);
+  absl::StatusOr<RateSpec> spec = ParseRateSpec("1r/m burst=7 nodelay");
+  ASSERT_TRUE(spec.ok());
+  std::optional<IpAddress> ip = IpAddress::Parse("198.51.100.23");
+  ASSERT_TRUE(ip.has_value());
+  const uint32_t steer = SteeringHash(*ip);
+  std::atomic<int> admitted{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 1000; ++i) {
+        if (table.Check(1, ip->AsBytes(), *spec, 1'000'000'000, steer).allowed) ++admitted;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(admitted.load(), 8);
+  // Every address of a /24 gets its own 1 + burst, whichever group.
+  for (int i = 0; i < 256; ++i) {
+    IpAddress a = *IpAddress::Parse("203.0.113.0");
+    a.bytes[15] = static_cast<uint8_t>(i);
+    int n = 0;
+    for (int k = 0; k < 10; ++k) {
+      n += table.Check(2, a.AsBytes(), *spec, 1'000'000'000, SteeringHash(a)).allowed;
+    }
+    EXPECT_EQ(n, 8) << a.ToString();
+  }
 }
 
 }  // namespace
