@@ -16,11 +16,12 @@ constexpr int64_t kLingerNs = 2'000'000'000;
 }  // namespace
 
 ClientConnection::ClientConnection(Worker* worker, int fd,
-                                   std::string client_addr, ListenerKind kind,
+                                   policy::IpAddress peer, ListenerKind kind,
                                    std::shared_ptr<const tls::TlsContext> tls)
     : worker_(worker),
       stream_(worker, fd, this),
-      client_addr_(std::move(client_addr)),
+      peer_(peer),
+      client_addr_(peer.ToString()),
       kind_(kind),
       handshake_timer_([this] {
         LOG_DEBUG("client %s: TLS handshake timeout", client_addr_.c_str());

@@ -8,6 +8,7 @@
 #include "core/slice.h"
 #include "core/stream.h"
 #include "core/timer.h"
+#include "policy/ip_set.h"
 #include "tls/tls_session.h"
 
 namespace sluice::core {
@@ -52,7 +53,7 @@ class ClientSession {
 class ClientConnection final : public StreamHandler, public Flushable {
  public:
   // `tls` is the context for a kTls listener (null otherwise).
-  ClientConnection(Worker* worker, int fd, std::string client_addr,
+  ClientConnection(Worker* worker, int fd, policy::IpAddress peer,
                    ListenerKind kind,
                    std::shared_ptr<const tls::TlsContext> tls = nullptr);
   ~ClientConnection() override;
@@ -104,6 +105,8 @@ class ClientConnection final : public StreamHandler, public Flushable {
 
   Worker* worker() const { return worker_; }
   const std::string& client_addr() const { return client_addr_; }
+  // The TCP peer, parsed once at accept (the policy's input).
+  const policy::IpAddress& peer() const { return peer_; }
   ListenerKind kind() const { return kind_; }
   bool secure() const { return kind_ == ListenerKind::kTls; }
   // The TLS session of a kTls connection, else null.
@@ -132,6 +135,7 @@ class ClientConnection final : public StreamHandler, public Flushable {
 
   Worker* worker_;
   Stream stream_;
+  policy::IpAddress peer_;
   std::string client_addr_;
   ListenerKind kind_;
   std::unique_ptr<ClientSession> session_;

@@ -125,7 +125,7 @@ void H1Downstream::OnRequestHead(http::RequestHead head) {
     return;
   }
   relay_ = std::make_unique<Relay>(worker_, this, std::move(head),
-                                   conn_->client_addr(), conn_->scheme());
+                                   conn_->client_addr(), conn_->peer(), conn_->scheme());
   relay_->Start();
 }
 
@@ -194,16 +194,12 @@ void H1Downstream::SendResponseEnd() {
 }
 
 void H1Downstream::SendError(int status, std::string_view message) {
-  if (codec_.in_message() && request_has_body_) close_after_ = true;
-  if (!request_keep_alive_ || draining_) close_after_ = true;
-  conn_->WriteOwned(
-      http::JsonErrorResponse(status, message, close_after_, 0, ExtraFields()));
-  FinishExchange();
+  SendPolicyAnswer(status, message, {});
 }
 
 void H1Downstream::SendPolicyAnswer(int status, std::string_view error,
                                     const std::vector<http::Header>& headers) {
-  // A refused request's body is not read: the connection cannot be reused.
+  // An unread request body leaves the connection unusable.
   if (codec_.in_message() && request_has_body_) close_after_ = true;
   if (!request_keep_alive_ || draining_) close_after_ = true;
   std::string extra(ExtraFields());

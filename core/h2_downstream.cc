@@ -182,7 +182,7 @@ void H2Downstream::OnRequestHeaders(int32_t stream_id, http::RequestHead head,
   st->head_request_ = head.is_head();
   streams_[stream_id] = std::move(owned);
   st->relay_ = std::make_unique<Relay>(worker_, st, std::move(head),
-                                       conn_->client_addr(), conn_->scheme());
+                                       conn_->client_addr(), conn_->peer(), conn_->scheme());
   // Start may answer at once (no upstream link): `st` can be retired then.
   st->relay_->Start();
   Wake();

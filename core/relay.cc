@@ -20,11 +20,13 @@ constexpr size_t kMaxReplayBytes = 64 * 1024;
 }  // namespace
 
 Relay::Relay(Worker* worker, Downstream* downstream, http::RequestHead head,
-             std::string_view client_addr, std::string_view proto)
+             std::string_view client_addr, const policy::IpAddress& peer,
+             std::string_view proto)
     : worker_(worker),
       downstream_(downstream),
       head_(std::move(head)),
       client_addr_(client_addr),
+      peer_(peer),
       proto_(proto),
       parser_(this),
       read_timer_([this] { LinkFailed(504, "upstream timeout"); }),
@@ -49,9 +51,7 @@ policy::RequestFacts Relay::Facts() const {
   f.target = head_.target;
   f.scheme = proto_;
   f.host = head_.host;
-  if (std::optional<policy::IpAddress> ip = policy::IpAddress::Parse(client_addr_)) {
-    f.peer = *ip;
-  }
+  f.peer = peer_;
   f.authorization = field("authorization");
   f.x_api_key = field("x-api-key");
   f.forwarded_for = field("x-forwarded-for");

@@ -59,7 +59,8 @@ class Downstream {
 class Relay final : public LinkUser, public http::H1ResponseSink {
  public:
   Relay(Worker* worker, Downstream* downstream, http::RequestHead head,
-        std::string_view client_addr, std::string_view proto);
+        std::string_view client_addr, const policy::IpAddress& peer,
+        std::string_view proto);
   ~Relay() override;
 
   // Runs the policy, then sends the request head upstream (acquiring a
@@ -121,6 +122,7 @@ class Relay final : public LinkUser, public http::H1ResponseSink {
   Downstream* downstream_;
   http::RequestHead head_;
   std::string client_addr_;
+  policy::IpAddress peer_;
   std::string proto_;
   UpstreamLink* link_ = nullptr;
   http::H1ResponseParser parser_;

@@ -1,6 +1,5 @@
 #include "core/worker.h"
 
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -28,22 +27,12 @@ int64_t MonotonicNs() {
   return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
-std::string PeerAddress(int fd) {
+// The TCP peer of an accepted socket ("::" when it already went away).
+policy::IpAddress PeerAddress(int fd) {
   sockaddr_storage ss{};
   socklen_t len = sizeof(ss);
-  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "-";
-  char buf[INET6_ADDRSTRLEN] = "-";
-  if (ss.ss_family == AF_INET) {
-    inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, buf, sizeof(buf));
-  } else if (ss.ss_family == AF_INET6) {
-    auto* a6 = reinterpret_cast<sockaddr_in6*>(&ss);
-    if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
-      inet_ntop(AF_INET, &a6->sin6_addr.s6_addr[12], buf, sizeof(buf));
-    } else {
-      inet_ntop(AF_INET6, &a6->sin6_addr, buf, sizeof(buf));
-    }
-  }
-  return buf;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) ss.ss_family = AF_UNSPEC;
+  return policy::IpAddress::FromSockaddr(reinterpret_cast<const sockaddr*>(&ss));
 }
 
 }  // namespace
@@ -167,10 +156,9 @@ void Worker::OnAccept(AcceptOp* op, int res, uint32_t flags) {
         }
         tls = tls_context_;
       }
-      std::string peer = PeerAddress(res);
-      LOG_DEBUG("client %s: accepted", peer.c_str());
-      auto* conn = new ClientConnection(this, res, std::move(peer),
-                                        op->listener.kind, std::move(tls));
+      auto* conn = new ClientConnection(this, res, PeerAddress(res), op->listener.kind,
+                                        std::move(tls));
+      LOG_DEBUG("client %s: accepted", conn->client_addr().c_str());
       conn->Start();
     }
   } else if (res != -ECANCELED) {

@@ -61,10 +61,6 @@ bool ValidHeaderList(absl::string_view s) {
   return true;
 }
 
-std::string IpKey(const IpAddress& ip) {
-  return std::string(reinterpret_cast<const char*>(ip.bytes.data()),
-                     ip.bytes.size());
-}
 
 }  // namespace
 
@@ -541,13 +537,13 @@ bool Policy::FinishBasic(bool valid, Admission* a, BasicAuthCache* cache,
 LimitStep Policy::Limit(Admission* a, RateTable* rates, ConcurrencyTable* conns,
                         int64_t now_ns) const {
   LimitStep step;
-  const std::string ip_key = IpKey(a->client);
+  const absl::string_view ip_key = a->client.AsBytes();
   // Caps first: a request they refuse is not charged to the rate zone.
-  auto take = [&](uint32_t limit, absl::string_view kind, const std::string& key) {
+  auto take = [&](uint32_t limit, absl::string_view kind, absl::string_view key) {
     if (limit == 0) return true;
     const uint32_t id = ZoneId(absl::StrCat("conn/", kind, "/", a->group));
     if (!conns->Acquire(id, key, limit)) return false;
-    a->held.emplace_back(id, key);
+    a->held.emplace_back(id, std::string(key));
     return true;
   };
   if (!take(a->max_per_ip, "ip", ip_key) ||

@@ -555,6 +555,49 @@ TEST_F(PolicyIt, WrongBcryptPasswordsDoNotStallOtherClients) {
   }
 }
 
+// A refused request that asked for 100-continue gets the refusal, never a
+// 100 inviting a body nobody will read; an admitted one gets its 100.
+TEST_F(PolicyIt, ExpectContinueOnlyOnceAdmitted) {
+  const std::string key = AddKey("up");
+  ASSERT_NO_FATAL_FAILURE(StartStack({}, {"--keys_file=" + keys()}));
+  const std::string head_only =
+      "POST /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n"
+      "Expect: 100-continue\r\n";
+  IT_ASSERT_OK_AND_ASSIGN(auto refused, HttpConnection::Connect(proxy_port()));
+  IT_ASSERT_OK(refused->Send(head_only + "\r\n"));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, refused->ReadResponse(absl::Seconds(5)));
+  EXPECT_EQ(r.status, 401);
+  IT_ASSERT_OK_AND_ASSIGN(auto admitted, HttpConnection::Connect(proxy_port()));
+  IT_ASSERT_OK(admitted->Send(head_only + "Authorization: Bearer " + key + "\r\n\r\n"));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse cont, admitted->ReadResponse(absl::Seconds(5)));
+  EXPECT_EQ(cont.status, 100);
+  IT_ASSERT_OK(admitted->Send("hello"));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse ok, admitted->ReadResponse(absl::Seconds(5)));
+  EXPECT_EQ(ok.status, 200);
+  EXPECT_TRUE(absl::StrContains(ok.body, "hello")) << ok.body;
+}
+
+// SIGTERM while a bcrypt check is on a helper thread: the draining worker
+// still gets its answer and replies, instead of holding the request until
+// --drain_timeout.
+TEST_F(PolicyIt, DrainDeliversAPendingPasswordCheck) {
+  ASSERT_NO_FATAL_FAILURE(AddUser("B -C 12", "slow", "right"));
+  ASSERT_NO_FATAL_FAILURE(StartStack({}, {"--htpasswd=" + users()}));
+  IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
+  IT_ASSERT_OK(c->Send(BuildRequest(
+      "GET", "/api/tags", {{"Authorization", "Basic " + absl::Base64Escape("slow:right")}})));
+  absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_TRUE(sluice_->Signal(SIGTERM));
+  const absl::Time t0 = absl::Now();
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, c->ReadResponse(absl::Seconds(10)));
+  EXPECT_EQ(r.status, 200);
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(5));
+  std::optional<ExitInfo> exit = sluice_->WaitExit(absl::Seconds(5));
+  ASSERT_TRUE(exit.has_value());
+  EXPECT_EQ(exit->code, 0);
+  expect_sluice_exit_ = true;
+}
+
 // SIGHUP while requests flow: every request with a key that stays valid
 // succeeds, none is dropped.
 TEST_F(PolicyIt, ReloadUnderLoadLosesNothing) {

@@ -1770,6 +1770,31 @@ TEST_F(PolicyLimitTest, StreamCapPerIpWithoutCredentials) {
   EXPECT_EQ(Admit(*p, Get("/api/chat"), kT0, &c).kind, LimitStep::kAdmit);
 }
 
+// A request the stream cap refuses is not charged to the rate zone: once a
+// stream ends, the next request still finds the zone's whole burst.
+TEST_F(PolicyLimitTest, CapRefusalsDoNotSpendTheRateZone) {
+  PolicyOptions o = NoAuth();
+  o.max_streams_per_ip = 1;
+  o.rate_generation = "1r/m burst=1 nodelay";
+  std::shared_ptr<const Policy> p = MustBuild(o);
+  ASSERT_NE(p, nullptr);
+  Admission a;
+  ASSERT_EQ(Admit(*p, Get("/api/chat"), kT0, &a).kind, LimitStep::kAdmit);
+  for (int i = 0; i < 5; ++i) {
+    Admission b;
+    EXPECT_EQ(Admit(*p, Get("/api/chat"), kT0, &b).kind, LimitStep::kRefuse);
+    EXPECT_EQ(b.error, "too many concurrent requests");
+    EXPECT_TRUE(b.held.empty());
+  }
+  Policy::Release(&a, &conns_);
+  Admission c;
+  EXPECT_EQ(Admit(*p, Get("/api/chat"), kT0, &c).kind, LimitStep::kAdmit);
+  Policy::Release(&c, &conns_);
+  Admission d;
+  EXPECT_EQ(Admit(*p, Get("/api/chat"), kT0, &d).kind, LimitStep::kRefuse);
+  EXPECT_EQ(d.error, "rate limit exceeded");
+}
+
 TEST_F(PolicyLimitTest, FileRouteCapsCountPerGroup) {
   PolicyOptions o = NoAuth();
   o.rate_api = "off";
