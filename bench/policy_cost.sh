@@ -57,38 +57,10 @@ fi
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-policy.XXXXXX")
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$WORK"
-}
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-wait_listening() {  # LOGFILE PID REGEX
-  local log=$1 pid=$2 regex=$3 port
-  for _ in $(seq 100); do
-    port=$(sed -nE "s#${regex}#\\1#p" "$log" | head -1)
-    if [[ -n "$port" ]]; then echo "$port"; return 0; fi
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  echo "policy_cost.sh: no listening line from PID $pid:" >&2
-  cat "$log" >&2
-  return 1
-}
-to_us() {
-  awk -v v="$1" 'BEGIN { n = v + 0
-    if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000;
-    else if (v ~ /s$/) print n * 1e6; else print -1 }'
-}
-median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 # Credentials: 1000 keys (the probe uses the last), one bcrypt user.
 KEY=""
