@@ -19,22 +19,50 @@ ClientConnection::ClientConnection(Worker* worker, int fd,
                                    policy::IpAddress peer, ListenerKind kind,
                                    std::shared_ptr<const tls::TlsContext> tls)
     : worker_(worker),
+      number_(worker->NextConnectionNumber()),
       stream_(worker, fd, this),
       peer_(peer),
       client_addr_(peer.ToString()),
       kind_(kind),
       handshake_timer_([this] {
-        LOG_DEBUG("client %s: TLS handshake timeout", client_addr_.c_str());
+        ++worker_->metrics().tls_handshake_failures;
+        LOG_INFO("*%llu client %s: TLS handshake timed out",
+                 static_cast<unsigned long long>(number_), client_addr_.c_str());
         stream_.Close();
       }),
       linger_timer_([this] { stream_.Close(); }) {
   if (kind_ == ListenerKind::kTls && tls) {
     tls_ = std::make_unique<tls::TlsSession>(std::move(tls));
   }
+  ++worker_->metrics().connections_reading;
 }
 
 ClientConnection::~ClientConnection() {
   if (flush_pending_) worker_->CancelFlush(this);
+  SetPhase(Phase::kReading);
+  --worker_->metrics().connections_reading;
+}
+
+namespace {
+int64_t& PhaseGauge(MetricsShard& m, ClientConnection::Phase p) {
+  switch (p) {
+    case ClientConnection::Phase::kWriting:
+      return m.connections_writing;
+    case ClientConnection::Phase::kWaiting:
+      return m.connections_waiting;
+    case ClientConnection::Phase::kReading:
+      break;
+  }
+  return m.connections_reading;
+}
+}  // namespace
+
+void ClientConnection::SetPhase(Phase phase) {
+  if (phase == phase_) return;
+  MetricsShard& m = worker_->metrics();
+  --PhaseGauge(m, phase_);
+  ++PhaseGauge(m, phase);
+  phase_ = phase;
 }
 
 void ClientConnection::Start() {
@@ -87,14 +115,17 @@ void ClientConnection::OnCiphertext(Slice data) {
   if (!st.ok()) {
     // A failed handshake or a bad record closes this connection only; the
     // alert BoringSSL queued goes out first.
-    LOG_DEBUG("client %s: %s", client_addr_.c_str(),
-              std::string(st.message()).c_str());
+    if (!tls_->handshake_done()) ++worker_->metrics().tls_handshake_failures;
+    LOG_INFO("*%llu client %s: %s", static_cast<unsigned long long>(number_),
+             client_addr_.c_str(), std::string(st.message()).c_str());
     SendTlsOutput();
     CloseAfterWrite();
     return;
   }
   if (tls_->handshake_done() && !session_) {
     handshake_timer_.Disarm();
+    ++worker_->metrics().tls_handshakes;
+    if (tls_->session_reused()) ++worker_->metrics().tls_resumptions;
     if (tls_->alpn() == "h2") {
       StartSession(std::make_unique<H2Downstream>(this));
     } else {
@@ -164,7 +195,8 @@ void ClientConnection::SealPlaintext() {
   plain_bytes_ = 0;
   copies_.Trim();  // idle connections hold no copy block
   if (!st.ok()) {
-    LOG_DEBUG("client %s: %s", client_addr_.c_str(),
+    LOG_DEBUG("*%llu client %s: %s", static_cast<unsigned long long>(number_),
+              client_addr_.c_str(),
               std::string(st.message()).c_str());
     stream_.Close();
     return;

@@ -103,7 +103,16 @@ class ClientConnection final : public StreamHandler, public Flushable {
   // Asks for ClientSession::Flush at the end of this loop turn.
   void RequestFlush();
 
+  // What the connection is doing, as nginx's stub_status counts it:
+  // reading a request head (or the TLS handshake), writing a response (a
+  // request is in progress), or waiting (idle keepalive). Sessions set it;
+  // the worker's gauges follow.
+  enum class Phase { kReading, kWriting, kWaiting };
+  void SetPhase(Phase phase);
+
   Worker* worker() const { return worker_; }
+  // The process-unique connection number ("*N" in log lines).
+  uint64_t number() const { return number_; }
   const std::string& client_addr() const { return client_addr_; }
   // The TCP peer, parsed once at accept (the policy's input).
   const policy::IpAddress& peer() const { return peer_; }
@@ -134,6 +143,8 @@ class ClientConnection final : public StreamHandler, public Flushable {
   void CloseAfterWrite();
 
   Worker* worker_;
+  uint64_t number_;
+  Phase phase_ = Phase::kReading;
   Stream stream_;
   policy::IpAddress peer_;
   std::string client_addr_;

@@ -11,6 +11,7 @@ namespace sluice::core {
 class TlsContextSlot;
 class PolicySlot;
 class AuthVerifier;
+struct Observability;
 }  // namespace sluice::core
 namespace sluice::policy {
 class RateTable;
@@ -51,6 +52,8 @@ struct Config {
   policy::RateTable* rate_table = nullptr;
   policy::ConcurrencyTable* conn_table = nullptr;
   AuthVerifier* auth_verifier = nullptr;
+  // Logs and metrics (owned by main; never null once running).
+  Observability* obs = nullptr;
   int threads = 1;
   SocketAddress upstream;
   std::string upstream_host;  // Host header sent upstream

@@ -16,8 +16,14 @@ H1Downstream::H1Downstream(ClientConnection* conn)
       keepalive_timer_([this] { conn_->Close(); }),
       header_timer_([this] {
         if (responding_) return;
-        conn_->WriteOwned(http::JsonErrorResponse(408, "request header timeout",
-                                                  true, 0, ExtraFields()));
+        std::string out = http::JsonErrorResponse(408, "request header timeout", true, 0,
+                                                  ExtraFields());
+        LOG_INFO("*%llu client %s: 408 request header timeout",
+                 static_cast<unsigned long long>(conn_->number()), conn_->client_addr().c_str());
+        worker_->AccountBare(nullptr, conn_->client_addr(), 408,
+                             http::JsonErrorBody("request header timeout").size(),
+                             worker_->now_ns(), worker_->now_unix_ns(), conn_->number(), "other");
+        conn_->WriteOwned(std::move(out));
         CloseAfterDrain();
       }),
       send_timer_([this] { Abort(); }) {}
@@ -97,14 +103,17 @@ void H1Downstream::UpdateReading() {
 void H1Downstream::ArmIdleTimers() {
   const Config& cfg = worker_->config();
   if (responding_ || tunnel_ || close_after_) {
+    conn_->SetPhase(ClientConnection::Phase::kWriting);
     keepalive_timer_.Disarm();
     header_timer_.Disarm();
   } else if (codec_.in_message() || !pending_.empty()) {
+    conn_->SetPhase(ClientConnection::Phase::kReading);
     keepalive_timer_.Disarm();
     if (!header_timer_.armed()) {
       worker_->Timers(cfg.client_header_timeout_ns)->Arm(&header_timer_, worker_->now_ns());
     }
   } else {
+    conn_->SetPhase(ClientConnection::Phase::kWaiting);
     header_timer_.Disarm();
     if (!keepalive_timer_.armed()) {
       worker_->Timers(cfg.keepalive_timeout_ns)->Arm(&keepalive_timer_, worker_->now_ns());
@@ -113,8 +122,9 @@ void H1Downstream::ArmIdleTimers() {
 }
 
 void H1Downstream::OnRequestHead(http::RequestHead head) {
-  worker_->stats().requests.fetch_add(1, std::memory_order_relaxed);
+  ++worker_->metrics().requests;
   responding_ = true;
+  conn_->SetPhase(ClientConnection::Phase::kWriting);
   keepalive_timer_.Disarm();
   header_timer_.Disarm();
   request_has_body_ = head.has_body();
@@ -124,8 +134,8 @@ void H1Downstream::OnRequestHead(http::RequestHead head) {
     Redirect(head);
     return;
   }
-  relay_ = std::make_unique<Relay>(worker_, this, std::move(head),
-                                   conn_->client_addr(), conn_->peer(), conn_->scheme());
+  relay_ = std::make_unique<Relay>(worker_, this, std::move(head), conn_->client_addr(),
+                                   conn_->peer(), conn_->scheme(), conn_->number());
   relay_->Start();
 }
 
@@ -266,8 +276,8 @@ void H1Downstream::CloseAfterDrain() {
 
 void H1Downstream::CodecError(const absl::Status& status) {
   const int code = http::HttpStatusForError(status);
-  LOG_INFO("client %s: %d %s", conn_->client_addr().c_str(), code,
-           std::string(status.message()).c_str());
+  LOG_INFO("*%llu client %s: %d %s", static_cast<unsigned long long>(conn_->number()),
+           conn_->client_addr().c_str(), code, std::string(status.message()).c_str());
   pending_.clear();
   pending_bytes_ = 0;
   if (relay_) {
@@ -284,6 +294,8 @@ void H1Downstream::CodecError(const absl::Status& status) {
   std::string msg(status.message());
   if (code == 413) msg = "request body too large";
   if (code == 431) msg = "request header fields too large";
+  worker_->AccountBare(nullptr, conn_->client_addr(), code, http::JsonErrorBody(msg).size(),
+                       worker_->now_ns(), worker_->now_unix_ns(), conn_->number(), "other");
   conn_->WriteOwned(http::JsonErrorResponse(code, msg, true, 0, ExtraFields()));
   CloseAfterDrain();
 }
@@ -343,7 +355,9 @@ void H1Downstream::OnReadEnd(int res) {
   // A client that closes or resets mid-request has gone: drop the upstream
   // link at once so the model stops generating for nobody.
   if (relay_ && !tunnel_) {
-    LOG_DEBUG("client %s went away mid-request (%d)", conn_->client_addr().c_str(), res);
+    LOG_DEBUG("*%llu client %s went away mid-request (%d)",
+              static_cast<unsigned long long>(conn_->number()), conn_->client_addr().c_str(),
+              res);
   }
   if (relay_ || res < 0) {
     Abort();
@@ -377,7 +391,10 @@ void H1Downstream::Redirect(const http::RequestHead& head) {
   // The request body (if any) is not read: close after answering.
   const bool close = !head.keep_alive || head.has_body() || draining_;
   if (close) close_after_ = true;
-  conn_->WriteOwned(http::RedirectResponse(location, close));
+  std::string out = http::RedirectResponse(location, close);
+  worker_->AccountBare(&head, conn_->client_addr(), 301, 0, worker_->now_ns(),
+                       worker_->now_unix_ns(), conn_->number(), "redirect");
+  conn_->WriteOwned(std::move(out));
   FinishExchange();
 }
 

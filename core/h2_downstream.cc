@@ -46,7 +46,8 @@ H2Downstream::H2Downstream(ClientConnection* conn)
         Wake();
       }),
       send_timer_([this] {
-        LOG_DEBUG("client %s: h2 send timeout", conn_->client_addr().c_str());
+        LOG_INFO("*%llu client %s: HTTP/2 send timeout, closing",
+                 static_cast<unsigned long long>(conn_->number()), conn_->client_addr().c_str());
         conn_->Close();
       }),
       goaway_timer_([this] {
@@ -73,8 +74,9 @@ void H2Downstream::OnData(Slice data) {
   if (failed_) return;
   absl::Status st = codec_.Dispatch(data);
   if (!st.ok()) {
-    LOG_DEBUG("client %s: h2 connection error: %s", conn_->client_addr().c_str(),
-              std::string(st.message()).c_str());
+    LOG_INFO("*%llu client %s: HTTP/2 connection error: %s",
+             static_cast<unsigned long long>(conn_->number()), conn_->client_addr().c_str(),
+             std::string(st.message()).c_str());
     failed_ = true;
     close_when_done_ = true;
     conn_->StopReading();
@@ -131,6 +133,11 @@ void H2Downstream::Flush() {
 
 void H2Downstream::UpdateTimers() {
   const Config& cfg = worker_->config();
+  if (!streams_.empty()) {
+    conn_->SetPhase(ClientConnection::Phase::kWriting);
+  } else if (seen_request_) {
+    conn_->SetPhase(ClientConnection::Phase::kWaiting);
+  }
   if (streams_.empty() && !close_when_done_) {
     if (!idle_timer_.armed()) {
       int64_t d = seen_request_ ? cfg.keepalive_timeout_ns : cfg.client_header_timeout_ns;
@@ -174,15 +181,16 @@ void H2Downstream::Retire(int32_t id) {
 
 void H2Downstream::OnRequestHeaders(int32_t stream_id, http::RequestHead head,
                                     bool end_stream) {
-  worker_->stats().requests.fetch_add(1, std::memory_order_relaxed);
+  ++worker_->metrics().requests;
   seen_request_ = true;
+  conn_->SetPhase(ClientConnection::Phase::kWriting);
   idle_timer_.Disarm();
   auto owned = std::make_unique<StreamState>(this, stream_id);
   StreamState* st = owned.get();
   st->head_request_ = head.is_head();
   streams_[stream_id] = std::move(owned);
-  st->relay_ = std::make_unique<Relay>(worker_, st, std::move(head),
-                                       conn_->client_addr(), conn_->peer(), conn_->scheme());
+  st->relay_ = std::make_unique<Relay>(worker_, st, std::move(head), conn_->client_addr(),
+                                       conn_->peer(), conn_->scheme(), conn_->number());
   // Start may answer at once (no upstream link): `st` can be retired then.
   st->relay_->Start();
   Wake();
@@ -211,8 +219,8 @@ void H2Downstream::OnRequestTrailers(int32_t stream_id,
                                      std::vector<http::Header> trailers) {
   // Ollama takes no request trailers; they end the body like END_STREAM
   // (OnRequestEnd follows), and are not forwarded, as nginx does.
-  LOG_DEBUG("client %s: stream %d: %zu request trailer field(s) dropped",
-            conn_->client_addr().c_str(), stream_id, trailers.size());
+  LOG_DEBUG("*%llu client %s: stream %d: %zu request trailer field(s) dropped",
+            static_cast<unsigned long long>(conn_->number()), conn_->client_addr().c_str(), stream_id, trailers.size());
 }
 
 void H2Downstream::OnRequestEnd(int32_t stream_id) {
@@ -238,8 +246,8 @@ void H2Downstream::OnStreamReset(int32_t stream_id, uint32_t error_code) {
   // RST_STREAM from the client (or a stream error): close its upstream link
   // at once so Ollama stops generating.
   if (StreamState* st = Find(stream_id)) {
-    LOG_DEBUG("client %s: stream %d reset (code %u)",
-              conn_->client_addr().c_str(), stream_id, error_code);
+    LOG_DEBUG("*%llu client %s: stream %d reset (code %u)",
+              static_cast<unsigned long long>(conn_->number()), conn_->client_addr().c_str(), stream_id, error_code);
     if (st->relay_) st->relay_->Cancel();
     Retire(stream_id);
   }

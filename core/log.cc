@@ -1,6 +1,10 @@
 #include "core/log.h"
 
+#include <fcntl.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <cstdarg>
 #include <cstdio>
@@ -9,7 +13,35 @@
 namespace sluice::core {
 namespace {
 thread_local int t_worker = -1;
+// Where lines go: stderr, or a descriptor --error_log opened (replaced in
+// place by dup2 on reopen, so the number never changes once set).
+std::atomic<int> g_error_fd{STDERR_FILENO};
+std::string g_error_path;  // set once at start-up, before any thread
+
+int OpenAppend(const std::string& path) {
+  return ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+}
 }  // namespace
+
+std::string OpenErrorLog(const std::string& path) {
+  int fd = OpenAppend(path);
+  if (fd < 0) return strerror(errno);
+  g_error_path = path;
+  g_error_fd.store(fd);
+  return "";
+}
+
+void ReopenErrorLog() {
+  if (g_error_path.empty()) return;
+  int fd = OpenAppend(g_error_path);
+  if (fd < 0) {
+    LogLine(LogLevel::kError, "SIGUSR1: cannot reopen %s: %s", g_error_path.c_str(),
+            strerror(errno));
+    return;
+  }
+  ::dup2(fd, g_error_fd.load());
+  ::close(fd);
+}
 
 void SetLogWorker(int index) { t_worker = index; }
 
@@ -30,7 +62,7 @@ void LogLine(LogLevel level, const char* fmt, ...) {
   va_end(ap);
   if (m > 0) n += std::min(static_cast<size_t>(m), sizeof(buf) - n - 2);
   buf[n++] = '\n';
-  ssize_t ignored = ::write(STDERR_FILENO, buf, n);
+  ssize_t ignored = ::write(g_error_fd.load(std::memory_order_relaxed), buf, n);
   (void)ignored;
 }
 

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <atomic>
+#include <string>
 
 namespace sluice::core {
 
@@ -16,6 +17,14 @@ void LogLine(LogLevel level, const char* fmt, ...)
 
 // The calling thread's worker index, shown in log lines (-1: main).
 void SetLogWorker(int index);
+
+// --error_log: sends log lines to `path` (appending, created 0644) instead
+// of stderr. Returns an error message, or empty on success.
+std::string OpenErrorLog(const std::string& path);
+// SIGUSR1: opens the --error_log path again (after logrotate renamed it).
+// The new file replaces the old descriptor in one dup2, so a line being
+// written by a worker at that moment goes whole to one file or the other.
+void ReopenErrorLog();
 
 }  // namespace sluice::core
 

@@ -19,6 +19,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -29,6 +30,8 @@
 #include "core/client_connection.h"
 #include "core/config.h"
 #include "core/log.h"
+#include "core/log_file.h"
+#include "core/observability.h"
 #include "core/snapshot_slot.h"
 #include "tls/tls_context.h"
 #include "core/worker.h"
@@ -126,6 +129,30 @@ ABSL_FLAG(absl::Duration, busy_poll, absl::ZeroDuration(),
           "Cuts the added per-chunk delay where waking an idle CPU is slow "
           "(virtual machines) at the cost of CPU time; 0 = off.");
 ABSL_FLAG(std::string, log_level, "info", "Error log level: debug, info, warn or error.");
+ABSL_FLAG(std::string, error_log, "",
+          "Error log file (appended; reopened on SIGUSR1); empty: stderr.");
+
+// Logs and metrics.
+ABSL_FLAG(std::string, access_log, "off",
+          "Access log file (appended; reopened on SIGUSR1, for logrotate), or off.");
+ABSL_FLAG(std::string, access_log_format, "nginx",
+          "nginx: the nginx baseline's log_format ($remote_addr - $remote_user "
+          "[$time_local] \"$request\" $status $body_bytes_sent \"$http_referer\" "
+          "\"$http_user_agent\" rt=$request_time urt=$upstream_response_time); json: "
+          "one JSON object per line with those fields plus key, model, stream, ttft, "
+          "inter-token gaps, prompt and completion tokens, cancelled.");
+ABSL_FLAG(absl::Duration, access_log_flush, absl::Seconds(1),
+          "Longest time a line waits in its worker's buffer before it is written.");
+ABSL_FLAG(bool, metrics, true,
+          "Count requests, latencies and tokens, and serve --metrics_path. Off: "
+          "no per-request accounting besides the access log.");
+ABSL_FLAG(std::string, metrics_path, "/metrics",
+          "Path of the Prometheus metrics page (empty: not served).");
+ABSL_FLAG(std::string, status_path, "/status",
+          "Path of the nginx stub_status page (empty: not served).");
+ABSL_FLAG(std::string, status_allow, "127.0.0.1/32,::1/128",
+          "Client addresses (CIDR list) allowed to read --status_path and "
+          "--metrics_path; others get 403. No credentials are asked there.");
 
 // Access policy. Files are re-read on SIGHUP; a file that does not load
 // leaves the old policy in place.
@@ -392,6 +419,40 @@ policy::PolicyOptions PolicyFlags() {
   return o;
 }
 
+Observability ObservabilityFlags() {
+  Observability o;
+  const std::string format = absl::GetFlag(FLAGS_access_log_format);
+  if (format == "nginx") {
+    o.access_log_format = AccessLogFormat::kNginx;
+  } else if (format == "json") {
+    o.access_log_format = AccessLogFormat::kJson;
+  } else {
+    UsageError("--access_log_format: expected nginx or json");
+  }
+  o.access_log_flush_ns = DurationFlag(FLAGS_access_log_flush, "access_log_flush");
+  o.metrics = absl::GetFlag(FLAGS_metrics);
+  for (auto [flag, name, out] :
+       {std::tuple{&FLAGS_metrics_path, "metrics_path", &o.metrics_path},
+        std::tuple{&FLAGS_status_path, "status_path", &o.status_path}}) {
+    *out = absl::GetFlag(*flag);
+    if (!out->empty() && (out->front() != '/' || out->find_first_of("?# \t\r\n") !=
+                                                     std::string::npos)) {
+      UsageError(absl::StrCat("--", name, ": expected a path starting with / (or empty)"));
+    }
+  }
+  if (!o.metrics_path.empty() && o.metrics_path == o.status_path) {
+    UsageError("--metrics_path: must differ from --status_path");
+  }
+  auto allow = policy::IpSet::Parse(absl::GetFlag(FLAGS_status_allow));
+  if (!allow.ok()) UsageError(absl::StrCat("--status_allow: ", allow.status().message()));
+  o.status_allow = *std::move(allow);
+  o.info.version = SLUICE_VERSION;
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  o.info.start_time_seconds = static_cast<double>(ts.tv_sec) + ts.tv_nsec / 1e9;
+  return o;
+}
+
 int Run(int argc, char** argv) {
   // `sluice keys add|list|revoke ...` manages the keys file.
   if (argc > 1 && std::string_view(argv[1]) == "keys") {
@@ -400,13 +461,19 @@ int Run(int argc, char** argv) {
   ParseFlagsOrExit(argc, argv, kUsage);
   Config config = BuildConfig();
   g_log_level.store(config.log_level);
+  if (const std::string path = absl::GetFlag(FLAGS_error_log); !path.empty()) {
+    if (std::string err = OpenErrorLog(path); !err.empty()) {
+      UsageError(absl::StrCat("--error_log: cannot open ", path, ": ", err));
+    }
+  }
 
   // Signals go to the main thread only (sigwait below); every thread
   // started below (workers, password checkers) inherits the blocked mask.
   // SIGPIPE is moot (sends use MSG_NOSIGNAL) but blocked too.
   sigset_t sigs;
   sigemptyset(&sigs);
-  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGPIPE}) sigaddset(&sigs, s);
+  // SIGRTMIN: a worker thread ended (wakes the loop below at once).
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGPIPE, SIGRTMIN}) sigaddset(&sigs, s);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
   // The policy is built before anything listens: a bad flag or file is a
@@ -429,6 +496,16 @@ int Run(int argc, char** argv) {
   config.policy_slot = &policy_slot;
   config.conn_table = &conn_table;
   config.auth_verifier = &auth_verifier;
+
+  Observability obs = ObservabilityFlags();
+  std::unique_ptr<LogFile> access_log;
+  if (const std::string path = absl::GetFlag(FLAGS_access_log); path != "off" && !path.empty()) {
+    auto file = LogFile::Open(path);
+    if (!file.ok()) UsageError(absl::StrCat("--access_log: ", file.status().message()));
+    access_log = *std::move(file);
+    obs.access_log = access_log.get();
+  }
+  config.obs = &obs;
 
   // The certificate is loaded before anything listens: a bad pair is a
   // configuration error (exit 2 naming the flag), not a half-started proxy.
@@ -494,6 +571,7 @@ int Run(int argc, char** argv) {
     if (n > 1) AttachSteering(listeners[0].back().fd, n);
   }
 
+  obs.info.workers = n;
   std::vector<std::unique_ptr<Worker>> workers;
   std::vector<std::thread> threads;
   std::vector<std::promise<absl::Status>> ready(n);
@@ -501,6 +579,7 @@ int Run(int argc, char** argv) {
   for (int i = 0; i < n; ++i) {
     int cpu = cpus[i % cpus.size()];
     workers.push_back(std::make_unique<Worker>(i, config, std::move(listeners[i]), cpu));
+    obs.workers.push_back(workers.back().get());
   }
   for (int i = 0; i < n; ++i) {
     threads.emplace_back([&, i] {
@@ -509,7 +588,7 @@ int Run(int argc, char** argv) {
       ready[i].set_value(st);
       if (st.ok()) w.Run();
       running.fetch_sub(1);
-      kill(getpid(), SIGUSR1);  // wake the signal loop
+      kill(getpid(), SIGRTMIN);  // wake the signal loop
     });
   }
   absl::Status init_error;
@@ -561,6 +640,11 @@ int Run(int argc, char** argv) {
                     std::string(ctx.status().message()).c_str());
         }
       }
+    } else if (sig == SIGUSR1) {
+      // logrotate: the files were renamed; write to new ones at the paths.
+      ReopenErrorLog();
+      if (access_log) access_log->Reopen();
+      LOG_INFO("SIGUSR1: reopened log files");
     } else if (sig == SIGINT || sig == SIGTERM) {
       if (!stopping) {
         LOG_INFO("%s: stop accepting, draining for up to %llds", strsignal(sig),
@@ -574,6 +658,8 @@ int Run(int argc, char** argv) {
     }
   }
   for (auto& t : threads) t.join();
+  // Every worker handed its last lines over when its loop ended.
+  access_log.reset();
   LOG_INFO("stopped");
   // Connections left after a drain timeout are simply dropped by exit.
   _exit(0);

@@ -4,9 +4,11 @@
 #include <optional>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 
 #include "core/auth_verifier.h"
 #include "core/log.h"
+#include "core/observability.h"
 #include "core/worker.h"
 #include "http/serialize.h"
 
@@ -17,11 +19,19 @@ namespace {
 // (images) are streamed without a safety net, as nginx does when it has not
 // buffered the body.
 constexpr size_t kMaxReplayBytes = 64 * 1024;
+// A scrape answers with the shards it has after this long (a worker that
+// already stopped never answers).
+constexpr int64_t kScrapeTimeoutNs = 1'000'000'000;
 }  // namespace
+
+// Error log lines about a request name its connection and client.
+#define RELAY_LOG(level, fmt, ...)                                          \
+  LOG_##level("*%llu client %s: " fmt, static_cast<unsigned long long>(connection_), \
+              client_addr_.c_str(), ##__VA_ARGS__)
 
 Relay::Relay(Worker* worker, Downstream* downstream, http::RequestHead head,
              std::string_view client_addr, const policy::IpAddress& peer,
-             std::string_view proto)
+             std::string_view proto, uint64_t connection)
     : worker_(worker),
       downstream_(downstream),
       head_(std::move(head)),
@@ -29,16 +39,34 @@ Relay::Relay(Worker* worker, Downstream* downstream, http::RequestHead head,
       peer_(peer),
       proto_(proto),
       parser_(this),
-      read_timer_([this] { LinkFailed(504, "upstream timeout"); }),
-      send_timer_([this] { LinkFailed(504, "upstream timeout"); }),
+      read_timer_([this] {
+        fail_cause_ = "no response within --read_timeout";
+        LinkFailed(504, "upstream timeout");
+      }),
+      send_timer_([this] {
+        fail_cause_ = "request not taken within --send_timeout";
+        LinkFailed(504, "upstream timeout");
+      }),
       delay_timer_([this] {
         if (!finished_) Proceed();
-      }) {}
+      }),
+      connection_(connection),
+      start_ns_(worker->now_ns()),
+      start_unix_ns_(worker->now_unix_ns()),
+      scrape_timer_([this] {
+        RELAY_LOG(WARN, "scrape: %d worker(s) did not answer", scrape_->pending);
+        AnswerScrape();
+      }) {
+  ++worker_->metrics().active_streams;
+}
 
 Relay::~Relay() {
   DropLink();
   if (ticket_) ticket_->relay = nullptr;
+  if (scrape_) scrape_->relay = nullptr;
   policy::Policy::Release(&admission_, worker_->config().conn_table);
+  --worker_->metrics().active_streams;
+  Account();
 }
 
 policy::RequestFacts Relay::Facts() const {
@@ -63,6 +91,20 @@ policy::RequestFacts Relay::Facts() const {
 
 void Relay::Start() {
   policy_ = worker_->policy().get();
+  const Observability& obs = worker_->obs();
+  if (head_.method != "OPTIONS" || head_.target != "*") {
+    std::string_view path = head_.target;
+    path = path.substr(0, path.find('?'));
+    if (!obs.status_path.empty() && path == obs.status_path) {
+      ServeInternal(false);
+      return;
+    }
+    if (obs.metrics && !obs.metrics_path.empty() && path == obs.metrics_path) {
+      ServeInternal(true);
+      return;
+    }
+  }
+  if (obs.accounting() && head_.has_body()) request_scan_.emplace();
   const policy::RequestFacts facts = Facts();
   if (!policy_->Screen(facts, &admission_)) {
     AnswerPolicy();
@@ -103,7 +145,7 @@ void Relay::StartVerify() {
                           });
                         }};
   if (!worker_->config().auth_verifier->Submit(std::move(job))) {
-    LOG_WARN("client %s: password checks queue full", client_addr_.c_str());
+    RELAY_LOG(WARN, "password checks queue full: 503");
     admission_.status = 503;
     admission_.error = "authentication busy, retry later";
     admission_.headers.emplace_back("Retry-After", "1");
@@ -146,6 +188,35 @@ void Relay::Admit() {
 
 void Relay::AnswerPolicy() {
   finished_ = true;
+  status_ = admission_.status;
+  if (!admission_.error.empty()) {
+    body_bytes_sent_ = http::JsonErrorBody(admission_.error).size();
+  }
+  MetricsShard& m = worker_->metrics();
+  switch (admission_.status) {
+    case 401:
+      ++m.rejected_auth;
+      break;
+    case 403:
+      ++m.rejected_denied;
+      break;
+    case 429:
+      if (admission_.error == "too many concurrent requests") {
+        ++m.rejected_concurrency;
+      } else {
+        ++m.rejected_rate;
+      }
+      break;
+    case 503:
+      ++m.rejected_busy;
+      break;
+    default:
+      break;
+  }
+  if (admission_.status == 401 || admission_.status == 403) {
+    RELAY_LOG(INFO, "%s %s: %d %s", head_.method.c_str(), head_.target.c_str(),
+              admission_.status, admission_.error.c_str());
+  }
   std::vector<http::Header> headers;
   headers.reserve(admission_.headers.size());
   for (auto& [name, value] : admission_.headers) {
@@ -159,7 +230,10 @@ void Relay::Proceed() {
   // Ollama sees exactly the path the rules were checked against. The
   // proxy's own credentials and the Origin (CORS is answered here; Ollama
   // would refuse origins it does not know) stay here.
-  if (admission_.path.forward != "*") head_.target = admission_.path.forward;
+  if (admission_.path.forward != "*") {
+    original_target_ = std::move(head_.target);
+    head_.target = admission_.path.forward;
+  }
   const bool drop_credentials = policy_->auth_mode() != policy::AuthMode::kNone;
   std::erase_if(head_.headers, [&](const http::Header& h) {
     return http::EqualsIgnoreCase(h.name, "origin") ||
@@ -185,8 +259,10 @@ void Relay::Proceed() {
 bool Relay::AttachLink(bool fresh) {
   int err = 0;
   link_ = worker_->pool().Acquire(this, fresh, &err);
+  if (upstream_start_ns_ < 0) upstream_start_ns_ = worker_->now_ns();
   if (link_ == nullptr) {
-    LOG_WARN("upstream socket: %s", strerror(-err));
+    ++worker_->metrics().upstream_connect_failures;
+    fail_cause_ = absl::StrCat("no socket: ", strerror(-err));
     FailBeforeResponse(502, "upstream unavailable");
     return false;
   }
@@ -227,6 +303,7 @@ void Relay::OnRequestBody(Slice piece) {
     return;
   }
   if (link_ == nullptr || piece.empty()) return;
+  if (request_scan_) request_scan_->Feed(piece.view());
   if (head_.chunked) {
     char hdr[http::kMaxChunkHeader];
     WriteUpCopy(std::string_view(hdr, http::FormatChunkHeader(piece.size(), hdr)));
@@ -267,11 +344,12 @@ void Relay::ArmSendTimer() {
 
 void Relay::OnLinkConnected(int res) {
   if (res == 0) return;
+  ++worker_->metrics().upstream_connect_failures;
   if (res == -ECANCELED || res == -ETIMEDOUT) {
-    LOG_WARN("upstream connect timed out");
+    fail_cause_ = "connect timed out";
     LinkFailed(504, "upstream timeout");
   } else {
-    LOG_WARN("upstream connect failed: %s", strerror(-res));
+    fail_cause_ = absl::StrCat("connect failed: ", strerror(-res));
     LinkFailed(502, "upstream unavailable");
   }
 }
@@ -279,6 +357,7 @@ void Relay::OnLinkConnected(int res) {
 void Relay::OnLinkData(Slice data) {
   if (finished_) return;
   if (tunnel_) {
+    body_bytes_sent_ += data.size();
     downstream_->SendTunnelData(std::move(data));
   } else {
     if (request_done_) {
@@ -289,7 +368,7 @@ void Relay::OnLinkData(Slice data) {
     while (!data.empty()) {
       absl::StatusOr<size_t> n = parser_.Dispatch(data.view());
       if (!n.ok()) {
-        LOG_WARN("%s", std::string(n.status().message()).c_str());
+        fail_cause_ = absl::StrCat("invalid response: ", n.status().message());
         current_ = nullptr;
         LinkFailed(502, "upstream unavailable");
         return;
@@ -304,7 +383,10 @@ void Relay::OnLinkData(Slice data) {
       if (parser_.upgraded()) {
         tunnel_ = true;
         read_timer_.Disarm();
-        if (!data.empty()) downstream_->SendTunnelData(data);
+        if (!data.empty()) {
+          body_bytes_sent_ += data.size();
+          downstream_->SendTunnelData(data);
+        }
         break;
       }
       if (*n == 0) break;
@@ -328,14 +410,52 @@ void Relay::OnResponseHead(http::ResponseHead head) {
     }
   }
   head_sent_ = true;
+  status_ = response_.status;
+  // Only the generation routes answer with tokens; a model list or a pull's
+  // progress is not read.
+  if (worker_->obs().accounting() && response_.status >= 200 &&
+      response_.status < 300 && !head_.is_head() &&
+      policy::IsGenerationPath(admission_.path.match)) {
+    const http::Header* ct = response_.Find("content-type");
+    const http::BodyFormat format =
+        http::FormatForContentType(ct ? std::string_view(ct->value) : std::string_view());
+    if (format != http::BodyFormat::kOther) tokens_ = std::make_unique<TokenTrack>(format);
+  }
   downstream_->SendResponseHead(response_);
 }
 
 void Relay::OnResponseBody(std::string_view data) {
+  body_bytes_sent_ += data.size();
+  if (tokens_) {
+    if (size_t events = tokens_->scanner.Feed(data)) OnTokens(events);
+  }
   downstream_->SendResponseBody(current_->SubOf(data));
 }
 
-void Relay::OnResponseComplete() { complete_ = true; }
+void Relay::OnResponseComplete() {
+  complete_ = true;
+  if (tokens_) {
+    if (size_t events = tokens_->scanner.Finish()) OnTokens(events);
+  }
+}
+
+void Relay::OnTokens(size_t events) {
+  // Events that arrive in one read share its time: the gaps between them
+  // are zero, as the client sees them.
+  const int64_t now = worker_->now_ns();
+  TokenTrack& t = *tokens_;
+  if (t.first_ns < 0) {
+    t.first_ns = now;
+    t.last_ns = now;
+    --events;
+  }
+  for (; events > 0; --events) {
+    const int64_t gap = now - t.last_ns;
+    t.gaps.Add(gap);
+    t.gap_histogram.Observe(gap);
+    t.last_ns = now;
+  }
+}
 
 void Relay::OnLinkReadEnd(int res) {
   if (finished_) return;
@@ -351,7 +471,11 @@ void Relay::OnLinkReadEnd(int res) {
       Finish(false);
       return;
     }
-    LOG_WARN("upstream closed mid-response: %s", std::string(st.message()).c_str());
+    fail_cause_ = st.ok() ? std::string("closed the link mid-response")
+                          : absl::StrCat("closed mid-response: ", st.message());
+  } else {
+    fail_cause_ = res < 0 ? absl::StrCat("read failed: ", strerror(-res))
+                          : std::string("closed the link before answering");
   }
   LinkFailed(502, "upstream unavailable");
 }
@@ -369,6 +493,7 @@ void Relay::OnLinkWriteError(int res) {
   // The response may still be readable (an upstream that answered early and
   // closed); wait for the read side unless nothing came at all.
   if (parser_.started()) return;
+  fail_cause_ = absl::StrCat("write failed: ", strerror(-res));
   LinkFailed(502, "upstream unavailable");
 }
 
@@ -380,6 +505,8 @@ void Relay::LinkFailed(int status, std::string_view message) {
   if (link_ && link_->reused() && !retried_ && replayable_ &&
       !parser_.started() && status == 502) {
     retried_ = true;
+    RELAY_LOG(DEBUG, "reused upstream link failed (%s): retrying on a fresh one",
+              fail_cause_.c_str());
     DropLink();
     AttachLink(true);
     return;
@@ -391,8 +518,14 @@ void Relay::FailBeforeResponse(int status, std::string_view message) {
   finished_ = true;
   DropLink();
   if (head_sent_) {
+    RELAY_LOG(WARN, "%s %s: response cut short: upstream %s", head_.method.c_str(),
+              head_.target.c_str(), fail_cause_.c_str());
     downstream_->AbortResponse();
   } else {
+    status_ = status;
+    body_bytes_sent_ = http::JsonErrorBody(message).size();
+    RELAY_LOG(WARN, "%s %s: %d %s: upstream %s", head_.method.c_str(), head_.target.c_str(),
+              status, std::string(message).c_str(), fail_cause_.c_str());
     downstream_->SendError(status, message);
   }
 }
@@ -429,6 +562,11 @@ void Relay::OnDownstreamDrained() {
 }
 
 void Relay::Cancel() {
+  if (!finished_ && !tunnel_) {
+    cancelled_ = true;
+    RELAY_LOG(DEBUG, "%s %s: client went away, upstream link closed", head_.method.c_str(),
+              head_.target.c_str());
+  }
   finished_ = true;
   DropLink();
   delay_timer_.Disarm();
@@ -447,6 +585,173 @@ void Relay::OnTunnelData(Slice data) {
 void Relay::OnTunnelEnd() {
   finished_ = true;
   DropLink();
+}
+
+void Relay::ServeInternal(bool metrics) {
+  const Observability& obs = worker_->obs();
+  admission_.group = "internal";
+  const http::Header* xff = head_.Find("x-forwarded-for");
+  const policy::IpAddress client = policy_->ResolveClient(
+      peer_, xff ? absl::string_view(xff->value) : absl::string_view());
+  admission_.client_text = client.ToString();
+  if (!obs.status_allow.Contains(client)) {
+    // As nginx's `allow 127.0.0.1; deny all;` around stub_status.
+    admission_.status = 403;
+    admission_.error = "access denied for this address";
+    AnswerPolicy();
+    return;
+  }
+  if (head_.method != "GET" && head_.method != "HEAD") {
+    admission_.status = 405;
+    admission_.error = "method not allowed";
+    admission_.headers.emplace_back("Allow", "GET, HEAD");
+    AnswerPolicy();
+    return;
+  }
+  scrape_metrics_ = metrics;
+  HoldReading();
+  // Every worker copies its own counters on its own thread (they are plain
+  // integers nobody else touches) and posts the copy back here.
+  scrape_ = std::make_shared<ScrapeTicket>(
+      ScrapeTicket{this, worker_, 0, worker_->SnapshotMetrics()});
+  for (Worker* w : obs.workers) {
+    if (w == worker_) continue;
+    ++scrape_->pending;
+    w->Post([t = scrape_, w] {
+      auto shard = std::make_shared<MetricsShard>(w->SnapshotMetrics());
+      t->origin->Post([t, shard] {
+        t->total.Merge(*shard);
+        if (--t->pending == 0 && t->relay) t->relay->AnswerScrape();
+      });
+    });
+  }
+  if (scrape_->pending == 0) {
+    AnswerScrape();
+  } else {
+    worker_->Timers(kScrapeTimeoutNs)->Arm(&scrape_timer_, worker_->now_ns());
+  }
+}
+
+void Relay::AnswerScrape() {
+  if (finished_) return;
+  finished_ = true;
+  scrape_timer_.Disarm();
+  const Observability& obs = worker_->obs();
+  std::string body;
+  http::ResponseHead head;
+  head.status = 200;
+  if (scrape_metrics_) {
+    ProcessInfo info = obs.info;
+    if (obs.access_log) info.access_log_dropped_lines = obs.access_log->dropped_lines();
+    body = RenderPrometheus(scrape_->total, info);
+    head.headers.push_back(
+        http::Header{"Content-Type", "text/plain; version=0.0.4; charset=utf-8"});
+  } else {
+    body = RenderStubStatus(scrape_->total);
+    head.headers.push_back(http::Header{"Content-Type", "text/plain"});
+  }
+  head.headers.push_back(http::Header{"Cache-Control", "no-store"});
+  head.content_length = body.size();
+  scrape_->relay = nullptr;
+  scrape_.reset();
+  status_ = 200;
+  head_sent_ = true;
+  complete_ = true;
+  if (!head_.is_head()) body_bytes_sent_ = body.size();
+  if (gate_paused_) {
+    gate_paused_ = false;
+    downstream_->ResumeReading();
+  }
+  downstream_->SendResponseHead(head);
+  downstream_->SendResponseBody(Slice::FromString(std::move(body)));
+  downstream_->SendResponseEnd();
+}
+
+void Relay::Account() {
+  const Observability& obs = worker_->obs();
+  if (!obs.accounting()) return;
+  const int64_t now = worker_->now_ns();
+  // nginx logs 499 for a request whose client closed the connection first.
+  const int status = cancelled_ ? 499 : status_;
+  const int64_t request_ns = now - start_ns_;
+  const int64_t upstream_ns = upstream_start_ns_ >= 0 ? now - upstream_start_ns_ : -1;
+  const std::string_view group =
+      admission_.group.empty() ? std::string_view("other") : std::string_view(admission_.group);
+  const std::string_view principal =
+      admission_.principal.empty() ? std::string_view("-") : std::string_view(admission_.principal);
+  std::string_view model;
+  if (request_scan_ && !request_scan_->model().empty()) model = request_scan_->model();
+  if (model.empty() && tokens_ && !tokens_->scanner.usage().model.empty()) {
+    model = tokens_->scanner.usage().model;
+  }
+  int64_t prompt = -1;
+  int64_t completion = -1;
+  if (tokens_) {
+    const http::TokenUsage& u = tokens_->scanner.usage();
+    if (u.prompt_tokens) prompt = *u.prompt_tokens;
+    if (u.completion_tokens) {
+      completion = *u.completion_tokens;
+    } else if (u.token_events > 0) {
+      // A stream cut short (or without a final count): what was relayed.
+      completion = static_cast<int64_t>(u.token_events);
+    }
+  }
+
+  if (obs.metrics) {
+    MetricsShard& m = worker_->metrics();
+    RouteStats& route = m.Route(group);
+    ++route.by_status[status];
+    route.request.Observe(request_ns);
+    if (upstream_ns >= 0) route.upstream.Observe(upstream_ns);
+    if (cancelled_) ++m.client_cancellations;
+    if (tokens_) {
+      if (tokens_->first_ns >= 0) route.first_token.Observe(tokens_->first_ns - start_ns_);
+      route.token_gap.Merge(tokens_->gap_histogram);
+      if (prompt >= 0 || completion >= 0) {
+        m.AddTokens(principal, model.empty() ? std::string_view("-") : model, prompt,
+                    completion);
+      }
+    }
+  }
+
+  if (obs.access_log == nullptr) return;
+  auto field = [this](std::string_view name) -> std::string_view {
+    const http::Header* h = head_.Find(name);
+    return h ? std::string_view(h->value) : std::string_view();
+  };
+  AccessRecord r;
+  r.start_unix_ns = start_unix_ns_;
+  r.remote_addr = admission_.client_text.empty() ? std::string_view(client_addr_)
+                                                 : std::string_view(admission_.client_text);
+  r.user = admission_.user_name;
+  r.method = head_.method;
+  r.target = original_target_.empty() ? std::string_view(head_.target)
+                                      : std::string_view(original_target_);
+  r.protocol = head_.version_major == 2   ? "HTTP/2.0"
+               : head_.version_minor == 0 ? "HTTP/1.0"
+                                          : "HTTP/1.1";
+  r.status = status;
+  r.body_bytes_sent = body_bytes_sent_;
+  r.referer = field("referer");
+  r.user_agent = field("user-agent");
+  r.request_time_ns = request_ns;
+  r.upstream_time_ns = upstream_ns;
+  r.principal = admission_.principal;
+  r.route = group;
+  r.model = model;
+  if (tokens_) {
+    r.stream = tokens_->scanner.format() == http::BodyFormat::kNdjson ||
+               tokens_->scanner.format() == http::BodyFormat::kSse;
+    if (tokens_->first_ns >= 0) r.ttft_ns = tokens_->first_ns - start_ns_;
+    r.gap_p50_ns = tokens_->gaps.p50_ns();
+    r.gap_max_ns = tokens_->gaps.max_ns();
+  }
+  r.prompt_tokens = prompt;
+  r.completion_tokens = completion;
+  r.cancelled = cancelled_;
+  r.worker = worker_->index();
+  r.connection = connection_;
+  worker_->LogAccess(r);
 }
 
 }  // namespace sluice::core

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 #include <string_view>
@@ -8,8 +9,10 @@
 #include "core/buffer.h"
 #include "core/timer.h"
 #include "core/upstream_pool.h"
+#include "core/metrics.h"
 #include "http/h1_response_parser.h"
 #include "http/message.h"
+#include "http/usage_scanner.h"
 #include "policy/policy.h"
 
 namespace sluice::core {
@@ -58,9 +61,10 @@ class Downstream {
 // a reused link fails before any response byte.
 class Relay final : public LinkUser, public http::H1ResponseSink {
  public:
+  // `connection` is the client connection's number (log lines name it).
   Relay(Worker* worker, Downstream* downstream, http::RequestHead head,
         std::string_view client_addr, const policy::IpAddress& peer,
-        std::string_view proto);
+        std::string_view proto, uint64_t connection);
   ~Relay() override;
 
   // Runs the policy, then sends the request head upstream (acquiring a
@@ -101,6 +105,30 @@ class Relay final : public LinkUser, public http::H1ResponseSink {
   struct VerifyTicket {
     Relay* relay;
   };
+  // A /status or /metrics request collecting every worker's shard. Only
+  // the origin worker touches `pending` and `total` (each shard comes back
+  // through its mailbox); the relay clears `relay` when it goes.
+  struct ScrapeTicket {
+    Relay* relay;
+    Worker* origin;
+    int pending;
+    MetricsShard total;
+  };
+  // The token events of a streamed (or JSON) answer, read as it is relayed.
+  struct TokenTrack {
+    explicit TokenTrack(http::BodyFormat format) : scanner(format) {}
+    http::ResponseScanner scanner;
+    GapSketch gaps;
+    Histogram gap_histogram{HistogramKind::kTokenGap};
+    int64_t first_ns = -1;
+    int64_t last_ns = -1;
+  };
+  // /status and /metrics: answered here from every worker's counters.
+  void ServeInternal(bool metrics);
+  void AnswerScrape();
+  void OnTokens(size_t events);
+  // Logs the request and counts it (at destruction: every path ends there).
+  void Account();
   policy::RequestFacts Facts() const;
   void StartVerify();
   void OnVerified(bool valid);
@@ -155,6 +183,21 @@ class Relay final : public LinkUser, public http::H1ResponseSink {
   Gate gate_ = Gate::kChecking;
   bool gate_paused_ = false;
   bool end_held_ = false;
+  // Accounting (access log, metrics).
+  uint64_t connection_;
+  int64_t start_ns_;
+  int64_t start_unix_ns_;
+  int64_t upstream_start_ns_ = -1;
+  uint64_t body_bytes_sent_ = 0;
+  int status_ = 0;  // the status the client was sent
+  bool cancelled_ = false;
+  bool scrape_metrics_ = false;
+  std::string original_target_;
+  std::string fail_cause_;  // why the upstream failed, for the error log  // before normalisation, for the log
+  std::optional<http::RequestScanner> request_scan_;
+  std::unique_ptr<TokenTrack> tokens_;
+  std::shared_ptr<ScrapeTicket> scrape_;
+  Timer scrape_timer_;
 };
 
 }  // namespace sluice::core

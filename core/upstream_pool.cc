@@ -67,7 +67,7 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
     link->idle_timer_.Disarm();
     link->user_ = user;
     link->reused_ = true;
-    worker_->stats().upstream_reused.fetch_add(1, std::memory_order_relaxed);
+    ++worker_->metrics().upstream_reused;
     return link;
   }
   const Config& cfg = worker_->config();
@@ -82,7 +82,7 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
   link = new UpstreamLink(this, worker_, fd);
   ++open_;
   link->user_ = user;
-  worker_->stats().upstream_connects.fetch_add(1, std::memory_order_relaxed);
+  ++worker_->metrics().upstream_connects;
   link->stream_.Connect(cfg.upstream.get(), cfg.upstream.len,
                         cfg.connect_timeout_ns);
   return link;

@@ -14,6 +14,7 @@
 #include "core/client_connection.h"
 #include "core/snapshot_slot.h"
 #include "core/log.h"
+#include "core/observability.h"
 #include "absl/time/time.h"
 #include "core/stream.h"
 #include "core/upstream_pool.h"
@@ -39,7 +40,15 @@ policy::IpAddress PeerAddress(int fd) {
 
 Worker::Worker(int index, const Config& config, std::vector<Listener> listeners,
                int cpu)
-    : index_(index), config_(config), cpu_(cpu) {
+    : index_(index),
+      config_(config),
+      cpu_(cpu),
+      access_flush_timer_([this] { FlushAccessLog(); }) {
+  static const Observability kDefaults;
+  obs_ = config_.obs ? config_.obs : &kDefaults;
+  if (obs_->access_log) {
+    access_formatter_ = std::make_unique<AccessLogFormatter>(obs_->access_log_format);
+  }
   for (const Listener& l : listeners) {
     auto op = std::make_unique<AcceptOp>();
     op->w = this;
@@ -144,7 +153,8 @@ void Worker::OnAccept(AcceptOp* op, int res, uint32_t flags) {
     if (draining_) {
       ::close(res);
     } else {
-      stats_.accepted.fetch_add(1, std::memory_order_relaxed);
+      ++metrics_.connections_accepted;
+      ++metrics_.connections_handled;
       int one = 1;
       ::setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
       std::shared_ptr<const tls::TlsContext> tls;
@@ -158,7 +168,8 @@ void Worker::OnAccept(AcceptOp* op, int res, uint32_t flags) {
       }
       auto* conn = new ClientConnection(this, res, PeerAddress(res), op->listener.kind,
                                         std::move(tls));
-      LOG_DEBUG("client %s: accepted", conn->client_addr().c_str());
+      LOG_DEBUG("*%llu client %s: accepted", static_cast<unsigned long long>(conn->number()),
+                conn->client_addr().c_str());
       conn->Start();
     }
   } else if (res != -ECANCELED) {
@@ -203,7 +214,74 @@ void Worker::BeginDrain() {
   LOG_INFO("draining %zu connection(s)", connections_.size());
 }
 
-void Worker::UpdateClock() { now_ns_ = MonotonicNs(); }
+void Worker::UpdateClock() {
+  now_ns_ = MonotonicNs();
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  now_unix_ns_ = static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+MetricsShard Worker::SnapshotMetrics() const {
+  MetricsShard copy = metrics_;
+  copy.upstream_open = static_cast<int64_t>(pool_->open_count());
+  copy.upstream_idle = static_cast<int64_t>(pool_->idle_count());
+  return copy;
+}
+
+// A worker's buffer goes to the writer thread at this size (one write(2)),
+// or --access_log_flush after its first line, whichever comes first.
+constexpr size_t kAccessBufferBytes = 64 * 1024;
+
+void Worker::LogAccess(const AccessRecord& record) {
+  if (!access_formatter_) return;
+  access_formatter_->Append(record, &access_buf_);
+  ++access_lines_;
+  if (access_buf_.size() >= kAccessBufferBytes) {
+    FlushAccessLog();
+  } else if (!access_flush_timer_.armed()) {
+    Timers(obs_->access_log_flush_ns)->Arm(&access_flush_timer_, now_ns_);
+  }
+}
+
+void Worker::AccountBare(const http::RequestHead* head, std::string_view client, int status,
+                         uint64_t body_bytes, int64_t start_ns, int64_t start_unix_ns,
+                         uint64_t connection, std::string_view group) {
+  if (obs_->metrics) {
+    RouteStats& route = metrics_.Route(group);
+    ++route.by_status[status];
+    route.request.Observe(now_ns_ - start_ns);
+  }
+  if (!access_formatter_) return;
+  AccessRecord r;
+  r.start_unix_ns = start_unix_ns;
+  r.remote_addr = client;
+  if (head) {
+    r.method = head->method;
+    r.target = head->target;
+    r.protocol = head->version_major == 2   ? "HTTP/2.0"
+                 : head->version_minor == 0 ? "HTTP/1.0"
+                                            : "HTTP/1.1";
+    if (const http::Header* h = head->Find("referer")) r.referer = h->value;
+    if (const http::Header* h = head->Find("user-agent")) r.user_agent = h->value;
+  }
+  r.status = status;
+  r.body_bytes_sent = body_bytes;
+  r.request_time_ns = now_ns_ - start_ns;
+  r.route = group;
+  r.worker = index_;
+  r.connection = connection;
+  LogAccess(r);
+}
+
+void Worker::FlushAccessLog() {
+  access_flush_timer_.Disarm();
+  if (access_buf_.empty() || !obs_->access_log) return;
+  std::string lines;
+  lines.reserve(kAccessBufferBytes + 1024);
+  lines.swap(access_buf_);
+  obs_->access_log->Submit(std::move(lines), access_lines_);
+  access_lines_ = 0;
+}
 
 int64_t Worker::NextTimeout() const {
   int64_t next = -1;
@@ -266,6 +344,7 @@ void Worker::Run() {
       }
     }
   }
+  FlushAccessLog();
 }
 
 }  // namespace sluice::core

@@ -11,8 +11,11 @@
 #include "absl/status/status.h"
 #include "core/buffer.h"
 #include "core/config.h"
+#include "core/metrics.h"
+#include "core/access_log.h"
 #include "core/ring.h"
 #include "core/timer.h"
+#include "http/message.h"
 #include "policy/basic_auth_cache.h"
 #include "policy/policy.h"
 #include "tls/tls_context.h"
@@ -35,20 +38,12 @@ class Flushable {
 };
 class ClientConnection;
 enum class ListenerKind;
+struct Observability;
 
 // A bound, listening SO_REUSEPORT socket a worker owns, and what it serves.
 struct Listener {
   int fd = -1;
   ListenerKind kind;
-};
-
-// Per-worker counters, summed by whoever reads them. Written only by the
-// owning worker (relaxed atomics, so a reader on another thread is safe).
-struct WorkerStats {
-  std::atomic<uint64_t> accepted{0};
-  std::atomic<uint64_t> requests{0};
-  std::atomic<uint64_t> upstream_connects{0};
-  std::atomic<uint64_t> upstream_reused{0};
 };
 
 // One thread pinned to one CPU with everything it needs: its own io_uring,
@@ -71,9 +66,35 @@ class Worker {
   Ring& ring() { return ring_; }
   BufferRing& buffers() { return buffers_; }
   const Config& config() const { return config_; }
+  // Logs and metrics settings (defaults when the config names none).
+  const Observability& obs() const { return *obs_; }
   int64_t now_ns() const { return now_ns_; }
   UpstreamPool& pool() { return *pool_; }
-  WorkerStats& stats() { return stats_; }
+  // This worker's counters: plain integers, touched only on this thread. A
+  // scrape asks for a copy (SnapshotMetrics) through Post.
+  MetricsShard& metrics() { return metrics_; }
+  // A copy of the counters with the gauges filled in (pool, connections).
+  MetricsShard SnapshotMetrics() const;
+  // Wall clock of this loop turn (for log time stamps).
+  int64_t now_unix_ns() const { return now_unix_ns_; }
+  // A number for a new client connection, unique in the process (log lines
+  // and the JSON access log name connections by it, as nginx's "*N").
+  uint64_t NextConnectionNumber() {
+    return ++connections_numbered_ * static_cast<uint64_t>(config_.threads) +
+           static_cast<uint64_t>(index_) + 1 - static_cast<uint64_t>(config_.threads);
+  }
+  // Counts and logs a request answered without a relay (a 400 from the
+  // codec, a 408, a redirect): `head` may be null when no request head was
+  // read.
+  void AccountBare(const http::RequestHead* head, std::string_view client, int status,
+                   uint64_t body_bytes, int64_t start_ns, int64_t start_unix_ns,
+                   uint64_t connection, std::string_view group);
+  // Formats one access log line into this worker's buffer; the buffer goes
+  // to the log file's thread when it is full or --access_log_flush after
+  // its first line. No-op with --access_log=off.
+  void LogAccess(const AccessRecord& record);
+  // Hands the buffered lines to the log file's thread now.
+  void FlushAccessLog();
   bool draining() const { return draining_; }
   int index() const { return index_; }
 
@@ -152,7 +173,14 @@ class Worker {
   std::shared_ptr<const tls::TlsContext> tls_context_;
   uint64_t tls_generation_ = ~0ull;
   std::unique_ptr<UpstreamPool> pool_;
-  WorkerStats stats_;
+  const Observability* obs_;
+  MetricsShard metrics_;
+  int64_t now_unix_ns_ = 0;
+  uint64_t connections_numbered_ = 0;
+  std::unique_ptr<AccessLogFormatter> access_formatter_;
+  std::string access_buf_;
+  uint64_t access_lines_ = 0;
+  Timer access_flush_timer_;
   std::shared_ptr<const policy::Policy> policy_;
   uint64_t policy_generation_ = ~0ull;
   std::unique_ptr<policy::BasicAuthCache> auth_cache_;

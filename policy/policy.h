@@ -194,6 +194,12 @@ class Policy {
   // not need the snapshot the request was admitted with.
   static void Release(Admission* a, ConcurrencyTable* conns);
 
+  // The client a request comes from: the TCP peer, or the address a
+  // trusted proxy put in X-Forwarded-For (as Screen resolves it).
+  IpAddress ResolveClient(const IpAddress& peer, absl::string_view forwarded_for) const {
+    return ClientAddressFromXff(peer, forwarded_for, trusted_proxies_);
+  }
+
   AuthMode auth_mode() const { return auth_; }
   uint64_t generation() const { return generation_; }
   const std::vector<Route>& routes() const { return routes_; }
