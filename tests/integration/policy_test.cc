@@ -411,9 +411,9 @@ TEST_F(PolicyIt, EachClientAddressIsSteeredToOneWorker) {
   for (absl::string_view line : absl::StrSplit(sluice_->Stderr(), '\n')) {
     if (!absl::StrContains(line, ": accepted")) continue;
     std::vector<std::string> words = absl::StrSplit(line, ' ', absl::SkipEmpty());
-    // "DATE TIME [debug] wN: client ADDR: accepted"
-    ASSERT_GE(words.size(), 7u) << line;
-    std::string addr = words[5];
+    // "DATE TIME [debug] wN: *CONN client ADDR: accepted"
+    ASSERT_GE(words.size(), 8u) << line;
+    std::string addr = words[6];
     addr.pop_back();  // ':'
     workers[addr].insert(words[3]);
   }
