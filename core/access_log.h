@@ -48,6 +48,19 @@ struct AccessRecord {
   uint64_t connection = 0;        // the connection's number (log lines name it)
 };
 
+// The request's own fields of a record: method, target, protocol
+// ("HTTP/2.0" for HTTP/2), Referer and User-Agent. Views into `head`.
+template <typename RequestHead>
+void DescribeRequest(const RequestHead& head, AccessRecord* r) {
+  r->method = head.method;
+  r->target = head.target;
+  r->protocol = head.version_major == 2   ? "HTTP/2.0"
+                : head.version_minor == 0 ? "HTTP/1.0"
+                                          : "HTTP/1.1";
+  if (const auto* h = head.Find("referer")) r->referer = h->value;
+  if (const auto* h = head.Find("user-agent")) r->user_agent = h->value;
+}
+
 // Formats access log lines. One per worker: it caches the formatted local
 // time for the current second (localtime_r takes a lock in glibc).
 class AccessLogFormatter {

@@ -715,25 +715,15 @@ void Relay::Account() {
   }
 
   if (obs.access_log == nullptr) return;
-  auto field = [this](std::string_view name) -> std::string_view {
-    const http::Header* h = head_.Find(name);
-    return h ? std::string_view(h->value) : std::string_view();
-  };
   AccessRecord r;
+  DescribeRequest(head_, &r);
+  if (!original_target_.empty()) r.target = original_target_;
   r.start_unix_ns = start_unix_ns_;
   r.remote_addr = admission_.client_text.empty() ? std::string_view(client_addr_)
                                                  : std::string_view(admission_.client_text);
   r.user = admission_.user_name;
-  r.method = head_.method;
-  r.target = original_target_.empty() ? std::string_view(head_.target)
-                                      : std::string_view(original_target_);
-  r.protocol = head_.version_major == 2   ? "HTTP/2.0"
-               : head_.version_minor == 0 ? "HTTP/1.0"
-                                          : "HTTP/1.1";
   r.status = status;
   r.body_bytes_sent = body_bytes_sent_;
-  r.referer = field("referer");
-  r.user_agent = field("user-agent");
   r.request_time_ns = request_ns;
   r.upstream_time_ns = upstream_ns;
   r.principal = admission_.principal;

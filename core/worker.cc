@@ -255,15 +255,7 @@ void Worker::AccountBare(const http::RequestHead* head, std::string_view client,
   AccessRecord r;
   r.start_unix_ns = start_unix_ns;
   r.remote_addr = client;
-  if (head) {
-    r.method = head->method;
-    r.target = head->target;
-    r.protocol = head->version_major == 2   ? "HTTP/2.0"
-                 : head->version_minor == 0 ? "HTTP/1.0"
-                                            : "HTTP/1.1";
-    if (const http::Header* h = head->Find("referer")) r.referer = h->value;
-    if (const http::Header* h = head->Find("user-agent")) r.user_agent = h->value;
-  }
+  if (head) DescribeRequest(*head, &r);
   r.status = status;
   r.body_bytes_sent = body_bytes;
   r.request_time_ns = now_ns_ - start_ns;
