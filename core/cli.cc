@@ -192,4 +192,38 @@ absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view text,
   return out;
 }
 
+bool AbslParseFlag(absl::string_view text, ByteSize* out, std::string* error) {
+  std::string t(text);
+  if (t.empty()) {
+    *error = "empty size";
+    return false;
+  }
+  uint64_t mult = 1;
+  switch (t.back()) {
+    case 'k': case 'K': mult = 1ull << 10; t.pop_back(); break;
+    case 'm': case 'M': mult = 1ull << 20; t.pop_back(); break;
+    case 'g': case 'G': mult = 1ull << 30; t.pop_back(); break;
+    default: break;
+  }
+  if (t.empty() || t.find_first_not_of("0123456789") != std::string::npos || t.size() > 12) {
+    *error = "expected a number of bytes with an optional k, m or g suffix";
+    return false;
+  }
+  uint64_t n = std::stoull(t);
+  if (n > UINT64_MAX / mult) {
+    *error = "size too large";
+    return false;
+  }
+  out->bytes = n * mult;
+  return true;
+}
+
+std::string AbslUnparseFlag(ByteSize s) {
+  if (s.bytes != 0 && s.bytes % (1ull << 30) == 0) return absl::StrCat(s.bytes >> 30, "G");
+  if (s.bytes != 0 && s.bytes % (1ull << 20) == 0) return absl::StrCat(s.bytes >> 20, "M");
+  if (s.bytes != 0 && s.bytes % (1ull << 10) == 0) return absl::StrCat(s.bytes >> 10, "K");
+  return absl::StrCat(s.bytes);
+}
+
+
 }  // namespace sluice::core

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include "absl/strings/string_view.h"
 #include <vector>
@@ -16,6 +17,14 @@ namespace sluice::core {
 // that names the flag. Returns the positional arguments.
 std::vector<std::string> ParseFlagsOrExit(int argc, char** argv,
                                           absl::string_view usage);
+
+// A byte count flag: plain bytes or with a k/m/g suffix (powers of 1024),
+// as nginx writes client_max_body_size.
+struct ByteSize {
+  uint64_t bytes = 0;
+};
+bool AbslParseFlag(absl::string_view text, ByteSize* out, std::string* error);
+std::string AbslUnparseFlag(ByteSize s);
 
 // Prints `message` as "sluice: <message>" and exits 2 (bad invocation).
 [[noreturn]] void UsageError(absl::string_view message);
