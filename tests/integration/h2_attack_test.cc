@@ -36,6 +36,7 @@
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 #include "tests/integration/h2_frames.h"
+#include "tests/integration/proc_stats.h"
 #include "tests/integration/proxy_test_base.h"
 #include "tests/integration/timing.h"
 
@@ -61,49 +62,6 @@ const absl::Duration kProbeBound = absl::Seconds(2) * TimingSlack();
 // (glibc keeps freed arenas) while still catching growth that follows the
 // flood's size (5000 streams x 64 KiB would be 312 MiB).
 constexpr int64_t kRssBoundKib = 64 * 1024;
-
-// ------------------------------------------------------------ /proc
-
-struct ProcSample {
-  int64_t rss_kib = -1;
-  double cpu_s = -1;  // utime + stime
-};
-
-ProcSample SampleProc(pid_t pid) {
-  ProcSample s;
-  {
-    std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-    std::string line;
-    while (std::getline(in, line)) {
-      if (!absl::StartsWith(line, "VmRSS:")) continue;
-      std::string digits;
-      for (char c : line) {
-        if (c >= '0' && c <= '9') digits.push_back(c);
-      }
-      int64_t v;
-      if (absl::SimpleAtoi(digits, &v)) s.rss_kib = v;
-    }
-  }
-  {
-    std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-    std::string stat((std::istreambuf_iterator<char>(in)),
-                     std::istreambuf_iterator<char>());
-    // Fields after the command name (which may hold spaces): state is
-    // field 3, utime 14, stime 15.
-    size_t close = stat.rfind(')');
-    if (close != std::string::npos) {
-      std::vector<std::string> f =
-          absl::StrSplit(stat.substr(close + 2), ' ', absl::SkipEmpty());
-      int64_t ut = 0, st = 0;
-      if (f.size() > 12 && absl::SimpleAtoi(f[11], &ut) &&
-          absl::SimpleAtoi(f[12], &st)) {
-        s.cpu_s = static_cast<double>(ut + st) /
-                  static_cast<double>(sysconf(_SC_CLK_TCK));
-      }
-    }
-  }
-  return s;
-}
 
 // ------------------------------------------------------------ probes
 
