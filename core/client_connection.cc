@@ -66,7 +66,7 @@ void ClientConnection::SetPhase(Phase phase) {
 }
 
 void ClientConnection::Start() {
-  worker_->AddConnection(this);
+  worker_->AddConnection(this, over_limit_);
   if (kind_ == ListenerKind::kRedirect) {
     StartSession(std::make_unique<H1Downstream>(this));
   } else if (kind_ == ListenerKind::kTls) {
@@ -310,7 +310,7 @@ void ClientConnection::Flush() {
 }
 
 void ClientConnection::OnClosed() {
-  worker_->RemoveConnection(this);
+  worker_->RemoveConnection(this, over_limit_);
   delete this;
 }
 

@@ -59,6 +59,10 @@ class ClientConnection final : public StreamHandler, public Flushable {
   ~ClientConnection() override;
 
   void Start();
+  // Accepted past --max_connections: its requests are answered 503 with
+  // Retry-After and the connection is closed after the first answer.
+  void MarkOverLimit() { over_limit_ = true; }
+  bool over_limit() const { return over_limit_; }
   // The worker is draining: sessions finish their requests, then close.
   void Drain();
 
@@ -162,6 +166,7 @@ class ClientConnection final : public StreamHandler, public Flushable {
   bool draining_ = false;
   bool close_when_written_ = false;
   bool lingering_ = false;
+  bool over_limit_ = false;
 };
 
 }  // namespace sluice::core

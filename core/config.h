@@ -67,7 +67,10 @@ struct Config {
   int64_t drain_timeout_ns = 30'000'000'000;
   uint64_t client_max_body_size = 100ull << 20;
   size_t max_header_bytes = 64 << 10;
-  int max_connections = 0;  // per worker; 0: unlimited
+  int max_connections = 0;  // --max_connections as given (0: derived)
+  // The cap each worker applies (see ConnectionsPerWorker in main.cc);
+  // 0: none (tests that build a Config by hand).
+  int max_connections_per_worker = 0;
   // Provided receive buffers per worker (a power of two) and their size.
   uint32_t recv_buffers = 4096;
   uint32_t recv_buffer_size = 16 << 10;

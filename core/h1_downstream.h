@@ -63,6 +63,8 @@ class H1Downstream final : public ClientSession,
   bool congested() const override { return conn_->congested(); }
   void PauseReading() override;
   void ResumeReading() override;
+  bool over_limit() const override { return conn_->over_limit(); }
+  void CloseAfterResponse() override { close_after_ = true; }
 
   void ProcessInput();
   void FinishExchange();

@@ -338,4 +338,12 @@ void H2Downstream::StreamState::ResumeReading() {
   }
 }
 
+bool H2Downstream::StreamState::over_limit() const {
+  return session_->conn_->over_limit();
+}
+
+// GOAWAY, as on a drain: the streams in flight are still answered (503
+// too), then the connection closes.
+void H2Downstream::StreamState::CloseAfterResponse() { session_->Drain(); }
+
 }  // namespace sluice::core

@@ -58,6 +58,8 @@ class H2Downstream final : public ClientSession, public http::H2StreamSink {
     bool congested() const override;
     void PauseReading() override;
     void ResumeReading() override;
+    bool over_limit() const override;
+    void CloseAfterResponse() override;
 
     H2Downstream* session_;
     int32_t id_;

@@ -6,6 +6,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <linux/filter.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -92,6 +93,12 @@ ABSL_FLAG(ByteSize, client_max_body_size, ByteSize{100ull << 20},
           "Largest request body (413 above it).");
 ABSL_FLAG(ByteSize, max_header_bytes, ByteSize{64ull << 10},
           "Largest request line plus headers (431 above it).");
+ABSL_FLAG(int32_t, max_connections, 0,
+          "Client connections the process holds at once (shared evenly by the "
+          "workers; 0: derived from the open-files limit, half of it less a "
+          "reserve, so each connection can have an upstream link). Past it, a "
+          "connection's first request is answered 503 with Retry-After and the "
+          "connection closed; a small allowance beyond that is closed at accept.");
 ABSL_FLAG(absl::Duration, busy_poll, absl::ZeroDuration(),
           "Before a worker sleeps, poll for completions this long (e.g. 50us). "
           "Cuts the added per-chunk delay where waking an idle CPU is slow "
@@ -261,6 +268,10 @@ Config BuildConfig() {
   c.client_max_body_size = absl::GetFlag(FLAGS_client_max_body_size).bytes;
   c.max_header_bytes = absl::GetFlag(FLAGS_max_header_bytes).bytes;
   if (c.max_header_bytes < 256) UsageError("--max_header_bytes: must be at least 256");
+  c.max_connections = absl::GetFlag(FLAGS_max_connections);
+  if (c.max_connections < 0 || c.max_connections > 10'000'000) {
+    UsageError("--max_connections: must be between 0 and 10000000");
+  }
 
   absl::Duration busy = absl::GetFlag(FLAGS_busy_poll);
   if (busy < absl::ZeroDuration() || busy > absl::Milliseconds(10)) {
@@ -275,6 +286,28 @@ Config BuildConfig() {
   }
   if (c.log_level < 0) UsageError("--log_level: expected debug, info, warn or error");
   return c;
+}
+
+// Raises RLIMIT_NOFILE's soft limit to the hard one; returns the soft
+// limit in force.
+int64_t RaiseOpenFilesLimit() {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 1024;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rlimit raised = rl;
+    raised.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) rl = raised;
+  }
+  return rl.rlim_cur == RLIM_INFINITY ? int64_t{1} << 20 : static_cast<int64_t>(rl.rlim_cur);
+}
+
+// --max_connections shared by `workers` (rounded up), or when 0, half the
+// open-files limit less a reserve for listeners, rings, logs and the
+// process's own files: each client connection may hold one upstream link.
+int ConnectionsPerWorker(int max_connections, int64_t nofile, int workers) {
+  int64_t total = max_connections;
+  if (total == 0) total = std::max<int64_t>(16, (nofile - 256) / 2);
+  return static_cast<int>((total + workers - 1) / workers);
 }
 
 std::vector<int> AllowedCpus() {
@@ -494,6 +527,11 @@ int Run(int argc, char** argv) {
   std::vector<int> cpus = AllowedCpus();
   const int n = config.threads > 0 ? config.threads : static_cast<int>(cpus.size());
   config.threads = n;
+  // Open files: raised to the hard limit, as nginx's worker_rlimit_nofile
+  // would be set; the connection cap follows from it unless given.
+  const int64_t nofile = RaiseOpenFilesLimit();
+  config.max_connections_per_worker =
+      ConnectionsPerWorker(config.max_connections, nofile, n);
   // One stripe group per worker: see AttachSteering.
   policy::RateTable rate_table(static_cast<size_t>(table_entries), static_cast<size_t>(n));
   config.rate_table = &rate_table;

@@ -175,6 +175,8 @@ void MetricsShard::Merge(const MetricsShard& o) {
   rejected_rate += o.rejected_rate;
   rejected_concurrency += o.rejected_concurrency;
   rejected_busy += o.rejected_busy;
+  rejected_overload += o.rejected_overload;
+  connections_dropped += o.connections_dropped;
   client_cancellations += o.client_cancellations;
   connections_reading += o.connections_reading;
   connections_writing += o.connections_writing;
@@ -398,13 +400,18 @@ std::string RenderPrometheus(const MetricsShard& total, const ProcessInfo& info)
 
   AppendFamily(&out, "sluice_rejections_total", "counter",
                "Requests refused by policy: auth (401), denied (403), rate_limit and "
-               "concurrency (429), busy (503).");
+               "concurrency (429), busy and overload (503).");
   AppendSample(&out, "sluice_rejections_total", {{"reason", "auth"}}, U(total.rejected_auth));
   AppendSample(&out, "sluice_rejections_total", {{"reason", "denied"}}, U(total.rejected_denied));
   AppendSample(&out, "sluice_rejections_total", {{"reason", "rate_limit"}}, U(total.rejected_rate));
   AppendSample(&out, "sluice_rejections_total", {{"reason", "concurrency"}},
                U(total.rejected_concurrency));
   AppendSample(&out, "sluice_rejections_total", {{"reason", "busy"}}, U(total.rejected_busy));
+  AppendSample(&out, "sluice_rejections_total", {{"reason", "overload"}},
+               U(total.rejected_overload));
+  AppendCounter(&out, "sluice_connections_dropped_total",
+                "Connections closed at accept: past --max_connections and its 503 allowance.",
+                total.connections_dropped);
 
   AppendCounter(&out, "sluice_client_cancellations_total",
                 "Requests whose client went away first (logged as 499).",

@@ -111,6 +111,8 @@ struct MetricsShard {
   uint64_t rejected_rate = 0;         // 429 by a rate zone
   uint64_t rejected_concurrency = 0;  // 429 by a stream cap
   uint64_t rejected_busy = 0;         // 503: password checks queue full
+  uint64_t rejected_overload = 0;     // 503: connection past --max_connections
+  uint64_t connections_dropped = 0;   // closed at accept, past the allowance
   uint64_t client_cancellations = 0;  // logged as 499
   // Gauges: filled in by the worker when it makes its copy.
   int64_t connections_reading = 0;

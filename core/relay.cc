@@ -22,6 +22,7 @@ constexpr size_t kMaxReplayBytes = 64 * 1024;
 // A scrape answers with the shards it has after this long (a worker that
 // already stopped never answers).
 constexpr int64_t kScrapeTimeoutNs = 1'000'000'000;
+constexpr std::string_view kOverloadError = "server at its connection limit, retry later";
 }  // namespace
 
 // Error log lines about a request name its connection and client.
@@ -103,6 +104,14 @@ void Relay::Start() {
       ServeInternal(true);
       return;
     }
+  }
+  if (downstream_->over_limit()) {
+    admission_.status = 503;
+    admission_.error = kOverloadError;
+    admission_.headers.emplace_back("Retry-After", "1");
+    downstream_->CloseAfterResponse();
+    AnswerPolicy();
+    return;
   }
   if (obs.accounting() && head_.has_body()) request_scan_.emplace();
   const policy::RequestFacts facts = Facts();
@@ -208,7 +217,11 @@ void Relay::AnswerPolicy() {
       }
       break;
     case 503:
-      ++m.rejected_busy;
+      if (admission_.error == kOverloadError) {
+        ++m.rejected_overload;
+      } else {
+        ++m.rejected_busy;
+      }
       break;
     default:
       break;

@@ -36,6 +36,12 @@ class Downstream {
   // is empty (a CORS preflight's 204), with `headers` added. Only before SendResponseHead.
   virtual void SendPolicyAnswer(int status, std::string_view error,
                                 const std::vector<http::Header>& headers) = 0;
+  // The connection was accepted past --max_connections: its requests are
+  // answered 503, after which it closes.
+  virtual bool over_limit() const { return false; }
+  // Close the connection (HTTP/1.1) or send GOAWAY (HTTP/2) after this
+  // response.
+  virtual void CloseAfterResponse() {}
   // The request passed the policy and goes upstream now (an HTTP/1.1
   // client waiting on Expect: 100-continue may send its body).
   virtual void OnAdmitted() {}

@@ -147,13 +147,33 @@ void Worker::ArmWake() {
   io_uring_sqe_set_data(sqe, &wake_op_);
 }
 
+// Past --max_connections a worker still takes in this many more, to tell
+// them 503 with Retry-After (a client then knows to back off, where a
+// closed socket looks like a crash); past that allowance a socket is closed
+// at accept, which costs nothing. stub_status counts those as accepted but
+// not handled, as nginx does when worker_connections runs out.
+size_t Worker::OverLimitAllowance() const {
+  return std::max<size_t>(16, static_cast<size_t>(config_.max_connections_per_worker) / 8);
+}
+
 void Worker::OnAccept(AcceptOp* op, int res, uint32_t flags) {
   if (!(flags & IORING_CQE_F_MORE)) op->armed = false;
-  if (res >= 0) {
-    if (draining_) {
+  if (res >= 0 && draining_) {
+    ::close(res);
+  } else if (res >= 0) {
+    ++metrics_.connections_accepted;
+    const size_t cap = static_cast<size_t>(config_.max_connections_per_worker);
+    const bool over_limit = cap > 0 && connections_.size() - over_limit_connections_ >= cap;
+    if (over_limit && now_ns_ - overload_logged_ns_ >= 1'000'000'000) {
+      overload_logged_ns_ = now_ns_;
+      LOG_WARN("at the connection cap (%zu per worker, --max_connections): "
+               "new connections get 503",
+               cap);
+    }
+    if (over_limit && over_limit_connections_ >= OverLimitAllowance()) {
       ::close(res);
+      ++metrics_.connections_dropped;
     } else {
-      ++metrics_.connections_accepted;
       ++metrics_.connections_handled;
       int one = 1;
       ::setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -168,8 +188,9 @@ void Worker::OnAccept(AcceptOp* op, int res, uint32_t flags) {
       }
       auto* conn = new ClientConnection(this, res, PeerAddress(res), op->listener.kind,
                                         std::move(tls));
-      LOG_DEBUG("*%llu client %s: accepted", static_cast<unsigned long long>(conn->number()),
-                conn->client_addr().c_str());
+      if (over_limit) conn->MarkOverLimit();
+      LOG_DEBUG("*%llu client %s: accepted%s", static_cast<unsigned long long>(conn->number()),
+                conn->client_addr().c_str(), over_limit ? " past the connection cap" : "");
       conn->Start();
     }
   } else if (res != -ECANCELED) {

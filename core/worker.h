@@ -123,8 +123,15 @@ class Worker {
   void AddStarved(Stream* s) { starved_.push_back(s); }
   void RemoveStarved(Stream* s);
 
-  void AddConnection(ClientConnection* c) { connections_.insert(c); }
-  void RemoveConnection(ClientConnection* c) { connections_.erase(c); }
+  size_t OverLimitAllowance() const;
+  void AddConnection(ClientConnection* c, bool over_limit) {
+    connections_.insert(c);
+    over_limit_connections_ += over_limit;
+  }
+  void RemoveConnection(ClientConnection* c, bool over_limit) {
+    connections_.erase(c);
+    over_limit_connections_ -= over_limit;
+  }
 
  private:
   struct AcceptOp final : Completion {
@@ -169,6 +176,9 @@ class Worker {
   std::vector<Flushable*> flush_;
   uint64_t recycled_seen_ = 0;
   absl::flat_hash_set<ClientConnection*> connections_;
+  // Of connections_, those accepted past the cap (answered 503, then closed).
+  size_t over_limit_connections_ = 0;
+  int64_t overload_logged_ns_ = 0;  // last "connection limit" warning
   // This worker's copy of the TLS context and the slot generation it is of.
   std::shared_ptr<const tls::TlsContext> tls_context_;
   uint64_t tls_generation_ = ~0ull;
