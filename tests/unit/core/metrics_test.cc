@@ -228,7 +228,8 @@ MetricsShard Numbered(uint64_t base) {
        {&m.connections_accepted, &m.connections_handled, &m.requests, &m.tls_handshakes,
         &m.tls_resumptions, &m.tls_handshake_failures, &m.upstream_connects, &m.upstream_reused,
         &m.upstream_connect_failures, &m.rejected_auth, &m.rejected_denied, &m.rejected_rate,
-        &m.rejected_concurrency, &m.rejected_busy, &m.client_cancellations}) {
+        &m.rejected_concurrency, &m.rejected_busy, &m.rejected_overload, &m.connections_dropped,
+        &m.client_cancellations}) {
     *f = v++;
   }
   for (int64_t* f : {&m.connections_reading, &m.connections_writing, &m.connections_waiting,
@@ -269,6 +270,8 @@ TEST(MetricsShardTest, MergeSumsCountersGaugesRoutesAndTokens) {
   EXPECT_EQ(a.rejected_rate, want_a.rejected_rate + want_b.rejected_rate);
   EXPECT_EQ(a.rejected_concurrency, want_a.rejected_concurrency + want_b.rejected_concurrency);
   EXPECT_EQ(a.rejected_busy, want_a.rejected_busy + want_b.rejected_busy);
+  EXPECT_EQ(a.rejected_overload, want_a.rejected_overload + want_b.rejected_overload);
+  EXPECT_EQ(a.connections_dropped, want_a.connections_dropped + want_b.connections_dropped);
   EXPECT_EQ(a.client_cancellations, want_a.client_cancellations + want_b.client_cancellations);
   EXPECT_EQ(a.connections_reading, want_a.connections_reading + want_b.connections_reading);
   EXPECT_EQ(a.connections_writing, want_a.connections_writing + want_b.connections_writing);
@@ -313,6 +316,7 @@ const std::vector<std::string>& AllFamilies() {
       "sluice_upstream_reused_total",
       "sluice_upstream_connect_failures_total",
       "sluice_rejections_total",
+      "sluice_connections_dropped_total",
       "sluice_client_cancellations_total",
       "sluice_tls_handshakes_total",
       "sluice_tls_resumptions_total",
@@ -344,7 +348,7 @@ TEST(RenderPrometheusTest, EmptyShardIsValidWithEveryFamily) {
   EXPECT_EQ(FindSample(families, "sluice_workers", {}), 4);
   EXPECT_EQ(FindSample(families, "sluice_start_time_seconds", {}), 1795642912.25);
   EXPECT_EQ(FindSample(families, "sluice_connections_accepted_total", {}), 0);
-  for (const char* reason : {"auth", "denied", "rate_limit", "concurrency", "busy"}) {
+  for (const char* reason : {"auth", "denied", "rate_limit", "concurrency", "busy", "overload"}) {
     EXPECT_EQ(FindSample(families, "sluice_rejections_total", {{"reason", reason}}), 0) << reason;
   }
   for (const char* name : {"sluice_request_duration_seconds", "sluice_http_requests_total",
@@ -373,6 +377,8 @@ TEST(RenderPrometheusTest, RendersEveryValue) {
   m.rejected_rate = 8;
   m.rejected_concurrency = 9;
   m.rejected_busy = 12;
+  m.rejected_overload = 15;
+  m.connections_dropped = 16;
   m.client_cancellations = 13;
   m.connections_reading = 1;
   m.connections_writing = 2;
@@ -463,6 +469,8 @@ TEST(RenderPrometheusTest, RendersEveryValue) {
   EXPECT_EQ(v("sluice_rejections_total", {{"reason", "rate_limit"}}), 8);
   EXPECT_EQ(v("sluice_rejections_total", {{"reason", "concurrency"}}), 9);
   EXPECT_EQ(v("sluice_rejections_total", {{"reason", "busy"}}), 12);
+  EXPECT_EQ(v("sluice_rejections_total", {{"reason", "overload"}}), 15);
+  EXPECT_EQ(v("sluice_connections_dropped_total"), 16);
   EXPECT_EQ(v("sluice_client_cancellations_total"), 13);
   EXPECT_EQ(v("sluice_tls_handshakes_total"), 7);
   EXPECT_EQ(v("sluice_tls_resumptions_total"), 3);
