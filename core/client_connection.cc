@@ -30,7 +30,8 @@ ClientConnection::ClientConnection(Worker* worker, int fd,
                  static_cast<unsigned long long>(number_), client_addr_.c_str());
         stream_.Close();
       }),
-      linger_timer_([this] { stream_.Close(); }) {
+      linger_timer_([this] { stream_.Close(); }),
+      drain_grace_timer_([this] { stream_.Close(); }) {
   if (kind_ == ListenerKind::kTls && tls) {
     tls_ = std::make_unique<tls::TlsSession>(std::move(tls));
   }
@@ -89,12 +90,16 @@ void ClientConnection::Drain() {
   if (session_) {
     session_->Drain();
   } else {
-    stream_.Close();
+    // Accepted, no protocol chosen yet (TLS handshake or the first bytes
+    // of a plain connection on the way): as for an idle HTTP/1.1
+    // connection, a short grace for its request, then it closes.
+    worker_->Timers(kDrainGraceNs)->Arm(&drain_grace_timer_, worker_->now_ns());
   }
 }
 
 void ClientConnection::StartSession(std::unique_ptr<ClientSession> session) {
   session_ = std::move(session);
+  drain_grace_timer_.Disarm();  // the session has its own drain rules
   session_->Start();
   if (draining_ && !closing()) session_->Drain();
 }

@@ -16,6 +16,10 @@ namespace sluice::core {
 class Worker;
 class ClientConnection;
 
+// On a drain (SIGTERM, restart), how long an idle connection may still send
+// the request that is perhaps on its way before it is closed.
+inline constexpr int64_t kDrainGraceNs = 1'000'000'000;
+
 // What a listening socket serves.
 enum class ListenerKind {
   kHttp,      // plain HTTP/1.1, and HTTP/2 with prior knowledge (h2c)
@@ -160,6 +164,7 @@ class ClientConnection final : public StreamHandler, public Flushable {
   SliceWriter copies_{1024};  // small plaintext copies of this turn
   Timer handshake_timer_;
   Timer linger_timer_;
+  Timer drain_grace_timer_;
   std::vector<Slice> sniffed_;  // h2c preface detection on plain listeners
   size_t sniffed_bytes_ = 0;
   bool flush_pending_ = false;

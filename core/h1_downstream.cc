@@ -43,7 +43,11 @@ std::string_view H1Downstream::ExtraFields() const {
 void H1Downstream::Drain() {
   draining_ = true;
   if (!responding_ && !codec_.in_message() && pending_.empty()) {
-    conn_->Close();
+    // Idle: its next request (or its first, on a connection accepted a
+    // moment before the drain) may be on the way already; closing now
+    // would lose it. It gets kDrainGraceNs to arrive, and is answered with
+    // Connection: close; a client that sends nothing is closed then.
+    worker_->Timers(kDrainGraceNs)->Arm(&keepalive_timer_, worker_->now_ns());
   }
 }
 

@@ -33,6 +33,7 @@
 #include "core/log.h"
 #include "core/log_file.h"
 #include "core/observability.h"
+#include "core/restart.h"
 #include "core/snapshot_slot.h"
 #include "tls/tls_context.h"
 #include "core/worker.h"
@@ -459,6 +460,8 @@ int Run(int argc, char** argv) {
   if (argc > 1 && std::string_view(argv[1]) == "keys") {
     return policy::RunKeysCommand(argc - 1, argv + 1);
   }
+  Restarter restarter(argc, argv);  // argv as given, before parsing
+  pid_t restart_pid = -1;
   ParseFlagsOrExit(argc, argv, kUsage);
   Config config = BuildConfig();
   g_log_level.store(config.log_level);
@@ -474,7 +477,9 @@ int Run(int argc, char** argv) {
   sigset_t sigs;
   sigemptyset(&sigs);
   // SIGRTMIN: a worker thread ended (wakes the loop below at once).
-  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGPIPE, SIGRTMIN}) sigaddset(&sigs, s);
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGPIPE, SIGRTMIN}) {
+    sigaddset(&sigs, s);
+  }
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
   // The policy is built before anything listens: a bad flag or file is a
@@ -558,10 +563,38 @@ int Run(int argc, char** argv) {
     specs.push_back({"listen_tls", &config.listen_tls, &config.listen_tls_text,
                      ListenerKind::kTls, "https"});
   }
+  // Started by a restart (SIGUSR2): the old process's sockets, in the
+  // order they are made below, if they are what the flags ask for.
+  auto inherited = TakeInheritedListeners();
+  if (!inherited.ok()) {
+    fprintf(stderr, "sluice: %s\n", std::string(inherited.status().message()).c_str());
+    return 1;
+  }
+  if (!inherited->empty() && inherited->size() != specs.size() * static_cast<size_t>(n)) {
+    fprintf(stderr,
+            "sluice: restart: %zu listening sockets handed over, %zu needed: start the new "
+            "process with the same --listen_http, --listen_tls and --threads\n",
+            inherited->size(), specs.size() * static_cast<size_t>(n));
+    return 1;
+  }
+  size_t next_inherited = 0;
+  std::vector<int> listen_fds;  // what a restart hands over, in this order
   for (Spec& spec : specs) {
     std::string error;
     for (int i = 0; i < n; ++i) {
-      int fd = Listen(*spec.addr, &error);
+      int fd;
+      if (!inherited->empty()) {
+        fd = (*inherited)[next_inherited++];
+        if (!ListenerMatches(fd, *spec.addr)) {
+          fprintf(stderr,
+                  "sluice: restart: the listening socket handed over for --%s is not bound "
+                  "to %s: start the new process with the same listeners\n",
+                  spec.flag, spec.text->c_str());
+          return 1;
+        }
+      } else {
+        fd = Listen(*spec.addr, &error);
+      }
       if (fd < 0) {
         fprintf(stderr, "sluice: --%s: cannot listen on %s: %s\n", spec.flag,
                 spec.text->c_str(), error.c_str());
@@ -572,6 +605,7 @@ int Run(int argc, char** argv) {
         SetPort(spec.addr, spec.port);
       }
       listeners[i].push_back(Listener{fd, spec.kind});
+      listen_fds.push_back(fd);
     }
     if (spec.kind == ListenerKind::kTls) config.tls_port = spec.port;
     if (n > 1) AttachSteering(listeners[0].back().fd, n);
@@ -614,14 +648,35 @@ int Run(int argc, char** argv) {
            HostPart(*spec.text).c_str(), spec.port, n);
   }
   fflush(stdout);
+  if (!inherited->empty()) LOG_INFO("started by a restart: took over %zu listening socket(s)", inherited->size());
+  NotifyRestartReady();
   LOG_INFO("upstream %s (Host: %s), %d worker(s)", absl::GetFlag(FLAGS_upstream).c_str(),
            config.upstream_host.c_str(), n);
   LOG_INFO("policy: %s", policy_slot.Get()->Summary().c_str());
 
   bool stopping = false;
+  auto begin_drain = [&](const char* why) {
+    LOG_INFO("%s: stop accepting, draining for up to %llds", why,
+             static_cast<long long>(config.drain_timeout_ns / 1000000000));
+    stopping = true;
+    for (auto& w : workers) w->RequestStop();
+  };
   while (running.load() > 0) {
-    timespec wait{0, 200 * 1000 * 1000};
+    timespec wait{0, restarter.in_progress() ? 20 * 1000 * 1000 : 200 * 1000 * 1000};
     int sig = sigtimedwait(&sigs, nullptr, &wait);
+    std::string why;
+    switch (restarter.Check(&why)) {
+      case Restarter::State::kReady:
+        LOG_INFO("restart: new process %d serves; this one hands over", static_cast<int>(restart_pid));
+        if (!stopping) begin_drain("restart");
+        break;
+      case Restarter::State::kFailed:
+        LOG_ERROR("restart: new process %d failed (%s); this one keeps serving",
+                  static_cast<int>(restart_pid), why.c_str());
+        break;
+      default:
+        break;
+    }
     if (sig == SIGHUP) {
       // Keys, users and rules are replaced together or not at all; requests
       // in flight keep the policy they were admitted with.
@@ -651,12 +706,19 @@ int Run(int argc, char** argv) {
       ReopenErrorLog();
       if (access_log) access_log->Reopen();
       LOG_INFO("SIGUSR1: reopened log files");
+    } else if (sig == SIGUSR2) {
+      if (stopping || restarter.in_progress()) {
+        LOG_WARN("SIGUSR2: ignored, %s", stopping ? "stopping" : "a restart is in progress");
+      } else if (absl::Status st = restarter.Start(listen_fds); !st.ok()) {
+        LOG_ERROR("SIGUSR2: restart failed: %s", std::string(st.message()).c_str());
+      } else {
+        restart_pid = restarter.pid();
+        LOG_INFO("SIGUSR2: started new process %d, handing over %zu listening socket(s)",
+                 static_cast<int>(restart_pid), listen_fds.size());
+      }
     } else if (sig == SIGINT || sig == SIGTERM) {
       if (!stopping) {
-        LOG_INFO("%s: stop accepting, draining for up to %llds", strsignal(sig),
-                 static_cast<long long>(config.drain_timeout_ns / 1000000000));
-        stopping = true;
-        for (auto& w : workers) w->RequestStop();
+        begin_drain(strsignal(sig));
       } else {
         LOG_WARN("second %s: exiting now", strsignal(sig));
         _exit(1);

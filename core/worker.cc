@@ -158,12 +158,11 @@ size_t Worker::OverLimitAllowance() const {
 
 void Worker::OnAccept(AcceptOp* op, int res, uint32_t flags) {
   if (!(flags & IORING_CQE_F_MORE)) op->armed = false;
-  if (res >= 0 && draining_) {
-    ::close(res);
-  } else if (res >= 0) {
+  if (res >= 0) {
     ++metrics_.connections_accepted;
     const size_t cap = static_cast<size_t>(config_.max_connections_per_worker);
-    const bool over_limit = cap > 0 && connections_.size() - over_limit_connections_ >= cap;
+    const bool over_limit =
+        cap > 0 && connections_.size() - over_limit_connections_ >= cap && !draining_;
     if (over_limit && now_ns_ - overload_logged_ns_ >= 1'000'000'000) {
       overload_logged_ns_ = now_ns_;
       LOG_WARN("at the connection cap (%zu per worker, --max_connections): "
@@ -192,6 +191,11 @@ void Worker::OnAccept(AcceptOp* op, int res, uint32_t flags) {
       LOG_DEBUG("*%llu client %s: accepted%s", static_cast<unsigned long long>(conn->number()),
                 conn->client_addr().c_str(), over_limit ? " past the connection cap" : "");
       conn->Start();
+      // Accepted by the kernel before the listener closed (the completion
+      // was on its way): the client has a connection, so it is served as
+      // a draining one (its request answered with Connection: close), not
+      // reset; in a restart the socket stays open for the new process.
+      if (draining_) conn->Drain();
     }
   } else if (res != -ECANCELED) {
     // EMFILE/ENFILE/ENOBUFS: the connection stays in the backlog; log and

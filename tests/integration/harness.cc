@@ -306,6 +306,11 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> StartSim(
 
 absl::StatusOr<std::unique_ptr<ChildProcess>> StartSluice(
     int upstream_port, const std::vector<std::string>& extra_args) {
+  return StartSluiceAt(SluiceBinary(), upstream_port, extra_args);
+}
+
+absl::StatusOr<std::unique_ptr<ChildProcess>> StartSluiceAt(
+    const std::string& binary, int upstream_port, const std::vector<std::string>& extra_args) {
   std::vector<std::string> args;
   if (!HasFlag(extra_args, "listen_http")) {
     args.push_back("--listen_http=127.0.0.1:0");
@@ -326,7 +331,7 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> StartSluice(
   if (!HasFlag(extra_args, "rate_generation")) args.push_back("--rate_generation=off");
   if (!HasFlag(extra_args, "rate_api")) args.push_back("--rate_api=off");
   args.insert(args.end(), extra_args.begin(), extra_args.end());
-  auto child = ChildProcess::Spawn(SluiceBinary(), args);
+  auto child = ChildProcess::Spawn(binary, args);
   if (!child.ok()) return child.status();
   absl::Status st = (*child)->WaitListening(kStartTimeout);
   if (!st.ok()) {

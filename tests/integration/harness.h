@@ -103,6 +103,10 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> StartSim(
 // --threads), and waits for its "listening" line (5 s).
 absl::StatusOr<std::unique_ptr<ChildProcess>> StartSluice(
     int upstream_port, const std::vector<std::string>& extra_args = {});
+// The same with another copy of the binary (a restart test upgrades it).
+absl::StatusOr<std::unique_ptr<ChildProcess>> StartSluiceAt(
+    const std::string& binary, int upstream_port,
+    const std::vector<std::string>& extra_args = {});
 
 // Runs a program to completion with stdout and stderr captured apart.
 struct CommandResult {
