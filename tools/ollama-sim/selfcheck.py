@@ -279,6 +279,30 @@ def run_checks(port):
         print("ok   X-Sim-Close-After ends the stream without the last chunk")
     sock.close()
 
+    # Reset-After: the headers and two tokens, then ECONNRESET (not a FIN).
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(5)
+    sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nX-Sim-Reset-After: 2\r\n"
+                 b"X-Sim-Token-Delay-Ms: 50\r\nContent-Length: 2\r\n\r\n{}")
+    received, ending = b"", "timeout"
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                ending = "FIN"
+                break
+            received += data
+    except ConnectionResetError:
+        ending = "RST"
+    except socket.timeout:
+        pass
+    sock.close()
+    check(ending == "RST" and b"200 OK" in received and received.count(b"tok") == 2 and
+          not received.endswith(b"0\r\n\r\n"),
+          f"X-Sim-Reset-After: 2 sends two tokens then resets (ended by {ending})")
+    check(request(port, "POST", "/api/generate", "{}", {"X-Sim-Reset-After": "x"}).status == 400,
+          "bad X-Sim-Reset-After -> 400")
+
     # Abort detection.
     request(port, "POST", "/sim/reset", "", host=None)
     sock = socket.create_connection(("127.0.0.1", port))

@@ -212,6 +212,16 @@ std::optional<ResponsePlan> FillSpec(const HttpRequest& request,
                       &spec->close_after)) {
     return Error(400, "invalid X-Sim-Close-After header");
   }
+  // X-Sim-Reset-After is Close-After ending with a TCP RST; it wins when both
+  // are given.
+  int reset_after = -1;
+  if (!ParseIntHeader(request.sim_reset_after, 0, 1 << 30, &reset_after)) {
+    return Error(400, "invalid X-Sim-Reset-After header");
+  }
+  if (reset_after >= 0) {
+    spec->close_after = reset_after;
+    spec->close_by_rst = true;
+  }
   if (!ParseIntHeader(request.sim_chunk_pad, 0, 16 << 20, &spec->chunk_pad)) {
     return Error(400, "invalid X-Sim-Chunk-Pad header");
   }

@@ -30,6 +30,7 @@ struct HttpRequest {
   std::optional<std::string> sim_token_delay_ms;
   std::optional<std::string> sim_ttft_ms;
   std::optional<std::string> sim_close_after;
+  std::optional<std::string> sim_reset_after;
   std::optional<std::string> sim_mode;
   std::optional<std::string> sim_chunk_pad;
   std::string upgrade_header;     // Value of Upgrade.
@@ -68,6 +69,7 @@ struct StreamSpec {
   int64_t token_delay_ns = 0;
   int64_t ttft_ns = 0;
   int close_after = -1;        // -1: never. Else close after this many items.
+  bool close_by_rst = false;   // X-Sim-Reset-After: RST instead of FIN.
   int chunk_pad = 0;           // Extra bytes appended to each token's text.
   bool include_usage = false;  // OpenAI stream_options.include_usage.
   uint64_t completion_id = 0;  // For "chatcmpl-N" / "cmpl-N".

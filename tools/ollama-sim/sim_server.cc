@@ -67,6 +67,9 @@ class Connection {
   uint64_t NextTimerSeq() { return ++timer_seq_; }
   // Closes without counting anything but the close (worker shutdown).
   void Close();
+  // SO_LINGER {1, 0}: the next Close() sends RST instead of FIN and drops
+  // whatever output the kernel still holds (X-Sim-Reset-After).
+  void SetLingerZero();
 
  private:
   enum class State { kHttp, kWebSocket, kHung };
@@ -171,6 +174,11 @@ void Connection::Close() {
   stats.active.fetch_sub(1, std::memory_order_relaxed);
 }
 
+void Connection::SetLingerZero() {
+  linger lg{.l_onoff = 1, .l_linger = 0};
+  setsockopt(fd_, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
 const llhttp_settings_t& Connection::Settings() {
   static const llhttp_settings_t settings = [] {
     llhttp_settings_t s;
@@ -252,6 +260,8 @@ int Connection::OnHeaderValueComplete(llhttp_t* parser) {
       r.sim_ttft_ms = std::move(value);
     } else if (is("x-sim-close-after")) {
       r.sim_close_after = std::move(value);
+    } else if (is("x-sim-reset-after")) {
+      r.sim_reset_after = std::move(value);
     } else if (is("x-sim-mode")) {
       r.sim_mode = std::move(value);
     } else if (is("x-sim-chunk-pad")) {
@@ -579,6 +589,7 @@ void Connection::RunActive() {
     }
     if (closes) {
       // X-Sim-Close-After on a stream:false request: die without answering.
+      if (spec.close_by_rst) SetLingerZero();
       active_.reset();
       Close();
       return;
@@ -603,6 +614,8 @@ void Connection::RunActive() {
     if (closes && i == spec.close_after && (i > 0 || now >= deadline)) {
       if (!a.headers_sent) AppendStreamHeaders();
       Flush();
+      if (dead_) return;
+      if (spec.close_by_rst) SetLingerZero();
       active_.reset();
       Close();
       return;
