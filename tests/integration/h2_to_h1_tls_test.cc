@@ -294,7 +294,15 @@ TEST_F(H2ToH1Tls, SigtermLetsAnH2StreamFinishThenExitsZero) {
       SLUICE_NODE_BIN, {absl::StrCat(SLUICE_NODE_DIR, "/h2_client.mjs"), "stream"},
       {absl::StrCat("SLUICE_URL=", https()), absl::StrCat("SLUICE_CA=", ca())});
   ASSERT_TRUE(client.ok()) << client.status();
-  absl::SleepFor(absl::Milliseconds(400));
+  // Once the stream runs upstream (node may take a while to start on a
+  // loaded machine), a few tokens in.
+  absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (absl::Now() < deadline) {
+    auto stats = FetchSimStats(sim_port());
+    if (stats.ok() && stats->requests >= 1) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  absl::SleepFor(absl::Milliseconds(250));
   ASSERT_TRUE(sluice_->Signal(SIGTERM));
   // New connections are refused while the stream finishes.
   absl::SleepFor(absl::Milliseconds(100));
