@@ -52,11 +52,21 @@ struct H1ResponseParserCallbacks {
     h.version_major = p->http_major;
     h.version_minor = p->http_minor;
     for (Header& f : h.headers) f.value = std::string(TrimOws(f.value));
+    // RFC 9112 4: the status is three digits. llhttp takes fewer ("03"),
+    // and no client (an HTTP/2 one least of all) can be given such a head.
+    if (h.status < 100) {
+      self->error_ = absl::InvalidArgumentError("upstream response status is not three digits");
+      return -1;
+    }
+    // RFC 9112 6.3: a 1xx, 204 or 304 response (and any answer to HEAD)
+    // ends at its empty line whatever Content-Length or Transfer-Encoding
+    // say. llhttp 8.1 leaves that to the caller (it would read a body), so
+    // return 1: skip the body.
     if (h.status >= 100 && h.status < 200 && h.status != 101) {
       // Interim response (RFC 9110 15.2): nothing to relay, the final
       // response follows on the same link.
       self->interim_ = true;
-      return 0;
+      return 1;
     }
     self->interim_ = false;
     if (p->flags & F_CHUNKED) {
@@ -67,9 +77,10 @@ struct H1ResponseParserCallbacks {
     h.keep_alive = llhttp_should_keep_alive(p) != 0;
     self->head_done_ = true;
     if (h.status == 101) self->upgraded_ = true;
+    const bool bodiless = self->head_request_ || h.status == 204 || h.status == 304;
     self->sink_->OnResponseHead(std::move(h));
     if (self->upgraded_) return 2;  // no body; llhttp pauses for the tunnel
-    return self->head_request_ ? 1 : 0;
+    return bodiless ? 1 : 0;
   }
   static int OnBody(llhttp_t* p, const char* at, size_t len) {
     Self(p)->sink_->OnResponseBody(std::string_view(at, len));

@@ -58,7 +58,16 @@ void AppendUpstreamRequestHead(const RequestHead& head,
   AppendField("X-Forwarded-Proto", ctx.proto, out);
   if (!head.host.empty()) AppendField("X-Forwarded-Host", head.host, out);
   if (head.upgrade) {
-    AppendField("Upgrade", head.Find("upgrade")->value, out);
+    // RFC 9110 5.3: several Upgrade fields are one list. The first alone
+    // may be empty while a later one made the codec see an upgrade.
+    std::string upgrade;
+    for (const Header& h : head.headers) {
+      if (EqualsIgnoreCase(h.name, "upgrade") && !h.value.empty()) {
+        if (!upgrade.empty()) upgrade += ", ";
+        upgrade += h.value;
+      }
+    }
+    AppendField("Upgrade", upgrade, out);
     AppendField("Connection", "upgrade", out);
   }
   if (head.chunked) {

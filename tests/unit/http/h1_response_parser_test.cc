@@ -91,6 +91,37 @@ TEST(H1ResponseParserTest, InterimResponsesAreDropped) {
   EXPECT_EQ(r.rec.completes, 1);
 }
 
+// Found by fuzz_h1_response: RFC 9112 6.3, a 1xx, 204 or 304 ends at its
+// empty line whatever Content-Length or Transfer-Encoding say; the next
+// response's bytes are not taken for its body.
+TEST(H1ResponseParserTest, BodilessStatusesIgnoreFramingHeaders) {
+  for (const std::string head : {"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+                                 "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n"}) {
+    Result r;
+    Parse(r, head + "HTTP/1.1 200 OK\r\n", {});
+    ASSERT_TRUE(r.status.ok()) << head;
+    EXPECT_EQ(r.rec.completes, 1) << head;
+    EXPECT_EQ(r.rec.body, "") << head;
+    EXPECT_EQ(r.consumed, head.size()) << head;
+  }
+  Result r;
+  Parse(r, "HTTP/1.1 100 Continue\r\nContent-Length: 3\r\n\r\n"
+           "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", {});
+  ASSERT_TRUE(r.status.ok());
+  ASSERT_EQ(r.rec.heads.size(), 1u);
+  EXPECT_EQ(r.rec.heads[0].status, 200);
+  EXPECT_EQ(r.rec.body, "ok");
+}
+
+// Found by fuzz_h1_response: llhttp takes "03" as status 3, which no client
+// can be given (HTTP/2 refuses it); it is a bad upstream answer.
+TEST(H1ResponseParserTest, StatusBelow100IsAnError) {
+  Result r;
+  Parse(r, "HTTP/1.1 03 Odd\r\nContent-Length: 0\r\n\r\n", {});
+  EXPECT_FALSE(r.status.ok());
+  EXPECT_TRUE(r.rec.heads.empty());
+}
+
 TEST(H1ResponseParserTest, SwitchingProtocolsLeavesTunnelBytes) {
   Result r;
   const std::string head =

@@ -62,6 +62,19 @@ TEST(SerializeTest, UpgradeKeepsUpgradeHeaders) {
   EXPECT_NE(out.find("Sec-WebSocket-Key: k\r\n"), std::string::npos);
 }
 
+// Found by fuzz_h1_request: an empty first Upgrade field went upstream as
+// "Upgrade: " while a later one made the request an upgrade.
+TEST(SerializeTest, UpgradeFieldsAreJoinedWithoutEmptyOnes) {
+  RequestHead h = Head({{"Host", "a"}, {"Upgrade", ""}, {"Upgrade", "websocket"},
+                        {"Connection", "Upgrade"}});
+  h.method = "GET";
+  h.upgrade = true;
+  std::string out;
+  AppendUpstreamRequestHead(h, {"127.0.0.1", "http", "u:1"}, &out);
+  EXPECT_NE(out.find("Upgrade: websocket\r\nConnection: upgrade\r\n"), std::string::npos) << out;
+  EXPECT_EQ(out.find("Upgrade: \r\n"), std::string::npos) << out;
+}
+
 TEST(SerializeTest, DownstreamResponseRestatesFraming) {
   ResponseHead r;
   r.status = 200;
