@@ -31,7 +31,7 @@ ClientConnection::ClientConnection(Worker* worker, int fd,
         stream_.Close();
       }),
       linger_timer_([this] { stream_.Close(); }),
-      drain_grace_timer_([this] { stream_.Close(); }) {
+      presession_timer_([this] { stream_.Close(); }) {
   if (kind_ == ListenerKind::kTls && tls) {
     tls_ = std::make_unique<tls::TlsSession>(std::move(tls));
   }
@@ -79,7 +79,11 @@ void ClientConnection::Start() {
         ->Arm(&handshake_timer_, worker_->now_ns());
     stream_.StartReading();
   } else {
-    // Plain listeners wait for the first bytes to tell h2c from HTTP/1.1.
+    // Plain listeners wait for the first bytes to tell h2c from HTTP/1.1;
+    // a client that sends none (or only a prefix of the h2 preface) is
+    // closed at --client_header_timeout, as a stalled head would be.
+    worker_->Timers(worker_->config().client_header_timeout_ns)
+        ->Arm(&presession_timer_, worker_->now_ns());
     stream_.StartReading();
   }
 }
@@ -93,13 +97,13 @@ void ClientConnection::Drain() {
     // Accepted, no protocol chosen yet (TLS handshake or the first bytes
     // of a plain connection on the way): as for an idle HTTP/1.1
     // connection, a short grace for its request, then it closes.
-    worker_->Timers(kDrainGraceNs)->Arm(&drain_grace_timer_, worker_->now_ns());
+    worker_->Timers(kDrainGraceNs)->Arm(&presession_timer_, worker_->now_ns());
   }
 }
 
 void ClientConnection::StartSession(std::unique_ptr<ClientSession> session) {
   session_ = std::move(session);
-  drain_grace_timer_.Disarm();  // the session has its own drain rules
+  presession_timer_.Disarm();  // the session has its own drain rules
   session_->Start();
   if (draining_ && !closing()) session_->Drain();
 }

@@ -164,7 +164,9 @@ class ClientConnection final : public StreamHandler, public Flushable {
   SliceWriter copies_{1024};  // small plaintext copies of this turn
   Timer handshake_timer_;
   Timer linger_timer_;
-  Timer drain_grace_timer_;
+  // Closes a connection that has no session yet: a plain one that has not
+  // sent enough to choose HTTP/1.1 or h2c, or any on a drain.
+  Timer presession_timer_;
   std::vector<Slice> sniffed_;  // h2c preface detection on plain listeners
   size_t sniffed_bytes_ = 0;
   bool flush_pending_ = false;

@@ -64,6 +64,7 @@ struct Config {
   int64_t send_timeout_ns = 600'000'000'000;
   int64_t keepalive_timeout_ns = 75'000'000'000;
   int64_t client_header_timeout_ns = 60'000'000'000;
+  int64_t client_body_timeout_ns = 60'000'000'000;
   int64_t drain_timeout_ns = 30'000'000'000;
   uint64_t client_max_body_size = 100ull << 20;
   size_t max_header_bytes = 64 << 10;

@@ -26,7 +26,8 @@ H1Downstream::H1Downstream(ClientConnection* conn)
         conn_->WriteOwned(std::move(out));
         CloseAfterDrain();
       }),
-      send_timer_([this] { Abort(); }) {}
+      send_timer_([this] { Abort(); }),
+      body_timer_([this] { CodecError(absl::DeadlineExceededError("request body timeout")); }) {}
 
 H1Downstream::~H1Downstream() = default;
 
@@ -60,6 +61,7 @@ void H1Downstream::OnData(Slice data) {
   pending_bytes_ += data.size();
   pending_.push_back(std::move(data));
   ProcessInput();
+  if (body_timer_.armed()) ArmBodyTimer();  // bytes came: the gap starts again
 }
 
 void H1Downstream::ProcessInput() {
@@ -141,6 +143,7 @@ void H1Downstream::OnRequestHead(http::RequestHead head) {
   relay_ = std::make_unique<Relay>(worker_, this, std::move(head), conn_->client_addr(),
                                    conn_->peer(), conn_->scheme(), conn_->number());
   relay_->Start();
+  ArmBodyTimer();
 }
 
 void H1Downstream::OnRequestBody(std::string_view data) {
@@ -148,7 +151,18 @@ void H1Downstream::OnRequestBody(std::string_view data) {
 }
 
 void H1Downstream::OnRequestComplete() {
+  body_timer_.Disarm();
   if (relay_) relay_->OnRequestEnd();
+}
+
+void H1Downstream::ArmBodyTimer() {
+  if (relay_ && request_has_body_ && codec_.in_message() && !paused_by_relay_ && !tunnel_ &&
+      !close_after_) {
+    worker_->Timers(worker_->config().client_body_timeout_ns)
+        ->Arm(&body_timer_, worker_->now_ns());
+  } else {
+    body_timer_.Disarm();
+  }
 }
 
 void H1Downstream::SendResponseHead(const http::ResponseHead& head) {
@@ -298,6 +312,7 @@ void H1Downstream::CodecError(const absl::Status& status) {
   std::string msg(status.message());
   if (code == 413) msg = "request body too large";
   if (code == 431) msg = "request header fields too large";
+  body_timer_.Disarm();
   worker_->AccountBare(nullptr, conn_->client_addr(), code, http::JsonErrorBody(msg).size(),
                        worker_->now_ns(), worker_->now_unix_ns(), conn_->number(), "other");
   conn_->WriteOwned(http::JsonErrorResponse(code, msg, true, 0, ExtraFields()));
@@ -318,11 +333,13 @@ void H1Downstream::EndTunnel() {
 void H1Downstream::PauseReading() {
   paused_by_relay_ = true;
   UpdateReading();
+  ArmBodyTimer();
 }
 
 void H1Downstream::ResumeReading() {
   paused_by_relay_ = false;
   UpdateReading();
+  ArmBodyTimer();
 }
 
 void H1Downstream::ArmSendTimer() {

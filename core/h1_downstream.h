@@ -74,6 +74,9 @@ class H1Downstream final : public ClientSession,
   void UpdateReading();
   void ArmIdleTimers();
   void ArmSendTimer();
+  // --client_body_timeout between two reads of a request body, while the
+  // body is being read (not while the relay holds reading back).
+  void ArmBodyTimer();
   void Abort();
   void Redirect(const http::RequestHead& head);
   std::string_view ExtraFields() const;
@@ -89,6 +92,7 @@ class H1Downstream final : public ClientSession,
   Timer keepalive_timer_;
   Timer header_timer_;
   Timer send_timer_;
+  Timer body_timer_;
   bool request_has_body_ = false;
   bool expect_continue_ = false;  // 100 Continue owed once admitted
   bool request_keep_alive_ = true;

@@ -88,6 +88,9 @@ ABSL_FLAG(absl::Duration, keepalive_timeout, absl::Seconds(75),
           "Idle client keepalive connections are closed after this.");
 ABSL_FLAG(absl::Duration, client_header_timeout, absl::Seconds(60),
           "Time a client has to send a complete request head (408 after it).");
+ABSL_FLAG(absl::Duration, client_body_timeout, absl::Seconds(60),
+          "Longest gap between two reads of a request body (408 after it), as "
+          "nginx's client_body_timeout.");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(30),
           "On SIGTERM/SIGINT, how long in-flight requests may take to finish.");
 ABSL_FLAG(ByteSize, client_max_body_size, ByteSize{100ull << 20},
@@ -265,6 +268,7 @@ Config BuildConfig() {
   c.send_timeout_ns = DurationFlag(FLAGS_send_timeout, "send_timeout");
   c.keepalive_timeout_ns = DurationFlag(FLAGS_keepalive_timeout, "keepalive_timeout");
   c.client_header_timeout_ns = DurationFlag(FLAGS_client_header_timeout, "client_header_timeout");
+  c.client_body_timeout_ns = DurationFlag(FLAGS_client_body_timeout, "client_body_timeout");
   c.drain_timeout_ns = DurationFlag(FLAGS_drain_timeout, "drain_timeout");
   c.client_max_body_size = absl::GetFlag(FLAGS_client_max_body_size).bytes;
   c.max_header_bytes = absl::GetFlag(FLAGS_max_header_bytes).bytes;

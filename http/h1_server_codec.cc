@@ -214,7 +214,11 @@ static int OnHeaderValue(llhttp_t* p, const char* at, size_t len) {
 }
 
 static int OnHeaderValueComplete(llhttp_t* p) {
-  Self(p)->headers_.OnValueComplete();
+  H1ServerCodec* self = Self(p);
+  self->headers_.OnValueComplete();
+  if (!self->CountHeaderBytes(kHeaderFieldCost)) {
+    return self->Fail(absl::ResourceExhaustedError("request header fields too large"));
+  }
   return 0;
 }
 
@@ -275,6 +279,7 @@ int HttpStatusForError(const absl::Status& status) {
     case absl::StatusCode::kOutOfRange: return 413;
     case absl::StatusCode::kFailedPrecondition: return 417;
     case absl::StatusCode::kUnimplemented: return 501;
+    case absl::StatusCode::kDeadlineExceeded: return 408;
     default: return 400;
   }
 }

@@ -30,8 +30,13 @@ class H1RequestSink {
   virtual void OnRequestComplete() = 0;
 };
 
+inline constexpr size_t kHeaderFieldCost = 64;
+
 struct H1Limits {
-  // Request line plus header fields, in bytes (431 above it).
+  // Request line plus header fields, in bytes (431 above it). Each field
+  // also counts kHeaderFieldCost, what it costs parsed (the ': ' and CRLF
+  // on the wire, and its slot in the header list): a head of thousands of
+  // empty fields is as bounded in memory as one of long values.
   size_t max_header_bytes = 64 * 1024;
   // Body bytes, declared or streamed (413 above it).
   uint64_t max_body_bytes = 100ull * 1024 * 1024;
