@@ -202,10 +202,12 @@ TEST_F(Overload, ExcessGets503WhileAdmittedStreamsKeepTheirPace) {
   streams.clear();
   absl::Time deadline = absl::Now() + absl::Seconds(3);
   int status = 0;
+  int late503 = 0;  // asked before the worker saw the closes
   while (absl::Now() < deadline) {
     auto r = Exchange(proxy_port(), BuildRequest("GET", "/api/tags"));
     status = r.ok() ? r->status : 0;
     if (status == 200) break;
+    late503 += status == 503;
     absl::SleepFor(absl::Milliseconds(20));
   }
   EXPECT_EQ(status, 200) << "capacity did not come back";
@@ -215,7 +217,7 @@ TEST_F(Overload, ExcessGets503WhileAdmittedStreamsKeepTheirPace) {
   ASSERT_TRUE(metrics.ok());
   EXPECT_TRUE(absl::StrContains(
       metrics->body, absl::StrCat("sluice_rejections_total{reason=\"overload\"} ",
-                                  n503.load() + 1, "\n")))
+                                  n503.load() + 1 + late503, "\n")))
       << metrics->body;
 }
 
@@ -224,13 +226,16 @@ TEST_F(Overload, ExcessGets503WhileAdmittedStreamsKeepTheirPace) {
 TEST_F(Overload, PastTheAllowanceSocketsAreClosedAtAccept) {
   ASSERT_NO_FATAL_FAILURE(StartStack({}, {"--max_connections=2"}));
   const StubCounts before = Stub();
+  // Until the worker has seen that request's connection close, it holds
+  // one of the two places.
+  absl::SleepFor(absl::Milliseconds(300) * TimingSlack());
   std::vector<std::unique_ptr<HttpConnection>> held;
   for (int i = 0; i < 2 + 16; ++i) {
     IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
     held.push_back(std::move(c));
   }
   // Let the worker take them all in before the next ones.
-  absl::SleepFor(absl::Milliseconds(200));
+  absl::SleepFor(absl::Milliseconds(200) * TimingSlack());
   constexpr int kExtra = 10;
   int closed = 0;
   for (int i = 0; i < kExtra; ++i) {
