@@ -229,13 +229,17 @@ void Stream::Close() {
   queue_.clear();
   queued_bytes_ = 0;
   if (inflight_ > 0) {
-    // shutdown() ends a pending receive at once and tells the peer now
-    // (Ollama stops generating only when its connection closes); the
-    // cancel covers a connect in flight.
+    // shutdown() ends a pending receive (EOF) or send (EPIPE) at once and
+    // tells the peer now (Ollama stops generating only when its connection
+    // closes). Only a connect in flight needs a cancel: a cancel by fd is
+    // matched against every request of the ring, so one per connection
+    // made a mass close (10 000 timeouts at once) quadratic.
     ::shutdown(fd_, SHUT_RDWR);
-    io_uring_sqe* sqe = worker_->ring().GetSqe();
-    io_uring_prep_cancel_fd(sqe, fd_, IORING_ASYNC_CANCEL_ALL);
-    io_uring_sqe_set_data64(sqe, 0);
+    if (connecting_) {
+      io_uring_sqe* sqe = worker_->ring().GetSqe();
+      io_uring_prep_cancel_fd(sqe, fd_, IORING_ASYNC_CANCEL_ALL);
+      io_uring_sqe_set_data64(sqe, 0);
+    }
   }
   MaybeFinishClose();
 }
