@@ -35,7 +35,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -215,9 +214,14 @@ class AttackSuite : public ProxyTest {
                4, idle_.samples.empty() ? absl::Now() : idle_.samples[0].start);
     EXPECT_LT(f.cpu_s, b.cpu_s * TimingSlack())
         << name << ": sluice used " << f.cpu_s << " s of CPU";
-    EXPECT_LT(f.rss_peak_kib - f.rss_base_kib, b.rss_kib)
-        << name << ": RSS grew from " << f.rss_base_kib << " KiB to "
-        << f.rss_peak_kib << " KiB";
+    // Under a sanitizer, freed memory stays resident (ASan's quarantine
+    // holds up to 256 MiB), so RSS says nothing about what sluice keeps;
+    // the bound is checked in plain builds only, the figure printed always.
+    if (TimingSlack() == 1) {
+      EXPECT_LT(f.rss_peak_kib - f.rss_base_kib, b.rss_kib)
+          << name << ": RSS grew from " << f.rss_base_kib << " KiB to "
+          << f.rss_peak_kib << " KiB";
+    }
     return f;
   }
 
@@ -933,8 +937,11 @@ TEST_F(AttackSuite, HeadOfManyEmptyFieldsGets431) {
             << " stalled heads of 1000 empty fields: RSS +" << Fmt(held_mib)
             << " MiB" << std::endl;
   EXPECT_EQ(tally["431+close"], kConns) << absl::StrJoin(wrong, "\n");
-  // 100 x 64 KiB = 6.25 MiB, twice that for the allocator's slack.
-  EXPECT_LT(held_mib, 12.5) << "stalled heads hold more than their budget";
+  // 100 x 64 KiB = 6.25 MiB, twice that for the allocator's slack (in a
+  // plain build: ASan's redzones and quarantine multiply heap RSS).
+  if (TimingSlack() == 1) {
+    EXPECT_LT(held_mib, 12.5) << "stalled heads hold more than their budget";
+  }
   EXPECT_LE(SimNow().requests - sim_before_.requests, ProbeRequests());
 }
 
