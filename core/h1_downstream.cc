@@ -27,7 +27,15 @@ H1Downstream::H1Downstream(ClientConnection* conn)
         CloseAfterDrain();
       }),
       send_timer_([this] { Abort(); }),
-      body_timer_([this] { CodecError(absl::DeadlineExceededError("request body timeout")); }) {}
+      body_timer_([this] {
+        // Answered by the relay, so the access log and metrics count one
+        // 408 for the request (its method and path included).
+        if (relay_) {
+          relay_->AbandonRequest(408, "request body timeout");
+        } else {
+          CodecError(absl::DeadlineExceededError("request body timeout"));
+        }
+      }) {}
 
 H1Downstream::~H1Downstream() = default;
 

@@ -175,6 +175,8 @@ void H2Downstream::Retire(int32_t id) {
   // The relay may be on the call stack (it called us): free it after.
   StreamState* st = it->second.release();
   streams_.erase(it);
+  st->body_open_ = false;
+  st->body_timer_.Disarm();
   worker_->Defer([st] { delete st; });
   UpdateTimers();
 }
@@ -188,11 +190,13 @@ void H2Downstream::OnRequestHeaders(int32_t stream_id, http::RequestHead head,
   auto owned = std::make_unique<StreamState>(this, stream_id);
   StreamState* st = owned.get();
   st->head_request_ = head.is_head();
+  st->body_open_ = !end_stream;
   streams_[stream_id] = std::move(owned);
   st->relay_ = std::make_unique<Relay>(worker_, st, std::move(head), conn_->client_addr(),
                                        conn_->peer(), conn_->scheme(), conn_->number());
   // Start may answer at once (no upstream link): `st` can be retired then.
   st->relay_->Start();
+  if ((st = Find(stream_id)) != nullptr) st->ArmBodyTimer();
   Wake();
 }
 
@@ -205,6 +209,7 @@ void H2Downstream::OnRequestData(int32_t stream_id, Slice data) {
   }
   st->relay_->OnRequestBody(std::move(data));
   st = Find(stream_id);
+  if (st) st->ArmBodyTimer();  // bytes came: the gap starts again
   if (st && st->paused_) {
     // The upstream link is congested: the client's window stays closed by
     // these bytes until it drains.
@@ -224,9 +229,11 @@ void H2Downstream::OnRequestTrailers(int32_t stream_id,
 }
 
 void H2Downstream::OnRequestEnd(int32_t stream_id) {
-  if (StreamState* st = Find(stream_id); st && st->relay_) {
-    st->relay_->OnRequestEnd();
-  }
+  StreamState* st = Find(stream_id);
+  if (st == nullptr) return;
+  st->body_open_ = false;
+  st->body_timer_.Disarm();
+  if (st->relay_) st->relay_->OnRequestEnd();
 }
 
 void H2Downstream::OnStreamWritable(int32_t stream_id) {
@@ -327,15 +334,39 @@ bool H2Downstream::StreamState::congested() const {
   return session_->codec_.QueuedBytes(id_) >= kHighWatermark;
 }
 
-void H2Downstream::StreamState::PauseReading() { paused_ = true; }
+void H2Downstream::StreamState::PauseReading() {
+  paused_ = true;
+  ArmBodyTimer();
+}
 
 void H2Downstream::StreamState::ResumeReading() {
   paused_ = false;
+  ArmBodyTimer();
   if (unconsumed_ > 0) {
     Quiet(session_->codec_.ConsumeRequestBody(id_, unconsumed_));
     unconsumed_ = 0;
     session_->Wake();
   }
+}
+
+void H2Downstream::StreamState::ArmBodyTimer() {
+  if (body_open_ && relay_ && !paused_) {
+    Worker* w = session_->worker_;
+    w->Timers(w->config().client_body_timeout_ns)->Arm(&body_timer_, w->now_ns());
+  } else {
+    body_timer_.Disarm();
+  }
+}
+
+void H2Downstream::StreamState::OnBodyTimeout() {
+  // The relay answers 408 (or, past the response head, the stream is
+  // reset); the answer ends our side of the stream, and nghttp2 follows a
+  // response that ends before the request with RST_STREAM(NO_ERROR), so
+  // the client stops sending (RFC 9113 8.1).
+  H2Downstream* s = session_;
+  body_open_ = false;
+  if (relay_) relay_->AbandonRequest(408, "request body timeout");
+  s->Wake();
 }
 
 bool H2Downstream::StreamState::over_limit() const {

@@ -45,7 +45,8 @@ class H2Downstream final : public ClientSession, public http::H2StreamSink {
   // One request/response exchange: the Relay's view of its client.
   class StreamState final : public Downstream {
    public:
-    StreamState(H2Downstream* session, int32_t id) : session_(session), id_(id) {}
+    StreamState(H2Downstream* session, int32_t id)
+        : session_(session), id_(id), body_timer_([this] { OnBodyTimeout(); }) {}
     void SendResponseHead(const http::ResponseHead& head) override;
     void SendResponseBody(Slice piece) override;
     void SendResponseEnd() override;
@@ -61,12 +62,22 @@ class H2Downstream final : public ClientSession, public http::H2StreamSink {
     bool over_limit() const override;
     void CloseAfterResponse() override;
 
+    // --client_body_timeout between two DATA frames of the request body,
+    // while the relay takes the body (not while it holds the window shut
+    // because its upstream link is congested, nor while the policy holds
+    // the request): a client that stops sending mid-body would otherwise
+    // keep its stream and an upstream link until the connection goes.
+    void ArmBodyTimer();
+    void OnBodyTimeout();
+
     H2Downstream* session_;
     int32_t id_;
     std::unique_ptr<Relay> relay_;
     bool head_request_ = false;
     bool paused_ = false;       // request body not consumed (upstream full)
     size_t unconsumed_ = 0;     // body bytes held back from the window
+    bool body_open_ = false;    // END_STREAM not yet received
+    Timer body_timer_;
   };
 
   // H2StreamSink

@@ -170,6 +170,12 @@ ABSL_FLAG(std::string, rate_generation, "10r/m burst=5 nodelay",
           "/v1/embeddings), nginx limit_req style; off: none.");
 ABSL_FLAG(std::string, rate_api, "60r/m burst=20 nodelay",
           "Rate limit of every other route; off: none.");
+ABSL_FLAG(std::string, auth_attempts, "6r/m burst=10",
+          "Login attempts per client address, limit_req style; off: none. "
+          "Each password check and each refused key or credential counts; "
+          "credentials already known good (a valid key, Basic credentials "
+          "checked within the cache lifetime) do not. Past it: 429 with "
+          "Retry-After, the password unchecked (no bcrypt run).");
 ABSL_FLAG(std::string, rate_by, "ip",
           "What the rate limits count by: ip (the client address) or "
           "credential (the key name or user; the address when anonymous).");
@@ -416,6 +422,7 @@ policy::PolicyOptions PolicyFlags() {
   o.rate_generation = absl::GetFlag(FLAGS_rate_generation);
   o.rate_api = absl::GetFlag(FLAGS_rate_api);
   o.rate_by = absl::GetFlag(FLAGS_rate_by);
+  o.auth_attempts = absl::GetFlag(FLAGS_auth_attempts);
   const int32_t per_ip = absl::GetFlag(FLAGS_max_streams_per_ip);
   const int32_t per_key = absl::GetFlag(FLAGS_max_streams_per_key);
   if (per_ip < 0) UsageError("--max_streams_per_ip: must be 0 or more");

@@ -120,7 +120,7 @@ void Relay::Start() {
     return;
   }
   switch (policy_->Authenticate(facts, &admission_, &worker_->auth_cache(),
-                                worker_->now_ns())) {
+                                worker_->now_ns(), worker_->config().rate_table)) {
     case policy::AuthStep::kRefused:
       AnswerPolicy();
       return;
@@ -584,6 +584,23 @@ void Relay::Cancel() {
   DropLink();
   delay_timer_.Disarm();
   held_body_.clear();
+}
+
+void Relay::AbandonRequest(int status, std::string_view message) {
+  if (finished_) return;
+  finished_ = true;
+  DropLink();
+  delay_timer_.Disarm();
+  held_body_.clear();
+  RELAY_LOG(INFO, "%s %s: %d %s", head_.method.c_str(), head_.target.c_str(), status,
+            std::string(message).c_str());
+  if (head_sent_) {
+    downstream_->AbortResponse();
+    return;
+  }
+  status_ = status;
+  body_bytes_sent_ = http::JsonErrorBody(message).size();
+  downstream_->SendError(status, message);
 }
 
 void Relay::OnTunnelData(Slice data) {

@@ -85,6 +85,11 @@ class Relay final : public LinkUser, public http::H1ResponseSink {
   // The client went away: close the upstream link at once (so a generation
   // stops) and send nothing more.
   void Cancel();
+  // The client stopped sending its request body (--client_body_timeout):
+  // the upstream request is abandoned (its link closed) and the client gets
+  // `status` with a JSON error, or, if its response had started, has the
+  // response cut short. Accounted once, under `status`.
+  void AbandonRequest(int status, std::string_view message);
   // Tunnel bytes from the client after a 101.
   void OnTunnelData(Slice data);
   void OnTunnelEnd();

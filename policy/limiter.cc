@@ -296,6 +296,19 @@ RateTable::RateResult RateTable::Check(uint32_t zone_id, absl::string_view key,
   return {true, std::max<int64_t>(0, wait - delay_span), 0};
 }
 
+RateTable::RateResult RateTable::Peek(uint32_t zone_id, absl::string_view key,
+                                      const RateSpec& spec, int64_t now_ns,
+                                      std::optional<uint32_t> steering) {
+  const int64_t burst_span = SpanNs(spec.burst, EmissionIntervalNs(spec.rate_per_s));
+  limiter_internal::SlotTable::Key k;
+  slots_.MakeKey(zone_id, key, &k, steering);
+  auto locked = slots_.Lock(k);
+  const int64_t* tat = locked.found();
+  const int64_t wait = tat != nullptr ? std::max<int64_t>(*tat - now_ns, 0) : 0;
+  if (wait > burst_span) return {false, 0, wait - burst_span};
+  return {true, 0, 0};
+}
+
 ConcurrencyTable::ConcurrencyTable(size_t capacity) : slots_(capacity) {}
 
 bool ConcurrencyTable::Acquire(uint32_t zone_id, absl::string_view key,

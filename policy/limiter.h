@@ -179,6 +179,10 @@ class RateTable {
   RateResult Check(uint32_t zone_id, absl::string_view key,
                    const RateSpec& spec, int64_t now_ns,
                    std::optional<uint32_t> steering = std::nullopt);
+  // What Check would answer now, without accounting anything (delay_ns is
+  // left 0). Thread-safe.
+  RateResult Peek(uint32_t zone_id, absl::string_view key, const RateSpec& spec,
+                  int64_t now_ns, std::optional<uint32_t> steering = std::nullopt);
 
   // Entries holding some key's state, expired ones included (approximate
   // while other threads work).

@@ -28,6 +28,9 @@ constexpr absl::string_view kAdminPaths[] = {"/api/pull", "/api/create",
                                              "/api/copy", "/api/blobs"};
 
 constexpr char kRealm[] = "sluice";
+// The rate table's zone of login attempts (a name no rules file can give a
+// zone: those are words).
+constexpr absl::string_view kAuthAttemptZone = "auth/attempts";
 
 // FNV-1a: a stable zone id from its name, so limit state survives a reload
 // that keeps the zone.
@@ -185,6 +188,12 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Build(
   if (o.rate_api != "off") {
     absl::Status st = p->AddZone("api", o.rate_api, *by);
     if (!st.ok()) return FlagError("rate_api", st.message());
+  }
+  if (o.auth_attempts != "off") {
+    absl::StatusOr<RateSpec> spec = ParseRateSpec(o.auth_attempts);
+    if (!spec.ok()) return FlagError("auth_attempts", spec.status().message());
+    spec->delay = spec->burst;  // a refusal, never a delay
+    p->auth_attempts_ = *spec;
   }
 
   if (!o.rules_file.empty()) {
@@ -467,46 +476,69 @@ void Policy::RefuseAuth(Admission* a) const {
   }
 }
 
+bool Policy::ChargeLogin(Admission* a, RateTable* attempts, int64_t now_ns,
+                         bool count) const {
+  if (attempts == nullptr || !auth_attempts_) return true;
+  const uint32_t zone = ZoneId(kAuthAttemptZone);
+  const RateTable::RateResult r =
+      count ? attempts->Check(zone, a->client.AsBytes(), *auth_attempts_, now_ns,
+                              SteeringHash(a->client))
+            : attempts->Peek(zone, a->client.AsBytes(), *auth_attempts_, now_ns,
+                             SteeringHash(a->client));
+  if (r.allowed) return true;
+  Refuse(a, 429, "too many failed logins, retry later");
+  const int64_t secs = std::max<int64_t>(1, (r.retry_after_ns + 999'999'999) / 1'000'000'000);
+  a->headers.emplace_back("Retry-After", absl::StrCat(secs));
+  return false;
+}
+
 AuthStep Policy::Authenticate(const RequestFacts& req, Admission* a,
-                              BasicAuthCache* cache, int64_t now_ns) const {
+                              BasicAuthCache* cache, int64_t now_ns,
+                              RateTable* attempts) const {
   if (auth_ == AuthMode::kNone) return AuthStep::kDone;
   absl::string_view auth = req.authorization;
   const bool basic = absl::StartsWithIgnoreCase(auth, "basic ") && req.x_api_key.empty();
+  // A refusal of credentials that were sent counts as a login attempt (a
+  // request without any does not: a browser's first request has none).
+  const bool presented = !auth.empty() || !req.x_api_key.empty();
+  auto refuse = [&] {
+    if (!presented || ChargeLogin(a, attempts, now_ns)) RefuseAuth(a);
+    return AuthStep::kRefused;
+  };
   if (auth_ != AuthMode::kBasic && !basic) {
+    // A valid key is not counted: keys are 256-bit random values, so the
+    // lookup answers no guess.
     std::optional<absl::string_view> key = PresentedKey(auth, req.x_api_key);
     const std::string* name = key && keys_ ? keys_->Lookup(*key) : nullptr;
-    if (name == nullptr) {
-      RefuseAuth(a);
-      return AuthStep::kRefused;
-    }
+    if (name == nullptr) return refuse();
     a->user_name = *name;
     a->principal = absl::StrCat("key:", *name);
     return AuthStep::kDone;
   }
-  if (auth_ == AuthMode::kKey || !basic || !users_) {
-    RefuseAuth(a);
-    return AuthStep::kRefused;
-  }
+  if (auth_ == AuthMode::kKey || !basic || !users_) return refuse();
   std::string decoded;
   absl::string_view b64 = absl::StripLeadingAsciiWhitespace(auth.substr(6));
-  if (!absl::Base64Unescape(b64, &decoded)) {
-    RefuseAuth(a);
-    return AuthStep::kRefused;
-  }
+  if (!absl::Base64Unescape(b64, &decoded)) return refuse();
   size_t colon = decoded.find(':');
-  if (colon == std::string::npos || colon == 0) {
-    RefuseAuth(a);
-    return AuthStep::kRefused;
-  }
+  if (colon == std::string::npos || colon == 0) return refuse();
   a->basic_user = decoded.substr(0, colon);
   a->basic_password = decoded.substr(colon + 1);
-  switch (cache->Lookup(a->basic_user, a->basic_password, generation_, now_ns)) {
-    case CacheResult::kValid:
-      return FinishBasic(true, a, nullptr, now_ns) ? AuthStep::kDone : AuthStep::kRefused;
-    case CacheResult::kInvalid:
-      return FinishBasic(false, a, nullptr, now_ns) ? AuthStep::kDone : AuthStep::kRefused;
-    case CacheResult::kMiss:
-      break;
+  const CacheResult cached = cache->Lookup(a->basic_user, a->basic_password, generation_, now_ns);
+  // A password check is counted before it runs, so that guesses in flight
+  // at once (HTTP/2 streams, parallel connections) are bounded too: past
+  // the limit the guess gets 429 unanswered, and costs no bcrypt run.
+  // Credentials the cache knows as valid are not counted, but a
+  // locked-out address gets 429 for them too: the cache holds whatever
+  // any client verified lately, so answering from it would answer a guess
+  // that happens to be some user's password.
+  const bool known_good = cached == CacheResult::kValid;
+  if (!ChargeLogin(a, attempts, now_ns, /*count=*/!known_good)) {
+    std::fill(a->basic_password.begin(), a->basic_password.end(), '\0');
+    a->basic_password.clear();
+    return AuthStep::kRefused;
+  }
+  if (cached != CacheResult::kMiss) {
+    return FinishBasic(known_good, a, nullptr, now_ns) ? AuthStep::kDone : AuthStep::kRefused;
   }
   if (users_->Expensive(a->basic_user)) return AuthStep::kNeedVerify;
   const bool ok = users_->Verify(a->basic_user, a->basic_password);

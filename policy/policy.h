@@ -82,6 +82,9 @@ struct PolicyOptions {
   std::string rate_generation = "10r/m burst=5 nodelay";  // or "off"
   std::string rate_api = "60r/m burst=20 nodelay";        // or "off"
   std::string rate_by = "ip";                             // or "credential"
+  // Login attempts per client address (limit_req syntax), or "off": see
+  // Policy::Authenticate.
+  std::string auth_attempts = "6r/m burst=10";
   uint32_t max_streams_per_ip = 0;
   uint32_t max_streams_per_key = 0;
 };
@@ -176,8 +179,22 @@ class Policy {
   // Stage 2: API key or Basic credentials per --auth. Keys and cheap
   // htpasswd schemes are checked here; an expensive one (bcrypt) is looked
   // up in `cache` and otherwise left for VerifyBasic. Call after Screen.
+  //
+  // Login attempts are limited per client address in `attempts` under
+  // --auth_attempts (nginx's limit_req, run before auth_basic as nginx
+  // does, but on logins only): each password check counts (counted before
+  // it runs, so guesses sent at once are bounded too), and so does each
+  // refusal of credentials that were sent (a wrong key, a malformed
+  // header); credentials already known good (a valid API key, Basic
+  // credentials valid in `cache`) pass uncounted, and a request without
+  // credentials is not an attempt. Past the limit: 429 with Retry-After
+  // for every Basic login from the address, the password unchecked (the
+  // cached ones too: the cache would answer a guess of another client's
+  // password), while a valid API key still passes (a 256-bit random key
+  // cannot be guessed). `attempts` may be null (no limit).
   AuthStep Authenticate(const RequestFacts& req, Admission* a,
-                        BasicAuthCache* cache, int64_t now_ns) const;
+                        BasicAuthCache* cache, int64_t now_ns,
+                        RateTable* attempts = nullptr) const;
   // The slow check for kNeedVerify (bcrypt: tens of ms). Thread-safe; runs
   // on a helper thread, never on an event loop.
   bool VerifyBasic(absl::string_view user, absl::string_view password) const;
@@ -216,6 +233,10 @@ class Policy {
                        LimitBy by);
   void Refuse(Admission* a, int status, std::string error) const;
   void RefuseAuth(Admission* a) const;
+  // Counts one login attempt of a->client (with `count`; otherwise only
+  // looks); false (a->status holds the 429) past --auth_attempts.
+  bool ChargeLogin(Admission* a, RateTable* attempts, int64_t now_ns,
+                   bool count = true) const;
 
   struct IpRule {
     bool allow;
@@ -238,6 +259,7 @@ class Policy {
   int api_zone_ = -1;
   uint32_t gen_max_per_ip_ = 0;
   uint32_t gen_max_per_credential_ = 0;
+  std::optional<RateSpec> auth_attempts_;  // --auth_attempts; none: off
 };
 
 // Whether `path` (a `match` path) is one of the generation routes: the

@@ -24,6 +24,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -139,6 +140,21 @@ absl::Duration Percentile(std::vector<absl::Duration> values, double q) {
   size_t rank = static_cast<size_t>(std::ceil(q * values.size()));
   rank = std::clamp<size_t>(rank, 1, values.size());
   return values[rank - 1];
+}
+
+bool AtTimeout(absl::Duration d, absl::Duration timeout) {
+  return d >= timeout - absl::Milliseconds(100) &&
+         d <= timeout + absl::Milliseconds(1500) * TimingSlack();
+}
+
+std::string MsText(absl::Duration d) {
+  return absl::StrFormat("%.2f", absl::ToDoubleMilliseconds(d));
+}
+
+std::string Tally(const std::map<std::string, int>& counts) {
+  std::vector<std::string> parts;
+  for (const auto& [k, n] : counts) parts.push_back(absl::StrCat(k, "x", n));
+  return absl::StrJoin(parts, ",");
 }
 
 ScopedFd& ScopedFd::operator=(ScopedFd&& o) noexcept {

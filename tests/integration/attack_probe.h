@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -82,6 +83,18 @@ absl::Duration P99Bound(absl::Duration idle_p99);
 // empty. With fewer than 100 values, the p99 is the maximum (but see
 // ProbeReport::p99).
 absl::Duration Percentile(std::vector<absl::Duration> values, double q);
+
+// Whether an answer `d` after the client's last byte came at the server's
+// `timeout`: not more than 100 ms early (timer granularity), and at most
+// 1.5 s late (scaled by TimingSlack).
+bool AtTimeout(absl::Duration d, absl::Duration timeout);
+
+// `d` in milliseconds with two decimals ("12.34").
+std::string MsText(absl::Duration d);
+
+// Counts of answers ({"400+close": 1998}) as a compact answer string
+// ("400+closex1998,...").
+std::string Tally(const std::map<std::string, int>& counts);
 
 // An owned file descriptor, closed on destruction.
 class ScopedFd {

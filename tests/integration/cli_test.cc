@@ -62,7 +62,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadFlag{"rate_generation", "10r/m burst=-1"}, BadFlag{"allow", "1.2.3.4/40"},
         BadFlag{"deny", "nope"}, BadFlag{"admin_cidrs", "::/200"},
         BadFlag{"trusted_proxies", "10.0.0.0/8,x"}, BadFlag{"cors_origins", "app.example"},
-        BadFlag{"rate_by", "moon"}, BadFlag{"max_streams_per_ip", "-1"},
+        BadFlag{"rate_by", "moon"}, BadFlag{"auth_attempts", "fast"}, BadFlag{"max_streams_per_ip", "-1"},
         BadFlag{"limit_table_entries", "5"}, BadFlag{"keys_file", "/nonexistent/keys"},
         BadFlag{"htpasswd", "/nonexistent/users"}, BadFlag{"rules_file", "/nonexistent/rules"},
         BadFlag{"upstream_keepalive", "many"},

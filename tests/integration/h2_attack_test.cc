@@ -29,7 +29,9 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -738,6 +740,134 @@ TEST_F(H2AckFlood, PingFloodWithoutReadingIsClosed) {
 TEST_F(H2AckFlood, SettingsFloodWithoutReadingIsClosed) {
   Run("SETTINGS flood",
       h2::SettingsFrame({{h2::kSettingsInitialWindowSize, 65535}}));
+}
+
+// ------------------------------------------------------------ slow body
+
+// R.U.D.Y. over HTTP/2: 10 streams on one connection, each POST
+// /api/generate announcing content-length 100000, whose DATA comes one byte
+// every 500 ms for 2 s and then stops. Expected, as over HTTP/1.1: after
+// --client_body_timeout (2 s here) without a DATA frame, each stream is
+// answered 408 with a JSON body and its upstream request is abandoned (the
+// simulator's link closed); the connection itself stays up and keeps
+// serving, and DATA the client still sends on the answered streams is
+// taken without a connection error. The 500 ms trickle stays under the
+// timeout; the stall after it does not.
+TEST_F(H2Attack, SlowPostBodyStreamsGet408AtTheBodyTimeout) {
+  constexpr int kStreams = 10;
+  const absl::Duration kTimeout = absl::Seconds(2);
+  ASSERT_NO_FATAL_FAILURE(StartAttackStack({"--client_body_timeout=2s"}));
+  std::unique_ptr<h2::Connection> c = Open();
+  ASSERT_NE(c, nullptr);
+  const std::string block = h2::HpackBlock(h2::RequestFields(
+      "POST", "/api/generate",
+      {{"content-type", "application/json"}, {"content-length", "100000"}}));
+  std::vector<uint32_t> ids;
+  std::string open;
+  for (int i = 0; i < kStreams; ++i) {
+    const uint32_t id = 1 + 2 * static_cast<uint32_t>(i);
+    ids.push_back(id);
+    open += h2::HeadersFrame(id, block, /*end_stream=*/false);
+    open += h2::DataFrame(id, "{", /*end_stream=*/false);
+  }
+  BeginAttack();
+  IT_ASSERT_OK(c->Send(open));
+  // Every upstream request started (the head went on) before the trickle.
+  const SimStats during = WaitSim([this](const SimStats& s) {
+    return s.active >= sim_before_.active + kStreams;
+  });
+  ReadOutcome seen;
+  auto keep = [&seen](ReadOutcome o) {
+    for (h2::Frame& f : o.frames) seen.frames.push_back(std::move(f));
+    seen.closed = seen.closed || o.closed;
+  };
+  const std::string trickle = "\"model\":\"sim\"";
+  absl::Time last_byte;
+  for (int k = 0; k < 4; ++k) {
+    absl::SleepFor(absl::Milliseconds(500));
+    std::string bytes;
+    for (uint32_t id : ids) {
+      bytes += h2::DataFrame(id, trickle.substr(k, 1), /*end_stream=*/false);
+    }
+    IT_ASSERT_OK(c->Send(bytes));
+    last_byte = absl::Now();
+    keep(c->Poll());
+  }
+  const size_t answered_during_trickle = seen.Count(h2::kHeaders);
+  // Then nothing: every stream ends (END_STREAM or RST_STREAM) by itself.
+  std::set<uint32_t> ended;
+  auto note_end = [&ended](const h2::Frame& f) {
+    if (f.type == h2::kRstStream ||
+        ((f.type == h2::kData || f.type == h2::kHeaders) &&
+         (f.flags & h2::kFlagEndStream) != 0)) {
+      ended.insert(f.stream_id);
+    }
+  };
+  for (const h2::Frame& f : seen.frames) note_end(f);
+  keep(c->ReadUntil(
+      [&](const h2::Frame& f) {
+        note_end(f);
+        return f.type == h2::kGoaway || ended.size() >= kStreams;
+      },
+      last_byte + kTimeout + absl::Seconds(3) * TimingSlack() - absl::Now()));
+  // DATA on the answered streams (the client had not seen the answer yet)
+  // is no connection error, and the connection serves a new stream.
+  std::string late;
+  for (uint32_t id : ids) late += h2::DataFrame(id, "x", /*end_stream=*/false);
+  IT_ASSERT_OK(c->Send(late));
+  absl::StatusOr<int> next = c->Get(1 + 2 * kStreams, "/api/version");
+  keep(c->Poll());
+
+  std::map<std::string, int> tally;
+  std::vector<absl::Duration> after_stall;
+  for (uint32_t id : ids) {
+    const int status = seen.StatusOf(id);
+    std::string body;
+    absl::Time answered = absl::InfinitePast();
+    for (const h2::Frame& f : seen.frames) {
+      if (f.stream_id != id) continue;
+      if (f.type == h2::kData) body += f.payload;
+      if (f.type == h2::kHeaders && answered == absl::InfinitePast()) {
+        answered = f.arrival;
+      }
+    }
+    std::optional<uint32_t> rst = seen.ResetCode(id);
+    ++tally[absl::StrCat(status, rst ? absl::StrCat("+RST_STREAM(",
+                                                    h2::ErrorName(*rst), ")")
+                                     : std::string())];
+    EXPECT_EQ(status, 408) << "stream " << id << "\n" << seen.Describe();
+    EXPECT_TRUE(absl::StrContains(body, R"("error":"request body timeout")"))
+        << "stream " << id << ": " << body;
+    // A complete answer: if the stream is reset after it, only to tell the
+    // client to stop sending (RFC 9113 8.1).
+    if (rst) {
+      EXPECT_EQ(*rst, h2::kNoError) << "stream " << id;
+    }
+    if (status != 0) after_stall.push_back(answered - last_byte);
+  }
+  EndAttack("slow POST body (h2)", Tally(tally), /*cpu_bound_s=*/0.5);
+  const SimStats after = WaitSim([this](const SimStats& s) {
+    return s.active <= sim_before_.active;
+  });
+  std::cout << "[ measure  ] slow POST body (h2): " << kStreams
+            << " streams at 2 bytes/s then stalled; " << Tally(tally)
+            << "; sim links active " << sim_before_.active << " -> "
+            << during.active << " -> " << after.active << "; answered "
+            << MsText(Percentile(after_stall, 0.01)) << " to "
+            << MsText(Percentile(after_stall, 1.0))
+            << " ms after the last byte" << std::endl;
+  EXPECT_EQ(answered_during_trickle, 0u)
+      << "a stream was answered while its body still trickled:\n"
+      << seen.Describe();
+  EXPECT_FALSE(seen.GoawayCode().has_value()) << seen.Describe();
+  EXPECT_FALSE(seen.closed) << seen.Describe();
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(*next, 200);
+  EXPECT_EQ(during.active, sim_before_.active + kStreams)
+      << "the upstream requests did not start";
+  for (absl::Duration d : after_stall) EXPECT_PRED2(AtTimeout, d, kTimeout);
+  // The upstream links of the abandoned requests are closed.
+  EXPECT_LE(after.active, sim_before_.active);
 }
 
 // ------------------------------------------------------------ (6) slow reader

@@ -22,6 +22,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "tests/integration/h2_frames.h"
 #include "tests/integration/prom_text.h"
 #include "tests/integration/proxy_test_base.h"
 
@@ -291,6 +292,63 @@ TEST_F(ObservabilityIt, JsonLogCountsTokensOfEveryAnswerShape) {
   EXPECT_LT(relayed, 200) << lines[3];
   ASSERT_NE(v[3].Get("prompt_tokens"), nullptr);
   EXPECT_EQ(v[3].Get("prompt_tokens")->type(), JsonValue::Type::kNull) << lines[3];
+}
+
+// A request whose body stops coming is answered 408 at
+// --client_body_timeout, over HTTP/1.1 and HTTP/2 alike, and counted once:
+// one access line with its method, path and route (not a 499 for the
+// abandoned upstream request and a bare 408 besides), and one 408 in the
+// metrics.
+TEST_F(ObservabilityIt, BodyTimeoutIsOneLoggedRequest) {
+  ASSERT_NO_FATAL_FAILURE(StartStack(
+      {}, {"--client_body_timeout=1s", "--access_log=" + log_path(),
+           "--access_log_format=json", "--access_log_flush=10ms"}));
+  // HTTP/1.1: 10 of 100 announced bytes, then nothing.
+  {
+    auto conn = HttpConnection::Connect(proxy_port());
+    ASSERT_TRUE(conn.ok()) << conn.status();
+    IT_ASSERT_OK((*conn)->Send(
+        "POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        "{\"model\":"));
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, (*conn)->ReadResponse(absl::Seconds(5)));
+    EXPECT_EQ(r.status, 408);
+    EXPECT_EQ(r.body, "{\"error\":\"request body timeout\"}\n");
+  }
+  // HTTP/2 (h2c): the same on stream 1; stream 3 on the same connection
+  // is served afterwards.
+  {
+    auto c = h2::Connection::Connect(proxy_port());
+    ASSERT_TRUE(c.ok()) << c.status();
+    IT_ASSERT_OK((*c)->Establish());
+    IT_ASSERT_OK((*c)->Send(
+        h2::HeadersFrame(1,
+                         h2::HpackBlock(h2::RequestFields(
+                             "POST", "/api/generate",
+                             {{"content-type", "application/json"},
+                              {"content-length", "100"}})),
+                         /*end_stream=*/false) +
+        h2::DataFrame(1, "{\"model\":", /*end_stream=*/false)));
+    h2::ReadOutcome o = (*c)->ReadUntilStreamEnd(1, absl::Seconds(5));
+    EXPECT_EQ(o.StatusOf(1), 408) << o.Describe();
+    auto next = (*c)->Get(3, "/api/version");
+    ASSERT_TRUE(next.ok()) << next.status();
+    EXPECT_EQ(*next, 200);
+  }
+  const std::vector<std::string> lines = WaitLines(log_path(), 3);
+  absl::SleepFor(absl::Milliseconds(100));  // no fourth line comes
+  ASSERT_EQ(Lines(ReadWhole(log_path())).size(), 3u) << ReadWhole(log_path());
+  for (size_t i = 0; i < 2; ++i) {
+    std::optional<JsonValue> v = JsonValue::Parse(lines[i]);
+    ASSERT_TRUE(v.has_value() && v->is_object()) << lines[i];
+    EXPECT_EQ(v->GetInt("status"), 408) << lines[i];
+    EXPECT_EQ(v->GetString("uri"), "/api/generate") << lines[i];
+    EXPECT_EQ(v->GetString("route"), "generation") << lines[i];
+    EXPECT_EQ(v->GetString("protocol"), i == 0 ? "HTTP/1.1" : "HTTP/2.0") << lines[i];
+  }
+  const std::vector<PromFamily> f = Scrape();
+  EXPECT_EQ(Value(f, "sluice_http_requests_total", {{"route", "generation"}, {"code", "408"}}), 2);
+  EXPECT_EQ(Value(f, "sluice_http_requests_total", {{"route", "generation"}, {"code", "499"}}), -1);
 }
 
 // logrotate's way: rename the files, SIGUSR1, and new lines go to new files

@@ -186,8 +186,22 @@ TEST(RateTableModel, AgreesWithNginxOnRandomSequences) {
         const bool nginx_would = nginx.WouldAdmit(now_ms);
         const NginxLimitReq::Verdict want = nginx.Request(now_ms);
         ASSERT_EQ(nginx_would, want.allowed);
+        // Peek says what Check will, and accounts nothing (asked twice).
+        for (int k = 0; k < 2; ++k) {
+          const RateTable::RateResult peek =
+              table.Peek(7, "client", spec, now_ms * kMs);
+          ASSERT_EQ(peek.allowed, want.allowed) << mc.spec << " request " << i;
+          if (!peek.allowed) {
+            EXPECT_EQ(peek.retry_after_ns,
+                      table.Peek(7, "client", spec, now_ms * kMs).retry_after_ns);
+          }
+        }
         const RateTable::RateResult got =
             table.Check(7, "client", spec, now_ms * kMs);
+        if (!got.allowed) {
+          EXPECT_EQ(got.retry_after_ns,
+                    table.Peek(7, "client", spec, now_ms * kMs).retry_after_ns);
+        }
         ASSERT_EQ(got.allowed, want.allowed)
             << mc.spec << " seq " << seq << " request " << i << " at "
             << now_ms;

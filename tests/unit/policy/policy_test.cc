@@ -279,6 +279,12 @@ TEST_F(PolicyBuildTest, BadRatesAndRateBy) {
   EXPECT_PRED2(HasPrefix, BuildError(o), "--rate_generation: rate spec");
 
   o = NoAuth();
+  o.auth_attempts = "5 per minute";
+  EXPECT_PRED2(HasPrefix, BuildError(o), "--auth_attempts: rate spec");
+  o.auth_attempts = "off";
+  EXPECT_NE(MustBuild(o), nullptr);
+
+  o = NoAuth();
   o.rate_by = "host";
   EXPECT_EQ(BuildError(o), "--rate_by: \"host\": use ip or credential");
 
@@ -1487,6 +1493,120 @@ TEST_F(PolicyAuthTest, LinesMadeByTheRealHtpasswdTool) {
   EXPECT_TRUE(p->FinishBasic(p->VerifyBasic(b.basic_user, b.basic_password), &b,
                              &cache_, kT0));
   EXPECT_EQ(b.principal, "user:tim");
+}
+
+// --auth_attempts: "6r/m burst=3" admits 4 attempts at once from one
+// address, then one every 10 s.
+class PolicyLoginLimitTest : public PolicyAuthTest {
+ protected:
+  std::shared_ptr<const Policy> Build(const std::string& attempts) {
+    PolicyOptions o;
+    o.keys_file = KeysFile();
+    o.htpasswd_file = UsersFile();
+    o.auth_attempts = attempts;
+    return MustBuild(o, 1);
+  }
+  // Screen + Authenticate at `now` with the limit; for kNeedVerify, runs
+  // the bcrypt check and finishes, as the relay does. The final status (0
+  // when admitted).
+  int Try(const Policy& p, absl::string_view authorization, int64_t now,
+          absl::string_view peer = kClient, bool api_key = false) {
+    RequestFacts r = Get("/api/tags", peer);
+    if (api_key) {
+      r.x_api_key = authorization;
+    } else {
+      r.authorization = authorization;
+    }
+    Admission a;
+    EXPECT_TRUE(p.Screen(r, &a)) << a.error;
+    AuthStep step = p.Authenticate(r, &a, &cache_, now, &rates_);
+    if (step == AuthStep::kNeedVerify) {
+      ++bcrypt_runs_;
+      const bool ok = p.VerifyBasic(a.basic_user, a.basic_password);
+      step = p.FinishBasic(ok, &a, &cache_, now) ? AuthStep::kDone : AuthStep::kRefused;
+    }
+    if (a.status == 429) {
+      retry_after_ = "";
+      for (const auto& [name, value] : a.headers) {
+        if (name == "Retry-After") retry_after_ = value;
+      }
+      EXPECT_EQ(a.error, "too many failed logins, retry later");
+    }
+    EXPECT_EQ(step == AuthStep::kDone, a.status == 0);
+    return a.status;
+  }
+  int bcrypt_runs_ = 0;
+  std::string retry_after_;
+};
+
+TEST_F(PolicyLoginLimitTest, WrongPasswordsThen429WithoutCheckingIt) {
+  std::shared_ptr<const Policy> p = Build("6r/m burst=3");
+  ASSERT_NE(p, nullptr);
+  // Four different wrong bcrypt guesses are checked and refused.
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(Try(*p, BasicHeader(absl::StrCat("bea:guess", i)), kT0), 401) << i;
+  }
+  EXPECT_EQ(bcrypt_runs_, 4);
+  // The fifth, even the right password, gets 429 and no bcrypt run.
+  EXPECT_EQ(Try(*p, BasicHeader("bea:guess4"), kT0), 429);
+  EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0), 429);
+  EXPECT_EQ(retry_after_, "10");
+  EXPECT_EQ(bcrypt_runs_, 4);
+  // A cheap scheme is not checked either (its answer would be the oracle).
+  EXPECT_EQ(Try(*p, BasicHeader("ann:pass"), kT0), 429);
+  // A repeated wrong password (the cache knows it) still counts.
+  EXPECT_EQ(Try(*p, BasicHeader("bea:guess0"), kT0), 429);
+  // Another address is not affected: bea logs in from there.
+  EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0, "192.0.2.11"), 0);
+  EXPECT_EQ(bcrypt_runs_, 5);
+  // Her password is now in the cache, but the locked-out address does not
+  // get the cache's answer either.
+  EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0), 429);
+  // 10 s later the address may try again: the cached password passes
+  // (uncounted), a new wrong one is checked and uses the one attempt.
+  EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0 + 10 * kSec), 0);
+  EXPECT_EQ(Try(*p, BasicHeader("bea:other"), kT0 + 10 * kSec), 401);
+  EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0 + 10 * kSec), 429);
+  EXPECT_EQ(bcrypt_runs_, 6);
+}
+
+TEST_F(PolicyLoginLimitTest, KnownGoodCredentialsPassUncounted) {
+  std::shared_ptr<const Policy> p = Build("6r/m burst=3");
+  ASSERT_NE(p, nullptr);
+  // bea logs in (one attempt: her password is checked, then cached), and
+  // goes on working: cached answers and valid keys are not attempts, nor
+  // are requests without credentials.
+  EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0), 0);
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0), 0);
+    EXPECT_EQ(Try(*p, absl::StrCat("Bearer ", alice_), kT0), 0);
+    EXPECT_EQ(Try(*p, "", kT0), 401);
+  }
+  EXPECT_EQ(bcrypt_runs_, 1);
+  // Three wrong keys use up the rest of the burst; then refusals of any
+  // credentials sent are 429.
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(Try(*p, absl::StrCat("Bearer sk-wrong", i), kT0), 401) << i;
+  }
+  EXPECT_EQ(Try(*p, "Bearer sk-wrong", kT0), 429);
+  EXPECT_EQ(Try(*p, "garbage", kT0), 429);
+  EXPECT_EQ(Try(*p, BasicHeader("ann:pass"), kT0), 429);
+  EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0), 429);
+  // Valid keys still pass: a 256-bit random key answers no guess.
+  EXPECT_EQ(Try(*p, absl::StrCat("Bearer ", alice_), kT0), 0);
+  EXPECT_EQ(Try(*p, bob_, kT0, kClient, /*api_key=*/true), 0);
+  // A request without credentials is still the plain challenge.
+  EXPECT_EQ(Try(*p, "", kT0), 401);
+  EXPECT_EQ(bcrypt_runs_, 1);
+}
+
+TEST_F(PolicyLoginLimitTest, OffCountsNothing) {
+  std::shared_ptr<const Policy> p = Build("off");
+  ASSERT_NE(p, nullptr);
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_EQ(Try(*p, BasicHeader(absl::StrCat("ann:guess", i)), kT0), 401) << i;
+  }
+  EXPECT_EQ(Try(*p, BasicHeader("ann:pass"), kT0), 0);
 }
 
 // ---------------------------------------------------------------- Limit
