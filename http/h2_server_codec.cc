@@ -136,6 +136,12 @@ struct H2ServerCodec::Stream {
   bool terminal_queued = false;  // OnStreamClosed/OnStreamReset queued
   bool terminal_delivered = false;
   bool no_error_reset = false;  // RST_STREAM(NO_ERROR) after the response
+  // HEADERS frames (interim or final) submitted and not yet sent or
+  // dropped, and the reset the sink asked for meanwhile: nghttp2 drops a
+  // queued HEADERS once a RST_STREAM is queued for its stream (the stream
+  // turns "closing"), so the reset waits until the head is on the wire.
+  int heads_queued = 0;
+  std::optional<uint32_t> reset_after_head;
 
   // Request body: its declared length and the bytes received so far.
   std::optional<uint64_t> request_length;
@@ -383,9 +389,28 @@ struct H2Callbacks {
     return 0;
   }
 
+  // A HEADERS frame of `s` left the queue (sent, or dropped): a reset
+  // waiting for it goes out now.
+  static void HeadDone(nghttp2_session* session, Stream* s) {
+    if (s == nullptr || s->heads_queued == 0) return;
+    if (--s->heads_queued > 0 || !s->reset_after_head) return;
+    const uint32_t code = *s->reset_after_head;
+    s->reset_after_head.reset();
+    if (!s->closed) nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, s->id, code);
+  }
+
+  static int OnFrameNotSend(nghttp2_session* session, const nghttp2_frame* frame,
+                            int /*lib_error_code*/, void* user_data) {
+    if (frame->hd.type == NGHTTP2_HEADERS) {
+      HeadDone(session, Find(Self(user_data), frame->hd.stream_id));
+    }
+    return 0;
+  }
+
   static int OnFrameSend(nghttp2_session* session, const nghttp2_frame* frame,
                          void* user_data) {
     H2ServerCodec* c = Self(user_data);
+    if (frame->hd.type == NGHTTP2_HEADERS) HeadDone(session, Find(c, frame->hd.stream_id));
     switch (frame->hd.type) {
       case NGHTTP2_HEADERS:
       case NGHTTP2_DATA: {
@@ -513,6 +538,8 @@ H2ServerCodec::H2ServerCodec(H2StreamSink* sink, const H2Options& options)
       cbs, &H2Callbacks::OnStreamClose);
   nghttp2_session_callbacks_set_on_frame_send_callback(
       cbs, &H2Callbacks::OnFrameSend);
+  nghttp2_session_callbacks_set_on_frame_not_send_callback(
+      cbs, &H2Callbacks::OnFrameNotSend);
   nghttp2_session_callbacks_set_send_data_callback(cbs, &H2Callbacks::SendData);
 
   nghttp2_option* opt;
@@ -907,6 +934,7 @@ absl::Status H2ServerCodec::SubmitFinalHead(Stream* s, int status,
         absl::StrCat("nghttp2_submit_response: ", nghttp2_strerror(rv)));
   }
   s->response_submitted = true;
+  ++s->heads_queued;
   if (end_stream) s->eof = true;
   return absl::OkStatus();
 }
@@ -941,6 +969,7 @@ absl::Status H2ServerCodec::SubmitResponse(int32_t stream_id,
       return absl::InternalError(
           absl::StrCat("nghttp2_submit_headers: ", nghttp2_strerror(rv)));
     }
+    ++s->heads_queued;
     return absl::OkStatus();
   }
   if (end_stream && s->queued > 0) {
@@ -1028,8 +1057,14 @@ absl::Status H2ServerCodec::ResetStream(int32_t stream_id,
   s->queue.clear();
   SetQueued(s, 0);
   if (!s->closed && !failed_) {
-    nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, stream_id,
-                              error_code);
+    if (s->heads_queued > 0) {
+      // The response head goes first, so the client learns the status of
+      // the response that broke (see Stream::heads_queued).
+      s->reset_after_head = error_code;
+    } else {
+      nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, stream_id,
+                                error_code);
+    }
   }
   return absl::OkStatus();
 }
