@@ -1,6 +1,7 @@
-# Shell helpers shared by the end-to-end benchmark scripts (sourced).
-# The script sets WORK (its temp dir) and appends every PID it starts to
-# PIDS; cleanup stops them (TERM, then KILL after 5 s) and removes WORK.
+# Shell helpers shared by the end-to-end benchmark scripts (sourced, after
+# the script set ROOT). The script sets WORK (its temp dir) and appends
+# every PID it starts to PIDS; cleanup stops them (TERM, then KILL after
+# 5 s) and removes WORK.
 
 PIDS=()
 cleanup() {
@@ -40,3 +41,49 @@ to_us() {
 
 # The median of the numeric arguments.
 median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+
+# cost_args NAME HELP_END "$@": the arguments of a cost script,
+# [--record] [BUILD_DIR] (default: $BUILD or build-bench); --help prints
+# lines 2..HELP_END of the script. Sets RECORD, BUILD_DIR, SLUICE and SIM,
+# and exits 2 naming what is wrong when a binary is not built.
+cost_args() {
+  local name=$1 help_end=$2 arg bin
+  shift 2
+  RECORD=0
+  BUILD_DIR=${BUILD:-build-bench}
+  for arg in "$@"; do
+    case "$arg" in
+      --record) RECORD=1 ;;
+      -h|--help) sed -n "2,${help_end}p" "${BASH_SOURCE[-1]}"; exit 0 ;;
+      -*) echo "$name: unknown option $arg" >&2; exit 2 ;;
+      *) BUILD_DIR=$arg ;;
+    esac
+  done
+  [[ "$BUILD_DIR" = /* ]] || BUILD_DIR="$ROOT/$BUILD_DIR"
+  SLUICE="$BUILD_DIR/core/sluice"
+  SIM="$BUILD_DIR/tools/ollama-sim/ollama-sim"
+  for bin in "$SLUICE" "$SIM"; do
+    [[ -x "$bin" ]] || { echo "$name: $bin not built" >&2; exit 2; }
+  done
+}
+
+# require_tools NAME TOOL...: exits 2 naming the first tool not installed.
+require_tools() {
+  local name=$1 tool
+  shift
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "$name: $tool not installed" >&2; exit 2; }
+  done
+}
+
+# pin_cpus WHAT: the proxy on CPU 0 and the load on CPU 1 when there are
+# two CPUs and taskset (PROXY_CPU, LOAD_CPU: command prefixes); PINNING
+# says which, WHAT describing the pinned case.
+pin_cpus() {
+  if command -v taskset >/dev/null && (( $(nproc) >= 2 )); then
+    PROXY_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1)
+    PINNING=$1
+  else
+    PROXY_CPU=(); LOAD_CPU=(); PINNING="unpinned (fewer than 2 CPUs or no taskset)"
+  fi
+}

@@ -23,39 +23,17 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COMMAND="bash bench/observe_cost.sh $*"
-RECORD=0
-BUILD_DIR=${BUILD:-build-bench}
-for arg in "$@"; do
-  case "$arg" in
-    --record) RECORD=1 ;;
-    -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}"; exit 0 ;;
-    -*) echo "observe_cost.sh: unknown option $arg" >&2; exit 2 ;;
-    *) BUILD_DIR=$arg ;;
-  esac
-done
-[[ "$BUILD_DIR" = /* ]] || BUILD_DIR="$ROOT/$BUILD_DIR"
-SLUICE="$BUILD_DIR/core/sluice"
-SIM="$BUILD_DIR/tools/ollama-sim/ollama-sim"
-for bin in "$SLUICE" "$SIM"; do
-  [[ -x "$bin" ]] || { echo "observe_cost.sh: $bin not built" >&2; exit 2; }
-done
-for tool in wrk curl; do
-  command -v "$tool" >/dev/null || { echo "observe_cost.sh: $tool not installed" >&2; exit 2; }
-done
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+cost_args observe_cost.sh 22 "$@"
+require_tools observe_cost.sh wrk curl
 
 ROUNDS=3
 WRK_SECONDS=5
-if command -v taskset >/dev/null && (( $(nproc) >= 2 )); then
-  PROXY_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1)
-  PINNING="sluice worker on CPU 0 (log writer thread unpinned); ollama-sim and wrk on CPU 1"
-else
-  PROXY_CPU=(); LOAD_CPU=(); PINNING="unpinned (fewer than 2 CPUs or no taskset)"
-fi
+pin_cpus "sluice worker on CPU 0 (log writer thread unpinned); ollama-sim and wrk on CPU 1"
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-observe.XXXXXX")
-# shellcheck source=bench/lib.sh
-source "$ROOT/bench/lib.sh"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
