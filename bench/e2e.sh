@@ -21,27 +21,14 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COMMAND="bash bench/e2e.sh $*"
-RECORD=0
-BUILD_DIR=${BUILD:-build-bench}
-for arg in "$@"; do
-  case "$arg" in
-    --record) RECORD=1 ;;
-    -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}"; exit 0 ;;
-    -*) echo "e2e.sh: unknown option $arg" >&2; exit 2 ;;
-    *) BUILD_DIR=$arg ;;
-  esac
-done
-[[ "$BUILD_DIR" = /* ]] || BUILD_DIR="$ROOT/$BUILD_DIR"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+cost_args e2e.sh 19 "$@"
 [[ -n "${BUILD:-}" ]] && COMMAND="BUILD=$BUILD $COMMAND"
 [[ -n "${SLUICE_EXTRA_ARGS:-}" ]] && COMMAND="SLUICE_EXTRA_ARGS='$SLUICE_EXTRA_ARGS' $COMMAND"
-
-SLUICE="$BUILD_DIR/core/sluice"
-SIM="$BUILD_DIR/tools/ollama-sim/ollama-sim"
 RELAY_DELAY="$BUILD_DIR/bench/relay_delay"
-for bin in "$SLUICE" "$SIM" "$RELAY_DELAY"; do
-  [[ -x "$bin" ]] || { echo "e2e.sh: $bin not built" >&2; exit 2; }
-done
-command -v wrk >/dev/null || { echo "e2e.sh: wrk not installed" >&2; exit 2; }
+[[ -x "$RELAY_DELAY" ]] || { echo "e2e.sh: $RELAY_DELAY not built" >&2; exit 2; }
+require_tools e2e.sh wrk
 
 # Throughput and delay settings. Tokens * delay * streams_rounds keeps each
 # delay run near 4 s: 2 rounds of 100 tokens at 20 ms.
@@ -55,22 +42,12 @@ STREAM_ROUNDS=2
 
 # Pinning: sluice alone on CPU 0, everything else on CPU 1. Without a second
 # CPU the comparison would mostly measure the scheduler; run unpinned then.
-if command -v taskset >/dev/null && (( $(nproc) >= 2 )); then
-  PROXY_CPU=(taskset -c 0)
-  LOAD_CPU=(taskset -c 1)
-  PINNING="sluice on CPU 0; ollama-sim, wrk and relay_delay on CPU 1"
-else
-  PROXY_CPU=()
-  LOAD_CPU=()
-  PINNING="unpinned (fewer than 2 CPUs or no taskset)"
-fi
+pin_cpus "sluice on CPU 0; ollama-sim, wrk and relay_delay on CPU 1"
 
 # Loopback only: never let a proxy variable reroute a client.
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-e2e.XXXXXX")
-# shellcheck source=bench/lib.sh
-source "$ROOT/bench/lib.sh"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
