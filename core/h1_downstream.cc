@@ -28,13 +28,10 @@ H1Downstream::H1Downstream(ClientConnection* conn)
       }),
       send_timer_([this] { Abort(); }),
       body_timer_([this] {
-        // Answered by the relay, so the access log and metrics count one
-        // 408 for the request (its method and path included).
-        if (relay_) {
-          relay_->AbandonRequest(408, "request body timeout");
-        } else {
-          CodecError(absl::DeadlineExceededError("request body timeout"));
-        }
+        // Armed only with a relay (ArmBodyTimer), which answers, so the
+        // access log and metrics count one 408 for the request (its method
+        // and path included).
+        if (relay_) relay_->AbandonRequest(408, "request body timeout");
       }) {}
 
 H1Downstream::~H1Downstream() = default;
@@ -286,6 +283,7 @@ void H1Downstream::FinishExchange() {
 
 void H1Downstream::RetireRelay() {
   paused_by_relay_ = false;
+  body_timer_.Disarm();  // the exchange is answered: no more body wanted
   if (!relay_) return;
   // The relay may be on the call stack (it called us); free it after.
   Relay* r = relay_.release();
@@ -320,7 +318,6 @@ void H1Downstream::CodecError(const absl::Status& status) {
   std::string msg(status.message());
   if (code == 413) msg = "request body too large";
   if (code == 431) msg = "request header fields too large";
-  body_timer_.Disarm();
   worker_->AccountBare(nullptr, conn_->client_addr(), code, http::JsonErrorBody(msg).size(),
                        worker_->now_ns(), worker_->now_unix_ns(), conn_->number(), "other");
   conn_->WriteOwned(http::JsonErrorResponse(code, msg, true, 0, ExtraFields()));

@@ -528,19 +528,26 @@ void Relay::LinkFailed(int status, std::string_view message) {
 }
 
 void Relay::FailBeforeResponse(int status, std::string_view message) {
-  finished_ = true;
-  DropLink();
   if (head_sent_) {
     RELAY_LOG(WARN, "%s %s: response cut short: upstream %s", head_.method.c_str(),
               head_.target.c_str(), fail_cause_.c_str());
-    downstream_->AbortResponse();
   } else {
-    status_ = status;
-    body_bytes_sent_ = http::JsonErrorBody(message).size();
     RELAY_LOG(WARN, "%s %s: %d %s: upstream %s", head_.method.c_str(), head_.target.c_str(),
               status, std::string(message).c_str(), fail_cause_.c_str());
-    downstream_->SendError(status, message);
   }
+  EndWithError(status, message);
+}
+
+void Relay::EndWithError(int status, std::string_view message) {
+  finished_ = true;
+  DropLink();
+  if (head_sent_) {
+    downstream_->AbortResponse();
+    return;
+  }
+  status_ = status;
+  body_bytes_sent_ = http::JsonErrorBody(message).size();
+  downstream_->SendError(status, message);
 }
 
 void Relay::Finish(bool reusable) {
@@ -588,19 +595,11 @@ void Relay::Cancel() {
 
 void Relay::AbandonRequest(int status, std::string_view message) {
   if (finished_) return;
-  finished_ = true;
-  DropLink();
   delay_timer_.Disarm();
   held_body_.clear();
   RELAY_LOG(INFO, "%s %s: %d %s", head_.method.c_str(), head_.target.c_str(), status,
             std::string(message).c_str());
-  if (head_sent_) {
-    downstream_->AbortResponse();
-    return;
-  }
-  status_ = status;
-  body_bytes_sent_ = http::JsonErrorBody(message).size();
-  downstream_->SendError(status, message);
+  EndWithError(status, message);
 }
 
 void Relay::OnTunnelData(Slice data) {

@@ -152,6 +152,10 @@ class Relay final : public LinkUser, public http::H1ResponseSink {
   void WriteUpCopy(std::string_view bytes);
   bool AttachLink(bool fresh);
   void FailBeforeResponse(int status, std::string_view message);
+  // Ends the exchange: the upstream link closes, and the client gets
+  // `status` with a JSON error, or, past the response head, a response cut
+  // short (Downstream::AbortResponse).
+  void EndWithError(int status, std::string_view message);
   void LinkFailed(int status, std::string_view message);
   void Finish(bool reusable);
   void DropLink();

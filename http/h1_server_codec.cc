@@ -279,7 +279,6 @@ int HttpStatusForError(const absl::Status& status) {
     case absl::StatusCode::kOutOfRange: return 413;
     case absl::StatusCode::kFailedPrecondition: return 417;
     case absl::StatusCode::kUnimplemented: return 501;
-    case absl::StatusCode::kDeadlineExceeded: return 408;
     default: return 400;
   }
 }

@@ -275,9 +275,9 @@ size_t SlotTable::size() const {
 RateTable::RateTable(size_t capacity, size_t partitions)
     : slots_(capacity, partitions) {}
 
-RateTable::RateResult RateTable::Check(uint32_t zone_id, absl::string_view key,
-                                       const RateSpec& spec, int64_t now_ns,
-                                       std::optional<uint32_t> steering) {
+RateTable::RateResult RateTable::Decide(uint32_t zone_id, absl::string_view key,
+                                        const RateSpec& spec, int64_t now_ns,
+                                        std::optional<uint32_t> steering, bool account) {
   const int64_t interval = EmissionIntervalNs(spec.rate_per_s);
   const int64_t burst_span = SpanNs(spec.burst, interval);
   const int64_t delay_span = SpanNs(spec.delay, interval);
@@ -288,25 +288,24 @@ RateTable::RateResult RateTable::Check(uint32_t zone_id, absl::string_view key,
   const int64_t tat0 = tat != nullptr ? std::max(*tat, now_ns) : now_ns;
   const int64_t wait = tat0 - now_ns;
   if (wait > burst_span) return {false, 0, wait - burst_span};
-  if (tat != nullptr) {
+  if (account && tat != nullptr) {
     *tat = tat0 + interval;
-  } else {
+  } else if (account) {
     locked.Insert(tat0 + interval, now_ns, /*evict=*/true);
   }
   return {true, std::max<int64_t>(0, wait - delay_span), 0};
 }
 
+RateTable::RateResult RateTable::Check(uint32_t zone_id, absl::string_view key,
+                                       const RateSpec& spec, int64_t now_ns,
+                                       std::optional<uint32_t> steering) {
+  return Decide(zone_id, key, spec, now_ns, steering, /*account=*/true);
+}
+
 RateTable::RateResult RateTable::Peek(uint32_t zone_id, absl::string_view key,
                                       const RateSpec& spec, int64_t now_ns,
                                       std::optional<uint32_t> steering) {
-  const int64_t burst_span = SpanNs(spec.burst, EmissionIntervalNs(spec.rate_per_s));
-  limiter_internal::SlotTable::Key k;
-  slots_.MakeKey(zone_id, key, &k, steering);
-  auto locked = slots_.Lock(k);
-  const int64_t* tat = locked.found();
-  const int64_t wait = tat != nullptr ? std::max<int64_t>(*tat - now_ns, 0) : 0;
-  if (wait > burst_span) return {false, 0, wait - burst_span};
-  return {true, 0, 0};
+  return Decide(zone_id, key, spec, now_ns, steering, /*account=*/false);
 }
 
 ConcurrencyTable::ConcurrencyTable(size_t capacity) : slots_(capacity) {}

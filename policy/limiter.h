@@ -179,8 +179,8 @@ class RateTable {
   RateResult Check(uint32_t zone_id, absl::string_view key,
                    const RateSpec& spec, int64_t now_ns,
                    std::optional<uint32_t> steering = std::nullopt);
-  // What Check would answer now, without accounting anything (delay_ns is
-  // left 0). Thread-safe.
+  // What Check would answer now, without accounting anything.
+  // Thread-safe.
   RateResult Peek(uint32_t zone_id, absl::string_view key, const RateSpec& spec,
                   int64_t now_ns, std::optional<uint32_t> steering = std::nullopt);
 
@@ -189,6 +189,10 @@ class RateTable {
   size_t size() const { return slots_.size(); }
 
  private:
+  // Check (account: the request is counted when allowed) and Peek.
+  RateResult Decide(uint32_t zone_id, absl::string_view key, const RateSpec& spec,
+                    int64_t now_ns, std::optional<uint32_t> steering, bool account);
+
   limiter_internal::SlotTable slots_;
 };
 

@@ -28,19 +28,31 @@ constexpr absl::string_view kAdminPaths[] = {"/api/pull", "/api/create",
                                              "/api/copy", "/api/blobs"};
 
 constexpr char kRealm[] = "sluice";
-// The rate table's zone of login attempts (a name no rules file can give a
-// zone: those are words).
-constexpr absl::string_view kAuthAttemptZone = "auth/attempts";
 
 // FNV-1a: a stable zone id from its name, so limit state survives a reload
 // that keeps the zone.
-uint32_t ZoneId(absl::string_view name) {
+constexpr uint32_t ZoneId(absl::string_view name) {
   uint32_t h = 2166136261u;
   for (unsigned char c : name) {
     h ^= c;
     h *= 16777619u;
   }
   return h;
+}
+
+// The rate table's zone of login attempts (a name no rules file can give a
+// zone: those are words).
+constexpr uint32_t kAuthAttemptZone = ZoneId("auth/attempts");
+
+// Whole seconds for Retry-After, rounded up, at least 1.
+std::string RetryAfterSeconds(int64_t ns) {
+  return absl::StrCat(std::max<int64_t>(1, (ns + 999'999'999) / 1'000'000'000));
+}
+
+// The password is not kept once it was checked (or refused unchecked).
+void ForgetPassword(Admission* a) {
+  std::fill(a->basic_password.begin(), a->basic_password.end(), '\0');
+  a->basic_password.clear();
 }
 
 absl::Status FlagError(absl::string_view flag, absl::string_view message) {
@@ -479,16 +491,14 @@ void Policy::RefuseAuth(Admission* a) const {
 bool Policy::ChargeLogin(Admission* a, RateTable* attempts, int64_t now_ns,
                          bool count) const {
   if (attempts == nullptr || !auth_attempts_) return true;
-  const uint32_t zone = ZoneId(kAuthAttemptZone);
   const RateTable::RateResult r =
-      count ? attempts->Check(zone, a->client.AsBytes(), *auth_attempts_, now_ns,
+      count ? attempts->Check(kAuthAttemptZone, a->client.AsBytes(), *auth_attempts_, now_ns,
                               SteeringHash(a->client))
-            : attempts->Peek(zone, a->client.AsBytes(), *auth_attempts_, now_ns,
+            : attempts->Peek(kAuthAttemptZone, a->client.AsBytes(), *auth_attempts_, now_ns,
                              SteeringHash(a->client));
   if (r.allowed) return true;
   Refuse(a, 429, "too many failed logins, retry later");
-  const int64_t secs = std::max<int64_t>(1, (r.retry_after_ns + 999'999'999) / 1'000'000'000);
-  a->headers.emplace_back("Retry-After", absl::StrCat(secs));
+  a->headers.emplace_back("Retry-After", RetryAfterSeconds(r.retry_after_ns));
   return false;
 }
 
@@ -533,8 +543,7 @@ AuthStep Policy::Authenticate(const RequestFacts& req, Admission* a,
   // that happens to be some user's password.
   const bool known_good = cached == CacheResult::kValid;
   if (!ChargeLogin(a, attempts, now_ns, /*count=*/!known_good)) {
-    std::fill(a->basic_password.begin(), a->basic_password.end(), '\0');
-    a->basic_password.clear();
+    ForgetPassword(a);
     return AuthStep::kRefused;
   }
   if (cached != CacheResult::kMiss) {
@@ -554,9 +563,7 @@ bool Policy::FinishBasic(bool valid, Admission* a, BasicAuthCache* cache,
   if (cache != nullptr) {
     cache->Insert(a->basic_user, a->basic_password, valid, generation_, now_ns);
   }
-  // The password is not kept past this point.
-  std::fill(a->basic_password.begin(), a->basic_password.end(), '\0');
-  a->basic_password.clear();
+  ForgetPassword(a);
   if (!valid) {
     RefuseAuth(a);
     return false;
@@ -597,9 +604,7 @@ LimitStep Policy::Limit(Admission* a, RateTable* rates, ConcurrencyTable* conns,
     if (!res.allowed) {
       Release(a, conns);
       Refuse(a, 429, "rate limit exceeded");
-      const int64_t secs =
-          std::max<int64_t>(1, (res.retry_after_ns + 999'999'999) / 1'000'000'000);
-      a->headers.emplace_back("Retry-After", absl::StrCat(secs));
+      a->headers.emplace_back("Retry-After", RetryAfterSeconds(res.retry_after_ns));
       step.kind = LimitStep::kRefuse;
       return step;
     }
