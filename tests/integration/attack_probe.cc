@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <iostream>
 #include <iterator>
 #include <optional>
 
@@ -28,6 +29,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "gtest/gtest.h"
 #include "tests/integration/h2_frames.h"
 
 namespace sluice::integration {
@@ -647,6 +649,54 @@ std::string AttackLine(const AttackFigures& f) {
       " cpu_s=", absl::StrFormat("%.2f", f.cpu_s),
       " rss_base_kib=", f.rss_base_kib, " rss_peak_kib=", f.rss_peak_kib,
       " fds_base=", f.fds_base, " fds_peak=", f.fds_peak);
+}
+
+AttackFigures ReportAttack(const AttackRun& r) {
+  const ProbeReport control = r.window.Control();
+  AttackFigures f;
+  f.name = r.name;
+  f.answer = r.answer;
+  f.probes = r.window.count();
+  f.probes_failed = r.all.failed;
+  f.idle_p99 = r.idle.p99;
+  f.control_p99 = control.p99;
+  f.attack_p99 = r.window.p99;
+  f.attack_max = r.window.max_latency;
+  f.attack_raw_p99 = r.window.raw_p99;
+  f.bound = P99Bound(std::max(r.idle.p99, control.p99));
+  f.cpu_s = r.now.cpu_s - r.before.cpu_s;
+  f.rss_base_kib = r.baseline.rss_kib;
+  f.rss_peak_kib = std::max(r.all.peak_rss_kib, r.now.rss_kib);
+  f.fds_base = r.baseline.fds;
+  f.fds_peak = std::max(r.all.peak_fds, r.now.fds);
+  std::cout << AttackLine(f) << std::endl;
+  std::cout << "[ measure  ] " << r.name << ": idle probes " << r.idle.Summary()
+            << "; during " << r.window.Summary() << " (all: " << r.all.Summary()
+            << "); control during " << control.Summary() << "; RSS +"
+            << absl::StrFormat("%.2f", (f.rss_peak_kib - f.rss_base_kib) / 1024.0)
+            << " MiB peak, +"
+            << absl::StrFormat("%.2f", (r.now.rss_kib - f.rss_base_kib) / 1024.0)
+            << " MiB at the end; fds " << f.fds_base << " -> peak " << f.fds_peak
+            << " -> " << r.now.fds << "; sluice CPU " << absl::StrFormat("%.2f", f.cpu_s)
+            << " s" << std::endl;
+  EXPECT_GT(r.window.count(), 0) << r.name << ": no probe ran during the attack";
+  EXPECT_EQ(r.all.failed, 0) << r.name << ": probes failed or took over " << ProbeTimeout()
+                             << ":\n"
+                             << absl::StrJoin(r.all.failures, "\n");
+  EXPECT_LE(r.window.p99, f.bound)
+      << r.name << ": probe p99 " << r.window.p99 << " over the bound " << f.bound
+      << " (idle p99 " << r.idle.p99 << ", control p99 " << control.p99
+      << "); the slowest, from the attack's start:\n"
+      << r.window.Slowest(8, r.start) << "idle:\n"
+      << r.idle.Slowest(4, r.idle.samples.empty() ? absl::Now() : r.idle.samples[0].start);
+  EXPECT_LT(f.cpu_s, r.cpu_bound_s * TimingSlack())
+      << r.name << ": sluice used " << f.cpu_s << " s of CPU";
+  if (r.check_rss) {
+    EXPECT_LT(f.rss_peak_kib - f.rss_base_kib, r.rss_bound_kib)
+        << r.name << ": RSS grew from " << f.rss_base_kib << " KiB to " << f.rss_peak_kib
+        << " KiB";
+  }
+  return f;
 }
 
 }  // namespace sluice::integration

@@ -25,6 +25,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "tests/integration/harness.h"
+#include "tests/integration/proc_stats.h"
 #include "tests/integration/timing.h"
 
 namespace sluice::integration {
@@ -333,5 +334,28 @@ struct AttackFigures {
 // rss_peak_kib=94500 fds_base=12 fds_peak=62" (one line, no spaces inside
 // a value): what tools/attack.sh collects.
 std::string AttackLine(const AttackFigures& f);
+
+// One attack as a suite's fixture saw it: its probe runs and /proc samples.
+struct AttackRun {
+  std::string name;
+  std::string answer;   // what the attack was answered (the test checks it)
+  ProbeReport idle;     // the probes before the attack
+  ProbeReport all;      // every probe from the attack's start
+  ProbeReport window;   // those counted for the p99 (part of `all`)
+  ProcSample baseline;  // the proxy after the warm-up
+  ProcSample before;    // at the attack's start
+  ProcSample now;       // at its end
+  absl::Time start;     // the attack's start
+  double cpu_bound_s = 1.0;           // the proxy's CPU time during it
+  int64_t rss_bound_kib = 16 * 1024;  // peak VmRSS over the baseline
+  bool check_rss = true;  // false where freed memory stays resident (ASan)
+};
+
+// Prints the "[ attack   ]" line and a "[ measure  ]" line of `r`, and
+// checks what every attack must hold: probes ran and none failed or took
+// over ProbeTimeout(), the window's p99 within P99Bound of the larger of
+// the idle and control p99s, the proxy's CPU under the bound (scaled by
+// TimingSlack) and, with check_rss, its RSS growth under the bound.
+AttackFigures ReportAttack(const AttackRun& r);
 
 }  // namespace sluice::integration

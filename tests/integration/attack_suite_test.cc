@@ -167,59 +167,25 @@ class AttackSuite : public ProxyTest {
   AttackFigures EndAttack(const std::string& name, const std::string& answer,
                           const Bounds& b) {
     absl::SleepFor(b.after);
-    const ProbeReport all = prober_->Stop();
+    AttackRun r;
+    r.all = prober_->Stop();
     prober_.reset();
-    last_probes_ = all;
-    const ProbeReport window = all.Between(b.p99_from, b.p99_to);
-    const ProbeReport control = window.Control();
-    const ProcSample now = SampleProc(sluice_->pid());
-    AttackFigures f;
-    f.name = name;
-    f.answer = answer;
-    f.probes = window.count();
-    f.probes_failed = all.failed;
-    f.idle_p99 = idle_.p99;
-    f.control_p99 = control.p99;
-    f.attack_p99 = window.p99;
-    f.attack_max = window.max_latency;
-    f.attack_raw_p99 = window.raw_p99;
-    f.bound = P99Bound(std::max(idle_.p99, control.p99));
-    f.cpu_s = now.cpu_s - before_.cpu_s;
-    f.rss_base_kib = baseline_.rss_kib;
-    f.rss_peak_kib = std::max(all.peak_rss_kib, now.rss_kib);
-    f.fds_base = baseline_.fds;
-    f.fds_peak = std::max(all.peak_fds, now.fds);
-    std::cout << AttackLine(f) << std::endl;
-    std::cout << "[ measure  ] " << name << ": idle probes " << idle_.Summary()
-              << "; during " << window.Summary() << " (all: " << all.Summary()
-              << "); control during " << control.Summary() << "; RSS +"
-              << Fmt((f.rss_peak_kib - f.rss_base_kib) / 1024.0)
-              << " MiB peak, +" << Fmt((now.rss_kib - f.rss_base_kib) / 1024.0)
-              << " MiB at the end; fds " << f.fds_base << " -> peak "
-              << f.fds_peak << " -> " << now.fds << "; sluice CPU "
-              << Fmt(f.cpu_s) << " s" << std::endl;
-    EXPECT_GT(window.count(), 0) << name << ": no probe ran during the attack";
-    EXPECT_EQ(all.failed, 0)
-        << name << ": probes failed or took over " << ProbeTimeout() << ":\n"
-        << absl::StrJoin(all.failures, "\n");
-    EXPECT_LE(window.p99, f.bound)
-        << name << ": probe p99 " << window.p99 << " over the bound " << f.bound
-        << " (idle p99 " << idle_.p99 << ", control p99 " << control.p99
-        << "); the slowest, from the attack's start:\n"
-        << window.Slowest(8, attack_start_) << "idle:\n"
-        << idle_.Slowest(
-               4, idle_.samples.empty() ? absl::Now() : idle_.samples[0].start);
-    EXPECT_LT(f.cpu_s, b.cpu_s * TimingSlack())
-        << name << ": sluice used " << f.cpu_s << " s of CPU";
+    last_probes_ = r.all;
+    r.name = name;
+    r.answer = answer;
+    r.idle = idle_;
+    r.window = r.all.Between(b.p99_from, b.p99_to);
+    r.baseline = baseline_;
+    r.before = before_;
+    r.now = SampleProc(sluice_->pid());
+    r.start = attack_start_;
+    r.cpu_bound_s = b.cpu_s;
+    r.rss_bound_kib = b.rss_kib;
     // Under a sanitizer, freed memory stays resident (ASan's quarantine
     // holds up to 256 MiB), so RSS says nothing about what sluice keeps;
     // the bound is checked in plain builds only, the figure printed always.
-    if (TimingSlack() == 1) {
-      EXPECT_LT(f.rss_peak_kib - f.rss_base_kib, b.rss_kib)
-          << name << ": RSS grew from " << f.rss_base_kib << " KiB to "
-          << f.rss_peak_kib << " KiB";
-    }
-    return f;
+    r.check_rss = TimingSlack() == 1;
+    return ReportAttack(r);
   }
 
   // The simulator's counters once settled (the probes stopped).

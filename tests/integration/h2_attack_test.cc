@@ -245,53 +245,22 @@ class H2Attack : public ProxyTest {
                         absl::Duration after = absl::Milliseconds(500),
                         absl::Time p99_from = absl::InfinitePast()) {
     absl::SleepFor(after);
-    ProbeReport p = prober_->Stop();
+    AttackRun r;
+    r.all = prober_->Stop();
     prober_.reset();
-    const ProbeReport window = p.Between(p99_from);
-    const ProbeReport control = window.Control();
-    ProcSample now = SampleProc(sluice_->pid());
-    const int64_t peak = std::max(p.peak_rss_kib, now.rss_kib);
-    const double cpu = now.cpu_s - before_.cpu_s;
-    AttackFigures f;
-    f.name = name;
-    f.answer = answer;
-    f.probes = window.count();
-    f.probes_failed = p.failed;
-    f.idle_p99 = idle_.p99;
-    f.control_p99 = control.p99;
-    f.attack_p99 = window.p99;
-    f.attack_max = window.max_latency;
-    f.attack_raw_p99 = window.raw_p99;
-    f.bound = P99Bound(std::max(idle_.p99, control.p99));
-    f.cpu_s = cpu;
-    f.rss_base_kib = baseline_.rss_kib;
-    f.rss_peak_kib = peak;
-    f.fds_base = baseline_.fds;
-    f.fds_peak = std::max(p.peak_fds, now.fds);
-    std::cout << AttackLine(f) << std::endl;
-    std::cout << "[ measure  ] " << name << ": probes " << p.Summary()
-              << " (idle " << idle_.Summary() << "; control during "
-              << control.Summary() << "); RSS baseline "
-              << baseline_.rss_kib / 1024 << " MiB peak +"
-              << (peak - baseline_.rss_kib) / 1024.0 << " MiB end +"
-              << (now.rss_kib - baseline_.rss_kib) / 1024.0
-              << " MiB; sluice CPU " << cpu << " s" << std::endl;
-    EXPECT_GT(p.ok, 0) << name << ": no probe ran";
-    EXPECT_EQ(p.failed, 0) << name << ": probes failed or were slower than "
-                           << kProbeBound << ":\n"
-                           << absl::StrJoin(p.failures, "\n");
-    EXPECT_LE(window.p99, f.bound)
-        << name << ": probe p99 " << window.p99 << " over the bound " << f.bound
-        << " (idle p99 " << idle_.p99 << ", control p99 " << control.p99
-        << "); the slowest, from the attack's start:\n"
-        << window.Slowest(6, attack_start_);
-    EXPECT_LT(peak - baseline_.rss_kib, kRssBoundKib)
-        << name << ": RSS grew from " << baseline_.rss_kib << " KiB to " << peak
-        << " KiB";
-    EXPECT_LT(cpu, cpu_bound_s * TimingSlack())
-        << name << ": sluice used " << cpu << " s of CPU";
+    r.name = name;
+    r.answer = answer;
+    r.idle = idle_;
+    r.window = r.all.Between(p99_from);
+    r.baseline = baseline_;
+    r.before = before_;
+    r.now = SampleProc(sluice_->pid());
+    r.start = attack_start_;
+    r.cpu_bound_s = cpu_bound_s;
+    r.rss_bound_kib = kRssBoundKib;
+    ReportAttack(r);
     ExpectServed(name);  // two more upstream requests
-    return p;
+    return r.all;
   }
 
   // One request of each protocol, now.
