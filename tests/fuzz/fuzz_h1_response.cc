@@ -227,25 +227,12 @@ std::string Run(const std::vector<Piece>& pieces, ClientShape client,
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace sluice::fuzz;
-  Control control(data, size);
-  const uint8_t shape = control.Byte();
-  const uint8_t cut1 = control.Byte();
-  const uint8_t cut2 = control.Byte();
-  const std::string_view input = control.Rest();
-  if (input.size() > 64 * 1024) return -1;
+  SplitInput in;
+  if (!TakeSplitInput(data, size, &in)) return -1;
   ClientShape client;
-  client.head_request = shape & 0x80;
-  client.http10 = shape & 0x40;
-  client.close = shape & 0x20;
-  const std::string split_trace =
-      Run(Split(input, shape, cut1, cut2), client, true);
-  std::vector<Piece> whole;
-  if (!input.empty()) whole.emplace_back(input);
-  const std::string whole_trace = Run(whole, client, false);
-  if (split_trace != whole_trace) {
-    std::fprintf(stderr, "split trace:\n%s\nwhole trace:\n%s\n",
-                 split_trace.c_str(), whole_trace.c_str());
-    FUZZ_CHECK(false, "the parse depends on where the input was split");
-  }
+  client.head_request = in.shape & 0x80;
+  client.http10 = in.shape & 0x40;
+  client.close = in.shape & 0x20;
+  CheckSameParse(Run(in.pieces, client, true), Run(in.whole, client, false));
   return 0;
 }

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "core/slice.h"
+#include "fuzz_forward.h"
 #include "fuzz_util.h"
 #include "http/h2_server_codec.h"
 #include "http/serialize.h"
@@ -118,25 +119,11 @@ class FrameChecker {
   size_t frames_ = 0;
 };
 
-// The request as core/relay.cc forwards it to the HTTP/1.1 upstream (the
-// target in its normalised forward form; a target NormalizePath refuses is
-// answered 400 and never forwarded) must be a well-formed head: HTTP/2
-// field values that HTTP/1.1 cannot carry would split or smuggle there.
+// The request as core/relay.cc forwards it to the HTTP/1.1 upstream must
+// be a well-formed head (ForwardHead).
 void CheckForwardedHead(RequestHead head) {
-  if (head.target != "*") {
-    absl::StatusOr<policy::NormalizedPath> path =
-        policy::NormalizePath(head.target);
-    if (!path.ok()) return;
-    head.target = path->forward;
-  }
   std::string out;
-  http::ForwardContext ctx{"192.0.2.7", "https", "127.0.0.1:11434",
-                           "198.51.100.1"};
-  http::AppendUpstreamRequestHead(head, ctx, &out);
-  if (const char* problem = HeadProblem(out); *problem != '\0') {
-    std::fprintf(stderr, "forwarded head:\n%s\n", out.c_str());
-    FUZZ_CHECK(false, problem);
-  }
+  ForwardHead(&head, "https", &out);
 }
 
 class Harness : public http::H2StreamSink {

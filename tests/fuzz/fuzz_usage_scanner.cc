@@ -60,18 +60,15 @@ std::string RunRequest(const std::vector<Piece>& pieces) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace sluice::fuzz;
-  Control control(data, size);
-  const uint8_t shape = control.Byte();
-  const uint8_t cut1 = control.Byte();
-  const uint8_t cut2 = control.Byte();
-  const std::string_view input = control.Rest();
-  if (input.size() > 64 * 1024) return -1;
+  SplitInput in;
+  if (!TakeSplitInput(data, size, &in)) return -1;
+  const std::string_view input = in.bytes;
+  const uint8_t shape = in.shape;
+  const std::vector<Piece>& split = in.pieces;
+  const std::vector<Piece>& whole = in.whole;
 
   (void)sluice::http::FormatForContentType(input.substr(0, input.find('\n')));
 
-  const std::vector<Piece> split = Split(input, shape, cut1, cut2);
-  std::vector<Piece> whole;
-  if (!input.empty()) whole.emplace_back(input);
   // Byte by byte as well: the most splits there are.
   std::vector<Piece> bytes;
   if (input.size() <= 4096) {

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -90,6 +91,39 @@ inline std::vector<Piece> Split(std::string_view bytes, uint8_t count_byte,
     }
   }
   return out;
+}
+
+// The input of the targets that feed a parser in pieces: a shape byte
+// (its low bits pick the number of pieces; the target reads its other bits
+// as it likes), two cut bytes, then the bytes, cut as Split cuts them and
+// in one piece. Inputs over 64 KiB are refused (nothing more to learn, and
+// it keeps runs fast).
+struct SplitInput {
+  uint8_t shape = 0;
+  std::string_view bytes;
+  std::vector<Piece> pieces;  // `bytes` as Split cuts them
+  std::vector<Piece> whole;   // `bytes` in one piece (none when empty)
+};
+inline bool TakeSplitInput(const uint8_t* data, size_t size, SplitInput* in) {
+  Control control(data, size);
+  in->shape = control.Byte();
+  const uint8_t cut1 = control.Byte();
+  const uint8_t cut2 = control.Byte();
+  in->bytes = control.Rest();
+  if (in->bytes.size() > 64 * 1024) return false;
+  in->pieces = Split(in->bytes, in->shape, cut1, cut2);
+  if (!in->bytes.empty()) in->whole.emplace_back(in->bytes);
+  return true;
+}
+
+// Aborts, printing both, when a parse fed in pieces and in one piece
+// differ: the result must not depend on where the reads were cut.
+inline void CheckSameParse(const std::string& pieces, const std::string& whole) {
+  if (pieces != whole) {
+    std::fprintf(stderr, "split trace:\n%s\nwhole trace:\n%s\n", pieces.c_str(),
+                 whole.c_str());
+    FUZZ_CHECK(false, "the parse depends on where the input was split");
+  }
 }
 
 // True when `part` lies inside `whole` (a view the codec documents as
