@@ -217,6 +217,12 @@ struct Answer {
   bool json_error = false;
   bool closed = false;  // the close came after the answer
   std::string detail;   // what went wrong, if anything
+
+  // For tallies: "431+close", "408", or without a status "close"/"open".
+  std::string Key() const {
+    if (status != 0) return absl::StrCat(status, closed ? "+close" : "");
+    return closed ? "close" : "open";
+  }
 };
 
 // Reads one answer on `c` and, when it announces "Connection: close",
@@ -238,6 +244,16 @@ Answer ReadAnswer(HttpConnection* c, absl::Duration timeout) {
   a.closed = closed.ok();
   if (!closed.ok()) a.detail = closed.ToString();
   return a;
+}
+
+// Sends `bytes` on a new connection to `port` and reads the answer. sluice
+// may answer and close before it has read them all (a head over a limit),
+// so a failed send is no error: the answer is still there to read.
+Answer SendAndRead(int port, const std::string& bytes) {
+  auto c = HttpConnection::Connect(port);
+  if (!c.ok()) return Answer{.detail = c.status().ToString()};
+  (void)SendAll((*c)->fd(), bytes, absl::Now() + absl::Seconds(5));
+  return ReadAnswer(c->get(), absl::Seconds(5));
 }
 
 // ------------------------------------------------------------ slowloris
@@ -303,9 +319,7 @@ TEST_F(AttackSuite, SlowlorisHeadsGet408AtTheHeaderTimeout) {
   std::map<std::string, int> tally;
   std::vector<absl::Duration> times;
   for (const Slow& s : conns) {
-    ++tally[s.done
-                ? absl::StrCat(s.answer.status, s.answer.closed ? "+close" : "")
-                : "open"];
+    ++tally[s.done ? s.answer.Key() : "open"];
     if (s.done) times.push_back(s.to_answer);
   }
   const absl::Duration fastest = Percentile(times, 0.01);
@@ -377,9 +391,7 @@ TEST_F(AttackSuite, SlowPostBodyIsCutOffByTheBodyTimeout) {
   for (auto& c : conns) {
     Answer a = ReadAnswer(
         c.get(), std::max(absl::Milliseconds(1), deadline - absl::Now()));
-    ++tally[a.status != 0 ? absl::StrCat(a.status, a.closed ? "+close" : "")
-            : a.closed    ? std::string("close")
-                          : std::string("open")];
+    ++tally[a.Key()];
     if (a.status != 0) after_stall.push_back(absl::Now() - last_byte);
     EXPECT_EQ(a.status, 408) << a.detail;
     EXPECT_TRUE(a.json_error);
@@ -756,7 +768,7 @@ TEST_F(AttackSuite, SmugglingBurstIsRefusedWith400AndClose) {
     IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
     IT_ASSERT_OK(c->Send(absl::StrCat(bytes, kSmuggled)));
     Answer a = ReadAnswer(c.get(), absl::Seconds(5));
-    const std::string key = absl::StrCat(a.status, a.closed ? "+close" : "");
+    const std::string key = a.Key();
     ++tally[key];
     if ((a.status != 400 || !a.closed || !a.json_error) && wrong.size() < 10) {
       wrong.push_back(absl::StrCat(name, ": ", key, " ", a.detail));
@@ -808,12 +820,8 @@ TEST_F(AttackSuite, OversizedHeadsGet431) {
   for (; sent < kRequests && absl::Now() - start < absl::Seconds(30); ++sent) {
     const auto& [name, bytes] =
         shapes[static_cast<size_t>(sent) % shapes.size()];
-    IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
-    // sluice may answer and close before it has read the whole head, so
-    // the send may fail; the answer is still there to read.
-    (void)SendAll(c->fd(), bytes, absl::Now() + absl::Seconds(5));
-    Answer a = ReadAnswer(c.get(), absl::Seconds(5));
-    const std::string key = absl::StrCat(a.status, a.closed ? "+close" : "");
+    const Answer a = SendAndRead(proxy_port(), bytes);
+    const std::string key = a.Key();
     ++tally[key];
     if ((a.status != 431 || !a.closed || !a.json_error) && wrong.size() < 10) {
       wrong.push_back(absl::StrCat(name, ": ", key, " ", a.detail));
@@ -854,14 +862,8 @@ TEST_F(AttackSuite, HeadOfManyEmptyFieldsGets431) {
   BeginAttack();
   const absl::Time start = absl::Now();
   for (int i = 0; i < kConns && absl::Now() - start < absl::Seconds(20); ++i) {
-    IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
-    // sluice answers once the limit is passed and closes: the rest of the
-    // head may not be taken.
-    (void)SendAll(c->fd(), over, absl::Now() + absl::Seconds(2));
-    Answer a = ReadAnswer(c.get(), absl::Seconds(5));
-    const std::string key =
-        a.status != 0 ? absl::StrCat(a.status, a.closed ? "+close" : "")
-                      : "none";
+    const Answer a = SendAndRead(proxy_port(), over);
+    const std::string key = a.Key();
     ++tally[key];
     if (key != "431+close" && wrong.size() < 5) {
       wrong.push_back(absl::StrCat(key, " ", a.detail));
