@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -20,6 +21,7 @@ absl::Status BufferRing::Init(io_uring* ring, uint32_t count,
                               uint32_t buffer_size) {
   ring_ = ring;
   count_ = count;
+  reserve_ = std::max<uint32_t>(count / 8, 1);
   buffer_size_ = buffer_size;
   ring_bytes_ = count * sizeof(io_uring_buf);
   void* mem = mmap(nullptr, ring_bytes_, PROT_READ | PROT_WRITE,
@@ -60,9 +62,16 @@ absl::Status BufferRing::Init(io_uring* ring, uint32_t count,
 
 Slice BufferRing::Take(uint16_t bid, size_t len) {
   ++in_use_;
+  char* bytes = memory_ + static_cast<size_t>(bid) * buffer_size_;
+  if (count_ - in_use_ < reserve_) {
+    ++copied_;
+    Slice copy = Slice::Copy(std::string_view(bytes, len));
+    Recycle(bid);
+    return copy;
+  }
   BufferRef* ref = &refs_[bid];
   // refs is 0 here; the Slice constructor takes the first reference.
-  return Slice(ref, memory_ + static_cast<size_t>(bid) * buffer_size_, len);
+  return Slice(ref, bytes, len);
 }
 
 void BufferRing::Release(SliceOwner* owner) {

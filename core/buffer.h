@@ -37,12 +37,20 @@ class BufferRing {
   // `count` must be a power of two.
   absl::Status Init(io_uring* ring, uint32_t count, uint32_t buffer_size);
 
-  // Wraps buffer `bid`, just filled with `len` bytes, in a Slice.
+  // Wraps buffer `bid`, just filled with `len` bytes, in a Slice. When the
+  // ring runs low (fewer than count/8 buffers left to the kernel), the
+  // bytes are copied into an ordinary heap block of their own size and the
+  // buffer goes straight back: whatever holders keep (a stream whose client
+  // never opens its window, a slow reader), every socket of the worker can
+  // still be read, its FIN and RST included. Memory is then bounded by the
+  // holders' byte limits instead of by the ring.
   Slice Take(uint16_t bid, size_t len);
 
   // Buffers currently lent out (held by slices or not yet recycled).
   uint32_t in_use() const { return in_use_; }
   uint32_t count() const { return count_; }
+  // Receives copied out of the ring because it ran low (see Take).
+  uint64_t copied() const { return copied_; }
   // Bumped every time a buffer comes back; lets starved receivers re-arm.
   uint64_t recycled() const { return recycled_; }
 
@@ -59,6 +67,8 @@ class BufferRing {
   uint32_t buffer_size_ = 0;
   uint32_t in_use_ = 0;
   uint64_t recycled_ = 0;
+  uint64_t copied_ = 0;
+  uint32_t reserve_ = 0;  // buffers kept for the kernel: below, Take copies
   std::vector<BufferRef> refs_;
 };
 

@@ -29,6 +29,7 @@ http::H2Options OptionsFor(const Config& cfg) {
   o.max_concurrent_streams = cfg.h2_max_concurrent_streams;
   o.stream_high_watermark = kHighWatermark;
   o.stream_low_watermark = kLowWatermark;
+  o.stream_max_pieces = kMaxPieces;
   return o;
 }
 
@@ -177,6 +178,7 @@ void H2Downstream::Retire(int32_t id) {
   streams_.erase(it);
   st->body_open_ = false;
   st->body_timer_.Disarm();
+  st->stall_timer_.Disarm();
   worker_->Defer([st] { delete st; });
   UpdateTimers();
 }
@@ -187,6 +189,25 @@ void H2Downstream::OnRequestHeaders(int32_t stream_id, http::RequestHead head,
   seen_request_ = true;
   conn_->SetPhase(ClientConnection::Phase::kWriting);
   idle_timer_.Disarm();
+  const uint64_t max_body = worker_->config().client_max_body_size;
+  if (head.content_length && *head.content_length > max_body) {
+    // Refused before any byte goes upstream, as an HTTP/1.1 head declaring
+    // too much is (and as nginx checks client_max_body_size before access
+    // rules). The response ends before the request: nghttp2 follows it with
+    // RST_STREAM(NO_ERROR), and the DATA still arriving is consumed so the
+    // connection window stays open.
+    constexpr std::string_view kTooLarge = "request body too large";
+    LOG_INFO("*%llu client %s: stream %d: 413 %s (content-length %llu)",
+             static_cast<unsigned long long>(conn_->number()), conn_->client_addr().c_str(),
+             stream_id, kTooLarge.data(),
+             static_cast<unsigned long long>(*head.content_length));
+    worker_->AccountBare(&head, conn_->client_addr(), 413, http::JsonErrorBody(kTooLarge).size(),
+                         worker_->now_ns(), worker_->now_unix_ns(), conn_->number(), "other");
+    Quiet(codec_.SubmitJsonError(stream_id, 413, kTooLarge));
+    UpdateTimers();
+    Wake();
+    return;
+  }
   auto owned = std::make_unique<StreamState>(this, stream_id);
   StreamState* st = owned.get();
   st->head_request_ = head.is_head();
@@ -205,6 +226,17 @@ void H2Downstream::OnRequestData(int32_t stream_id, Slice data) {
   StreamState* st = Find(stream_id);
   if (st == nullptr || !st->relay_) {
     Quiet(codec_.ConsumeRequestBody(stream_id, n));
+    return;
+  }
+  st->body_bytes_ += n;
+  if (st->body_bytes_ > worker_->config().client_max_body_size) {
+    // A body sent without content-length grew past the cap: nothing more
+    // goes upstream. 413 when the response has not started, else the
+    // stream is reset; either way the upstream request is abandoned.
+    Quiet(codec_.ConsumeRequestBody(stream_id, n));
+    st->body_open_ = false;
+    st->relay_->AbandonRequest(413, "request body too large");
+    Wake();
     return;
   }
   st->relay_->OnRequestBody(std::move(data));
@@ -237,9 +269,10 @@ void H2Downstream::OnRequestEnd(int32_t stream_id) {
 }
 
 void H2Downstream::OnStreamWritable(int32_t stream_id) {
-  if (StreamState* st = Find(stream_id); st && st->relay_) {
-    st->relay_->OnDownstreamDrained();
-  }
+  StreamState* st = Find(stream_id);
+  if (st == nullptr) return;
+  st->stall_timer_.Disarm();
+  if (st->relay_) st->relay_->OnDownstreamDrained();
 }
 
 void H2Downstream::OnStreamClosed(int32_t stream_id) {
@@ -278,6 +311,7 @@ void H2Downstream::StreamState::SendResponseHead(const http::ResponseHead& head)
 void H2Downstream::StreamState::SendResponseBody(Slice piece) {
   if (piece.empty() || head_request_) return;
   Quiet(session_->codec_.SendData(id_, std::move(piece)));
+  WatchStall();
   session_->Wake();
 }
 
@@ -331,7 +365,37 @@ void H2Downstream::StreamState::SendTunnelData(Slice) { AbortResponse(); }
 void H2Downstream::StreamState::EndTunnel() { AbortResponse(); }
 
 bool H2Downstream::StreamState::congested() const {
-  return session_->codec_.QueuedBytes(id_) >= kHighWatermark;
+  return session_->codec_.Congested(id_);
+}
+
+void H2Downstream::StreamState::WatchStall() {
+  if (stall_timer_.armed() || !session_->codec_.Congested(id_)) return;
+  Worker* w = session_->worker_;
+  stall_mark_ = session_->codec_.SentBytes(id_);
+  w->Timers(w->config().send_timeout_ns)->Arm(&stall_timer_, w->now_ns());
+}
+
+void H2Downstream::StreamState::OnStall() {
+  H2Downstream* s = session_;
+  Worker* w = s->worker_;
+  const uint64_t sent = s->codec_.SentBytes(id_);
+  if (sent != stall_mark_) {
+    // Some bytes went out (a window opened a little): a slow reader, not a
+    // stalled one. Watch the next period.
+    stall_mark_ = sent;
+    w->Timers(w->config().send_timeout_ns)->Arm(&stall_timer_, w->now_ns());
+    return;
+  }
+  // The client kept this stream's window shut for --send_timeout while its
+  // upstream had more to send: the upstream link closes (the generation
+  // stops) and the stream is reset; the connection's other streams go on.
+  LOG_INFO("*%llu client %s: stream %d: no window for --send_timeout, stream reset",
+           static_cast<unsigned long long>(s->conn_->number()), s->conn_->client_addr().c_str(),
+           id_);
+  if (relay_) relay_->Cancel();
+  Quiet(s->codec_.ResetStream(id_, http::kH2Cancel));
+  s->Retire(id_);
+  s->Wake();
 }
 
 void H2Downstream::StreamState::PauseReading() {

@@ -23,10 +23,14 @@ class Worker;
 // the client's window and the socket let the queue drain.
 //
 // Memory bound per connection: the codec's budget (h2_server_codec.h: at
-// most 128 streams x (64 KiB queued + one 16 KiB upstream buffer), header
-// caps, 1 MiB of request body window), plus the connection's send queue
-// (kHighWatermark, 64 KiB); TakeOutput is not called while the socket is
-// congested, so the codec, not the socket, holds the backlog.
+// most 128 streams x (64 KiB queued in at most kMaxPieces pieces + one
+// 16 KiB upstream buffer), header caps, 1 MiB of request body window),
+// plus the connection's send queue (kHighWatermark, 64 KiB); TakeOutput is
+// not called while the socket is congested, so the codec, not the socket,
+// holds the backlog. Token chunks that wait for a window are copies, not
+// receive buffers (the codec's connection_max_views), so a client that
+// never opens its windows cannot drain the worker's buffer ring; a stream
+// that stays blocked for --send_timeout without progress is reset.
 class H2Downstream final : public ClientSession, public http::H2StreamSink {
  public:
   explicit H2Downstream(ClientConnection* conn);
@@ -46,7 +50,10 @@ class H2Downstream final : public ClientSession, public http::H2StreamSink {
   class StreamState final : public Downstream {
    public:
     StreamState(H2Downstream* session, int32_t id)
-        : session_(session), id_(id), body_timer_([this] { OnBodyTimeout(); }) {}
+        : session_(session),
+          id_(id),
+          body_timer_([this] { OnBodyTimeout(); }),
+          stall_timer_([this] { OnStall(); }) {}
     void SendResponseHead(const http::ResponseHead& head) override;
     void SendResponseBody(Slice piece) override;
     void SendResponseEnd() override;
@@ -69,6 +76,13 @@ class H2Downstream final : public ClientSession, public http::H2StreamSink {
     // keep its stream and an upstream link until the connection goes.
     void ArmBodyTimer();
     void OnBodyTimeout();
+    // --send_timeout for a stream whose response queue is full (its
+    // upstream paused) and that sends nothing in a whole period: a client
+    // that keeps one stream's window shut loses that stream, not the
+    // connection, and its generation stops. Armed when the queue blocks,
+    // disarmed when it drains (OnStreamWritable).
+    void WatchStall();
+    void OnStall();
 
     H2Downstream* session_;
     int32_t id_;
@@ -77,7 +91,10 @@ class H2Downstream final : public ClientSession, public http::H2StreamSink {
     bool paused_ = false;       // request body not consumed (upstream full)
     size_t unconsumed_ = 0;     // body bytes held back from the window
     bool body_open_ = false;    // END_STREAM not yet received
+    uint64_t body_bytes_ = 0;   // request body bytes received (the cap)
     Timer body_timer_;
+    Timer stall_timer_;
+    uint64_t stall_mark_ = 0;  // SentBytes when the stall period began
   };
 
   // H2StreamSink

@@ -184,6 +184,8 @@ void MetricsShard::Merge(const MetricsShard& o) {
   active_streams += o.active_streams;
   upstream_open += o.upstream_open;
   upstream_idle += o.upstream_idle;
+  recv_buffers_in_use += o.recv_buffers_in_use;
+  recv_buffer_copies += o.recv_buffer_copies;
   for (const auto& [name, stats] : o.routes) routes[name].Merge(stats);
   // The total is not capped again: each shard already bounds its own
   // series, so the total holds at most workers * kMaxTokenSeries.
@@ -413,6 +415,12 @@ std::string RenderPrometheus(const MetricsShard& total, const ProcessInfo& info)
                 "Connections closed at accept: past --max_connections and its 503 allowance.",
                 total.connections_dropped);
 
+  AppendGauge(&out, "sluice_recv_buffers_in_use",
+              "Provided receive buffers lent out (held by queued data or being read).",
+              total.recv_buffers_in_use);
+  AppendCounter(&out, "sluice_recv_buffer_copies_total",
+                "Receives copied out of the buffer ring because it ran low.",
+                total.recv_buffer_copies);
   AppendCounter(&out, "sluice_client_cancellations_total",
                 "Requests whose client went away first (logged as 499).",
                 total.client_cancellations);

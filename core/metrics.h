@@ -121,6 +121,10 @@ struct MetricsShard {
   int64_t active_streams = 0;
   int64_t upstream_open = 0;
   int64_t upstream_idle = 0;
+  // The provided receive buffers: lent out now, and receives copied out of
+  // the ring because it ran low (a counter kept by the ring itself).
+  int64_t recv_buffers_in_use = 0;
+  uint64_t recv_buffer_copies = 0;
 
   absl::flat_hash_map<std::string, RouteStats> routes;
   // Keyed by (principal, model): principal as Admission::principal

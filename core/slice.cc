@@ -87,6 +87,14 @@ Slice SliceWriter::Take() {
   return s;
 }
 
+Slice SliceWriter::Append(std::string_view bytes) {
+  if (bytes.empty()) return Slice();
+  if (block_ == nullptr || block_size_ - committed_ < bytes.size()) NewBlock();
+  std::memcpy(block_->bytes() + committed_, bytes.data(), bytes.size());
+  committed_ += bytes.size();
+  return Take();
+}
+
 void SliceWriter::Trim() {
   if (block_ && committed_ == taken_) {
     if (--block_->refs == 0) FreeHeap(block_);

@@ -72,6 +72,16 @@ class Slice {
     data_ += n;
     size_ -= n;
   }
+  // Grows this view over `next` when `next` continues it in the same
+  // owner's memory (two appends to one SliceWriter block): one queue entry
+  // instead of two. Returns false, changing nothing, otherwise.
+  bool Extend(const Slice& next) {
+    if (owner_ == nullptr || owner_ != next.owner_ || data_ + size_ != next.data_) {
+      return false;
+    }
+    size_ += next.size_;
+    return true;
+  }
 
  private:
   void Release() {
@@ -102,6 +112,10 @@ class SliceWriter {
   void Commit(size_t n) { committed_ += n; }
   // The committed, not yet taken bytes as one Slice (empty when none).
   Slice Take();
+  // A copy of `bytes` (at most the block size) as one Slice: in the current
+  // block when it fits, else in a new one (the old block lives on while its
+  // Slices do). Not to be mixed with Reserve/Commit bytes not yet taken.
+  Slice Append(std::string_view bytes);
   // Frees the current block if nothing references it (idle connections hold
   // no memory).
   void Trim();

@@ -250,6 +250,8 @@ MetricsShard Worker::SnapshotMetrics() const {
   MetricsShard copy = metrics_;
   copy.upstream_open = static_cast<int64_t>(pool_->open_count());
   copy.upstream_idle = static_cast<int64_t>(pool_->idle_count());
+  copy.recv_buffers_in_use = buffers_.in_use();
+  copy.recv_buffer_copies = buffers_.copied();
   return copy;
 }
 

@@ -109,6 +109,10 @@ uint32_t CodeForLibError(ssize_t rv) {
 
 }  // namespace
 
+// Block size for the copies of small waiting response pieces: a token
+// chunk is 100-300 bytes, so one block holds a few dozen.
+constexpr size_t kCopyBlockBytes = 4096;
+
 struct H2ServerCodec::Stream {
   explicit Stream(int32_t stream_id) : id(stream_id) {}
 
@@ -156,8 +160,20 @@ struct H2ServerCodec::Stream {
   bool deferred = false;            // the data provider waits for data
   bool blocked = false;             // queue reached the high watermark
   bool response_complete = false;   // END_STREAM sent
-  std::deque<core::Slice> queue;
+  // Response bytes waiting for the window: views of the sink's Slices
+  // (`view`) or the codec's own copies (see SendData).
+  struct Piece {
+    core::Slice bytes;
+    bool view = false;
+  };
+  std::deque<Piece> queue;
   size_t queued = 0;
+  size_t views = 0;  // entries of `queue` that are views
+  uint64_t sent = 0;  // response body bytes framed so far
+  // Small pieces that have to wait are copied here, one block after the
+  // other, so a backlog of tokens costs its bytes, not a receive buffer
+  // each. Freed (once sent) when the queue empties.
+  core::SliceWriter copies{kCopyBlockBytes};
   std::vector<Header> trailers_out;
 };
 
@@ -377,8 +393,7 @@ struct H2Callbacks {
       nghttp2_session_consume_connection(session, s->unconsumed);
       s->unconsumed = 0;
     }
-    s->queue.clear();
-    c->SetQueued(s, 0);
+    c->ClearQueue(s);
     if (!s->announced || s->app_reset || s->terminal_queued) {
       if (!s->terminal_queued || s->terminal_delivered) c->streams_.erase(it);
       return 0;
@@ -495,20 +510,27 @@ struct H2Callbacks {
     c->FlushBytes();
     size_t left = length;
     while (left > 0) {
-      core::Slice& front = s->queue.front();
-      if (front.size() <= left) {
-        left -= front.size();
-        c->pending_.push_back(std::move(front));
+      Stream::Piece& front = s->queue.front();
+      if (front.bytes.size() <= left) {
+        left -= front.bytes.size();
+        c->pending_.push_back(std::move(front.bytes));
+        if (front.view) {
+          --s->views;
+          --c->views_total_;
+        }
         s->queue.pop_front();
       } else {
-        c->pending_.push_back(front.Sub(0, left));
-        front.RemovePrefix(left);
+        c->pending_.push_back(front.bytes.Sub(0, left));
+        front.bytes.RemovePrefix(left);
         left = 0;
       }
     }
     c->SetQueued(s, s->queued - length);
+    s->sent += length;
+    if (s->queue.empty()) s->copies.Trim();
     c->pending_bytes_ += length;
-    if (s->blocked && s->queued <= c->options_.stream_low_watermark) {
+    if (s->blocked && s->queued <= c->options_.stream_low_watermark &&
+        s->queue.size() <= c->options_.stream_max_pieces / 4) {
       s->blocked = false;
       Enqueue(c, s, Event(Event::Kind::kWritable));
     }
@@ -889,8 +911,7 @@ void H2ServerCodec::Fail(uint32_t error_code, std::string_view why) {
       ev.error_code = error_code;
       H2Callbacks::Enqueue(this, s.get(), std::move(ev));
     }
-    s->queue.clear();
-    SetQueued(s.get(), 0);
+    ClearQueue(s.get());
   }
 }
 
@@ -994,10 +1015,46 @@ absl::Status H2ServerCodec::SendData(int32_t stream_id, core::Slice data) {
   if (s->eof) return absl::FailedPreconditionError("stream already ended");
   if (data.empty()) return absl::OkStatus();
   SetQueued(s, s->queued + data.size());
-  s->queue.push_back(std::move(data));
-  if (s->queued >= options_.stream_high_watermark) s->blocked = true;
+  // A piece that cannot leave in this turn's output (bytes wait before it,
+  // the head is not out, or the window is too small) would pin the sink's
+  // memory, a whole receive buffer for a chunk of a hundred bytes, for as
+  // long as the client keeps its window shut. Small ones are copied into
+  // the stream's block, and so is every waiting piece once the connection
+  // holds options_.connection_max_views views.
+  const size_t n = data.size();
+  const bool waits = s->queue.size() > 0 || !s->response_submitted ||
+                     SendWindow(s->id) < static_cast<int64_t>(n);
+  if (waits && (n < options_.copy_data_below || views_total_ >= options_.connection_max_views)) {
+    core::Slice copy = n <= kCopyBlockBytes ? s->copies.Append(data.view())
+                                            : core::Slice::Copy(data.view());
+    if (s->queue.empty() || s->queue.back().view || !s->queue.back().bytes.Extend(copy)) {
+      s->queue.push_back(Stream::Piece{std::move(copy), false});
+    }
+  } else {
+    s->queue.push_back(Stream::Piece{std::move(data), true});
+    ++s->views;
+    ++views_total_;
+  }
+  if (s->queued >= options_.stream_high_watermark ||
+      s->queue.size() >= options_.stream_max_pieces) {
+    s->blocked = true;
+  }
   ResumeIfDeferred(s);
   return absl::OkStatus();
+}
+
+int64_t H2ServerCodec::SendWindow(int32_t stream_id) const {
+  const int32_t stream = nghttp2_session_get_stream_remote_window_size(session_, stream_id);
+  const int32_t conn = nghttp2_session_get_remote_window_size(session_);
+  return std::min(stream, conn);
+}
+
+void H2ServerCodec::ClearQueue(Stream* s) {
+  views_total_ -= s->views;
+  s->views = 0;
+  s->queue.clear();
+  s->copies.Trim();
+  SetQueued(s, 0);
 }
 
 absl::Status H2ServerCodec::EndStream(int32_t stream_id,
@@ -1026,12 +1083,11 @@ absl::Status H2ServerCodec::SubmitJsonErrorOn(Stream* s, int status,
   if (retry_after_seconds > 0) {
     fields.push_back({"retry-after", std::to_string(retry_after_seconds)});
   }
-  s->queue.clear();
-  SetQueued(s, 0);
+  ClearQueue(s);
   absl::Status st = SubmitFinalHead(s, status, std::move(fields), false);
   if (!st.ok()) return st;
   SetQueued(s, body.size());
-  s->queue.push_back(core::Slice::Copy(body));
+  s->queue.push_back(Stream::Piece{core::Slice::Copy(body), false});
   s->eof = true;
   return absl::OkStatus();
 }
@@ -1054,8 +1110,7 @@ absl::Status H2ServerCodec::ResetStream(int32_t stream_id,
   Stream* s = it->second.get();
   if (s->app_reset) return absl::OkStatus();
   s->app_reset = true;
-  s->queue.clear();
-  SetQueued(s, 0);
+  ClearQueue(s);
   if (!s->closed && !failed_) {
     if (s->heads_queued > 0) {
       // The response head goes first, so the client learns the status of
@@ -1072,6 +1127,16 @@ absl::Status H2ServerCodec::ResetStream(int32_t stream_id,
 size_t H2ServerCodec::QueuedBytes(int32_t stream_id) const {
   auto it = streams_.find(stream_id);
   return it == streams_.end() ? 0 : it->second->queued;
+}
+
+bool H2ServerCodec::Congested(int32_t stream_id) const {
+  auto it = streams_.find(stream_id);
+  return it != streams_.end() && it->second->blocked;
+}
+
+uint64_t H2ServerCodec::SentBytes(int32_t stream_id) const {
+  auto it = streams_.find(stream_id);
+  return it == streams_.end() ? 0 : it->second->sent;
 }
 
 absl::Status H2ServerCodec::ConsumeRequestBody(int32_t stream_id, size_t n) {

@@ -143,8 +143,16 @@ struct H2Options {
   // at the high one; OnStreamWritable fires at the low one.
   size_t stream_high_watermark = 64 * 1024;
   size_t stream_low_watermark = 16 * 1024;
+  // ... and in pieces: a stream is blocked at this many queued pieces too,
+  // and writable again at a quarter of it (with the low byte watermark).
+  size_t stream_max_pieces = 96;
+  // Views of the sink's Slices (receive buffers) the connection may hold
+  // in its response queues; past it, every piece that has to wait is
+  // copied. Small waiting pieces (below copy_data_below) are always copied.
+  size_t connection_max_views = 256;
   // Request DATA pieces smaller than this are copied rather than viewed, so
-  // that tiny frames cannot each pin a whole receive buffer.
+  // that tiny frames cannot each pin a whole receive buffer; response
+  // pieces smaller than this are copied when they have to wait.
   size_t copy_data_below = 1024;
   // Monotonic clock in milliseconds for the reset bucket; null means
   // std::chrono::steady_clock. Tests pass a fake.
@@ -187,7 +195,14 @@ struct H2Options {
 //     receive_buffer_size / copy_data_below times that (16 with 16 KiB
 //     buffers).
 //   - Responses: per stream QueuedBytes < stream_high_watermark + one
-//     upstream chunk, so 128 x (64 KiB + chunk) in the worst case.
+//     upstream chunk, so 128 x (64 KiB + chunk) in the worst case, in at
+//     most stream_max_pieces pieces. Of the sink's memory (receive
+//     buffers) a connection holds at most connection_max_views views plus
+//     one per stream (a piece that could leave at once when it came): a
+//     waiting piece below copy_data_below is copied into the stream's 4 KiB
+//     blocks, and past the views bound every waiting piece is copied. A
+//     client that never opens its window thus costs the bytes it is sent,
+//     not a 16 KiB receive buffer per token.
 //   - Output: what Dispatch prepares is capped at 16 KiB plus one frame
 //     before the engine takes it; nghttp2 holds at most max_queued_frames
 //     frames (checked after each 16 KiB of input) and
@@ -273,8 +288,17 @@ class H2ServerCodec {
   absl::Status ResetStream(int32_t stream_id, uint32_t error_code);
 
   // Response bytes queued for the stream and not yet taken by TakeOutput
-  // (0 for an unknown stream): the backpressure signal.
+  // (0 for an unknown stream).
   size_t QueuedBytes(int32_t stream_id) const;
+  // The backpressure signal: the stream's queue reached
+  // stream_high_watermark bytes or stream_max_pieces pieces, and has not
+  // yet drained to the low marks (OnStreamWritable then).
+  bool Congested(int32_t stream_id) const;
+  // Response body bytes of the stream framed so far (progress, for a
+  // stall timer); 0 for an unknown stream.
+  uint64_t SentBytes(int32_t stream_id) const;
+  // Queue entries that are views of the sink's Slices, over all streams.
+  size_t held_views() const { return views_total_; }
   // The same summed over all streams (kept as streams change, O(1)).
   size_t total_queued_bytes() const { return queued_total_; }
 
@@ -317,6 +341,10 @@ class H2ServerCodec {
   void FlushBytes();
   void DeliverEvents();
   void SetQueued(Stream* s, size_t n);
+  void ClearQueue(Stream* s);
+  // What nghttp2 may send on the stream now: the smaller of its window and
+  // the connection's.
+  int64_t SendWindow(int32_t stream_id) const;
   void ResumeIfDeferred(Stream* s);
   void CountSentReset();
   void Fail(uint32_t error_code, std::string_view why);
@@ -344,6 +372,7 @@ class H2ServerCodec {
   std::vector<core::Slice> pending_;
   size_t pending_bytes_ = 0;
   size_t queued_total_ = 0;  // sum of Stream::queued
+  size_t views_total_ = 0;   // sum of Stream::views
   size_t pump_limit_ = 0;  // the limit of the Pump in progress (0: none)
 
   const core::Slice* input_ = nullptr;  // during Dispatch

@@ -417,17 +417,6 @@ struct LoopResult {
   absl::Duration elapsed;
 };
 
-// sluice's counters and gauges from /metrics.
-absl::StatusOr<std::vector<PromFamily>> ScrapeMetrics(int port) {
-  absl::StatusOr<HttpResponse> r =
-      Exchange(port, BuildRequest("GET", "/metrics"), absl::Seconds(5));
-  if (!r.ok()) return r.status();
-  if (r->status != 200) {
-    return absl::InternalError(absl::StrCat("/metrics: ", r->status));
-  }
-  return ParsePrometheusText(r->body);
-}
-
 // A simulator and a sluice in front of it, kept between tests, by sluice's
 // extra flags.
 struct KeptStack {

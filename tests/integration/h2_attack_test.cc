@@ -46,6 +46,7 @@
 #include "tests/integration/attack_probe.h"
 #include "tests/integration/h2_frames.h"
 #include "tests/integration/proc_stats.h"
+#include "tests/integration/prom_text.h"
 #include "tests/integration/proxy_test_base.h"
 #include "tests/integration/timing.h"
 
@@ -931,6 +932,191 @@ TEST_F(H2Attack, ClientThatStopsReadingIsClosedAfterSendTimeout) {
   // What reached the client's buffer, then the end.
   ReadOutcome seen = c->ReadUntilClosed(absl::Seconds(3));
   EXPECT_TRUE(seen.closed) << seen.Describe();
+}
+
+// Streams that never open their window, on long generations of small
+// token chunks (2 ms apart): each chunk used to stay queued as a view of
+// its own 16 KiB receive buffer, so about ten such streams emptied the
+// worker's buffer ring and no socket of the worker could be read any more,
+// not even the attacker's FIN. Now waiting chunks are copies, held streams
+// pause their upstream at 64 KiB or 96 pieces, and the ring copies out of
+// itself when it runs low: the probe (another address, same worker) is
+// served throughout, and once the attacker closes, every upstream link,
+// fd and receive buffer is back within a second.
+struct ZeroWindowCase {
+  const char* name;
+  bool tls;
+  int connections;
+  int streams;
+};
+
+class H2ZeroWindowStreams : public H2Attack,
+                            public ::testing::WithParamInterface<ZeroWindowCase> {
+ protected:
+  // sluice_recv_buffers_in_use (-1 when the scrape failed).
+  int64_t BuffersInUse() {
+    auto families = ScrapeMetrics(proxy_port());
+    if (!families.ok()) return -1;
+    std::optional<double> v = FindSample(*families, "sluice_recv_buffers_in_use", {});
+    return v.has_value() ? static_cast<int64_t>(*v) : -1;
+  }
+};
+
+TEST_P(H2ZeroWindowStreams, DoNotDrainTheBufferRing) {
+  const ZeroWindowCase& k = GetParam();
+  ProbeTheProxyOnly();
+  ASSERT_NO_FATAL_FAILURE(StartAttackStack({}, k.tls));
+  const int64_t buffers_before = BuffersInUse();
+  ASSERT_GE(buffers_before, 0);
+  BeginAttack();
+  std::vector<std::unique_ptr<h2::Connection>> conns;
+  for (int c = 0; c < k.connections; ++c) {
+    std::unique_ptr<h2::Connection> conn = Open({{h2::kSettingsInitialWindowSize, 0}});
+    ASSERT_NE(conn, nullptr);
+    std::string frames;
+    for (int i = 0; i < k.streams; ++i) {
+      frames += h2::HeadersFrame(
+          static_cast<uint32_t>(2 * i + 1),
+          h2::HpackBlock(h2::RequestFields("POST", "/api/generate",
+                                           {{"x-sim-tokens", "20000"},
+                                            {"x-sim-token-delay-ms", "2"}})),
+          /*end_stream=*/true);
+    }
+    IT_ASSERT_OK(conn->Send(frames));
+    conns.push_back(std::move(conn));
+  }
+  // Long enough for every stream to fill its queue (64 KiB of ~120-byte
+  // chunks at 2 ms is about 1 s) and for the old ring to run dry.
+  int64_t peak = 0;
+  const absl::Time hold_until = absl::Now() + absl::Seconds(4);
+  while (absl::Now() < hold_until) {
+    absl::SleepFor(absl::Milliseconds(400));
+    const int64_t in_use = BuffersInUse();
+    EXPECT_GE(in_use, 0) << "/metrics not served during the attack";
+    peak = std::max(peak, in_use);
+    for (auto& c : conns) c->Poll();  // frames read, windows still shut
+  }
+  const absl::Time closed_at = absl::Now();
+  for (auto& c : conns) c->Close();
+  conns.clear();
+  // Everything the attacker held is released within a second.
+  const int64_t expected_links = sim_before_.active;
+  int64_t in_use_after = -1;
+  ProcSample proc;
+  SimStats sim;
+  const absl::Time deadline = closed_at + absl::Seconds(1) * TimingSlack();
+  while (true) {
+    in_use_after = BuffersInUse();
+    proc = SampleProc(sluice_->pid());
+    auto st = FetchSimStats(sim_port());
+    if (st.ok()) sim = *st;
+    const bool back = in_use_after >= 0 && in_use_after <= buffers_before + 4 &&
+                      proc.fds <= baseline_.fds && st.ok() && sim.active <= expected_links;
+    if (back || absl::Now() > deadline) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  const absl::Duration release = absl::Now() - closed_at;
+  EndAttack(absl::StrCat("zero-window streams ", k.name),
+            absl::StrCat("peak_buffers_", peak, "+released_in_",
+                         absl::StrFormat("%.2f", absl::ToDoubleSeconds(release)), "s"),
+            /*cpu_bound_s=*/6.0 * k.connections, absl::Milliseconds(300));
+  std::cout << "[ measure  ] zero-window streams " << k.name << ": receive buffers in use "
+            << buffers_before << " -> peak " << peak << " -> " << in_use_after << " after "
+            << absl::ToDoubleMilliseconds(release) << " ms; fds " << baseline_.fds << " -> "
+            << proc.fds << "; sim links " << sim_before_.active << " -> " << sim.active
+            << std::endl;
+  // The ring (4096 buffers) never came near empty: waiting chunks are
+  // copies, not buffers.
+  EXPECT_LT(peak, 1024);
+  EXPECT_LE(in_use_after, buffers_before + 4);
+  EXPECT_LE(proc.fds, baseline_.fds);
+  EXPECT_LE(sim.active, expected_links) << "upstream links still open";
+  EXPECT_GE(sim.aborted_streams - sim_before_.aborted_streams,
+            int64_t{k.connections} * k.streams)
+      << "generations went on for nobody";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, H2ZeroWindowStreams,
+    ::testing::Values(ZeroWindowCase{"h2c_1x20", false, 1, 20},
+                      ZeroWindowCase{"tls_1x20", true, 1, 20},
+                      ZeroWindowCase{"h2c_20x20", false, 20, 20},
+                      ZeroWindowCase{"tls_20x20", true, 20, 20}),
+    [](const ::testing::TestParamInfo<ZeroWindowCase>& info) {
+      std::string name = info.param.name;
+      std::replace(name.begin(), name.end(), '_', 'X');
+      return name;
+    });
+
+// One stream whose window stays shut while the connection's other streams
+// are read: the stalled stream is reset at --send_timeout (its generation
+// stops), the others complete, and the connection stays open.
+TEST_F(H2Attack, StalledStreamIsResetWhileOthersGoOn) {
+  ProbeTheProxyOnly();
+  ASSERT_NO_FATAL_FAILURE(StartAttackStack({"--send_timeout=2s"}));
+  // Stream windows start at 0; the connection window is the default. The
+  // client opens stream 3's and 5's windows as it reads, never stream 1's.
+  std::unique_ptr<h2::Connection> c = Open({{h2::kSettingsInitialWindowSize, 0}});
+  ASSERT_NE(c, nullptr);
+  BeginAttack();
+  const absl::Time start = absl::Now();
+  std::string frames = h2::HeadersFrame(
+      1,
+      h2::HpackBlock(h2::RequestFields(
+          "POST", "/api/generate", {{"x-sim-tokens", "100000"}, {"x-sim-token-delay-ms", "1"}})),
+      /*end_stream=*/true);
+  for (uint32_t id : {3u, 5u}) {
+    frames += h2::HeadersFrame(
+        id,
+        h2::HpackBlock(h2::RequestFields(
+            "POST", "/api/generate", {{"x-sim-tokens", "3000"}, {"x-sim-token-delay-ms", "1"}})),
+        /*end_stream=*/true);
+    frames += h2::WindowUpdateFrame(id, 1 << 30);
+  }
+  IT_ASSERT_OK(c->Send(frames));
+  // Read everything; give the connection window back as DATA arrives.
+  uint32_t reset_code = 0;
+  bool reset_seen = false;
+  std::set<uint32_t> ended;
+  absl::Time reset_at;
+  const absl::Time deadline = start + absl::Seconds(8) * TimingSlack();
+  while (absl::Now() < deadline && !(reset_seen && ended.size() == 2)) {
+    absl::StatusOr<h2::Frame> f = c->ReadFrame(absl::Milliseconds(200));
+    if (!f.ok()) {
+      ASSERT_TRUE(absl::IsDeadlineExceeded(f.status())) << f.status();
+      continue;
+    }
+    if (f->type == h2::kData && !f->payload.empty()) {
+      IT_ASSERT_OK(c->Send(h2::WindowUpdateFrame(0, static_cast<uint32_t>(f->payload.size()))));
+    }
+    if ((f->type == h2::kData || f->type == h2::kHeaders) && (f->flags & h2::kFlagEndStream)) {
+      ended.insert(f->stream_id);
+    }
+    if (f->type == h2::kRstStream && f->stream_id == 1) {
+      reset_seen = true;
+      reset_at = absl::Now();
+      reset_code = f->ErrorCode().value_or(0);
+    }
+    ASSERT_NE(f->type, h2::kGoaway) << "the connection was closed for one stalled stream";
+  }
+  EndAttack("stalled stream among others",
+            absl::StrCat(reset_seen ? "RST_STREAM(" : "no_reset(", reset_code, ")+ended_",
+                         ended.size()),
+            /*cpu_bound_s=*/2.0, absl::Milliseconds(200));
+  EXPECT_TRUE(ended.count(3) && ended.count(5)) << "the readable streams did not complete";
+  ASSERT_TRUE(reset_seen) << "the stalled stream was never reset";
+  EXPECT_EQ(reset_code, h2::kCancel);
+  EXPECT_GE(reset_at - start, absl::Milliseconds(1500));
+  EXPECT_LE(reset_at - start, absl::Milliseconds(4500) * TimingSlack());
+  const SimStats s = WaitSim([this](const SimStats& s) {
+    return s.aborted_streams > sim_before_.aborted_streams;
+  });
+  EXPECT_GE(s.aborted_streams - sim_before_.aborted_streams, 1)
+      << "the stalled stream's generation went on";
+  // The same connection still serves a new stream.
+  auto status = c->Get(7, "/api/version");
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(*status, 200);
 }
 
 // ------------------------------------------------------------ (7) RFC 9113

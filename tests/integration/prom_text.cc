@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "tests/integration/harness.h"
 
 namespace sluice::integration {
 namespace {
@@ -446,6 +447,16 @@ const PromFamily* FindFamily(const std::vector<PromFamily>& families, absl::stri
     if (f.name == name) return &f;
   }
   return nullptr;
+}
+
+absl::StatusOr<std::vector<PromFamily>> ScrapeMetrics(int port) {
+  absl::StatusOr<HttpResponse> r =
+      Exchange(port, BuildRequest("GET", "/metrics"), absl::Seconds(5));
+  if (!r.ok()) return r.status();
+  if (r->status != 200) {
+    return absl::InternalError(absl::StrCat("/metrics: ", r->status));
+  }
+  return ParsePrometheusText(r->body);
 }
 
 }  // namespace sluice::integration

@@ -52,6 +52,10 @@ absl::StatusOr<std::vector<PromFamily>> ParsePrometheusText(absl::string_view te
 std::optional<double> FindSample(const std::vector<PromFamily>& families, absl::string_view name,
                                  const std::vector<std::pair<std::string, std::string>>& labels);
 
+// sluice's counters and gauges: GET /metrics on `port` over plain HTTP
+// from 127.0.0.1, parsed.
+absl::StatusOr<std::vector<PromFamily>> ScrapeMetrics(int port);
+
 // The family called `name`, or nullptr. The pointer is valid while
 // `families` is neither modified nor destroyed.
 const PromFamily* FindFamily(const std::vector<PromFamily>& families, absl::string_view name);

@@ -7,6 +7,11 @@
 //               {"ok":N,"streams":100,"sessions":1}.
 //   cancel:     a long stream cancelled (RST_STREAM CANCEL) after 2 chunks;
 //               prints {"cancel_us":T} (CLOCK_REALTIME µs of the reset).
+//   upload SIZE length|stream:
+//               POST /api/generate with a SIZE-byte body, with content-length
+//               or streamed in 16 KiB writes without one; prints
+//               {"status":S,"body":"...","rst":CODE} (S 0: no response head).
+// SLUICE_URL may be http:// (h2c with prior knowledge) or https://.
 // Exits non-zero on any failure.
 import http2 from 'node:http2';
 import fs from 'node:fs';
@@ -15,7 +20,7 @@ const base = process.env.SLUICE_URL;
 const ca = process.env.SLUICE_CA;
 const mode = process.argv[2];
 if (!base || !ca || !mode) {
-  console.error('usage: SLUICE_URL=... SLUICE_CA=... node h2_client.mjs stream|concurrent|cancel');
+  console.error('usage: SLUICE_URL=... SLUICE_CA=... node h2_client.mjs stream|concurrent|cancel|upload');
   process.exit(2);
 }
 const watchdog = setTimeout(() => {
@@ -93,6 +98,35 @@ try {
     });
     if (!cancelUs) throw new Error('stream ended before 2 chunks');
     console.log(JSON.stringify({ cancel_us: cancelUs }));
+  } else if (mode === 'upload') {
+    const size = Number(process.argv[3]);
+    const withLength = process.argv[4] === 'length';
+    const headers = { ':method': 'POST', ':path': '/api/generate', 'content-type': 'application/json' };
+    if (withLength) headers['content-length'] = String(size);
+    const out = await new Promise((resolve) => {
+      const req = session.request(headers);
+      let status = 0;
+      let body = '';
+      req.on('response', (h) => { status = h[':status']; });
+      req.on('data', (d) => { body += d.toString(); });
+      req.on('close', () => resolve({ status, body, rst: req.rstCode }));
+      req.on('error', () => {});
+      const piece = Buffer.alloc(16384, 'x');
+      let left = size;
+      const pump = () => {
+        while (left > 0) {
+          const n = Math.min(left, piece.length);
+          left -= n;
+          if (!req.write(n === piece.length ? piece : piece.subarray(0, n))) {
+            req.once('drain', pump);
+            return;
+          }
+        }
+        req.end();
+      };
+      pump();
+    });
+    console.log(JSON.stringify(out));
   } else {
     throw new Error(`unknown mode ${mode}`);
   }

@@ -317,6 +317,8 @@ const std::vector<std::string>& AllFamilies() {
       "sluice_upstream_connect_failures_total",
       "sluice_rejections_total",
       "sluice_connections_dropped_total",
+      "sluice_recv_buffers_in_use",
+      "sluice_recv_buffer_copies_total",
       "sluice_client_cancellations_total",
       "sluice_tls_handshakes_total",
       "sluice_tls_resumptions_total",
@@ -379,6 +381,8 @@ TEST(RenderPrometheusTest, RendersEveryValue) {
   m.rejected_busy = 12;
   m.rejected_overload = 15;
   m.connections_dropped = 16;
+  m.recv_buffers_in_use = 21;
+  m.recv_buffer_copies = 22;
   m.client_cancellations = 13;
   m.connections_reading = 1;
   m.connections_writing = 2;
@@ -471,6 +475,8 @@ TEST(RenderPrometheusTest, RendersEveryValue) {
   EXPECT_EQ(v("sluice_rejections_total", {{"reason", "busy"}}), 12);
   EXPECT_EQ(v("sluice_rejections_total", {{"reason", "overload"}}), 15);
   EXPECT_EQ(v("sluice_connections_dropped_total"), 16);
+  EXPECT_EQ(v("sluice_recv_buffers_in_use"), 21);
+  EXPECT_EQ(v("sluice_recv_buffer_copies_total"), 22);
   EXPECT_EQ(v("sluice_client_cancellations_total"), 13);
   EXPECT_EQ(v("sluice_tls_handshakes_total"), 7);
   EXPECT_EQ(v("sluice_tls_resumptions_total"), 3);

@@ -78,5 +78,36 @@ TEST(SliceWriterTest, TakesCommittedBytesAcrossBlocks) {
   EXPECT_EQ(len, 8u);
 }
 
+TEST(SliceTest, ExtendMergesOnlyContiguousViewsOfOneOwner) {
+  CountingOwner owner, other;
+  const char bytes[] = "abcdefgh";
+  Slice a(&owner, bytes, 3);
+  EXPECT_TRUE(a.Extend(Slice(&owner, bytes + 3, 2)));
+  EXPECT_EQ(a.view(), "abcde");
+  EXPECT_EQ(owner.refs, 1u);  // the merged view holds one reference
+  EXPECT_FALSE(a.Extend(Slice(&owner, bytes + 6, 2)));   // a gap
+  EXPECT_FALSE(a.Extend(Slice(&other, bytes + 5, 2)));   // another owner
+  EXPECT_FALSE(Slice::Static("ab").Extend(Slice::Static("c")));  // no owner
+  EXPECT_EQ(a.view(), "abcde");
+}
+
+TEST(SliceWriterTest, AppendCopiesIntoSharedBlocksThatLiveWhileTheirViewsDo) {
+  SliceWriter w(16);
+  Slice a = w.Append("0123456789");
+  Slice b = w.Append("abcde");
+  EXPECT_EQ(a.view(), "0123456789");
+  EXPECT_EQ(b.view(), "abcde");
+  EXPECT_EQ(a.data() + a.size(), b.data());  // same block, back to back
+  EXPECT_TRUE(a.Extend(b));
+  EXPECT_EQ(a.view(), "0123456789abcde");
+  Slice c = w.Append("XYZ");  // does not fit: a new block
+  EXPECT_EQ(c.view(), "XYZ");
+  EXPECT_FALSE(a.Extend(c));
+  w.Trim();
+  EXPECT_EQ(a.view(), "0123456789abcde");  // the views keep their blocks
+  EXPECT_EQ(c.view(), "XYZ");
+  EXPECT_TRUE(w.Append("").empty());
+}
+
 }  // namespace
 }  // namespace sluice::core

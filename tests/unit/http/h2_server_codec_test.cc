@@ -8,10 +8,13 @@
 
 #include <algorithm>
 #include <functional>
+#include <cstring>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace sluice::http {
@@ -553,6 +556,117 @@ TEST(H2ServerCodecTest, SlowClientWindowHoldsQueueUntilWindowUpdate) {
   client.Drive();
   EXPECT_TRUE(client.streams[id].closed);
   EXPECT_EQ(sink.streams[id].closed, 1);
+}
+
+// A receive buffer as the engine lends it: 16 KiB behind one owner whose
+// reference count the test reads.
+struct FakeBuffer {
+  struct Owner : core::SliceOwner {
+    FakeBuffer* self = nullptr;
+  };
+  Owner owner;
+  std::string bytes;
+  bool released = false;
+  FakeBuffer() : bytes(16384, 't') {
+    owner.self = this;
+    owner.release = [](core::SliceOwner* o) { static_cast<Owner*>(o)->self->released = true; };
+  }
+  FakeBuffer(const FakeBuffer&) = delete;
+  FakeBuffer& operator=(const FakeBuffer&) = delete;
+  Slice Piece(size_t offset, size_t len) { return Slice(&owner, bytes.data() + offset, len); }
+};
+
+// Token chunks for a stream whose window is shut are copied into the
+// stream's own blocks (merged, so they are few pieces) and do not keep the
+// receive buffers they came in; the stream blocks at the byte watermark
+// and everything arrives in order once the window opens.
+TEST(H2ServerCodecTest, WaitingSmallPiecesAreCopiesNotBufferViews) {
+  RecordingSink sink;
+  H2ServerCodec codec(&sink, H2Options{});
+  Client client(&codec, &sink, {.manual_window = true});
+  int32_t id = client.Request("POST", "/api/generate");
+  client.Drive();
+  ASSERT_TRUE(codec.SubmitResponse(id, Head(200), false).ok());
+  // Fill the client's window (65535): from here on every piece waits.
+  std::string expect = Pattern(65535, 'w');
+  ASSERT_TRUE(codec.SendData(id, Slice::Copy(expect)).ok());
+  client.Drive();
+  ASSERT_EQ(client.streams[id].body.size(), 65535u);
+  EXPECT_EQ(codec.held_views(), 0u);
+
+  std::vector<std::unique_ptr<FakeBuffer>> buffers;
+  size_t sent_pieces = 0;
+  while (!codec.Congested(id) && sent_pieces < 2000) {
+    auto b = std::make_unique<FakeBuffer>();
+    std::string token = absl::StrCat("{\"response\":\"tok", sent_pieces, "\"}\n");
+    token.resize(120, ' ');
+    memcpy(b->bytes.data(), token.data(), token.size());
+    ASSERT_TRUE(codec.SendData(id, b->Piece(0, token.size())).ok());
+    expect += token;
+    // The codec kept no reference: the buffer went back at once.
+    EXPECT_TRUE(b->released) << "piece " << sent_pieces;
+    buffers.push_back(std::move(b));
+    ++sent_pieces;
+  }
+  // Blocked by bytes (64 KiB of 120-byte tokens), not by a piece per token.
+  EXPECT_TRUE(codec.Congested(id));
+  EXPECT_GE(codec.QueuedBytes(id), H2Options{}.stream_high_watermark);
+  EXPECT_GT(sent_pieces, H2Options{}.stream_max_pieces);
+  EXPECT_EQ(codec.held_views(), 0u);
+  const uint64_t sent_before = codec.SentBytes(id);
+  EXPECT_EQ(sent_before, 65535u);
+
+  size_t consumed = 0;
+  for (int rounds = 0; rounds < 200 && client.streams[id].body.size() < expect.size(); ++rounds) {
+    size_t got = client.streams[id].body.size();
+    client.Consume(id, got - consumed);
+    consumed = got;
+    client.Drive();
+  }
+  EXPECT_EQ(client.streams[id].body, expect);
+  EXPECT_EQ(codec.SentBytes(id), expect.size());
+  EXPECT_FALSE(codec.Congested(id));
+  EXPECT_EQ(sink.streams[id].writable, 1);
+}
+
+// Large pieces that wait stay views (no copy of a full buffer) until the
+// connection holds connection_max_views of them; later ones are copied.
+// A stream also blocks at stream_max_pieces pieces, whatever their bytes.
+TEST(H2ServerCodecTest, WaitingViewsAreBoundedPerConnectionAndPiecesPerStream) {
+  for (const bool bound_views : {true, false}) {
+    SCOPED_TRACE(bound_views ? "views bound" : "pieces bound");
+    RecordingSink sink;
+    H2Options o;
+    o.connection_max_views = bound_views ? 3 : 100;
+    o.stream_max_pieces = 8;
+    H2ServerCodec codec(&sink, o);
+    Client client(&codec, &sink, {.manual_window = true});
+    int32_t id = client.Request("POST", "/api/generate");
+    client.Drive();
+    ASSERT_TRUE(codec.SubmitResponse(id, Head(200), false).ok());
+    ASSERT_TRUE(codec.SendData(id, Slice::Copy(Pattern(65535, 'w'))).ok());
+    client.Drive();
+    std::vector<std::unique_ptr<FakeBuffer>> buffers;
+    for (int i = 0; i < 8; ++i) {
+      auto b = std::make_unique<FakeBuffer>();
+      ASSERT_TRUE(codec.SendData(id, b->Piece(0, 2048)).ok());
+      EXPECT_EQ(b->released, bound_views && i >= 3) << "piece " << i;
+      buffers.push_back(std::move(b));
+    }
+    EXPECT_LT(codec.QueuedBytes(id), o.stream_high_watermark);
+    if (bound_views) {
+      // Past the bound, waiting pieces are copies, merged in 4 KiB blocks.
+      EXPECT_EQ(codec.held_views(), 3u);
+      EXPECT_FALSE(codec.Congested(id));
+    } else {
+      // Eight views: blocked by pieces, far below the byte watermark.
+      EXPECT_EQ(codec.held_views(), 8u);
+      EXPECT_TRUE(codec.Congested(id));
+    }
+    ASSERT_TRUE(codec.ResetStream(id, kH2Cancel).ok());
+    EXPECT_EQ(codec.held_views(), 0u);
+    for (auto& b : buffers) EXPECT_TRUE(b->released);
+  }
 }
 
 TEST(H2ServerCodecTest, TakeOutputHonoursByteLimit) {
