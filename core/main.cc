@@ -353,12 +353,41 @@ int Listen(const SocketAddress& addr, std::string* error) {
   return fd;
 }
 
+// Whether some other socket already listens on `addr` (any process: a
+// second sluice, or another program). The workers' sockets set
+// SO_REUSEPORT, and Linux lets a SO_REUSEPORT socket join a group held by
+// any process of the same user, so binding them would succeed and quietly
+// split the connections with whoever holds the port. A probe bound without
+// SO_REUSEPORT fails with EADDRINUSE whenever anything listens there
+// (SO_REUSEADDR only lets it past connections in TIME_WAIT, so a quick
+// restart on the same port still works). The probe is closed before the
+// workers bind; the gap between the two is a few microseconds. Port 0
+// needs no probe (the kernel never hands out a port a listener holds);
+// sockets handed over by a restart (SIGUSR2) skip it, as they are shared
+// on purpose. Returns the errno of the failed bind, or 0.
+int ProbeAddressInUse(const SocketAddress& addr) {
+  int fd = ::socket(addr.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 0;  // the real Listen() reports it
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  int err = ::bind(fd, addr.get(), addr.len) == 0 ? 0 : errno;
+  ::close(fd);
+  return err;
+}
+
 int Port(int fd) {
   sockaddr_storage ss{};
   socklen_t len = sizeof(ss);
   getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
   if (ss.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
   return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+}
+
+int Port(const SocketAddress& addr) {
+  if (addr.family() == AF_INET6) {
+    return ntohs(reinterpret_cast<const sockaddr_in6*>(&addr.storage)->sin6_port);
+  }
+  return ntohs(reinterpret_cast<const sockaddr_in*>(&addr.storage)->sin_port);
 }
 
 void SetPort(SocketAddress* addr, int port) {
@@ -604,6 +633,15 @@ int Run(int argc, char** argv) {
           return 1;
         }
       } else {
+        if (i == 0 && Port(*spec.addr) != 0) {
+          if (int err = ProbeAddressInUse(*spec.addr); err == EADDRINUSE) {
+            fprintf(stderr,
+                    "sluice: --%s: cannot listen on %s: address already in use (another "
+                    "program, or another sluice, listens there)\n",
+                    spec.flag, spec.text->c_str());
+            return 1;
+          }
+        }
         fd = Listen(*spec.addr, &error);
       }
       if (fd < 0) {

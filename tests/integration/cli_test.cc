@@ -5,7 +5,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -116,6 +119,128 @@ TEST(SluiceCli, ListenFailureIsReported) {
   EXPECT_TRUE(res.exit.exited);
   EXPECT_NE(res.exit.code, 0);
   EXPECT_TRUE(absl::StrContains(res.err, "listen_http")) << res.err;
+}
+
+// Runs sluice in front of 127.0.0.1:9 with `args` after the defaults below
+// (each flag given once: later ones win); killed after 5 s.
+CommandResult RunSluiceCli(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {"--listen_tls=", "--http_mode=serve", "--upstream=127.0.0.1:9",
+                                   "--threads=1", "--auth=none"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return RunProgram(SluiceBinary(), argv, absl::Seconds(5));
+}
+
+// How a sluice that must not start ended: exit `code`, one stderr line
+// holding each of `needles`.
+void ExpectOneLineExit(const CommandResult& res, int code,
+                       const std::vector<std::string>& needles) {
+  ASSERT_FALSE(res.timed_out) << "sluice started; stdout: " << res.out;
+  EXPECT_TRUE(res.exit.exited);
+  EXPECT_EQ(res.exit.code, code) << res.err;
+  std::vector<absl::string_view> lines = absl::StrSplit(res.err, '\n', absl::SkipEmpty());
+  EXPECT_EQ(lines.size(), 1u) << res.err;
+  for (const std::string& n : needles) {
+    EXPECT_TRUE(absl::StrContains(res.err, n)) << "no '" << n << "' in: " << res.err;
+  }
+}
+
+// A listening socket of this process (another program, as sluice sees it)
+// on `addr` with SO_REUSEPORT set, as nginx's `reuseport` or Envoy's
+// listeners set it; returns the fd and the port.
+std::pair<int, int> ReusePortListener(int family, const char* host) {
+  int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return {-1, 0};
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+  sockaddr_storage ss{};
+  socklen_t len;
+  if (family == AF_INET6) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+    a->sin6_family = AF_INET6;
+    inet_pton(AF_INET6, host, &a->sin6_addr);
+    len = sizeof(*a);
+  } else {
+    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    a->sin_family = AF_INET;
+    inet_pton(AF_INET, host, &a->sin_addr);
+    len = sizeof(*a);
+  }
+  if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || listen(fd, 16) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+    close(fd);
+    return {-1, 0};
+  }
+  const int port = family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
+                                      : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  return {fd, port};
+}
+
+// A second sluice on the address of a running one (say, to try a config
+// with --auth=none) used to join its SO_REUSEPORT group and take part of
+// its connections. It must exit 1 naming the address; the first one keeps
+// every connection.
+TEST(SluiceCliAddressInUse, SecondSluiceExitsOneAndTheFirstKeepsServing) {
+  auto sim = StartSim();
+  ASSERT_TRUE(sim.ok()) << sim.status();
+  auto first = StartSluice((*sim)->port(), {"--threads=2"});
+  ASSERT_TRUE(first.ok()) << first.status();
+  const std::string address = absl::StrCat("127.0.0.1:", (*first)->port());
+  for (const char* threads : {"--threads=1", "--threads=2"}) {
+    SCOPED_TRACE(threads);
+    CommandResult res = RunSluiceCli({"--listen_http=" + address, threads,
+                                      absl::StrCat("--upstream=127.0.0.1:", (*sim)->port())});
+    ExpectOneLineExit(res, 1, {"--listen_http", address, "address already in use"});
+  }
+  // The first one still serves, alone.
+  for (int i = 0; i < 20; ++i) {
+    auto r = Exchange((*first)->port(), BuildRequest("GET", "/api/version"));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->status, 200) << r->body;
+  }
+  EXPECT_TRUE((*first)->running());
+}
+
+// Listeners of other programs: a plain one (python's http.server, where
+// Python is installed) and SO_REUSEPORT ones on IPv4 and IPv6, which a
+// sluice of the same user could join without the check.
+TEST(SluiceCliAddressInUse, ListenerOfAnotherProgramIsNamed) {
+  if (RunShell("command -v python3", absl::Seconds(5)).exit.code == 0) {
+    const int port = UnusedPort();
+    ASSERT_GT(port, 0);
+    auto py = ChildProcess::Spawn(
+        "/bin/sh", {"-c", absl::StrCat("exec python3 -m http.server ", port, " --bind 127.0.0.1")});
+    ASSERT_TRUE(py.ok()) << py.status();
+    // Up once a connection is accepted.
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    bool up = false;
+    while (!up && absl::Now() < deadline && (*py)->running()) {
+      up = HttpConnection::Connect(port, absl::Milliseconds(200)).ok();
+      if (!up) absl::SleepFor(absl::Milliseconds(50));
+    }
+    ASSERT_TRUE(up) << (*py)->Stderr();
+    const std::string address = absl::StrCat("127.0.0.1:", port);
+    ExpectOneLineExit(RunSluiceCli({"--listen_http=" + address}), 1,
+                      {"--listen_http", address, "address already in use"});
+    (*py)->Terminate();
+  }
+
+  auto [fd4, port4] = ReusePortListener(AF_INET, "127.0.0.1");
+  ASSERT_GE(fd4, 0) << strerror(errno);
+  const std::string address4 = absl::StrCat("127.0.0.1:", port4);
+  ExpectOneLineExit(RunSluiceCli({"--listen_http=" + address4}), 1,
+                    {"--listen_http", address4, "address already in use"});
+  // The wildcard address covers 127.0.0.1 too.
+  ExpectOneLineExit(RunSluiceCli({absl::StrCat("--listen_http=0.0.0.0:", port4)}), 1,
+                    {"--listen_http", absl::StrCat("0.0.0.0:", port4), "already in use"});
+  close(fd4);
+
+  auto [fd6, port6] = ReusePortListener(AF_INET6, "::1");
+  if (fd6 < 0) GTEST_SKIP() << "no IPv6 loopback here";
+  const std::string address6 = absl::StrCat("[::1]:", port6);
+  ExpectOneLineExit(RunSluiceCli({"--listen_http=" + address6}), 1,
+                    {"--listen_http", address6, "address already in use"});
+  close(fd6);
 }
 
 }  // namespace

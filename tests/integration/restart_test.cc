@@ -247,5 +247,35 @@ TEST_F(Restart, OneRestartAtATime) {
   EXPECT_EQ(GetStatus(proxy_port()), 200);
 }
 
+// On a fixed port, the handed-over sockets are the only shared ones: the
+// new process takes them without the "address already in use" check that
+// stops any other start on that address, and after the hand-over a fresh
+// start on it is still refused.
+TEST_F(Restart, FixedPortIsHandedOverAndStillRefusedToOthers) {
+  auto sim = StartSim();
+  ASSERT_TRUE(sim.ok()) << sim.status();
+  sim_ = std::move(*sim);
+  const int port = UnusedPort();
+  ASSERT_GT(port, 0);
+  const std::string address = absl::StrCat("127.0.0.1:", port);
+  auto sluice = StartSluice(sim_->port(), {"--listen_http=" + address, "--threads=2"});
+  ASSERT_TRUE(sluice.ok()) << sluice.status();
+  sluice_ = std::move(*sluice);
+  ASSERT_EQ(GetStatus(port), 200);
+  ASSERT_TRUE(sluice_->Signal(SIGUSR2));
+  ASSERT_NO_FATAL_FAILURE(ExpectHandedOver(absl::Seconds(10)));
+  EXPECT_FALSE(absl::StrContains(sluice_->Stderr(), "already in use")) << sluice_->Stderr();
+  EXPECT_EQ(GetStatus(port), 200);
+  CommandResult other = RunProgram(
+      SluiceBinary(),
+      {"--listen_http=" + address, "--listen_tls=", "--http_mode=serve",
+       absl::StrCat("--upstream=127.0.0.1:", sim_->port()), "--threads=1", "--auth=none"},
+      absl::Seconds(5));
+  ASSERT_FALSE(other.timed_out) << "a second instance started on " << address;
+  EXPECT_EQ(other.exit.code, 1) << other.err;
+  EXPECT_TRUE(absl::StrContains(other.err, address)) << other.err;
+  EXPECT_EQ(GetStatus(port), 200);
+}
+
 }  // namespace
 }  // namespace sluice::integration
