@@ -12,6 +12,7 @@
 
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage_config.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 
 namespace sluice::core {
@@ -28,13 +29,26 @@ void ReadFlagfile(const std::string& path, std::vector<std::string>* positional,
   if (!in) UsageError(absl::StrCat("--flagfile: cannot read ", path, ": ", strerror(errno)));
   std::vector<std::string> lines;
   std::string line;
+  int line_no = 0;
   while (std::getline(in, line)) {
+    ++line_no;
     size_t b = line.find_first_not_of(" \t\r");
     size_t e = line.find_last_not_of(" \t\r");
     if (b == std::string::npos || line[b] == '#') continue;
     std::string arg = line.substr(b, e - b + 1);
     if (arg.rfind("-", 0) != 0) {
-      UsageError(absl::StrCat("--flagfile: ", path, ": expected --flag=value, got '", arg, "'"));
+      UsageError(absl::StrCat("--flagfile: ", path, ":", line_no, ": expected --flag=value, got '",
+                              arg, "'"));
+    }
+    // "--name value", as on a command line: a file line is one argument,
+    // so the value must be joined with '='.
+    if (size_t space = arg.find_first_of(" \t");
+        space != std::string::npos && arg.find('=') > space) {
+      absl::string_view name(arg.data(), space);
+      absl::string_view value =
+          absl::StripLeadingAsciiWhitespace(absl::string_view(arg).substr(space));
+      UsageError(absl::StrCat("--flagfile: ", path, ":", line_no, ": write ", name, "=", value,
+                              " (one --name=value per line), not '", arg, "'"));
     }
     lines.push_back(std::move(arg));
   }
@@ -144,8 +158,19 @@ std::vector<std::string> ParseFlagsOrExit(int argc, char** argv,
 absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view text,
                                             bool numeric_only) {
   absl::string_view t = text;
-  if (t.rfind("http://", 0) == 0) t.remove_prefix(7);
-  while (!t.empty() && t.back() == '/') t.remove_suffix(1);
+  // A URL where an address is expected: say so, rather than fail on the
+  // colon of "https://" as if it were an IPv6 address, or drop a path
+  // (sluice forwards each request's own path).
+  if (size_t scheme = t.find("://"); scheme != absl::string_view::npos) {
+    absl::string_view rest = t.substr(scheme + 3);
+    return absl::InvalidArgumentError(absl::StrCat("expected host:port without a scheme, got '",
+                                                   text, "' (write '",
+                                                   rest.substr(0, rest.find('/')), "')"));
+  }
+  if (size_t slash = t.find('/'); slash != absl::string_view::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("expected host:port without a path, got '", text,
+                                                   "' (write '", t.substr(0, slash), "')"));
+  }
   std::string host, port;
   if (!t.empty() && t[0] == '[') {
     size_t close = t.find(']');

@@ -14,7 +14,8 @@ namespace sluice::core {
 // --name value, --bool / --nobool, and --flagfile=FILE (one flag per line,
 // '#' comments). --help prints every sluice flag with its default and
 // exits 0. Any bad flag, value or file exits 2 after one line on stderr
-// that names the flag. Returns the positional arguments.
+// that names the flag; a flagfile line "--name value" is told to write
+// "--name=value". Returns the positional arguments.
 std::vector<std::string> ParseFlagsOrExit(int argc, char** argv,
                                           absl::string_view usage);
 
@@ -31,7 +32,8 @@ std::string AbslUnparseFlag(ByteSize s);
 
 // "host:port", "[v6]:port" or ":port" (all IPv4 addresses); numeric hosts
 // only when `numeric_only`, else names are resolved (IPv4 preferred, since
-// Ollama binds 127.0.0.1 by default). An "http://" prefix is accepted.
+// Ollama binds 127.0.0.1 by default). A scheme ("http://") or a path is
+// refused with a message that shows the host:port to write instead.
 absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view text,
                                             bool numeric_only);
 

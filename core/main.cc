@@ -254,15 +254,15 @@ Config BuildConfig() {
 
   std::string upstream = absl::GetFlag(FLAGS_upstream);
   auto up = ParseHostPort(upstream, /*numeric_only=*/false);
-  if (!up.ok()) UsageError(absl::StrCat("--upstream: ", up.status().message()));
+  if (!up.ok()) {
+    UsageError(absl::StrCat("--upstream: ", up.status().message(),
+                            upstream.rfind("https://", 0) == 0
+                                ? "; sluice reaches the upstream in plain HTTP only"
+                                : ""));
+  }
   c.upstream = *up;
   c.upstream_host = absl::GetFlag(FLAGS_upstream_host);
-  if (c.upstream_host.empty()) {
-    std::string_view u = upstream;
-    if (u.rfind("http://", 0) == 0) u.remove_prefix(7);
-    while (!u.empty() && u.back() == '/') u.remove_suffix(1);
-    c.upstream_host = std::string(u);
-  }
+  if (c.upstream_host.empty()) c.upstream_host = upstream;
   if (c.upstream_host.find_first_of("\r\n") != std::string::npos) {
     UsageError("--upstream_host: must not contain line breaks");
   }
@@ -502,7 +502,13 @@ int Run(int argc, char** argv) {
   }
   Restarter restarter(argc, argv);  // argv as given, before parsing
   pid_t restart_pid = -1;
-  ParseFlagsOrExit(argc, argv, kUsage);
+  // sluice takes flags only: a stray word is most often the value of a
+  // boolean flag written "--flag value", which would otherwise be lost.
+  if (std::vector<std::string> positional = ParseFlagsOrExit(argc, argv, kUsage);
+      !positional.empty()) {
+    UsageError(absl::StrCat("unexpected argument '", positional.front(),
+                            "': sluice takes only --name=value flags (see --help)"));
+  }
   Config config = BuildConfig();
   g_log_level.store(config.log_level);
   if (const std::string path = absl::GetFlag(FLAGS_error_log); !path.empty()) {

@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -241,6 +242,52 @@ TEST(SluiceCliAddressInUse, ListenerOfAnotherProgramIsNamed) {
   ExpectOneLineExit(RunSluiceCli({"--listen_http=" + address6}), 1,
                     {"--listen_http", address6, "address already in use"});
   close(fd6);
+}
+
+// --upstream is host:port: a URL is refused with what to write instead.
+TEST(SluiceCli, UpstreamUrlIsRefusedNamingTheFlag) {
+  struct Case {
+    const char* value;
+    std::vector<std::string> needles;
+  };
+  const std::vector<Case> cases = {
+      {"http://127.0.0.1:11434", {"--upstream", "without a scheme", "write '127.0.0.1:11434'"}},
+      {"https://ollama.example:443",
+       {"--upstream", "without a scheme", "write 'ollama.example:443'", "plain HTTP"}},
+      {"127.0.0.1:11434/api", {"--upstream", "without a path", "write '127.0.0.1:11434'"}},
+      {"127.0.0.1:11434/", {"--upstream", "without a path"}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.value);
+    ExpectOneLineExit(
+        RunSluiceCli({"--listen_http=127.0.0.1:0", absl::StrCat("--upstream=", c.value)}), 2,
+        c.needles);
+  }
+}
+
+// Words that are not flags are refused: most often the value of a boolean
+// flag written "--flag value", which was silently lost.
+TEST(SluiceCli, PositionalArgumentsAreRefused) {
+  ExpectOneLineExit(RunSluiceCli({"--listen_http=127.0.0.1:0", "--metrics", "false"}), 2,
+                    {"unexpected argument 'false'", "--name=value"});
+  ExpectOneLineExit(RunSluiceCli({"--listen_http=127.0.0.1:0", "serve"}), 2,
+                    {"unexpected argument 'serve'"});
+  ExpectOneLineExit(RunSluiceCli({"--listen_http=127.0.0.1:0", "--", "extra"}), 2,
+                    {"unexpected argument 'extra'"});
+}
+
+// A flagfile holds one argument a line, so "--name value" (the command
+// line's other form) cannot work there: the message says what to write.
+TEST(SluiceCli, FlagfileNameSpaceValueSaysWriteNameEqualsValue) {
+  const std::string path =
+      absl::StrCat(::testing::TempDir(), "sluice-flagfile-", getpid(), ".conf");
+  {
+    std::ofstream out(path);
+    out << "# comment\n--listen_http=127.0.0.1:0\n--threads  2\n";
+  }
+  ExpectOneLineExit(RunSluiceCli({"--flagfile=" + path}), 2,
+                    {absl::StrCat(path, ":3"), "write --threads=2", "'--threads  2'"});
+  unlink(path.c_str());
 }
 
 }  // namespace
