@@ -23,7 +23,9 @@ enum class AccessLogFormat {
 struct AccessRecord {
   int64_t start_unix_ns = 0;      // wall clock when the request head arrived
   std::string_view remote_addr;   // the client (after --trusted_proxies)
-  std::string_view user;          // key or user name; empty: "-"
+  // The key name or Basic user; for a refused Basic login the user name
+  // it tried (nginx's $remote_user); empty: "-".
+  std::string_view user;
   std::string_view method;
   std::string_view target;        // as the client sent it
   std::string_view protocol;      // "HTTP/1.1", "HTTP/1.0", "HTTP/2.0"

@@ -418,7 +418,11 @@ void H1Downstream::Redirect(const http::RequestHead& head) {
   const bool close = !head.keep_alive || head.has_body() || draining_;
   if (close) close_after_ = true;
   std::string out = http::RedirectResponse(location, close);
-  worker_->AccountBare(&head, conn_->client_addr(), 301, 0, worker_->now_ns(),
+  // $body_bytes_sent: what follows the head (the JSON body naming the
+  // new location).
+  const size_t head_end = out.find("\r\n\r\n");
+  const uint64_t body_bytes = head_end == std::string::npos ? 0 : out.size() - head_end - 4;
+  worker_->AccountBare(&head, conn_->client_addr(), 301, body_bytes, worker_->now_ns(),
                        worker_->now_unix_ns(), conn_->number(), "redirect");
   conn_->WriteOwned(std::move(out));
   FinishExchange();

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -66,6 +67,7 @@ void LogFile::Reopen() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     reopen_ = true;
+    reopen_after_ = submitted_;
   }
   cv_.notify_one();
 }
@@ -122,19 +124,24 @@ void LogFile::Run() {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     cv_.wait(lock, [&] { return stop_ || reopen_ || !queue_.empty(); });
-    if (reopen_) {
-      // Checked before taking the next batch: whatever was submitted after
-      // Reopen() returned goes to the new file.
-      reopen_ = false;
-      lock.unlock();
-      DoReopen();
-      lock.lock();
-    }
-    if (queue_.empty()) {
+    if (queue_.empty() && !reopen_) {
       if (stop_) return;
       continue;
     }
-    batch.swap(queue_);
+    // A pending reopen splits the queue: what was submitted before
+    // Reopen() (logrotate renamed the file, then signalled) still belongs
+    // to the old file; the rest goes to the new one.
+    size_t take = queue_.size();
+    const bool reopen = reopen_;
+    if (reopen) {
+      take = static_cast<size_t>(std::min<uint64_t>(take, reopen_after_ - taken_));
+      reopen_ = false;
+    }
+    for (size_t i = 0; i < take; ++i) {
+      batch.push_back(std::move(queue_.front()));
+      queue_.pop_front();
+    }
+    taken_ += take;
     lock.unlock();
     // One write(2) per submitted buffer: with O_APPEND a write to a regular
     // file is not interleaved with another process's, so a buffer of whole
@@ -148,6 +155,7 @@ void LogFile::Run() {
         dropped_lines_.fetch_add(count, std::memory_order_relaxed);
       }
     }
+    if (reopen) DoReopen();
     const uint64_t done = batch.size();
     batch.clear();
     lock.lock();

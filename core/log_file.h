@@ -34,9 +34,10 @@ class LogFile {
   // Thread-safe, never blocks on I/O. `lines` holds `line_count` complete
   // lines. Returns false when it was dropped.
   bool Submit(std::string lines, uint64_t line_count);
-  // Thread-safe: open the path again before the next write (the old file
-  // was renamed). If opening fails, the error goes to the error log and
-  // the old descriptor stays in use.
+  // Thread-safe: open the path again (the old file was renamed). Every
+  // buffer submitted before the call is still written to the old file;
+  // those submitted after it go to the new one. If opening fails, the
+  // error goes to the error log and the old descriptor stays in use.
   void Reopen();
   // Blocks until everything submitted before the call is written (tests
   // and shutdown).
@@ -68,6 +69,10 @@ class LogFile {
   uint64_t submitted_ = 0;  // buffers accepted
   uint64_t completed_ = 0;  // buffers written (or failed)
   bool reopen_ = false;
+  // With reopen_: the buffers (counted as submitted_ counts) that go to
+  // the old file first.
+  uint64_t reopen_after_ = 0;
+  uint64_t taken_ = 0;  // buffers the writer thread has taken off queue_
   bool stop_ = false;
   std::atomic<uint64_t> dropped_lines_{0};
   std::atomic<uint64_t> written_lines_{0};

@@ -13,10 +13,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -437,6 +440,35 @@ void AttachSteering(int fd, int workers) {
   }
 }
 
+// SIGUSR1 comes after logrotate renamed the files: each worker first hands
+// over the access log lines it holds (up to --access_log_flush of them), so
+// that they go to the old file with the rest of their time; only then is
+// the file reopened. A worker that does not answer within a second (its
+// loop has ended, or is stuck) is not waited for.
+void FlushAccessLogs(const std::vector<std::unique_ptr<Worker>>& workers) {
+  struct Pending {
+    std::mutex mu;
+    std::condition_variable cv;
+    size_t left = 0;
+  };
+  auto pending = std::make_shared<Pending>();
+  pending->left = workers.size();
+  for (const auto& w : workers) {
+    Worker* worker = w.get();
+    worker->Post([worker, pending] {
+      worker->FlushAccessLog();
+      std::lock_guard<std::mutex> lock(pending->mu);
+      if (--pending->left == 0) pending->cv.notify_all();
+    });
+  }
+  std::unique_lock<std::mutex> lock(pending->mu);
+  if (!pending->cv.wait_for(lock, std::chrono::seconds(1), [&] { return pending->left == 0; })) {
+    LOG_WARN("SIGUSR1: %zu worker(s) did not hand over their access log lines within 1s; those "
+             "go to the new file",
+             pending->left);
+  }
+}
+
 policy::PolicyOptions PolicyFlags() {
   policy::PolicyOptions o;
   o.auth = absl::GetFlag(FLAGS_auth);
@@ -759,7 +791,10 @@ int Run(int argc, char** argv) {
     } else if (sig == SIGUSR1) {
       // logrotate: the files were renamed; write to new ones at the paths.
       ReopenErrorLog();
-      if (access_log) access_log->Reopen();
+      if (access_log) {
+        FlushAccessLogs(workers);
+        access_log->Reopen();
+      }
       LOG_INFO("SIGUSR1: reopened log files");
     } else if (sig == SIGUSR2) {
       if (stopping || restarter.in_progress()) {

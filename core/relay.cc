@@ -750,7 +750,10 @@ void Relay::Account() {
   r.start_unix_ns = start_unix_ns_;
   r.remote_addr = admission_.client_text.empty() ? std::string_view(client_addr_)
                                                  : std::string_view(admission_.client_text);
-  r.user = admission_.user_name;
+  // As nginx's $remote_user: the Basic user name sent, whether or not its
+  // password was right (a refused key names no one).
+  r.user = !admission_.user_name.empty() ? std::string_view(admission_.user_name)
+                                         : std::string_view(admission_.basic_user);
   r.status = status;
   r.body_bytes_sent = body_bytes_sent_;
   r.request_time_ns = request_ns;

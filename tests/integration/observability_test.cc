@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -15,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -62,6 +64,12 @@ class ObservabilityIt : public ProxyTest {
         absl::Seconds(10));
     EXPECT_EQ(r.exit.code, 0) << r.err;
     return std::string(absl::StripAsciiWhitespace(r.out));
+  }
+
+  // A keys file with one key; returns its path.
+  std::string AddKeyFile() {
+    AddKey("team");
+    return dir_ + "/keys.txt";
   }
 
   // Waits until `path` holds at least `n` lines; returns them.
@@ -382,6 +390,110 @@ TEST_F(ObservabilityIt, Sigusr1ReopensAccessAndErrorLogs) {
   ASSERT_EQ(old.size(), 2u);
   EXPECT_TRUE(absl::StrContains(old[0], "/api/tags"));
   EXPECT_TRUE(absl::StrContains(old[1], "/api/version"));
+}
+
+// logrotate renames the file, then sends SIGUSR1: the lines the workers
+// still hold (up to --access_log_flush of them) belong to the old file.
+TEST_F(ObservabilityIt, Sigusr1SendsBufferedLinesToTheOldFile) {
+  const std::string err_path = dir_ + "/error.log";
+  ASSERT_NO_FATAL_FAILURE(StartStack({}, {"--access_log=" + log_path(), "--access_log_flush=60s",
+                                          "--threads=2", "--error_log=" + err_path}));
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(Get("/api/tags").status, 200);
+  EXPECT_EQ(Get("/api/version").status, 200);
+  // Still in the workers' buffers.
+  EXPECT_EQ(ReadWhole(log_path()), "");
+  ASSERT_EQ(rename(log_path().c_str(), (log_path() + ".1").c_str()), 0);
+  ASSERT_TRUE(sluice_->Signal(SIGUSR1));
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  while (absl::Now() < deadline && !absl::StrContains(ReadWhole(err_path), "reopened log files")) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_TRUE(absl::StrContains(ReadWhole(err_path), "reopened log files"));
+  EXPECT_EQ(Get("/api/ps").status, 200);
+  // Stopping hands over the rest.
+  expect_sluice_exit_ = true;
+  ExitInfo stopped = sluice_->Terminate(absl::Seconds(10));
+  EXPECT_TRUE(stopped.exited && stopped.code == 0);
+  std::vector<std::string> old = Lines(ReadWhole(log_path() + ".1"));
+  ASSERT_EQ(old.size(), 5u) << ReadWhole(log_path() + ".1");
+  for (const std::string& l : old) EXPECT_FALSE(absl::StrContains(l, "/api/ps")) << l;
+  std::vector<std::string> fresh = Lines(ReadWhole(log_path()));
+  ASSERT_EQ(fresh.size(), 1u) << ReadWhole(log_path());
+  EXPECT_TRUE(absl::StrContains(fresh[0], "/api/ps")) << fresh[0];
+}
+
+// The plain port's 301 carries a small JSON body naming the new location:
+// $body_bytes_sent counts it, as nginx counts its redirect page.
+TEST_F(ObservabilityIt, RedirectLogsItsBodyBytes) {
+  CommandResult certs = RunShell(absl::StrCat("bash ", ShellQuote(SLUICE_SOURCE_DIR),
+                                              "/tools/make-certs.sh ", ShellQuote(dir_ + "/certs")),
+                                 absl::Seconds(30));
+  ASSERT_EQ(certs.exit.code, 0) << certs.err;
+  ASSERT_NO_FATAL_FAILURE(StartStack(
+      {}, {"--listen_tls=127.0.0.1:0", "--http_mode=redirect",
+           "--tls_cert=" + dir_ + "/certs/server.pem", "--tls_key=" + dir_ + "/certs/server.key",
+           "--access_log=" + log_path(), "--access_log_flush=10ms"}));
+  HttpResponse r = Get("/api/tags?x=1");
+  ASSERT_EQ(r.status, 301);
+  ASSERT_GT(r.body.size(), 0u);
+  std::vector<std::string> lines = WaitLines(log_path(), 1);
+  ASSERT_EQ(lines.size(), 1u);
+  std::vector<std::string> f = absl::StrSplit(lines[0], ' ');
+  ASSERT_GE(f.size(), 13u) << lines[0];
+  EXPECT_EQ(f[6], "/api/tags?x=1") << lines[0];
+  EXPECT_EQ(f[8], "301") << lines[0];
+  EXPECT_EQ(f[9], absl::StrCat(r.body.size())) << lines[0];
+}
+
+// A refused Basic login logs the user name that was tried, as nginx's
+// $remote_user does (it is what an operator greps for after a lockout);
+// a refused key names no one.
+TEST_F(ObservabilityIt, FailedBasicLoginLogsTheUserTried) {
+  const std::string users = dir_ + "/users.htpasswd";
+  {
+    std::ofstream out(users);
+    out << "alice:{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ=\n";  // password "pass"
+  }
+  auto basic = [](const std::string& user, const std::string& pass) {
+    return std::pair<std::string, std::string>{
+        "Authorization", absl::StrCat("Basic ", absl::Base64Escape(user + ":" + pass))};
+  };
+  const std::string keys = AddKeyFile();
+  for (const char* format : {"nginx", "json"}) {
+    SCOPED_TRACE(format);
+    const std::string log = absl::StrCat(dir_, "/access-", format, ".log");
+    if (sluice_) sluice_->Terminate();
+    if (!sim_) {
+      auto sim = StartSim();
+      ASSERT_TRUE(sim.ok()) << sim.status();
+      sim_ = std::move(*sim);
+    }
+    auto s = StartSluice(sim_->port(),
+                         {"--htpasswd=" + users, "--keys_file=" + keys, "--access_log=" + log,
+                          "--access_log_flush=10ms", absl::StrCat("--access_log_format=", format)});
+    ASSERT_TRUE(s.ok()) << s.status();
+    sluice_ = std::move(*s);
+    EXPECT_EQ(Get("/api/tags", {basic("alice", "pass")}).status, 200);
+    EXPECT_EQ(Get("/api/tags", {basic("alice", "wrong")}).status, 401);
+    EXPECT_EQ(Get("/api/tags", {basic("mallory", "guess")}).status, 401);
+    EXPECT_EQ(Get("/api/tags", {{"Authorization", "Bearer sk-not-a-key"}}).status, 401);
+    std::vector<std::string> lines = WaitLines(log, 4);
+    ASSERT_EQ(lines.size(), 4u);
+    const std::vector<std::string> want = {"alice", "alice", "mallory", ""};
+    for (size_t i = 0; i < 4; ++i) {
+      if (std::string(format) == "nginx") {
+        std::vector<std::string> f = absl::StrSplit(lines[i], ' ');
+        ASSERT_GE(f.size(), 3u) << lines[i];
+        EXPECT_EQ(f[2], want[i].empty() ? "-" : want[i]) << lines[i];
+      } else {
+        EXPECT_TRUE(absl::StrContains(
+            lines[i], want[i].empty() ? "\"user\":null" : "\"user\":\"" + want[i] + "\""))
+            << lines[i];
+        // Only a login that succeeded is a principal.
+        EXPECT_EQ(absl::StrContains(lines[i], "\"key\":\"user:alice\""), i == 0) << lines[i];
+      }
+    }
+  }
 }
 
 // One line per event, with the level, the connection and the cause;

@@ -156,6 +156,49 @@ TEST_F(LogFileTest, ReopenAfterRenameStartsANewFile) {
   EXPECT_EQ(f->written_lines(), 6u);
 }
 
+// logrotate renames, then signals: what was handed over before Reopen()
+// belongs to the old file even when the writer is still busy with an
+// earlier buffer (a stalled disk: here a pipe nobody reads yet).
+TEST_F(LogFileTest, ReopenWritesWhatCameBeforeItToTheOldFile) {
+  ASSERT_EQ(mkfifo(path_.c_str(), 0600), 0) << strerror(errno);
+  const int rfd = open(path_.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  ASSERT_GE(rfd, 0) << strerror(errno);
+  auto f = MustOpen();
+  ASSERT_NE(f, nullptr);
+  // Larger than the pipe (64 KiB by default, at most 1 MiB): the writer
+  // blocks in write(2) until the reader below starts.
+  const std::string big = std::string(2 << 20, 'x') + "\n";
+  f->Submit(big, 1);
+  f->Submit("before1\n", 1);
+  f->Submit("before2\n", 1);
+  const std::string rotated = path_ + ".1";
+  ASSERT_EQ(rename(path_.c_str(), rotated.c_str()), 0);
+  f->Reopen();
+  f->Submit("after\n", 1);
+
+  std::string got;
+  std::thread reader([&] {
+    char buf[65536];
+    for (;;) {
+      pollfd p{rfd, POLLIN, 0};
+      poll(&p, 1, 1000);
+      ssize_t n = read(rfd, buf, sizeof(buf));
+      if (n > 0) {
+        got.append(buf, static_cast<size_t>(n));
+      } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+        return;  // the writer closed the pipe (reopened the path)
+      }
+    }
+  });
+  f->Sync();
+  reader.join();
+  close(rfd);
+  EXPECT_EQ(got.size(), big.size() + 16);
+  EXPECT_EQ(got.substr(big.size()), "before1\nbefore2\n");
+  EXPECT_EQ(ReadFile(path_), "after\n");
+  EXPECT_EQ(f->written_lines(), 4u);
+}
+
 TEST_F(LogFileTest, FailedReopenKeepsTheOldFile) {
   auto f = MustOpen();
   ASSERT_NE(f, nullptr);
