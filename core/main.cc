@@ -469,6 +469,14 @@ void FlushAccessLogs(const std::vector<std::unique_ptr<Worker>>& workers) {
   }
 }
 
+// The htpasswd file mixes hash costs: say which users a stranger can tell
+// exist by timing (policy/htpasswd.h, README "Timing of Basic logins").
+void LogUsersWarning(const policy::Policy& policy, const char* prefix) {
+  if (absl::string_view w = policy.users_warning(); !w.empty()) {
+    LOG_WARN("%s%.*s", prefix, static_cast<int>(w.size()), w.data());
+  }
+}
+
 policy::PolicyOptions PolicyFlags() {
   policy::PolicyOptions o;
   o.auth = absl::GetFlag(FLAGS_auth);
@@ -740,6 +748,7 @@ int Run(int argc, char** argv) {
   LOG_INFO("upstream %s (Host: %s), %d worker(s)", absl::GetFlag(FLAGS_upstream).c_str(),
            config.upstream_host.c_str(), n);
   LOG_INFO("policy: %s", policy_slot.Get()->Summary().c_str());
+  LogUsersWarning(*policy_slot.Get(), "");
 
   bool stopping = false;
   auto begin_drain = [&](const char* why) {
@@ -772,6 +781,7 @@ int Run(int argc, char** argv) {
         ++policy_generation;
         policy_slot.Set(*std::move(p));
         LOG_INFO("SIGHUP: reloaded policy: %s", policy_slot.Get()->Summary().c_str());
+        LogUsersWarning(*policy_slot.Get(), "SIGHUP: ");
       } else {
         LOG_ERROR("SIGHUP: policy not reloaded, keeping the old one: %s",
                   std::string(p.status().message()).c_str());

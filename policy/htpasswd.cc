@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
@@ -194,6 +195,9 @@ std::string SchemeLabel(absl::string_view hash) {
   return absl::CHexEscape(hash.substr(0, end + 1));
 }
 
+// The cost of a "$2y$NN$..." hash (checked at parse time).
+int BcryptCost(absl::string_view hash) { return (hash[4] - '0') * 10 + (hash[5] - '0'); }
+
 }  // namespace
 
 bool Htpasswd::IsExpensive(Scheme scheme) {
@@ -361,7 +365,82 @@ absl::StatusOr<Htpasswd> Htpasswd::Parse(absl::string_view text,
     }
     result.dummy_ = std::move(dummy);
   }
+  result.cost_warning_ = result.CostWarning(file_name);
   return result;
+}
+
+std::string Htpasswd::CostLabel(const Entry& entry) {
+  switch (entry.scheme) {
+    case Scheme::kBcrypt:
+      return absl::StrCat("bcrypt cost ", BcryptCost(entry.hash));
+    case Scheme::kSha256Crypt:
+    case Scheme::kSha512Crypt:
+      return absl::StrCat(
+          entry.scheme == Scheme::kSha256Crypt ? "SHA-256" : "SHA-512", "-crypt ",
+          entry.cost_ns /
+              (entry.scheme == Scheme::kSha256Crypt ? kSha256CryptRoundNs : kSha512CryptRoundNs),
+          " rounds");
+    case Scheme::kMd5Crypt:
+      return "md5-crypt";
+    case Scheme::kApr1:
+      return "apr1";
+    case Scheme::kSha1:
+      return "{SHA}";
+  }
+  return "?";
+}
+
+std::string Htpasswd::CostWarning(absl::string_view file_name) const {
+  if (dummy_.hash.empty()) return "";
+  // Schemes and costs, costliest first; apr1 and md5-crypt cost the same
+  // but are told apart here for the operator.
+  struct Group {
+    uint64_t cost_ns;
+    std::string label;
+    std::vector<absl::string_view> users;
+  };
+  std::vector<Group> groups;
+  size_t cheaper = 0;
+  for (const auto& [user, entry] : users_) {
+    if (entry.cost_ns < dummy_.cost_ns) ++cheaper;
+    std::string label = CostLabel(entry);
+    auto it = std::find_if(groups.begin(), groups.end(),
+                           [&](const Group& g) { return g.label == label; });
+    if (it == groups.end()) {
+      groups.push_back(Group{entry.cost_ns, std::move(label), {}});
+      it = groups.end() - 1;
+    }
+    it->users.push_back(user);
+  }
+  // Only a cost difference is a leak: every user at the dummy's cost (one
+  // scheme, or apr1 with md5-crypt) answers as an unknown user does.
+  if (cheaper == 0) return "";
+  std::sort(groups.begin(), groups.end(), [](const Group& a, const Group& b) {
+    return a.cost_ns != b.cost_ns ? a.cost_ns > b.cost_ns : a.label < b.label;
+  });
+  auto count = [](size_t n) { return absl::StrCat(n, n == 1 ? " user" : " users"); };
+  std::string out = absl::StrCat(file_name, ": hashes of unequal cost (");
+  for (size_t i = 0; i < groups.size(); ++i) {
+    absl::StrAppend(&out, i ? ", " : "", groups[i].label, ": ", count(groups[i].users.size()));
+  }
+  const std::string dummy_label = CostLabel(dummy_);
+  absl::StrAppend(&out, "); an unknown user is checked against a ", dummy_label,
+                  " hash, so response times tell apart the ", count(cheaper),
+                  " with cheaper hashes from names that do not exist; cheapest (",
+                  groups.back().label, "): ");
+  std::vector<absl::string_view>& cheapest = groups.back().users;
+  std::sort(cheapest.begin(), cheapest.end());
+  constexpr size_t kNamed = 5;
+  for (size_t i = 0; i < std::min(kNamed, cheapest.size()); ++i) {
+    // Names come from the file; escaped so the warning stays one line.
+    absl::StrAppend(&out, i ? ", " : "", absl::CHexEscape(cheapest[i]));
+  }
+  if (cheapest.size() > kNamed) absl::StrAppend(&out, " and ", cheapest.size() - kNamed, " more");
+  absl::StrAppend(&out, "; give every user the same scheme and cost");
+  if (dummy_.scheme == Scheme::kBcrypt) {
+    absl::StrAppend(&out, " (htpasswd -B -C ", BcryptCost(dummy_.hash), ")");
+  }
+  return out;
 }
 
 absl::StatusOr<Htpasswd> Htpasswd::Load(const std::string& path) {

@@ -68,6 +68,19 @@ class Htpasswd {
   // Number of users.
   size_t size() const { return users_.size(); }
 
+  // Empty when every user's check costs what an unknown user's does (one
+  // scheme and cost in the file). Otherwise one line for the error log:
+  // the file's schemes and costs with their user counts, how many users
+  // answer faster than an unknown name (so timing tells those names
+  // exist), and the cheapest of them by name (at most five, sorted, then a
+  // count), e.g.
+  //   users: hashes of unequal cost (bcrypt cost 10: 2 users, {SHA}: 3
+  //   users); an unknown user is checked against a bcrypt cost 10 hash, so
+  //   response times tell apart the 3 users with cheaper hashes from names
+  //   that do not exist; cheapest ({SHA}): ann, bob, cat; give every user
+  //   the same scheme and cost (htpasswd -B -C 10)
+  const std::string& cost_warning() const { return cost_warning_; }
+
  private:
   enum class Scheme : uint8_t {
     kBcrypt,       // $2a$, $2b$, $2y$ via crypt_rn
@@ -85,6 +98,10 @@ class Htpasswd {
   };
 
   static bool Check(const Entry& entry, absl::string_view password);
+  // "bcrypt cost 10", "SHA-512-crypt 5000 rounds", "apr1", "{SHA}", ...
+  static std::string CostLabel(const Entry& entry);
+  // The cost_warning() text for the parsed users (after the dummy is set).
+  std::string CostWarning(absl::string_view file_name) const;
   static bool IsExpensive(Scheme scheme);
 
   absl::flat_hash_map<std::string, Entry> users_;
@@ -92,6 +109,7 @@ class Htpasswd {
   // random password with the costliest entry's scheme and settings. Unset
   // (empty hash) when the file has no users.
   Entry dummy_{Scheme::kSha1, 0, {}};
+  std::string cost_warning_;
 };
 
 }  // namespace sluice::policy

@@ -223,6 +223,10 @@ class Policy {
   const std::vector<Zone>& zones() const { return zones_; }
   size_t key_count() const { return keys_ ? keys_->size() : 0; }
   size_t user_count() const { return users_ ? users_->size() : 0; }
+  // Htpasswd::cost_warning() of the users file, or empty: logged at load.
+  absl::string_view users_warning() const {
+    return users_ ? absl::string_view(users_->cost_warning()) : absl::string_view();
+  }
   // One line describing the policy, for the start-up log.
   std::string Summary() const;
 

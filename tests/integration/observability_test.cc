@@ -496,6 +496,63 @@ TEST_F(ObservabilityIt, FailedBasicLoginLogsTheUserTried) {
   }
 }
 
+// An htpasswd file whose hashes differ in cost lets a stranger tell which
+// user names exist by timing: the error log says so at start and on every
+// reload, naming the cheap users.
+TEST_F(ObservabilityIt, MixedHtpasswdCostsAreWarnedAtLoad) {
+  const std::string users = dir_ + "/users.htpasswd";
+  const std::string err_path = dir_ + "/error.log";
+  const std::string bcrypt4 = "$2y$04$xKGzC6dsYqyU66r6ohDHJudQBbzRslsDwPvW0oN78ja7K2Io/bdOy";
+  auto write_users = [&](const std::string& text) {
+    std::ofstream out(users);
+    out << text;
+  };
+  write_users(absl::StrCat("alice:", bcrypt4, "\nbob:{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ=\n"));
+  ASSERT_NO_FATAL_FAILURE(StartStack({}, {"--htpasswd=" + users, "--error_log=" + err_path}));
+  auto warning_lines = [&] {
+    std::vector<std::string> out;
+    for (const std::string& l : Lines(ReadWhole(err_path))) {
+      if (absl::StrContains(l, "hashes of unequal cost")) out.push_back(l);
+    }
+    return out;
+  };
+  std::vector<std::string> w = warning_lines();
+  ASSERT_EQ(w.size(), 1u) << ReadWhole(err_path);
+  EXPECT_TRUE(absl::StrContains(w[0], "[warn]")) << w[0];
+  EXPECT_TRUE(absl::StrContains(w[0], users)) << w[0];
+  EXPECT_TRUE(absl::StrContains(w[0], "cheapest ({SHA}): bob;")) << w[0];
+
+  // A reload with one more cheap user warns again, naming both.
+  write_users(absl::StrCat("alice:", bcrypt4, "\nbob:{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ=\n",
+                           "carol:{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ=\n"));
+  ASSERT_TRUE(sluice_->Signal(SIGHUP));
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  while (absl::Now() < deadline && warning_lines().size() < 2) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  w = warning_lines();
+  ASSERT_EQ(w.size(), 2u) << ReadWhole(err_path);
+  EXPECT_TRUE(absl::StrContains(w[1], "SIGHUP: ")) << w[1];
+  EXPECT_TRUE(absl::StrContains(w[1], "cheapest ({SHA}): bob, carol;")) << w[1];
+
+  // One scheme and cost: no warning on the next reload.
+  write_users(absl::StrCat("alice:", bcrypt4, "\n"));
+  ASSERT_TRUE(sluice_->Signal(SIGHUP));
+  auto reloads = [&] {
+    const std::string text = ReadWhole(err_path);
+    size_t n = 0;
+    for (size_t at = text.find("SIGHUP: reloaded policy"); at != std::string::npos;
+         at = text.find("SIGHUP: reloaded policy", at + 1)) {
+      ++n;
+    }
+    return n;
+  };
+  const absl::Time reloaded = absl::Now() + absl::Seconds(5);
+  while (absl::Now() < reloaded && reloads() < 2) absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_EQ(reloads(), 2u) << ReadWhole(err_path);
+  EXPECT_EQ(warning_lines().size(), 2u) << ReadWhole(err_path);
+}
+
 // One line per event, with the level, the connection and the cause;
 // --log_level filters.
 TEST_F(ObservabilityIt, ErrorLogNamesConnectionAndCause) {

@@ -209,6 +209,57 @@ TEST(HtpasswdTest, CheapDummyWhenTheFileIsCheap) {
   EXPECT_TRUE(h.Verify("v", "pass"));
 }
 
+// One scheme and cost, or schemes of equal cost: every known user costs
+// what an unknown one does, nothing to warn about.
+TEST(HtpasswdTest, NoCostWarningWhenEveryCheckCostsTheSame) {
+  EXPECT_EQ(Htpasswd().cost_warning(), "");
+  EXPECT_EQ(MustParse(kBcryptPass).cost_warning(), "");
+  EXPECT_EQ(MustParse(absl::StrCat(kBcryptPass, "\nv", kBcryptPass.substr(1))).cost_warning(), "");
+  // apr1 and md5-crypt: the same 1000 MD5 rounds.
+  EXPECT_EQ(MustParse(absl::StrCat(kApr1Pass, "\nv", kMd5CryptPass.substr(1))).cost_warning(), "");
+}
+
+// Mixed schemes: one line naming the cheapest users, a few of them and then
+// a count, and the costliest scheme that unknown users are checked with.
+TEST(HtpasswdTest, CostWarningNamesTheCheapestUsers) {
+  const std::string bcrypt6("$2y$06$xKGzC6dsYqyU66r6ohDHJudQBbzRslsDwPvW0oN78ja7K2Io/bdOy");
+  std::string file = absl::StrCat("alice:", bcrypt6, "\n", "bob", kApr1Pass.substr(1), "\n");
+  for (const char* u : {"s7", "s2", "s6", "s1", "s5", "s3", "s4"}) {
+    absl::StrAppend(&file, u, kShaPass.substr(1), "\n");
+  }
+  absl::StatusOr<Htpasswd> h = Htpasswd::Parse(file, "/etc/sluice/users");
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(h->cost_warning(),
+            "/etc/sluice/users: hashes of unequal cost (bcrypt cost 6: 1 user, apr1: 1 user, "
+            "{SHA}: 7 users); an unknown user is checked against a bcrypt cost 6 hash, so "
+            "response times tell apart the 8 users with cheaper hashes from names that do "
+            "not exist; cheapest ({SHA}): s1, s2, s3, s4, s5 and 2 more; give every user the "
+            "same scheme and cost (htpasswd -B -C 6)");
+
+  // bcrypt costs alone: the cheaper cost is named.
+  absl::StatusOr<Htpasswd> costs =
+      Htpasswd::Parse(absl::StrCat("alice:", bcrypt6, "\n", kBcryptPass, "\n"), "users");
+  ASSERT_TRUE(costs.ok()) << costs.status();
+  EXPECT_EQ(costs->cost_warning(),
+            "users: hashes of unequal cost (bcrypt cost 6: 1 user, bcrypt cost 4: 1 user); an "
+            "unknown user is checked against a bcrypt cost 6 hash, so response times tell "
+            "apart the 1 user with cheaper hashes from names that do not exist; cheapest "
+            "(bcrypt cost 4): u; give every user the same scheme and cost (htpasswd -B -C 6)");
+
+  // SHA-crypt rounds count as cost too; odd bytes in names stay on one line.
+  absl::StatusOr<Htpasswd> rounds =
+      Htpasswd::Parse(absl::StrCat(kSha512Pass, "\n", "a\rb", kSha512Pass.substr(1), "\n",
+                                   "c:$6$saltsalt$", std::string(86, 'a'), "\n"),
+                      "users");
+  ASSERT_TRUE(rounds.ok()) << rounds.status();
+  EXPECT_EQ(rounds->cost_warning(),
+            "users: hashes of unequal cost (SHA-512-crypt 5000 rounds: 1 user, SHA-512-crypt "
+            "1000 rounds: 2 users); an unknown user is checked against a SHA-512-crypt 5000 "
+            "rounds hash, so response times tell apart the 2 users with cheaper hashes from "
+            "names that do not exist; cheapest (SHA-512-crypt 1000 rounds): a\\rb, u; give "
+            "every user the same scheme and cost");
+}
+
 TEST(HtpasswdTest, EmptyFileVerifiesNobody) {
   Htpasswd h = MustParse("# no users yet\n\n");
   EXPECT_EQ(h.size(), 0u);
