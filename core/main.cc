@@ -239,6 +239,13 @@ Config BuildConfig() {
   if (!c.listen_tls_enabled && !c.listen_http_enabled) {
     UsageError("--listen_http: at least one of --listen_http and --listen_tls is needed");
   }
+  // One address for both would put the two listeners in one SO_REUSEPORT
+  // group, each getting part of the other's clients.
+  if (c.listen_tls_enabled && c.listen_http_enabled && c.listen_tls.len == c.listen_http.len &&
+      memcmp(&c.listen_tls.storage, &c.listen_http.storage, c.listen_tls.len) == 0 &&
+      c.listen_tls_text.substr(c.listen_tls_text.rfind(':')) != ":0") {
+    UsageError(absl::StrCat("--listen_tls: ", c.listen_tls_text, " is --listen_http's address too"));
+  }
   std::string hsts = absl::GetFlag(FLAGS_hsts);
   if (hsts.find_first_of("\r\n") != std::string::npos) {
     UsageError("--hsts: must not contain line breaks");

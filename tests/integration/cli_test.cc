@@ -244,6 +244,15 @@ TEST(SluiceCliAddressInUse, ListenerOfAnotherProgramIsNamed) {
   close(fd6);
 }
 
+// The plain and TLS listeners on one address would share one SO_REUSEPORT
+// group, each taking part of the other's clients.
+TEST(SluiceCli, OneAddressForBothListenersIsRefused) {
+  const std::string address = absl::StrCat("127.0.0.1:", UnusedPort());
+  ExpectOneLineExit(RunSluiceCli({"--listen_http=" + address, "--listen_tls=" + address,
+                                  "--tls_cert=/nonexistent.pem", "--tls_key=/nonexistent.key"}),
+                    2, {"--listen_tls", address, "--listen_http"});
+}
+
 // --upstream is host:port: a URL is refused with what to write instead.
 TEST(SluiceCli, UpstreamUrlIsRefusedNamingTheFlag) {
   struct Case {
