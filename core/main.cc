@@ -205,6 +205,14 @@ int64_t DurationFlag(const absl::Flag<absl::Duration>& flag, const char* name) {
   return absl::ToInt64Nanoseconds(d);
 }
 
+// The port of `addr`, in host order (0: any free port).
+int Port(const SocketAddress& addr) {
+  if (addr.family() == AF_INET6) {
+    return ntohs(reinterpret_cast<const sockaddr_in6*>(&addr.storage)->sin6_port);
+  }
+  return ntohs(reinterpret_cast<const sockaddr_in*>(&addr.storage)->sin_port);
+}
+
 Config BuildConfig() {
   Config c;
   c.listen_http_text = absl::GetFlag(FLAGS_listen_http);
@@ -243,7 +251,7 @@ Config BuildConfig() {
   // group, each getting part of the other's clients.
   if (c.listen_tls_enabled && c.listen_http_enabled && c.listen_tls.len == c.listen_http.len &&
       memcmp(&c.listen_tls.storage, &c.listen_http.storage, c.listen_tls.len) == 0 &&
-      c.listen_tls_text.substr(c.listen_tls_text.rfind(':')) != ":0") {
+      Port(c.listen_tls) != 0) {
     UsageError(absl::StrCat("--listen_tls: ", c.listen_tls_text, " is --listen_http's address too"));
   }
   std::string hsts = absl::GetFlag(FLAGS_hsts);
@@ -391,13 +399,6 @@ int Port(int fd) {
   getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
   if (ss.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
   return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-}
-
-int Port(const SocketAddress& addr) {
-  if (addr.family() == AF_INET6) {
-    return ntohs(reinterpret_cast<const sockaddr_in6*>(&addr.storage)->sin6_port);
-  }
-  return ntohs(reinterpret_cast<const sockaddr_in*>(&addr.storage)->sin_port);
 }
 
 void SetPort(SocketAddress* addr, int port) {
