@@ -83,6 +83,12 @@ policy::RequestFacts Relay::Facts() const {
   f.peer = peer_;
   f.authorization = field("authorization");
   f.x_api_key = field("x-api-key");
+  int authorization = 0, x_api_key = 0;
+  for (const http::Header& h : head_.headers) {
+    authorization += http::EqualsIgnoreCase(h.name, "authorization");
+    x_api_key += http::EqualsIgnoreCase(h.name, "x-api-key");
+  }
+  f.repeated_credentials = authorization > 1 || x_api_key > 1;
   f.forwarded_for = field("x-forwarded-for");
   f.origin = field("origin");
   f.ac_request_method = field("access-control-request-method");
@@ -155,6 +161,7 @@ void Relay::StartVerify() {
                         }};
   if (!worker_->config().auth_verifier->Submit(std::move(job))) {
     RELAY_LOG(WARN, "password checks queue full: 503");
+    policy_->ForgoVerify(&admission_, worker_->config().rate_table, worker_->now_ns());
     admission_.status = 503;
     admission_.error = "authentication busy, retry later";
     admission_.headers.emplace_back("Retry-After", "1");
@@ -166,7 +173,7 @@ void Relay::OnVerified(bool valid) {
   ticket_.reset();
   if (finished_ || gate_ != Gate::kVerifying) return;
   if (!policy_->FinishBasic(valid, &admission_, &worker_->auth_cache(),
-                            worker_->now_ns())) {
+                            worker_->now_ns(), worker_->config().rate_table)) {
     AnswerPolicy();
     return;
   }
@@ -279,7 +286,7 @@ bool Relay::AttachLink(bool fresh) {
     FailBeforeResponse(502, "upstream unavailable");
     return false;
   }
-  parser_.Begin(head_.is_head());
+  parser_.Begin(head_.is_head(), head_.upgrade);
   link_->stream().WriteCopy(request_bytes_);
   if (!replay_.empty()) link_->stream().WriteCopy(replay_);
   if (request_done_) {

@@ -308,6 +308,17 @@ RateTable::RateResult RateTable::Peek(uint32_t zone_id, absl::string_view key,
   return Decide(zone_id, key, spec, now_ns, steering, /*account=*/false);
 }
 
+void RateTable::Refund(uint32_t zone_id, absl::string_view key, const RateSpec& spec,
+                       int64_t now_ns, std::optional<uint32_t> steering) {
+  const int64_t interval = EmissionIntervalNs(spec.rate_per_s);
+  limiter_internal::SlotTable::Key k;
+  slots_.MakeKey(zone_id, key, &k, steering);
+  auto locked = slots_.Lock(k);
+  int64_t* tat = locked.found();
+  if (tat == nullptr || *tat <= now_ns) return;
+  *tat = std::max(*tat - interval, now_ns);
+}
+
 ConcurrencyTable::ConcurrencyTable(size_t capacity) : slots_(capacity) {}
 
 bool ConcurrencyTable::Acquire(uint32_t zone_id, absl::string_view key,

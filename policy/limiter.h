@@ -183,6 +183,13 @@ class RateTable {
   // Thread-safe.
   RateResult Peek(uint32_t zone_id, absl::string_view key, const RateSpec& spec,
                   int64_t now_ns, std::optional<uint32_t> steering = std::nullopt);
+  // Gives back one request that Check admitted (the same zone, key, spec
+  // and steering), as if it had not been counted: the key's TAT moves back
+  // by one emission interval (never below `now_ns`; a key without state is
+  // left alone). For a count taken before an outcome is known (a password
+  // check) and not owed once it is. Thread-safe.
+  void Refund(uint32_t zone_id, absl::string_view key, const RateSpec& spec,
+              int64_t now_ns, std::optional<uint32_t> steering = std::nullopt);
 
   // Entries holding some key's state, expired ones included (approximate
   // while other threads work).

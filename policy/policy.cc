@@ -488,18 +488,22 @@ void Policy::RefuseAuth(Admission* a) const {
   }
 }
 
-bool Policy::ChargeLogin(Admission* a, RateTable* attempts, int64_t now_ns,
-                         bool count) const {
+bool Policy::ChargeLogin(Admission* a, RateTable* attempts, int64_t now_ns) const {
   if (attempts == nullptr || !auth_attempts_) return true;
-  const RateTable::RateResult r =
-      count ? attempts->Check(kAuthAttemptZone, a->client.AsBytes(), *auth_attempts_, now_ns,
-                              SteeringHash(a->client))
-            : attempts->Peek(kAuthAttemptZone, a->client.AsBytes(), *auth_attempts_, now_ns,
-                             SteeringHash(a->client));
+  const RateTable::RateResult r = attempts->Check(
+      kAuthAttemptZone, a->client.AsBytes(), *auth_attempts_, now_ns, SteeringHash(a->client));
   if (r.allowed) return true;
   Refuse(a, 429, "too many failed logins, retry later");
   a->headers.emplace_back("Retry-After", RetryAfterSeconds(r.retry_after_ns));
   return false;
+}
+
+void Policy::RefundLogin(Admission* a, RateTable* attempts, int64_t now_ns) const {
+  if (!a->login_charged) return;
+  a->login_charged = false;
+  if (attempts == nullptr || !auth_attempts_) return;
+  attempts->Refund(kAuthAttemptZone, a->client.AsBytes(), *auth_attempts_, now_ns,
+                   SteeringHash(a->client));
 }
 
 AuthStep Policy::Authenticate(const RequestFacts& req, Admission* a,
@@ -507,17 +511,26 @@ AuthStep Policy::Authenticate(const RequestFacts& req, Admission* a,
                               RateTable* attempts) const {
   if (auth_ == AuthMode::kNone) return AuthStep::kDone;
   absl::string_view auth = req.authorization;
-  const bool basic = absl::StartsWithIgnoreCase(auth, "basic ") && req.x_api_key.empty();
-  // A refusal of credentials that were sent counts as a login attempt (a
-  // request without any does not: a browser's first request has none).
+  if (req.repeated_credentials ||
+      (!auth.empty() && !req.x_api_key.empty() &&
+       PresentedKey(auth, "") != std::optional<absl::string_view>(req.x_api_key))) {
+    // Picking one would be a guess, and another hop (or Ollama behind a
+    // second proxy) may pick the other: the two would see two clients.
+    Refuse(a, 400, "ambiguous credentials: send one Authorization or one x-api-key");
+    return AuthStep::kRefused;
+  }
+  const bool basic = absl::StartsWithIgnoreCase(auth, "basic ");
+  // A refusal of credentials that were sent counts as a failed login (a
+  // request without any does not: a browser's first request has none);
+  // past the limit it is the 429.
   const bool presented = !auth.empty() || !req.x_api_key.empty();
   auto refuse = [&] {
     if (!presented || ChargeLogin(a, attempts, now_ns)) RefuseAuth(a);
     return AuthStep::kRefused;
   };
   if (auth_ != AuthMode::kBasic && !basic) {
-    // A valid key is not counted: keys are 256-bit random values, so the
-    // lookup answers no guess.
+    // A valid key passes whatever the address's failures: keys are 256-bit
+    // random values, so the lookup answers no guess.
     std::optional<absl::string_view> key = PresentedKey(auth, req.x_api_key);
     const std::string* name = key && keys_ ? keys_->Lookup(*key) : nullptr;
     if (name == nullptr) return refuse();
@@ -533,25 +546,32 @@ AuthStep Policy::Authenticate(const RequestFacts& req, Admission* a,
   if (colon == std::string::npos || colon == 0) return refuse();
   a->basic_user = decoded.substr(0, colon);
   a->basic_password = decoded.substr(colon + 1);
-  const CacheResult cached = cache->Lookup(a->basic_user, a->basic_password, generation_, now_ns);
+  switch (cache->Lookup(a->basic_user, a->basic_password, generation_, now_ns)) {
+    case CacheResult::kValid:
+      // Known good: answered even while the address is locked out. The
+      // cache holds what any client verified lately, so a guess equal to
+      // some user's current password is answered; that guess is a correct
+      // credential, and finding one still takes uncached checks, which the
+      // limit bounds.
+      return FinishBasic(true, a, nullptr, now_ns) ? AuthStep::kDone : AuthStep::kRefused;
+    case CacheResult::kInvalid:
+      ForgetPassword(a);
+      return refuse();
+    case CacheResult::kMiss:
+      break;
+  }
   // A password check is counted before it runs, so that guesses in flight
   // at once (HTTP/2 streams, parallel connections) are bounded too: past
-  // the limit the guess gets 429 unanswered, and costs no bcrypt run.
-  // Credentials the cache knows as valid are not counted, but a
-  // locked-out address gets 429 for them too: the cache holds whatever
-  // any client verified lately, so answering from it would answer a guess
-  // that happens to be some user's password.
-  const bool known_good = cached == CacheResult::kValid;
-  if (!ChargeLogin(a, attempts, now_ns, /*count=*/!known_good)) {
+  // the limit the guess gets 429 unanswered, and costs no bcrypt run. A
+  // right password gives the attempt back (FinishBasic).
+  if (!ChargeLogin(a, attempts, now_ns)) {
     ForgetPassword(a);
     return AuthStep::kRefused;
   }
-  if (cached != CacheResult::kMiss) {
-    return FinishBasic(known_good, a, nullptr, now_ns) ? AuthStep::kDone : AuthStep::kRefused;
-  }
+  a->login_charged = attempts != nullptr && auth_attempts_.has_value();
   if (users_->Expensive(a->basic_user)) return AuthStep::kNeedVerify;
   const bool ok = users_->Verify(a->basic_user, a->basic_password);
-  return FinishBasic(ok, a, cache, now_ns) ? AuthStep::kDone : AuthStep::kRefused;
+  return FinishBasic(ok, a, cache, now_ns, attempts) ? AuthStep::kDone : AuthStep::kRefused;
 }
 
 bool Policy::VerifyBasic(absl::string_view user, absl::string_view password) const {
@@ -559,18 +579,25 @@ bool Policy::VerifyBasic(absl::string_view user, absl::string_view password) con
 }
 
 bool Policy::FinishBasic(bool valid, Admission* a, BasicAuthCache* cache,
-                         int64_t now_ns) const {
+                         int64_t now_ns, RateTable* attempts) const {
   if (cache != nullptr) {
     cache->Insert(a->basic_user, a->basic_password, valid, generation_, now_ns);
   }
   ForgetPassword(a);
   if (!valid) {
+    a->login_charged = false;  // a failed check keeps its count
     RefuseAuth(a);
     return false;
   }
+  RefundLogin(a, attempts, now_ns);
   a->user_name = a->basic_user;
   a->principal = absl::StrCat("user:", a->basic_user);
   return true;
+}
+
+void Policy::ForgoVerify(Admission* a, RateTable* attempts, int64_t now_ns) const {
+  ForgetPassword(a);
+  RefundLogin(a, attempts, now_ns);
 }
 
 LimitStep Policy::Limit(Admission* a, RateTable* rates, ConcurrencyTable* conns,

@@ -99,6 +99,9 @@ struct RequestFacts {
   IpAddress peer;            // the TCP peer
   absl::string_view authorization;       // Authorization, or empty
   absl::string_view x_api_key;           // x-api-key, or empty
+  // More than one Authorization or more than one x-api-key field: which
+  // one names the client cannot be told, so the request is refused (400).
+  bool repeated_credentials = false;
   absl::string_view forwarded_for;       // X-Forwarded-For, or empty
   absl::string_view origin;              // Origin, or empty
   absl::string_view ac_request_method;   // Access-Control-Request-Method
@@ -130,6 +133,9 @@ struct Admission {
   // Basic credentials waiting for an off-loop verification.
   std::string basic_user;
   std::string basic_password;
+  // A login attempt was counted before the password check it waits for
+  // (see Authenticate); FinishBasic gives it back if the password is right.
+  bool login_charged = false;
   // Concurrency slots held: (zone id, key), released by Policy::Release.
   std::vector<std::pair<uint32_t, std::string>> held;
 
@@ -180,18 +186,24 @@ class Policy {
   // htpasswd schemes are checked here; an expensive one (bcrypt) is looked
   // up in `cache` and otherwise left for VerifyBasic. Call after Screen.
   //
-  // Login attempts are limited per client address in `attempts` under
-  // --auth_attempts (nginx's limit_req, run before auth_basic as nginx
-  // does, but on logins only): each password check counts (counted before
-  // it runs, so guesses sent at once are bounded too), and so does each
-  // refusal of credentials that were sent (a wrong key, a malformed
-  // header); credentials already known good (a valid API key, Basic
-  // credentials valid in `cache`) pass uncounted, and a request without
-  // credentials is not an attempt. Past the limit: 429 with Retry-After
-  // for every Basic login from the address, the password unchecked (the
-  // cached ones too: the cache would answer a guess of another client's
-  // password), while a valid API key still passes (a 256-bit random key
-  // cannot be guessed). `attempts` may be null (no limit).
+  // Credentials that cannot be told apart are refused with 400 before any
+  // check: two Authorization (or two x-api-key) fields, or an
+  // Authorization and an x-api-key that do not name the same key.
+  //
+  // Failed logins are limited per client address in `attempts` under
+  // --auth_attempts (nginx's limit_req, on failures only): a wrong key, a
+  // malformed header, a refused password count; a request without
+  // credentials does not. Credentials known good are never refused by the
+  // limit: a valid API key, Basic credentials the cache holds as valid
+  // (even for a locked-out address: a guess equal to a user's current
+  // password is a correct credential, and guessing is bounded by the limit
+  // on uncached checks anyway), and a password checked right now and
+  // correct. An uncached password check is counted before it runs, so
+  // guesses in flight at once (HTTP/2 streams, parallel connections) are
+  // bounded too, and the count is given back when the password is right
+  // (FinishBasic). Past the limit every credential not known good gets 429
+  // with Retry-After, the password unchecked (no bcrypt run); below it a
+  // wrong credential gets 401. `attempts` may be null (no limit).
   AuthStep Authenticate(const RequestFacts& req, Admission* a,
                         BasicAuthCache* cache, int64_t now_ns,
                         RateTable* attempts = nullptr) const;
@@ -199,9 +211,14 @@ class Policy {
   // on a helper thread, never on an event loop.
   bool VerifyBasic(absl::string_view user, absl::string_view password) const;
   // Completes kNeedVerify with VerifyBasic's answer: records it in `cache`
-  // and sets the principal or the 401. Returns whether the user may go on.
+  // and sets the principal or the 401. A right password gives back the
+  // login attempt Authenticate counted for it in `attempts` (the same table
+  // Authenticate was given). Returns whether the user may go on.
   bool FinishBasic(bool valid, Admission* a, BasicAuthCache* cache,
-                   int64_t now_ns) const;
+                   int64_t now_ns, RateTable* attempts = nullptr) const;
+  // For kNeedVerify when the check will not run (the helper queue is
+  // full): gives back the login attempt counted for it.
+  void ForgoVerify(Admission* a, RateTable* attempts, int64_t now_ns) const;
 
   // Stage 3: the route's rate zone and concurrency caps. kRefuse sets 429
   // with Retry-After. Slots taken are recorded in `a->held`.
@@ -237,10 +254,11 @@ class Policy {
                        LimitBy by);
   void Refuse(Admission* a, int status, std::string error) const;
   void RefuseAuth(Admission* a) const;
-  // Counts one login attempt of a->client (with `count`; otherwise only
-  // looks); false (a->status holds the 429) past --auth_attempts.
-  bool ChargeLogin(Admission* a, RateTable* attempts, int64_t now_ns,
-                   bool count = true) const;
+  // Counts one login attempt of a->client; false (a->status holds the 429)
+  // past --auth_attempts, nothing counted.
+  bool ChargeLogin(Admission* a, RateTable* attempts, int64_t now_ns) const;
+  // Gives back the attempt counted by ChargeLogin for a->login_charged.
+  void RefundLogin(Admission* a, RateTable* attempts, int64_t now_ns) const;
 
   struct IpRule {
     bool allow;

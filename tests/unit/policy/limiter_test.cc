@@ -291,6 +291,30 @@ TEST(RateTableModel, RetryAfterWithoutBurst) {
             59 * kSec);
 }
 
+// Refund undoes one admitted Check: the next Check answers as if the
+// refunded one had never been counted, and a refund never builds credit
+// beyond a fresh key's.
+TEST(RateTable, RefundGivesBackOneAdmission) {
+  RateTable table(1024);
+  const RateSpec spec = Spec("6r/m burst=2");  // T = 10 s, 3 at once
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(table.Check(1, "k", spec, kT0).allowed) << i;
+  EXPECT_FALSE(table.Check(1, "k", spec, kT0).allowed);
+  table.Refund(1, "k", spec, kT0);
+  EXPECT_TRUE(table.Check(1, "k", spec, kT0).allowed);
+  EXPECT_FALSE(table.Check(1, "k", spec, kT0).allowed);
+  // Refunds beyond what was counted leave a fresh state, not a bigger
+  // burst; other keys and zones are untouched.
+  for (int i = 0; i < 10; ++i) table.Refund(1, "k", spec, kT0);
+  table.Refund(1, "never-seen", spec, kT0);
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(table.Check(1, "k", spec, kT0).allowed) << i;
+  EXPECT_FALSE(table.Check(1, "k", spec, kT0).allowed);
+  EXPECT_TRUE(table.Check(2, "k", spec, kT0).allowed);
+  // Later, a refund takes off one interval of what is left.
+  table.Refund(1, "k", spec, kT0 + 5 * kSec);
+  EXPECT_EQ(table.Check(1, "k", spec, kT0 + 5 * kSec).retry_after_ns, 0);
+  EXPECT_EQ(table.Check(1, "k", spec, kT0 + 5 * kSec).retry_after_ns, 5 * kSec);
+}
+
 TEST(RateTable, ZonesAndKeysAreSeparate) {
   RateTable table(1024);
   const RateSpec spec = Spec("1r/m");

@@ -1166,11 +1166,53 @@ TEST_F(PolicyAuthTest, KeyByBearerOrXApiKey) {
   EXPECT_EQ(Auth(*p, r, &c), AuthStep::kDone);
   EXPECT_EQ(c.principal, "key:carol");
 
-  // Bearer wins over x-api-key.
-  r.authorization = bearer;
+  // The same key in both fields names one client.
+  const std::string carol = absl::StrCat("Bearer ", carol_);
+  r.authorization = carol;
   Admission d;
   EXPECT_EQ(Auth(*p, r, &d), AuthStep::kDone);
-  EXPECT_EQ(d.principal, "key:alice");
+  EXPECT_EQ(d.principal, "key:carol");
+}
+
+// Credentials that cannot be told apart are refused before any check, and
+// the refusal is no login attempt: 400 whatever the keys are worth.
+TEST_F(PolicyAuthTest, AmbiguousCredentialsAre400) {
+  PolicyOptions o;
+  o.keys_file = KeysFile();
+  o.htpasswd_file = UsersFile();
+  std::shared_ptr<const Policy> p = MustBuild(o);
+  ASSERT_NE(p, nullptr);
+  const std::string alice = absl::StrCat("Bearer ", alice_);
+  const std::string basic = BasicHeader("ann:pass");
+  struct Case {
+    absl::string_view authorization;
+    absl::string_view x_api_key;
+    bool repeated;
+  };
+  for (const Case& c : {Case{alice, carol_, false}, Case{basic, alice_, false},
+                        Case{"Token whatever", alice_, false}, Case{alice, "", true},
+                        Case{"", alice_, true}, Case{basic, "", true}}) {
+    RequestFacts r = Get("/api/tags");
+    r.authorization = c.authorization;
+    r.x_api_key = c.x_api_key;
+    r.repeated_credentials = c.repeated;
+    Admission a;
+    EXPECT_EQ(Auth(*p, r, &a), AuthStep::kRefused) << c.authorization << " / " << c.x_api_key;
+    EXPECT_EQ(a.status, 400);
+    EXPECT_TRUE(absl::StrContains(a.error, "ambiguous credentials")) << a.error;
+    EXPECT_TRUE(a.principal.empty());
+  }
+  // With --auth=none nothing is read, so nothing is ambiguous.
+  PolicyOptions none;
+  none.auth = "none";
+  std::shared_ptr<const Policy> open = MustBuild(none);
+  ASSERT_NE(open, nullptr);
+  RequestFacts r = Get("/api/tags");
+  r.authorization = alice;
+  r.x_api_key = carol_;
+  r.repeated_credentials = true;
+  Admission a;
+  EXPECT_EQ(Auth(*open, r, &a), AuthStep::kDone);
 }
 
 TEST_F(PolicyAuthTest, WrongOrMissingKeyIs401WithBearerChallengeWithoutUsers) {
@@ -1412,21 +1454,6 @@ TEST_F(PolicyAuthTest, KeyModeRefusesBasic) {
   EXPECT_EQ(Header(a.headers, "WWW-Authenticate"), "Bearer realm=\"sluice\"");
 }
 
-TEST_F(PolicyAuthTest, XApiKeyWinsOverBasicInKeyOrBasic) {
-  PolicyOptions o;
-  o.keys_file = KeysFile();
-  o.htpasswd_file = UsersFile();
-  std::shared_ptr<const Policy> p = MustBuild(o);
-  ASSERT_NE(p, nullptr);
-  const std::string basic = BasicHeader("ann:pass");
-  RequestFacts r = Get("/api/tags");
-  r.authorization = basic;
-  r.x_api_key = alice_;
-  Admission a;
-  EXPECT_EQ(Auth(*p, r, &a), AuthStep::kDone);
-  EXPECT_EQ(a.principal, "key:alice");
-}
-
 TEST_F(PolicyAuthTest, AuthNoneLetsEveryoneIn) {
   std::shared_ptr<const Policy> p = MustBuild(NoAuth());
   ASSERT_NE(p, nullptr);
@@ -1523,7 +1550,7 @@ class PolicyLoginLimitTest : public PolicyAuthTest {
     if (step == AuthStep::kNeedVerify) {
       ++bcrypt_runs_;
       const bool ok = p.VerifyBasic(a.basic_user, a.basic_password);
-      step = p.FinishBasic(ok, &a, &cache_, now) ? AuthStep::kDone : AuthStep::kRefused;
+      step = p.FinishBasic(ok, &a, &cache_, now, &rates_) ? AuthStep::kDone : AuthStep::kRefused;
     }
     if (a.status == 429) {
       retry_after_ = "";
@@ -1547,35 +1574,37 @@ TEST_F(PolicyLoginLimitTest, WrongPasswordsThen429WithoutCheckingIt) {
     EXPECT_EQ(Try(*p, BasicHeader(absl::StrCat("bea:guess", i)), kT0), 401) << i;
   }
   EXPECT_EQ(bcrypt_runs_, 4);
-  // The fifth, even the right password, gets 429 and no bcrypt run.
+  // The fifth gets 429 and no bcrypt run; so does the right password,
+  // which nobody has verified lately (an uncached check).
   EXPECT_EQ(Try(*p, BasicHeader("bea:guess4"), kT0), 429);
   EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0), 429);
   EXPECT_EQ(retry_after_, "10");
   EXPECT_EQ(bcrypt_runs_, 4);
   // A cheap scheme is not checked either (its answer would be the oracle).
   EXPECT_EQ(Try(*p, BasicHeader("ann:pass"), kT0), 429);
-  // A repeated wrong password (the cache knows it) still counts.
+  // A repeated wrong password (the cache knows it) is a failure: 429 now.
   EXPECT_EQ(Try(*p, BasicHeader("bea:guess0"), kT0), 429);
   // Another address is not affected: bea logs in from there.
   EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0, "192.0.2.11"), 0);
   EXPECT_EQ(bcrypt_runs_, 5);
-  // Her password is now in the cache, but the locked-out address does not
-  // get the cache's answer either.
-  EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0), 429);
-  // 10 s later the address may try again: the cached password passes
-  // (uncounted), a new wrong one is checked and uses the one attempt.
-  EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0 + 10 * kSec), 0);
+  // Her password is now known good (cached): it is answered from the
+  // locked-out address too, uncounted and unchecked.
+  EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0), 0);
+  EXPECT_EQ(bcrypt_runs_, 5);
+  // 10 s later the address may try again: a new wrong password is checked
+  // and uses the one attempt; the cached one still passes.
   EXPECT_EQ(Try(*p, BasicHeader("bea:other"), kT0 + 10 * kSec), 401);
-  EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0 + 10 * kSec), 429);
+  EXPECT_EQ(Try(*p, BasicHeader("bea:other2"), kT0 + 10 * kSec), 429);
+  EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0 + 10 * kSec), 0);
   EXPECT_EQ(bcrypt_runs_, 6);
 }
 
 TEST_F(PolicyLoginLimitTest, KnownGoodCredentialsPassUncounted) {
   std::shared_ptr<const Policy> p = Build("6r/m burst=3");
   ASSERT_NE(p, nullptr);
-  // bea logs in (one attempt: her password is checked, then cached), and
-  // goes on working: cached answers and valid keys are not attempts, nor
-  // are requests without credentials.
+  // bea logs in (her password is checked, then cached; a right password is
+  // no failed attempt), and goes on working: cached answers and valid keys
+  // are not attempts, nor are requests without credentials.
   EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0), 0);
   for (int i = 0; i < 20; ++i) {
     EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0), 0);
@@ -1583,21 +1612,84 @@ TEST_F(PolicyLoginLimitTest, KnownGoodCredentialsPassUncounted) {
     EXPECT_EQ(Try(*p, "", kT0), 401);
   }
   EXPECT_EQ(bcrypt_runs_, 1);
-  // Three wrong keys use up the rest of the burst; then refusals of any
-  // credentials sent are 429.
-  for (int i = 0; i < 3; ++i) {
+  // Four wrong keys use up the burst (4 attempts at once: none was taken
+  // by the login above); then refusals of any credentials sent are 429.
+  for (int i = 0; i < 4; ++i) {
     EXPECT_EQ(Try(*p, absl::StrCat("Bearer sk-wrong", i), kT0), 401) << i;
   }
   EXPECT_EQ(Try(*p, "Bearer sk-wrong", kT0), 429);
+  EXPECT_FALSE(retry_after_.empty());
   EXPECT_EQ(Try(*p, "garbage", kT0), 429);
+  // ann's password has not been checked lately: refused unchecked.
   EXPECT_EQ(Try(*p, BasicHeader("ann:pass"), kT0), 429);
-  EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0), 429);
-  // Valid keys still pass: a 256-bit random key answers no guess.
+  // Known good credentials still pass: bea's cached password, and valid
+  // keys (a 256-bit random key answers no guess).
+  EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0), 0);
   EXPECT_EQ(Try(*p, absl::StrCat("Bearer ", alice_), kT0), 0);
   EXPECT_EQ(Try(*p, bob_, kT0, kClient, /*api_key=*/true), 0);
   // A request without credentials is still the plain challenge.
   EXPECT_EQ(Try(*p, "", kT0), 401);
   EXPECT_EQ(bcrypt_runs_, 1);
+}
+
+// Behind one NAT address: many users' first logins are right passwords,
+// not failed attempts, so none of them locks the address; one client with
+// a stale key gets 401 until its failures reach the limit, then 429, while
+// every other user goes on.
+TEST_F(PolicyLoginLimitTest, FirstLoginsAreNotAttempts) {
+  std::shared_ptr<const Policy> p = Build("6r/m burst=3");
+  ASSERT_NE(p, nullptr);
+  for (int round = 0; round < 10; ++round) {
+    // A fresh cache each round: every login is a checked password.
+    cache_ = BasicAuthCache(100, absl::Minutes(5), absl::Seconds(30));
+    EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0), 0) << round;
+    EXPECT_EQ(Try(*p, BasicHeader("ann:pass"), kT0), 0) << round;
+  }
+  EXPECT_EQ(bcrypt_runs_, 10);
+  // A stale key: 401 for the 4 attempts the limit admits at once, then 429.
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(Try(*p, "Bearer sk-stale", kT0), 401) << i;
+  EXPECT_EQ(Try(*p, "Bearer sk-stale", kT0), 429);
+  EXPECT_EQ(retry_after_, "10");
+  // The others, known good, are not refused.
+  EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0), 0);
+  EXPECT_EQ(Try(*p, BasicHeader("ann:pass"), kT0), 0);
+  EXPECT_EQ(Try(*p, absl::StrCat("Bearer ", alice_), kT0), 0);
+}
+
+// A password check is counted before it runs, so that guesses in flight
+// at once are bounded; the right password gives the count back when its
+// check ends, a wrong one keeps it, and a check that never ran (its queue
+// was full) gives it back too.
+TEST_F(PolicyLoginLimitTest, ChecksInFlightAreCountedAndRightOnesGivenBack) {
+  std::shared_ptr<const Policy> p = Build("6r/m burst=1");
+  ASSERT_NE(p, nullptr);
+  auto start = [&](absl::string_view credentials, Admission* a) {
+    RequestFacts r = Get("/api/tags");
+    r.authorization = credentials;
+    EXPECT_TRUE(p->Screen(r, a));
+    return p->Authenticate(r, a, &cache_, kT0, &rates_);
+  };
+  const std::string right = BasicHeader("bea:pass");
+  const std::string wrong = BasicHeader("bea:nope");
+  Admission a1, a2, a3;
+  ASSERT_EQ(start(right, &a1), AuthStep::kNeedVerify);
+  ASSERT_EQ(start(wrong, &a2), AuthStep::kNeedVerify);
+  // Two checks in flight fill "burst=1": the third waits its turn.
+  EXPECT_EQ(start(wrong, &a3), AuthStep::kRefused);
+  EXPECT_EQ(a3.status, 429);
+  EXPECT_TRUE(p->FinishBasic(true, &a1, &cache_, kT0, &rates_));
+  // The right password's count came back: one more check may start.
+  Admission a4;
+  ASSERT_EQ(start(BasicHeader("bea:nope2"), &a4), AuthStep::kNeedVerify);
+  p->ForgoVerify(&a4, &rates_, kT0);
+  Admission a5;
+  ASSERT_EQ(start(BasicHeader("bea:nope3"), &a5), AuthStep::kNeedVerify);
+  EXPECT_FALSE(p->FinishBasic(false, &a2, &cache_, kT0, &rates_));
+  EXPECT_FALSE(p->FinishBasic(false, &a5, &cache_, kT0, &rates_));
+  // Two failures held: refused until the rate (one per 10 s) lets one go.
+  Admission a6;
+  EXPECT_EQ(start(BasicHeader("bea:nope4"), &a6), AuthStep::kRefused);
+  EXPECT_EQ(a6.status, 429);
 }
 
 TEST_F(PolicyLoginLimitTest, OffCountsNothing) {
