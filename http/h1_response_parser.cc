@@ -75,8 +75,24 @@ struct H1ResponseParserCallbacks {
       h.content_length = p->content_length;
     }
     h.keep_alive = llhttp_should_keep_alive(p) != 0;
+    if (h.status == 101) {
+      // RFC 9110 15.2.2: a 101 switches to a protocol the request asked
+      // for. Only a WebSocket handshake asks; anything else would open a
+      // raw tunnel past the proxy's policy.
+      if (!self->websocket_request_) {
+        self->error_ = absl::InvalidArgumentError(
+            "101 Switching Protocols to a request that asked for no upgrade");
+        return -1;
+      }
+      const Header* up = h.Find("upgrade");
+      if (up == nullptr || !EqualsIgnoreCase(TrimOws(up->value), "websocket")) {
+        self->error_ = absl::InvalidArgumentError(
+            "101 Switching Protocols to a protocol other than websocket");
+        return -1;
+      }
+      self->upgraded_ = true;
+    }
     self->head_done_ = true;
-    if (h.status == 101) self->upgraded_ = true;
     const bool bodiless = self->head_request_ || h.status == 204 || h.status == 304;
     self->sink_->OnResponseHead(std::move(h));
     if (self->upgraded_) return 2;  // no body; llhttp pauses for the tunnel
@@ -126,10 +142,11 @@ H1ResponseParser::H1ResponseParser(H1ResponseSink* sink)
 
 H1ResponseParser::~H1ResponseParser() { delete parser_; }
 
-void H1ResponseParser::Begin(bool head_request) {
+void H1ResponseParser::Begin(bool head_request, bool websocket_request) {
   llhttp_init(parser_, HTTP_RESPONSE, &Settings());
   parser_->data = this;
   head_request_ = head_request;
+  websocket_request_ = websocket_request;
   interim_ = started_ = head_done_ = complete_ = upgraded_ = false;
   error_ = absl::OkStatus();
 }

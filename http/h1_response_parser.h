@@ -37,8 +37,10 @@ class H1ResponseParser {
   H1ResponseParser& operator=(const H1ResponseParser&) = delete;
 
   // Prepares for the response to a request with method HEAD (no body) or
-  // not.
-  void Begin(bool head_request);
+  // not, and a WebSocket handshake or not: a 101 is an error (Dispatch
+  // fails) unless it answers a WebSocket handshake with Upgrade: websocket,
+  // so no other answer can turn the link into a tunnel.
+  void Begin(bool head_request, bool websocket_request = false);
 
   // Parses and returns the bytes consumed; stops after the complete response
   // or after a 101 head (the rest belongs to the tunnel).
@@ -62,6 +64,7 @@ class H1ResponseParser {
   ResponseHead head_;
   HeaderCollector headers_;
   bool head_request_ = false;
+  bool websocket_request_ = false;
   bool interim_ = false;
   bool started_ = false;
   bool head_done_ = false;

@@ -106,6 +106,8 @@ absl::Status H1ServerCodec::FinishHead() {
 
   int host_count = 0;
   std::string connection;
+  std::string upgrade;
+  std::string te;
   bool has_te = false;
   for (Header& field : h.headers) {
     if (field.name.empty()) {
@@ -119,7 +121,12 @@ absl::Status H1ServerCodec::FinishHead() {
       if (!connection.empty()) connection += ',';
       connection += field.value;
     } else if (EqualsIgnoreCase(field.name, "transfer-encoding")) {
+      if (has_te) te += ',';
+      te += field.value;
       has_te = true;
+    } else if (EqualsIgnoreCase(field.name, "upgrade")) {
+      if (!upgrade.empty() && !field.value.empty()) upgrade += ',';
+      upgrade += field.value;
     } else if (EqualsIgnoreCase(field.name, "expect")) {
       if (!EqualsIgnoreCase(field.value, "100-continue")) {
         return absl::FailedPreconditionError("unsupported expectation");
@@ -132,6 +139,28 @@ absl::Status H1ServerCodec::FinishHead() {
   if (has_te && h.version_minor == 0) {
     return absl::InvalidArgumentError("malformed request: Transfer-Encoding in an HTTP/1.0 request");
   }
+  if (has_te) {
+    std::vector<std::string_view> codings;
+    for (std::string_view rest = te; !rest.empty();) {
+      const size_t comma = rest.find(',');
+      std::string_view c = TrimOws(rest.substr(0, comma));
+      if (!c.empty()) codings.push_back(c);
+      rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+    }
+    // RFC 9112 6.3: without chunked as the final coding the body's length
+    // cannot be known: 400, and the connection closes.
+    if (codings.empty() || !EqualsIgnoreCase(codings.back(), "chunked")) {
+      return absl::InvalidArgumentError(
+          "malformed request: chunked is not the final transfer coding");
+    }
+    // RFC 9112 6.1: a coding the server does not understand gets 501. Only
+    // "chunked" alone is relayed: with a coding before it ("gzip, chunked")
+    // the body would reach Ollama de-chunked but still encoded, and a
+    // repeated "chunked" is a smuggling probe.
+    if (codings.size() != 1) {
+      return absl::UnimplementedError("unsupported transfer coding: only chunked is accepted");
+    }
+  }
   // RFC 9112 3.2: exactly one Host in 1.1; never more than one.
   if (host_count > 1) {
     return absl::InvalidArgumentError("malformed request: duplicate Host header");
@@ -140,6 +169,12 @@ absl::Status H1ServerCodec::FinishHead() {
     return absl::InvalidArgumentError("malformed request: missing Host header");
   }
 
+  // RFC 9110 7.2: Host is an authority (an empty one is allowed); a
+  // path, userinfo or other bytes in it would reach Ollama as
+  // X-Forwarded-Host and the CORS same-origin check.
+  if (host_count == 1 && !h.host.empty() && !ValidAuthority(h.host)) {
+    return absl::InvalidArgumentError("malformed request: invalid Host header");
+  }
   if (h.target.empty()) {
     return absl::InvalidArgumentError("malformed request: empty target");
   }
@@ -147,7 +182,7 @@ absl::Status H1ServerCodec::FinishHead() {
     std::string authority;
     if (h.target == "*" && h.method == "OPTIONS") {
       // asterisk-form, kept as is
-    } else if (SplitAbsoluteForm(h.target, authority)) {
+    } else if (SplitAbsoluteForm(h.target, authority) && ValidAuthority(authority)) {
       h.host = std::move(authority);
     } else {
       return absl::InvalidArgumentError("malformed request: invalid request target");
@@ -163,8 +198,48 @@ absl::Status H1ServerCodec::FinishHead() {
     }
   }
   h.keep_alive = llhttp_should_keep_alive(parser_) != 0;
-  h.upgrade = parser_->upgrade != 0 && h.Find("upgrade") != nullptr &&
-              HeaderListHasToken(connection, "upgrade");
+  // Only a WebSocket handshake is tunnelled (RFC 6455 4.1). Any other
+  // Upgrade (h2c, TLS/1.0, ...) is dropped and the request served as
+  // ordinary HTTP: clearing llhttp's flag here, before it acts on it, keeps
+  // the connection in HTTP/1.1 (RFC 9110 7.8: a server may ignore Upgrade).
+  parser_->upgrade = 0;
+  if (HeaderListHasToken(upgrade, "websocket")) {
+    absl::Status st = CheckWebSocketHandshake(h, connection);
+    if (!st.ok()) return st;
+    h.upgrade = true;
+    parser_->upgrade = 1;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status H1ServerCodec::CheckWebSocketHandshake(const RequestHead& h,
+                                                    std::string_view connection) {
+  auto bad = [](std::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat("malformed WebSocket handshake: ", absl::string_view(why.data(), why.size())));
+  };
+  if (h.method != "GET") return bad("the method must be GET");
+  if (h.version_minor != 1) return bad("HTTP/1.1 is required");
+  if (!HeaderListHasToken(connection, "upgrade")) {
+    return bad("Connection must contain upgrade");
+  }
+  if (h.has_body()) return bad("a handshake has no body");
+  const Header* key = nullptr;
+  const Header* version = nullptr;
+  for (const Header& f : h.headers) {
+    if (EqualsIgnoreCase(f.name, "sec-websocket-key")) {
+      if (key != nullptr) return bad("more than one Sec-WebSocket-Key");
+      key = &f;
+    } else if (EqualsIgnoreCase(f.name, "sec-websocket-version")) {
+      if (version != nullptr) return bad("more than one Sec-WebSocket-Version");
+      version = &f;
+    }
+  }
+  if (key == nullptr || !ValidWebSocketKey(key->value)) {
+    return bad("Sec-WebSocket-Key must be 16 bytes in base64");
+  }
+  if (version == nullptr || version->value != "13") {
+    return bad("Sec-WebSocket-Version must be 13");
+  }
   return absl::OkStatus();
 }
 

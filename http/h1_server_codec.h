@@ -76,6 +76,10 @@ class H1ServerCodec {
   int Fail(absl::Status status);
   bool CountHeaderBytes(size_t len);
   absl::Status FinishHead();
+  // RFC 6455 4.1's checks of a request asking for Upgrade: websocket;
+  // `connection` is the request's Connection list.
+  static absl::Status CheckWebSocketHandshake(const RequestHead& h,
+                                              std::string_view connection);
 
   H1RequestSink* sink_;
   H1Limits limits_;

@@ -812,6 +812,13 @@ void H2ServerCodec::FinishRequestHead(Stream* s, bool end_stream) {
                               NGHTTP2_PROTOCOL_ERROR);
     return;
   }
+  // RFC 9113 8.3.1: :authority must not include userinfo; nor may it (or
+  // Host) carry a path or other bytes an authority has not.
+  if (!ValidAuthority(s->has_authority ? s->authority : s->host)) {
+    s->internal = true;
+    RejectWith(s, 400, "malformed request: invalid :authority or Host");
+    return;
+  }
   head.version_major = 2;
   head.version_minor = 0;
   if (s->has_authority) {

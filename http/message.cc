@@ -32,6 +32,80 @@ bool HeaderListHasToken(std::string_view list, std::string_view token) {
 }
 
 namespace {
+bool IsDigit(char c) { return c >= '0' && c <= '9'; }
+bool IsHex(char c) {
+  return IsDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+bool IsAlpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+// RFC 3986 2.3 unreserved and 2.2 sub-delims: the bytes of a reg-name
+// besides percent-encodings.
+bool IsRegNameChar(char c) {
+  if (IsAlpha(c) || IsDigit(c)) return true;
+  switch (c) {
+    case '-': case '.': case '_': case '~':
+    case '!': case '$': case '&': case '\'':
+    case '(': case ')': case '*': case '+':
+    case ',': case ';': case '=':
+      return true;
+    default:
+      return false;
+  }
+}
+}  // namespace
+
+bool ValidAuthority(std::string_view a) {
+  std::string_view host = a;
+  std::string_view port;
+  if (!a.empty() && a.front() == '[') {
+    const size_t close = a.find(']');
+    if (close == std::string_view::npos || close < 3) return false;
+    // An IPv6 address (or an IPv4-mapped one): hex digits, ':' and '.'.
+    for (char c : a.substr(1, close - 1)) {
+      if (!IsHex(c) && c != ':' && c != '.') return false;
+    }
+    std::string_view rest = a.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest.front() != ':') return false;
+      port = rest.substr(1);
+    }
+    host = {};
+  } else {
+    const size_t colon = a.find(':');
+    if (colon != std::string_view::npos) {
+      host = a.substr(0, colon);
+      port = a.substr(colon + 1);
+    }
+    if (host.empty()) return false;
+    for (size_t i = 0; i < host.size(); ++i) {
+      if (host[i] == '%') {
+        if (i + 2 >= host.size() || !IsHex(host[i + 1]) || !IsHex(host[i + 2])) {
+          return false;
+        }
+        i += 2;
+      } else if (!IsRegNameChar(host[i])) {
+        return false;
+      }
+    }
+  }
+  if (port.size() > 5) return false;
+  for (char c : port) {
+    if (!IsDigit(c)) return false;
+  }
+  return true;
+}
+
+bool ValidWebSocketKey(std::string_view key) {
+  // 16 bytes are 128 bits: 21 full base64 digits and a 22nd of which only
+  // the top 2 bits carry data, then "==".
+  if (key.size() != 24 || key.substr(22) != "==") return false;
+  for (char c : key.substr(0, 22)) {
+    if (!IsAlpha(c) && !IsDigit(c) && c != '+' && c != '/') return false;
+  }
+  static constexpr std::string_view kLastDigit = "AQgw";  // low 4 bits zero
+  return kLastDigit.find(key[21]) != std::string_view::npos;
+}
+
+namespace {
 const Header* FindIn(const std::vector<Header>& headers,
                      std::string_view name) {
   for (const Header& h : headers) {

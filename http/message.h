@@ -25,6 +25,17 @@ std::string_view TrimOws(std::string_view s);
 // contains `token`, compared case-insensitively with whitespace trimmed.
 bool HeaderListHasToken(std::string_view list, std::string_view token);
 
+// True when `authority` is a URI authority without userinfo (RFC 3986
+// 3.2, as RFC 9110 7.2 and RFC 9113 8.3.1 allow it in Host and
+// :authority): a reg-name, an IPv4 address or a bracketed IP literal,
+// optionally followed by ':' and a port of at most 5 digits. An empty
+// value, a path, a query, '@' or any other byte gives false.
+bool ValidAuthority(std::string_view authority);
+
+// True when `key` is a valid Sec-WebSocket-Key (RFC 6455 4.1): the
+// base64 encoding of 16 bytes (24 characters, ending in "==").
+bool ValidWebSocketKey(std::string_view key);
+
 // A request as it reached the proxy, with the framing facts the codec
 // established. Everything is owned: it outlives the input buffers.
 struct RequestHead {
@@ -41,7 +52,10 @@ struct RequestHead {
   std::optional<uint64_t> content_length;
   bool chunked = false;
   bool keep_alive = true;       // the client's wish, from version + Connection
-  bool upgrade = false;         // Upgrade + Connection: upgrade (WebSocket)
+  // A WebSocket handshake (RFC 6455 4.1) checked by the codec: the only
+  // upgrade the proxy forwards. Other Upgrade values are dropped and the
+  // request is served as ordinary HTTP.
+  bool upgrade = false;
   bool expect_continue = false; // Expect: 100-continue
 
   // First header named `name` (case-insensitive), or nullptr.

@@ -37,12 +37,16 @@ void AppendUpstreamRequestHead(const RequestHead& head,
   std::string forwarded_for;
   for (const Header& h : head.headers) {
     std::string_view n = h.name;
+    // A field the client's Connection names is for this hop only (RFC 9110
+    // 7.6.1), whichever it is; the fields the proxy sets itself below
+    // (Host, the framing, X-Forwarded-*, Upgrade) are set whatever it names.
+    if (IsHopByHop(n, connection)) continue;
     if (EqualsIgnoreCase(n, "x-forwarded-for")) {
       if (!forwarded_for.empty()) forwarded_for += ", ";
       forwarded_for += h.value;
       continue;
     }
-    if (IsHopByHop(n, connection) || EqualsIgnoreCase(n, "host") ||
+    if (EqualsIgnoreCase(n, "host") ||
         EqualsIgnoreCase(n, "content-length") || EqualsIgnoreCase(n, "expect") ||
         EqualsIgnoreCase(n, "x-real-ip") ||
         EqualsIgnoreCase(n, "x-forwarded-proto") ||
@@ -58,16 +62,9 @@ void AppendUpstreamRequestHead(const RequestHead& head,
   AppendField("X-Forwarded-Proto", ctx.proto, out);
   if (!head.host.empty()) AppendField("X-Forwarded-Host", head.host, out);
   if (head.upgrade) {
-    // RFC 9110 5.3: several Upgrade fields are one list. The first alone
-    // may be empty while a later one made the codec see an upgrade.
-    std::string upgrade;
-    for (const Header& h : head.headers) {
-      if (EqualsIgnoreCase(h.name, "upgrade") && !h.value.empty()) {
-        if (!upgrade.empty()) upgrade += ", ";
-        upgrade += h.value;
-      }
-    }
-    AppendField("Upgrade", upgrade, out);
+    // The codec admits no upgrade but a checked WebSocket handshake; any
+    // other protocol the client listed beside it is not offered upstream.
+    AppendField("Upgrade", "websocket", out);
     AppendField("Connection", "upgrade", out);
   }
   if (head.chunked) {

@@ -24,8 +24,10 @@ struct ForwardContext {
 // (those named by Connection too), Expect dropped (the proxy answers 100
 // itself), X-Real-IP / X-Forwarded-For (appended) / X-Forwarded-Proto /
 // X-Forwarded-Host set, and the body framing restated: Content-Length, or
-// Transfer-Encoding: chunked for a chunked body. An upgrade request keeps
-// its Upgrade field and gets Connection: upgrade.
+// Transfer-Encoding: chunked for a chunked body. Fields named by the
+// request's Connection are dropped, except those the proxy sets itself. A
+// WebSocket handshake (head.upgrade) gets Upgrade: websocket and
+// Connection: upgrade; no other request carries an Upgrade.
 void AppendUpstreamRequestHead(const RequestHead& head,
                                const ForwardContext& ctx, std::string* out);
 

@@ -441,6 +441,14 @@ ResponsePlan PlanResponse(const HttpRequest& request, const SimConfig& config,
     return plan;
   }
 
+  if (request.sim_switch_protocols) {
+    // A misbehaving upstream: 101 whatever the request asked for.
+    ResponsePlan plan;
+    plan.kind = PlanKind::kSwitch;
+    plan.status = 101;
+    plan.switch_to = std::string(absl::StripAsciiWhitespace(*request.sim_switch_protocols));
+    return plan;
+  }
   Mode mode = config.mode;
   if (request.sim_mode &&
       !ParseMode(absl::StripAsciiWhitespace(*request.sim_mode), &mode)) {

@@ -33,6 +33,7 @@ struct HttpRequest {
   std::optional<std::string> sim_reset_after;
   std::optional<std::string> sim_mode;
   std::optional<std::string> sim_chunk_pad;
+  std::optional<std::string> sim_switch_protocols;
   std::string upgrade_header;     // Value of Upgrade.
   std::string connection_header;  // Value(s) of Connection, comma-joined.
   std::string ws_key;             // Sec-WebSocket-Key.
@@ -88,6 +89,7 @@ enum class PlanKind {
   kHang,       // Never answer.
   kGarbage,    // Write non-HTTP bytes, then close.
   kWebSocket,  // 101, then echo frames.
+  kSwitch,     // 101 to whatever was asked, then echo raw bytes.
 };
 
 struct ResponsePlan {
@@ -100,6 +102,7 @@ struct ResponsePlan {
   bool close = false;         // Close once the response is written.
   StreamSpec stream;          // kStream and kDelayed.
   std::string ws_accept;      // kWebSocket: Sec-WebSocket-Accept value.
+  std::string switch_to;      // kSwitch: the Upgrade value of the 101.
   // Set by /sim/reset: the connection carrying it was opened before the
   // reset, so its close must not be counted after it either.
   bool stats_reset = false;

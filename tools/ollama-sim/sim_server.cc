@@ -72,7 +72,7 @@ class Connection {
   void SetLingerZero();
 
  private:
-  enum class State { kHttp, kWebSocket, kHung };
+  enum class State { kHttp, kWebSocket, kHung, kRawEcho };
 
   // A response in progress: a delayed or streamed generation, or a hang.
   struct Active {
@@ -266,6 +266,8 @@ int Connection::OnHeaderValueComplete(llhttp_t* parser) {
       r.sim_mode = std::move(value);
     } else if (is("x-sim-chunk-pad")) {
       r.sim_chunk_pad = std::move(value);
+    } else if (is("x-sim-switch-protocols")) {
+      r.sim_switch_protocols = std::move(value);
     } else if (is("x-sim-drop-next-request")) {
       r.drop_next_request = value == "1";
     }
@@ -403,6 +405,10 @@ void Connection::OnBytes(const char* data, size_t length) {
       return;
     case State::kHung:
       return;  // Hang mode reads and forgets, so a peer close is still seen.
+    case State::kRawEcho:
+      out_.append(data, length);
+      Flush();
+      return;
     case State::kHttp:
       break;
   }
@@ -477,7 +483,7 @@ void Connection::CountAbortIfActive() {
 
 void Connection::OnPeerEof() {
   peer_eof_ = true;
-  if (state_ == State::kWebSocket || active_) {
+  if (state_ == State::kWebSocket || state_ == State::kRawEcho || active_) {
     // Like Go's net/http (and so Ollama), a client EOF while a response is
     // in progress cancels it.
     CountAbortIfActive();
@@ -523,7 +529,8 @@ void Connection::Dispatch(HttpRequest request) {
   // An Upgrade request the simulator does not honour leaves unparsed bytes
   // of another protocol behind it, so the connection cannot continue.
   bool keep_alive = request.keep_alive && !plan.close &&
-                    !(request.upgrade && plan.kind != PlanKind::kWebSocket);
+                    !(request.upgrade && plan.kind != PlanKind::kWebSocket &&
+                      plan.kind != PlanKind::kSwitch);
   switch (plan.kind) {
     case PlanKind::kImmediate:
       AppendSimpleResponse(plan, keep_alive, http10);
@@ -551,6 +558,17 @@ void Connection::Dispatch(HttpRequest request) {
       std::string early = std::move(after_upgrade_);
       after_upgrade_.clear();
       if (!early.empty()) OnWebSocketBytes(early.data(), early.size());
+      return;
+    }
+    case PlanKind::kSwitch: {
+      out_.append(absl::StrCat("HTTP/1.1 101 Switching Protocols\r\nUpgrade: ", plan.switch_to,
+                               "\r\nConnection: Upgrade\r\n\r\n"));
+      state_ = State::kRawEcho;
+      queue_.clear();
+      parser_stopped_ = true;
+      std::string early = std::move(after_upgrade_);
+      after_upgrade_.clear();
+      out_.append(early);
       return;
     }
     case PlanKind::kStream:

@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace sluice::http {
@@ -28,9 +29,9 @@ struct Result {
 
 // Feeds `input` in pieces cut at `cuts`, then EOF if `eof`.
 void Parse(Result& r, const std::string& input, std::vector<size_t> cuts,
-           bool head_request = false, bool eof = false) {
+           bool head_request = false, bool eof = false, bool websocket = false) {
   H1ResponseParser p(&r.rec);
-  p.Begin(head_request);
+  p.Begin(head_request, websocket);
   cuts.push_back(input.size());
   size_t prev = 0;
   std::string pending;
@@ -126,11 +127,40 @@ TEST(H1ResponseParserTest, SwitchingProtocolsLeavesTunnelBytes) {
   Result r;
   const std::string head =
       "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
-  Parse(r, head + "\x81\x02hi", {});
+  Parse(r, head + "\x81\x02hi", {}, false, false, /*websocket=*/true);
   ASSERT_TRUE(r.status.ok()) << r.status;
   EXPECT_TRUE(r.upgraded);
   EXPECT_EQ(r.consumed, head.size());
   EXPECT_EQ(r.rec.heads[0].status, 101);
+}
+
+// A 101 opens a tunnel only as the answer to a WebSocket handshake, and
+// only to websocket: otherwise it is an upstream error, and nothing of it
+// reaches the sink.
+TEST(H1ResponseParserTest, SwitchingProtocolsOnlyAnswersAWebSocketHandshake) {
+  {
+    Result r;
+    Parse(r, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+             "Connection: Upgrade\r\n\r\nraw", {});
+    EXPECT_FALSE(r.status.ok());
+    EXPECT_FALSE(r.upgraded);
+    EXPECT_TRUE(r.rec.heads.empty());
+  }
+  for (const char* proto : {"h2c", "foo", "websocketx"}) {
+    Result r;
+    Parse(r, absl::StrCat("HTTP/1.1 101 Switching Protocols\r\nUpgrade: ", proto,
+                          "\r\nConnection: Upgrade\r\n\r\nraw"),
+          {}, false, false, /*websocket=*/true);
+    EXPECT_FALSE(r.status.ok()) << proto;
+    EXPECT_FALSE(r.upgraded) << proto;
+    EXPECT_TRUE(r.rec.heads.empty()) << proto;
+  }
+  {
+    Result r;
+    Parse(r, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n", {}, false,
+          false, /*websocket=*/true);
+    EXPECT_FALSE(r.status.ok());
+  }
 }
 
 TEST(H1ResponseParserTest, CloseDelimitedBodyEndsAtEof) {

@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace sluice::http {
@@ -162,11 +163,55 @@ TEST(H1ServerCodecTest, ExpectContinue) {
 TEST(H1ServerCodecTest, UpgradeStopsAtEndOfHead) {
   Outcome o = RunAllSplits(
       "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-      "Sec-WebSocket-Key: x\r\n\r\n\x81\x85tunnel");
+      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+      "\x81\x85tunnel");
   ASSERT_TRUE(o.status.ok()) << o.status;
   EXPECT_TRUE(o.upgraded);
   EXPECT_TRUE(o.heads[0].upgrade);
   EXPECT_EQ(o.rest, "\x81\x85tunnel");
+}
+
+// An Upgrade to anything but websocket (h2c, TLS, a made-up protocol) is
+// dropped: the request is ordinary HTTP/1.1 and the bytes after it are the
+// next request, not a tunnel.
+TEST(H1ServerCodecTest, OtherUpgradesAreServedAsHttp) {
+  for (const char* proto : {"h2c", "TLS/1.2", "foo", "websocketx"}) {
+    Outcome o = RunAllSplits(absl::StrCat(
+        "GET /a HTTP/1.1\r\nHost: a\r\nUpgrade: ", proto,
+        "\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+        "GET /b HTTP/1.1\r\nHost: a\r\n\r\n"));
+    ASSERT_TRUE(o.status.ok()) << proto << ": " << o.status;
+    EXPECT_FALSE(o.upgraded) << proto;
+    ASSERT_EQ(o.heads.size(), 2u) << proto;
+    EXPECT_FALSE(o.heads[0].upgrade) << proto;
+    EXPECT_TRUE(o.heads[0].keep_alive) << proto;
+    EXPECT_EQ(o.log, "head:GET /a|body:|end|head:GET /b|body:|end|") << proto;
+  }
+}
+
+TEST(H1ServerCodecTest, WebSocketKeyMustBeSixteenBytesInBase64) {
+  EXPECT_TRUE(ValidWebSocketKey("dGhlIHNhbXBsZSBub25jZQ=="));
+  EXPECT_TRUE(ValidWebSocketKey("AAAAAAAAAAAAAAAAAAAAAA=="));
+  EXPECT_TRUE(ValidWebSocketKey("/////////////////////w=="));
+  EXPECT_FALSE(ValidWebSocketKey(""));
+  EXPECT_FALSE(ValidWebSocketKey("x"));
+  EXPECT_FALSE(ValidWebSocketKey("dGhlIHNhbXBsZSBub25jZQ="));    // 23
+  EXPECT_FALSE(ValidWebSocketKey("dGhlIHNhbXBsZSBub25jZQ==="));  // 25
+  EXPECT_FALSE(ValidWebSocketKey("dGhlIHNhbXBsZSBub25jZR=="));   // padding bits set
+  EXPECT_FALSE(ValidWebSocketKey("dGhlIHNhbXBsZSBub25j-Q=="));   // base64url
+  EXPECT_FALSE(ValidWebSocketKey("dGhlIHNhbXBsZSBub25jZQA="));   // 17 bytes
+}
+
+TEST(H1ServerCodecTest, AuthoritySyntax) {
+  for (const char* good : {"a", "localhost:11434", "127.0.0.1", "[::1]", "[::1]:8080",
+                           "ollama.example", "xn--bcher-kva.example:443", "a%41b", "host:"}) {
+    EXPECT_TRUE(ValidAuthority(good)) << good;
+  }
+  for (const char* bad : {"", "user:pw@host", "@host", "host/path", "host?q", "host#f",
+                          "host:80/x", "ho st", "host:abc", "host:123456", "[::1", "[]",
+                          "[::1]x", "[zz::1]", ":80", "host\\x", "a\"b", "a%4"}) {
+    EXPECT_FALSE(ValidAuthority(bad)) << bad;
+  }
 }
 
 TEST(H1ServerCodecTest, AbsoluteFormTargetUsesItsAuthority) {
@@ -248,6 +293,28 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"ContentLengthHex", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\nhello", 400},
         BadCase{"ChunkedThenIdentity", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", 400},
         BadCase{"GzipOnly", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nxx", 400},
+        BadCase{"IdentityOnly", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\nxx", 400},
+        // RFC 9112 6.1: a coding the proxy does not relay (the body would
+        // go on de-chunked but still gzip'd) is 501, never dropped.
+        BadCase{"GzipThenChunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501},
+        // llhttp itself refuses a chunked that is not the last coding of
+        // its field (RFC 9112 6.1: chunked is applied at most once).
+        BadCase{"ChunkedTwice", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", 400},
+        BadCase{"ChunkedInTwoFields", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
+        BadCase{"TwoTeFields", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501},
+        BadCase{"HostWithPath", "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400},
+        BadCase{"HostWithUserinfo", "GET / HTTP/1.1\r\nHost: u:p@a\r\n\r\n", 400},
+        BadCase{"HostWithQuery", "GET / HTTP/1.1\r\nHost: a?x\r\n\r\n", 400},
+        BadCase{"AbsoluteFormWithPort", "GET http://a:b/ HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+        BadCase{"WsKeyMissing", "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n", 400},
+        BadCase{"WsKeyShort", "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: x\r\nSec-WebSocket-Version: 13\r\n\r\n", 400},
+        BadCase{"WsKeyTwice", "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", 400},
+        BadCase{"WsVersion12", "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 12\r\n\r\n", 400},
+        BadCase{"WsNoVersion", "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", 400},
+        BadCase{"WsPost", "POST /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", 400},
+        BadCase{"WsHttp10", "GET /ws HTTP/1.0\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", 400},
+        BadCase{"WsNoConnectionUpgrade", "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", 400},
+        BadCase{"WsWithBody", "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 2\r\n\r\nxx", 400},
         BadCase{"XChunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 400},
         BadCase{"TeSpaceBeforeColon", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400},
         BadCase{"TeLeadingTabName", "POST / HTTP/1.1\r\nHost: a\r\n\tTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},

@@ -75,6 +75,47 @@ TEST(SerializeTest, UpgradeFieldsAreJoinedWithoutEmptyOnes) {
   EXPECT_EQ(out.find("Upgrade: \r\n"), std::string::npos) << out;
 }
 
+// A WebSocket handshake offers only websocket upstream, whatever else the
+// client listed beside it.
+TEST(SerializeTest, UpgradeOffersOnlyWebSocket) {
+  RequestHead h = Head({{"Host", "a"}, {"Upgrade", "h2c, websocket"},
+                        {"Connection", "Upgrade, HTTP2-Settings"}, {"HTTP2-Settings", "x"}});
+  h.method = "GET";
+  h.upgrade = true;
+  std::string out;
+  AppendUpstreamRequestHead(h, {"127.0.0.1", "http", "u:1"}, &out);
+  EXPECT_NE(out.find("Upgrade: websocket\r\nConnection: upgrade\r\n"), std::string::npos) << out;
+  EXPECT_EQ(out.find("h2c"), std::string::npos) << out;
+  EXPECT_EQ(out.find("HTTP2-Settings"), std::string::npos) << out;
+}
+
+// RFC 9110 7.6.1: the fields the client's Connection names stop at the
+// proxy, X-Forwarded-For included; the fields the proxy sets itself (Host,
+// the framing, X-Real-IP and X-Forwarded-*) are set all the same.
+TEST(SerializeTest, FieldsNamedByConnectionAreDroppedButTheProxysOwnAreSet) {
+  RequestHead h = Head({{"Host", "proxy.example"},
+                        {"Connection", "X-Forwarded-For, x-real-ip, Host, Content-Length"},
+                        {"Connection", "cookie, X-Forwarded-Proto, X-Forwarded-Host, Authorization"},
+                        {"X-Forwarded-For", "10.9.9.9"},
+                        {"X-Real-IP", "6.6.6.6"},
+                        {"Cookie", "c=1"},
+                        {"Authorization", "Bearer x"},
+                        {"X-Kept", "1"},
+                        {"Content-Length", "2"}});
+  h.content_length = 2;
+  std::string out;
+  AppendUpstreamRequestHead(h, {"127.0.0.1", "https", "127.0.0.1:11434"}, &out);
+  EXPECT_EQ(out,
+            "POST /api/chat HTTP/1.1\r\n"
+            "Host: 127.0.0.1:11434\r\n"
+            "X-Kept: 1\r\n"
+            "X-Real-IP: 127.0.0.1\r\n"
+            "X-Forwarded-For: 127.0.0.1\r\n"
+            "X-Forwarded-Proto: https\r\n"
+            "X-Forwarded-Host: proxy.example\r\n"
+            "Content-Length: 2\r\n\r\n");
+}
+
 TEST(SerializeTest, DownstreamResponseRestatesFraming) {
   ResponseHead r;
   r.status = 200;
