@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -157,17 +159,111 @@ TEST_F(H1ToH1WebSocket, FrameSplitAcrossWrites) {
 }
 
 // An upgrade the upstream refuses is an ordinary answer: its status comes
-// back and no tunnel is set up.
+// back and no tunnel is set up (the simulator serves WebSocket on /ws*
+// only).
 TEST_F(H1ToH1WebSocket, RefusedUpgradePassedThrough) {
   ASSERT_NO_FATAL_FAILURE(StartStack());
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
   IT_ASSERT_OK(conn->Send(absl::StrCat(
-      "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+      "GET /nows HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
       "Connection: Upgrade\r\nSec-WebSocket-Key: ",
-      kKey, "\r\nSec-WebSocket-Version: 12\r\n\r\n")));
+      kKey, "\r\nSec-WebSocket-Version: 13\r\n\r\n")));
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(5)));
-  EXPECT_EQ(r.status, 426) << r.body;
-  EXPECT_EQ(r.Header("Sec-WebSocket-Version").value_or(""), "13");
+  EXPECT_EQ(r.status, 404) << r.body;
+  IT_ASSERT_OK(conn->ExpectClosed(absl::Seconds(3)));
+}
+
+// Only WebSocket is tunnelled. An Upgrade to anything else (h2c here) is
+// dropped with its Connection token: the request is served as ordinary
+// HTTP/1.1, Ollama sees no Upgrade, and the connection goes on with the
+// next request.
+TEST_F(H1ToH1WebSocket, OtherUpgradesAreServedAsPlainHttp) {
+  ASSERT_NO_FATAL_FAILURE(StartStack());
+  IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
+  for (const char* proto : {"h2c", "TLS/1.2", "websocket-not"}) {
+    IT_ASSERT_OK(conn->Send(absl::StrCat(
+        "GET /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: ", proto,
+        "\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n"
+        "Sec-WebSocket-Key: ",
+        kKey, "\r\nSec-WebSocket-Version: 13\r\n\r\n")));
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(5)));
+    ASSERT_EQ(r.status, 200) << proto << ": " << r.body;
+    EXPECT_FALSE(r.Header("Upgrade").has_value()) << proto;
+    std::optional<EchoedRequest> e = ParseEcho(r.body);
+    ASSERT_TRUE(e.has_value()) << r.body;
+    EXPECT_TRUE(e->All("Upgrade").empty()) << proto << "\n" << e->HeaderDump();
+    EXPECT_TRUE(e->All("HTTP2-Settings").empty()) << proto << "\n" << e->HeaderDump();
+    for (const std::string& c : e->All("Connection")) {
+      EXPECT_FALSE(ContainsIgnoreCase(c, "upgrade")) << proto << "\n" << e->HeaderDump();
+    }
+  }
+  // Still HTTP/1.1 on the same connection.
+  IT_ASSERT_OK(conn->Send(BuildRequest("GET", "/api/version")));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse v, conn->ReadResponse(absl::Seconds(5)));
+  EXPECT_EQ(v.status, 200) << v.body;
+}
+
+// An upstream that answers 101 to a request that asked for no upgrade, or
+// switches a WebSocket handshake to another protocol, gets no tunnel: the
+// client gets 502 and the bytes it sends next never reach that upstream.
+TEST_F(H1ToH1WebSocket, SwitchingProtocolsNobodyAskedForIs502) {
+  ASSERT_NO_FATAL_FAILURE(StartStack());
+  {
+    IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
+    IT_ASSERT_OK(conn->Send(
+        BuildRequest("GET", "/api/tags", {{"X-Sim-Switch-Protocols", "raw-tcp"}})));
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(5)));
+    EXPECT_EQ(r.status, 502) << r.body;
+    EXPECT_TRUE(JsonError(r.body).has_value()) << r.body;
+    // Were it a tunnel, the simulator would echo this back.
+    IT_ASSERT_OK(conn->Send("PING-THROUGH-THE-TUNNEL\r\n\r\n"));
+    auto next = conn->ReadResponse(absl::Seconds(2));
+    if (next.ok()) {
+      EXPECT_EQ(next->status, 400) << next->body;
+      EXPECT_FALSE(absl::StrContains(next->body, "PING-THROUGH")) << next->body;
+    }
+  }
+  {
+    IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
+    IT_ASSERT_OK(conn->Send(absl::StrCat(
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nX-Sim-Switch-Protocols: h2c\r\nSec-WebSocket-Key: ",
+        kKey, "\r\nSec-WebSocket-Version: 13\r\n\r\n")));
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(5)));
+    EXPECT_EQ(r.status, 502) << r.body;
+    EXPECT_TRUE(JsonError(r.body).has_value()) << r.body;
+  }
+}
+
+// A WebSocket handshake that RFC 6455 4.1 would not accept is refused by
+// sluice with 400 and a JSON error, and never reaches Ollama.
+TEST_F(H1ToH1WebSocket, MalformedHandshakeIs400) {
+  ASSERT_NO_FATAL_FAILURE(StartStack());
+  const std::string key = absl::StrCat("Sec-WebSocket-Key: ", kKey, "\r\n");
+  const std::string v13 = "Sec-WebSocket-Version: 13\r\n";
+  const std::string up = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"no key", "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n" + up + v13},
+      {"short key", "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n" + up +
+                        "Sec-WebSocket-Key: c2hvcnQ=\r\n" + v13},
+      {"version 12", "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n" + up + key +
+                         "Sec-WebSocket-Version: 12\r\n"},
+      {"no version", "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n" + up + key},
+      {"POST", "POST /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n" + up + key + v13},
+      {"HTTP/1.0", "GET /ws HTTP/1.0\r\nHost: 127.0.0.1\r\n" + up + key + v13},
+      {"no Connection: upgrade",
+       "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n" + key + v13},
+  };
+  for (const auto& [name, head] : cases) {
+    IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
+    IT_ASSERT_OK(conn->Send(head + "\r\n"));
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(5)));
+    EXPECT_EQ(r.status, 400) << name << ": " << r.body;
+    EXPECT_TRUE(absl::StartsWith(JsonError(r.body).value_or(""), "malformed WebSocket handshake"))
+        << name << ": " << r.body;
+  }
+  IT_ASSERT_OK_AND_ASSIGN(SimStats stats, FetchSimStats(sim_port()));
+  EXPECT_EQ(stats.requests, 0);
 }
 
 }  // namespace

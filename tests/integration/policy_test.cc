@@ -598,6 +598,88 @@ TEST_F(PolicyIt, DrainDeliversAPendingPasswordCheck) {
   expect_sluice_exit_ = true;
 }
 
+// Behind one NAT address (every client here is 127.0.0.1): 50 users log
+// in for the first time and 50 keys are used, then a client with a stale
+// key keeps trying. Right passwords are not failed logins, so the first
+// logins lock nobody out; the stale key gets 401 until the address's
+// failures reach --auth_attempts (default 6r/m burst=10: 11 at once), then
+// 429 with Retry-After; every known-good user goes on getting 200
+// throughout. Only a password nobody verified lately is refused meanwhile.
+TEST_F(PolicyIt, OneAddressManyUsersAndAStaleKey) {
+  constexpr int kUsers = 50;
+  // Half bcrypt (checked on a helper thread), half apr1 (checked inline),
+  // plus one user who logs in only during the lockout.
+  std::string script = absl::StrCat("set -e; f=", ShellQuote(users()),
+                                    "; htpasswd -cbB -C 4 \"$f\" late late-pw 2>/dev/null");
+  for (int i = 0; i < kUsers; ++i) {
+    absl::StrAppend(&script, "; htpasswd -b", i % 2 ? "m" : "B -C 4", " \"$f\" user", i, " pw", i,
+                    " 2>/dev/null");
+  }
+  CommandResult made = RunShell(script, absl::Seconds(60));
+  ASSERT_EQ(made.exit.code, 0) << made.err;
+  std::vector<std::string> app_keys;
+  for (int i = 0; i < kUsers; ++i) app_keys.push_back(AddKey(absl::StrCat("app", i)));
+  ASSERT_NO_FATAL_FAILURE(StartStack(
+      {}, {"--keys_file=" + keys(), "--htpasswd=" + users(), "--rate_by=credential"}));
+  auto basic = [](const std::string& user, const std::string& pw) {
+    return std::pair<std::string, std::string>{
+        "Authorization", "Basic " + absl::Base64Escape(absl::StrCat(user, ":", pw))};
+  };
+  auto user = [&](int i) { return basic(absl::StrCat("user", i), absl::StrCat("pw", i)); };
+  std::map<std::string, int> good_failures;
+  auto good = [&](const std::pair<std::string, std::string>& credential, const std::string& who) {
+    HttpResponse r = Get("/api/tags", {credential});
+    if (r.status != 200) ++good_failures[absl::StrCat(who, ": ", r.status, " ", r.body)];
+  };
+  const absl::Time start = absl::Now();
+  // Every user's first login is a password checked now, and right.
+  for (int i = 0; i < kUsers; ++i) good(user(i), absl::StrCat("first login of user", i));
+  for (int i = 0; i < kUsers; ++i) good(Bearer(app_keys[i]), absl::StrCat("key app", i));
+  EXPECT_TRUE(good_failures.empty()) << good_failures.begin()->first;
+
+  // The stale key, with the others working in between.
+  const std::string stale = "sk-stale0000000000000000000000000000000000000000";
+  std::vector<int> bad_statuses;
+  std::string bad_mismatch;
+  for (int round = 0; round < 20; ++round) {
+    HttpResponse r = Get("/api/tags", {Bearer(stale)});
+    bad_statuses.push_back(r.status);
+    const bool ok401 = r.status == 401 && r.Header("WWW-Authenticate").has_value();
+    const bool ok429 = r.status == 429 && r.Header("Retry-After").has_value() &&
+                       JsonError(r.body) == "too many failed logins, retry later";
+    if (!ok401 && !ok429 && bad_mismatch.empty()) {
+      bad_mismatch = absl::StrCat(r.status, " ", r.body);
+    }
+    for (int k = 0; k < 5; ++k) {
+      const int i = (round * 5 + k) % kUsers;
+      good(user(i), absl::StrCat("user", i, " in round ", round));
+      good(Bearer(app_keys[i]), absl::StrCat("app", i, " in round ", round));
+    }
+  }
+  // A password checked nowhere lately is an uncached check: refused
+  // unchecked while the address is past its limit.
+  HttpResponse late = Get("/api/tags", {basic("late", "late-pw")});
+  const double took_s = absl::ToDoubleSeconds(absl::Now() - start);
+
+  EXPECT_TRUE(good_failures.empty())
+      << good_failures.size() << " refusals of good users, e.g. " << good_failures.begin()->first;
+  EXPECT_TRUE(bad_mismatch.empty()) << bad_mismatch;
+  const int n401 = static_cast<int>(std::count(bad_statuses.begin(), bad_statuses.end(), 401));
+  const int n429 = static_cast<int>(std::count(bad_statuses.begin(), bad_statuses.end(), 429));
+  EXPECT_EQ(n401 + n429, 20);
+  // The failures the limit admits: 11 at once, one more per 10 s.
+  EXPECT_GE(n401, 11) << absl::StrJoin(bad_statuses, " ");
+  EXPECT_LE(n401, 11 + static_cast<int>(took_s / 10) + 1) << absl::StrJoin(bad_statuses, " ");
+  // 401 while under the limit, then 429: never a 401 after the first 429
+  // within one refill interval.
+  if (took_s < 10) {
+    EXPECT_TRUE(std::is_sorted(bad_statuses.begin(), bad_statuses.end()))
+        << absl::StrJoin(bad_statuses, " ");
+  }
+  EXPECT_EQ(late.status, 429) << late.body;
+  EXPECT_TRUE(late.Header("Retry-After").has_value());
+}
+
 // SIGHUP while requests flow: every request with a key that stays valid
 // succeeds, none is dropped.
 TEST_F(PolicyIt, ReloadUnderLoadLosesNothing) {
