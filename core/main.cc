@@ -174,11 +174,12 @@ ABSL_FLAG(std::string, rate_generation, "10r/m burst=5 nodelay",
 ABSL_FLAG(std::string, rate_api, "60r/m burst=20 nodelay",
           "Rate limit of every other route; off: none.");
 ABSL_FLAG(std::string, auth_attempts, "6r/m burst=10",
-          "Login attempts per client address, limit_req style; off: none. "
-          "Each password check and each refused key or credential counts; "
-          "credentials already known good (a valid key, Basic credentials "
-          "checked within the cache lifetime) do not. Past it: 429 with "
-          "Retry-After, the password unchecked (no bcrypt run).");
+          "Failed logins per client address, limit_req style; off: none. "
+          "A wrong key, a malformed credential and a refused password "
+          "count; a right password does not, and credentials known good (a "
+          "valid key, Basic credentials checked within the cache lifetime) "
+          "are never refused by it. Past it: 429 with Retry-After for other "
+          "credentials, an uncached password unchecked (no bcrypt run).");
 ABSL_FLAG(std::string, rate_by, "ip",
           "What the rate limits count by: ip (the client address) or "
           "credential (the key name or user; the address when anonymous).");
