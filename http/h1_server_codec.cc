@@ -223,6 +223,12 @@ absl::Status H1ServerCodec::CheckWebSocketHandshake(const RequestHead& h,
     return bad("Connection must contain upgrade");
   }
   if (h.has_body()) return bad("a handshake has no body");
+  // Named in Connection, they would stop here and the handshake reach
+  // Ollama without them.
+  if (HeaderListHasToken(connection, "sec-websocket-key") ||
+      HeaderListHasToken(connection, "sec-websocket-version")) {
+    return bad("Connection names a handshake field");
+  }
   const Header* key = nullptr;
   const Header* version = nullptr;
   for (const Header& f : h.headers) {

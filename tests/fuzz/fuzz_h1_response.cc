@@ -41,6 +41,7 @@ struct ClientShape {
   bool head_request = false;
   bool http10 = false;
   bool close = false;
+  bool websocket = false;  // the request was a WebSocket handshake
 };
 
 class ReparseSink : public http::H1ResponseSink {
@@ -79,7 +80,7 @@ void CheckDownstreamHead(const ResponseHead& head, const ClientShape& client) {
       "Strict-Transport-Security: max-age=60\r\n");
   ReparseSink sink;
   H1ResponseParser parser(&sink);
-  parser.Begin(client.head_request);
+  parser.Begin(client.head_request, client.websocket);
   const Piece piece(out);
   absl::StatusOr<size_t> n = parser.Dispatch(piece.view());
   FUZZ_CHECK(n.ok(), std::string(n.status().message()).c_str());
@@ -171,7 +172,7 @@ std::string Run(const std::vector<Piece>& pieces, ClientShape client,
                 bool check_downstream) {
   Recorder sink(client, check_downstream);
   H1ResponseParser parser(&sink);
-  parser.Begin(client.head_request);
+  parser.Begin(client.head_request, client.websocket);
   bool broken = false;
   bool stopped = false;  // complete or upgraded: the rest is not parsed
   size_t left_over = 0;
@@ -233,6 +234,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   client.head_request = in.shape & 0x80;
   client.http10 = in.shape & 0x40;
   client.close = in.shape & 0x20;
+  client.websocket = in.shape & 0x10;
   CheckSameParse(Run(in.pieces, client, true), Run(in.whole, client, false));
   return 0;
 }
