@@ -59,9 +59,15 @@ bool ValidAuthority(std::string_view a) {
   if (!a.empty() && a.front() == '[') {
     const size_t close = a.find(']');
     if (close == std::string_view::npos || close < 3) return false;
-    // An IPv6 address (or an IPv4-mapped one): hex digits, ':' and '.'.
+    // An IPv6 address (or an IPv4-mapped one): hex digits, ':' and '.',
+    // then maybe a zone (RFC 6874: "%25" and unreserved bytes).
+    bool zone = false;
     for (char c : a.substr(1, close - 1)) {
-      if (!IsHex(c) && c != ':' && c != '.') return false;
+      zone = zone || c == '%';
+      const bool ok = IsHex(c) || c == ':' || c == '.' ||
+                      (zone && (IsAlpha(c) || IsDigit(c) || c == '%' || c == '-' || c == '_' ||
+                                c == '~'));
+      if (!ok) return false;
     }
     std::string_view rest = a.substr(close + 1);
     if (!rest.empty()) {

@@ -204,12 +204,13 @@ TEST(H1ServerCodecTest, WebSocketKeyMustBeSixteenBytesInBase64) {
 
 TEST(H1ServerCodecTest, AuthoritySyntax) {
   for (const char* good : {"a", "localhost:11434", "127.0.0.1", "[::1]", "[::1]:8080",
-                           "ollama.example", "xn--bcher-kva.example:443", "a%41b", "host:"}) {
+                           "ollama.example", "xn--bcher-kva.example:443", "a%41b", "host:",
+                           "[fe80::1%25eth0]:80"}) {
     EXPECT_TRUE(ValidAuthority(good)) << good;
   }
   for (const char* bad : {"", "user:pw@host", "@host", "host/path", "host?q", "host#f",
                           "host:80/x", "ho st", "host:abc", "host:123456", "[::1", "[]",
-                          "[::1]x", "[zz::1]", ":80", "host\\x", "a\"b", "a%4"}) {
+                          "[::1]x", "[zz::1]", "[::1/8]", "[::1@x]", ":80", "host\\x", "a\"b", "a%4"}) {
     EXPECT_FALSE(ValidAuthority(bad)) << bad;
   }
 }
