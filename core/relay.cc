@@ -172,8 +172,8 @@ void Relay::StartVerify() {
 void Relay::OnVerified(bool valid) {
   ticket_.reset();
   if (finished_ || gate_ != Gate::kVerifying) return;
-  if (!policy_->FinishBasic(valid, &admission_, &worker_->auth_cache(),
-                            worker_->now_ns(), worker_->config().rate_table)) {
+  if (!policy_->FinishBasic(valid, &admission_, &worker_->auth_cache(), worker_->now_ns(),
+                            worker_->config().rate_table)) {
     AnswerPolicy();
     return;
   }

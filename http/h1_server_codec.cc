@@ -215,7 +215,8 @@ absl::Status H1ServerCodec::FinishHead() {
 absl::Status H1ServerCodec::CheckWebSocketHandshake(const RequestHead& h,
                                                     std::string_view connection) {
   auto bad = [](std::string_view why) {
-    return absl::InvalidArgumentError(absl::StrCat("malformed WebSocket handshake: ", absl::string_view(why.data(), why.size())));
+    return absl::InvalidArgumentError(
+        absl::StrCat("malformed WebSocket handshake: ", absl::string_view(why.data(), why.size())));
   };
   if (h.method != "GET") return bad("the method must be GET");
   if (h.version_minor != 1) return bad("HTTP/1.1 is required");

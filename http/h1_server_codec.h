@@ -78,8 +78,7 @@ class H1ServerCodec {
   absl::Status FinishHead();
   // RFC 6455 4.1's checks of a request asking for Upgrade: websocket;
   // `connection` is the request's Connection list.
-  static absl::Status CheckWebSocketHandshake(const RequestHead& h,
-                                              std::string_view connection);
+  static absl::Status CheckWebSocketHandshake(const RequestHead& h, std::string_view connection);
 
   H1RequestSink* sink_;
   H1Limits limits_;

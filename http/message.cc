@@ -33,23 +33,13 @@ bool HeaderListHasToken(std::string_view list, std::string_view token) {
 
 namespace {
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
-bool IsHex(char c) {
-  return IsDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
+bool IsHex(char c) { return IsDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
 bool IsAlpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
 // RFC 3986 2.3 unreserved and 2.2 sub-delims: the bytes of a reg-name
 // besides percent-encodings.
 bool IsRegNameChar(char c) {
-  if (IsAlpha(c) || IsDigit(c)) return true;
-  switch (c) {
-    case '-': case '.': case '_': case '~':
-    case '!': case '$': case '&': case '\'':
-    case '(': case ')': case '*': case '+':
-    case ',': case ';': case '=':
-      return true;
-    default:
-      return false;
-  }
+  static constexpr std::string_view kOthers = "-._~!$&'()*+,;=";
+  return IsAlpha(c) || IsDigit(c) || kOthers.find(c) != std::string_view::npos;
 }
 }  // namespace
 
@@ -64,9 +54,9 @@ bool ValidAuthority(std::string_view a) {
     bool zone = false;
     for (char c : a.substr(1, close - 1)) {
       zone = zone || c == '%';
-      const bool ok = IsHex(c) || c == ':' || c == '.' ||
-                      (zone && (IsAlpha(c) || IsDigit(c) || c == '%' || c == '-' || c == '_' ||
-                                c == '~'));
+      const bool ok =
+          IsHex(c) || c == ':' || c == '.' ||
+          (zone && (IsAlpha(c) || IsDigit(c) || c == '%' || c == '-' || c == '_' || c == '~'));
       if (!ok) return false;
     }
     std::string_view rest = a.substr(close + 1);

@@ -46,11 +46,9 @@ void AppendUpstreamRequestHead(const RequestHead& head,
       forwarded_for += h.value;
       continue;
     }
-    if (EqualsIgnoreCase(n, "host") ||
-        EqualsIgnoreCase(n, "content-length") || EqualsIgnoreCase(n, "expect") ||
-        EqualsIgnoreCase(n, "x-real-ip") ||
-        EqualsIgnoreCase(n, "x-forwarded-proto") ||
-        EqualsIgnoreCase(n, "x-forwarded-host")) {
+    if (EqualsIgnoreCase(n, "host") || EqualsIgnoreCase(n, "content-length") ||
+        EqualsIgnoreCase(n, "expect") || EqualsIgnoreCase(n, "x-real-ip") ||
+        EqualsIgnoreCase(n, "x-forwarded-proto") || EqualsIgnoreCase(n, "x-forwarded-host")) {
       continue;
     }
     AppendField(n, h.value, out);

@@ -188,8 +188,8 @@ class RateTable {
   // by one emission interval (never below `now_ns`; a key without state is
   // left alone). For a count taken before an outcome is known (a password
   // check) and not owed once it is. Thread-safe.
-  void Refund(uint32_t zone_id, absl::string_view key, const RateSpec& spec,
-              int64_t now_ns, std::optional<uint32_t> steering = std::nullopt);
+  void Refund(uint32_t zone_id, absl::string_view key, const RateSpec& spec, int64_t now_ns,
+              std::optional<uint32_t> steering = std::nullopt);
 
   // Entries holding some key's state, expired ones included (approximate
   // while other threads work).

@@ -490,8 +490,8 @@ void Policy::RefuseAuth(Admission* a) const {
 
 bool Policy::ChargeLogin(Admission* a, RateTable* attempts, int64_t now_ns) const {
   if (attempts == nullptr || !auth_attempts_) return true;
-  const RateTable::RateResult r = attempts->Check(
-      kAuthAttemptZone, a->client.AsBytes(), *auth_attempts_, now_ns, SteeringHash(a->client));
+  const RateTable::RateResult r = attempts->Check(kAuthAttemptZone, a->client.AsBytes(),
+                                                  *auth_attempts_, now_ns, SteeringHash(a->client));
   if (r.allowed) return true;
   Refuse(a, 429, "too many failed logins, retry later");
   a->headers.emplace_back("Retry-After", RetryAfterSeconds(r.retry_after_ns));
@@ -578,8 +578,8 @@ bool Policy::VerifyBasic(absl::string_view user, absl::string_view password) con
   return users_ && users_->Verify(user, password);
 }
 
-bool Policy::FinishBasic(bool valid, Admission* a, BasicAuthCache* cache,
-                         int64_t now_ns, RateTable* attempts) const {
+bool Policy::FinishBasic(bool valid, Admission* a, BasicAuthCache* cache, int64_t now_ns,
+                         RateTable* attempts) const {
   if (cache != nullptr) {
     cache->Insert(a->basic_user, a->basic_password, valid, generation_, now_ns);
   }

@@ -214,8 +214,8 @@ class Policy {
   // and sets the principal or the 401. A right password gives back the
   // login attempt Authenticate counted for it in `attempts` (the same table
   // Authenticate was given). Returns whether the user may go on.
-  bool FinishBasic(bool valid, Admission* a, BasicAuthCache* cache,
-                   int64_t now_ns, RateTable* attempts = nullptr) const;
+  bool FinishBasic(bool valid, Admission* a, BasicAuthCache* cache, int64_t now_ns,
+                   RateTable* attempts = nullptr) const;
   // For kNeedVerify when the check will not run (the helper queue is
   // full): gives back the login attempt counted for it.
   void ForgoVerify(Admission* a, RateTable* attempts, int64_t now_ns) const;

@@ -528,9 +528,9 @@ void Connection::Dispatch(HttpRequest request) {
   bool http10 = request.http_major == 1 && request.http_minor == 0;
   // An Upgrade request the simulator does not honour leaves unparsed bytes
   // of another protocol behind it, so the connection cannot continue.
-  bool keep_alive = request.keep_alive && !plan.close &&
-                    !(request.upgrade && plan.kind != PlanKind::kWebSocket &&
-                      plan.kind != PlanKind::kSwitch);
+  bool keep_alive =
+      request.keep_alive && !plan.close &&
+      !(request.upgrade && plan.kind != PlanKind::kWebSocket && plan.kind != PlanKind::kSwitch);
   switch (plan.kind) {
     case PlanKind::kImmediate:
       AppendSimpleResponse(plan, keep_alive, http10);
