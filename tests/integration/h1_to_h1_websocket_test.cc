@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "tests/integration/h2_frames.h"
 #include "tests/integration/proxy_test_base.h"
 
 namespace sluice::integration {
@@ -183,18 +184,22 @@ TEST_F(H1ToH1WebSocket, OtherUpgradesAreServedAsPlainHttp) {
   for (const char* proto : {"h2c", "TLS/1.2", "websocket-not"}) {
     IT_ASSERT_OK(conn->Send(absl::StrCat(
         "GET /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: ", proto,
-        "\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n"
+        "\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: "
+        "AAMAAABkAAQAAP__\r\n"
         "Sec-WebSocket-Key: ",
         kKey, "\r\nSec-WebSocket-Version: 13\r\n\r\n")));
-    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(5)));
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
+                            conn->ReadResponse(absl::Seconds(5)));
     ASSERT_EQ(r.status, 200) << proto << ": " << r.body;
     EXPECT_FALSE(r.Header("Upgrade").has_value()) << proto;
     std::optional<EchoedRequest> e = ParseEcho(r.body);
     ASSERT_TRUE(e.has_value()) << r.body;
     EXPECT_TRUE(e->All("Upgrade").empty()) << proto << "\n" << e->HeaderDump();
-    EXPECT_TRUE(e->All("HTTP2-Settings").empty()) << proto << "\n" << e->HeaderDump();
+    EXPECT_TRUE(e->All("HTTP2-Settings").empty()) << proto << "\n"
+                                                  << e->HeaderDump();
     for (const std::string& c : e->All("Connection")) {
-      EXPECT_FALSE(ContainsIgnoreCase(c, "upgrade")) << proto << "\n" << e->HeaderDump();
+      EXPECT_FALSE(ContainsIgnoreCase(c, "upgrade")) << proto << "\n"
+                                                     << e->HeaderDump();
     }
   }
   // Still HTTP/1.1 on the same connection.
@@ -210,9 +215,10 @@ TEST_F(H1ToH1WebSocket, SwitchingProtocolsNobodyAskedForIs502) {
   ASSERT_NO_FATAL_FAILURE(StartStack());
   {
     IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
-    IT_ASSERT_OK(conn->Send(
-        BuildRequest("GET", "/api/tags", {{"X-Sim-Switch-Protocols", "raw-tcp"}})));
-    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(5)));
+    IT_ASSERT_OK(conn->Send(BuildRequest(
+        "GET", "/api/tags", {{"X-Sim-Switch-Protocols", "raw-tcp"}})));
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
+                            conn->ReadResponse(absl::Seconds(5)));
     EXPECT_EQ(r.status, 502) << r.body;
     EXPECT_TRUE(JsonError(r.body).has_value()) << r.body;
     // Were it a tunnel, the simulator would echo this back.
@@ -227,12 +233,35 @@ TEST_F(H1ToH1WebSocket, SwitchingProtocolsNobodyAskedForIs502) {
     IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
     IT_ASSERT_OK(conn->Send(absl::StrCat(
         "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nX-Sim-Switch-Protocols: h2c\r\nSec-WebSocket-Key: ",
+        "Connection: Upgrade\r\nX-Sim-Switch-Protocols: "
+        "h2c\r\nSec-WebSocket-Key: ",
         kKey, "\r\nSec-WebSocket-Version: 13\r\n\r\n")));
-    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(5)));
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
+                            conn->ReadResponse(absl::Seconds(5)));
     EXPECT_EQ(r.status, 502) << r.body;
     EXPECT_TRUE(JsonError(r.body).has_value()) << r.body;
   }
+}
+
+// HTTP/2 has no upgrade at all: a 101 to an HTTP/2 client's request is an
+// upstream error, answered 502 on that stream.
+class H2ToH1SwitchingProtocols : public ProxyTest {};
+
+TEST_F(H2ToH1SwitchingProtocols, AnswerToAnHttp2RequestIs502) {
+  ASSERT_NO_FATAL_FAILURE(StartStack());
+  IT_ASSERT_OK_AND_ASSIGN(auto c, h2::Connection::Connect(proxy_port()));
+  IT_ASSERT_OK(c->Establish());
+  IT_ASSERT_OK(c->Send(h2::HeadersFrame(
+      1,
+      h2::HpackBlock(h2::RequestFields("GET", "/api/tags",
+                                       {{"x-sim-switch-protocols", "raw"}})),
+      /*end_stream=*/true)));
+  h2::ReadOutcome o = c->ReadUntilStreamEnd(1, absl::Seconds(5));
+  EXPECT_EQ(o.StatusOf(1), 502) << o.Describe();
+  // The connection goes on.
+  absl::StatusOr<int> next = c->Get(3, "/api/version");
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(*next, 200);
 }
 
 // A WebSocket handshake that RFC 6455 4.1 would not accept is refused by
@@ -252,14 +281,17 @@ TEST_F(H1ToH1WebSocket, MalformedHandshakeIs400) {
       {"POST", "POST /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n" + up + key + v13},
       {"HTTP/1.0", "GET /ws HTTP/1.0\r\nHost: 127.0.0.1\r\n" + up + key + v13},
       {"no Connection: upgrade",
-       "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n" + key + v13},
+       "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n" + key +
+           v13},
   };
   for (const auto& [name, head] : cases) {
     IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
     IT_ASSERT_OK(conn->Send(head + "\r\n"));
-    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(5)));
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
+                            conn->ReadResponse(absl::Seconds(5)));
     EXPECT_EQ(r.status, 400) << name << ": " << r.body;
-    EXPECT_TRUE(absl::StartsWith(JsonError(r.body).value_or(""), "malformed WebSocket handshake"))
+    EXPECT_TRUE(absl::StartsWith(JsonError(r.body).value_or(""),
+                                 "malformed WebSocket handshake"))
         << name << ": " << r.body;
   }
   IT_ASSERT_OK_AND_ASSIGN(SimStats stats, FetchSimStats(sim_port()));
