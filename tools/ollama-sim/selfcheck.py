@@ -179,6 +179,20 @@ def check_websocket(port):
           "websocket close echoed, then socket closed")
 
 
+def check_switch_protocols(port):
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall((f"GET /api/tags HTTP/1.1\r\nHost: {HOST}\r\n"
+                  "X-Sim-Switch-Protocols: raw\r\n\r\n").encode())
+    resp, buf = read_response(sock)
+    check(resp.status == 101 and resp.headers["upgrade"] == "raw",
+          "X-Sim-Switch-Protocols answers 101 to a plain request")
+    sock.sendall(b"anything")
+    while len(buf) < 8:
+        buf += sock.recv(64)
+    check(buf == b"anything", "X-Sim-Switch-Protocols then echoes raw bytes")
+    sock.close()
+
+
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else "build/tools/ollama-sim/ollama-sim"
     proc = subprocess.Popen([binary, "--listen=127.0.0.1:0", "--token_delay_ms=2"],
@@ -337,6 +351,7 @@ def run_checks(port):
         data += d
     check(not data.startswith(b"HTTP/"), "garbage mode")
     check_websocket(port)
+    check_switch_protocols(port)
 
 
 if __name__ == "__main__":
