@@ -529,11 +529,17 @@ AuthStep Policy::Authenticate(const RequestFacts& req, Admission* a,
     return AuthStep::kRefused;
   };
   if (auth_ != AuthMode::kBasic && !basic) {
-    // A valid key passes whatever the address's failures: keys are 256-bit
-    // random values, so the lookup answers no guess.
+    // Keys are 256-bit random values: a lookup answers no guess, so a key
+    // is always looked up, a valid one passes whatever the address's
+    // failures, and a wrong or revoked one is a plain 401 that does not
+    // count either (one client with a stale key must not lock out the
+    // users behind its address).
     std::optional<absl::string_view> key = PresentedKey(auth, req.x_api_key);
     const std::string* name = key && keys_ ? keys_->Lookup(*key) : nullptr;
-    if (name == nullptr) return refuse();
+    if (name == nullptr) {
+      RefuseAuth(a);
+      return AuthStep::kRefused;
+    }
     a->user_name = *name;
     a->principal = absl::StrCat("key:", *name);
     return AuthStep::kDone;

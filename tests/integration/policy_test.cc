@@ -600,17 +600,21 @@ TEST_F(PolicyIt, DrainDeliversAPendingPasswordCheck) {
 
 // Behind one NAT address (every client here is 127.0.0.1): 50 users log
 // in for the first time and 50 keys are used, then a client with a stale
-// key keeps trying. Right passwords are not failed logins, so the first
-// logins lock nobody out; the stale key gets 401 until the address's
+// key keeps trying, then one with a wrong password. Right passwords are not
+// failed logins, so the first logins lock nobody out; a wrong key is a
+// plain 401 that does not count (keys answer no guess), so the stale key
+// locks nobody out either; the wrong password gets 401 until the address's
 // failures reach --auth_attempts (default 6r/m burst=10: 11 at once), then
-// 429 with Retry-After; every known-good user goes on getting 200
-// throughout. Only a password nobody verified lately is refused meanwhile.
+// 429 with Retry-After. Every known-good user goes on getting 200
+// throughout; only a password nobody verified lately is refused meanwhile.
 TEST_F(PolicyIt, OneAddressManyUsersAndAStaleKey) {
   constexpr int kUsers = 50;
   // Half bcrypt (checked on a helper thread), half apr1 (checked inline),
-  // plus one user who logs in only during the lockout.
-  std::string script = absl::StrCat("set -e; f=", ShellQuote(users()),
-                                    "; htpasswd -cbB -C 4 \"$f\" late late-pw 2>/dev/null");
+  // plus two users who log in only late.
+  std::string script =
+      absl::StrCat("set -e; f=", ShellQuote(users()),
+                   "; htpasswd -cbB -C 4 \"$f\" late late-pw 2>/dev/null",
+                   "; htpasswd -bB -C 4 \"$f\" later later-pw 2>/dev/null");
   for (int i = 0; i < kUsers; ++i) {
     absl::StrAppend(&script, "; htpasswd -b", i % 2 ? "m" : "B -C 4", " \"$f\" user", i, " pw", i,
                     " 2>/dev/null");
@@ -631,18 +635,40 @@ TEST_F(PolicyIt, OneAddressManyUsersAndAStaleKey) {
     HttpResponse r = Get("/api/tags", {credential});
     if (r.status != 200) ++good_failures[absl::StrCat(who, ": ", r.status, " ", r.body)];
   };
+  auto others = [&](int round, const std::string& phase) {
+    for (int k = 0; k < 5; ++k) {
+      const int i = (round * 5 + k) % kUsers;
+      good(user(i), absl::StrCat("user", i, " in ", phase, " round ", round));
+      good(Bearer(app_keys[i]), absl::StrCat("app", i, " in ", phase, " round ", round));
+    }
+  };
   const absl::Time start = absl::Now();
   // Every user's first login is a password checked now, and right.
   for (int i = 0; i < kUsers; ++i) good(user(i), absl::StrCat("first login of user", i));
   for (int i = 0; i < kUsers; ++i) good(Bearer(app_keys[i]), absl::StrCat("key app", i));
   EXPECT_TRUE(good_failures.empty()) << good_failures.begin()->first;
 
-  // The stale key, with the others working in between.
+  // The stale key, with the others working in between: 401 every time.
   const std::string stale = "sk-stale0000000000000000000000000000000000000000";
+  std::vector<int> stale_statuses;
+  for (int round = 0; round < 20; ++round) {
+    HttpResponse r = Get("/api/tags", {Bearer(stale)});
+    stale_statuses.push_back(r.status == 401 && r.Header("WWW-Authenticate").has_value()
+                                 ? 401
+                                 : r.status);
+    others(round, "stale key");
+  }
+  EXPECT_EQ(std::count(stale_statuses.begin(), stale_statuses.end(), 401), 20)
+      << absl::StrJoin(stale_statuses, " ");
+  // ... and it locked nobody out: a first login now is checked.
+  HttpResponse late = Get("/api/tags", {basic("late", "late-pw")});
+  EXPECT_EQ(late.status, 200) << late.body;
+
+  // A wrong password: 401 while under the limit, then 429.
   std::vector<int> bad_statuses;
   std::string bad_mismatch;
   for (int round = 0; round < 20; ++round) {
-    HttpResponse r = Get("/api/tags", {Bearer(stale)});
+    HttpResponse r = Get("/api/tags", {basic("user0", absl::StrCat("guess", round))});
     bad_statuses.push_back(r.status);
     const bool ok401 = r.status == 401 && r.Header("WWW-Authenticate").has_value();
     const bool ok429 = r.status == 429 && r.Header("Retry-After").has_value() &&
@@ -650,15 +676,11 @@ TEST_F(PolicyIt, OneAddressManyUsersAndAStaleKey) {
     if (!ok401 && !ok429 && bad_mismatch.empty()) {
       bad_mismatch = absl::StrCat(r.status, " ", r.body);
     }
-    for (int k = 0; k < 5; ++k) {
-      const int i = (round * 5 + k) % kUsers;
-      good(user(i), absl::StrCat("user", i, " in round ", round));
-      good(Bearer(app_keys[i]), absl::StrCat("app", i, " in round ", round));
-    }
+    others(round, "wrong password");
   }
   // A password checked nowhere lately is an uncached check: refused
   // unchecked while the address is past its limit.
-  HttpResponse late = Get("/api/tags", {basic("late", "late-pw")});
+  HttpResponse later = Get("/api/tags", {basic("later", "later-pw")});
   const double took_s = absl::ToDoubleSeconds(absl::Now() - start);
 
   EXPECT_TRUE(good_failures.empty())
@@ -676,8 +698,8 @@ TEST_F(PolicyIt, OneAddressManyUsersAndAStaleKey) {
     EXPECT_TRUE(std::is_sorted(bad_statuses.begin(), bad_statuses.end()))
         << absl::StrJoin(bad_statuses, " ");
   }
-  EXPECT_EQ(late.status, 429) << late.body;
-  EXPECT_TRUE(late.Header("Retry-After").has_value());
+  EXPECT_EQ(later.status, 429) << later.body;
+  EXPECT_TRUE(later.Header("Retry-After").has_value());
 }
 
 // SIGHUP while requests flow: every request with a key that stays valid

@@ -1612,14 +1612,17 @@ TEST_F(PolicyLoginLimitTest, KnownGoodCredentialsPassUncounted) {
     EXPECT_EQ(Try(*p, "", kT0), 401);
   }
   EXPECT_EQ(bcrypt_runs_, 1);
-  // Four wrong keys use up the burst (4 attempts at once: none was taken
-  // by the login above); then refusals of any credentials sent are 429.
-  for (int i = 0; i < 4; ++i) {
+  // Wrong keys are plain 401s and are not counted (a key answers no
+  // guess); four malformed headers use up the burst (4 attempts at once:
+  // none was taken by the login above); then refusals of Basic credentials
+  // are 429, while a wrong key is still told it is wrong.
+  for (int i = 0; i < 20; ++i) {
     EXPECT_EQ(Try(*p, absl::StrCat("Bearer sk-wrong", i), kT0), 401) << i;
   }
-  EXPECT_EQ(Try(*p, "Bearer sk-wrong", kT0), 429);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(Try(*p, "Basic !!!", kT0), 401) << i;
+  EXPECT_EQ(Try(*p, "Basic !!!", kT0), 429);
   EXPECT_FALSE(retry_after_.empty());
-  EXPECT_EQ(Try(*p, "garbage", kT0), 429);
+  EXPECT_EQ(Try(*p, "Bearer sk-wrong", kT0), 401);
   // ann's password has not been checked lately: refused unchecked.
   EXPECT_EQ(Try(*p, BasicHeader("ann:pass"), kT0), 429);
   // Known good credentials still pass: bea's cached password, and valid
@@ -1634,8 +1637,9 @@ TEST_F(PolicyLoginLimitTest, KnownGoodCredentialsPassUncounted) {
 
 // Behind one NAT address: many users' first logins are right passwords,
 // not failed attempts, so none of them locks the address; one client with
-// a stale key gets 401 until its failures reach the limit, then 429, while
-// every other user goes on.
+// a stale key gets 401 every time and locks nobody out; one with a wrong
+// password gets 401 until its failures reach the limit, then 429, while
+// every user known good goes on.
 TEST_F(PolicyLoginLimitTest, FirstLoginsAreNotAttempts) {
   std::shared_ptr<const Policy> p = Build("6r/m burst=3");
   ASSERT_NE(p, nullptr);
@@ -1646,14 +1650,23 @@ TEST_F(PolicyLoginLimitTest, FirstLoginsAreNotAttempts) {
     EXPECT_EQ(Try(*p, BasicHeader("ann:pass"), kT0), 0) << round;
   }
   EXPECT_EQ(bcrypt_runs_, 10);
-  // A stale key: 401 for the 4 attempts the limit admits at once, then 429.
-  for (int i = 0; i < 4; ++i) EXPECT_EQ(Try(*p, "Bearer sk-stale", kT0), 401) << i;
-  EXPECT_EQ(Try(*p, "Bearer sk-stale", kT0), 429);
-  EXPECT_EQ(retry_after_, "10");
-  // The others, known good, are not refused.
+  // A stale key: 401, however often; a first login after it is checked.
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(Try(*p, "Bearer sk-stale", kT0), 401) << i;
+  cache_ = BasicAuthCache(100, absl::Minutes(5), absl::Seconds(30));
   EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0), 0);
-  EXPECT_EQ(Try(*p, BasicHeader("ann:pass"), kT0), 0);
+  // A wrong password: 401 for the 4 attempts the limit admits at once,
+  // then 429.
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(Try(*p, BasicHeader(absl::StrCat("ann:guess", i)), kT0), 401) << i;
+  }
+  EXPECT_EQ(Try(*p, BasicHeader("ann:guess9"), kT0), 429);
+  EXPECT_EQ(retry_after_, "10");
+  // The others, known good, are not refused: bea (cached) and a valid key;
+  // ann's right password, not verified since the cache was emptied, is an
+  // uncached check and waits for the limit.
+  EXPECT_EQ(Try(*p, BasicHeader("bea:pass"), kT0), 0);
   EXPECT_EQ(Try(*p, absl::StrCat("Bearer ", alice_), kT0), 0);
+  EXPECT_EQ(Try(*p, BasicHeader("ann:pass"), kT0), 429);
 }
 
 // A password check is counted before it runs, so that guesses in flight
