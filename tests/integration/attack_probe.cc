@@ -683,7 +683,7 @@ AttackFigures ReportAttack(const AttackRun& r) {
   EXPECT_EQ(r.all.failed, 0) << r.name << ": probes failed or took over " << ProbeTimeout()
                              << ":\n"
                              << absl::StrJoin(r.all.failures, "\n");
-  EXPECT_LE(r.window.p99, f.bound)
+  EXPECT_TRUE(!r.check_p99 || r.window.p99 <= f.bound)
       << r.name << ": probe p99 " << r.window.p99 << " over the bound " << f.bound
       << " (idle p99 " << r.idle.p99 << ", control p99 " << control.p99
       << "); the slowest, from the attack's start:\n"

@@ -349,12 +349,15 @@ struct AttackRun {
   double cpu_bound_s = 1.0;           // the proxy's CPU time during it
   int64_t rss_bound_kib = 16 * 1024;  // peak VmRSS over the baseline
   bool check_rss = true;  // false where freed memory stays resident (ASan)
+  // false where an instrumented build cannot keep up with the attack's own
+  // legitimate load (the figure is printed either way)
+  bool check_p99 = true;
 };
 
 // Prints the "[ attack   ]" line and a "[ measure  ]" line of `r`, and
 // checks what every attack must hold: probes ran and none failed or took
-// over ProbeTimeout(), the window's p99 within P99Bound of the larger of
-// the idle and control p99s, the proxy's CPU under the bound (scaled by
+// over ProbeTimeout(), with check_p99 the window's p99 within P99Bound of
+// the larger of the idle and control p99s, the proxy's CPU under the bound (scaled by
 // TimingSlack) and, with check_rss, its RSS growth under the bound.
 AttackFigures ReportAttack(const AttackRun& r);
 

@@ -244,7 +244,8 @@ class H2Attack : public ProxyTest {
   ProbeReport EndAttack(const std::string& name, const std::string& answer,
                         double cpu_bound_s,
                         absl::Duration after = absl::Milliseconds(500),
-                        absl::Time p99_from = absl::InfinitePast()) {
+                        absl::Time p99_from = absl::InfinitePast(),
+                        bool bounds_under_sanitizer = true) {
     absl::SleepFor(after);
     AttackRun r;
     r.all = prober_->Stop();
@@ -259,6 +260,7 @@ class H2Attack : public ProxyTest {
     r.start = attack_start_;
     r.cpu_bound_s = cpu_bound_s;
     r.rss_bound_kib = kRssBoundKib;
+    r.check_p99 = r.check_rss = bounds_under_sanitizer || TimingSlack() == 1;
     ReportAttack(r);
     ExpectServed(name);  // two more upstream requests
     return r.all;
@@ -1019,7 +1021,13 @@ TEST_P(H2ZeroWindowStreams, DoNotDrainTheBufferRing) {
   EndAttack(absl::StrCat("zero-window streams ", k.name),
             absl::StrCat("peak_buffers_", peak, "+released_in_",
                          absl::StrFormat("%.2f", absl::ToDoubleSeconds(release)), "s"),
-            /*cpu_bound_s=*/6.0 * k.connections, absl::Milliseconds(300));
+            /*cpu_bound_s=*/6.0 * k.connections, absl::Milliseconds(300),
+            absl::InfinitePast(),
+            // 400 streams' legitimate token load saturates an instrumented
+            // worker (probe p99 0.3-0.5 s under TSan) and ASan/TSan keep
+            // freed copies resident: the latency and RSS bounds hold in
+            // plain builds; the buffer, fd and link checks hold in all.
+            /*bounds_under_sanitizer=*/k.connections == 1);
   std::cout << "[ measure  ] zero-window streams " << k.name << ": receive buffers in use "
             << buffers_before << " -> peak " << peak << " -> " << in_use_after << " after "
             << absl::ToDoubleMilliseconds(release) << " ms; fds " << baseline_.fds << " -> "
