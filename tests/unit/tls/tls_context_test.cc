@@ -176,14 +176,7 @@ TEST(TlsContextTest, ReloadSharesResumptionAndKeepsOldOnError) {
 }
 
 // The repository root, from this file's path (tests/unit/tls/...).
-std::string SourceRoot() {
-  return std::filesystem::path(__FILE__)
-      .parent_path()
-      .parent_path()
-      .parent_path()
-      .parent_path()
-      .string();
-}
+std::string SourceRoot() { return SLUICE_SOURCE_DIR; }
 
 std::string ReadAll(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
