@@ -11,6 +11,7 @@ namespace sluice::core {
 namespace {
 // RFC 9113 3.4: the client connection preface.
 constexpr std::string_view kH2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+constexpr std::string_view kPriMethod = kH2Preface.substr(0, 4);  // "PRI "
 // How long a closing connection keeps reading (and dropping) client bytes.
 constexpr int64_t kLingerNs = 2'000'000'000;
 }  // namespace
@@ -241,10 +242,16 @@ void ClientConnection::Deliver(Slice data) {
   }
   const bool prefix = kH2Preface.substr(0, head.size()) == head;
   if (prefix && head.size() < kH2Preface.size()) return;
+  // RFC 9113 3.4: the method PRI exists only to begin the HTTP/2 preface (it
+  // is reserved so that no HTTP/1.1 request uses it). A client that began
+  // the preface and strayed from it gets HTTP/2's answer to a bad preface
+  // (the h2 codec sends GOAWAY(PROTOCOL_ERROR) and the connection closes),
+  // never an HTTP/1.1 page.
+  const bool h2 = prefix || head.compare(0, kPriMethod.size(), kPriMethod) == 0;
   std::vector<Slice> pending;
   pending.swap(sniffed_);
   sniffed_bytes_ = 0;
-  if (prefix) {
+  if (h2) {
     StartSession(std::make_unique<H2Downstream>(this));
   } else {
     StartSession(std::make_unique<H1Downstream>(this));

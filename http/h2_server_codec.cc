@@ -404,6 +404,29 @@ struct H2Callbacks {
     return 0;
   }
 
+  // What the input checks need to know of the frames sent: the streams
+  // reset (their late frames are ignored) and the GOAWAY's last stream id.
+  static void NoteSentForGuard(H2ServerCodec* c, const nghttp2_frame* frame) {
+    if (frame->hd.type == NGHTTP2_RST_STREAM) {
+      c->guard_.NoteReset(frame->hd.stream_id);
+    } else if (frame->hd.type == NGHTTP2_GOAWAY) {
+      c->goaway_last_id_ =
+          std::min(c->goaway_last_id_, frame->goaway.last_stream_id);
+    }
+  }
+
+  // nghttp2 queued a RST_STREAM (or ends the connection) because of this
+  // frame. The stream may never have been opened (refused), so the reset is
+  // noted now rather than when it is sent: frames the client sends on it
+  // meanwhile are ignored too.
+  static int OnInvalidFrameRecv(nghttp2_session*, const nghttp2_frame* frame,
+                                int, void* user_data) {
+    if (frame->hd.stream_id != 0) {
+      Self(user_data)->guard_.NoteReset(frame->hd.stream_id);
+    }
+    return 0;
+  }
+
   // A HEADERS frame of `s` left the queue (sent, or dropped): a reset
   // waiting for it goes out now.
   static void HeadDone(nghttp2_session* session, Stream* s) {
@@ -425,6 +448,7 @@ struct H2Callbacks {
   static int OnFrameSend(nghttp2_session* session, const nghttp2_frame* frame,
                          void* user_data) {
     H2ServerCodec* c = Self(user_data);
+    NoteSentForGuard(c, frame);
     if (frame->hd.type == NGHTTP2_HEADERS) HeadDone(session, Find(c, frame->hd.stream_id));
     switch (frame->hd.type) {
       case NGHTTP2_HEADERS:
@@ -563,6 +587,8 @@ H2ServerCodec::H2ServerCodec(H2StreamSink* sink, const H2Options& options)
   nghttp2_session_callbacks_set_on_frame_not_send_callback(
       cbs, &H2Callbacks::OnFrameNotSend);
   nghttp2_session_callbacks_set_send_data_callback(cbs, &H2Callbacks::SendData);
+  nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(
+      cbs, &H2Callbacks::OnInvalidFrameRecv);
 
   nghttp2_option* opt;
   Check(nghttp2_option_new(&opt) == 0, "option_new");
@@ -635,13 +661,8 @@ absl::Status H2ServerCodec::Dispatch(const core::Slice& in) {
   size_t left = in.size();
   while (left > 0 && !failed_) {
     size_t n = std::min(left, kRecvChunk);
-    in_nghttp2_ = true;
-    ssize_t rv = nghttp2_session_mem_recv(session_, p, n);
-    in_nghttp2_ = false;
-    if (rv < 0) {
-      Fail(CodeForLibError(rv), nghttp2_strerror(static_cast<int>(rv)));
-      break;
-    }
+    RecvChecked(p, n);
+    if (failed_) break;
     p += n;
     left -= n;
     DeliverEvents();
@@ -652,6 +673,145 @@ absl::Status H2ServerCodec::Dispatch(const core::Slice& in) {
   DeliverEvents();
   Pump(kDispatchPumpCap);
   return status_;
+}
+
+void H2ServerCodec::RecvChecked(const uint8_t* p, size_t n) {
+  RecvCursor cur;
+  cur.p = p;
+  size_t scanned = 0;
+  while (scanned < n && !failed_) {
+    H2InboundGuard::Frame f;
+    bool ready = false;
+    scanned += guard_.Scan(p + scanned, n - scanned, &f, &ready);
+    if (!ready) break;
+    // nghttp2 acts on a frame only once its header (and the dependency
+    // after it) is complete, so with every byte before the last one scanned
+    // its streams are as they were when the frame began. Feeding it that
+    // far is needed only when the frame is judged by nghttp2's streams and
+    // a frame since the last such feed may have opened or closed one.
+    cur.upto = scanned - 1;
+    JudgeFrame(f, &cur);
+    const bool keeps_streams =
+        (f.type == NGHTTP2_DATA && (f.flags & NGHTTP2_FLAG_END_STREAM) == 0) ||
+        f.type == NGHTTP2_PRIORITY || f.type == NGHTTP2_SETTINGS ||
+        f.type == NGHTTP2_PING || f.type == NGHTTP2_WINDOW_UPDATE;
+    if (!keeps_streams) cur.synced = false;
+  }
+  if (!failed_ && cur.fed < n) Recv(p + cur.fed, n - cur.fed);
+}
+
+bool H2ServerCodec::Recv(const uint8_t* p, size_t n) {
+  if (n == 0) return !failed_;
+  in_nghttp2_ = true;
+  ssize_t rv = nghttp2_session_mem_recv(session_, p, n);
+  in_nghttp2_ = false;
+  if (rv < 0) {
+    Fail(CodeForLibError(rv), nghttp2_strerror(static_cast<int>(rv)));
+  }
+  return !failed_;
+}
+
+bool H2ServerCodec::Sync(RecvCursor* cur) {
+  if (!cur->synced) {
+    if (cur->upto > cur->fed &&
+        !Recv(cur->p + cur->fed, cur->upto - cur->fed)) {
+      return false;
+    }
+    cur->fed = std::max(cur->fed, cur->upto);
+    cur->synced = true;
+  }
+  return !failed_;
+}
+
+bool H2ServerCodec::IgnoresFramesOn(int32_t stream_id) const {
+  // RFC 9113 5.1: frames the client had in flight when the server reset a
+  // stream are ignored; 6.8: so are streams above the GOAWAY's last id.
+  return stream_id > goaway_last_id_ || guard_.RecentlyReset(stream_id);
+}
+
+void H2ServerCodec::JudgeFrame(const H2InboundGuard::Frame& f,
+                               RecvCursor* cur) {
+  // Inside a header block only CONTINUATION is valid: nghttp2 ends the
+  // connection for anything else.
+  if (f.in_header_block) return;
+  const int32_t id = f.stream_id;
+  switch (f.type) {
+    case NGHTTP2_PRIORITY:
+      // A length other than 5 is nghttp2's FRAME_SIZE_ERROR.
+      if (!f.has_dependency) return;
+      if (id == 0) {
+        Fail(NGHTTP2_PROTOCOL_ERROR, "PRIORITY on stream 0");  // 6.3
+        return;
+      }
+      if (f.dependency == id) DependsOnItself(id, cur);
+      return;
+    case NGHTTP2_HEADERS: {
+      // Stream 0 and the server's (even) ids are nghttp2's PROTOCOL_ERROR.
+      if (id == 0 || id % 2 == 0) return;
+      if (id > guard_.highest_stream_id()) {
+        // A new stream: nghttp2 opens or refuses it, and ends the
+        // connection with PROTOCOL_ERROR when it depends on itself.
+        guard_.NoteNewStream(id);
+        return;
+      }
+      if (!Sync(cur)) return;
+      if (nghttp2_session_find_stream(session_, id) != nullptr) {
+        // Trailers (or, on a half-closed stream, nghttp2's connection error
+        // STREAM_CLOSED).
+        if (f.has_dependency && f.dependency == id) DependsOnItself(id, cur);
+        return;
+      }
+      if (IgnoresFramesOn(id)) return;
+      // 5.1.1: a stream id below one already used that was never opened;
+      // 5.1: HEADERS on a closed stream. A header block cannot be skipped
+      // without decoding it, so both are connection errors.
+      if (guard_.WasSkipped(id)) {
+        Fail(NGHTTP2_PROTOCOL_ERROR, "HEADERS on a stream id below one used");
+      } else {
+        Fail(NGHTTP2_STREAM_CLOSED, "HEADERS on a closed stream");
+      }
+      return;
+    }
+    case NGHTTP2_DATA: {
+      // Stream 0, the server's ids and idle streams are nghttp2's
+      // PROTOCOL_ERROR; open and half-closed streams are nghttp2's too.
+      if (id == 0 || id % 2 == 0 || id > guard_.highest_stream_id()) return;
+      if (!Sync(cur)) return;
+      if (nghttp2_session_find_stream(session_, id) != nullptr) return;
+      if (IgnoresFramesOn(id)) return;
+      // 6.1: DATA on a closed stream (one the client reset, or finished
+      // both ways) is a stream error STREAM_CLOSED. nghttp2 still reads the
+      // frame, counting it against the connection window. The reset counts
+      // in the sent-reset bucket (OnFrameSend) like any the codec provokes,
+      // and once noted, more DATA on the stream is ignored rather than
+      // answered again.
+      guard_.NoteReset(id);
+      nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, id,
+                                NGHTTP2_STREAM_CLOSED);
+      return;
+    }
+    default:
+      return;
+  }
+}
+
+void H2ServerCodec::DependsOnItself(int32_t stream_id, RecvCursor* cur) {
+  // 5.3.1: a stream error PROTOCOL_ERROR. On an idle stream (or one of the
+  // server's ids) no RST_STREAM may be sent (6.4), so the connection ends
+  // instead (5.4.1 allows it for any stream error).
+  if (stream_id % 2 == 0 || stream_id > guard_.highest_stream_id()) {
+    Fail(NGHTTP2_PROTOCOL_ERROR, "stream depends on itself");
+    return;
+  }
+  if (!Sync(cur)) return;
+  const bool known =
+      nghttp2_session_find_stream(session_, stream_id) != nullptr;
+  if (!known && IgnoresFramesOn(stream_id)) return;
+  if (!known) guard_.NoteReset(stream_id);
+  // On an open stream nghttp2 then ignores the frame's header block (the
+  // stream is closing) and the sink hears OnStreamReset(PROTOCOL_ERROR).
+  nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, stream_id,
+                            NGHTTP2_PROTOCOL_ERROR);
 }
 
 void H2ServerCodec::TakeOutput(std::vector<core::Slice>* out,

@@ -11,6 +11,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "core/slice.h"
+#include "http/h2_inbound_guard.h"
 #include "http/message.h"
 
 struct nghttp2_session;
@@ -210,6 +211,11 @@ struct H2Options {
 //     head).
 //   - nghttp2 per stream: a few hundred bytes; closed streams are not kept
 //     (SETTINGS_NO_RFC7540_PRIORITIES = 1, no closed-stream retention).
+//   - What nghttp2 then forgets, RFC 9113 still asks of the server (frames
+//     on closed streams, lower stream ids, PRIORITY on stream 0 or on
+//     itself): H2InboundGuard keeps the highest stream id, up to 16 ranges
+//     of skipped ids and the last 256 stream ids reset (1 KiB), and Dispatch
+//     answers those frames before nghttp2 reads them (h2_inbound_guard.h).
 class H2ServerCodec {
  public:
   // `sink` must outlive the codec. The server SETTINGS are queued at once.
@@ -386,6 +392,29 @@ class H2ServerCodec {
   // Token bucket for codec-sent resets, in units of 1/window_ms of a token.
   int64_t reset_budget_ = 0;
   int64_t reset_budget_at_ms_ = 0;
+
+  // --- Input checks that nghttp2 leaves out (h2_inbound_guard.h). Dispatch
+  // hands input to nghttp2 through RecvChecked, which stops before each
+  // frame the guard must judge until nghttp2 has read what precedes it.
+  struct RecvCursor {
+    const uint8_t* p = nullptr;
+    size_t fed = 0;       // bytes of p given to nghttp2
+    size_t upto = 0;      // bytes before the last byte of the judged frame
+    bool synced = false;  // nghttp2's streams are as of the judged frame
+  };
+  void RecvChecked(const uint8_t* p, size_t n);
+  // mem_recv of n bytes; false once the connection failed.
+  bool Recv(const uint8_t* p, size_t n);
+  // Gives nghttp2 the bytes before the judged frame; false once failed.
+  bool Sync(RecvCursor* cur);
+  void JudgeFrame(const H2InboundGuard::Frame& f, RecvCursor* cur);
+  void DependsOnItself(int32_t stream_id, RecvCursor* cur);
+  // Frames on `stream_id` are to be ignored: the server reset it lately, or
+  // it lies above the last stream id of a GOAWAY the server sent.
+  bool IgnoresFramesOn(int32_t stream_id) const;
+
+  H2InboundGuard guard_;
+  int32_t goaway_last_id_ = 0x7fffffff;  // lowest last-stream-id sent
 };
 
 }  // namespace sluice::http

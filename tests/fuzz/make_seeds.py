@@ -273,6 +273,19 @@ h2("push-promise-from-client", START + frame(PUSH, END_HEADERS, 1, struct.pack("
                                              + get_block()))
 h2("request-window-overflow", START + frame(HEADERS, END_HEADERS, 1, post_block())
    + frame(DATA, 0, 1, b"o" * 16384) * 5, seed=1)
+# Stream states nghttp2 alone leaves silent (RFC 9113 5.1, 5.1.1, 5.3.1,
+# 6.3): DATA and HEADERS after the client's reset, a lower stream id,
+# PRIORITY on stream 0 and streams depending on themselves.
+h2("closed-stream-frames", START + frame(HEADERS, END_HEADERS, 1, post_block())
+   + frame(RST, 0, 1, struct.pack(">I", 8)) + frame(DATA, 0, 1, b"late")
+   + frame(HEADERS, END_STREAM | END_HEADERS, 5, get_block())
+   + frame(DATA, END_STREAM, 5, b"x") + frame(HEADERS, END_STREAM | END_HEADERS, 3, get_block()),
+   seed=1)
+h2("priority-self", START + frame(HEADERS, END_HEADERS, 1, post_block())
+   + frame(PRIORITY, 0, 1, struct.pack(">IB", 1, 15))
+   + frame(HEADERS, END_HEADERS, 3, post_block()) + frame(DATA, 0, 3, b"{}")
+   + frame(HEADERS, END_STREAM | END_HEADERS | PRIO, 3, struct.pack(">IB", 3, 15) + lit_new("x-t", "1"))
+   + frame(PRIORITY, 0, 0, struct.pack(">IB", 1, 15)), seed=2)
 
 # --- fuzz_path: "PATTERN\nTARGET" or TARGET.
 for i, t in enumerate([

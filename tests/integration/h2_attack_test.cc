@@ -36,6 +36,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -1139,6 +1140,21 @@ struct RfcCase {
   bool reaches_upstream = false;
 };
 
+// The 5 bytes of a priority: the dependency (exclusive bit clear), weight.
+std::string PriorityFields(uint32_t dependency) {
+  std::string p;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    p.push_back(static_cast<char>((dependency >> shift) & 0xff));
+  }
+  p.push_back(15);
+  return p;
+}
+
+std::string PriorityFrame(uint32_t stream_id, uint32_t dependency) {
+  return h2::BuildFrame(h2::kPriority, 0, stream_id,
+                        PriorityFields(dependency));
+}
+
 std::vector<RfcCase> RfcCases() {
   using h2::HpackBlock;
   using h2::RequestFields;
@@ -1250,6 +1266,40 @@ std::vector<RfcCase> RfcCases() {
       {"HEADERS interrupted by another frame",
        h2::HeadersFrame(1, VersionBlock(), true, false) + h2::PingFrame(1),
        std::nullopt, h2::kProtocolError});
+  // 5.1: frames on a stream the client reset (nghttp2, which keeps no
+  // closed streams, would ignore them).
+  const std::string open_then_reset =
+      h2::HeadersFrame(1, VersionBlock(), false) +
+      h2::RstStreamFrame(1, h2::kCancel);
+  cases.push_back({"DATA after the client's RST_STREAM",
+                   open_then_reset + h2::DataFrame(1, "late", true),
+                   h2::kStreamClosed, std::nullopt, true});
+  cases.push_back({"HEADERS after the client's RST_STREAM",
+                   open_then_reset + h2::HeadersFrame(1, VersionBlock(), true),
+                   std::nullopt, h2::kStreamClosed, true});
+  // 5.1.1: a new stream below one already used.
+  cases.push_back({"HEADERS on a lower stream id",
+                   h2::HeadersFrame(3, VersionBlock(), true) +
+                       h2::HeadersFrame(1, VersionBlock(), true),
+                   std::nullopt, h2::kProtocolError, true});
+  // 6.3 and 5.3.1: PRIORITY on stream 0, a stream depending on itself.
+  cases.push_back({"PRIORITY on stream 0", PriorityFrame(0, 1), std::nullopt,
+                   h2::kProtocolError});
+  cases.push_back(
+      {"PRIORITY making stream 1 depend on itself",
+       h2::HeadersFrame(1, VersionBlock(), false) + PriorityFrame(1, 1),
+       h2::kProtocolError, std::nullopt, true});
+  cases.push_back({"PRIORITY making an idle stream depend on itself",
+                   PriorityFrame(1, 1), std::nullopt, h2::kProtocolError});
+  cases.push_back(
+      {"trailers depending on their own stream",
+       h2::HeadersFrame(1, VersionBlock(), false) +
+           h2::DataFrame(1, "{}", false) +
+           h2::BuildFrame(
+               h2::kHeaders,
+               h2::kFlagEndHeaders | h2::kFlagEndStream | h2::kFlagPriority, 1,
+               absl::StrCat(PriorityFields(1), h2::HpackBlock({{"x-t", "1"}}))),
+       h2::kProtocolError, std::nullopt, true});
   return cases;
 }
 
@@ -1325,6 +1375,89 @@ TEST_F(H2Attack, Rfc9113MustsThroughTheBinary) {
   std::cout << "[ measure  ] RFC 9113 cases: " << RfcCases().size()
             << " cases, " << problems.size() << " wrong answer(s)" << std::endl;
   EXPECT_TRUE(problems.empty()) << absl::StrJoin(problems, "\n");
+}
+
+// Stream states and the h2c preface through the binary, without the
+// attack machinery (no probes, no control stack): the answers only.
+class H2StreamStates : public ProxyTest {
+ protected:
+  std::unique_ptr<h2::Connection> Establish() {
+    auto c = h2::Connection::Connect(proxy_port());
+    EXPECT_TRUE(c.ok()) << c.status();
+    if (!c.ok()) return nullptr;
+    absl::Status st = (*c)->Establish();
+    EXPECT_TRUE(st.ok()) << st;
+    return st.ok() ? std::move(*c) : nullptr;
+  }
+};
+
+// RFC 9113 5.1: once a stream is closed (request and response both ended),
+// DATA on it is a stream error STREAM_CLOSED and HEADERS on it a connection
+// error STREAM_CLOSED. nghttp2, which keeps no closed streams, would ignore
+// both.
+TEST_F(H2StreamStates, FramesOnAClosedStreamAreAnswered) {
+  ASSERT_NO_FATAL_FAILURE(StartStack());
+  std::unique_ptr<h2::Connection> c = Establish();
+  ASSERT_NE(c, nullptr);
+  auto status = c->Get(1, "/api/version");
+  ASSERT_TRUE(status.ok()) << status.status();
+  ASSERT_EQ(*status, 200);
+  IT_ASSERT_OK(c->Send(h2::DataFrame(1, "late", true)));
+  ReadOutcome o = c->ReadUntil(
+      [](const h2::Frame& f) {
+        return f.type == h2::kGoaway ||
+               (f.type == h2::kRstStream && f.stream_id == 1);
+      },
+      absl::Seconds(3));
+  EXPECT_EQ(o.ResetCode(1), h2::kStreamClosed) << o.Describe();
+  EXPECT_FALSE(o.GoawayCode().has_value()) << o.Describe();
+  // The connection goes on.
+  status = c->Get(3, "/api/version");
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(*status, 200);
+  IT_ASSERT_OK(c->Send(h2::HeadersFrame(3, VersionBlock(), true)));
+  o = c->ReadUntilGoaway(absl::Seconds(3));
+  EXPECT_EQ(o.GoawayCode(), h2::kStreamClosed) << o.Describe();
+  EXPECT_TRUE(c->ReadUntilClosed(absl::Seconds(3)).closed);
+}
+
+// On the plain listener, bytes that begin the HTTP/2 preface ("PRI ") and
+// then stray from it are a broken HTTP/2 preface: the server's SETTINGS,
+// GOAWAY(PROTOCOL_ERROR) and the end of the connection, never an HTTP/1.1
+// page. Bytes that stray before "PRI " are still HTTP/1.1.
+TEST_F(H2StreamStates, StrayingH2cPrefaceIsClosedNotAnsweredAsHttp1) {
+  ASSERT_NO_FATAL_FAILURE(StartStack());
+  const std::vector<std::string> cases = {
+      "PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
+      "PRI * HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+      "PRI /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+  };
+  for (const std::string& bytes : cases) {
+    SCOPED_TRACE(absl::CEscape(bytes));
+    auto c = h2::Connection::Connect(proxy_port());
+    ASSERT_TRUE(c.ok()) << c.status();
+    // In two writes, as a client would that sends the preface's first line
+    // before deciding what follows.
+    IT_ASSERT_OK((*c)->Send(bytes.substr(0, 6)));
+    absl::SleepFor(absl::Milliseconds(20));
+    IT_ASSERT_OK((*c)->Send(bytes.substr(6)));
+    ReadOutcome o = (*c)->ReadUntilClosed(absl::Seconds(5));
+    EXPECT_TRUE(o.closed) << o.Describe();
+    ASSERT_FALSE(o.frames.empty()) << "nothing before the close";
+    EXPECT_EQ(o.frames[0].type, h2::kSettings) << o.Describe();
+    EXPECT_EQ(o.GoawayCode(), h2::kProtocolError) << o.Describe();
+  }
+  // A method that merely starts like the preface is HTTP/1.1's.
+  IT_ASSERT_OK_AND_ASSIGN(
+      HttpResponse r,
+      Exchange(proxy_port(), BuildRequest("POST", "/api/version"),
+               absl::Seconds(5)));
+  EXPECT_NE(r.status, 0);
+  IT_ASSERT_OK_AND_ASSIGN(
+      HttpResponse r2,
+      Exchange(proxy_port(), BuildRequest("PRX", "/api/version"),
+               absl::Seconds(5)));
+  EXPECT_GE(r2.status, 400);
 }
 
 // ------------------------------------------------------------ (8) idle

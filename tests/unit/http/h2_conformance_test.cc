@@ -21,6 +21,7 @@ using core::Slice;
 
 constexpr uint8_t kData = 0x0;
 constexpr uint8_t kHeaders = 0x1;
+constexpr uint8_t kPriority = 0x2;
 constexpr uint8_t kRstStream = 0x3;
 constexpr uint8_t kSettings = 0x4;
 constexpr uint8_t kPing = 0x6;
@@ -31,6 +32,8 @@ constexpr uint8_t kContinuation = 0x9;
 constexpr uint8_t kEndStream = 0x1;
 constexpr uint8_t kAck = 0x1;
 constexpr uint8_t kEndHeaders = 0x4;
+constexpr uint8_t kPadded = 0x8;
+constexpr uint8_t kPriorityFlag = 0x20;
 
 const std::string kPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -628,18 +631,28 @@ TEST(H2ConformanceTest, EvenStreamIdIsProtocolError) {
   EXPECT_EQ(conn.Goaway()->code(), kH2ProtocolError);
 }
 
-// RFC 9113 5.1.1 makes a lower, never used stream id a connection error;
-// nghttp2 ignores such a HEADERS instead (it cannot tell it from a late
-// trailer on a stream it already forgot). What matters here: no request.
-TEST(H2ConformanceTest, DecreasingStreamIdOpensNoStream) {
+// RFC 9113 5.1.1: a new stream id must be above every id the client used;
+// a lower, never used one is a connection error PROTOCOL_ERROR (nghttp2
+// alone ignores such a HEADERS: it cannot tell it from a late trailer on a
+// stream it already forgot).
+TEST(H2ConformanceTest, DecreasingStreamIdIsProtocolError) {
   RawConn conn;
   conn.Start();
   conn.Send(HeadersFrame(5, GetFields()));
-  conn.Send(HeadersFrame(3, GetFields("/lower")));
+  EXPECT_FALSE(conn.Send(HeadersFrame(3, GetFields("/lower"))).ok());
   conn.Read();
   ASSERT_EQ(conn.sink.heads.size(), 1u);
   EXPECT_EQ(conn.sink.ids[0], 5);
-  // Reusing a stream that is half-closed is caught.
+  ASSERT_NE(conn.Goaway(), nullptr);
+  EXPECT_EQ(conn.Goaway()->code(), kH2ProtocolError);
+  EXPECT_EQ(conn.Goaway()->last_stream(), 5u);
+}
+
+TEST(H2ConformanceTest, HeadersOnHalfClosedStreamIsStreamClosed) {
+  RawConn conn;
+  conn.Start();
+  conn.Send(HeadersFrame(5, GetFields()));
+  // Reusing a stream that is half-closed (remote) is nghttp2's own check.
   EXPECT_FALSE(conn.Send(HeadersFrame(5, GetFields())).ok());
   conn.Read();
   ASSERT_NE(conn.Goaway(), nullptr);
@@ -939,6 +952,348 @@ TEST(H2ConformanceTest, ClientGoawayLetsStreamsFinish) {
   conn.Read();
   EXPECT_NE(conn.Find(kHeaders, 1), nullptr);
   EXPECT_TRUE(conn.codec().ShouldClose());
+}
+
+// ------------------------------------------------ stream states (RFC 9113 5.1)
+// nghttp2 forgets a stream once it is closed (closed streams are not kept)
+// and skips PRIORITY frames unread (RFC 7540 priorities are off); the codec
+// answers what it would leave silent.
+
+// A PRIORITY frame: `dependency` (exclusive bit clear), weight 16.
+std::string Priority(uint32_t stream, uint32_t dependency) {
+  std::string p;
+  Put32(&p, dependency);
+  p.push_back(15);
+  return Frame(kPriority, 0, stream, p);
+}
+
+// HEADERS with the PRIORITY flag (and PADDED with `pad` > 0).
+std::string HeadersWithPriority(uint32_t stream, uint32_t dependency,
+                                const Fields& fields, bool end_stream,
+                                uint8_t pad = 0) {
+  std::string p;
+  if (pad > 0) p.push_back(static_cast<char>(pad));
+  Put32(&p, dependency);
+  p.push_back(15);
+  p += Block(fields);
+  p += std::string(pad, '\0');
+  return Frame(kHeaders,
+               kEndHeaders | kPriorityFlag | (pad > 0 ? kPadded : 0) |
+                   (end_stream ? kEndStream : 0),
+               stream, p);
+}
+
+Fields PostFields() {
+  Fields f = GetFields("/api/generate");
+  f[0].second = "POST";
+  return f;
+}
+
+int CountFrames(const RawConn& conn, uint8_t type, uint32_t stream) {
+  int n = 0;
+  for (const ParsedFrame& f : conn.frames) {
+    n += f.type == type && f.stream == stream;
+  }
+  return n;
+}
+
+// Sends `bytes` whole, or one byte per Dispatch call.
+void SendMaybeByByte(RawConn* conn, const std::string& bytes, bool by_byte) {
+  if (!by_byte) {
+    conn->Send(bytes);
+    return;
+  }
+  for (char c : bytes) conn->Send(std::string(1, c));
+}
+
+// The stream answered with a 204 that ends it: with the request ended too,
+// the stream is closed and nghttp2 forgets it.
+void FinishStream(RawConn* conn, int32_t id) {
+  ResponseHead head;
+  head.status = 204;
+  ASSERT_TRUE(conn->codec().SubmitResponse(id, head, true).ok());
+  conn->Read();
+  ASSERT_NE(conn->Find(kHeaders, id), nullptr);
+  ASSERT_EQ(conn->codec().active_streams(), 0u);
+}
+
+// Stream 3 still gets its request through to the sink.
+void ExpectConnectionServes(RawConn* conn, uint32_t id = 3) {
+  EXPECT_TRUE(conn->Send(HeadersFrame(id, GetFields())).ok());
+  conn->Read();
+  ASSERT_FALSE(conn->sink.ids.empty());
+  EXPECT_EQ(conn->sink.ids.back(), static_cast<int32_t>(id));
+  EXPECT_EQ(conn->Goaway(), nullptr);
+}
+
+class H2ClosedStreamTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(H2ClosedStreamTest, DataAfterClientResetIsStreamClosed) {
+  RawConn conn;
+  conn.Start();
+  SendMaybeByByte(&conn,
+                  HeadersFrame(1, PostFields(), false) +
+                      RstStream(1, kH2Cancel) + Frame(kData, 0, 1, "late"),
+                  GetParam());
+  conn.Read();
+  const ParsedFrame* rst = conn.Find(kRstStream, 1);
+  ASSERT_NE(rst, nullptr);
+  EXPECT_EQ(rst->code(), kH2StreamClosed);
+  EXPECT_EQ(conn.sink.body, "");
+  // Answered once: later DATA on it is ignored, as after any server reset.
+  conn.Send(Frame(kData, 0, 1, "later"));
+  conn.Read();
+  EXPECT_EQ(CountFrames(conn, kRstStream, 1), 1);
+  ExpectConnectionServes(&conn);
+}
+
+TEST_P(H2ClosedStreamTest, HeadersAfterClientResetIsStreamClosed) {
+  RawConn conn;
+  conn.Start();
+  SendMaybeByByte(&conn,
+                  HeadersFrame(1, PostFields(), false) +
+                      RstStream(1, kH2Cancel) +
+                      HeadersFrame(1, {{"x-trailer", "1"}}, true),
+                  GetParam());
+  EXPECT_FALSE(conn.status.ok());
+  conn.Read();
+  ASSERT_NE(conn.Goaway(), nullptr);
+  EXPECT_EQ(conn.Goaway()->code(), kH2StreamClosed);
+}
+
+TEST_P(H2ClosedStreamTest, DataOnClosedStreamIsStreamClosed) {
+  RawConn conn;
+  conn.Start();
+  conn.Send(HeadersFrame(1, GetFields(), true));
+  ASSERT_NO_FATAL_FAILURE(FinishStream(&conn, 1));
+  SendMaybeByByte(&conn, Frame(kData, kEndStream, 1, "x"), GetParam());
+  conn.Read();
+  const ParsedFrame* rst = conn.Find(kRstStream, 1);
+  ASSERT_NE(rst, nullptr);
+  EXPECT_EQ(rst->code(), kH2StreamClosed);
+  EXPECT_EQ(conn.sink.resets, 0);  // the sink's stream had closed already
+  ExpectConnectionServes(&conn);
+}
+
+TEST_P(H2ClosedStreamTest, HeadersOnClosedStreamIsStreamClosed) {
+  RawConn conn;
+  conn.Start();
+  conn.Send(HeadersFrame(1, GetFields(), true));
+  ASSERT_NO_FATAL_FAILURE(FinishStream(&conn, 1));
+  SendMaybeByByte(&conn, HeadersFrame(1, GetFields("/again")), GetParam());
+  EXPECT_FALSE(conn.status.ok());
+  conn.Read();
+  ASSERT_NE(conn.Goaway(), nullptr);
+  EXPECT_EQ(conn.Goaway()->code(), kH2StreamClosed);
+  EXPECT_EQ(conn.sink.heads.size(), 1u);
+}
+
+TEST_P(H2ClosedStreamTest, LowerStreamIdIsProtocolError) {
+  RawConn conn;
+  // The whole exchange, preface included, byte by byte or at once.
+  SendMaybeByByte(&conn,
+                  kPreface + Frame(kSettings, 0, 0, "") +
+                      HeadersFrame(1, GetFields(), true) +
+                      HeadersFrame(7, GetFields(), true) +
+                      HeadersFrame(5, GetFields("/lower"), true),
+                  GetParam());
+  EXPECT_FALSE(conn.status.ok());
+  conn.Read();
+  ASSERT_NE(conn.Goaway(), nullptr);
+  EXPECT_EQ(conn.Goaway()->code(), kH2ProtocolError);
+  EXPECT_EQ(conn.Goaway()->last_stream(), 7u);
+  EXPECT_EQ(conn.sink.ids, (std::vector<int32_t>{1, 7}));
+}
+
+// RFC 9113 5.1: frames the client had in flight when the server reset the
+// stream are ignored, whatever made the server reset it.
+TEST_P(H2ClosedStreamTest, FramesAfterServerResetAreIgnored) {
+  RawConn conn;
+  conn.Start();
+  conn.Send(HeadersFrame(1, PostFields(), false));
+  ASSERT_EQ(conn.sink.ids.size(), 1u);
+  ASSERT_TRUE(conn.codec().ResetStream(1, kH2Cancel).ok());
+  conn.Read();
+  ASSERT_NE(conn.Find(kRstStream, 1), nullptr);
+  ASSERT_EQ(conn.codec().active_streams(), 0u);
+  SendMaybeByByte(&conn,
+                  Frame(kData, 0, 1, "in flight") +
+                      HeadersFrame(1, {{"x-trailer", "1"}}, true),
+                  GetParam());
+  EXPECT_TRUE(conn.status.ok()) << conn.status;
+  conn.Read();
+  EXPECT_EQ(conn.Goaway(), nullptr);
+  EXPECT_EQ(CountFrames(conn, kRstStream, 1), 1);
+  EXPECT_EQ(conn.sink.body, "");
+  ExpectConnectionServes(&conn);
+}
+
+TEST_P(H2ClosedStreamTest, FramesOnRefusedStreamAreIgnored) {
+  H2Options opts;
+  opts.max_concurrent_streams = 1;
+  RawConn conn(opts);
+  // Unacknowledged SETTINGS: stream 3 above the limit is refused, a reset
+  // queued for a stream nghttp2 never opened.
+  conn.Start(/*ack=*/false);
+  SendMaybeByByte(&conn,
+                  HeadersFrame(1, PostFields(), false) +
+                      HeadersFrame(3, PostFields(), false) +
+                      Frame(kData, 0, 3, "in flight") +
+                      Frame(kData, kEndStream, 3, "too"),
+                  GetParam());
+  EXPECT_TRUE(conn.status.ok()) << conn.status;
+  conn.Read();
+  EXPECT_EQ(conn.Goaway(), nullptr);
+  ASSERT_EQ(CountFrames(conn, kRstStream, 3), 1);
+  EXPECT_EQ(conn.Find(kRstStream, 3)->code(), kH2RefusedStream);
+  EXPECT_EQ(conn.sink.ids, (std::vector<int32_t>{1}));
+}
+
+// A graceful GOAWAY: streams above its last id are ignored (6.8), their
+// DATA included.
+TEST_P(H2ClosedStreamTest, StreamsAfterGoawayAreIgnored) {
+  RawConn conn;
+  conn.Start();
+  conn.Send(HeadersFrame(1, GetFields(), false));
+  conn.codec().GracefulGoaway();
+  conn.Read();
+  ASSERT_NE(conn.Goaway(), nullptr);
+  SendMaybeByByte(
+      &conn,
+      HeadersFrame(3, PostFields(), false) + Frame(kData, kEndStream, 3, "x"),
+      GetParam());
+  EXPECT_TRUE(conn.status.ok()) << conn.status;
+  conn.Read();
+  EXPECT_EQ(conn.Find(kRstStream, 3), nullptr);
+  EXPECT_EQ(conn.Count(kGoaway), 1);
+  EXPECT_EQ(conn.sink.ids.size(), 1u);
+}
+
+// ------------------------------------------------ priority (5.3.1, 6.3)
+
+TEST_P(H2ClosedStreamTest, PriorityOnStreamZeroIsProtocolError) {
+  RawConn conn;
+  conn.Start();
+  SendMaybeByByte(&conn, Priority(0, 1), GetParam());
+  EXPECT_FALSE(conn.status.ok());
+  conn.Read();
+  ASSERT_NE(conn.Goaway(), nullptr);
+  EXPECT_EQ(conn.Goaway()->code(), kH2ProtocolError);
+}
+
+TEST_P(H2ClosedStreamTest, PriorityDependingOnItselfIsStreamError) {
+  RawConn conn;
+  conn.Start();
+  // In one read with the HEADERS that opens the stream, or byte by byte.
+  SendMaybeByByte(&conn, HeadersFrame(1, PostFields(), false) + Priority(1, 1),
+                  GetParam());
+  EXPECT_TRUE(conn.status.ok()) << conn.status;
+  conn.Read();
+  const ParsedFrame* rst = conn.Find(kRstStream, 1);
+  ASSERT_NE(rst, nullptr);
+  EXPECT_EQ(rst->code(), kH2ProtocolError);
+  // The sink heard of the request, so it hears of the reset.
+  EXPECT_EQ(conn.sink.resets, 1);
+  EXPECT_EQ(conn.sink.last_reset_code, kH2ProtocolError);
+  ExpectConnectionServes(&conn);
+}
+
+TEST_P(H2ClosedStreamTest, TrailersDependingOnThemselvesAreStreamError) {
+  RawConn conn;
+  conn.Start();
+  SendMaybeByByte(&conn,
+                  HeadersFrame(1, PostFields(), false) +
+                      Frame(kData, 0, 1, "body") +
+                      HeadersWithPriority(1, 1, {{"x-trailer", "1"}}, true,
+                                          /*pad=*/3),
+                  GetParam());
+  EXPECT_TRUE(conn.status.ok()) << conn.status;
+  conn.Read();
+  const ParsedFrame* rst = conn.Find(kRstStream, 1);
+  ASSERT_NE(rst, nullptr);
+  EXPECT_EQ(rst->code(), kH2ProtocolError);
+  EXPECT_EQ(conn.sink.ends, 0);
+  EXPECT_EQ(conn.sink.resets, 1);
+  ExpectConnectionServes(&conn);
+}
+
+// nghttp2's own answer for a new stream: the connection ends (allowed for
+// any stream error, 5.4.1).
+TEST_P(H2ClosedStreamTest, NewStreamDependingOnItselfEndsTheConnection) {
+  RawConn conn;
+  conn.Start();
+  SendMaybeByByte(&conn, HeadersWithPriority(1, 1, GetFields(), true),
+                  GetParam());
+  conn.Read();
+  ASSERT_NE(conn.Goaway(), nullptr);
+  EXPECT_EQ(conn.Goaway()->code(), kH2ProtocolError);
+  EXPECT_TRUE(conn.sink.heads.empty());
+}
+
+// An idle stream cannot be reset (6.4): the stream error becomes a
+// connection error.
+TEST_P(H2ClosedStreamTest, IdleStreamDependingOnItselfEndsTheConnection) {
+  RawConn conn;
+  conn.Start();
+  SendMaybeByByte(&conn, Priority(9, 9), GetParam());
+  EXPECT_FALSE(conn.status.ok());
+  conn.Read();
+  ASSERT_NE(conn.Goaway(), nullptr);
+  EXPECT_EQ(conn.Goaway()->code(), kH2ProtocolError);
+}
+
+// What browsers and curl send stays unanswered: PRIORITY on open, closed
+// and idle streams, HEADERS with a priority on another stream.
+TEST_P(H2ClosedStreamTest, OrdinaryPrioritiesAreIgnored) {
+  RawConn conn;
+  conn.Start();
+  conn.Send(HeadersFrame(1, GetFields(), true));
+  ASSERT_NO_FATAL_FAILURE(FinishStream(&conn, 1));
+  SendMaybeByByte(&conn,
+                  Priority(1, 0) + Priority(11, 0) + Priority(13, 11) +
+                      HeadersWithPriority(3, 0, GetFields(), false) +
+                      Priority(3, 13) + Frame(kData, kEndStream, 3, "") +
+                      HeadersWithPriority(5, 3, GetFields(), true, 2),
+                  GetParam());
+  EXPECT_TRUE(conn.status.ok()) << conn.status;
+  conn.Read();
+  EXPECT_EQ(conn.Count(kRstStream), 0);
+  EXPECT_EQ(conn.Goaway(), nullptr);
+  EXPECT_EQ(conn.sink.ids, (std::vector<int32_t>{1, 3, 5}));
+}
+
+INSTANTIATE_TEST_SUITE_P(WholeAndByByte, H2ClosedStreamTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "ByByte" : "Whole";
+                         });
+
+// The resets these answers send count in the MadeYouReset bucket like any
+// the codec provokes: a client cannot make the server reset closed streams
+// without bound.
+TEST(H2ConformanceTest, ClosedStreamResetsCountAsProvoked) {
+  int64_t now = 0;
+  H2Options opts;
+  opts.max_sent_resets_per_window = 20;
+  opts.sent_reset_window_ms = 10000;
+  opts.now_ms = [&] { return now; };
+  RawConn conn(opts);
+  conn.Start();
+  uint32_t id = 1;
+  for (int i = 0; i < 40 && conn.Goaway() == nullptr; ++i, id += 2) {
+    // The client's own RST_STREAM is not counted; the server's answer to
+    // the DATA after it, and to a self-dependency, are.
+    conn.Send(HeadersFrame(id, PostFields(), false) + RstStream(id, kH2Cancel) +
+              Frame(kData, 0, id, "x"));
+    conn.Read();
+    id += 2;
+    conn.Send(HeadersFrame(id, PostFields(), false) + Priority(id, id));
+    conn.Read();
+  }
+  ASSERT_NE(conn.Goaway(), nullptr);
+  EXPECT_EQ(conn.Goaway()->code(), kH2EnhanceYourCalm);
+  EXPECT_LE(conn.Count(kRstStream), 21);
+  EXPECT_GE(conn.Count(kRstStream), 20);
+  EXPECT_EQ(conn.sink.live, 0);
 }
 
 }  // namespace
