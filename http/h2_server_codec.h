@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "core/slice.h"
 #include "http/h2_inbound_guard.h"
+#include "http/h2_session_memory.h"
 #include "http/message.h"
 
 struct nghttp2_session;
@@ -211,6 +212,12 @@ struct H2Options {
 //     head).
 //   - nghttp2 per stream: a few hundred bytes; closed streams are not kept
 //     (SETTINGS_NO_RFC7540_PRIORITIES = 1, no closed-stream retention).
+//   - nghttp2 per session: its 16 KiB frame buffer and 4 KiB stream table
+//     are given back to the kernel when the connection turns idle (no
+//     stream, nothing to send), at most 3 times at once and then once a
+//     second (h2_session_memory.h); about 5 KiB stays. A connection that
+//     turned idle while out of releases keeps up to 8 KiB more until it
+//     turns idle again.
 //   - What nghttp2 then forgets, RFC 9113 still asks of the server (frames
 //     on closed streams, lower stream ids, PRIORITY on stream 0 or on
 //     itself): H2InboundGuard keeps the highest stream id, up to 16 ranges
@@ -415,6 +422,17 @@ class H2ServerCodec {
 
   H2InboundGuard guard_;
   int32_t goaway_last_id_ = 0x7fffffff;  // lowest last-stream-id sent
+
+  // --- Idle memory (h2_session_memory.h): nghttp2's frame buffer and
+  // stream table, whose pages go back to the kernel while the connection
+  // has no stream and nothing to send.
+  void ReleaseIdlePages();
+  std::vector<H2SessionMemory::Block> idle_blocks_;
+  // Token bucket of releases, in milliseconds of budget (one release costs
+  // kIdleReleaseIntervalMs).
+  bool idle_release_started_ = false;
+  int64_t idle_release_budget_ms_ = 0;
+  int64_t idle_release_at_ms_ = 0;
 };
 
 }  // namespace sluice::http
