@@ -144,6 +144,10 @@ struct H2ServerCodec::Stream {
   bool terminal_queued = false;  // OnStreamClosed/OnStreamReset queued
   bool terminal_delivered = false;
   bool no_error_reset = false;  // RST_STREAM(NO_ERROR) after the response
+  // The response ended before a request body of unknown length: what the
+  // stream's window still admits is read and dropped (its stream window is
+  // not reopened), and RST_STREAM(NO_ERROR) follows once it is used up.
+  bool drain_window = false;
   // HEADERS frames (interim or final) submitted and not yet sent or
   // dropped, and the reset the sink asked for meanwhile: nghttp2 drops a
   // queued HEADERS once a RST_STREAM is queued for its stream (the stream
@@ -468,12 +472,18 @@ struct H2Callbacks {
         // window it was granted) is read and dropped instead: curl 7.88
         // reports a reset during its upload as an error even with
         // NO_ERROR, and would lose the response (a 401 or 429).
+        // A body of unknown length gets what is left of its window the
+        // same way; the reset follows if the client uses it up
+        // (ConsumeRequestBody), so no client sends more than one window.
         const int32_t window = nghttp2_session_get_stream_local_window_size(session, s->id);
+        const bool open = nghttp2_session_get_stream_remote_close(session, s->id) == 0;
         const bool fits = s->request_length.has_value() &&
                           *s->request_length >= s->request_received && window >= 0 &&
                           *s->request_length - s->request_received <=
                               static_cast<uint64_t>(window);
-        if (!fits && nghttp2_session_get_stream_remote_close(session, s->id) == 0) {
+        if (open && !s->request_length.has_value() && window > 0) {
+          s->drain_window = true;
+        } else if (!fits && open) {
           s->no_error_reset = true;
           nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, s->id,
                                     NGHTTP2_NO_ERROR);
@@ -1354,7 +1364,18 @@ absl::Status H2ServerCodec::ConsumeRequestBody(int32_t stream_id, size_t n) {
   if (it == streams_.end() || it->second->closed) return absl::OkStatus();
   Stream* s = it->second.get();
   size_t m = std::min(n, s->unconsumed);
-  if (m > 0) {
+  if (m > 0 && s->drain_window) {
+    // Dropped after the response: the connection window reopens, the
+    // stream's does not; once it is used up, the reset (see OnFrameSend).
+    nghttp2_session_consume_connection(session_, m);
+    s->unconsumed -= m;
+    if (nghttp2_session_get_stream_local_window_size(session_, stream_id) <= 0 &&
+        nghttp2_session_get_stream_remote_close(session_, stream_id) == 0) {
+      s->drain_window = false;
+      s->no_error_reset = true;
+      nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_NO_ERROR);
+    }
+  } else if (m > 0) {
     nghttp2_session_consume(session_, stream_id, m);
     s->unconsumed -= m;
   }
