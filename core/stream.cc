@@ -91,6 +91,7 @@ void Stream::OnRecv(int res, uint32_t flags) {
     if (!closing_) handler_->OnData(std::move(data));
   } else if (res == -ENOBUFS) {
     // The ring is empty: wait until slices release buffers, then re-arm.
+    worker_->buffers().OnEmpty();
     if (!more && !closing_ && !starved_) {
       starved_ = true;
       worker_->AddStarved(this);
@@ -112,7 +113,7 @@ void Stream::OnRecv(int res, uint32_t flags) {
 
 void Stream::Write(Slice s) {
   if (s.empty() || closing_ || write_failed_) return;
-  Piece& p = queue_.emplace_back();
+  Piece& p = Queue().emplace_back();
   p.ptr = s.data();
   p.len = s.size();
   p.slice = std::move(s);
@@ -122,7 +123,7 @@ void Stream::Write(Slice s) {
 
 void Stream::WriteStatic(std::string_view s) {
   if (s.empty() || closing_ || write_failed_) return;
-  Piece& p = queue_.emplace_back();
+  Piece& p = Queue().emplace_back();
   p.ptr = s.data();
   p.len = s.size();
   queued_bytes_ += p.len;
@@ -135,7 +136,7 @@ void Stream::WriteCopy(std::string_view s) {
     return;
   }
   if (s.empty() || closing_ || write_failed_) return;
-  Piece& p = queue_.emplace_back();
+  Piece& p = Queue().emplace_back();
   memcpy(p.small, s.data(), s.size());
   p.ptr = p.small;
   p.len = s.size();
@@ -145,7 +146,7 @@ void Stream::WriteCopy(std::string_view s) {
 
 void Stream::WriteOwned(std::string s) {
   if (s.empty() || closing_ || write_failed_) return;
-  Piece& p = queue_.emplace_back();
+  Piece& p = Queue().emplace_back();
   p.owned = std::move(s);
   p.ptr = p.owned.data();
   p.len = p.owned.size();
@@ -153,8 +154,19 @@ void Stream::WriteOwned(std::string s) {
   KickSend();
 }
 
+SendPieces& Stream::Queue() {
+  if (!queue_) queue_ = worker_->send_pool().TakePieces();
+  return *queue_;
+}
+
+void Stream::ReturnQueue() {
+  if (!queue_) return;
+  queue_->clear();
+  worker_->send_pool().GivePieces(std::move(queue_));
+}
+
 void Stream::KickSend() {
-  if (send_inflight_ || queue_.empty() || closing_ || connecting_ ||
+  if (send_inflight_ || queue_empty() || closing_ || connecting_ ||
       flush_pending_) {
     return;
   }
@@ -164,17 +176,19 @@ void Stream::KickSend() {
 
 void Stream::Flush() {
   flush_pending_ = false;
-  if (send_inflight_ || queue_.empty() || closing_ || connecting_) return;
+  if (send_inflight_ || queue_empty() || closing_ || connecting_) return;
+  if (!scratch_) scratch_ = worker_->send_pool().TakeScratch();
   int n = 0;
-  for (auto it = queue_.begin(); it != queue_.end() && n < kMaxIov; ++it, ++n) {
-    iov_[n].iov_base = const_cast<char*>(it->ptr);
-    iov_[n].iov_len = it->len;
+  for (auto it = queue_->begin();
+       it != queue_->end() && n < SendScratch::kMaxIov; ++it, ++n) {
+    scratch_->iov[n].iov_base = const_cast<char*>(it->ptr);
+    scratch_->iov[n].iov_len = it->len;
   }
-  msg_ = msghdr{};
-  msg_.msg_iov = iov_;
-  msg_.msg_iovlen = n;
+  scratch_->msg = msghdr{};
+  scratch_->msg.msg_iov = scratch_->iov;
+  scratch_->msg.msg_iovlen = n;
   io_uring_sqe* sqe = worker_->ring().GetSqe();
-  io_uring_prep_sendmsg(sqe, fd_, &msg_, MSG_NOSIGNAL);
+  io_uring_prep_sendmsg(sqe, fd_, &scratch_->msg, MSG_NOSIGNAL);
   io_uring_sqe_set_data(sqe, &send_op_);
   send_inflight_ = true;
   ++inflight_;
@@ -183,13 +197,15 @@ void Stream::Flush() {
 void Stream::OnSend(int res) {
   send_inflight_ = false;
   OpDone();
+  worker_->send_pool().GiveScratch(std::move(scratch_));
   if (closing_) {
+    ReturnQueue();
     MaybeFinishClose();
     return;
   }
   if (res < 0) {
     write_failed_ = true;
-    queue_.clear();
+    ReturnQueue();
     queued_bytes_ = 0;
     handler_->OnWriteError(res);
     return;
@@ -198,18 +214,22 @@ void Stream::OnSend(int res) {
   size_t sent = static_cast<size_t>(res);
   queued_bytes_ -= sent;
   while (sent > 0) {
-    Piece& p = queue_.front();
+    Piece& p = queue_->front();
     if (sent >= p.len) {
       sent -= p.len;
-      queue_.pop_front();
+      queue_->pop_front();
     } else {
       p.ptr += sent;
       p.len -= sent;
       sent = 0;
     }
   }
-  KickSend();
-  if (queue_.empty() && shutdown_write_) ::shutdown(fd_, SHUT_WR);
+  if (queue_empty()) {
+    ReturnQueue();
+    if (shutdown_write_) ::shutdown(fd_, SHUT_WR);
+  } else {
+    KickSend();
+  }
   handler_->OnWriteProgress();
 }
 
@@ -226,7 +246,9 @@ void Stream::Close() {
     worker_->RemoveStarved(this);
     starved_ = false;
   }
-  queue_.clear();
+  // A send in flight may still read the pieces' bytes: the queue goes back
+  // once it completes (OnSend, or the destructor).
+  if (!send_inflight_) ReturnQueue();
   queued_bytes_ = 0;
   if (inflight_ > 0) {
     // shutdown() ends a pending receive (EOF) or send (EPIPE) at once and

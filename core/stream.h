@@ -11,6 +11,7 @@
 
 #include "core/buffer.h"
 #include "core/ring.h"
+#include "core/send_queue.h"
 #include "core/worker.h"
 
 namespace sluice::core {
@@ -80,12 +81,12 @@ class Stream final : public Flushable {
   // resumes once drained(). Pieces count too, because every queued slice
   // pins a whole provided buffer however few bytes it holds.
   bool congested() const {
-    return queued_bytes_ > kHighWatermark || queue_.size() > kMaxPieces;
+    return queued_bytes_ > kHighWatermark || queued_pieces() > kMaxPieces;
   }
   bool drained() const {
-    return queued_bytes_ <= kLowWatermark && queue_.size() <= kMaxPieces / 4;
+    return queued_bytes_ <= kLowWatermark && queued_pieces() <= kMaxPieces / 4;
   }
-  bool write_idle() const { return queue_.empty() && !send_inflight_; }
+  bool write_idle() const { return queue_empty() && !send_inflight_; }
 
   // Half-closes the sending side once the queue has drained.
   void ShutdownWriteWhenDrained();
@@ -104,13 +105,7 @@ class Stream final : public Flushable {
   void Flush() override;
 
  private:
-  struct Piece {
-    Slice slice;
-    std::string owned;
-    char small[24];
-    const char* ptr = nullptr;
-    size_t len = 0;
-  };
+  using Piece = SendPiece;
   struct RecvOp final : Completion {
     Stream* s;
     void Complete(int res, uint32_t flags) override { s->OnRecv(res, flags); }
@@ -125,6 +120,12 @@ class Stream final : public Flushable {
   };
 
   void ArmRecv();
+  // The queue, taken from the worker's pool on the first write; it goes back
+  // once everything queued is sent, so an idle stream holds none.
+  SendPieces& Queue();
+  void ReturnQueue();
+  bool queue_empty() const { return !queue_ || queue_->empty(); }
+  size_t queued_pieces() const { return queue_ ? queue_->size() : 0; }
   void KickSend();
   void OnRecv(int res, uint32_t flags);
   void OnSend(int res);
@@ -138,11 +139,10 @@ class Stream final : public Flushable {
   RecvOp recv_op_;
   SendOp send_op_;
   ConnectOp connect_op_;
-  std::deque<Piece> queue_;
+  std::unique_ptr<SendPieces> queue_;
   size_t queued_bytes_ = 0;
-  static constexpr int kMaxIov = 64;
-  iovec iov_[kMaxIov];
-  msghdr msg_{};
+  // The sendmsg in flight's msghdr and iovecs, from the worker's pool.
+  std::unique_ptr<SendScratch> scratch_;
   __kernel_timespec connect_ts_{};
   int inflight_ = 0;
   bool want_read_ = false;

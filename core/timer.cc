@@ -43,7 +43,7 @@ void TimerList::Expire(int64_t now_ns) {
   while (head_ && head_->deadline_ns_ <= now_ns) {
     Timer* t = head_;
     Unlink(t);
-    t->on_fire_();
+    t->Fire();
   }
 }
 

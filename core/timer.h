@@ -1,7 +1,8 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
+#include <new>
+#include <type_traits>
 
 namespace sluice::core {
 
@@ -9,9 +10,26 @@ class TimerList;
 
 // A one-shot deadline owned by a connection. Arm it on a TimerList; it fires
 // once unless re-armed or disarmed first. Destroying it disarms it.
+//
+// The callback is a lambda that captures one pointer (`[this]`), kept
+// inline: a connection has several timers, so each is 48 bytes rather than
+// the 64 a std::function would make it.
 class Timer {
  public:
-  explicit Timer(std::function<void()> on_fire) : on_fire_(std::move(on_fire)) {}
+  template <typename F>
+  explicit Timer(F on_fire) {
+    static_assert(sizeof(F) <= sizeof(callback_) &&
+                      alignof(F) <= alignof(void*) &&
+                      std::is_trivially_copyable_v<F> &&
+                      std::is_trivially_destructible_v<F>,
+                  "a Timer's callback captures one pointer, like [this]");
+    new (callback_) F(on_fire);
+    fire_ = [](const void* callback) {
+      // A copy: the callback may destroy this timer's owner.
+      F f = *static_cast<const F*>(callback);
+      f();
+    };
+  }
   ~Timer() { Disarm(); }
   Timer(const Timer&) = delete;
   Timer& operator=(const Timer&) = delete;
@@ -21,7 +39,10 @@ class Timer {
 
  private:
   friend class TimerList;
-  std::function<void()> on_fire_;
+  void Fire() const { fire_(callback_); }
+
+  alignas(void*) unsigned char callback_[sizeof(void*)];
+  void (*fire_)(const void*);
   TimerList* list_ = nullptr;
   Timer* prev_ = nullptr;
   Timer* next_ = nullptr;

@@ -43,7 +43,10 @@ Worker::Worker(int index, const Config& config, std::vector<Listener> listeners,
     : index_(index),
       config_(config),
       cpu_(cpu),
-      access_flush_timer_([this] { FlushAccessLog(); }) {
+      access_flush_timer_([this] { FlushAccessLog(); }),
+      buffer_trim_timer_([this] {
+        if (buffers_.Trim()) Timers(kBufferTrimNs)->Arm(&buffer_trim_timer_, now_ns_);
+      }) {
   static const Observability kDefaults;
   obs_ = config_.obs ? config_.obs : &kDefaults;
   if (obs_->access_log) {
@@ -354,6 +357,11 @@ void Worker::Run() {
       for (Stream* s : starved) s->RetryAfterBuffers();
     }
     recycled_seen_ = buffers_.recycled();
+    // Gives the pages of buffers unused for a while back, and stops once
+    // nothing is left to trim (an idle worker sleeps).
+    if (!buffer_trim_timer_.armed() && buffers_.wants_trim()) {
+      Timers(kBufferTrimNs)->Arm(&buffer_trim_timer_, now_ns_);
+    }
     RunFlushes();
     if (draining_) {
       if (connections_.empty()) break;

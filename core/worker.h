@@ -14,6 +14,7 @@
 #include "core/metrics.h"
 #include "core/access_log.h"
 #include "core/ring.h"
+#include "core/send_queue.h"
 #include "core/timer.h"
 #include "http/message.h"
 #include "policy/basic_auth_cache.h"
@@ -65,6 +66,7 @@ class Worker {
 
   Ring& ring() { return ring_; }
   BufferRing& buffers() { return buffers_; }
+  SendPool& send_pool() { return send_pool_; }
   const Config& config() const { return config_; }
   // Logs and metrics settings (defaults when the config names none).
   const Observability& obs() const { return *obs_; }
@@ -164,6 +166,7 @@ class Worker {
   uint64_t wake_buf_ = 0;
   Ring ring_;
   BufferRing buffers_;
+  SendPool send_pool_;
   std::vector<std::unique_ptr<AcceptOp>> accept_ops_;
   WakeOp wake_op_;
   int64_t now_ns_ = 0;
@@ -191,6 +194,8 @@ class Worker {
   std::string access_buf_;
   uint64_t access_lines_ = 0;
   Timer access_flush_timer_;
+  static constexpr int64_t kBufferTrimNs = 1'000'000'000;
+  Timer buffer_trim_timer_;
   std::shared_ptr<const policy::Policy> policy_;
   uint64_t policy_generation_ = ~0ull;
   std::unique_ptr<policy::BasicAuthCache> auth_cache_;

@@ -56,20 +56,24 @@ TEST(TimerListTest, DisarmAndDestroy) {
 }
 
 TEST(TimerListTest, CallbackMayRearmItselfAndOthers) {
-  TimerList list(10);
-  int count = 0;
-  Timer* self = nullptr;
-  Timer other([&] { count += 100; });
-  Timer t([&] {
-    ++count;
-    other.Disarm();
-    if (count < 3) list.Arm(self, 0);
+  struct State {
+    TimerList list{10};
+    int count = 0;
+    Timer* self = nullptr;
+    Timer* other = nullptr;
+  } st;
+  Timer other([s = &st] { s->count += 100; });
+  Timer t([s = &st] {
+    ++s->count;
+    s->other->Disarm();
+    if (s->count < 3) s->list.Arm(s->self, 0);
   });
-  self = &t;
-  list.Arm(&t, 0);
-  list.Arm(&other, 0);
-  list.Expire(10);  // fires t, which re-arms at 0+10: fires again in the same pass
-  EXPECT_EQ(count, 3);
+  st.self = &t;
+  st.other = &other;
+  st.list.Arm(&t, 0);
+  st.list.Arm(&other, 0);
+  st.list.Expire(10);  // fires t, which re-arms at 0+10: fires again in the same pass
+  EXPECT_EQ(st.count, 3);
 }
 
 }  // namespace
