@@ -10,7 +10,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
-#include "core/slice.h"
+#include "core/engine/slice.h"
 #include "http/h2_inbound_guard.h"
 #include "http/h2_session_memory.h"
 #include "http/message.h"

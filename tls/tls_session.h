@@ -53,7 +53,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "core/slice.h"
+#include "core/engine/slice.h"
 #include "tls/tls_context.h"
 
 namespace sluice::tls {

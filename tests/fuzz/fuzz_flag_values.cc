@@ -34,7 +34,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
-#include "core/cli.h"
+#include "core/server/cli.h"
 #include "fuzz_util.h"
 #include "policy/ip_set.h"
 #include "policy/limiter.h"

@@ -13,7 +13,7 @@
 
 namespace sluice::fuzz {
 
-// Serialises `head`, received over `scheme`, as core/relay.cc forwards it:
+// Serialises `head`, received over `scheme`, as core/proxy/relay.cc forwards it:
 // its target replaced by the normalised forward form (a target NormalizePath
 // refuses is answered 400 and never forwarded: false). Aborts when `out` is
 // not a well-formed HTTP/1.1 head (HeadProblem): field values HTTP/1.1

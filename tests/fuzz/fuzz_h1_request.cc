@@ -1,5 +1,5 @@
 // Fuzzes http::H1ServerCodec, the downstream HTTP/1.1 request codec, the way
-// core/h1_downstream.cc drives it: pieces of input in order, a partially
+// core/proxy/h1_downstream.cc drives it: pieces of input in order, a partially
 // consumed piece dispatched again from where the codec stopped, Resume()
 // after each complete request (the engine resumes once it has answered),
 // nothing after an upgrade or an error.
@@ -16,7 +16,7 @@
 //    sub-slices of it), events come in order, a Content-Length body is
 //    exactly that long, the body limit holds;
 //  - a consumed count short of the piece means paused() or upgraded();
-//  - the head as core/relay.cc forwards it upstream (target normalised,
+//  - the head as core/proxy/relay.cc forwards it upstream (target normalised,
 //    AppendUpstreamRequestHead) is well-formed HTTP/1.1 (fuzz::HeadProblem)
 //    and parses back to one request with the same method, target and body
 //    framing, so what the codec accepted cannot be re-read differently by
@@ -57,7 +57,7 @@ class ReparseSink : public http::H1RequestSink {
   RequestHead head;
 };
 
-// As core/relay.cc forwards it (ForwardHead), and read back by our own
+// As core/proxy/relay.cc forwards it (ForwardHead), and read back by our own
 // parser as the same request.
 void CheckForwardedHead(RequestHead head) {
   std::string out;

@@ -1,5 +1,5 @@
 // Fuzzes http::H1ResponseParser, the upstream response parser, the way
-// core/relay.cc drives it: Begin(), then pieces of input in order until the
+// core/proxy/relay.cc drives it: Begin(), then pieces of input in order until the
 // response is complete, upgraded or broken, then Finish() when the input
 // ends first (the upstream closed its side).
 //
@@ -15,7 +15,7 @@
 //    sub-slices of it), events come in order, a Content-Length body is
 //    never longer than declared and exactly that long when complete;
 //  - the head as restated to the client (AppendDownstreamResponseHead, with
-//    the framing core/h1_downstream.cc picks) parses back to the same
+//    the framing core/proxy/h1_downstream.cc picks) parses back to the same
 //    status and framing.
 
 #include <cstddef>

@@ -1,5 +1,5 @@
 // Fuzzes http::H2ServerCodec, the HTTP/2 server session, the way
-// core/h2_downstream.cc drives it: client bytes go to Dispatch in pieces,
+// core/proxy/h2_downstream.cc drives it: client bytes go to Dispatch in pieces,
 // the output is taken until the codec wants to write nothing more, and every
 // stream the codec reports gets an answer (at once from inside the event,
 // as a policy refusal does, or later in steps, as a relayed upstream
@@ -33,7 +33,7 @@
 #include <string_view>
 #include <vector>
 
-#include "core/slice.h"
+#include "core/engine/slice.h"
 #include "fuzz_forward.h"
 #include "fuzz_util.h"
 #include "http/h2_server_codec.h"
@@ -119,7 +119,7 @@ class FrameChecker {
   size_t frames_ = 0;
 };
 
-// The request as core/relay.cc forwards it to the HTTP/1.1 upstream must
+// The request as core/proxy/relay.cc forwards it to the HTTP/1.1 upstream must
 // be a well-formed head (ForwardHead).
 void CheckForwardedHead(RequestHead head) {
   std::string out;

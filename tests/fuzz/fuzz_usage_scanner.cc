@@ -1,6 +1,6 @@
 // Fuzzes the token accounting scanners of http/usage_scanner.h:
 // ResponseScanner in its NDJSON, SSE and JSON modes, and RequestScanner,
-// fed in pieces as the relay feeds them (core/relay.cc: Feed per de-chunked
+// fed in pieces as the relay feeds them (core/proxy/relay.cc: Feed per de-chunked
 // body piece, Finish at the end of the response).
 //
 // Input: byte 0 picks the piece count (1 + b % 3) and, in bits 2-3, the

@@ -1105,7 +1105,7 @@ TEST_F(AttackSuite, BlockedRouteSpellingsAreRefused) {
 // every later one gets 429 with Retry-After and is not checked, the right
 // password included, so the guesses get no answer and cost no bcrypt run.
 // sluice's CPU is thus one bcrypt per 401, no more. bcrypt runs on
-// SCHED_IDLE helper threads (core/auth_verifier.h), so the probes, which
+// SCHED_IDLE helper threads (core/proxy/auth_verifier.h), so the probes, which
 // authenticate as another bcrypt user whose answer is cached, from another
 // address, keep their latency.
 TEST_F(AttackSuite, PasswordGuessingIsCutOffByTheLoginLimit) {

@@ -1,4 +1,4 @@
-// Zero-downtime restart (SIGUSR2, core/restart.h) through the real binary:
+// Zero-downtime restart (SIGUSR2, core/server/restart.h) through the real binary:
 // the running process starts the binary at its path again with the
 // listening sockets handed over, then drains and exits once the new one
 // serves. Under load no connection is refused and no request fails;

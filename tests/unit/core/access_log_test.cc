@@ -1,4 +1,4 @@
-#include "core/access_log.h"
+#include "core/observe/access_log.h"
 
 #include <stdlib.h>
 #include <time.h>

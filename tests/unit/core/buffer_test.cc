@@ -1,4 +1,4 @@
-#include "core/buffer.h"
+#include "core/engine/buffer.h"
 
 #include <liburing.h>
 #include <sys/mman.h>

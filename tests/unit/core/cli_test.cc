@@ -1,4 +1,4 @@
-#include "core/cli.h"
+#include "core/server/cli.h"
 
 #include <netinet/in.h>
 

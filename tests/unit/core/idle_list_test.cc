@@ -1,4 +1,4 @@
-#include "core/idle_list.h"
+#include "core/engine/idle_list.h"
 
 #include "gtest/gtest.h"
 

@@ -1,4 +1,4 @@
-#include "core/log_file.h"
+#include "core/observe/log_file.h"
 
 #include <errno.h>
 #include <fcntl.h>

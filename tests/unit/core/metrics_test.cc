@@ -1,4 +1,4 @@
-#include "core/metrics.h"
+#include "core/observe/metrics.h"
 
 #include <algorithm>
 #include <cmath>

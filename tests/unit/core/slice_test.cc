@@ -1,4 +1,4 @@
-#include "core/slice.h"
+#include "core/engine/slice.h"
 
 #include <string>
 

@@ -1,4 +1,4 @@
-#include "core/timer.h"
+#include "core/engine/timer.h"
 
 #include <string>
 

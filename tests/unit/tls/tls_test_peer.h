@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "core/slice.h"
+#include "core/engine/slice.h"
 #include "gtest/gtest.h"
 #include "tls/tls_session.h"
 

@@ -1,0 +1,128 @@
+#pragma once
+
+#include <liburing.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "core/engine/slice.h"
+
+namespace sluice::core {
+
+class BufferRing;
+
+// One provided buffer as a Slice owner: when its last Slice is gone it goes
+// back to its ring, so the kernel can fill it again.
+struct BufferRef : SliceOwner {
+  BufferRing* ring = nullptr;
+  uint16_t bid = 0;
+};
+
+// A ring of provided buffers registered with io_uring (liburing 2.3 has no
+// io_uring_setup_buf_ring helper, so the ring memory is mapped here and
+// registered with io_uring_register_buf_ring). Multishot receives pick a
+// buffer per completion; the kernel reports -ENOBUFS when none is left.
+//
+// Memory: the kernel takes ring entries in order, so a ring that held all
+// `count` buffers would cycle through every one of them and keep them all
+// resident (4096 x 16 KiB per worker once a few thousand receives went by,
+// even on an idle server). Only a working set is handed to the kernel
+// (`published`, starting at kMinPublished and doubled whenever a receive
+// finds the ring empty while buffers are spare); buffers coming back beyond
+// it wait on a stack, the most recently used on top, so the same few stay
+// warm. Trim, called about once a second, shrinks the working set again
+// and gives the pages of buffers that stayed at the bottom of the stack for
+// a whole period back to the kernel (MADV_DONTNEED): after a burst the
+// worker returns to a small resident set.
+class BufferRing {
+ public:
+  static constexpr uint16_t kGroupId = 1;
+  // Working set handed to the kernel at start and after Trim's shrinking.
+  static constexpr uint32_t kMinPublished = 128;
+
+  BufferRing() = default;
+  ~BufferRing();
+  BufferRing(const BufferRing&) = delete;
+  BufferRing& operator=(const BufferRing&) = delete;
+
+  // `count` must be a power of two.
+  absl::Status Init(io_uring* ring, uint32_t count, uint32_t buffer_size);
+
+  // Wraps buffer `bid`, just filled with `len` bytes, in a Slice. When the
+  // ring runs low (fewer than count/8 buffers left to the kernel), the
+  // bytes are copied into an ordinary heap block of their own size and the
+  // buffer goes straight back: whatever holders keep (a stream whose client
+  // never opens its window, a slow reader), every socket of the worker can
+  // still be read, its FIN and RST included. Memory is then bounded by the
+  // holders' byte limits instead of by the ring.
+  Slice Take(uint16_t bid, size_t len);
+
+  // A receive ended with -ENOBUFS: the kernel found no buffer. If buffers
+  // are spare the working set was too small for the load: it grows.
+  void OnEmpty();
+
+  // Once a second or so: shrinks the working set unless the ring ran empty
+  // since the last call, and releases the pages of spare buffers unused
+  // since the last call. Returns whether another call could still do
+  // something (the worker stops calling while idle and fully trimmed).
+  bool Trim();
+  bool wants_trim() const {
+    return target_ > min_target_ || spare_.size() > spare_released_;
+  }
+
+  // Buffers currently lent out (held by slices or not yet recycled).
+  uint32_t in_use() const { return in_use_; }
+  // Buffers handed to the kernel and not yet reported filled.
+  uint32_t published() const { return published_; }
+  // Spare buffers whose pages may be resident (not released by Trim).
+  uint32_t spare_warm() const {
+    return static_cast<uint32_t>(spare_.size() - spare_released_);
+  }
+  char* buffer(uint16_t bid) const {
+    return memory_ + static_cast<size_t>(bid) * buffer_size_;
+  }
+  uint32_t count() const { return count_; }
+  // Receives copied out of the ring because it ran low (see Take).
+  uint64_t copied() const { return copied_; }
+  // Bumped every time a buffer is handed to the kernel; lets starved
+  // receivers re-arm.
+  uint64_t recycled() const { return recycled_; }
+
+ private:
+  static void Release(SliceOwner* owner);
+  void Recycle(uint16_t bid);
+  void Publish(uint16_t bid);
+  // Hands spare buffers to the kernel, most recently used first, until
+  // `target_` are published.
+  void TopUp();
+
+  io_uring* ring_ = nullptr;
+  io_uring_buf_ring* br_ = nullptr;
+  char* memory_ = nullptr;
+  size_t ring_bytes_ = 0;
+  size_t memory_bytes_ = 0;
+  uint32_t count_ = 0;
+  uint32_t buffer_size_ = 0;
+  uint32_t in_use_ = 0;
+  uint64_t recycled_ = 0;
+  uint64_t copied_ = 0;
+  uint32_t reserve_ = 0;  // buffers kept for the kernel: below, Take copies
+  uint32_t published_ = 0;
+  uint32_t target_ = 0;      // working set to keep published
+  uint32_t min_target_ = 0;  // min(count, kMinPublished)
+  uint32_t takes_since_growth_ = 0;
+  bool ran_empty_ = false;  // OnEmpty since the last Trim
+  // Buffers neither lent nor published; the back is the most recent.
+  std::vector<uint16_t> spare_;
+  // spare_[0, spare_released_) have no resident pages.
+  size_t spare_released_ = 0;
+  // Smallest spare_.size() since the last Trim: the entries below it were
+  // not used during the whole period.
+  size_t spare_low_ = 0;
+  std::vector<BufferRef> refs_;
+};
+
+}  // namespace sluice::core

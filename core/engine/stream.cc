@@ -1,0 +1,279 @@
+#include "core/engine/stream.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "core/server/worker.h"
+
+namespace sluice::core {
+
+Stream::Stream(Worker* worker, int fd, StreamHandler* handler)
+    : worker_(worker), fd_(fd), handler_(handler) {
+  recv_op_.s = this;
+  send_op_.s = this;
+  connect_op_.s = this;
+}
+
+Stream::~Stream() {
+  if (starved_) worker_->RemoveStarved(this);
+  if (flush_pending_) worker_->CancelFlush(this);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void Stream::Connect(const sockaddr* addr, socklen_t len, int64_t timeout_ns) {
+  io_uring_sqe* sqe = worker_->ring().GetSqe();
+  io_uring_prep_connect(sqe, fd_, addr, len);
+  io_uring_sqe_set_data(sqe, &connect_op_);
+  connecting_ = true;
+  sqe->flags |= IOSQE_IO_LINK;
+  // The linked timeout cancels the connect (-ECANCELED) when it expires.
+  connect_ts_.tv_sec = timeout_ns / 1000000000;
+  connect_ts_.tv_nsec = timeout_ns % 1000000000;
+  io_uring_sqe* tsqe = worker_->ring().GetSqe();
+  io_uring_prep_link_timeout(tsqe, &connect_ts_, 0);
+  io_uring_sqe_set_data64(tsqe, 0);
+  ++inflight_;
+}
+
+void Stream::OnConnect(int res) {
+  OpDone();
+  connecting_ = false;
+  if (closing_) {
+    MaybeFinishClose();
+    return;
+  }
+  handler_->OnConnected(res);
+  if (res == 0) KickSend();
+}
+
+void Stream::StartReading() {
+  want_read_ = true;
+  if (!recv_armed_ && !closing_ && !read_ended_ && !starved_) ArmRecv();
+}
+
+void Stream::StopReading() {
+  want_read_ = false;
+  if (recv_armed_ && !cancel_pending_) {
+    io_uring_sqe* sqe = worker_->ring().GetSqe();
+    io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(&recv_op_), 0);
+    io_uring_sqe_set_data64(sqe, 0);
+    cancel_pending_ = true;
+  }
+}
+
+void Stream::ArmRecv() {
+  io_uring_sqe* sqe = worker_->ring().GetSqe();
+  io_uring_prep_recv_multishot(sqe, fd_, nullptr, 0, 0);
+  sqe->flags |= IOSQE_BUFFER_SELECT;
+  sqe->buf_group = BufferRing::kGroupId;
+  io_uring_sqe_set_data(sqe, &recv_op_);
+  recv_armed_ = true;
+  ++inflight_;
+}
+
+void Stream::RetryAfterBuffers() {
+  starved_ = false;
+  if (want_read_ && !recv_armed_ && !closing_ && !read_ended_) ArmRecv();
+}
+
+void Stream::OnRecv(int res, uint32_t flags) {
+  const bool more = flags & IORING_CQE_F_MORE;
+  if (!more) {
+    recv_armed_ = false;
+    cancel_pending_ = false;
+    OpDone();
+  }
+  if (res > 0) {
+    Slice data = worker_->buffers().Take(
+        static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT), res);
+    if (!closing_) handler_->OnData(std::move(data));
+  } else if (res == -ENOBUFS) {
+    // The ring is empty: wait until slices release buffers, then re-arm.
+    worker_->buffers().OnEmpty();
+    if (!more && !closing_ && !starved_) {
+      starved_ = true;
+      worker_->AddStarved(this);
+    }
+    return;
+  } else if (res == -ECANCELED) {
+    // StopReading, or Close.
+  } else {
+    // 0: orderly shutdown by the peer; <0: reset or another error.
+    read_ended_ = true;
+    if (!closing_) handler_->OnReadEnd(res);
+  }
+  if (closing_) {
+    MaybeFinishClose();
+    return;
+  }
+  if (!more && want_read_ && !read_ended_ && !recv_armed_ && !starved_) ArmRecv();
+}
+
+void Stream::Write(Slice s) {
+  if (s.empty() || closing_ || write_failed_) return;
+  Piece& p = Queue().emplace_back();
+  p.ptr = s.data();
+  p.len = s.size();
+  p.slice = std::move(s);
+  queued_bytes_ += p.len;
+  KickSend();
+}
+
+void Stream::WriteStatic(std::string_view s) {
+  if (s.empty() || closing_ || write_failed_) return;
+  Piece& p = Queue().emplace_back();
+  p.ptr = s.data();
+  p.len = s.size();
+  queued_bytes_ += p.len;
+  KickSend();
+}
+
+void Stream::WriteCopy(std::string_view s) {
+  if (s.size() > sizeof(Piece::small)) {
+    WriteOwned(std::string(s));
+    return;
+  }
+  if (s.empty() || closing_ || write_failed_) return;
+  Piece& p = Queue().emplace_back();
+  memcpy(p.small, s.data(), s.size());
+  p.ptr = p.small;
+  p.len = s.size();
+  queued_bytes_ += p.len;
+  KickSend();
+}
+
+void Stream::WriteOwned(std::string s) {
+  if (s.empty() || closing_ || write_failed_) return;
+  Piece& p = Queue().emplace_back();
+  p.owned = std::move(s);
+  p.ptr = p.owned.data();
+  p.len = p.owned.size();
+  queued_bytes_ += p.len;
+  KickSend();
+}
+
+SendPieces& Stream::Queue() {
+  if (!queue_) queue_ = worker_->send_pool().TakePieces();
+  return *queue_;
+}
+
+void Stream::ReturnQueue() {
+  if (!queue_) return;
+  queue_->clear();
+  worker_->send_pool().GivePieces(std::move(queue_));
+}
+
+void Stream::KickSend() {
+  if (send_inflight_ || queue_empty() || closing_ || connecting_ ||
+      flush_pending_) {
+    return;
+  }
+  flush_pending_ = true;
+  worker_->RequestFlush(this);
+}
+
+void Stream::Flush() {
+  flush_pending_ = false;
+  if (send_inflight_ || queue_empty() || closing_ || connecting_) return;
+  if (!scratch_) scratch_ = worker_->send_pool().TakeScratch();
+  int n = 0;
+  for (auto it = queue_->begin();
+       it != queue_->end() && n < SendScratch::kMaxIov; ++it, ++n) {
+    scratch_->iov[n].iov_base = const_cast<char*>(it->ptr);
+    scratch_->iov[n].iov_len = it->len;
+  }
+  scratch_->msg = msghdr{};
+  scratch_->msg.msg_iov = scratch_->iov;
+  scratch_->msg.msg_iovlen = n;
+  io_uring_sqe* sqe = worker_->ring().GetSqe();
+  io_uring_prep_sendmsg(sqe, fd_, &scratch_->msg, MSG_NOSIGNAL);
+  io_uring_sqe_set_data(sqe, &send_op_);
+  send_inflight_ = true;
+  ++inflight_;
+}
+
+void Stream::OnSend(int res) {
+  send_inflight_ = false;
+  OpDone();
+  worker_->send_pool().GiveScratch(std::move(scratch_));
+  if (closing_) {
+    ReturnQueue();
+    MaybeFinishClose();
+    return;
+  }
+  if (res < 0) {
+    write_failed_ = true;
+    ReturnQueue();
+    queued_bytes_ = 0;
+    handler_->OnWriteError(res);
+    return;
+  }
+  // A short send leaves the rest of a piece at the front; it goes out next.
+  size_t sent = static_cast<size_t>(res);
+  queued_bytes_ -= sent;
+  while (sent > 0) {
+    Piece& p = queue_->front();
+    if (sent >= p.len) {
+      sent -= p.len;
+      queue_->pop_front();
+    } else {
+      p.ptr += sent;
+      p.len -= sent;
+      sent = 0;
+    }
+  }
+  if (queue_empty()) {
+    ReturnQueue();
+    if (shutdown_write_) ::shutdown(fd_, SHUT_WR);
+  } else {
+    KickSend();
+  }
+  handler_->OnWriteProgress();
+}
+
+void Stream::ShutdownWriteWhenDrained() {
+  shutdown_write_ = true;
+  if (write_idle()) ::shutdown(fd_, SHUT_WR);
+}
+
+void Stream::Close() {
+  if (closing_) return;
+  closing_ = true;
+  want_read_ = false;
+  if (starved_) {
+    worker_->RemoveStarved(this);
+    starved_ = false;
+  }
+  // A send in flight may still read the pieces' bytes: the queue goes back
+  // once it completes (OnSend, or the destructor).
+  if (!send_inflight_) ReturnQueue();
+  queued_bytes_ = 0;
+  if (inflight_ > 0) {
+    // shutdown() ends a pending receive (EOF) or send (EPIPE) at once and
+    // tells the peer now (Ollama stops generating only when its connection
+    // closes). Only a connect in flight needs a cancel: a cancel by fd is
+    // matched against every request of the ring, so one per connection
+    // made a mass close (10 000 timeouts at once) quadratic.
+    ::shutdown(fd_, SHUT_RDWR);
+    if (connecting_) {
+      io_uring_sqe* sqe = worker_->ring().GetSqe();
+      io_uring_prep_cancel_fd(sqe, fd_, IORING_ASYNC_CANCEL_ALL);
+      io_uring_sqe_set_data64(sqe, 0);
+    }
+  }
+  MaybeFinishClose();
+}
+
+void Stream::OpDone() { --inflight_; }
+
+void Stream::MaybeFinishClose() {
+  if (!closing_ || closed_ || inflight_ > 0) return;
+  closed_ = true;
+  ::close(fd_);
+  fd_ = -1;
+  worker_->Defer([h = handler_] { h->OnClosed(); });
+}
+
+}  // namespace sluice::core

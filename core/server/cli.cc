@@ -1,0 +1,254 @@
+#include "core/server/cli.h"
+
+#include <netdb.h>
+#include <netinet/in.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <optional>
+
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+
+namespace sluice::core {
+namespace {
+
+void ParseOne(absl::string_view arg, const std::vector<std::string>& args,
+              size_t* i, std::vector<std::string>* positional, int depth,
+              absl::string_view usage);
+
+void ReadFlagfile(const std::string& path, std::vector<std::string>* positional,
+                  int depth, absl::string_view usage) {
+  if (depth > 8) UsageError(absl::StrCat("--flagfile: nesting too deep at ", path));
+  std::ifstream in(path);
+  if (!in) UsageError(absl::StrCat("--flagfile: cannot read ", path, ": ", strerror(errno)));
+  std::vector<std::string> lines;
+  std::string line;
+  int line_no = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    size_t b = line.find_first_not_of(" \t\r");
+    size_t e = line.find_last_not_of(" \t\r");
+    if (b == std::string::npos || line[b] == '#') continue;
+    std::string arg = line.substr(b, e - b + 1);
+    if (arg.rfind("-", 0) != 0) {
+      UsageError(absl::StrCat("--flagfile: ", path, ":", line_no, ": expected --flag=value, got '",
+                              arg, "'"));
+    }
+    // "--name value", as on a command line: a file line is one argument,
+    // so the value must be joined with '='.
+    if (size_t space = arg.find_first_of(" \t");
+        space != std::string::npos && arg.find('=') > space) {
+      absl::string_view name(arg.data(), space);
+      absl::string_view value =
+          absl::StripLeadingAsciiWhitespace(absl::string_view(arg).substr(space));
+      UsageError(absl::StrCat("--flagfile: ", path, ":", line_no, ": write ", name, "=", value,
+                              " (one --name=value per line), not '", arg, "'"));
+    }
+    lines.push_back(std::move(arg));
+  }
+  for (size_t i = 0; i < lines.size(); ++i) {
+    ParseOne(lines[i], lines, &i, positional, depth + 1, usage);
+  }
+}
+
+bool IsOurs(const absl::CommandLineFlag& flag) {
+  std::string file = flag.Filename();
+  return file.find("absl/") == std::string::npos &&
+         file.find("abseil") == std::string::npos;
+}
+
+[[noreturn]] void PrintHelp(absl::string_view usage) {
+  std::string out(usage);
+  out += "\n\nFlags (--name=value; durations like 500ms, 10s, 10m; sizes like 64k, 100M):\n";
+  std::vector<absl::CommandLineFlag*> flags;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (IsOurs(*flag)) flags.push_back(flag);
+  }
+  std::sort(flags.begin(), flags.end(),
+            [](auto* a, auto* b) { return a->Name() < b->Name(); });
+  for (auto* f : flags) {
+    absl::StrAppend(&out, "  --", f->Name(), "  (default: ",
+                    f->DefaultValue().empty() ? "\"\"" : f->DefaultValue(), ")\n      ",
+                    f->Help(), "\n");
+  }
+  out += "  --flagfile=FILE  read flags from FILE, one per line\n  --help  this text\n";
+  fwrite(out.data(), 1, out.size(), stdout);
+  exit(0);
+}
+
+void SetFlag(absl::string_view name, absl::string_view value) {
+  absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+  if (flag == nullptr || !IsOurs(*flag)) {
+    UsageError(absl::StrCat("unknown flag --", name, " (see --help)"));
+  }
+  std::string error;
+  if (!flag->ParseFrom(value, &error)) {
+    UsageError(absl::StrCat("--", name, ": invalid value '", value, "': ", error));
+  }
+}
+
+void ParseOne(absl::string_view arg, const std::vector<std::string>& args,
+              size_t* i, std::vector<std::string>* positional, int depth,
+              absl::string_view usage) {
+  if (arg.size() < 2 || arg[0] != '-') {
+    positional->emplace_back(arg);
+    return;
+  }
+  absl::string_view body = arg.substr(arg[1] == '-' ? 2 : 1);
+  size_t eq = body.find('=');
+  std::string name(body.substr(0, eq));
+  if (name == "help" || name == "helpfull" || name == "h") PrintHelp(usage);
+  std::optional<std::string> value;
+  if (eq != absl::string_view::npos) value = std::string(body.substr(eq + 1));
+  if (name == "flagfile") {
+    if (!value) {
+      if (*i + 1 >= args.size()) UsageError("--flagfile: missing file name");
+      value = args[++*i];
+    }
+    ReadFlagfile(*value, positional, depth, usage);
+    return;
+  }
+  absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+  if (!value) {
+    if (flag && flag->IsOfType<bool>()) {
+      value = "true";
+    } else if (!flag && name.rfind("no", 0) == 0) {
+      absl::CommandLineFlag* neg = absl::FindCommandLineFlag(name.substr(2));
+      if (neg && neg->IsOfType<bool>()) {
+        name = name.substr(2);
+        value = "false";
+      }
+    }
+    if (!value && flag) {
+      if (*i + 1 >= args.size()) UsageError(absl::StrCat("--", name, ": missing value"));
+      value = args[++*i];
+    }
+  }
+  SetFlag(name, value.value_or(""));
+}
+
+}  // namespace
+
+void UsageError(absl::string_view message) {
+  std::string line = absl::StrCat("sluice: ", message, "\n");
+  fwrite(line.data(), 1, line.size(), stderr);
+  exit(2);
+}
+
+std::vector<std::string> ParseFlagsOrExit(int argc, char** argv,
+                                          absl::string_view usage) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::vector<std::string> positional;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--") {
+      positional.insert(positional.end(), args.begin() + i + 1, args.end());
+      break;
+    }
+    ParseOne(args[i], args, &i, &positional, 0, usage);
+  }
+  return positional;
+}
+
+absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view text,
+                                            bool numeric_only) {
+  absl::string_view t = text;
+  // A URL where an address is expected: say so, rather than fail on the
+  // colon of "https://" as if it were an IPv6 address, or drop a path
+  // (sluice forwards each request's own path).
+  if (size_t scheme = t.find("://"); scheme != absl::string_view::npos) {
+    absl::string_view rest = t.substr(scheme + 3);
+    return absl::InvalidArgumentError(absl::StrCat("expected host:port without a scheme, got '",
+                                                   text, "' (write '",
+                                                   rest.substr(0, rest.find('/')), "')"));
+  }
+  if (size_t slash = t.find('/'); slash != absl::string_view::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("expected host:port without a path, got '", text,
+                                                   "' (write '", t.substr(0, slash), "')"));
+  }
+  std::string host, port;
+  if (!t.empty() && t[0] == '[') {
+    size_t close = t.find(']');
+    if (close == absl::string_view::npos || close + 1 >= t.size() || t[close + 1] != ':') {
+      return absl::InvalidArgumentError(absl::StrCat("expected [ipv6]:port, got '", text, "'"));
+    }
+    host = std::string(t.substr(1, close - 1));
+    port = std::string(t.substr(close + 2));
+  } else {
+    size_t colon = t.rfind(':');
+    if (colon == absl::string_view::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("expected host:port, got '", text, "'"));
+    }
+    host = std::string(t.substr(0, colon));
+    port = std::string(t.substr(colon + 1));
+    if (host.find(':') != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("put IPv6 addresses in brackets: '", text, "'"));
+    }
+  }
+  if (host.empty()) host = "0.0.0.0";
+  if (port.empty() || port.find_first_not_of("0123456789") != std::string::npos ||
+      port.size() > 5 || std::stoi(port) > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid port in '", text, "'"));
+  }
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV | (numeric_only ? AI_NUMERICHOST : 0);
+  addrinfo* res = nullptr;
+  int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
+  if (rc != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot resolve '", text, "': ", gai_strerror(rc)));
+  }
+  addrinfo* pick = res;
+  for (addrinfo* a = res; a; a = a->ai_next) {
+    if (a->ai_family == AF_INET) {
+      pick = a;
+      break;
+    }
+  }
+  SocketAddress out;
+  memcpy(&out.storage, pick->ai_addr, pick->ai_addrlen);
+  out.len = pick->ai_addrlen;
+  freeaddrinfo(res);
+  return out;
+}
+
+bool AbslParseFlag(absl::string_view text, ByteSize* out, std::string* error) {
+  std::string t(text);
+  if (t.empty()) {
+    *error = "empty size";
+    return false;
+  }
+  uint64_t mult = 1;
+  switch (t.back()) {
+    case 'k': case 'K': mult = 1ull << 10; t.pop_back(); break;
+    case 'm': case 'M': mult = 1ull << 20; t.pop_back(); break;
+    case 'g': case 'G': mult = 1ull << 30; t.pop_back(); break;
+    default: break;
+  }
+  if (t.empty() || t.find_first_not_of("0123456789") != std::string::npos || t.size() > 12) {
+    *error = "expected a number of bytes with an optional k, m or g suffix";
+    return false;
+  }
+  uint64_t n = std::stoull(t);
+  if (n > UINT64_MAX / mult) {
+    *error = "size too large";
+    return false;
+  }
+  out->bytes = n * mult;
+  return true;
+}
+
+std::string AbslUnparseFlag(ByteSize s) {
+  if (s.bytes != 0 && s.bytes % (1ull << 30) == 0) return absl::StrCat(s.bytes >> 30, "G");
+  if (s.bytes != 0 && s.bytes % (1ull << 20) == 0) return absl::StrCat(s.bytes >> 20, "M");
+  if (s.bytes != 0 && s.bytes % (1ull << 10) == 0) return absl::StrCat(s.bytes >> 10, "K");
+  return absl::StrCat(s.bytes);
+}
+
+
+}  // namespace sluice::core

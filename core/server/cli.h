@@ -1,0 +1,40 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/server/config.h"
+
+namespace sluice::core {
+
+// Parses argv against the registered absl flags. Accepts --name=value,
+// --name value, --bool / --nobool, and --flagfile=FILE (one flag per line,
+// '#' comments). --help prints every sluice flag with its default and
+// exits 0. Any bad flag, value or file exits 2 after one line on stderr
+// that names the flag; a flagfile line "--name value" is told to write
+// "--name=value". Returns the positional arguments.
+std::vector<std::string> ParseFlagsOrExit(int argc, char** argv,
+                                          absl::string_view usage);
+
+// A byte count flag: plain bytes or with a k/m/g suffix (powers of 1024),
+// as nginx writes client_max_body_size.
+struct ByteSize {
+  uint64_t bytes = 0;
+};
+bool AbslParseFlag(absl::string_view text, ByteSize* out, std::string* error);
+std::string AbslUnparseFlag(ByteSize s);
+
+// Prints `message` as "sluice: <message>" and exits 2 (bad invocation).
+[[noreturn]] void UsageError(absl::string_view message);
+
+// "host:port", "[v6]:port" or ":port" (all IPv4 addresses); numeric hosts
+// only when `numeric_only`, else names are resolved (IPv4 preferred, since
+// Ollama binds 127.0.0.1 by default). A scheme ("http://") or a path is
+// refused with a message that shows the host:port to write instead.
+absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view text,
+                                            bool numeric_only);
+
+}  // namespace sluice::core

@@ -1,0 +1,127 @@
+#include "core/upstream/upstream_pool.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "core/server/worker.h"
+
+namespace sluice::core {
+
+UpstreamLink::UpstreamLink(UpstreamPool* pool, Worker* worker, int fd)
+    : pool_(pool),
+      stream_(worker, fd, this),
+      idle_timer_([this] { pool_->Discard(this); }) {}
+
+void UpstreamLink::OnData(Slice data) {
+  if (user_) {
+    user_->OnLinkData(std::move(data));
+  } else {
+    // An idle HTTP/1.1 link must stay silent; bytes here mean it is unusable.
+    pool_->Discard(this);
+  }
+}
+
+void UpstreamLink::OnReadEnd(int res) {
+  if (user_) {
+    user_->OnLinkReadEnd(res);
+  } else {
+    pool_->Discard(this);  // the upstream closed an idle link
+  }
+}
+
+void UpstreamLink::OnWriteProgress() {
+  if (user_) user_->OnLinkWriteProgress();
+}
+
+void UpstreamLink::OnWriteError(int res) {
+  if (user_) {
+    user_->OnLinkWriteError(res);
+  } else {
+    pool_->Discard(this);
+  }
+}
+
+void UpstreamLink::OnConnected(int res) {
+  if (res == 0) {
+    connected_ = true;
+    stream_.StartReading();
+  }
+  if (user_) user_->OnLinkConnected(res);
+}
+
+void UpstreamLink::OnClosed() { pool_->Destroy(this); }
+
+UpstreamPool::UpstreamPool(Worker* worker)
+    : worker_(worker), idle_(worker->config().upstream_keepalive) {}
+
+UpstreamPool::~UpstreamPool() = default;
+
+UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
+  UpstreamLink* link = fresh ? nullptr : idle_.TakeNewest();
+  if (link != nullptr) {
+    link->idle_ = false;
+    link->idle_timer_.Disarm();
+    link->user_ = user;
+    link->reused_ = true;
+    ++worker_->metrics().upstream_reused;
+    return link;
+  }
+  const Config& cfg = worker_->config();
+  int fd = ::socket(cfg.upstream.family(),
+                    SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    *err = -errno;
+    return nullptr;
+  }
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  link = new UpstreamLink(this, worker_, fd);
+  ++open_;
+  link->user_ = user;
+  ++worker_->metrics().upstream_connects;
+  link->stream_.Connect(cfg.upstream.get(), cfg.upstream.len,
+                        cfg.connect_timeout_ns);
+  return link;
+}
+
+void UpstreamPool::Release(UpstreamLink* link) {
+  link->user_ = nullptr;
+  const Config& cfg = worker_->config();
+  if (worker_->draining() || link->stream_.closing() || !idle_.Offer(link)) {
+    Discard(link);
+    return;
+  }
+  link->idle_ = true;
+  link->stream_.StartReading();
+  link->idle_timer_.Disarm();
+  worker_->Timers(cfg.upstream_idle_timeout_ns)->Arm(&link->idle_timer_, worker_->now_ns());
+}
+
+void UpstreamPool::Discard(UpstreamLink* link) {
+  link->user_ = nullptr;
+  link->idle_timer_.Disarm();
+  if (link->idle_) {
+    idle_.Remove(link);
+    link->idle_ = false;
+  }
+  link->stream_.Close();
+}
+
+void UpstreamPool::CloseIdle() {
+  for (UpstreamLink* link : idle_.TakeAll()) {
+    link->idle_ = false;
+    Discard(link);
+  }
+}
+
+void UpstreamPool::Destroy(UpstreamLink* link) {
+  if (link->idle_) idle_.Remove(link);
+  --open_;
+  delete link;
+}
+
+}  // namespace sluice::core

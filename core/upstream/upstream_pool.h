@@ -1,0 +1,90 @@
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/engine/idle_list.h"
+#include "core/engine/stream.h"
+#include "core/engine/timer.h"
+
+namespace sluice::core {
+
+class Worker;
+class UpstreamPool;
+
+// Receives the events of the upstream link it holds (see StreamHandler for
+// the meaning of each).
+class LinkUser {
+ public:
+  virtual ~LinkUser() = default;
+  virtual void OnLinkConnected(int res) = 0;
+  virtual void OnLinkData(Slice data) = 0;
+  virtual void OnLinkReadEnd(int res) = 0;
+  virtual void OnLinkWriteProgress() = 0;
+  virtual void OnLinkWriteError(int res) = 0;
+};
+
+// One HTTP/1.1 keepalive connection to the upstream. Owned by the pool; a
+// user borrows it for exactly one request/response.
+class UpstreamLink final : public StreamHandler {
+ public:
+  UpstreamLink(UpstreamPool* pool, Worker* worker, int fd);
+
+  Stream& stream() { return stream_; }
+  // True when it came from the idle list (it may have been closed by the
+  // upstream meanwhile: the one case where a retry is safe).
+  bool reused() const { return reused_; }
+  bool connected() const { return connected_; }
+
+ private:
+  friend class UpstreamPool;
+  void OnData(Slice data) override;
+  void OnReadEnd(int res) override;
+  void OnWriteProgress() override;
+  void OnWriteError(int res) override;
+  void OnConnected(int res) override;
+  void OnClosed() override;
+
+  UpstreamPool* pool_;
+  Stream stream_;
+  LinkUser* user_ = nullptr;
+  Timer idle_timer_;
+  bool reused_ = false;
+  bool connected_ = false;
+  bool idle_ = false;
+};
+
+// A worker's pool of keepalive links to the upstream: at most
+// --upstream_keepalive idle ones are kept (most recently used first, so the
+// freshest link is reused and surplus ones age out), each watched by a
+// receive so an upstream close removes it at once.
+class UpstreamPool {
+ public:
+  explicit UpstreamPool(Worker* worker);
+  ~UpstreamPool();
+
+  // A link for one request: an idle one, or (also when `fresh` is set) a new
+  // connection whose OnLinkConnected follows. Null only if no socket could
+  // be made; `*err` then holds -errno.
+  UpstreamLink* Acquire(LinkUser* user, bool fresh, int* err);
+  // Gives back a link after a complete response; kept if the pool has room.
+  void Release(UpstreamLink* link);
+  // Closes a link that must not be reused (errors, cancellation).
+  void Discard(UpstreamLink* link);
+  // Closes every idle link (drain).
+  void CloseIdle();
+
+  size_t idle_count() const { return idle_.size(); }
+  size_t open_count() const { return open_; }
+
+ private:
+  friend class UpstreamLink;
+  void Destroy(UpstreamLink* link);
+
+  Worker* worker_;
+  IdleList<UpstreamLink> idle_;
+  size_t open_ = 0;
+};
+
+}  // namespace sluice::core
