@@ -5,25 +5,25 @@
 #include <cerrno>
 #include <cstring>
 
-#include "core/server/worker.h"
+#include "core/engine/loop.h"
 
 namespace sluice::core {
 
-Stream::Stream(Worker* worker, int fd, StreamHandler* handler)
-    : worker_(worker), fd_(fd), handler_(handler) {
+Stream::Stream(Loop* loop, int fd, StreamHandler* handler)
+    : loop_(loop), fd_(fd), handler_(handler) {
   recv_op_.s = this;
   send_op_.s = this;
   connect_op_.s = this;
 }
 
 Stream::~Stream() {
-  if (starved_) worker_->RemoveStarved(this);
-  if (flush_pending_) worker_->CancelFlush(this);
+  if (starved_) loop_->RemoveStarved(this);
+  if (flush_pending_) loop_->CancelFlush(this);
   if (fd_ >= 0) ::close(fd_);
 }
 
 void Stream::Connect(const sockaddr* addr, socklen_t len, int64_t timeout_ns) {
-  io_uring_sqe* sqe = worker_->ring().GetSqe();
+  io_uring_sqe* sqe = loop_->ring().GetSqe();
   io_uring_prep_connect(sqe, fd_, addr, len);
   io_uring_sqe_set_data(sqe, &connect_op_);
   connecting_ = true;
@@ -31,7 +31,7 @@ void Stream::Connect(const sockaddr* addr, socklen_t len, int64_t timeout_ns) {
   // The linked timeout cancels the connect (-ECANCELED) when it expires.
   connect_ts_.tv_sec = timeout_ns / 1000000000;
   connect_ts_.tv_nsec = timeout_ns % 1000000000;
-  io_uring_sqe* tsqe = worker_->ring().GetSqe();
+  io_uring_sqe* tsqe = loop_->ring().GetSqe();
   io_uring_prep_link_timeout(tsqe, &connect_ts_, 0);
   io_uring_sqe_set_data64(tsqe, 0);
   ++inflight_;
@@ -56,7 +56,7 @@ void Stream::StartReading() {
 void Stream::StopReading() {
   want_read_ = false;
   if (recv_armed_ && !cancel_pending_) {
-    io_uring_sqe* sqe = worker_->ring().GetSqe();
+    io_uring_sqe* sqe = loop_->ring().GetSqe();
     io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(&recv_op_), 0);
     io_uring_sqe_set_data64(sqe, 0);
     cancel_pending_ = true;
@@ -64,7 +64,7 @@ void Stream::StopReading() {
 }
 
 void Stream::ArmRecv() {
-  io_uring_sqe* sqe = worker_->ring().GetSqe();
+  io_uring_sqe* sqe = loop_->ring().GetSqe();
   io_uring_prep_recv_multishot(sqe, fd_, nullptr, 0, 0);
   sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = BufferRing::kGroupId;
@@ -86,15 +86,15 @@ void Stream::OnRecv(int res, uint32_t flags) {
     OpDone();
   }
   if (res > 0) {
-    Slice data = worker_->buffers().Take(
+    Slice data = loop_->buffers().Take(
         static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT), res);
     if (!closing_) handler_->OnData(std::move(data));
   } else if (res == -ENOBUFS) {
     // The ring is empty: wait until slices release buffers, then re-arm.
-    worker_->buffers().OnEmpty();
+    loop_->buffers().OnEmpty();
     if (!more && !closing_ && !starved_) {
       starved_ = true;
-      worker_->AddStarved(this);
+      loop_->AddStarved(this);
     }
     return;
   } else if (res == -ECANCELED) {
@@ -155,14 +155,14 @@ void Stream::WriteOwned(std::string s) {
 }
 
 SendPieces& Stream::Queue() {
-  if (!queue_) queue_ = worker_->send_pool().TakePieces();
+  if (!queue_) queue_ = loop_->send_pool().TakePieces();
   return *queue_;
 }
 
 void Stream::ReturnQueue() {
   if (!queue_) return;
   queue_->clear();
-  worker_->send_pool().GivePieces(std::move(queue_));
+  loop_->send_pool().GivePieces(std::move(queue_));
 }
 
 void Stream::KickSend() {
@@ -171,13 +171,13 @@ void Stream::KickSend() {
     return;
   }
   flush_pending_ = true;
-  worker_->RequestFlush(this);
+  loop_->RequestFlush(this);
 }
 
 void Stream::Flush() {
   flush_pending_ = false;
   if (send_inflight_ || queue_empty() || closing_ || connecting_) return;
-  if (!scratch_) scratch_ = worker_->send_pool().TakeScratch();
+  if (!scratch_) scratch_ = loop_->send_pool().TakeScratch();
   int n = 0;
   for (auto it = queue_->begin();
        it != queue_->end() && n < SendScratch::kMaxIov; ++it, ++n) {
@@ -187,7 +187,7 @@ void Stream::Flush() {
   scratch_->msg = msghdr{};
   scratch_->msg.msg_iov = scratch_->iov;
   scratch_->msg.msg_iovlen = n;
-  io_uring_sqe* sqe = worker_->ring().GetSqe();
+  io_uring_sqe* sqe = loop_->ring().GetSqe();
   io_uring_prep_sendmsg(sqe, fd_, &scratch_->msg, MSG_NOSIGNAL);
   io_uring_sqe_set_data(sqe, &send_op_);
   send_inflight_ = true;
@@ -197,7 +197,7 @@ void Stream::Flush() {
 void Stream::OnSend(int res) {
   send_inflight_ = false;
   OpDone();
-  worker_->send_pool().GiveScratch(std::move(scratch_));
+  loop_->send_pool().GiveScratch(std::move(scratch_));
   if (closing_) {
     ReturnQueue();
     MaybeFinishClose();
@@ -243,7 +243,7 @@ void Stream::Close() {
   closing_ = true;
   want_read_ = false;
   if (starved_) {
-    worker_->RemoveStarved(this);
+    loop_->RemoveStarved(this);
     starved_ = false;
   }
   // A send in flight may still read the pieces' bytes: the queue goes back
@@ -258,7 +258,7 @@ void Stream::Close() {
     // made a mass close (10 000 timeouts at once) quadratic.
     ::shutdown(fd_, SHUT_RDWR);
     if (connecting_) {
-      io_uring_sqe* sqe = worker_->ring().GetSqe();
+      io_uring_sqe* sqe = loop_->ring().GetSqe();
       io_uring_prep_cancel_fd(sqe, fd_, IORING_ASYNC_CANCEL_ALL);
       io_uring_sqe_set_data64(sqe, 0);
     }
@@ -273,7 +273,7 @@ void Stream::MaybeFinishClose() {
   closed_ = true;
   ::close(fd_);
   fd_ = -1;
-  worker_->Defer([h = handler_] { h->OnClosed(); });
+  loop_->Defer([h = handler_] { h->OnClosed(); });
 }
 
 }  // namespace sluice::core

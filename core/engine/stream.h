@@ -12,11 +12,11 @@
 #include "core/engine/buffer.h"
 #include "core/engine/ring.h"
 #include "core/engine/send_queue.h"
-#include "core/server/worker.h"
+#include "core/engine/loop.h"
 
 namespace sluice::core {
 
-class Worker;
+class Loop;
 
 // Events of a Stream. They run from the worker loop; a handler may call any
 // Stream method, including Close, but must not destroy the Stream inside a
@@ -51,7 +51,7 @@ inline constexpr size_t kMaxPieces = 96;
 // pieces to send, gathered with sendmsg. The Stream owns its fd.
 class Stream final : public Flushable {
  public:
-  Stream(Worker* worker, int fd, StreamHandler* handler);
+  Stream(Loop* loop, int fd, StreamHandler* handler);
   ~Stream();
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
@@ -97,9 +97,9 @@ class Stream final : public Flushable {
   bool closing() const { return closing_; }
   int fd() const { return fd_; }
 
-  // Re-arms a receive that stopped on -ENOBUFS (called by the worker).
+  // Re-arms a receive that stopped on -ENOBUFS (called by the loop).
   void RetryAfterBuffers();
-  // Sends everything queued so far in one sendmsg (called by the worker at
+  // Sends everything queued so far in one sendmsg (called by the loop at
   // the end of a loop turn, so that a chunk's header, payload and CRLF
   // leave together instead of in three sends).
   void Flush() override;
@@ -133,7 +133,7 @@ class Stream final : public Flushable {
   void OpDone();
   void MaybeFinishClose();
 
-  Worker* worker_;
+  Loop* loop_;
   int fd_;
   StreamHandler* handler_;
   RecvOp recv_op_;

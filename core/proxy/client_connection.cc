@@ -21,7 +21,7 @@ ClientConnection::ClientConnection(Worker* worker, int fd,
                                    std::shared_ptr<const tls::TlsContext> tls)
     : worker_(worker),
       number_(worker->NextConnectionNumber()),
-      stream_(worker, fd, this),
+      stream_(worker->loop(), fd, this),
       peer_(peer),
       client_addr_(peer.ToString()),
       kind_(kind),

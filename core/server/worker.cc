@@ -2,9 +2,7 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <pthread.h>
-#include <sched.h>
-#include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,10 +20,13 @@
 namespace sluice::core {
 namespace {
 
-int64_t MonotonicNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+Loop::Options LoopOptions(const Config& config, int cpu) {
+  Loop::Options o;
+  o.cpu = cpu;
+  o.recv_buffers = config.recv_buffers;
+  o.recv_buffer_size = config.recv_buffer_size;
+  o.busy_poll_ns = config.busy_poll_ns;
+  return o;
 }
 
 // The TCP peer of an accepted socket ("::" when it already went away).
@@ -42,43 +43,25 @@ Worker::Worker(int index, const Config& config, std::vector<Listener> listeners,
                int cpu)
     : index_(index),
       config_(config),
-      cpu_(cpu),
-      access_flush_timer_([this] { FlushAccessLog(); }),
-      buffer_trim_timer_([this] {
-        if (buffers_.Trim()) Timers(kBufferTrimNs)->Arm(&buffer_trim_timer_, now_ns_);
-      }) {
+      listeners_(std::move(listeners)),
+      loop_(LoopOptions(config, cpu)),
+      drain_timer_([] {}),
+      access_flush_timer_([this] { FlushAccessLog(); }) {
   static const Observability kDefaults;
   obs_ = config_.obs ? config_.obs : &kDefaults;
   if (obs_->access_log) {
     access_formatter_ = std::make_unique<AccessLogFormatter>(obs_->access_log_format);
   }
-  for (const Listener& l : listeners) {
-    auto op = std::make_unique<AcceptOp>();
-    op->w = this;
-    op->listener = l;
-    accept_ops_.push_back(std::move(op));
+  for (size_t i = 0; i < listeners_.size(); ++i) {
+    loop_.AddListener(listeners_[i].fd, static_cast<int>(i), this);
   }
-  wake_op_.w = this;
   pool_ = std::make_unique<UpstreamPool>(this);
-  wake_fd_ = eventfd(0, EFD_CLOEXEC);
   // 4096 remembered credentials per worker, about 150 KiB. A positive
   // answer holds until a reload (the generation changes) or 10 minutes; a
   // wrong password is remembered for a minute, so repeating it costs no
   // bcrypt.
   auth_cache_ = std::make_unique<policy::BasicAuthCache>(4096, absl::Minutes(10),
                                                          absl::Minutes(1));
-  timer_lists_.push_back(std::make_unique<TimerList>(-1));
-  deadline_timers_ = timer_lists_.back().get();
-}
-
-void Worker::Post(std::function<void()> fn) {
-  {
-    std::lock_guard<std::mutex> lock(post_mu_);
-    posted_.push_back(std::move(fn));
-  }
-  uint64_t one = 1;
-  ssize_t ignored = ::write(wake_fd_, &one, sizeof(one));
-  (void)ignored;
 }
 
 const std::shared_ptr<const policy::Policy>& Worker::policy() {
@@ -90,64 +73,18 @@ const std::shared_ptr<const policy::Policy>& Worker::policy() {
   return policy_;
 }
 
-Worker::~Worker() {
-  for (auto& op : accept_ops_) {
-    if (op->listener.fd >= 0) ::close(op->listener.fd);
-  }
-  if (wake_fd_ >= 0) ::close(wake_fd_);
-}
+// The loop owns the listening sockets and closes them.
+Worker::~Worker() = default;
 
 absl::Status Worker::Init() {
   SetLogWorker(index_);
-  if (cpu_ >= 0) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu_, &set);
-    pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-  }
-  if (absl::Status s = ring_.Init(4096); !s.ok()) return s;
-  if (absl::Status s = buffers_.Init(ring_.raw(), config_.recv_buffers,
-                                     config_.recv_buffer_size);
-      !s.ok()) {
-    return s;
-  }
-  UpdateClock();
-  for (auto& op : accept_ops_) ArmAccept(op.get());
-  ArmWake();
-  return absl::OkStatus();
+  return loop_.Init();
 }
 
 void Worker::RequestStop() {
-  stop_requested_.store(true, std::memory_order_release);
-  uint64_t one = 1;
-  ssize_t ignored = ::write(wake_fd_, &one, sizeof(one));
-  (void)ignored;
-}
-
-TimerList* Worker::Timers(int64_t duration_ns) {
-  for (auto& list : timer_lists_) {
-    if (list->duration_ns() == duration_ns) return list.get();
-  }
-  timer_lists_.push_back(std::make_unique<TimerList>(duration_ns));
-  return timer_lists_.back().get();
-}
-
-void Worker::RemoveStarved(Stream* s) {
-  starved_.erase(std::remove(starved_.begin(), starved_.end(), s), starved_.end());
-}
-
-void Worker::ArmAccept(AcceptOp* op) {
-  io_uring_sqe* sqe = ring_.GetSqe();
-  io_uring_prep_multishot_accept(sqe, op->listener.fd, nullptr, nullptr,
-                                 SOCK_CLOEXEC);
-  io_uring_sqe_set_data(sqe, op);
-  op->armed = true;
-}
-
-void Worker::ArmWake() {
-  io_uring_sqe* sqe = ring_.GetSqe();
-  io_uring_prep_read(sqe, wake_fd_, &wake_buf_, sizeof(wake_buf_), 0);
-  io_uring_sqe_set_data(sqe, &wake_op_);
+  loop_.Post([this] {
+    if (!draining_) BeginDrain();
+  });
 }
 
 // Past --max_connections a worker still takes in this many more, to tell
@@ -159,15 +96,15 @@ size_t Worker::OverLimitAllowance() const {
   return std::max<size_t>(16, static_cast<size_t>(config_.max_connections_per_worker) / 8);
 }
 
-void Worker::OnAccept(AcceptOp* op, int res, uint32_t flags) {
-  if (!(flags & IORING_CQE_F_MORE)) op->armed = false;
-  if (res >= 0) {
+void Worker::OnAccepted(int tag, int res) {
+  const Listener& listener = listeners_[static_cast<size_t>(tag)];
+  {
     ++metrics_.connections_accepted;
     const size_t cap = static_cast<size_t>(config_.max_connections_per_worker);
     const bool over_limit =
         cap > 0 && connections_.size() - over_limit_connections_ >= cap && !draining_;
-    if (over_limit && now_ns_ - overload_logged_ns_ >= 1'000'000'000) {
-      overload_logged_ns_ = now_ns_;
+    if (over_limit && now_ns() - overload_logged_ns_ >= 1'000'000'000) {
+      overload_logged_ns_ = now_ns();
       LOG_WARN("at the connection cap (%zu per worker, --max_connections): "
                "new connections get 503",
                cap);
@@ -180,7 +117,7 @@ void Worker::OnAccept(AcceptOp* op, int res, uint32_t flags) {
       int one = 1;
       ::setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
       std::shared_ptr<const tls::TlsContext> tls;
-      if (op->listener.kind == ListenerKind::kTls && config_.tls_slot) {
+      if (listener.kind == ListenerKind::kTls && config_.tls_slot) {
         uint64_t gen = config_.tls_slot->generation();
         if (gen != tls_generation_) {
           tls_context_ = config_.tls_slot->Get();
@@ -188,7 +125,7 @@ void Worker::OnAccept(AcceptOp* op, int res, uint32_t flags) {
         }
         tls = tls_context_;
       }
-      auto* conn = new ClientConnection(this, res, PeerAddress(res), op->listener.kind,
+      auto* conn = new ClientConnection(this, res, PeerAddress(res), listener.kind,
                                         std::move(tls));
       if (over_limit) conn->MarkOverLimit();
       LOG_DEBUG("*%llu client %s: accepted%s", static_cast<unsigned long long>(conn->number()),
@@ -200,61 +137,34 @@ void Worker::OnAccept(AcceptOp* op, int res, uint32_t flags) {
       // reset; in a restart the socket stays open for the new process.
       if (draining_) conn->Drain();
     }
-  } else if (res != -ECANCELED) {
-    // EMFILE/ENFILE/ENOBUFS: the connection stays in the backlog; log and
-    // keep accepting once something is freed.
-    LOG_WARN("accept: %s", strerror(-res));
   }
-  if (!op->armed && !draining_) ArmAccept(op);
 }
 
-void Worker::OnWake(int res) {
-  std::vector<std::function<void()>> posted;
-  {
-    std::lock_guard<std::mutex> lock(post_mu_);
-    posted.swap(posted_);
-  }
-  for (auto& fn : posted) fn();
-  if (stop_requested_.load(std::memory_order_acquire) && !draining_) {
-    BeginDrain();
-  }
-  // Still armed while draining: requests in flight may wait for a post.
-  ArmWake();
+void Worker::OnAcceptError(int tag, int res) {
+  // EMFILE/ENFILE/ENOBUFS: the connection stays in the backlog; log and
+  // keep accepting once something is freed.
+  LOG_WARN("accept: %s", strerror(-res));
 }
 
 void Worker::BeginDrain() {
   draining_ = true;
-  drain_deadline_ns_ = now_ns_ + config_.drain_timeout_ns;
-  for (auto& op : accept_ops_) {
-    if (op->armed) {
-      io_uring_sqe* sqe = ring_.GetSqe();
-      io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(op.get()), 0);
-      io_uring_sqe_set_data64(sqe, 0);
-    }
-    // Closing the listener makes the kernel refuse new connections to this
-    // worker's socket (the others close theirs at the same time).
-    ::close(op->listener.fd);
-    op->listener.fd = -1;
-  }
+  drain_deadline_ns_ = now_ns() + config_.drain_timeout_ns;
+  loop_.DeadlineTimers()->ArmAt(&drain_timer_, drain_deadline_ns_);
+  // Closing the listeners makes the kernel refuse new connections to this
+  // worker's sockets (the others close theirs at the same time).
+  loop_.CloseListeners();
   pool_->CloseIdle();
   std::vector<ClientConnection*> conns(connections_.begin(), connections_.end());
   for (ClientConnection* c : conns) c->Drain();
   LOG_INFO("draining %zu connection(s)", connections_.size());
 }
 
-void Worker::UpdateClock() {
-  now_ns_ = MonotonicNs();
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  now_unix_ns_ = static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-}
-
 MetricsShard Worker::SnapshotMetrics() const {
   MetricsShard copy = metrics_;
   copy.upstream_open = static_cast<int64_t>(pool_->open_count());
   copy.upstream_idle = static_cast<int64_t>(pool_->idle_count());
-  copy.recv_buffers_in_use = buffers_.in_use();
-  copy.recv_buffer_copies = buffers_.copied();
+  copy.recv_buffers_in_use = loop_.buffers().in_use();
+  copy.recv_buffer_copies = loop_.buffers().copied();
   return copy;
 }
 
@@ -269,7 +179,7 @@ void Worker::LogAccess(const AccessRecord& record) {
   if (access_buf_.size() >= kAccessBufferBytes) {
     FlushAccessLog();
   } else if (!access_flush_timer_.armed()) {
-    Timers(obs_->access_log_flush_ns)->Arm(&access_flush_timer_, now_ns_);
+    Timers(obs_->access_log_flush_ns)->Arm(&access_flush_timer_, now_ns());
   }
 }
 
@@ -279,7 +189,7 @@ void Worker::AccountBare(const http::RequestHead* head, std::string_view client,
   if (obs_->metrics) {
     RouteStats& route = metrics_.Route(group);
     ++route.by_status[status];
-    route.request.Observe(now_ns_ - start_ns);
+    route.request.Observe(now_ns() - start_ns);
   }
   if (!access_formatter_) return;
   AccessRecord r;
@@ -288,7 +198,7 @@ void Worker::AccountBare(const http::RequestHead* head, std::string_view client,
   if (head) DescribeRequest(*head, &r);
   r.status = status;
   r.body_bytes_sent = body_bytes;
-  r.request_time_ns = now_ns_ - start_ns;
+  r.request_time_ns = now_ns() - start_ns;
   r.route = group;
   r.worker = index_;
   r.connection = connection;
@@ -305,72 +215,21 @@ void Worker::FlushAccessLog() {
   access_lines_ = 0;
 }
 
-int64_t Worker::NextTimeout() const {
-  int64_t next = -1;
-  for (const auto& list : timer_lists_) {
-    int64_t d = list->next_deadline();
-    if (d >= 0 && (next < 0 || d < next)) next = d;
+bool Worker::KeepGoing() {
+  if (!draining_) return true;
+  if (connections_.empty()) return false;
+  if (now_ns() >= drain_deadline_ns_) {
+    if (!drain_timed_out_) {
+      drain_timed_out_ = true;
+      LOG_WARN("drain timeout: closing %zu connection(s)", connections_.size());
+    }
+    return false;
   }
-  if (draining_ && (next < 0 || drain_deadline_ns_ < next)) next = drain_deadline_ns_;
-  if (next < 0) return -1;
-  return std::max<int64_t>(0, next - now_ns_);
-}
-
-void Worker::RunDeferred() {
-  while (!deferred_.empty()) {
-    std::vector<std::function<void()>> batch;
-    batch.swap(deferred_);
-    for (auto& fn : batch) fn();
-  }
-}
-
-void Worker::CancelFlush(Flushable* f) {
-  for (Flushable*& p : flush_) {
-    if (p == f) p = nullptr;
-  }
-}
-
-void Worker::RunFlushes() {
-  // Flushing may queue more (a TLS session's records go to its Stream),
-  // so the list can grow while it runs.
-  for (size_t i = 0; i < flush_.size(); ++i) {
-    if (Flushable* f = flush_[i]) f->Flush();
-  }
-  flush_.clear();
+  return true;
 }
 
 void Worker::Run() {
-  for (;;) {
-    int ret = ring_.SubmitAndWait(NextTimeout(), config_.busy_poll_ns);
-    if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY) {
-      LOG_ERROR("io_uring_enter: %s", strerror(-ret));
-    }
-    UpdateClock();
-    ring_.DispatchCompletions();
-    RunDeferred();
-    for (auto& list : timer_lists_) list->Expire(now_ns_);
-    RunDeferred();
-    // Receives parked on -ENOBUFS re-arm once buffers came back.
-    if (!starved_.empty() && buffers_.recycled() != recycled_seen_) {
-      std::vector<Stream*> starved;
-      starved.swap(starved_);
-      for (Stream* s : starved) s->RetryAfterBuffers();
-    }
-    recycled_seen_ = buffers_.recycled();
-    // Gives the pages of buffers unused for a while back, and stops once
-    // nothing is left to trim (an idle worker sleeps).
-    if (!buffer_trim_timer_.armed() && buffers_.wants_trim()) {
-      Timers(kBufferTrimNs)->Arm(&buffer_trim_timer_, now_ns_);
-    }
-    RunFlushes();
-    if (draining_) {
-      if (connections_.empty()) break;
-      if (now_ns_ >= drain_deadline_ns_) {
-        LOG_WARN("drain timeout: closing %zu connection(s)", connections_.size());
-        break;
-      }
-    }
-  }
+  loop_.Run([this] { return KeepGoing(); });
   FlushAccessLog();
 }
 

@@ -13,7 +13,7 @@ namespace sluice::core {
 
 UpstreamLink::UpstreamLink(UpstreamPool* pool, Worker* worker, int fd)
     : pool_(pool),
-      stream_(worker, fd, this),
+      stream_(worker->loop(), fd, this),
       idle_timer_([this] { pool_->Discard(this); }) {}
 
 void UpstreamLink::OnData(Slice data) {

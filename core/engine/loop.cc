@@ -1,0 +1,226 @@
+#include "core/engine/loop.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+
+#include "core/engine/stream.h"
+#include "core/observe/log.h"
+
+namespace sluice::core {
+namespace {
+
+int64_t ClockNs(clockid_t clock) {
+  timespec ts;
+  clock_gettime(clock, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+}  // namespace
+
+Loop::Loop(const Options& options)
+    : options_(options),
+      buffer_trim_timer_([this] {
+        if (buffers_.Trim()) Timers(kBufferTrimNs)->Arm(&buffer_trim_timer_, now_ns_);
+      }) {
+  wake_op_.loop = this;
+  wake_fd_ = eventfd(0, EFD_CLOEXEC);
+  timer_lists_.push_back(std::make_unique<TimerList>(-1));
+  deadline_timers_ = timer_lists_.back().get();
+  UpdateClock();
+}
+
+Loop::~Loop() {
+  for (auto& op : accept_ops_) {
+    if (op->fd >= 0) ::close(op->fd);
+  }
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+void Loop::AddListener(int fd, int tag, Acceptor* acceptor) {
+  auto op = std::make_unique<AcceptOp>();
+  op->loop = this;
+  op->acceptor = acceptor;
+  op->fd = fd;
+  op->tag = tag;
+  accept_ops_.push_back(std::move(op));
+}
+
+absl::Status Loop::Init() {
+  if (options_.cpu >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(options_.cpu, &set);
+    pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+  }
+  if (absl::Status s = ring_.Init(options_.ring_entries); !s.ok()) return s;
+  if (absl::Status s = buffers_.Init(ring_.raw(), options_.recv_buffers,
+                                     options_.recv_buffer_size);
+      !s.ok()) {
+    return s;
+  }
+  UpdateClock();
+  for (auto& op : accept_ops_) ArmAccept(op.get());
+  ArmWake();
+  return absl::OkStatus();
+}
+
+void Loop::Post(std::function<void()> fn) {
+  {
+    std::lock_guard<std::mutex> lock(post_mu_);
+    posted_.push_back(std::move(fn));
+  }
+  uint64_t one = 1;
+  ssize_t ignored = ::write(wake_fd_, &one, sizeof(one));
+  (void)ignored;
+}
+
+TimerList* Loop::Timers(int64_t duration_ns) {
+  for (auto& list : timer_lists_) {
+    if (list->duration_ns() == duration_ns) return list.get();
+  }
+  timer_lists_.push_back(std::make_unique<TimerList>(duration_ns));
+  return timer_lists_.back().get();
+}
+
+void Loop::RemoveStarved(Stream* s) {
+  starved_.erase(std::remove(starved_.begin(), starved_.end(), s), starved_.end());
+}
+
+void Loop::CancelFlush(Flushable* f) {
+  for (Flushable*& p : flush_) {
+    if (p == f) p = nullptr;
+  }
+}
+
+void Loop::ArmAccept(AcceptOp* op) {
+  io_uring_sqe* sqe = ring_.GetSqe();
+  io_uring_prep_multishot_accept(sqe, op->fd, nullptr, nullptr, SOCK_CLOEXEC);
+  io_uring_sqe_set_data(sqe, op);
+  op->armed = true;
+}
+
+void Loop::ArmWake() {
+  io_uring_sqe* sqe = ring_.GetSqe();
+  io_uring_prep_read(sqe, wake_fd_, &wake_buf_, sizeof(wake_buf_), 0);
+  io_uring_sqe_set_data(sqe, &wake_op_);
+}
+
+void Loop::OnAccept(AcceptOp* op, int res, uint32_t flags) {
+  if (!(flags & IORING_CQE_F_MORE)) op->armed = false;
+  if (res >= 0) {
+    op->acceptor->OnAccepted(op->tag, res);
+  } else if (res != -ECANCELED) {
+    op->acceptor->OnAcceptError(op->tag, res);
+  }
+  // A closed listener (CloseListeners) is not re-armed.
+  if (!op->armed && op->fd >= 0) ArmAccept(op);
+}
+
+// Closing the fd alone would not stop a multishot accept: the request holds
+// the file, and on a socket shared with a restarted process it would go on
+// taking connections until the ring is torn down, where they would be
+// lost. So each accept is cancelled, and Run goes on until every cancelled
+// accept has ended: a connection accepted before the cancel reaches its
+// acceptor first.
+void Loop::CloseListeners() {
+  for (auto& op : accept_ops_) {
+    if (op->fd < 0) continue;
+    if (op->armed) {
+      io_uring_sqe* sqe = ring_.GetSqe();
+      io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(op.get()), 0);
+      io_uring_sqe_set_data64(sqe, 0);
+    }
+    ::close(op->fd);
+    op->fd = -1;
+  }
+}
+
+void Loop::OnWake() {
+  std::vector<std::function<void()>> posted;
+  {
+    std::lock_guard<std::mutex> lock(post_mu_);
+    posted.swap(posted_);
+  }
+  for (auto& fn : posted) fn();
+  ArmWake();
+}
+
+void Loop::UpdateClock() {
+  now_ns_ = ClockNs(CLOCK_MONOTONIC);
+  now_unix_ns_ = ClockNs(CLOCK_REALTIME);
+}
+
+int64_t Loop::NextTimeout() const {
+  int64_t next = -1;
+  for (const auto& list : timer_lists_) {
+    int64_t d = list->next_deadline();
+    if (d >= 0 && (next < 0 || d < next)) next = d;
+  }
+  if (next < 0) return -1;
+  return std::max<int64_t>(0, next - now_ns_);
+}
+
+void Loop::RunDeferred() {
+  while (!deferred_.empty()) {
+    std::vector<std::function<void()>> batch;
+    batch.swap(deferred_);
+    for (auto& fn : batch) fn();
+  }
+}
+
+void Loop::RetryStarved() {
+  // Receives parked on -ENOBUFS re-arm once buffers came back.
+  if (!starved_.empty() && buffers_.recycled() != recycled_seen_) {
+    std::vector<Stream*> starved;
+    starved.swap(starved_);
+    for (Stream* s : starved) s->RetryAfterBuffers();
+  }
+  recycled_seen_ = buffers_.recycled();
+}
+
+void Loop::RunFlushes() {
+  // Flushing may queue more (a TLS session's records go to its Stream),
+  // so the list can grow while it runs.
+  for (size_t i = 0; i < flush_.size(); ++i) {
+    if (Flushable* f = flush_[i]) f->Flush();
+  }
+  flush_.clear();
+}
+
+void Loop::Run(const std::function<bool()>& keep_going) {
+  do {
+    int ret = ring_.SubmitAndWait(NextTimeout(), options_.busy_poll_ns);
+    if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY) {
+      LOG_ERROR("io_uring_enter: %s", strerror(-ret));
+    }
+    UpdateClock();
+    ring_.DispatchCompletions();
+    RunDeferred();
+    for (auto& list : timer_lists_) list->Expire(now_ns_);
+    RunDeferred();
+    RetryStarved();
+    // Gives the pages of buffers unused for a while back, and stops once
+    // nothing is left to trim (an idle loop sleeps).
+    if (!buffer_trim_timer_.armed() && buffers_.wants_trim()) {
+      Timers(kBufferTrimNs)->Arm(&buffer_trim_timer_, now_ns_);
+    }
+    RunFlushes();
+  } while (keep_going() || AcceptsClosing());
+}
+
+bool Loop::AcceptsClosing() const {
+  for (const auto& op : accept_ops_) {
+    if (op->fd < 0 && op->armed) return true;
+  }
+  return false;
+}
+
+}  // namespace sluice::core

@@ -1,0 +1,248 @@
+#include "core/engine/loop.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace sluice::core {
+namespace {
+
+// The loop on its own, through the real kernel: what every connection
+// relies on (timers, deferred and posted work, end-of-turn flushes,
+// accepts) without a worker around it.
+class LoopTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    Loop::Options o;
+    o.recv_buffers = 64;
+    o.recv_buffer_size = 1024;
+    loop_ = std::make_unique<Loop>(o);
+  }
+  // Init on the test thread; skips where io_uring is unavailable.
+  bool Start() {
+    absl::Status s = loop_->Init();
+    if (!s.ok()) {
+      skipped_ = s.ToString();
+      return false;
+    }
+    return true;
+  }
+  std::unique_ptr<Loop> loop_;
+  std::string skipped_;
+};
+
+struct Recorder final : Flushable {
+  std::vector<std::string>* log;
+  void Flush() override { log->push_back("flush"); }
+};
+
+// Within one turn: completions, then deferred work, then timers (and work
+// they defer), then flushes; the loop stops when asked after a turn.
+TEST_F(LoopTest, TurnOrderAndTimers) {
+  if (!Start()) GTEST_SKIP() << skipped_;
+  std::vector<std::string> log;
+  Recorder flush;
+  flush.log = &log;
+  struct Ctx {
+    Loop* loop;
+    std::vector<std::string>* log;
+    Recorder* flush;
+  } ctx{loop_.get(), &log, &flush};
+  Timer t([c = &ctx] {
+    c->log->push_back("timer");
+    c->loop->Defer([c] { c->log->push_back("deferred by timer"); });
+    c->loop->RequestFlush(c->flush);
+  });
+  const int64_t start = loop_->now_ns();
+  loop_->Timers(20'000'000)->Arm(&t, loop_->now_ns());
+  loop_->Defer([&] { log.push_back("deferred"); });
+  int turns = 0;
+  loop_->Run([&] { return ++turns < 1000 && log.size() < 4; });
+  EXPECT_EQ(log, (std::vector<std::string>{"deferred", "timer", "deferred by timer", "flush"}));
+  EXPECT_GE(loop_->now_ns() - start, 20'000'000);
+  EXPECT_LT(turns, 10) << "the loop slept until the timer instead of spinning";
+}
+
+// Post is the one thread-safe entry: a closure from another thread wakes a
+// sleeping loop and runs on it.
+TEST_F(LoopTest, PostFromAnotherThreadWakesTheLoop) {
+  if (!Start()) GTEST_SKIP() << skipped_;
+  std::atomic<bool> ran{false};
+  std::thread::id ran_on;
+  std::thread poster([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    loop_->Post([&] {
+      ran_on = std::this_thread::get_id();
+      ran = true;
+    });
+  });
+  // A timer far away: only the post can end the wait.
+  Timer never([] {});
+  loop_->Timers(60'000'000'000)->Arm(&never, loop_->now_ns());
+  loop_->Run([&] { return !ran.load(); });
+  poster.join();
+  EXPECT_TRUE(ran.load());
+  EXPECT_EQ(ran_on, std::this_thread::get_id());
+}
+
+struct CountingAcceptor final : Acceptor {
+  std::vector<std::pair<int, int>> accepted;  // tag, fd
+  int errors = 0;
+  void OnAccepted(int tag, int fd) override { accepted.push_back({tag, fd}); }
+  void OnAcceptError(int tag, int res) override { ++errors; }
+};
+
+int ListenLoopback(int* port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || listen(fd, 16) != 0) {
+    close(fd);
+    return -1;
+  }
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  *port = ntohs(a.sin_port);
+  return fd;
+}
+
+int Connect(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Accepted sockets go to the acceptor with their listener's tag; after
+// CloseListeners the kernel refuses new connections.
+TEST_F(LoopTest, AcceptsUntilListenersClose) {
+  int port = 0;
+  int lfd = ListenLoopback(&port);
+  ASSERT_GE(lfd, 0);
+  CountingAcceptor acceptor;
+  loop_->AddListener(lfd, 7, &acceptor);
+  if (!Start()) GTEST_SKIP() << skipped_;
+  std::vector<int> clients;
+  for (int i = 0; i < 3; ++i) clients.push_back(Connect(port));
+  int turns = 0;
+  loop_->Run([&] { return acceptor.accepted.size() < 3 && ++turns < 100; });
+  ASSERT_EQ(acceptor.accepted.size(), 3u);
+  for (auto [tag, fd] : acceptor.accepted) {
+    EXPECT_EQ(tag, 7);
+    close(fd);
+  }
+  EXPECT_EQ(acceptor.errors, 0);
+  loop_->CloseListeners();
+  loop_->Run([] { return false; });  // submits the cancel
+  EXPECT_LT(Connect(port), 0) << "the listening socket is closed";
+  for (int fd : clients) close(fd);
+}
+
+// A drain closes the listeners in the middle of a turn while the socket may
+// live on in another process (a restart hands it over). Connections that
+// arrive then belong to that process: none may be taken by the closing loop
+// and lost with its ring, and any it did accept reaches its acceptor.
+TEST_F(LoopTest, ClosedListenersLoseNoConnection) {
+  int port = 0;
+  int lfd = ListenLoopback(&port);
+  ASSERT_GE(lfd, 0);
+  const int successor = dup(lfd);  // the socket as the new process holds it
+  CountingAcceptor acceptor;
+  loop_->AddListener(lfd, 1, &acceptor);
+  if (!Start()) GTEST_SKIP() << skipped_;
+  constexpr int kClients = 5;
+  std::vector<int> clients;
+  struct Ctx {
+    Loop* loop;
+    int port;
+    std::vector<int>* clients;
+  } ctx{loop_.get(), port, &clients};
+  Timer drain([c = &ctx] {
+    for (int i = 0; i < kClients; ++i) c->clients->push_back(Connect(c->port));
+    c->loop->CloseListeners();
+  });
+  loop_->Timers(5'000'000)->Arm(&drain, loop_->now_ns());
+  bool fired = false;
+  loop_->Run([&] {
+    if (drain.armed()) return true;
+    fired = true;
+    return false;
+  });
+  ASSERT_TRUE(fired);
+  loop_.reset();  // the ring goes, as the old process exits
+  fcntl(successor, F_SETFL, fcntl(successor, F_GETFL) | O_NONBLOCK);
+  size_t taken_over = 0;
+  for (;;) {
+    int fd = accept4(successor, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) break;
+    ++taken_over;
+    close(fd);
+  }
+  EXPECT_EQ(acceptor.accepted.size() + taken_over, static_cast<size_t>(kClients))
+      << acceptor.accepted.size() << " delivered, " << taken_over << " left for the successor";
+  for (auto [tag, fd] : acceptor.accepted) close(fd);
+  for (int fd : clients) close(fd);
+  close(successor);
+}
+
+// The restart case with both processes' loops: the old one drains (closes
+// its listeners in the middle of a turn, then stops) while the new one
+// accepts on the same socket. A connection that comes after the old loop
+// has stopped must reach the new one: an accept the old ring still had
+// armed would take the socket's wake-up and leave the connection waiting
+// in the backlog.
+TEST_F(LoopTest, StoppedLoopLeavesNewConnectionsToTheNextOwner) {
+  int port = 0;
+  int lfd = ListenLoopback(&port);
+  ASSERT_GE(lfd, 0);
+  CountingAcceptor old_acceptor, new_acceptor;
+  loop_->AddListener(lfd, 1, &old_acceptor);
+  Loop::Options o;
+  o.recv_buffers = 64;
+  o.recv_buffer_size = 1024;
+  Loop next(o);
+  next.AddListener(dup(lfd), 2, &new_acceptor);
+  if (!Start()) GTEST_SKIP() << skipped_;
+  ASSERT_TRUE(next.Init().ok());
+  // Both accepts armed and submitted.
+  Timer tick([] {});
+  loop_->Timers(1'000'000)->Arm(&tick, loop_->now_ns());
+  loop_->Run([] { return false; });
+  Timer tick2([] {});
+  next.Timers(1'000'000)->Arm(&tick2, next.now_ns());
+  next.Run([] { return false; });
+  // The old loop drains: listeners closed inside a turn, then it stops.
+  Loop* old_loop = loop_.get();
+  Timer drain([old_loop] { old_loop->CloseListeners(); });
+  loop_->Timers(1'000'000)->Arm(&drain, loop_->now_ns());
+  loop_->Run([&] { return drain.armed(); });
+  std::vector<int> clients;
+  for (int i = 0; i < 4; ++i) clients.push_back(Connect(port));
+  Timer give_up([] {});
+  next.Timers(2'000'000'000)->Arm(&give_up, next.now_ns());
+  next.Run([&] { return new_acceptor.accepted.size() < clients.size() && give_up.armed(); });
+  EXPECT_EQ(new_acceptor.accepted.size(), clients.size())
+      << "connections left in the backlog after the old loop stopped";
+  EXPECT_TRUE(old_acceptor.accepted.empty());
+  for (auto [tag, fd] : new_acceptor.accepted) close(fd);
+  for (int fd : clients) close(fd);
+}
+
+}  // namespace
+}  // namespace sluice::core
