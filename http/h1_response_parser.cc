@@ -99,7 +99,10 @@ struct H1ResponseParserCallbacks {
     return bodiless ? 1 : 0;
   }
   static int OnBody(llhttp_t* p, const char* at, size_t len) {
-    Self(p)->sink_->OnResponseBody(std::string_view(at, len));
+    // llhttp hands over spans of the buffer being executed (llhttp_finish
+    // delivers no body): a view of it.
+    H1ResponseParser* self = Self(p);
+    self->sink_->OnResponseBody(self->input_->SubOf(std::string_view(at, len)));
     return 0;
   }
   static int OnMessageComplete(llhttp_t* p) {
@@ -151,12 +154,15 @@ void H1ResponseParser::Begin(bool head_request, bool websocket_request) {
   error_ = absl::OkStatus();
 }
 
-absl::StatusOr<size_t> H1ResponseParser::Dispatch(std::string_view data) {
+absl::StatusOr<size_t> H1ResponseParser::Dispatch(const core::Slice& in) {
   if (!error_.ok()) return error_;
-  if (complete_ || upgraded_ || data.empty()) return 0;
+  if (complete_ || upgraded_ || in.empty()) return 0;
   started_ = true;
+  const std::string_view data = in.view();
   headers_.set_input_end(data.data() + data.size());
+  input_ = &in;
   llhttp_errno_t err = llhttp_execute(parser_, data.data(), data.size());
+  input_ = nullptr;
   switch (err) {
     case HPE_OK:
       return data.size();

@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/engine/slice.h"
 #include "http/header_collector.h"
 #include "http/message.h"
 
@@ -13,15 +14,17 @@ struct llhttp__internal_s;
 namespace sluice::http {
 
 // Receives the events of one upstream response. Callbacks run inside
-// H1ResponseParser::Dispatch/Finish and must not destroy the parser. Views
-// point into the buffer given to Dispatch and are valid only during the call.
+// H1ResponseParser::Dispatch/Finish and must not destroy the parser. Body
+// bytes come as sub-slices of the Slice given to Dispatch: they share its
+// owner (no copy) and may be kept past the call.
 class H1ResponseSink {
  public:
   virtual ~H1ResponseSink() = default;
   // Final (non-1xx, or 101) response head. Interim 1xx responses are dropped.
   virtual void OnResponseHead(ResponseHead head) = 0;
-  // De-chunked payload bytes, as soon as they are parsed.
-  virtual void OnResponseBody(std::string_view data) = 0;
+  // De-chunked payload bytes, as soon as they are parsed: a view of the
+  // Slice given to Dispatch.
+  virtual void OnResponseBody(core::Slice data) = 0;
   // The response is complete (by its framing, or by EOF for a
   // close-delimited body).
   virtual void OnResponseComplete() = 0;
@@ -43,8 +46,10 @@ class H1ResponseParser {
   void Begin(bool head_request, bool websocket_request = false);
 
   // Parses and returns the bytes consumed; stops after the complete response
-  // or after a 101 head (the rest belongs to the tunnel).
-  absl::StatusOr<size_t> Dispatch(std::string_view data);
+  // or after a 101 head (the rest belongs to the tunnel). The caller keeps
+  // its reference; body views handed to the sink take their own references
+  // to `in`'s owner.
+  absl::StatusOr<size_t> Dispatch(const core::Slice& in);
 
   // The upstream closed its side: completes a close-delimited body, or
   // returns an error when the response is cut short.
@@ -61,6 +66,7 @@ class H1ResponseParser {
 
   H1ResponseSink* sink_;
   llhttp__internal_s* parser_;
+  const core::Slice* input_ = nullptr;  // during Dispatch
   ResponseHead head_;
   HeaderCollector headers_;
   bool head_request_ = false;

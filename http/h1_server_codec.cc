@@ -53,11 +53,14 @@ H1ServerCodec::H1ServerCodec(H1RequestSink* sink, H1Limits limits)
 
 H1ServerCodec::~H1ServerCodec() { delete parser_; }
 
-absl::StatusOr<size_t> H1ServerCodec::Dispatch(std::string_view data) {
+absl::StatusOr<size_t> H1ServerCodec::Dispatch(const core::Slice& in) {
   if (!error_.ok()) return error_;
-  if (paused_ || upgraded_ || data.empty()) return 0;
+  if (paused_ || upgraded_ || in.empty()) return 0;
+  const std::string_view data = in.view();
   headers_.set_input_end(data.data() + data.size());
+  input_ = &in;
   llhttp_errno_t err = llhttp_execute(parser_, data.data(), data.size());
+  input_ = nullptr;
   switch (err) {
     case HPE_OK:
       return data.size();
@@ -321,7 +324,8 @@ static int OnBody(llhttp_t* p, const char* at, size_t len) {
   if (self->body_bytes_ > self->limits_.max_body_bytes) {
     return self->Fail(absl::OutOfRangeError("request body too large"));
   }
-  self->sink_->OnRequestBody(std::string_view(at, len));
+  // llhttp hands over spans of the buffer being executed: a view of it.
+  self->sink_->OnRequestBody(self->input_->SubOf(std::string_view(at, len)));
   return 0;
 }
 

@@ -7,6 +7,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/engine/slice.h"
 #include "http/header_collector.h"
 #include "http/message.h"
 
@@ -16,16 +17,16 @@ namespace sluice::http {
 
 // Receives the events of one HTTP/1.1 request at a time.
 // Callbacks run inside H1ServerCodec::Dispatch. They must not destroy the
-// codec. Views passed to them point into the buffer given to Dispatch and are
-// valid only during the call (the caller owns that buffer and can keep a
-// reference-counted slice of it instead of copying).
+// codec. Body bytes come as sub-slices of the Slice given to Dispatch: they
+// share its owner (no copy) and may be kept past the call.
 class H1RequestSink {
  public:
   virtual ~H1RequestSink() = default;
   // The request head, validated. Framing facts are in `head`.
   virtual void OnRequestHead(RequestHead head) = 0;
-  // De-chunked body bytes, in order, as soon as they are parsed.
-  virtual void OnRequestBody(std::string_view data) = 0;
+  // De-chunked body bytes, in order, as soon as they are parsed: a view of
+  // the Slice given to Dispatch.
+  virtual void OnRequestBody(core::Slice data) = 0;
   // The request is complete; the codec pauses until Resume().
   virtual void OnRequestComplete() = 0;
 };
@@ -54,12 +55,14 @@ class H1ServerCodec {
   H1ServerCodec(const H1ServerCodec&) = delete;
   H1ServerCodec& operator=(const H1ServerCodec&) = delete;
 
-  // Parses `data` and returns how many bytes were consumed. Consumption stops
+  // Parses `in` and returns how many bytes were consumed. Consumption stops
   // after a complete request (paused() is then true: the rest belongs to the
   // next, pipelined request) and after an upgrade request's head (upgraded()
   // is then true: the rest belongs to the tunnel). An error is final; its
-  // code maps to a status with HttpStatusForError.
-  absl::StatusOr<size_t> Dispatch(std::string_view data);
+  // code maps to a status with HttpStatusForError. The caller keeps its
+  // reference; body views handed to the sink take their own references to
+  // `in`'s owner.
+  absl::StatusOr<size_t> Dispatch(const core::Slice& in);
 
   // Call once the previous request's response is under way, to parse the
   // next request.
@@ -83,6 +86,7 @@ class H1ServerCodec {
   H1RequestSink* sink_;
   H1Limits limits_;
   llhttp__internal_s* parser_;
+  const core::Slice* input_ = nullptr;  // during Dispatch
   absl::Status error_;
   RequestHead head_;
   HeaderCollector headers_;

@@ -78,10 +78,9 @@ void H1Downstream::ProcessInput() {
       codec_.Resume();
     }
     if (codec_.upgraded() || pending_.empty()) break;
-    Slice slice = pending_.front();
-    current_ = &slice;
-    absl::StatusOr<size_t> n = codec_.Dispatch(slice.view());
-    current_ = nullptr;
+    // Held here while the codec runs, whatever its events do to pending_.
+    const Slice slice = pending_.front();
+    absl::StatusOr<size_t> n = codec_.Dispatch(slice);
     if (!n.ok()) {
       in_process_ = false;
       CodecError(n.status());
@@ -151,8 +150,8 @@ void H1Downstream::OnRequestHead(http::RequestHead head) {
   ArmBodyTimer();
 }
 
-void H1Downstream::OnRequestBody(std::string_view data) {
-  if (relay_) relay_->OnRequestBody(current_->SubOf(data));
+void H1Downstream::OnRequestBody(Slice data) {
+  if (relay_) relay_->OnRequestBody(std::move(data));
 }
 
 void H1Downstream::OnRequestComplete() {

@@ -47,7 +47,7 @@ class H1Downstream final : public ClientSession,
  private:
   // H1RequestSink
   void OnRequestHead(http::RequestHead head) override;
-  void OnRequestBody(std::string_view data) override;
+  void OnRequestBody(Slice data) override;
   void OnRequestComplete() override;
   // Downstream
   void SendResponseHead(const http::ResponseHead& head) override;
@@ -87,7 +87,6 @@ class H1Downstream final : public ClientSession,
   std::unique_ptr<Relay> relay_;
   std::deque<Slice> pending_;  // received, not yet parsed
   size_t pending_bytes_ = 0;
-  const Slice* current_ = nullptr;  // slice inside codec_.Dispatch
   http::BodyFraming framing_ = http::BodyFraming::kNone;
   Timer keepalive_timer_;
   Timer header_timer_;

@@ -384,18 +384,15 @@ void Relay::OnLinkData(Slice data) {
       worker_->Timers(worker_->config().read_timeout_ns)->Arm(&read_timer_, worker_->now_ns());
     }
     replay_.clear();
-    current_ = &data;
     while (!data.empty()) {
-      absl::StatusOr<size_t> n = parser_.Dispatch(data.view());
+      absl::StatusOr<size_t> n = parser_.Dispatch(data);
       if (!n.ok()) {
         fail_cause_ = absl::StrCat("invalid response: ", n.status().message());
-        current_ = nullptr;
         LinkFailed(502, "upstream unavailable");
         return;
       }
       data.RemovePrefix(*n);
       if (complete_) {
-        current_ = nullptr;
         // Bytes after a complete response mean the link is out of step.
         Finish(data.empty() && response_.keep_alive);
         return;
@@ -411,7 +408,6 @@ void Relay::OnLinkData(Slice data) {
       }
       if (*n == 0) break;
     }
-    current_ = nullptr;
   }
   if (link_ && downstream_->congested() && !upstream_paused_) {
     upstream_paused_ = true;
@@ -444,12 +440,12 @@ void Relay::OnResponseHead(http::ResponseHead head) {
   downstream_->SendResponseHead(response_);
 }
 
-void Relay::OnResponseBody(std::string_view data) {
+void Relay::OnResponseBody(Slice data) {
   body_bytes_sent_ += data.size();
   if (tokens_) {
-    if (size_t events = tokens_->scanner.Feed(data)) OnTokens(events);
+    if (size_t events = tokens_->scanner.Feed(data.view())) OnTokens(events);
   }
-  downstream_->SendResponseBody(current_->SubOf(data));
+  downstream_->SendResponseBody(std::move(data));
 }
 
 void Relay::OnResponseComplete() {

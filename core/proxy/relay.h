@@ -106,7 +106,7 @@ class Relay final : public LinkUser, public http::H1ResponseSink {
   void OnLinkWriteError(int res) override;
   // H1ResponseSink
   void OnResponseHead(http::ResponseHead head) override;
-  void OnResponseBody(std::string_view data) override;
+  void OnResponseBody(Slice data) override;
   void OnResponseComplete() override;
 
   // Where the request stands in the policy.
@@ -171,7 +171,6 @@ class Relay final : public LinkUser, public http::H1ResponseSink {
   http::H1ResponseParser parser_;
   std::string request_bytes_;  // serialised head, kept for a retry
   std::string replay_;         // body bytes as sent, kept for a retry
-  const Slice* current_ = nullptr;  // buffer being parsed
   http::ResponseHead response_;
   Timer read_timer_;
   Timer send_timer_;

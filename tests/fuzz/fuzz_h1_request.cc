@@ -12,7 +12,7 @@
 //  - the events (heads, bodies of complete requests, whether it failed,
 //    bytes consumed) are the same whether the input came in one piece or
 //    in several: where a read ends must not change the parse;
-//  - body views lie inside the buffer given to Dispatch (the engine keeps
+//  - body slices lie inside the Slice given to Dispatch (the relay keeps
 //    sub-slices of it), events come in order, a Content-Length body is
 //    exactly that long, the body limit holds;
 //  - a consumed count short of the piece means paused() or upgraded();
@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/engine/slice.h"
 #include "fuzz_forward.h"
 #include "fuzz_util.h"
 #include "http/h1_server_codec.h"
@@ -39,6 +40,7 @@
 namespace sluice::fuzz {
 namespace {
 
+using core::Slice;
 using http::H1Limits;
 using http::H1ServerCodec;
 using http::RequestHead;
@@ -50,7 +52,7 @@ class ReparseSink : public http::H1RequestSink {
     ++heads;
     this->head = std::move(head);
   }
-  void OnRequestBody(std::string_view) override { ++bodies; }
+  void OnRequestBody(Slice) override { ++bodies; }
   void OnRequestComplete() override {}
   int heads = 0;
   int bodies = 0;
@@ -64,8 +66,7 @@ void CheckForwardedHead(RequestHead head) {
   if (!ForwardHead(&head, "http", &out)) return;
   ReparseSink sink;
   H1ServerCodec codec(&sink, H1Limits{size_t{1} << 20, UINT64_MAX});
-  const Piece piece(out);
-  absl::StatusOr<size_t> n = codec.Dispatch(piece.view());
+  absl::StatusOr<size_t> n = codec.Dispatch(Slice::Copy(out));
   FUZZ_CHECK(n.ok(), std::string(n.status().message()).c_str());
   FUZZ_CHECK(*n == out.size(), "forwarded head not consumed whole");
   FUZZ_CHECK(sink.heads == 1 && sink.bodies == 0,
@@ -99,11 +100,11 @@ class Recorder : public http::H1RequestSink {
     }
     if (check_forwarded_) CheckForwardedHead(head);
   }
-  void OnRequestBody(std::string_view data) override {
+  void OnRequestBody(Slice data) override {
     FUZZ_CHECK(in_request_, "body before head");
-    FUZZ_CHECK(Inside(data, current),
+    FUZZ_CHECK(Inside(data.view(), current),
                "body view outside the dispatched buffer");
-    body_.append(data);
+    body_.append(data.view());
     FUZZ_CHECK(body_.size() <= limits_.max_body_bytes, "body over the limit");
     if (content_length_)
       FUZZ_CHECK(body_.size() <= *content_length_, "body over Content-Length");
@@ -137,13 +138,15 @@ std::string Run(const std::vector<Piece>& pieces, H1Limits limits,
   size_t consumed = 0;
   bool failed = false;
   for (const Piece& piece : pieces) {
-    std::string_view rest = piece.view();
+    // A heap copy that ends where the piece does (an over-read shows), owned
+    // as a receive buffer is.
+    Slice rest = Slice::Copy(piece.view());
     // Each pass consumes bytes or completes a request; bounded either way.
     for (int guard = 0; !rest.empty() && !failed; ++guard) {
       FUZZ_CHECK(guard <= static_cast<int>(piece.size()) + 1, "no progress");
       if (codec.paused()) codec.Resume();
       if (codec.upgraded()) break;
-      sink.current = rest;
+      sink.current = rest.view();
       absl::StatusOr<size_t> n = codec.Dispatch(rest);
       sink.current = {};
       if (!n.ok()) {
@@ -169,7 +172,7 @@ std::string Run(const std::vector<Piece>& pieces, H1Limits limits,
                    "stopped short without pausing");
       }
       consumed += *n;
-      rest.remove_prefix(*n);
+      rest.RemovePrefix(*n);
     }
     if (failed || codec.upgraded()) break;
   }

@@ -11,7 +11,7 @@
 // Checks:
 //  - the events (head, body, completion, Finish's verdict, bytes left over)
 //    are the same for one piece and for several;
-//  - body views lie inside the buffer given to Dispatch (the relay forwards
+//  - body slices lie inside the Slice given to Dispatch (the relay forwards
 //    sub-slices of it), events come in order, a Content-Length body is
 //    never longer than declared and exactly that long when complete;
 //  - the head as restated to the client (AppendDownstreamResponseHead, with
@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/engine/slice.h"
 #include "fuzz_util.h"
 #include "http/h1_response_parser.h"
 #include "http/serialize.h"
@@ -33,6 +34,7 @@
 namespace sluice::fuzz {
 namespace {
 
+using core::Slice;
 using http::BodyFraming;
 using http::H1ResponseParser;
 using http::ResponseHead;
@@ -50,7 +52,7 @@ class ReparseSink : public http::H1ResponseSink {
     ++heads;
     this->head = std::move(head);
   }
-  void OnResponseBody(std::string_view) override { ++bodies; }
+  void OnResponseBody(Slice) override { ++bodies; }
   void OnResponseComplete() override { ++completes; }
   int heads = 0;
   int bodies = 0;
@@ -81,8 +83,7 @@ void CheckDownstreamHead(const ResponseHead& head, const ClientShape& client) {
   ReparseSink sink;
   H1ResponseParser parser(&sink);
   parser.Begin(client.head_request, client.websocket);
-  const Piece piece(out);
-  absl::StatusOr<size_t> n = parser.Dispatch(piece.view());
+  absl::StatusOr<size_t> n = parser.Dispatch(Slice::Copy(out));
   FUZZ_CHECK(n.ok(), std::string(n.status().message()).c_str());
   FUZZ_CHECK(*n == out.size(), "restated head not consumed whole");
   FUZZ_CHECK(sink.heads == 1 && sink.bodies == 0,
@@ -131,12 +132,12 @@ class Recorder : public http::H1ResponseSink {
     }
     if (check_downstream_) CheckDownstreamHead(head, client_);
   }
-  void OnResponseBody(std::string_view data) override {
+  void OnResponseBody(Slice data) override {
     FUZZ_CHECK(head_seen_ && !complete_, "body outside a response");
     FUZZ_CHECK(!bodiless_, "body for a bodiless response");
-    FUZZ_CHECK(Inside(data, current),
+    FUZZ_CHECK(Inside(data.view(), current),
                "body view outside the dispatched buffer");
-    body_.append(data);
+    body_.append(data.view());
     if (content_length_)
       FUZZ_CHECK(body_.size() <= *content_length_, "body over Content-Length");
   }
@@ -177,13 +178,15 @@ std::string Run(const std::vector<Piece>& pieces, ClientShape client,
   bool stopped = false;  // complete or upgraded: the rest is not parsed
   size_t left_over = 0;
   for (const Piece& piece : pieces) {
-    std::string_view rest = piece.view();
+    // A heap copy that ends where the piece does (an over-read shows), owned
+    // as a receive buffer is.
+    Slice rest = Slice::Copy(piece.view());
     if (stopped) {
       left_over += rest.size();
       continue;
     }
     while (!rest.empty()) {
-      sink.current = rest;
+      sink.current = rest.view();
       absl::StatusOr<size_t> n = parser.Dispatch(rest);
       sink.current = {};
       if (!n.ok()) {
@@ -197,7 +200,7 @@ std::string Run(const std::vector<Piece>& pieces, ClientShape client,
         break;
       }
       FUZZ_CHECK(*n <= rest.size(), "consumed more than given");
-      rest.remove_prefix(*n);
+      rest.RemovePrefix(*n);
       if (parser.complete() || parser.upgraded()) {
         stopped = true;
         left_over += rest.size();

@@ -4,10 +4,18 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/engine/slice.h"
 #include "gtest/gtest.h"
 
 namespace sluice::http {
 namespace {
+
+using core::Slice;
+
+// The codec reads Slices; the tests give it a fresh copy of their bytes.
+absl::StatusOr<size_t> Dispatch(H1ServerCodec& codec, std::string_view bytes) {
+  return codec.Dispatch(Slice::Copy(bytes));
+}
 
 // Records every event as text so runs can be compared.
 class Recorder : public H1RequestSink {
@@ -16,8 +24,8 @@ class Recorder : public H1RequestSink {
     heads.push_back(head);
     log += "head:" + head.method + " " + head.target + "|";
   }
-  void OnRequestBody(std::string_view data) override {
-    bodies.back_or_new() += data;
+  void OnRequestBody(Slice data) override {
+    bodies.back_or_new() += data.view();
   }
   void OnRequestComplete() override {
     log += "body:" + bodies.current + "|end|";
@@ -56,7 +64,7 @@ Outcome Feed(const std::string& input, const std::vector<size_t>& cuts,
     prev = end;
     while (!pending.empty()) {
       if (codec.paused()) codec.Resume();
-      absl::StatusOr<size_t> n = codec.Dispatch(pending);
+      absl::StatusOr<size_t> n = Dispatch(codec, pending);
       if (!n.ok()) {
         out.status = n.status();
         out.log = rec.log;
@@ -141,14 +149,57 @@ TEST(H1ServerCodecTest, PausesAfterEachRequest) {
   Recorder rec;
   H1ServerCodec codec(&rec, {});
   std::string two = "GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n";
-  absl::StatusOr<size_t> n = codec.Dispatch(two);
+  absl::StatusOr<size_t> n = Dispatch(codec, two);
   ASSERT_TRUE(n.ok());
   EXPECT_EQ(*n, two.size() / 2);
   EXPECT_TRUE(codec.paused());
-  EXPECT_EQ(*codec.Dispatch(two.substr(*n)), 0u);  // stays paused
+  EXPECT_EQ(*Dispatch(codec, two.substr(*n)), 0u);  // stays paused
   codec.Resume();
-  EXPECT_EQ(*codec.Dispatch(two.substr(*n)), two.size() / 2);
+  EXPECT_EQ(*Dispatch(codec, two.substr(*n)), two.size() / 2);
   EXPECT_EQ(rec.heads.size(), 2u);
+}
+
+// An owner whose release the test can see.
+struct WatchedOwner : core::SliceOwner {
+  WatchedOwner() {
+    release = [](core::SliceOwner* o) { static_cast<WatchedOwner*>(o)->released = true; };
+  }
+  bool released = false;
+};
+
+// Keeps every body Slice it is given.
+class KeepingSink : public H1RequestSink {
+ public:
+  void OnRequestHead(RequestHead) override {}
+  void OnRequestBody(Slice data) override { kept.push_back(std::move(data)); }
+  void OnRequestComplete() override {}
+  std::vector<Slice> kept;
+};
+
+// Body bytes reach the sink as views of the Slice given to Dispatch: inside
+// its memory and holding its owner (no copy), valid after the call.
+TEST(H1ServerCodecTest, BodyIsAViewOfTheInputSlice) {
+  const std::string bytes =
+      "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+  WatchedOwner owner;
+  KeepingSink sink;
+  {
+    H1ServerCodec codec(&sink, {});
+    const Slice in(&owner, bytes.data(), bytes.size());
+    ASSERT_EQ(*codec.Dispatch(in), bytes.size());
+  }
+  ASSERT_EQ(sink.kept.size(), 2u);
+  EXPECT_EQ(sink.kept[0].view(), "abc");
+  EXPECT_EQ(sink.kept[1].view(), "de");
+  for (const Slice& s : sink.kept) {
+    EXPECT_GE(s.data(), bytes.data());
+    EXPECT_LE(s.data() + s.size(), bytes.data() + bytes.size());
+  }
+  EXPECT_EQ(owner.refs, 2u);  // the input is gone, the views hold the owner
+  EXPECT_FALSE(owner.released);
+  sink.kept.clear();
+  EXPECT_TRUE(owner.released);
 }
 
 TEST(H1ServerCodecTest, ExpectContinue) {
