@@ -171,9 +171,9 @@ absl::StatusOr<int> OpenOne(const ListenerSpec& spec, int i, const std::vector<i
 
 }  // namespace
 
-absl::StatusOr<ListenSockets> OpenListeners(std::vector<ListenerSpec>& specs, int workers,
+absl::StatusOr<ListenSockets> OpenListeners(std::vector<ListenerSpec>* specs, int workers,
                                             const std::vector<int>& inherited, Config* config) {
-  const size_t needed = specs.size() * static_cast<size_t>(workers);
+  const size_t needed = specs->size() * static_cast<size_t>(workers);
   if (!inherited.empty() && inherited.size() != needed) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "restart: %zu listening sockets handed over, %zu needed: start the new process with "
@@ -183,7 +183,7 @@ absl::StatusOr<ListenSockets> OpenListeners(std::vector<ListenerSpec>& specs, in
   ListenSockets out;
   out.per_worker.resize(workers);
   size_t next_inherited = 0;
-  for (ListenerSpec& spec : specs) {
+  for (ListenerSpec& spec : *specs) {
     for (int i = 0; i < workers; ++i) {
       absl::StatusOr<int> fd = OpenOne(spec, i, inherited, &next_inherited);
       if (!fd.ok()) {

@@ -72,7 +72,7 @@ struct ListenSockets {
 // print after "sluice: " (a taken address, a socket that cannot be made,
 // handed-over sockets that are not what the flags ask for); the sockets
 // made here are closed then.
-absl::StatusOr<ListenSockets> OpenListeners(std::vector<ListenerSpec>& specs, int workers,
+absl::StatusOr<ListenSockets> OpenListeners(std::vector<ListenerSpec>* specs, int workers,
                                             const std::vector<int>& inherited, Config* config);
 
 // Prints "sluice listening on SCHEME://HOST:PORT (N workers)" for each

@@ -136,7 +136,7 @@ int Run(int argc, char** argv) {
   std::vector<ListenerSpec> specs = ListenerSpecs(&config);
   auto inherited = TakeInheritedListeners();
   if (!inherited.ok()) return Fail(inherited.status().message());
-  auto sockets = OpenListeners(specs, n, *inherited, &config);
+  auto sockets = OpenListeners(&specs, n, *inherited, &config);
   if (!sockets.ok()) return Fail(sockets.status().message());
 
   obs.info.workers = n;

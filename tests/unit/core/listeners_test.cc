@@ -99,7 +99,7 @@ TEST(ListenersTest, SpecsFollowTheConfig) {
 TEST(ListenersTest, PortZeroIsFixedByTheFirstSocket) {
   Config c = LoopbackConfig("127.0.0.1:0", "127.0.0.1:0");
   std::vector<ListenerSpec> specs = ListenerSpecs(&c);
-  absl::StatusOr<ListenSockets> s = OpenListeners(specs, 2, {}, &c);
+  absl::StatusOr<ListenSockets> s = OpenListeners(&specs, 2, {}, &c);
   ASSERT_TRUE(s.ok()) << s.status();
   ASSERT_EQ(s->per_worker.size(), 2u);
   ASSERT_EQ(s->fds.size(), 4u);
@@ -131,7 +131,7 @@ TEST(ListenersTest, AnAddressInUseIsRefusedNotShared) {
   const std::string text = absl::StrCat("127.0.0.1:", Port(other));
   Config c = LoopbackConfig(text);
   std::vector<ListenerSpec> specs = ListenerSpecs(&c);
-  absl::StatusOr<ListenSockets> s = OpenListeners(specs, 2, {}, &c);
+  absl::StatusOr<ListenSockets> s = OpenListeners(&specs, 2, {}, &c);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().message(),
             absl::StrCat("--listen_http: cannot listen on ", text,
@@ -143,7 +143,7 @@ TEST(ListenersTest, AnAddressInUseIsRefusedNotShared) {
 TEST(ListenersTest, ASocketThatCannotBeMadeIsNamed) {
   Config c = LoopbackConfig("192.0.2.1:0");  // not an address of this host
   std::vector<ListenerSpec> specs = ListenerSpecs(&c);
-  absl::StatusOr<ListenSockets> s = OpenListeners(specs, 1, {}, &c);
+  absl::StatusOr<ListenSockets> s = OpenListeners(&specs, 1, {}, &c);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().message(),
             "--listen_http: cannot listen on 192.0.2.1:0: Cannot assign requested address");
@@ -153,12 +153,12 @@ TEST(ListenersTest, ASocketThatCannotBeMadeIsNamed) {
 TEST(ListenersTest, HandedOverSocketsAreTakenOver) {
   Config old_config = LoopbackConfig("127.0.0.1:0", "127.0.0.1:0");
   std::vector<ListenerSpec> old_specs = ListenerSpecs(&old_config);
-  absl::StatusOr<ListenSockets> old_sockets = OpenListeners(old_specs, 2, {}, &old_config);
+  absl::StatusOr<ListenSockets> old_sockets = OpenListeners(&old_specs, 2, {}, &old_config);
   ASSERT_TRUE(old_sockets.ok()) << old_sockets.status();
 
   Config c = LoopbackConfig("127.0.0.1:0", "127.0.0.1:0");
   std::vector<ListenerSpec> specs = ListenerSpecs(&c);
-  absl::StatusOr<ListenSockets> s = OpenListeners(specs, 2, old_sockets->fds, &c);
+  absl::StatusOr<ListenSockets> s = OpenListeners(&specs, 2, old_sockets->fds, &c);
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->fds, old_sockets->fds);
   EXPECT_EQ(s->per_worker[1][1].fd, old_sockets->per_worker[1][1].fd);
@@ -170,13 +170,13 @@ TEST(ListenersTest, HandedOverSocketsAreTakenOver) {
 TEST(ListenersTest, HandedOverSocketsMustBeWhatTheFlagsAskFor) {
   Config old_config = LoopbackConfig("127.0.0.1:0", "127.0.0.1:0");
   std::vector<ListenerSpec> old_specs = ListenerSpecs(&old_config);
-  absl::StatusOr<ListenSockets> old_sockets = OpenListeners(old_specs, 2, {}, &old_config);
+  absl::StatusOr<ListenSockets> old_sockets = OpenListeners(&old_specs, 2, {}, &old_config);
   ASSERT_TRUE(old_sockets.ok()) << old_sockets.status();
 
   // Other --threads: another count of sockets.
   Config c = LoopbackConfig("127.0.0.1:0", "127.0.0.1:0");
   std::vector<ListenerSpec> specs = ListenerSpecs(&c);
-  absl::StatusOr<ListenSockets> s = OpenListeners(specs, 3, old_sockets->fds, &c);
+  absl::StatusOr<ListenSockets> s = OpenListeners(&specs, 3, old_sockets->fds, &c);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().message(),
             "restart: 4 listening sockets handed over, 6 needed: start the new process with "
@@ -185,7 +185,7 @@ TEST(ListenersTest, HandedOverSocketsMustBeWhatTheFlagsAskFor) {
   // Another address.
   Config moved = LoopbackConfig("127.0.0.2:0", "127.0.0.1:0");
   specs = ListenerSpecs(&moved);
-  s = OpenListeners(specs, 2, old_sockets->fds, &moved);
+  s = OpenListeners(&specs, 2, old_sockets->fds, &moved);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().message(),
             "restart: the listening socket handed over for --listen_http is not bound to "
@@ -277,7 +277,7 @@ TEST(ListenersTest, KernelSteersEachSourceToItsWorker) {
   constexpr int kWorkers = 3;
   Config c = LoopbackConfig("127.0.0.1:0");
   std::vector<ListenerSpec> specs = ListenerSpecs(&c);
-  absl::StatusOr<ListenSockets> s = OpenListeners(specs, kWorkers, {}, &c);
+  absl::StatusOr<ListenSockets> s = OpenListeners(&specs, kWorkers, {}, &c);
   ASSERT_TRUE(s.ok()) << s.status();
   if (!AttachSteering(s->fds[0], kWorkers)) {
     CloseAll(s->fds);
