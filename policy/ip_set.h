@@ -116,7 +116,7 @@ class IpSet {
 };
 
 // The 16-bit hash that places a client address on a worker: the engine's
-// SO_REUSEPORT steering program (core/server/main.cc) computes the same from the
+// SO_REUSEPORT steering program (core/server/listeners.cc) computes the same from the
 // packet (the last 32 bits of the source address, big-endian, times
 // 0x9E3779B1, the high 16 bits), so the connections of one address land on
 // worker SteeringSlot(hash, workers), and the limit tables keep that

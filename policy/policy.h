@@ -67,7 +67,7 @@ struct Route {
   std::string source;  // "FILE:LINE" or "default", for log lines
 };
 
-// The policy flags, as main.cc read them. Files are named here and read by
+// The policy flags, as core/server/flags.cc reads them. Files are named here and read by
 // Policy::Build.
 struct PolicyOptions {
   std::string auth;  // "" (the default: derived from the files) or a mode

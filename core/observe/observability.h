@@ -13,8 +13,8 @@ namespace sluice::core {
 
 class Worker;
 
-// What the workers need for logs and metrics, built by main.cc from the
-// flags and fixed once the workers run (the log file itself is reopened in
+// What the workers need for logs and metrics, built by core/server/flags.cc from
+// the flags and fixed once the workers run (the log file itself is reopened in
 // place on SIGUSR1).
 struct Observability {
   // Every worker, for a scrape to ask each for its shard (filled before the

@@ -28,7 +28,7 @@ struct SocketAddress {
 };
 
 // Everything a worker needs, fixed at start-up (built from the flags in
-// main.cc). Durations are in nanoseconds.
+// flags.cc). Durations are in nanoseconds.
 struct Config {
   SocketAddress listen_http;
   std::string listen_http_text;
@@ -69,7 +69,7 @@ struct Config {
   uint64_t client_max_body_size = 100ull << 20;
   size_t max_header_bytes = 64 << 10;
   int max_connections = 0;  // --max_connections as given (0: derived)
-  // The cap each worker applies (see ConnectionsPerWorker in main.cc);
+  // The cap each worker applies (see ConnectionsPerWorker in workers.h);
   // 0: none (tests that build a Config by hand).
   int max_connections_per_worker = 0;
   // Provided receive buffers per worker (a power of two) and their size.

@@ -230,7 +230,7 @@ TEST(IpSetXff, UnparsableEntryStopsAtLastTrustedHop) {
 namespace sluice::policy {
 namespace {
 
-// The contract with the SO_REUSEPORT program in core/server/main.cc: the last 32
+// The contract with the SO_REUSEPORT program in core/server/listeners.cc: the last 32
 // bits of the address, big-endian, times 0x9E3779B1, high 16 bits; the
 // worker is (hash * n) >> 16.
 TEST(IpSetSteering, HashIsTheLastWordMixed) {

@@ -1,0 +1,308 @@
+// The flags as main.cc turns them into the configuration: values set as
+// the command line would (by text), what each function builds from them,
+// and the exit 2 with its one line for each value refused.
+
+#include "core/server/flags.h"
+
+#include <netinet/in.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/flags/commandlineflag.h"
+#include "absl/flags/reflection.h"
+#include "core/server/listeners.h"
+#include "gtest/gtest.h"
+
+namespace sluice::core {
+namespace {
+
+// Sets --name from `value` as the command line does.
+void Set(const std::string& name, const std::string& value) {
+  absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+  ASSERT_NE(flag, nullptr) << name;
+  std::string error;
+  ASSERT_TRUE(flag->ParseFrom(value, &error)) << name << "=" << value << ": " << error;
+}
+
+using Flags = std::vector<std::pair<std::string, std::string>>;
+
+void SetAll(const Flags& flags) {
+  for (const auto& [name, value] : flags) Set(name, value);
+}
+
+// `text` as a POSIX extended regular expression that matches it literally.
+std::string Literal(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    if (std::string_view("\\^$.|?*+()[]{}").find(c) != std::string_view::npos) out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+// Plain HTTP on loopback only: the least a config needs.
+const Flags kServe = {{"listen_tls", ""}, {"http_mode", "serve"}, {"listen_http", "127.0.0.1:0"}};
+
+class FlagsTest : public testing::Test {
+ protected:
+  absl::FlagSaver saver_;  // every test leaves the flags as it found them
+};
+
+TEST_F(FlagsTest, DefaultsAskForACertificate) {
+  EXPECT_EXIT(BuildConfig(), testing::ExitedWithCode(2),
+              Literal("sluice: --tls_cert: required with --listen_tls (tools/make-certs.sh "
+                      "makes a local one; --listen_tls= turns TLS off)\n"));
+}
+
+TEST_F(FlagsTest, DefaultsOfAPlainHttpConfig) {
+  SetAll(kServe);
+  Config c = BuildConfig();
+  EXPECT_TRUE(c.listen_http_enabled);
+  EXPECT_TRUE(c.http_serve);
+  EXPECT_FALSE(c.listen_tls_enabled);
+  EXPECT_EQ(c.listen_http_text, "127.0.0.1:0");
+  EXPECT_EQ(c.listen_http.family(), AF_INET);
+  EXPECT_EQ(Port(c.listen_http), 0);
+  EXPECT_EQ(c.hsts, "max-age=63072000; includeSubDomains");
+  EXPECT_EQ(c.hsts_fields, "Strict-Transport-Security: max-age=63072000; includeSubDomains\r\n");
+  EXPECT_EQ(c.h2_max_concurrent_streams, 128u);
+  EXPECT_EQ(c.handshake_timeout_ns, 10'000'000'000);
+  EXPECT_EQ(c.threads, 0);
+  EXPECT_EQ(c.upstream.family(), AF_INET);
+  EXPECT_EQ(Port(c.upstream), 11434);
+  EXPECT_EQ(c.upstream_host, "127.0.0.1:11434");
+  EXPECT_EQ(c.upstream_keepalive, 32);
+  EXPECT_EQ(c.upstream_idle_timeout_ns, 60'000'000'000);
+  EXPECT_EQ(c.connect_timeout_ns, 10'000'000'000);
+  EXPECT_EQ(c.read_timeout_ns, 600'000'000'000);
+  EXPECT_EQ(c.send_timeout_ns, 600'000'000'000);
+  EXPECT_EQ(c.keepalive_timeout_ns, 75'000'000'000);
+  EXPECT_EQ(c.client_header_timeout_ns, 60'000'000'000);
+  EXPECT_EQ(c.client_body_timeout_ns, 60'000'000'000);
+  EXPECT_EQ(c.drain_timeout_ns, 30'000'000'000);
+  EXPECT_EQ(c.client_max_body_size, 100ull << 20);
+  EXPECT_EQ(c.max_header_bytes, size_t{64} << 10);
+  EXPECT_EQ(c.max_connections, 0);
+  EXPECT_EQ(c.busy_poll_ns, 0);
+  EXPECT_EQ(c.log_level, 1);
+  // What main fills in.
+  EXPECT_EQ(c.policy_slot, nullptr);
+  EXPECT_EQ(c.tls_slot, nullptr);
+  EXPECT_EQ(c.obs, nullptr);
+}
+
+TEST_F(FlagsTest, ValuesReachTheConfig) {
+  SetAll(kServe);
+  SetAll({{"listen_tls", "[::1]:8443"},
+          {"listen_http", ":8080"},
+          {"http_mode", "redirect"},
+          {"tls_cert", "chain.pem"},
+          {"tls_key", "key.pem"},
+          {"hsts", ""},
+          {"h2_max_concurrent_streams", "7"},
+          {"handshake_timeout", "2s"},
+          {"threads", "3"},
+          {"upstream", "127.0.0.1:9"},
+          {"upstream_host", "ollama.internal"},
+          {"upstream_keepalive", "0"},
+          {"read_timeout", "1500ms"},
+          {"drain_timeout", "1m"},
+          {"client_max_body_size", "1m"},
+          {"max_header_bytes", "256"},
+          {"max_connections", "5000"},
+          {"busy_poll", "50us"},
+          {"log_level", "debug"}});
+  Config c = BuildConfig();
+  EXPECT_TRUE(c.listen_tls_enabled);
+  EXPECT_EQ(c.listen_tls.family(), AF_INET6);
+  EXPECT_EQ(Port(c.listen_tls), 8443);
+  EXPECT_EQ(Port(c.listen_http), 8080);
+  EXPECT_FALSE(c.http_serve);
+  EXPECT_EQ(c.hsts, "");
+  EXPECT_EQ(c.hsts_fields, "");
+  EXPECT_EQ(c.h2_max_concurrent_streams, 7u);
+  EXPECT_EQ(c.handshake_timeout_ns, 2'000'000'000);
+  EXPECT_EQ(c.threads, 3);
+  EXPECT_EQ(Port(c.upstream), 9);
+  EXPECT_EQ(c.upstream_host, "ollama.internal");
+  EXPECT_EQ(c.upstream_keepalive, 0);
+  EXPECT_EQ(c.read_timeout_ns, 1'500'000'000);
+  EXPECT_EQ(c.drain_timeout_ns, 60'000'000'000);
+  EXPECT_EQ(c.client_max_body_size, 1ull << 20);
+  EXPECT_EQ(c.max_header_bytes, 256u);
+  EXPECT_EQ(c.max_connections, 5000);
+  EXPECT_EQ(c.busy_poll_ns, 50'000);
+  EXPECT_EQ(c.log_level, 0);
+}
+
+// Each refused value: exit 2 and the one line that names the flag.
+TEST_F(FlagsTest, RefusedValuesExitNamingTheFlag) {
+  const std::vector<std::pair<Flags, std::string>> cases = {
+      {{{"http_mode", "proxy"}}, "--http_mode: expected redirect or serve"},
+      {{{"http_mode", "redirect"}},
+       "--http_mode: redirect needs a TLS listener; use --http_mode=serve to serve plain "
+       "HTTP without --listen_tls"},
+      {{{"listen_http", ""}},
+       "--listen_http: at least one of --listen_http and --listen_tls is needed"},
+      {{{"listen_tls", "127.0.0.1:8443"}, {"tls_cert", "c"}},
+       "--tls_key: required with --listen_tls"},
+      {{{"listen_http", "127.0.0.1:8443"},
+        {"listen_tls", "127.0.0.1:8443"},
+        {"tls_cert", "c"},
+        {"tls_key", "k"}},
+       "--listen_tls: 127.0.0.1:8443 is --listen_http's address too"},
+      {{{"hsts", "max-age=1\r\nX: y"}}, "--hsts: must not contain line breaks"},
+      {{{"h2_max_concurrent_streams", "0"}},
+       "--h2_max_concurrent_streams: must be between 1 and 100000"},
+      {{{"handshake_timeout", "0s"}}, "--handshake_timeout: must be positive"},
+      {{{"threads", "1025"}}, "--threads: must be between 0 and 1024"},
+      {{{"upstream", "https://127.0.0.1:11434"}},
+       "--upstream: expected host:port without a scheme, got 'https://127.0.0.1:11434' "
+       "(write '127.0.0.1:11434'); sluice reaches the upstream in plain HTTP only"},
+      {{{"upstream_host", "a\nb"}}, "--upstream_host: must not contain line breaks"},
+      {{{"upstream_keepalive", "-1"}}, "--upstream_keepalive: must be >= 0"},
+      {{{"read_timeout", "-1s"}}, "--read_timeout: must be positive"},
+      {{{"drain_timeout", "0s"}}, "--drain_timeout: must be positive"},
+      {{{"max_header_bytes", "255"}}, "--max_header_bytes: must be at least 256"},
+      {{{"max_connections", "10000001"}}, "--max_connections: must be between 0 and 10000000"},
+      {{{"busy_poll", "11ms"}}, "--busy_poll: must be between 0 and 10ms"},
+      {{{"log_level", "trace"}}, "--log_level: expected debug, info, warn or error"},
+  };
+  for (const auto& [flags, message] : cases) {
+    absl::FlagSaver saver;
+    SetAll(kServe);
+    SetAll(flags);
+    EXPECT_EXIT(BuildConfig(), testing::ExitedWithCode(2),
+                "^" + Literal("sluice: " + message + "\n") + "$")
+        << message;
+  }
+}
+
+TEST_F(FlagsTest, PolicyFlags) {
+  SetAll({{"auth", "key"},
+          {"keys_file", "/k"},
+          {"htpasswd", "/h"},
+          {"rules_file", "/r"},
+          {"allow", "10.0.0.0/8"},
+          {"deny", "10.1.0.0/16"},
+          {"trusted_proxies", "127.0.0.1/32"},
+          {"cors_origins", "*"},
+          {"rate_generation", "off"},
+          {"rate_by", "credential"},
+          {"max_streams_per_ip", "2"},
+          {"max_streams_per_key", "3"}});
+  policy::PolicyOptions o = PolicyFlags();
+  EXPECT_EQ(o.auth, "key");
+  EXPECT_EQ(o.keys_file, "/k");
+  EXPECT_EQ(o.htpasswd_file, "/h");
+  EXPECT_EQ(o.rules_file, "/r");
+  EXPECT_EQ(o.allow_cidrs, "10.0.0.0/8");
+  EXPECT_EQ(o.deny_cidrs, "10.1.0.0/16");
+  EXPECT_EQ(o.trusted_proxies, "127.0.0.1/32");
+  EXPECT_EQ(o.admin_cidrs, "127.0.0.1/32,::1/128");
+  EXPECT_EQ(o.cors_origins, "*");
+  EXPECT_EQ(o.rate_generation, "off");
+  EXPECT_EQ(o.rate_api, "60r/m burst=20 nodelay");
+  EXPECT_EQ(o.rate_by, "credential");
+  EXPECT_EQ(o.auth_attempts, "6r/m burst=10");
+  EXPECT_EQ(o.max_streams_per_ip, 2u);
+  EXPECT_EQ(o.max_streams_per_key, 3u);
+
+  Set("max_streams_per_key", "-1");
+  EXPECT_EXIT(PolicyFlags(), testing::ExitedWithCode(2),
+              Literal("sluice: --max_streams_per_key: must be 0 or more"));
+  Set("max_streams_per_ip", "-1");
+  EXPECT_EXIT(PolicyFlags(), testing::ExitedWithCode(2),
+              Literal("sluice: --max_streams_per_ip: must be 0 or more"));
+}
+
+TEST_F(FlagsTest, LimitTableEntries) {
+  EXPECT_EQ(LimitTableEntriesFlag(), 131072u);
+  Set("limit_table_entries", "1024");
+  EXPECT_EQ(LimitTableEntriesFlag(), 1024u);
+  Set("limit_table_entries", "1023");
+  EXPECT_EXIT(LimitTableEntriesFlag(), testing::ExitedWithCode(2),
+              Literal("sluice: --limit_table_entries: must be at least 1024"));
+}
+
+TEST_F(FlagsTest, ObservabilityFlags) {
+  Observability d = ObservabilityFlags();
+  EXPECT_EQ(d.access_log_format, AccessLogFormat::kNginx);
+  EXPECT_EQ(d.access_log_flush_ns, 1'000'000'000);
+  EXPECT_TRUE(d.metrics);
+  EXPECT_EQ(d.metrics_path, "/metrics");
+  EXPECT_EQ(d.status_path, "/status");
+  EXPECT_EQ(d.status_allow.size(), 2u);
+  EXPECT_EQ(d.access_log, nullptr);
+
+  SetAll({{"access_log_format", "json"},
+          {"access_log_flush", "250ms"},
+          {"metrics", "false"},
+          {"metrics_path", ""},
+          {"status_path", "/nginx_status"},
+          {"status_allow", "10.0.0.0/8"}});
+  Observability o = ObservabilityFlags();
+  EXPECT_EQ(o.access_log_format, AccessLogFormat::kJson);
+  EXPECT_EQ(o.access_log_flush_ns, 250'000'000);
+  EXPECT_FALSE(o.metrics);
+  EXPECT_EQ(o.metrics_path, "");
+  EXPECT_EQ(o.status_path, "/nginx_status");
+  EXPECT_EQ(o.status_allow.size(), 1u);
+}
+
+TEST_F(FlagsTest, ObservabilityRefusals) {
+  const std::vector<std::pair<Flags, std::string>> cases = {
+      {{{"access_log_format", "combined"}}, "--access_log_format: expected nginx or json"},
+      {{{"access_log_flush", "0s"}}, "--access_log_flush: must be positive"},
+      {{{"metrics_path", "metrics"}}, "--metrics_path: expected a path starting with / (or empty)"},
+      {{{"status_path", "/status?x"}}, "--status_path: expected a path starting with / (or empty)"},
+      {{{"metrics_path", "/s"}, {"status_path", "/s"}},
+       "--metrics_path: must differ from --status_path"},
+  };
+  for (const auto& [flags, message] : cases) {
+    absl::FlagSaver saver;
+    SetAll(flags);
+    EXPECT_EXIT(ObservabilityFlags(), testing::ExitedWithCode(2),
+                "^" + Literal("sluice: " + message + "\n") + "$")
+        << message;
+  }
+  Set("status_allow", "nonsense");
+  EXPECT_EXIT(ObservabilityFlags(), testing::ExitedWithCode(2),
+              "^" + Literal("sluice: --status_allow: "));
+}
+
+TEST_F(FlagsTest, AccessLogFile) {
+  EXPECT_EQ(OpenAccessLogFlag(), nullptr);  // "off"
+  Set("access_log", "");
+  EXPECT_EQ(OpenAccessLogFlag(), nullptr);
+  char dir[] = "/tmp/sluice_flags_test_XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string path = std::string(dir) + "/access.log";
+  Set("access_log", path);
+  EXPECT_NE(OpenAccessLogFlag(), nullptr);
+  EXPECT_EQ(access(path.c_str(), F_OK), 0);
+  unlink(path.c_str());
+  Set("access_log", dir);  // a directory does not open
+  EXPECT_EXIT(OpenAccessLogFlag(), testing::ExitedWithCode(2),
+              "^" + Literal("sluice: --access_log: "));
+  rmdir(dir);
+}
+
+TEST_F(FlagsTest, TlsAndUpstreamText) {
+  SetAll({{"tls_cert", "/c.pem"},
+          {"tls_key", "/k.pem"},
+          {"tls_session_tickets", "false"},
+          {"upstream", "localhost:11434"}});
+  tls::TlsContextOptions o = TlsFlags();
+  EXPECT_EQ(o.cert_chain_path, "/c.pem");
+  EXPECT_EQ(o.key_path, "/k.pem");
+  EXPECT_FALSE(o.session_tickets);
+  EXPECT_EQ(UpstreamFlag(), "localhost:11434");
+}
+
+}  // namespace
+}  // namespace sluice::core
