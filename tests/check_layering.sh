@@ -13,12 +13,12 @@ declare -A allowed=(
   [tls]="core/engine/slice.h"
   [core/engine]="core/observe/log.h"
   [core/observe]="core/engine/slice.h policy/"
-  [core/upstream]="core/engine/ core/observe/ core/server/config.h core/server/worker.h"
-  [core/proxy]="core/engine/ core/observe/ core/upstream/ core/server/config.h core/server/worker.h http/ tls/ policy/"
+  [core/upstream]="core/engine/ core/observe/ core/server/config.h core/server/shard.h"
+  [core/proxy]="core/engine/ core/observe/ core/upstream/ core/server/config.h core/server/shard.h http/ tls/ policy/"
   [core/server]="core/ http/ tls/ policy/"
 )
-# The proxy and the upstream pool still reach per-core state through
-# core/server/worker.h; it goes once that state is a shard of its own.
+# The proxy and the upstream pool get the per-core state as a Shard
+# (core/server/shard.h), never the worker that owns the thread and loop.
 
 status=0
 for dir in "${!allowed[@]}"; do

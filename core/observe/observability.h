@@ -11,15 +11,15 @@
 
 namespace sluice::core {
 
-class Worker;
+class Shard;
 
 // What the workers need for logs and metrics, built by core/server/flags.cc from
 // the flags and fixed once the workers run (the log file itself is reopened in
 // place on SIGUSR1).
 struct Observability {
-  // Every worker, for a scrape to ask each for its shard (filled before the
-  // worker threads start; read-only afterwards).
-  std::vector<Worker*> workers;
+  // Every worker's shard, for a scrape to ask each for its counters (filled
+  // before the worker threads start; read-only afterwards).
+  std::vector<Shard*> shards;
   // --access_log; null when off.
   LogFile* access_log = nullptr;
   AccessLogFormat access_log_format = AccessLogFormat::kNginx;

@@ -5,7 +5,7 @@
 #include "core/proxy/h1_downstream.h"
 #include "core/proxy/h2_downstream.h"
 #include "core/observe/log.h"
-#include "core/server/worker.h"
+#include "core/server/shard.h"
 
 namespace sluice::core {
 namespace {
@@ -16,17 +16,17 @@ constexpr std::string_view kPriMethod = kH2Preface.substr(0, 4);  // "PRI "
 constexpr int64_t kLingerNs = 2'000'000'000;
 }  // namespace
 
-ClientConnection::ClientConnection(Worker* worker, int fd,
+ClientConnection::ClientConnection(Shard* shard, int fd,
                                    policy::IpAddress peer, ListenerKind kind,
                                    std::shared_ptr<const tls::TlsContext> tls)
-    : worker_(worker),
-      number_(worker->NextConnectionNumber()),
-      stream_(worker->loop(), fd, this),
+    : shard_(shard),
+      number_(shard->NextConnectionNumber()),
+      stream_(shard->loop(), fd, this),
       peer_(peer),
       client_addr_(peer.ToString()),
       kind_(kind),
       handshake_timer_([this] {
-        ++worker_->metrics().tls_handshake_failures;
+        ++shard_->metrics().tls_handshake_failures;
         LOG_INFO("*%llu client %s: TLS handshake timed out",
                  static_cast<unsigned long long>(number_), client_addr_.c_str());
         stream_.Close();
@@ -36,13 +36,13 @@ ClientConnection::ClientConnection(Worker* worker, int fd,
   if (kind_ == ListenerKind::kTls && tls) {
     tls_ = std::make_unique<tls::TlsSession>(std::move(tls));
   }
-  ++worker_->metrics().connections_reading;
+  ++shard_->metrics().connections_reading;
 }
 
 ClientConnection::~ClientConnection() {
-  if (flush_pending_) worker_->CancelFlush(this);
+  if (flush_pending_) shard_->CancelFlush(this);
   SetPhase(Phase::kReading);
-  --worker_->metrics().connections_reading;
+  --shard_->metrics().connections_reading;
 }
 
 namespace {
@@ -61,14 +61,14 @@ int64_t& PhaseGauge(MetricsShard& m, ClientConnection::Phase p) {
 
 void ClientConnection::SetPhase(Phase phase) {
   if (phase == phase_) return;
-  MetricsShard& m = worker_->metrics();
+  MetricsShard& m = shard_->metrics();
   --PhaseGauge(m, phase_);
   ++PhaseGauge(m, phase);
   phase_ = phase;
 }
 
 void ClientConnection::Start() {
-  worker_->AddConnection(this, over_limit_);
+  shard_->AddConnection(this, over_limit_);
   if (kind_ == ListenerKind::kRedirect) {
     StartSession(std::make_unique<H1Downstream>(this));
   } else if (kind_ == ListenerKind::kTls) {
@@ -76,15 +76,15 @@ void ClientConnection::Start() {
       stream_.Close();
       return;
     }
-    worker_->Timers(worker_->config().handshake_timeout_ns)
-        ->Arm(&handshake_timer_, worker_->now_ns());
+    shard_->Timers(shard_->config().handshake_timeout_ns)
+        ->Arm(&handshake_timer_, shard_->now_ns());
     stream_.StartReading();
   } else {
     // Plain listeners wait for the first bytes to tell h2c from HTTP/1.1;
     // a client that sends none (or only a prefix of the h2 preface) is
     // closed at --client_header_timeout, as a stalled head would be.
-    worker_->Timers(worker_->config().client_header_timeout_ns)
-        ->Arm(&presession_timer_, worker_->now_ns());
+    shard_->Timers(shard_->config().client_header_timeout_ns)
+        ->Arm(&presession_timer_, shard_->now_ns());
     stream_.StartReading();
   }
 }
@@ -98,7 +98,7 @@ void ClientConnection::Drain() {
     // Accepted, no protocol chosen yet (TLS handshake or the first bytes
     // of a plain connection on the way): as for an idle HTTP/1.1
     // connection, a short grace for its request, then it closes.
-    worker_->Timers(kDrainGraceNs)->Arm(&presession_timer_, worker_->now_ns());
+    shard_->Timers(kDrainGraceNs)->Arm(&presession_timer_, shard_->now_ns());
   }
 }
 
@@ -125,7 +125,7 @@ void ClientConnection::OnCiphertext(Slice data) {
   if (!st.ok()) {
     // A failed handshake or a bad record closes this connection only; the
     // alert BoringSSL queued goes out first.
-    if (!tls_->handshake_done()) ++worker_->metrics().tls_handshake_failures;
+    if (!tls_->handshake_done()) ++shard_->metrics().tls_handshake_failures;
     LOG_INFO("*%llu client %s: %s", static_cast<unsigned long long>(number_),
              client_addr_.c_str(), std::string(st.message()).c_str());
     SendTlsOutput();
@@ -134,8 +134,8 @@ void ClientConnection::OnCiphertext(Slice data) {
   }
   if (tls_->handshake_done() && !session_) {
     handshake_timer_.Disarm();
-    ++worker_->metrics().tls_handshakes;
-    if (tls_->session_reused()) ++worker_->metrics().tls_resumptions;
+    ++shard_->metrics().tls_handshakes;
+    if (tls_->session_reused()) ++shard_->metrics().tls_resumptions;
     if (tls_->alpn() == "h2") {
       StartSession(std::make_unique<H2Downstream>(this));
     } else {
@@ -309,13 +309,13 @@ void ClientConnection::CloseGracefully() {
   }
   stream_.ShutdownWriteWhenDrained();
   stream_.StartReading();
-  worker_->Timers(kLingerNs)->Arm(&linger_timer_, worker_->now_ns());
+  shard_->Timers(kLingerNs)->Arm(&linger_timer_, shard_->now_ns());
 }
 
 void ClientConnection::RequestFlush() {
   if (flush_pending_) return;
   flush_pending_ = true;
-  worker_->RequestFlush(this);
+  shard_->RequestFlush(this);
 }
 
 void ClientConnection::Flush() {
@@ -326,7 +326,7 @@ void ClientConnection::Flush() {
 }
 
 void ClientConnection::OnClosed() {
-  worker_->RemoveConnection(this, over_limit_);
+  shard_->RemoveConnection(this, over_limit_);
   delete this;
 }
 

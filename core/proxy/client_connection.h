@@ -13,7 +13,7 @@
 
 namespace sluice::core {
 
-class Worker;
+class Shard;
 class ClientConnection;
 
 // On a drain (SIGTERM, restart), how long an idle connection may still send
@@ -57,7 +57,7 @@ class ClientSession {
 class ClientConnection final : public StreamHandler, public Flushable {
  public:
   // `tls` is the context for a kTls listener (null otherwise).
-  ClientConnection(Worker* worker, int fd, policy::IpAddress peer,
+  ClientConnection(Shard* shard, int fd, policy::IpAddress peer,
                    ListenerKind kind,
                    std::shared_ptr<const tls::TlsContext> tls = nullptr);
   ~ClientConnection() override;
@@ -118,7 +118,7 @@ class ClientConnection final : public StreamHandler, public Flushable {
   enum class Phase { kReading, kWriting, kWaiting };
   void SetPhase(Phase phase);
 
-  Worker* worker() const { return worker_; }
+  Shard* shard() const { return shard_; }
   // The process-unique connection number ("*N" in log lines).
   uint64_t number() const { return number_; }
   const std::string& client_addr() const { return client_addr_; }
@@ -150,7 +150,7 @@ class ClientConnection final : public StreamHandler, public Flushable {
   // Sends what is queued (a TLS alert), then closes.
   void CloseAfterWrite();
 
-  Worker* worker_;
+  Shard* shard_;
   uint64_t number_;
   Phase phase_ = Phase::kReading;
   Stream stream_;

@@ -4,15 +4,15 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/observe/log.h"
-#include "core/server/worker.h"
+#include "core/server/shard.h"
 
 namespace sluice::core {
 
 H1Downstream::H1Downstream(ClientConnection* conn)
     : conn_(conn),
-      worker_(conn->worker()),
-      codec_(this, http::H1Limits{worker_->config().max_header_bytes,
-                                  worker_->config().client_max_body_size}),
+      shard_(conn->shard()),
+      codec_(this, http::H1Limits{shard_->config().max_header_bytes,
+                                  shard_->config().client_max_body_size}),
       keepalive_timer_([this] { conn_->Close(); }),
       header_timer_([this] {
         if (responding_) return;
@@ -20,9 +20,9 @@ H1Downstream::H1Downstream(ClientConnection* conn)
                                                   ExtraFields());
         LOG_INFO("*%llu client %s: 408 request header timeout",
                  static_cast<unsigned long long>(conn_->number()), conn_->client_addr().c_str());
-        worker_->AccountBare(nullptr, conn_->client_addr(), 408,
+        shard_->AccountBare(nullptr, conn_->client_addr(), 408,
                              http::JsonErrorBody("request header timeout").size(),
-                             worker_->now_ns(), worker_->now_unix_ns(), conn_->number(), "other");
+                             shard_->now_ns(), shard_->now_unix_ns(), conn_->number(), "other");
         conn_->WriteOwned(std::move(out));
         CloseAfterDrain();
       }),
@@ -42,7 +42,7 @@ void H1Downstream::Start() {
 }
 
 std::string_view H1Downstream::ExtraFields() const {
-  return conn_->secure() ? std::string_view(worker_->config().hsts_fields)
+  return conn_->secure() ? std::string_view(shard_->config().hsts_fields)
                          : std::string_view();
 }
 
@@ -53,7 +53,7 @@ void H1Downstream::Drain() {
     // moment before the drain) may be on the way already; closing now
     // would lose it. It gets kDrainGraceNs to arrive, and is answered with
     // Connection: close; a client that sends nothing is closed then.
-    worker_->Timers(kDrainGraceNs)->Arm(&keepalive_timer_, worker_->now_ns());
+    shard_->Timers(kDrainGraceNs)->Arm(&keepalive_timer_, shard_->now_ns());
   }
 }
 
@@ -111,7 +111,7 @@ void H1Downstream::UpdateReading() {
 }
 
 void H1Downstream::ArmIdleTimers() {
-  const Config& cfg = worker_->config();
+  const Config& cfg = shard_->config();
   if (responding_ || tunnel_ || close_after_) {
     conn_->SetPhase(ClientConnection::Phase::kWriting);
     keepalive_timer_.Disarm();
@@ -120,19 +120,19 @@ void H1Downstream::ArmIdleTimers() {
     conn_->SetPhase(ClientConnection::Phase::kReading);
     keepalive_timer_.Disarm();
     if (!header_timer_.armed()) {
-      worker_->Timers(cfg.client_header_timeout_ns)->Arm(&header_timer_, worker_->now_ns());
+      shard_->Timers(cfg.client_header_timeout_ns)->Arm(&header_timer_, shard_->now_ns());
     }
   } else {
     conn_->SetPhase(ClientConnection::Phase::kWaiting);
     header_timer_.Disarm();
     if (!keepalive_timer_.armed()) {
-      worker_->Timers(cfg.keepalive_timeout_ns)->Arm(&keepalive_timer_, worker_->now_ns());
+      shard_->Timers(cfg.keepalive_timeout_ns)->Arm(&keepalive_timer_, shard_->now_ns());
     }
   }
 }
 
 void H1Downstream::OnRequestHead(http::RequestHead head) {
-  ++worker_->metrics().requests;
+  ++shard_->metrics().requests;
   responding_ = true;
   conn_->SetPhase(ClientConnection::Phase::kWriting);
   keepalive_timer_.Disarm();
@@ -144,7 +144,7 @@ void H1Downstream::OnRequestHead(http::RequestHead head) {
     Redirect(head);
     return;
   }
-  relay_ = std::make_unique<Relay>(worker_, this, std::move(head), conn_->client_addr(),
+  relay_ = std::make_unique<Relay>(shard_, this, std::move(head), conn_->client_addr(),
                                    conn_->peer(), conn_->scheme(), conn_->number());
   relay_->Start();
   ArmBodyTimer();
@@ -162,8 +162,8 @@ void H1Downstream::OnRequestComplete() {
 void H1Downstream::ArmBodyTimer() {
   if (relay_ && request_has_body_ && codec_.in_message() && !paused_by_relay_ && !tunnel_ &&
       !close_after_) {
-    worker_->Timers(worker_->config().client_body_timeout_ns)
-        ->Arm(&body_timer_, worker_->now_ns());
+    shard_->Timers(shard_->config().client_body_timeout_ns)
+        ->Arm(&body_timer_, shard_->now_ns());
   } else {
     body_timer_.Disarm();
   }
@@ -286,7 +286,7 @@ void H1Downstream::RetireRelay() {
   if (!relay_) return;
   // The relay may be on the call stack (it called us); free it after.
   Relay* r = relay_.release();
-  worker_->Defer([r] { delete r; });
+  shard_->Defer([r] { delete r; });
 }
 
 void H1Downstream::CloseAfterDrain() {
@@ -317,8 +317,8 @@ void H1Downstream::CodecError(const absl::Status& status) {
   std::string msg(status.message());
   if (code == 413) msg = "request body too large";
   if (code == 431) msg = "request header fields too large";
-  worker_->AccountBare(nullptr, conn_->client_addr(), code, http::JsonErrorBody(msg).size(),
-                       worker_->now_ns(), worker_->now_unix_ns(), conn_->number(), "other");
+  shard_->AccountBare(nullptr, conn_->client_addr(), code, http::JsonErrorBody(msg).size(),
+                       shard_->now_ns(), shard_->now_unix_ns(), conn_->number(), "other");
   conn_->WriteOwned(http::JsonErrorResponse(code, msg, true, 0, ExtraFields()));
   CloseAfterDrain();
 }
@@ -350,7 +350,7 @@ void H1Downstream::ArmSendTimer() {
   if (conn_->write_idle()) {
     send_timer_.Disarm();
   } else if (!send_timer_.armed()) {
-    worker_->Timers(worker_->config().send_timeout_ns)->Arm(&send_timer_, worker_->now_ns());
+    shard_->Timers(shard_->config().send_timeout_ns)->Arm(&send_timer_, shard_->now_ns());
   }
 }
 
@@ -358,7 +358,7 @@ void H1Downstream::OnWriteProgress() {
   if (conn_->write_idle()) {
     send_timer_.Disarm();
   } else {
-    worker_->Timers(worker_->config().send_timeout_ns)->Arm(&send_timer_, worker_->now_ns());
+    shard_->Timers(shard_->config().send_timeout_ns)->Arm(&send_timer_, shard_->now_ns());
   }
   if (close_after_ && !responding_ && conn_->write_idle()) {
     conn_->CloseGracefully();
@@ -407,7 +407,7 @@ void H1Downstream::Redirect(const http::RequestHead& head) {
   }
   std::string location = "https://";
   location.append(host.data(), host.size());
-  const int port = worker_->config().tls_port;
+  const int port = shard_->config().tls_port;
   if (port != 443 && port > 0) absl::StrAppend(&location, ":", port);
   std::string_view target = head.target;
   if (target.empty() || target.front() != '/') target = "/";
@@ -421,8 +421,8 @@ void H1Downstream::Redirect(const http::RequestHead& head) {
   // new location).
   const size_t head_end = out.find("\r\n\r\n");
   const uint64_t body_bytes = head_end == std::string::npos ? 0 : out.size() - head_end - 4;
-  worker_->AccountBare(&head, conn_->client_addr(), 301, body_bytes, worker_->now_ns(),
-                       worker_->now_unix_ns(), conn_->number(), "redirect");
+  shard_->AccountBare(&head, conn_->client_addr(), 301, body_bytes, shard_->now_ns(),
+                       shard_->now_unix_ns(), conn_->number(), "redirect");
   conn_->WriteOwned(std::move(out));
   FinishExchange();
 }

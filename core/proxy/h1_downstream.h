@@ -14,7 +14,7 @@
 
 namespace sluice::core {
 
-class Worker;
+class Shard;
 
 // The HTTP/1.1 session of one client connection: feeds received plaintext
 // to the codec, runs one Relay per request (pipelined requests wait in
@@ -82,7 +82,7 @@ class H1Downstream final : public ClientSession,
   std::string_view ExtraFields() const;
 
   ClientConnection* conn_;
-  Worker* worker_;
+  Shard* shard_;
   http::H1ServerCodec codec_;
   std::unique_ptr<Relay> relay_;
   std::deque<Slice> pending_;  // received, not yet parsed

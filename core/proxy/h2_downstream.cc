@@ -3,7 +3,7 @@
 #include <cerrno>
 
 #include "core/observe/log.h"
-#include "core/server/worker.h"
+#include "core/server/shard.h"
 #include "http/serialize.h"
 
 namespace sluice::core {
@@ -37,8 +37,8 @@ http::H2Options OptionsFor(const Config& cfg) {
 
 H2Downstream::H2Downstream(ClientConnection* conn)
     : conn_(conn),
-      worker_(conn->worker()),
-      codec_(this, OptionsFor(worker_->config())),
+      shard_(conn->shard()),
+      codec_(this, OptionsFor(shard_->config())),
       idle_timer_([this] {
         // An idle connection (or one that never sent a request): say
         // goodbye properly, then close once the GOAWAY is out.
@@ -94,8 +94,8 @@ void H2Downstream::OnWriteError(int res) { conn_->Close(); }
 
 void H2Downstream::OnWriteProgress() {
   if (!conn_->write_idle() || codec_.WantsWrite()) {
-    worker_->Timers(worker_->config().send_timeout_ns)
-        ->Arm(&send_timer_, worker_->now_ns());
+    shard_->Timers(shard_->config().send_timeout_ns)
+        ->Arm(&send_timer_, shard_->now_ns());
   }
   if (codec_.WantsWrite() && !conn_->congested()) {
     Wake();
@@ -108,7 +108,7 @@ void H2Downstream::Drain() {
   if (draining_) return;
   draining_ = true;
   codec_.SubmitShutdownNotice();
-  worker_->Timers(kGoawayGraceNs)->Arm(&goaway_timer_, worker_->now_ns());
+  shard_->Timers(kGoawayGraceNs)->Arm(&goaway_timer_, shard_->now_ns());
   Wake();
 }
 
@@ -125,15 +125,15 @@ void H2Downstream::Flush() {
   }
   if (codec_.ShouldClose() && !failed_) close_when_done_ = true;
   if (progressed) {
-    worker_->Timers(worker_->config().send_timeout_ns)
-        ->Arm(&send_timer_, worker_->now_ns());
+    shard_->Timers(shard_->config().send_timeout_ns)
+        ->Arm(&send_timer_, shard_->now_ns());
   }
   UpdateTimers();
   MaybeClose();
 }
 
 void H2Downstream::UpdateTimers() {
-  const Config& cfg = worker_->config();
+  const Config& cfg = shard_->config();
   if (!streams_.empty()) {
     conn_->SetPhase(ClientConnection::Phase::kWriting);
   } else if (seen_request_) {
@@ -142,7 +142,7 @@ void H2Downstream::UpdateTimers() {
   if (streams_.empty() && !close_when_done_) {
     if (!idle_timer_.armed()) {
       int64_t d = seen_request_ ? cfg.keepalive_timeout_ns : cfg.client_header_timeout_ns;
-      worker_->Timers(d)->Arm(&idle_timer_, worker_->now_ns());
+      shard_->Timers(d)->Arm(&idle_timer_, shard_->now_ns());
     }
   } else {
     idle_timer_.Disarm();
@@ -154,7 +154,7 @@ void H2Downstream::UpdateTimers() {
   if (!waiting) {
     send_timer_.Disarm();
   } else if (!send_timer_.armed()) {
-    worker_->Timers(cfg.send_timeout_ns)->Arm(&send_timer_, worker_->now_ns());
+    shard_->Timers(cfg.send_timeout_ns)->Arm(&send_timer_, shard_->now_ns());
   }
 }
 
@@ -179,17 +179,17 @@ void H2Downstream::Retire(int32_t id) {
   st->body_open_ = false;
   st->body_timer_.Disarm();
   st->stall_timer_.Disarm();
-  worker_->Defer([st] { delete st; });
+  shard_->Defer([st] { delete st; });
   UpdateTimers();
 }
 
 void H2Downstream::OnRequestHeaders(int32_t stream_id, http::RequestHead head,
                                     bool end_stream) {
-  ++worker_->metrics().requests;
+  ++shard_->metrics().requests;
   seen_request_ = true;
   conn_->SetPhase(ClientConnection::Phase::kWriting);
   idle_timer_.Disarm();
-  const uint64_t max_body = worker_->config().client_max_body_size;
+  const uint64_t max_body = shard_->config().client_max_body_size;
   if (head.content_length && *head.content_length > max_body) {
     // Refused before any byte goes upstream, as an HTTP/1.1 head declaring
     // too much is (and as nginx checks client_max_body_size before access
@@ -201,8 +201,8 @@ void H2Downstream::OnRequestHeaders(int32_t stream_id, http::RequestHead head,
              static_cast<unsigned long long>(conn_->number()), conn_->client_addr().c_str(),
              stream_id, kTooLarge.data(),
              static_cast<unsigned long long>(*head.content_length));
-    worker_->AccountBare(&head, conn_->client_addr(), 413, http::JsonErrorBody(kTooLarge).size(),
-                         worker_->now_ns(), worker_->now_unix_ns(), conn_->number(), "other");
+    shard_->AccountBare(&head, conn_->client_addr(), 413, http::JsonErrorBody(kTooLarge).size(),
+                         shard_->now_ns(), shard_->now_unix_ns(), conn_->number(), "other");
     Quiet(codec_.SubmitJsonError(stream_id, 413, kTooLarge));
     UpdateTimers();
     Wake();
@@ -213,7 +213,7 @@ void H2Downstream::OnRequestHeaders(int32_t stream_id, http::RequestHead head,
   st->head_request_ = head.is_head();
   st->body_open_ = !end_stream;
   streams_[stream_id] = std::move(owned);
-  st->relay_ = std::make_unique<Relay>(worker_, st, std::move(head), conn_->client_addr(),
+  st->relay_ = std::make_unique<Relay>(shard_, st, std::move(head), conn_->client_addr(),
                                        conn_->peer(), conn_->scheme(), conn_->number());
   // Start may answer at once (no upstream link): `st` can be retired then.
   st->relay_->Start();
@@ -229,7 +229,7 @@ void H2Downstream::OnRequestData(int32_t stream_id, Slice data) {
     return;
   }
   st->body_bytes_ += n;
-  if (st->body_bytes_ > worker_->config().client_max_body_size) {
+  if (st->body_bytes_ > shard_->config().client_max_body_size) {
     // A body sent without content-length grew past the cap: nothing more
     // goes upstream. 413 when the response has not started, else the
     // stream is reset; either way the upstream request is abandoned.
@@ -296,7 +296,7 @@ void H2Downstream::OnStreamReset(int32_t stream_id, uint32_t error_code) {
 // --- One stream, as its Relay sees it.
 
 void H2Downstream::StreamState::SendResponseHead(const http::ResponseHead& head) {
-  const Config& cfg = session_->worker_->config();
+  const Config& cfg = session_->shard_->config();
   const bool end = head_request_ || head.status == 204 || head.status == 304;
   if (session_->conn_->secure() && !cfg.hsts.empty()) {
     http::ResponseHead h = head;
@@ -329,7 +329,7 @@ void H2Downstream::StreamState::SendError(int status, std::string_view message) 
 void H2Downstream::StreamState::SendPolicyAnswer(
     int status, std::string_view message, const std::vector<http::Header>& headers) {
   H2Downstream* s = session_;
-  const Config& cfg = s->worker_->config();
+  const Config& cfg = s->shard_->config();
   // No body for an empty message (a CORS preflight's 204).
   std::string body = message.empty() ? std::string() : http::JsonErrorBody(message);
   http::ResponseHead h;
@@ -370,14 +370,14 @@ bool H2Downstream::StreamState::congested() const {
 
 void H2Downstream::StreamState::WatchStall() {
   if (stall_timer_.armed() || !session_->codec_.Congested(id_)) return;
-  Worker* w = session_->worker_;
+  Shard* w = session_->shard_;
   stall_mark_ = session_->codec_.SentBytes(id_);
   w->Timers(w->config().send_timeout_ns)->Arm(&stall_timer_, w->now_ns());
 }
 
 void H2Downstream::StreamState::OnStall() {
   H2Downstream* s = session_;
-  Worker* w = s->worker_;
+  Shard* w = s->shard_;
   const uint64_t sent = s->codec_.SentBytes(id_);
   if (sent != stall_mark_) {
     // Some bytes went out (a window opened a little): a slow reader, not a
@@ -415,7 +415,7 @@ void H2Downstream::StreamState::ResumeReading() {
 
 void H2Downstream::StreamState::ArmBodyTimer() {
   if (body_open_ && relay_ && !paused_) {
-    Worker* w = session_->worker_;
+    Shard* w = session_->shard_;
     w->Timers(w->config().client_body_timeout_ns)->Arm(&body_timer_, w->now_ns());
   } else {
     body_timer_.Disarm();

@@ -13,7 +13,7 @@
 
 namespace sluice::core {
 
-class Worker;
+class Shard;
 
 // The HTTP/2 session of one client connection (TLS with ALPN h2, or h2c
 // with prior knowledge): the nghttp2 codec, and one Relay per stream, each
@@ -116,7 +116,7 @@ class H2Downstream final : public ClientSession, public http::H2StreamSink {
   void MaybeClose();
 
   ClientConnection* conn_;
-  Worker* worker_;
+  Shard* shard_;
   http::H2ServerCodec codec_;
   absl::flat_hash_map<int32_t, std::unique_ptr<StreamState>> streams_;
   Timer idle_timer_;     // no stream open: keepalive_timeout, then close

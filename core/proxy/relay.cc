@@ -9,7 +9,7 @@
 #include "core/proxy/auth_verifier.h"
 #include "core/observe/log.h"
 #include "core/observe/observability.h"
-#include "core/server/worker.h"
+#include "core/server/shard.h"
 #include "http/serialize.h"
 
 namespace sluice::core {
@@ -30,10 +30,10 @@ constexpr std::string_view kOverloadError = "server at its connection limit, ret
   LOG_##level("*%llu client %s: " fmt, static_cast<unsigned long long>(connection_), \
               client_addr_.c_str(), ##__VA_ARGS__)
 
-Relay::Relay(Worker* worker, Downstream* downstream, http::RequestHead head,
+Relay::Relay(Shard* shard, Downstream* downstream, http::RequestHead head,
              std::string_view client_addr, const policy::IpAddress& peer,
              std::string_view proto, uint64_t connection)
-    : worker_(worker),
+    : shard_(shard),
       downstream_(downstream),
       head_(std::move(head)),
       client_addr_(client_addr),
@@ -52,21 +52,21 @@ Relay::Relay(Worker* worker, Downstream* downstream, http::RequestHead head,
         if (!finished_) Proceed();
       }),
       connection_(connection),
-      start_ns_(worker->now_ns()),
-      start_unix_ns_(worker->now_unix_ns()),
+      start_ns_(shard->now_ns()),
+      start_unix_ns_(shard->now_unix_ns()),
       scrape_timer_([this] {
         RELAY_LOG(WARN, "scrape: %d worker(s) did not answer", scrape_->pending);
         AnswerScrape();
       }) {
-  ++worker_->metrics().active_streams;
+  ++shard_->metrics().active_streams;
 }
 
 Relay::~Relay() {
   DropLink();
   if (ticket_) ticket_->relay = nullptr;
   if (scrape_) scrape_->relay = nullptr;
-  policy::Policy::Release(&admission_, worker_->config().conn_table);
-  --worker_->metrics().active_streams;
+  policy::Policy::Release(&admission_, shard_->config().conn_table);
+  --shard_->metrics().active_streams;
   Account();
 }
 
@@ -97,8 +97,8 @@ policy::RequestFacts Relay::Facts() const {
 }
 
 void Relay::Start() {
-  policy_ = worker_->policy().get();
-  const Observability& obs = worker_->obs();
+  policy_ = shard_->policy().get();
+  const Observability& obs = shard_->obs();
   if (head_.method != "OPTIONS" || head_.target != "*") {
     std::string_view path = head_.target;
     path = path.substr(0, path.find('?'));
@@ -125,8 +125,8 @@ void Relay::Start() {
     AnswerPolicy();
     return;
   }
-  switch (policy_->Authenticate(facts, &admission_, &worker_->auth_cache(),
-                                worker_->now_ns(), worker_->config().rate_table)) {
+  switch (policy_->Authenticate(facts, &admission_, &shard_->auth_cache(),
+                                shard_->now_ns(), shard_->config().rate_table)) {
     case policy::AuthStep::kRefused:
       AnswerPolicy();
       return;
@@ -150,18 +150,18 @@ void Relay::StartVerify() {
   gate_ = Gate::kVerifying;
   HoldReading();
   // Still the snapshot Start took: nothing ran on this worker in between.
-  policy_hold_ = worker_->last_policy();
+  policy_hold_ = shard_->last_policy();
   ticket_ = std::make_shared<VerifyTicket>(VerifyTicket{this});
-  Worker* w = worker_;
+  Shard* w = shard_;
   AuthVerifier::Job job{policy_hold_, admission_.basic_user, admission_.basic_password,
                         [w, t = ticket_](bool valid) {
                           w->Post([t, valid] {
                             if (t->relay) t->relay->OnVerified(valid);
                           });
                         }};
-  if (!worker_->config().auth_verifier->Submit(std::move(job))) {
+  if (!shard_->config().auth_verifier->Submit(std::move(job))) {
     RELAY_LOG(WARN, "password checks queue full: 503");
-    policy_->ForgoVerify(&admission_, worker_->config().rate_table, worker_->now_ns());
+    policy_->ForgoVerify(&admission_, shard_->config().rate_table, shard_->now_ns());
     admission_.status = 503;
     admission_.error = "authentication busy, retry later";
     admission_.headers.emplace_back("Retry-After", "1");
@@ -172,8 +172,8 @@ void Relay::StartVerify() {
 void Relay::OnVerified(bool valid) {
   ticket_.reset();
   if (finished_ || gate_ != Gate::kVerifying) return;
-  if (!policy_->FinishBasic(valid, &admission_, &worker_->auth_cache(), worker_->now_ns(),
-                            worker_->config().rate_table)) {
+  if (!policy_->FinishBasic(valid, &admission_, &shard_->auth_cache(), shard_->now_ns(),
+                            shard_->config().rate_table)) {
     AnswerPolicy();
     return;
   }
@@ -181,9 +181,9 @@ void Relay::OnVerified(bool valid) {
 }
 
 void Relay::Admit() {
-  const Config& cfg = worker_->config();
+  const Config& cfg = shard_->config();
   policy::LimitStep step =
-      policy_->Limit(&admission_, cfg.rate_table, cfg.conn_table, worker_->now_ns());
+      policy_->Limit(&admission_, cfg.rate_table, cfg.conn_table, shard_->now_ns());
   switch (step.kind) {
     case policy::LimitStep::kRefuse:
       AnswerPolicy();
@@ -192,9 +192,9 @@ void Relay::Admit() {
       // limit_req without nodelay: the request waits its turn, its body
       // unread.
       gate_ = Gate::kDelayed;
-      if (!policy_hold_) policy_hold_ = worker_->last_policy();
+      if (!policy_hold_) policy_hold_ = shard_->last_policy();
       HoldReading();
-      worker_->DeadlineTimers()->ArmAt(&delay_timer_, worker_->now_ns() + step.delay_ns);
+      shard_->DeadlineTimers()->ArmAt(&delay_timer_, shard_->now_ns() + step.delay_ns);
       return;
     case policy::LimitStep::kAdmit:
       break;
@@ -208,7 +208,7 @@ void Relay::AnswerPolicy() {
   if (!admission_.error.empty()) {
     body_bytes_sent_ = http::JsonErrorBody(admission_.error).size();
   }
-  MetricsShard& m = worker_->metrics();
+  MetricsShard& m = shard_->metrics();
   switch (admission_.status) {
     case 401:
       ++m.rejected_auth;
@@ -260,7 +260,7 @@ void Relay::Proceed() {
            (drop_credentials && (http::EqualsIgnoreCase(h.name, "authorization") ||
                                  http::EqualsIgnoreCase(h.name, "x-api-key")));
   });
-  const Config& cfg = worker_->config();
+  const Config& cfg = shard_->config();
   http::ForwardContext ctx{client_addr_, proto_, cfg.upstream_host,
                           admission_.client_text};
   http::AppendUpstreamRequestHead(head_, ctx, &request_bytes_);
@@ -278,10 +278,10 @@ void Relay::Proceed() {
 
 bool Relay::AttachLink(bool fresh) {
   int err = 0;
-  link_ = worker_->pool().Acquire(this, fresh, &err);
-  if (upstream_start_ns_ < 0) upstream_start_ns_ = worker_->now_ns();
+  link_ = shard_->pool().Acquire(this, fresh, &err);
+  if (upstream_start_ns_ < 0) upstream_start_ns_ = shard_->now_ns();
   if (link_ == nullptr) {
-    ++worker_->metrics().upstream_connect_failures;
+    ++shard_->metrics().upstream_connect_failures;
     fail_cause_ = absl::StrCat("no socket: ", strerror(-err));
     FailBeforeResponse(502, "upstream unavailable");
     return false;
@@ -290,7 +290,7 @@ bool Relay::AttachLink(bool fresh) {
   link_->stream().WriteCopy(request_bytes_);
   if (!replay_.empty()) link_->stream().WriteCopy(replay_);
   if (request_done_) {
-    worker_->Timers(worker_->config().read_timeout_ns)->Arm(&read_timer_, worker_->now_ns());
+    shard_->Timers(shard_->config().read_timeout_ns)->Arm(&read_timer_, shard_->now_ns());
   }
   ArmSendTimer();
   return true;
@@ -350,7 +350,7 @@ void Relay::OnRequestEnd() {
   if (head_.chunked) WriteUpCopy(http::kLastChunk);
   // proxy_read_timeout semantics: the time between two reads from the
   // upstream, counted once the request has been sent.
-  worker_->Timers(worker_->config().read_timeout_ns)->Arm(&read_timer_, worker_->now_ns());
+  shard_->Timers(shard_->config().read_timeout_ns)->Arm(&read_timer_, shard_->now_ns());
 }
 
 void Relay::ArmSendTimer() {
@@ -358,13 +358,13 @@ void Relay::ArmSendTimer() {
   if (link_->stream().write_idle()) {
     send_timer_.Disarm();
   } else {
-    worker_->Timers(worker_->config().send_timeout_ns)->Arm(&send_timer_, worker_->now_ns());
+    shard_->Timers(shard_->config().send_timeout_ns)->Arm(&send_timer_, shard_->now_ns());
   }
 }
 
 void Relay::OnLinkConnected(int res) {
   if (res == 0) return;
-  ++worker_->metrics().upstream_connect_failures;
+  ++shard_->metrics().upstream_connect_failures;
   if (res == -ECANCELED || res == -ETIMEDOUT) {
     fail_cause_ = "connect timed out";
     LinkFailed(504, "upstream timeout");
@@ -381,7 +381,7 @@ void Relay::OnLinkData(Slice data) {
     downstream_->SendTunnelData(std::move(data));
   } else {
     if (request_done_) {
-      worker_->Timers(worker_->config().read_timeout_ns)->Arm(&read_timer_, worker_->now_ns());
+      shard_->Timers(shard_->config().read_timeout_ns)->Arm(&read_timer_, shard_->now_ns());
     }
     replay_.clear();
     while (!data.empty()) {
@@ -429,7 +429,7 @@ void Relay::OnResponseHead(http::ResponseHead head) {
   status_ = response_.status;
   // Only the generation routes answer with tokens; a model list or a pull's
   // progress is not read.
-  if (worker_->obs().accounting() && response_.status >= 200 &&
+  if (shard_->obs().accounting() && response_.status >= 200 &&
       response_.status < 300 && !head_.is_head() &&
       policy::IsGenerationPath(admission_.path.match)) {
     const http::Header* ct = response_.Find("content-type");
@@ -458,7 +458,7 @@ void Relay::OnResponseComplete() {
 void Relay::OnTokens(size_t events) {
   // Events that arrive in one read share its time: the gaps between them
   // are zero, as the client sees them.
-  const int64_t now = worker_->now_ns();
+  const int64_t now = shard_->now_ns();
   TokenTrack& t = *tokens_;
   if (t.first_ns < 0) {
     t.first_ns = now;
@@ -559,9 +559,9 @@ void Relay::Finish(bool reusable) {
   send_timer_.Disarm();
   if (link_) {
     if (reusable && request_done_ && link_->stream().write_idle()) {
-      worker_->pool().Release(link_);
+      shard_->pool().Release(link_);
     } else {
-      worker_->pool().Discard(link_);
+      shard_->pool().Discard(link_);
     }
     link_ = nullptr;
   }
@@ -572,7 +572,7 @@ void Relay::DropLink() {
   read_timer_.Disarm();
   send_timer_.Disarm();
   if (link_) {
-    worker_->pool().Discard(link_);
+    shard_->pool().Discard(link_);
     link_ = nullptr;
   }
 }
@@ -620,7 +620,7 @@ void Relay::OnTunnelEnd() {
 }
 
 void Relay::ServeInternal(bool metrics) {
-  const Observability& obs = worker_->obs();
+  const Observability& obs = shard_->obs();
   admission_.group = "internal";
   const http::Header* xff = head_.Find("x-forwarded-for");
   const policy::IpAddress client = policy_->ResolveClient(
@@ -645,9 +645,9 @@ void Relay::ServeInternal(bool metrics) {
   // Every worker copies its own counters on its own thread (they are plain
   // integers nobody else touches) and posts the copy back here.
   scrape_ = std::make_shared<ScrapeTicket>(
-      ScrapeTicket{this, worker_, 0, worker_->SnapshotMetrics()});
-  for (Worker* w : obs.workers) {
-    if (w == worker_) continue;
+      ScrapeTicket{this, shard_, 0, shard_->SnapshotMetrics()});
+  for (Shard* w : obs.shards) {
+    if (w == shard_) continue;
     ++scrape_->pending;
     w->Post([t = scrape_, w] {
       auto shard = std::make_shared<MetricsShard>(w->SnapshotMetrics());
@@ -660,7 +660,7 @@ void Relay::ServeInternal(bool metrics) {
   if (scrape_->pending == 0) {
     AnswerScrape();
   } else {
-    worker_->Timers(kScrapeTimeoutNs)->Arm(&scrape_timer_, worker_->now_ns());
+    shard_->Timers(kScrapeTimeoutNs)->Arm(&scrape_timer_, shard_->now_ns());
   }
 }
 
@@ -668,7 +668,7 @@ void Relay::AnswerScrape() {
   if (finished_) return;
   finished_ = true;
   scrape_timer_.Disarm();
-  const Observability& obs = worker_->obs();
+  const Observability& obs = shard_->obs();
   std::string body;
   http::ResponseHead head;
   head.status = 200;
@@ -700,9 +700,9 @@ void Relay::AnswerScrape() {
 }
 
 void Relay::Account() {
-  const Observability& obs = worker_->obs();
+  const Observability& obs = shard_->obs();
   if (!obs.accounting()) return;
-  const int64_t now = worker_->now_ns();
+  const int64_t now = shard_->now_ns();
   // nginx logs 499 for a request whose client closed the connection first.
   const int status = cancelled_ ? 499 : status_;
   const int64_t request_ns = now - start_ns_;
@@ -730,7 +730,7 @@ void Relay::Account() {
   }
 
   if (obs.metrics) {
-    MetricsShard& m = worker_->metrics();
+    MetricsShard& m = shard_->metrics();
     RouteStats& route = m.Route(group);
     ++route.by_status[status];
     route.request.Observe(request_ns);
@@ -774,9 +774,9 @@ void Relay::Account() {
   r.prompt_tokens = prompt;
   r.completion_tokens = completion;
   r.cancelled = cancelled_;
-  r.worker = worker_->index();
+  r.worker = shard_->index();
   r.connection = connection_;
-  worker_->LogAccess(r);
+  shard_->LogAccess(r);
 }
 
 }  // namespace sluice::core

@@ -17,7 +17,7 @@
 
 namespace sluice::core {
 
-class Worker;
+class Shard;
 
 // The client side of one request, as a Relay drives it (implemented by the
 // HTTP/1.1 downstream connection). Each Send* that ends the response
@@ -68,7 +68,7 @@ class Downstream {
 class Relay final : public LinkUser, public http::H1ResponseSink {
  public:
   // `connection` is the client connection's number (log lines name it).
-  Relay(Worker* worker, Downstream* downstream, http::RequestHead head,
+  Relay(Shard* shard, Downstream* downstream, http::RequestHead head,
         std::string_view client_addr, const policy::IpAddress& peer,
         std::string_view proto, uint64_t connection);
   ~Relay() override;
@@ -121,7 +121,7 @@ class Relay final : public LinkUser, public http::H1ResponseSink {
   // through its mailbox); the relay clears `relay` when it goes.
   struct ScrapeTicket {
     Relay* relay;
-    Worker* origin;
+    Shard* origin;
     int pending;
     MetricsShard total;
   };
@@ -161,7 +161,7 @@ class Relay final : public LinkUser, public http::H1ResponseSink {
   void DropLink();
   void ArmSendTimer();
 
-  Worker* worker_;
+  Shard* shard_;
   Downstream* downstream_;
   http::RequestHead head_;
   std::string client_addr_;

@@ -38,7 +38,7 @@ void FlushAccessLogs(const std::vector<std::unique_ptr<Worker>>& workers) {
   for (const auto& w : workers) {
     Worker* worker = w.get();
     worker->Post([worker, pending] {
-      worker->FlushAccessLog();
+      worker->shard()->FlushAccessLog();
       std::lock_guard<std::mutex> lock(pending->mu);
       if (--pending->left == 0) pending->cv.notify_all();
     });

@@ -48,7 +48,7 @@ WorkerThreads::WorkerThreads(const Config& config, std::vector<std::vector<Liste
     int cpu = cpus[i % cpus.size()];
     workers_.push_back(
         std::make_unique<Worker>(static_cast<int>(i), config, std::move(listeners[i]), cpu));
-    obs->workers.push_back(workers_.back().get());
+    obs->shards.push_back(workers_.back()->shard());
   }
 }
 

@@ -7,13 +7,13 @@
 #include <algorithm>
 #include <cerrno>
 
-#include "core/server/worker.h"
+#include "core/server/shard.h"
 
 namespace sluice::core {
 
-UpstreamLink::UpstreamLink(UpstreamPool* pool, Worker* worker, int fd)
+UpstreamLink::UpstreamLink(UpstreamPool* pool, Shard* shard, int fd)
     : pool_(pool),
-      stream_(worker->loop(), fd, this),
+      stream_(shard->loop(), fd, this),
       idle_timer_([this] { pool_->Discard(this); }) {}
 
 void UpstreamLink::OnData(Slice data) {
@@ -55,8 +55,8 @@ void UpstreamLink::OnConnected(int res) {
 
 void UpstreamLink::OnClosed() { pool_->Destroy(this); }
 
-UpstreamPool::UpstreamPool(Worker* worker)
-    : worker_(worker), idle_(worker->config().upstream_keepalive) {}
+UpstreamPool::UpstreamPool(Shard* shard)
+    : shard_(shard), idle_(shard->config().upstream_keepalive) {}
 
 UpstreamPool::~UpstreamPool() = default;
 
@@ -67,10 +67,10 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
     link->idle_timer_.Disarm();
     link->user_ = user;
     link->reused_ = true;
-    ++worker_->metrics().upstream_reused;
+    ++shard_->metrics().upstream_reused;
     return link;
   }
-  const Config& cfg = worker_->config();
+  const Config& cfg = shard_->config();
   int fd = ::socket(cfg.upstream.family(),
                     SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
@@ -79,10 +79,10 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
   }
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  link = new UpstreamLink(this, worker_, fd);
+  link = new UpstreamLink(this, shard_, fd);
   ++open_;
   link->user_ = user;
-  ++worker_->metrics().upstream_connects;
+  ++shard_->metrics().upstream_connects;
   link->stream_.Connect(cfg.upstream.get(), cfg.upstream.len,
                         cfg.connect_timeout_ns);
   return link;
@@ -90,15 +90,15 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
 
 void UpstreamPool::Release(UpstreamLink* link) {
   link->user_ = nullptr;
-  const Config& cfg = worker_->config();
-  if (worker_->draining() || link->stream_.closing() || !idle_.Offer(link)) {
+  const Config& cfg = shard_->config();
+  if (shard_->draining() || link->stream_.closing() || !idle_.Offer(link)) {
     Discard(link);
     return;
   }
   link->idle_ = true;
   link->stream_.StartReading();
   link->idle_timer_.Disarm();
-  worker_->Timers(cfg.upstream_idle_timeout_ns)->Arm(&link->idle_timer_, worker_->now_ns());
+  shard_->Timers(cfg.upstream_idle_timeout_ns)->Arm(&link->idle_timer_, shard_->now_ns());
 }
 
 void UpstreamPool::Discard(UpstreamLink* link) {

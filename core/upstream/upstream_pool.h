@@ -10,7 +10,7 @@
 
 namespace sluice::core {
 
-class Worker;
+class Shard;
 class UpstreamPool;
 
 // Receives the events of the upstream link it holds (see StreamHandler for
@@ -29,7 +29,7 @@ class LinkUser {
 // user borrows it for exactly one request/response.
 class UpstreamLink final : public StreamHandler {
  public:
-  UpstreamLink(UpstreamPool* pool, Worker* worker, int fd);
+  UpstreamLink(UpstreamPool* pool, Shard* shard, int fd);
 
   Stream& stream() { return stream_; }
   // True when it came from the idle list (it may have been closed by the
@@ -61,7 +61,7 @@ class UpstreamLink final : public StreamHandler {
 // receive so an upstream close removes it at once.
 class UpstreamPool {
  public:
-  explicit UpstreamPool(Worker* worker);
+  explicit UpstreamPool(Shard* shard);
   ~UpstreamPool();
 
   // A link for one request: an idle one, or (also when `fresh` is set) a new
@@ -82,7 +82,7 @@ class UpstreamPool {
   friend class UpstreamLink;
   void Destroy(UpstreamLink* link);
 
-  Worker* worker_;
+  Shard* shard_;
   IdleList<UpstreamLink> idle_;
   size_t open_ = 0;
 };
