@@ -107,7 +107,7 @@ bool BufferRing::Trim() {
   return wants_trim();
 }
 
-Slice BufferRing::Take(uint16_t bid, size_t len) {
+Slice BufferRing::Take(uint16_t bid, size_t len, BufferAccount* account) {
   ++in_use_;
   if (published_ > 0) --published_;
   ++takes_since_growth_;
@@ -115,17 +115,24 @@ Slice BufferRing::Take(uint16_t bid, size_t len) {
   char* bytes = buffer(bid);
   if (count_ - in_use_ < reserve_) {
     ++copied_;
+    pressure_ = true;
     Slice copy = Slice::Copy(std::string_view(bytes, len));
     Recycle(bid);
     return copy;
   }
   BufferRef* ref = &refs_[bid];
+  ref->account = account;
+  if (account) ++account->held;
   // refs is 0 here; the Slice constructor takes the first reference.
   return Slice(ref, bytes, len);
 }
 
 void BufferRing::Release(SliceOwner* owner) {
   auto* ref = static_cast<BufferRef*>(owner);
+  if (BufferAccount* a = ref->account) {
+    ref->account = nullptr;
+    if (--a->held == 0 && a->orphaned) delete a;
+  }
   ref->ring->Recycle(ref->bid);
 }
 

@@ -13,12 +13,27 @@
 namespace sluice::core {
 
 class BufferRing;
+class Stream;
+
+// The ring buffers held on behalf of one client connection: those its own
+// socket received and those the upstream links serving it received. When
+// the ring runs low, the loop pauses the upstream links of the accounts
+// that hold the most (Loop::RelievePressure), so one connection whose
+// client does not read cannot take the ring from the others. Made and
+// released through the loop (Loop::NewAccount, ReleaseAccount): an account
+// outlives its owner while buffers it lent are still held somewhere.
+struct BufferAccount {
+  uint32_t held = 0;         // ring buffers lent and not yet back
+  bool orphaned = false;     // the owner released it; freed at held == 0
+  std::vector<Stream*> upstreams;  // upstream links serving the owner now
+};
 
 // One provided buffer as a Slice owner: when its last Slice is gone it goes
 // back to its ring, so the kernel can fill it again.
 struct BufferRef : SliceOwner {
   BufferRing* ring = nullptr;
   uint16_t bid = 0;
+  BufferAccount* account = nullptr;  // charged while the buffer is lent
 };
 
 // A ring of provided buffers registered with io_uring (liburing 2.3 has no
@@ -58,7 +73,15 @@ class BufferRing {
   // never opens its window, a slow reader), every socket of the worker can
   // still be read, its FIN and RST included. Memory is then bounded by the
   // holders' byte limits instead of by the ring.
-  Slice Take(uint16_t bid, size_t len);
+  // `account` (may be null) is charged for the buffer until it comes back.
+  Slice Take(uint16_t bid, size_t len, BufferAccount* account = nullptr);
+
+  // Whether the ring ran low (Take had to copy) since the last call.
+  bool TakePressure() {
+    bool p = pressure_;
+    pressure_ = false;
+    return p;
+  }
 
   // A receive ended with -ENOBUFS: the kernel found no buffer. If buffers
   // are spare the working set was too small for the load: it grows.
@@ -115,6 +138,7 @@ class BufferRing {
   uint32_t min_target_ = 0;  // min(count, kMinPublished)
   uint32_t takes_since_growth_ = 0;
   bool ran_empty_ = false;  // OnEmpty since the last Trim
+  bool pressure_ = false;   // Take copied since TakePressure
   // Buffers neither lent nor published; the back is the most recent.
   std::vector<uint16_t> spare_;
   // spare_[0, spare_released_) have no resident pages.

@@ -38,6 +38,7 @@ Loop::Loop(const Options& options)
 }
 
 Loop::~Loop() {
+  for (BufferAccount* a : accounts_) delete a;
   for (auto& op : accept_ops_) {
     if (op->fd >= 0) ::close(op->fd);
   }
@@ -92,6 +93,61 @@ TimerList* Loop::Timers(int64_t duration_ns) {
 
 void Loop::RemoveStarved(Stream* s) {
   starved_.erase(std::remove(starved_.begin(), starved_.end(), s), starved_.end());
+}
+
+void Loop::RemovePaused(Stream* s) {
+  paused_.erase(std::remove(paused_.begin(), paused_.end(), s), paused_.end());
+}
+
+BufferAccount* Loop::NewAccount() {
+  auto* a = new BufferAccount;
+  accounts_.insert(a);
+  return a;
+}
+
+void Loop::ReleaseAccount(BufferAccount* a) {
+  if (a == nullptr) return;
+  accounts_.erase(a);
+  std::vector<Stream*> upstreams = a->upstreams;
+  for (Stream* s : upstreams) s->SetAccount(nullptr, false);
+  // Buffers it lent may still be held (a slice in a queue being torn
+  // down): the last one back frees it.
+  if (a->held == 0) {
+    delete a;
+  } else {
+    a->orphaned = true;
+  }
+}
+
+void Loop::RelievePressure() {
+  const uint32_t count = buffers_.count();
+  if (buffers_.TakePressure()) {
+    // The biggest holders first, each holding at least 1/64 of the ring,
+    // until the paused ones hold half of what is lent or eight are paused.
+    std::vector<BufferAccount*> holders;
+    for (BufferAccount* a : accounts_) {
+      if (!a->upstreams.empty() && a->held >= std::max<uint32_t>(1, count / 64)) {
+        holders.push_back(a);
+      }
+    }
+    std::sort(holders.begin(), holders.end(),
+              [](const BufferAccount* x, const BufferAccount* y) { return x->held > y->held; });
+    uint32_t paused_held = 0;
+    for (size_t i = 0; i < holders.size() && i < 8 && paused_held < buffers_.in_use() / 2; ++i) {
+      for (Stream* s : holders[i]->upstreams) {
+        if (!s->paused_for_pressure()) ++pressure_pauses_;
+        s->PauseForPressure();
+      }
+      paused_held += holders[i]->held;
+    }
+  } else if (!paused_.empty() && buffers_.in_use() <= count / 2) {
+    std::vector<Stream*> paused;
+    paused.swap(paused_);
+    for (Stream* s : paused) {
+      paused_.push_back(s);  // ResumeAfterPressure takes it off
+      s->ResumeAfterPressure();
+    }
+  }
 }
 
 void Loop::CancelFlush(Flushable* f) {
@@ -207,6 +263,7 @@ void Loop::Run(const std::function<bool()>& keep_going) {
     for (auto& list : timer_lists_) list->Expire(now_ns_);
     RunDeferred();
     RetryStarved();
+    RelievePressure();
     // Gives the pages of buffers unused for a while back, and stops once
     // nothing is left to trim (an idle loop sleeps).
     if (!buffer_trim_timer_.armed() && buffers_.wants_trim()) {

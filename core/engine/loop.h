@@ -7,6 +7,7 @@
 #include <mutex>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "core/engine/buffer.h"
 #include "core/engine/ring.h"
@@ -111,6 +112,19 @@ class Loop {
   void AddStarved(Stream* s) { starved_.push_back(s); }
   void RemoveStarved(Stream* s);
 
+  // An account for the ring buffers of one client connection and the
+  // upstream links serving it (see BufferAccount). Before releasing it the
+  // owner takes it off its own stream; the upstreams still in it are taken
+  // off here.
+  BufferAccount* NewAccount();
+  void ReleaseAccount(BufferAccount* account);
+  // Upstream streams paused because the ring ran low (RelievePressure).
+  void AddPaused(Stream* s) { paused_.push_back(s); }
+  void RemovePaused(Stream* s);
+  size_t paused_count() const { return paused_.size(); }
+  // Streams paused so far (a counter).
+  uint64_t pressure_pauses() const { return pressure_pauses_; }
+
  private:
   struct AcceptOp final : Completion {
     Loop* loop;
@@ -136,6 +150,10 @@ class Loop {
   int64_t NextTimeout() const;
   void RunDeferred();
   void RetryStarved();
+  // When the ring ran low this turn: pauses the upstream streams of the
+  // accounts that hold the most of it; once it is back under half, resumes
+  // them.
+  void RelievePressure();
   void RunFlushes();
 
   static constexpr int64_t kBufferTrimNs = 1'000'000'000;
@@ -154,6 +172,9 @@ class Loop {
   TimerList* deadline_timers_ = nullptr;
   std::vector<std::function<void()>> deferred_;
   std::vector<Stream*> starved_;
+  std::vector<Stream*> paused_;
+  uint64_t pressure_pauses_ = 0;
+  absl::flat_hash_set<BufferAccount*> accounts_;
   std::vector<Flushable*> flush_;
   uint64_t recycled_seen_ = 0;
   Timer buffer_trim_timer_;

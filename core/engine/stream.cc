@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -17,6 +18,9 @@ Stream::Stream(Loop* loop, int fd, StreamHandler* handler)
 }
 
 Stream::~Stream() {
+  if (pressure_paused_) loop_->RemovePaused(this);
+  pressure_paused_ = false;
+  SetAccount(nullptr, false);
   if (starved_) loop_->RemoveStarved(this);
   if (flush_pending_) loop_->CancelFlush(this);
   if (fd_ >= 0) ::close(fd_);
@@ -50,17 +54,48 @@ void Stream::OnConnect(int res) {
 
 void Stream::StartReading() {
   want_read_ = true;
-  if (!recv_armed_ && !closing_ && !read_ended_ && !starved_) ArmRecv();
+  if (CanArmRecv()) ArmRecv();
 }
 
 void Stream::StopReading() {
   want_read_ = false;
+  CancelRecv();
+}
+
+void Stream::CancelRecv() {
   if (recv_armed_ && !cancel_pending_) {
     io_uring_sqe* sqe = loop_->ring().GetSqe();
     io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(&recv_op_), 0);
     io_uring_sqe_set_data64(sqe, 0);
     cancel_pending_ = true;
   }
+}
+
+void Stream::SetAccount(BufferAccount* account, bool upstream) {
+  if (account_ != nullptr && upstream_) {
+    auto& list = account_->upstreams;
+    list.erase(std::remove(list.begin(), list.end(), this), list.end());
+  }
+  account_ = account;
+  upstream_ = upstream;
+  if (account_ != nullptr && upstream_) account_->upstreams.push_back(this);
+  // A link handed to another connection is not that connection's reason
+  // to wait.
+  if (pressure_paused_ && account_ == nullptr) ResumeAfterPressure();
+}
+
+void Stream::PauseForPressure() {
+  if (pressure_paused_ || closing_) return;
+  pressure_paused_ = true;
+  loop_->AddPaused(this);
+  CancelRecv();
+}
+
+void Stream::ResumeAfterPressure() {
+  if (!pressure_paused_) return;
+  pressure_paused_ = false;
+  loop_->RemovePaused(this);
+  if (CanArmRecv()) ArmRecv();
 }
 
 void Stream::ArmRecv() {
@@ -75,7 +110,7 @@ void Stream::ArmRecv() {
 
 void Stream::RetryAfterBuffers() {
   starved_ = false;
-  if (want_read_ && !recv_armed_ && !closing_ && !read_ended_) ArmRecv();
+  if (CanArmRecv()) ArmRecv();
 }
 
 void Stream::OnRecv(int res, uint32_t flags) {
@@ -87,7 +122,7 @@ void Stream::OnRecv(int res, uint32_t flags) {
   }
   if (res > 0) {
     Slice data = loop_->buffers().Take(
-        static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT), res);
+        static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT), res, account_);
     if (!closing_) handler_->OnData(std::move(data));
   } else if (res == -ENOBUFS) {
     // The ring is empty: wait until slices release buffers, then re-arm.
@@ -108,7 +143,7 @@ void Stream::OnRecv(int res, uint32_t flags) {
     MaybeFinishClose();
     return;
   }
-  if (!more && want_read_ && !read_ended_ && !recv_armed_ && !starved_) ArmRecv();
+  if (!more && CanArmRecv()) ArmRecv();
 }
 
 void Stream::Write(Slice s) {
@@ -242,6 +277,10 @@ void Stream::Close() {
   if (closing_) return;
   closing_ = true;
   want_read_ = false;
+  if (pressure_paused_) {
+    loop_->RemovePaused(this);
+    pressure_paused_ = false;
+  }
   if (starved_) {
     loop_->RemoveStarved(this);
     starved_ = false;

@@ -99,6 +99,17 @@ class Stream final : public Flushable {
 
   // Re-arms a receive that stopped on -ENOBUFS (called by the loop).
   void RetryAfterBuffers();
+
+  // The account charged for the ring buffers this stream receives (null:
+  // none). An upstream stream joins its account's list of upstreams, which
+  // the loop pauses first when the ring runs low.
+  void SetAccount(BufferAccount* account, bool upstream);
+  BufferAccount* account() const { return account_; }
+  // The ring ran low and this stream's account holds much of it: receives
+  // stop until ResumeAfterPressure, whatever StartReading says meanwhile.
+  void PauseForPressure();
+  void ResumeAfterPressure();
+  bool paused_for_pressure() const { return pressure_paused_; }
   // Sends everything queued so far in one sendmsg (called by the loop at
   // the end of a loop turn, so that a chunk's header, payload and CRLF
   // leave together instead of in three sends).
@@ -120,6 +131,11 @@ class Stream final : public Flushable {
   };
 
   void ArmRecv();
+  void CancelRecv();
+  bool CanArmRecv() const {
+    return want_read_ && !recv_armed_ && !closing_ && !read_ended_ && !starved_ &&
+           !pressure_paused_;
+  }
   // The queue, taken from the worker's pool on the first write; it goes back
   // once everything queued is sent, so an idle stream holds none.
   SendPieces& Queue();
@@ -157,6 +173,9 @@ class Stream final : public Flushable {
   bool shutdown_write_ = false;
   bool connecting_ = false;
   bool flush_pending_ = false;
+  bool pressure_paused_ = false;
+  bool upstream_ = false;
+  BufferAccount* account_ = nullptr;
 };
 
 }  // namespace sluice::core

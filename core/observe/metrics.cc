@@ -186,6 +186,7 @@ void MetricsShard::Merge(const MetricsShard& o) {
   upstream_idle += o.upstream_idle;
   recv_buffers_in_use += o.recv_buffers_in_use;
   recv_buffer_copies += o.recv_buffer_copies;
+  recv_buffer_pressure_pauses += o.recv_buffer_pressure_pauses;
   for (const auto& [name, stats] : o.routes) routes[name].Merge(stats);
   // The total is not capped again: each shard already bounds its own
   // series, so the total holds at most workers * kMaxTokenSeries.
@@ -421,6 +422,10 @@ std::string RenderPrometheus(const MetricsShard& total, const ProcessInfo& info)
   AppendCounter(&out, "sluice_recv_buffer_copies_total",
                 "Receives copied out of the buffer ring because it ran low.",
                 total.recv_buffer_copies);
+  AppendCounter(&out, "sluice_recv_buffer_pressure_pauses_total",
+                "Upstream links paused because the buffer ring ran low and their "
+                "client connection held the most of it.",
+                total.recv_buffer_pressure_pauses);
   AppendCounter(&out, "sluice_client_cancellations_total",
                 "Requests whose client went away first (logged as 499).",
                 total.client_cancellations);

@@ -125,6 +125,7 @@ struct MetricsShard {
   // the ring because it ran low (a counter kept by the ring itself).
   int64_t recv_buffers_in_use = 0;
   uint64_t recv_buffer_copies = 0;
+  uint64_t recv_buffer_pressure_pauses = 0;
 
   absl::flat_hash_map<std::string, RouteStats> routes;
   // Keyed by (principal, model): principal as Admission::principal

@@ -36,6 +36,8 @@ ClientConnection::ClientConnection(Shard* shard, int fd,
   if (kind_ == ListenerKind::kTls && tls) {
     tls_ = std::make_unique<tls::TlsSession>(std::move(tls));
   }
+  account_ = shard_->loop()->NewAccount();
+  stream_.SetAccount(account_, /*upstream=*/false);
   ++shard_->metrics().connections_reading;
 }
 
@@ -43,6 +45,11 @@ ClientConnection::~ClientConnection() {
   if (flush_pending_) shard_->CancelFlush(this);
   SetPhase(Phase::kReading);
   --shard_->metrics().connections_reading;
+  // The session (and with it any relay holding an upstream link) goes
+  // before the account; then the account leaves the stream.
+  session_.reset();
+  stream_.SetAccount(nullptr, false);
+  shard_->loop()->ReleaseAccount(account_);
 }
 
 namespace {

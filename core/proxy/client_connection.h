@@ -119,6 +119,9 @@ class ClientConnection final : public StreamHandler, public Flushable {
   void SetPhase(Phase phase);
 
   Shard* shard() const { return shard_; }
+  // Charged for the ring buffers this connection and its upstream links
+  // hold (see BufferAccount).
+  BufferAccount* buffer_account() const { return account_; }
   // The process-unique connection number ("*N" in log lines).
   uint64_t number() const { return number_; }
   const std::string& client_addr() const { return client_addr_; }
@@ -154,6 +157,7 @@ class ClientConnection final : public StreamHandler, public Flushable {
   uint64_t number_;
   Phase phase_ = Phase::kReading;
   Stream stream_;
+  BufferAccount* account_ = nullptr;
   policy::IpAddress peer_;
   std::string client_addr_;
   ListenerKind kind_;

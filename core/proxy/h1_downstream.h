@@ -61,6 +61,7 @@ class H1Downstream final : public ClientSession,
   void SendTunnelData(Slice data) override;
   void EndTunnel() override;
   bool congested() const override { return conn_->congested(); }
+  BufferAccount* buffer_account() const override { return conn_->buffer_account(); }
   void PauseReading() override;
   void ResumeReading() override;
   bool over_limit() const override { return conn_->over_limit(); }

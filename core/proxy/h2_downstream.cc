@@ -364,6 +364,10 @@ void H2Downstream::StreamState::SendTunnelData(Slice) { AbortResponse(); }
 
 void H2Downstream::StreamState::EndTunnel() { AbortResponse(); }
 
+BufferAccount* H2Downstream::StreamState::buffer_account() const {
+  return session_->conn_->buffer_account();
+}
+
 bool H2Downstream::StreamState::congested() const {
   return session_->codec_.Congested(id_);
 }

@@ -64,6 +64,7 @@ class H2Downstream final : public ClientSession, public http::H2StreamSink {
     void SendTunnelData(Slice data) override;
     void EndTunnel() override;
     bool congested() const override;
+    BufferAccount* buffer_account() const override;
     void PauseReading() override;
     void ResumeReading() override;
     bool over_limit() const override;

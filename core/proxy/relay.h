@@ -55,6 +55,8 @@ class Downstream {
   // Backpressure towards reading the client (request body, tunnel).
   virtual void PauseReading() = 0;
   virtual void ResumeReading() = 0;
+  // The client connection's buffer account (see BufferAccount).
+  virtual BufferAccount* buffer_account() const { return nullptr; }
 };
 
 // Joins one downstream request to one upstream link: admits it through the
@@ -104,6 +106,9 @@ class Relay final : public LinkUser, public http::H1ResponseSink {
   void OnLinkReadEnd(int res) override;
   void OnLinkWriteProgress() override;
   void OnLinkWriteError(int res) override;
+  BufferAccount* buffer_account() const override {
+    return downstream_ ? downstream_->buffer_account() : nullptr;
+  }
   // H1ResponseSink
   void OnResponseHead(http::ResponseHead head) override;
   void OnResponseBody(Slice data) override;

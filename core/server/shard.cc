@@ -71,6 +71,7 @@ MetricsShard Shard::SnapshotMetrics() const {
   copy.upstream_idle = static_cast<int64_t>(pool_->idle_count());
   copy.recv_buffers_in_use = loop_->buffers().in_use();
   copy.recv_buffer_copies = loop_->buffers().copied();
+  copy.recv_buffer_pressure_pauses = loop_->pressure_pauses();
   return copy;
 }
 

@@ -66,6 +66,7 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
     link->idle_ = false;
     link->idle_timer_.Disarm();
     link->user_ = user;
+    link->stream_.SetAccount(user->buffer_account(), /*upstream=*/true);
     link->reused_ = true;
     ++shard_->metrics().upstream_reused;
     return link;
@@ -82,6 +83,7 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
   link = new UpstreamLink(this, shard_, fd);
   ++open_;
   link->user_ = user;
+  link->stream_.SetAccount(user->buffer_account(), /*upstream=*/true);
   ++shard_->metrics().upstream_connects;
   link->stream_.Connect(cfg.upstream.get(), cfg.upstream.len,
                         cfg.connect_timeout_ns);
@@ -90,6 +92,7 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
 
 void UpstreamPool::Release(UpstreamLink* link) {
   link->user_ = nullptr;
+  link->stream_.SetAccount(nullptr, false);
   const Config& cfg = shard_->config();
   if (shard_->draining() || link->stream_.closing() || !idle_.Offer(link)) {
     Discard(link);
@@ -103,6 +106,7 @@ void UpstreamPool::Release(UpstreamLink* link) {
 
 void UpstreamPool::Discard(UpstreamLink* link) {
   link->user_ = nullptr;
+  link->stream_.SetAccount(nullptr, false);
   link->idle_timer_.Disarm();
   if (link->idle_) {
     idle_.Remove(link);

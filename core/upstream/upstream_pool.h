@@ -23,6 +23,9 @@ class LinkUser {
   virtual void OnLinkReadEnd(int res) = 0;
   virtual void OnLinkWriteProgress() = 0;
   virtual void OnLinkWriteError(int res) = 0;
+  // The account the link's received buffers are charged to while this user
+  // holds it (the client connection's); null: none.
+  virtual BufferAccount* buffer_account() const { return nullptr; }
 };
 
 // One HTTP/1.1 keepalive connection to the upstream. Owned by the pool; a

@@ -516,6 +516,12 @@ TEST_F(ObservabilityIt, MixedHtpasswdCostsAreWarnedAtLoad) {
     }
     return out;
   };
+  // The error log is written by its own thread: the line may come a
+  // moment after the listening line.
+  const absl::Time logged = absl::Now() + absl::Seconds(5);
+  while (absl::Now() < logged && warning_lines().empty()) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
   std::vector<std::string> w = warning_lines();
   ASSERT_EQ(w.size(), 1u) << ReadWhole(err_path);
   EXPECT_TRUE(absl::StrContains(w[0], "[warn]")) << w[0];

@@ -1,5 +1,7 @@
 #include "core/engine/loop.h"
 
+#include "core/engine/stream.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -242,6 +244,91 @@ TEST_F(LoopTest, StoppedLoopLeavesNewConnectionsToTheNextOwner) {
   EXPECT_TRUE(old_acceptor.accepted.empty());
   for (auto [tag, fd] : new_acceptor.accepted) close(fd);
   for (int fd : clients) close(fd);
+}
+
+struct HoldingHandler final : StreamHandler {
+  bool hold = false;
+  std::vector<Slice> held;
+  size_t bytes = 0;
+  void OnData(Slice data) override {
+    bytes += data.size();
+    if (hold) held.push_back(std::move(data));
+  }
+  void OnReadEnd(int res) override {}
+  void OnWriteError(int res) override {}
+  void OnClosed() override {}
+};
+
+// When the ring runs low, the upstream streams of the connection holding
+// most of it stop receiving (so TCP pushes back on their sender) while
+// other connections' streams go on; once the ring is back under half they
+// resume.
+TEST_F(LoopTest, RingPressurePausesTheBiggestHoldersUpstreams) {
+  if (!Start()) GTEST_SKIP() << skipped_;  // 64 buffers of 1 KiB
+  int greedy_fds[2], polite_fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, greedy_fds), 0);
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, polite_fds), 0);
+  BufferAccount* greedy_account = loop_->NewAccount();
+  BufferAccount* polite_account = loop_->NewAccount();
+  HoldingHandler greedy_h, polite_h;
+  greedy_h.hold = true;  // a client that never reads: its chunks stay queued
+  {
+    Stream greedy(loop_.get(), greedy_fds[0], &greedy_h);
+    Stream polite(loop_.get(), polite_fds[0], &polite_h);
+    greedy.SetAccount(greedy_account, /*upstream=*/true);
+    polite.SetAccount(polite_account, /*upstream=*/true);
+    greedy.StartReading();
+    polite.StartReading();
+    struct Tick {
+      Loop* loop;
+      Timer* self;
+    } tick_ctx{loop_.get(), nullptr};
+    Timer tick([c = &tick_ctx] { c->loop->Timers(1'000'000)->Arm(c->self, c->loop->now_ns()); });
+    tick_ctx.self = &tick;
+    loop_->Timers(1'000'000)->Arm(&tick, loop_->now_ns());
+    auto turns = [&](int n, const std::function<bool()>& until) {
+      int i = 0;
+      loop_->Run([&] { return ++i < n && !until(); });
+    };
+    const std::string chunk(512, 'x');
+    // The greedy sender writes until the stream is paused.
+    for (int i = 0; i < 400 && !greedy.paused_for_pressure(); ++i) {
+      ASSERT_EQ(write(greedy_fds[1], chunk.data(), chunk.size()), static_cast<ssize_t>(chunk.size()));
+      turns(3, [&] { return greedy.paused_for_pressure(); });
+    }
+    ASSERT_TRUE(greedy.paused_for_pressure()) << "held " << greedy_account->held;
+    EXPECT_GT(greedy_account->held, loop_->buffers().count() / 2);
+    EXPECT_EQ(loop_->paused_count(), 1u);
+    EXPECT_EQ(loop_->pressure_pauses(), 1u);
+    EXPECT_FALSE(polite.paused_for_pressure());
+    // While paused, the greedy stream takes nothing more; the polite one is
+    // served.
+    const size_t greedy_bytes = greedy_h.bytes;
+    for (int i = 0; i < 20; ++i) {
+      ASSERT_EQ(write(greedy_fds[1], chunk.data(), chunk.size()), static_cast<ssize_t>(chunk.size()));
+      ASSERT_EQ(write(polite_fds[1], chunk.data(), chunk.size()), static_cast<ssize_t>(chunk.size()));
+      turns(3, [] { return false; });
+    }
+    EXPECT_LE(greedy_h.bytes, greedy_bytes + 2 * chunk.size()) << "in flight at the pause at most";
+    EXPECT_EQ(polite_h.bytes, 20 * chunk.size());
+    // The client reads: the held buffers come back, the stream resumes and
+    // gets what waited in its socket.
+    greedy_h.hold = false;
+    greedy_h.held.clear();
+    turns(50, [&] { return !greedy.paused_for_pressure() && greedy_h.bytes >= greedy_bytes + 20 * chunk.size(); });
+    EXPECT_FALSE(greedy.paused_for_pressure());
+    EXPECT_EQ(loop_->paused_count(), 0u);
+    EXPECT_GE(greedy_h.bytes, greedy_bytes + 20 * chunk.size());
+    greedy.SetAccount(nullptr, false);
+    polite.SetAccount(nullptr, false);
+    greedy.Close();
+    polite.Close();
+    turns(10, [] { return false; });
+  }
+  loop_->ReleaseAccount(greedy_account);
+  loop_->ReleaseAccount(polite_account);
+  close(greedy_fds[1]);
+  close(polite_fds[1]);
 }
 
 }  // namespace

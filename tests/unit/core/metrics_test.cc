@@ -319,6 +319,7 @@ const std::vector<std::string>& AllFamilies() {
       "sluice_connections_dropped_total",
       "sluice_recv_buffers_in_use",
       "sluice_recv_buffer_copies_total",
+      "sluice_recv_buffer_pressure_pauses_total",
       "sluice_client_cancellations_total",
       "sluice_tls_handshakes_total",
       "sluice_tls_resumptions_total",
@@ -383,6 +384,7 @@ TEST(RenderPrometheusTest, RendersEveryValue) {
   m.connections_dropped = 16;
   m.recv_buffers_in_use = 21;
   m.recv_buffer_copies = 22;
+  m.recv_buffer_pressure_pauses = 23;
   m.client_cancellations = 13;
   m.connections_reading = 1;
   m.connections_writing = 2;
@@ -477,6 +479,7 @@ TEST(RenderPrometheusTest, RendersEveryValue) {
   EXPECT_EQ(v("sluice_connections_dropped_total"), 16);
   EXPECT_EQ(v("sluice_recv_buffers_in_use"), 21);
   EXPECT_EQ(v("sluice_recv_buffer_copies_total"), 22);
+  EXPECT_EQ(v("sluice_recv_buffer_pressure_pauses_total"), 23);
   EXPECT_EQ(v("sluice_client_cancellations_total"), 13);
   EXPECT_EQ(v("sluice_tls_handshakes_total"), 7);
   EXPECT_EQ(v("sluice_tls_resumptions_total"), 3);
