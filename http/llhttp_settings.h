@@ -14,8 +14,9 @@ template <typename Callbacks>
 const llhttp_settings_t& LlhttpSettings() {
   // Every parser needs to know where a message ends; without it the type is
   // incomplete here or its callbacks are not visible.
-  static_assert(requires { &Callbacks::OnMessageComplete; },
-                "Callbacks must be complete and declare a public OnMessageComplete");
+  static_assert(
+      requires { &Callbacks::OnMessageComplete; },
+      "Callbacks must be complete and declare a public OnMessageComplete");
   static const llhttp_settings_t settings = [] {
     llhttp_settings_t s;
     llhttp_settings_init(&s);

@@ -21,7 +21,9 @@ inline std::string_view HstsFields(const Config& cfg, bool secure) {
 
 // HTTP/2: appends the field to a response's `headers` when it gets one.
 inline void AddHsts(const Config& cfg, bool secure, std::vector<http::Header>& headers) {
-  if (SendsHsts(cfg, secure)) headers.push_back(http::Header{"strict-transport-security", cfg.hsts});
+  if (SendsHsts(cfg, secure)) {
+    headers.push_back(http::Header{"strict-transport-security", cfg.hsts});
+  }
 }
 
 }  // namespace sluice::core
