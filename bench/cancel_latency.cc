@@ -50,6 +50,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "bench/h2_client.h"
+#include "bench/stats.h"
 #include "bench/tls_client.h"
 
 ABSL_FLAG(std::string, host, "127.0.0.1", "IPv4 address of the proxy");
@@ -417,17 +418,12 @@ int Main(int argc, char** argv) {
     }
     h2_keep.reset();
   }
-  std::vector<int64_t> sorted = samples;
-  std::sort(sorted.begin(), sorted.end());
-  double sum = 0;
-  for (int64_t s : sorted) sum += static_cast<double>(s);
+  const Summary d = Summarize(samples);
   printf(
       "label=%s proto=%s trials=%d ok=%zu missed=%d failed=%d p50_us=%ld "
       "min_us=%ld max_us=%ld mean_us=%.0f samples_us=%s\n",
       absl::GetFlag(FLAGS_label).c_str(), proto.c_str(), trials, samples.size(),
-      missed, failed, Percentile(sorted, 0.5),
-      sorted.empty() ? -1 : sorted.front(), sorted.empty() ? -1 : sorted.back(),
-      sorted.empty() ? -1.0 : sum / static_cast<double>(sorted.size()),
+      missed, failed, d.p50, d.min, d.max, d.mean,
       samples.empty() ? "-" : absl::StrJoin(samples, ",").c_str());
   fflush(stdout);
   SSL_CTX_free(ctx);

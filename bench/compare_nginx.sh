@@ -41,6 +41,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COMMAND="bash bench/compare_nginx.sh $*"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 RECORD=0
 QUICK=0
 KEEP=0
@@ -111,15 +113,7 @@ if (( $(id -u) != 0 )); then
 fi
 
 # Pinning: each proxy alone on CPU 0, everything else on CPU 1.
-if (( $(nproc) >= 2 )); then
-  PROXY_CPU=(taskset -c 0)
-  LOAD_CPU=(taskset -c 1)
-  PINNING="proxy (nginx or sluice, one worker) on CPU 0; ollama-sim and load generators on CPU 1"
-else
-  PROXY_CPU=()
-  LOAD_CPU=()
-  PINNING="unpinned (fewer than 2 CPUs)"
-fi
+pin_cpus "proxy (nginx or sluice, one worker) on CPU 0; ollama-sim and load generators on CPU 1"
 
 # 5000 idle connections need more than the usual 1024 descriptors, in the
 # proxies (which inherit this) and the clients.
@@ -130,22 +124,7 @@ if (( FD_LIMIT < IDLE_CONNS + 200 )); then
   exit 2
 fi
 
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-vs-nginx.XXXXXX")
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if (( KEEP )); then echo "compare_nginx.sh: kept $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+make_work sluice-vs-nginx
 
 # stop_pid PID: stops one process this script started and forgets it, so
 # that the exit trap never signals a recycled PID.
@@ -157,19 +136,6 @@ stop_pid() {
   wait "$pid" 2>/dev/null || true
   for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || keep+=("$p"); done
   PIDS=("${keep[@]}")
-}
-
-wait_listening() {  # LOGFILE PID REGEX: the port in REGEX's first group
-  local log=$1 pid=$2 regex=$3 port
-  for _ in $(seq 100); do
-    port=$(sed -nE "s#${regex}#\\1#p" "$log" | head -1)
-    if [[ -n "$port" ]]; then echo "$port"; return 0; fi
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  echo "compare_nginx.sh: no listening line from PID $pid; log:" >&2
-  cat "$log" >&2
-  return 1
 }
 
 # A port for nginx (it cannot report a kernel-chosen one): below the
@@ -197,11 +163,7 @@ https_ok() {
 
 bash "$ROOT/tools/make-certs.sh" "$WORK/certs" >/dev/null
 
-"${LOAD_CPU[@]}" "$SIM" --listen=127.0.0.1:0 --threads=1 >"$WORK/sim.log" 2>&1 &
-SIM_PID=$!
-PIDS+=("$SIM_PID")
-SIM_PORT=$(wait_listening "$WORK/sim.log" "$SIM_PID" \
-  '^ollama-sim listening on http://127\.0\.0\.1:([0-9]+)$')
+start_sim --threads=1
 
 # --- nginx, set up like NGINX_BASELINE.md ---------------------------------
 # write_nginx_conf DIR TLS_PORT HTTP_PORT
@@ -404,22 +366,8 @@ start_sluice() {
 
 # Memory and CPU of a proxy: the process and its children (nginx's worker).
 proxy_pids() { echo "$1"; pgrep -P "$1" || true; }
-rss_kb() {  # sum of VmRSS
-  local pid sum=0 v
-  for pid in $(proxy_pids "$1"); do
-    v=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
-    sum=$((sum + ${v:-0}))
-  done
-  echo "$sum"
-}
-pss_kb() {  # sum of Pss from smaps_rollup
-  local pid sum=0 v
-  for pid in $(proxy_pids "$1"); do
-    v=$(awk '/^Pss:/ { print $2 }' "/proc/$pid/smaps_rollup" 2>/dev/null || echo 0)
-    sum=$((sum + ${v:-0}))
-  done
-  echo "$sum"
-}
+# proxy_kb rss_kb|pss_kb PID: that figure summed over the proxy's processes.
+proxy_kb() { local pids; mapfile -t pids < <(proxy_pids "$2"); "$1" "${pids[@]}"; }
 cpu_ns() {  # CPU time of every thread, ns (schedstat's first field)
   local pid f sum=0 v
   for pid in $(proxy_pids "$1"); do
@@ -437,16 +385,6 @@ per_core() {  # RATE CPU_PCT: the rate scaled to one fully busy core
   awk -v r="$1" -v c="$2" 'BEGIN { if (r == "" || c + 0 <= 0) print "n/a"; else printf "%.0f", r * 100 / c }'
 }
 
-median() {  # of the numeric arguments; n/a when there are none
-  printf '%s\n' "$@" | awk '/^-?[0-9.]+$/' | sort -g |
-    awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)]; else print "n/a" }'
-}
-field() { sed -nE "s/.*(^| )$1=([^ ]*).*/\\2/p" <<<"$2"; }
-to_us() {  # a wrk latency figure ("812.00us", "1.23ms", "1.02s") in µs
-  awk -v v="$1" 'BEGIN { n = v + 0
-    if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000;
-    else if (v ~ /m$/) print n * 60e6; else if (v ~ /s$/) print n * 1e6; else print -1 }'
-}
 now_s() { date +%s.%N; }
 
 declare -A PID PORT HTTP_PORT
@@ -619,7 +557,7 @@ run_memory() {  # NAME ROUND [ALPN]: a fresh instance, IDLE_CONNS idle connectio
   pid=$STARTED_PID; port=$STARTED_PORT
   for _ in 1 2 3; do https_ok "$port" h2 || true; done
   sleep 0.3
-  before=$(rss_kb "$pid"); pss0=$(pss_kb "$pid")
+  before=$(proxy_kb rss_kb "$pid"); pss0=$(proxy_kb pss_kb "$pid")
   out="$WORK/idle-$tag.txt"
   "${LOAD_CPU[@]}" "$BUILD_DIR/bench/idle_conns" --port="$port" --alpn="$alpn" \
     --connections="$IDLE_CONNS" --parallel=64 --setup_timeout_s=60 --hold_s=90 \
@@ -635,7 +573,7 @@ run_memory() {  # NAME ROUND [ALPN]: a fresh instance, IDLE_CONNS idle connectio
   est=$(field established "$line")
   if [[ -n "$est" && "$est" -gt 0 ]]; then
     sleep 1
-    after=$(rss_kb "$pid"); pss1=$(pss_kb "$pid")
+    after=$(proxy_kb rss_kb "$pid"); pss1=$(proxy_kb pss_kb "$pid")
     if [[ $alpn == h2 ]]; then
       MEMB[$name]+="$(( (after - before) * 1024 / est )) "
       MEMPSS[$name]+="$(( (pss1 - pss0) * 1024 / est )) "
@@ -722,11 +660,6 @@ SLUICE_LOG=$(grep -hE '\[(warn|error)\]' "$WORK"/sluice-*.log 2>/dev/null | head
 # --- Table --------------------------------------------------------------
 # shellcheck disable=SC2086
 m() { median $1; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "n/a" || b == "n/a" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
-verdict() { awk -v v="$1" -v lim="$2" -v dir="$3" 'BEGIN {
-  if (v == "n/a") { print "n/a"; exit }
-  ok = (dir == "le") ? (v + 0 <= lim) : (v + 0 >= lim); print ok ? "met" : "NOT met" }'; }
-fmt() { awk -v v="$1" 'BEGIN { if (v == "n/a" || v == "") print "n/a"; else printf "%.0f", v }'; }
 
 declare -A R
 for name in nginx sluice; do
@@ -754,7 +687,6 @@ for name in nginx sluice; do
   R[c1,$name]=$(m "${CAN_H1[$name]-}")
 done
 D50=$(m "$DIRECT_P50"); D99=$(m "$DIRECT_P99"); DMX=$(m "$DIRECT_MAX")
-added() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "n/a" || b == "n/a") print "n/a"; else printf "%+d", a - b }'; }
 H2_RATIO=$(ratio "${R[h2,sluice]}" "${R[h2,nginx]}")
 MEM_RATIO=$(ratio "${R[mem,sluice]}" "${R[mem,nginx]}")
 ADDED99=$(added "${R[dp99,sluice]}" "$D99")
@@ -822,29 +754,5 @@ if awk -v l="${LOAD_BEFORE%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n) }'; then
 fi
 [[ -z "$PROBLEMS" ]] && PROBLEMS="none (no failed requests, non-2xx, socket errors, failed streams, missed aborts, or warnings in either log)"$'\n'
 
-echo
-echo "$TABLE"
-echo
-echo "$NOTES"
-echo
-echo "Problems seen: $PROBLEMS"
-
-if (( RECORD )); then
-  RESULTS="$ROOT/bench/RESULTS.md"
-  commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-  git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || commit+=" + uncommitted changes"
-  {
-    echo
-    echo "## $(date -u '+%Y-%m-%d %H:%M UTC'): sluice against nginx (bench/compare_nginx.sh)"
-    echo
-    echo "- Machine: nproc=$(nproc), CPU: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
-    echo "- Source: $commit; sluice binary built $(date -u -r "$SLUICE" '+%Y-%m-%d %H:%M UTC') (the tree may have moved since)"
-    echo "- Command: \`$COMMAND\`"
-    echo
-    echo "$TABLE"
-    echo
-    while IFS= read -r l; do echo "- $l"; done <<<"$NOTES"
-    echo "- Problems seen: $(printf '%s' "$PROBLEMS" | paste -sd';')"
-  } >>"$RESULTS"
-  echo "compare_nginx.sh: appended to $RESULTS" >&2
-fi
+print_results "sluice against nginx (bench/compare_nginx.sh)" \
+  "; sluice binary built $(date -u -r "$SLUICE" '+%Y-%m-%d %H:%M UTC') (the tree may have moved since)"

@@ -24,9 +24,11 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COMMAND="bash bench/conn_capacity.sh $*"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 RECORD=0
 CONNS=10000
-BUILD_DIR=build-bench
+BUILD_DIR=${BUILD:-build-bench}
 while (( $# )); do
   case "$1" in
     --record) RECORD=1 ;;
@@ -38,15 +40,9 @@ while (( $# )); do
   shift
 done
 [[ "$CONNS" =~ ^[0-9]+$ ]] || { echo "conn_capacity.sh: --connections: not a number" >&2; exit 2; }
-[[ "$BUILD_DIR" = /* ]] || BUILD_DIR="$ROOT/$BUILD_DIR"
-SLUICE="$BUILD_DIR/core/sluice"
-SIM="$BUILD_DIR/tools/ollama-sim/ollama-sim"
+use_build_dir conn_capacity.sh bench/idle_conns
 IDLE="$BUILD_DIR/bench/idle_conns"
-for bin in "$SLUICE" "$SIM" "$IDLE"; do
-  [[ -x "$bin" ]] || { echo "conn_capacity.sh: $bin not built" >&2; exit 2; }
-done
-command -v curl >/dev/null || { echo "conn_capacity.sh: curl not installed" >&2; exit 2; }
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
+require_tools conn_capacity.sh curl
 # The client holds CONNS sockets too.
 ulimit -n "$(ulimit -Hn)"
 if (( $(ulimit -n) < CONNS + 512 )); then
@@ -54,16 +50,10 @@ if (( $(ulimit -n) < CONNS + 512 )); then
   exit 2
 fi
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-capacity.XXXXXX")
-# shellcheck source=bench/lib.sh
-source "$ROOT/bench/lib.sh"
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+make_work sluice-capacity
 
 bash "$ROOT/tools/make-certs.sh" "$WORK/certs" >/dev/null
-"$SIM" --listen=127.0.0.1:0 --threads=1 >"$WORK/sim.log" 2>&1 &
-SIM_PID=$!; PIDS+=("$SIM_PID")
-SIM_PORT=$(wait_listening "$WORK/sim.log" "$SIM_PID" '^ollama-sim listening on http://127\.0\.0\.1:([0-9]+)$')
+start_sim --threads=1
 "$SLUICE" --threads=2 --listen_http= --listen_tls=127.0.0.1:0 \
   --tls_cert="$WORK/certs/server.pem" --tls_key="$WORK/certs/server.key" \
   --upstream="127.0.0.1:$SIM_PORT" --auth=none --rate_generation=off --rate_api=off \
@@ -72,8 +62,6 @@ SIM_PORT=$(wait_listening "$WORK/sim.log" "$SIM_PID" '^ollama-sim listening on h
 SLUICE_PID=$!; PIDS+=("$SLUICE_PID")
 PORT=$(wait_listening "$WORK/sluice.log" "$SLUICE_PID" '^sluice listening on https://127\.0\.0\.1:([0-9]+) .*')
 
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-fds() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 | wc -l; }
 # probe COUNT: one latency per line, in µs (curl, HTTP/2, new connection).
 probe() {
   local i t
@@ -90,7 +78,7 @@ pct() {  # P FILE: the P-th percentile of the numbers in FILE
 
 probe 20 >/dev/null  # warm-up: session caches, upstream link
 sleep 0.5
-RSS0=$(rss_kb "$SLUICE_PID"); FD0=$(fds "$SLUICE_PID")
+RSS0=$(rss_kb "$SLUICE_PID"); FD0=$(fd_count "$SLUICE_PID")
 probe 200 >"$WORK/idle.txt"
 
 START=$(date +%s.%N)
@@ -108,7 +96,7 @@ SETUP_S=$(awk -v a="$START" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a 
 ESTABLISHED=$(sed -nE 's/.*established=([0-9]+).*/\1/p' <<<"$READY")
 FAILED=$(sed -nE 's/.*failed=([0-9]+).*/\1/p' <<<"$READY")
 sleep 1
-RSS1=$(rss_kb "$SLUICE_PID"); FD1=$(fds "$SLUICE_PID")
+RSS1=$(rss_kb "$SLUICE_PID"); FD1=$(fd_count "$SLUICE_PID")
 probe 200 >"$WORK/loaded.txt"
 RSS2=$(rss_kb "$SLUICE_PID")
 kill -TERM "$CLIENT" 2>/dev/null || true
@@ -117,8 +105,8 @@ DONE=$(grep '^done ' "$WORK/conns.txt" || true)
 CLOSED=$(sed -nE 's/.*closed_by_server=([0-9]+).*/\1/p' <<<"$DONE")
 kill -0 "$SLUICE_PID" 2>/dev/null || { echo "conn_capacity.sh: sluice died" >&2; exit 1; }
 # Connections gone: the fd count comes back.
-for _ in $(seq 50); do (( $(fds "$SLUICE_PID") <= FD0 + 2 )) && break; sleep 0.1; done
-FD2=$(fds "$SLUICE_PID"); RSS3=$(rss_kb "$SLUICE_PID")
+for _ in $(seq 50); do (( $(fd_count "$SLUICE_PID") <= FD0 + 2 )) && break; sleep 0.1; done
+FD2=$(fd_count "$SLUICE_PID"); RSS3=$(rss_kb "$SLUICE_PID")
 
 I50=$(pct 50 "$WORK/idle.txt"); I99=$(pct 99 "$WORK/idle.txt")
 L50=$(pct 50 "$WORK/loaded.txt"); L99=$(pct 99 "$WORK/loaded.txt")

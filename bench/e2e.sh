@@ -44,28 +44,13 @@ STREAM_ROUNDS=2
 # CPU the comparison would mostly measure the scheduler; run unpinned then.
 pin_cpus "sluice on CPU 0; ollama-sim, wrk and relay_delay on CPU 1"
 
-# Loopback only: never let a proxy variable reroute a client.
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
+make_work sluice-e2e
+start_sim --threads=1 --tokens="$TOKENS" --token_delay_ms="$TOKEN_DELAY_MS"
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-e2e.XXXXXX")
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-"${LOAD_CPU[@]}" "$SIM" --listen=127.0.0.1:0 --threads=1 \
-  --tokens="$TOKENS" --token_delay_ms="$TOKEN_DELAY_MS" >"$WORK/sim.log" 2>&1 &
-SIM_PID=$!
-PIDS+=("$SIM_PID")
-SIM_PORT=$(wait_listening "$WORK/sim.log" "$SIM_PID" \
-  '^ollama-sim listening on http://127\.0\.0\.1:([0-9]+)$')
-
-"${PROXY_CPU[@]}" "$SLUICE" --listen_http=127.0.0.1:0 \
-  --listen_tls= --http_mode=serve --upstream="127.0.0.1:$SIM_PORT" --threads=1 \
-  --auth=none --rate_generation=off --rate_api=off \
-  ${SLUICE_EXTRA_ARGS:-} >"$WORK/sluice.log" 2>&1 &
-SLUICE_PID=$!
-PIDS+=("$SLUICE_PID")
-SLUICE_PORT=$(wait_listening "$WORK/sluice.log" "$SLUICE_PID" \
-  '^sluice listening on http://127\.0\.0\.1:([0-9]+) .*')
+# shellcheck disable=SC2086
+start_sluice_http main --auth=none --rate_generation=off --rate_api=off ${SLUICE_EXTRA_ARGS:-}
+SLUICE_PID=$STARTED_PID
+SLUICE_PORT=$STARTED_PORT
 
 # Sanity: one request each way must succeed before measuring anything.
 for port in "$SIM_PORT" "$SLUICE_PORT"; do
@@ -73,15 +58,10 @@ for port in "$SIM_PORT" "$SLUICE_PORT"; do
     "http://127.0.0.1:$port/api/tags" || true)
   if [[ "$code" != 200 ]]; then
     echo "e2e.sh: GET /api/tags on port $port answered '$code'" >&2
-    cat "$WORK/sluice.log" >&2
+    cat "$WORK/sluice-main.log" >&2
     exit 1
   fi
 done
-
-
-
-# field KEY LINE: the value of KEY=... in a relay_delay line.
-field() { sed -nE "s/.*(^| )$1=([^ ]*).*/\\2/p" <<<"$2"; }
 
 declare -A RPS P50 P99 DP50 DP99 DMAX
 WRK_PROBLEMS=""
@@ -139,7 +119,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 SLUICE_ALIVE=yes
 kill -0 "$SLUICE_PID" 2>/dev/null || SLUICE_ALIVE="NO (exited during the run)"
 SIM_STATS=$(curl -s --max-time 2 "http://127.0.0.1:$SIM_PORT/sim/stats" || true)
-LOG_PROBLEMS=$(grep -E '\[(warn|error)\]' "$WORK/sluice.log" | head -5 || true)
+LOG_PROBLEMS=$(grep -E '\[(warn|error)\]' "$WORK/sluice-main.log" | head -5 || true)
 
 # shellcheck disable=SC2086
 {
@@ -150,16 +130,12 @@ LOG_PROBLEMS=$(grep -E '\[(warn|error)\]' "$WORK/sluice.log" | head -5 || true)
   dp99_d=$(median ${DP99[direct]}); dp99_s=$(median ${DP99[sluice]})
   dmax_d=$(median ${DMAX[direct]}); dmax_s=$(median ${DMAX[sluice]})
 }
-ratio=$(awk -v a="$rps_s" -v b="$rps_d" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }')
-added() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+d", a - b }'; }
-verdict() { awk -v v="$1" -v lim="$2" -v dir="$3" 'BEGIN {
-  ok = (dir == "le") ? (v <= lim) : (v >= lim); print ok ? "met" : "NOT met" }'; }
-fmt() { awk -v v="$1" 'BEGIN { printf "%.0f", v }'; }
+RPS_RATIO=$(ratio "$rps_s" "$rps_d")
 
 TABLE=$(cat <<EOF
 | Measure (median of $ROUNDS, alternating) | direct | through sluice | sluice vs direct | target |
 |---|---:|---:|---:|---|
-| GET /api/tags req/s (wrk -t1 -c$WRK_CONNS -d${WRK_SECONDS}s) | $(fmt "$rps_d") | $(fmt "$rps_s") | ratio $ratio | >= 0.50: $(verdict "$ratio" 0.5 ge) |
+| GET /api/tags req/s (wrk -t1 -c$WRK_CONNS -d${WRK_SECONDS}s) | $(fmt "$rps_d") | $(fmt "$rps_s") | ratio $RPS_RATIO | >= 0.50: $(verdict "$RPS_RATIO" 0.5 ge) |
 | GET /api/tags latency p50 (µs) | $(fmt "$p50_d") | $(fmt "$p50_s") | $(added "$p50_s" "$p50_d") | |
 | GET /api/tags latency p99 (µs) | $(fmt "$p99_d") | $(fmt "$p99_s") | $(added "$p99_s" "$p99_d") | |
 | per-chunk delay p50 (µs), $STREAMS streams | $dp50_d | $dp50_s | $(added "$dp50_s" "$dp50_d") | |
@@ -177,30 +153,4 @@ PROBLEMS="$WRK_PROBLEMS$STREAM_PROBLEMS"
 [[ -n "$LOG_PROBLEMS" ]] && PROBLEMS+="sluice log: $LOG_PROBLEMS"$'\n'
 [[ -z "$PROBLEMS" ]] && PROBLEMS="none (no non-2xx, socket errors, failed streams, or sluice warnings)"$'\n'
 
-echo
-echo "$TABLE"
-echo
-echo "$NOTES"
-echo
-echo "Problems seen: $PROBLEMS"
-
-if (( RECORD )); then
-  RESULTS="$ROOT/bench/RESULTS.md"
-  [[ -f "$RESULTS" ]] || printf '# sluice benchmark results\n\nNewest last. Each section: date, machine, exact command, figures.\n' >"$RESULTS"
-  commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-  git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || commit+=" + uncommitted changes"
-  {
-    echo
-    echo "## $(date -u '+%Y-%m-%d %H:%M UTC'): end to end (bench/e2e.sh)"
-    echo
-    echo "- Machine: nproc=$(nproc), CPU: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
-    echo "- Source: $commit"
-    echo "- Command: \`$COMMAND\`"
-    echo
-    echo "$TABLE"
-    echo
-    while IFS= read -r l; do echo "- $l"; done <<<"$NOTES"
-    echo "- Problems seen: $(printf '%s' "$PROBLEMS" | paste -sd';')"
-  } >>"$RESULTS"
-  echo "e2e.sh: appended to $RESULTS" >&2
-fi
+print_results "end to end (bench/e2e.sh)"

@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "bench/stats.h"
+
 namespace sluice::bench {
 
 struct H2ClientConn::Stream {

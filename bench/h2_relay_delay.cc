@@ -44,6 +44,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -52,6 +53,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "bench/h2_client.h"
+#include "bench/stats.h"
 #include "bench/tls_client.h"
 
 ABSL_FLAG(std::string, host, "127.0.0.1", "IPv4 address to connect to");
@@ -201,32 +203,25 @@ class LoadClient {
   }
 
   bool Report(std::string_view label) {
-    std::sort(delays_us_.begin(), delays_us_.end());
-    std::vector<int64_t> ttfc;
+    std::vector<int64_t> ttfc_us;
     for (const StreamState& s : streams_) {
-      if (s.first_chunk_us >= 0) ttfc.push_back(s.first_chunk_us - s.submit_us);
+      if (s.first_chunk_us >= 0) ttfc_us.push_back(s.first_chunk_us - s.submit_us);
     }
-    std::sort(ttfc.begin(), ttfc.end());
-    double sum = 0;
-    for (int64_t d : delays_us_) sum += static_cast<double>(d);
-    const size_t n = delays_us_.size();
+    const Summary d = Summarize(delays_us_);
+    const Summary ttfc = Summarize(std::move(ttfc_us));
     printf(
         "label=%s connections=%zu streams=%zu requests_ok=%ld "
         "requests_failed=%ld non2xx=%ld refused=%ld conn_errors=%ld "
-        "server_closes=%ld unfinished=%ld chunks=%zu p50_us=%ld p90_us=%ld "
-        "p99_us=%ld "
-        "p999_us=%ld max_us=%ld mean_us=%.0f ttfc_p50_us=%ld ttfc_p99_us=%ld "
-        "ttfc_max_us=%ld setup_s=%.2f elapsed_s=%.2f timed_out=%d\n",
+        "server_closes=%ld unfinished=%ld chunks=%zu %s ttfc_p50_us=%ld "
+        "ttfc_p99_us=%ld ttfc_max_us=%ld setup_s=%.2f elapsed_s=%.2f "
+        "timed_out=%d\n",
         std::string(label).c_str(), conns_.size(), streams_.size(), ok_,
         failed_, non2xx_, refused_, conn_errors_, server_closes_, unfinished_,
-        n, Percentile(delays_us_, 0.50), Percentile(delays_us_, 0.90),
-        Percentile(delays_us_, 0.99), Percentile(delays_us_, 0.999),
-        n ? delays_us_.back() : -1, n ? sum / static_cast<double>(n) : -1.0,
-        Percentile(ttfc, 0.50), Percentile(ttfc, 0.99),
-        ttfc.empty() ? -1 : ttfc.back(), static_cast<double>(setup_us_) / 1e6,
+        d.n, DelayFields(d).c_str(), ttfc.p50, ttfc.p99, ttfc.max,
+        static_cast<double>(setup_us_) / 1e6,
         static_cast<double>(elapsed_us_) / 1e6, timed_out_ ? 1 : 0);
     fflush(stdout);
-    return failed_ == 0 && unfinished_ == 0 && n > 0;
+    return failed_ == 0 && unfinished_ == 0 && d.n > 0;
   }
 
   void RecordLine(StreamState& s, std::string_view line, int64_t read_time_us) {

@@ -37,6 +37,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "bench/stats.h"
 #include "bench/tls_client.h"
 
 ABSL_FLAG(std::string, host, "127.0.0.1", "IPv4 address to connect to");

@@ -31,26 +31,14 @@ require_tools observe_cost.sh wrk curl
 ROUNDS=3
 WRK_SECONDS=5
 pin_cpus "sluice worker on CPU 0 (log writer thread unpinned); ollama-sim and wrk on CPU 1"
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-observe.XXXXXX")
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-"${LOAD_CPU[@]}" "$SIM" --listen=127.0.0.1:0 --threads=1 --tokens=20 --token_delay_ms=0 \
-  >"$WORK/sim.log" 2>&1 &
-SIM_PID=$!; PIDS+=("$SIM_PID")
-SIM_PORT=$(wait_listening "$WORK/sim.log" "$SIM_PID" '^ollama-sim listening on http://127\.0\.0\.1:([0-9]+)$')
+make_work sluice-observe
+start_sim --threads=1 --tokens=20 --token_delay_ms=0
 
 declare -A PORT
 start() {  # NAME ARGS...
-  local name=$1; shift
-  "${PROXY_CPU[@]}" "$SLUICE" --threads=1 --listen_http=127.0.0.1:0 --listen_tls= \
-    --http_mode=serve --upstream="127.0.0.1:$SIM_PORT" --auth=none --rate_generation=off \
-    --rate_api=off "$@" >"$WORK/sluice-$name.log" 2>&1 &
-  PIDS+=("$!")
-  PORT[$name]=$(wait_listening "$WORK/sluice-$name.log" "$!" \
-    '^sluice listening on http://127\.0\.0\.1:([0-9]+) .*')
+  start_sluice_http "$1" --auth=none --rate_generation=off --rate_api=off "${@:2}"
+  PORT[$1]=$STARTED_PORT
 }
 start off --access_log=off --metrics=false
 start nginx --access_log="$WORK/nginx.log" --access_log_format=nginx --metrics=true

@@ -36,11 +36,8 @@ require_tools policy_cost.sh wrk htpasswd curl
 ROUNDS=3
 WRK_SECONDS=5
 pin_cpus "sluice worker on CPU 0; ollama-sim and wrk on CPU 1 (bcrypt helper threads unpinned, SCHED_IDLE)"
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-policy.XXXXXX")
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+make_work sluice-policy
 
 # Credentials: 1000 keys (the probe uses the last), one bcrypt user.
 KEY=""
@@ -49,18 +46,12 @@ for i in $(seq 1000); do
 done
 htpasswd -cbB -C 10 "$WORK/users" slow right 2>/dev/null
 
-"${LOAD_CPU[@]}" "$SIM" --listen=127.0.0.1:0 --threads=1 >"$WORK/sim.log" 2>&1 &
-SIM_PID=$!; PIDS+=("$SIM_PID")
-SIM_PORT=$(wait_listening "$WORK/sim.log" "$SIM_PID" '^ollama-sim listening on http://127\.0\.0\.1:([0-9]+)$')
+start_sim --threads=1
 
 declare -A PORT
 start() {  # NAME ARGS...
-  local name=$1; shift
-  "${PROXY_CPU[@]}" "$SLUICE" --threads=1 --listen_http=127.0.0.1:0 --listen_tls= \
-    --http_mode=serve --upstream="127.0.0.1:$SIM_PORT" "$@" >"$WORK/sluice-$name.log" 2>&1 &
-  PIDS+=("$!")
-  PORT[$name]=$(wait_listening "$WORK/sluice-$name.log" "$!" \
-    '^sluice listening on http://127\.0\.0\.1:([0-9]+) .*')
+  start_sluice_http "$@"
+  PORT[$1]=$STARTED_PORT
 }
 start off --auth=none --rate_generation=off --rate_api=off
 start on --keys_file="$WORK/keys.txt" --htpasswd="$WORK/users" \
@@ -181,19 +172,11 @@ Load average after: $(cut -d' ' -f1-3 /proc/loadavg)."
 
 echo; echo "$TABLE"; echo; echo "$NOTES"
 if (( RECORD )); then
-  commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-  git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || commit+=" + uncommitted changes"
   {
-    echo
-    echo "## $(date -u '+%Y-%m-%d %H:%M UTC'): policy cost (bench/policy_cost.sh)"
-    echo
-    echo "- Machine: nproc=$(nproc), CPU: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
-    echo "- Source: $commit"
-    echo "- Command: \`$COMMAND\`"
-    echo
+    results_head "policy cost (bench/policy_cost.sh)"
     echo "$TABLE"
     echo
-    while IFS= read -r l; do echo "- $l"; done <<<"$NOTES"
+    as_list "$NOTES"
   } >>"$ROOT/bench/RESULTS.md"
   echo "policy_cost.sh: appended to bench/RESULTS.md" >&2
 fi

@@ -41,6 +41,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -48,6 +49,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "bench/stats.h"
 
 ABSL_FLAG(std::string, host, "127.0.0.1", "IPv4 address to connect to");
 ABSL_FLAG(int, port, 0, "Port to connect to (required)");
@@ -75,12 +77,6 @@ constexpr double kMaxDurationS = 600;
 constexpr int kMaxConnections = 10000;
 constexpr int kMaxErrorsPrinted = 5;
 constexpr std::string_view kSimTimeKey = "\"sim_t_us\":";
-
-int64_t NowUs(clockid_t clock) {
-  timespec ts;
-  clock_gettime(clock, &ts);
-  return int64_t{ts.tv_sec} * 1'000'000 + ts.tv_nsec / 1000;
-}
 
 enum class Phase { kWaiting, kConnecting, kSending, kReceiving, kDone };
 
@@ -212,29 +208,20 @@ class LoadClient {
                 sorted[i].at_us);
       }
     }
-    delays_us_.reserve(samples_.size());
-    for (const Sample& sample : samples_) delays_us_.push_back(sample.delay_us);
-    std::sort(delays_us_.begin(), delays_us_.end());
-    const size_t n = delays_us_.size();
-    auto rank = [&](double q) -> int64_t {
-      if (n == 0) return -1;
-      size_t r = static_cast<size_t>(std::ceil(q * static_cast<double>(n)));
-      return delays_us_[std::clamp<size_t>(r, 1, n) - 1];
-    };
-    double sum = 0;
-    for (int64_t d : delays_us_) sum += static_cast<double>(d);
+    std::vector<int64_t> delays_us;
+    delays_us.reserve(samples_.size());
+    for (const Sample& sample : samples_) delays_us.push_back(sample.delay_us);
+    const Summary d = Summarize(std::move(delays_us));
     printf(
         "label=%s connections=%zu requests_ok=%ld requests_failed=%ld "
-        "non2xx=%ld conn_errors=%ld unfinished=%ld chunks=%zu p50_us=%ld "
-        "p90_us=%ld p99_us=%ld p999_us=%ld max_us=%ld mean_us=%.0f "
+        "non2xx=%ld conn_errors=%ld unfinished=%ld chunks=%zu %s "
         "elapsed_s=%.2f timed_out=%d\n",
         std::string(label).c_str(), conns_.size(), requests_ok_,
-        requests_failed_, non2xx_, conn_errors_, unfinished_, n, rank(0.50),
-        rank(0.90), rank(0.99), rank(0.999), n ? delays_us_.back() : -1,
-        n ? sum / static_cast<double>(n) : -1.0,
-        static_cast<double>(elapsed_us_) / 1e6, timed_out_ ? 1 : 0);
+        requests_failed_, non2xx_, conn_errors_, unfinished_, d.n,
+        DelayFields(d).c_str(), static_cast<double>(elapsed_us_) / 1e6,
+        timed_out_ ? 1 : 0);
     fflush(stdout);
-    return requests_failed_ == 0 && unfinished_ == 0 && n > 0;
+    return requests_failed_ == 0 && unfinished_ == 0 && d.n > 0;
   }
 
  private:
@@ -454,7 +441,6 @@ class LoadClient {
   int epoll_fd_ = -1;
   char buf_[64 * 1024];
   std::vector<Sample> samples_;
-  std::vector<int64_t> delays_us_;
   long requests_ok_ = 0;
   long requests_failed_ = 0;
   long non2xx_ = 0;

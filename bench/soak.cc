@@ -78,6 +78,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "bench/h2_client.h"
+#include "bench/stats.h"
 #include "bench/tls_client.h"
 
 ABSL_FLAG(std::string, host, "127.0.0.1", "IPv4 address of sluice");

@@ -33,6 +33,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COMMAND="bash bench/soak.sh $*"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 RECORD=0
 SECONDS_RUN=300
 BUILD_DIR=${BUILD:-build-bench}
@@ -50,16 +52,9 @@ done
 if ! [[ "$SECONDS_RUN" =~ ^[0-9]+$ ]] || (( SECONDS_RUN < 10 || SECONDS_RUN > 600 )); then
   echo "soak.sh: --seconds must be 10..600" >&2; exit 2
 fi
-[[ "$BUILD_DIR" = /* ]] || BUILD_DIR="$ROOT/$BUILD_DIR"
-SLUICE="$BUILD_DIR/core/sluice"
-SIM="$BUILD_DIR/tools/ollama-sim/ollama-sim"
+use_build_dir soak.sh bench/soak
 SOAK="$BUILD_DIR/bench/soak"
-for bin in "$SLUICE" "$SIM" "$SOAK"; do
-  [[ -x "$bin" ]] || { echo "soak.sh: $bin not built (cmake --build $BUILD_DIR --target soak sluice ollama-sim)" >&2; exit 2; }
-done
-for tool in curl openssl python3; do
-  command -v "$tool" >/dev/null || { echo "soak.sh: $tool not installed" >&2; exit 2; }
-done
+require_tools soak.sh curl openssl python3
 
 # The RSS bound. sluice's memory is budgeted per connection and per stream
 # (README "Memory per connection") and the load holds a constant number of
@@ -77,13 +72,8 @@ STREAMS_PER_H2_CONN=8
 CANCEL_PERCENT=10
 HUP_EVERY=10
 USR1_EVERY=30
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-soak.XXXXXX")
-# shellcheck source=bench/lib.sh
-source "$ROOT/bench/lib.sh"
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+make_work sluice-soak
 
 # Two server certificates from one CA; reloads alternate between them.
 bash "$ROOT/tools/make-certs.sh" "$WORK/certs" >/dev/null
@@ -93,9 +83,7 @@ bash "$ROOT/tools/make-certs.sh" "$WORK/certs2" >/dev/null
 cp "$WORK/certs/server.pem" "$WORK/certs/server.key" "$WORK/tls/"
 KEY=$("$SLUICE" keys add soak --keys_file "$WORK/keys.txt")
 
-"$SIM" --listen=127.0.0.1:0 --threads=2 --token_delay_ms=2 >"$WORK/sim.log" 2>&1 &
-SIM_PID=$!; PIDS+=("$SIM_PID")
-SIM_PORT=$(wait_listening "$WORK/sim.log" "$SIM_PID" '^ollama-sim listening on http://127\.0\.0\.1:([0-9]+)$')
+start_sim --threads=2 --token_delay_ms=2
 
 SLUICE_ARGS=(--threads=2 --listen_tls=127.0.0.1:0 --listen_http=
   --tls_cert="$WORK/tls/server.pem" --tls_key="$WORK/tls/server.key"
@@ -106,8 +94,6 @@ SLUICE_ARGS=(--threads=2 --listen_tls=127.0.0.1:0 --listen_http=
 SLUICE_PID=$!; PIDS+=("$SLUICE_PID")
 PORT=$(wait_listening "$WORK/sluice.log" "$SLUICE_PID" '^sluice listening on https://127\.0\.0\.1:([0-9]+) .*')
 
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$SLUICE_PID/status" 2>/dev/null || echo 0; }
-fds() { { find "/proc/$SLUICE_PID/fd" -mindepth 1 -maxdepth 1 2>/dev/null || true; } | wc -l; }
 now() { echo "${EPOCHREALTIME/[,.]/}"; }  # µs
 
 SCRAPES=0
@@ -120,8 +106,8 @@ scrape() {  # GET /metrics over TLS into $WORK/metrics.txt
   [[ "$code" == 200 ]] || { SCRAPE_FAILS=$((SCRAPE_FAILS + 1)); echo "soak.sh: /metrics answered '$code'" >&2; }
 }
 
-FDS_BEFORE=$(fds)
-RSS_BEFORE=$(rss_kb)
+FDS_BEFORE=$(fd_count "$SLUICE_PID")
+RSS_BEFORE=$(rss_kb "$SLUICE_PID")
 LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "soak.sh: sluice PID $SLUICE_PID on :$PORT, ollama-sim on :$SIM_PORT, ${SECONDS_RUN}s; work dir $WORK" >&2
 
@@ -145,7 +131,7 @@ while kill -0 "$SOAK_PID" 2>/dev/null; do
     break
   fi
   if (( t >= next_sample )); then
-    echo "$(awk -v u="$t_us" 'BEGIN { printf "%.2f", u / 1e6 }') $(rss_kb) $(fds)" >>"$WORK/samples.txt"
+    echo "$(awk -v u="$t_us" 'BEGIN { printf "%.2f", u / 1e6 }') $(rss_kb "$SLUICE_PID") $(fd_count "$SLUICE_PID")" >>"$WORK/samples.txt"
     next_sample=$(( next_sample + 1 ))
   fi
   if (( t >= next_hup && t < SECONDS_RUN )); then
@@ -158,7 +144,7 @@ while kill -0 "$SOAK_PID" 2>/dev/null; do
     kill -HUP "$SLUICE_PID"; HUPS=$((HUPS + 1))
     scrape
     next_hup=$(( next_hup + HUP_EVERY ))
-    echo "soak.sh: t=${t}s rss=$(rss_kb)kB fds=$(fds) reloads=$HUPS reopens=$USR1S; $(tail -1 "$WORK/soak.err")" >&2
+    echo "soak.sh: t=${t}s rss=$(rss_kb "$SLUICE_PID")kB fds=$(fd_count "$SLUICE_PID") reloads=$HUPS reopens=$USR1S; $(tail -1 "$WORK/soak.err")" >&2
   fi
   if (( t >= next_usr1 && t < SECONDS_RUN )); then
     USR1S=$((USR1S + 1))
@@ -175,8 +161,8 @@ WALL=$(awk -v u="$(( $(now) - T0 ))" 'BEGIN { printf "%.0f", u / 1e6 }')
 
 # Lingering closes end within 2 s, the access log flushes every 1 s.
 sleep 3
-FDS_AFTER=$(fds)
-RSS_AFTER=$(rss_kb)
+FDS_AFTER=$(fd_count "$SLUICE_PID")
+RSS_AFTER=$(rss_kb "$SLUICE_PID")
 SIM_ACTIVE=$(curl -s --max-time 5 "http://127.0.0.1:$SIM_PORT/sim/stats" |
   sed -nE 's/.*"active":([0-9]+).*/\1/p')
 UPSTREAM_LINKS=$(( ${SIM_ACTIVE:-1} - 1 ))  # less the stats request's own connection
@@ -206,8 +192,7 @@ REOPENS_LOGGED=$(grep -c 'SIGUSR1: reopened log files' "$WORK/sluice.log" || tru
 WARNINGS=$(grep -cE '\[(warn|error|fatal)\]' "$WORK/sluice.log" || true)
 
 SUMMARY=$(cat "$WORK/soak.out")
-field() { sed -nE "s/.* $1=([^ ]+).*/\\1/p" <<<" $SUMMARY"; }
-REQUESTS=$(field requests); ERRORS=$(field errors)
+REQUESTS=$(field requests "$SUMMARY"); ERRORS=$(field errors "$SUMMARY")
 EXPECTED_LINES=$(( ${REQUESTS:-0} + SCRAPES - 1 ))
 
 # RSS: at 10 % of the run (end of warm-up), at the end of the load, the max,
@@ -255,8 +240,8 @@ report() {
   echo
   echo "| figure | value |"
   echo "|---|---|"
-  echo "| requests (ok + cancelled + errors) | $REQUESTS ($(field ok) + $(field cancelled) + $ERRORS), $(awk -v r="$REQUESTS" -v s="$SECONDS_RUN" 'BEGIN { printf "%.0f", r / s }') req/s; h1 $(field h1), h2 $(field h2) |"
-  echo "| errors | $ERRORS ($(field error_kinds)) |"
+  echo "| requests (ok + cancelled + errors) | $REQUESTS ($(field ok "$SUMMARY") + $(field cancelled "$SUMMARY") + $ERRORS), $(awk -v r="$REQUESTS" -v s="$SECONDS_RUN" 'BEGIN { printf "%.0f", r / s }') req/s; h1 $(field h1 "$SUMMARY"), h2 $(field h2 "$SUMMARY") |"
+  echo "| errors | $ERRORS ($(field error_kinds "$SUMMARY")) |"
   echo "| access log lines / requests + /metrics scrapes | $LOG_LINES / $EXPECTED_LINES in $LOG_FILES files, $LOG_BAD not JSON, $DROPPED dropped |"
   echo "| reloads logged (policy, certificate) / log reopens logged | $RELOADS_LOGGED, $CERT_RELOADS_LOGGED of $HUPS / $REOPENS_LOGGED of $USR1S |"
   echo "| sluice: cancellations seen; other status codes | $CANCELS_SEEN; ${OTHER_CODES:-none} |"

@@ -9,18 +9,11 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
 namespace sluice::bench {
-
-int64_t NowUs(clockid_t clock) {
-  timespec ts;
-  clock_gettime(clock, &ts);
-  return int64_t{ts.tv_sec} * 1'000'000 + ts.tv_nsec / 1000;
-}
 
 bool ParseAddress(const std::string& host, int port, sockaddr_in* out) {
   if (port <= 0 || port > 65535) return false;
@@ -188,13 +181,6 @@ TlsSocket::Result TlsSocket::Flush() {
     out_.erase(0, static_cast<size_t>(ret));
   }
   return Result::kDone;
-}
-
-int64_t Percentile(const std::vector<int64_t>& sorted, double q) {
-  const size_t n = sorted.size();
-  if (n == 0) return -1;
-  size_t r = static_cast<size_t>(std::ceil(q * static_cast<double>(n)));
-  return sorted[std::clamp<size_t>(r, 1, n) - 1];
 }
 
 }  // namespace sluice::bench

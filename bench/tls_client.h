@@ -1,7 +1,7 @@
 // Client-side helpers shared by the TLS load tools in bench/ (h2_relay_delay,
 // cancel_latency, tls_handshakes, idle_conns): BoringSSL client contexts,
 // non-blocking connects, a TLS connection over a socket with an outbound
-// buffer, clocks and percentile summaries.
+// buffer. Clocks and percentiles are in bench/stats.h.
 //
 // These are load generators, not part of sluice: the TLS object reads and
 // writes the socket itself (SSL_set_fd), which is the simplest thing for a
@@ -10,7 +10,6 @@
 
 #include <netinet/in.h>
 #include <openssl/ssl.h>
-#include <time.h>
 
 #include <cstdint>
 #include <string>
@@ -18,10 +17,6 @@
 #include <vector>
 
 namespace sluice::bench {
-
-// Microseconds on `clock`. CLOCK_REALTIME is the clock ollama-sim stamps
-// into `sim_t_us` and `last_abort_us`; CLOCK_MONOTONIC is for intervals.
-int64_t NowUs(clockid_t clock);
 
 // Parses an IPv4 `host` and `port` into `out`; false if either is invalid.
 bool ParseAddress(const std::string& host, int port, sockaddr_in* out);
@@ -92,8 +87,5 @@ class TlsSocket {
   std::string out_;
   std::string last_error_;
 };
-
-// Percentile by rank (ceil(q * n)) of an already sorted vector; -1 if empty.
-int64_t Percentile(const std::vector<int64_t>& sorted, double q);
 
 }  // namespace sluice::bench

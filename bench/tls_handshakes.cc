@@ -36,6 +36,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "bench/stats.h"
 #include "bench/tls_client.h"
 
 ABSL_FLAG(std::string, host, "127.0.0.1", "IPv4 address to connect to");
@@ -105,7 +106,7 @@ class Runner {
   }
 
   bool Report(std::string_view label) {
-    std::sort(latency_us_.begin(), latency_us_.end());
+    const Summary latency = Summarize(latency_us_);
     const double per_s =
         static_cast<double>(done_) / (static_cast<double>(elapsed_us_) / 1e6);
     printf(
@@ -113,8 +114,7 @@ class Runner {
         "resumed=%ld per_s=%.0f p50_us=%ld p99_us=%ld elapsed_s=%.2f "
         "version=%s cipher=%s\n",
         std::string(label).c_str(), slots_.size(), done_, failed_, non2xx_,
-        resumed_, per_s, Percentile(latency_us_, 0.5),
-        Percentile(latency_us_, 0.99), static_cast<double>(elapsed_us_) / 1e6,
+        resumed_, per_s, latency.p50, latency.p99, static_cast<double>(elapsed_us_) / 1e6,
         version_.c_str(), cipher_.c_str());
     fflush(stdout);
     return failed_ == 0 && non2xx_ == 0 && done_ > 0;

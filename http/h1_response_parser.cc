@@ -4,6 +4,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "http/llhttp_settings.h"
 
 namespace sluice::http {
 namespace {
@@ -118,35 +119,16 @@ struct H1ResponseParserCallbacks {
   }
 };
 
-namespace {
-const llhttp_settings_t& Settings() {
-  static const llhttp_settings_t settings = [] {
-    llhttp_settings_t s;
-    llhttp_settings_init(&s);
-    s.on_message_begin = &H1ResponseParserCallbacks::OnMessageBegin;
-    s.on_status = &H1ResponseParserCallbacks::OnStatus;
-    s.on_header_field = &H1ResponseParserCallbacks::OnHeaderField;
-    s.on_header_value = &H1ResponseParserCallbacks::OnHeaderValue;
-    s.on_header_value_complete = &H1ResponseParserCallbacks::OnHeaderValueComplete;
-    s.on_headers_complete = &H1ResponseParserCallbacks::OnHeadersComplete;
-    s.on_body = &H1ResponseParserCallbacks::OnBody;
-    s.on_message_complete = &H1ResponseParserCallbacks::OnMessageComplete;
-    return s;
-  }();
-  return settings;
-}
-}  // namespace
-
 H1ResponseParser::H1ResponseParser(H1ResponseSink* sink)
     : sink_(sink), parser_(new llhttp_t) {
-  llhttp_init(parser_, HTTP_RESPONSE, &Settings());
+  llhttp_init(parser_, HTTP_RESPONSE, &LlhttpSettings<H1ResponseParserCallbacks>());
   parser_->data = this;
 }
 
 H1ResponseParser::~H1ResponseParser() { delete parser_; }
 
 void H1ResponseParser::Begin(bool head_request, bool websocket_request) {
-  llhttp_init(parser_, HTTP_RESPONSE, &Settings());
+  llhttp_init(parser_, HTTP_RESPONSE, &LlhttpSettings<H1ResponseParserCallbacks>());
   parser_->data = this;
   head_request_ = head_request;
   websocket_request_ = websocket_request;

@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "http/llhttp_settings.h"
 
 namespace sluice::http {
 namespace {
@@ -39,19 +40,6 @@ bool SplitAbsoluteForm(std::string& target, std::string& authority) {
 }
 
 }  // namespace
-
-struct H1ServerCodecCallbacks;
-namespace {
-const llhttp_settings_t& Settings();
-}  // namespace
-
-H1ServerCodec::H1ServerCodec(H1RequestSink* sink, H1Limits limits)
-    : sink_(sink), limits_(limits), parser_(new llhttp_t) {
-  llhttp_init(parser_, HTTP_REQUEST, &Settings());
-  parser_->data = this;
-}
-
-H1ServerCodec::~H1ServerCodec() { delete parser_; }
 
 absl::StatusOr<size_t> H1ServerCodec::Dispatch(const core::Slice& in) {
   if (!error_.ok()) return error_;
@@ -340,24 +328,14 @@ static int OnMessageComplete(llhttp_t* p) {
 
 };
 
-namespace {
-const llhttp_settings_t& Settings() {
-  static const llhttp_settings_t settings = [] {
-    llhttp_settings_t s;
-    llhttp_settings_init(&s);
-    s.on_message_begin = &H1ServerCodecCallbacks::OnMessageBegin;
-    s.on_url = &H1ServerCodecCallbacks::OnUrl;
-    s.on_header_field = &H1ServerCodecCallbacks::OnHeaderField;
-    s.on_header_value = &H1ServerCodecCallbacks::OnHeaderValue;
-    s.on_header_value_complete = &H1ServerCodecCallbacks::OnHeaderValueComplete;
-    s.on_headers_complete = &H1ServerCodecCallbacks::OnHeadersComplete;
-    s.on_body = &H1ServerCodecCallbacks::OnBody;
-    s.on_message_complete = &H1ServerCodecCallbacks::OnMessageComplete;
-    return s;
-  }();
-  return settings;
+// After H1ServerCodecCallbacks: its table needs the complete type.
+H1ServerCodec::H1ServerCodec(H1RequestSink* sink, H1Limits limits)
+    : sink_(sink), limits_(limits), parser_(new llhttp_t) {
+  llhttp_init(parser_, HTTP_REQUEST, &LlhttpSettings<H1ServerCodecCallbacks>());
+  parser_->data = this;
 }
-}  // namespace
+
+H1ServerCodec::~H1ServerCodec() { delete parser_; }
 
 int HttpStatusForError(const absl::Status& status) {
   switch (status.code()) {

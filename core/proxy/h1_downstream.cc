@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/observe/log.h"
+#include "core/proxy/hsts.h"
 #include "core/server/shard.h"
 
 namespace sluice::core {
@@ -42,8 +43,7 @@ void H1Downstream::Start() {
 }
 
 std::string_view H1Downstream::ExtraFields() const {
-  return conn_->secure() ? std::string_view(shard_->config().hsts_fields)
-                         : std::string_view();
+  return HstsFields(shard_->config(), conn_->secure());
 }
 
 void H1Downstream::Drain() {

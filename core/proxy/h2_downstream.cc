@@ -3,6 +3,7 @@
 #include <cerrno>
 
 #include "core/observe/log.h"
+#include "core/proxy/hsts.h"
 #include "core/server/shard.h"
 #include "http/serialize.h"
 
@@ -298,9 +299,9 @@ void H2Downstream::OnStreamReset(int32_t stream_id, uint32_t error_code) {
 void H2Downstream::StreamState::SendResponseHead(const http::ResponseHead& head) {
   const Config& cfg = session_->shard_->config();
   const bool end = head_request_ || head.status == 204 || head.status == 304;
-  if (session_->conn_->secure() && !cfg.hsts.empty()) {
+  if (SendsHsts(cfg, session_->conn_->secure())) {
     http::ResponseHead h = head;
-    h.headers.push_back(http::Header{"strict-transport-security", cfg.hsts});
+    AddHsts(cfg, true, h.headers);
     Quiet(session_->codec_.SubmitResponse(id_, h, end));
   } else {
     Quiet(session_->codec_.SubmitResponse(id_, head, end));
@@ -335,9 +336,7 @@ void H2Downstream::StreamState::SendPolicyAnswer(
   http::ResponseHead h;
   h.status = status;
   if (!body.empty()) h.headers.push_back(http::Header{"content-type", "application/json"});
-  if (s->conn_->secure() && !cfg.hsts.empty()) {
-    h.headers.push_back(http::Header{"strict-transport-security", cfg.hsts});
-  }
+  AddHsts(cfg, s->conn_->secure(), h.headers);
   h.headers.insert(h.headers.end(), headers.begin(), headers.end());
   h.content_length = body.size();
   const int32_t id = id_;

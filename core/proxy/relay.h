@@ -12,7 +12,7 @@
 #include "core/observe/metrics.h"
 #include "http/h1_response_parser.h"
 #include "http/message.h"
-#include "http/usage_scanner.h"
+#include "core/observe/usage_scanner.h"
 #include "policy/policy.h"
 
 namespace sluice::core {

@@ -1,4 +1,4 @@
-// Fuzzes the token accounting scanners of http/usage_scanner.h:
+// Fuzzes the token accounting scanners of core/observe/usage_scanner.h:
 // ResponseScanner in its NDJSON, SSE and JSON modes, and RequestScanner,
 // fed in pieces as the relay feeds them (core/proxy/relay.cc: Feed per de-chunked
 // body piece, Finish at the end of the response).
@@ -20,24 +20,24 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/observe/usage_scanner.h"
 #include "fuzz_util.h"
-#include "http/usage_scanner.h"
 
 namespace sluice::fuzz {
 namespace {
 
-using http::BodyFormat;
+using core::BodyFormat;
 
 std::string RunResponse(BodyFormat format, const std::vector<Piece>& pieces) {
-  http::ResponseScanner scanner(format);
+  core::ResponseScanner scanner(format);
   FUZZ_CHECK(scanner.format() == format, "format changed");
   size_t events = 0;
   for (const Piece& p : pieces) events += scanner.Feed(p.view());
   events += scanner.Finish();
-  const http::TokenUsage& u = scanner.usage();
+  const core::TokenUsage& u = scanner.usage();
   FUZZ_CHECK(events == u.token_events,
              "returned events differ from token_events");
-  FUZZ_CHECK(u.model.size() <= http::kMaxModelBytes, "model too long");
+  FUZZ_CHECK(u.model.size() <= core::kMaxModelBytes, "model too long");
   return absl::StrCat(
       "events=", events,
       " prompt=", u.prompt_tokens ? absl::StrCat(*u.prompt_tokens) : "-",
@@ -47,9 +47,9 @@ std::string RunResponse(BodyFormat format, const std::vector<Piece>& pieces) {
 }
 
 std::string RunRequest(const std::vector<Piece>& pieces) {
-  http::RequestScanner scanner;
+  core::RequestScanner scanner;
   for (const Piece& p : pieces) scanner.Feed(p.view());
-  FUZZ_CHECK(scanner.model().size() <= http::kMaxModelBytes, "model too long");
+  FUZZ_CHECK(scanner.model().size() <= core::kMaxModelBytes, "model too long");
   return absl::StrCat(
       "model=[", scanner.model(), "] stream=",
       scanner.stream() ? (*scanner.stream() ? "true" : "false") : "-");
@@ -67,16 +67,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::vector<Piece>& split = in.pieces;
   const std::vector<Piece>& whole = in.whole;
 
-  (void)sluice::http::FormatForContentType(input.substr(0, input.find('\n')));
+  (void)sluice::core::FormatForContentType(input.substr(0, input.find('\n')));
 
   // Byte by byte as well: the most splits there are.
   std::vector<Piece> bytes;
   if (input.size() <= 4096) {
     for (char c : input) bytes.emplace_back(std::string_view(&c, 1));
   }
-  static constexpr sluice::http::BodyFormat kFormats[3] = {
-      sluice::http::BodyFormat::kNdjson, sluice::http::BodyFormat::kSse,
-      sluice::http::BodyFormat::kJson};
+  static constexpr sluice::core::BodyFormat kFormats[3] = {
+      sluice::core::BodyFormat::kNdjson, sluice::core::BodyFormat::kSse,
+      sluice::core::BodyFormat::kJson};
   const int mode = (shape >> 2) & 3;
   std::string a, b, c;
   if (mode < 3) {

@@ -1,8 +1,8 @@
-#include "http/usage_scanner.h"
+#include "core/observe/usage_scanner.h"
 
 #include <cstring>
 
-namespace sluice::http {
+namespace sluice::core {
 namespace {
 
 constexpr const char* kLiterals[] = {"true", "false", "null"};
@@ -813,4 +813,4 @@ void RequestScanner::Feed(std::string_view bytes) {
   }
 }
 
-}  // namespace sluice::http
+}  // namespace sluice::core

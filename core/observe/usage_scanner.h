@@ -6,7 +6,7 @@
 #include <string>
 #include <string_view>
 
-namespace sluice::http {
+namespace sluice::core {
 
 // How a response body is laid out, from its Content-Type.
 enum class BodyFormat {
@@ -244,4 +244,14 @@ class RequestScanner {
   ResponseScanner::JsonTokenizer json_;
 };
 
+}  // namespace sluice::core
+
+// The names the scanner had while it lived in http/; core/proxy still
+// spells them http::. Drop these once it says core:: (or nothing).
+namespace sluice::http {
+using core::BodyFormat;
+using core::FormatForContentType;
+using core::RequestScanner;
+using core::ResponseScanner;
+using core::TokenUsage;
 }  // namespace sluice::http

@@ -1,4 +1,4 @@
-#include "http/usage_scanner.h"
+#include "core/observe/usage_scanner.h"
 
 #include <cstdint>
 #include <random>
@@ -8,7 +8,7 @@
 
 #include "gtest/gtest.h"
 
-namespace sluice::http {
+namespace sluice::core {
 namespace {
 
 // A TokenUsage as one comparable, readable line.
@@ -1120,4 +1120,4 @@ TEST(RequestScannerTest, RandomBytesNeverCrash) {
 }
 
 }  // namespace
-}  // namespace sluice::http
+}  // namespace sluice::core
