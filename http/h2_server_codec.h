@@ -343,6 +343,12 @@ class H2ServerCodec {
   struct Stream;
   struct Event;
   friend struct H2Callbacks;
+  // Defined with the callbacks (h2_callbacks.cc): queue an event for the
+  // sink, and the read callback of every response body.
+  void Enqueue(Stream* s, Event ev);
+  static ssize_t ReadDataCallback(nghttp2_session* session, int32_t stream_id, uint8_t* buf,
+                                  size_t length, uint32_t* data_flags,
+                                  nghttp2_data_source* source, void* user_data);
 
   int64_t Now() const;
   Stream* FindLive(int32_t stream_id);
