@@ -251,6 +251,10 @@ void AdmissionGate::Cancel() {
   held_body_.clear();
 }
 
-void AdmissionGate::Close() { policy::Policy::Release(&admission_, shard_->config().conn_table); }
+void AdmissionGate::Close() {
+  Cancel();
+  if (ticket_) ticket_->gate = nullptr;
+  policy::Policy::Release(&admission_, shard_->config().conn_table);
+}
 
 }  // namespace sluice::core

@@ -64,8 +64,8 @@ class AdmissionGate {
   // The request ended before the gate opened (the client went, its body
   // timed out): a pending password check or delay is dropped.
   void Cancel();
-  // Gives back the concurrency slots the admission holds. Once, where the
-  // request ends.
+  // The request ended: a pending password check or delay is dropped and
+  // the concurrency slots the admission holds are given back. Once.
   void Close();
 
   const policy::Admission& admission() const { return admission_; }
