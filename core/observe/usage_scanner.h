@@ -246,12 +246,3 @@ class RequestScanner {
 
 }  // namespace sluice::core
 
-// The names the scanner had while it lived in http/; core/proxy still
-// spells them http::. Drop these once it says core:: (or nothing).
-namespace sluice::http {
-using core::BodyFormat;
-using core::FormatForContentType;
-using core::RequestScanner;
-using core::ResponseScanner;
-using core::TokenUsage;
-}  // namespace sluice::http

@@ -35,7 +35,9 @@ H1Downstream::H1Downstream(ClientConnection* conn)
         if (relay_) relay_->AbandonRequest(408, "request body timeout");
       }) {}
 
-H1Downstream::~H1Downstream() = default;
+H1Downstream::~H1Downstream() {
+  if (relay_) relay_->Close();
+}
 
 void H1Downstream::Start() {
   conn_->StartReading();
@@ -144,8 +146,9 @@ void H1Downstream::OnRequestHead(http::RequestHead head) {
     Redirect(head);
     return;
   }
-  relay_ = std::make_unique<Relay>(shard_, this, std::move(head), conn_->client_addr(),
-                                   conn_->peer(), conn_->scheme(), conn_->number());
+  relay_ = NewExchange(shard_, this, std::move(head),
+                       ClientInfo{conn_->client_addr(), conn_->peer(),
+                                  std::string(conn_->scheme()), conn_->number()});
   relay_->Start();
   ArmBodyTimer();
 }
@@ -285,8 +288,11 @@ void H1Downstream::RetireRelay() {
   body_timer_.Disarm();  // the exchange is answered: no more body wanted
   if (!relay_) return;
   // The relay may be on the call stack (it called us); free it after.
-  Relay* r = relay_.release();
-  shard_->Defer([r] { delete r; });
+  Exchange* r = relay_.release();
+  shard_->Defer([r] {
+    r->Close();
+    delete r;
+  });
 }
 
 void H1Downstream::CloseAfterDrain() {

@@ -6,7 +6,7 @@
 
 #include "core/engine/buffer.h"
 #include "core/proxy/client_connection.h"
-#include "core/proxy/relay.h"
+#include "core/proxy/exchange.h"
 #include "core/engine/stream.h"
 #include "core/engine/timer.h"
 #include "http/h1_server_codec.h"
@@ -85,7 +85,7 @@ class H1Downstream final : public ClientSession,
   ClientConnection* conn_;
   Shard* shard_;
   http::H1ServerCodec codec_;
-  std::unique_ptr<Relay> relay_;
+  std::unique_ptr<Exchange> relay_;  // the request being answered
   std::deque<Slice> pending_;  // received, not yet parsed
   size_t pending_bytes_ = 0;
   http::BodyFraming framing_ = http::BodyFraming::kNone;

@@ -62,7 +62,10 @@ H2Downstream::~H2Downstream() {
   // The connection is gone: every upstream link still in use closes now, so
   // the model stops generating for nobody.
   for (auto& [id, st] : streams_) {
-    if (st->relay_) st->relay_->Cancel();
+    if (st->relay_) {
+      st->relay_->Cancel();
+      st->relay_->Close();
+    }
   }
 }
 
@@ -180,7 +183,10 @@ void H2Downstream::Retire(int32_t id) {
   st->body_open_ = false;
   st->body_timer_.Disarm();
   st->stall_timer_.Disarm();
-  shard_->Defer([st] { delete st; });
+  shard_->Defer([st] {
+    if (st->relay_) st->relay_->Close();
+    delete st;
+  });
   UpdateTimers();
 }
 
@@ -214,8 +220,9 @@ void H2Downstream::OnRequestHeaders(int32_t stream_id, http::RequestHead head,
   st->head_request_ = head.is_head();
   st->body_open_ = !end_stream;
   streams_[stream_id] = std::move(owned);
-  st->relay_ = std::make_unique<Relay>(shard_, st, std::move(head), conn_->client_addr(),
-                                       conn_->peer(), conn_->scheme(), conn_->number());
+  st->relay_ = NewExchange(shard_, st, std::move(head),
+                           ClientInfo{conn_->client_addr(), conn_->peer(),
+                                      std::string(conn_->scheme()), conn_->number()});
   // Start may answer at once (no upstream link): `st` can be retired then.
   st->relay_->Start();
   if ((st = Find(stream_id)) != nullptr) st->ArmBodyTimer();

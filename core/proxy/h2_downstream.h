@@ -7,7 +7,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "core/proxy/client_connection.h"
-#include "core/proxy/relay.h"
+#include "core/proxy/exchange.h"
 #include "core/engine/timer.h"
 #include "http/h2_server_codec.h"
 
@@ -87,7 +87,7 @@ class H2Downstream final : public ClientSession, public http::H2StreamSink {
 
     H2Downstream* session_;
     int32_t id_;
-    std::unique_ptr<Relay> relay_;
+    std::unique_ptr<Exchange> relay_;
     bool head_request_ = false;
     bool paused_ = false;       // request body not consumed (upstream full)
     size_t unconsumed_ = 0;     // body bytes held back from the window

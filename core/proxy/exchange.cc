@@ -1,0 +1,21 @@
+#include "core/proxy/exchange.h"
+
+#include <optional>
+
+#include "core/observe/observability.h"
+#include "core/proxy/internal_endpoints.h"
+#include "core/proxy/relay.h"
+#include "core/server/shard.h"
+
+namespace sluice::core {
+
+std::unique_ptr<Exchange> NewExchange(Shard* shard, Downstream* downstream, http::RequestHead head,
+                                      ClientInfo client) {
+  if (std::optional<InternalEndpoint::Kind> kind = InternalEndpoint::Match(shard->obs(), head)) {
+    return std::make_unique<InternalEndpoint>(shard, downstream, std::move(head), std::move(client),
+                                              *kind);
+  }
+  return std::make_unique<Relay>(shard, downstream, std::move(head), std::move(client));
+}
+
+}  // namespace sluice::core

@@ -1,0 +1,146 @@
+#include "core/proxy/internal_endpoints.h"
+
+#include "core/observe/log.h"
+#include "core/observe/observability.h"
+#include "core/server/shard.h"
+#include "http/serialize.h"
+
+namespace sluice::core {
+namespace {
+// A scrape answers with the shards it has after this long (a worker that
+// already stopped never answers).
+constexpr int64_t kScrapeTimeoutNs = 1'000'000'000;
+}  // namespace
+
+#define ENDPOINT_LOG(level, fmt, ...)                                                       \
+  LOG_##level("*%llu client %s: " fmt, static_cast<unsigned long long>(client_.connection), \
+              client_.addr.c_str(), ##__VA_ARGS__)
+
+std::optional<InternalEndpoint::Kind> InternalEndpoint::Match(const Observability& obs,
+                                                              const http::RequestHead& head) {
+  if (head.method == "OPTIONS" && head.target == "*") return std::nullopt;
+  std::string_view path = head.target;
+  path = path.substr(0, path.find('?'));
+  if (!obs.status_path.empty() && path == obs.status_path) return Kind::kStatus;
+  if (obs.metrics && !obs.metrics_path.empty() && path == obs.metrics_path) {
+    return Kind::kMetrics;
+  }
+  return std::nullopt;
+}
+
+InternalEndpoint::InternalEndpoint(Shard* shard, Downstream* downstream, http::RequestHead head,
+                                   ClientInfo client, Kind kind)
+    : shard_(shard),
+      downstream_(downstream),
+      head_(std::move(head)),
+      client_(std::move(client)),
+      kind_(kind),
+      record_(shard->obs().accounting(), client_.connection, shard->index(), shard->now_ns(),
+              shard->now_unix_ns()),
+      gate_(shard, downstream, &head_, &client_),
+      scrape_timer_([this] {
+        ENDPOINT_LOG(WARN, "scrape: %d worker(s) did not answer", scrape_->pending);
+        Answer();
+      }) {
+  ++shard_->metrics().active_streams;
+}
+
+InternalEndpoint::~InternalEndpoint() {
+  if (scrape_) scrape_->endpoint = nullptr;
+}
+
+void InternalEndpoint::Start() {
+  gate_.StartInternal(shard_->obs().status_allow, [this](const AdmissionGate::Verdict& v) {
+    if (v.admitted) {
+      Scrape();
+    } else {
+      finished_ = true;
+      AnswerVerdict(v, &record_, downstream_);
+    }
+  });
+}
+
+void InternalEndpoint::Scrape() {
+  gate_.PauseReading();
+  // Every worker copies its own counters on its own thread (they are plain
+  // integers nobody else touches) and posts the copy back here.
+  scrape_ =
+      std::make_shared<ScrapeTicket>(ScrapeTicket{this, shard_, 0, shard_->SnapshotMetrics()});
+  for (Shard* w : shard_->obs().shards) {
+    if (w == shard_) continue;
+    ++scrape_->pending;
+    w->Post([t = scrape_, w] {
+      auto shard = std::make_shared<MetricsShard>(w->SnapshotMetrics());
+      t->origin->Post([t, shard] {
+        t->total.Merge(*shard);
+        if (--t->pending == 0 && t->endpoint) t->endpoint->Answer();
+      });
+    });
+  }
+  if (scrape_->pending == 0) {
+    Answer();
+  } else {
+    shard_->Timers(kScrapeTimeoutNs)->Arm(&scrape_timer_, shard_->now_ns());
+  }
+}
+
+void InternalEndpoint::Answer() {
+  if (finished_) return;
+  finished_ = true;
+  scrape_timer_.Disarm();
+  const Observability& obs = shard_->obs();
+  std::string body;
+  http::ResponseHead head;
+  head.status = 200;
+  if (kind_ == Kind::kMetrics) {
+    ProcessInfo info = obs.info;
+    if (obs.access_log) info.access_log_dropped_lines = obs.access_log->dropped_lines();
+    body = RenderPrometheus(scrape_->total, info);
+    head.headers.push_back(
+        http::Header{"Content-Type", "text/plain; version=0.0.4; charset=utf-8"});
+  } else {
+    body = RenderStubStatus(scrape_->total);
+    head.headers.push_back(http::Header{"Content-Type", "text/plain"});
+  }
+  head.headers.push_back(http::Header{"Cache-Control", "no-store"});
+  head.content_length = body.size();
+  scrape_->endpoint = nullptr;
+  scrape_.reset();
+  head_sent_ = true;
+  record_.Answered(200, head_.is_head() ? 0 : body.size());
+  gate_.ResumeReading();
+  downstream_->SendResponseHead(head);
+  downstream_->SendResponseBody(Slice::FromString(std::move(body)));
+  downstream_->SendResponseEnd();
+}
+
+void InternalEndpoint::Cancel() {
+  if (!finished_) {
+    record_.Cancelled();
+    ENDPOINT_LOG(DEBUG, "%s %s: client went away, upstream link closed", head_.method.c_str(),
+                 head_.target.c_str());
+  }
+  finished_ = true;
+  gate_.Cancel();
+}
+
+void InternalEndpoint::AbandonRequest(int status, std::string_view message) {
+  if (finished_) return;
+  gate_.Cancel();
+  ENDPOINT_LOG(INFO, "%s %s: %d %s", head_.method.c_str(), head_.target.c_str(), status,
+               std::string(message).c_str());
+  finished_ = true;
+  record_.Answered(status, http::JsonErrorBody(message).size());
+  downstream_->SendError(status, message);
+}
+
+void InternalEndpoint::Close() {
+  if (closed_) return;
+  closed_ = true;
+  if (scrape_) scrape_->endpoint = nullptr;
+  gate_.Close();
+  --shard_->metrics().active_streams;
+  record_.Account(shard_, head_, gate_.admission(), client_.addr);
+}
+
+}  // namespace sluice::core
