@@ -518,6 +518,9 @@ TEST_F(PolicyBuildTest, RulesFileRoutesAndZones) {
             api = ZoneIndex(*p, "api");
   ASSERT_EQ(p->zones().size(), 3u);
   ASSERT_GE(team, 0);
+  EXPECT_GE(api, 0) << "the flags' api zone is kept beside the file's";
+  EXPECT_NE(api, team);
+  EXPECT_NE(api, gen);
   EXPECT_EQ(p->zones()[team].by, LimitBy::kCredential);
   EXPECT_EQ(p->zones()[team].rate.burst, 4u);
   EXPECT_EQ(p->zones()[team].rate.delay, 2u);
