@@ -97,8 +97,12 @@ bool BufferRing::Trim() {
     target_ = std::max(min_target_, target_ - target_ / 4);
   }
   ran_empty_ = false;
-  // The bottom spare_low_ entries were not touched during the period.
+  // The bottom spare_low_ entries were not touched during the period. At
+  // most kReleasePerTrim of them per call: each is a madvise, and a turn
+  // that released thousands would delay every connection of the worker;
+  // the rest go on the next calls.
   size_t cold = std::min(spare_low_, spare_.size());
+  cold = std::min(cold, spare_released_ + kReleasePerTrim);
   for (size_t i = spare_released_; i < cold; ++i) {
     madvise(buffer(spare_[i]), buffer_size_, MADV_DONTNEED);
   }

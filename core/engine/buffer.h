@@ -50,13 +50,15 @@ struct BufferRef : SliceOwner {
 // it wait on a stack, the most recently used on top, so the same few stay
 // warm. Trim, called about once a second, shrinks the working set again
 // and gives the pages of buffers that stayed at the bottom of the stack for
-// a whole period back to the kernel (MADV_DONTNEED): after a burst the
-// worker returns to a small resident set.
+// a whole period back to the kernel (MADV_DONTNEED, at most kReleasePerTrim
+// a call): after a burst the worker returns to a small resident set.
 class BufferRing {
  public:
   static constexpr uint16_t kGroupId = 1;
   // Working set handed to the kernel at start and after Trim's shrinking.
   static constexpr uint32_t kMinPublished = 128;
+  // Buffers whose pages one Trim gives back at most.
+  static constexpr size_t kReleasePerTrim = 64;
 
   BufferRing() = default;
   ~BufferRing();

@@ -188,7 +188,7 @@ TEST_F(BufferRingTest, GrowsWhenEmptyAndTrimsWhenIdle) {
   // First trim: the period saw the growth (and the releases pushed every
   // buffer through the stack), so nothing is cold yet. Afterwards nothing
   // is used: the next trims release the spare buffers and shrink the set.
-  for (int i = 0; i < 12 && buffers_->wants_trim(); ++i) buffers_->Trim();
+  for (int i = 0; i < 40 && buffers_->wants_trim(); ++i) buffers_->Trim();
   EXPECT_FALSE(buffers_->wants_trim());
   EXPECT_EQ(buffers_->spare_warm(), 0u);
   size_t resident = 0;
