@@ -233,8 +233,12 @@ void Loop::RunDeferred() {
 }
 
 void Loop::RetryStarved() {
-  // Receives parked on -ENOBUFS re-arm once buffers came back.
-  if (!starved_.empty() && buffers_.recycled() != recycled_seen_) {
+  // Receives parked on -ENOBUFS re-arm once buffers came back, or while the
+  // ring is believed to hold some (a receive that met the ring empty just
+  // before this turn's completions refilled it must not wait for the next
+  // buffer to be handed over, which may never come on an idle worker).
+  if (!starved_.empty() &&
+      (buffers_.recycled() != recycled_seen_ || buffers_.published() > 0)) {
     std::vector<Stream*> starved;
     starved.swap(starved_);
     for (Stream* s : starved) s->RetryAfterBuffers();
