@@ -147,12 +147,9 @@ void Loop::RelievePressure() {
       paused_held += holders[i]->held;
     }
   } else if (!paused_.empty() && buffers_.in_use() <= count / 2) {
-    std::vector<Stream*> paused;
-    paused.swap(paused_);
-    for (Stream* s : paused) {
-      paused_.push_back(s);  // ResumeAfterPressure takes it off
-      s->ResumeAfterPressure();
-    }
+    // ResumeAfterPressure takes each off paused_.
+    const std::vector<Stream*> paused = paused_;
+    for (Stream* s : paused) s->ResumeAfterPressure();
   }
 }
 
