@@ -57,7 +57,10 @@ struct Config {
   int threads = 1;
   SocketAddress upstream;
   std::string upstream_host;  // Host header sent upstream
-  int upstream_keepalive = 32;
+  // Idle upstream links kept per worker: < 0 adaptive (the recent peak of
+  // links in use, up to upstream_max_idle), else that fixed number.
+  int upstream_keepalive = -1;
+  size_t upstream_max_idle = 1024;
   int64_t upstream_idle_timeout_ns = 60'000'000'000;
   int64_t connect_timeout_ns = 10'000'000'000;
   int64_t read_timeout_ns = 600'000'000'000;

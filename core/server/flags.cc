@@ -46,8 +46,12 @@ ABSL_FLAG(std::string, upstream, "127.0.0.1:11434", "Ollama address, host:port."
 ABSL_FLAG(std::string, upstream_host, "",
           "Host header sent upstream; empty = the --upstream host:port (a "
           "loopback-bound Ollama answers 403 to other hosts).");
-ABSL_FLAG(int32_t, upstream_keepalive, 32,
-          "Idle keepalive links to the upstream kept per worker (nginx keepalive).");
+ABSL_FLAG(std::string, upstream_keepalive, "auto",
+          "Idle keepalive links to the upstream kept per worker: auto = as many as "
+          "were in use at once during the last --upstream_idle_timeout, up to "
+          "--upstream_max_idle; N = a fixed number, as nginx's keepalive N.");
+ABSL_FLAG(int32_t, upstream_max_idle, 1024,
+          "Most idle upstream links a worker keeps with --upstream_keepalive=auto.");
 ABSL_FLAG(absl::Duration, upstream_idle_timeout, absl::Seconds(60),
           "How long an idle upstream link is kept.");
 ABSL_FLAG(absl::Duration, connect_timeout, absl::Seconds(10),
@@ -249,8 +253,16 @@ void UpstreamFlags(Config* c) {
   if (c->upstream_host.find_first_of("\r\n") != std::string::npos) {
     UsageError("--upstream_host: must not contain line breaks");
   }
-  c->upstream_keepalive = absl::GetFlag(FLAGS_upstream_keepalive);
-  if (c->upstream_keepalive < 0) UsageError("--upstream_keepalive: must be >= 0");
+  const std::string keepalive = absl::GetFlag(FLAGS_upstream_keepalive);
+  if (keepalive == "auto") {
+    c->upstream_keepalive = -1;
+  } else if (!absl::SimpleAtoi(keepalive, &c->upstream_keepalive) || c->upstream_keepalive < 0) {
+    UsageError(absl::StrCat("--upstream_keepalive: \"", keepalive,
+                            "\": use auto or a number >= 0"));
+  }
+  const int32_t max_idle = absl::GetFlag(FLAGS_upstream_max_idle);
+  if (max_idle < 1) UsageError("--upstream_max_idle: must be >= 1");
+  c->upstream_max_idle = static_cast<size_t>(max_idle);
   c->upstream_idle_timeout_ns = DurationFlag(FLAGS_upstream_idle_timeout, "upstream_idle_timeout");
   c->connect_timeout_ns = DurationFlag(FLAGS_connect_timeout, "connect_timeout");
   c->read_timeout_ns = DurationFlag(FLAGS_read_timeout, "read_timeout");

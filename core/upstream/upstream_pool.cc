@@ -56,7 +56,12 @@ void UpstreamLink::OnConnected(int res) {
 void UpstreamLink::OnClosed() { pool_->Destroy(this); }
 
 UpstreamPool::UpstreamPool(Shard* shard)
-    : shard_(shard), idle_(shard->config().upstream_keepalive) {}
+    : shard_(shard),
+      target_(shard->config().upstream_keepalive, shard->config().upstream_max_idle,
+              shard->config().upstream_idle_timeout_ns),
+      idle_(0) {}
+
+int64_t UpstreamPool::shard_now() const { return shard_->now_ns(); }
 
 UpstreamPool::~UpstreamPool() = default;
 
@@ -69,6 +74,7 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
     link->stream_.SetAccount(user->buffer_account(), /*upstream=*/true);
     link->reused_ = true;
     ++shard_->metrics().upstream_reused;
+    target_.NoteInUse(open_ - idle_.size(), shard_->now_ns());
     return link;
   }
   const Config& cfg = shard_->config();
@@ -85,6 +91,7 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
   link->user_ = user;
   link->stream_.SetAccount(user->buffer_account(), /*upstream=*/true);
   ++shard_->metrics().upstream_connects;
+  target_.NoteInUse(open_ - idle_.size(), shard_->now_ns());
   link->stream_.Connect(cfg.upstream.get(), cfg.upstream.len,
                         cfg.connect_timeout_ns);
   return link;
@@ -94,6 +101,7 @@ void UpstreamPool::Release(UpstreamLink* link) {
   link->user_ = nullptr;
   link->stream_.SetAccount(nullptr, false);
   const Config& cfg = shard_->config();
+  idle_.set_capacity(target_.Capacity(shard_->now_ns()));
   if (shard_->draining() || link->stream_.closing() || !idle_.Offer(link)) {
     Discard(link);
     return;

@@ -7,6 +7,7 @@
 #include "core/engine/idle_list.h"
 #include "core/engine/stream.h"
 #include "core/engine/timer.h"
+#include "core/upstream/idle_target.h"
 
 namespace sluice::core {
 
@@ -58,10 +59,11 @@ class UpstreamLink final : public StreamHandler {
   bool idle_ = false;
 };
 
-// A worker's pool of keepalive links to the upstream: at most
-// --upstream_keepalive idle ones are kept (most recently used first, so the
-// freshest link is reused and surplus ones age out), each watched by a
-// receive so an upstream close removes it at once.
+// A worker's pool of keepalive links to the upstream: idle ones are kept up
+// to the recent peak of links in use at once (IdleTarget; a fixed number
+// with --upstream_keepalive=N), most recently used first, so the freshest
+// link is reused and surplus ones age out; each is watched by a receive so
+// an upstream close removes it at once.
 class UpstreamPool {
  public:
   explicit UpstreamPool(Shard* shard);
@@ -80,12 +82,16 @@ class UpstreamPool {
 
   size_t idle_count() const { return idle_.size(); }
   size_t open_count() const { return open_; }
+  // How many idle links the pool keeps now.
+  size_t idle_capacity() { return target_.Capacity(shard_now()); }
 
  private:
   friend class UpstreamLink;
   void Destroy(UpstreamLink* link);
+  int64_t shard_now() const;
 
   Shard* shard_;
+  IdleTarget target_;
   IdleList<UpstreamLink> idle_;
   size_t open_ = 0;
 };

@@ -75,7 +75,8 @@ TEST_F(FlagsTest, DefaultsOfAPlainHttpConfig) {
   EXPECT_EQ(c.upstream.family(), AF_INET);
   EXPECT_EQ(Port(c.upstream), 11434);
   EXPECT_EQ(c.upstream_host, "127.0.0.1:11434");
-  EXPECT_EQ(c.upstream_keepalive, 32);
+  EXPECT_EQ(c.upstream_keepalive, -1) << "auto";
+  EXPECT_EQ(c.upstream_max_idle, 1024u);
   EXPECT_EQ(c.upstream_idle_timeout_ns, 60'000'000'000);
   EXPECT_EQ(c.connect_timeout_ns, 10'000'000'000);
   EXPECT_EQ(c.read_timeout_ns, 600'000'000'000);
@@ -109,6 +110,7 @@ TEST_F(FlagsTest, ValuesReachTheConfig) {
           {"upstream", "127.0.0.1:9"},
           {"upstream_host", "ollama.internal"},
           {"upstream_keepalive", "0"},
+          {"upstream_max_idle", "64"},
           {"read_timeout", "1500ms"},
           {"drain_timeout", "1m"},
           {"client_max_body_size", "1m"},
@@ -130,6 +132,7 @@ TEST_F(FlagsTest, ValuesReachTheConfig) {
   EXPECT_EQ(Port(c.upstream), 9);
   EXPECT_EQ(c.upstream_host, "ollama.internal");
   EXPECT_EQ(c.upstream_keepalive, 0);
+  EXPECT_EQ(c.upstream_max_idle, 64u);
   EXPECT_EQ(c.read_timeout_ns, 1'500'000'000);
   EXPECT_EQ(c.drain_timeout_ns, 60'000'000'000);
   EXPECT_EQ(c.client_max_body_size, 1ull << 20);
@@ -164,7 +167,10 @@ TEST_F(FlagsTest, RefusedValuesExitNamingTheFlag) {
        "--upstream: expected host:port without a scheme, got 'https://127.0.0.1:11434' "
        "(write '127.0.0.1:11434'); sluice reaches the upstream in plain HTTP only"},
       {{{"upstream_host", "a\nb"}}, "--upstream_host: must not contain line breaks"},
-      {{{"upstream_keepalive", "-1"}}, "--upstream_keepalive: must be >= 0"},
+      {{{"upstream_keepalive", "-1"}}, "--upstream_keepalive: \"-1\": use auto or a number >= 0"},
+      {{{"upstream_keepalive", "many"}},
+       "--upstream_keepalive: \"many\": use auto or a number >= 0"},
+      {{{"upstream_max_idle", "0"}}, "--upstream_max_idle: must be >= 1"},
       {{{"read_timeout", "-1s"}}, "--read_timeout: must be positive"},
       {{{"drain_timeout", "0s"}}, "--drain_timeout: must be positive"},
       {{{"max_header_bytes", "255"}}, "--max_header_bytes: must be at least 256"},
