@@ -8,6 +8,7 @@
 #include "core/observe/log.h"
 #include "core/observe/observability.h"
 #include "core/server/shard.h"
+#include "core/upstream/backend_set.h"
 #include "http/serialize.h"
 
 namespace sluice::core {
@@ -85,7 +86,8 @@ void Relay::Proceed() {
            (drop_credentials && (http::EqualsIgnoreCase(h.name, "authorization") ||
                                  http::EqualsIgnoreCase(h.name, "x-api-key")));
   });
-  http::ForwardContext ctx{client_.addr, client_.scheme, shard_->config().upstream_host,
+  pool_ = &shard_->backends().Pick();
+  http::ForwardContext ctx{client_.addr, client_.scheme, pool_->backend().host_header,
                            admission.client_text};
   http::AppendUpstreamRequestHead(head_, ctx, &request_bytes_);
   if (!AttachLink(false)) return;
@@ -97,7 +99,7 @@ void Relay::Proceed() {
 
 bool Relay::AttachLink(bool fresh) {
   int err = 0;
-  link_ = shard_->pool().Acquire(this, fresh, &err);
+  link_ = pool_->Acquire(this, fresh, &err);
   record_.UpstreamStarted(shard_->now_ns());
   if (link_ == nullptr) {
     ++shard_->metrics().upstream_connect_failures;
@@ -346,9 +348,9 @@ void Relay::Finish(bool reusable) {
   send_timer_.Disarm();
   if (link_) {
     if (reusable && request_done_ && link_->stream().write_idle()) {
-      shard_->pool().Release(link_);
+      link_->pool()->Release(link_);
     } else {
-      shard_->pool().Discard(link_);
+      link_->pool()->Discard(link_);
     }
     link_ = nullptr;
   }
@@ -359,7 +361,7 @@ void Relay::DropLink() {
   read_timer_.Disarm();
   send_timer_.Disarm();
   if (link_) {
-    shard_->pool().Discard(link_);
+    link_->pool()->Discard(link_);
     link_ = nullptr;
   }
 }

@@ -88,6 +88,8 @@ class Relay final : public Exchange, public LinkUser, public http::H1ResponseSin
   RequestRecord record_;
   AdmissionGate gate_;
   WebSocketTunnel tunnel_;
+  // The pool of the backend chosen for this request, and the link from it.
+  UpstreamPool* pool_ = nullptr;
   UpstreamLink* link_ = nullptr;
   http::H1ResponseParser parser_;
   std::string request_bytes_;  // serialised head, kept for a retry

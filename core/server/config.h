@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace sluice::core {
 
@@ -26,6 +27,18 @@ struct SocketAddress {
   const sockaddr* get() const { return reinterpret_cast<const sockaddr*>(&storage); }
   int family() const { return storage.ss_family; }
 };
+
+// One Ollama backend: an entry of --upstream.
+struct BackendConfig {
+  std::string name;  // host:port as written
+  SocketAddress addr;
+  std::string host_header;  // Host sent to it
+  int weight = 1;
+  int slots = 0;  // generations it runs at once (OLLAMA_NUM_PARALLEL); 0: not given
+};
+
+// How a request picks its backend (--balance).
+enum class Balance { kRoundRobin, kLeastConn };
 
 // Everything a worker needs, fixed at start-up (built from the flags in
 // flags.cc). Durations are in nanoseconds.
@@ -55,8 +68,9 @@ struct Config {
   // Logs and metrics (owned by main; never null once running).
   Observability* obs = nullptr;
   int threads = 1;
-  SocketAddress upstream;
-  std::string upstream_host;  // Host header sent upstream
+  // The Ollama backends (at least one once built from the flags).
+  std::vector<BackendConfig> backends;
+  Balance balance = Balance::kRoundRobin;
   // Idle upstream links kept per worker: < 0 adaptive (the recent peak of
   // links in use, up to upstream_max_idle), else that fixed number.
   int upstream_keepalive = -1;

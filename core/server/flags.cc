@@ -42,7 +42,13 @@ ABSL_FLAG(absl::Duration, handshake_timeout, absl::Seconds(10),
           "Time a client has to complete the TLS handshake.");
 ABSL_FLAG(int32_t, threads, 0,
           "Worker threads, one pinned per CPU; 0 = the CPUs in the affinity mask.");
-ABSL_FLAG(std::string, upstream, "127.0.0.1:11434", "Ollama address, host:port.");
+ABSL_FLAG(std::string, upstream, "127.0.0.1:11434",
+          "Ollama backends, separated by commas: host:port or [v6]:port, each "
+          "optionally followed by weight=N and slots=N (its OLLAMA_NUM_PARALLEL), "
+          "e.g. '10.0.0.5:11434 slots=4, 10.0.0.6:11434'.");
+ABSL_FLAG(std::string, balance, "round_robin",
+          "How a request picks its backend: round_robin (weighted) or least_conn "
+          "(fewest requests in flight per weight).");
 ABSL_FLAG(std::string, upstream_host, "",
           "Host header sent upstream; empty = the --upstream host:port (a "
           "loopback-bound Ollama answers 403 to other hosts).");
@@ -239,19 +245,26 @@ void ProtocolFlags(Config* c) {
 
 // --upstream and the upstream links' limits and timeouts.
 void UpstreamFlags(Config* c) {
-  std::string upstream = absl::GetFlag(FLAGS_upstream);
-  auto up = ParseHostPort(upstream, /*numeric_only=*/false);
-  if (!up.ok()) {
-    UsageError(absl::StrCat("--upstream: ", up.status().message(),
+  const std::string upstream = absl::GetFlag(FLAGS_upstream);
+  const std::string host = absl::GetFlag(FLAGS_upstream_host);
+  if (host.find_first_of("\r\n") != std::string::npos) {
+    UsageError("--upstream_host: must not contain line breaks");
+  }
+  auto backends = ParseBackends(upstream, host);
+  if (!backends.ok()) {
+    UsageError(absl::StrCat("--upstream: ", backends.status().message(),
                             upstream.rfind("https://", 0) == 0
                                 ? "; sluice reaches the upstream in plain HTTP only"
                                 : ""));
   }
-  c->upstream = *up;
-  c->upstream_host = absl::GetFlag(FLAGS_upstream_host);
-  if (c->upstream_host.empty()) c->upstream_host = upstream;
-  if (c->upstream_host.find_first_of("\r\n") != std::string::npos) {
-    UsageError("--upstream_host: must not contain line breaks");
+  c->backends = *std::move(backends);
+  const std::string balance = absl::GetFlag(FLAGS_balance);
+  if (balance == "round_robin") {
+    c->balance = Balance::kRoundRobin;
+  } else if (balance == "least_conn") {
+    c->balance = Balance::kLeastConn;
+  } else {
+    UsageError(absl::StrCat("--balance: \"", balance, "\": use round_robin or least_conn"));
   }
   const std::string keepalive = absl::GetFlag(FLAGS_upstream_keepalive);
   if (keepalive == "auto") {
@@ -314,8 +327,6 @@ Config BuildConfig() {
   LoopFlags(&c);
   return c;
 }
-
-std::string UpstreamFlag() { return absl::GetFlag(FLAGS_upstream); }
 
 void OpenErrorLogFlag() {
   if (const std::string path = absl::GetFlag(FLAGS_error_log); !path.empty()) {

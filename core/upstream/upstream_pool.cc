@@ -55,8 +55,9 @@ void UpstreamLink::OnConnected(int res) {
 
 void UpstreamLink::OnClosed() { pool_->Destroy(this); }
 
-UpstreamPool::UpstreamPool(Shard* shard)
+UpstreamPool::UpstreamPool(Shard* shard, const BackendConfig* backend)
     : shard_(shard),
+      backend_(backend),
       target_(shard->config().upstream_keepalive, shard->config().upstream_max_idle,
               shard->config().upstream_idle_timeout_ns),
       idle_(0) {}
@@ -78,7 +79,7 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
     return link;
   }
   const Config& cfg = shard_->config();
-  int fd = ::socket(cfg.upstream.family(),
+  int fd = ::socket(backend_->addr.family(),
                     SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     *err = -errno;
@@ -92,7 +93,7 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
   link->stream_.SetAccount(user->buffer_account(), /*upstream=*/true);
   ++shard_->metrics().upstream_connects;
   target_.NoteInUse(open_ - idle_.size(), shard_->now_ns());
-  link->stream_.Connect(cfg.upstream.get(), cfg.upstream.len,
+  link->stream_.Connect(backend_->addr.get(), backend_->addr.len,
                         cfg.connect_timeout_ns);
   return link;
 }

@@ -7,6 +7,7 @@
 #include "core/engine/idle_list.h"
 #include "core/engine/stream.h"
 #include "core/engine/timer.h"
+#include "core/server/config.h"
 #include "core/upstream/idle_target.h"
 
 namespace sluice::core {
@@ -40,6 +41,7 @@ class UpstreamLink final : public StreamHandler {
   // upstream meanwhile: the one case where a retry is safe).
   bool reused() const { return reused_; }
   bool connected() const { return connected_; }
+  UpstreamPool* pool() const { return pool_; }
 
  private:
   friend class UpstreamPool;
@@ -59,14 +61,15 @@ class UpstreamLink final : public StreamHandler {
   bool idle_ = false;
 };
 
-// A worker's pool of keepalive links to the upstream: idle ones are kept up
+// A worker's pool of keepalive links to one backend: idle ones are kept up
 // to the recent peak of links in use at once (IdleTarget; a fixed number
 // with --upstream_keepalive=N), most recently used first, so the freshest
 // link is reused and surplus ones age out; each is watched by a receive so
 // an upstream close removes it at once.
 class UpstreamPool {
  public:
-  explicit UpstreamPool(Shard* shard);
+  // The links of this worker to `backend` (which outlives the pool).
+  UpstreamPool(Shard* shard, const BackendConfig* backend);
   ~UpstreamPool();
 
   // A link for one request: an idle one, or (also when `fresh` is set) a new
@@ -82,6 +85,9 @@ class UpstreamPool {
 
   size_t idle_count() const { return idle_.size(); }
   size_t open_count() const { return open_; }
+  // Links lent to requests (or being closed) now.
+  size_t in_use() const { return open_ - idle_.size(); }
+  const BackendConfig& backend() const { return *backend_; }
   // How many idle links the pool keeps now.
   size_t idle_capacity() { return target_.Capacity(shard_now()); }
 
@@ -91,6 +97,7 @@ class UpstreamPool {
   int64_t shard_now() const;
 
   Shard* shard_;
+  const BackendConfig* backend_;
   IdleTarget target_;
   IdleList<UpstreamLink> idle_;
   size_t open_ = 0;

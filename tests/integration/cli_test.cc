@@ -70,6 +70,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadFlag{"limit_table_entries", "5"}, BadFlag{"keys_file", "/nonexistent/keys"},
         BadFlag{"htpasswd", "/nonexistent/users"}, BadFlag{"rules_file", "/nonexistent/rules"},
         BadFlag{"upstream_keepalive", "many"}, BadFlag{"upstream_max_idle", "0"},
+        BadFlag{"balance", "random"},
         BadFlag{"listen_http", "nowhere"}, BadFlag{"upstream", "nohost"},
         BadFlag{"log_level", "loud"}, BadFlag{"http_mode", "sideways"},
         BadFlag{"listen_tls", "nowhere"}, BadFlag{"busy_poll", "1s"},
