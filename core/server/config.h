@@ -71,6 +71,10 @@ struct Config {
   // The Ollama backends (at least one once built from the flags).
   std::vector<BackendConfig> backends;
   Balance balance = Balance::kRoundRobin;
+  // With several backends: failures in a row after which a backend is
+  // left out for upstream_fail_timeout_ns (nginx max_fails, fail_timeout).
+  int upstream_max_fails = 3;
+  int64_t upstream_fail_timeout_ns = 10'000'000'000;
   // Idle upstream links kept per worker: < 0 adaptive (the recent peak of
   // links in use, up to upstream_max_idle), else that fixed number.
   int upstream_keepalive = -1;

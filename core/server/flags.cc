@@ -46,6 +46,13 @@ ABSL_FLAG(std::string, upstream, "127.0.0.1:11434",
           "Ollama backends, separated by commas: host:port or [v6]:port, each "
           "optionally followed by weight=N and slots=N (its OLLAMA_NUM_PARALLEL), "
           "e.g. '10.0.0.5:11434 slots=4, 10.0.0.6:11434'.");
+ABSL_FLAG(int32_t, upstream_max_fails, 3,
+          "With several backends: connect failures, resets or closes before the "
+          "response head in a row after which a backend is left out for "
+          "--upstream_fail_timeout (nginx max_fails); 0 = never.");
+ABSL_FLAG(absl::Duration, upstream_fail_timeout, absl::Seconds(10),
+          "How long a failing backend is left out before one request tries it "
+          "again (nginx fail_timeout).");
 ABSL_FLAG(std::string, balance, "round_robin",
           "How a request picks its backend: round_robin (weighted) or least_conn "
           "(fewest requests in flight per weight).");
@@ -266,6 +273,9 @@ void UpstreamFlags(Config* c) {
   } else {
     UsageError(absl::StrCat("--balance: \"", balance, "\": use round_robin or least_conn"));
   }
+  c->upstream_max_fails = absl::GetFlag(FLAGS_upstream_max_fails);
+  if (c->upstream_max_fails < 0) UsageError("--upstream_max_fails: must be >= 0");
+  c->upstream_fail_timeout_ns = DurationFlag(FLAGS_upstream_fail_timeout, "upstream_fail_timeout");
   const std::string keepalive = absl::GetFlag(FLAGS_upstream_keepalive);
   if (keepalive == "auto") {
     c->upstream_keepalive = -1;

@@ -113,6 +113,12 @@ void UpstreamPool::Release(UpstreamLink* link) {
   shard_->Timers(cfg.upstream_idle_timeout_ns)->Arm(&link->idle_timer_, shard_->now_ns());
 }
 
+void UpstreamPool::ReportFailure(int64_t now_ns) {
+  const Config& cfg = shard_->config();
+  if (cfg.upstream_max_fails == 0) return;
+  if (++failures_ >= cfg.upstream_max_fails) out_until_ns_ = now_ns + cfg.upstream_fail_timeout_ns;
+}
+
 void UpstreamPool::Discard(UpstreamLink* link) {
   link->user_ = nullptr;
   link->stream_.SetAccount(nullptr, false);

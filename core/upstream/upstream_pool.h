@@ -88,6 +88,16 @@ class UpstreamPool {
   // Links lent to requests (or being closed) now.
   size_t in_use() const { return open_ - idle_.size(); }
   const BackendConfig& backend() const { return *backend_; }
+
+  // Passive health, this worker's view: a request that failed before any
+  // response byte (connect failure, reset, close) counts against the
+  // backend; a response head clears the count. After --upstream_max_fails
+  // in a row the backend is left out until --upstream_fail_timeout passed;
+  // then requests try it again, and one more failure leaves it out again.
+  void ReportFailure(int64_t now_ns);
+  void ReportSuccess() { failures_ = 0; }
+  bool available(int64_t now_ns) const { return now_ns >= out_until_ns_; }
+  int64_t out_until_ns() const { return out_until_ns_; }
   // How many idle links the pool keeps now.
   size_t idle_capacity() { return target_.Capacity(shard_now()); }
 
@@ -101,6 +111,8 @@ class UpstreamPool {
   IdleTarget target_;
   IdleList<UpstreamLink> idle_;
   size_t open_ = 0;
+  int failures_ = 0;
+  int64_t out_until_ns_ = 0;
 };
 
 }  // namespace sluice::core

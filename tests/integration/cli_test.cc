@@ -87,7 +87,8 @@ TEST(SluiceCli, HelpExitsZeroAndListsEveryFlag) {
   EXPECT_EQ(res.exit.code, 0) << res.err;
   for (const char* flag :
        {"listen_http", "threads", "upstream", "upstream_host",
-        "upstream_keepalive", "upstream_max_idle", "connect_timeout", "read_timeout", "send_timeout",
+        "upstream_keepalive", "upstream_max_idle", "balance", "upstream_max_fails",
+        "upstream_fail_timeout", "connect_timeout", "read_timeout", "send_timeout",
         "client_max_body_size", "max_header_bytes", "drain_timeout",
         "keepalive_timeout", "client_header_timeout", "log_level",
         "listen_tls", "http_mode", "tls_cert", "tls_key", "tls_session_tickets",

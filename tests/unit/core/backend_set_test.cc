@@ -49,7 +49,7 @@ class BackendSetTest : public ::testing::Test {
   // Which backend (by port) each of `n` picks went to.
   std::vector<std::string> Picks(int n) {
     std::vector<std::string> names;
-    for (int i = 0; i < n; ++i) names.push_back(shard_->backends().Pick().backend().name);
+    for (int i = 0; i < n; ++i) names.push_back(shard_->backends().Pick()->backend().name);
     return names;
   }
   void TearDown() override {
@@ -86,10 +86,11 @@ TEST_F(BackendSetTest, LeastConnFollowsLinksInUse) {
   Build({Backend(1), Backend(2), Backend(3, 2)}, Balance::kLeastConn);
   std::map<std::string, int> count;
   for (int i = 0; i < 8; ++i) {
-    UpstreamPool& pool = shard_->backends().Pick();
-    ++count[pool.backend().name];
+    UpstreamPool* pool = shard_->backends().Pick();
+    ASSERT_NE(pool, nullptr);
+    ++count[pool->backend().name];
     int err = 0;
-    UpstreamLink* link = pool.Acquire(&user_, /*fresh=*/true, &err);
+    UpstreamLink* link = pool->Acquire(&user_, /*fresh=*/true, &err);
     ASSERT_NE(link, nullptr) << err;
     links_.push_back(link);
   }

@@ -180,6 +180,8 @@ TEST_F(FlagsTest, RefusedValuesExitNamingTheFlag) {
       {{{"upstream", "127.0.0.1:1 fast"}},
        "--upstream: 127.0.0.1:1: unknown option \"fast\" (use weight=N or slots=N)"},
       {{{"upstream", "127.0.0.1:1,127.0.0.1:1"}}, "--upstream: 127.0.0.1:1: listed twice"},
+      {{{"upstream_max_fails", "-1"}}, "--upstream_max_fails: must be >= 0"},
+      {{{"upstream_fail_timeout", "0s"}}, "--upstream_fail_timeout: must be positive"},
       {{{"balance", "random"}}, "--balance: \"random\": use round_robin or least_conn"},
       {{{"upstream_keepalive", "-1"}}, "--upstream_keepalive: \"-1\": use auto or a number >= 0"},
       {{{"upstream_keepalive", "many"}},
