@@ -7,6 +7,9 @@ find_package(PkgConfig REQUIRED)
 # liburing-dev. Only core/ may link it (see core/CMakeLists.txt).
 pkg_check_modules(URING REQUIRED IMPORTED_TARGET liburing>=2.3)
 
+# libsimdjson-dev: JSON bodies (the backends' /api/tags and /api/ps).
+find_package(simdjson REQUIRED)
+
 # libnghttp2-dev.
 pkg_check_modules(NGHTTP2 REQUIRED IMPORTED_TARGET libnghttp2>=1.52)
 

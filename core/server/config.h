@@ -28,6 +28,8 @@ struct SocketAddress {
   int family() const { return storage.ss_family; }
 };
 
+class BackendHealth;
+
 // One Ollama backend: an entry of --upstream.
 struct BackendConfig {
   std::string name;  // host:port as written
@@ -35,6 +37,8 @@ struct BackendConfig {
   std::string host_header;  // Host sent to it
   int weight = 1;
   int slots = 0;  // generations it runs at once (OLLAMA_NUM_PARALLEL); 0: not given
+  // The active checks' view, shared by the workers (null: not checked).
+  const BackendHealth* health = nullptr;
 };
 
 // How a request picks its backend (--balance).
@@ -75,6 +79,9 @@ struct Config {
   // left out for upstream_fail_timeout_ns (nginx max_fails, fail_timeout).
   int upstream_max_fails = 3;
   int64_t upstream_fail_timeout_ns = 10'000'000'000;
+  // Active checks of the backends when there are several (0: none).
+  int64_t health_interval_ns = 5'000'000'000;
+  int64_t health_timeout_ns = 2'000'000'000;
   // Idle upstream links kept per worker: < 0 adaptive (the recent peak of
   // links in use, up to upstream_max_idle), else that fixed number.
   int upstream_keepalive = -1;

@@ -53,6 +53,12 @@ ABSL_FLAG(int32_t, upstream_max_fails, 3,
 ABSL_FLAG(absl::Duration, upstream_fail_timeout, absl::Seconds(10),
           "How long a failing backend is left out before one request tries it "
           "again (nginx fail_timeout).");
+ABSL_FLAG(absl::Duration, health_interval, absl::Seconds(5),
+          "With several backends: how often one thread checks each (GET /api/ps, and "
+          "/api/tags every tenth time); two failed checks in a row take a backend "
+          "out until a check succeeds. 0 = no checks.");
+ABSL_FLAG(absl::Duration, health_timeout, absl::Seconds(2),
+          "Time a backend has to answer a check.");
 ABSL_FLAG(std::string, balance, "round_robin",
           "How a request picks its backend: round_robin (weighted) or least_conn "
           "(fewest requests in flight per weight).");
@@ -276,6 +282,10 @@ void UpstreamFlags(Config* c) {
   c->upstream_max_fails = absl::GetFlag(FLAGS_upstream_max_fails);
   if (c->upstream_max_fails < 0) UsageError("--upstream_max_fails: must be >= 0");
   c->upstream_fail_timeout_ns = DurationFlag(FLAGS_upstream_fail_timeout, "upstream_fail_timeout");
+  const absl::Duration interval = absl::GetFlag(FLAGS_health_interval);
+  if (interval < absl::ZeroDuration()) UsageError("--health_interval: must be >= 0");
+  c->health_interval_ns = absl::ToInt64Nanoseconds(interval);
+  c->health_timeout_ns = DurationFlag(FLAGS_health_timeout, "health_timeout");
   const std::string keepalive = absl::GetFlag(FLAGS_upstream_keepalive);
   if (keepalive == "auto") {
     c->upstream_keepalive = -1;

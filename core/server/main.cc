@@ -27,6 +27,7 @@
 #include "core/server/restart.h"
 #include "core/server/signals.h"
 #include "core/server/workers.h"
+#include "core/upstream/health.h"
 #include "policy/keys_command.h"
 #include "policy/limiter.h"
 
@@ -88,6 +89,19 @@ void LogStarted(const Config& config, const policy::Policy& policy) {
   LogUsersWarning(policy, "");
 }
 
+// With several backends, one thread checks them all (HealthProber); the
+// workers read its findings through each BackendConfig.
+std::unique_ptr<HealthProber> StartHealthChecks(Config* config) {
+  if (config->backends.size() < 2 || config->health_interval_ns == 0) return nullptr;
+  auto prober = std::make_unique<HealthProber>(config->backends, config->health_interval_ns,
+                                               config->health_timeout_ns);
+  for (size_t i = 0; i < config->backends.size(); ++i) {
+    config->backends[i].health = prober->health(i);
+  }
+  prober->Start();
+  return prober;
+}
+
 int Fail(absl::string_view message) {
   fprintf(stderr, "sluice: %s\n", std::string(message).c_str());
   return 1;
@@ -128,6 +142,7 @@ int Run(int argc, char** argv) {
   config.obs = &obs;
 
   LoadCertificate(&reloader, &config);
+  std::unique_ptr<HealthProber> prober = StartHealthChecks(&config);
 
   const std::vector<int> cpus = AllowedCpus();
   SizeWorkers(cpus, &config);
@@ -158,6 +173,7 @@ int Run(int argc, char** argv) {
              config.drain_timeout_ns)
       .Run();
   workers.Join();
+  if (prober) prober->Stop();
   // Every worker handed its last lines over when its loop ended.
   access_log.reset();
   LOG_INFO("stopped");

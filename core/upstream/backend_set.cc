@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/server/shard.h"
+#include "core/upstream/health.h"
 
 namespace sluice::core {
 
@@ -18,7 +19,9 @@ UpstreamPool* BackendSet::Pick(const UpstreamPool* except) {
   usable_.assign(pools_.size(), false);
   bool any = false;
   for (size_t i = 0; i < pools_.size(); ++i) {
-    usable_[i] = pools_[i].get() != except && pools_[i]->available(now);
+    const BackendHealth* health = pools_[i]->backend().health;
+    usable_[i] = pools_[i].get() != except && pools_[i]->available(now) &&
+                 (health == nullptr || health->up());
     any = any || usable_[i];
   }
   if (!any) return nullptr;

@@ -20,9 +20,10 @@ class BackendSet {
  public:
   BackendSet(Shard* shard, const std::vector<BackendConfig>& backends, Balance balance);
 
-  // The pool of the backend for the next request, among those not left
-  // out for failures and other than `except`; null when none is (with one
-  // backend: always that one, as nginx never leaves out a lone server).
+  // The pool of the backend for the next request, among those up (by the
+  // active checks), not left out for failures and other than `except`;
+  // null when none is (with one backend: always that one, as nginx never
+  // leaves out a lone server).
   UpstreamPool* Pick(const UpstreamPool* except = nullptr);
   // When the first backend left out comes back (for Retry-After).
   int64_t NextAvailableNs() const;

@@ -1,5 +1,6 @@
 // Several Ollama backends behind one sluice (--upstream list, --balance),
 // each a simulator of its own.
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -181,6 +182,47 @@ TEST_F(Backends, LeastConnAvoidsTheBusyBackend) {
   const int64_t b = Requests(sim_port());
   EXPECT_EQ(a + b, 11);
   EXPECT_TRUE((a == 1 && b == 10) || (a == 10 && b == 1)) << "a " << a << ", b " << b;
+}
+
+// Which backend answered each of `n` echoes: the Host it was sent.
+std::map<std::string, int> EchoHosts(int proxy_port, int n) {
+  std::map<std::string, int> hosts;
+  auto conn = HttpConnection::Connect(proxy_port);
+  EXPECT_TRUE(conn.ok()) << conn.status();
+  if (!conn.ok()) return hosts;
+  for (int i = 0; i < n; ++i) {
+    EXPECT_TRUE((*conn)->Send(BuildRequest("GET", "/sim/echo")).ok());
+    auto r = (*conn)->ReadResponse();
+    if (!r.ok() || r->status != 200) {
+      ++hosts[r.ok() ? absl::StrCat("status ", r->status) : r.status().ToString()];
+      continue;
+    }
+    std::optional<EchoedRequest> echo = ParseEcho(r->body);
+    ++hosts[echo ? echo->First("host").value_or("none") : "unparsed"];
+  }
+  return hosts;
+}
+
+// The active checks: a backend that stops answering is taken out of the
+// rotation before any request fails on it (passive detection off here),
+// and put back once its checks pass again.
+TEST_F(Backends, HealthChecksTakeADeadBackendOutAndBringItBack) {
+  ASSERT_NO_FATAL_FAILURE(StartTwo("", "", {"--threads=1", "--health_interval=100ms",
+                                            "--health_timeout=500ms", "--upstream_max_fails=0"}));
+  const std::string host_a = absl::StrCat("127.0.0.1:", sim_a_->port());
+  const std::string host_b = absl::StrCat("127.0.0.1:", sim_port());
+  EXPECT_EQ(EchoHosts(proxy_port(), 10), (std::map<std::string, int>{{host_a, 5}, {host_b, 5}}));
+  const int port_a = sim_a_->port();
+  sim_a_->Terminate();
+  sim_a_.reset();
+  absl::SleepFor(absl::Milliseconds(600));  // two failed checks and more
+  EXPECT_EQ(EchoHosts(proxy_port(), 10), (std::map<std::string, int>{{host_b, 10}}));
+  EXPECT_EQ(Counter("sluice_upstream_connect_failures_total"), 0) << "A was never tried";
+  auto a = StartSim({absl::StrCat("--listen=127.0.0.1:", port_a)});
+  ASSERT_TRUE(a.ok()) << a.status();
+  sim_a_ = std::move(*a);
+  absl::SleepFor(absl::Milliseconds(400));
+  EXPECT_EQ(EchoHosts(proxy_port(), 10), (std::map<std::string, int>{{host_a, 5}, {host_b, 5}}));
 }
 
 }  // namespace

@@ -88,7 +88,7 @@ TEST(SluiceCli, HelpExitsZeroAndListsEveryFlag) {
   for (const char* flag :
        {"listen_http", "threads", "upstream", "upstream_host",
         "upstream_keepalive", "upstream_max_idle", "balance", "upstream_max_fails",
-        "upstream_fail_timeout", "connect_timeout", "read_timeout", "send_timeout",
+        "upstream_fail_timeout", "health_interval", "health_timeout", "connect_timeout", "read_timeout", "send_timeout",
         "client_max_body_size", "max_header_bytes", "drain_timeout",
         "keepalive_timeout", "client_header_timeout", "log_level",
         "listen_tls", "http_mode", "tls_cert", "tls_key", "tls_session_tickets",
