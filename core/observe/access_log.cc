@@ -185,36 +185,6 @@ inline void FormatLocalTime(int64_t second, std::string* nginx_time, std::string
   iso_offset->assign(buf, static_cast<size_t>(n));
 }
 
-// nginx's "combined" format with rt= and urt= added.
-inline void AppendNginxLine(const AccessRecord& r, std::string_view nginx_time, std::string* out) {
-  AppendNginxField(r.remote_addr, /*escape_space=*/true, out);
-  out->append(" - ");
-  AppendNginxField(r.user, /*escape_space=*/true, out);
-  out->append(" [").append(nginx_time).append("] \"");
-  AppendNginxField(r.method, /*escape_space=*/true, out);
-  out->push_back(' ');
-  AppendNginxField(r.target, /*escape_space=*/true, out);
-  out->push_back(' ');
-  AppendNginxField(r.protocol, /*escape_space=*/true, out);
-  out->append("\" ");
-  AppendInt(r.status, out);
-  out->push_back(' ');
-  AppendUint(r.body_bytes_sent, out);
-  out->append(" \"");
-  AppendNginxField(r.referer, /*escape_space=*/false, out);
-  out->append("\" \"");
-  AppendNginxField(r.user_agent, /*escape_space=*/false, out);
-  out->append("\" rt=");
-  AppendSeconds(r.request_time_ns, 3, out);
-  out->append(" urt=");
-  if (r.upstream_time_ns < 0) {
-    out->push_back('-');
-  } else {
-    AppendSeconds(r.upstream_time_ns, 3, out);
-  }
-  out->push_back('\n');
-}
-
 // The JSON object's time and request fields, up to user_agent.
 inline void AppendJsonRequestFields(const AccessRecord& r, int64_t second,
                                     std::string_view iso_prefix, std::string_view iso_offset,
@@ -283,7 +253,33 @@ void AccessLogFormatter::Append(const AccessRecord& r, std::string* out) {
     cached_second_ = second;
   }
   if (format_ == AccessLogFormat::kNginx) {
-    AppendNginxLine(r, cached_nginx_time_, out);
+    // nginx's "combined" format with rt= and urt= added.
+    AppendNginxField(r.remote_addr, /*escape_space=*/true, out);
+    out->append(" - ");
+    AppendNginxField(r.user, /*escape_space=*/true, out);
+    out->append(" [").append(cached_nginx_time_).append("] \"");
+    AppendNginxField(r.method, /*escape_space=*/true, out);
+    out->push_back(' ');
+    AppendNginxField(r.target, /*escape_space=*/true, out);
+    out->push_back(' ');
+    AppendNginxField(r.protocol, /*escape_space=*/true, out);
+    out->append("\" ");
+    AppendInt(r.status, out);
+    out->push_back(' ');
+    AppendUint(r.body_bytes_sent, out);
+    out->append(" \"");
+    AppendNginxField(r.referer, /*escape_space=*/false, out);
+    out->append("\" \"");
+    AppendNginxField(r.user_agent, /*escape_space=*/false, out);
+    out->append("\" rt=");
+    AppendSeconds(r.request_time_ns, 3, out);
+    out->append(" urt=");
+    if (r.upstream_time_ns < 0) {
+      out->push_back('-');
+    } else {
+      AppendSeconds(r.upstream_time_ns, 3, out);
+    }
+    out->push_back('\n');
     return;
   }
   AppendJsonRequestFields(r, second, cached_iso_prefix_, cached_iso_offset_, out);
