@@ -39,6 +39,109 @@ bool SplitAbsoluteForm(std::string& target, std::string& authority) {
   return true;
 }
 
+// The header fields FinishHead decides on, gathered in one pass.
+struct HeadFields {
+  int host_count = 0;
+  std::string connection;  // all Connection fields, comma-joined
+  std::string upgrade;     // all Upgrade fields, comma-joined
+  std::string te;          // all Transfer-Encoding fields, comma-joined
+  bool has_te = false;
+};
+
+// Trims every field value, takes Host into h.host and Expect into
+// h.expect_continue, and gathers *f.
+inline absl::Status ScanHeadFields(RequestHead& h, HeadFields* f) {
+  for (Header& field : h.headers) {
+    if (field.name.empty()) {
+      return absl::InvalidArgumentError("malformed request: empty header name");
+    }
+    field.value = std::string(TrimOws(field.value));
+    if (EqualsIgnoreCase(field.name, "host")) {
+      ++f->host_count;
+      h.host = field.value;
+    } else if (EqualsIgnoreCase(field.name, "connection")) {
+      if (!f->connection.empty()) f->connection += ',';
+      f->connection += field.value;
+    } else if (EqualsIgnoreCase(field.name, "transfer-encoding")) {
+      if (f->has_te) f->te += ',';
+      f->te += field.value;
+      f->has_te = true;
+    } else if (EqualsIgnoreCase(field.name, "upgrade")) {
+      if (!f->upgrade.empty() && !field.value.empty()) f->upgrade += ',';
+      f->upgrade += field.value;
+    } else if (EqualsIgnoreCase(field.name, "expect")) {
+      if (!EqualsIgnoreCase(field.value, "100-continue")) {
+        return absl::FailedPreconditionError("unsupported expectation");
+      }
+      h.expect_continue = h.version_minor >= 1;
+    }
+  }
+  return absl::OkStatus();
+}
+
+inline absl::Status CheckTransferEncoding(const HeadFields& f, int version_minor) {
+  if (!f.has_te) return absl::OkStatus();
+  // RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message is a smuggling
+  // vector (the 1.0 framing ignores it); a proxy must treat it as faulty.
+  if (version_minor == 0) {
+    return absl::InvalidArgumentError(
+        "malformed request: Transfer-Encoding in an HTTP/1.0 request");
+  }
+  std::vector<std::string_view> codings;
+  for (std::string_view rest = f.te; !rest.empty();) {
+    const size_t comma = rest.find(',');
+    std::string_view c = TrimOws(rest.substr(0, comma));
+    if (!c.empty()) codings.push_back(c);
+    rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+  }
+  // RFC 9112 6.3: without chunked as the final coding the body's length
+  // cannot be known: 400, and the connection closes.
+  if (codings.empty() || !EqualsIgnoreCase(codings.back(), "chunked")) {
+    return absl::InvalidArgumentError(
+        "malformed request: chunked is not the final transfer coding");
+  }
+  // RFC 9112 6.1: a coding the server does not understand gets 501. Only
+  // "chunked" alone is relayed: with a coding before it ("gzip, chunked")
+  // the body would reach Ollama de-chunked but still encoded, and a
+  // repeated "chunked" is a smuggling probe.
+  if (codings.size() != 1) {
+    return absl::UnimplementedError("unsupported transfer coding: only chunked is accepted");
+  }
+  return absl::OkStatus();
+}
+
+// Checks Host and the request target; an absolute-form target is reduced
+// to origin form and its authority becomes h.host.
+inline absl::Status CheckHostAndTarget(RequestHead& h, int host_count) {
+  // RFC 9112 3.2: exactly one Host in 1.1; never more than one.
+  if (host_count > 1) {
+    return absl::InvalidArgumentError("malformed request: duplicate Host header");
+  }
+  if (host_count == 0 && h.version_minor >= 1) {
+    return absl::InvalidArgumentError("malformed request: missing Host header");
+  }
+  // RFC 9110 7.2: Host is an authority (an empty one is allowed); a
+  // path, userinfo or other bytes in it would reach Ollama as
+  // X-Forwarded-Host and the CORS same-origin check.
+  if (host_count == 1 && !h.host.empty() && !ValidAuthority(h.host)) {
+    return absl::InvalidArgumentError("malformed request: invalid Host header");
+  }
+  if (h.target.empty()) {
+    return absl::InvalidArgumentError("malformed request: empty target");
+  }
+  if (h.target[0] != '/') {
+    std::string authority;
+    if (h.target == "*" && h.method == "OPTIONS") {
+      // asterisk-form, kept as is
+    } else if (SplitAbsoluteForm(h.target, authority) && ValidAuthority(authority)) {
+      h.host = std::move(authority);
+    } else {
+      return absl::InvalidArgumentError("malformed request: invalid request target");
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<size_t> H1ServerCodec::Dispatch(const core::Slice& in) {
@@ -94,92 +197,10 @@ absl::Status H1ServerCodec::FinishHead() {
   if (h.method == "CONNECT") {
     return absl::UnimplementedError("CONNECT is not supported");
   }
-
-  int host_count = 0;
-  std::string connection;
-  std::string upgrade;
-  std::string te;
-  bool has_te = false;
-  for (Header& field : h.headers) {
-    if (field.name.empty()) {
-      return absl::InvalidArgumentError("malformed request: empty header name");
-    }
-    field.value = std::string(TrimOws(field.value));
-    if (EqualsIgnoreCase(field.name, "host")) {
-      ++host_count;
-      h.host = field.value;
-    } else if (EqualsIgnoreCase(field.name, "connection")) {
-      if (!connection.empty()) connection += ',';
-      connection += field.value;
-    } else if (EqualsIgnoreCase(field.name, "transfer-encoding")) {
-      if (has_te) te += ',';
-      te += field.value;
-      has_te = true;
-    } else if (EqualsIgnoreCase(field.name, "upgrade")) {
-      if (!upgrade.empty() && !field.value.empty()) upgrade += ',';
-      upgrade += field.value;
-    } else if (EqualsIgnoreCase(field.name, "expect")) {
-      if (!EqualsIgnoreCase(field.value, "100-continue")) {
-        return absl::FailedPreconditionError("unsupported expectation");
-      }
-      h.expect_continue = h.version_minor >= 1;
-    }
-  }
-  // RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message is a smuggling
-  // vector (the 1.0 framing ignores it); a proxy must treat it as faulty.
-  if (has_te && h.version_minor == 0) {
-    return absl::InvalidArgumentError("malformed request: Transfer-Encoding in an HTTP/1.0 request");
-  }
-  if (has_te) {
-    std::vector<std::string_view> codings;
-    for (std::string_view rest = te; !rest.empty();) {
-      const size_t comma = rest.find(',');
-      std::string_view c = TrimOws(rest.substr(0, comma));
-      if (!c.empty()) codings.push_back(c);
-      rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
-    }
-    // RFC 9112 6.3: without chunked as the final coding the body's length
-    // cannot be known: 400, and the connection closes.
-    if (codings.empty() || !EqualsIgnoreCase(codings.back(), "chunked")) {
-      return absl::InvalidArgumentError(
-          "malformed request: chunked is not the final transfer coding");
-    }
-    // RFC 9112 6.1: a coding the server does not understand gets 501. Only
-    // "chunked" alone is relayed: with a coding before it ("gzip, chunked")
-    // the body would reach Ollama de-chunked but still encoded, and a
-    // repeated "chunked" is a smuggling probe.
-    if (codings.size() != 1) {
-      return absl::UnimplementedError("unsupported transfer coding: only chunked is accepted");
-    }
-  }
-  // RFC 9112 3.2: exactly one Host in 1.1; never more than one.
-  if (host_count > 1) {
-    return absl::InvalidArgumentError("malformed request: duplicate Host header");
-  }
-  if (host_count == 0 && h.version_minor >= 1) {
-    return absl::InvalidArgumentError("malformed request: missing Host header");
-  }
-
-  // RFC 9110 7.2: Host is an authority (an empty one is allowed); a
-  // path, userinfo or other bytes in it would reach Ollama as
-  // X-Forwarded-Host and the CORS same-origin check.
-  if (host_count == 1 && !h.host.empty() && !ValidAuthority(h.host)) {
-    return absl::InvalidArgumentError("malformed request: invalid Host header");
-  }
-  if (h.target.empty()) {
-    return absl::InvalidArgumentError("malformed request: empty target");
-  }
-  if (h.target[0] != '/') {
-    std::string authority;
-    if (h.target == "*" && h.method == "OPTIONS") {
-      // asterisk-form, kept as is
-    } else if (SplitAbsoluteForm(h.target, authority) && ValidAuthority(authority)) {
-      h.host = std::move(authority);
-    } else {
-      return absl::InvalidArgumentError("malformed request: invalid request target");
-    }
-  }
-
+  HeadFields fields;
+  if (absl::Status st = ScanHeadFields(h, &fields); !st.ok()) return st;
+  if (absl::Status st = CheckTransferEncoding(fields, h.version_minor); !st.ok()) return st;
+  if (absl::Status st = CheckHostAndTarget(h, fields.host_count); !st.ok()) return st;
   if (parser_->flags & F_CHUNKED) {
     h.chunked = true;
   } else if (parser_->flags & F_CONTENT_LENGTH) {
@@ -194,8 +215,8 @@ absl::Status H1ServerCodec::FinishHead() {
   // ordinary HTTP: clearing llhttp's flag here, before it acts on it, keeps
   // the connection in HTTP/1.1 (RFC 9110 7.8: a server may ignore Upgrade).
   parser_->upgrade = 0;
-  if (HeaderListHasToken(upgrade, "websocket")) {
-    absl::Status st = CheckWebSocketHandshake(h, connection);
+  if (HeaderListHasToken(fields.upgrade, "websocket")) {
+    absl::Status st = CheckWebSocketHandshake(h, fields.connection);
     if (!st.ok()) return st;
     h.upgrade = true;
     parser_->upgrade = 1;

@@ -425,19 +425,18 @@ void H2ServerCodec::RejectWith(Stream* s, int status, std::string_view why) {
   }
 }
 
-void H2ServerCodec::FinishRequestHead(Stream* s, bool end_stream) {
-  RequestHead& head = s->head;
+bool H2ServerCodec::RejectHead(Stream* s) {
   if (s->oversize) {
     // RFC 9113 10.5.1: a server may answer a header section it will not
     // process with 431.
     s->internal = true;
     RejectWith(s, 431, "request header fields too large");
-    return;
+    return true;
   }
-  if (head.method == "CONNECT") {
+  if (s->head.method == "CONNECT") {
     s->internal = true;
     RejectWith(s, 501, "CONNECT is not supported");
-    return;
+    return true;
   }
   // RFC 9110 7.2 needs the authority in :authority or Host; RFC 9113 8.3.1:
   // a Host that differs from :authority makes the request malformed.
@@ -448,15 +447,21 @@ void H2ServerCodec::FinishRequestHead(Stream* s, bool end_stream) {
     s->rejected = true;
     nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s->id,
                               NGHTTP2_PROTOCOL_ERROR);
-    return;
+    return true;
   }
   // RFC 9113 8.3.1: :authority must not include userinfo; nor may it (or
   // Host) carry a path or other bytes an authority has not.
   if (!ValidAuthority(s->has_authority ? s->authority : s->host)) {
     s->internal = true;
     RejectWith(s, 400, "malformed request: invalid :authority or Host");
-    return;
+    return true;
   }
+  return false;
+}
+
+void H2ServerCodec::FinishRequestHead(Stream* s, bool end_stream) {
+  RequestHead& head = s->head;
+  if (RejectHead(s)) return;
   head.version_major = 2;
   head.version_minor = 0;
   if (s->has_authority) {
@@ -503,8 +508,7 @@ void H2ServerCodec::FinishRequestHead(Stream* s, bool end_stream) {
   ev.end_stream = end_stream;
   Enqueue(s, std::move(ev));
   if (end_stream) {
-    Enqueue(s,
-                         Event(Event::Kind::kEnd));
+    Enqueue(s, Event(Event::Kind::kEnd));
   }
   s->head = RequestHead();
 }

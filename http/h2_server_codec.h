@@ -374,6 +374,9 @@ class H2ServerCodec {
                                  std::string_view message,
                                  int retry_after_seconds);
   void FinishRequestHead(Stream* s, bool end_stream);
+  // Refuses a head that may not be relayed (431, 501, 400 or a reset);
+  // true when it did.
+  bool RejectHead(Stream* s);
   // Answers a request the sink never sees with a JSON error.
   void RejectWith(Stream* s, int status, std::string_view why);
 

@@ -240,6 +240,109 @@ bool Htpasswd::Check(const Entry& entry, absl::string_view password) {
   return match;
 }
 
+absl::StatusOr<Htpasswd::Entry> Htpasswd::ParseHash(absl::string_view hash) {
+  auto error = [](absl::string_view reason) { return absl::InvalidArgumentError(reason); };
+  Entry entry{Scheme::kSha1, 0, std::string(hash)};
+  if (absl::StartsWith(hash, "$2a$") || absl::StartsWith(hash, "$2b$") ||
+      absl::StartsWith(hash, "$2y$")) {
+    // $2y$ is PHP's and Apache's name for the fixed $2a$ ($2b$ in
+    // OpenBSD): the same algorithm. libxcrypt takes all three.
+    absl::string_view rest = hash.substr(4);
+    if (rest.size() != 56 || !AllDigits(rest.substr(0, 2)) ||
+        rest[2] != '$' || !AllCryptB64(rest.substr(3))) {
+      return error("malformed bcrypt hash");
+    }
+    int cost = (rest[0] - '0') * 10 + (rest[1] - '0');
+    if (cost < 4 || cost > 31) {
+      return error(absl::StrFormat("bcrypt cost %d not in 4..31", cost));
+    }
+    entry.scheme = Scheme::kBcrypt;
+    entry.cost_ns = kBcryptCostUnitNs << cost;
+  } else if (absl::StartsWith(hash, "$5$") || absl::StartsWith(hash, "$6$")) {
+    const bool sha256 = hash[1] == '5';
+    uint64_t rounds;
+    if (!ValidShaCryptHash(hash, sha256 ? 43 : 86, &rounds)) {
+      return error(sha256 ? "malformed SHA-256-crypt ($5$) hash"
+                          : "malformed SHA-512-crypt ($6$) hash");
+    }
+    entry.scheme = sha256 ? Scheme::kSha256Crypt : Scheme::kSha512Crypt;
+    entry.cost_ns =
+        rounds * (sha256 ? kSha256CryptRoundNs : kSha512CryptRoundNs);
+  } else if (absl::StartsWith(hash, kApr1Magic)) {
+    if (!ValidMd5Hash(hash, kApr1Magic)) {
+      return error("malformed Apache MD5 ($apr1$) hash");
+    }
+    entry.scheme = Scheme::kApr1;
+    entry.cost_ns = kMd5CryptNs;
+  } else if (absl::StartsWith(hash, "$1$")) {
+    if (!ValidMd5Hash(hash, "$1$")) {
+      return error("malformed md5-crypt ($1$) hash");
+    }
+    entry.scheme = Scheme::kMd5Crypt;
+    entry.cost_ns = kMd5CryptNs;
+  } else if (absl::StartsWith(hash, "{SHA}")) {
+    std::string digest;
+    if (hash.size() != 5 + 28 ||
+        !absl::Base64Unescape(hash.substr(5), &digest) ||
+        digest.size() != SHA_DIGEST_LENGTH) {
+      return error("malformed {SHA} hash");
+    }
+    entry.scheme = Scheme::kSha1;
+    entry.cost_ns = kSha1Ns;
+  } else if (hash.front() == '$' || hash.front() == '{') {
+    return error(
+        absl::StrCat("unsupported hash scheme \"", SchemeLabel(hash), "\""));
+  } else if (hash.size() == 13 && AllCryptB64(hash)) {
+    return error(
+        "unsupported hash scheme: DES crypt (htpasswd -d); use bcrypt "
+        "(htpasswd -B)");
+  } else {
+    return error("plain-text password not accepted; hash it (htpasswd -B)");
+  }
+  return entry;
+}
+
+// The dummy: the costliest entry's settings (salt, cost, rounds) with a
+// random password nobody knows, so checking an unknown user costs what
+// checking that user does. The result is discarded either way.
+absl::Status Htpasswd::SetDummy(absl::string_view file_name) {
+  const Entry* costliest = nullptr;
+  for (const auto& [user, entry] : users_) {
+    if (costliest == nullptr || entry.cost_ns > costliest->cost_ns) {
+      costliest = &entry;
+    }
+  }
+  if (costliest == nullptr) return absl::OkStatus();
+  uint8_t random[16];
+  RAND_bytes(random, sizeof(random));
+  std::string password = absl::BytesToHexString(absl::string_view(
+      reinterpret_cast<const char*>(random), sizeof(random)));
+  Entry dummy = *costliest;
+  switch (dummy.scheme) {
+    case Scheme::kBcrypt:
+    case Scheme::kSha256Crypt:
+    case Scheme::kSha512Crypt:
+    case Scheme::kMd5Crypt:
+      dummy.hash = CryptRn(password, costliest->hash);
+      break;
+    case Scheme::kApr1:
+      dummy.hash = Md5Crypt(kApr1Magic, password,
+                            Md5Salt(costliest->hash, kApr1Magic));
+      break;
+    case Scheme::kSha1:
+      dummy.hash = absl::StrCat("{SHA}", Sha1Base64(password));
+      break;
+  }
+  if (dummy.hash.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file_name,
+                     ": this system's crypt() rejects the hash settings of "
+                     "the costliest entry"));
+  }
+  dummy_ = std::move(dummy);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Htpasswd> Htpasswd::Parse(absl::string_view text,
                                          absl::string_view file_name) {
   Htpasswd result;
@@ -265,106 +368,12 @@ absl::StatusOr<Htpasswd> Htpasswd::Parse(absl::string_view text,
                                    absl::CHexEscape(user), it->second));
     }
     if (hash.empty()) return error("empty password hash");
-
-    Entry entry{Scheme::kSha1, 0, std::string(hash)};
-    if (absl::StartsWith(hash, "$2a$") || absl::StartsWith(hash, "$2b$") ||
-        absl::StartsWith(hash, "$2y$")) {
-      // $2y$ is PHP's and Apache's name for the fixed $2a$ ($2b$ in
-      // OpenBSD): the same algorithm. libxcrypt takes all three.
-      absl::string_view rest = hash.substr(4);
-      if (rest.size() != 56 || !AllDigits(rest.substr(0, 2)) ||
-          rest[2] != '$' || !AllCryptB64(rest.substr(3))) {
-        return error("malformed bcrypt hash");
-      }
-      int cost = (rest[0] - '0') * 10 + (rest[1] - '0');
-      if (cost < 4 || cost > 31) {
-        return error(absl::StrFormat("bcrypt cost %d not in 4..31", cost));
-      }
-      entry.scheme = Scheme::kBcrypt;
-      entry.cost_ns = kBcryptCostUnitNs << cost;
-    } else if (absl::StartsWith(hash, "$5$") || absl::StartsWith(hash, "$6$")) {
-      const bool sha256 = hash[1] == '5';
-      uint64_t rounds;
-      if (!ValidShaCryptHash(hash, sha256 ? 43 : 86, &rounds)) {
-        return error(sha256 ? "malformed SHA-256-crypt ($5$) hash"
-                            : "malformed SHA-512-crypt ($6$) hash");
-      }
-      entry.scheme = sha256 ? Scheme::kSha256Crypt : Scheme::kSha512Crypt;
-      entry.cost_ns =
-          rounds * (sha256 ? kSha256CryptRoundNs : kSha512CryptRoundNs);
-    } else if (absl::StartsWith(hash, kApr1Magic)) {
-      if (!ValidMd5Hash(hash, kApr1Magic)) {
-        return error("malformed Apache MD5 ($apr1$) hash");
-      }
-      entry.scheme = Scheme::kApr1;
-      entry.cost_ns = kMd5CryptNs;
-    } else if (absl::StartsWith(hash, "$1$")) {
-      if (!ValidMd5Hash(hash, "$1$")) {
-        return error("malformed md5-crypt ($1$) hash");
-      }
-      entry.scheme = Scheme::kMd5Crypt;
-      entry.cost_ns = kMd5CryptNs;
-    } else if (absl::StartsWith(hash, "{SHA}")) {
-      std::string digest;
-      if (hash.size() != 5 + 28 ||
-          !absl::Base64Unescape(hash.substr(5), &digest) ||
-          digest.size() != SHA_DIGEST_LENGTH) {
-        return error("malformed {SHA} hash");
-      }
-      entry.scheme = Scheme::kSha1;
-      entry.cost_ns = kSha1Ns;
-    } else if (hash.front() == '$' || hash.front() == '{') {
-      return error(
-          absl::StrCat("unsupported hash scheme \"", SchemeLabel(hash), "\""));
-    } else if (hash.size() == 13 && AllCryptB64(hash)) {
-      return error(
-          "unsupported hash scheme: DES crypt (htpasswd -d); use bcrypt "
-          "(htpasswd -B)");
-    } else {
-      return error("plain-text password not accepted; hash it (htpasswd -B)");
-    }
+    absl::StatusOr<Entry> entry = ParseHash(hash);
+    if (!entry.ok()) return error(entry.status().message());
     first_line.emplace(std::string(user), line_no);
-    result.users_.emplace(std::string(user), std::move(entry));
+    result.users_.emplace(std::string(user), *std::move(entry));
   }
-
-  // The dummy: the costliest entry's settings (salt, cost, rounds) with a
-  // random password nobody knows, so checking an unknown user costs what
-  // checking that user does. The result is discarded either way.
-  const Entry* costliest = nullptr;
-  for (const auto& [user, entry] : result.users_) {
-    if (costliest == nullptr || entry.cost_ns > costliest->cost_ns) {
-      costliest = &entry;
-    }
-  }
-  if (costliest != nullptr) {
-    uint8_t random[16];
-    RAND_bytes(random, sizeof(random));
-    std::string password = absl::BytesToHexString(absl::string_view(
-        reinterpret_cast<const char*>(random), sizeof(random)));
-    Entry dummy = *costliest;
-    switch (dummy.scheme) {
-      case Scheme::kBcrypt:
-      case Scheme::kSha256Crypt:
-      case Scheme::kSha512Crypt:
-      case Scheme::kMd5Crypt:
-        dummy.hash = CryptRn(password, costliest->hash);
-        break;
-      case Scheme::kApr1:
-        dummy.hash = Md5Crypt(kApr1Magic, password,
-                              Md5Salt(costliest->hash, kApr1Magic));
-        break;
-      case Scheme::kSha1:
-        dummy.hash = absl::StrCat("{SHA}", Sha1Base64(password));
-        break;
-    }
-    if (dummy.hash.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(file_name,
-                       ": this system's crypt() rejects the hash settings of "
-                       "the costliest entry"));
-    }
-    result.dummy_ = std::move(dummy);
-  }
+  if (absl::Status st = result.SetDummy(file_name); !st.ok()) return st;
   result.cost_warning_ = result.CostWarning(file_name);
   return result;
 }

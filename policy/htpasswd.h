@@ -97,6 +97,11 @@ class Htpasswd {
     std::string hash;
   };
 
+  // One user's hash: its scheme and cost, or why it is refused (the error
+  // without the file and line).
+  static absl::StatusOr<Entry> ParseHash(absl::string_view hash);
+  // Sets dummy_ from the parsed users (none: left unset).
+  absl::Status SetDummy(absl::string_view file_name);
   static bool Check(const Entry& entry, absl::string_view password);
   // "bcrypt cost 10", "SHA-512-crypt 5000 rounds", "apr1", "{SHA}", ...
   static std::string CostLabel(const Entry& entry);

@@ -97,6 +97,76 @@ ptrdiff_t RemoveDotSegments(const char* in, size_t n, char* out) {
   return static_cast<ptrdiff_t>(o);
 }
 
+// The fast path: a path already in normal form forwards unchanged and
+// matches lowercased, without its trailing slash.
+inline NormalizedPath PlainPathResult(absl::string_view target, size_t path_len) {
+  const char* path = target.data();
+  NormalizedPath out;
+  out.forward.assign(target.data(), target.size());
+  size_t match_len = path_len;
+  if (match_len > 1 && path[match_len - 1] == '/') --match_len;
+  out.match.resize(match_len);
+  for (size_t i = 0; i < match_len; ++i) out.match[i] = ToLowerAscii(path[i]);
+  return out;
+}
+
+// Pass 1: decodes the escapes of unreserved characters of path[0, path_len)
+// into buf (at least path_len bytes), keeps the others (uppercased), and
+// refuses what no legitimate client sends. Returns the refusal's reason, or
+// nullptr with the decoded length in *n.
+inline const char* DecodeUnreservedEscapes(const char* path, size_t path_len, char* buf,
+                                           size_t* n_out) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  size_t n = 0;
+  for (size_t i = 0; i < path_len; ++i) {
+    const char c = path[i];
+    if (c == '%') {
+      const int hi = i + 1 < path_len ? HexValue(path[i + 1]) : -1;
+      const int lo = i + 2 < path_len ? HexValue(path[i + 2]) : -1;
+      if (hi < 0 || lo < 0) return "malformed percent-escape";
+      const uint8_t v = static_cast<uint8_t>(hi << 4 | lo);
+      if (IsControl(v)) return "escaped control byte";
+      if (v == '\\') return "backslash";
+      if (IsUnreserved(v)) {
+        buf[n++] = static_cast<char>(v);
+      } else {
+        buf[n++] = '%';
+        buf[n++] = kHex[hi];
+        buf[n++] = kHex[lo];
+      }
+      i += 2;
+    } else if (IsControl(static_cast<uint8_t>(c)) || c == ' ') {
+      return "control byte or space";
+    } else if (c == '\\') {
+      return "backslash";
+    } else if (c == '#') {
+      // Go's url.ParseRequestURI keeps a raw "#" in the path while other
+      // parsers cut a fragment there: refuse the ambiguity.
+      return "fragment";
+    } else {
+      buf[n++] = c;
+    }
+  }
+  *n_out = n;
+  return nullptr;
+}
+
+// Pass 2's decoding: every escape of fwd[0, fwd_len) (all well-formed after
+// pass 1) decoded and the result lowercased into buf. Returns its length.
+inline size_t DecodeAllLower(const char* fwd, ptrdiff_t fwd_len, char* buf) {
+  size_t n = 0;
+  for (ptrdiff_t i = 0; i < fwd_len; ++i) {
+    if (fwd[i] == '%') {
+      buf[n++] = ToLowerAscii(
+          static_cast<char>(HexValue(fwd[i + 1]) << 4 | HexValue(fwd[i + 2])));
+      i += 2;
+    } else {
+      buf[n++] = ToLowerAscii(fwd[i]);
+    }
+  }
+  return n;
+}
+
 }  // namespace
 
 absl::StatusOr<NormalizedPath> NormalizePath(absl::string_view target) {
@@ -117,13 +187,7 @@ absl::StatusOr<NormalizedPath> NormalizePath(absl::string_view target) {
   // Fast path: a path that is already in normal form (no escape, no empty
   // or dot segment, nothing refused) forwards unchanged, as most do.
   if (IsPlainPath(absl::string_view(path, path_len))) {
-    NormalizedPath out;
-    out.forward.assign(target.data(), target.size());
-    size_t match_len = path_len;
-    if (match_len > 1 && path[match_len - 1] == '/') --match_len;
-    out.match.resize(match_len);
-    for (size_t i = 0; i < match_len; ++i) out.match[i] = ToLowerAscii(path[i]);
-    return out;
+    return PlainPathResult(target, path_len);
   }
 
   // Scratch for the decoded forms, which are never longer than the path.
@@ -135,59 +199,19 @@ absl::StatusOr<NormalizedPath> NormalizePath(absl::string_view target) {
     buf = heap_buf.get();
   }
 
-  // Pass 1: decode the escapes of unreserved characters, keep (uppercased)
-  // the others, refuse what no legitimate client sends.
-  static constexpr char kHex[] = "0123456789ABCDEF";
   size_t n = 0;
-  for (size_t i = 0; i < path_len; ++i) {
-    const char c = path[i];
-    if (c == '%') {
-      const int hi = i + 1 < path_len ? HexValue(path[i + 1]) : -1;
-      const int lo = i + 2 < path_len ? HexValue(path[i + 2]) : -1;
-      if (hi < 0 || lo < 0) return BadPath("malformed percent-escape");
-      const uint8_t v = static_cast<uint8_t>(hi << 4 | lo);
-      if (IsControl(v)) return BadPath("escaped control byte");
-      if (v == '\\') return BadPath("backslash");
-      if (IsUnreserved(v)) {
-        buf[n++] = static_cast<char>(v);
-      } else {
-        buf[n++] = '%';
-        buf[n++] = kHex[hi];
-        buf[n++] = kHex[lo];
-      }
-      i += 2;
-    } else if (IsControl(static_cast<uint8_t>(c)) || c == ' ') {
-      return BadPath("control byte or space");
-    } else if (c == '\\') {
-      return BadPath("backslash");
-    } else if (c == '#') {
-      // Go's url.ParseRequestURI keeps a raw "#" in the path while other
-      // parsers cut a fragment there: refuse the ambiguity.
-      return BadPath("fragment");
-    } else {
-      buf[n++] = c;
-    }
+  if (const char* why = DecodeUnreservedEscapes(path, path_len, buf, &n)) {
+    return BadPath(why);
   }
-
   NormalizedPath out;
   out.forward.resize(n + query.size());
   const ptrdiff_t fwd_len = RemoveDotSegments(buf, n, out.forward.data());
   if (fwd_len < 0) return BadPath("\"..\" above the root");
 
   // Pass 2: what Ollama routes on is the forward path fully decoded (Go's
-  // URL.Path); decode every escape (all well-formed after pass 1), then
-  // resolve the segments that decoding may have made ("%2F..%2F").
-  const char* fwd = out.forward.data();
-  n = 0;
-  for (ptrdiff_t i = 0; i < fwd_len; ++i) {
-    if (fwd[i] == '%') {
-      buf[n++] = ToLowerAscii(
-          static_cast<char>(HexValue(fwd[i + 1]) << 4 | HexValue(fwd[i + 2])));
-      i += 2;
-    } else {
-      buf[n++] = ToLowerAscii(fwd[i]);
-    }
-  }
+  // URL.Path); decode every escape, then resolve the segments that
+  // decoding may have made ("%2F..%2F").
+  n = DecodeAllLower(out.forward.data(), fwd_len, buf);
   out.match.resize(n);
   ptrdiff_t match_len = RemoveDotSegments(buf, n, out.match.data());
   if (match_len < 0) return BadPath("\"..\" above the root");

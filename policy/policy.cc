@@ -77,6 +77,95 @@ bool ValidHeaderList(absl::string_view s) {
 }
 
 
+// A route of the built-in table.
+Route DefaultRoute(absl::string_view pattern, RouteAction action, int zone,
+                   const char* group) {
+  Route r;
+  r.pattern = std::string(pattern);
+  r.action = action;
+  r.zone = zone;
+  r.group = group;
+  r.source = "default";
+  return r;
+}
+
+// A route rule's PATTERN, normalised as request paths are; a trailing '*'
+// (and the '/' written before it) is kept.
+absl::StatusOr<std::string> RoutePattern(absl::string_view pattern) {
+  if (!absl::StartsWith(pattern, "/")) {
+    return absl::InvalidArgumentError("a route pattern starts with /");
+  }
+  const bool star = absl::EndsWith(pattern, "*");
+  absl::StatusOr<NormalizedPath> norm =
+      NormalizePath(star ? pattern.substr(0, pattern.size() - 1) : pattern);
+  if (!norm.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("bad pattern: ", norm.status().message()));
+  }
+  std::string out = norm->match;
+  if (star) {
+    // Keep a trailing slash the author wrote before the '*'.
+    if (pattern.size() >= 2 && pattern[pattern.size() - 2] == '/' && out != "/") {
+      out += '/';
+    }
+    out += '*';
+  }
+  return out;
+}
+
+// One key=value option of a route rule.
+absl::Status ApplyRouteOption(absl::string_view w, Route* r, std::string* zone_name) {
+  size_t eq = w.find('=');
+  if (eq == absl::string_view::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("\"", w, "\": expected key=value"));
+  }
+  absl::string_view key = w.substr(0, eq), value = w.substr(eq + 1);
+  if (key == "zone") {
+    *zone_name = std::string(value);
+  } else if (key == "allow_ip" || key == "deny_ip") {
+    absl::StatusOr<IpSet> set = IpSet::Parse(value);
+    if (!set.ok()) return set.status();
+    (key == "allow_ip" ? r->allow_ip : r->deny_ip) = *std::move(set);
+  } else if (key == "max_per_ip" || key == "max_per_key") {
+    uint32_t n = 0;
+    if (!absl::SimpleAtoi(value, &n)) {
+      return absl::InvalidArgumentError(absl::StrCat("\"", w, "\": not a count"));
+    }
+    (key == "max_per_ip" ? r->max_per_ip : r->max_per_credential) = n;
+  } else if (key == "group") {
+    r->group = std::string(value);
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("\"", key, "\": unknown route option"));
+  }
+  return absl::OkStatus();
+}
+
+// route PATTERN allow|deny|admin [options]: fills *r but its source, and
+// the zone it names (resolved once every zone is known).
+absl::Status ParseRouteLine(const std::vector<absl::string_view>& words, Route* r,
+                            std::string* zone_name) {
+  if (words.size() < 3) {
+    return absl::InvalidArgumentError("route PATTERN allow|deny|admin [options]");
+  }
+  absl::StatusOr<std::string> pattern = RoutePattern(words[1]);
+  if (!pattern.ok()) return pattern.status();
+  r->pattern = *std::move(pattern);
+  if (words[2] == "allow") {
+    r->action = RouteAction::kAllow;
+  } else if (words[2] == "deny") {
+    r->action = RouteAction::kDeny;
+  } else if (words[2] == "admin") {
+    r->action = RouteAction::kAdmin;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", words[2], "\": use allow, deny or admin"));
+  }
+  for (size_t i = 3; i < words.size(); ++i) {
+    absl::Status st = ApplyRouteOption(words[i], r, zone_name);
+    if (!st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 bool IsGenerationPath(absl::string_view path) {
@@ -113,70 +202,70 @@ absl::Status Policy::AddZone(const std::string& name, absl::string_view spec,
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::shared_ptr<const Policy>> Policy::Build(
-    const PolicyOptions& o, uint64_t generation) {
-  std::shared_ptr<Policy> p(new Policy());
-  p->generation_ = generation;
-
-  // Authentication.
+absl::Status Policy::SetAuth(const PolicyOptions& o) {
   if (!o.keys_file.empty()) {
     absl::StatusOr<KeyStore> keys = KeyStore::Load(o.keys_file);
     if (!keys.ok()) return FlagError("keys_file", keys.status().message());
-    p->keys_ = *std::move(keys);
+    keys_ = *std::move(keys);
   }
   if (!o.htpasswd_file.empty()) {
     absl::StatusOr<Htpasswd> users = Htpasswd::Load(o.htpasswd_file);
     if (!users.ok()) return FlagError("htpasswd", users.status().message());
-    p->users_ = *std::move(users);
+    users_ = *std::move(users);
   }
   if (o.auth.empty()) {
-    if (!p->keys_ && !p->users_) {
+    if (!keys_ && !users_) {
       return FlagError("auth",
                        "no --keys_file or --htpasswd given; sluice does not run "
                        "without authentication unless --auth=none is set");
     }
-    p->auth_ = AuthMode::kKeyOrBasic;
+    auth_ = AuthMode::kKeyOrBasic;
   } else if (o.auth == "key") {
-    if (!p->keys_) return FlagError("auth", "--auth=key needs --keys_file");
-    p->auth_ = AuthMode::kKey;
+    if (!keys_) return FlagError("auth", "--auth=key needs --keys_file");
+    auth_ = AuthMode::kKey;
   } else if (o.auth == "basic") {
-    if (!p->users_) return FlagError("auth", "--auth=basic needs --htpasswd");
-    p->auth_ = AuthMode::kBasic;
+    if (!users_) return FlagError("auth", "--auth=basic needs --htpasswd");
+    auth_ = AuthMode::kBasic;
   } else if (o.auth == "key_or_basic") {
-    if (!p->keys_ && !p->users_) {
+    if (!keys_ && !users_) {
       return FlagError("auth",
                        "--auth=key_or_basic needs --keys_file or --htpasswd");
     }
-    p->auth_ = AuthMode::kKeyOrBasic;
+    auth_ = AuthMode::kKeyOrBasic;
   } else if (o.auth == "none") {
-    p->auth_ = AuthMode::kNone;
+    auth_ = AuthMode::kNone;
   } else {
     return FlagError("auth", absl::StrCat("\"", o.auth,
                                           "\": use key, basic, key_or_basic or none"));
   }
+  return absl::OkStatus();
+}
 
-  // Addresses.
+absl::Status Policy::SetAddressSets(const PolicyOptions& o, IpSet* allow,
+                                    IpSet* deny) {
   struct CidrFlag {
     const char* flag;
     const std::string* text;
     IpSet* out;
   };
-  IpSet allow, deny;
   for (const CidrFlag& f :
-       {CidrFlag{"allow", &o.allow_cidrs, &allow},
-        CidrFlag{"deny", &o.deny_cidrs, &deny},
-        CidrFlag{"trusted_proxies", &o.trusted_proxies, &p->trusted_proxies_},
-        CidrFlag{"admin_cidrs", &o.admin_cidrs, &p->admin_}}) {
+       {CidrFlag{"allow", &o.allow_cidrs, allow},
+        CidrFlag{"deny", &o.deny_cidrs, deny},
+        CidrFlag{"trusted_proxies", &o.trusted_proxies, &trusted_proxies_},
+        CidrFlag{"admin_cidrs", &o.admin_cidrs, &admin_}}) {
     absl::StatusOr<IpSet> set = IpSet::Parse(*f.text);
     if (!set.ok()) return FlagError(f.flag, set.status().message());
     *f.out = *std::move(set);
   }
+  return absl::OkStatus();
+}
 
-  // CORS origins: exact "scheme://host[:port]" strings, or "*".
+// CORS origins: exact "scheme://host[:port]" strings, or "*".
+absl::Status Policy::SetCorsOrigins(absl::string_view origins) {
   for (absl::string_view origin :
-       absl::StrSplit(o.cors_origins, absl::ByAnyChar(", "), absl::SkipEmpty())) {
+       absl::StrSplit(origins, absl::ByAnyChar(", "), absl::SkipEmpty())) {
     if (origin == "*") {
-      p->cors_any_ = true;
+      cors_any_ = true;
       continue;
     }
     if (!absl::StartsWith(origin, "http://") && !absl::StartsWith(origin, "https://")) {
@@ -186,87 +275,85 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Build(
     }
     std::string lower = absl::AsciiStrToLower(origin);
     while (!lower.empty() && lower.back() == '/') lower.pop_back();
-    p->cors_origins_.push_back(std::move(lower));
+    cors_origins_.push_back(std::move(lower));
   }
+  return absl::OkStatus();
+}
 
-  // Rate zones from the flags; the rules file may redefine or add zones.
+// Rate zones from the flags; the rules file may redefine or add zones.
+absl::Status Policy::SetRateZones(const PolicyOptions& o) {
   absl::StatusOr<LimitBy> by = ParseLimitBy(o.rate_by);
   if (!by.ok()) return FlagError("rate_by", by.status().message());
-  p->rate_by_ = *by;
+  rate_by_ = *by;
   if (o.rate_generation != "off") {
-    absl::Status st = p->AddZone("gen", o.rate_generation, *by);
+    absl::Status st = AddZone("gen", o.rate_generation, *by);
     if (!st.ok()) return FlagError("rate_generation", st.message());
   }
   if (o.rate_api != "off") {
-    absl::Status st = p->AddZone("api", o.rate_api, *by);
+    absl::Status st = AddZone("api", o.rate_api, *by);
     if (!st.ok()) return FlagError("rate_api", st.message());
   }
   if (o.auth_attempts != "off") {
     absl::StatusOr<RateSpec> spec = ParseRateSpec(o.auth_attempts);
     if (!spec.ok()) return FlagError("auth_attempts", spec.status().message());
     spec->delay = spec->burst;  // a refusal, never a delay
-    p->auth_attempts_ = *spec;
+    auth_attempts_ = *spec;
   }
+  return absl::OkStatus();
+}
 
-  if (!o.rules_file.empty()) {
-    absl::Status st = p->AddRulesFile(o.rules_file);
-    if (!st.ok()) return FlagError("rules_file", st.message());
-  }
-
-  // Global IP rules after the file's: --deny, then --allow with an implicit
-  // "deny all" (nginx's `allow X; deny all;`).
-  if (!deny.empty()) p->ip_rules_.push_back(IpRule{false, std::move(deny)});
+// Global IP rules after the file's: --deny, then --allow with an implicit
+// "deny all" (nginx's `allow X; deny all;`).
+void Policy::AddGlobalIpRules(IpSet allow, IpSet deny) {
+  if (!deny.empty()) ip_rules_.push_back(IpRule{false, std::move(deny)});
   if (!allow.empty()) {
-    p->ip_rules_.push_back(IpRule{true, std::move(allow)});
+    ip_rules_.push_back(IpRule{true, std::move(allow)});
     absl::StatusOr<IpSet> all = IpSet::Parse("::/0");
-    p->ip_rules_.push_back(IpRule{false, *std::move(all)});
+    ip_rules_.push_back(IpRule{false, *std::move(all)});
   }
+}
 
-  // Built-in routes after the file's (first match wins).
+// Built-in routes after the file's (first match wins).
+void Policy::AddDefaultRoutes(const PolicyOptions& o) {
   auto zone_index = [&](absl::string_view name) {
-    for (size_t i = 0; i < p->zones_.size(); ++i) {
-      if (p->zones_[i].name == name) return static_cast<int>(i);
+    for (size_t i = 0; i < zones_.size(); ++i) {
+      if (zones_[i].name == name) return static_cast<int>(i);
     }
     return -1;
   };
   const int gen = zone_index("gen");
   const int api = zone_index("api");
-  p->gen_zone_ = gen;
-  p->api_zone_ = api;
-  p->gen_max_per_ip_ = o.max_streams_per_ip;
-  p->gen_max_per_credential_ = o.max_streams_per_key;
+  gen_zone_ = gen;
+  api_zone_ = api;
+  gen_max_per_ip_ = o.max_streams_per_ip;
+  gen_max_per_credential_ = o.max_streams_per_key;
   for (absl::string_view path : kDeniedPaths) {
-    Route r;
-    r.pattern = std::string(path);
-    r.action = RouteAction::kDeny;
-    r.zone = -1;
-    r.group = "blocked";
-    r.source = "default";
-    p->routes_.push_back(std::move(r));
+    routes_.push_back(DefaultRoute(path, RouteAction::kDeny, -1, "blocked"));
   }
   for (absl::string_view path : kAdminPaths) {
-    Route r;
-    r.pattern = std::string(path);
-    r.action = RouteAction::kAdmin;
-    r.zone = api;
-    r.group = "admin";
-    r.source = "default";
-    p->routes_.push_back(std::move(r));
+    routes_.push_back(DefaultRoute(path, RouteAction::kAdmin, api, "admin"));
   }
   for (absl::string_view path : kGenerationPaths) {
-    Route r;
-    r.pattern = std::string(path);
-    r.zone = gen;
-    r.group = "generation";
-    r.source = "default";
-    p->routes_.push_back(std::move(r));
+    routes_.push_back(DefaultRoute(path, RouteAction::kAllow, gen, "generation"));
   }
-  Route rest;
-  rest.pattern = "/";
-  rest.zone = api;
-  rest.group = "api";
-  rest.source = "default";
-  p->routes_.push_back(std::move(rest));
+  routes_.push_back(DefaultRoute("/", RouteAction::kAllow, api, "api"));
+}
+
+absl::StatusOr<std::shared_ptr<const Policy>> Policy::Build(
+    const PolicyOptions& o, uint64_t generation) {
+  std::shared_ptr<Policy> p(new Policy());
+  p->generation_ = generation;
+  if (absl::Status st = p->SetAuth(o); !st.ok()) return st;
+  IpSet allow, deny;
+  if (absl::Status st = p->SetAddressSets(o, &allow, &deny); !st.ok()) return st;
+  if (absl::Status st = p->SetCorsOrigins(o.cors_origins); !st.ok()) return st;
+  if (absl::Status st = p->SetRateZones(o); !st.ok()) return st;
+  if (!o.rules_file.empty()) {
+    absl::Status st = p->AddRulesFile(o.rules_file);
+    if (!st.ok()) return FlagError("rules_file", st.message());
+  }
+  p->AddGlobalIpRules(std::move(allow), std::move(deny));
+  p->AddDefaultRoutes(o);
   return std::shared_ptr<const Policy>(std::move(p));
 }
 
@@ -276,6 +363,8 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Build(
 //   zone NAME [by=ip|credential] RATE [burst=N] [nodelay|delay=N]
 //   route PATTERN allow|deny|admin [zone=NAME|off] [allow_ip=CIDRS]
 //         [deny_ip=CIDRS] [max_per_ip=N] [max_per_key=N] [group=NAME]
+// The helpers of one line return the reason of an error; AddRulesFile adds
+// the file and line to it.
 absl::Status Policy::AddRulesFile(const std::string& path) {
   absl::StatusOr<std::string> text = ReadPolicyFile(path);
   if (!text.ok()) return text.status();
@@ -290,86 +379,62 @@ absl::Status Policy::AddRulesFile(const std::string& path) {
     std::vector<absl::string_view> words =
         absl::StrSplit(line, absl::ByAnyChar(" \t\r"), absl::SkipEmpty());
     if (words.empty()) continue;
-    auto error = [&](absl::string_view why) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no, ": ", why));
-    };
     const absl::string_view verb = words[0];
+    absl::Status st;
     if (verb == "allow" || verb == "deny") {
-      if (words.size() != 2) return error(absl::StrCat(verb, " takes one CIDR list"));
-      absl::StatusOr<IpSet> set =
-          words[1] == "all" ? IpSet::Parse("::/0") : IpSet::Parse(words[1]);
-      if (!set.ok()) return error(set.status().message());
-      ip_rules_.push_back(IpRule{verb == "allow", *std::move(set)});
+      st = AddIpRuleLine(words);
     } else if (verb == "zone") {
-      if (words.size() < 3) return error("zone NAME [by=ip|credential] RATE ...");
-      std::string name(words[1]);
-      LimitBy zone_by = rate_by_;
-      size_t i = 2;
-      if (absl::StartsWith(words[i], "by=")) {
-        absl::StatusOr<LimitBy> b = ParseLimitBy(words[i].substr(3));
-        if (!b.ok()) return error(b.status().message());
-        zone_by = *b;
-        ++i;
-      }
-      std::vector<absl::string_view> rest(words.begin() + i, words.end());
-      absl::Status st = AddZone(name, absl::StrJoin(rest, " "), zone_by);
-      if (!st.ok()) return error(st.message());
+      st = AddZoneLine(words);
     } else if (verb == "route") {
-      if (words.size() < 3) return error("route PATTERN allow|deny|admin [options]");
       Route r;
       r.source = absl::StrCat(path, ":", line_no);
-      absl::string_view pattern = words[1];
-      if (!absl::StartsWith(pattern, "/")) return error("a route pattern starts with /");
-      const bool star = absl::EndsWith(pattern, "*");
-      absl::StatusOr<NormalizedPath> norm =
-          NormalizePath(star ? pattern.substr(0, pattern.size() - 1) : pattern);
-      if (!norm.ok()) return error(absl::StrCat("bad pattern: ", norm.status().message()));
-      r.pattern = norm->match;
-      if (star) {
-        // Keep a trailing slash the author wrote before the '*'.
-        if (pattern.size() >= 2 && pattern[pattern.size() - 2] == '/' && r.pattern != "/") {
-          r.pattern += '/';
-        }
-        r.pattern += '*';
-      }
-      if (words[2] == "allow") {
-        r.action = RouteAction::kAllow;
-      } else if (words[2] == "deny") {
-        r.action = RouteAction::kDeny;
-      } else if (words[2] == "admin") {
-        r.action = RouteAction::kAdmin;
-      } else {
-        return error(absl::StrCat("\"", words[2], "\": use allow, deny or admin"));
-      }
       std::string zone_name;
-      for (size_t i = 3; i < words.size(); ++i) {
-        absl::string_view w = words[i];
-        size_t eq = w.find('=');
-        if (eq == absl::string_view::npos) return error(absl::StrCat("\"", w, "\": expected key=value"));
-        absl::string_view key = w.substr(0, eq), value = w.substr(eq + 1);
-        if (key == "zone") {
-          zone_name = std::string(value);
-        } else if (key == "allow_ip" || key == "deny_ip") {
-          absl::StatusOr<IpSet> set = IpSet::Parse(value);
-          if (!set.ok()) return error(set.status().message());
-          (key == "allow_ip" ? r.allow_ip : r.deny_ip) = *std::move(set);
-        } else if (key == "max_per_ip" || key == "max_per_key") {
-          uint32_t n = 0;
-          if (!absl::SimpleAtoi(value, &n)) return error(absl::StrCat("\"", w, "\": not a count"));
-          (key == "max_per_ip" ? r.max_per_ip : r.max_per_credential) = n;
-        } else if (key == "group") {
-          r.group = std::string(value);
-        } else {
-          return error(absl::StrCat("\"", key, "\": unknown route option"));
-        }
-      }
-      pending_zone.emplace_back(std::move(r), std::move(zone_name));
+      st = ParseRouteLine(words, &r, &zone_name);
+      if (st.ok()) pending_zone.emplace_back(std::move(r), std::move(zone_name));
     } else {
-      return error(absl::StrCat("\"", verb, "\": expected allow, deny, zone or route"));
+      st = absl::InvalidArgumentError(
+          absl::StrCat("\"", verb, "\": expected allow, deny, zone or route"));
+    }
+    if (!st.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no, ": ", st.message()));
     }
   }
-  // Zones may be defined after the routes that use them.
-  for (auto& [r, zone_name] : pending_zone) {
+  return AddPendingRoutes(&pending_zone);
+}
+
+absl::Status Policy::AddIpRuleLine(const std::vector<absl::string_view>& words) {
+  const absl::string_view verb = words[0];
+  if (words.size() != 2) {
+    return absl::InvalidArgumentError(absl::StrCat(verb, " takes one CIDR list"));
+  }
+  absl::StatusOr<IpSet> set =
+      words[1] == "all" ? IpSet::Parse("::/0") : IpSet::Parse(words[1]);
+  if (!set.ok()) return set.status();
+  ip_rules_.push_back(IpRule{verb == "allow", *std::move(set)});
+  return absl::OkStatus();
+}
+
+absl::Status Policy::AddZoneLine(const std::vector<absl::string_view>& words) {
+  if (words.size() < 3) {
+    return absl::InvalidArgumentError("zone NAME [by=ip|credential] RATE ...");
+  }
+  std::string name(words[1]);
+  LimitBy zone_by = rate_by_;
+  size_t i = 2;
+  if (absl::StartsWith(words[i], "by=")) {
+    absl::StatusOr<LimitBy> b = ParseLimitBy(words[i].substr(3));
+    if (!b.ok()) return b.status();
+    zone_by = *b;
+    ++i;
+  }
+  std::vector<absl::string_view> rest(words.begin() + i, words.end());
+  return AddZone(name, absl::StrJoin(rest, " "), zone_by);
+}
+
+// Zones may be defined after the routes that use them.
+absl::Status Policy::AddPendingRoutes(
+    std::vector<std::pair<Route, std::string>>* pending_zone) {
+  for (auto& [r, zone_name] : *pending_zone) {
     if (zone_name == "off") {
       r.zone = -1;
     } else if (!zone_name.empty()) {

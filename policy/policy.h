@@ -249,7 +249,19 @@ class Policy {
 
  private:
   Policy() = default;
+  // The steps of Build; each returns the error Build returns.
+  absl::Status SetAuth(const PolicyOptions& o);
+  absl::Status SetAddressSets(const PolicyOptions& o, IpSet* allow, IpSet* deny);
+  absl::Status SetCorsOrigins(absl::string_view origins);
+  absl::Status SetRateZones(const PolicyOptions& o);
+  void AddGlobalIpRules(IpSet allow, IpSet deny);
+  void AddDefaultRoutes(const PolicyOptions& o);
   absl::Status AddRulesFile(const std::string& path);
+  // Lines of the rules file (the error without its FILE:LINE).
+  absl::Status AddIpRuleLine(const std::vector<absl::string_view>& words);
+  absl::Status AddZoneLine(const std::vector<absl::string_view>& words);
+  // The file's routes, their zone names resolved.
+  absl::Status AddPendingRoutes(std::vector<std::pair<Route, std::string>>* pending_zone);
   absl::Status AddZone(const std::string& name, absl::string_view spec,
                        LimitBy by);
   void Refuse(Admission* a, int status, std::string error) const;

@@ -184,6 +184,98 @@ absl::StatusOr<std::string> AlpnWire(const std::vector<std::string>& alpn) {
   return wire;
 }
 
+// The certificate chain and its private key, read from their files.
+struct KeyPair {
+  std::vector<bssl::UniquePtr<X509>> chain;
+  bssl::UniquePtr<EVP_PKEY> key;
+};
+
+absl::StatusOr<KeyPair> LoadKeyPair(const TlsContextOptions& options) {
+  absl::StatusOr<std::string> chain_pem =
+      ReadPemFile(options.cert_chain_path, "certificate chain");
+  if (!chain_pem.ok()) return chain_pem.status();
+  absl::StatusOr<std::string> key_pem = ReadPemFile(options.key_path, "key");
+  if (!key_pem.ok()) return key_pem.status();
+  auto chain = ParseChain(*chain_pem, options.cert_chain_path);
+  if (!chain.ok()) return chain.status();
+  auto key = ParseKey(*key_pem, options.key_path);
+  OPENSSL_cleanse(key_pem->data(), key_pem->size());
+  if (!key.ok()) return key.status();
+  if (!X509_check_private_key(chain->front().get(), key->get())) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "private key in ", options.key_path,
+        " does not match the first certificate in ", options.cert_chain_path));
+  }
+  return KeyPair{*std::move(chain), *std::move(key)};
+}
+
+// Versions, TLS 1.2 suites and the session ID context; `self` is found
+// again from the SSL_CTX by the callbacks.
+absl::Status ConfigureProtocols(SSL_CTX* ctx, TlsContext* self) {
+  bool ok = SSL_CTX_set_ex_data(ctx, ContextIndex(), self) &&
+            SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) &&
+            SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) &&
+            SSL_CTX_set_strict_cipher_list(ctx, kTls12Ciphers) &&
+            SSL_CTX_set_session_id_context(
+                ctx, reinterpret_cast<const uint8_t*>(kSessionIdContext),
+                sizeof(kSessionIdContext) - 1);
+  if (!ok) {
+    return absl::InternalError(
+        absl::StrCat("configuring the TLS context: ", TakeErrorReason()));
+  }
+  // The client's cipher order wins: SSL_OP_CIPHER_SERVER_PREFERENCE stays
+  // off, as in the nginx baseline (clients without AES hardware put
+  // ChaCha20 first).
+  return absl::OkStatus();
+}
+
+absl::Status InstallKeyPair(SSL_CTX* ctx, const KeyPair& key_pair,
+                            const TlsContextOptions& opts) {
+  const std::vector<bssl::UniquePtr<X509>>& chain = key_pair.chain;
+  if (!SSL_CTX_use_certificate(ctx, chain.front().get())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("certificate in ", opts.cert_chain_path,
+                     " is not usable: ", TakeErrorReason()));
+  }
+  for (size_t i = 1; i < chain.size(); ++i) {
+    if (!SSL_CTX_add1_chain_cert(ctx, chain[i].get())) {
+      return absl::InternalError(absl::StrCat("adding chain certificate from ",
+                                              opts.cert_chain_path, ": ",
+                                              TakeErrorReason()));
+    }
+  }
+  if (!SSL_CTX_use_PrivateKey(ctx, key_pair.key.get())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "key in ", opts.key_path, " is not usable: ", TakeErrorReason()));
+  }
+  return absl::OkStatus();
+}
+
+// Session lifetime, tickets and the external session cache.
+void ConfigureResumption(SSL_CTX* ctx, const TlsContextOptions& opts,
+                         const ResumptionOptions& ropts) {
+  uint32_t lifetime_s =
+      static_cast<uint32_t>(absl::ToInt64Seconds(ropts.session_lifetime));
+  SSL_CTX_set_timeout(ctx, lifetime_s);
+  SSL_CTX_set_session_psk_dhe_timeout(ctx, lifetime_s);
+  if (opts.session_tickets) {
+    SSL_CTX_set_ticket_aead_method(ctx, &kTicketMethod);
+  } else {
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+  }
+  if (opts.session_cache) {
+    // External cache only: BoringSSL's internal one belongs to this SSL_CTX
+    // and would be lost on reload.
+    SSL_CTX_set_session_cache_mode(
+        ctx, SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL);
+    SSL_CTX_sess_set_new_cb(ctx, &TlsContextCallbacks::NewSession);
+    SSL_CTX_sess_set_get_cb(ctx, &TlsContextCallbacks::GetSession);
+  } else {
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  }
+}
+
 }  // namespace
 
 const TlsContext* TlsContextCallbacks::FromSsl(const SSL* ssl) {
@@ -282,23 +374,8 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(
   }
   absl::StatusOr<std::string> alpn_wire = AlpnWire(options.alpn);
   if (!alpn_wire.ok()) return alpn_wire.status();
-
-  absl::StatusOr<std::string> chain_pem =
-      ReadPemFile(options.cert_chain_path, "certificate chain");
-  if (!chain_pem.ok()) return chain_pem.status();
-  absl::StatusOr<std::string> key_pem = ReadPemFile(options.key_path, "key");
-  if (!key_pem.ok()) return key_pem.status();
-  auto chain = ParseChain(*chain_pem, options.cert_chain_path);
-  if (!chain.ok()) return chain.status();
-  auto key = ParseKey(*key_pem, options.key_path);
-  OPENSSL_cleanse(key_pem->data(), key_pem->size());
-  if (!key.ok()) return key.status();
-  if (!X509_check_private_key(chain->front().get(), key->get())) {
-    ERR_clear_error();
-    return absl::InvalidArgumentError(absl::StrCat(
-        "private key in ", options.key_path,
-        " does not match the first certificate in ", options.cert_chain_path));
-  }
+  absl::StatusOr<KeyPair> key_pair = LoadKeyPair(options);
+  if (!key_pair.ok()) return key_pair.status();
 
   std::shared_ptr<TlsContext> self(
       new TlsContext(std::move(options), std::move(resumption)));
@@ -308,63 +385,13 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(
   if (ctx == nullptr) return absl::ResourceExhaustedError("SSL_CTX_new failed");
   const TlsContextOptions& opts = self->options_;
 
-  bool ok = SSL_CTX_set_ex_data(ctx, ContextIndex(), self.get()) &&
-            SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) &&
-            SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) &&
-            SSL_CTX_set_strict_cipher_list(ctx, kTls12Ciphers) &&
-            SSL_CTX_set_session_id_context(
-                ctx, reinterpret_cast<const uint8_t*>(kSessionIdContext),
-                sizeof(kSessionIdContext) - 1);
-  if (!ok) {
-    return absl::InternalError(
-        absl::StrCat("configuring the TLS context: ", TakeErrorReason()));
-  }
-  // The client's cipher order wins: SSL_OP_CIPHER_SERVER_PREFERENCE stays
-  // off, as in the nginx baseline (clients without AES hardware put
-  // ChaCha20 first).
-
-  if (!SSL_CTX_use_certificate(ctx, chain->front().get())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("certificate in ", opts.cert_chain_path,
-                     " is not usable: ", TakeErrorReason()));
-  }
-  for (size_t i = 1; i < chain->size(); ++i) {
-    if (!SSL_CTX_add1_chain_cert(ctx, (*chain)[i].get())) {
-      return absl::InternalError(absl::StrCat("adding chain certificate from ",
-                                              opts.cert_chain_path, ": ",
-                                              TakeErrorReason()));
-    }
-  }
-  if (!SSL_CTX_use_PrivateKey(ctx, key->get())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "key in ", opts.key_path, " is not usable: ", TakeErrorReason()));
-  }
-
+  if (absl::Status st = ConfigureProtocols(ctx, self.get()); !st.ok()) return st;
+  if (absl::Status st = InstallKeyPair(ctx, *key_pair, opts); !st.ok()) return st;
   if (!self->alpn_wire_.empty()) {
     SSL_CTX_set_alpn_select_cb(ctx, &TlsContextCallbacks::SelectAlpn,
                                self.get());
   }
-
-  const ResumptionOptions& ropts = self->resumption_->options();
-  uint32_t lifetime_s =
-      static_cast<uint32_t>(absl::ToInt64Seconds(ropts.session_lifetime));
-  SSL_CTX_set_timeout(ctx, lifetime_s);
-  SSL_CTX_set_session_psk_dhe_timeout(ctx, lifetime_s);
-  if (opts.session_tickets) {
-    SSL_CTX_set_ticket_aead_method(ctx, &kTicketMethod);
-  } else {
-    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
-  }
-  if (opts.session_cache) {
-    // External cache only: BoringSSL's internal one belongs to this SSL_CTX
-    // and would be lost on reload.
-    SSL_CTX_set_session_cache_mode(
-        ctx, SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL);
-    SSL_CTX_sess_set_new_cb(ctx, &TlsContextCallbacks::NewSession);
-    SSL_CTX_sess_set_get_cb(ctx, &TlsContextCallbacks::GetSession);
-  } else {
-    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-  }
+  ConfigureResumption(ctx, opts, self->resumption_->options());
   return std::shared_ptr<const TlsContext>(std::move(self));
 }
 

@@ -158,35 +158,102 @@ int64_t FloorDiv(int64_t a, int64_t b) {
   return q;
 }
 
+// The local time of `second` in the two forms the formats print:
+// "10/Oct/2000:13:55:36 -0700" (nginx's $time_local) and, for the JSON
+// format, "2000-10-10T13:55:36" and "-07:00" (milliseconds go between).
+inline void FormatLocalTime(int64_t second, std::string* nginx_time, std::string* iso_prefix,
+                            std::string* iso_offset) {
+  static constexpr const char* kMonths[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  const time_t t = static_cast<time_t>(second);
+  tm local{};
+  localtime_r(&t, &local);
+  const long off = local.tm_gmtoff;
+  const char sign = off < 0 ? '-' : '+';
+  const long abs_off = off < 0 ? -off : off;
+  const int off_h = static_cast<int>(abs_off / 3600);
+  const int off_m = static_cast<int>(abs_off % 3600 / 60);
+  char buf[64];
+  int n = snprintf(buf, sizeof(buf), "%02d/%s/%04d:%02d:%02d:%02d %c%02d%02d", local.tm_mday,
+                   kMonths[local.tm_mon % 12], local.tm_year + 1900, local.tm_hour, local.tm_min,
+                   local.tm_sec, sign, off_h, off_m);
+  nginx_time->assign(buf, static_cast<size_t>(n));
+  n = snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d", local.tm_year + 1900,
+               local.tm_mon + 1, local.tm_mday, local.tm_hour, local.tm_min, local.tm_sec);
+  iso_prefix->assign(buf, static_cast<size_t>(n));
+  n = snprintf(buf, sizeof(buf), "%c%02d:%02d", sign, off_h, off_m);
+  iso_offset->assign(buf, static_cast<size_t>(n));
+}
+
+// The JSON object's time and request fields, up to user_agent.
+inline void AppendJsonRequestFields(const AccessRecord& r, int64_t second,
+                                    std::string_view iso_prefix, std::string_view iso_offset,
+                                    std::string* out) {
+  const int64_t ms = (r.start_unix_ns - second * 1000000000) / 1000000;
+  char msbuf[8];
+  snprintf(msbuf, sizeof(msbuf), ".%03d", static_cast<int>(ms));
+  out->append("{\"time\":\"").append(iso_prefix).append(msbuf);
+  out->append(iso_offset).append("\",\"remote_addr\":");
+  AppendJsonString(r.remote_addr, out);
+  out->append(",\"user\":");
+  AppendJsonStringOrNull(r.user, out);
+  out->append(",\"request_method\":");
+  AppendJsonString(r.method, out);
+  out->append(",\"uri\":");
+  AppendJsonString(r.target, out);
+  out->append(",\"protocol\":");
+  AppendJsonString(r.protocol, out);
+  out->append(",\"status\":");
+  AppendInt(r.status, out);
+  out->append(",\"body_bytes_sent\":");
+  AppendUint(r.body_bytes_sent, out);
+  out->append(",\"referer\":");
+  AppendJsonStringOrNull(r.referer, out);
+  out->append(",\"user_agent\":");
+  AppendJsonStringOrNull(r.user_agent, out);
+}
+
+// The JSON object's timing, model and token fields, and its end.
+inline void AppendJsonResponseFields(const AccessRecord& r, std::string* out) {
+  out->append(",\"request_time\":");
+  AppendSeconds(r.request_time_ns, 3, out);
+  out->append(",\"upstream_response_time\":");
+  AppendJsonSecondsOrNull(r.upstream_time_ns, 3, out);
+  out->append(",\"route\":");
+  AppendJsonStringOrNull(r.route, out);
+  out->append(",\"key\":");
+  AppendJsonStringOrNull(r.principal, out);
+  out->append(",\"model\":");
+  AppendJsonStringOrNull(r.model, out);
+  out->append(r.stream ? ",\"stream\":true" : ",\"stream\":false");
+  out->append(",\"ttft\":");
+  AppendJsonSecondsOrNull(r.ttft_ns, 6, out);
+  out->append(",\"gap_p50\":");
+  AppendJsonSecondsOrNull(r.gap_p50_ns, 6, out);
+  out->append(",\"gap_max\":");
+  AppendJsonSecondsOrNull(r.gap_max_ns, 6, out);
+  out->append(",\"prompt_tokens\":");
+  AppendJsonIntOrNull(r.prompt_tokens, out);
+  out->append(",\"completion_tokens\":");
+  AppendJsonIntOrNull(r.completion_tokens, out);
+  out->append(r.cancelled ? ",\"cancelled\":true" : ",\"cancelled\":false");
+  out->append(",\"worker\":");
+  AppendInt(r.worker, out);
+  out->append(",\"connection\":");
+  AppendUint(r.connection, out);
+  out->append("}\n");
+}
+
 }  // namespace
 
 void AccessLogFormatter::Append(const AccessRecord& r, std::string* out) {
   const int64_t second = FloorDiv(r.start_unix_ns, 1000000000);
   if (second != cached_second_) {
-    static constexpr const char* kMonths[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                              "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-    const time_t t = static_cast<time_t>(second);
-    tm local{};
-    localtime_r(&t, &local);
-    const long off = local.tm_gmtoff;
-    const char sign = off < 0 ? '-' : '+';
-    const long abs_off = off < 0 ? -off : off;
-    const int off_h = static_cast<int>(abs_off / 3600);
-    const int off_m = static_cast<int>(abs_off % 3600 / 60);
-    char buf[64];
-    int n = snprintf(buf, sizeof(buf), "%02d/%s/%04d:%02d:%02d:%02d %c%02d%02d", local.tm_mday,
-                     kMonths[local.tm_mon % 12], local.tm_year + 1900, local.tm_hour, local.tm_min,
-                     local.tm_sec, sign, off_h, off_m);
-    cached_nginx_time_.assign(buf, static_cast<size_t>(n));
-    n = snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d", local.tm_year + 1900,
-                 local.tm_mon + 1, local.tm_mday, local.tm_hour, local.tm_min, local.tm_sec);
-    cached_iso_prefix_.assign(buf, static_cast<size_t>(n));
-    n = snprintf(buf, sizeof(buf), "%c%02d:%02d", sign, off_h, off_m);
-    cached_iso_offset_.assign(buf, static_cast<size_t>(n));
+    FormatLocalTime(second, &cached_nginx_time_, &cached_iso_prefix_, &cached_iso_offset_);
     cached_second_ = second;
   }
-
   if (format_ == AccessLogFormat::kNginx) {
+    // nginx's "combined" format with rt= and urt= added.
     AppendNginxField(r.remote_addr, /*escape_space=*/true, out);
     out->append(" - ");
     AppendNginxField(r.user, /*escape_space=*/true, out);
@@ -215,56 +282,8 @@ void AccessLogFormatter::Append(const AccessRecord& r, std::string* out) {
     out->push_back('\n');
     return;
   }
-
-  const int64_t ms = (r.start_unix_ns - second * 1000000000) / 1000000;
-  char msbuf[8];
-  snprintf(msbuf, sizeof(msbuf), ".%03d", static_cast<int>(ms));
-  out->append("{\"time\":\"").append(cached_iso_prefix_).append(msbuf);
-  out->append(cached_iso_offset_).append("\",\"remote_addr\":");
-  AppendJsonString(r.remote_addr, out);
-  out->append(",\"user\":");
-  AppendJsonStringOrNull(r.user, out);
-  out->append(",\"request_method\":");
-  AppendJsonString(r.method, out);
-  out->append(",\"uri\":");
-  AppendJsonString(r.target, out);
-  out->append(",\"protocol\":");
-  AppendJsonString(r.protocol, out);
-  out->append(",\"status\":");
-  AppendInt(r.status, out);
-  out->append(",\"body_bytes_sent\":");
-  AppendUint(r.body_bytes_sent, out);
-  out->append(",\"referer\":");
-  AppendJsonStringOrNull(r.referer, out);
-  out->append(",\"user_agent\":");
-  AppendJsonStringOrNull(r.user_agent, out);
-  out->append(",\"request_time\":");
-  AppendSeconds(r.request_time_ns, 3, out);
-  out->append(",\"upstream_response_time\":");
-  AppendJsonSecondsOrNull(r.upstream_time_ns, 3, out);
-  out->append(",\"route\":");
-  AppendJsonStringOrNull(r.route, out);
-  out->append(",\"key\":");
-  AppendJsonStringOrNull(r.principal, out);
-  out->append(",\"model\":");
-  AppendJsonStringOrNull(r.model, out);
-  out->append(r.stream ? ",\"stream\":true" : ",\"stream\":false");
-  out->append(",\"ttft\":");
-  AppendJsonSecondsOrNull(r.ttft_ns, 6, out);
-  out->append(",\"gap_p50\":");
-  AppendJsonSecondsOrNull(r.gap_p50_ns, 6, out);
-  out->append(",\"gap_max\":");
-  AppendJsonSecondsOrNull(r.gap_max_ns, 6, out);
-  out->append(",\"prompt_tokens\":");
-  AppendJsonIntOrNull(r.prompt_tokens, out);
-  out->append(",\"completion_tokens\":");
-  AppendJsonIntOrNull(r.completion_tokens, out);
-  out->append(r.cancelled ? ",\"cancelled\":true" : ",\"cancelled\":false");
-  out->append(",\"worker\":");
-  AppendInt(r.worker, out);
-  out->append(",\"connection\":");
-  AppendUint(r.connection, out);
-  out->append("}\n");
+  AppendJsonRequestFields(r, second, cached_iso_prefix_, cached_iso_offset_, out);
+  AppendJsonResponseFields(r, out);
 }
 
 }  // namespace sluice::core

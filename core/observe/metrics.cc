@@ -301,43 +301,45 @@ void AppendHistogramFamily(std::string* out, std::string_view name, std::string_
   }
 }
 
-}  // namespace
-
-std::string RenderPrometheus(const MetricsShard& total, const ProcessInfo& info) {
-  std::string out;
-  out.reserve(8192);
-
-  AppendFamily(&out, "sluice_build_info", "gauge",
+void AppendProcessFamilies(std::string* out, const ProcessInfo& info) {
+  AppendFamily(out, "sluice_build_info", "gauge",
                "Always 1; the version label names the running build.");
-  AppendSample(&out, "sluice_build_info", {{"version", info.version}}, "1");
-  {
-    AppendFamily(&out, "sluice_start_time_seconds", "gauge",
-                 "Unix time at which the process started.");
-    char buf[40];
-    snprintf(buf, sizeof(buf), "%.3f", info.start_time_seconds);
-    AppendSample(&out, "sluice_start_time_seconds", {}, buf);
-  }
-  AppendGauge(&out, "sluice_workers", "Worker threads (one event loop each).", info.workers);
+  AppendSample(out, "sluice_build_info", {{"version", info.version}}, "1");
+  AppendFamily(out, "sluice_start_time_seconds", "gauge",
+               "Unix time at which the process started.");
+  char buf[40];
+  snprintf(buf, sizeof(buf), "%.3f", info.start_time_seconds);
+  AppendSample(out, "sluice_start_time_seconds", {}, buf);
+  AppendGauge(out, "sluice_workers", "Worker threads (one event loop each).", info.workers);
+}
 
-  AppendCounter(&out, "sluice_connections_accepted_total",
+void AppendConnectionFamilies(std::string* out, const MetricsShard& total) {
+  AppendCounter(out, "sluice_connections_accepted_total",
                 "Downstream connections accepted (stub_status accepts).",
                 total.connections_accepted);
-  AppendCounter(&out, "sluice_connections_handled_total",
+  AppendCounter(out, "sluice_connections_handled_total",
                 "Downstream connections handled (stub_status handled).", total.connections_handled);
-  AppendFamily(&out, "sluice_connections", "gauge",
+  AppendFamily(out, "sluice_connections", "gauge",
                "Open downstream connections by state, as stub_status counts them.");
-  AppendSample(&out, "sluice_connections", {{"state", "reading"}}, I(total.connections_reading));
-  AppendSample(&out, "sluice_connections", {{"state", "writing"}}, I(total.connections_writing));
-  AppendSample(&out, "sluice_connections", {{"state", "waiting"}}, I(total.connections_waiting));
+  AppendSample(out, "sluice_connections", {{"state", "reading"}}, I(total.connections_reading));
+  AppendSample(out, "sluice_connections", {{"state", "writing"}}, I(total.connections_writing));
+  AppendSample(out, "sluice_connections", {{"state", "waiting"}}, I(total.connections_waiting));
+}
 
-  // Deterministic order: routes by name, codes ascending.
+// Route names in order, so that the output is deterministic.
+std::vector<const std::string*> SortedRouteNames(const MetricsShard& total) {
   std::vector<const std::string*> route_names;
   route_names.reserve(total.routes.size());
   for (const auto& [name, stats] : total.routes) route_names.push_back(&name);
   std::sort(route_names.begin(), route_names.end(),
             [](const std::string* a, const std::string* b) { return *a < *b; });
+  return route_names;
+}
 
-  AppendFamily(&out, "sluice_http_requests_total", "counter",
+// Codes ascending within each route.
+void AppendRequestCounts(std::string* out, const std::vector<const std::string*>& route_names,
+                         const MetricsShard& total) {
+  AppendFamily(out, "sluice_http_requests_total", "counter",
                "Responses by route group and status code (0: not a valid code).");
   for (const std::string* route : route_names) {
     std::map<int, uint64_t> codes;
@@ -346,102 +348,131 @@ std::string RenderPrometheus(const MetricsShard& total, const ProcessInfo& info)
     }
     for (const auto& [code, n] : codes) {
       std::string code_text = std::to_string(code);
-      AppendSample(&out, "sluice_http_requests_total", {{"route", *route}, {"code", code_text}},
+      AppendSample(out, "sluice_http_requests_total", {{"route", *route}, {"code", code_text}},
                    U(n));
     }
   }
+}
 
-  AppendHistogramFamily(&out, "sluice_request_duration_seconds",
+void AppendRouteHistograms(std::string* out, const std::vector<const std::string*>& route_names,
+                           const MetricsShard& total) {
+  AppendHistogramFamily(out, "sluice_request_duration_seconds",
                         "From the request head to the last response byte ($request_time).",
                         route_names, total,
                         [](const RouteStats& r) -> const Histogram& { return r.request; });
   AppendHistogramFamily(
-      &out, "sluice_upstream_response_seconds",
+      out, "sluice_upstream_response_seconds",
       "From taking an upstream link to the complete upstream response ($upstream_response_time).",
       route_names, total, [](const RouteStats& r) -> const Histogram& { return r.upstream; });
-  AppendHistogramFamily(&out, "sluice_time_to_first_token_seconds",
+  AppendHistogramFamily(out, "sluice_time_to_first_token_seconds",
                         "From the request head to the first token event relayed.", route_names,
                         total,
                         [](const RouteStats& r) -> const Histogram& { return r.first_token; });
-  AppendHistogramFamily(&out, "sluice_inter_token_gap_seconds",
+  AppendHistogramFamily(out, "sluice_inter_token_gap_seconds",
                         "Between two token events of one streamed response.", route_names, total,
                         [](const RouteStats& r) -> const Histogram& { return r.token_gap; });
+}
 
+// Sorted by principal, then model.
+void AppendTokenFamilies(std::string* out, const MetricsShard& total) {
   using TokenEntry = std::pair<const std::pair<std::string, std::string>*, const TokenTotals*>;
   std::vector<TokenEntry> token_entries;
   token_entries.reserve(total.tokens.size());
   for (const auto& [key, t] : total.tokens) token_entries.emplace_back(&key, &t);
   std::sort(token_entries.begin(), token_entries.end(),
             [](const TokenEntry& a, const TokenEntry& b) { return *a.first < *b.first; });
-  AppendFamily(&out, "sluice_tokens_total", "counter",
+  AppendFamily(out, "sluice_tokens_total", "counter",
                "Tokens by principal and model, as Ollama reported them (model _other: past "
                "the series cap).");
   for (const auto& [key, t] : token_entries) {
-    AppendSample(&out, "sluice_tokens_total",
+    AppendSample(out, "sluice_tokens_total",
                  {{"key", key->first}, {"model", key->second}, {"type", "prompt"}}, U(t->prompt));
-    AppendSample(&out, "sluice_tokens_total",
+    AppendSample(out, "sluice_tokens_total",
                  {{"key", key->first}, {"model", key->second}, {"type", "completion"}},
                  U(t->completion));
   }
-  AppendFamily(&out, "sluice_token_requests_total", "counter",
+  AppendFamily(out, "sluice_token_requests_total", "counter",
                "Requests counted in sluice_tokens_total, by principal and model.");
   for (const auto& [key, t] : token_entries) {
-    AppendSample(&out, "sluice_token_requests_total", {{"key", key->first}, {"model", key->second}},
+    AppendSample(out, "sluice_token_requests_total", {{"key", key->first}, {"model", key->second}},
                  U(t->requests));
   }
+}
 
-  AppendGauge(&out, "sluice_active_streams", "Requests in flight.", total.active_streams);
-  AppendFamily(&out, "sluice_upstream_connections", "gauge",
+void AppendUpstreamFamilies(std::string* out, const MetricsShard& total) {
+  AppendGauge(out, "sluice_active_streams", "Requests in flight.", total.active_streams);
+  AppendFamily(out, "sluice_upstream_connections", "gauge",
                "Upstream links: open (all, busy or idle) and idle (kept alive in the pool).");
-  AppendSample(&out, "sluice_upstream_connections", {{"state", "open"}}, I(total.upstream_open));
-  AppendSample(&out, "sluice_upstream_connections", {{"state", "idle"}}, I(total.upstream_idle));
-  AppendCounter(&out, "sluice_upstream_connects_total", "Upstream connections opened.",
+  AppendSample(out, "sluice_upstream_connections", {{"state", "open"}}, I(total.upstream_open));
+  AppendSample(out, "sluice_upstream_connections", {{"state", "idle"}}, I(total.upstream_idle));
+  AppendCounter(out, "sluice_upstream_connects_total", "Upstream connections opened.",
                 total.upstream_connects);
-  AppendCounter(&out, "sluice_upstream_reused_total",
-                "Requests sent on a kept-alive upstream link.", total.upstream_reused);
-  AppendCounter(&out, "sluice_upstream_connect_failures_total",
+  AppendCounter(out, "sluice_upstream_reused_total", "Requests sent on a kept-alive upstream link.",
+                total.upstream_reused);
+  AppendCounter(out, "sluice_upstream_connect_failures_total",
                 "Upstream connection attempts that failed.", total.upstream_connect_failures);
-  AppendCounter(&out, "sluice_upstream_failovers_total",
+  AppendCounter(out, "sluice_upstream_failovers_total",
                 "Requests sent to another backend after theirs failed before answering.",
                 total.upstream_failovers);
+}
 
-  AppendFamily(&out, "sluice_rejections_total", "counter",
+void AppendRejectionFamilies(std::string* out, const MetricsShard& total) {
+  AppendFamily(out, "sluice_rejections_total", "counter",
                "Requests refused by policy: auth (401), denied (403), rate_limit and "
                "concurrency (429), busy and overload (503).");
-  AppendSample(&out, "sluice_rejections_total", {{"reason", "auth"}}, U(total.rejected_auth));
-  AppendSample(&out, "sluice_rejections_total", {{"reason", "denied"}}, U(total.rejected_denied));
-  AppendSample(&out, "sluice_rejections_total", {{"reason", "rate_limit"}}, U(total.rejected_rate));
-  AppendSample(&out, "sluice_rejections_total", {{"reason", "concurrency"}},
+  AppendSample(out, "sluice_rejections_total", {{"reason", "auth"}}, U(total.rejected_auth));
+  AppendSample(out, "sluice_rejections_total", {{"reason", "denied"}}, U(total.rejected_denied));
+  AppendSample(out, "sluice_rejections_total", {{"reason", "rate_limit"}}, U(total.rejected_rate));
+  AppendSample(out, "sluice_rejections_total", {{"reason", "concurrency"}},
                U(total.rejected_concurrency));
-  AppendSample(&out, "sluice_rejections_total", {{"reason", "busy"}}, U(total.rejected_busy));
-  AppendSample(&out, "sluice_rejections_total", {{"reason", "overload"}},
+  AppendSample(out, "sluice_rejections_total", {{"reason", "busy"}}, U(total.rejected_busy));
+  AppendSample(out, "sluice_rejections_total", {{"reason", "overload"}},
                U(total.rejected_overload));
-  AppendCounter(&out, "sluice_connections_dropped_total",
+  AppendCounter(out, "sluice_connections_dropped_total",
                 "Connections closed at accept: past --max_connections and its 503 allowance.",
                 total.connections_dropped);
+}
 
-  AppendGauge(&out, "sluice_recv_buffers_in_use",
+// Receive buffers, cancellations, TLS handshakes and the access log.
+void AppendEngineFamilies(std::string* out, const MetricsShard& total, const ProcessInfo& info) {
+  AppendGauge(out, "sluice_recv_buffers_in_use",
               "Provided receive buffers lent out (held by queued data or being read).",
               total.recv_buffers_in_use);
-  AppendCounter(&out, "sluice_recv_buffer_copies_total",
+  AppendCounter(out, "sluice_recv_buffer_copies_total",
                 "Receives copied out of the buffer ring because it ran low.",
                 total.recv_buffer_copies);
-  AppendCounter(&out, "sluice_recv_buffer_pressure_pauses_total",
+  AppendCounter(out, "sluice_recv_buffer_pressure_pauses_total",
                 "Upstream links paused because the buffer ring ran low and their "
                 "client connection held the most of it.",
                 total.recv_buffer_pressure_pauses);
-  AppendCounter(&out, "sluice_client_cancellations_total",
+  AppendCounter(out, "sluice_client_cancellations_total",
                 "Requests whose client went away first (logged as 499).",
                 total.client_cancellations);
-  AppendCounter(&out, "sluice_tls_handshakes_total", "TLS handshakes completed (full or resumed).",
+  AppendCounter(out, "sluice_tls_handshakes_total", "TLS handshakes completed (full or resumed).",
                 total.tls_handshakes);
-  AppendCounter(&out, "sluice_tls_resumptions_total", "TLS handshakes that resumed a session.",
+  AppendCounter(out, "sluice_tls_resumptions_total", "TLS handshakes that resumed a session.",
                 total.tls_resumptions);
-  AppendCounter(&out, "sluice_tls_handshake_failures_total", "TLS handshakes that failed.",
+  AppendCounter(out, "sluice_tls_handshake_failures_total", "TLS handshakes that failed.",
                 total.tls_handshake_failures);
-  AppendCounter(&out, "sluice_access_log_dropped_lines_total",
+  AppendCounter(out, "sluice_access_log_dropped_lines_total",
                 "Access log lines dropped because the log writer fell behind or failed.",
                 info.access_log_dropped_lines);
+}
+
+}  // namespace
+
+std::string RenderPrometheus(const MetricsShard& total, const ProcessInfo& info) {
+  std::string out;
+  out.reserve(8192);
+  AppendProcessFamilies(&out, info);
+  AppendConnectionFamilies(&out, total);
+  const std::vector<const std::string*> route_names = SortedRouteNames(total);
+  AppendRequestCounts(&out, route_names, total);
+  AppendRouteHistograms(&out, route_names, total);
+  AppendTokenFamilies(&out, total);
+  AppendUpstreamFamilies(&out, total);
+  AppendRejectionFamilies(&out, total);
+  AppendEngineFamilies(&out, total, info);
   return out;
 }
 

@@ -148,6 +148,18 @@ class ResponseScanner {
     bool Complete() const { return state_ == State::kDone; }
     bool Broken() const { return state_ == State::kBroken; }
 
+    // The steps of Run (json_tokenizer.cc), one per state or group.
+    const char* ReadString(const char* p, const char* end, const char** quote, Yield* yield);
+    void ReadEscape(char c);
+    void ReadHexDigit(char c);
+    void ReadStart(char c);
+    void ReadValue(char c);
+    void ReadKey(char c);
+    void ReadColon(char c);
+    void ReadAfterValue(char c);
+    bool ReadNumber(char c);
+    void ReadLiteral(char c, Yield* yield);
+    void ReadSkipped(char c);
     void StartValue(char c);
     void Open(bool array);
     void Close();
