@@ -9,7 +9,7 @@ pkgs=(g++ cmake ninja-build pkg-config curl openssl
       libsimdjson-dev)
 if [[ "${1:-}" == "--test" ]]; then
   pkgs+=(libgtest-dev libgmock-dev libbenchmark-dev nghttp2-client wrk nginx apache2-utils python3
-          clang libclang-rt-14-dev)
+          clang libclang-rt-14-dev clang-format)
 fi
 
 missing=()
