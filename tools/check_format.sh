@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks that the C++ sources follow .clang-format (Google style, 80
+# Checks that the C++ sources follow .clang-format (Google style, 100
 # columns): every *.cc and *.h under core/ http/ tls/ policy/ bench/ tests/
 # tools/ that git tracks (or would track: new files not yet added count too).
 #
