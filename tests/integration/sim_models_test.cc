@@ -2,11 +2,13 @@
 // 404s, loading with --load_ms and load_duration, LRU eviction under
 // --max_loaded_models, --num_parallel queueing, --max_queue 503s, keep_alive,
 // /api/ps and the per-model counters of /sim/stats.
+#include <cstring>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -304,6 +306,66 @@ TEST(SimModels, PsListsLoadedModelsLikeOllama) {
   std::string expires = m.GetString("expires_at").value_or("");
   EXPECT_EQ(expires.size(), 30u) << expires;
   EXPECT_TRUE(absl::EndsWith(expires, "Z")) << expires;
+}
+
+TEST(SimEmbeddings, ArrayInputGetsOneVectorEach) {
+  auto sim = Sim({});
+  ASSERT_NE(sim, nullptr);
+  int port = sim->port();
+  IT_ASSERT_OK_AND_ASSIGN(
+      HttpResponse one,
+      Post(port, "/v1/embeddings", R"({"model":"m","input":"hi"})"));
+  EXPECT_EQ(one.body,
+            R"({"object":"list","data":[{"object":"embedding","embedding":)"
+            R"([0.125,-0.25,0.375,-0.5,0.625,-0.75,0.875,-1.0],"index":0}],)"
+            R"("model":"m","usage":{"prompt_tokens":8,"total_tokens":8}})");
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse three,
+                          Post(port, "/v1/embeddings",
+                               R"({"model":"m","input":["a","b, c",[1,2]]})"));
+  std::optional<JsonValue> json = JsonValue::Parse(three.body);
+  ASSERT_TRUE(json.has_value()) << three.body;
+  ASSERT_EQ(json->Get("data")->array().size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(json->Get("data")->array()[i].GetInt("index"), i);
+  }
+  EXPECT_EQ(json->Get("usage")->GetInt("prompt_tokens"), 24);
+  // A flat token array is one input.
+  IT_ASSERT_OK_AND_ASSIGN(
+      HttpResponse tokens,
+      Post(port, "/v1/embeddings", R"({"model":"m","input":[1,2,3]})"));
+  json = JsonValue::Parse(tokens.body);
+  ASSERT_TRUE(json.has_value()) << tokens.body;
+  EXPECT_EQ(json->Get("data")->array().size(), 1u);
+  IT_ASSERT_OK_AND_ASSIGN(
+      HttpResponse native,
+      Post(port, "/api/embed", R"({"model":"m","input":["a","b"]})"));
+  json = JsonValue::Parse(native.body);
+  ASSERT_TRUE(json.has_value()) << native.body;
+  EXPECT_EQ(json->Get("embeddings")->array().size(), 2u);
+}
+
+TEST(SimEmbeddings, Base64EncodingIsLittleEndianFloat32) {
+  auto sim = Sim({});
+  ASSERT_NE(sim, nullptr);
+  IT_ASSERT_OK_AND_ASSIGN(
+      HttpResponse r,
+      Post(sim->port(), "/v1/embeddings",
+           R"({"model":"m","input":["a","b"],"encoding_format":"base64"})"));
+  ASSERT_EQ(r.status, 200);
+  std::optional<JsonValue> json = JsonValue::Parse(r.body);
+  ASSERT_TRUE(json.has_value()) << r.body;
+  ASSERT_EQ(json->Get("data")->array().size(), 2u);
+  for (const JsonValue& item : json->Get("data")->array()) {
+    ASSERT_TRUE(item.Get("embedding")->is_string()) << r.body;
+    std::string bytes;
+    ASSERT_TRUE(absl::Base64Unescape(item.Get("embedding")->str(), &bytes));
+    ASSERT_EQ(bytes.size(), 8 * sizeof(float));
+    float values[8];
+    std::memcpy(values, bytes.data(), bytes.size());
+    EXPECT_EQ(values[0], 0.125f);
+    EXPECT_EQ(values[3], -0.5f);
+    EXPECT_EQ(values[7], -1.0f);
+  }
 }
 
 }  // namespace

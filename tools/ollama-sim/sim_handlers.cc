@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "json_scan.h"
+#include "sim_embeddings.h"
 #include "sim_models.h"
 #include "websocket.h"
 
@@ -45,9 +46,6 @@ constexpr absl::string_view kTagsBody =
     R"("modified_at":"2024-01-02T00:00:00Z","size":4000000000,)"
     R"("digest":"9f1e2d3c4b5a6978","details":{"format":"gguf",)"
     R"("family":"llama","parameter_size":"7B","quantization_level":"Q4_K_M"}}]})";
-
-constexpr absl::string_view kEmbedding =
-    "[0.125,-0.25,0.375,-0.5,0.625,-0.75,0.875,-1.0]";
 
 std::atomic<uint64_t> next_completion_id{1};
 
@@ -576,17 +574,12 @@ std::optional<ResponsePlan> OllamaEndpoint(const HttpRequest& request,
   if (path == "/api/embed") {
     if (request.method != HTTP_POST) return MethodNotAllowed("POST");
     if (auto error = CheckModel(request, config, false, true)) return error;
-    return Json(200, absl::StrCat("{\"model\":\"", ModelOf(request.body),
-                                  "\",\"embeddings\":[", kEmbedding,
-                                  "],\"total_duration\":1000000,"
-                                  "\"load_duration\":1000,"
-                                  "\"prompt_eval_count\":",
-                                  kPromptTokens, "}"));
+    return Json(200, OllamaEmbedBody(request.body, ModelOf(request.body)));
   }
   if (path == "/api/embeddings") {
     if (request.method != HTTP_POST) return MethodNotAllowed("POST");
     if (auto error = CheckModel(request, config, false, true)) return error;
-    return Json(200, absl::StrCat("{\"embedding\":", kEmbedding, "}"));
+    return Json(200, OllamaEmbeddingBody());
   }
   if (path == "/api/delete") {
     if (request.method != HTTP_DELETE) return MethodNotAllowed("DELETE");
@@ -634,13 +627,7 @@ std::optional<ResponsePlan> OpenAiEndpoint(const HttpRequest& request,
   if (path == "/v1/embeddings") {
     if (request.method != HTTP_POST) return MethodNotAllowed("POST");
     if (auto error = CheckModel(request, config, true, true)) return error;
-    return Json(200,
-                absl::StrCat("{\"object\":\"list\",\"data\":[{\"object\":"
-                             "\"embedding\",\"embedding\":",
-                             kEmbedding, ",\"index\":0}],\"model\":\"",
-                             ModelOf(request.body),
-                             "\",\"usage\":{\"prompt_tokens\":", kPromptTokens,
-                             ",\"total_tokens\":", kPromptTokens, "}}"));
+    return Json(200, OpenAiEmbeddingsBody(request.body, ModelOf(request.body)));
   }
   return std::nullopt;
 }
