@@ -253,6 +253,35 @@ TEST(SimModels, PastMaxQueueIs503) {
   EXPECT_EQ(second.status, 200);
 }
 
+TEST(SimModels, QueuedRequestLeavesTheQueueWhenItsClientGoes) {
+  auto sim = Sim({"--models=a", "--num_parallel=1", "--max_queue=1"});
+  ASSERT_NE(sim, nullptr);
+  int port = sim->port();
+  std::string request =
+      BuildRequest("POST", "/api/generate",
+                   {{"X-Sim-Tokens", "5"}, {"X-Sim-Token-Delay-Ms", "60"}},
+                   R"({"model":"a"})");
+  IT_ASSERT_OK_AND_ASSIGN(auto running, HttpConnection::Connect(port));
+  IT_ASSERT_OK(running->Send(request));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse head,
+                          running->ReadHead(absl::Seconds(5)));
+  IT_ASSERT_OK_AND_ASSIGN(auto gone, HttpConnection::Connect(port));
+  IT_ASSERT_OK(gone->Send(request));
+  absl::SleepFor(absl::Milliseconds(30));
+  gone->Close();
+  absl::SleepFor(absl::Milliseconds(30));
+  // Its place is free again: this one queues instead of getting 503.
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse next, Generate(port, "a"));
+  EXPECT_EQ(next.status, 200) << next.body;
+  IT_ASSERT_OK(running->ReadBody(&head, absl::Seconds(5)));
+  IT_ASSERT_OK_AND_ASSIGN(SimStats stats, FetchSimStats(port));
+  EXPECT_EQ(stats.aborted_streams, 1);
+  std::optional<JsonValue> model = ModelStats(port, "a:latest");
+  ASSERT_TRUE(model.has_value());
+  EXPECT_EQ(model->GetInt("running"), 0);
+  EXPECT_EQ(model->GetInt("waiting"), 0);
+}
+
 TEST(SimModels, KeepAliveZeroUnloadsAndMinusOnePins) {
   auto sim = Sim({"--models=a,b,c"});
   ASSERT_NE(sim, nullptr);
