@@ -105,4 +105,36 @@ std::optional<bool> FindJsonBool(absl::string_view json,
   return std::nullopt;
 }
 
+int CountJsonArrayElements(absl::string_view array) {
+  size_t i = 0;
+  SkipSpace(array, &i);
+  if (i >= array.size() || array[i] != '[') return -1;
+  ++i;
+  SkipSpace(array, &i);
+  if (i < array.size() && array[i] == ']') return 0;
+  int count = 0;
+  while (i < array.size()) {
+    char c = array[i];
+    if (c == '"' || c == '{' || c == '[') {
+      JsonValue ignored;
+      if (!ReadValue(array, &i, &ignored)) return -1;
+    } else {
+      size_t start = i;
+      while (i < array.size() && array[i] != ',' && array[i] != ']' &&
+             !IsSpace(array[i])) {
+        ++i;
+      }
+      if (i == start) return -1;
+    }
+    ++count;
+    SkipSpace(array, &i);
+    if (i >= array.size()) return -1;
+    if (array[i] == ']') return count;
+    if (array[i] != ',') return -1;
+    ++i;
+    SkipSpace(array, &i);
+  }
+  return -1;
+}
+
 }  // namespace sluice::sim

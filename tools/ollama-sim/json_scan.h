@@ -33,4 +33,8 @@ std::optional<absl::string_view> FindJsonString(absl::string_view json,
 // boolean literal.
 std::optional<bool> FindJsonBool(absl::string_view json, absl::string_view key);
 
+// The number of elements of the JSON array `array` ("[...]"), or -1 when it
+// is not an array or is malformed.
+int CountJsonArrayElements(absl::string_view array);
+
 }  // namespace sluice::sim

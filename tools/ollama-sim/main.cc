@@ -18,7 +18,9 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "sim_config.h"
+#include "sim_models.h"
 #include "sim_server.h"
 
 // Numeric flags are declared as strings and validated here: absl exits with
@@ -33,6 +35,17 @@ ABSL_FLAG(std::string, token_delay_ms, "20",
 ABSL_FLAG(std::string, ttft_ms, "0", "Extra delay before the first token, ms");
 ABSL_FLAG(std::string, mode, "normal", "normal | hang | garbage | busy");
 ABSL_FLAG(bool, allow_any_host, false, "Skip the loopback Host header check");
+// Model mode: any of these turns it on (see README.md).
+ABSL_FLAG(std::string, models, "",
+          "Comma-separated models /api/tags lists; others get 404");
+ABSL_FLAG(std::string, num_parallel, "",
+          "Generations at once per loaded model (0 = no limit)");
+ABSL_FLAG(std::string, max_queue, "",
+          "Requests waiting at once before 503 (default 512)");
+ABSL_FLAG(std::string, max_loaded_models, "",
+          "Models loaded at once; LRU eviction (0 = no limit)");
+ABSL_FLAG(std::string, load_ms, "",
+          "Time a model takes to load on first use, ms");
 
 namespace sluice::sim {
 namespace {
@@ -74,6 +87,37 @@ void RaiseFileLimit() {
   }
 }
 
+// --models and the scheduler flags: any of them turns model mode on.
+void ModelFlags(SimConfig* config) {
+  std::string models = absl::GetFlag(FLAGS_models);
+  std::string num_parallel = absl::GetFlag(FLAGS_num_parallel);
+  std::string max_queue = absl::GetFlag(FLAGS_max_queue);
+  std::string max_loaded = absl::GetFlag(FLAGS_max_loaded_models);
+  std::string load_ms = absl::GetFlag(FLAGS_load_ms);
+  config->model_mode = !models.empty() || !num_parallel.empty() ||
+                       !max_queue.empty() || !max_loaded.empty() ||
+                       !load_ms.empty();
+  for (absl::string_view name :
+       absl::StrSplit(models, ',', absl::SkipWhitespace())) {
+    std::string full = NormalizeModelName(absl::StripAsciiWhitespace(name));
+    if (full.find_first_of("\"\\ ") != std::string::npos) {
+      BadFlag("models", models, "a model name has a quote, backslash or space");
+    }
+    config->models.push_back(std::move(full));
+  }
+  if (!num_parallel.empty()) {
+    config->num_parallel = IntFlag("num_parallel", num_parallel, 0, 1 << 20);
+  }
+  if (!max_queue.empty()) {
+    config->max_queue = IntFlag("max_queue", max_queue, 0, 1 << 20);
+  }
+  if (!max_loaded.empty()) {
+    config->max_loaded_models =
+        IntFlag("max_loaded_models", max_loaded, 0, 1 << 20);
+  }
+  if (!load_ms.empty()) config->load_ns = MsFlagToNs("load_ms", load_ms);
+}
+
 // The configuration the flags give, validated (exits with status 2 on a bad
 // value).
 struct Options {
@@ -95,6 +139,7 @@ Options OptionsFromFlags() {
     BadFlag("mode", mode, "expected normal, hang, garbage or busy");
   }
   config.allow_any_host = absl::GetFlag(FLAGS_allow_any_host);
+  ModelFlags(&config);
   std::string listen = absl::GetFlag(FLAGS_listen);
   absl::StatusOr<ListenAddress> address = ParseListenAddress(listen);
   if (!address.ok()) {
@@ -163,6 +208,7 @@ int Main(int argc, char** argv) {
       "Simulated Ollama server for tests and benchmarks.");
   absl::ParseCommandLine(argc, argv);
   const Options options = OptionsFromFlags();
+  ModelScheduler::Global().Configure(options.config);
 
   RaiseFileLimit();
   sigset_t signals = BlockSignals();

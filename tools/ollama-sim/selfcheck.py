@@ -4,8 +4,9 @@
 Usage: tools/ollama-sim/selfcheck.py path/to/ollama-sim
 
 Starts the simulator on an ephemeral port, exercises every endpoint, the
-X-Sim-* controls, the modes, /sim/stats and the WebSocket echo, and prints one
-line per check. Exits non-zero on the first failure.
+X-Sim-* controls, the modes, /sim/stats and the WebSocket echo, then a second
+one in model mode (--models, loading, eviction, keep_alive, /api/ps), and
+prints one line per check. Exits non-zero on the first failure.
 """
 
 import base64
@@ -206,7 +207,46 @@ def main():
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(5)
     check(code == 0, "exit 0 on SIGTERM")
+    proc = subprocess.Popen([binary, "--listen=127.0.0.1:0", "--token_delay_ms=1", "--tokens=2",
+                             "--models=a,b", "--max_loaded_models=1", "--load_ms=50"],
+                            stdout=subprocess.PIPE, text=True)
+    port = int(proc.stdout.readline().strip().rsplit(":", 1)[1])
+    try:
+        check_model_mode(port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(5)
+    check(code == 0, "model mode: exit 0 on SIGTERM")
     print("ALL PASSED")
+
+
+def check_model_mode(port):
+    names = [m["name"] for m in request(port, "GET", "/api/tags").json()["models"]]
+    check(names == ["a:latest", "b:latest"], f"model mode: tags {names}")
+    r = request(port, "POST", "/api/generate", '{"model":"c"}')
+    check(r.status == 404 and r.json() == {"error": "model 'c' not found"}, "model mode: unknown -> 404")
+    r = request(port, "POST", "/v1/embeddings", '{"model":"c"}')
+    check(r.status == 404 and r.json()["error"]["type"] == "not_found_error",
+          "model mode: OpenAI unknown -> 404")
+    started = time.time()
+    done = request(port, "POST", "/api/generate", '{"model":"a"}').lines()[-1]
+    check(done["load_duration"] == 50_000_000 and time.time() - started >= 0.05,
+          "model mode: first use loads (--load_ms)")
+    done = request(port, "POST", "/api/generate", '{"model":"a","stream":false}').json()
+    check(done["load_duration"] == 0, "model mode: loaded model has load_duration 0")
+    request(port, "POST", "/api/chat", '{"model":"b","stream":false,"keep_alive":-1}')
+    ps = request(port, "GET", "/api/ps").json()["models"]
+    check([m["name"] for m in ps] == ["b:latest"] and ps[0]["expires_at"] > "2300",
+          f"model mode: b evicted a, pinned: {ps}")
+    models = stats(port)["models"]
+    check(models["a:latest"] == {"loads": 1, "requests": 2, "loaded": False, "running": 0, "waiting": 0},
+          f"model mode: per-model stats {models}")
+    request(port, "POST", "/api/generate", '{"model":"b","stream":false,"keep_alive":0}')
+    check(request(port, "GET", "/api/ps").json()["models"] == [], "model mode: keep_alive 0 unloads")
+    r = request(port, "POST", "/v1/embeddings",
+                '{"model":"a","input":["x","y"],"encoding_format":"base64"}').json()
+    vec = struct.unpack("<8f", base64.b64decode(r["data"][1]["embedding"]))
+    check(len(r["data"]) == 2 and vec[0] == 0.125, "embeddings: array input, base64")
 
 
 def run_checks(port):

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 
@@ -29,6 +30,18 @@ struct SimConfig {
   int64_t ttft_ns = 0;  // Extra delay before the first token.
   Mode mode = Mode::kNormal;
   bool allow_any_host = false;
+
+  // Model-aware behaviour, like a real Ollama's scheduler. Off (every model
+  // name accepted, nothing loaded or queued) unless one of --models,
+  // --num_parallel, --max_queue, --max_loaded_models or --load_ms is given.
+  bool model_mode = false;
+  // --models: full names ("name:tag"; a bare name got ":latest"). Empty:
+  // any model is accepted and /api/tags keeps its fixed list.
+  std::vector<std::string> models;
+  int num_parallel = 0;       // Generations at once per model; 0 = no limit.
+  int max_queue = 512;        // Requests waiting at once before 503.
+  int max_loaded_models = 0;  // 0 = no limit.
+  int64_t load_ns = 0;        // Time a model takes to load on first use.
 };
 
 // Counters behind GET /sim/stats. Shared by all workers; relaxed atomics are

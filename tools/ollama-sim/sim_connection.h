@@ -16,6 +16,7 @@
 
 #include "absl/strings/string_view.h"
 #include "sim_handlers.h"
+#include "sim_models.h"
 #include "websocket.h"
 
 namespace sluice::sim {
@@ -62,11 +63,17 @@ class Connection {
     PlanKind kind;
     StreamSpec spec;
     int64_t start_ns;
+    // Items are due from here: start_ns, or in model mode when the model
+    // is loaded and a slot was free.
+    int64_t gen_start_ns = 0;
     int next_item = 0;
     bool keep_alive = true;
     bool chunked = true;
     bool http10 = false;
     bool headers_sent = false;
+    // Model mode: the queue place or slot, and whether it is still queued.
+    std::unique_ptr<ModelLease> lease = nullptr;
+    bool waiting = false;
   };
 
   // llhttp callbacks; parser->data is the Connection.
@@ -94,6 +101,12 @@ class Connection {
 
   void ProcessQueue();
   void Dispatch(HttpRequest request);
+  // A streamed or delayed generation: scheduled on its model in model mode
+  // (503 past --max_queue), then played out by RunActive.
+  void StartGeneration(ResponsePlan plan, bool keep_alive, bool http10);
+  // Model mode: true once the queued generation may run; otherwise polls
+  // again on a timer.
+  bool WaitForModel(int64_t now);
   // Advances the active response as far as time and buffer space allow.
   void RunActive();
   void FinishActive();

@@ -14,6 +14,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "json_scan.h"
+#include "sim_embeddings.h"
+#include "sim_models.h"
 #include "websocket.h"
 
 namespace sluice::sim {
@@ -25,7 +27,6 @@ constexpr absl::string_view kText = "text/plain; charset=utf-8";
 // Fixed figures reported in every generation's final object and usage block,
 // so tests can predict them.
 constexpr int kPromptTokens = 8;
-constexpr int64_t kLoadDurationNs = 1'000'000;
 
 // The /api/pull sequence: manifest, five progress steps of one layer,
 // verification, manifest write, success.
@@ -45,9 +46,6 @@ constexpr absl::string_view kTagsBody =
     R"("modified_at":"2024-01-02T00:00:00Z","size":4000000000,)"
     R"("digest":"9f1e2d3c4b5a6978","details":{"format":"gguf",)"
     R"("family":"llama","parameter_size":"7B","quantization_level":"Q4_K_M"}}]})";
-
-constexpr absl::string_view kEmbedding =
-    "[0.125,-0.25,0.375,-0.5,0.625,-0.75,0.875,-1.0]";
 
 std::atomic<uint64_t> next_completion_id{1};
 
@@ -152,6 +150,46 @@ ResponsePlan MethodNotAllowed(absl::string_view allow) {
   return plan;
 }
 
+std::string ModelOf(absl::string_view body) {
+  if (auto model = FindJsonString(body, "model")) return std::string(*model);
+  if (auto name = FindJsonString(body, "name")) return std::string(*name);
+  return "sim";
+}
+
+ResponsePlan OpenAiError(int status, absl::string_view message) {
+  absl::string_view type = status == 400   ? "invalid_request_error"
+                           : status == 404 ? "not_found_error"
+                                           : "api_error";
+  return Json(status, absl::StrCat("{\"error\":{\"message\":\"", message,
+                                   "\",\"type\":\"", type,
+                                   "\",\"param\":null,\"code\":null}}"));
+}
+
+// Model mode: a request that runs on a model gets 404 when --models does not
+// list it, 400 for a malformed keep_alive; otherwise it is counted (when
+// `count`) and *key is its full model name. Outside model mode: nothing.
+std::optional<ResponsePlan> CheckModel(const HttpRequest& request,
+                                       const SimConfig& config, bool openai,
+                                       bool count, std::string* key = nullptr,
+                                       int64_t* keep_alive_ns = nullptr) {
+  if (!config.model_mode) return std::nullopt;
+  std::string model = ModelOf(request.body);
+  if (!ModelKnown(config, model)) {
+    std::string message = absl::StrCat("model '", model, "' not found");
+    return openai ? OpenAiError(404, message) : Error(404, message);
+  }
+  int64_t keep_alive = 0;
+  if (!ParseKeepAlive(request.body, &keep_alive)) {
+    return openai ? OpenAiError(400, "invalid keep_alive")
+                  : Error(400, "invalid keep_alive");
+  }
+  std::string full = NormalizeModelName(model);
+  if (count) ModelScheduler::Global().CountRequest(full);
+  if (key) *key = std::move(full);
+  if (keep_alive_ns) *keep_alive_ns = keep_alive;
+  return std::nullopt;
+}
+
 bool IsGetOrHead(uint8_t method) {
   return method == HTTP_GET || method == HTTP_HEAD;
 }
@@ -165,12 +203,6 @@ ResponsePlan GetResource(const HttpRequest& request, absl::string_view type,
   plan.body = std::move(body);
   plan.head_only = request.method == HTTP_HEAD;
   return plan;
-}
-
-std::string ModelOf(absl::string_view body) {
-  if (auto model = FindJsonString(body, "model")) return std::string(*model);
-  if (auto name = FindJsonString(body, "name")) return std::string(*name);
-  return "sim";
 }
 
 std::string ShowBody(absl::string_view model) {
@@ -252,6 +284,15 @@ ResponsePlan Generation(const HttpRequest& request, const SimConfig& config,
           FillSpec(request, config, format, &plan.stream)) {
     return *std::move(error);
   }
+  if (format != StreamFormat::kPull) {
+    bool openai = format == StreamFormat::kOpenAiChat ||
+                  format == StreamFormat::kOpenAiCompletion;
+    if (std::optional<ResponsePlan> error =
+            CheckModel(request, config, openai, /*count=*/true,
+                       &plan.stream.model_key, &plan.stream.keep_alive_ns)) {
+      return *std::move(error);
+    }
+  }
   plan.kind = plan.stream.stream ? PlanKind::kStream : PlanKind::kDelayed;
   return plan;
 }
@@ -303,7 +344,7 @@ std::string AllTokensText(const StreamSpec& spec) {
 void AppendDoneStats(const StreamSpec& spec, int64_t elapsed_ns,
                      std::string* out) {
   absl::StrAppend(out, ",\"total_duration\":", elapsed_ns,
-                  ",\"load_duration\":", kLoadDurationNs,
+                  ",\"load_duration\":", spec.load_duration_ns,
                   ",\"prompt_eval_count\":", kPromptTokens,
                   ",\"prompt_eval_duration\":", spec.ttft_ns,
                   ",\"eval_count\":", spec.tokens, ",\"eval_duration\":",
@@ -365,6 +406,15 @@ int StreamSpec::ItemCount() const {
   return format == StreamFormat::kPull ? kPullItems : tokens + 1;
 }
 
+ResponsePlan ErrorPlan(StreamFormat format, int status,
+                       absl::string_view message) {
+  if (format == StreamFormat::kOpenAiChat ||
+      format == StreamFormat::kOpenAiCompletion) {
+    return OpenAiError(status, message);
+  }
+  return Error(status, message);
+}
+
 absl::string_view StreamContentType(StreamFormat format) {
   if (format == StreamFormat::kOpenAiChat ||
       format == StreamFormat::kOpenAiCompletion) {
@@ -409,11 +459,17 @@ namespace {
 // The simulator's own endpoints (/sim/stats, /sim/echo, /sim/reset), or
 // nothing for any other path. They are not counted as requests.
 std::optional<ResponsePlan> SimEndpoint(const HttpRequest& request,
+                                        const SimConfig& config,
                                         absl::string_view path,
                                         bool* count_request) {
   if (path == "/sim/stats") {
     *count_request = false;
-    return GetResource(request, kJson, GlobalStats().ToJson());
+    std::string body = GlobalStats().ToJson();
+    if (config.model_mode) {
+      // Per-model counters go last, so the flat counters keep their places.
+      body.insert(body.size() - 1, ModelScheduler::Global().StatsJson());
+    }
+    return GetResource(request, kJson, std::move(body));
   }
   if (absl::StartsWith(path, "/sim/echo")) {
     // The request as the simulator saw it, for header-rewrite tests.
@@ -435,6 +491,7 @@ std::optional<ResponsePlan> SimEndpoint(const HttpRequest& request,
     *count_request = false;
     if (request.method != HTTP_POST) return MethodNotAllowed("POST");
     GlobalStats().Reset();
+    if (config.model_mode) ModelScheduler::Global().ResetStats();
     ResponsePlan plan = Json(200, "{}");
     plan.stats_reset = true;
     return plan;
@@ -491,11 +548,18 @@ std::optional<ResponsePlan> OllamaEndpoint(const HttpRequest& request,
     return GetResource(request, kJson, R"({"version":"0.0.0-sim"})");
   }
   if (path == "/api/tags") {
-    return GetResource(request, kJson, std::string(kTagsBody));
+    return GetResource(request, kJson,
+                       config.models.empty() ? std::string(kTagsBody)
+                                             : ModelTagsBody(config.models));
   }
-  if (path == "/api/ps") return GetResource(request, kJson, R"({"models":[]})");
+  if (path == "/api/ps") {
+    return GetResource(request, kJson,
+                       config.model_mode ? ModelScheduler::Global().PsBody()
+                                         : R"({"models":[]})");
+  }
   if (path == "/api/show") {
     if (request.method != HTTP_POST) return MethodNotAllowed("POST");
+    if (auto error = CheckModel(request, config, false, false)) return error;
     return Json(200, ShowBody(ModelOf(request.body)));
   }
   if (path == "/api/generate") {
@@ -509,16 +573,13 @@ std::optional<ResponsePlan> OllamaEndpoint(const HttpRequest& request,
   }
   if (path == "/api/embed") {
     if (request.method != HTTP_POST) return MethodNotAllowed("POST");
-    return Json(200, absl::StrCat("{\"model\":\"", ModelOf(request.body),
-                                  "\",\"embeddings\":[", kEmbedding,
-                                  "],\"total_duration\":1000000,"
-                                  "\"load_duration\":1000,"
-                                  "\"prompt_eval_count\":",
-                                  kPromptTokens, "}"));
+    if (auto error = CheckModel(request, config, false, true)) return error;
+    return Json(200, OllamaEmbedBody(request.body, ModelOf(request.body)));
   }
   if (path == "/api/embeddings") {
     if (request.method != HTTP_POST) return MethodNotAllowed("POST");
-    return Json(200, absl::StrCat("{\"embedding\":", kEmbedding, "}"));
+    if (auto error = CheckModel(request, config, false, true)) return error;
+    return Json(200, OllamaEmbeddingBody());
   }
   if (path == "/api/delete") {
     if (request.method != HTTP_DELETE) return MethodNotAllowed("DELETE");
@@ -542,10 +603,15 @@ std::optional<ResponsePlan> OpenAiEndpoint(const HttpRequest& request,
                                            const SimConfig& config,
                                            absl::string_view path) {
   if (path == "/v1/models") {
-    return GetResource(request, kJson, ModelsListBody());
+    return GetResource(request, kJson,
+                       config.models.empty() ? ModelsListBody()
+                                             : OpenAiModelsBody(config.models));
   }
   if (absl::StartsWith(path, "/v1/models/")) {
     std::string id = JsonEscape(path.substr(11));
+    if (IsGetOrHead(request.method) && !ModelKnown(config, id)) {
+      return OpenAiError(404, absl::StrCat("model '", id, "' not found"));
+    }
     return GetResource(
         request, kJson,
         absl::StrCat("{\"id\":\"", id,
@@ -560,13 +626,8 @@ std::optional<ResponsePlan> OpenAiEndpoint(const HttpRequest& request,
   }
   if (path == "/v1/embeddings") {
     if (request.method != HTTP_POST) return MethodNotAllowed("POST");
-    return Json(200,
-                absl::StrCat("{\"object\":\"list\",\"data\":[{\"object\":"
-                             "\"embedding\",\"embedding\":",
-                             kEmbedding, ",\"index\":0}],\"model\":\"",
-                             ModelOf(request.body),
-                             "\",\"usage\":{\"prompt_tokens\":", kPromptTokens,
-                             ",\"total_tokens\":", kPromptTokens, "}}"));
+    if (auto error = CheckModel(request, config, true, true)) return error;
+    return Json(200, OpenAiEmbeddingsBody(request.body, ModelOf(request.body)));
   }
   return std::nullopt;
 }
@@ -587,7 +648,7 @@ ResponsePlan PlanResponse(const HttpRequest& request, const SimConfig& config,
   // The simulator's own endpoints skip the mode and Host checks: tests must
   // be able to read counters from a sim that hangs or talks garbage.
   if (std::optional<ResponsePlan> plan =
-          SimEndpoint(request, path, count_request)) {
+          SimEndpoint(request, config, path, count_request)) {
     return *std::move(plan);
   }
   if (std::optional<ResponsePlan> plan = InjectedFault(request, config)) {

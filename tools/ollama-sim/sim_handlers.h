@@ -75,6 +75,13 @@ struct StreamSpec {
   bool include_usage = false;  // OpenAI stream_options.include_usage.
   uint64_t completion_id = 0;  // For "chatcmpl-N" / "cmpl-N".
   int64_t created_s = 0;       // Unix seconds at request start.
+  // Model mode (sim_models.h): the full model name the generation runs on
+  // and loads (empty: not scheduled), and the request's keep_alive.
+  std::string model_key;
+  int64_t keep_alive_ns = 0;
+  // Reported as "load_duration": 1 ms outside model mode; in model mode the
+  // load this request waited for, or 0.
+  int64_t load_duration_ns = 1'000'000;
 
   // Number of timed items: for generations, one per token plus the final
   // (done) item; for pull, the fixed sequence of progress objects. Item i is
@@ -123,6 +130,11 @@ void BuildStreamItem(const StreamSpec& spec, int index, int64_t elapsed_ns,
 // The single JSON body of a stream:false generation or pull.
 std::string BuildNonStreamBody(const StreamSpec& spec, int64_t elapsed_ns,
                                int64_t sim_t_us);
+
+// An error answer in the shape of `format`'s API: {"error":"..."} for
+// Ollama's, {"error":{"message":...,"type":...}} for OpenAI's.
+ResponsePlan ErrorPlan(StreamFormat format, int status,
+                       absl::string_view message);
 
 // Content-Type of a stream of `format`.
 absl::string_view StreamContentType(StreamFormat format);

@@ -18,6 +18,8 @@ namespace {
 // Token items emitted back to back (zero delay) before yielding to the loop,
 // so one fast stream cannot starve the other connections of this worker.
 constexpr int kItemsPerTurn = 64;
+// How often a generation queued on its model asks the scheduler again.
+constexpr int64_t kModelPollNs = 1'000'000;
 
 }  // namespace
 
@@ -84,25 +86,66 @@ void Connection::Dispatch(HttpRequest request) {
     }
     case PlanKind::kStream:
     case PlanKind::kDelayed:
-      active_ =
-          Active{.kind = plan.kind,
-                 .spec = std::move(plan.stream),
-                 .start_ns = MonotonicNowNs(),
-                 .next_item = 0,
-                 // HTTP/1.0 has no chunked coding: a streamed body
-                 // ends with the connection.
-                 .keep_alive =
-                     keep_alive && !(http10 && plan.kind == PlanKind::kStream),
-                 .chunked = !http10,
-                 .http10 = http10};
-      RunActive();
+      StartGeneration(std::move(plan), keep_alive, http10);
       return;
   }
+}
+
+void Connection::StartGeneration(ResponsePlan plan, bool keep_alive,
+                                 bool http10) {
+  int64_t now = MonotonicNowNs();
+  std::unique_ptr<ModelLease> lease;
+  ModelGrant grant{.ready_ns = now, .load_ns = plan.stream.load_duration_ns};
+  bool waiting = false;
+  if (!plan.stream.model_key.empty()) {
+    lease = std::make_unique<ModelLease>(plan.stream.model_key,
+                                         plan.stream.keep_alive_ns);
+    ModelScheduler::Admission admission = lease->Admit(now, &grant);
+    if (admission == ModelScheduler::Admission::kQueueFull) {
+      AppendSimpleResponse(ErrorPlan(plan.stream.format, 503, kMaxQueueError),
+                           keep_alive, http10);
+      if (!keep_alive) close_when_flushed_ = true;
+      return;
+    }
+    waiting = admission == ModelScheduler::Admission::kQueued;
+  }
+  active_ = Active{
+      .kind = plan.kind,
+      .spec = std::move(plan.stream),
+      .start_ns = now,
+      .gen_start_ns = grant.ready_ns,
+      .next_item = 0,
+      // HTTP/1.0 has no chunked coding: a streamed body ends
+      // with the connection.
+      .keep_alive = keep_alive && !(http10 && plan.kind == PlanKind::kStream),
+      .chunked = !http10,
+      .http10 = http10,
+      .headers_sent = false,
+      .lease = std::move(lease),
+      .waiting = waiting};
+  if (!waiting) active_->spec.load_duration_ns = grant.load_ns;
+  RunActive();
+}
+
+bool Connection::WaitForModel(int64_t now) {
+  Active& a = *active_;
+  if (!a.waiting) return true;
+  ModelGrant grant;
+  if (!a.lease->TryStart(now, &grant)) {
+    // Another worker may free the slot: ask again shortly.
+    worker_->ScheduleTimer(this, now + kModelPollNs);
+    return false;
+  }
+  a.waiting = false;
+  a.gen_start_ns = grant.ready_ns;
+  a.spec.load_duration_ns = grant.load_ns;
+  return true;
 }
 
 void Connection::RunActive() {
   if (dead_ || !active_ || active_->kind == PlanKind::kHang) return;
   int64_t now = MonotonicNowNs();
+  if (!WaitForModel(now)) return;
   Active& a = *active_;
   const StreamSpec& spec = a.spec;
   int items = spec.ItemCount();
@@ -110,8 +153,8 @@ void Connection::RunActive() {
 
   if (a.kind == PlanKind::kDelayed) {
     int waited_items = closes ? spec.close_after : items - 1;
-    int64_t deadline =
-        a.start_ns + spec.ttft_ns + int64_t{waited_items} * spec.token_delay_ns;
+    int64_t deadline = a.gen_start_ns + spec.ttft_ns +
+                       int64_t{waited_items} * spec.token_delay_ns;
     if (now < deadline) {
       worker_->ScheduleTimer(this, deadline);
       return;
@@ -137,7 +180,7 @@ void Connection::RunActive() {
     }
     int i = a.next_item;
     int64_t deadline =
-        a.start_ns + spec.ttft_ns + int64_t{i} * spec.token_delay_ns;
+        a.gen_start_ns + spec.ttft_ns + int64_t{i} * spec.token_delay_ns;
     // "Close after N": right after the Nth item went out; for N = 0, when the
     // first item would have (so the headers still arrive first).
     if (closes && i == spec.close_after && (i > 0 || now >= deadline)) {
