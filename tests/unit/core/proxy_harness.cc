@@ -14,7 +14,6 @@
 #include "core/upstream/upstream_pool.h"
 #include "gtest/gtest.h"
 #include "http/serialize.h"
-#include "policy/policy.h"
 
 namespace sluice::core::proxy_test {
 
@@ -199,6 +198,9 @@ ProxyHarness::ProxyHarness() : tick_([] {}) {
   memcpy(&config_.upstream.storage, &a, sizeof(a));
   config_.upstream.len = sizeof(a);
   config_.upstream_host = "ollama.test";
+  policy_options_.auth = "none";
+  policy_options_.rate_generation = "off";
+  policy_options_.rate_api = "off";
   config_.policy_slot = &slot_;
   config_.rate_table = &rates_;
   config_.conn_table = &conns_;
@@ -214,11 +216,8 @@ ProxyHarness::~ProxyHarness() {
 
 absl::Status ProxyHarness::Start() {
   if (upstream_port_ == 0) return absl::InternalError("no loopback listener for the upstream");
-  policy::PolicyOptions o;
-  o.auth = "none";
-  o.rate_generation = "off";
-  o.rate_api = "off";
-  absl::StatusOr<std::shared_ptr<const policy::Policy>> p = policy::Policy::Build(o, 1);
+  absl::StatusOr<std::shared_ptr<const policy::Policy>> p =
+      policy::Policy::Build(policy_options_, 1);
   if (!p.ok()) return p.status();
   slot_.Set(*p);
   loop_ = std::make_unique<Loop>(loop_options_);

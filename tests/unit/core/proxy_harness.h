@@ -25,6 +25,7 @@
 #include "core/server/shard.h"
 #include "core/server/snapshot_slot.h"
 #include "policy/limiter.h"
+#include "policy/policy.h"
 
 namespace sluice::core::proxy_test {
 
@@ -93,6 +94,9 @@ class ProxyHarness {
   // Adjust before Start.
   Config& config() { return config_; }
   Loop::Options& loop_options() { return loop_options_; }
+  // The access policy: no authentication and no rate limits unless a test
+  // sets them.
+  policy::PolicyOptions& policy_options() { return policy_options_; }
 
   // Builds the loop and the shard; an error where the engine cannot run
   // here (no io_uring in a sandbox).
@@ -137,6 +141,7 @@ class ProxyHarness {
   Peer* Adopt(int fd);
 
   Loop::Options loop_options_;
+  policy::PolicyOptions policy_options_;
   PolicySlot slot_;
   policy::RateTable rates_{4096};
   policy::ConcurrencyTable conns_{4096};

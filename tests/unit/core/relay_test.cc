@@ -263,5 +263,46 @@ TEST_F(RelayTest, UpstreamCutMidResponseTruncatesTheClientResponse) {
   EXPECT_EQ(h_.shard()->pool().open_count(), 0u);
 }
 
+// A request the policy refuses is answered by the gate: no upstream link
+// is ever made for it. Its body was not read, so the connection closes.
+TEST_F(RelayTest, RefusedByThePolicyNeverReachesTheUpstream) {
+  h_.policy_options().deny_cidrs = "127.0.0.0/8";
+  SLUICE_START_PROXY(h_);
+  Peer* client = h_.Connect();
+  ASSERT_TRUE(h_.Send(client, Post("/api/chat", "{}")));
+  EXPECT_EQ(h_.ReadMessage(client),
+            http::JsonErrorResponse(403, "access denied for this address", true));
+  EXPECT_TRUE(h_.RunUntil([&] { return client->closed(); }));
+  EXPECT_FALSE(h_.UpstreamPending());
+  EXPECT_EQ(h_.shard()->pool().open_count(), 0u);
+  EXPECT_EQ(h_.shard()->metrics().rejected_denied, 1u);
+}
+
+// A request the rate limit delays waits in the gate, its body held, and
+// goes upstream whole once the delay is over.
+TEST_F(RelayTest, DelayedRequestGoesUpstreamWithItsBodyAfterTheDelay) {
+  h_.policy_options().rate_generation = "10r/s burst=5";
+  SLUICE_START_PROXY(h_);
+  Peer* client = h_.Connect();
+  ASSERT_TRUE(h_.Send(client, Post("/api/chat", "{}")));
+  Peer* up = h_.AcceptUpstream();
+  ASSERT_NE(up, nullptr);
+  ASSERT_EQ(h_.ReadMessage(up), Upstream("POST", "/api/chat", "{}"));
+  ASSERT_TRUE(h_.Send(up, kTagsResponse));
+  ASSERT_EQ(h_.ReadMessage(client), kTagsResponse);
+
+  // The second one within the rate's interval (100 ms): delayed.
+  const int64_t sent = h_.loop()->now_ns();
+  const std::string body = R"({"model":"m","messages":[]})";
+  const std::string request = Post("/api/chat", body);
+  ASSERT_TRUE(h_.Send(client, request.substr(0, request.size() - body.size())));
+  h_.RunUntil([] { return false; }, 5);
+  ASSERT_TRUE(h_.Send(client, body));
+  ASSERT_EQ(h_.ReadMessage(up, 2000), Upstream("POST", "/api/chat", body));
+  EXPECT_GE(h_.loop()->now_ns() - sent, 50'000'000) << "not delayed";
+  ASSERT_TRUE(h_.Send(up, kTagsResponse));
+  EXPECT_EQ(h_.ReadMessage(client), kTagsResponse);
+}
+
 }  // namespace
 }  // namespace sluice::core
