@@ -10,39 +10,19 @@
 namespace sluice::core {
 
 BufferRing::~BufferRing() {
-  if (br_) {
-    io_uring_unregister_buf_ring(ring_, kGroupId);
-    munmap(br_, ring_bytes_);
-  }
+  // The kernel must stop filling buffers before their memory goes.
+  provider_.reset();
   if (memory_) munmap(memory_, memory_bytes_);
 }
 
-absl::Status BufferRing::Init(io_uring* ring, uint32_t count,
+absl::Status BufferRing::Init(std::unique_ptr<BufferProvider> provider, uint32_t count,
                               uint32_t buffer_size) {
-  ring_ = ring;
+  provider_ = std::move(provider);
   count_ = count;
   reserve_ = std::max<uint32_t>(count / 8, 1);
   buffer_size_ = buffer_size;
-  ring_bytes_ = count * sizeof(io_uring_buf);
-  void* mem = mmap(nullptr, ring_bytes_, PROT_READ | PROT_WRITE,
-                   MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-  if (mem == MAP_FAILED) return absl::ResourceExhaustedError("mmap buffer ring");
-  br_ = static_cast<io_uring_buf_ring*>(mem);
-  io_uring_buf_ring_init(br_);
-  io_uring_buf_reg reg{};
-  reg.ring_addr = reinterpret_cast<uint64_t>(br_);
-  reg.ring_entries = count;
-  reg.bgid = kGroupId;
-  int ret = io_uring_register_buf_ring(ring_, &reg, 0);
-  if (ret < 0) {
-    munmap(br_, ring_bytes_);
-    br_ = nullptr;
-    return absl::UnavailableError(
-        absl::StrCat("io_uring_register_buf_ring: ", strerror(-ret),
-                     " (provided buffer rings need Linux 5.19 or later)"));
-  }
   memory_bytes_ = static_cast<size_t>(count) * buffer_size;
-  mem = mmap(nullptr, memory_bytes_, PROT_READ | PROT_WRITE,
+  void* mem = mmap(nullptr, memory_bytes_, PROT_READ | PROT_WRITE,
              MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
   if (mem == MAP_FAILED) return absl::ResourceExhaustedError("mmap buffers");
   memory_ = static_cast<char*>(mem);
@@ -65,9 +45,7 @@ absl::Status BufferRing::Init(io_uring* ring, uint32_t count,
 }
 
 void BufferRing::Publish(uint16_t bid) {
-  io_uring_buf_ring_add(br_, buffer(bid), buffer_size_, bid,
-                        io_uring_buf_ring_mask(count_), 0);
-  io_uring_buf_ring_advance(br_, 1);
+  provider_->Provide(bid, buffer(bid), buffer_size_);
   ++published_;
   ++recycled_;
 }

@@ -1,13 +1,13 @@
 #pragma once
 
-#include <liburing.h>
-
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "core/engine/backend.h"
 #include "core/engine/slice.h"
 
 namespace sluice::core {
@@ -36,10 +36,10 @@ struct BufferRef : SliceOwner {
   BufferAccount* account = nullptr;  // charged while the buffer is lent
 };
 
-// A ring of provided buffers registered with io_uring (liburing 2.3 has no
-// io_uring_setup_buf_ring helper, so the ring memory is mapped here and
-// registered with io_uring_register_buf_ring). Multishot receives pick a
-// buffer per completion; the kernel reports -ENOBUFS when none is left.
+// The receive buffers of one worker, handed for filling to a BufferProvider
+// (with io_uring: the provided-buffer ring registered with the kernel).
+// Multishot receives pick a buffer per completion; they end with -ENOBUFS
+// when none is left.
 //
 // Memory: the kernel takes ring entries in order, so a ring that held all
 // `count` buffers would cycle through every one of them and keep them all
@@ -54,7 +54,6 @@ struct BufferRef : SliceOwner {
 // a call): after a burst the worker returns to a small resident set.
 class BufferRing {
  public:
-  static constexpr uint16_t kGroupId = 1;
   // Working set handed to the kernel at start and after Trim's shrinking.
   static constexpr uint32_t kMinPublished = 128;
   // Buffers whose pages one Trim gives back at most.
@@ -65,8 +64,10 @@ class BufferRing {
   BufferRing(const BufferRing&) = delete;
   BufferRing& operator=(const BufferRing&) = delete;
 
-  // `count` must be a power of two.
-  absl::Status Init(io_uring* ring, uint32_t count, uint32_t buffer_size);
+  // `count` must be a power of two. Buffers are handed to `provider`,
+  // which the ring owns and destroys first.
+  absl::Status Init(std::unique_ptr<BufferProvider> provider, uint32_t count,
+                    uint32_t buffer_size);
 
   // Wraps buffer `bid`, just filled with `len` bytes, in a Slice. When the
   // ring runs low (fewer than count/8 buffers left to the kernel), the
@@ -124,10 +125,8 @@ class BufferRing {
   // `target_` are published.
   void TopUp();
 
-  io_uring* ring_ = nullptr;
-  io_uring_buf_ring* br_ = nullptr;
+  std::unique_ptr<BufferProvider> provider_;
   char* memory_ = nullptr;
-  size_t ring_bytes_ = 0;
   size_t memory_bytes_ = 0;
   uint32_t count_ = 0;
   uint32_t buffer_size_ = 0;

@@ -25,8 +25,11 @@ int64_t ClockNs(clockid_t clock) {
 
 }  // namespace
 
-Loop::Loop(const Options& options)
+Loop::Loop(const Options& options) : Loop(options, NewUringBackend()) {}
+
+Loop::Loop(const Options& options, std::unique_ptr<Backend> backend)
     : options_(options),
+      backend_(std::move(backend)),
       buffer_trim_timer_([this] {
         if (buffers_.Trim()) Timers(kBufferTrimNs)->Arm(&buffer_trim_timer_, now_ns_);
       }) {
@@ -61,8 +64,11 @@ absl::Status Loop::Init() {
     CPU_SET(options_.cpu, &set);
     pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
   }
-  if (absl::Status s = ring_.Init(options_.ring_entries); !s.ok()) return s;
-  if (absl::Status s = buffers_.Init(ring_.raw(), options_.recv_buffers,
+  if (absl::Status s = backend_->Init(options_.ring_entries); !s.ok()) return s;
+  absl::StatusOr<std::unique_ptr<BufferProvider>> provider =
+      backend_->NewBufferProvider(options_.recv_buffers);
+  if (!provider.ok()) return provider.status();
+  if (absl::Status s = buffers_.Init(*std::move(provider), options_.recv_buffers,
                                      options_.recv_buffer_size);
       !s.ok()) {
     return s;
@@ -141,12 +147,9 @@ void Loop::RelievePressure() {
       paused_held += holders[i]->held;
     }
   } else if (!paused_.empty() && buffers_.in_use() <= count / 2) {
-    std::vector<Stream*> paused;
-    paused.swap(paused_);
-    for (Stream* s : paused) {
-      paused_.push_back(s);  // ResumeAfterPressure takes it off
-      s->ResumeAfterPressure();
-    }
+    // ResumeAfterPressure takes each off paused_.
+    const std::vector<Stream*> paused = paused_;
+    for (Stream* s : paused) s->ResumeAfterPressure();
   }
 }
 
@@ -157,20 +160,16 @@ void Loop::CancelFlush(Flushable* f) {
 }
 
 void Loop::ArmAccept(AcceptOp* op) {
-  io_uring_sqe* sqe = ring_.GetSqe();
-  io_uring_prep_multishot_accept(sqe, op->fd, nullptr, nullptr, SOCK_CLOEXEC);
-  io_uring_sqe_set_data(sqe, op);
+  backend_->Accept(op->fd, op);
   op->armed = true;
 }
 
 void Loop::ArmWake() {
-  io_uring_sqe* sqe = ring_.GetSqe();
-  io_uring_prep_read(sqe, wake_fd_, &wake_buf_, sizeof(wake_buf_), 0);
-  io_uring_sqe_set_data(sqe, &wake_op_);
+  backend_->Read(wake_fd_, &wake_buf_, sizeof(wake_buf_), &wake_op_);
 }
 
 void Loop::OnAccept(AcceptOp* op, int res, uint32_t flags) {
-  if (!(flags & IORING_CQE_F_MORE)) op->armed = false;
+  if (!(flags & kIoMore)) op->armed = false;
   if (res >= 0) {
     op->acceptor->OnAccepted(op->tag, res);
   } else if (res != -ECANCELED) {
@@ -189,11 +188,7 @@ void Loop::OnAccept(AcceptOp* op, int res, uint32_t flags) {
 void Loop::CloseListeners() {
   for (auto& op : accept_ops_) {
     if (op->fd < 0) continue;
-    if (op->armed) {
-      io_uring_sqe* sqe = ring_.GetSqe();
-      io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(op.get()), 0);
-      io_uring_sqe_set_data64(sqe, 0);
-    }
+    if (op->armed) backend_->Cancel(op.get());
     ::close(op->fd);
     op->fd = -1;
   }
@@ -257,24 +252,30 @@ void Loop::RunFlushes() {
 
 void Loop::Run(const std::function<bool()>& keep_going) {
   do {
-    int ret = ring_.SubmitAndWait(NextTimeout(), options_.busy_poll_ns);
-    if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY) {
-      LOG_ERROR("io_uring_enter: %s", strerror(-ret));
-    }
-    UpdateClock();
-    ring_.DispatchCompletions();
-    RunDeferred();
-    for (auto& list : timer_lists_) list->Expire(now_ns_);
-    RunDeferred();
-    RetryStarved();
-    RelievePressure();
-    // Gives the pages of buffers unused for a while back, and stops once
-    // nothing is left to trim (an idle loop sleeps).
-    if (!buffer_trim_timer_.armed() && buffers_.wants_trim()) {
-      Timers(kBufferTrimNs)->Arm(&buffer_trim_timer_, now_ns_);
-    }
-    RunFlushes();
+    Turn(-1);
   } while (keep_going() || AcceptsClosing());
+}
+
+void Loop::Turn(int64_t max_wait_ns) {
+  int64_t timeout = NextTimeout();
+  if (max_wait_ns >= 0 && (timeout < 0 || timeout > max_wait_ns)) timeout = max_wait_ns;
+  int ret = backend_->Wait(timeout, options_.busy_poll_ns);
+  if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY) {
+    LOG_ERROR("waiting for events: %s", strerror(-ret));
+  }
+  UpdateClock();
+  backend_->Dispatch();
+  RunDeferred();
+  for (auto& list : timer_lists_) list->Expire(now_ns_);
+  RunDeferred();
+  RetryStarved();
+  RelievePressure();
+  // Gives the pages of buffers unused for a while back, and stops once
+  // nothing is left to trim (an idle loop sleeps).
+  if (!buffer_trim_timer_.armed() && buffers_.wants_trim()) {
+    Timers(kBufferTrimNs)->Arm(&buffer_trim_timer_, now_ns_);
+  }
+  RunFlushes();
 }
 
 bool Loop::AcceptsClosing() const {

@@ -10,7 +10,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "core/engine/buffer.h"
-#include "core/engine/ring.h"
+#include "core/engine/backend.h"
 #include "core/engine/send_queue.h"
 #include "core/engine/timer.h"
 
@@ -44,10 +44,11 @@ class Acceptor {
   ~Acceptor() = default;
 };
 
-// The event loop of one worker thread: its io_uring, provided receive
-// buffers, timers, deferred and posted work, end-of-turn flushes and
-// multishot accepts. Everything else in sluice reaches io_uring through it
-// and through Stream; nothing outside core/engine/ includes liburing.
+// The event loop of one worker thread: its I/O backend (io_uring, or poll
+// in unit tests), provided receive buffers, timers, deferred and posted
+// work, end-of-turn flushes and multishot accepts. Everything else in
+// sluice reaches the kernel through it and through Stream; nothing outside
+// core/engine/ includes liburing.
 //
 // One turn: submit what was queued and wait (for a completion, the next
 // timer, or a posted closure), dispatch completions, run deferred work,
@@ -63,13 +64,16 @@ class Loop {
     int64_t busy_poll_ns = 0;
   };
 
+  // On io_uring.
   explicit Loop(const Options& options);
+  // On `backend` (NewPollBackend() in unit tests).
+  Loop(const Options& options, std::unique_ptr<Backend> backend);
   ~Loop();
   Loop(const Loop&) = delete;
   Loop& operator=(const Loop&) = delete;
 
-  // Sets up the ring and buffers and arms the accepts; runs on the loop's
-  // own thread.
+  // Sets up the backend and buffers and arms the accepts; runs on the
+  // loop's own thread.
   absl::Status Init();
 
   // Before Init: accept connections on listening socket `fd` (the loop
@@ -82,8 +86,11 @@ class Loop {
   // Runs turns until `keep_going` returns false (asked after each turn) and
   // the accepts of closed listeners have ended.
   void Run(const std::function<bool()>& keep_going);
+  // One turn, waiting at most `max_wait_ns` (< 0: until the next timer or
+  // event) for something to happen. Tests step a loop with it.
+  void Turn(int64_t max_wait_ns);
 
-  Ring& ring() { return ring_; }
+  Backend& backend() { return *backend_; }
   BufferRing& buffers() { return buffers_; }
   const BufferRing& buffers() const { return buffers_; }
   SendPool& send_pool() { return send_pool_; }
@@ -161,7 +168,7 @@ class Loop {
   Options options_;
   int wake_fd_ = -1;
   uint64_t wake_buf_ = 0;
-  Ring ring_;
+  std::unique_ptr<Backend> backend_;
   BufferRing buffers_;
   SendPool send_pool_;
   std::vector<std::unique_ptr<AcceptOp>> accept_ops_;

@@ -27,17 +27,8 @@ Stream::~Stream() {
 }
 
 void Stream::Connect(const sockaddr* addr, socklen_t len, int64_t timeout_ns) {
-  io_uring_sqe* sqe = loop_->ring().GetSqe();
-  io_uring_prep_connect(sqe, fd_, addr, len);
-  io_uring_sqe_set_data(sqe, &connect_op_);
+  loop_->backend().Connect(fd_, addr, len, timeout_ns, &connect_op_);
   connecting_ = true;
-  sqe->flags |= IOSQE_IO_LINK;
-  // The linked timeout cancels the connect (-ECANCELED) when it expires.
-  connect_ts_.tv_sec = timeout_ns / 1000000000;
-  connect_ts_.tv_nsec = timeout_ns % 1000000000;
-  io_uring_sqe* tsqe = loop_->ring().GetSqe();
-  io_uring_prep_link_timeout(tsqe, &connect_ts_, 0);
-  io_uring_sqe_set_data64(tsqe, 0);
   ++inflight_;
 }
 
@@ -64,9 +55,7 @@ void Stream::StopReading() {
 
 void Stream::CancelRecv() {
   if (recv_armed_ && !cancel_pending_) {
-    io_uring_sqe* sqe = loop_->ring().GetSqe();
-    io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(&recv_op_), 0);
-    io_uring_sqe_set_data64(sqe, 0);
+    loop_->backend().Cancel(&recv_op_);
     cancel_pending_ = true;
   }
 }
@@ -99,11 +88,7 @@ void Stream::ResumeAfterPressure() {
 }
 
 void Stream::ArmRecv() {
-  io_uring_sqe* sqe = loop_->ring().GetSqe();
-  io_uring_prep_recv_multishot(sqe, fd_, nullptr, 0, 0);
-  sqe->flags |= IOSQE_BUFFER_SELECT;
-  sqe->buf_group = BufferRing::kGroupId;
-  io_uring_sqe_set_data(sqe, &recv_op_);
+  loop_->backend().Recv(fd_, &recv_op_);
   recv_armed_ = true;
   ++inflight_;
 }
@@ -114,7 +99,7 @@ void Stream::RetryAfterBuffers() {
 }
 
 void Stream::OnRecv(int res, uint32_t flags) {
-  const bool more = flags & IORING_CQE_F_MORE;
+  const bool more = flags & kIoMore;
   if (!more) {
     recv_armed_ = false;
     cancel_pending_ = false;
@@ -122,7 +107,7 @@ void Stream::OnRecv(int res, uint32_t flags) {
   }
   if (res > 0) {
     Slice data = loop_->buffers().Take(
-        static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT), res, account_);
+        static_cast<uint16_t>(flags >> kIoBufferShift), res, account_);
     if (!closing_) handler_->OnData(std::move(data));
   } else if (res == -ENOBUFS) {
     // The ring is empty: wait until slices release buffers, then re-arm.
@@ -222,9 +207,7 @@ void Stream::Flush() {
   scratch_->msg = msghdr{};
   scratch_->msg.msg_iov = scratch_->iov;
   scratch_->msg.msg_iovlen = n;
-  io_uring_sqe* sqe = loop_->ring().GetSqe();
-  io_uring_prep_sendmsg(sqe, fd_, &scratch_->msg, MSG_NOSIGNAL);
-  io_uring_sqe_set_data(sqe, &send_op_);
+  loop_->backend().SendMsg(fd_, &scratch_->msg, &send_op_);
   send_inflight_ = true;
   ++inflight_;
 }
@@ -296,11 +279,7 @@ void Stream::Close() {
     // matched against every request of the ring, so one per connection
     // made a mass close (10 000 timeouts at once) quadratic.
     ::shutdown(fd_, SHUT_RDWR);
-    if (connecting_) {
-      io_uring_sqe* sqe = loop_->ring().GetSqe();
-      io_uring_prep_cancel_fd(sqe, fd_, IORING_ASYNC_CANCEL_ALL);
-      io_uring_sqe_set_data64(sqe, 0);
-    }
+    if (connecting_) loop_->backend().CancelFd(fd_);
   }
   MaybeFinishClose();
 }

@@ -10,7 +10,7 @@
 #include <string_view>
 
 #include "core/engine/buffer.h"
-#include "core/engine/ring.h"
+#include "core/engine/backend.h"
 #include "core/engine/send_queue.h"
 #include "core/engine/loop.h"
 
@@ -45,8 +45,8 @@ inline constexpr size_t kHighWatermark = 64 * 1024;
 inline constexpr size_t kLowWatermark = 16 * 1024;
 inline constexpr size_t kMaxPieces = 96;
 
-// A socket driven through the worker's io_uring: one multishot receive into
-// the provided-buffer ring, one send in flight at a time (a second send
+// A socket driven through the worker's loop (its io_uring): one multishot
+// receive into the provided buffers, one send in flight at a time (a second send
 // could overtake a retried short one and reorder bytes), and a queue of
 // pieces to send, gathered with sendmsg. The Stream owns its fd.
 class Stream final : public Flushable {
@@ -159,7 +159,6 @@ class Stream final : public Flushable {
   size_t queued_bytes_ = 0;
   // The sendmsg in flight's msghdr and iovecs, from the worker's pool.
   std::unique_ptr<SendScratch> scratch_;
-  __kernel_timespec connect_ts_{};
   int inflight_ = 0;
   bool want_read_ = false;
   bool recv_armed_ = false;

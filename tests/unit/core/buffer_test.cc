@@ -1,6 +1,5 @@
 #include "core/engine/buffer.h"
 
-#include <liburing.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -11,33 +10,45 @@
 #include <set>
 #include <vector>
 
+#include "core/engine/backend.h"
 #include "gtest/gtest.h"
 
 namespace sluice::core {
 namespace {
 
-class BufferRingTest : public ::testing::Test {
+enum class Kind { kUring, kPoll };
+
+// Each case runs on both backends: io_uring's provided-buffer ring (the
+// kernel picks the buffers) and the poll backend's list.
+class BufferRingTest : public ::testing::TestWithParam<Kind> {
  protected:
   void SetUp() override {
-    int rc = io_uring_queue_init(8, &ring_, 0);
-    if (rc < 0) GTEST_SKIP() << "io_uring unavailable: " << strerror(-rc);
-    ready_ = true;
+    backend_ = GetParam() == Kind::kUring ? NewUringBackend() : NewPollBackend();
+    absl::Status s = backend_->Init(8);
+    if (!s.ok()) GTEST_SKIP() << s;
   }
-  void TearDown() override {
-    buffers_.reset();
-    if (ready_) io_uring_queue_exit(&ring_);
+  void TearDown() override { buffers_.reset(); }
+  absl::Status Init(uint32_t count, uint32_t size) {
+    absl::StatusOr<std::unique_ptr<BufferProvider>> provider =
+        backend_->NewBufferProvider(count);
+    if (!provider.ok()) return provider.status();
+    return buffers_->Init(*std::move(provider), count, size);
   }
 
-  io_uring ring_{};
-  bool ready_ = false;
+  std::unique_ptr<Backend> backend_;
   std::unique_ptr<BufferRing> buffers_ = std::make_unique<BufferRing>();
 };
+
+INSTANTIATE_TEST_SUITE_P(Backends, BufferRingTest, ::testing::Values(Kind::kUring, Kind::kPoll),
+                         [](const ::testing::TestParamInfo<Kind>& info) {
+                           return info.param == Kind::kUring ? "uring" : "poll";
+                         });
 
 // Receives are views of their buffers while the ring has room; once fewer
 // than count/8 buffers would be left to the kernel, each receive is copied
 // and its buffer goes straight back, so holders can never empty the ring.
-TEST_F(BufferRingTest, CopiesOutOfTheRingWhenItRunsLow) {
-  ASSERT_TRUE(buffers_->Init(&ring_, 16, 256).ok());
+TEST_P(BufferRingTest, CopiesOutOfTheRingWhenItRunsLow) {
+  ASSERT_TRUE(Init(16, 256).ok());
   std::vector<Slice> held;
   for (uint16_t bid = 0; bid < 14; ++bid) {
     held.push_back(buffers_->Take(bid, 10));
@@ -59,8 +70,8 @@ TEST_F(BufferRingTest, CopiesOutOfTheRingWhenItRunsLow) {
 
 // A copy has the received bytes and does not change when the buffer is
 // filled again.
-TEST_F(BufferRingTest, CopyKeepsTheReceivedBytes) {
-  ASSERT_TRUE(buffers_->Init(&ring_, 8, 64).ok());
+TEST_P(BufferRingTest, CopyKeepsTheReceivedBytes) {
+  ASSERT_TRUE(Init(8, 64).ok());
   char* base = const_cast<char*>(buffers_->Take(0, 1).data());  // released at once
   std::vector<Slice> held;
   for (uint16_t bid = 0; bid < 7; ++bid) held.push_back(buffers_->Take(bid, 1));
@@ -74,11 +85,11 @@ TEST_F(BufferRingTest, CopyKeepsTheReceivedBytes) {
   EXPECT_EQ(buffers_->in_use(), 7u);
 }
 
-// Drives one multishot receive on a socketpair through the real kernel, the
+// Drives one multishot receive on a socketpair through the backend, the
 // way Stream does: re-armed when it stops, OnEmpty on -ENOBUFS.
-class RingReceiver {
+class RingReceiver final : public Completion {
  public:
-  RingReceiver(io_uring* ring, BufferRing* buffers) : ring_(ring), buffers_(buffers) {
+  RingReceiver(Backend* backend, BufferRing* buffers) : backend_(backend), buffers_(buffers) {
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fds_) != 0) fds_[0] = -1;
   }
   ~RingReceiver() {
@@ -89,44 +100,45 @@ class RingReceiver {
   }
   bool ok() const { return fds_[0] >= 0; }
 
-  // Sends one small message and collects what the kernel delivered.
+  // Sends one small message and collects what the backend delivered.
   void SendAndReceive(std::vector<Slice>* held, std::set<uint16_t>* bids) {
     if (!armed_) Arm();
     ASSERT_EQ(write(fds_[1], "token", 5), 5);
-    for (;;) {
-      io_uring_submit(ring_);
-      io_uring_cqe* cqe = nullptr;
-      __kernel_timespec ts{0, 200 * 1000 * 1000};
-      if (io_uring_wait_cqe_timeout(ring_, &cqe, &ts) != 0) return;  // delivered
-      const int res = cqe->res;
-      const uint32_t flags = cqe->flags;
-      io_uring_cqe_seen(ring_, cqe);
-      if (!(flags & IORING_CQE_F_MORE)) armed_ = false;
-      if (res > 0) {
-        const auto bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
-        bids->insert(bid);
-        held->push_back(buffers_->Take(bid, res));
-      } else if (res == -ENOBUFS) {
-        buffers_->OnEmpty();
-      }
-      if (!armed_) Arm();
-      if (res > 0) return;
+    held_ = held;
+    bids_ = bids;
+    got_ = false;
+    while (!got_) {
+      int ret = backend_->Wait(200 * 1000 * 1000, 0);
+      if (backend_->Dispatch() == 0 && ret < 0) return;  // nothing came
     }
+  }
+
+  void Complete(int res, uint32_t flags) override {
+    if (!(flags & kIoMore)) armed_ = false;
+    if (res > 0) {
+      const auto bid = static_cast<uint16_t>(flags >> kIoBufferShift);
+      bids_->insert(bid);
+      held_->push_back(buffers_->Take(bid, res));
+      got_ = true;
+    } else if (res == -ENOBUFS) {
+      buffers_->OnEmpty();
+    }
+    if (!armed_) Arm();
   }
 
  private:
   void Arm() {
-    io_uring_sqe* sqe = io_uring_get_sqe(ring_);
-    io_uring_prep_recv_multishot(sqe, fds_[0], nullptr, 0, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = BufferRing::kGroupId;
+    backend_->Recv(fds_[0], this);
     armed_ = true;
   }
 
-  io_uring* ring_;
+  Backend* backend_;
   BufferRing* buffers_;
   int fds_[2] = {-1, -1};
   bool armed_ = false;
+  bool got_ = false;
+  std::vector<Slice>* held_ = nullptr;
+  std::set<uint16_t>* bids_ = nullptr;
 };
 
 bool Resident(const char* p, size_t len) {
@@ -141,10 +153,10 @@ bool Resident(const char* p, size_t len) {
 // Receives that are dropped at once cycle through a small working set of
 // buffers, not through all of them: a ring of 1024 buffers keeps at most
 // kMinPublished (+ the one in hand) warm however many receives go by.
-TEST_F(BufferRingTest, ReceivesCycleThroughASmallWorkingSet) {
-  ASSERT_TRUE(buffers_->Init(&ring_, 1024, 4096).ok());
+TEST_P(BufferRingTest, ReceivesCycleThroughASmallWorkingSet) {
+  ASSERT_TRUE(Init(1024, 4096).ok());
   EXPECT_EQ(buffers_->published(), BufferRing::kMinPublished);
-  RingReceiver rx(&ring_, buffers_.get());
+  RingReceiver rx(backend_.get(), buffers_.get());
   ASSERT_TRUE(rx.ok());
   std::set<uint16_t> bids;
   for (int i = 0; i < 3000; ++i) {
@@ -166,9 +178,9 @@ TEST_F(BufferRingTest, ReceivesCycleThroughASmallWorkingSet) {
 // and the set grows instead of starving the receiver. Once they are
 // released and unused for two trims, the extra buffers' pages go back to
 // the kernel and the working set shrinks again.
-TEST_F(BufferRingTest, GrowsWhenEmptyAndTrimsWhenIdle) {
-  ASSERT_TRUE(buffers_->Init(&ring_, 1024, 4096).ok());
-  RingReceiver rx(&ring_, buffers_.get());
+TEST_P(BufferRingTest, GrowsWhenEmptyAndTrimsWhenIdle) {
+  ASSERT_TRUE(Init(1024, 4096).ok());
+  RingReceiver rx(backend_.get(), buffers_.get());
   ASSERT_TRUE(rx.ok());
   std::vector<Slice> held;
   std::set<uint16_t> bids;

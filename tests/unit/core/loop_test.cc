@@ -18,17 +18,22 @@
 namespace sluice::core {
 namespace {
 
+enum class Kind { kUring, kPoll };
+
+std::unique_ptr<Loop> NewLoop(Kind kind) {
+  Loop::Options o;
+  o.recv_buffers = 64;
+  o.recv_buffer_size = 1024;
+  return std::make_unique<Loop>(o, kind == Kind::kUring ? NewUringBackend() : NewPollBackend());
+}
+
 // The loop on its own, through the real kernel: what every connection
 // relies on (timers, deferred and posted work, end-of-turn flushes,
-// accepts) without a worker around it.
-class LoopTest : public ::testing::Test {
+// accepts) without a worker around it. Every case runs on io_uring and on
+// the poll backend unit tests use, which must behave the same.
+class LoopTest : public ::testing::TestWithParam<Kind> {
  protected:
-  void SetUp() override {
-    Loop::Options o;
-    o.recv_buffers = 64;
-    o.recv_buffer_size = 1024;
-    loop_ = std::make_unique<Loop>(o);
-  }
+  void SetUp() override { loop_ = NewLoop(GetParam()); }
   // Init on the test thread; skips where io_uring is unavailable.
   bool Start() {
     absl::Status s = loop_->Init();
@@ -42,6 +47,11 @@ class LoopTest : public ::testing::Test {
   std::string skipped_;
 };
 
+INSTANTIATE_TEST_SUITE_P(Backends, LoopTest, ::testing::Values(Kind::kUring, Kind::kPoll),
+                         [](const ::testing::TestParamInfo<Kind>& info) {
+                           return info.param == Kind::kUring ? "uring" : "poll";
+                         });
+
 struct Recorder final : Flushable {
   std::vector<std::string>* log;
   void Flush() override { log->push_back("flush"); }
@@ -49,7 +59,7 @@ struct Recorder final : Flushable {
 
 // Within one turn: completions, then deferred work, then timers (and work
 // they defer), then flushes; the loop stops when asked after a turn.
-TEST_F(LoopTest, TurnOrderAndTimers) {
+TEST_P(LoopTest, TurnOrderAndTimers) {
   if (!Start()) GTEST_SKIP() << skipped_;
   std::vector<std::string> log;
   Recorder flush;
@@ -76,7 +86,7 @@ TEST_F(LoopTest, TurnOrderAndTimers) {
 
 // Post is the one thread-safe entry: a closure from another thread wakes a
 // sleeping loop and runs on it.
-TEST_F(LoopTest, PostFromAnotherThreadWakesTheLoop) {
+TEST_P(LoopTest, PostFromAnotherThreadWakesTheLoop) {
   if (!Start()) GTEST_SKIP() << skipped_;
   std::atomic<bool> ran{false};
   std::thread::id ran_on;
@@ -133,7 +143,7 @@ int Connect(int port) {
 
 // Accepted sockets go to the acceptor with their listener's tag; after
 // CloseListeners the kernel refuses new connections.
-TEST_F(LoopTest, AcceptsUntilListenersClose) {
+TEST_P(LoopTest, AcceptsUntilListenersClose) {
   int port = 0;
   int lfd = ListenLoopback(&port);
   ASSERT_GE(lfd, 0);
@@ -160,7 +170,7 @@ TEST_F(LoopTest, AcceptsUntilListenersClose) {
 // live on in another process (a restart hands it over). Connections that
 // arrive then belong to that process: none may be taken by the closing loop
 // and lost with its ring, and any it did accept reaches its acceptor.
-TEST_F(LoopTest, ClosedListenersLoseNoConnection) {
+TEST_P(LoopTest, ClosedListenersLoseNoConnection) {
   int port = 0;
   int lfd = ListenLoopback(&port);
   ASSERT_GE(lfd, 0);
@@ -209,16 +219,14 @@ TEST_F(LoopTest, ClosedListenersLoseNoConnection) {
 // has stopped must reach the new one: an accept the old ring still had
 // armed would take the socket's wake-up and leave the connection waiting
 // in the backlog.
-TEST_F(LoopTest, StoppedLoopLeavesNewConnectionsToTheNextOwner) {
+TEST_P(LoopTest, StoppedLoopLeavesNewConnectionsToTheNextOwner) {
   int port = 0;
   int lfd = ListenLoopback(&port);
   ASSERT_GE(lfd, 0);
   CountingAcceptor old_acceptor, new_acceptor;
   loop_->AddListener(lfd, 1, &old_acceptor);
-  Loop::Options o;
-  o.recv_buffers = 64;
-  o.recv_buffer_size = 1024;
-  Loop next(o);
+  std::unique_ptr<Loop> next_loop = NewLoop(GetParam());
+  Loop& next = *next_loop;
   next.AddListener(dup(lfd), 2, &new_acceptor);
   if (!Start()) GTEST_SKIP() << skipped_;
   ASSERT_TRUE(next.Init().ok());
@@ -259,11 +267,90 @@ struct HoldingHandler final : StreamHandler {
   void OnClosed() override {}
 };
 
+struct EchoHandler final : StreamHandler {
+  std::string got;
+  int read_end = 1;  // not yet
+  int connected = 1;
+  bool closed = false;
+  int write_error = 0;
+  void OnData(Slice data) override { got.append(data.view()); }
+  void OnReadEnd(int res) override { read_end = res; }
+  void OnWriteError(int res) override { write_error = res; }
+  void OnConnected(int res) override { connected = res; }
+  void OnClosed() override { closed = true; }
+};
+
+// A Stream's whole life on each backend: connect, a gathered send, the
+// peer's answer, its half-close, and Close ending with OnClosed.
+TEST_P(LoopTest, StreamConnectsSendsReceivesAndCloses) {
+  if (!Start()) GTEST_SKIP() << skipped_;
+  int port = 0;
+  int lfd = ListenLoopback(&port);
+  ASSERT_GE(lfd, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  EchoHandler h;
+  auto* s = new Stream(loop_.get(), socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), &h);
+  s->Connect(reinterpret_cast<sockaddr*>(&a), sizeof(a), 1'000'000'000);
+  s->WriteStatic("GET / HTTP/1.1\r\n");
+  s->WriteCopy("Host: x\r\n\r\n");
+  s->StartReading();
+  for (int i = 0; i < 100 && h.connected == 1; ++i) loop_->Turn(10'000'000);
+  ASSERT_EQ(h.connected, 0);
+  int peer = accept(lfd, nullptr, nullptr);
+  ASSERT_GE(peer, 0);
+  std::string request;
+  for (int i = 0; i < 100 && request.size() < 27; ++i) {
+    loop_->Turn(10'000'000);
+    char buf[64];
+    ssize_t n = recv(peer, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n > 0) request.append(buf, static_cast<size_t>(n));
+  }
+  EXPECT_EQ(request, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_TRUE(s->write_idle());
+  ASSERT_EQ(write(peer, "HTTP/1.1 200 OK\r\n", 17), 17);
+  shutdown(peer, SHUT_WR);
+  for (int i = 0; i < 100 && h.read_end == 1; ++i) loop_->Turn(10'000'000);
+  EXPECT_EQ(h.got, "HTTP/1.1 200 OK\r\n");
+  EXPECT_EQ(h.read_end, 0);
+  s->Close();
+  for (int i = 0; i < 100 && !h.closed; ++i) loop_->Turn(10'000'000);
+  EXPECT_TRUE(h.closed);
+  delete s;
+  char c;
+  EXPECT_EQ(read(peer, &c, 1), 0) << "the peer sees the close";
+  close(peer);
+  close(lfd);
+}
+
+// A refused connect reports -ECONNREFUSED through OnConnected.
+TEST_P(LoopTest, RefusedConnectIsReported) {
+  if (!Start()) GTEST_SKIP() << skipped_;
+  int port = 0;
+  int lfd = ListenLoopback(&port);
+  ASSERT_GE(lfd, 0);
+  close(lfd);  // nothing listens there now
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  EchoHandler h;
+  Stream s(loop_.get(), socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), &h);
+  s.Connect(reinterpret_cast<sockaddr*>(&a), sizeof(a), 1'000'000'000);
+  for (int i = 0; i < 100 && h.connected == 1; ++i) loop_->Turn(10'000'000);
+  EXPECT_EQ(h.connected, -ECONNREFUSED);
+  s.Close();
+  for (int i = 0; i < 100 && !h.closed; ++i) loop_->Turn(10'000'000);
+  EXPECT_TRUE(h.closed);
+}
+
 // When the ring runs low, the upstream streams of the connection holding
 // most of it stop receiving (so TCP pushes back on their sender) while
 // other connections' streams go on; once the ring is back under half they
 // resume.
-TEST_F(LoopTest, RingPressurePausesTheBiggestHoldersUpstreams) {
+TEST_P(LoopTest, RingPressurePausesTheBiggestHoldersUpstreams) {
   if (!Start()) GTEST_SKIP() << skipped_;  // 64 buffers of 1 KiB
   int greedy_fds[2], polite_fds[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, greedy_fds), 0);

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -207,31 +208,92 @@ TEST_F(PolicyBuildTest, NoFilesAndNoAuthModeNamesTheAuthFlag) {
       "authentication unless --auth=none is set");
 }
 
-TEST_F(PolicyBuildTest, AuthModeNeedsItsFile) {
-  PolicyOptions o;
-  o.auth = "key";
-  o.htpasswd_file = UsersFile();
-  EXPECT_EQ(BuildError(o), "--auth: --auth=key needs --keys_file");
-
-  o = PolicyOptions{};
-  o.auth = "basic";
-  o.keys_file = KeysFile();
-  EXPECT_EQ(BuildError(o), "--auth: --auth=basic needs --htpasswd");
-
-  o = PolicyOptions{};
-  o.auth = "key_or_basic";
-  EXPECT_EQ(BuildError(o),
-            "--auth: --auth=key_or_basic needs --keys_file or --htpasswd");
+// Each bad value is refused with a message that starts with its flag; the
+// whole message where it is fixed, its start where it goes on with the
+// parser's detail.
+TEST_F(PolicyBuildTest, BadValuesNameTheirFlag) {
+  struct Case {
+    std::function<void(PolicyOptions*)> set;
+    std::string error;
+    bool whole = true;  // else a prefix
+  } cases[] = {
+      {[&](PolicyOptions* o) {
+         o->auth = "key";
+         o->htpasswd_file = UsersFile();
+       },
+       "--auth: --auth=key needs --keys_file"},
+      {[&](PolicyOptions* o) {
+         o->auth = "basic";
+         o->keys_file = KeysFile();
+       },
+       "--auth: --auth=basic needs --htpasswd"},
+      {[](PolicyOptions* o) { o->auth = "key_or_basic"; },
+       "--auth: --auth=key_or_basic needs --keys_file or --htpasswd"},
+      {[&](PolicyOptions* o) {
+         o->auth = "token";
+         o->keys_file = KeysFile();
+       },
+       "--auth: \"token\": use key, basic, key_or_basic or none"},
+      {[&](PolicyOptions* o) {
+         o->auth = "KEY";  // case matters
+         o->keys_file = KeysFile();
+       },
+       "--auth: \"KEY\"", false},
+      {[](PolicyOptions* o) {
+         *o = NoAuth();
+         o->cors_origins = "https://ok.example,app.example";
+       },
+       "--cors_origins: \"app.example\": an origin is scheme://host[:port] or *"},
+      {[](PolicyOptions* o) {
+         *o = NoAuth();
+         o->rate_api = "fast";
+       },
+       "--rate_api: rate spec: unknown token \"fast\"", false},
+      {[](PolicyOptions* o) {
+         *o = NoAuth();
+         o->rate_generation = "10r/h burst=5";
+       },
+       "--rate_generation: rate spec: unknown token \"10r/h\"", false},
+      {[](PolicyOptions* o) {
+         *o = NoAuth();
+         o->rate_generation = "burst=5";
+       },
+       "--rate_generation: rate spec", false},
+      {[](PolicyOptions* o) {
+         *o = NoAuth();
+         o->auth_attempts = "5 per minute";
+       },
+       "--auth_attempts: rate spec", false},
+      {[](PolicyOptions* o) {
+         *o = NoAuth();
+         o->rate_by = "host";
+       },
+       "--rate_by: \"host\": use ip or credential"},
+  };
+  for (const Case& c : cases) {
+    PolicyOptions o;
+    c.set(&o);
+    if (c.whole) {
+      EXPECT_EQ(BuildError(o), c.error);
+    } else {
+      EXPECT_PRED2(HasPrefix, BuildError(o), c.error);
+    }
+  }
 }
 
-TEST_F(PolicyBuildTest, BadAuthValue) {
-  PolicyOptions o;
-  o.auth = "token";
-  o.keys_file = KeysFile();
-  EXPECT_EQ(BuildError(o),
-            "--auth: \"token\": use key, basic, key_or_basic or none");
-  o.auth = "KEY";  // case matters
-  EXPECT_PRED2(HasPrefix, BuildError(o), "--auth: \"KEY\"");
+// Good values next to the bad ones above.
+TEST_F(PolicyBuildTest, GoodValuesBuild) {
+  PolicyOptions o = NoAuth();
+  o.cors_origins = "https://a.example, http://b.example:8080/ *";
+  EXPECT_NE(MustBuild(o), nullptr);
+  o = NoAuth();
+  o.auth_attempts = "off";
+  EXPECT_NE(MustBuild(o), nullptr);
+  for (const char* by : {"ip", "credential", "key", "user"}) {
+    o = NoAuth();
+    o.rate_by = by;
+    EXPECT_NE(MustBuild(o), nullptr) << by;
+  }
 }
 
 TEST_F(PolicyBuildTest, BadCidrNamesItsFlag) {
@@ -250,47 +312,6 @@ TEST_F(PolicyBuildTest, BadCidrNamesItsFlag) {
     const std::string error = BuildError(o);
     EXPECT_PRED2(HasPrefix, error, absl::StrCat(c.flag, "bad CIDR"));
     EXPECT_PRED2(Contains, error, "10.0.0.0/33");
-  }
-}
-
-TEST_F(PolicyBuildTest, BadCorsOrigin) {
-  PolicyOptions o = NoAuth();
-  o.cors_origins = "https://ok.example,app.example";
-  EXPECT_EQ(BuildError(o),
-            "--cors_origins: \"app.example\": an origin is "
-            "scheme://host[:port] or *");
-  o.cors_origins = "https://a.example, http://b.example:8080/ *";
-  EXPECT_NE(MustBuild(o), nullptr);
-}
-
-TEST_F(PolicyBuildTest, BadRatesAndRateBy) {
-  PolicyOptions o = NoAuth();
-  o.rate_api = "fast";
-  EXPECT_PRED2(HasPrefix, BuildError(o),
-               "--rate_api: rate spec: unknown token \"fast\"");
-
-  o = NoAuth();
-  o.rate_generation = "10r/h burst=5";
-  EXPECT_PRED2(HasPrefix, BuildError(o),
-               "--rate_generation: rate spec: unknown token \"10r/h\"");
-
-  o = NoAuth();
-  o.rate_generation = "burst=5";
-  EXPECT_PRED2(HasPrefix, BuildError(o), "--rate_generation: rate spec");
-
-  o = NoAuth();
-  o.auth_attempts = "5 per minute";
-  EXPECT_PRED2(HasPrefix, BuildError(o), "--auth_attempts: rate spec");
-  o.auth_attempts = "off";
-  EXPECT_NE(MustBuild(o), nullptr);
-
-  o = NoAuth();
-  o.rate_by = "host";
-  EXPECT_EQ(BuildError(o), "--rate_by: \"host\": use ip or credential");
-
-  for (const char* by : {"ip", "credential", "key", "user"}) {
-    o.rate_by = by;
-    EXPECT_NE(MustBuild(o), nullptr) << by;
   }
 }
 
