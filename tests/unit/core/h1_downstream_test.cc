@@ -3,6 +3,7 @@
 #include <ostream>
 #include <string>
 #include <string_view>
+#include <tuple>
 
 #include "core/upstream/upstream_pool.h"
 #include "gtest/gtest.h"
@@ -14,6 +15,7 @@ namespace {
 
 using proxy_test::Cat;
 using proxy_test::Chunk;
+using proxy_test::Engine;
 using proxy_test::HeaderValue;
 using proxy_test::MessageBody;
 using proxy_test::Peer;
@@ -38,7 +40,7 @@ std::string Ok(std::string_view body) {
 
 // An HTTP/1.1 client connection: the session, its relays and the test as
 // the upstream.
-class H1DownstreamTest : public ::testing::Test {
+class H1DownstreamTest : public ::testing::TestWithParam<Engine> {
  protected:
   // Answers the next request on `up` with `body`, checking it was `path`.
   void Answer(Peer* up, std::string_view path, std::string_view body) {
@@ -46,12 +48,14 @@ class H1DownstreamTest : public ::testing::Test {
     ASSERT_TRUE(h_.Send(up, Ok(body)));
   }
 
-  ProxyHarness h_;
+  ProxyHarness h_{GetParam()};
 };
+
+SLUICE_ON_EVERY_ENGINE(H1DownstreamTest);
 
 // Requests one after the other on one keepalive connection share one
 // upstream link.
-TEST_F(H1DownstreamTest, KeepaliveRequestsShareTheConnectionAndTheLink) {
+TEST_P(H1DownstreamTest, KeepaliveRequestsShareTheConnectionAndTheLink) {
   SLUICE_START_PROXY(h_);
   Peer* client = h_.Connect();
   Peer* up = nullptr;
@@ -70,7 +74,7 @@ TEST_F(H1DownstreamTest, KeepaliveRequestsShareTheConnectionAndTheLink) {
 
 // Pipelined requests: the second goes upstream only once the first is
 // answered, and the answers come back in order.
-TEST_F(H1DownstreamTest, PipelinedRequestsAreAnsweredInOrder) {
+TEST_P(H1DownstreamTest, PipelinedRequestsAreAnsweredInOrder) {
   SLUICE_START_PROXY(h_);
   Peer* client = h_.Connect();
   ASSERT_TRUE(h_.Send(client, Cat(Get("/api/tags"), Get("/api/ps"), Get("/api/version"))));
@@ -100,16 +104,20 @@ struct Refusal {
 
 void PrintTo(const Refusal& r, std::ostream* os) { *os << r.name; }
 
-class H1RefusalTest : public H1DownstreamTest, public ::testing::WithParamInterface<Refusal> {};
+class H1RefusalTest : public ::testing::TestWithParam<std::tuple<Engine, Refusal>> {
+ protected:
+  const Refusal& refusal() const { return std::get<1>(GetParam()); }
+  ProxyHarness h_{std::get<0>(GetParam())};
+};
 
 TEST_P(H1RefusalTest, AnsweredWithJsonAndClosed) {
   h_.config().max_header_bytes = 1024;
   h_.config().client_max_body_size = 1000;
   SLUICE_START_PROXY(h_);
   Peer* client = h_.Connect();
-  ASSERT_TRUE(h_.Send(client, GetParam().request));
+  ASSERT_TRUE(h_.Send(client, refusal().request));
   EXPECT_EQ(h_.ReadMessage(client),
-            http::JsonErrorResponse(GetParam().status, GetParam().message, true));
+            http::JsonErrorResponse(refusal().status, refusal().message, true));
   // FIN from the proxy; it then lingers, reading, until the client closes.
   EXPECT_TRUE(h_.RunUntil([&] { return client->closed(); })) << "connection left open";
   EXPECT_FALSE(h_.UpstreamPending());
@@ -119,23 +127,29 @@ TEST_P(H1RefusalTest, AnsweredWithJsonAndClosed) {
 
 INSTANTIATE_TEST_SUITE_P(
     Codec, H1RefusalTest,
-    ::testing::Values(
-        Refusal{"MissingHost", "GET /api/tags HTTP/1.1\r\n\r\n", 400,
-                "malformed request: missing Host header"},
-        Refusal{"DuplicateHost", "GET /api/tags HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400,
-                "malformed request: duplicate Host header"},
-        Refusal{"ObsoleteFolding", "GET /api/tags HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n", 400,
-                "malformed request: obsolete line folding"},
-        Refusal{"HeadTooLarge", Get("/api/tags", Cat("X-Big: ", std::string(2048, 'a'), "\r\n")),
-                431, "request header fields too large"},
-        Refusal{"BodyTooLarge",
-                "POST /api/chat HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n", 413,
-                "request body too large"}),
-    [](const ::testing::TestParamInfo<Refusal>& info) { return std::string(info.param.name); });
+    ::testing::Combine(
+        ::testing::Values(Engine::kPoll, Engine::kUring),
+        ::testing::Values(
+            Refusal{"MissingHost", "GET /api/tags HTTP/1.1\r\n\r\n", 400,
+                    "malformed request: missing Host header"},
+            Refusal{"DuplicateHost", "GET /api/tags HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400,
+                    "malformed request: duplicate Host header"},
+            Refusal{"ObsoleteFolding", "GET /api/tags HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n",
+                    400, "malformed request: obsolete line folding"},
+            Refusal{"HeadTooLarge",
+                    Get("/api/tags", Cat("X-Big: ", std::string(2048, 'a'), "\r\n")), 431,
+                    "request header fields too large"},
+            Refusal{"BodyTooLarge",
+                    "POST /api/chat HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n", 413,
+                    "request body too large"})),
+    [](const ::testing::TestParamInfo<std::tuple<Engine, Refusal>>& info) {
+      return Cat(std::get<1>(info.param).name, "_",
+                 proxy_test::EngineName(std::get<0>(info.param)));
+    });
 
 // A client asking for Connection: close gets it, and the connection closes
 // after the response.
-TEST_F(H1DownstreamTest, ConnectionCloseIsHonoured) {
+TEST_P(H1DownstreamTest, ConnectionCloseIsHonoured) {
   SLUICE_START_PROXY(h_);
   Peer* client = h_.Connect();
   ASSERT_TRUE(h_.Send(client, Get("/api/tags", "Connection: close\r\n")));
@@ -151,7 +165,7 @@ TEST_F(H1DownstreamTest, ConnectionCloseIsHonoured) {
 }
 
 // A chunked request body goes upstream chunked, with the same bytes.
-TEST_F(H1DownstreamTest, ChunkedRequestBodyIsForwarded) {
+TEST_P(H1DownstreamTest, ChunkedRequestBodyIsForwarded) {
   SLUICE_START_PROXY(h_);
   Peer* client = h_.Connect();
   ASSERT_TRUE(h_.Send(client,
@@ -169,7 +183,7 @@ TEST_F(H1DownstreamTest, ChunkedRequestBodyIsForwarded) {
 
 // Expect: 100-continue gets its interim answer once the request is
 // admitted, then the body flows.
-TEST_F(H1DownstreamTest, ExpectContinueIsAnswered) {
+TEST_P(H1DownstreamTest, ExpectContinueIsAnswered) {
   SLUICE_START_PROXY(h_);
   Peer* client = h_.Connect();
   ASSERT_TRUE(h_.Send(client,
@@ -189,7 +203,7 @@ TEST_F(H1DownstreamTest, ExpectContinueIsAnswered) {
 
 // A head that stops coming: 408 with a JSON error after
 // --client_header_timeout, then the connection closes.
-TEST_F(H1DownstreamTest, StalledHeadGets408) {
+TEST_P(H1DownstreamTest, StalledHeadGets408) {
   h_.config().client_header_timeout_ns = 20'000'000;
   SLUICE_START_PROXY(h_);
   Peer* client = h_.Connect();
@@ -200,7 +214,7 @@ TEST_F(H1DownstreamTest, StalledHeadGets408) {
 }
 
 // An idle keepalive connection closes after --keepalive_timeout.
-TEST_F(H1DownstreamTest, IdleConnectionClosesAfterKeepaliveTimeout) {
+TEST_P(H1DownstreamTest, IdleConnectionClosesAfterKeepaliveTimeout) {
   h_.config().keepalive_timeout_ns = 20'000'000;
   SLUICE_START_PROXY(h_);
   Peer* client = h_.Connect();
@@ -216,7 +230,7 @@ TEST_F(H1DownstreamTest, IdleConnectionClosesAfterKeepaliveTimeout) {
 }
 
 // The client goes away while uploading its body: the upstream link closes.
-TEST_F(H1DownstreamTest, ClientGoneMidBodyClosesTheUpstreamLink) {
+TEST_P(H1DownstreamTest, ClientGoneMidBodyClosesTheUpstreamLink) {
   SLUICE_START_PROXY(h_);
   Peer* client = h_.Connect();
   ASSERT_TRUE(h_.Send(client,

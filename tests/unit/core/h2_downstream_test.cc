@@ -20,6 +20,7 @@ namespace {
 namespace h2 = integration::h2;
 using proxy_test::Cat;
 using proxy_test::Chunk;
+using proxy_test::Engine;
 using proxy_test::MessageBody;
 using proxy_test::Peer;
 using proxy_test::ProxyHarness;
@@ -132,7 +133,7 @@ class FrameReader {
 
 // An h2c client with prior knowledge, the HTTP/2 session, one relay and
 // one upstream link per stream.
-class H2DownstreamTest : public ::testing::Test {
+class H2DownstreamTest : public ::testing::TestWithParam<Engine> {
  protected:
   // The preface and SETTINGS, and the server's SETTINGS acknowledged.
   void Open(const std::vector<std::pair<uint16_t, uint32_t>>& settings = {}) {
@@ -197,15 +198,17 @@ class H2DownstreamTest : public ::testing::Test {
       "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
       "Transfer-Encoding: chunked\r\n\r\n";
 
-  ProxyHarness h_;
+  ProxyHarness h_{GetParam()};
   Peer* client_ = nullptr;
   FrameReader reader_;
 };
 
+SLUICE_ON_EVERY_ENGINE(H2DownstreamTest);
+
 // Two streams on one connection, each on its own upstream link: one is
 // answered whole while the other waits, then the other streams; each
 // upstream chunk becomes one DATA frame on its own stream.
-TEST_F(H2DownstreamTest, ConcurrentStreamsAreRelayedIndependently) {
+TEST_P(H2DownstreamTest, ConcurrentStreamsAreRelayedIndependently) {
   SLUICE_START_PROXY(h_);
   ASSERT_NO_FATAL_FAILURE(Open());
   Peer* generate = nullptr;
@@ -238,7 +241,7 @@ TEST_F(H2DownstreamTest, ConcurrentStreamsAreRelayedIndependently) {
 
 // RST_STREAM on one stream closes that stream's upstream link only; the
 // other stream goes on.
-TEST_F(H2DownstreamTest, ResetStreamCancelsOnlyItsUpstream) {
+TEST_P(H2DownstreamTest, ResetStreamCancelsOnlyItsUpstream) {
   SLUICE_START_PROXY(h_);
   ASSERT_NO_FATAL_FAILURE(Open());
   Peer* generate = nullptr;
@@ -266,7 +269,7 @@ TEST_F(H2DownstreamTest, ResetStreamCancelsOnlyItsUpstream) {
 // Flow control: with stream windows of zero, a stream gets no DATA until
 // its window opens, then exactly as much as it opened, while a stream
 // whose window is open is served in full.
-TEST_F(H2DownstreamTest, StreamWithoutWindowWaitsWhileTheOtherProceeds) {
+TEST_P(H2DownstreamTest, StreamWithoutWindowWaitsWhileTheOtherProceeds) {
   SLUICE_START_PROXY(h_);
   ASSERT_NO_FATAL_FAILURE(Open({{h2::kSettingsInitialWindowSize, 0}}));
   Peer* generate = nullptr;
@@ -297,7 +300,7 @@ TEST_F(H2DownstreamTest, StreamWithoutWindowWaitsWhileTheOtherProceeds) {
 
 // An upstream that refuses: the stream gets 502 with a JSON body, and the
 // connection stays open for the next stream.
-TEST_F(H2DownstreamTest, RefusedUpstreamAnswers502OnTheStream) {
+TEST_P(H2DownstreamTest, RefusedUpstreamAnswers502OnTheStream) {
   SLUICE_START_PROXY(h_);
   h_.CloseUpstreamListener();
   ASSERT_NO_FATAL_FAILURE(Open());
@@ -313,7 +316,7 @@ TEST_F(H2DownstreamTest, RefusedUpstreamAnswers502OnTheStream) {
 
 // A client that closes the connection mid-stream: every upstream link of
 // its streams closes.
-TEST_F(H2DownstreamTest, ClosedConnectionClosesEveryUpstream) {
+TEST_P(H2DownstreamTest, ClosedConnectionClosesEveryUpstream) {
   SLUICE_START_PROXY(h_);
   ASSERT_NO_FATAL_FAILURE(Open());
   Peer* generate = nullptr;

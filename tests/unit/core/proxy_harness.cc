@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/engine/backend.h"
 #include "core/upstream/upstream_pool.h"
 #include "gtest/gtest.h"
 #include "http/serialize.h"
@@ -178,7 +179,7 @@ std::string Chunk(std::string_view data) {
   return out;
 }
 
-ProxyHarness::ProxyHarness() : tick_([] {}) {
+ProxyHarness::ProxyHarness(Engine engine) : engine_(engine) {
   // Small buffers, so a few kilobytes already span several receives, and
   // enough of them that ring pressure never pauses a stream by itself.
   loop_options_.recv_buffers = 256;
@@ -220,7 +221,8 @@ absl::Status ProxyHarness::Start() {
       policy::Policy::Build(policy_options_, 1);
   if (!p.ok()) return p.status();
   slot_.Set(*p);
-  loop_ = std::make_unique<Loop>(loop_options_);
+  loop_ = std::make_unique<Loop>(loop_options_,
+                                 engine_ == Engine::kPoll ? NewPollBackend() : NewUringBackend());
   if (absl::Status s = loop_->Init(); !s.ok()) {
     loop_.reset();
     return s;
@@ -230,10 +232,7 @@ absl::Status ProxyHarness::Start() {
 }
 
 void ProxyHarness::Turn(int64_t max_wait_ns) {
-  // The io_uring loop waits for the next timer: this one bounds the wait.
-  loop_->Timers(max_wait_ns)->Arm(&tick_, loop_->now_ns());
-  loop_->Run([] { return false; });
-  tick_.Disarm();
+  loop_->Turn(max_wait_ns);
   for (auto& p : peers_) p->Pump();
 }
 

@@ -2,9 +2,10 @@
 // playing both the client and the upstream (Ollama) over plain
 // non-blocking sockets: a client is one end of a socketpair whose other end
 // becomes a ClientConnection (as Worker::OnAccepted makes one), and the
-// upstream is a loopback listening socket the test accepts from. Nothing
-// runs on another thread, so every step is deterministic and bounded in
-// turns.
+// upstream is a loopback listening socket the test accepts from. The loop
+// runs on the poll backend (or on io_uring, to hold the two to the same
+// behaviour) and is stepped with Loop::Turn; nothing runs on another
+// thread, so every step is deterministic and bounded in turns.
 #pragma once
 
 #include <cstddef>
@@ -18,16 +19,29 @@
 
 #include "absl/status/status.h"
 #include "core/engine/loop.h"
-#include "core/engine/timer.h"
 #include "core/observe/observability.h"
 #include "core/proxy/client_connection.h"
 #include "core/server/config.h"
 #include "core/server/shard.h"
 #include "core/server/snapshot_slot.h"
+#include "gtest/gtest.h"
 #include "policy/limiter.h"
 #include "policy/policy.h"
 
 namespace sluice::core::proxy_test {
+
+// The backend the shard's loop runs on: every proxy test runs on both, so
+// the poll backend is checked against io_uring.
+enum class Engine { kPoll, kUring };
+inline std::string EngineName(Engine e) { return e == Engine::kPoll ? "poll" : "uring"; }
+#define SLUICE_ON_EVERY_ENGINE(Suite)                                                \
+  INSTANTIATE_TEST_SUITE_P(                                                          \
+      Engines, Suite,                                                                \
+      ::testing::Values(::sluice::core::proxy_test::Engine::kPoll,                   \
+                        ::sluice::core::proxy_test::Engine::kUring),                 \
+      [](const ::testing::TestParamInfo<::sluice::core::proxy_test::Engine>& info) { \
+        return ::sluice::core::proxy_test::EngineName(info.param);                   \
+      })
 
 // Concatenates strings and integers (std::string_view throughout, which
 // this abseil build does not take for absl::string_view).
@@ -86,7 +100,7 @@ std::string Chunk(std::string_view data);
 
 class ProxyHarness {
  public:
-  ProxyHarness();
+  explicit ProxyHarness(Engine engine = Engine::kPoll);
   ~ProxyHarness();
   ProxyHarness(const ProxyHarness&) = delete;
   ProxyHarness& operator=(const ProxyHarness&) = delete;
@@ -99,7 +113,7 @@ class ProxyHarness {
   policy::PolicyOptions& policy_options() { return policy_options_; }
 
   // Builds the loop and the shard; an error where the engine cannot run
-  // here (no io_uring in a sandbox).
+  // here (io_uring refused in a sandbox).
   absl::Status Start();
 
   Loop* loop() { return loop_.get(); }
@@ -140,6 +154,7 @@ class ProxyHarness {
  private:
   Peer* Adopt(int fd);
 
+  Engine engine_;
   Loop::Options loop_options_;
   policy::PolicyOptions policy_options_;
   PolicySlot slot_;
@@ -153,7 +168,6 @@ class ProxyHarness {
   std::unique_ptr<Loop> loop_;
   std::unique_ptr<Shard> shard_;
   std::vector<std::unique_ptr<Peer>> peers_;
-  Timer tick_;
 };
 
 }  // namespace sluice::core::proxy_test

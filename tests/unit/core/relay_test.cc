@@ -16,13 +16,14 @@ namespace {
 
 using proxy_test::Cat;
 using proxy_test::Chunk;
+using proxy_test::Engine;
 using proxy_test::MessageBody;
 using proxy_test::Peer;
 using proxy_test::ProxyHarness;
 using proxy_test::StatusOf;
 
 // An HTTP/1.1 client, the relay, and the test as Ollama.
-class RelayTest : public ::testing::Test {
+class RelayTest : public ::testing::TestWithParam<Engine> {
  protected:
   static std::string Get(std::string_view path) {
     return Cat("GET ", path, " HTTP/1.1\r\nHost: proxy.test\r\n\r\n");
@@ -62,12 +63,14 @@ class RelayTest : public ::testing::Test {
     ASSERT_TRUE(h_.RunUntil([&] { return h_.shard()->pool().idle_count() == 1; }));
   }
 
-  ProxyHarness h_;
+  ProxyHarness h_{GetParam()};
 };
+
+SLUICE_ON_EVERY_ENGINE(RelayTest);
 
 // A token stream: each upstream chunk reaches the client, framed as one
 // chunk, before the next one is written; the link goes back to the pool.
-TEST_F(RelayTest, StreamsEachChunkAsItArrives) {
+TEST_P(RelayTest, StreamsEachChunkAsItArrives) {
   SLUICE_START_PROXY(h_);
   Peer* client = h_.Connect();
   const std::string body = R"({"model":"m","prompt":"hi"})";
@@ -98,7 +101,7 @@ TEST_F(RelayTest, StreamsEachChunkAsItArrives) {
 // watermark the upstream link is not read any more (the upstream's socket
 // stays full, and the proxy holds a bounded number of receive buffers);
 // once the client reads, everything arrives, in order.
-TEST_F(RelayTest, ClientThatDoesNotReadStopsTheUpstreamRead) {
+TEST_P(RelayTest, ClientThatDoesNotReadStopsTheUpstreamRead) {
   SLUICE_START_PROXY(h_);
   Peer* client = h_.Connect();
   client->reading = false;
@@ -143,7 +146,7 @@ TEST_F(RelayTest, ClientThatDoesNotReadStopsTheUpstreamRead) {
 
 // The client goes away mid-stream: the upstream link closes at once (the
 // model stops generating) and is not kept for reuse.
-TEST_F(RelayTest, ClientCancelClosesTheUpstreamLink) {
+TEST_P(RelayTest, ClientCancelClosesTheUpstreamLink) {
   SLUICE_START_PROXY(h_);
   Peer* client = h_.Connect();
   ASSERT_TRUE(h_.Send(client, Post("/api/generate", "{}")));
@@ -165,7 +168,7 @@ TEST_F(RelayTest, ClientCancelClosesTheUpstreamLink) {
 // any response byte (its keepalive timeout raced the request): the request,
 // body included, is sent again on a fresh link and the client never sees
 // the failure.
-TEST_F(RelayTest, ReusedLinkClosedBeforeAnsweringIsRetried) {
+TEST_P(RelayTest, ReusedLinkClosedBeforeAnsweringIsRetried) {
   SLUICE_START_PROXY(h_);
   Peer* client = h_.Connect();
   Peer* up = nullptr;
@@ -186,7 +189,7 @@ TEST_F(RelayTest, ReusedLinkClosedBeforeAnsweringIsRetried) {
 // A body is kept for a replay only up to 64 KiB: a request whose body was
 // larger is not retried when its reused link fails, and the client gets a
 // 502 with a JSON error. At the limit exactly it still is.
-TEST_F(RelayTest, BodyPastTheReplayLimitIsNotRetried) {
+TEST_P(RelayTest, BodyPastTheReplayLimitIsNotRetried) {
   SLUICE_START_PROXY(h_);
   constexpr size_t kLimit = 64 * 1024;
   Peer* client = h_.Connect();
@@ -217,7 +220,7 @@ TEST_F(RelayTest, BodyPastTheReplayLimitIsNotRetried) {
 
 // Nothing listens upstream: 502 with a JSON error, and the client
 // connection stays usable.
-TEST_F(RelayTest, RefusedUpstreamAnswers502) {
+TEST_P(RelayTest, RefusedUpstreamAnswers502) {
   SLUICE_START_PROXY(h_);
   h_.CloseUpstreamListener();
   Peer* client = h_.Connect();
@@ -231,7 +234,7 @@ TEST_F(RelayTest, RefusedUpstreamAnswers502) {
 
 // An upstream that takes the request and says nothing for --read_timeout:
 // 504 with a JSON error, and its link is closed.
-TEST_F(RelayTest, SilentUpstreamAnswers504) {
+TEST_P(RelayTest, SilentUpstreamAnswers504) {
   h_.config().read_timeout_ns = 30'000'000;
   SLUICE_START_PROXY(h_);
   Peer* client = h_.Connect();
@@ -247,7 +250,7 @@ TEST_F(RelayTest, SilentUpstreamAnswers504) {
 // The upstream dies mid-response: the client's chunked response ends
 // without its last-chunk and the connection closes, so the client can tell
 // it was cut short.
-TEST_F(RelayTest, UpstreamCutMidResponseTruncatesTheClientResponse) {
+TEST_P(RelayTest, UpstreamCutMidResponseTruncatesTheClientResponse) {
   SLUICE_START_PROXY(h_);
   Peer* client = h_.Connect();
   ASSERT_TRUE(h_.Send(client, Post("/api/generate", "{}")));
@@ -265,7 +268,7 @@ TEST_F(RelayTest, UpstreamCutMidResponseTruncatesTheClientResponse) {
 
 // A request the policy refuses is answered by the gate: no upstream link
 // is ever made for it. Its body was not read, so the connection closes.
-TEST_F(RelayTest, RefusedByThePolicyNeverReachesTheUpstream) {
+TEST_P(RelayTest, RefusedByThePolicyNeverReachesTheUpstream) {
   h_.policy_options().deny_cidrs = "127.0.0.0/8";
   SLUICE_START_PROXY(h_);
   Peer* client = h_.Connect();
@@ -280,7 +283,7 @@ TEST_F(RelayTest, RefusedByThePolicyNeverReachesTheUpstream) {
 
 // A request the rate limit delays waits in the gate, its body held, and
 // goes upstream whole once the delay is over.
-TEST_F(RelayTest, DelayedRequestGoesUpstreamWithItsBodyAfterTheDelay) {
+TEST_P(RelayTest, DelayedRequestGoesUpstreamWithItsBodyAfterTheDelay) {
   h_.policy_options().rate_generation = "10r/s burst=5";
   SLUICE_START_PROXY(h_);
   Peer* client = h_.Connect();

@@ -8,6 +8,7 @@
 namespace sluice::core {
 namespace {
 
+using proxy_test::Engine;
 using proxy_test::Peer;
 using proxy_test::ProxyHarness;
 
@@ -26,7 +27,7 @@ struct RecordingUser final : LinkUser {
 };
 
 // The pool of one shard against the test's upstream listener.
-class UpstreamPoolTest : public ::testing::Test {
+class UpstreamPoolTest : public ::testing::TestWithParam<Engine> {
  protected:
   UpstreamPool& pool() { return h_.shard()->pool(); }
   // A new link for `user`, connected, and the upstream's end of it.
@@ -55,12 +56,14 @@ class UpstreamPoolTest : public ::testing::Test {
 
   // Declared before the harness: links may call them until it stops.
   RecordingUser users_[4];
-  ProxyHarness h_;
+  ProxyHarness h_{GetParam()};
 };
+
+SLUICE_ON_EVERY_ENGINE(UpstreamPoolTest);
 
 // Links go back to the pool after use and are handed out again, the most
 // recently released first; `fresh` asks for a new connection anyway.
-TEST_F(UpstreamPoolTest, ReleasedLinksAreReusedNewestFirst) {
+TEST_P(UpstreamPoolTest, ReleasedLinksAreReusedNewestFirst) {
   SLUICE_START_PROXY(h_);
   Peer* up_a = nullptr;
   Peer* up_b = nullptr;
@@ -104,7 +107,7 @@ TEST_F(UpstreamPoolTest, ReleasedLinksAreReusedNewestFirst) {
 
 // At most --upstream_keepalive links stay idle; one released past that is
 // closed.
-TEST_F(UpstreamPoolTest, KeepsAtMostTheKeepaliveCap) {
+TEST_P(UpstreamPoolTest, KeepsAtMostTheKeepaliveCap) {
   h_.config().upstream_keepalive = 2;
   SLUICE_START_PROXY(h_);
   Peer* ups[3] = {};
@@ -124,7 +127,7 @@ TEST_F(UpstreamPoolTest, KeepsAtMostTheKeepaliveCap) {
 
 // An idle link the upstream closes leaves the pool at once: the next
 // request gets a new connection, not a dead one.
-TEST_F(UpstreamPoolTest, LinkClosedByTheUpstreamWhileIdleIsDropped) {
+TEST_P(UpstreamPoolTest, LinkClosedByTheUpstreamWhileIdleIsDropped) {
   SLUICE_START_PROXY(h_);
   Peer* up = nullptr;
   UpstreamLink* link = Connect(&users_[0], &up);
@@ -144,7 +147,7 @@ TEST_F(UpstreamPoolTest, LinkClosedByTheUpstreamWhileIdleIsDropped) {
 }
 
 // Bytes on an idle link mean it is out of step: it is closed, not reused.
-TEST_F(UpstreamPoolTest, IdleLinkThatReceivesBytesIsClosed) {
+TEST_P(UpstreamPoolTest, IdleLinkThatReceivesBytesIsClosed) {
   SLUICE_START_PROXY(h_);
   Peer* up = nullptr;
   UpstreamLink* link = Connect(&users_[0], &up);
@@ -157,7 +160,7 @@ TEST_F(UpstreamPoolTest, IdleLinkThatReceivesBytesIsClosed) {
 }
 
 // An idle link closes after --upstream_idle_timeout; one in use does not.
-TEST_F(UpstreamPoolTest, IdleLinksTimeOut) {
+TEST_P(UpstreamPoolTest, IdleLinksTimeOut) {
   h_.config().upstream_idle_timeout_ns = 20'000'000;
   SLUICE_START_PROXY(h_);
   Peer* up_idle = nullptr;
@@ -177,7 +180,7 @@ TEST_F(UpstreamPoolTest, IdleLinksTimeOut) {
 
 // A drain closes the idle links, and links released while draining are
 // closed instead of kept.
-TEST_F(UpstreamPoolTest, DrainClosesIdleLinks) {
+TEST_P(UpstreamPoolTest, DrainClosesIdleLinks) {
   SLUICE_START_PROXY(h_);
   Peer* up_a = nullptr;
   Peer* up_b = nullptr;
