@@ -57,13 +57,6 @@ void Peer::Close() {
   fd = -1;
 }
 
-void Peer::Reset() {
-  if (fd < 0) return;
-  linger lg{1, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-  Close();
-}
-
 namespace {
 
 bool StartsWith(std::string_view s, std::string_view prefix) {
@@ -206,8 +199,6 @@ ProxyHarness::ProxyHarness(Engine engine) : engine_(engine) {
   config_.rate_table = &rates_;
   config_.conn_table = &conns_;
   config_.obs = &obs_;
-  config_.recv_buffers = loop_options_.recv_buffers;
-  config_.recv_buffer_size = loop_options_.recv_buffer_size;
 }
 
 ProxyHarness::~ProxyHarness() {
@@ -221,6 +212,8 @@ absl::Status ProxyHarness::Start() {
       policy::Policy::Build(policy_options_, 1);
   if (!p.ok()) return p.status();
   slot_.Set(*p);
+  config_.recv_buffers = loop_options_.recv_buffers;
+  config_.recv_buffer_size = loop_options_.recv_buffer_size;
   loop_ = std::make_unique<Loop>(loop_options_,
                                  engine_ == Engine::kPoll ? NewPollBackend() : NewUringBackend());
   if (absl::Status s = loop_->Init(); !s.ok()) {

@@ -71,8 +71,6 @@ struct Peer {
   // Returns what was received so far and forgets it.
   std::string Take();
   void Close();
-  // Closes with RST (SO_LINGER 0); TCP sockets only.
-  void Reset();
   bool closed() const { return eof || error != 0; }
 
   int fd;
@@ -84,9 +82,9 @@ struct Peer {
 
 // The length of the first complete HTTP/1.1 message at the start of
 // `bytes` (a head with a Content-Length body, a chunked body, or no body),
-// or 0 when it is not complete yet. `response`: a status line (a response
-// without framing fields has no body here; the tests never rely on a
-// body delimited by close).
+// or 0 when it is not complete yet. A response without framing fields has
+// no body here (the tests never rely on a body delimited by close), nor
+// has a 1xx, 204 or 304.
 size_t MessageLength(std::string_view bytes);
 // The body of one complete message (de-chunked).
 std::string MessageBody(std::string_view message);
