@@ -307,5 +307,40 @@ TEST_P(RelayTest, DelayedRequestGoesUpstreamWithItsBodyAfterTheDelay) {
   EXPECT_EQ(h_.ReadMessage(client), kTagsResponse);
 }
 
+// A WebSocket handshake the upstream accepts becomes a tunnel: bytes pass
+// both ways untouched, and the upstream's close ends the client connection.
+TEST_P(RelayTest, UpgradedLinkTunnelsBytesBothWays) {
+  SLUICE_START_PROXY(h_);
+  Peer* client = h_.Connect();
+  ASSERT_TRUE(h_.Send(client,
+                      "GET /ws HTTP/1.1\r\nHost: proxy.test\r\nUpgrade: websocket\r\n"
+                      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                      "Sec-WebSocket-Version: 13\r\n\r\n"));
+  Peer* up = h_.AcceptUpstream();
+  ASSERT_NE(up, nullptr);
+  const std::string request = h_.ReadMessage(up);
+  EXPECT_EQ(proxy_test::HeaderValue(request, "upgrade"), "websocket");
+  EXPECT_EQ(proxy_test::HeaderValue(request, "connection"), "upgrade");
+  ASSERT_TRUE(h_.Send(up,
+                      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                      "Connection: Upgrade\r\n"
+                      "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"));
+  EXPECT_EQ(h_.ReadMessage(client),
+            "HTTP/1.1 101 Switching Protocols\r\n"
+            "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
+            "Upgrade: websocket\r\nConnection: upgrade\r\n\r\n");
+  const std::string up_bytes("\x81\x05hello\r\n\r\n", 11);
+  ASSERT_TRUE(h_.Send(client, up_bytes));
+  ASSERT_TRUE(h_.RunUntil([&] { return up->in.size() >= up_bytes.size(); }));
+  EXPECT_EQ(up->Take(), up_bytes);
+  const std::string down_bytes("\x81\x03hi!HTTP/1.1 200", 19);
+  ASSERT_TRUE(h_.Send(up, down_bytes));
+  ASSERT_TRUE(h_.RunUntil([&] { return client->in.size() >= down_bytes.size(); }));
+  EXPECT_EQ(client->Take(), down_bytes);
+  up->Close();
+  EXPECT_TRUE(h_.RunUntil([&] { return client->closed(); }));
+  EXPECT_EQ(client->in, "");
+}
+
 }  // namespace
 }  // namespace sluice::core
