@@ -337,6 +337,26 @@ int64_t RunH1(SSL_CTX* ctx, const sockaddr_in& addr, const Request& req,
   return cancel_us;
 }
 
+// Polls the simulator's /sim/stats until it has seen an aborted stream;
+// returns its "last_abort_us", or -1 when none came within
+// --trial_timeout_ms.
+int64_t WaitForAbort(const sockaddr_in& sim) {
+  const int64_t deadline =
+      NowUs(CLOCK_MONOTONIC) + absl::GetFlag(FLAGS_trial_timeout_ms) * 1000;
+  // The simulator stamps the abort itself, so polling late loses
+  // nothing; polling early would only compete with the proxy and the
+  // simulator for the CPU while they react.
+  usleep(kFirstPollUs);
+  while (true) {
+    std::optional<std::string> stats = SimRequest(sim, "GET", "/sim/stats");
+    if (stats && JsonInt(*stats, "aborted_streams") >= 1) {
+      return JsonInt(*stats, "last_abort_us");
+    }
+    if (NowUs(CLOCK_MONOTONIC) >= deadline) return -1;
+    usleep(kPollUs);
+  }
+}
+
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Client cancel to upstream close: cancel_latency --port=TLS_PORT "
@@ -394,22 +414,7 @@ int Main(int argc, char** argv) {
       ++failed;
       continue;
     }
-    const int64_t deadline =
-        NowUs(CLOCK_MONOTONIC) + absl::GetFlag(FLAGS_trial_timeout_ms) * 1000;
-    // The simulator stamps the abort itself, so polling late loses
-    // nothing; polling early would only compete with the proxy and the
-    // simulator for the CPU while they react.
-    int64_t abort_us = -1;
-    usleep(kFirstPollUs);
-    while (true) {
-      std::optional<std::string> stats = SimRequest(sim, "GET", "/sim/stats");
-      if (stats && JsonInt(*stats, "aborted_streams") >= 1) {
-        abort_us = JsonInt(*stats, "last_abort_us");
-        break;
-      }
-      if (NowUs(CLOCK_MONOTONIC) >= deadline) break;
-      usleep(kPollUs);
-    }
+    const int64_t abort_us = WaitForAbort(sim);
     if (abort_us < 0) {
       ++missed;
       Error(trial, "no upstream abort seen in time");

@@ -202,6 +202,95 @@ short Advance(Conn& c, int index, const sockaddr_in& addr, SSL_CTX* ctx,
   return POLLIN;
 }
 
+// Sets up every connection, at most `parallel` at a time, until all are
+// established or failed or `setup_deadline` has passed; adds to
+// `*established` and `*failed`.
+void SetUpAll(std::vector<Conn>& conns, const sockaddr_in& addr, SSL_CTX* ctx,
+              int parallel, int64_t setup_deadline, long* established,
+              long* failed) {
+  const int total = static_cast<int>(conns.size());
+  int next = 0;
+  std::vector<int> in_setup;  // indexes of connections being set up
+  std::vector<pollfd> pfds;
+  std::vector<short> want(total, 0);
+  while ((next < total || !in_setup.empty()) && !stop) {
+    while (next < total && static_cast<int>(in_setup.size()) < parallel) {
+      int i = next++;
+      want[i] = Advance(conns[i], i, addr, ctx, failed);
+      if (want[i] != 0) in_setup.push_back(i);
+    }
+    if (NowUs(CLOCK_MONOTONIC) > setup_deadline) {
+      for (int i : in_setup) Fail(conns[i], i, "setup timed out", failed);
+      in_setup.clear();
+      for (; next < total; ++next)
+        Fail(conns[next], next, "not started (timeout)", failed);
+      break;
+    }
+    pfds.clear();
+    for (int i : in_setup)
+      pfds.push_back(pollfd{conns[i].tls->fd(), want[i], 0});
+    int n = poll(pfds.data(), pfds.size(), 100);
+    if (n <= 0) continue;
+    std::vector<int> still;
+    still.reserve(in_setup.size());
+    for (size_t k = 0; k < in_setup.size(); ++k) {
+      int i = in_setup[k];
+      if (pfds[k].revents != 0)
+        want[i] = Advance(conns[i], i, addr, ctx, failed);
+      if (want[i] != 0) {
+        still.push_back(i);
+      } else if (conns[i].phase == Phase::kIdle) {
+        ++*established;
+      }
+    }
+    in_setup.swap(still);
+  }
+}
+
+// Drains what is readable on an idle connection; false when the server
+// closed it.
+bool DrainIdle(Conn& c) {
+  char buf[4096];
+  while (true) {
+    size_t got = 0;
+    TlsSocket::Result r = c.tls->Read(buf, sizeof(buf), &got);
+    if (r == TlsSocket::Result::kDone) continue;
+    return r == TlsSocket::Result::kWantRead;
+  }
+}
+
+// Holds the established connections idle until `hold_end` (or a signal, or
+// none is left); returns how many the server closed.
+long HoldIdle(std::vector<Conn>& conns, int64_t hold_end) {
+  long closed_by_server = 0;
+  std::vector<int> idle;
+  for (int i = 0; i < static_cast<int>(conns.size()); ++i) {
+    if (conns[i].phase == Phase::kIdle) idle.push_back(i);
+  }
+  std::vector<pollfd> pfds;
+  while (!stop && NowUs(CLOCK_MONOTONIC) < hold_end && !idle.empty()) {
+    pfds.clear();
+    for (int i : idle) pfds.push_back(pollfd{conns[i].tls->fd(), POLLIN, 0});
+    int n = poll(pfds.data(), pfds.size(), 200);
+    if (n <= 0) continue;
+    std::vector<int> still;
+    still.reserve(idle.size());
+    for (size_t k = 0; k < idle.size(); ++k) {
+      int i = idle[k];
+      bool open = pfds[k].revents == 0 || DrainIdle(conns[i]);
+      if (open) {
+        still.push_back(i);
+      } else {
+        ++closed_by_server;
+        conns[i].tls.reset();
+        conns[i].phase = Phase::kClosed;
+      }
+    }
+    idle.swap(still);
+  }
+  return closed_by_server;
+}
+
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Opens and holds idle h2-over-TLS connections: idle_conns --port=PORT "
@@ -244,44 +333,9 @@ int Main(int argc, char** argv) {
   SSL_CTX* ctx = NewClientContext({alpn}, std::string());
   std::vector<Conn> conns(total);
   long failed = 0, established = 0;
-  int next = 0;
-  std::vector<int> in_setup;  // indexes of connections being set up
-  std::vector<pollfd> pfds;
-  std::vector<short> want(total, 0);
   const int64_t t0 = NowUs(CLOCK_MONOTONIC);
-  const int64_t setup_deadline = t0 + static_cast<int64_t>(setup_s * 1e6);
-  while ((next < total || !in_setup.empty()) && !stop) {
-    while (next < total && static_cast<int>(in_setup.size()) < parallel) {
-      int i = next++;
-      want[i] = Advance(conns[i], i, addr, ctx, &failed);
-      if (want[i] != 0) in_setup.push_back(i);
-    }
-    if (NowUs(CLOCK_MONOTONIC) > setup_deadline) {
-      for (int i : in_setup) Fail(conns[i], i, "setup timed out", &failed);
-      in_setup.clear();
-      for (; next < total; ++next)
-        Fail(conns[next], next, "not started (timeout)", &failed);
-      break;
-    }
-    pfds.clear();
-    for (int i : in_setup)
-      pfds.push_back(pollfd{conns[i].tls->fd(), want[i], 0});
-    int n = poll(pfds.data(), pfds.size(), 100);
-    if (n <= 0) continue;
-    std::vector<int> still;
-    still.reserve(in_setup.size());
-    for (size_t k = 0; k < in_setup.size(); ++k) {
-      int i = in_setup[k];
-      if (pfds[k].revents != 0)
-        want[i] = Advance(conns[i], i, addr, ctx, &failed);
-      if (want[i] != 0) {
-        still.push_back(i);
-      } else if (conns[i].phase == Phase::kIdle) {
-        ++established;
-      }
-    }
-    in_setup.swap(still);
-  }
+  SetUpAll(conns, addr, ctx, parallel, t0 + static_cast<int64_t>(setup_s * 1e6),
+           &established, &failed);
   const double setup_took =
       static_cast<double>(NowUs(CLOCK_MONOTONIC) - t0) / 1e6;
   printf("ready connections=%d established=%ld failed=%ld setup_s=%.2f\n",
@@ -290,43 +344,9 @@ int Main(int argc, char** argv) {
 
   // Hold. Anything readable on an idle connection is drained; EOF means the
   // server closed it.
-  long closed_by_server = 0;
   const int64_t hold_start = NowUs(CLOCK_MONOTONIC);
-  const int64_t hold_end = hold_start + static_cast<int64_t>(hold_s * 1e6);
-  std::vector<int> idle;
-  for (int i = 0; i < total; ++i) {
-    if (conns[i].phase == Phase::kIdle) idle.push_back(i);
-  }
-  char buf[4096];
-  while (!stop && NowUs(CLOCK_MONOTONIC) < hold_end && !idle.empty()) {
-    pfds.clear();
-    for (int i : idle) pfds.push_back(pollfd{conns[i].tls->fd(), POLLIN, 0});
-    int n = poll(pfds.data(), pfds.size(), 200);
-    if (n <= 0) continue;
-    std::vector<int> still;
-    still.reserve(idle.size());
-    for (size_t k = 0; k < idle.size(); ++k) {
-      int i = idle[k];
-      bool open = true;
-      if (pfds[k].revents != 0) {
-        while (true) {
-          size_t got = 0;
-          TlsSocket::Result r = conns[i].tls->Read(buf, sizeof(buf), &got);
-          if (r == TlsSocket::Result::kDone) continue;
-          if (r != TlsSocket::Result::kWantRead) open = false;
-          break;
-        }
-      }
-      if (open) {
-        still.push_back(i);
-      } else {
-        ++closed_by_server;
-        conns[i].tls.reset();
-        conns[i].phase = Phase::kClosed;
-      }
-    }
-    idle.swap(still);
-  }
+  const long closed_by_server =
+      HoldIdle(conns, hold_start + static_cast<int64_t>(hold_s * 1e6));
   printf("done established=%ld closed_by_server=%ld held_s=%.2f\n", established,
          closed_by_server,
          static_cast<double>(NowUs(CLOCK_MONOTONIC) - hold_start) / 1e6);

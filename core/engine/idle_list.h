@@ -42,6 +42,9 @@ class IdleList {
   }
   size_t size() const { return items_.size(); }
   size_t capacity() const { return capacity_; }
+  // A new capacity; entries beyond it stay until taken or removed, but no
+  // more are offered room.
+  void set_capacity(size_t capacity) { capacity_ = capacity; }
 
  private:
   size_t capacity_;

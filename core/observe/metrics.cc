@@ -170,6 +170,7 @@ void MetricsShard::Merge(const MetricsShard& o) {
   upstream_connects += o.upstream_connects;
   upstream_reused += o.upstream_reused;
   upstream_connect_failures += o.upstream_connect_failures;
+  upstream_failovers += o.upstream_failovers;
   rejected_auth += o.rejected_auth;
   rejected_denied += o.rejected_denied;
   rejected_rate += o.rejected_rate;
@@ -400,6 +401,9 @@ std::string RenderPrometheus(const MetricsShard& total, const ProcessInfo& info)
                 "Requests sent on a kept-alive upstream link.", total.upstream_reused);
   AppendCounter(&out, "sluice_upstream_connect_failures_total",
                 "Upstream connection attempts that failed.", total.upstream_connect_failures);
+  AppendCounter(&out, "sluice_upstream_failovers_total",
+                "Requests sent to another backend after theirs failed before answering.",
+                total.upstream_failovers);
 
   AppendFamily(&out, "sluice_rejections_total", "counter",
                "Requests refused by policy: auth (401), denied (403), rate_limit and "

@@ -106,6 +106,7 @@ struct MetricsShard {
   uint64_t upstream_connects = 0;
   uint64_t upstream_reused = 0;
   uint64_t upstream_connect_failures = 0;
+  uint64_t upstream_failovers = 0;
   uint64_t rejected_auth = 0;         // 401
   uint64_t rejected_denied = 0;       // 403 by IP, route or CORS rules
   uint64_t rejected_rate = 0;         // 429 by a rate zone

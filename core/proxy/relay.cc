@@ -1,5 +1,6 @@
 #include "core/proxy/relay.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -8,12 +9,14 @@
 #include "core/observe/log.h"
 #include "core/observe/observability.h"
 #include "core/server/shard.h"
+#include "core/upstream/backend_set.h"
 #include "http/serialize.h"
 
 namespace sluice::core {
 namespace {
 // A retry resends the body, so it is kept (copied) while a retry is
-// possible: only for reused links and only up to this size. Larger bodies
+// possible (a reused link, or another backend to fail over to) and only up
+// to this size. Larger bodies
 // (images) are streamed without a safety net, as nginx does when it has not
 // buffered the body.
 constexpr size_t kMaxReplayBytes = 64 * 1024;
@@ -85,9 +88,12 @@ void Relay::Proceed() {
            (drop_credentials && (http::EqualsIgnoreCase(h.name, "authorization") ||
                                  http::EqualsIgnoreCase(h.name, "x-api-key")));
   });
-  http::ForwardContext ctx{client_.addr, client_.scheme, shard_->config().upstream_host,
-                           admission.client_text};
-  http::AppendUpstreamRequestHead(head_, ctx, &request_bytes_);
+  pool_ = shard_->backends().Pick();
+  if (pool_ == nullptr) {
+    AnswerNoBackend();
+    return;
+  }
+  SerializeHead();
   if (!AttachLink(false)) return;
   downstream_->OnAdmitted();
   gate_.ResumeReading();
@@ -95,9 +101,33 @@ void Relay::Proceed() {
   if (!head_.has_body() || gate_.end_held()) OnRequestEnd();
 }
 
+void Relay::SerializeHead() {
+  http::ForwardContext ctx{client_.addr, client_.scheme, pool_->backend().host_header,
+                           gate_.admission().client_text};
+  request_bytes_.clear();
+  http::AppendUpstreamRequestHead(head_, ctx, &request_bytes_);
+}
+
+// Every backend is left out for failures: 503 with the time until the
+// first comes back.
+void Relay::AnswerNoBackend() {
+  finished_ = true;
+  const int64_t wait_ns = shard_->backends().NextAvailableNs() - shard_->now_ns();
+  const int64_t seconds = std::max<int64_t>(1, (wait_ns + 999'999'999) / 1'000'000'000);
+  constexpr std::string_view kMessage = "no Ollama backend available";
+  RELAY_LOG(WARN, "%s %s: 503 %s", head_.method.c_str(), head_.target.c_str(), kMessage.data());
+  record_.Answered(503, http::JsonErrorBody(kMessage).size());
+  downstream_->SendPolicyAnswer(503, kMessage, {http::Header{"Retry-After", absl::StrCat(seconds)}});
+}
+
+bool Relay::KeepForReplay() const {
+  if (!replayable_ || parser_.started()) return false;
+  return (link_->reused() && !retried_) || (!failed_over_ && shard_->backends().size() > 1);
+}
+
 bool Relay::AttachLink(bool fresh) {
   int err = 0;
-  link_ = shard_->pool().Acquire(this, fresh, &err);
+  link_ = pool_->Acquire(this, fresh, &err);
   record_.UpstreamStarted(shard_->now_ns());
   if (link_ == nullptr) {
     ++shard_->metrics().upstream_connect_failures;
@@ -115,7 +145,7 @@ bool Relay::AttachLink(bool fresh) {
 
 void Relay::WriteUp(Slice piece) {
   if (link_ == nullptr) return;
-  if (replayable_ && link_->reused() && !retried_ && !parser_.started()) {
+  if (KeepForReplay()) {
     if (replay_.size() + piece.size() <= kMaxReplayBytes) {
       replay_.append(piece.data(), piece.size());
     } else {
@@ -128,9 +158,7 @@ void Relay::WriteUp(Slice piece) {
 
 void Relay::WriteUpCopy(std::string_view bytes) {
   if (link_ == nullptr) return;
-  if (replayable_ && link_->reused() && !retried_ && !parser_.started()) {
-    replay_.append(bytes);
-  }
+  if (KeepForReplay()) replay_.append(bytes);
   link_->stream().WriteCopy(bytes);
 }
 
@@ -186,6 +214,7 @@ void Relay::ArmSendTimer() {
 void Relay::OnLinkConnected(int res) {
   if (res == 0) return;
   ++shard_->metrics().upstream_connect_failures;
+  connect_failed_ = true;
   if (res == -ECANCELED || res == -ETIMEDOUT) {
     fail_cause_ = "connect timed out";
     LinkFailed(504, "upstream timeout");
@@ -246,6 +275,7 @@ void Relay::OnResponseHead(http::ResponseHead head) {
       response_.headers.push_back(http::Header{name, value});
     }
   }
+  if (link_) link_->pool()->ReportSuccess();
   head_sent_ = true;
   record_.ResponseStarted(response_, head_.is_head(), admission.path.match);
   downstream_->SendResponseHead(response_);
@@ -307,13 +337,36 @@ void Relay::LinkFailed(int status, std::string_view message) {
   // RFC 9110 9.2.2: only a request that never reached the upstream's
   // application (the link died before any response byte) is retried, and only
   // once, on a fresh link.
-  if (link_ && link_->reused() && !retried_ && replayable_ && !parser_.started() && status == 502) {
+  // A failure before any response byte: the connect failed, or the link
+  // was reset or closed before answering (not a read or send timeout,
+  // after which the request may be running upstream).
+  const bool early = link_ && !parser_.started() && (status == 502 || connect_failed_);
+  if (early && link_->reused() && !retried_ && replayable_ && status == 502) {
     retried_ = true;
     RELAY_LOG(DEBUG, "reused upstream link failed (%s): retrying on a fresh one",
               fail_cause_.c_str());
     DropLink();
     AttachLink(true);
     return;
+  }
+  if (early && !link_->reused()) {
+    // A fresh link's failure is the backend's; the request goes once to
+    // another backend, its body replayed.
+    link_->pool()->ReportFailure(shard_->now_ns());
+    UpstreamPool* next = failed_over_ || !replayable_ ? nullptr : shard_->backends().Pick(pool_);
+    if (next != nullptr) {
+      failed_over_ = true;
+      connect_failed_ = false;
+      ++shard_->metrics().upstream_failovers;
+      RELAY_LOG(WARN, "%s %s: backend %s failed (%s): trying %s", head_.method.c_str(),
+                head_.target.c_str(), pool_->backend().name.c_str(), fail_cause_.c_str(),
+                next->backend().name.c_str());
+      DropLink();
+      pool_ = next;
+      SerializeHead();
+      AttachLink(true);
+      return;
+    }
   }
   FailBeforeResponse(status, message);
 }
@@ -346,9 +399,9 @@ void Relay::Finish(bool reusable) {
   send_timer_.Disarm();
   if (link_) {
     if (reusable && request_done_ && link_->stream().write_idle()) {
-      shard_->pool().Release(link_);
+      link_->pool()->Release(link_);
     } else {
-      shard_->pool().Discard(link_);
+      link_->pool()->Discard(link_);
     }
     link_ = nullptr;
   }
@@ -359,7 +412,7 @@ void Relay::DropLink() {
   read_timer_.Disarm();
   send_timer_.Disarm();
   if (link_) {
-    shard_->pool().Discard(link_);
+    link_->pool()->Discard(link_);
     link_ = nullptr;
   }
 }

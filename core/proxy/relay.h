@@ -23,7 +23,8 @@ class Shard;
 // piece down as it arrives (no copy: the pieces are slices of the receive
 // buffers), with backpressure both ways; after a 101 the link carries a
 // WebSocketTunnel. Retries once on a fresh link when a reused link fails
-// before any response byte. What the request leaves behind (status, bytes,
+// before any response byte, and once on another backend when a fresh link
+// does. What the request leaves behind (status, bytes,
 // times, tokens) goes to its RequestRecord, written when it is closed.
 class Relay final : public Exchange, public LinkUser, public http::H1ResponseSink {
  public:
@@ -69,6 +70,11 @@ class Relay final : public Exchange, public LinkUser, public http::H1ResponseSin
   bool ParseResponse(Slice data);
   void WriteUp(Slice piece);
   void WriteUpCopy(std::string_view bytes);
+  // The request head for pool_'s backend (its Host) into request_bytes_.
+  void SerializeHead();
+  void AnswerNoBackend();
+  // Whether body bytes sent now are kept for a retry or a failover.
+  bool KeepForReplay() const;
   bool AttachLink(bool fresh);
   void FailBeforeResponse(int status, std::string_view message);
   // Ends the exchange: the upstream link closes, and the client gets
@@ -88,6 +94,8 @@ class Relay final : public Exchange, public LinkUser, public http::H1ResponseSin
   RequestRecord record_;
   AdmissionGate gate_;
   WebSocketTunnel tunnel_;
+  // The pool of the backend chosen for this request, and the link from it.
+  UpstreamPool* pool_ = nullptr;
   UpstreamLink* link_ = nullptr;
   http::H1ResponseParser parser_;
   std::string request_bytes_;  // serialised head, kept for a retry
@@ -98,6 +106,8 @@ class Relay final : public Exchange, public LinkUser, public http::H1ResponseSin
   Timer send_timer_;
   bool replayable_ = true;
   bool retried_ = false;
+  bool failed_over_ = false;
+  bool connect_failed_ = false;  // the link's connect failed or timed out
   bool request_done_ = false;
   bool head_sent_ = false;
   bool complete_ = false;

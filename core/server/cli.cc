@@ -13,7 +13,9 @@
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace sluice::core {
 namespace {
@@ -250,5 +252,50 @@ std::string AbslUnparseFlag(ByteSize s) {
   return absl::StrCat(s.bytes);
 }
 
+
+absl::StatusOr<std::vector<BackendConfig>> ParseBackends(absl::string_view text,
+                                                         absl::string_view host_header) {
+  std::vector<BackendConfig> backends;
+  for (absl::string_view entry : absl::StrSplit(text, ',')) {
+    std::vector<absl::string_view> words =
+        absl::StrSplit(entry, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    if (words.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("empty entry in \"", text, "\" (backends are separated by commas)"));
+    }
+    absl::StatusOr<SocketAddress> addr = ParseHostPort(words[0], /*numeric_only=*/false);
+    if (!addr.ok()) return addr.status();
+    BackendConfig b;
+    b.name = std::string(words[0]);
+    b.addr = *addr;
+    b.host_header = host_header.empty() ? b.name : std::string(host_header);
+    for (size_t i = 1; i < words.size(); ++i) {
+      const absl::string_view w = words[i];
+      const size_t eq = w.find('=');
+      const absl::string_view key = w.substr(0, eq);
+      int value = 0;
+      const bool number = eq != absl::string_view::npos && absl::SimpleAtoi(w.substr(eq + 1), &value);
+      if (key == "weight" && number && value >= 1 && value <= 1000) {
+        b.weight = value;
+      } else if (key == "slots" && number && value >= 1 && value <= 1024) {
+        b.slots = value;
+      } else if (key == "weight" || key == "slots") {
+        return absl::InvalidArgumentError(absl::StrCat(
+            b.name, ": \"", w, "\": ", key, " is a number from 1 to ",
+            key == "weight" ? "1000" : "1024"));
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat(
+            b.name, ": unknown option \"", w, "\" (use weight=N or slots=N)"));
+      }
+    }
+    for (const BackendConfig& other : backends) {
+      if (other.addr.len == b.addr.len && memcmp(&other.addr.storage, &b.addr.storage, b.addr.len) == 0) {
+        return absl::InvalidArgumentError(absl::StrCat(b.name, ": listed twice"));
+      }
+    }
+    backends.push_back(std::move(b));
+  }
+  return backends;
+}
 
 }  // namespace sluice::core

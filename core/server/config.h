@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace sluice::core {
 
@@ -26,6 +27,18 @@ struct SocketAddress {
   const sockaddr* get() const { return reinterpret_cast<const sockaddr*>(&storage); }
   int family() const { return storage.ss_family; }
 };
+
+// One Ollama backend: an entry of --upstream.
+struct BackendConfig {
+  std::string name;  // host:port as written
+  SocketAddress addr;
+  std::string host_header;  // Host sent to it
+  int weight = 1;
+  int slots = 0;  // generations it runs at once (OLLAMA_NUM_PARALLEL); 0: not given
+};
+
+// How a request picks its backend (--balance).
+enum class Balance { kRoundRobin, kLeastConn };
 
 // Everything a worker needs, fixed at start-up (built from the flags in
 // flags.cc). Durations are in nanoseconds.
@@ -55,9 +68,17 @@ struct Config {
   // Logs and metrics (owned by main; never null once running).
   Observability* obs = nullptr;
   int threads = 1;
-  SocketAddress upstream;
-  std::string upstream_host;  // Host header sent upstream
-  int upstream_keepalive = 32;
+  // The Ollama backends (at least one once built from the flags).
+  std::vector<BackendConfig> backends;
+  Balance balance = Balance::kRoundRobin;
+  // With several backends: failures in a row after which a backend is
+  // left out for upstream_fail_timeout_ns (nginx max_fails, fail_timeout).
+  int upstream_max_fails = 3;
+  int64_t upstream_fail_timeout_ns = 10'000'000'000;
+  // Idle upstream links kept per worker: < 0 adaptive (the recent peak of
+  // links in use, up to upstream_max_idle), else that fixed number.
+  int upstream_keepalive = -1;
+  size_t upstream_max_idle = 1024;
   int64_t upstream_idle_timeout_ns = 60'000'000'000;
   int64_t connect_timeout_ns = 10'000'000'000;
   int64_t read_timeout_ns = 600'000'000'000;

@@ -42,12 +42,29 @@ ABSL_FLAG(absl::Duration, handshake_timeout, absl::Seconds(10),
           "Time a client has to complete the TLS handshake.");
 ABSL_FLAG(int32_t, threads, 0,
           "Worker threads, one pinned per CPU; 0 = the CPUs in the affinity mask.");
-ABSL_FLAG(std::string, upstream, "127.0.0.1:11434", "Ollama address, host:port.");
+ABSL_FLAG(std::string, upstream, "127.0.0.1:11434",
+          "Ollama backends, separated by commas: host:port or [v6]:port, each "
+          "optionally followed by weight=N and slots=N (its OLLAMA_NUM_PARALLEL), "
+          "e.g. '10.0.0.5:11434 slots=4, 10.0.0.6:11434'.");
+ABSL_FLAG(int32_t, upstream_max_fails, 3,
+          "With several backends: connect failures, resets or closes before the "
+          "response head in a row after which a backend is left out for "
+          "--upstream_fail_timeout (nginx max_fails); 0 = never.");
+ABSL_FLAG(absl::Duration, upstream_fail_timeout, absl::Seconds(10),
+          "How long a failing backend is left out before one request tries it "
+          "again (nginx fail_timeout).");
+ABSL_FLAG(std::string, balance, "round_robin",
+          "How a request picks its backend: round_robin (weighted) or least_conn "
+          "(fewest requests in flight per weight).");
 ABSL_FLAG(std::string, upstream_host, "",
           "Host header sent upstream; empty = the --upstream host:port (a "
           "loopback-bound Ollama answers 403 to other hosts).");
-ABSL_FLAG(int32_t, upstream_keepalive, 32,
-          "Idle keepalive links to the upstream kept per worker (nginx keepalive).");
+ABSL_FLAG(std::string, upstream_keepalive, "auto",
+          "Idle keepalive links to the upstream kept per worker: auto = as many as "
+          "were in use at once during the last --upstream_idle_timeout, up to "
+          "--upstream_max_idle; N = a fixed number, as nginx's keepalive N.");
+ABSL_FLAG(int32_t, upstream_max_idle, 1024,
+          "Most idle upstream links a worker keeps with --upstream_keepalive=auto.");
 ABSL_FLAG(absl::Duration, upstream_idle_timeout, absl::Seconds(60),
           "How long an idle upstream link is kept.");
 ABSL_FLAG(absl::Duration, connect_timeout, absl::Seconds(10),
@@ -235,22 +252,40 @@ void ProtocolFlags(Config* c) {
 
 // --upstream and the upstream links' limits and timeouts.
 void UpstreamFlags(Config* c) {
-  std::string upstream = absl::GetFlag(FLAGS_upstream);
-  auto up = ParseHostPort(upstream, /*numeric_only=*/false);
-  if (!up.ok()) {
-    UsageError(absl::StrCat("--upstream: ", up.status().message(),
+  const std::string upstream = absl::GetFlag(FLAGS_upstream);
+  const std::string host = absl::GetFlag(FLAGS_upstream_host);
+  if (host.find_first_of("\r\n") != std::string::npos) {
+    UsageError("--upstream_host: must not contain line breaks");
+  }
+  auto backends = ParseBackends(upstream, host);
+  if (!backends.ok()) {
+    UsageError(absl::StrCat("--upstream: ", backends.status().message(),
                             upstream.rfind("https://", 0) == 0
                                 ? "; sluice reaches the upstream in plain HTTP only"
                                 : ""));
   }
-  c->upstream = *up;
-  c->upstream_host = absl::GetFlag(FLAGS_upstream_host);
-  if (c->upstream_host.empty()) c->upstream_host = upstream;
-  if (c->upstream_host.find_first_of("\r\n") != std::string::npos) {
-    UsageError("--upstream_host: must not contain line breaks");
+  c->backends = *std::move(backends);
+  const std::string balance = absl::GetFlag(FLAGS_balance);
+  if (balance == "round_robin") {
+    c->balance = Balance::kRoundRobin;
+  } else if (balance == "least_conn") {
+    c->balance = Balance::kLeastConn;
+  } else {
+    UsageError(absl::StrCat("--balance: \"", balance, "\": use round_robin or least_conn"));
   }
-  c->upstream_keepalive = absl::GetFlag(FLAGS_upstream_keepalive);
-  if (c->upstream_keepalive < 0) UsageError("--upstream_keepalive: must be >= 0");
+  c->upstream_max_fails = absl::GetFlag(FLAGS_upstream_max_fails);
+  if (c->upstream_max_fails < 0) UsageError("--upstream_max_fails: must be >= 0");
+  c->upstream_fail_timeout_ns = DurationFlag(FLAGS_upstream_fail_timeout, "upstream_fail_timeout");
+  const std::string keepalive = absl::GetFlag(FLAGS_upstream_keepalive);
+  if (keepalive == "auto") {
+    c->upstream_keepalive = -1;
+  } else if (!absl::SimpleAtoi(keepalive, &c->upstream_keepalive) || c->upstream_keepalive < 0) {
+    UsageError(absl::StrCat("--upstream_keepalive: \"", keepalive,
+                            "\": use auto or a number >= 0"));
+  }
+  const int32_t max_idle = absl::GetFlag(FLAGS_upstream_max_idle);
+  if (max_idle < 1) UsageError("--upstream_max_idle: must be >= 1");
+  c->upstream_max_idle = static_cast<size_t>(max_idle);
   c->upstream_idle_timeout_ns = DurationFlag(FLAGS_upstream_idle_timeout, "upstream_idle_timeout");
   c->connect_timeout_ns = DurationFlag(FLAGS_connect_timeout, "connect_timeout");
   c->read_timeout_ns = DurationFlag(FLAGS_read_timeout, "read_timeout");
@@ -302,8 +337,6 @@ Config BuildConfig() {
   LoopFlags(&c);
   return c;
 }
-
-std::string UpstreamFlag() { return absl::GetFlag(FLAGS_upstream); }
 
 void OpenErrorLogFlag() {
   if (const std::string path = absl::GetFlag(FLAGS_error_log); !path.empty()) {

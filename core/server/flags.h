@@ -24,8 +24,6 @@ namespace sluice::core {
 // are left null for the caller to fill.
 Config BuildConfig();
 
-// --upstream as written (for the start-up log line).
-std::string UpstreamFlag();
 
 // --error_log: sends the log lines to that file when one is named.
 void OpenErrorLogFlag();

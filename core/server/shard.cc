@@ -5,7 +5,7 @@
 #include "absl/time/time.h"
 #include "core/observe/observability.h"
 #include "core/server/snapshot_slot.h"
-#include "core/upstream/upstream_pool.h"
+#include "core/upstream/backend_set.h"
 
 namespace sluice::core {
 
@@ -19,7 +19,7 @@ Shard::Shard(int index, const Config& config, Loop* loop)
   if (obs_->access_log) {
     access_formatter_ = std::make_unique<AccessLogFormatter>(obs_->access_log_format);
   }
-  pool_ = std::make_unique<UpstreamPool>(this);
+  backends_ = std::make_unique<BackendSet>(this, config_.backends, config_.balance);
   // 4096 remembered credentials per worker, about 150 KiB. A positive
   // answer holds until a reload (the generation changes) or 10 minutes; a
   // wrong password is remembered for a minute, so repeating it costs no
@@ -67,8 +67,8 @@ bool Shard::OverLimitAllowanceUsed() const {
 
 MetricsShard Shard::SnapshotMetrics() const {
   MetricsShard copy = metrics_;
-  copy.upstream_open = static_cast<int64_t>(pool_->open_count());
-  copy.upstream_idle = static_cast<int64_t>(pool_->idle_count());
+  copy.upstream_open = static_cast<int64_t>(backends_->open_count());
+  copy.upstream_idle = static_cast<int64_t>(backends_->idle_count());
   copy.recv_buffers_in_use = loop_->buffers().in_use();
   copy.recv_buffer_copies = loop_->buffers().copied();
   copy.recv_buffer_pressure_pauses = loop_->pressure_pauses();

@@ -19,7 +19,7 @@
 
 namespace sluice::core {
 
-class UpstreamPool;
+class BackendSet;
 class ClientConnection;
 enum class ListenerKind;
 struct Observability;
@@ -54,7 +54,8 @@ class Shard {
   void RequestFlush(Flushable* f) { loop_->RequestFlush(f); }
   void CancelFlush(Flushable* f) { loop_->CancelFlush(f); }
 
-  UpstreamPool& pool() { return *pool_; }
+  // The backends' keepalive pools and the choice among them.
+  BackendSet& backends() { return *backends_; }
   // The policy for a new request: the slot's current snapshot, refreshed
   // when its generation moved (one atomic load otherwise).
   const std::shared_ptr<const policy::Policy>& policy();
@@ -119,7 +120,7 @@ class Shard {
   // This core's copy of the TLS context and the slot generation it is of.
   std::shared_ptr<const tls::TlsContext> tls_context_;
   uint64_t tls_generation_ = ~0ull;
-  std::unique_ptr<UpstreamPool> pool_;
+  std::unique_ptr<BackendSet> backends_;
   MetricsShard metrics_;
   std::unique_ptr<AccessLogFormatter> access_formatter_;
   std::string access_buf_;

@@ -11,7 +11,7 @@
 
 #include "core/proxy/client_connection.h"
 #include "core/observe/log.h"
-#include "core/upstream/upstream_pool.h"
+#include "core/upstream/backend_set.h"
 
 namespace sluice::core {
 namespace {
@@ -108,7 +108,7 @@ void Worker::BeginDrain() {
   // Closing the listeners makes the kernel refuse new connections to this
   // worker's sockets (the others close theirs at the same time).
   loop_.CloseListeners();
-  shard_.pool().CloseIdle();
+  shard_.backends().CloseIdle();
   std::vector<ClientConnection*> conns(shard_.connections().begin(),
                                        shard_.connections().end());
   for (ClientConnection* c : conns) c->Drain();

@@ -55,8 +55,14 @@ void UpstreamLink::OnConnected(int res) {
 
 void UpstreamLink::OnClosed() { pool_->Destroy(this); }
 
-UpstreamPool::UpstreamPool(Shard* shard)
-    : shard_(shard), idle_(shard->config().upstream_keepalive) {}
+UpstreamPool::UpstreamPool(Shard* shard, const BackendConfig* backend)
+    : shard_(shard),
+      backend_(backend),
+      target_(shard->config().upstream_keepalive, shard->config().upstream_max_idle,
+              shard->config().upstream_idle_timeout_ns),
+      idle_(0) {}
+
+int64_t UpstreamPool::shard_now() const { return shard_->now_ns(); }
 
 UpstreamPool::~UpstreamPool() = default;
 
@@ -69,10 +75,11 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
     link->stream_.SetAccount(user->buffer_account(), /*upstream=*/true);
     link->reused_ = true;
     ++shard_->metrics().upstream_reused;
+    target_.NoteInUse(open_ - idle_.size(), shard_->now_ns());
     return link;
   }
   const Config& cfg = shard_->config();
-  int fd = ::socket(cfg.upstream.family(),
+  int fd = ::socket(backend_->addr.family(),
                     SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     *err = -errno;
@@ -85,7 +92,8 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
   link->user_ = user;
   link->stream_.SetAccount(user->buffer_account(), /*upstream=*/true);
   ++shard_->metrics().upstream_connects;
-  link->stream_.Connect(cfg.upstream.get(), cfg.upstream.len,
+  target_.NoteInUse(open_ - idle_.size(), shard_->now_ns());
+  link->stream_.Connect(backend_->addr.get(), backend_->addr.len,
                         cfg.connect_timeout_ns);
   return link;
 }
@@ -94,6 +102,7 @@ void UpstreamPool::Release(UpstreamLink* link) {
   link->user_ = nullptr;
   link->stream_.SetAccount(nullptr, false);
   const Config& cfg = shard_->config();
+  idle_.set_capacity(target_.Capacity(shard_->now_ns()));
   if (shard_->draining() || link->stream_.closing() || !idle_.Offer(link)) {
     Discard(link);
     return;
@@ -102,6 +111,12 @@ void UpstreamPool::Release(UpstreamLink* link) {
   link->stream_.StartReading();
   link->idle_timer_.Disarm();
   shard_->Timers(cfg.upstream_idle_timeout_ns)->Arm(&link->idle_timer_, shard_->now_ns());
+}
+
+void UpstreamPool::ReportFailure(int64_t now_ns) {
+  const Config& cfg = shard_->config();
+  if (cfg.upstream_max_fails == 0) return;
+  if (++failures_ >= cfg.upstream_max_fails) out_until_ns_ = now_ns + cfg.upstream_fail_timeout_ns;
 }
 
 void UpstreamPool::Discard(UpstreamLink* link) {

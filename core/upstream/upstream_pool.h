@@ -7,6 +7,8 @@
 #include "core/engine/idle_list.h"
 #include "core/engine/stream.h"
 #include "core/engine/timer.h"
+#include "core/server/config.h"
+#include "core/upstream/idle_target.h"
 
 namespace sluice::core {
 
@@ -39,6 +41,7 @@ class UpstreamLink final : public StreamHandler {
   // upstream meanwhile: the one case where a retry is safe).
   bool reused() const { return reused_; }
   bool connected() const { return connected_; }
+  UpstreamPool* pool() const { return pool_; }
 
  private:
   friend class UpstreamPool;
@@ -58,13 +61,15 @@ class UpstreamLink final : public StreamHandler {
   bool idle_ = false;
 };
 
-// A worker's pool of keepalive links to the upstream: at most
-// --upstream_keepalive idle ones are kept (most recently used first, so the
-// freshest link is reused and surplus ones age out), each watched by a
-// receive so an upstream close removes it at once.
+// A worker's pool of keepalive links to one backend: idle ones are kept up
+// to the recent peak of links in use at once (IdleTarget; a fixed number
+// with --upstream_keepalive=N), most recently used first, so the freshest
+// link is reused and surplus ones age out; each is watched by a receive so
+// an upstream close removes it at once.
 class UpstreamPool {
  public:
-  explicit UpstreamPool(Shard* shard);
+  // The links of this worker to `backend` (which outlives the pool).
+  UpstreamPool(Shard* shard, const BackendConfig* backend);
   ~UpstreamPool();
 
   // A link for one request: an idle one, or (also when `fresh` is set) a new
@@ -80,14 +85,34 @@ class UpstreamPool {
 
   size_t idle_count() const { return idle_.size(); }
   size_t open_count() const { return open_; }
+  // Links lent to requests (or being closed) now.
+  size_t in_use() const { return open_ - idle_.size(); }
+  const BackendConfig& backend() const { return *backend_; }
+
+  // Passive health, this worker's view: a request that failed before any
+  // response byte (connect failure, reset, close) counts against the
+  // backend; a response head clears the count. After --upstream_max_fails
+  // in a row the backend is left out until --upstream_fail_timeout passed;
+  // then requests try it again, and one more failure leaves it out again.
+  void ReportFailure(int64_t now_ns);
+  void ReportSuccess() { failures_ = 0; }
+  bool available(int64_t now_ns) const { return now_ns >= out_until_ns_; }
+  int64_t out_until_ns() const { return out_until_ns_; }
+  // How many idle links the pool keeps now.
+  size_t idle_capacity() { return target_.Capacity(shard_now()); }
 
  private:
   friend class UpstreamLink;
   void Destroy(UpstreamLink* link);
+  int64_t shard_now() const;
 
   Shard* shard_;
+  const BackendConfig* backend_;
+  IdleTarget target_;
   IdleList<UpstreamLink> idle_;
   size_t open_ = 0;
+  int failures_ = 0;
+  int64_t out_until_ns_ = 0;
 };
 
 }  // namespace sluice::core

@@ -69,7 +69,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadFlag{"rate_by", "moon"}, BadFlag{"auth_attempts", "fast"}, BadFlag{"max_streams_per_ip", "-1"},
         BadFlag{"limit_table_entries", "5"}, BadFlag{"keys_file", "/nonexistent/keys"},
         BadFlag{"htpasswd", "/nonexistent/users"}, BadFlag{"rules_file", "/nonexistent/rules"},
-        BadFlag{"upstream_keepalive", "many"},
+        BadFlag{"upstream_keepalive", "many"}, BadFlag{"upstream_max_idle", "0"},
+        BadFlag{"balance", "random"},
         BadFlag{"listen_http", "nowhere"}, BadFlag{"upstream", "nohost"},
         BadFlag{"log_level", "loud"}, BadFlag{"http_mode", "sideways"},
         BadFlag{"listen_tls", "nowhere"}, BadFlag{"busy_poll", "1s"},
@@ -86,7 +87,8 @@ TEST(SluiceCli, HelpExitsZeroAndListsEveryFlag) {
   EXPECT_EQ(res.exit.code, 0) << res.err;
   for (const char* flag :
        {"listen_http", "threads", "upstream", "upstream_host",
-        "upstream_keepalive", "connect_timeout", "read_timeout", "send_timeout",
+        "upstream_keepalive", "upstream_max_idle", "balance", "upstream_max_fails",
+        "upstream_fail_timeout", "connect_timeout", "read_timeout", "send_timeout",
         "client_max_body_size", "max_header_bytes", "drain_timeout",
         "keepalive_timeout", "client_header_timeout", "log_level",
         "listen_tls", "http_mode", "tls_cert", "tls_key", "tls_session_tickets",

@@ -82,6 +82,58 @@ TEST_F(H1ToH1Keepalive, UpstreamLinksAreReused) {
       << " upstream connections for 1000 keepalive requests";
 }
 
+// 48 clients keep a worker at about 48 streams in flight, each client
+// sending its requests one after another on its own connection. With the
+// default --upstream_keepalive=auto the pool keeps as many idle links as
+// that load uses, so after the first round every request reuses a link;
+// a fixed pool of 32 (nginx's usual keepalive) would close the surplus
+// links as they came back and reconnect for most requests.
+TEST_F(H1ToH1Keepalive, AdaptivePoolKeepsTheLinksASteadyLoadUses) {
+  ASSERT_NO_FATAL_FAILURE(StartStack({}, {"--threads=1"}));
+  IT_ASSERT_OK(ResetSim(sim_port()));
+  constexpr int kClients = 48;
+  constexpr int kRequestsPerClient = 15;
+  std::atomic<int> ok_count{0};
+  std::mutex mu;
+  std::vector<std::string> errors;
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&, c] {
+      auto fail = [&](std::string e) {
+        std::lock_guard<std::mutex> lock(mu);
+        errors.push_back(absl::StrCat("client ", c, ": ", e));
+      };
+      auto conn = HttpConnection::Connect(proxy_port());
+      if (!conn.ok()) return fail(conn.status().ToString());
+      for (int i = 0; i < kRequestsPerClient; ++i) {
+        // A short stream (3 tokens 5 ms apart) keeps the requests of all
+        // clients overlapping.
+        absl::Status st = (*conn)->Send(BuildRequest(
+            "POST", "/api/generate",
+            {{"Content-Type", "application/json"},
+             {"X-Sim-Tokens", "3"},
+             {"X-Sim-Token-Delay-Ms", "5"}},
+            R"({"model":"sim","prompt":"hi"})"));
+        if (!st.ok()) return fail(st.ToString());
+        auto r = (*conn)->ReadResponse(absl::Seconds(10));
+        if (!r.ok()) return fail(r.status().ToString());
+        if (r->status != 200) return fail(absl::StrCat("status ", r->status));
+        ok_count.fetch_add(1);
+      }
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  for (const std::string& e : errors) ADD_FAILURE() << e;
+  EXPECT_EQ(ok_count.load(), kClients * kRequestsPerClient);
+  IT_ASSERT_OK_AND_ASSIGN(SimStats stats, FetchSimStats(sim_port()));
+  std::cout << "[ measure  ] adaptive pool: " << stats.requests << " requests over "
+            << stats.opened << " upstream connections\n";
+  // One link per client at most, +1 for the stats connection.
+  EXPECT_LE(stats.opened, kClients + 1)
+      << "sluice opened " << stats.opened << " upstream connections for "
+      << kClients * kRequestsPerClient << " requests from " << kClients << " clients";
+}
+
 // The client connection itself stays open across requests, and a request
 // with "Connection: close" ends it after the answer.
 TEST_F(H1ToH1Keepalive, ClientConnectionCloseHonoured) {

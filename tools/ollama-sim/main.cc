@@ -74,13 +74,18 @@ void RaiseFileLimit() {
   }
 }
 
-int Main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "Simulated Ollama server for tests and benchmarks.");
-  absl::ParseCommandLine(argc, argv);
-
+// The configuration the flags give, validated (exits with status 2 on a bad
+// value).
+struct Options {
   SimConfig config;
-  int threads = IntFlag("threads", absl::GetFlag(FLAGS_threads), 1, 256);
+  int threads = 1;
+  ListenAddress address;
+};
+
+Options OptionsFromFlags() {
+  Options options;
+  SimConfig& config = options.config;
+  options.threads = IntFlag("threads", absl::GetFlag(FLAGS_threads), 1, 256);
   config.tokens = IntFlag("tokens", absl::GetFlag(FLAGS_tokens), 0, 10'000'000);
   config.token_delay_ns =
       MsFlagToNs("token_delay_ms", absl::GetFlag(FLAGS_token_delay_ms));
@@ -95,73 +100,100 @@ int Main(int argc, char** argv) {
   if (!address.ok()) {
     BadFlag("listen", listen, std::string(address.status().message()).c_str());
   }
+  options.address = *std::move(address);
+  return options;
+}
 
-  RaiseFileLimit();
-  // Signals are taken synchronously by sigwait() below; every thread
-  // inherits this mask so none of them is interrupted by one.
+// Signals are taken synchronously by sigwait() in Main; every thread
+// inherits this mask so none of them is interrupted by one.
+sigset_t BlockSignals() {
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  return signals;
+}
 
+// One listener per worker thread on `address`; `*port` becomes the port they
+// share (the ephemeral one the first got when `address` asks for port 0).
+absl::StatusOr<std::vector<int>> OpenListeners(const ListenAddress& address,
+                                               int threads, int* port) {
   // Bind the first listener to learn the real port when 0 was asked for;
   // the others join it with SO_REUSEPORT and the kernel spreads
   // connections across them.
   // SO_REUSEPORT would let this bind share a fixed port with another
   // simulator (same user) without error, splitting its traffic. Probe with a
   // plain socket first so a busy port fails loudly, as with real Ollama.
-  if (address->port != 0) {
-    if (absl::Status status = ProbePortFree(*address); !status.ok()) {
-      fprintf(stderr, "ollama-sim: %s\n",
-              std::string(status.message()).c_str());
-      return 1;
+  if (address.port != 0) {
+    if (absl::Status status = ProbePortFree(address); !status.ok()) {
+      return status;
     }
   }
   std::vector<int> listeners;
-  int port = address->port;
+  *port = address.port;
   for (int i = 0; i < threads; ++i) {
-    absl::StatusOr<int> fd = OpenListener(*address, port);
-    if (!fd.ok()) {
-      fprintf(stderr, "ollama-sim: %s\n",
-              std::string(fd.status().message()).c_str());
-      return 1;
-    }
+    absl::StatusOr<int> fd = OpenListener(address, *port);
+    if (!fd.ok()) return fd.status();
     if (i == 0) {
       absl::StatusOr<int> bound = BoundPort(*fd);
-      if (!bound.ok()) {
-        fprintf(stderr, "ollama-sim: %s\n",
-                std::string(bound.status().message()).c_str());
-        return 1;
-      }
-      port = *bound;
+      if (!bound.ok()) return bound.status();
+      *port = *bound;
     }
     listeners.push_back(*fd);
   }
+  return listeners;
+}
 
+// A worker for each listener, initialised (not yet running).
+absl::StatusOr<std::vector<std::unique_ptr<Worker>>> MakeWorkers(
+    const std::vector<int>& listeners, const SimConfig* config) {
   std::vector<std::unique_ptr<Worker>> workers;
   for (int fd : listeners) {
-    auto worker = std::make_unique<Worker>(fd, &config);
-    if (absl::Status status = worker->Init(); !status.ok()) {
-      fprintf(stderr, "ollama-sim: %s\n",
-              std::string(status.message()).c_str());
-      return 1;
-    }
+    auto worker = std::make_unique<Worker>(fd, config);
+    if (absl::Status status = worker->Init(); !status.ok()) return status;
     workers.push_back(std::move(worker));
   }
+  return workers;
+}
+
+int Main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Simulated Ollama server for tests and benchmarks.");
+  absl::ParseCommandLine(argc, argv);
+  const Options options = OptionsFromFlags();
+
+  RaiseFileLimit();
+  sigset_t signals = BlockSignals();
+
+  int port = 0;
+  absl::StatusOr<std::vector<int>> listeners =
+      OpenListeners(options.address, options.threads, &port);
+  if (!listeners.ok()) {
+    fprintf(stderr, "ollama-sim: %s\n",
+            std::string(listeners.status().message()).c_str());
+    return 1;
+  }
+  absl::StatusOr<std::vector<std::unique_ptr<Worker>>> workers =
+      MakeWorkers(*listeners, &options.config);
+  if (!workers.ok()) {
+    fprintf(stderr, "ollama-sim: %s\n",
+            std::string(workers.status().message()).c_str());
+    return 1;
+  }
   std::vector<std::thread> running;
-  for (auto& worker : workers) {
+  for (auto& worker : *workers) {
     running.emplace_back([w = worker.get()] { w->Run(); });
   }
 
   printf("ollama-sim listening on http://%s:%d\n",
-         address->display_host.c_str(), port);
+         options.address.display_host.c_str(), port);
   fflush(stdout);
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
-  for (auto& worker : workers) worker->Stop();
+  for (auto& worker : *workers) worker->Stop();
   for (std::thread& thread : running) thread.join();
   return 0;
 }

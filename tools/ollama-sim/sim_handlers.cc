@@ -5,6 +5,8 @@
 
 #include <atomic>
 #include <cmath>
+#include <optional>
+#include <string>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -402,19 +404,13 @@ absl::string_view StatusReason(int status) {
   }
 }
 
-ResponsePlan PlanResponse(const HttpRequest& request, const SimConfig& config,
-                          bool* count_request) {
-  *count_request = true;
-  if (request.parse_error_status != 0) {
-    ResponsePlan plan = Error(request.parse_error_status,
-                              StatusReason(request.parse_error_status));
-    plan.close = true;
-    return plan;
-  }
-  absl::string_view path = request.Path();
+namespace {
 
-  // The simulator's own endpoints skip the mode and Host checks: tests must
-  // be able to read counters from a sim that hangs or talks garbage.
+// The simulator's own endpoints (/sim/stats, /sim/echo, /sim/reset), or
+// nothing for any other path. They are not counted as requests.
+std::optional<ResponsePlan> SimEndpoint(const HttpRequest& request,
+                                        absl::string_view path,
+                                        bool* count_request) {
   if (path == "/sim/stats") {
     *count_request = false;
     return GetResource(request, kJson, GlobalStats().ToJson());
@@ -423,11 +419,14 @@ ResponsePlan PlanResponse(const HttpRequest& request, const SimConfig& config,
     // The request as the simulator saw it, for header-rewrite tests.
     *count_request = false;
     std::string body = absl::StrCat(
-        "{\"method\":\"", JsonEscape(llhttp_method_name(static_cast<llhttp_method_t>(request.method))),
+        "{\"method\":\"",
+        JsonEscape(
+            llhttp_method_name(static_cast<llhttp_method_t>(request.method))),
         "\",\"target\":\"", JsonEscape(request.url), "\",\"headers\":[");
     for (size_t i = 0; i < request.all_headers.size(); ++i) {
-      absl::StrAppend(&body, i ? "," : "", "[\"", JsonEscape(request.all_headers[i].first),
-                      "\",\"", JsonEscape(request.all_headers[i].second), "\"]");
+      absl::StrAppend(&body, i ? "," : "", "[\"",
+                      JsonEscape(request.all_headers[i].first), "\",\"",
+                      JsonEscape(request.all_headers[i].second), "\"]");
     }
     absl::StrAppend(&body, "],\"body\":\"", JsonEscape(request.body), "\"}");
     return Json(200, std::move(body));
@@ -440,13 +439,20 @@ ResponsePlan PlanResponse(const HttpRequest& request, const SimConfig& config,
     plan.stats_reset = true;
     return plan;
   }
+  return std::nullopt;
+}
 
+// The faults chosen by X-Sim-Switch-Protocols, --mode or X-Sim-Mode, and the
+// Host check; nothing when the request is to be served normally.
+std::optional<ResponsePlan> InjectedFault(const HttpRequest& request,
+                                          const SimConfig& config) {
   if (request.sim_switch_protocols) {
     // A misbehaving upstream: 101 whatever the request asked for.
     ResponsePlan plan;
     plan.kind = PlanKind::kSwitch;
     plan.status = 101;
-    plan.switch_to = std::string(absl::StripAsciiWhitespace(*request.sim_switch_protocols));
+    plan.switch_to =
+        std::string(absl::StripAsciiWhitespace(*request.sim_switch_protocols));
     return plan;
   }
   Mode mode = config.mode;
@@ -473,7 +479,13 @@ ResponsePlan PlanResponse(const HttpRequest& request, const SimConfig& config,
     return plan;
   }
   if (mode == Mode::kBusy) return Error(503, "server busy");
+  return std::nullopt;
+}
 
+// Ollama's native API (/ and /api/...), or nothing for any other path.
+std::optional<ResponsePlan> OllamaEndpoint(const HttpRequest& request,
+                                           const SimConfig& config,
+                                           absl::string_view path) {
   if (path == "/") return GetResource(request, kText, "Ollama is running");
   if (path == "/api/version") {
     return GetResource(request, kJson, R"({"version":"0.0.0-sim"})");
@@ -522,6 +534,13 @@ ResponsePlan PlanResponse(const HttpRequest& request, const SimConfig& config,
     if (request.method != HTTP_POST) return MethodNotAllowed("POST");
     return Json(200, R"({"status":"success"})");
   }
+  return std::nullopt;
+}
+
+// The OpenAI-compatible API (/v1/...), or nothing for any other path.
+std::optional<ResponsePlan> OpenAiEndpoint(const HttpRequest& request,
+                                           const SimConfig& config,
+                                           absl::string_view path) {
   if (path == "/v1/models") {
     return GetResource(request, kJson, ModelsListBody());
   }
@@ -548,6 +567,39 @@ ResponsePlan PlanResponse(const HttpRequest& request, const SimConfig& config,
                              ModelOf(request.body),
                              "\",\"usage\":{\"prompt_tokens\":", kPromptTokens,
                              ",\"total_tokens\":", kPromptTokens, "}}"));
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+ResponsePlan PlanResponse(const HttpRequest& request, const SimConfig& config,
+                          bool* count_request) {
+  *count_request = true;
+  if (request.parse_error_status != 0) {
+    ResponsePlan plan = Error(request.parse_error_status,
+                              StatusReason(request.parse_error_status));
+    plan.close = true;
+    return plan;
+  }
+  absl::string_view path = request.Path();
+
+  // The simulator's own endpoints skip the mode and Host checks: tests must
+  // be able to read counters from a sim that hangs or talks garbage.
+  if (std::optional<ResponsePlan> plan =
+          SimEndpoint(request, path, count_request)) {
+    return *std::move(plan);
+  }
+  if (std::optional<ResponsePlan> plan = InjectedFault(request, config)) {
+    return *std::move(plan);
+  }
+  if (std::optional<ResponsePlan> plan =
+          OllamaEndpoint(request, config, path)) {
+    return *std::move(plan);
+  }
+  if (std::optional<ResponsePlan> plan =
+          OpenAiEndpoint(request, config, path)) {
+    return *std::move(plan);
   }
   if (absl::StartsWith(path, "/ws")) return WebSocketUpgrade(request);
   ResponsePlan plan = Error(404, "not found");

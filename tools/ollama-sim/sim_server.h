@@ -1,11 +1,11 @@
-// The simulator's network side: listening sockets and one epoll event loop
-// per worker thread. Each worker owns its own SO_REUSEPORT listener, its
-// connections and a timer heap for token deadlines; workers share nothing
-// but the read-only SimConfig and the atomic SimStats.
+// The simulator's network side: one epoll event loop per worker thread
+// (sim_listen.h opens the listening sockets). Each worker owns its own
+// SO_REUSEPORT listener, its connections (sim_connection.h) and a timer heap
+// for token deadlines; workers share nothing but the read-only SimConfig and
+// the atomic SimStats.
 #pragma once
 
 #include <sys/epoll.h>
-#include <sys/socket.h>
 
 #include <atomic>
 #include <cstdint>
@@ -14,34 +14,11 @@
 #include <unordered_map>
 #include <vector>
 
-#include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
+#include "absl/status/status.h"
 #include "sim_config.h"
+#include "sim_listen.h"
 
 namespace sluice::sim {
-
-// A parsed --listen value.
-struct ListenAddress {
-  std::string display_host;  // As given ("127.0.0.1", "[::1]", "localhost").
-  sockaddr_storage addr{};
-  socklen_t addr_len = 0;
-  int port = 0;  // 0: ephemeral.
-};
-
-// Parses "host:port" or "[v6]:port"; the host may be a literal or a name
-// (resolved with getaddrinfo, first result). An empty host means 0.0.0.0.
-absl::StatusOr<ListenAddress> ParseListenAddress(absl::string_view text);
-
-// Opens a non-blocking SO_REUSEPORT listening socket on `address` with the
-// port replaced by `port`. The caller owns the returned descriptor.
-absl::StatusOr<int> OpenListener(const ListenAddress& address, int port);
-
-// Fails when `address` cannot be bound by a socket without SO_REUSEPORT,
-// i.e. when something already listens there.
-absl::Status ProbePortFree(const ListenAddress& address);
-
-// The port a bound socket actually got (to learn the ephemeral port).
-absl::StatusOr<int> BoundPort(int fd);
 
 class Connection;
 

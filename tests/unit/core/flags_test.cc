@@ -72,10 +72,14 @@ TEST_F(FlagsTest, DefaultsOfAPlainHttpConfig) {
   EXPECT_EQ(c.h2_max_concurrent_streams, 128u);
   EXPECT_EQ(c.handshake_timeout_ns, 10'000'000'000);
   EXPECT_EQ(c.threads, 0);
-  EXPECT_EQ(c.upstream.family(), AF_INET);
-  EXPECT_EQ(Port(c.upstream), 11434);
-  EXPECT_EQ(c.upstream_host, "127.0.0.1:11434");
-  EXPECT_EQ(c.upstream_keepalive, 32);
+  ASSERT_EQ(c.backends.size(), 1u);
+  EXPECT_EQ(c.backends[0].addr.family(), AF_INET);
+  EXPECT_EQ(Port(c.backends[0].addr), 11434);
+  EXPECT_EQ(c.backends[0].host_header, "127.0.0.1:11434");
+  EXPECT_EQ(c.backends[0].weight, 1);
+  EXPECT_EQ(c.balance, Balance::kRoundRobin);
+  EXPECT_EQ(c.upstream_keepalive, -1) << "auto";
+  EXPECT_EQ(c.upstream_max_idle, 1024u);
   EXPECT_EQ(c.upstream_idle_timeout_ns, 60'000'000'000);
   EXPECT_EQ(c.connect_timeout_ns, 10'000'000'000);
   EXPECT_EQ(c.read_timeout_ns, 600'000'000'000);
@@ -109,6 +113,7 @@ TEST_F(FlagsTest, ValuesReachTheConfig) {
           {"upstream", "127.0.0.1:9"},
           {"upstream_host", "ollama.internal"},
           {"upstream_keepalive", "0"},
+          {"upstream_max_idle", "64"},
           {"read_timeout", "1500ms"},
           {"drain_timeout", "1m"},
           {"client_max_body_size", "1m"},
@@ -127,9 +132,11 @@ TEST_F(FlagsTest, ValuesReachTheConfig) {
   EXPECT_EQ(c.h2_max_concurrent_streams, 7u);
   EXPECT_EQ(c.handshake_timeout_ns, 2'000'000'000);
   EXPECT_EQ(c.threads, 3);
-  EXPECT_EQ(Port(c.upstream), 9);
-  EXPECT_EQ(c.upstream_host, "ollama.internal");
+  ASSERT_EQ(c.backends.size(), 1u);
+  EXPECT_EQ(Port(c.backends[0].addr), 9);
+  EXPECT_EQ(c.backends[0].host_header, "ollama.internal");
   EXPECT_EQ(c.upstream_keepalive, 0);
+  EXPECT_EQ(c.upstream_max_idle, 64u);
   EXPECT_EQ(c.read_timeout_ns, 1'500'000'000);
   EXPECT_EQ(c.drain_timeout_ns, 60'000'000'000);
   EXPECT_EQ(c.client_max_body_size, 1ull << 20);
@@ -164,7 +171,22 @@ TEST_F(FlagsTest, RefusedValuesExitNamingTheFlag) {
        "--upstream: expected host:port without a scheme, got 'https://127.0.0.1:11434' "
        "(write '127.0.0.1:11434'); sluice reaches the upstream in plain HTTP only"},
       {{{"upstream_host", "a\nb"}}, "--upstream_host: must not contain line breaks"},
-      {{{"upstream_keepalive", "-1"}}, "--upstream_keepalive: must be >= 0"},
+      {{{"upstream", "127.0.0.1:1,"}},
+       "--upstream: empty entry in \"127.0.0.1:1,\" (backends are separated by commas)"},
+      {{{"upstream", "127.0.0.1:1 weight=0"}},
+       "--upstream: 127.0.0.1:1: \"weight=0\": weight is a number from 1 to 1000"},
+      {{{"upstream", "127.0.0.1:1 slots=x"}},
+       "--upstream: 127.0.0.1:1: \"slots=x\": slots is a number from 1 to 1024"},
+      {{{"upstream", "127.0.0.1:1 fast"}},
+       "--upstream: 127.0.0.1:1: unknown option \"fast\" (use weight=N or slots=N)"},
+      {{{"upstream", "127.0.0.1:1,127.0.0.1:1"}}, "--upstream: 127.0.0.1:1: listed twice"},
+      {{{"upstream_max_fails", "-1"}}, "--upstream_max_fails: must be >= 0"},
+      {{{"upstream_fail_timeout", "0s"}}, "--upstream_fail_timeout: must be positive"},
+      {{{"balance", "random"}}, "--balance: \"random\": use round_robin or least_conn"},
+      {{{"upstream_keepalive", "-1"}}, "--upstream_keepalive: \"-1\": use auto or a number >= 0"},
+      {{{"upstream_keepalive", "many"}},
+       "--upstream_keepalive: \"many\": use auto or a number >= 0"},
+      {{{"upstream_max_idle", "0"}}, "--upstream_max_idle: must be >= 1"},
       {{{"read_timeout", "-1s"}}, "--read_timeout: must be positive"},
       {{{"drain_timeout", "0s"}}, "--drain_timeout: must be positive"},
       {{{"max_header_bytes", "255"}}, "--max_header_bytes: must be at least 256"},
@@ -292,16 +314,29 @@ TEST_F(FlagsTest, AccessLogFile) {
   rmdir(dir);
 }
 
-TEST_F(FlagsTest, TlsAndUpstreamText) {
-  SetAll({{"tls_cert", "/c.pem"},
-          {"tls_key", "/k.pem"},
-          {"tls_session_tickets", "false"},
-          {"upstream", "localhost:11434"}});
+TEST_F(FlagsTest, TlsFlags) {
+  SetAll({{"tls_cert", "/c.pem"}, {"tls_key", "/k.pem"}, {"tls_session_tickets", "false"}});
   tls::TlsContextOptions o = TlsFlags();
   EXPECT_EQ(o.cert_chain_path, "/c.pem");
   EXPECT_EQ(o.key_path, "/k.pem");
   EXPECT_FALSE(o.session_tickets);
-  EXPECT_EQ(UpstreamFlag(), "localhost:11434");
+}
+
+// Several backends with their options, and the balance.
+TEST_F(FlagsTest, SeveralBackends) {
+  SetAll(kServe);
+  SetAll({{"upstream", "127.0.0.1:11434 slots=4 weight=2, localhost:11435"},
+          {"balance", "least_conn"}});
+  Config c = BuildConfig();
+  ASSERT_EQ(c.backends.size(), 2u);
+  EXPECT_EQ(c.backends[0].name, "127.0.0.1:11434");
+  EXPECT_EQ(c.backends[0].slots, 4);
+  EXPECT_EQ(c.backends[0].weight, 2);
+  EXPECT_EQ(c.backends[1].name, "localhost:11435");
+  EXPECT_EQ(c.backends[1].host_header, "localhost:11435");
+  EXPECT_EQ(Port(c.backends[1].addr), 11435);
+  EXPECT_EQ(c.backends[1].slots, 0);
+  EXPECT_EQ(c.balance, Balance::kLeastConn);
 }
 
 }  // namespace

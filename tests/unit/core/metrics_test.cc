@@ -227,7 +227,7 @@ MetricsShard Numbered(uint64_t base) {
   for (uint64_t* f :
        {&m.connections_accepted, &m.connections_handled, &m.requests, &m.tls_handshakes,
         &m.tls_resumptions, &m.tls_handshake_failures, &m.upstream_connects, &m.upstream_reused,
-        &m.upstream_connect_failures, &m.rejected_auth, &m.rejected_denied, &m.rejected_rate,
+        &m.upstream_connect_failures, &m.upstream_failovers, &m.rejected_auth, &m.rejected_denied, &m.rejected_rate,
         &m.rejected_concurrency, &m.rejected_busy, &m.rejected_overload, &m.connections_dropped,
         &m.client_cancellations}) {
     *f = v++;
@@ -265,6 +265,7 @@ TEST(MetricsShardTest, MergeSumsCountersGaugesRoutesAndTokens) {
   EXPECT_EQ(a.upstream_reused, want_a.upstream_reused + want_b.upstream_reused);
   EXPECT_EQ(a.upstream_connect_failures,
             want_a.upstream_connect_failures + want_b.upstream_connect_failures);
+  EXPECT_EQ(a.upstream_failovers, want_a.upstream_failovers + want_b.upstream_failovers);
   EXPECT_EQ(a.rejected_auth, want_a.rejected_auth + want_b.rejected_auth);
   EXPECT_EQ(a.rejected_denied, want_a.rejected_denied + want_b.rejected_denied);
   EXPECT_EQ(a.rejected_rate, want_a.rejected_rate + want_b.rejected_rate);
@@ -315,6 +316,7 @@ const std::vector<std::string>& AllFamilies() {
       "sluice_upstream_connects_total",
       "sluice_upstream_reused_total",
       "sluice_upstream_connect_failures_total",
+      "sluice_upstream_failovers_total",
       "sluice_rejections_total",
       "sluice_connections_dropped_total",
       "sluice_recv_buffers_in_use",

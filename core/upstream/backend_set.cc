@@ -1,0 +1,87 @@
+#include "core/upstream/backend_set.h"
+
+#include <algorithm>
+
+#include "core/server/shard.h"
+
+namespace sluice::core {
+
+BackendSet::BackendSet(Shard* shard, const std::vector<BackendConfig>& backends,
+                       Balance balance)
+    : shard_(shard), balance_(balance), credit_(backends.size(), 0) {
+  for (const BackendConfig& b : backends) pools_.push_back(std::make_unique<UpstreamPool>(shard, &b));
+}
+
+UpstreamPool* BackendSet::Pick(const UpstreamPool* except) {
+  if (pools_.size() == 1) return except == pools_[0].get() ? nullptr : pools_[0].get();
+  const int64_t now = shard_->now_ns();
+  usable_.assign(pools_.size(), false);
+  bool any = false;
+  for (size_t i = 0; i < pools_.size(); ++i) {
+    usable_[i] = pools_[i].get() != except && pools_[i]->available(now);
+    any = any || usable_[i];
+  }
+  if (!any) return nullptr;
+  const size_t i =
+      balance_ == Balance::kLeastConn ? PickLeastConn(usable_) : PickRoundRobin(usable_);
+  return pools_[i].get();
+}
+
+int64_t BackendSet::NextAvailableNs() const {
+  int64_t next = INT64_MAX;
+  for (const auto& p : pools_) next = std::min(next, p->out_until_ns());
+  return next;
+}
+
+size_t BackendSet::PickRoundRobin(const std::vector<bool>& usable) {
+  size_t best = pools_.size();
+  int64_t total = 0;
+  for (size_t i = 0; i < pools_.size(); ++i) {
+    if (!usable[i]) continue;
+    credit_[i] += pools_[i]->backend().weight;
+    total += pools_[i]->backend().weight;
+    if (best == pools_.size() || credit_[i] > credit_[best]) best = i;
+  }
+  credit_[best] -= total;
+  return best;
+}
+
+size_t BackendSet::PickLeastConn(const std::vector<bool>& usable) {
+  // in_use / weight compared as cross products; the scan starts after the
+  // last pick so that ties rotate.
+  const size_t n = pools_.size();
+  size_t best = n;
+  for (size_t k = 0; k < n; ++k) {
+    const size_t i = (next_ + k) % n;
+    if (!usable[i]) continue;
+    if (best == n) {
+      best = i;
+      continue;
+    }
+    const uint64_t load_i =
+        pools_[i]->in_use() * static_cast<uint64_t>(pools_[best]->backend().weight);
+    const uint64_t load_best =
+        pools_[best]->in_use() * static_cast<uint64_t>(pools_[i]->backend().weight);
+    if (load_i < load_best) best = i;
+  }
+  next_ = best + 1;
+  return best;
+}
+
+void BackendSet::CloseIdle() {
+  for (auto& p : pools_) p->CloseIdle();
+}
+
+size_t BackendSet::open_count() const {
+  size_t n = 0;
+  for (const auto& p : pools_) n += p->open_count();
+  return n;
+}
+
+size_t BackendSet::idle_count() const {
+  size_t n = 0;
+  for (const auto& p : pools_) n += p->idle_count();
+  return n;
+}
+
+}  // namespace sluice::core
