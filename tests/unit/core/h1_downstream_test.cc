@@ -161,7 +161,7 @@ TEST_P(H1DownstreamTest, ConnectionCloseIsHonoured) {
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
             "Content-Length: 2\r\n\r\n{}");
   // The link itself is still good: it goes back to the pool.
-  EXPECT_TRUE(h_.RunUntil([&] { return h_.shard()->pool().idle_count() == 1; }));
+  EXPECT_TRUE(h_.RunUntil([&] { return h_.pool().idle_count() == 1; }));
 }
 
 // A chunked request body goes upstream chunked, with the same bytes.
@@ -241,7 +241,7 @@ TEST_P(H1DownstreamTest, ClientGoneMidBodyClosesTheUpstreamLink) {
   ASSERT_TRUE(h_.RunUntil([&] { return up->in.find("{\"partial\":") != std::string::npos; }));
   client->Close();
   EXPECT_TRUE(h_.RunUntil([&] { return up->closed(); }));
-  EXPECT_TRUE(h_.RunUntil([&] { return h_.shard()->pool().open_count() == 0; }));
+  EXPECT_TRUE(h_.RunUntil([&] { return h_.pool().open_count() == 0; }));
 }
 
 }  // namespace

@@ -214,7 +214,7 @@ TEST_P(H2DownstreamTest, ConcurrentStreamsAreRelayedIndependently) {
   Peer* generate = nullptr;
   Peer* chat = nullptr;
   ASSERT_NO_FATAL_FAILURE(OpenTwoStreams(&generate, &chat));
-  EXPECT_EQ(h_.shard()->pool().open_count(), 2u);
+  EXPECT_EQ(h_.pool().open_count(), 2u);
 
   ASSERT_TRUE(h_.Send(chat, Cat(kNdjsonHead, Chunk("{\"done\":true}\n"), "0\r\n\r\n")));
   ASSERT_TRUE(RunUntilFrame([&](const Frame&) { return reader_.Ended(3); }));
@@ -236,7 +236,7 @@ TEST_P(H2DownstreamTest, ConcurrentStreamsAreRelayedIndependently) {
   ASSERT_TRUE(h_.Send(generate, "0\r\n\r\n"));
   ASSERT_TRUE(RunUntilFrame([&](const Frame&) { return reader_.Ended(1); }));
   EXPECT_EQ(reader_.DataOf(1), expected);
-  EXPECT_TRUE(h_.RunUntil([&] { return h_.shard()->pool().idle_count() == 2; }));
+  EXPECT_TRUE(h_.RunUntil([&] { return h_.pool().idle_count() == 2; }));
 }
 
 // RST_STREAM on one stream closes that stream's upstream link only; the
@@ -255,15 +255,15 @@ TEST_P(H2DownstreamTest, ResetStreamCancelsOnlyItsUpstream) {
   ASSERT_TRUE(h_.Send(client_, h2::RstStreamFrame(1, h2::kCancel)));
   ASSERT_TRUE(h_.RunUntil([&] { return generate->closed(); })) << "stream 1's link left open";
   EXPECT_FALSE(chat->closed());
-  EXPECT_EQ(h_.shard()->pool().idle_count(), 0u);
+  EXPECT_EQ(h_.pool().idle_count(), 0u);
 
   ASSERT_TRUE(h_.Send(chat, Cat(Chunk("c"), "0\r\n\r\n")));
   ASSERT_TRUE(RunUntilFrame([&](const Frame&) { return reader_.Ended(3); }));
   EXPECT_EQ(reader_.DataOf(3), "bc");
   EXPECT_EQ(reader_.DataOf(1), "a");
   EXPECT_FALSE(reader_.Ended(1));
-  EXPECT_TRUE(h_.RunUntil([&] { return h_.shard()->pool().idle_count() == 1; }));
-  EXPECT_EQ(h_.shard()->pool().open_count(), 1u);
+  EXPECT_TRUE(h_.RunUntil([&] { return h_.pool().idle_count() == 1; }));
+  EXPECT_EQ(h_.pool().open_count(), 1u);
 }
 
 // Flow control: with stream windows of zero, a stream gets no DATA until
@@ -326,7 +326,7 @@ TEST_P(H2DownstreamTest, ClosedConnectionClosesEveryUpstream) {
   ASSERT_TRUE(RunUntilData(1, 1));
   client_->Close();
   EXPECT_TRUE(h_.RunUntil([&] { return generate->closed() && chat->closed(); }));
-  EXPECT_TRUE(h_.RunUntil([&] { return h_.shard()->pool().open_count() == 0; }));
+  EXPECT_TRUE(h_.RunUntil([&] { return h_.pool().open_count() == 0; }));
 }
 
 }  // namespace

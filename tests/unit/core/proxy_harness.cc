@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "core/engine/backend.h"
+#include "core/upstream/backend_set.h"
 #include "core/upstream/upstream_pool.h"
 #include "gtest/gtest.h"
 #include "http/serialize.h"
@@ -189,9 +190,12 @@ ProxyHarness::ProxyHarness(Engine engine) : engine_(engine) {
     ::getsockname(upstream_listener_, reinterpret_cast<sockaddr*>(&a), &len);
     upstream_port_ = ntohs(a.sin_port);
   }
-  memcpy(&config_.upstream.storage, &a, sizeof(a));
-  config_.upstream.len = sizeof(a);
-  config_.upstream_host = "ollama.test";
+  BackendConfig backend;
+  backend.name = "127.0.0.1:" + std::to_string(upstream_port_);
+  memcpy(&backend.addr.storage, &a, sizeof(a));
+  backend.addr.len = sizeof(a);
+  backend.host_header = "ollama.test";
+  config_.backends.push_back(std::move(backend));
   policy_options_.auth = "none";
   policy_options_.rate_generation = "off";
   policy_options_.rate_api = "off";
@@ -237,6 +241,8 @@ bool ProxyHarness::RunUntil(const std::function<bool()>& done, int max_turns) {
   }
   return done();
 }
+
+UpstreamPool& ProxyHarness::pool() { return *shard_->backends().pools().front(); }
 
 Peer* ProxyHarness::Adopt(int fd) {
   peers_.push_back(std::make_unique<Peer>(fd));
@@ -298,16 +304,14 @@ void ProxyHarness::Stop() {
   // Every peer goes away: client connections see their client close and
   // links (idle or in use) see the upstream close.
   for (auto& p : peers_) p->Close();
-  auto settled = [this] {
-    return shard_->connections().empty() && shard_->pool().open_count() == 0;
-  };
+  auto settled = [this] { return shard_->connections().empty() && pool().open_count() == 0; };
   RunUntil(settled, 1000);
   EXPECT_TRUE(settled()) << shard_->connections().size() << " client connection(s) and "
-                         << shard_->pool().open_count() << " upstream link(s) left open";
+                         << pool().open_count() << " upstream link(s) left open";
   // Whatever is left closes by force, so the loop ends with nothing in flight.
   std::vector<ClientConnection*> left(shard_->connections().begin(), shard_->connections().end());
   for (ClientConnection* c : left) c->Close();
-  shard_->pool().CloseIdle();
+  pool().CloseIdle();
   RunUntil(settled, 1000);
   peers_.clear();
   shard_.reset();

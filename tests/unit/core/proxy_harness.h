@@ -28,6 +28,10 @@
 #include "policy/limiter.h"
 #include "policy/policy.h"
 
+namespace sluice::core {
+class UpstreamPool;
+}  // namespace sluice::core
+
 namespace sluice::core::proxy_test {
 
 // The backend the shard's loop runs on: every proxy test runs on both, so
@@ -116,6 +120,8 @@ class ProxyHarness {
 
   Loop* loop() { return loop_.get(); }
   Shard* shard() { return shard_.get(); }
+  // The shard's pool of links to the one backend, the test's listener.
+  UpstreamPool& pool();
 
   // One loop turn waiting at most `max_wait_ns` for an event, then every
   // peer reads what reached it.

@@ -60,7 +60,7 @@ class RelayTest : public ::testing::TestWithParam<Engine> {
     ASSERT_EQ(h_.ReadMessage(*up), Upstream("GET", "/api/tags"));
     ASSERT_TRUE(h_.Send(*up, kTagsResponse));
     ASSERT_EQ(h_.ReadMessage(client), kTagsResponse);
-    ASSERT_TRUE(h_.RunUntil([&] { return h_.shard()->pool().idle_count() == 1; }));
+    ASSERT_TRUE(h_.RunUntil([&] { return h_.pool().idle_count() == 1; }));
   }
 
   ProxyHarness h_{GetParam()};
@@ -92,9 +92,9 @@ TEST_P(RelayTest, StreamsEachChunkAsItArrives) {
   ASSERT_TRUE(h_.Send(up, "0\r\n\r\n"));
   ASSERT_TRUE(h_.RunUntil([&] { return client->in.size() >= 5; }));
   EXPECT_EQ(client->Take(), "0\r\n\r\n");
-  EXPECT_TRUE(h_.RunUntil([&] { return h_.shard()->pool().idle_count() == 1; }));
+  EXPECT_TRUE(h_.RunUntil([&] { return h_.pool().idle_count() == 1; }));
   EXPECT_FALSE(up->closed());
-  EXPECT_EQ(h_.shard()->pool().open_count(), 1u);
+  EXPECT_EQ(h_.pool().open_count(), 1u);
 }
 
 // A client that does not read: once its send queue is over the high
@@ -159,8 +159,8 @@ TEST_P(RelayTest, ClientCancelClosesTheUpstreamLink) {
   client->Close();
   ASSERT_TRUE(h_.RunUntil([&] { return up->closed(); })) << "upstream link left open";
   EXPECT_TRUE(up->in.empty());
-  EXPECT_TRUE(h_.RunUntil([&] { return h_.shard()->pool().open_count() == 0; }));
-  EXPECT_EQ(h_.shard()->pool().idle_count(), 0u);
+  EXPECT_TRUE(h_.RunUntil([&] { return h_.pool().open_count() == 0; }));
+  EXPECT_EQ(h_.pool().idle_count(), 0u);
   EXPECT_TRUE(h_.RunUntil([&] { return h_.shard()->connections().empty(); }));
 }
 
@@ -205,7 +205,7 @@ TEST_P(RelayTest, BodyPastTheReplayLimitIsNotRetried) {
   ASSERT_EQ(h_.ReadMessage(fresh), Upstream("POST", "/api/chat", at_limit));
   ASSERT_TRUE(h_.Send(fresh, kTagsResponse));
   ASSERT_EQ(h_.ReadMessage(client), kTagsResponse);
-  ASSERT_TRUE(h_.RunUntil([&] { return h_.shard()->pool().idle_count() == 1; }));
+  ASSERT_TRUE(h_.RunUntil([&] { return h_.pool().idle_count() == 1; }));
 
   // One byte more: not kept, so not retried.
   const std::string past_limit(kLimit + 1, 'y');
@@ -229,7 +229,7 @@ TEST_P(RelayTest, RefusedUpstreamAnswers502) {
   EXPECT_EQ(h_.shard()->metrics().upstream_connect_failures, 1u);
   ASSERT_TRUE(h_.Send(client, Get("/api/ps")));
   EXPECT_EQ(h_.ReadMessage(client), http::JsonErrorResponse(502, "upstream unavailable", false));
-  EXPECT_EQ(h_.shard()->pool().open_count(), 0u);
+  EXPECT_EQ(h_.pool().open_count(), 0u);
 }
 
 // An upstream that takes the request and says nothing for --read_timeout:
@@ -244,7 +244,7 @@ TEST_P(RelayTest, SilentUpstreamAnswers504) {
   ASSERT_EQ(h_.ReadMessage(up), Upstream("POST", "/api/generate", "{}"));
   EXPECT_EQ(h_.ReadMessage(client, 2000), http::JsonErrorResponse(504, "upstream timeout", false));
   EXPECT_TRUE(h_.RunUntil([&] { return up->closed(); }));
-  EXPECT_EQ(h_.shard()->pool().open_count(), 0u);
+  EXPECT_EQ(h_.pool().open_count(), 0u);
 }
 
 // The upstream dies mid-response: the client's chunked response ends
@@ -263,7 +263,7 @@ TEST_P(RelayTest, UpstreamCutMidResponseTruncatesTheClientResponse) {
   up->Close();
   ASSERT_TRUE(h_.RunUntil([&] { return client->closed(); }));
   EXPECT_EQ(client->in, sent) << "no last-chunk may follow";
-  EXPECT_EQ(h_.shard()->pool().open_count(), 0u);
+  EXPECT_EQ(h_.pool().open_count(), 0u);
 }
 
 // A request the policy refuses is answered by the gate: no upstream link
@@ -277,7 +277,7 @@ TEST_P(RelayTest, RefusedByThePolicyNeverReachesTheUpstream) {
             http::JsonErrorResponse(403, "access denied for this address", true));
   EXPECT_TRUE(h_.RunUntil([&] { return client->closed(); }));
   EXPECT_FALSE(h_.UpstreamPending());
-  EXPECT_EQ(h_.shard()->pool().open_count(), 0u);
+  EXPECT_EQ(h_.pool().open_count(), 0u);
   EXPECT_EQ(h_.shard()->metrics().rejected_denied, 1u);
 }
 

@@ -29,7 +29,7 @@ struct RecordingUser final : LinkUser {
 // The pool of one shard against the test's upstream listener.
 class UpstreamPoolTest : public ::testing::TestWithParam<Engine> {
  protected:
-  UpstreamPool& pool() { return h_.shard()->pool(); }
+  UpstreamPool& pool() { return h_.pool(); }
   // A new link for `user`, connected, and the upstream's end of it.
   UpstreamLink* Connect(RecordingUser* user, Peer** upstream, bool fresh = false) {
     int err = 0;
