@@ -329,11 +329,11 @@ TEST_P(RelayTest, UpgradedLinkTunnelsBytesBothWays) {
             "HTTP/1.1 101 Switching Protocols\r\n"
             "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
             "Upgrade: websocket\r\nConnection: upgrade\r\n\r\n");
-  const std::string up_bytes("\x81\x05hello\r\n\r\n", 11);
+  const std::string up_bytes = "\x81\x05hello\r\n\r\n";
   ASSERT_TRUE(h_.Send(client, up_bytes));
   ASSERT_TRUE(h_.RunUntil([&] { return up->in.size() >= up_bytes.size(); }));
   EXPECT_EQ(up->Take(), up_bytes);
-  const std::string down_bytes("\x81\x03hi!HTTP/1.1 200", 19);
+  const std::string down_bytes = "\x81\x03hi!HTTP/1.1 200";
   ASSERT_TRUE(h_.Send(up, down_bytes));
   ASSERT_TRUE(h_.RunUntil([&] { return client->in.size() >= down_bytes.size(); }));
   EXPECT_EQ(client->Take(), down_bytes);
