@@ -32,8 +32,7 @@ const KeyFixture& Keys() {
     std::string text;
     for (int i = 0; i < 1000; ++i) {
       f->keys.push_back(GenerateKey());
-      absl::StrAppend(&text, KeyLine(absl::StrCat("key", i), f->keys.back()),
-                      "\n");
+      absl::StrAppend(&text, KeyLine(absl::StrCat("key", i), f->keys.back()), "\n");
     }
     absl::StatusOr<KeyStore> store = KeyStore::Parse(text, "bench");
     if (!store.ok()) std::abort();
@@ -83,8 +82,7 @@ void BM_BasicAuthCacheHit(benchmark::State& state) {
   constexpr int64_t kNow = int64_t{1} << 40;
   BasicAuthCache cache(kEntries, absl::Minutes(5), absl::Seconds(10));
   for (int i = 0; i < kEntries; ++i) {
-    cache.Insert(absl::StrCat("user", i), absl::StrCat("password-", i), true, 1,
-                 kNow);
+    cache.Insert(absl::StrCat("user", i), absl::StrCat("password-", i), true, 1, kNow);
   }
   const std::string user = "user5000";
   const std::string password = "password-5000";
@@ -99,9 +97,8 @@ BENCHMARK(BM_BasicAuthCacheHit);
 // `htpasswd -nbB -C 4 u pass`: bcrypt at its lowest cost; htpasswd's default
 // cost (5) doubles this, and each step above doubles it again.
 void BM_BcryptVerifyCost4(benchmark::State& state) {
-  absl::StatusOr<Htpasswd> users = Htpasswd::Parse(
-      "u:$2y$04$xKGzC6dsYqyU66r6ohDHJudQBbzRslsDwPvW0oN78ja7K2Io/bdOy\n",
-      "bench");
+  absl::StatusOr<Htpasswd> users =
+      Htpasswd::Parse("u:$2y$04$xKGzC6dsYqyU66r6ohDHJudQBbzRslsDwPvW0oN78ja7K2Io/bdOy\n", "bench");
   if (!users.ok()) {
     state.SkipWithError("bad htpasswd line");
     return;

@@ -55,21 +55,15 @@
 
 ABSL_FLAG(std::string, host, "127.0.0.1", "IPv4 address of the proxy");
 ABSL_FLAG(int, port, 0, "The proxy's TLS port (required)");
-ABSL_FLAG(std::string, sni, "localhost",
-          "TLS server name and Host/:authority host");
-ABSL_FLAG(int, sim_port, 0,
-          "ollama-sim's port on --host, for /sim/stats (required)");
-ABSL_FLAG(std::string, proto, "h2",
-          "h2 (cancel by RST_STREAM) or h1 (cancel by closing)");
+ABSL_FLAG(std::string, sni, "localhost", "TLS server name and Host/:authority host");
+ABSL_FLAG(int, sim_port, 0, "ollama-sim's port on --host, for /sim/stats (required)");
+ABSL_FLAG(std::string, proto, "h2", "h2 (cancel by RST_STREAM) or h1 (cancel by closing)");
 ABSL_FLAG(int, trials, 10, "Trials, one after another");
 ABSL_FLAG(int, cancel_after, 3, "NDJSON objects to receive before cancelling");
 ABSL_FLAG(int, tokens, 1000, "Tokens per generation (X-Sim-Tokens)");
-ABSL_FLAG(std::string, token_delay_ms, "10",
-          "Delay between tokens (X-Sim-Token-Delay-Ms)");
-ABSL_FLAG(std::string, authorization, "",
-          "Authorization header value; empty: none");
-ABSL_FLAG(int, trial_timeout_ms, 2000,
-          "How long to wait for the simulator to see the abort");
+ABSL_FLAG(std::string, token_delay_ms, "10", "Delay between tokens (X-Sim-Token-Delay-Ms)");
+ABSL_FLAG(std::string, authorization, "", "Authorization header value; empty: none");
+ABSL_FLAG(int, trial_timeout_ms, 2000, "How long to wait for the simulator to see the abort");
 ABSL_FLAG(std::string, label, "-", "Printed first, as label=...");
 
 namespace sluice::bench {
@@ -85,8 +79,8 @@ constexpr std::string_view kSimTimeKey = "\"sim_t_us\":";
 int errors_printed = 0;
 void Error(int trial, std::string_view what) {
   if (++errors_printed <= kMaxErrorsPrinted) {
-    fprintf(stderr, "cancel_latency: trial %d: %.*s\n", trial,
-            static_cast<int>(what.size()), what.data());
+    fprintf(stderr, "cancel_latency: trial %d: %.*s\n", trial, static_cast<int>(what.size()),
+            what.data());
   }
 }
 
@@ -102,15 +96,13 @@ bool WaitFd(int fd, short events, int timeout_ms) {
 
 // One plain HTTP/1.1 exchange with the simulator; returns the body, or
 // nothing on any failure. The simulator answers with a Content-Length.
-std::optional<std::string> SimRequest(const sockaddr_in& sim,
-                                      std::string_view method,
+std::optional<std::string> SimRequest(const sockaddr_in& sim, std::string_view method,
                                       std::string_view path) {
   int fd = StartConnect(sim);
   if (fd < 0) return std::nullopt;
-  std::string request =
-      absl::StrCat(std::string(method), " ", std::string(path),
-                   " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n"
-                   "Connection: close\r\n\r\n");
+  std::string request = absl::StrCat(std::string(method), " ", std::string(path),
+                                     " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n"
+                                     "Connection: close\r\n\r\n");
   std::string in;
   std::optional<std::string> body;
   if (WaitFd(fd, POLLOUT, 1000) && ConnectResult(fd) == 0 &&
@@ -126,8 +118,7 @@ std::optional<std::string> SimRequest(const sockaddr_in& sim,
       size_t cl = in.find("Content-Length: ");
       if (cl == std::string::npos || cl > end) break;
       size_t len = 0;
-      if (!absl::SimpleAtoi(in.substr(cl + 16, in.find("\r\n", cl) - cl - 16),
-                            &len)) {
+      if (!absl::SimpleAtoi(in.substr(cl + 16, in.find("\r\n", cl) - cl - 16), &len)) {
         break;
       }
       if (in.size() >= end + 4 + len) {
@@ -202,11 +193,8 @@ std::unique_ptr<TlsSocket> Connect(SSL_CTX* ctx, const sockaddr_in& addr,
     TlsSocket::Result r = tls->Handshake();
     if (r == TlsSocket::Result::kDone) break;
     int left_ms = static_cast<int>((deadline - NowUs(CLOCK_MONOTONIC)) / 1000);
-    if ((r != TlsSocket::Result::kWantRead &&
-         r != TlsSocket::Result::kWantWrite) ||
-        left_ms <= 0 ||
-        !WaitFd(fd, r == TlsSocket::Result::kWantRead ? POLLIN : POLLOUT,
-                left_ms)) {
+    if ((r != TlsSocket::Result::kWantRead && r != TlsSocket::Result::kWantWrite) || left_ms <= 0 ||
+        !WaitFd(fd, r == TlsSocket::Result::kWantRead ? POLLIN : POLLOUT, left_ms)) {
       Error(trial, "TLS handshake: " + tls->LastError());
       return nullptr;
     }
@@ -220,16 +208,15 @@ std::unique_ptr<TlsSocket> Connect(SSL_CTX* ctx, const sockaddr_in& addr,
 
 struct Request {
   std::string path = "/api/generate";
-  std::string body =
-      R"({"model":"sim:latest","prompt":"Tell me a long story.","stream":true})";
+  std::string body = R"({"model":"sim:latest","prompt":"Tell me a long story.","stream":true})";
   std::string authority;
 };
 
 // Runs a generation over HTTP/2 until enough chunks arrived, then resets the
 // stream. Returns the cancel time (CLOCK_REALTIME µs) or -1. `keep` holds
 // the connection open until the caller has seen the abort.
-int64_t RunH2(SSL_CTX* ctx, const sockaddr_in& addr, const Request& req,
-              int trial, std::unique_ptr<H2ClientConn>* keep, Sink* sink) {
+int64_t RunH2(SSL_CTX* ctx, const sockaddr_in& addr, const Request& req, int trial,
+              std::unique_ptr<H2ClientConn>* keep, Sink* sink) {
   std::unique_ptr<TlsSocket> tls = Connect(ctx, addr, "h2", trial);
   if (tls == nullptr) return -1;
   auto h2 = std::make_unique<H2ClientConn>(std::move(tls));
@@ -255,9 +242,8 @@ int64_t RunH2(SSL_CTX* ctx, const sockaddr_in& addr, const Request& req,
   while (sink->chunks.count < absl::GetFlag(FLAGS_cancel_after)) {
     int left_ms = static_cast<int>((deadline - NowUs(CLOCK_MONOTONIC)) / 1000);
     if (sink->closed || left_ms <= 0) {
-      Error(trial,
-            absl::StrCat("stream ended or stalled before the cancel; status ",
-                         sink->status, " error ", sink->error_code));
+      Error(trial, absl::StrCat("stream ended or stalled before the cancel; status ", sink->status,
+                                " error ", sink->error_code));
       return -1;
     }
     short events = POLLIN | (h2->WantsWrite() ? POLLOUT : 0);
@@ -282,22 +268,17 @@ int64_t RunH2(SSL_CTX* ctx, const sockaddr_in& addr, const Request& req,
 }
 
 // The same over HTTP/1.1, cancelling by closing the connection.
-int64_t RunH1(SSL_CTX* ctx, const sockaddr_in& addr, const Request& req,
-              int trial) {
+int64_t RunH1(SSL_CTX* ctx, const sockaddr_in& addr, const Request& req, int trial) {
   std::unique_ptr<TlsSocket> tls = Connect(ctx, addr, "http/1.1", trial);
   if (tls == nullptr) return -1;
-  std::string request =
-      absl::StrCat("POST ", req.path, " HTTP/1.1\r\nHost: ", req.authority,
-                   "\r\nContent-Type: application/json\r\nX-Sim-Tokens: ",
-                   absl::GetFlag(FLAGS_tokens), "\r\nX-Sim-Token-Delay-Ms: ",
-                   absl::GetFlag(FLAGS_token_delay_ms), "\r\n");
+  std::string request = absl::StrCat(
+      "POST ", req.path, " HTTP/1.1\r\nHost: ", req.authority,
+      "\r\nContent-Type: application/json\r\nX-Sim-Tokens: ", absl::GetFlag(FLAGS_tokens),
+      "\r\nX-Sim-Token-Delay-Ms: ", absl::GetFlag(FLAGS_token_delay_ms), "\r\n");
   if (!absl::GetFlag(FLAGS_authorization).empty()) {
-    absl::StrAppend(&request,
-                    "Authorization: ", absl::GetFlag(FLAGS_authorization),
-                    "\r\n");
+    absl::StrAppend(&request, "Authorization: ", absl::GetFlag(FLAGS_authorization), "\r\n");
   }
-  absl::StrAppend(&request, "Content-Length: ", req.body.size(), "\r\n\r\n",
-                  req.body);
+  absl::StrAppend(&request, "Content-Length: ", req.body.size(), "\r\n\r\n", req.body);
   TlsSocket::Result w = tls->Write(request);
   while (w == TlsSocket::Result::kWantWrite) {
     if (!WaitFd(tls->fd(), POLLOUT, kSetupTimeoutMs)) break;
@@ -315,15 +296,13 @@ int64_t RunH1(SSL_CTX* ctx, const sockaddr_in& addr, const Request& req,
     size_t n = 0;
     TlsSocket::Result r = tls->Read(buf, sizeof(buf), &n);
     if (r == TlsSocket::Result::kDone) {
-      if (head.size() < 12)
-        head.append(buf, std::min<size_t>(n, 12 - head.size()));
+      if (head.size() < 12) head.append(buf, std::min<size_t>(n, 12 - head.size()));
       chunks.Feed({buf, n});
       continue;
     }
     int left_ms = static_cast<int>((deadline - NowUs(CLOCK_MONOTONIC)) / 1000);
     if (r != TlsSocket::Result::kWantRead || left_ms <= 0) {
-      Error(trial,
-            "stream ended or stalled before the cancel: " + tls->LastError());
+      Error(trial, "stream ended or stalled before the cancel: " + tls->LastError());
       return -1;
     }
     WaitFd(tls->fd(), POLLIN, left_ms);
@@ -341,8 +320,7 @@ int64_t RunH1(SSL_CTX* ctx, const sockaddr_in& addr, const Request& req,
 // returns its "last_abort_us", or -1 when none came within
 // --trial_timeout_ms.
 int64_t WaitForAbort(const sockaddr_in& sim) {
-  const int64_t deadline =
-      NowUs(CLOCK_MONOTONIC) + absl::GetFlag(FLAGS_trial_timeout_ms) * 1000;
+  const int64_t deadline = NowUs(CLOCK_MONOTONIC) + absl::GetFlag(FLAGS_trial_timeout_ms) * 1000;
   // The simulator stamps the abort itself, so polling late loses
   // nothing; polling early would only compete with the proxy and the
   // simulator for the CPU while they react.
@@ -365,10 +343,8 @@ int Main(int argc, char** argv) {
   const std::string proto = absl::GetFlag(FLAGS_proto);
   const int trials = absl::GetFlag(FLAGS_trials);
   sockaddr_in addr, sim;
-  if (!ParseAddress(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_port),
-                    &addr) ||
-      !ParseAddress(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_sim_port),
-                    &sim) ||
+  if (!ParseAddress(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_port), &addr) ||
+      !ParseAddress(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_sim_port), &sim) ||
       (proto != "h2" && proto != "h1") || trials < 1 || trials > kMaxTrials ||
       absl::GetFlag(FLAGS_cancel_after) < 1 ||
       absl::GetFlag(FLAGS_tokens) <= absl::GetFlag(FLAGS_cancel_after) ||
@@ -383,19 +359,14 @@ int Main(int argc, char** argv) {
   double delay_ms = 0;
   absl::SimpleAtod(absl::GetFlag(FLAGS_token_delay_ms), &delay_ms);
   const int per_trial_s =
-      2 * kSetupTimeoutMs / 1000 +
-      absl::GetFlag(FLAGS_trial_timeout_ms) / 1000 +
-      static_cast<int>(
-          std::ceil(delay_ms * absl::GetFlag(FLAGS_cancel_after) / 1000)) +
-      1;
+      2 * kSetupTimeoutMs / 1000 + absl::GetFlag(FLAGS_trial_timeout_ms) / 1000 +
+      static_cast<int>(std::ceil(delay_ms * absl::GetFlag(FLAGS_cancel_after) / 1000)) + 1;
   alarm(static_cast<unsigned>(std::min(trials * per_trial_s + 10, 3600)));
   signal(SIGPIPE, SIG_IGN);
 
-  SSL_CTX* ctx =
-      NewClientContext({proto == "h2" ? "h2" : "http/1.1"}, std::string());
+  SSL_CTX* ctx = NewClientContext({proto == "h2" ? "h2" : "http/1.1"}, std::string());
   Request req;
-  req.authority =
-      absl::StrCat(absl::GetFlag(FLAGS_sni), ":", absl::GetFlag(FLAGS_port));
+  req.authority = absl::StrCat(absl::GetFlag(FLAGS_sni), ":", absl::GetFlag(FLAGS_port));
 
   std::vector<int64_t> samples;
   int missed = 0, failed = 0;
@@ -407,9 +378,8 @@ int Main(int argc, char** argv) {
     }
     std::unique_ptr<H2ClientConn> h2_keep;
     Sink sink;
-    int64_t cancel_us = proto == "h2"
-                            ? RunH2(ctx, addr, req, trial, &h2_keep, &sink)
-                            : RunH1(ctx, addr, req, trial);
+    int64_t cancel_us = proto == "h2" ? RunH2(ctx, addr, req, trial, &h2_keep, &sink)
+                                      : RunH1(ctx, addr, req, trial);
     if (cancel_us < 0) {
       ++failed;
       continue;
@@ -427,9 +397,8 @@ int Main(int argc, char** argv) {
   printf(
       "label=%s proto=%s trials=%d ok=%zu missed=%d failed=%d p50_us=%ld "
       "min_us=%ld max_us=%ld mean_us=%.0f samples_us=%s\n",
-      absl::GetFlag(FLAGS_label).c_str(), proto.c_str(), trials, samples.size(),
-      missed, failed, d.p50, d.min, d.max, d.mean,
-      samples.empty() ? "-" : absl::StrJoin(samples, ",").c_str());
+      absl::GetFlag(FLAGS_label).c_str(), proto.c_str(), trials, samples.size(), missed, failed,
+      d.p50, d.min, d.max, d.mean, samples.empty() ? "-" : absl::StrJoin(samples, ",").c_str());
   fflush(stdout);
   SSL_CTX_free(ctx);
   return missed == 0 && failed == 0 ? 0 : 1;

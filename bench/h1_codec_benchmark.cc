@@ -63,9 +63,7 @@ std::string ChatRequest() {
 class KeepingSink : public H1RequestSink {
  public:
   void OnRequestHead(RequestHead head) override { head_ = std::move(head); }
-  void OnRequestBody(core::Slice data) override {
-    body_bytes_ += data.size();
-  }
+  void OnRequestBody(core::Slice data) override { body_bytes_ += data.size(); }
   void OnRequestComplete() override { ++complete_; }
 
   const RequestHead& head() const { return head_; }
@@ -113,8 +111,7 @@ void BM_H1ServerCodecParseSplit(benchmark::State& state) {
   for (auto _ : state) {
     absl::StatusOr<size_t> a = codec.Dispatch(first);
     absl::StatusOr<size_t> b = codec.Dispatch(second);
-    BENCH_CHECK(a.ok() && b.ok() && *a + *b == request.size() &&
-                codec.paused());
+    BENCH_CHECK(a.ok() && b.ok() && *a + *b == request.size() && codec.paused());
     codec.Resume();
     benchmark::DoNotOptimize(sink.head().headers.data());
   }
@@ -129,9 +126,8 @@ void BM_H1ServerCodecParseAndRewrite(benchmark::State& state) {
   const core::Slice request = ChatRequestSlice();
   KeepingSink sink;
   H1ServerCodec codec(&sink, H1Limits());
-  const ForwardContext ctx{.client_addr = "127.0.0.1",
-                           .proto = "http",
-                           .upstream_host = "127.0.0.1:11434"};
+  const ForwardContext ctx{
+      .client_addr = "127.0.0.1", .proto = "http", .upstream_host = "127.0.0.1:11434"};
   std::string out;
   for (auto _ : state) {
     ParseOne(codec, request);
@@ -151,9 +147,8 @@ void BM_AppendUpstreamRequestHead(benchmark::State& state) {
   KeepingSink sink;
   H1ServerCodec codec(&sink, H1Limits());
   ParseOne(codec, request);
-  const ForwardContext ctx{.client_addr = "127.0.0.1",
-                           .proto = "http",
-                           .upstream_host = "127.0.0.1:11434"};
+  const ForwardContext ctx{
+      .client_addr = "127.0.0.1", .proto = "http", .upstream_host = "127.0.0.1:11434"};
   std::string out;
   for (auto _ : state) {
     out.clear();
@@ -182,11 +177,9 @@ void BM_LlhttpParse(benchmark::State& state) {
   size_t complete = 0;
   parser.data = &complete;
   for (auto _ : state) {
-    llhttp_errno_t err =
-        llhttp_execute(&parser, request.data(), request.size());
+    llhttp_errno_t err = llhttp_execute(&parser, request.data(), request.size());
     BENCH_CHECK(err == HPE_PAUSED);
-    BENCH_CHECK(llhttp_get_error_pos(&parser) ==
-                request.data() + request.size());
+    BENCH_CHECK(llhttp_get_error_pos(&parser) == request.data() + request.size());
     llhttp_resume(&parser);
   }
   BENCH_CHECK(complete == static_cast<size_t>(state.iterations()));
@@ -207,9 +200,7 @@ struct Collected {
   size_t complete = 0;
 };
 
-Collected& Of(llhttp_t* parser) {
-  return *static_cast<Collected*>(parser->data);
-}
+Collected& Of(llhttp_t* parser) { return *static_cast<Collected*>(parser->data); }
 
 int CollectBegin(llhttp_t* parser) {
   Collected& c = Of(parser);
@@ -263,8 +254,7 @@ void BM_LlhttpParseCollect(benchmark::State& state) {
   Collected collected;
   parser.data = &collected;
   for (auto _ : state) {
-    llhttp_errno_t err =
-        llhttp_execute(&parser, request.data(), request.size());
+    llhttp_errno_t err = llhttp_execute(&parser, request.data(), request.size());
     BENCH_CHECK(err == HPE_PAUSED);
     llhttp_resume(&parser);
     benchmark::DoNotOptimize(collected.headers.data());

@@ -53,8 +53,7 @@ class H2ClientConn {
   // (empty: no body). nghttp2 queues it locally while the server's
   // SETTINGS_MAX_CONCURRENT_STREAMS is reached. Returns the stream id, or a
   // negative nghttp2 error. Call Flush() afterwards.
-  int32_t Submit(const std::vector<Header>& headers, std::string body,
-                 H2StreamSink* sink);
+  int32_t Submit(const std::vector<Header>& headers, std::string body, H2StreamSink* sink);
 
   // Queues RST_STREAM(CANCEL) for `stream_id`; call Flush() afterwards.
   bool Cancel(int32_t stream_id);
@@ -83,18 +82,16 @@ class H2ClientConn {
  private:
   struct Stream;
 
-  static int OnHeader(nghttp2_session*, const nghttp2_frame* frame,
-                      const uint8_t* name, size_t namelen, const uint8_t* value,
-                      size_t valuelen, uint8_t flags, void* user_data);
-  static int OnDataChunk(nghttp2_session*, uint8_t flags, int32_t stream_id,
-                         const uint8_t* data, size_t len, void* user_data);
-  static int OnStreamClose(nghttp2_session*, int32_t stream_id,
-                           uint32_t error_code, void* user_data);
-  static int OnFrameRecv(nghttp2_session*, const nghttp2_frame* frame,
-                         void* user_data);
-  static ssize_t ReadBody(nghttp2_session*, int32_t stream_id, uint8_t* buf,
-                          size_t length, uint32_t* data_flags,
-                          nghttp2_data_source* source, void* user_data);
+  static int OnHeader(nghttp2_session*, const nghttp2_frame* frame, const uint8_t* name,
+                      size_t namelen, const uint8_t* value, size_t valuelen, uint8_t flags,
+                      void* user_data);
+  static int OnDataChunk(nghttp2_session*, uint8_t flags, int32_t stream_id, const uint8_t* data,
+                         size_t len, void* user_data);
+  static int OnStreamClose(nghttp2_session*, int32_t stream_id, uint32_t error_code,
+                           void* user_data);
+  static int OnFrameRecv(nghttp2_session*, const nghttp2_frame* frame, void* user_data);
+  static ssize_t ReadBody(nghttp2_session*, int32_t stream_id, uint8_t* buf, size_t length,
+                          uint32_t* data_flags, nghttp2_data_source* source, void* user_data);
 
   std::unique_ptr<TlsSocket> tls_;
   nghttp2_session* session_ = nullptr;

@@ -58,22 +58,17 @@
 
 ABSL_FLAG(std::string, host, "127.0.0.1", "IPv4 address to connect to");
 ABSL_FLAG(int, port, 0, "TLS port to connect to (required)");
-ABSL_FLAG(std::string, sni, "localhost",
-          "TLS server name (SNI) and :authority host");
-ABSL_FLAG(std::string, ca, "",
-          "CA file to verify the server with; empty: no verification");
+ABSL_FLAG(std::string, sni, "localhost", "TLS server name (SNI) and :authority host");
+ABSL_FLAG(std::string, ca, "", "CA file to verify the server with; empty: no verification");
 ABSL_FLAG(int, connections, 10, "TLS connections the streams are spread over");
 ABSL_FLAG(int, streams, 1000, "Concurrent streams in total");
 ABSL_FLAG(int, tokens, 50, "Tokens per generation (X-Sim-Tokens)");
-ABSL_FLAG(std::string, token_delay_ms, "20",
-          "Delay between tokens in ms (X-Sim-Token-Delay-Ms)");
+ABSL_FLAG(std::string, token_delay_ms, "20", "Delay between tokens in ms (X-Sim-Token-Delay-Ms)");
 ABSL_FLAG(std::string, path, "/api/generate", "Request target");
 ABSL_FLAG(std::string, authorization, "",
           "Authorization header value sent with every request; empty: none");
-ABSL_FLAG(bool, stagger, true,
-          "Spread the stream starts evenly over one token interval");
-ABSL_FLAG(double, duration_s, 30,
-          "Wall-time bound in seconds (clamped to [0.1, 600])");
+ABSL_FLAG(bool, stagger, true, "Spread the stream starts evenly over one token interval");
+ABSL_FLAG(double, duration_s, 30, "Wall-time bound in seconds (clamped to [0.1, 600])");
 ABSL_FLAG(double, setup_timeout_s, 10,
           "Time allowed for all connections to finish TLS and SETTINGS");
 ABSL_FLAG(std::string, label, "-", "Printed first, as label=...");
@@ -170,8 +165,7 @@ class LoadClient {
     const int64_t t0 = NowUs(CLOCK_MONOTONIC);
     const int64_t deadline = t0 + duration_us;
     for (StreamState& s : streams_) {
-      s.start_at_us =
-          t0 + stagger_us * s.index / static_cast<int64_t>(streams_.size());
+      s.start_at_us = t0 + stagger_us * s.index / static_cast<int64_t>(streams_.size());
     }
     size_t next = 0;  // streams_ are in start order
     while (closed_ < streams_.size()) {
@@ -185,8 +179,7 @@ class LoadClient {
       }
       for (Conn& c : conns_) Flush(c);
       int64_t wake = deadline;
-      if (next < streams_.size())
-        wake = std::min(wake, streams_[next].start_at_us);
+      if (next < streams_.size()) wake = std::min(wake, streams_[next].start_at_us);
       Poll(static_cast<int>(std::max<int64_t>((wake - now + 999) / 1000, 0)));
     }
     elapsed_us_ = NowUs(CLOCK_MONOTONIC) - t0;
@@ -215,11 +208,10 @@ class LoadClient {
         "server_closes=%ld unfinished=%ld chunks=%zu %s ttfc_p50_us=%ld "
         "ttfc_p99_us=%ld ttfc_max_us=%ld setup_s=%.2f elapsed_s=%.2f "
         "timed_out=%d\n",
-        std::string(label).c_str(), conns_.size(), streams_.size(), ok_,
-        failed_, non2xx_, refused_, conn_errors_, server_closes_, unfinished_,
-        d.n, DelayFields(d).c_str(), ttfc.p50, ttfc.p99, ttfc.max,
-        static_cast<double>(setup_us_) / 1e6,
-        static_cast<double>(elapsed_us_) / 1e6, timed_out_ ? 1 : 0);
+        std::string(label).c_str(), conns_.size(), streams_.size(), ok_, failed_, non2xx_, refused_,
+        conn_errors_, server_closes_, unfinished_, d.n, DelayFields(d).c_str(), ttfc.p50, ttfc.p99,
+        ttfc.max, static_cast<double>(setup_us_) / 1e6, static_cast<double>(elapsed_us_) / 1e6,
+        timed_out_ ? 1 : 0);
     fflush(stdout);
     return failed_ == 0 && unfinished_ == 0 && d.n > 0;
   }
@@ -229,8 +221,7 @@ class LoadClient {
     if (key == std::string_view::npos) return;
     std::string_view digits = line.substr(key + kSimTimeKey.size());
     int64_t sim_t_us = 0;
-    auto [end, ec] =
-        std::from_chars(digits.data(), digits.data() + digits.size(), sim_t_us);
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), sim_t_us);
     if (ec != std::errc() || end == digits.data()) return;
     if (s.first_chunk_us < 0) s.first_chunk_us = read_time_us;
     delays_us_.push_back(read_time_us - sim_t_us);
@@ -242,8 +233,7 @@ class LoadClient {
     ++closed_;
     if (s.status != 0 && (s.status < 200 || s.status > 299)) {
       ++non2xx_;
-      Error(s.conn,
-            absl::StrCat("stream ", s.index, ": HTTP status ", s.status));
+      Error(s.conn, absl::StrCat("stream ", s.index, ": HTTP status ", s.status));
     }
     if (error_code == NGHTTP2_REFUSED_STREAM) ++refused_;
     if (error_code == 0 && s.status >= 200 && s.status <= 299) {
@@ -251,8 +241,8 @@ class LoadClient {
     } else {
       ++failed_;
       if (error_code != 0) {
-        Error(s.conn, absl::StrCat("stream ", s.index, " reset: ",
-                                   nghttp2_http2_strerror(error_code)));
+        Error(s.conn,
+              absl::StrCat("stream ", s.index, " reset: ", nghttp2_http2_strerror(error_code)));
       }
     }
   }
@@ -266,8 +256,8 @@ class LoadClient {
 
   void Error(int conn, std::string_view what) {
     if (++errors_printed_ <= kMaxErrorsPrinted) {
-      fprintf(stderr, "h2_relay_delay: conn %d: %.*s\n", conn,
-              static_cast<int>(what.size()), what.data());
+      fprintf(stderr, "h2_relay_delay: conn %d: %.*s\n", conn, static_cast<int>(what.size()),
+              what.data());
     }
   }
 
@@ -303,8 +293,7 @@ class LoadClient {
   void Fail(Conn& c, std::string_view why) {
     if (c.phase == Phase::kFailed) return;
     bool all_done = c.phase == Phase::kReady;
-    for (size_t i = c.index; i < streams_.size() && all_done;
-         i += conns_.size()) {
+    for (size_t i = c.index; i < streams_.size() && all_done; i += conns_.size()) {
       all_done = streams_[i].closed;
     }
     c.phase = Phase::kFailed;
@@ -444,9 +433,7 @@ void StreamState::OnData(std::string_view data, int64_t read_time_us) {
   }
 }
 
-void StreamState::OnClose(uint32_t error_code) {
-  client->StreamClosed(*this, error_code);
-}
+void StreamState::OnClose(uint32_t error_code) { client->StreamClosed(*this, error_code); }
 
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
@@ -460,9 +447,8 @@ int Main(int argc, char** argv) {
   const int tokens = absl::GetFlag(FLAGS_tokens);
   double token_delay_ms;
   sockaddr_in addr;
-  if (!ParseAddress(absl::GetFlag(FLAGS_host), port, &addr) ||
-      connections < 1 || connections > kMaxConnections || streams < 1 ||
-      streams > kMaxStreams || tokens < 0 ||
+  if (!ParseAddress(absl::GetFlag(FLAGS_host), port, &addr) || connections < 1 ||
+      connections > kMaxConnections || streams < 1 || streams > kMaxStreams || tokens < 0 ||
       !absl::SimpleAtod(absl::GetFlag(FLAGS_token_delay_ms), &token_delay_ms) ||
       !(token_delay_ms >= 0)) {
     fprintf(stderr,
@@ -472,10 +458,8 @@ int Main(int argc, char** argv) {
             kMaxConnections, kMaxStreams);
     return 2;
   }
-  const double duration_s =
-      std::clamp(absl::GetFlag(FLAGS_duration_s), 0.1, kMaxDurationS);
-  const double setup_s =
-      std::clamp(absl::GetFlag(FLAGS_setup_timeout_s), 0.1, kMaxDurationS);
+  const double duration_s = std::clamp(absl::GetFlag(FLAGS_duration_s), 0.1, kMaxDurationS);
+  const double setup_s = std::clamp(absl::GetFlag(FLAGS_setup_timeout_s), 0.1, kMaxDurationS);
   alarm(static_cast<unsigned>(std::ceil(duration_s + setup_s)) + 10);
   signal(SIGPIPE, SIG_IGN);
   RaiseFdLimit();
@@ -500,11 +484,9 @@ int Main(int argc, char** argv) {
   headers.push_back({"content-length", absl::StrCat(body.size())});
 
   const int64_t stagger_us =
-      absl::GetFlag(FLAGS_stagger)
-          ? static_cast<int64_t>(std::llround(token_delay_ms * 1000))
-          : 0;
-  auto client = std::make_unique<LoadClient>(addr, ctx, connections, streams,
-                                             std::move(headers), body);
+      absl::GetFlag(FLAGS_stagger) ? static_cast<int64_t>(std::llround(token_delay_ms * 1000)) : 0;
+  auto client =
+      std::make_unique<LoadClient>(addr, ctx, connections, streams, std::move(headers), body);
   bool ran = client->Run(static_cast<int64_t>(setup_s * 1e6), stagger_us,
                          static_cast<int64_t>(duration_s * 1e6));
   bool clean = ran && client->Report(absl::GetFlag(FLAGS_label));

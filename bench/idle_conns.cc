@@ -49,8 +49,7 @@ ABSL_FLAG(std::string, alpn, "h2",
           "only), to tell the TLS cost from the HTTP/2 session's");
 ABSL_FLAG(int, parallel, 100, "Connections in setup at once");
 ABSL_FLAG(double, setup_timeout_s, 60, "Bound on the whole setup phase");
-ABSL_FLAG(double, hold_s, 120,
-          "Longest time to hold the connections (SIGTERM ends it sooner)");
+ABSL_FLAG(double, hold_s, 120, "Longest time to hold the connections (SIGTERM ends it sooner)");
 
 namespace sluice::bench {
 namespace {
@@ -64,8 +63,7 @@ constexpr int kMaxErrorsPrinted = 5;
 constexpr std::string_view kPrefaceAndSettings =
     "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
     "\x00\x00\x00\x04\x00\x00\x00\x00\x00"sv;
-constexpr std::string_view kSettingsAck =
-    "\x00\x00\x00\x04\x01\x00\x00\x00\x00"sv;
+constexpr std::string_view kSettingsAck = "\x00\x00\x00\x04\x01\x00\x00\x00\x00"sv;
 constexpr uint8_t kTypeSettings = 4;
 constexpr uint8_t kTypeGoaway = 7;
 constexpr uint8_t kFlagAck = 1;
@@ -73,15 +71,7 @@ constexpr uint8_t kFlagAck = 1;
 std::atomic<bool> stop{false};
 void OnSignal(int) { stop = true; }
 
-enum class Phase {
-  kNew,
-  kConnecting,
-  kHandshaking,
-  kExchange,
-  kIdle,
-  kFailed,
-  kClosed
-};
+enum class Phase { kNew, kConnecting, kHandshaking, kExchange, kIdle, kFailed, kClosed };
 
 struct Conn {
   Phase phase = Phase::kNew;
@@ -95,8 +85,8 @@ int errors_printed = 0;
 
 void Fail(Conn& c, int index, std::string_view why, long* failed) {
   if (++errors_printed <= kMaxErrorsPrinted) {
-    fprintf(stderr, "idle_conns: connection %d: %.*s\n", index,
-            static_cast<int>(why.size()), why.data());
+    fprintf(stderr, "idle_conns: connection %d: %.*s\n", index, static_cast<int>(why.size()),
+            why.data());
   }
   c.tls.reset();
   c.phase = Phase::kFailed;
@@ -129,8 +119,7 @@ bool ParseFrames(Conn& c) {
 
 // Advances one connection's setup as far as it goes without blocking.
 // Returns the poll events it waits for (0 when no longer in setup).
-short Advance(Conn& c, int index, const sockaddr_in& addr, SSL_CTX* ctx,
-              long* failed) {
+short Advance(Conn& c, int index, const sockaddr_in& addr, SSL_CTX* ctx, long* failed) {
   if (c.phase == Phase::kNew) {
     int fd = StartConnect(addr);
     if (fd < 0) {
@@ -179,8 +168,7 @@ short Advance(Conn& c, int index, const sockaddr_in& addr, SSL_CTX* ctx,
       continue;
     }
     if (r == TlsSocket::Result::kWantRead) break;
-    Fail(c, index, "closed during the SETTINGS exchange: " + c.tls->LastError(),
-         failed);
+    Fail(c, index, "closed during the SETTINGS exchange: " + c.tls->LastError(), failed);
     return 0;
   }
   if (!ParseFrames(c)) {
@@ -205,9 +193,8 @@ short Advance(Conn& c, int index, const sockaddr_in& addr, SSL_CTX* ctx,
 // Sets up every connection, at most `parallel` at a time, until all are
 // established or failed or `setup_deadline` has passed; adds to
 // `*established` and `*failed`.
-void SetUpAll(std::vector<Conn>& conns, const sockaddr_in& addr, SSL_CTX* ctx,
-              int parallel, int64_t setup_deadline, long* established,
-              long* failed) {
+void SetUpAll(std::vector<Conn>& conns, const sockaddr_in& addr, SSL_CTX* ctx, int parallel,
+              int64_t setup_deadline, long* established, long* failed) {
   const int total = static_cast<int>(conns.size());
   int next = 0;
   std::vector<int> in_setup;  // indexes of connections being set up
@@ -222,21 +209,18 @@ void SetUpAll(std::vector<Conn>& conns, const sockaddr_in& addr, SSL_CTX* ctx,
     if (NowUs(CLOCK_MONOTONIC) > setup_deadline) {
       for (int i : in_setup) Fail(conns[i], i, "setup timed out", failed);
       in_setup.clear();
-      for (; next < total; ++next)
-        Fail(conns[next], next, "not started (timeout)", failed);
+      for (; next < total; ++next) Fail(conns[next], next, "not started (timeout)", failed);
       break;
     }
     pfds.clear();
-    for (int i : in_setup)
-      pfds.push_back(pollfd{conns[i].tls->fd(), want[i], 0});
+    for (int i : in_setup) pfds.push_back(pollfd{conns[i].tls->fd(), want[i], 0});
     int n = poll(pfds.data(), pfds.size(), 100);
     if (n <= 0) continue;
     std::vector<int> still;
     still.reserve(in_setup.size());
     for (size_t k = 0; k < in_setup.size(); ++k) {
       int i = in_setup[k];
-      if (pfds[k].revents != 0)
-        want[i] = Advance(conns[i], i, addr, ctx, failed);
+      if (pfds[k].revents != 0) want[i] = Advance(conns[i], i, addr, ctx, failed);
       if (want[i] != 0) {
         still.push_back(i);
       } else if (conns[i].phase == Phase::kIdle) {
@@ -299,17 +283,15 @@ int Main(int argc, char** argv) {
   const int total = absl::GetFlag(FLAGS_connections);
   const int parallel = absl::GetFlag(FLAGS_parallel);
   sockaddr_in addr;
-  if (!ParseAddress(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_port),
-                    &addr) ||
-      total < 1 || total > kMaxConnections || parallel < 1) {
+  if (!ParseAddress(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_port), &addr) || total < 1 ||
+      total > kMaxConnections || parallel < 1) {
     fprintf(stderr,
             "idle_conns: need an IPv4 --host, --port in 1..65535, "
             "--connections in 1..%d, --parallel >= 1\n",
             kMaxConnections);
     return 2;
   }
-  const double setup_s =
-      std::clamp(absl::GetFlag(FLAGS_setup_timeout_s), 1.0, 600.0);
+  const double setup_s = std::clamp(absl::GetFlag(FLAGS_setup_timeout_s), 1.0, 600.0);
   const double hold_s = std::clamp(absl::GetFlag(FLAGS_hold_s), 0.0, 3600.0);
   alarm(static_cast<unsigned>(std::ceil(setup_s + hold_s)) + 10);
   signal(SIGPIPE, SIG_IGN);
@@ -319,8 +301,7 @@ int Main(int argc, char** argv) {
   sigaction(SIGINT, &sa, nullptr);
   uint64_t fd_limit = RaiseFdLimit();
   if (fd_limit < static_cast<uint64_t>(total) + 16) {
-    fprintf(stderr,
-            "idle_conns: RLIMIT_NOFILE is %lu, too low for %d connections\n",
+    fprintf(stderr, "idle_conns: RLIMIT_NOFILE is %lu, too low for %d connections\n",
             static_cast<unsigned long>(fd_limit), total);
     return 2;
   }
@@ -334,21 +315,18 @@ int Main(int argc, char** argv) {
   std::vector<Conn> conns(total);
   long failed = 0, established = 0;
   const int64_t t0 = NowUs(CLOCK_MONOTONIC);
-  SetUpAll(conns, addr, ctx, parallel, t0 + static_cast<int64_t>(setup_s * 1e6),
-           &established, &failed);
-  const double setup_took =
-      static_cast<double>(NowUs(CLOCK_MONOTONIC) - t0) / 1e6;
-  printf("ready connections=%d established=%ld failed=%ld setup_s=%.2f\n",
-         total, established, failed, setup_took);
+  SetUpAll(conns, addr, ctx, parallel, t0 + static_cast<int64_t>(setup_s * 1e6), &established,
+           &failed);
+  const double setup_took = static_cast<double>(NowUs(CLOCK_MONOTONIC) - t0) / 1e6;
+  printf("ready connections=%d established=%ld failed=%ld setup_s=%.2f\n", total, established,
+         failed, setup_took);
   fflush(stdout);
 
   // Hold. Anything readable on an idle connection is drained; EOF means the
   // server closed it.
   const int64_t hold_start = NowUs(CLOCK_MONOTONIC);
-  const long closed_by_server =
-      HoldIdle(conns, hold_start + static_cast<int64_t>(hold_s * 1e6));
-  printf("done established=%ld closed_by_server=%ld held_s=%.2f\n", established,
-         closed_by_server,
+  const long closed_by_server = HoldIdle(conns, hold_start + static_cast<int64_t>(hold_s * 1e6));
+  printf("done established=%ld closed_by_server=%ld held_s=%.2f\n", established, closed_by_server,
          static_cast<double>(NowUs(CLOCK_MONOTONIC) - hold_start) / 1e6);
   fflush(stdout);
   conns.clear();

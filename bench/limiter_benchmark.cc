@@ -8,12 +8,12 @@
 // admitted: the admit path (lookup, TAT update) is what a request pays.
 #include <algorithm>
 #include <cstdint>
-#include <map>
-#include <mutex>
-#include <unordered_map>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -39,8 +39,7 @@ RateTable& SharedRateTable() {
 }
 
 RateSpec AdmitAllSpec() {
-  absl::StatusOr<RateSpec> spec =
-      ParseRateSpec("1000000000r/s burst=1000000 nodelay");
+  absl::StatusOr<RateSpec> spec = ParseRateSpec("1000000000r/s burst=1000000 nodelay");
   BENCH_CHECK(spec.ok());
   return *spec;
 }
@@ -72,8 +71,7 @@ void BM_RateCheckDistinctKeys(benchmark::State& state) {
   const RateSpec spec = AdmitAllSpec();
   std::vector<IpAddress> ips;
   for (int i = 0; i < 1000; ++i) {
-    ips.push_back(Ip(
-        absl::StrCat("10.", state.thread_index(), ".", i / 256, ".", i % 256)));
+    ips.push_back(Ip(absl::StrCat("10.", state.thread_index(), ".", i / 256, ".", i % 256)));
   }
   int64_t now = int64_t{1} << 40;
   size_t i = 0;
@@ -143,9 +141,8 @@ void BM_BaselineGlobalLockDistinctKeys(benchmark::State& state) {
   static GlobalLockTable* table = new GlobalLockTable;
   std::vector<std::string> keys;
   for (int i = 0; i < 1000; ++i) {
-    keys.push_back(std::string(Ip(absl::StrCat("10.", state.thread_index(), ".", i / 256,
-                                               ".", i % 256))
-                                   .AsBytes()));
+    keys.push_back(std::string(
+        Ip(absl::StrCat("10.", state.thread_index(), ".", i / 256, ".", i % 256)).AsBytes()));
   }
   int64_t now = int64_t{1} << 40;
   size_t i = 0;
@@ -170,8 +167,7 @@ void BM_ConcurrencyAcquireRelease(benchmark::State& state) {
 BENCHMARK(BM_ConcurrencyAcquireRelease)->Threads(1)->Threads(4);
 
 void BM_CidrContains(benchmark::State& state) {
-  absl::StatusOr<IpSet> set =
-      IpSet::Parse("10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fd00::/8");
+  absl::StatusOr<IpSet> set = IpSet::Parse("10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fd00::/8");
   BENCH_CHECK(set.ok());
   // A public address: the scan runs to the end of the list.
   const IpAddress addrs[] = {Ip("203.0.113.7"), Ip("192.168.3.4")};

@@ -59,8 +59,7 @@ ABSL_FLAG(double, duration_s, 30,
           "Wall-time bound in seconds (clamped to [0.1, 600]); streams still "
           "running then are abandoned and counted as unfinished");
 ABSL_FLAG(int, tokens, 50, "Tokens per generation (X-Sim-Tokens)");
-ABSL_FLAG(std::string, token_delay_ms, "20",
-          "Delay between tokens in ms (X-Sim-Token-Delay-Ms)");
+ABSL_FLAG(std::string, token_delay_ms, "20", "Delay between tokens in ms (X-Sim-Token-Delay-Ms)");
 ABSL_FLAG(std::string, path, "/api/generate", "Request target");
 ABSL_FLAG(bool, stagger, true,
           "Spread the connections' first requests evenly over one token "
@@ -109,8 +108,7 @@ struct Sample {
 
 class LoadClient {
  public:
-  LoadClient(sockaddr_in addr, int connections, int rounds, int64_t stagger_us,
-             std::string request)
+  LoadClient(sockaddr_in addr, int connections, int rounds, int64_t stagger_us, std::string request)
       : addr_(addr), rounds_(rounds), request_(std::move(request)) {
     conns_.resize(connections);
     for (int i = 0; i < connections; ++i) {
@@ -195,17 +193,13 @@ class LoadClient {
       }
       size_t k = std::min(sorted.size(), static_cast<size_t>(worst));
       std::partial_sort(sorted.begin(), sorted.begin() + k, sorted.end(),
-                        [](const Sample& a, const Sample& b) {
-                          return a.delay_us > b.delay_us;
-                        });
+                        [](const Sample& a, const Sample& b) { return a.delay_us > b.delay_us; });
       for (size_t i = 0; i < k; ++i) {
         fprintf(stderr,
                 "relay_delay: worst %zu: delay_us=%ld conn=%d round=%d "
                 "chunk=%d at_ms=%.1f recv_t_us=%ld\n",
-                i + 1, sorted[i].delay_us, sorted[i].conn, sorted[i].round,
-                sorted[i].chunk,
-                static_cast<double>(sorted[i].at_us - first_us) / 1000,
-                sorted[i].at_us);
+                i + 1, sorted[i].delay_us, sorted[i].conn, sorted[i].round, sorted[i].chunk,
+                static_cast<double>(sorted[i].at_us - first_us) / 1000, sorted[i].at_us);
       }
     }
     std::vector<int64_t> delays_us;
@@ -216,10 +210,9 @@ class LoadClient {
         "label=%s connections=%zu requests_ok=%ld requests_failed=%ld "
         "non2xx=%ld conn_errors=%ld unfinished=%ld chunks=%zu %s "
         "elapsed_s=%.2f timed_out=%d\n",
-        std::string(label).c_str(), conns_.size(), requests_ok_,
-        requests_failed_, non2xx_, conn_errors_, unfinished_, d.n,
-        DelayFields(d).c_str(), static_cast<double>(elapsed_us_) / 1e6,
-        timed_out_ ? 1 : 0);
+        std::string(label).c_str(), conns_.size(), requests_ok_, requests_failed_, non2xx_,
+        conn_errors_, unfinished_, d.n, DelayFields(d).c_str(),
+        static_cast<double>(elapsed_us_) / 1e6, timed_out_ ? 1 : 0);
     fflush(stdout);
     return requests_failed_ == 0 && unfinished_ == 0 && d.n > 0;
   }
@@ -271,8 +264,7 @@ class LoadClient {
     if (key == std::string_view::npos) return;
     std::string_view digits = line.substr(key + kSimTimeKey.size());
     int64_t sim_t_us = 0;
-    auto [end, ec] =
-        std::from_chars(digits.data(), digits.data() + digits.size(), sim_t_us);
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), sim_t_us);
     if (ec != std::errc() || end == digits.data()) return;
     samples_.push_back(Sample{.delay_us = c.read_time_us - sim_t_us,
                               .at_us = c.read_time_us,
@@ -283,8 +275,8 @@ class LoadClient {
 
   void Error(const Conn& c, std::string_view what) {
     if (++errors_printed_ <= kMaxErrorsPrinted) {
-      fprintf(stderr, "relay_delay: conn %d round %d: %.*s\n", c.index,
-              c.rounds_done, static_cast<int>(what.size()), what.data());
+      fprintf(stderr, "relay_delay: conn %d round %d: %.*s\n", c.index, c.rounds_done,
+              static_cast<int>(what.size()), what.data());
     }
   }
 
@@ -311,8 +303,7 @@ class LoadClient {
     ev.events = EPOLLOUT | EPOLLIN | EPOLLRDHUP;
     ev.data.u32 = static_cast<uint32_t>(c.index);
     epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, c.fd, &ev);
-    if (connect(c.fd, reinterpret_cast<const sockaddr*>(&addr_),
-                sizeof(addr_)) == 0) {
+    if (connect(c.fd, reinterpret_cast<const sockaddr*>(&addr_), sizeof(addr_)) == 0) {
       c.phase = Phase::kSending;
       Send(c);
     } else if (errno == EINPROGRESS) {
@@ -343,8 +334,7 @@ class LoadClient {
 
   void Send(Conn& c) {
     while (c.sent < request_.size()) {
-      ssize_t n = send(c.fd, request_.data() + c.sent, request_.size() - c.sent,
-                       MSG_NOSIGNAL);
+      ssize_t n = send(c.fd, request_.data() + c.sent, request_.size() - c.sent, MSG_NOSIGNAL);
       if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) return;
         ConnFailed(c, absl::StrCat("send: ", strerror(errno)));
@@ -383,8 +373,7 @@ class LoadClient {
       ConnFailed(c, "response before the request was sent");
       return;
     }
-    llhttp_errno_t err =
-        llhttp_execute(&c.parser, buf_, static_cast<size_t>(n));
+    llhttp_errno_t err = llhttp_execute(&c.parser, buf_, static_cast<size_t>(n));
     if (err == HPE_PAUSED) {
       if (llhttp_get_error_pos(&c.parser) != buf_ + n) {
         ConnFailed(c, "bytes after the end of the response");
@@ -392,8 +381,7 @@ class LoadClient {
       }
       RequestDone(c);
     } else if (err != HPE_OK) {
-      ConnFailed(c, absl::StrCat("malformed response: ",
-                                 llhttp_get_error_reason(&c.parser)));
+      ConnFailed(c, absl::StrCat("malformed response: ", llhttp_get_error_reason(&c.parser)));
     }
   }
 
@@ -462,9 +450,8 @@ int Main(int argc, char** argv) {
   const int rounds = absl::GetFlag(FLAGS_rounds);
   const int tokens = absl::GetFlag(FLAGS_tokens);
   double token_delay_ms;
-  if (port <= 0 || port > 65535 || connections < 1 ||
-      connections > kMaxConnections || rounds < 1 || tokens < 0 ||
-      !absl::SimpleAtod(absl::GetFlag(FLAGS_token_delay_ms), &token_delay_ms) ||
+  if (port <= 0 || port > 65535 || connections < 1 || connections > kMaxConnections || rounds < 1 ||
+      tokens < 0 || !absl::SimpleAtod(absl::GetFlag(FLAGS_token_delay_ms), &token_delay_ms) ||
       !(token_delay_ms >= 0)) {
     fprintf(stderr,
             "relay_delay: need --port in 1..65535, --connections in 1..%d, "
@@ -475,49 +462,40 @@ int Main(int argc, char** argv) {
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
-  if (inet_pton(AF_INET, absl::GetFlag(FLAGS_host).c_str(), &addr.sin_addr) !=
-      1) {
+  if (inet_pton(AF_INET, absl::GetFlag(FLAGS_host).c_str(), &addr.sin_addr) != 1) {
     fprintf(stderr, "relay_delay: --host must be an IPv4 address\n");
     return 2;
   }
-  const double duration_s =
-      std::clamp(absl::GetFlag(FLAGS_duration_s), 0.1, kMaxDurationS);
+  const double duration_s = std::clamp(absl::GetFlag(FLAGS_duration_s), 0.1, kMaxDurationS);
 
   // Watchdog: the loop honours the deadline itself, this is for the case
   // where it does not.
   alarm(static_cast<unsigned>(std::ceil(duration_s)) + 10);
   signal(SIGPIPE, SIG_IGN);
   rlimit limit;
-  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 &&
-      limit.rlim_cur < limit.rlim_max) {
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
     limit.rlim_cur = limit.rlim_max;
     setrlimit(RLIMIT_NOFILE, &limit);
   }
 
   const std::string body =
       R"({"model":"sim:latest","prompt":"Why is the sky blue?","stream":true})";
-  const std::string request = absl::StrCat(
-      "POST ", absl::GetFlag(FLAGS_path), " HTTP/1.1\r\n",
-      "Host: ", absl::GetFlag(FLAGS_host), ":", port, "\r\n",
-      "User-Agent: sluice-relay-delay\r\n"
-      "Accept: application/x-ndjson\r\n"
-      "Content-Type: application/json\r\n"
-      "X-Sim-Tokens: ",
-      tokens, "\r\n",
-      "X-Sim-Token-Delay-Ms: ", absl::GetFlag(FLAGS_token_delay_ms), "\r\n",
-      "Content-Length: ", body.size(), "\r\n\r\n", body);
+  const std::string request =
+      absl::StrCat("POST ", absl::GetFlag(FLAGS_path), " HTTP/1.1\r\n",
+                   "Host: ", absl::GetFlag(FLAGS_host), ":", port, "\r\n",
+                   "User-Agent: sluice-relay-delay\r\n"
+                   "Accept: application/x-ndjson\r\n"
+                   "Content-Type: application/json\r\n"
+                   "X-Sim-Tokens: ",
+                   tokens, "\r\n", "X-Sim-Token-Delay-Ms: ", absl::GetFlag(FLAGS_token_delay_ms),
+                   "\r\n", "Content-Length: ", body.size(), "\r\n\r\n", body);
 
   const int64_t stagger_us =
-      absl::GetFlag(FLAGS_stagger)
-          ? static_cast<int64_t>(std::llround(token_delay_ms * 1000))
-          : 0;
+      absl::GetFlag(FLAGS_stagger) ? static_cast<int64_t>(std::llround(token_delay_ms * 1000)) : 0;
   // 64 KiB read buffer inside; keep it off the stack.
-  auto client = std::make_unique<LoadClient>(addr, connections, rounds,
-                                             stagger_us, request);
+  auto client = std::make_unique<LoadClient>(addr, connections, rounds, stagger_us, request);
   if (!client->Run(static_cast<int64_t>(duration_s * 1e6))) return 1;
-  return client->Report(absl::GetFlag(FLAGS_label), absl::GetFlag(FLAGS_worst))
-             ? 0
-             : 1;
+  return client->Report(absl::GetFlag(FLAGS_label), absl::GetFlag(FLAGS_worst)) ? 0 : 1;
 }
 
 }  // namespace

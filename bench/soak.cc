@@ -80,20 +80,14 @@ ABSL_FLAG(std::string, sni, "localhost", "TLS server name and Host host");
 ABSL_FLAG(double, seconds, 30, "How long to start new requests (1..600)");
 ABSL_FLAG(int, h1_conns, 4, "HTTP/1.1 keepalive connections");
 ABSL_FLAG(int, h2_conns, 2, "HTTP/2 connections");
-ABSL_FLAG(int, streams_per_h2_conn, 8,
-          "Concurrent streams per HTTP/2 connection");
-ABSL_FLAG(int, cancel_percent, 10,
-          "Share of streaming requests cancelled mid-stream (0..100)");
-ABSL_FLAG(std::string, key, "",
-          "API key, sent as Authorization: Bearer KEY; empty: none");
+ABSL_FLAG(int, streams_per_h2_conn, 8, "Concurrent streams per HTTP/2 connection");
+ABSL_FLAG(int, cancel_percent, 10, "Share of streaming requests cancelled mid-stream (0..100)");
+ABSL_FLAG(std::string, key, "", "API key, sent as Authorization: Bearer KEY; empty: none");
 ABSL_FLAG(uint64_t, seed, 1, "Seed of the request mix");
 ABSL_FLAG(int, max_tokens, 8, "Generations have 2..max_tokens tokens");
-ABSL_FLAG(std::string, token_delay_ms, "2",
-          "X-Sim-Token-Delay-Ms of generations");
-ABSL_FLAG(int, threads, 1,
-          "Client threads (connections are dealt out to them)");
-ABSL_FLAG(double, request_timeout_s, 30,
-          "Longest a request may take before it is an error");
+ABSL_FLAG(std::string, token_delay_ms, "2", "X-Sim-Token-Delay-Ms of generations");
+ABSL_FLAG(int, threads, 1, "Client threads (connections are dealt out to them)");
+ABSL_FLAG(double, request_timeout_s, 30, "Longest a request may take before it is an error");
 ABSL_FLAG(double, h2_cancels_per_s, 25,
           "Most RST_STREAM cancels per second per HTTP/2 connection (sluice "
           "allows 33 "
@@ -104,8 +98,7 @@ namespace {
 
 constexpr int kMaxSeconds = 600;
 
-void RunLoop(std::vector<std::unique_ptr<Conn>>* conns, int epfd,
-             const int64_t* hard_deadline) {
+void RunLoop(std::vector<std::unique_ptr<Conn>>* conns, int epfd, const int64_t* hard_deadline) {
   int64_t now = NowUs(CLOCK_MONOTONIC);
   for (auto& c : *conns) c->Start(now);
   epoll_event events[64];
@@ -136,23 +129,19 @@ int64_t Requests() { return g_stats.h1.load() + g_stats.h2.load(); }
 // Whether the flags are in range; fills `addr` from --host and --port.
 bool FlagsValid(sockaddr_in* addr) {
   const double seconds = absl::GetFlag(FLAGS_seconds);
-  const int h1_conns = absl::GetFlag(FLAGS_h1_conns),
-            h2_conns = absl::GetFlag(FLAGS_h2_conns);
+  const int h1_conns = absl::GetFlag(FLAGS_h1_conns), h2_conns = absl::GetFlag(FLAGS_h2_conns);
   const int threads = absl::GetFlag(FLAGS_threads);
   const int streams = absl::GetFlag(FLAGS_streams_per_h2_conn);
   const int cancel_percent = absl::GetFlag(FLAGS_cancel_percent);
   const int max_tokens = absl::GetFlag(FLAGS_max_tokens);
-  if (!ParseAddress(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_port),
-                    addr)) {
+  if (!ParseAddress(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_port), addr)) {
     return false;
   }
-  return seconds >= 1 && seconds <= kMaxSeconds && h1_conns >= 0 &&
-         h2_conns >= 0 && h1_conns + h2_conns != 0 &&
-         h1_conns + h2_conns <= 10000 && streams >= 1 && streams <= 100 &&
-         cancel_percent >= 0 && cancel_percent <= 100 && max_tokens >= 2 &&
+  return seconds >= 1 && seconds <= kMaxSeconds && h1_conns >= 0 && h2_conns >= 0 &&
+         h1_conns + h2_conns != 0 && h1_conns + h2_conns <= 10000 && streams >= 1 &&
+         streams <= 100 && cancel_percent >= 0 && cancel_percent <= 100 && max_tokens >= 2 &&
          max_tokens <= 10000 && threads >= 1 && threads <= 64 &&
-         absl::GetFlag(FLAGS_request_timeout_s) > 0 &&
-         absl::GetFlag(FLAGS_h2_cancels_per_s) >= 0;
+         absl::GetFlag(FLAGS_request_timeout_s) > 0 && absl::GetFlag(FLAGS_h2_cancels_per_s) >= 0;
 }
 
 // The connections of the run, dealt out to `threads` event loops: the
@@ -162,24 +151,19 @@ struct Fleet {
   std::vector<int> epfds;
 };
 
-Fleet MakeFleet(int threads, const sockaddr_in& addr, SSL_CTX* ctx_h1,
-                SSL_CTX* ctx_h2) {
-  const int h1_conns = absl::GetFlag(FLAGS_h1_conns),
-            h2_conns = absl::GetFlag(FLAGS_h2_conns);
+Fleet MakeFleet(int threads, const sockaddr_in& addr, SSL_CTX* ctx_h1, SSL_CTX* ctx_h2) {
+  const int h1_conns = absl::GetFlag(FLAGS_h1_conns), h2_conns = absl::GetFlag(FLAGS_h2_conns);
   const uint64_t seed = absl::GetFlag(FLAGS_seed);
   Fleet fleet;
   fleet.per_thread.resize(threads);
-  for (int t = 0; t < threads; ++t)
-    fleet.epfds.push_back(epoll_create1(EPOLL_CLOEXEC));
+  for (int t = 0; t < threads; ++t) fleet.epfds.push_back(epoll_create1(EPOLL_CLOEXEC));
   for (int i = 0; i < h1_conns + h2_conns; ++i) {
     const int t = i % threads;
     const uint64_t conn_seed = seed * 1'000'003 + static_cast<uint64_t>(i);
     if (i < h1_conns) {
-      fleet.per_thread[t].push_back(
-          NewH1Conn(fleet.epfds[t], ctx_h1, addr, conn_seed));
+      fleet.per_thread[t].push_back(NewH1Conn(fleet.epfds[t], ctx_h1, addr, conn_seed));
     } else {
-      fleet.per_thread[t].push_back(
-          NewH2Conn(fleet.epfds[t], ctx_h2, addr, conn_seed));
+      fleet.per_thread[t].push_back(NewH2Conn(fleet.epfds[t], ctx_h2, addr, conn_seed));
     }
   }
   return fleet;
@@ -187,8 +171,8 @@ Fleet MakeFleet(int threads, const sockaddr_in& addr, SSL_CTX* ctx_h1,
 
 // While the client threads run: sets g_stopping at `stop_at` and prints a
 // progress line to stderr each second.
-void WatchProgress(const std::atomic<int>& running, int64_t start,
-                   int64_t stop_at, double seconds) {
+void WatchProgress(const std::atomic<int>& running, int64_t start, int64_t stop_at,
+                   double seconds) {
   int64_t last_requests = 0;
   int64_t next_report = start + 1'000'000;
   while (running.load() > 0) {
@@ -196,16 +180,14 @@ void WatchProgress(const std::atomic<int>& running, int64_t start,
     const int64_t now = NowUs(CLOCK_MONOTONIC);
     if (!g_stopping.load() && now >= stop_at) {
       g_stopping.store(true);
-      fprintf(stderr, "soak: %.0f s up, letting requests in flight finish\n",
-              seconds);
+      fprintf(stderr, "soak: %.0f s up, letting requests in flight finish\n", seconds);
     }
     if (now >= next_report) {
       const int64_t req = Requests();
       fprintf(stderr,
               "soak: t=%llds requests=%lld ok=%lld cancelled=%lld errors=%lld "
               "req/s=%lld\n",
-              static_cast<long long>((now - start) / 1'000'000),
-              static_cast<long long>(req),
+              static_cast<long long>((now - start) / 1'000'000), static_cast<long long>(req),
               static_cast<long long>(g_stats.ok.load()),
               static_cast<long long>(g_stats.cancelled.load()),
               static_cast<long long>(g_stats.errors.load()),
@@ -221,29 +203,23 @@ void PrintSummary(double elapsed) {
   std::vector<std::string> kinds;
   for (size_t k = 0; k < g_stats.by_kind.size(); ++k) {
     if (g_stats.by_kind[k].load() > 0) {
-      kinds.push_back(
-          absl::StrCat(kErrNames[k], ":", g_stats.by_kind[k].load()));
+      kinds.push_back(absl::StrCat(kErrNames[k], ":", g_stats.by_kind[k].load()));
     }
   }
   std::vector<std::string> routes;
   for (size_t r = 0; r < g_stats.routes.size(); ++r) {
-    routes.push_back(
-        absl::StrCat(kRouteNames[r], "=", g_stats.routes[r].load()));
+    routes.push_back(absl::StrCat(kRouteNames[r], "=", g_stats.routes[r].load()));
   }
   fprintf(stderr, "soak: routes %s\n", absl::StrJoin(routes, " ").c_str());
-  for (const std::string& e : g_stats.first_errors)
-    fprintf(stderr, "soak: error: %s\n", e.c_str());
+  for (const std::string& e : g_stats.first_errors) fprintf(stderr, "soak: error: %s\n", e.c_str());
   printf(
       "soak ok=%lld cancelled=%lld errors=%lld requests=%lld h1=%lld h2=%lld "
       "seconds=%.1f "
       "cancel_late=%lld cancel_skipped=%lld connects=%lld server_closes=%lld "
       "error_kinds=%s\n",
-      static_cast<long long>(g_stats.ok.load()),
-      static_cast<long long>(g_stats.cancelled.load()),
-      static_cast<long long>(g_stats.errors.load()),
-      static_cast<long long>(Requests()),
-      static_cast<long long>(g_stats.h1.load()),
-      static_cast<long long>(g_stats.h2.load()), elapsed,
+      static_cast<long long>(g_stats.ok.load()), static_cast<long long>(g_stats.cancelled.load()),
+      static_cast<long long>(g_stats.errors.load()), static_cast<long long>(Requests()),
+      static_cast<long long>(g_stats.h1.load()), static_cast<long long>(g_stats.h2.load()), elapsed,
       static_cast<long long>(g_stats.cancel_late.load()),
       static_cast<long long>(g_stats.cancel_skipped.load()),
       static_cast<long long>(g_stats.connects.load()),
@@ -284,8 +260,7 @@ int Main(int argc, char** argv) {
 
   const int64_t start = NowUs(CLOCK_MONOTONIC);
   const int64_t stop_at = start + static_cast<int64_t>(seconds * 1e6);
-  const int64_t hard_deadline =
-      stop_at + static_cast<int64_t>(timeout_s * 1e6) + 5'000'000;
+  const int64_t hard_deadline = stop_at + static_cast<int64_t>(timeout_s * 1e6) + 5'000'000;
   std::atomic<int> running{threads};
   std::vector<std::thread> workers;
   for (int t = 0; t < threads; ++t) {
@@ -296,8 +271,7 @@ int Main(int argc, char** argv) {
   }
   WatchProgress(running, start, stop_at, seconds);
   for (auto& w : workers) w.join();
-  const double elapsed =
-      static_cast<double>(NowUs(CLOCK_MONOTONIC) - start) / 1e6;
+  const double elapsed = static_cast<double>(NowUs(CLOCK_MONOTONIC) - start) / 1e6;
 
   PrintSummary(elapsed);
   SSL_CTX_free(ctx_h1);
@@ -308,6 +282,4 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace sluice::bench::soak
 
-int main(int argc, char** argv) {
-  return sluice::bench::soak::Main(argc, argv);
-}
+int main(int argc, char** argv) { return sluice::bench::soak::Main(argc, argv); }

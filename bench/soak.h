@@ -32,8 +32,8 @@ ABSL_DECLARE_FLAG(double, h2_cancels_per_s);
 namespace sluice::bench::soak {
 
 enum class Route { kTags, kVersion, kGenerate, kChat, kOpenAiStream, kCount };
-inline constexpr std::array<const char*, 5> kRouteNames = {
-    "tags", "version", "generate", "chat", "openai_sse"};
+inline constexpr std::array<const char*, 5> kRouteNames = {"tags", "version", "generate", "chat",
+                                                           "openai_sse"};
 
 enum class Err {
   kConnect,
@@ -49,12 +49,11 @@ enum class Err {
   kCount
 };
 inline constexpr std::array<const char*, 10> kErrNames = {
-    "connect", "tls",     "status", "body",    "framing",
-    "reset",   "refused", "closed", "timeout", "h2"};
+    "connect", "tls", "status", "body", "framing", "reset", "refused", "closed", "timeout", "h2"};
 
 struct Stats {
-  std::atomic<int64_t> ok{0}, cancelled{0}, cancel_late{0}, cancel_skipped{0},
-      errors{0}, h1{0}, h2{0};
+  std::atomic<int64_t> ok{0}, cancelled{0}, cancel_late{0}, cancel_skipped{0}, errors{0}, h1{0},
+      h2{0};
   std::atomic<int64_t> connects{0}, server_closes{0};
   std::array<std::atomic<int64_t>, static_cast<size_t>(Route::kCount)> routes{};
   std::array<std::atomic<int64_t>, static_cast<size_t>(Err::kCount)> by_kind{};
@@ -76,9 +75,7 @@ struct Request {
   bool cancel = false;
   int cancel_after = 0;  // objects or events received before cancelling
 
-  bool streaming() const {
-    return route == Route::kGenerate || route == Route::kOpenAiStream;
-  }
+  bool streaming() const { return route == Route::kGenerate || route == Route::kOpenAiStream; }
   const char* path() const {
     switch (route) {
       case Route::kTags:
@@ -137,8 +134,7 @@ struct UnitCounter {
 std::string CheckBody(const Request& req, const std::string& body);
 
 // Records a response that ran to its end (not cancelled): status and body.
-void Complete(const Request& req, int status, const std::string& body,
-              const char* proto);
+void Complete(const Request& req, int status, const std::string& body, const char* proto);
 
 // The Host (HTTP/1.1) and :authority (HTTP/2) of every request.
 std::string Authority();
@@ -148,8 +144,7 @@ std::string Authority();
 // until the run stops.
 class Conn {
  public:
-  Conn(int epfd, SSL_CTX* ctx, const sockaddr_in& addr, std::string_view alpn,
-       uint64_t seed)
+  Conn(int epfd, SSL_CTX* ctx, const sockaddr_in& addr, std::string_view alpn, uint64_t seed)
       : epfd_(epfd), ctx_(ctx), addr_(addr), alpn_(alpn), mix_(seed) {}
   virtual ~Conn() = default;
 
@@ -194,9 +189,7 @@ class Conn {
   int64_t redial_at_ = 0;
 };
 
-std::unique_ptr<Conn> NewH1Conn(int epfd, SSL_CTX* ctx, const sockaddr_in& addr,
-                                uint64_t seed);
-std::unique_ptr<Conn> NewH2Conn(int epfd, SSL_CTX* ctx, const sockaddr_in& addr,
-                                uint64_t seed);
+std::unique_ptr<Conn> NewH1Conn(int epfd, SSL_CTX* ctx, const sockaddr_in& addr, uint64_t seed);
+std::unique_ptr<Conn> NewH2Conn(int epfd, SSL_CTX* ctx, const sockaddr_in& addr, uint64_t seed);
 
 }  // namespace sluice::bench::soak

@@ -36,9 +36,7 @@ class JsonCheck {
   bool More() const { return p_ < s_.size(); }
   char Peek() const { return More() ? s_[p_] : '\0'; }
   void Ws() {
-    while (More() && (Peek() == ' ' || Peek() == '\t' || Peek() == '\n' ||
-                      Peek() == '\r'))
-      ++p_;
+    while (More() && (Peek() == ' ' || Peek() == '\t' || Peek() == '\n' || Peek() == '\r')) ++p_;
   }
   bool Lit(std::string_view w) {
     if (s_.substr(p_, w.size()) != w) return false;
@@ -103,8 +101,7 @@ class JsonCheck {
         char e = s_[p_++];
         if (e == 'u') {
           for (int i = 0; i < 4; ++i) {
-            if (!More() || !isxdigit(static_cast<unsigned char>(s_[p_++])))
-              return false;
+            if (!More() || !isxdigit(static_cast<unsigned char>(s_[p_++]))) return false;
           }
         } else if (strchr("\"\\/bfnrt", e) == nullptr || e == '\0') {
           return false;
@@ -154,12 +151,9 @@ std::string Snippet(std::string_view s) {
 std::string CheckChatBody(const Request& req, const std::string& body) {
   std::string text;
   for (int i = 1; i <= req.tokens; ++i) absl::StrAppend(&text, "tok", i, " ");
-  if (!JsonCheck::Valid(body) ||
-      body.find(R"("done":true)") == std::string::npos ||
-      body.find(absl::StrCat(R"("content":")", text, "\"")) ==
-          std::string::npos) {
-    return absl::StrCat("chat stream:false (", req.tokens, " tokens) body ",
-                        Snippet(body));
+  if (!JsonCheck::Valid(body) || body.find(R"("done":true)") == std::string::npos ||
+      body.find(absl::StrCat(R"("content":")", text, "\"")) == std::string::npos) {
+    return absl::StrCat("chat stream:false (", req.tokens, " tokens) body ", Snippet(body));
   }
   return "";
 }
@@ -167,8 +161,7 @@ std::string CheckChatBody(const Request& req, const std::string& body) {
 // NDJSON: tokens + 1 lines, each a JSON object, token i carrying "tok<i> ",
 // the last "done":true.
 std::string CheckNdjsonBody(const Request& req, const std::string& body) {
-  if (body.empty() || body.back() != '\n')
-    return "NDJSON not ending in a newline";
+  if (body.empty() || body.back() != '\n') return "NDJSON not ending in a newline";
   std::vector<std::string_view> lines;
   std::string_view rest(body);
   size_t nl;
@@ -177,21 +170,17 @@ std::string CheckNdjsonBody(const Request& req, const std::string& body) {
     rest.remove_prefix(nl + 1);
   }
   if (static_cast<int>(lines.size()) != req.tokens + 1) {
-    return absl::StrCat("NDJSON has ", lines.size(), " lines, want ",
-                        req.tokens + 1);
+    return absl::StrCat("NDJSON has ", lines.size(), " lines, want ", req.tokens + 1);
   }
   for (size_t i = 0; i < lines.size(); ++i) {
     if (!JsonCheck::Valid(lines[i]) || lines[i].front() != '{') {
-      return absl::StrCat("NDJSON line ", i + 1,
-                          " is not a JSON object: ", Snippet(lines[i]));
+      return absl::StrCat("NDJSON line ", i + 1, " is not a JSON object: ", Snippet(lines[i]));
     }
     const bool last = i + 1 == lines.size();
     std::string want =
-        last ? R"("done":true)"
-             : absl::StrCat(R"("response":"tok)", i + 1, R"( ","done":false)");
+        last ? R"("done":true)" : absl::StrCat(R"("response":"tok)", i + 1, R"( ","done":false)");
     if (lines[i].find(want) == std::string_view::npos) {
-      return absl::StrCat("NDJSON line ", i + 1, " lacks ", want, ": ",
-                          Snippet(lines[i]));
+      return absl::StrCat("NDJSON line ", i + 1, " lacks ", want, ": ", Snippet(lines[i]));
     }
   }
   return "";
@@ -212,23 +201,19 @@ std::string CheckSseBody(const Request& req, const std::string& body) {
     rest.remove_prefix(end + 2);
   }
   if (static_cast<int>(events.size()) != req.tokens + 2) {
-    return absl::StrCat("SSE has ", events.size(), " events, want ",
-                        req.tokens + 2);
+    return absl::StrCat("SSE has ", events.size(), " events, want ", req.tokens + 2);
   }
-  if (events.back() != "data: [DONE]")
-    return "SSE last event " + Snippet(events.back());
+  if (events.back() != "data: [DONE]") return "SSE last event " + Snippet(events.back());
   for (size_t i = 0; i + 1 < events.size(); ++i) {
     std::string_view e = events[i];
     if (e.rfind("data: ", 0) != 0 || !JsonCheck::Valid(e.substr(6))) {
-      return absl::StrCat("SSE event ", i + 1,
-                          " is not data: JSON: ", Snippet(e));
+      return absl::StrCat("SSE event ", i + 1, " is not data: JSON: ", Snippet(e));
     }
     std::string want = static_cast<int>(i) < req.tokens
                            ? absl::StrCat(R"("content":"tok)", i + 1, R"( ")")
                            : std::string(R"("finish_reason":"stop")");
     if (e.find(want) == std::string_view::npos) {
-      return absl::StrCat("SSE event ", i + 1, " lacks ", want, ": ",
-                          Snippet(e));
+      return absl::StrCat("SSE event ", i + 1, " lacks ", want, ": ", Snippet(e));
     }
   }
   return "";
@@ -245,8 +230,7 @@ std::string CheckBody(const Request& req, const std::string& body) {
       }
       return "";
     case Route::kVersion:
-      if (!JsonCheck::Valid(body) ||
-          body.find(R"("version":)") == std::string::npos) {
+      if (!JsonCheck::Valid(body) || body.find(R"("version":)") == std::string::npos) {
         return "version body " + Snippet(body);
       }
       return "";
@@ -264,16 +248,14 @@ void Fail(Err kind, std::string what) {
   g_stats.by_kind[static_cast<size_t>(kind)].fetch_add(1);
   std::lock_guard<std::mutex> lock(g_stats.mu);
   if (g_stats.first_errors.size() < kErrorsKept) {
-    g_stats.first_errors.push_back(
-        absl::StrCat(kErrNames[static_cast<size_t>(kind)], ": ", what));
+    g_stats.first_errors.push_back(absl::StrCat(kErrNames[static_cast<size_t>(kind)], ": ", what));
   }
 }
 
-void Complete(const Request& req, int status, const std::string& body,
-              const char* proto) {
+void Complete(const Request& req, int status, const std::string& body, const char* proto) {
   if (status != 200) {
-    Fail(Err::kStatus, absl::StrCat(proto, " ", req.path(), ": status ", status,
-                                    " body '", body.substr(0, 200), "'"));
+    Fail(Err::kStatus, absl::StrCat(proto, " ", req.path(), ": status ", status, " body '",
+                                    body.substr(0, 200), "'"));
     return;
   }
   std::string wrong = CheckBody(req, body);

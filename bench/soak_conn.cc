@@ -19,8 +19,8 @@ constexpr int kRedialDelayUs = 200'000;
 }  // namespace
 
 Request Mix::Next() {
-  const uint64_t r_route = rng_() % 100, r_tokens = rng_(),
-                 r_cancel = rng_() % 100, r_after = rng_();
+  const uint64_t r_route = rng_() % 100, r_tokens = rng_(), r_cancel = rng_() % 100,
+                 r_after = rng_();
   Request req;
   req.route = r_route < 15   ? Route::kTags
               : r_route < 30 ? Route::kVersion
@@ -29,14 +29,11 @@ Request Mix::Next() {
                              : Route::kOpenAiStream;
   const int max_tokens = absl::GetFlag(FLAGS_max_tokens);
   if (req.route != Route::kTags && req.route != Route::kVersion) {
-    req.tokens =
-        2 + static_cast<int>(r_tokens % static_cast<uint64_t>(max_tokens - 1));
+    req.tokens = 2 + static_cast<int>(r_tokens % static_cast<uint64_t>(max_tokens - 1));
   }
-  if (req.streaming() &&
-      static_cast<int>(r_cancel) < absl::GetFlag(FLAGS_cancel_percent)) {
+  if (req.streaming() && static_cast<int>(r_cancel) < absl::GetFlag(FLAGS_cancel_percent)) {
     req.cancel = true;
-    req.cancel_after =
-        1 + static_cast<int>(r_after % static_cast<uint64_t>(req.tokens));
+    req.cancel_after = 1 + static_cast<int>(r_after % static_cast<uint64_t>(req.tokens));
   }
   return req;
 }
@@ -138,9 +135,7 @@ void Conn::DriveDial(uint32_t events, int64_t now) {
     return;
   }
   if (dial_->Alpn() != alpn_) {
-    DialFailed(Err::kTls,
-               absl::StrCat("ALPN chose '", std::string(dial_->Alpn()), "'"),
-               now);
+    DialFailed(Err::kTls, absl::StrCat("ALPN chose '", std::string(dial_->Alpn()), "'"), now);
     return;
   }
   phase_ = Phase::kOpen;

@@ -39,8 +39,7 @@ class H1Conn final : public Conn {
 
   void Abandon() override {
     if (in_flight_)
-      Fail(Err::kTimeout,
-           absl::StrCat("h1 ", req_.path(), ": unfinished at the end"));
+      Fail(Err::kTimeout, absl::StrCat("h1 ", req_.path(), ": unfinished at the end"));
     in_flight_ = false;
     tls_.reset();
     phase_ = Phase::kFinished;
@@ -59,20 +58,16 @@ class H1Conn final : public Conn {
   void SendNext(int64_t now) {
     req_ = NextRequest();
     const std::string body = req_.body();
-    std::string head = absl::StrCat(
-        body.empty() ? "GET " : "POST ", req_.path(),
-        " HTTP/1.1\r\nHost: ", Authority(), "\r\nUser-Agent: sluice-soak\r\n");
+    std::string head =
+        absl::StrCat(body.empty() ? "GET " : "POST ", req_.path(),
+                     " HTTP/1.1\r\nHost: ", Authority(), "\r\nUser-Agent: sluice-soak\r\n");
     if (!absl::GetFlag(FLAGS_key).empty()) {
-      absl::StrAppend(&head, "Authorization: Bearer ", absl::GetFlag(FLAGS_key),
-                      "\r\n");
+      absl::StrAppend(&head, "Authorization: Bearer ", absl::GetFlag(FLAGS_key), "\r\n");
     }
     if (!body.empty()) {
-      absl::StrAppend(
-          &head,
-          "Content-Type: application/json\r\nContent-Length: ", body.size(),
-          "\r\nX-Sim-Tokens: ", req_.tokens,
-          "\r\nX-Sim-Token-Delay-Ms: ", absl::GetFlag(FLAGS_token_delay_ms),
-          "\r\n");
+      absl::StrAppend(&head, "Content-Type: application/json\r\nContent-Length: ", body.size(),
+                      "\r\nX-Sim-Tokens: ", req_.tokens,
+                      "\r\nX-Sim-Token-Delay-Ms: ", absl::GetFlag(FLAGS_token_delay_ms), "\r\n");
     }
     absl::StrAppend(&head, "\r\n", body);
     llhttp_init(&parser_, HTTP_RESPONSE, &settings_);
@@ -113,24 +108,20 @@ class H1Conn final : public Conn {
         if (!Feed(std::string_view(buf, n), now)) return;
         continue;
       }
-      if (r == TlsSocket::Result::kWantRead ||
-          r == TlsSocket::Result::kWantWrite)
-        return;
+      if (r == TlsSocket::Result::kWantRead || r == TlsSocket::Result::kWantWrite) return;
       if (!in_flight_) {
         // sluice closed an idle keepalive connection: allowed, not an error.
         g_stats.server_closes.fetch_add(1);
         Close(now);
         return;
       }
-      if (r == TlsSocket::Result::kClosed &&
-          llhttp_finish(&parser_) == HPE_OK && complete_) {
+      if (r == TlsSocket::Result::kClosed && llhttp_finish(&parser_) == HPE_OK && complete_) {
         Finish(now);
         return;
       }
-      Lost(absl::StrCat(
-               r == TlsSocket::Result::kClosed ? "server closed" : "read error",
-               " mid-response (status ", status_, ", ", body_.size(),
-               " body bytes): ", tls_->LastError()),
+      Lost(absl::StrCat(r == TlsSocket::Result::kClosed ? "server closed" : "read error",
+                        " mid-response (status ", status_, ", ", body_.size(),
+                        " body bytes): ", tls_->LastError()),
            now);
       return;
     }
@@ -139,8 +130,7 @@ class H1Conn final : public Conn {
   // False when the connection went away (closed or re-dialled).
   bool Feed(std::string_view data, int64_t now) {
     if (!in_flight_) {
-      Fail(Err::kFraming, absl::StrCat("h1: ", data.size(),
-                                       " bytes with no request in flight"));
+      Fail(Err::kFraming, absl::StrCat("h1: ", data.size(), " bytes with no request in flight"));
       Close(now);
       return false;
     }
@@ -148,8 +138,7 @@ class H1Conn final : public Conn {
     if (e == HPE_PAUSED) {
       const char* pos = llhttp_get_error_pos(&parser_);
       if (pos != data.data() + data.size()) {
-        Fail(Err::kFraming, absl::StrCat("h1 ", req_.path(), ": ",
-                                         data.data() + data.size() - pos,
+        Fail(Err::kFraming, absl::StrCat("h1 ", req_.path(), ": ", data.data() + data.size() - pos,
                                          " bytes after the response"));
         in_flight_ = false;
         Close(now);
@@ -159,9 +148,8 @@ class H1Conn final : public Conn {
       return tls_ != nullptr;
     }
     if (e != HPE_OK) {
-      Fail(Err::kFraming,
-           absl::StrCat("h1 ", req_.path(), ": ", llhttp_errno_name(e), " ",
-                        llhttp_get_error_reason(&parser_)));
+      Fail(Err::kFraming, absl::StrCat("h1 ", req_.path(), ": ", llhttp_errno_name(e), " ",
+                                       llhttp_get_error_reason(&parser_)));
       in_flight_ = false;
       Close(now);
       return false;
@@ -197,12 +185,10 @@ class H1Conn final : public Conn {
   }
 
   void OnOpenTick(int64_t now) override {
-    if (in_flight_ &&
-        now - started_ > absl::GetFlag(FLAGS_request_timeout_s) * 1e6) {
-      Fail(Err::kTimeout,
-           absl::StrCat("h1 ", req_.path(), ": no complete response in ",
-                        absl::GetFlag(FLAGS_request_timeout_s), " s (status ",
-                        status_, ", ", body_.size(), " body bytes)"));
+    if (in_flight_ && now - started_ > absl::GetFlag(FLAGS_request_timeout_s) * 1e6) {
+      Fail(Err::kTimeout, absl::StrCat("h1 ", req_.path(), ": no complete response in ",
+                                       absl::GetFlag(FLAGS_request_timeout_s), " s (status ",
+                                       status_, ", ", body_.size(), " body bytes)"));
       in_flight_ = false;
       Close(now);
     } else if (!in_flight_ && g_stopping.load()) {
@@ -230,8 +216,7 @@ class H1Conn final : public Conn {
 
 }  // namespace
 
-std::unique_ptr<Conn> NewH1Conn(int epfd, SSL_CTX* ctx, const sockaddr_in& addr,
-                                uint64_t seed) {
+std::unique_ptr<Conn> NewH1Conn(int epfd, SSL_CTX* ctx, const sockaddr_in& addr, uint64_t seed) {
   return std::make_unique<H1Conn>(epfd, ctx, addr, seed);
 }
 

@@ -31,8 +31,7 @@ class H2Conn final : public Conn {
   void Abandon() override {
     for (auto& s : slots_) {
       if (s->active) {
-        Fail(Err::kTimeout,
-             absl::StrCat("h2 ", s->req.path(), ": unfinished at the end"));
+        Fail(Err::kTimeout, absl::StrCat("h2 ", s->req.path(), ": unfinished at the end"));
         s->active = false;
       }
     }
@@ -83,8 +82,7 @@ class H2Conn final : public Conn {
     const double rate = absl::GetFlag(FLAGS_h2_cancels_per_s);
     const int64_t now = NowUs(CLOCK_MONOTONIC);
     cancel_tokens_ =
-        std::min(rate, cancel_tokens_ +
-                           rate * static_cast<double>(now - cancel_at_) / 1e6);
+        std::min(rate, cancel_tokens_ + rate * static_cast<double>(now - cancel_at_) / 1e6);
     cancel_at_ = now;
     if (cancel_tokens_ < 1) return false;
     cancel_tokens_ -= 1;
@@ -120,15 +118,13 @@ class H2Conn final : public Conn {
         {"user-agent", "sluice-soak"},
     };
     if (!absl::GetFlag(FLAGS_key).empty()) {
-      headers.push_back(
-          {"authorization", "Bearer " + absl::GetFlag(FLAGS_key)});
+      headers.push_back({"authorization", "Bearer " + absl::GetFlag(FLAGS_key)});
     }
     if (!body.empty()) {
       headers.push_back({"content-type", "application/json"});
       headers.push_back({"content-length", absl::StrCat(body.size())});
       headers.push_back({"x-sim-tokens", absl::StrCat(s.req.tokens)});
-      headers.push_back(
-          {"x-sim-token-delay-ms", absl::GetFlag(FLAGS_token_delay_ms)});
+      headers.push_back({"x-sim-token-delay-ms", absl::GetFlag(FLAGS_token_delay_ms)});
     }
     g_stats.h2.fetch_add(1);
     s.id = h2_->Submit(headers, body, &s);
@@ -158,8 +154,7 @@ class H2Conn final : public Conn {
       if (!any) break;
     }
     SetWantWrite(h2_->WantsWrite());
-    if ((g_stopping.load() || going_away_) && h2_->open_streams() == 0 &&
-        !h2_->WantsWrite()) {
+    if ((g_stopping.load() || going_away_) && h2_->open_streams() == 0 && !h2_->WantsWrite()) {
       // Done, or the server refuses new streams here (GOAWAY): a new
       // connection, unless stopping.
       h2_->GoAway();
@@ -174,10 +169,9 @@ class H2Conn final : public Conn {
   void Settle(Slot& s) {
     s.active = false;
     if (s.timed_out) {
-      Fail(Err::kTimeout,
-           absl::StrCat("h2 ", s.req.path(), ": no complete response in ",
-                        absl::GetFlag(FLAGS_request_timeout_s), " s (status ",
-                        s.status, ", ", s.body.size(), " body bytes)"));
+      Fail(Err::kTimeout, absl::StrCat("h2 ", s.req.path(), ": no complete response in ",
+                                       absl::GetFlag(FLAGS_request_timeout_s), " s (status ",
+                                       s.status, ", ", s.body.size(), " body bytes)"));
     } else if (s.error_code == NGHTTP2_NO_ERROR) {
       Complete(s.req, s.status, s.body, "h2");
     } else if (s.error_code == NGHTTP2_CANCEL && s.cancel_sent) {
@@ -186,14 +180,11 @@ class H2Conn final : public Conn {
       // Not processed: above a GOAWAY's last stream id, or submitted after
       // it. No new streams on this connection.
       going_away_ = true;
-      Fail(Err::kRefused,
-           absl::StrCat("h2 ", s.req.path(), ": stream refused (GOAWAY)"));
+      Fail(Err::kRefused, absl::StrCat("h2 ", s.req.path(), ": stream refused (GOAWAY)"));
     } else {
-      Fail(Err::kReset,
-           absl::StrCat("h2 ", s.req.path(), ": stream closed with error code ",
-                        s.error_code, " (",
-                        nghttp2_http2_strerror(s.error_code), "), status ",
-                        s.status, ", ", s.body.size(), " body bytes"));
+      Fail(Err::kReset, absl::StrCat("h2 ", s.req.path(), ": stream closed with error code ",
+                                     s.error_code, " (", nghttp2_http2_strerror(s.error_code),
+                                     "), status ", s.status, ", ", s.body.size(), " body bytes"));
     }
   }
 
@@ -233,9 +224,8 @@ class H2Conn final : public Conn {
         continue;
       }
       Fail(Err::kClosed,
-           absl::StrCat("h2 ", s->req.path(), ": connection lost (", what,
-                        "), status ", s->status, ", ", s->body.size(),
-                        " body bytes"));
+           absl::StrCat("h2 ", s->req.path(), ": connection lost (", what, "), status ", s->status,
+                        ", ", s->body.size(), " body bytes"));
       ++open;
     }
     if (open == 0) g_stats.server_closes.fetch_add(1);
@@ -252,8 +242,7 @@ class H2Conn final : public Conn {
 
 }  // namespace
 
-std::unique_ptr<Conn> NewH2Conn(int epfd, SSL_CTX* ctx, const sockaddr_in& addr,
-                                uint64_t seed) {
+std::unique_ptr<Conn> NewH2Conn(int epfd, SSL_CTX* ctx, const sockaddr_in& addr, uint64_t seed) {
   return std::make_unique<H2Conn>(epfd, ctx, addr, seed);
 }
 

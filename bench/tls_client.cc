@@ -34,8 +34,7 @@ uint64_t RaiseFdLimit() {
   return limit.rlim_cur;
 }
 
-SSL_CTX* NewClientContext(const std::vector<std::string>& alpn,
-                          const std::string& ca_file) {
+SSL_CTX* NewClientContext(const std::vector<std::string>& alpn, const std::string& ca_file) {
   SSL_CTX* ctx = SSL_CTX_new(TLS_method());
   if (ctx == nullptr) {
     fprintf(stderr, "SSL_CTX_new failed\n");
@@ -45,16 +44,14 @@ SSL_CTX* NewClientContext(const std::vector<std::string>& alpn,
   SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
   // No resumption: a load client that resumed would measure the cheap path.
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-  SSL_CTX_set_mode(
-      ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   std::string wire;
   for (const std::string& p : alpn) {
     wire.push_back(static_cast<char>(p.size()));
     wire += p;
   }
-  if (!wire.empty() && SSL_CTX_set_alpn_protos(
-                           ctx, reinterpret_cast<const uint8_t*>(wire.data()),
-                           wire.size()) != 0) {
+  if (!wire.empty() && SSL_CTX_set_alpn_protos(ctx, reinterpret_cast<const uint8_t*>(wire.data()),
+                                               wire.size()) != 0) {
     fprintf(stderr, "SSL_CTX_set_alpn_protos failed\n");
     exit(1);
   }
@@ -75,8 +72,7 @@ int StartConnect(const sockaddr_in& addr) {
   if (fd < 0) return -errno;
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  if (connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) !=
-          0 &&
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0 &&
       errno != EINPROGRESS) {
     int err = errno;
     close(fd);
@@ -92,8 +88,7 @@ int ConnectResult(int fd) {
   return err;
 }
 
-TlsSocket::TlsSocket(SSL_CTX* ctx, int fd, const std::string& sni)
-    : fd_(fd), ssl_(SSL_new(ctx)) {
+TlsSocket::TlsSocket(SSL_CTX* ctx, int fd, const std::string& sni) : fd_(fd), ssl_(SSL_new(ctx)) {
   SSL_set_fd(ssl_, fd_);
   SSL_set_connect_state(ssl_);
   if (!sni.empty()) SSL_set_tlsext_host_name(ssl_, sni.c_str());
@@ -153,8 +148,7 @@ std::string_view TlsSocket::Alpn() const {
 
 TlsSocket::Result TlsSocket::Read(char* buf, size_t len, size_t* n) {
   errno = 0;
-  int ret =
-      SSL_read(ssl_, buf, static_cast<int>(std::min<size_t>(len, 1 << 30)));
+  int ret = SSL_read(ssl_, buf, static_cast<int>(std::min<size_t>(len, 1 << 30)));
   if (ret > 0) {
     *n = static_cast<size_t>(ret);
     return Result::kDone;
@@ -172,8 +166,7 @@ TlsSocket::Result TlsSocket::Flush() {
   while (!out_.empty()) {
     errno = 0;
     int ret =
-        SSL_write(ssl_, out_.data(),
-                  static_cast<int>(std::min<size_t>(out_.size(), 1 << 20)));
+        SSL_write(ssl_, out_.data(), static_cast<int>(std::min<size_t>(out_.size(), 1 << 20)));
     if (ret <= 0) {
       Result r = Classify(ret);
       return r == Result::kWantRead ? Result::kWantWrite : r;

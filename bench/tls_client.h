@@ -30,8 +30,7 @@ uint64_t RaiseFdLimit();
 // verification unless `ca_file` is non-empty (then the chain must verify
 // against it). Dies with a message on failure. The caller owns the result
 // (SSL_CTX_free).
-SSL_CTX* NewClientContext(const std::vector<std::string>& alpn,
-                          const std::string& ca_file);
+SSL_CTX* NewClientContext(const std::vector<std::string>& alpn, const std::string& ca_file);
 
 // Starts a non-blocking TCP connect to `addr` with TCP_NODELAY. Returns the
 // socket (connected or in progress) or -errno.

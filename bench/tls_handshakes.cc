@@ -41,14 +41,12 @@
 
 ABSL_FLAG(std::string, host, "127.0.0.1", "IPv4 address to connect to");
 ABSL_FLAG(int, port, 0, "TLS port (required)");
-ABSL_FLAG(std::string, sni, "localhost",
-          "TLS server name and Host header host");
+ABSL_FLAG(std::string, sni, "localhost", "TLS server name and Host header host");
 ABSL_FLAG(int, concurrency, 8, "Connections in flight at once");
 ABSL_FLAG(double, duration_s, 3, "Run time in seconds (clamped to [0.1, 600])");
 ABSL_FLAG(int, max_handshakes, 200000, "Upper bound on connections started");
 ABSL_FLAG(std::string, path, "/api/tags", "Request target");
-ABSL_FLAG(std::string, authorization, "",
-          "Authorization header value; empty: none");
+ABSL_FLAG(std::string, authorization, "", "Authorization header value; empty: none");
 ABSL_FLAG(std::string, label, "-", "Printed first, as label=...");
 
 namespace sluice::bench {
@@ -71,10 +69,7 @@ struct Slot {
 class Runner {
  public:
   Runner(sockaddr_in addr, SSL_CTX* ctx, int concurrency, std::string request)
-      : addr_(addr),
-        ctx_(ctx),
-        request_(std::move(request)),
-        slots_(concurrency) {
+      : addr_(addr), ctx_(ctx), request_(std::move(request)), slots_(concurrency) {
     for (int i = 0; i < concurrency; ++i) slots_[i].index = i;
   }
 
@@ -98,8 +93,7 @@ class Runner {
       int64_t now = NowUs(CLOCK_MONOTONIC);
       if (now >= deadline_ + 1'000'000) break;  // stragglers: give up
       int n = epoll_wait(epoll_fd_, events, 256, 100);
-      for (int i = 0; i < n; ++i)
-        Handle(slots_[events[i].data.u32], events[i].events);
+      for (int i = 0; i < n; ++i) Handle(slots_[events[i].data.u32], events[i].events);
     }
     elapsed_us_ = std::max<int64_t>(NowUs(CLOCK_MONOTONIC) - t0, 1);
     return true;
@@ -107,15 +101,14 @@ class Runner {
 
   bool Report(std::string_view label) {
     const Summary latency = Summarize(latency_us_);
-    const double per_s =
-        static_cast<double>(done_) / (static_cast<double>(elapsed_us_) / 1e6);
+    const double per_s = static_cast<double>(done_) / (static_cast<double>(elapsed_us_) / 1e6);
     printf(
         "label=%s concurrency=%zu handshakes=%ld failed=%ld non2xx=%ld "
         "resumed=%ld per_s=%.0f p50_us=%ld p99_us=%ld elapsed_s=%.2f "
         "version=%s cipher=%s\n",
-        std::string(label).c_str(), slots_.size(), done_, failed_, non2xx_,
-        resumed_, per_s, latency.p50, latency.p99, static_cast<double>(elapsed_us_) / 1e6,
-        version_.c_str(), cipher_.c_str());
+        std::string(label).c_str(), slots_.size(), done_, failed_, non2xx_, resumed_, per_s,
+        latency.p50, latency.p99, static_cast<double>(elapsed_us_) / 1e6, version_.c_str(),
+        cipher_.c_str());
     fflush(stdout);
     return failed_ == 0 && non2xx_ == 0 && done_ > 0;
   }
@@ -123,8 +116,8 @@ class Runner {
  private:
   void Error(const Slot& s, std::string_view what) {
     if (++errors_printed_ <= kMaxErrorsPrinted) {
-      fprintf(stderr, "tls_handshakes: slot %d: %.*s\n", s.index,
-              static_cast<int>(what.size()), what.data());
+      fprintf(stderr, "tls_handshakes: slot %d: %.*s\n", s.index, static_cast<int>(what.size()),
+              what.data());
     }
   }
 
@@ -188,14 +181,12 @@ class Runner {
       s.phase = Phase::kWriting;
       TlsSocket::Result w = s.tls->Write(request_);
       if (w == TlsSocket::Result::kWantWrite) return Interest(s, EPOLLOUT);
-      if (w != TlsSocket::Result::kDone)
-        return Fail(s, "TLS write: " + s.tls->LastError());
+      if (w != TlsSocket::Result::kDone) return Fail(s, "TLS write: " + s.tls->LastError());
       s.phase = Phase::kReading;
     } else if (s.phase == Phase::kWriting) {
       TlsSocket::Result w = s.tls->Flush();
       if (w == TlsSocket::Result::kWantWrite) return Interest(s, EPOLLOUT);
-      if (w != TlsSocket::Result::kDone)
-        return Fail(s, "TLS write: " + s.tls->LastError());
+      if (w != TlsSocket::Result::kDone) return Fail(s, "TLS write: " + s.tls->LastError());
       s.phase = Phase::kReading;
     }
     Interest(s, EPOLLIN);
@@ -209,8 +200,7 @@ class Runner {
         continue;
       }
       if (r == TlsSocket::Result::kWantRead) return;
-      if (r == TlsSocket::Result::kClosed &&
-          ResponseComplete(s, /*eof=*/true)) {
+      if (r == TlsSocket::Result::kClosed && ResponseComplete(s, /*eof=*/true)) {
         return Finish(s);
       }
       return Fail(s, "response cut short: " + s.tls->LastError());
@@ -275,37 +265,32 @@ int Main(int argc, char** argv) {
   const int port = absl::GetFlag(FLAGS_port);
   const int concurrency = absl::GetFlag(FLAGS_concurrency);
   sockaddr_in addr;
-  if (!ParseAddress(absl::GetFlag(FLAGS_host), port, &addr) ||
-      concurrency < 1 || concurrency > kMaxConcurrency ||
-      absl::GetFlag(FLAGS_max_handshakes) < 1) {
+  if (!ParseAddress(absl::GetFlag(FLAGS_host), port, &addr) || concurrency < 1 ||
+      concurrency > kMaxConcurrency || absl::GetFlag(FLAGS_max_handshakes) < 1) {
     fprintf(stderr,
             "tls_handshakes: need an IPv4 --host, --port in 1..65535, "
             "--concurrency in 1..%d, --max_handshakes >= 1\n",
             kMaxConcurrency);
     return 2;
   }
-  const double duration_s =
-      std::clamp(absl::GetFlag(FLAGS_duration_s), 0.1, 600.0);
+  const double duration_s = std::clamp(absl::GetFlag(FLAGS_duration_s), 0.1, 600.0);
   alarm(static_cast<unsigned>(std::ceil(duration_s)) + 10);
   signal(SIGPIPE, SIG_IGN);
   RaiseFdLimit();
 
-  std::string request =
-      absl::StrCat("GET ", absl::GetFlag(FLAGS_path),
-                   " HTTP/1.1\r\nHost: ", absl::GetFlag(FLAGS_sni), ":", port,
-                   "\r\nUser-Agent: sluice-tls-handshakes\r\n");
+  std::string request = absl::StrCat("GET ", absl::GetFlag(FLAGS_path),
+                                     " HTTP/1.1\r\nHost: ", absl::GetFlag(FLAGS_sni), ":", port,
+                                     "\r\nUser-Agent: sluice-tls-handshakes\r\n");
   if (!absl::GetFlag(FLAGS_authorization).empty()) {
-    absl::StrAppend(&request,
-                    "Authorization: ", absl::GetFlag(FLAGS_authorization),
-                    "\r\n");
+    absl::StrAppend(&request, "Authorization: ", absl::GetFlag(FLAGS_authorization), "\r\n");
   }
   absl::StrAppend(&request, "Connection: close\r\n\r\n");
 
   SSL_CTX* ctx = NewClientContext({"http/1.1"}, std::string());
   auto runner = std::make_unique<Runner>(addr, ctx, concurrency, request);
-  bool clean = runner->Run(static_cast<int64_t>(duration_s * 1e6),
-                           absl::GetFlag(FLAGS_max_handshakes)) &&
-               runner->Report(absl::GetFlag(FLAGS_label));
+  bool clean =
+      runner->Run(static_cast<int64_t>(duration_s * 1e6), absl::GetFlag(FLAGS_max_handshakes)) &&
+      runner->Report(absl::GetFlag(FLAGS_label));
   runner.reset();
   SSL_CTX_free(ctx);
   return clean ? 0 : 1;

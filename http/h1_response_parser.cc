@@ -8,9 +8,7 @@
 
 namespace sluice::http {
 namespace {
-H1ResponseParser* Self(llhttp_t* p) {
-  return static_cast<H1ResponseParser*>(p->data);
-}
+H1ResponseParser* Self(llhttp_t* p) { return static_cast<H1ResponseParser*>(p->data); }
 }  // namespace
 
 struct H1ResponseParserCallbacks {
@@ -119,8 +117,7 @@ struct H1ResponseParserCallbacks {
   }
 };
 
-H1ResponseParser::H1ResponseParser(H1ResponseSink* sink)
-    : sink_(sink), parser_(new llhttp_t) {
+H1ResponseParser::H1ResponseParser(H1ResponseSink* sink) : sink_(sink), parser_(new llhttp_t) {
   llhttp_init(parser_, HTTP_RESPONSE, &LlhttpSettings<H1ResponseParserCallbacks>());
   parser_->data = this;
 }
@@ -153,8 +150,8 @@ absl::StatusOr<size_t> H1ResponseParser::Dispatch(const core::Slice& in) {
       return static_cast<size_t>(llhttp_get_error_pos(parser_) - data.data());
     default:
       if (error_.ok()) {
-        error_ = absl::InvalidArgumentError(absl::StrCat(
-            "malformed upstream response: ", llhttp_get_error_reason(parser_)));
+        error_ = absl::InvalidArgumentError(
+            absl::StrCat("malformed upstream response: ", llhttp_get_error_reason(parser_)));
       }
       return error_;
   }

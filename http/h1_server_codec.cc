@@ -21,8 +21,7 @@ bool SplitAbsoluteForm(std::string& target, std::string& authority) {
   size_t scheme_end = t.find("://");
   if (scheme_end == std::string_view::npos) return false;
   std::string_view scheme = t.substr(0, scheme_end);
-  if (!EqualsIgnoreCase(scheme, "http") &&
-      !EqualsIgnoreCase(scheme, "https")) {
+  if (!EqualsIgnoreCase(scheme, "http") && !EqualsIgnoreCase(scheme, "https")) {
     return false;
   }
   std::string_view rest = t.substr(scheme_end + 3);
@@ -31,9 +30,8 @@ bool SplitAbsoluteForm(std::string& target, std::string& authority) {
   if (authority.empty() || authority.find('@') != std::string::npos) {
     return false;
   }
-  std::string path = path_start == std::string_view::npos
-                         ? "/"
-                         : std::string(rest.substr(path_start));
+  std::string path =
+      path_start == std::string_view::npos ? "/" : std::string(rest.substr(path_start));
   if (path[0] == '?') path.insert(0, "/");
   target = std::move(path);
   return true;
@@ -263,90 +261,90 @@ absl::Status H1ServerCodec::CheckWebSocketHandshake(const RequestHead& h,
 }
 
 struct H1ServerCodecCallbacks {
-static int OnMessageBegin(llhttp_t* p) {
-  H1ServerCodec* self = Self(p);
-  self->head_ = RequestHead();
-  self->header_bytes_ = 0;
-  self->body_bytes_ = 0;
-  self->headers_.Reset();
-  self->in_message_ = true;
-  return 0;
-}
-
-static int OnUrl(llhttp_t* p, const char* at, size_t len) {
-  H1ServerCodec* self = Self(p);
-  if (!self->CountHeaderBytes(len)) {
-    return self->Fail(absl::ResourceExhaustedError("request header fields too large"));
+  static int OnMessageBegin(llhttp_t* p) {
+    H1ServerCodec* self = Self(p);
+    self->head_ = RequestHead();
+    self->header_bytes_ = 0;
+    self->body_bytes_ = 0;
+    self->headers_.Reset();
+    self->in_message_ = true;
+    return 0;
   }
-  self->head_.target.append(at, len);
-  return 0;
-}
 
-static int OnHeaderField(llhttp_t* p, const char* at, size_t len) {
-  H1ServerCodec* self = Self(p);
-  if (!self->CountHeaderBytes(len)) {
-    return self->Fail(absl::ResourceExhaustedError("request header fields too large"));
+  static int OnUrl(llhttp_t* p, const char* at, size_t len) {
+    H1ServerCodec* self = Self(p);
+    if (!self->CountHeaderBytes(len)) {
+      return self->Fail(absl::ResourceExhaustedError("request header fields too large"));
+    }
+    self->head_.target.append(at, len);
+    return 0;
   }
-  self->headers_.OnField(&self->head_.headers, at, len);
-  return 0;
-}
 
-static int OnHeaderValue(llhttp_t* p, const char* at, size_t len) {
-  H1ServerCodec* self = Self(p);
-  if (!self->CountHeaderBytes(len)) {
-    return self->Fail(absl::ResourceExhaustedError("request header fields too large"));
+  static int OnHeaderField(llhttp_t* p, const char* at, size_t len) {
+    H1ServerCodec* self = Self(p);
+    if (!self->CountHeaderBytes(len)) {
+      return self->Fail(absl::ResourceExhaustedError("request header fields too large"));
+    }
+    self->headers_.OnField(&self->head_.headers, at, len);
+    return 0;
   }
-  switch (self->headers_.OnValue(&self->head_.headers, at, len)) {
-    case HeaderCollector::Result::kOk:
-      return 0;
-    case HeaderCollector::Result::kValueWithoutName:
-      return self->Fail(absl::InvalidArgumentError("malformed request: header value without a name"));
-    case HeaderCollector::Result::kObsFold:
-      return self->Fail(absl::InvalidArgumentError("malformed request: obsolete line folding"));
+
+  static int OnHeaderValue(llhttp_t* p, const char* at, size_t len) {
+    H1ServerCodec* self = Self(p);
+    if (!self->CountHeaderBytes(len)) {
+      return self->Fail(absl::ResourceExhaustedError("request header fields too large"));
+    }
+    switch (self->headers_.OnValue(&self->head_.headers, at, len)) {
+      case HeaderCollector::Result::kOk:
+        return 0;
+      case HeaderCollector::Result::kValueWithoutName:
+        return self->Fail(
+            absl::InvalidArgumentError("malformed request: header value without a name"));
+      case HeaderCollector::Result::kObsFold:
+        return self->Fail(absl::InvalidArgumentError("malformed request: obsolete line folding"));
+    }
+    return 0;
   }
-  return 0;
-}
 
-static int OnHeaderValueComplete(llhttp_t* p) {
-  H1ServerCodec* self = Self(p);
-  self->headers_.OnValueComplete();
-  if (!self->CountHeaderBytes(kHeaderFieldCost)) {
-    return self->Fail(absl::ResourceExhaustedError("request header fields too large"));
+  static int OnHeaderValueComplete(llhttp_t* p) {
+    H1ServerCodec* self = Self(p);
+    self->headers_.OnValueComplete();
+    if (!self->CountHeaderBytes(kHeaderFieldCost)) {
+      return self->Fail(absl::ResourceExhaustedError("request header fields too large"));
+    }
+    return 0;
   }
-  return 0;
-}
 
-static int OnHeadersComplete(llhttp_t* p) {
-  H1ServerCodec* self = Self(p);
-  absl::Status status = self->FinishHead();
-  if (!status.ok()) {
-    self->Fail(std::move(status));
-    return -1;
+  static int OnHeadersComplete(llhttp_t* p) {
+    H1ServerCodec* self = Self(p);
+    absl::Status status = self->FinishHead();
+    if (!status.ok()) {
+      self->Fail(std::move(status));
+      return -1;
+    }
+    self->sink_->OnRequestHead(std::move(self->head_));
+    return 0;
   }
-  self->sink_->OnRequestHead(std::move(self->head_));
-  return 0;
-}
 
-static int OnBody(llhttp_t* p, const char* at, size_t len) {
-  H1ServerCodec* self = Self(p);
-  self->body_bytes_ += len;
-  if (self->body_bytes_ > self->limits_.max_body_bytes) {
-    return self->Fail(absl::OutOfRangeError("request body too large"));
+  static int OnBody(llhttp_t* p, const char* at, size_t len) {
+    H1ServerCodec* self = Self(p);
+    self->body_bytes_ += len;
+    if (self->body_bytes_ > self->limits_.max_body_bytes) {
+      return self->Fail(absl::OutOfRangeError("request body too large"));
+    }
+    // llhttp hands over spans of the buffer being executed: a view of it.
+    self->sink_->OnRequestBody(self->input_->SubOf(std::string_view(at, len)));
+    return 0;
   }
-  // llhttp hands over spans of the buffer being executed: a view of it.
-  self->sink_->OnRequestBody(self->input_->SubOf(std::string_view(at, len)));
-  return 0;
-}
 
-static int OnMessageComplete(llhttp_t* p) {
-  H1ServerCodec* self = Self(p);
-  self->in_message_ = false;
-  self->sink_->OnRequestComplete();
-  // An upgrade request ends the HTTP/1.1 byte stream: llhttp reports
-  // HPE_PAUSED_UPGRADE itself once this callback returns.
-  return p->upgrade ? 0 : HPE_PAUSED;
-}
-
+  static int OnMessageComplete(llhttp_t* p) {
+    H1ServerCodec* self = Self(p);
+    self->in_message_ = false;
+    self->sink_->OnRequestComplete();
+    // An upgrade request ends the HTTP/1.1 byte stream: llhttp reports
+    // HPE_PAUSED_UPGRADE itself once this callback returns.
+    return p->upgrade ? 0 : HPE_PAUSED;
+  }
 };
 
 // After H1ServerCodecCallbacks: its table needs the complete type.
@@ -360,11 +358,16 @@ H1ServerCodec::~H1ServerCodec() { delete parser_; }
 
 int HttpStatusForError(const absl::Status& status) {
   switch (status.code()) {
-    case absl::StatusCode::kResourceExhausted: return 431;
-    case absl::StatusCode::kOutOfRange: return 413;
-    case absl::StatusCode::kFailedPrecondition: return 417;
-    case absl::StatusCode::kUnimplemented: return 501;
-    default: return 400;
+    case absl::StatusCode::kResourceExhausted:
+      return 431;
+    case absl::StatusCode::kOutOfRange:
+      return 413;
+    case absl::StatusCode::kFailedPrecondition:
+      return 417;
+    case absl::StatusCode::kUnimplemented:
+      return 501;
+    default:
+      return 400;
   }
 }
 

@@ -1,5 +1,3 @@
-#include "http/h2_server_codec.h"
-
 #include <nghttp2/nghttp2.h>
 
 #include <algorithm>
@@ -13,14 +11,15 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "http/h2_server_codec.h"
 #include "http/h2_server_codec_internal.h"
 #include "http/serialize.h"
 namespace sluice::http {
 
-using h2_internal::kFrameHeaderLen;
 using h2_internal::Check;
-using h2_internal::View;
+using h2_internal::kFrameHeaderLen;
 using h2_internal::MakeNvs;
+using h2_internal::View;
 
 // nghttp2 callbacks. They only record what happened (events, counters) and
 // call nghttp2 functions that nghttp2 allows inside callbacks (submit,
@@ -29,9 +28,7 @@ struct H2Callbacks {
   using Event = H2ServerCodec::Event;
   using Stream = H2ServerCodec::Stream;
 
-  static H2ServerCodec* Self(void* user_data) {
-    return static_cast<H2ServerCodec*>(user_data);
-  }
+  static H2ServerCodec* Self(void* user_data) { return static_cast<H2ServerCodec*>(user_data); }
 
   static Stream* Find(H2ServerCodec* c, int32_t id) {
     auto it = c->streams_.find(id);
@@ -45,8 +42,7 @@ struct H2Callbacks {
     c->events_.push_back(std::move(ev));
   }
 
-  static int OnBeginHeaders(nghttp2_session*, const nghttp2_frame* frame,
-                            void* user_data) {
+  static int OnBeginHeaders(nghttp2_session*, const nghttp2_frame* frame, void* user_data) {
     if (frame->hd.type != NGHTTP2_HEADERS) return 0;
     H2ServerCodec* c = Self(user_data);
     if (frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
@@ -57,15 +53,13 @@ struct H2Callbacks {
       }
       return 0;
     }
-    c->streams_[frame->hd.stream_id] =
-        std::make_unique<Stream>(frame->hd.stream_id);
+    c->streams_[frame->hd.stream_id] = std::make_unique<Stream>(frame->hd.stream_id);
     ++c->open_streams_;
     return 0;
   }
 
-  static int OnHeader(nghttp2_session*, const nghttp2_frame* frame,
-                      const uint8_t* name_p, size_t namelen,
-                      const uint8_t* value_p, size_t valuelen, uint8_t,
+  static int OnHeader(nghttp2_session*, const nghttp2_frame* frame, const uint8_t* name_p,
+                      size_t namelen, const uint8_t* value_p, size_t valuelen, uint8_t,
                       void* user_data) {
     if (frame->hd.type != NGHTTP2_HEADERS) return 0;
     H2ServerCodec* c = Self(user_data);
@@ -135,14 +129,12 @@ struct H2Callbacks {
   // An invalid regular field (RFC 9113 8.2.1: bad characters in the name or
   // value, surrounding whitespace) makes the request malformed: reset it
   // (PROTOCOL_ERROR) rather than dropping the field silently.
-  static int OnInvalidHeader(nghttp2_session*, const nghttp2_frame*,
-                             const uint8_t*, size_t, const uint8_t*, size_t,
-                             uint8_t, void*) {
+  static int OnInvalidHeader(nghttp2_session*, const nghttp2_frame*, const uint8_t*, size_t,
+                             const uint8_t*, size_t, uint8_t, void*) {
     return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
   }
 
-  static int OnFrameRecv(nghttp2_session*, const nghttp2_frame* frame,
-                         void* user_data) {
+  static int OnFrameRecv(nghttp2_session*, const nghttp2_frame* frame, void* user_data) {
     H2ServerCodec* c = Self(user_data);
     bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     switch (frame->hd.type) {
@@ -172,8 +164,8 @@ struct H2Callbacks {
     }
   }
 
-  static int OnDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id,
-                         const uint8_t* data, size_t len, void* user_data) {
+  static int OnDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id, const uint8_t* data,
+                         size_t len, void* user_data) {
     H2ServerCodec* c = Self(user_data);
     Stream* s = Find(c, stream_id);
     if (s != nullptr) s->request_received += len;
@@ -185,8 +177,8 @@ struct H2Callbacks {
     const char* p = reinterpret_cast<const char*>(data);
     core::Slice piece;
     const core::Slice* in = c->input_;
-    if (len >= c->options_.copy_data_below && in != nullptr &&
-        p >= in->data() && p + len <= in->data() + in->size()) {
+    if (len >= c->options_.copy_data_below && in != nullptr && p >= in->data() &&
+        p + len <= in->data() + in->size()) {
       piece = in->Sub(static_cast<size_t>(p - in->data()), len);
     } else {
       piece = core::Slice::Copy(std::string_view(p, len));
@@ -198,8 +190,8 @@ struct H2Callbacks {
     return 0;
   }
 
-  static int OnStreamClose(nghttp2_session* session, int32_t stream_id,
-                           uint32_t error_code, void* user_data) {
+  static int OnStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_code,
+                           void* user_data) {
     H2ServerCodec* c = Self(user_data);
     auto it = c->streams_.find(stream_id);
     if (it == c->streams_.end()) return 0;
@@ -230,8 +222,7 @@ struct H2Callbacks {
     if (frame->hd.type == NGHTTP2_RST_STREAM) {
       c->guard_.NoteReset(frame->hd.stream_id);
     } else if (frame->hd.type == NGHTTP2_GOAWAY) {
-      c->goaway_last_id_ =
-          std::min(c->goaway_last_id_, frame->goaway.last_stream_id);
+      c->goaway_last_id_ = std::min(c->goaway_last_id_, frame->goaway.last_stream_id);
     }
   }
 
@@ -239,8 +230,8 @@ struct H2Callbacks {
   // frame. The stream may never have been opened (refused), so the reset is
   // noted now rather than when it is sent: frames the client sends on it
   // meanwhile are ignored too.
-  static int OnInvalidFrameRecv(nghttp2_session*, const nghttp2_frame* frame,
-                                int, void* user_data) {
+  static int OnInvalidFrameRecv(nghttp2_session*, const nghttp2_frame* frame, int,
+                                void* user_data) {
     if (frame->hd.stream_id != 0) {
       Self(user_data)->guard_.NoteReset(frame->hd.stream_id);
     }
@@ -265,8 +256,7 @@ struct H2Callbacks {
     return 0;
   }
 
-  static int OnFrameSend(nghttp2_session* session, const nghttp2_frame* frame,
-                         void* user_data) {
+  static int OnFrameSend(nghttp2_session* session, const nghttp2_frame* frame, void* user_data) {
     H2ServerCodec* c = Self(user_data);
     NoteSentForGuard(c, frame);
     if (frame->hd.type == NGHTTP2_HEADERS) HeadDone(session, Find(c, frame->hd.stream_id));
@@ -291,14 +281,12 @@ struct H2Callbacks {
         const bool open = nghttp2_session_get_stream_remote_close(session, s->id) == 0;
         const bool fits = s->request_length.has_value() &&
                           *s->request_length >= s->request_received && window >= 0 &&
-                          *s->request_length - s->request_received <=
-                              static_cast<uint64_t>(window);
+                          *s->request_length - s->request_received <= static_cast<uint64_t>(window);
         if (open && !s->request_length.has_value() && window > 0) {
           s->drain_window = true;
         } else if (!fits && open) {
           s->no_error_reset = true;
-          nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, s->id,
-                                    NGHTTP2_NO_ERROR);
+          nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_NO_ERROR);
         }
         return 0;
       }
@@ -311,9 +299,8 @@ struct H2Callbacks {
       case NGHTTP2_GOAWAY:
         if (frame->goaway.error_code != NGHTTP2_NO_ERROR) {
           // nghttp2 found a connection error; the GOAWAY is its verdict.
-          c->Fail(
-              frame->goaway.error_code,
-              View(frame->goaway.opaque_data, frame->goaway.opaque_data_len));
+          c->Fail(frame->goaway.error_code,
+                  View(frame->goaway.opaque_data, frame->goaway.opaque_data_len));
         }
         return 0;
       default:
@@ -321,9 +308,8 @@ struct H2Callbacks {
     }
   }
 
-  static ssize_t ReadData(nghttp2_session* session, int32_t stream_id, uint8_t*,
-                          size_t length, uint32_t* data_flags,
-                          nghttp2_data_source*, void* user_data) {
+  static ssize_t ReadData(nghttp2_session* session, int32_t stream_id, uint8_t*, size_t length,
+                          uint32_t* data_flags, nghttp2_data_source*, void* user_data) {
     H2ServerCodec* c = Self(user_data);
     Stream* s = Find(c, stream_id);
     if (s == nullptr || s->closed) return NGHTTP2_ERR_DEFERRED;
@@ -338,8 +324,7 @@ struct H2Callbacks {
       if (!s->trailers_out.empty()) {
         *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
         std::vector<nghttp2_nv> nva = MakeNvs(s->trailers_out);
-        if (nghttp2_submit_trailer(session, stream_id, nva.data(),
-                                   nva.size()) != 0) {
+        if (nghttp2_submit_trailer(session, stream_id, nva.data(), nva.size()) != 0) {
           return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         }
       }
@@ -347,8 +332,7 @@ struct H2Callbacks {
     return static_cast<ssize_t>(n);
   }
 
-  static int SendData(nghttp2_session*, nghttp2_frame* frame,
-                      const uint8_t* framehd, size_t length,
+  static int SendData(nghttp2_session*, nghttp2_frame* frame, const uint8_t* framehd, size_t length,
                       nghttp2_data_source*, void* user_data) {
     H2ServerCodec* c = Self(user_data);
     Stream* s = Find(c, frame->hd.stream_id);
@@ -387,8 +371,7 @@ struct H2Callbacks {
     // nghttp2_session_mem_send keeps packing DATA frames within one call
     // while windows allow; PAUSE makes it return so the byte limit holds.
     bool pause_after =
-        c->pump_limit_ > 0 &&
-        c->pending_bytes_ + c->writer_uncommitted_ >= c->pump_limit_;
+        c->pump_limit_ > 0 && c->pending_bytes_ + c->writer_uncommitted_ >= c->pump_limit_;
     return pause_after ? NGHTTP2_ERR_PAUSE : 0;
   }
 };
@@ -398,24 +381,17 @@ namespace h2_internal {
 nghttp2_session_callbacks* NewCallbacks() {
   nghttp2_session_callbacks* cbs;
   Check(nghttp2_session_callbacks_new(&cbs) == 0, "callbacks_new");
-  nghttp2_session_callbacks_set_on_begin_headers_callback(
-      cbs, &H2Callbacks::OnBeginHeaders);
+  nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, &H2Callbacks::OnBeginHeaders);
   nghttp2_session_callbacks_set_on_header_callback(cbs, &H2Callbacks::OnHeader);
-  nghttp2_session_callbacks_set_on_invalid_header_callback(
-      cbs, &H2Callbacks::OnInvalidHeader);
-  nghttp2_session_callbacks_set_on_frame_recv_callback(
-      cbs, &H2Callbacks::OnFrameRecv);
-  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
-      cbs, &H2Callbacks::OnDataChunk);
-  nghttp2_session_callbacks_set_on_stream_close_callback(
-      cbs, &H2Callbacks::OnStreamClose);
-  nghttp2_session_callbacks_set_on_frame_send_callback(
-      cbs, &H2Callbacks::OnFrameSend);
-  nghttp2_session_callbacks_set_on_frame_not_send_callback(
-      cbs, &H2Callbacks::OnFrameNotSend);
+  nghttp2_session_callbacks_set_on_invalid_header_callback(cbs, &H2Callbacks::OnInvalidHeader);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, &H2Callbacks::OnFrameRecv);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, &H2Callbacks::OnDataChunk);
+  nghttp2_session_callbacks_set_on_stream_close_callback(cbs, &H2Callbacks::OnStreamClose);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cbs, &H2Callbacks::OnFrameSend);
+  nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, &H2Callbacks::OnFrameNotSend);
   nghttp2_session_callbacks_set_send_data_callback(cbs, &H2Callbacks::SendData);
-  nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(
-      cbs, &H2Callbacks::OnInvalidFrameRecv);
+  nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs,
+                                                               &H2Callbacks::OnInvalidFrameRecv);
   return cbs;
 }
 

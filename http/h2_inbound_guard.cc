@@ -15,16 +15,15 @@ constexpr uint8_t kFlagEndHeaders = 0x4;
 constexpr uint8_t kFlagPadded = 0x8;
 constexpr uint8_t kFlagPriority = 0x20;
 
-int32_t Read31(const uint8_t *p) {
-  return static_cast<int32_t>((uint32_t{p[0]} << 24 | uint32_t{p[1]} << 16 |
-                               uint32_t{p[2]} << 8 | uint32_t{p[3]}) &
-                              0x7fffffff);
+int32_t Read31(const uint8_t* p) {
+  return static_cast<int32_t>(
+      (uint32_t{p[0]} << 24 | uint32_t{p[1]} << 16 | uint32_t{p[2]} << 8 | uint32_t{p[3]}) &
+      0x7fffffff);
 }
 
 }  // namespace
 
-size_t H2InboundGuard::Scan(const uint8_t *p, size_t n, Frame *frame,
-                            bool *ready) {
+size_t H2InboundGuard::Scan(const uint8_t* p, size_t n, Frame* frame, bool* ready) {
   *ready = false;
   size_t i = 0;
   while (i < n) {
@@ -59,8 +58,7 @@ size_t H2InboundGuard::Scan(const uint8_t *p, size_t n, Frame *frame,
     if (header_len_ < sizeof(header_)) continue;
     header_len_ = 0;
     Frame f;
-    f.length = uint32_t{header_[0]} << 16 | uint32_t{header_[1]} << 8 |
-               uint32_t{header_[2]};
+    f.length = uint32_t{header_[0]} << 16 | uint32_t{header_[1]} << 8 | uint32_t{header_[2]};
     f.type = header_[3];
     f.flags = header_[4];
     f.stream_id = Read31(header_ + 5);
@@ -68,8 +66,7 @@ size_t H2InboundGuard::Scan(const uint8_t *p, size_t n, Frame *frame,
     payload_left_ = f.length;
     if (f.type == kTypeHeaders || f.type == kTypePushPromise) {
       in_header_block_ = (f.flags & kFlagEndHeaders) == 0;
-    } else if (f.type == kTypeContinuation &&
-               (f.flags & kFlagEndHeaders) != 0) {
+    } else if (f.type == kTypeContinuation && (f.flags & kFlagEndHeaders) != 0) {
       in_header_block_ = false;
     }
     // Where the dependency lies (RFC 9113 6.2, 6.3): after the pad length
@@ -107,9 +104,8 @@ void H2InboundGuard::NoteNewStream(int32_t stream_id) {
 }
 
 bool H2InboundGuard::WasSkipped(int32_t stream_id) const {
-  return std::any_of(skipped_.begin(), skipped_.end(), [&](const auto &r) {
-    return stream_id >= r.first && stream_id <= r.second;
-  });
+  return std::any_of(skipped_.begin(), skipped_.end(),
+                     [&](const auto& r) { return stream_id >= r.first && stream_id <= r.second; });
 }
 
 void H2InboundGuard::NoteReset(int32_t stream_id) {

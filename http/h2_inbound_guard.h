@@ -58,7 +58,7 @@ class H2InboundGuard {
   // bytes it consumed: all `n`, or fewer when a frame became complete
   // enough to judge with the last byte consumed, then `*frame` holds it and
   // true goes to `*ready`. Frames may be split across calls at any byte.
-  size_t Scan(const uint8_t *p, size_t n, Frame *frame, bool *ready);
+  size_t Scan(const uint8_t* p, size_t n, Frame* frame, bool* ready);
 
   // --- Stream ids of the client.
 

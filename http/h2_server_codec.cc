@@ -17,13 +17,13 @@
 #include "http/serialize.h"
 namespace sluice::http {
 
+using h2_internal::Check;
+using h2_internal::CodeForLibError;
+using h2_internal::ConnectionError;
 using h2_internal::kDispatchPumpCap;
-using h2_internal::kRecvChunk;
 using h2_internal::kIdleReleaseBurst;
 using h2_internal::kIdleReleaseIntervalMs;
-using h2_internal::Check;
-using h2_internal::ConnectionError;
-using h2_internal::CodeForLibError;
+using h2_internal::kRecvChunk;
 
 H2ServerCodec::H2ServerCodec(H2StreamSink* sink, const H2Options& options)
     : sink_(sink), options_(options) {
@@ -46,34 +46,30 @@ H2ServerCodec::H2ServerCodec(H2StreamSink* sink, const H2Options& options)
   int rv;
   {
     H2SessionMemory::CreationScope scope(&idle_blocks_);
-    rv = nghttp2_session_server_new3(&session_, cbs, this, opt,
-                                     H2SessionMemory::ForThisThread());
+    rv = nghttp2_session_server_new3(&session_, cbs, this, opt, H2SessionMemory::ForThisThread());
   }
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cbs);
   Check(rv == 0, "nghttp2_session_server_new3");
 
   nghttp2_settings_entry iv[] = {
-      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS,
-       options_.max_concurrent_streams},
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, options_.max_concurrent_streams},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, options_.stream_window_bytes},
       {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE,
        static_cast<uint32_t>(options_.max_header_list_bytes)},
       {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
   };
-  Check(nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, iv,
-                                sizeof(iv) / sizeof(iv[0])) == 0,
+  Check(nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0])) == 0,
         "submit_settings");
-  if (options_.connection_window_bytes >
-      NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE) {
+  if (options_.connection_window_bytes > NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE) {
     Check(nghttp2_session_set_local_window_size(
               session_, NGHTTP2_FLAG_NONE, 0,
               static_cast<int32_t>(options_.connection_window_bytes)) == 0,
           "set_local_window_size");
   }
   reset_budget_at_ms_ = Now();
-  reset_budget_ = static_cast<int64_t>(options_.max_sent_resets_per_window) *
-                  options_.sent_reset_window_ms;
+  reset_budget_ =
+      static_cast<int64_t>(options_.max_sent_resets_per_window) * options_.sent_reset_window_ms;
 }
 
 H2ServerCodec::~H2ServerCodec() { nghttp2_session_del(session_); }
@@ -137,8 +133,8 @@ void H2ServerCodec::RecvChecked(const uint8_t* p, size_t n) {
     JudgeFrame(f, &cur);
     const bool keeps_streams =
         (f.type == NGHTTP2_DATA && (f.flags & NGHTTP2_FLAG_END_STREAM) == 0) ||
-        f.type == NGHTTP2_PRIORITY || f.type == NGHTTP2_SETTINGS ||
-        f.type == NGHTTP2_PING || f.type == NGHTTP2_WINDOW_UPDATE;
+        f.type == NGHTTP2_PRIORITY || f.type == NGHTTP2_SETTINGS || f.type == NGHTTP2_PING ||
+        f.type == NGHTTP2_WINDOW_UPDATE;
     if (!keeps_streams) cur.synced = false;
   }
   if (!failed_ && cur.fed < n) Recv(p + cur.fed, n - cur.fed);
@@ -157,8 +153,7 @@ bool H2ServerCodec::Recv(const uint8_t* p, size_t n) {
 
 bool H2ServerCodec::Sync(RecvCursor* cur) {
   if (!cur->synced) {
-    if (cur->upto > cur->fed &&
-        !Recv(cur->p + cur->fed, cur->upto - cur->fed)) {
+    if (cur->upto > cur->fed && !Recv(cur->p + cur->fed, cur->upto - cur->fed)) {
       return false;
     }
     cur->fed = std::max(cur->fed, cur->upto);
@@ -173,8 +168,7 @@ bool H2ServerCodec::IgnoresFramesOn(int32_t stream_id) const {
   return stream_id > goaway_last_id_ || guard_.RecentlyReset(stream_id);
 }
 
-void H2ServerCodec::JudgeFrame(const H2InboundGuard::Frame& f,
-                               RecvCursor* cur) {
+void H2ServerCodec::JudgeFrame(const H2InboundGuard::Frame& f, RecvCursor* cur) {
   // Inside a header block only CONTINUATION is valid: nghttp2 ends the
   // connection for anything else.
   if (f.in_header_block) return;
@@ -230,8 +224,7 @@ void H2ServerCodec::JudgeFrame(const H2InboundGuard::Frame& f,
       // and once noted, more DATA on the stream is ignored rather than
       // answered again.
       guard_.NoteReset(id);
-      nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, id,
-                                NGHTTP2_STREAM_CLOSED);
+      nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, id, NGHTTP2_STREAM_CLOSED);
       return;
     }
     default:
@@ -248,18 +241,15 @@ void H2ServerCodec::DependsOnItself(int32_t stream_id, RecvCursor* cur) {
     return;
   }
   if (!Sync(cur)) return;
-  const bool known =
-      nghttp2_session_find_stream(session_, stream_id) != nullptr;
+  const bool known = nghttp2_session_find_stream(session_, stream_id) != nullptr;
   if (!known && IgnoresFramesOn(stream_id)) return;
   if (!known) guard_.NoteReset(stream_id);
   // On an open stream nghttp2 then ignores the frame's header block (the
   // stream is closing) and the sink hears OnStreamReset(PROTOCOL_ERROR).
-  nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, stream_id,
-                            NGHTTP2_PROTOCOL_ERROR);
+  nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_PROTOCOL_ERROR);
 }
 
-void H2ServerCodec::TakeOutput(std::vector<core::Slice>* out,
-                               size_t max_bytes) {
+void H2ServerCodec::TakeOutput(std::vector<core::Slice>* out, size_t max_bytes) {
   Check(!in_sink_ && !in_nghttp2_, "TakeOutput called from a sink event");
   Pump(max_bytes);
   for (core::Slice& s : pending_) out->push_back(std::move(s));
@@ -295,8 +285,7 @@ void H2ServerCodec::ReleaseIdlePages() {
     idle_release_at_ms_ = now;
   }
   idle_release_budget_ms_ =
-      std::min(kCap, idle_release_budget_ms_ +
-                         std::max<int64_t>(now - idle_release_at_ms_, 0));
+      std::min(kCap, idle_release_budget_ms_ + std::max<int64_t>(now - idle_release_at_ms_, 0));
   idle_release_at_ms_ = now;
   if (idle_release_budget_ms_ < kIdleReleaseIntervalMs) return;
   idle_release_budget_ms_ -= kIdleReleaseIntervalMs;
@@ -305,8 +294,7 @@ void H2ServerCodec::ReleaseIdlePages() {
 
 void H2ServerCodec::Pump(size_t limit) {
   pump_limit_ = limit;
-  while (!abandoned_ &&
-         (limit == 0 || pending_bytes_ + writer_uncommitted_ < limit)) {
+  while (!abandoned_ && (limit == 0 || pending_bytes_ + writer_uncommitted_ < limit)) {
     const uint8_t* data = nullptr;
     in_nghttp2_ = true;
     ssize_t n = nghttp2_session_mem_send(session_, &data);
@@ -375,8 +363,7 @@ void H2ServerCodec::DeliverEvents() {
     in_sink_ = true;
     switch (ev.kind) {
       case Event::Kind::kHeaders:
-        sink_->OnRequestHeaders(ev.stream_id, std::move(ev.head),
-                                ev.end_stream);
+        sink_->OnRequestHeaders(ev.stream_id, std::move(ev.head), ev.end_stream);
         break;
       case Event::Kind::kData:
         sink_->OnRequestData(ev.stream_id, std::move(ev.data));
@@ -420,8 +407,7 @@ void H2ServerCodec::DeliverEvents() {
 
 void H2ServerCodec::RejectWith(Stream* s, int status, std::string_view why) {
   if (!SubmitJsonErrorOn(s, status, why, 0).ok()) {
-    nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s->id,
-                              NGHTTP2_INTERNAL_ERROR);
+    nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
   }
 }
 
@@ -441,12 +427,10 @@ bool H2ServerCodec::RejectHead(Stream* s) {
   // RFC 9110 7.2 needs the authority in :authority or Host; RFC 9113 8.3.1:
   // a Host that differs from :authority makes the request malformed.
   bool bad_host = s->duplicate_host || (!s->has_authority && !s->has_host) ||
-                  (s->has_authority && s->has_host &&
-                   !EqualsIgnoreCase(s->authority, s->host));
+                  (s->has_authority && s->has_host && !EqualsIgnoreCase(s->authority, s->host));
   if (bad_host) {
     s->rejected = true;
-    nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s->id,
-                              NGHTTP2_PROTOCOL_ERROR);
+    nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_PROTOCOL_ERROR);
     return true;
   }
   // RFC 9113 8.3.1: :authority must not include userinfo; nor may it (or
@@ -485,8 +469,7 @@ void H2ServerCodec::FinishRequestHead(Stream* s, bool end_stream) {
   if (const Header* cl = head.Find("content-length")) {
     uint64_t n = 0;
     // nghttp2 has validated the syntax and that there is only one.
-    if (absl::SimpleAtoi(absl::string_view(cl->value.data(), cl->value.size()),
-                         &n)) {
+    if (absl::SimpleAtoi(absl::string_view(cl->value.data(), cl->value.size()), &n)) {
       head.content_length = n;
       s->request_length = n;
     }
@@ -516,16 +499,14 @@ void H2ServerCodec::FinishRequestHead(Stream* s, bool end_stream) {
 void H2ServerCodec::CountSentReset() {
   if (options_.max_sent_resets_per_window == 0) return;
   const int64_t window = std::max<int64_t>(options_.sent_reset_window_ms, 1);
-  const int64_t cap =
-      static_cast<int64_t>(options_.max_sent_resets_per_window) * window;
+  const int64_t cap = static_cast<int64_t>(options_.max_sent_resets_per_window) * window;
   int64_t now = Now();
   int64_t elapsed = std::max<int64_t>(now - reset_budget_at_ms_, 0);
   reset_budget_at_ms_ = now;
   // Refill max_sent_resets_per_window tokens per window; one token costs
   // `window` units, so the arithmetic stays in integers.
   reset_budget_ = std::min(
-      cap, reset_budget_ + elapsed * static_cast<int64_t>(
-                                         options_.max_sent_resets_per_window));
+      cap, reset_budget_ + elapsed * static_cast<int64_t>(options_.max_sent_resets_per_window));
   reset_budget_ -= window;
   if (reset_budget_ < 0) {
     Fail(NGHTTP2_ENHANCE_YOUR_CALM, "too many streams reset");
@@ -534,10 +515,8 @@ void H2ServerCodec::CountSentReset() {
 
 void H2ServerCodec::CheckQueueBound() {
   if (failed_) return;
-  if (nghttp2_session_get_outbound_queue_size(session_) >
-      options_.max_queued_frames) {
-    Fail(NGHTTP2_ENHANCE_YOUR_CALM,
-         "client does not read the frames it provokes");
+  if (nghttp2_session_get_outbound_queue_size(session_) > options_.max_queued_frames) {
+    Fail(NGHTTP2_ENHANCE_YOUR_CALM, "client does not read the frames it provokes");
   }
 }
 
@@ -550,8 +529,7 @@ void H2ServerCodec::Fail(uint32_t error_code, std::string_view why) {
     // no-op. Otherwise the GOAWAY goes out after the control frames already
     // queued (HEADERS and DATA are dropped from now on).
     int rv = nghttp2_session_terminate_session2(
-        session_, nghttp2_session_get_last_proc_stream_id(session_),
-        error_code);
+        session_, nghttp2_session_get_last_proc_stream_id(session_), error_code);
     if (rv != 0) abandoned_ = true;
   }
   for (auto& [id, s] : streams_) {

@@ -65,8 +65,7 @@ class H2StreamSink {
   // follows without Content-Length, so that the request can be relayed
   // upstream with chunked framing. `end_stream`: the request has no body
   // (OnRequestEnd follows at once).
-  virtual void OnRequestHeaders(int32_t stream_id, RequestHead head,
-                                bool end_stream) = 0;
+  virtual void OnRequestHeaders(int32_t stream_id, RequestHead head, bool end_stream) = 0;
 
   // Request body bytes, in order. `data` is a sub-view of the Slice given to
   // Dispatch (no copy) unless the piece is smaller than
@@ -76,8 +75,7 @@ class H2StreamSink {
   virtual void OnRequestData(int32_t stream_id, core::Slice data) = 0;
 
   // The request's trailer fields (lowercase names); OnRequestEnd follows.
-  virtual void OnRequestTrailers(int32_t stream_id,
-                                 std::vector<Header> trailers) = 0;
+  virtual void OnRequestTrailers(int32_t stream_id, std::vector<Header> trailers) = 0;
 
   // The client finished its request (END_STREAM).
   virtual void OnRequestEnd(int32_t stream_id) = 0;
@@ -276,8 +274,7 @@ class H2ServerCodec {
   // which is restated from `head.content_length` when set. `end_stream`:
   // there is no body (HEAD, 204, 304). A 1xx status queues an interim
   // response (end_stream must be false); the final one follows.
-  absl::Status SubmitResponse(int32_t stream_id, const ResponseHead& head,
-                              bool end_stream);
+  absl::Status SubmitResponse(int32_t stream_id, const ResponseHead& head, bool end_stream);
 
   // Queues response body bytes. The codec keeps a reference to `data`'s
   // memory until TakeOutput hands it out. May be called before
@@ -291,8 +288,7 @@ class H2ServerCodec {
   // A complete error response with body {"error":"<message>"} and
   // content-type application/json (status per DESIGN.md: 400, 413, 431,
   // ...). `retry_after_seconds` > 0 adds retry-after.
-  absl::Status SubmitJsonError(int32_t stream_id, int status,
-                               std::string_view message,
+  absl::Status SubmitJsonError(int32_t stream_id, int status, std::string_view message,
                                int retry_after_seconds = 0);
 
   // Sends RST_STREAM(error_code) and forgets the stream: queued response
@@ -347,8 +343,8 @@ class H2ServerCodec {
   // sink, and the read callback of every response body.
   void Enqueue(Stream* s, Event ev);
   static ssize_t ReadDataCallback(nghttp2_session* session, int32_t stream_id, uint8_t* buf,
-                                  size_t length, uint32_t* data_flags,
-                                  nghttp2_data_source* source, void* user_data);
+                                  size_t length, uint32_t* data_flags, nghttp2_data_source* source,
+                                  void* user_data);
 
   int64_t Now() const;
   Stream* FindLive(int32_t stream_id);
@@ -368,10 +364,8 @@ class H2ServerCodec {
   void CountSentReset();
   void Fail(uint32_t error_code, std::string_view why);
   void CheckQueueBound();
-  absl::Status SubmitFinalHead(Stream* s, int status,
-                               std::vector<Header> fields, bool end_stream);
-  absl::Status SubmitJsonErrorOn(Stream* s, int status,
-                                 std::string_view message,
+  absl::Status SubmitFinalHead(Stream* s, int status, std::vector<Header> fields, bool end_stream);
+  absl::Status SubmitJsonErrorOn(Stream* s, int status, std::string_view message,
                                  int retry_after_seconds);
   void FinishRequestHead(Stream* s, bool end_stream);
   // Refuses a head that may not be relayed (431, 501, 400 or a reset);
@@ -395,13 +389,13 @@ class H2ServerCodec {
   size_t pending_bytes_ = 0;
   size_t queued_total_ = 0;  // sum of Stream::queued
   size_t views_total_ = 0;   // sum of Stream::views
-  size_t pump_limit_ = 0;  // the limit of the Pump in progress (0: none)
+  size_t pump_limit_ = 0;    // the limit of the Pump in progress (0: none)
 
   const core::Slice* input_ = nullptr;  // during Dispatch
   bool in_nghttp2_ = false;             // inside an nghttp2 call
   bool in_sink_ = false;                // inside a sink event
   bool failed_ = false;                 // connection error: stop reading
-  bool abandoned_ = false;  // nghttp2 failed fatally: no more calls to it
+  bool abandoned_ = false;              // nghttp2 failed fatally: no more calls to it
   size_t open_streams_ = 0;
   absl::Status status_;
 

@@ -23,7 +23,6 @@
 namespace sluice::http {
 namespace h2_internal {
 
-
 // Output Dispatch prepares on its own before the engine takes it: enough for
 // the replies a burst of input provokes (and for the GOAWAY of a connection
 // error to be found at once), small enough that a client that does not read
@@ -71,7 +70,7 @@ inline std::vector<nghttp2_nv> MakeNvs(const std::vector<Header>& fields) {
 // Response fields as HTTP/2 wants them: lowercase names, no
 // connection-specific fields (RFC 9113 8.2.2), no pseudo-headers.
 inline std::vector<Header> ResponseFields(const std::vector<Header>& in,
-                                   std::string_view connection_tokens) {
+                                          std::string_view connection_tokens) {
   std::vector<Header> out;
   out.reserve(in.size() + 2);
   for (const Header& h : in) {
@@ -86,18 +85,16 @@ inline std::vector<Header> ResponseFields(const std::vector<Header>& in,
 }
 
 inline absl::Status ConnectionError(uint32_t code, std::string_view why) {
-  std::string msg =
-      absl::StrCat("HTTP/2 connection error ", nghttp2_http2_strerror(code),
-                   ": ", absl::string_view(why.data(), why.size()));
+  std::string msg = absl::StrCat("HTTP/2 connection error ", nghttp2_http2_strerror(code), ": ",
+                                 absl::string_view(why.data(), why.size()));
   switch (code) {
     case NGHTTP2_ENHANCE_YOUR_CALM:
       return absl::ResourceExhaustedError(msg);
     case NGHTTP2_INTERNAL_ERROR:
       // nghttp2 ends the session with INTERNAL_ERROR when the client's
       // RST_STREAM rate limit (rapid reset) is exceeded.
-      return absl::InternalError(
-          why.empty() ? msg + "stream reset rate limit or internal failure"
-                      : msg);
+      return absl::InternalError(why.empty() ? msg + "stream reset rate limit or internal failure"
+                                             : msg);
     default:
       return absl::InvalidArgumentError(msg);
   }
@@ -115,7 +112,6 @@ inline uint32_t CodeForLibError(ssize_t rv) {
       return NGHTTP2_INTERNAL_ERROR;
   }
 }
-
 
 // nghttp2's callbacks for a server session (h2_callbacks.cc); the caller
 // deletes them.
@@ -186,7 +182,7 @@ struct H2ServerCodec::Stream {
   };
   std::deque<Piece> queue;
   size_t queued = 0;
-  size_t views = 0;  // entries of `queue` that are views
+  size_t views = 0;   // entries of `queue` that are views
   uint64_t sent = 0;  // response body bytes framed so far
   // Small pieces that have to wait are copied here, one block after the
   // other, so a backlog of tokens costs its bytes, not a receive buffer
@@ -215,9 +211,7 @@ struct H2ServerCodec::Event {
   core::Slice data;
   std::vector<Header> trailers;
 
-  bool terminal() const {
-    return kind == Kind::kClosed || kind == Kind::kReset;
-  }
+  bool terminal() const { return kind == Kind::kClosed || kind == Kind::kReset; }
 };
 
 }  // namespace sluice::http

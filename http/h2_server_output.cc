@@ -1,5 +1,3 @@
-#include "http/h2_server_codec.h"
-
 #include <nghttp2/nghttp2.h>
 
 #include <algorithm>
@@ -13,6 +11,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "http/h2_server_codec.h"
 #include "http/h2_server_codec_internal.h"
 #include "http/serialize.h"
 namespace sluice::http {
@@ -36,8 +35,7 @@ void H2ServerCodec::ResumeIfDeferred(Stream* s) {
   }
 }
 
-absl::Status H2ServerCodec::SubmitFinalHead(Stream* s, int status,
-                                            std::vector<Header> fields,
+absl::Status H2ServerCodec::SubmitFinalHead(Stream* s, int status, std::vector<Header> fields,
                                             bool end_stream) {
   std::string status_text = std::to_string(status);
   std::vector<nghttp2_nv> nva;
@@ -47,8 +45,7 @@ absl::Status H2ServerCodec::SubmitFinalHead(Stream* s, int status,
   for (const Header& h : fields) nva.push_back(MakeNv(h.name, h.value));
   int rv;
   if (end_stream) {
-    rv = nghttp2_submit_response(session_, s->id, nva.data(), nva.size(),
-                                 nullptr);
+    rv = nghttp2_submit_response(session_, s->id, nva.data(), nva.size(), nullptr);
   } else {
     nghttp2_data_provider prd;
     prd.source.ptr = nullptr;
@@ -56,8 +53,7 @@ absl::Status H2ServerCodec::SubmitFinalHead(Stream* s, int status,
     rv = nghttp2_submit_response(session_, s->id, nva.data(), nva.size(), &prd);
   }
   if (rv != 0) {
-    return absl::InternalError(
-        absl::StrCat("nghttp2_submit_response: ", nghttp2_strerror(rv)));
+    return absl::InternalError(absl::StrCat("nghttp2_submit_response: ", nghttp2_strerror(rv)));
   }
   s->response_submitted = true;
   ++s->heads_queued;
@@ -65,8 +61,7 @@ absl::Status H2ServerCodec::SubmitFinalHead(Stream* s, int status,
   return absl::OkStatus();
 }
 
-absl::Status H2ServerCodec::SubmitResponse(int32_t stream_id,
-                                           const ResponseHead& head,
+absl::Status H2ServerCodec::SubmitResponse(int32_t stream_id, const ResponseHead& head,
                                            bool end_stream) {
   Stream* s = FindLive(stream_id);
   if (s == nullptr) return absl::NotFoundError("no such stream");
@@ -81,19 +76,17 @@ absl::Status H2ServerCodec::SubmitResponse(int32_t stream_id,
   std::vector<Header> fields = ResponseFields(head.headers, tokens);
   if (head.status < 200) {
     if (end_stream) {
-      return absl::InvalidArgumentError(
-          "an interim response cannot end the stream");
+      return absl::InvalidArgumentError("an interim response cannot end the stream");
     }
     std::string status_text = std::to_string(head.status);
     static const std::string kStatus = ":status";
     std::vector<nghttp2_nv> nva;
     nva.push_back(MakeNv(kStatus, status_text));
     for (const Header& h : fields) nva.push_back(MakeNv(h.name, h.value));
-    int rv = nghttp2_submit_headers(session_, NGHTTP2_FLAG_NONE, stream_id,
-                                    nullptr, nva.data(), nva.size(), nullptr);
+    int rv = nghttp2_submit_headers(session_, NGHTTP2_FLAG_NONE, stream_id, nullptr, nva.data(),
+                                    nva.size(), nullptr);
     if (rv != 0) {
-      return absl::InternalError(
-          absl::StrCat("nghttp2_submit_headers: ", nghttp2_strerror(rv)));
+      return absl::InternalError(absl::StrCat("nghttp2_submit_headers: ", nghttp2_strerror(rv)));
     }
     ++s->heads_queued;
     return absl::OkStatus();
@@ -105,8 +98,7 @@ absl::Status H2ServerCodec::SubmitResponse(int32_t stream_id,
   if (head.content_length.has_value() && head.status != 204) {
     fields.push_back({"content-length", std::to_string(*head.content_length)});
   }
-  absl::Status st =
-      SubmitFinalHead(s, head.status, std::move(fields), end_stream);
+  absl::Status st = SubmitFinalHead(s, head.status, std::move(fields), end_stream);
   if (st.ok() && !end_stream) {
     // The provider was never deferred; nghttp2 asks for data when it can.
     s->deferred = false;
@@ -127,11 +119,11 @@ absl::Status H2ServerCodec::SendData(int32_t stream_id, core::Slice data) {
   // the stream's block, and so is every waiting piece once the connection
   // holds options_.connection_max_views views.
   const size_t n = data.size();
-  const bool waits = s->queue.size() > 0 || !s->response_submitted ||
-                     SendWindow(s->id) < static_cast<int64_t>(n);
+  const bool waits =
+      s->queue.size() > 0 || !s->response_submitted || SendWindow(s->id) < static_cast<int64_t>(n);
   if (waits && (n < options_.copy_data_below || views_total_ >= options_.connection_max_views)) {
-    core::Slice copy = n <= kCopyBlockBytes ? s->copies.Append(data.view())
-                                            : core::Slice::Copy(data.view());
+    core::Slice copy =
+        n <= kCopyBlockBytes ? s->copies.Append(data.view()) : core::Slice::Copy(data.view());
     if (s->queue.empty() || s->queue.back().view || !s->queue.back().bytes.Extend(copy)) {
       s->queue.push_back(Stream::Piece{std::move(copy), false});
     }
@@ -162,8 +154,7 @@ void H2ServerCodec::ClearQueue(Stream* s) {
   SetQueued(s, 0);
 }
 
-absl::Status H2ServerCodec::EndStream(int32_t stream_id,
-                                      std::vector<Header> trailers) {
+absl::Status H2ServerCodec::EndStream(int32_t stream_id, std::vector<Header> trailers) {
   Stream* s = FindLive(stream_id);
   if (s == nullptr) return absl::NotFoundError("no such stream");
   if (!s->response_submitted) {
@@ -176,8 +167,7 @@ absl::Status H2ServerCodec::EndStream(int32_t stream_id,
   return absl::OkStatus();
 }
 
-absl::Status H2ServerCodec::SubmitJsonErrorOn(Stream* s, int status,
-                                              std::string_view message,
+absl::Status H2ServerCodec::SubmitJsonErrorOn(Stream* s, int status, std::string_view message,
                                               int retry_after_seconds) {
   std::string body = "{\"error\":\"";
   AppendJsonEscaped(message, &body);
@@ -197,8 +187,7 @@ absl::Status H2ServerCodec::SubmitJsonErrorOn(Stream* s, int status,
   return absl::OkStatus();
 }
 
-absl::Status H2ServerCodec::SubmitJsonError(int32_t stream_id, int status,
-                                            std::string_view message,
+absl::Status H2ServerCodec::SubmitJsonError(int32_t stream_id, int status, std::string_view message,
                                             int retry_after_seconds) {
   Stream* s = FindLive(stream_id);
   if (s == nullptr) return absl::NotFoundError("no such stream");
@@ -208,8 +197,7 @@ absl::Status H2ServerCodec::SubmitJsonError(int32_t stream_id, int status,
   return SubmitJsonErrorOn(s, status, message, retry_after_seconds);
 }
 
-absl::Status H2ServerCodec::ResetStream(int32_t stream_id,
-                                        uint32_t error_code) {
+absl::Status H2ServerCodec::ResetStream(int32_t stream_id, uint32_t error_code) {
   auto it = streams_.find(stream_id);
   if (it == streams_.end()) return absl::OkStatus();
   Stream* s = it->second.get();
@@ -222,8 +210,7 @@ absl::Status H2ServerCodec::ResetStream(int32_t stream_id,
       // the response that broke (see Stream::heads_queued).
       s->reset_after_head = error_code;
     } else {
-      nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, stream_id,
-                                error_code);
+      nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, stream_id, error_code);
     }
   }
   return absl::OkStatus();
@@ -278,8 +265,8 @@ void H2ServerCodec::SubmitShutdownNotice() {
 void H2ServerCodec::GracefulGoaway() {
   if (failed_) return;
   nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE,
-                        nghttp2_session_get_last_proc_stream_id(session_),
-                        NGHTTP2_NO_ERROR, nullptr, 0);
+                        nghttp2_session_get_last_proc_stream_id(session_), NGHTTP2_NO_ERROR,
+                        nullptr, 0);
 }
 
 size_t H2ServerCodec::active_streams() const { return open_streams_; }

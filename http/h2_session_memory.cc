@@ -21,9 +21,7 @@ constexpr size_t kFrameBufferMin = 16384;
 
 size_t RoundToPages(size_t n) { return (n + kPage - 1) / kPage * kPage; }
 
-bool PageAligned(const void* p) {
-  return (reinterpret_cast<uintptr_t>(p) & (kPage - 1)) == 0;
-}
+bool PageAligned(const void* p) { return (reinterpret_cast<uintptr_t>(p) & (kPage - 1)) == 0; }
 
 bool AllZero(const void* p, size_t n) {
   const auto* b = static_cast<const unsigned char*>(p);
@@ -50,8 +48,7 @@ struct Pool {
       p = it->second.back();
       it->second.pop_back();
     } else {
-      p = mmap(nullptr, mapped, PROT_READ | PROT_WRITE,
-               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      p = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (p == MAP_FAILED) return nullptr;  // nghttp2 reports NOMEM
     }
     live.emplace(p, Live{mapped, collecting});
@@ -143,9 +140,7 @@ H2SessionMemory::CreationScope::CreationScope(std::vector<Block>* blocks)
   ThisThreadPool().collecting = blocks;
 }
 
-H2SessionMemory::CreationScope::~CreationScope() {
-  ThisThreadPool().collecting = previous_;
-}
+H2SessionMemory::CreationScope::~CreationScope() { ThisThreadPool().collecting = previous_; }
 
 void H2SessionMemory::ReleaseIdle(const std::vector<Block>& blocks) {
   Pool& pool = ThisThreadPool();

@@ -102,8 +102,7 @@ bool ValidWebSocketKey(std::string_view key) {
 }
 
 namespace {
-const Header* FindIn(const std::vector<Header>& headers,
-                     std::string_view name) {
+const Header* FindIn(const std::vector<Header>& headers, std::string_view name) {
   for (const Header& h : headers) {
     if (EqualsIgnoreCase(h.name, name)) return &h;
   }
@@ -111,53 +110,72 @@ const Header* FindIn(const std::vector<Header>& headers,
 }
 }  // namespace
 
-const Header* RequestHead::Find(std::string_view name) const {
-  return FindIn(headers, name);
-}
+const Header* RequestHead::Find(std::string_view name) const { return FindIn(headers, name); }
 
-const Header* ResponseHead::Find(std::string_view name) const {
-  return FindIn(headers, name);
-}
+const Header* ResponseHead::Find(std::string_view name) const { return FindIn(headers, name); }
 
 bool IsHopByHop(std::string_view name, std::string_view connection_tokens) {
   static constexpr std::string_view kHopByHop[] = {
-      "connection",        "keep-alive", "proxy-connection",
-      "transfer-encoding", "te",         "trailer",
-      "upgrade",           "proxy-authenticate", "proxy-authorization"};
+      "connection", "keep-alive", "proxy-connection",   "transfer-encoding",  "te",
+      "trailer",    "upgrade",    "proxy-authenticate", "proxy-authorization"};
   for (std::string_view h : kHopByHop) {
     if (EqualsIgnoreCase(name, h)) return true;
   }
-  return !connection_tokens.empty() &&
-         HeaderListHasToken(connection_tokens, name);
+  return !connection_tokens.empty() && HeaderListHasToken(connection_tokens, name);
 }
 
 std::string_view ReasonPhrase(int status) {
   switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Content Too Large";
-    case 417: return "Expectation Failed";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 499: return "Client Closed Request";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Unknown";
+    case 100:
+      return "Continue";
+    case 101:
+      return "Switching Protocols";
+    case 200:
+      return "OK";
+    case 201:
+      return "Created";
+    case 204:
+      return "No Content";
+    case 301:
+      return "Moved Permanently";
+    case 302:
+      return "Found";
+    case 304:
+      return "Not Modified";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 408:
+      return "Request Timeout";
+    case 413:
+      return "Content Too Large";
+    case 417:
+      return "Expectation Failed";
+    case 429:
+      return "Too Many Requests";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 499:
+      return "Client Closed Request";
+    case 500:
+      return "Internal Server Error";
+    case 501:
+      return "Not Implemented";
+    case 502:
+      return "Bad Gateway";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    default:
+      return "Unknown";
   }
 }
 

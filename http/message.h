@@ -51,12 +51,12 @@ struct RequestHead {
   std::string host;
   std::optional<uint64_t> content_length;
   bool chunked = false;
-  bool keep_alive = true;       // the client's wish, from version + Connection
+  bool keep_alive = true;  // the client's wish, from version + Connection
   // A WebSocket handshake (RFC 6455 4.1) checked by the codec: the only
   // upgrade the proxy forwards. Other Upgrade values are dropped and the
   // request is served as ordinary HTTP.
   bool upgrade = false;
-  bool expect_continue = false; // Expect: 100-continue
+  bool expect_continue = false;  // Expect: 100-continue
 
   // First header named `name` (case-insensitive), or nullptr.
   const Header* Find(std::string_view name) const;

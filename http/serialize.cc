@@ -16,8 +16,7 @@ std::string JoinedConnection(const std::vector<Header>& headers) {
   return joined;
 }
 
-void AppendField(std::string_view name, std::string_view value,
-                 std::string* out) {
+void AppendField(std::string_view name, std::string_view value, std::string* out) {
   out->append(name);
   out->append(": ");
   out->append(value);
@@ -26,8 +25,8 @@ void AppendField(std::string_view name, std::string_view value,
 
 }  // namespace
 
-void AppendUpstreamRequestHead(const RequestHead& head,
-                               const ForwardContext& ctx, std::string* out) {
+void AppendUpstreamRequestHead(const RequestHead& head, const ForwardContext& ctx,
+                               std::string* out) {
   out->append(head.method);
   out->push_back(' ');
   out->append(head.target);
@@ -73,17 +72,14 @@ void AppendUpstreamRequestHead(const RequestHead& head,
   out->append("\r\n");
 }
 
-void AppendDownstreamResponseHead(const ResponseHead& head, BodyFraming framing,
-                                  bool close, std::string* out,
-                                  std::string_view extra_fields) {
+void AppendDownstreamResponseHead(const ResponseHead& head, BodyFraming framing, bool close,
+                                  std::string* out, std::string_view extra_fields) {
   absl::StrAppend(out, "HTTP/1.1 ", head.status, " ");
-  out->append(head.reason.empty() ? ReasonPhrase(head.status)
-                                  : std::string_view(head.reason));
+  out->append(head.reason.empty() ? ReasonPhrase(head.status) : std::string_view(head.reason));
   out->append("\r\n");
   const std::string connection = JoinedConnection(head.headers);
   for (const Header& h : head.headers) {
-    if (IsHopByHop(h.name, connection) ||
-        EqualsIgnoreCase(h.name, "content-length")) {
+    if (IsHopByHop(h.name, connection) || EqualsIgnoreCase(h.name, "content-length")) {
       continue;
     }
     AppendField(h.name, h.value, out);
@@ -120,11 +116,21 @@ void AppendJsonEscaped(std::string_view s, std::string* out) {
   static constexpr char kHex[] = "0123456789abcdef";
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out->append("\\\""); break;
-      case '\\': out->append("\\\\"); break;
-      case '\n': out->append("\\n"); break;
-      case '\r': out->append("\\r"); break;
-      case '\t': out->append("\\t"); break;
+      case '"':
+        out->append("\\\"");
+        break;
+      case '\\':
+        out->append("\\\\");
+        break;
+      case '\n':
+        out->append("\\n");
+        break;
+      case '\r':
+        out->append("\\r");
+        break;
+      case '\t':
+        out->append("\\t");
+        break;
       default:
         if (c < 0x20) {
           out->append("\\u00");
@@ -150,8 +156,8 @@ std::string RedirectResponse(std::string_view location, bool close) {
   body += "\"}\n";
   std::string out = "HTTP/1.1 301 Moved Permanently\r\nLocation: ";
   out.append(location.data(), location.size());
-  absl::StrAppend(&out, "\r\nContent-Type: application/json\r\nContent-Length: ",
-                  body.size(), "\r\n");
+  absl::StrAppend(&out, "\r\nContent-Type: application/json\r\nContent-Length: ", body.size(),
+                  "\r\n");
   if (close) out += "Connection: close\r\n";
   out += "\r\n";
   out += body;
@@ -159,13 +165,14 @@ std::string RedirectResponse(std::string_view location, bool close) {
 }
 
 std::string JsonErrorResponse(int status, std::string_view message, bool close,
-                              int retry_after_seconds,
-                              std::string_view extra_fields) {
+                              int retry_after_seconds, std::string_view extra_fields) {
   std::string body = JsonErrorBody(message);
   std::string out = absl::StrCat("HTTP/1.1 ", status, " ");
   out.append(ReasonPhrase(status));
-  absl::StrAppend(&out, "\r\nContent-Type: application/json\r\n"
-                                 "Content-Length: ", body.size(), "\r\n");
+  absl::StrAppend(&out,
+                  "\r\nContent-Type: application/json\r\n"
+                  "Content-Length: ",
+                  body.size(), "\r\n");
   if (retry_after_seconds > 0) {
     absl::StrAppend(&out, "Retry-After: ", retry_after_seconds, "\r\n");
   }

@@ -28,8 +28,8 @@ struct ForwardContext {
 // request's Connection are dropped, except those the proxy sets itself. A
 // WebSocket handshake (head.upgrade) gets Upgrade: websocket and
 // Connection: upgrade; no other request carries an Upgrade.
-void AppendUpstreamRequestHead(const RequestHead& head,
-                               const ForwardContext& ctx, std::string* out);
+void AppendUpstreamRequestHead(const RequestHead& head, const ForwardContext& ctx,
+                               std::string* out);
 
 // How the proxy frames a response body towards its client.
 enum class BodyFraming {
@@ -44,15 +44,13 @@ enum class BodyFraming {
 // `close` is set. A 101 keeps Upgrade and gets Connection: upgrade.
 // `extra_fields` are complete "Name: value\r\n" lines the proxy adds (e.g.
 // Strict-Transport-Security on TLS connections).
-void AppendDownstreamResponseHead(const ResponseHead& head, BodyFraming framing,
-                                  bool close, std::string* out,
-                                  std::string_view extra_fields = {});
+void AppendDownstreamResponseHead(const ResponseHead& head, BodyFraming framing, bool close,
+                                  std::string* out, std::string_view extra_fields = {});
 
 // A complete response with body {"error":"<message>"} (JSON-escaped).
 // `retry_after_seconds` > 0 adds Retry-After; `extra_fields` as above.
 std::string JsonErrorResponse(int status, std::string_view message, bool close,
-                              int retry_after_seconds = 0,
-                              std::string_view extra_fields = {});
+                              int retry_after_seconds = 0, std::string_view extra_fields = {});
 
 // The JSON body alone: {"error":"<message>"} and a newline.
 std::string JsonErrorBody(std::string_view message);

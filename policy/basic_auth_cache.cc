@@ -41,8 +41,7 @@ BasicAuthCache::~BasicAuthCache() {
   OPENSSL_cleanse(&outer_, sizeof(outer_));
 }
 
-BasicAuthCache::Key BasicAuthCache::MakeKey(absl::string_view user,
-                                            absl::string_view password) {
+BasicAuthCache::Key BasicAuthCache::MakeKey(absl::string_view user, absl::string_view password) {
   uint8_t length[8];
   uint64_t n = user.size();
   for (uint8_t& b : length) {
@@ -63,8 +62,7 @@ BasicAuthCache::Key BasicAuthCache::MakeKey(absl::string_view user,
   return key;
 }
 
-CacheResult BasicAuthCache::Lookup(absl::string_view user,
-                                   absl::string_view password,
+CacheResult BasicAuthCache::Lookup(absl::string_view user, absl::string_view password,
                                    uint64_t generation, int64_t now_ns) {
   if (index_.empty()) return CacheResult::kMiss;
   auto it = index_.find(MakeKey(user, password));
@@ -77,8 +75,8 @@ CacheResult BasicAuthCache::Lookup(absl::string_view user,
   return slot.valid ? CacheResult::kValid : CacheResult::kInvalid;
 }
 
-void BasicAuthCache::Insert(absl::string_view user, absl::string_view password,
-                            bool valid, uint64_t generation, int64_t now_ns) {
+void BasicAuthCache::Insert(absl::string_view user, absl::string_view password, bool valid,
+                            uint64_t generation, int64_t now_ns) {
   if (slots_.empty()) return;
   const int64_t ttl_ns = valid ? positive_ttl_ns_ : negative_ttl_ns_;
   Key key = MakeKey(user, password);
@@ -120,8 +118,7 @@ uint32_t BasicAuthCache::TakeSlot(uint64_t generation, int64_t now_ns) {
     hand_ = hand_ + 1 == capacity ? 0 : hand_ + 1;
     Slot& slot = slots_[i];
     if (!slot.used) return i;
-    const bool stale =
-        slot.generation != generation || now_ns >= slot.expires_ns;
+    const bool stale = slot.generation != generation || now_ns >= slot.expires_ns;
     if (stale || !slot.referenced) {
       index_.erase(slot.key);
       slot.used = false;

@@ -49,8 +49,7 @@ class BasicAuthCache {
   // A cache of at most `capacity` entries (0 disables it: every Lookup
   // misses). Valid results are kept for `positive_ttl`, refusals for
   // `negative_ttl`; a TTL of zero or less keeps none of that kind.
-  BasicAuthCache(size_t capacity, absl::Duration positive_ttl,
-                 absl::Duration negative_ttl);
+  BasicAuthCache(size_t capacity, absl::Duration positive_ttl, absl::Duration negative_ttl);
   BasicAuthCache(BasicAuthCache&&) = default;
   BasicAuthCache& operator=(BasicAuthCache&&) = default;
   ~BasicAuthCache();
@@ -61,13 +60,13 @@ class BasicAuthCache {
   // another generation. The arguments are only read during the call. Costs
   // one HMAC-SHA256 (two SHA-256 blocks for credentials up to 47 bytes)
   // and a hash-table probe.
-  CacheResult Lookup(absl::string_view user, absl::string_view password,
-                     uint64_t generation, int64_t now_ns);
+  CacheResult Lookup(absl::string_view user, absl::string_view password, uint64_t generation,
+                     int64_t now_ns);
 
   // Records that (`user`, `password`) verified (`valid`) or did not under
   // `generation` at `now_ns`, replacing any entry for them.
-  void Insert(absl::string_view user, absl::string_view password, bool valid,
-              uint64_t generation, int64_t now_ns);
+  void Insert(absl::string_view user, absl::string_view password, bool valid, uint64_t generation,
+              int64_t now_ns);
 
   // Entries held, fresh or not.
   size_t size() const { return index_.size(); }
@@ -109,8 +108,8 @@ class BasicAuthCache {
   SHA256_CTX outer_;
   std::vector<Slot> slots_;
   absl::flat_hash_map<Key, uint32_t, KeyHash> index_;  // key -> slot
-  uint32_t next_unused_ = 0;  // slots below this have been used
-  uint32_t hand_ = 0;         // CLOCK hand
+  uint32_t next_unused_ = 0;                           // slots below this have been used
+  uint32_t hand_ = 0;                                  // CLOCK hand
 };
 
 }  // namespace sluice::policy

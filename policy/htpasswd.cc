@@ -30,9 +30,8 @@ constexpr absl::string_view kCryptB64 =
 constexpr absl::string_view kApr1Magic = "$apr1$";
 
 bool AllCryptB64(absl::string_view s) {
-  return std::all_of(s.begin(), s.end(), [](char c) {
-    return kCryptB64.find(c) != absl::string_view::npos;
-  });
+  return std::all_of(s.begin(), s.end(),
+                     [](char c) { return kCryptB64.find(c) != absl::string_view::npos; });
 }
 
 bool AllDigits(absl::string_view s) {
@@ -52,11 +51,8 @@ constexpr uint64_t kSha1Ns = 1'000;
 // md5-crypt (Poul-Henning Kamp, FreeBSD 1994), as Apache's apr_md5_encode
 // computes it for `magic` "$apr1$": the magic takes part in the hash. Salt:
 // at most 8 characters. Returns magic + salt + "$" + 22 characters.
-std::string Md5Crypt(absl::string_view magic, absl::string_view pw,
-                     absl::string_view salt) {
-  auto update = [](MD5_CTX* ctx, absl::string_view s) {
-    MD5_Update(ctx, s.data(), s.size());
-  };
+std::string Md5Crypt(absl::string_view magic, absl::string_view pw, absl::string_view salt) {
+  auto update = [](MD5_CTX* ctx, absl::string_view s) { MD5_Update(ctx, s.data(), s.size()); };
   uint8_t final[MD5_DIGEST_LENGTH];
   MD5_CTX ctx;
   MD5_Init(&ctx);
@@ -107,11 +103,9 @@ std::string Md5Crypt(absl::string_view magic, absl::string_view pw,
       v >>= 6;
     }
   };
-  static constexpr int kOrder[5][3] = {
-      {0, 6, 12}, {1, 7, 13}, {2, 8, 14}, {3, 9, 15}, {4, 10, 5}};
+  static constexpr int kOrder[5][3] = {{0, 6, 12}, {1, 7, 13}, {2, 8, 14}, {3, 9, 15}, {4, 10, 5}};
   for (const auto& o : kOrder) {
-    to64(uint32_t{final[o[0]]} << 16 | uint32_t{final[o[1]]} << 8 | final[o[2]],
-         4);
+    to64(uint32_t{final[o[0]]} << 16 | uint32_t{final[o[1]]} << 8 | final[o[2]], 4);
   }
   to64(final[11], 2);
   OPENSSL_cleanse(final, sizeof(final));
@@ -125,8 +119,8 @@ std::string CryptRn(absl::string_view password, const std::string& setting) {
   // Value-initialized: zeroed, as crypt_rn wants on first use.
   auto data = std::make_unique<crypt_data>();
   std::string pw(password);
-  const char* result = crypt_rn(pw.c_str(), setting.c_str(), data.get(),
-                                static_cast<int>(sizeof(crypt_data)));
+  const char* result =
+      crypt_rn(pw.c_str(), setting.c_str(), data.get(), static_cast<int>(sizeof(crypt_data)));
   std::string out;
   // libxcrypt fails with NULL or a string starting with '*'.
   if (result != nullptr && result[0] != '*') out = result;
@@ -144,8 +138,7 @@ absl::string_view Md5Salt(absl::string_view hash, absl::string_view magic) {
 
 std::string Sha1Base64(absl::string_view password) {
   uint8_t digest[SHA_DIGEST_LENGTH];
-  SHA1(reinterpret_cast<const uint8_t*>(password.data()), password.size(),
-       digest);
+  SHA1(reinterpret_cast<const uint8_t*>(password.data()), password.size(), digest);
   return absl::Base64Escape(
       absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
 }
@@ -155,22 +148,20 @@ std::string Sha1Base64(absl::string_view password) {
 bool ValidMd5Hash(absl::string_view hash, absl::string_view magic) {
   absl::string_view rest = hash.substr(magic.size());
   size_t dollar = rest.find('$');
-  return dollar != absl::string_view::npos && dollar <= 8 &&
-         rest.size() - dollar - 1 == 22 && AllCryptB64(rest.substr(dollar + 1));
+  return dollar != absl::string_view::npos && dollar <= 8 && rest.size() - dollar - 1 == 22 &&
+         AllCryptB64(rest.substr(dollar + 1));
 }
 
 // Checks a "$5$" / "$6$" hash: prefix, optional "rounds=N$", a salt of at
 // most 16 characters (crypt truncates longer ones, which would never match),
 // '$', `hash_chars` characters. Sets `*rounds` (5000 when absent, clamped to
 // 1000..999999999 as crypt does).
-bool ValidShaCryptHash(absl::string_view hash, size_t hash_chars,
-                       uint64_t* rounds) {
+bool ValidShaCryptHash(absl::string_view hash, size_t hash_chars, uint64_t* rounds) {
   absl::string_view rest = hash.substr(3);
   *rounds = 5000;
   if (absl::ConsumePrefix(&rest, "rounds=")) {
     size_t dollar = rest.find('$');
-    if (dollar == absl::string_view::npos || dollar > 9 ||
-        !AllDigits(rest.substr(0, dollar))) {
+    if (dollar == absl::string_view::npos || dollar > 9 || !AllDigits(rest.substr(0, dollar))) {
       return false;
     }
     uint64_t n = 0;
@@ -180,10 +171,8 @@ bool ValidShaCryptHash(absl::string_view hash, size_t hash_chars,
   }
   size_t dollar = rest.find('$');
   return dollar != absl::string_view::npos && dollar <= 16 &&
-         rest.substr(0, dollar).find_first_of(":\n") ==
-             absl::string_view::npos &&
-         rest.size() - dollar - 1 == hash_chars &&
-         AllCryptB64(rest.substr(dollar + 1));
+         rest.substr(0, dollar).find_first_of(":\n") == absl::string_view::npos &&
+         rest.size() - dollar - 1 == hash_chars && AllCryptB64(rest.substr(dollar + 1));
 }
 
 // The scheme's name in an error: "$xyz$" or "{XYZ}".
@@ -225,17 +214,15 @@ bool Htpasswd::Check(const Entry& entry, absl::string_view password) {
       computed = CryptRn(password, entry.hash);
       break;
     case Scheme::kApr1:
-      computed =
-          Md5Crypt(kApr1Magic, password, Md5Salt(entry.hash, kApr1Magic));
+      computed = Md5Crypt(kApr1Magic, password, Md5Salt(entry.hash, kApr1Magic));
       break;
     case Scheme::kSha1:
       computed = absl::StrCat("{SHA}", Sha1Base64(password));
       break;
   }
   // The length is the scheme's, not a secret.
-  bool match =
-      computed.size() == entry.hash.size() &&
-      CRYPTO_memcmp(computed.data(), entry.hash.data(), computed.size()) == 0;
+  bool match = computed.size() == entry.hash.size() &&
+               CRYPTO_memcmp(computed.data(), entry.hash.data(), computed.size()) == 0;
   OPENSSL_cleanse(computed.data(), computed.size());
   return match;
 }
@@ -248,8 +235,8 @@ absl::StatusOr<Htpasswd::Entry> Htpasswd::ParseHash(absl::string_view hash) {
     // $2y$ is PHP's and Apache's name for the fixed $2a$ ($2b$ in
     // OpenBSD): the same algorithm. libxcrypt takes all three.
     absl::string_view rest = hash.substr(4);
-    if (rest.size() != 56 || !AllDigits(rest.substr(0, 2)) ||
-        rest[2] != '$' || !AllCryptB64(rest.substr(3))) {
+    if (rest.size() != 56 || !AllDigits(rest.substr(0, 2)) || rest[2] != '$' ||
+        !AllCryptB64(rest.substr(3))) {
       return error("malformed bcrypt hash");
     }
     int cost = (rest[0] - '0') * 10 + (rest[1] - '0');
@@ -266,8 +253,7 @@ absl::StatusOr<Htpasswd::Entry> Htpasswd::ParseHash(absl::string_view hash) {
                           : "malformed SHA-512-crypt ($6$) hash");
     }
     entry.scheme = sha256 ? Scheme::kSha256Crypt : Scheme::kSha512Crypt;
-    entry.cost_ns =
-        rounds * (sha256 ? kSha256CryptRoundNs : kSha512CryptRoundNs);
+    entry.cost_ns = rounds * (sha256 ? kSha256CryptRoundNs : kSha512CryptRoundNs);
   } else if (absl::StartsWith(hash, kApr1Magic)) {
     if (!ValidMd5Hash(hash, kApr1Magic)) {
       return error("malformed Apache MD5 ($apr1$) hash");
@@ -282,16 +268,14 @@ absl::StatusOr<Htpasswd::Entry> Htpasswd::ParseHash(absl::string_view hash) {
     entry.cost_ns = kMd5CryptNs;
   } else if (absl::StartsWith(hash, "{SHA}")) {
     std::string digest;
-    if (hash.size() != 5 + 28 ||
-        !absl::Base64Unescape(hash.substr(5), &digest) ||
+    if (hash.size() != 5 + 28 || !absl::Base64Unescape(hash.substr(5), &digest) ||
         digest.size() != SHA_DIGEST_LENGTH) {
       return error("malformed {SHA} hash");
     }
     entry.scheme = Scheme::kSha1;
     entry.cost_ns = kSha1Ns;
   } else if (hash.front() == '$' || hash.front() == '{') {
-    return error(
-        absl::StrCat("unsupported hash scheme \"", SchemeLabel(hash), "\""));
+    return error(absl::StrCat("unsupported hash scheme \"", SchemeLabel(hash), "\""));
   } else if (hash.size() == 13 && AllCryptB64(hash)) {
     return error(
         "unsupported hash scheme: DES crypt (htpasswd -d); use bcrypt "
@@ -315,8 +299,8 @@ absl::Status Htpasswd::SetDummy(absl::string_view file_name) {
   if (costliest == nullptr) return absl::OkStatus();
   uint8_t random[16];
   RAND_bytes(random, sizeof(random));
-  std::string password = absl::BytesToHexString(absl::string_view(
-      reinterpret_cast<const char*>(random), sizeof(random)));
+  std::string password = absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(random), sizeof(random)));
   Entry dummy = *costliest;
   switch (dummy.scheme) {
     case Scheme::kBcrypt:
@@ -326,8 +310,7 @@ absl::Status Htpasswd::SetDummy(absl::string_view file_name) {
       dummy.hash = CryptRn(password, costliest->hash);
       break;
     case Scheme::kApr1:
-      dummy.hash = Md5Crypt(kApr1Magic, password,
-                            Md5Salt(costliest->hash, kApr1Magic));
+      dummy.hash = Md5Crypt(kApr1Magic, password, Md5Salt(costliest->hash, kApr1Magic));
       break;
     case Scheme::kSha1:
       dummy.hash = absl::StrCat("{SHA}", Sha1Base64(password));
@@ -343,14 +326,12 @@ absl::Status Htpasswd::SetDummy(absl::string_view file_name) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<Htpasswd> Htpasswd::Parse(absl::string_view text,
-                                         absl::string_view file_name) {
+absl::StatusOr<Htpasswd> Htpasswd::Parse(absl::string_view text, absl::string_view file_name) {
   Htpasswd result;
   absl::flat_hash_map<std::string, int> first_line;
   int line_no = 0;
   auto error = [&](absl::string_view reason) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(file_name, ":", line_no, ": ", reason));
+    return absl::InvalidArgumentError(absl::StrCat(file_name, ":", line_no, ": ", reason));
   };
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     ++line_no;
@@ -458,8 +439,7 @@ absl::StatusOr<Htpasswd> Htpasswd::Load(const std::string& path) {
   return Parse(*text, path);
 }
 
-bool Htpasswd::Verify(absl::string_view user,
-                      absl::string_view password) const {
+bool Htpasswd::Verify(absl::string_view user, absl::string_view password) const {
   auto it = users_.find(user);
   if (it == users_.end()) {
     if (!dummy_.hash.empty()) Check(dummy_, password);

@@ -44,8 +44,7 @@ class Htpasswd {
   // unsupported scheme (named). Also prepares the dummy hash that unknown
   // users are checked against (one crypt call for the costliest scheme in
   // the file, so up to tens of ms for an expensive bcrypt cost).
-  static absl::StatusOr<Htpasswd> Parse(absl::string_view text,
-                                        absl::string_view file_name);
+  static absl::StatusOr<Htpasswd> Parse(absl::string_view text, absl::string_view file_name);
 
   // Reads and parses the htpasswd file at `path`. A file that cannot be read
   // gives an error naming the path and the reason; parse errors are as for

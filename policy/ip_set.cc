@@ -14,8 +14,7 @@
 namespace sluice::policy {
 namespace {
 
-constexpr uint8_t kMappedPrefix[12] = {0, 0, 0, 0, 0,    0,
-                                       0, 0, 0, 0, 0xff, 0xff};
+constexpr uint8_t kMappedPrefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
 
 uint64_t LoadBig64(const uint8_t* p) {
   uint64_t v;
@@ -46,8 +45,7 @@ void SetV4(const uint8_t v4[4], IpAddress* out) {
 }
 
 absl::Status BadCidr(absl::string_view text) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("bad CIDR \"", absl::CHexEscape(text), "\""));
+  return absl::InvalidArgumentError(absl::StrCat("bad CIDR \"", absl::CHexEscape(text), "\""));
 }
 
 // Parses an address, telling whether it was written as a dotted quad.
@@ -58,8 +56,7 @@ std::optional<IpAddress> ParseAddress(absl::string_view text, bool* dotted) {
   // inet_pton wants a NUL-terminated string; INET6_ADDRSTRLEN (46) bounds
   // every valid form, and an embedded NUL would cut the text short.
   char buf[INET6_ADDRSTRLEN];
-  if (text.empty() || text.size() >= sizeof(buf) ||
-      text.find('\0') != absl::string_view::npos) {
+  if (text.empty() || text.size() >= sizeof(buf) || text.find('\0') != absl::string_view::npos) {
     return std::nullopt;
   }
   std::memcpy(buf, text.data(), text.size());
@@ -106,20 +103,16 @@ bool IpAddress::is_v4() const {
 
 std::string IpAddress::ToString() const {
   char buf[INET6_ADDRSTRLEN];
-  const char* s = is_v4()
-                      ? inet_ntop(AF_INET, bytes.data() + 12, buf, sizeof(buf))
-                      : inet_ntop(AF_INET6, bytes.data(), buf, sizeof(buf));
+  const char* s = is_v4() ? inet_ntop(AF_INET, bytes.data() + 12, buf, sizeof(buf))
+                          : inet_ntop(AF_INET6, bytes.data(), buf, sizeof(buf));
   return s ? std::string(s) : std::string();
 }
 
 bool Cidr::Contains(const IpAddress& addr) const {
   const uint64_t mask_hi = HighMask(prefix_len);
   const uint64_t mask_lo = HighMask(prefix_len - 64);
-  return ((LoadBig64(addr.bytes.data()) ^ LoadBig64(base.bytes.data())) &
-          mask_hi) == 0 &&
-         ((LoadBig64(addr.bytes.data() + 8) ^
-           LoadBig64(base.bytes.data() + 8)) &
-          mask_lo) == 0;
+  return ((LoadBig64(addr.bytes.data()) ^ LoadBig64(base.bytes.data())) & mask_hi) == 0 &&
+         ((LoadBig64(addr.bytes.data() + 8) ^ LoadBig64(base.bytes.data() + 8)) & mask_lo) == 0;
 }
 
 std::string Cidr::ToString() const {
@@ -155,8 +148,7 @@ absl::StatusOr<Cidr> ParseCidr(absl::string_view text) {
   Cidr cidr;
   cidr.prefix_len = dotted ? len + 96 : len;
   const uint64_t hi = LoadBig64(addr->bytes.data()) & HighMask(cidr.prefix_len);
-  const uint64_t lo =
-      LoadBig64(addr->bytes.data() + 8) & HighMask(cidr.prefix_len - 64);
+  const uint64_t lo = LoadBig64(addr->bytes.data() + 8) & HighMask(cidr.prefix_len - 64);
   StoreBig64(hi, cidr.base.bytes.data());
   StoreBig64(lo, cidr.base.bytes.data() + 8);
   return cidr;
@@ -172,8 +164,7 @@ absl::StatusOr<IpSet> IpSet::Parse(absl::string_view text) {
       continue;
     }
     size_t end = i;
-    while (end < text.size() && text[end] != ',' && text[end] != ' ' &&
-           text[end] != '\t') {
+    while (end < text.size() && text[end] != ',' && text[end] != ' ' && text[end] != '\t') {
       ++end;
     }
     absl::StatusOr<Cidr> cidr = ParseCidr(text.substr(i, end - i));
@@ -186,9 +177,8 @@ absl::StatusOr<IpSet> IpSet::Parse(absl::string_view text) {
 
 void IpSet::Add(const Cidr& cidr) {
   cidrs_.push_back(cidr);
-  masked_.push_back(
-      {LoadBig64(cidr.base.bytes.data()), LoadBig64(cidr.base.bytes.data() + 8),
-       HighMask(cidr.prefix_len), HighMask(cidr.prefix_len - 64)});
+  masked_.push_back({LoadBig64(cidr.base.bytes.data()), LoadBig64(cidr.base.bytes.data() + 8),
+                     HighMask(cidr.prefix_len), HighMask(cidr.prefix_len - 64)});
 }
 
 bool IpSet::Contains(const IpAddress& addr) const {
@@ -203,9 +193,8 @@ bool IpSet::Contains(const IpAddress& addr) const {
 }
 
 std::string IpSet::ToString() const {
-  return absl::StrJoin(cidrs_, ", ", [](std::string* out, const Cidr& c) {
-    out->append(c.ToString());
-  });
+  return absl::StrJoin(cidrs_, ", ",
+                       [](std::string* out, const Cidr& c) { out->append(c.ToString()); });
 }
 
 uint32_t SteeringHash(const IpAddress& addr) {
@@ -214,18 +203,15 @@ uint32_t SteeringHash(const IpAddress& addr) {
   return (word * 0x9E3779B1u) >> 16;
 }
 
-IpAddress ClientAddressFromXff(const IpAddress& peer,
-                               absl::string_view xff_header_or_empty,
+IpAddress ClientAddressFromXff(const IpAddress& peer, absl::string_view xff_header_or_empty,
                                const IpSet& trusted) {
   if (!trusted.Contains(peer)) return peer;
   IpAddress last_trusted = peer;
   absl::string_view rest = xff_header_or_empty;
   while (!rest.empty()) {
     const size_t comma = rest.rfind(',');
-    absl::string_view entry =
-        comma == absl::string_view::npos ? rest : rest.substr(comma + 1);
-    rest = comma == absl::string_view::npos ? absl::string_view()
-                                            : rest.substr(0, comma);
+    absl::string_view entry = comma == absl::string_view::npos ? rest : rest.substr(comma + 1);
+    rest = comma == absl::string_view::npos ? absl::string_view() : rest.substr(0, comma);
     while (!entry.empty() && (entry.front() == ' ' || entry.front() == '\t')) {
       entry.remove_prefix(1);
     }

@@ -44,8 +44,7 @@ struct IpAddress {
   // The 16 bytes as a view, valid while this object lives: a compact key for
   // the limiter tables (policy/limiter.h).
   absl::string_view AsBytes() const {
-    return absl::string_view(reinterpret_cast<const char*>(bytes.data()),
-                             bytes.size());
+    return absl::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size());
   }
 
   friend bool operator==(const IpAddress& a, const IpAddress& b) = default;
@@ -137,8 +136,7 @@ inline uint32_t SteeringSlot(uint32_t hash, uint32_t n) { return (hash * n) >> 1
 // believed. Empty entries and spaces around entries are skipped; an empty
 // header (or none: pass "") gives `peer`. Several X-Forwarded-For fields
 // must be joined with "," in their order first.
-IpAddress ClientAddressFromXff(const IpAddress& peer,
-                               absl::string_view xff_header_or_empty,
+IpAddress ClientAddressFromXff(const IpAddress& peer, absl::string_view xff_header_or_empty,
                                const IpSet& trusted);
 
 }  // namespace sluice::policy

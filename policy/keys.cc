@@ -26,8 +26,8 @@ constexpr absl::string_view kScheme = "sha256";
 constexpr size_t kMaxPolicyFileBytes = size_t{64} << 20;
 
 bool KeyNameChar(char c) {
-  return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' ||
-         c == '_' || c == '@' || c == '-';
+  return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '@' ||
+         c == '-';
 }
 
 int HexValue(char c) {
@@ -37,10 +37,8 @@ int HexValue(char c) {
   return -1;
 }
 
-absl::Status LineError(absl::string_view file_name, int line,
-                       absl::string_view reason) {
-  return absl::InvalidArgumentError(
-      absl::StrCat(file_name, ":", line, ": ", reason));
+absl::Status LineError(absl::string_view file_name, int line, absl::string_view reason) {
+  return absl::InvalidArgumentError(absl::StrCat(file_name, ":", line, ": ", reason));
 }
 
 }  // namespace
@@ -57,8 +55,7 @@ bool KeyStore::DigestEq::operator()(const Digest& a, const Digest& b) const {
   return CRYPTO_memcmp(a.bytes.data(), b.bytes.data(), a.bytes.size()) == 0;
 }
 
-absl::StatusOr<KeyStore> KeyStore::Parse(absl::string_view text,
-                                         absl::string_view file_name) {
+absl::StatusOr<KeyStore> KeyStore::Parse(absl::string_view text, absl::string_view file_name) {
   KeyStore store;
   std::vector<int> lines;  // the line of each name, for duplicate errors
   absl::flat_hash_map<std::string, size_t> name_index;
@@ -75,11 +72,10 @@ absl::StatusOr<KeyStore> KeyStore::Parse(absl::string_view text,
     absl::string_view scheme = absl::StripAsciiWhitespace(fields[1]);
     absl::string_view hex = absl::StripAsciiWhitespace(fields[2]);
     if (!ValidKeyName(name)) {
-      return LineError(
-          file_name, line_no,
-          absl::StrFormat("invalid key name \"%s\" (1 to %d characters of "
-                          "A-Za-z0-9._@-)",
-                          absl::CHexEscape(name), kMaxKeyNameLength));
+      return LineError(file_name, line_no,
+                       absl::StrFormat("invalid key name \"%s\" (1 to %d characters of "
+                                       "A-Za-z0-9._@-)",
+                                       absl::CHexEscape(name), kMaxKeyNameLength));
     }
     if (scheme != kScheme) {
       return LineError(file_name, line_no,
@@ -107,14 +103,12 @@ absl::StatusOr<KeyStore> KeyStore::Parse(absl::string_view text,
                                        name, lines[it->second]));
     }
     size_t index = store.names_.size();
-    auto [it, inserted] =
-        store.by_digest_.emplace(digest, static_cast<uint32_t>(index));
+    auto [it, inserted] = store.by_digest_.emplace(digest, static_cast<uint32_t>(index));
     if (!inserted) {
-      return LineError(
-          file_name, line_no,
-          absl::StrFormat("duplicate key hash (the same key as "
-                          "\"%s\" on line %d)",
-                          store.names_[it->second], lines[it->second]));
+      return LineError(file_name, line_no,
+                       absl::StrFormat("duplicate key hash (the same key as "
+                                       "\"%s\" on line %d)",
+                                       store.names_[it->second], lines[it->second]));
     }
     name_index.emplace(std::string(name), index);
     store.names_.emplace_back(name);
@@ -132,8 +126,8 @@ absl::StatusOr<KeyStore> KeyStore::Load(const std::string& path) {
 const std::string* KeyStore::Lookup(absl::string_view presented_key) const {
   if (by_digest_.empty()) return nullptr;
   Digest digest;
-  SHA256(reinterpret_cast<const uint8_t*>(presented_key.data()),
-         presented_key.size(), digest.bytes.data());
+  SHA256(reinterpret_cast<const uint8_t*>(presented_key.data()), presented_key.size(),
+         digest.bytes.data());
   auto it = by_digest_.find(digest);
   if (it == by_digest_.end()) return nullptr;
   return &names_[it->second];
@@ -163,8 +157,7 @@ absl::StatusOr<std::string> ReadPolicyFile(const std::string& path) {
     if (n == 0) break;
     if (text.size() + static_cast<size_t>(n) > kMaxPolicyFileBytes) {
       close(fd);
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": file larger than 64 MiB"));
+      return absl::InvalidArgumentError(absl::StrCat(path, ": file larger than 64 MiB"));
     }
     text.append(buf, static_cast<size_t>(n));
   }
@@ -176,9 +169,8 @@ std::string GenerateKey() {
   uint8_t bytes[32];
   // BoringSSL's RAND_bytes aborts rather than fail; check anyway.
   if (RAND_bytes(bytes, sizeof(bytes)) != 1) std::abort();
-  std::string key = absl::StrCat(
-      "sk-", absl::WebSafeBase64Escape(absl::string_view(
-                 reinterpret_cast<const char*>(bytes), sizeof(bytes))));
+  std::string key = absl::StrCat("sk-", absl::WebSafeBase64Escape(absl::string_view(
+                                            reinterpret_cast<const char*>(bytes), sizeof(bytes))));
   OPENSSL_cleanse(bytes, sizeof(bytes));
   return key;
 }
@@ -186,10 +178,9 @@ std::string GenerateKey() {
 std::string KeyLine(absl::string_view name, absl::string_view key) {
   uint8_t digest[SHA256_DIGEST_LENGTH];
   SHA256(reinterpret_cast<const uint8_t*>(key.data()), key.size(), digest);
-  return absl::StrCat(
-      name, ":", kScheme, ":",
-      absl::BytesToHexString(absl::string_view(
-          reinterpret_cast<const char*>(digest), sizeof(digest))));
+  return absl::StrCat(name, ":", kScheme, ":",
+                      absl::BytesToHexString(absl::string_view(
+                          reinterpret_cast<const char*>(digest), sizeof(digest))));
 }
 
 std::optional<absl::string_view> PresentedKey(absl::string_view authorization,
@@ -198,8 +189,7 @@ std::optional<absl::string_view> PresentedKey(absl::string_view authorization,
   // scheme case-insensitive.
   constexpr absl::string_view kBearer = "bearer";
   if (authorization.size() > kBearer.size() &&
-      absl::EqualsIgnoreCase(authorization.substr(0, kBearer.size()),
-                             kBearer) &&
+      absl::EqualsIgnoreCase(authorization.substr(0, kBearer.size()), kBearer) &&
       authorization[kBearer.size()] == ' ') {
     absl::string_view key = authorization.substr(kBearer.size());
     while (!key.empty() && key.front() == ' ') key.remove_prefix(1);

@@ -48,8 +48,7 @@ class KeyStore {
   // which are InvalidArgument with the message "FILE:LINE: reason" (for
   // example "keys.txt:3: expected NAME:sha256:HEX"). A name or a digest
   // that appears twice is an error.
-  static absl::StatusOr<KeyStore> Parse(absl::string_view text,
-                                        absl::string_view file_name);
+  static absl::StatusOr<KeyStore> Parse(absl::string_view text, absl::string_view file_name);
 
   // Reads and parses the keys file at `path`. A file that cannot be read
   // gives an error naming the path and the reason (strerror); a parse error

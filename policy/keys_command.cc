@@ -65,8 +65,7 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args& args) {
   return std::nullopt;
 }
 
-std::string ErrnoMessage(absl::string_view what, absl::string_view path,
-                         int err) {
+std::string ErrnoMessage(absl::string_view what, absl::string_view path, int err) {
   return absl::StrCat(what, " ", path, ": ", strerror(err));
 }
 
@@ -115,16 +114,14 @@ bool HasName(const KeyStore& store, absl::string_view name) {
   return false;
 }
 
-absl::Status Add(const std::string& path, const std::string& name,
-                 std::ostream& out) {
+absl::Status Add(const std::string& path, const std::string& name, std::ostream& out) {
   bool exists = access(path.c_str(), F_OK) == 0;
   absl::StatusOr<std::string> text = ReadKeys(path, /*missing_ok=*/true);
   if (!text.ok()) return text.status();
   absl::StatusOr<KeyStore> store = KeyStore::Parse(*text, path);
   if (!store.ok()) return store.status();
   if (HasName(*store, name)) {
-    return absl::AlreadyExistsError(
-        absl::StrCat("key \"", name, "\" already exists in ", path));
+    return absl::AlreadyExistsError(absl::StrCat("key \"", name, "\" already exists in ", path));
   }
   std::string key = GenerateKey();
   std::string line = KeyLine(name, key);
@@ -182,8 +179,7 @@ absl::Status Revoke(const std::string& given_path, const std::string& name) {
   absl::StatusOr<KeyStore> store = KeyStore::Parse(*text, given_path);
   if (!store.ok()) return store.status();
   if (!HasName(*store, name)) {
-    return absl::NotFoundError(
-        absl::StrCat("no key named \"", name, "\" in ", given_path));
+    return absl::NotFoundError(absl::StrCat("no key named \"", name, "\" in ", given_path));
   }
   std::vector<absl::string_view> kept;
   for (absl::string_view line : absl::StrSplit(*text, '\n')) {
@@ -199,8 +195,7 @@ absl::Status Revoke(const std::string& given_path, const std::string& name) {
   std::string tmp = absl::StrCat(path, ".tmp.XXXXXX");
   int fd = mkostemp(tmp.data(), O_CLOEXEC);
   if (fd < 0) {
-    return absl::UnavailableError(
-        ErrnoMessage("creating a file in", dir, errno));
+    return absl::UnavailableError(ErrnoMessage("creating a file in", dir, errno));
   }
   absl::Status status = WriteAll(fd, new_text, tmp);
   if (status.ok() && fchmod(fd, st.st_mode & 07777) != 0) {
@@ -211,8 +206,8 @@ absl::Status Revoke(const std::string& given_path, const std::string& name) {
       (tmp_st.st_uid != st.st_uid || tmp_st.st_gid != st.st_gid) &&
       fchown(fd, st.st_uid, st.st_gid) != 0) {
     // Say so rather than leave a file the proxy's user may not read.
-    status = absl::UnavailableError(
-        ErrnoMessage("giving the owner of the original to", tmp, errno));
+    status =
+        absl::UnavailableError(ErrnoMessage("giving the owner of the original to", tmp, errno));
   }
   if (status.ok() && fsync(fd) != 0) {
     status = absl::UnavailableError(ErrnoMessage("syncing", tmp, errno));
@@ -235,8 +230,7 @@ int RunKeysCommand(int argc, char** argv) {
   return RunKeysCommand(argc, argv, std::cout, std::cerr);
 }
 
-int RunKeysCommand(int argc, char** argv, std::ostream& out,
-                   std::ostream& err) {
+int RunKeysCommand(int argc, char** argv, std::ostream& out, std::ostream& err) {
   auto usage_error = [&err](absl::string_view message) {
     err << "sluice keys: " << message << "\n";
     err.flush();
@@ -257,23 +251,20 @@ int RunKeysCommand(int argc, char** argv, std::ostream& out,
   const std::string& sub = args.positional[0];
   const bool takes_name = sub == "add" || sub == "revoke";
   if (!takes_name && sub != "list") {
-    return usage_error(absl::StrCat("unknown subcommand \"",
-                                    absl::CHexEscape(sub),
-                                    "\" (add, list or revoke)"));
+    return usage_error(
+        absl::StrCat("unknown subcommand \"", absl::CHexEscape(sub), "\" (add, list or revoke)"));
   }
   const size_t want = takes_name ? 2 : 1;
   if (args.positional.size() < want) {
     return usage_error(absl::StrCat(sub, " needs a key NAME"));
   }
   if (args.positional.size() > want) {
-    return usage_error(absl::StrCat("unexpected argument \"",
-                                    absl::CHexEscape(args.positional[want]),
-                                    "\""));
+    return usage_error(
+        absl::StrCat("unexpected argument \"", absl::CHexEscape(args.positional[want]), "\""));
   }
   if (takes_name && !ValidKeyName(args.positional[1])) {
-    return usage_error(absl::StrCat(
-        "invalid key name \"", absl::CHexEscape(args.positional[1]),
-        "\" (1 to 64 characters of A-Za-z0-9._@-)"));
+    return usage_error(absl::StrCat("invalid key name \"", absl::CHexEscape(args.positional[1]),
+                                    "\" (1 to 64 characters of A-Za-z0-9._@-)"));
   }
   if (args.keys_file.empty()) return usage_error("--keys_file is required");
 

@@ -10,10 +10,10 @@
 #include <thread>
 
 #include "absl/hash/hash.h"
-#include "policy/ip_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "policy/ip_set.h"
 
 namespace sluice::policy {
 namespace {
@@ -49,8 +49,7 @@ int64_t EmissionIntervalNs(double rate_per_s) {
 
 int64_t SpanNs(uint32_t n, int64_t interval_ns) {
   int64_t r;
-  if (__builtin_mul_overflow(static_cast<int64_t>(n), interval_ns, &r) ||
-      r > kMaxSpanNs) {
+  if (__builtin_mul_overflow(static_cast<int64_t>(n), interval_ns, &r) || r > kMaxSpanNs) {
     return kMaxSpanNs;
   }
   return r;
@@ -68,8 +67,7 @@ inline void CpuRelax() {
 
 absl::StatusOr<RateSpec> ParseRateSpec(absl::string_view text) {
   RateSpec spec;
-  bool have_rate = false, have_burst = false, have_delay = false,
-       nodelay = false;
+  bool have_rate = false, have_burst = false, have_delay = false, nodelay = false;
   uint64_t burst = 0, delay = 0;
   size_t i = 0;
   while (i < text.size()) {
@@ -100,12 +98,10 @@ absl::StatusOr<RateSpec> ParseRateSpec(absl::string_view text) {
                                     token.substr(token.size() - 3) == "r/m")) {
       if (have_rate) return BadToken(token, "repeated rate");
       uint64_t n;
-      if (!ParseUint(token.substr(0, token.size() - 3), 1000000000, &n) ||
-          n == 0) {
+      if (!ParseUint(token.substr(0, token.size() - 3), 1000000000, &n) || n == 0) {
         return BadToken(token, "rate must be 1..1000000000 in");
       }
-      spec.rate_per_s = token.back() == 'm' ? static_cast<double>(n) / 60
-                                            : static_cast<double>(n);
+      spec.rate_per_s = token.back() == 'm' ? static_cast<double>(n) / 60 : static_cast<double>(n);
       have_rate = true;
     } else {
       return BadToken(token, "unknown token");
@@ -113,12 +109,10 @@ absl::StatusOr<RateSpec> ParseRateSpec(absl::string_view text) {
   }
   if (!have_rate) {
     return absl::InvalidArgumentError(
-        absl::StrCat("rate spec \"", absl::CHexEscape(text),
-                     "\" has no rate (Nr/s or Nr/m)"));
+        absl::StrCat("rate spec \"", absl::CHexEscape(text), "\" has no rate (Nr/s or Nr/m)"));
   }
   spec.burst = static_cast<uint32_t>(burst);
-  spec.delay =
-      nodelay ? spec.burst : static_cast<uint32_t>(std::min(delay, burst));
+  spec.delay = nodelay ? spec.burst : static_cast<uint32_t>(std::min(delay, burst));
   return spec;
 }
 
@@ -188,10 +182,9 @@ void SlotTable::MakeKey(uint32_t zone, absl::string_view bytes, Key* key,
     // Both factors are cheap: a multiply-shift picks the group (as the
     // steering program picks the worker) and the group size is a power
     // of two.
-    key->stripe =
-        SteeringSlot(*steering & 0xffff, static_cast<uint32_t>(partitions_)) *
-            stripes_per_partition_ +
-        (key->hash & (stripes_per_partition_ - 1));
+    key->stripe = SteeringSlot(*steering & 0xffff, static_cast<uint32_t>(partitions_)) *
+                      stripes_per_partition_ +
+                  (key->hash & (stripes_per_partition_ - 1));
   } else {
     key->stripe = key->hash & (num_stripes_ - 1);
   }
@@ -199,11 +192,9 @@ void SlotTable::MakeKey(uint32_t zone, absl::string_view bytes, Key* key,
 
 // Hash bits: the low 8 pick the stripe (at most 256), bits 8..23 the tag,
 // the high 32 the set within the stripe.
-SlotTable::Locked::Locked(SlotTable* table, const Key& key)
-    : table_(table), key_(key) {
+SlotTable::Locked::Locked(SlotTable* table, const Key& key) : table_(table), key_(key) {
   stripe_ = key.stripe;
-  const size_t set =
-      static_cast<size_t>(((key.hash >> 32) * table->sets_per_stripe_) >> 32);
+  const size_t set = static_cast<size_t>(((key.hash >> 32) * table->sets_per_stripe_) >> 32);
   set_begin_ = (stripe_ * table->sets_per_stripe_ + set) * kWays;
   const uint16_t tag = static_cast<uint16_t>(key.hash >> 8) | 1;
   const size_t n = key.len == kDigestLen ? sizeof(key.digest) : key.len;
@@ -212,8 +203,7 @@ SlotTable::Locked::Locked(SlotTable* table, const Key& key)
   for (size_t i = 0; i < kWays; ++i) {
     if (tags[i] != tag) continue;
     Slot& s = table->slots_[set_begin_ + i];
-    if (s.zone == key.zone && s.len == key.len &&
-        std::memcmp(s.key, key.bytes, n) == 0) {
+    if (s.zone == key.zone && s.len == key.len && std::memcmp(s.key, key.bytes, n) == 0) {
       found_ = &s.value;
       found_index_ = set_begin_ + i;
       break;
@@ -223,8 +213,7 @@ SlotTable::Locked::Locked(SlotTable* table, const Key& key)
 
 SlotTable::Locked::~Locked() { table_->stripes_[stripe_].Unlock(); }
 
-bool SlotTable::Locked::Insert(int64_t value, int64_t free_at_or_below,
-                               bool evict) {
+bool SlotTable::Locked::Insert(int64_t value, int64_t free_at_or_below, bool evict) {
   Slot* slots = &table_->slots_[set_begin_];
   size_t pick = kWays;
   size_t oldest = 0;
@@ -247,8 +236,7 @@ bool SlotTable::Locked::Insert(int64_t value, int64_t free_at_or_below,
   table_->tags_[index] = static_cast<uint16_t>(key_.hash >> 8) | 1;
   s.zone = key_.zone;
   s.len = key_.len;
-  std::memcpy(s.key, key_.bytes,
-              key_.len == kDigestLen ? sizeof(key_.digest) : key_.len);
+  std::memcpy(s.key, key_.bytes, key_.len == kDigestLen ? sizeof(key_.digest) : key_.len);
   s.value = value;
   found_ = &s.value;
   found_index_ = index;
@@ -272,8 +260,7 @@ size_t SlotTable::size() const {
 
 }  // namespace limiter_internal
 
-RateTable::RateTable(size_t capacity, size_t partitions)
-    : slots_(capacity, partitions) {}
+RateTable::RateTable(size_t capacity, size_t partitions) : slots_(capacity, partitions) {}
 
 RateTable::RateResult RateTable::Decide(uint32_t zone_id, absl::string_view key,
                                         const RateSpec& spec, int64_t now_ns,
@@ -302,9 +289,8 @@ RateTable::RateResult RateTable::Check(uint32_t zone_id, absl::string_view key,
   return Decide(zone_id, key, spec, now_ns, steering, /*account=*/true);
 }
 
-RateTable::RateResult RateTable::Peek(uint32_t zone_id, absl::string_view key,
-                                      const RateSpec& spec, int64_t now_ns,
-                                      std::optional<uint32_t> steering) {
+RateTable::RateResult RateTable::Peek(uint32_t zone_id, absl::string_view key, const RateSpec& spec,
+                                      int64_t now_ns, std::optional<uint32_t> steering) {
   return Decide(zone_id, key, spec, now_ns, steering, /*account=*/false);
 }
 
@@ -321,8 +307,7 @@ void RateTable::Refund(uint32_t zone_id, absl::string_view key, const RateSpec& 
 
 ConcurrencyTable::ConcurrencyTable(size_t capacity) : slots_(capacity) {}
 
-bool ConcurrencyTable::Acquire(uint32_t zone_id, absl::string_view key,
-                               uint32_t limit) {
+bool ConcurrencyTable::Acquire(uint32_t zone_id, absl::string_view key, uint32_t limit) {
   if (limit == 0) return false;
   limiter_internal::SlotTable::Key k;
   slots_.MakeKey(zone_id, key, &k);
@@ -344,8 +329,7 @@ void ConcurrencyTable::Release(uint32_t zone_id, absl::string_view key) {
   if (--*count <= 0) locked.Erase();
 }
 
-uint32_t ConcurrencyTable::Count(uint32_t zone_id,
-                                 absl::string_view key) const {
+uint32_t ConcurrencyTable::Count(uint32_t zone_id, absl::string_view key) const {
   limiter_internal::SlotTable::Key k;
   slots_.MakeKey(zone_id, key, &k);
   auto locked = slots_.Lock(k);

@@ -176,13 +176,12 @@ class RateTable {
   // `steering`: SteeringHash of the client address when `key` is that
   // address, so its state sits in the stripes of the worker its
   // connections are steered to (no cache line moves between CPUs).
-  RateResult Check(uint32_t zone_id, absl::string_view key,
-                   const RateSpec& spec, int64_t now_ns,
+  RateResult Check(uint32_t zone_id, absl::string_view key, const RateSpec& spec, int64_t now_ns,
                    std::optional<uint32_t> steering = std::nullopt);
   // What Check would answer now, without accounting anything.
   // Thread-safe.
-  RateResult Peek(uint32_t zone_id, absl::string_view key, const RateSpec& spec,
-                  int64_t now_ns, std::optional<uint32_t> steering = std::nullopt);
+  RateResult Peek(uint32_t zone_id, absl::string_view key, const RateSpec& spec, int64_t now_ns,
+                  std::optional<uint32_t> steering = std::nullopt);
   // Gives back one request that Check admitted (the same zone, key, spec
   // and steering), as if it had not been counted: the key's TAT moves back
   // by one emission interval (never below `now_ns`; a key without state is
@@ -197,8 +196,8 @@ class RateTable {
 
  private:
   // Check (account: the request is counted when allowed) and Peek.
-  RateResult Decide(uint32_t zone_id, absl::string_view key, const RateSpec& spec,
-                    int64_t now_ns, std::optional<uint32_t> steering, bool account);
+  RateResult Decide(uint32_t zone_id, absl::string_view key, const RateSpec& spec, int64_t now_ns,
+                    std::optional<uint32_t> steering, bool account);
 
   limiter_internal::SlotTable slots_;
 };

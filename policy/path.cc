@@ -27,22 +27,19 @@ bool IsControl(uint8_t c) { return c < 0x20 || c == 0x7f; }
 
 // RFC 3986 2.3.
 bool IsUnreserved(uint8_t c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-         (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' || c == '~';
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+         c == '.' || c == '_' || c == '~';
 }
 
-char ToLowerAscii(char c) {
-  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-}
+char ToLowerAscii(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
 
 // Characters that pass through both forms unchanged (up to case):
 // unreserved, sub-delims, ":" and "@" (RFC 3986 3.3 pchar), and "/".
 constexpr bool IsPlainChar(uint8_t c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-         (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
-         c == '~' || c == '!' || c == '$' || c == '&' || c == '\'' ||
-         c == '(' || c == ')' || c == '*' || c == '+' || c == ',' || c == ';' ||
-         c == '=' || c == ':' || c == '@' || c == '/';
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+         c == '.' || c == '_' || c == '~' || c == '!' || c == '$' || c == '&' || c == '\'' ||
+         c == '(' || c == ')' || c == '*' || c == '+' || c == ',' || c == ';' || c == '=' ||
+         c == ':' || c == '@' || c == '/';
 }
 
 constexpr auto kPlainTable = [] {
@@ -157,8 +154,7 @@ inline size_t DecodeAllLower(const char* fwd, ptrdiff_t fwd_len, char* buf) {
   size_t n = 0;
   for (ptrdiff_t i = 0; i < fwd_len; ++i) {
     if (fwd[i] == '%') {
-      buf[n++] = ToLowerAscii(
-          static_cast<char>(HexValue(fwd[i + 1]) << 4 | HexValue(fwd[i + 2])));
+      buf[n++] = ToLowerAscii(static_cast<char>(HexValue(fwd[i + 1]) << 4 | HexValue(fwd[i + 2])));
       i += 2;
     } else {
       buf[n++] = ToLowerAscii(fwd[i]);
@@ -234,12 +230,10 @@ bool PathMatches(absl::string_view pattern, absl::string_view match_path) {
     pattern.remove_suffix(1);
     if (pattern.empty()) return true;
   }
-  if (match_path.size() < pattern.size() ||
-      match_path.substr(0, pattern.size()) != pattern) {
+  if (match_path.size() < pattern.size() || match_path.substr(0, pattern.size()) != pattern) {
     return false;
   }
-  return match_path.size() == pattern.size() ||
-         match_path[pattern.size()] == '/';
+  return match_path.size() == pattern.size() || match_path[pattern.size()] == '/';
 }
 
 }  // namespace sluice::policy

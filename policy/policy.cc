@@ -19,13 +19,11 @@ namespace {
 // The routes whose responses stream tokens: strict default limits, and the
 // caps on concurrent requests apply to them.
 constexpr absl::string_view kGenerationPaths[] = {
-    "/api/generate",       "/api/chat",      "/api/embed",
-    "/api/embeddings",     "/v1/chat/completions", "/v1/completions",
-    "/v1/embeddings",
+    "/api/generate",        "/api/chat",       "/api/embed",     "/api/embeddings",
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
 };
 constexpr absl::string_view kDeniedPaths[] = {"/api/delete", "/api/push"};
-constexpr absl::string_view kAdminPaths[] = {"/api/pull", "/api/create",
-                                             "/api/copy", "/api/blobs"};
+constexpr absl::string_view kAdminPaths[] = {"/api/pull", "/api/create", "/api/copy", "/api/blobs"};
 
 constexpr char kRealm[] = "sluice";
 
@@ -62,24 +60,20 @@ absl::Status FlagError(absl::string_view flag, absl::string_view message) {
 absl::StatusOr<LimitBy> ParseLimitBy(absl::string_view s) {
   if (s == "ip") return LimitBy::kIp;
   if (s == "credential" || s == "key" || s == "user") return LimitBy::kCredential;
-  return absl::InvalidArgumentError(
-      absl::StrCat("\"", s, "\": use ip or credential"));
+  return absl::InvalidArgumentError(absl::StrCat("\"", s, "\": use ip or credential"));
 }
 
 bool ValidHeaderList(absl::string_view s) {
   for (unsigned char c : s) {
-    if (!(absl::ascii_isalnum(c) || c == '-' || c == '_' || c == ',' ||
-          c == ' ' || c == '.')) {
+    if (!(absl::ascii_isalnum(c) || c == '-' || c == '_' || c == ',' || c == ' ' || c == '.')) {
       return false;
     }
   }
   return true;
 }
 
-
 // A route of the built-in table.
-Route DefaultRoute(absl::string_view pattern, RouteAction action, int zone,
-                   const char* group) {
+Route DefaultRoute(absl::string_view pattern, RouteAction action, int zone, const char* group) {
   Route r;
   r.pattern = std::string(pattern);
   r.action = action;
@@ -156,8 +150,7 @@ absl::Status ParseRouteLine(const std::vector<absl::string_view>& words, Route* 
   } else if (words[2] == "admin") {
     r->action = RouteAction::kAdmin;
   } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("\"", words[2], "\": use allow, deny or admin"));
+    return absl::InvalidArgumentError(absl::StrCat("\"", words[2], "\": use allow, deny or admin"));
   }
   for (size_t i = 3; i < words.size(); ++i) {
     absl::Status st = ApplyRouteOption(words[i], r, zone_name);
@@ -187,8 +180,7 @@ std::vector<HeaderField> Admission::ResponseHeaders() const {
   return h;
 }
 
-absl::Status Policy::AddZone(const std::string& name, absl::string_view spec,
-                             LimitBy by) {
+absl::Status Policy::AddZone(const std::string& name, absl::string_view spec, LimitBy by) {
   absl::StatusOr<RateSpec> rate = ParseRateSpec(spec);
   if (!rate.ok()) return rate.status();
   for (Zone& z : zones_) {
@@ -228,29 +220,26 @@ absl::Status Policy::SetAuth(const PolicyOptions& o) {
     auth_ = AuthMode::kBasic;
   } else if (o.auth == "key_or_basic") {
     if (!keys_ && !users_) {
-      return FlagError("auth",
-                       "--auth=key_or_basic needs --keys_file or --htpasswd");
+      return FlagError("auth", "--auth=key_or_basic needs --keys_file or --htpasswd");
     }
     auth_ = AuthMode::kKeyOrBasic;
   } else if (o.auth == "none") {
     auth_ = AuthMode::kNone;
   } else {
-    return FlagError("auth", absl::StrCat("\"", o.auth,
-                                          "\": use key, basic, key_or_basic or none"));
+    return FlagError("auth",
+                     absl::StrCat("\"", o.auth, "\": use key, basic, key_or_basic or none"));
   }
   return absl::OkStatus();
 }
 
-absl::Status Policy::SetAddressSets(const PolicyOptions& o, IpSet* allow,
-                                    IpSet* deny) {
+absl::Status Policy::SetAddressSets(const PolicyOptions& o, IpSet* allow, IpSet* deny) {
   struct CidrFlag {
     const char* flag;
     const std::string* text;
     IpSet* out;
   };
   for (const CidrFlag& f :
-       {CidrFlag{"allow", &o.allow_cidrs, allow},
-        CidrFlag{"deny", &o.deny_cidrs, deny},
+       {CidrFlag{"allow", &o.allow_cidrs, allow}, CidrFlag{"deny", &o.deny_cidrs, deny},
         CidrFlag{"trusted_proxies", &o.trusted_proxies, &trusted_proxies_},
         CidrFlag{"admin_cidrs", &o.admin_cidrs, &admin_}}) {
     absl::StatusOr<IpSet> set = IpSet::Parse(*f.text);
@@ -270,8 +259,7 @@ absl::Status Policy::SetCorsOrigins(absl::string_view origins) {
     }
     if (!absl::StartsWith(origin, "http://") && !absl::StartsWith(origin, "https://")) {
       return FlagError("cors_origins",
-                       absl::StrCat("\"", origin,
-                                    "\": an origin is scheme://host[:port] or *"));
+                       absl::StrCat("\"", origin, "\": an origin is scheme://host[:port] or *"));
     }
     std::string lower = absl::AsciiStrToLower(origin);
     while (!lower.empty() && lower.back() == '/') lower.pop_back();
@@ -339,8 +327,8 @@ void Policy::AddDefaultRoutes(const PolicyOptions& o) {
   routes_.push_back(DefaultRoute("/", RouteAction::kAllow, api, "api"));
 }
 
-absl::StatusOr<std::shared_ptr<const Policy>> Policy::Build(
-    const PolicyOptions& o, uint64_t generation) {
+absl::StatusOr<std::shared_ptr<const Policy>> Policy::Build(const PolicyOptions& o,
+                                                            uint64_t generation) {
   std::shared_ptr<Policy> p(new Policy());
   p->generation_ = generation;
   if (absl::Status st = p->SetAuth(o); !st.ok()) return st;
@@ -407,8 +395,7 @@ absl::Status Policy::AddIpRuleLine(const std::vector<absl::string_view>& words) 
   if (words.size() != 2) {
     return absl::InvalidArgumentError(absl::StrCat(verb, " takes one CIDR list"));
   }
-  absl::StatusOr<IpSet> set =
-      words[1] == "all" ? IpSet::Parse("::/0") : IpSet::Parse(words[1]);
+  absl::StatusOr<IpSet> set = words[1] == "all" ? IpSet::Parse("::/0") : IpSet::Parse(words[1]);
   if (!set.ok()) return set.status();
   ip_rules_.push_back(IpRule{verb == "allow", *std::move(set)});
   return absl::OkStatus();
@@ -432,8 +419,7 @@ absl::Status Policy::AddZoneLine(const std::vector<absl::string_view>& words) {
 }
 
 // Zones may be defined after the routes that use them.
-absl::Status Policy::AddPendingRoutes(
-    std::vector<std::pair<Route, std::string>>* pending_zone) {
+absl::Status Policy::AddPendingRoutes(std::vector<std::pair<Route, std::string>>* pending_zone) {
   for (auto& [r, zone_name] : *pending_zone) {
     if (zone_name == "off") {
       r.zone = -1;
@@ -519,16 +505,16 @@ bool Policy::Screen(const RequestFacts& req, Admission* a) const {
   a->zone = r.zone == Route::kZoneByPath ? (generation ? gen_zone_ : api_zone_) : r.zone;
   a->group = !r.group.empty() ? r.group : generation ? "generation" : "api";
   a->max_per_ip = r.max_per_ip ? r.max_per_ip : generation ? gen_max_per_ip_ : 0;
-  a->max_per_credential =
-      r.max_per_credential ? r.max_per_credential : generation ? gen_max_per_credential_ : 0;
+  a->max_per_credential = r.max_per_credential ? r.max_per_credential
+                          : generation         ? gen_max_per_credential_
+                                               : 0;
   if (r.action == RouteAction::kDeny) {
     std::string shown = r.pattern;
     if (!shown.empty() && shown.back() == '*') shown.pop_back();
     Refuse(a, 403, absl::StrCat(shown, " is not permitted via API"));
     return false;
   }
-  if (r.deny_ip.Contains(a->client) ||
-      (!r.allow_ip.empty() && !r.allow_ip.Contains(a->client))) {
+  if (r.deny_ip.Contains(a->client) || (!r.allow_ip.empty() && !r.allow_ip.Contains(a->client))) {
     Refuse(a, 403, "access denied for this address");
     return false;
   }
@@ -571,9 +557,8 @@ void Policy::RefundLogin(Admission* a, RateTable* attempts, int64_t now_ns) cons
                    SteeringHash(a->client));
 }
 
-AuthStep Policy::Authenticate(const RequestFacts& req, Admission* a,
-                              BasicAuthCache* cache, int64_t now_ns,
-                              RateTable* attempts) const {
+AuthStep Policy::Authenticate(const RequestFacts& req, Admission* a, BasicAuthCache* cache,
+                              int64_t now_ns, RateTable* attempts) const {
   if (auth_ == AuthMode::kNone) return AuthStep::kDone;
   absl::string_view auth = req.authorization;
   if (req.repeated_credentials ||
@@ -721,12 +706,11 @@ void Policy::Release(Admission* a, ConcurrencyTable* conns) {
 
 std::string Policy::Summary() const {
   static constexpr const char* kModes[] = {"key", "basic", "key_or_basic", "none"};
-  std::string s = absl::StrCat("auth=", kModes[static_cast<int>(auth_)],
-                               " keys=", key_count(), " users=", user_count(),
-                               " routes=", routes_.size(), " zones=");
+  std::string s = absl::StrCat("auth=", kModes[static_cast<int>(auth_)], " keys=", key_count(),
+                               " users=", user_count(), " routes=", routes_.size(), " zones=");
   for (size_t i = 0; i < zones_.size(); ++i) {
-    absl::StrAppend(&s, i ? "," : "", zones_[i].name, "(",
-                    zones_[i].rate.rate_per_s * 60, "r/m burst=", zones_[i].rate.burst, ")");
+    absl::StrAppend(&s, i ? "," : "", zones_[i].name, "(", zones_[i].rate.rate_per_s * 60,
+                    "r/m burst=", zones_[i].rate.burst, ")");
   }
   if (zones_.empty()) s += "none";
   return s;

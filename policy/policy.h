@@ -93,12 +93,12 @@ struct PolicyOptions {
 // the duration of the call that takes it.
 struct RequestFacts {
   absl::string_view method;
-  absl::string_view target;  // origin form, "/api/chat?x=1"
-  absl::string_view scheme;  // "http" or "https"
-  absl::string_view host;    // the request's Host / :authority
-  IpAddress peer;            // the TCP peer
-  absl::string_view authorization;       // Authorization, or empty
-  absl::string_view x_api_key;           // x-api-key, or empty
+  absl::string_view target;         // origin form, "/api/chat?x=1"
+  absl::string_view scheme;         // "http" or "https"
+  absl::string_view host;           // the request's Host / :authority
+  IpAddress peer;                   // the TCP peer
+  absl::string_view authorization;  // Authorization, or empty
+  absl::string_view x_api_key;      // x-api-key, or empty
   // More than one Authorization or more than one x-api-key field: which
   // one names the client cannot be told, so the request is refused (400).
   bool repeated_credentials = false;
@@ -172,8 +172,8 @@ class Policy {
   // Reads the files and checks the flags. Errors name the flag
   // ("--auth: ...") or the file and line ("keys.txt:3: ..."). `generation`
   // tags Basic-auth cache entries so a reload invalidates them.
-  static absl::StatusOr<std::shared_ptr<const Policy>> Build(
-      const PolicyOptions& options, uint64_t generation);
+  static absl::StatusOr<std::shared_ptr<const Policy>> Build(const PolicyOptions& options,
+                                                             uint64_t generation);
 
   // Stage 1, before credentials: normalises the path (400), resolves the
   // client address, answers a CORS preflight (204) or refuses a foreign
@@ -204,9 +204,8 @@ class Policy {
   // (FinishBasic). Past the limit every credential not known good gets 429
   // with Retry-After, the password unchecked (no bcrypt run); below it a
   // wrong credential gets 401. `attempts` may be null (no limit).
-  AuthStep Authenticate(const RequestFacts& req, Admission* a,
-                        BasicAuthCache* cache, int64_t now_ns,
-                        RateTable* attempts = nullptr) const;
+  AuthStep Authenticate(const RequestFacts& req, Admission* a, BasicAuthCache* cache,
+                        int64_t now_ns, RateTable* attempts = nullptr) const;
   // The slow check for kNeedVerify (bcrypt: tens of ms). Thread-safe; runs
   // on a helper thread, never on an event loop.
   bool VerifyBasic(absl::string_view user, absl::string_view password) const;
@@ -222,8 +221,7 @@ class Policy {
 
   // Stage 3: the route's rate zone and concurrency caps. kRefuse sets 429
   // with Retry-After. Slots taken are recorded in `a->held`.
-  LimitStep Limit(Admission* a, RateTable* rates, ConcurrencyTable* conns,
-                  int64_t now_ns) const;
+  LimitStep Limit(Admission* a, RateTable* rates, ConcurrencyTable* conns, int64_t now_ns) const;
   // Gives back the concurrency slots the request holds (at its end). Does
   // not need the snapshot the request was admitted with.
   static void Release(Admission* a, ConcurrencyTable* conns);
@@ -262,8 +260,7 @@ class Policy {
   absl::Status AddZoneLine(const std::vector<absl::string_view>& words);
   // The file's routes, their zone names resolved.
   absl::Status AddPendingRoutes(std::vector<std::pair<Route, std::string>>* pending_zone);
-  absl::Status AddZone(const std::string& name, absl::string_view spec,
-                       LimitBy by);
+  absl::Status AddZone(const std::string& name, absl::string_view spec, LimitBy by);
   void Refuse(Admission* a, int status, std::string error) const;
   void RefuseAuth(Admission* a) const;
   // Counts one login attempt of a->client; false (a->status holds the 429)

@@ -18,9 +18,7 @@ constexpr size_t kTagLen = 16;
 
 const EVP_AEAD* TicketAead() { return EVP_aead_xchacha20_poly1305(); }
 
-absl::string_view AbslView(std::string_view s) {
-  return absl::string_view(s.data(), s.size());
-}
+absl::string_view AbslView(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
 }  // namespace
 
@@ -41,8 +39,7 @@ void TicketKeyRing::RotateLocked(absl::Time now) {
   RAND_bytes(secret, sizeof(secret));
   // Out of memory is the only way this fails; a server without ticket keys
   // would silently stop resuming, so treat it as fatal.
-  if (!EVP_AEAD_CTX_init(key->aead.get(), TicketAead(), secret, sizeof(secret),
-                         kTagLen, nullptr)) {
+  if (!EVP_AEAD_CTX_init(key->aead.get(), TicketAead(), secret, sizeof(secret), kTagLen, nullptr)) {
     std::abort();
   }
   OPENSSL_cleanse(secret, sizeof(secret));
@@ -66,8 +63,8 @@ size_t TicketKeyRing::key_count() const {
   return keys_.size();
 }
 
-bool TicketKeyRing::Seal(uint8_t* out, size_t* out_len, size_t max_out,
-                         const uint8_t* in, size_t in_len) {
+bool TicketKeyRing::Seal(uint8_t* out, size_t* out_len, size_t max_out, const uint8_t* in,
+                         size_t in_len) {
   absl::Time now = clock_();
   bool due;
   {
@@ -87,16 +84,16 @@ bool TicketKeyRing::Seal(uint8_t* out, size_t* out_len, size_t max_out,
   RAND_bytes(nonce, kNonceLen);
   size_t sealed = 0;
   if (!EVP_AEAD_CTX_seal(key.aead.get(), out + kNameLen + kNonceLen, &sealed,
-                         max_out - kNameLen - kNonceLen, nonce, kNonceLen, in,
-                         in_len, key.name, kNameLen)) {
+                         max_out - kNameLen - kNonceLen, nonce, kNonceLen, in, in_len, key.name,
+                         kNameLen)) {
     return false;
   }
   *out_len = kNameLen + kNonceLen + sealed;
   return true;
 }
 
-bool TicketKeyRing::Open(uint8_t* out, size_t* out_len, size_t max_out,
-                         const uint8_t* in, size_t in_len) {
+bool TicketKeyRing::Open(uint8_t* out, size_t* out_len, size_t max_out, const uint8_t* in,
+                         size_t in_len) {
   if (in_len < kNameLen + kNonceLen + kTagLen) return false;
   absl::Time now = clock_();
   std::shared_lock lock(mu_);
@@ -105,9 +102,8 @@ bool TicketKeyRing::Open(uint8_t* out, size_t* out_len, size_t max_out,
     if (now - key->retired > lifetime_) return false;
     const uint8_t* nonce = in + kNameLen;
     const uint8_t* sealed = nonce + kNonceLen;
-    return EVP_AEAD_CTX_open(key->aead.get(), out, out_len, max_out, nonce,
-                             kNonceLen, sealed, in_len - kNameLen - kNonceLen,
-                             key->name, kNameLen) == 1;
+    return EVP_AEAD_CTX_open(key->aead.get(), out, out_len, max_out, nonce, kNonceLen, sealed,
+                             in_len - kNameLen - kNonceLen, key->name, kNameLen) == 1;
   }
   return false;
 }
@@ -155,8 +151,7 @@ void SessionCache::Insert(const SSL_SESSION* session) {
   index_.emplace(it->id, it);
 }
 
-bssl::UniquePtr<SSL_SESSION> SessionCache::Lookup(std::string_view id,
-                                                  const SSL_CTX* ctx) {
+bssl::UniquePtr<SSL_SESSION> SessionCache::Lookup(std::string_view id, const SSL_CTX* ctx) {
   std::string bytes;
   {
     absl::Time now = clock_();
@@ -171,8 +166,8 @@ bssl::UniquePtr<SSL_SESSION> SessionCache::Lookup(std::string_view id,
     bytes = found->second->bytes;
   }
   // Parsing outside the lock: it allocates and is the costly part.
-  return bssl::UniquePtr<SSL_SESSION>(SSL_SESSION_from_bytes(
-      reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), ctx));
+  return bssl::UniquePtr<SSL_SESSION>(
+      SSL_SESSION_from_bytes(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), ctx));
 }
 
 void SessionCache::Remove(std::string_view id) {
@@ -189,8 +184,6 @@ size_t SessionCache::size() const {
 }
 
 Resumption::Resumption(ResumptionOptions options)
-    : options_(std::move(options)),
-      ticket_keys_(options_),
-      session_cache_(options_) {}
+    : options_(std::move(options)), ticket_keys_(options_), session_cache_(options_) {}
 
 }  // namespace sluice::tls

@@ -78,15 +78,13 @@ class TicketKeyRing {
   // `out`, which has room for `max_out` bytes; the length goes to `*out_len`.
   // Returns false only when `max_out` is too small or the AEAD fails. The
   // buffers belong to the caller and are used only during the call.
-  bool Seal(uint8_t* out, size_t* out_len, size_t max_out, const uint8_t* in,
-            size_t in_len);
+  bool Seal(uint8_t* out, size_t* out_len, size_t max_out, const uint8_t* in, size_t in_len);
 
   // Decrypts a ticket sealed by Seal with a key that is current or retired
   // less than `session_lifetime` ago. Returns false (the ticket is then
   // ignored and a full handshake follows) for an unknown or expired key, a
   // truncated ticket, or a failed authentication check.
-  bool Open(uint8_t* out, size_t* out_len, size_t max_out, const uint8_t* in,
-            size_t in_len);
+  bool Open(uint8_t* out, size_t* out_len, size_t max_out, const uint8_t* in, size_t in_len);
 
   // Retires the current key now and starts a new one (tests; an operator
   // command). Keys retired more than `session_lifetime` ago are dropped.

@@ -21,18 +21,15 @@ namespace sluice::tls {
 // The callbacks BoringSSL calls, friends of TlsContext.
 struct TlsContextCallbacks {
   static const TlsContext* FromSsl(const SSL* ssl);
-  static int SelectAlpn(SSL* ssl, const uint8_t** out, uint8_t* out_len,
-                        const uint8_t* in, unsigned in_len, void* arg);
+  static int SelectAlpn(SSL* ssl, const uint8_t** out, uint8_t* out_len, const uint8_t* in,
+                        unsigned in_len, void* arg);
   static size_t TicketMaxOverhead(SSL* ssl);
-  static int TicketSeal(SSL* ssl, uint8_t* out, size_t* out_len,
-                        size_t max_out_len, const uint8_t* in, size_t in_len);
-  static ssl_ticket_aead_result_t TicketOpen(SSL* ssl, uint8_t* out,
-                                             size_t* out_len,
-                                             size_t max_out_len,
-                                             const uint8_t* in, size_t in_len);
+  static int TicketSeal(SSL* ssl, uint8_t* out, size_t* out_len, size_t max_out_len,
+                        const uint8_t* in, size_t in_len);
+  static ssl_ticket_aead_result_t TicketOpen(SSL* ssl, uint8_t* out, size_t* out_len,
+                                             size_t max_out_len, const uint8_t* in, size_t in_len);
   static int NewSession(SSL* ssl, SSL_SESSION* session);
-  static SSL_SESSION* GetSession(SSL* ssl, const uint8_t* id, int id_len,
-                                 int* out_copy);
+  static SSL_SESSION* GetSession(SSL* ssl, const uint8_t* id, int id_len, int* out_copy);
 };
 
 namespace {
@@ -60,21 +57,18 @@ const SSL_TICKET_AEAD_METHOD kTicketMethod = {
 };
 
 int ContextIndex() {
-  static const int index =
-      SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  static const int index = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
   return index;
 }
 
-absl::StatusOr<std::string> ReadPemFile(const std::string& path,
-                                        absl::string_view what) {
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, absl::string_view what) {
   if (path.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("no ", what, " file given"));
   }
   FILE* f = std::fopen(path.c_str(), "rb");
   if (f == nullptr) {
     int err = errno;
-    std::string msg = absl::StrCat("cannot open ", what, " file ", path, ": ",
-                                   std::strerror(err));
+    std::string msg = absl::StrCat("cannot open ", what, " file ", path, ": ", std::strerror(err));
     if (err == ENOENT) return absl::NotFoundError(msg);
     if (err == EACCES || err == EPERM) return absl::PermissionDeniedError(msg);
     return absl::FailedPreconditionError(msg);
@@ -89,12 +83,10 @@ absl::StatusOr<std::string> ReadPemFile(const std::string& path,
   bool read_error = std::ferror(f);
   std::fclose(f);
   if (read_error) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot read ", what, " file ", path));
+    return absl::FailedPreconditionError(absl::StrCat("cannot read ", what, " file ", path));
   }
   if (data.size() > static_cast<size_t>(kMaxPemFileBytes)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, " file ", path, " is larger than 1 MiB"));
+    return absl::InvalidArgumentError(absl::StrCat(what, " file ", path, " is larger than 1 MiB"));
   }
   return data;
 }
@@ -109,23 +101,21 @@ std::string TakeErrorReason() {
 }
 
 bool IsPemEof(uint32_t err) {
-  return ERR_GET_LIB(err) == ERR_LIB_PEM &&
-         ERR_GET_REASON(err) == PEM_R_NO_START_LINE;
+  return ERR_GET_LIB(err) == ERR_LIB_PEM && ERR_GET_REASON(err) == PEM_R_NO_START_LINE;
 }
 
 // Never prompts: BoringSSL has no terminal prompt, but an encrypted key must
 // fail loudly rather than wait for a password nobody can type.
 int NoPassword(char*, int, int, void*) { return 0; }
 
-absl::StatusOr<std::vector<bssl::UniquePtr<X509>>> ParseChain(
-    const std::string& pem, const std::string& path) {
+absl::StatusOr<std::vector<bssl::UniquePtr<X509>>> ParseChain(const std::string& pem,
+                                                              const std::string& path) {
   bssl::UniquePtr<BIO> bio(BIO_new_mem_buf(pem.data(), pem.size()));
   if (!bio) return absl::ResourceExhaustedError("out of memory");
   std::vector<bssl::UniquePtr<X509>> chain;
   ERR_clear_error();
   for (;;) {
-    bssl::UniquePtr<X509> cert(
-        PEM_read_bio_X509(bio.get(), nullptr, NoPassword, nullptr));
+    bssl::UniquePtr<X509> cert(PEM_read_bio_X509(bio.get(), nullptr, NoPassword, nullptr));
     if (!cert) break;
     chain.push_back(std::move(cert));
   }
@@ -134,9 +124,8 @@ absl::StatusOr<std::vector<bssl::UniquePtr<X509>>> ParseChain(
     std::string reason = TakeErrorReason();
     return absl::InvalidArgumentError(absl::StrCat(
         "certificate chain file ", path,
-        chain.empty()
-            ? " has no PEM certificate"
-            : absl::StrCat(" has a bad PEM certificate after #", chain.size()),
+        chain.empty() ? " has no PEM certificate"
+                      : absl::StrCat(" has a bad PEM certificate after #", chain.size()),
         " (", reason, ")"));
   }
   ERR_clear_error();
@@ -148,8 +137,7 @@ absl::StatusOr<bssl::UniquePtr<EVP_PKEY>> ParseKey(const std::string& pem,
   bssl::UniquePtr<BIO> bio(BIO_new_mem_buf(pem.data(), pem.size()));
   if (!bio) return absl::ResourceExhaustedError("out of memory");
   ERR_clear_error();
-  bssl::UniquePtr<EVP_PKEY> key(
-      PEM_read_bio_PrivateKey(bio.get(), nullptr, NoPassword, nullptr));
+  bssl::UniquePtr<EVP_PKEY> key(PEM_read_bio_PrivateKey(bio.get(), nullptr, NoPassword, nullptr));
   if (!key) {
     std::string reason = TakeErrorReason();
     return absl::InvalidArgumentError(
@@ -175,8 +163,7 @@ absl::StatusOr<std::string> AlpnWire(const std::vector<std::string>& alpn) {
   for (const std::string& proto : alpn) has_http10 |= proto == "http/1.0";
   for (const std::string& proto : alpn) {
     if (proto.empty() || proto.size() > 255) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("bad ALPN protocol name \"", proto, "\""));
+      return absl::InvalidArgumentError(absl::StrCat("bad ALPN protocol name \"", proto, "\""));
     }
     add(proto);
     if (proto == "http/1.1" && !has_http10) add("http/1.0");
@@ -191,8 +178,7 @@ struct KeyPair {
 };
 
 absl::StatusOr<KeyPair> LoadKeyPair(const TlsContextOptions& options) {
-  absl::StatusOr<std::string> chain_pem =
-      ReadPemFile(options.cert_chain_path, "certificate chain");
+  absl::StatusOr<std::string> chain_pem = ReadPemFile(options.cert_chain_path, "certificate chain");
   if (!chain_pem.ok()) return chain_pem.status();
   absl::StatusOr<std::string> key_pem = ReadPemFile(options.key_path, "key");
   if (!key_pem.ok()) return key_pem.status();
@@ -203,9 +189,9 @@ absl::StatusOr<KeyPair> LoadKeyPair(const TlsContextOptions& options) {
   if (!key.ok()) return key.status();
   if (!X509_check_private_key(chain->front().get(), key->get())) {
     ERR_clear_error();
-    return absl::InvalidArgumentError(absl::StrCat(
-        "private key in ", options.key_path,
-        " does not match the first certificate in ", options.cert_chain_path));
+    return absl::InvalidArgumentError(absl::StrCat("private key in ", options.key_path,
+                                                   " does not match the first certificate in ",
+                                                   options.cert_chain_path));
   }
   return KeyPair{*std::move(chain), *std::move(key)};
 }
@@ -217,12 +203,10 @@ absl::Status ConfigureProtocols(SSL_CTX* ctx, TlsContext* self) {
             SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) &&
             SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) &&
             SSL_CTX_set_strict_cipher_list(ctx, kTls12Ciphers) &&
-            SSL_CTX_set_session_id_context(
-                ctx, reinterpret_cast<const uint8_t*>(kSessionIdContext),
-                sizeof(kSessionIdContext) - 1);
+            SSL_CTX_set_session_id_context(ctx, reinterpret_cast<const uint8_t*>(kSessionIdContext),
+                                           sizeof(kSessionIdContext) - 1);
   if (!ok) {
-    return absl::InternalError(
-        absl::StrCat("configuring the TLS context: ", TakeErrorReason()));
+    return absl::InternalError(absl::StrCat("configuring the TLS context: ", TakeErrorReason()));
   }
   // The client's cipher order wins: SSL_OP_CIPHER_SERVER_PREFERENCE stays
   // off, as in the nginx baseline (clients without AES hardware put
@@ -230,24 +214,21 @@ absl::Status ConfigureProtocols(SSL_CTX* ctx, TlsContext* self) {
   return absl::OkStatus();
 }
 
-absl::Status InstallKeyPair(SSL_CTX* ctx, const KeyPair& key_pair,
-                            const TlsContextOptions& opts) {
+absl::Status InstallKeyPair(SSL_CTX* ctx, const KeyPair& key_pair, const TlsContextOptions& opts) {
   const std::vector<bssl::UniquePtr<X509>>& chain = key_pair.chain;
   if (!SSL_CTX_use_certificate(ctx, chain.front().get())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("certificate in ", opts.cert_chain_path,
-                     " is not usable: ", TakeErrorReason()));
+    return absl::InvalidArgumentError(absl::StrCat("certificate in ", opts.cert_chain_path,
+                                                   " is not usable: ", TakeErrorReason()));
   }
   for (size_t i = 1; i < chain.size(); ++i) {
     if (!SSL_CTX_add1_chain_cert(ctx, chain[i].get())) {
       return absl::InternalError(absl::StrCat("adding chain certificate from ",
-                                              opts.cert_chain_path, ": ",
-                                              TakeErrorReason()));
+                                              opts.cert_chain_path, ": ", TakeErrorReason()));
     }
   }
   if (!SSL_CTX_use_PrivateKey(ctx, key_pair.key.get())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "key in ", opts.key_path, " is not usable: ", TakeErrorReason()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("key in ", opts.key_path, " is not usable: ", TakeErrorReason()));
   }
   return absl::OkStatus();
 }
@@ -255,8 +236,7 @@ absl::Status InstallKeyPair(SSL_CTX* ctx, const KeyPair& key_pair,
 // Session lifetime, tickets and the external session cache.
 void ConfigureResumption(SSL_CTX* ctx, const TlsContextOptions& opts,
                          const ResumptionOptions& ropts) {
-  uint32_t lifetime_s =
-      static_cast<uint32_t>(absl::ToInt64Seconds(ropts.session_lifetime));
+  uint32_t lifetime_s = static_cast<uint32_t>(absl::ToInt64Seconds(ropts.session_lifetime));
   SSL_CTX_set_timeout(ctx, lifetime_s);
   SSL_CTX_set_session_psk_dhe_timeout(ctx, lifetime_s);
   if (opts.session_tickets) {
@@ -267,8 +247,7 @@ void ConfigureResumption(SSL_CTX* ctx, const TlsContextOptions& opts,
   if (opts.session_cache) {
     // External cache only: BoringSSL's internal one belongs to this SSL_CTX
     // and would be lost on reload.
-    SSL_CTX_set_session_cache_mode(
-        ctx, SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL);
     SSL_CTX_sess_set_new_cb(ctx, &TlsContextCallbacks::NewSession);
     SSL_CTX_sess_set_get_cb(ctx, &TlsContextCallbacks::GetSession);
   } else {
@@ -279,13 +258,11 @@ void ConfigureResumption(SSL_CTX* ctx, const TlsContextOptions& opts,
 }  // namespace
 
 const TlsContext* TlsContextCallbacks::FromSsl(const SSL* ssl) {
-  return static_cast<const TlsContext*>(
-      SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ContextIndex()));
+  return static_cast<const TlsContext*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ContextIndex()));
 }
 
-int TlsContextCallbacks::SelectAlpn(SSL* ssl, const uint8_t** out,
-                                    uint8_t* out_len, const uint8_t* in,
-                                    unsigned in_len, void* arg) {
+int TlsContextCallbacks::SelectAlpn(SSL* ssl, const uint8_t** out, uint8_t* out_len,
+                                    const uint8_t* in, unsigned in_len, void* arg) {
   const auto* self = static_cast<const TlsContext*>(arg);
   std::string_view ours = self->alpn_wire_;
   std::string_view theirs(reinterpret_cast<const char*>(in), in_len);
@@ -310,28 +287,20 @@ int TlsContextCallbacks::SelectAlpn(SSL* ssl, const uint8_t** out,
   return SSL_TLSEXT_ERR_ALERT_FATAL;
 }
 
-size_t TlsContextCallbacks::TicketMaxOverhead(SSL*) {
-  return TicketKeyRing::MaxOverhead();
+size_t TlsContextCallbacks::TicketMaxOverhead(SSL*) { return TicketKeyRing::MaxOverhead(); }
+
+int TlsContextCallbacks::TicketSeal(SSL* ssl, uint8_t* out, size_t* out_len, size_t max_out_len,
+                                    const uint8_t* in, size_t in_len) {
+  return FromSsl(ssl)->resumption_->ticket_keys().Seal(out, out_len, max_out_len, in, in_len) ? 1
+                                                                                              : 0;
 }
 
-int TlsContextCallbacks::TicketSeal(SSL* ssl, uint8_t* out, size_t* out_len,
-                                    size_t max_out_len, const uint8_t* in,
-                                    size_t in_len) {
-  return FromSsl(ssl)->resumption_->ticket_keys().Seal(out, out_len,
-                                                       max_out_len, in, in_len)
-             ? 1
-             : 0;
-}
-
-ssl_ticket_aead_result_t TlsContextCallbacks::TicketOpen(SSL* ssl, uint8_t* out,
-                                                         size_t* out_len,
-                                                         size_t max_out_len,
-                                                         const uint8_t* in,
+ssl_ticket_aead_result_t TlsContextCallbacks::TicketOpen(SSL* ssl, uint8_t* out, size_t* out_len,
+                                                         size_t max_out_len, const uint8_t* in,
                                                          size_t in_len) {
   // A ticket we cannot open (old key, another server's, garbage) just means
   // a full handshake, never a failed connection.
-  return FromSsl(ssl)->resumption_->ticket_keys().Open(out, out_len,
-                                                       max_out_len, in, in_len)
+  return FromSsl(ssl)->resumption_->ticket_keys().Open(out, out_len, max_out_len, in, in_len)
              ? ssl_ticket_aead_success
              : ssl_ticket_aead_ignore_ticket;
 }
@@ -341,24 +310,21 @@ int TlsContextCallbacks::NewSession(SSL* ssl, SSL_SESSION* session) {
   return 0;  // the cache keeps a serialized copy, not this reference
 }
 
-SSL_SESSION* TlsContextCallbacks::GetSession(SSL* ssl, const uint8_t* id,
-                                             int id_len, int* out_copy) {
+SSL_SESSION* TlsContextCallbacks::GetSession(SSL* ssl, const uint8_t* id, int id_len,
+                                             int* out_copy) {
   *out_copy = 0;  // we return a new reference
   const TlsContext* self = FromSsl(ssl);
   return self->resumption_->session_cache()
-      .Lookup(std::string_view(reinterpret_cast<const char*>(id), id_len),
-              self->ctx_.get())
+      .Lookup(std::string_view(reinterpret_cast<const char*>(id), id_len), self->ctx_.get())
       .release();
 }
 
-TlsContext::TlsContext(TlsContextOptions options,
-                       std::shared_ptr<Resumption> resumption)
+TlsContext::TlsContext(TlsContextOptions options, std::shared_ptr<Resumption> resumption)
     : options_(std::move(options)), resumption_(std::move(resumption)) {}
 
 TlsContext::~TlsContext() = default;
 
-absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(
-    TlsContextOptions options) {
+absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(TlsContextOptions options) {
   return Create(std::move(options), std::make_shared<Resumption>());
 }
 
@@ -377,8 +343,7 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(
   absl::StatusOr<KeyPair> key_pair = LoadKeyPair(options);
   if (!key_pair.ok()) return key_pair.status();
 
-  std::shared_ptr<TlsContext> self(
-      new TlsContext(std::move(options), std::move(resumption)));
+  std::shared_ptr<TlsContext> self(new TlsContext(std::move(options), std::move(resumption)));
   self->alpn_wire_ = std::move(*alpn_wire);
   self->ctx_.reset(SSL_CTX_new(TLS_method()));
   SSL_CTX* ctx = self->ctx_.get();
@@ -388,8 +353,7 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(
   if (absl::Status st = ConfigureProtocols(ctx, self.get()); !st.ok()) return st;
   if (absl::Status st = InstallKeyPair(ctx, *key_pair, opts); !st.ok()) return st;
   if (!self->alpn_wire_.empty()) {
-    SSL_CTX_set_alpn_select_cb(ctx, &TlsContextCallbacks::SelectAlpn,
-                               self.get());
+    SSL_CTX_set_alpn_select_cb(ctx, &TlsContextCallbacks::SelectAlpn, self.get());
   }
   ConfigureResumption(ctx, opts, self->resumption_->options());
   return std::shared_ptr<const TlsContext>(std::move(self));

@@ -62,8 +62,7 @@ class TlsContext {
   // kPermissionDenied (unreadable), kInvalidArgument (no or bad PEM block, an
   // encrypted key, a key that does not match the leaf certificate, a bad
   // ALPN name).
-  static absl::StatusOr<std::shared_ptr<const TlsContext>> Create(
-      TlsContextOptions options);
+  static absl::StatusOr<std::shared_ptr<const TlsContext>> Create(TlsContextOptions options);
 
   // As above, sharing `resumption` (ticket keys, session cache) with every
   // other context built from it.
@@ -77,8 +76,7 @@ class TlsContext {
   // (ECDSA to RSA), a TLS 1.2 session's suite names the old type and
   // BoringSSL falls back to a full handshake; TLS 1.3 sessions still resume.
   // This context is unchanged; on error the caller keeps using it.
-  absl::StatusOr<std::shared_ptr<const TlsContext>> Reload(
-      TlsContextOptions options) const;
+  absl::StatusOr<std::shared_ptr<const TlsContext>> Reload(TlsContextOptions options) const;
 
   ~TlsContext();
   TlsContext(const TlsContext&) = delete;

@@ -29,9 +29,7 @@ constexpr size_t kPlaintextBlock = 16384;
 // unflushed ciphertext, and its write buffer is freed right after each
 // record.
 struct TlsSessionBio {
-  static TlsSession* Self(BIO* bio) {
-    return static_cast<TlsSession*>(BIO_get_data(bio));
-  }
+  static TlsSession* Self(BIO* bio) { return static_cast<TlsSession*>(BIO_get_data(bio)); }
   static int Create(BIO* bio) {
     BIO_set_init(bio, 1);
     return 1;
@@ -51,16 +49,12 @@ struct TlsSessionBio {
     Self(bio)->BioWrite(data, static_cast<size_t>(len));
     return len;
   }
-  static long Ctrl(BIO*, int cmd, long, void*) {
-    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
-  }
+  static long Ctrl(BIO*, int cmd, long, void*) { return cmd == BIO_CTRL_FLUSH ? 1 : 0; }
   static const BIO_METHOD* Method() {
     static const BIO_METHOD* method = [] {
-      BIO_METHOD* m =
-          BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "sluice");
-      if (m == nullptr || !BIO_meth_set_create(m, &Create) ||
-          !BIO_meth_set_read(m, &Read) || !BIO_meth_set_write(m, &Write) ||
-          !BIO_meth_set_ctrl(m, &Ctrl)) {
+      BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "sluice");
+      if (m == nullptr || !BIO_meth_set_create(m, &Create) || !BIO_meth_set_read(m, &Read) ||
+          !BIO_meth_set_write(m, &Write) || !BIO_meth_set_ctrl(m, &Ctrl)) {
         std::abort();
       }
       return m;
@@ -133,13 +127,11 @@ absl::Status TlsSession::Fail(int ssl_error, const char* what) {
   // The error queue is per thread; leaving entries would mislead the next
   // connection's diagnosis on this worker.
   ERR_clear_error();
-  status_ =
-      absl::InvalidArgumentError(absl::StrCat("tls ", what, ": ", reason));
+  status_ = absl::InvalidArgumentError(absl::StrCat("tls ", what, ": ", reason));
   return status_;
 }
 
-absl::Status TlsSession::Feed(std::string_view ciphertext,
-                              std::vector<core::Slice>* plaintext) {
+absl::Status TlsSession::Feed(std::string_view ciphertext, std::vector<core::Slice>* plaintext) {
   if (!status_.ok()) return status_;
   if (ciphertext.empty() || peer_closed_) return absl::OkStatus();
   input_ = ciphertext;
@@ -151,10 +143,8 @@ absl::Status TlsSession::Feed(std::string_view ciphertext,
       const uint8_t* proto = nullptr;
       unsigned proto_len = 0;
       SSL_get0_alpn_selected(ssl_.get(), &proto, &proto_len);
-      alpn_ = proto_len > 0
-                  ? std::string_view(reinterpret_cast<const char*>(proto),
-                                     proto_len)
-                  : std::string_view("http/1.1");
+      alpn_ = proto_len > 0 ? std::string_view(reinterpret_cast<const char*>(proto), proto_len)
+                            : std::string_view("http/1.1");
     } else {
       int err = SSL_get_error(ssl_.get(), r);
       if (err != SSL_ERROR_WANT_READ) status = Fail(err, "handshake failed");
@@ -168,8 +158,7 @@ absl::Status TlsSession::Feed(std::string_view ciphertext,
   return status;
 }
 
-absl::Status TlsSession::ReadApplicationData(
-    std::vector<core::Slice>* plaintext) {
+absl::Status TlsSession::ReadApplicationData(std::vector<core::Slice>* plaintext) {
   // Peek first so that reads bringing no application data (tickets, alerts,
   // partial records) allocate no block.
   char probe;
@@ -179,8 +168,7 @@ absl::Status TlsSession::ReadApplicationData(
     for (;;) {
       size_t room = 0;
       char* dst = writer.Reserve(&room);
-      n = SSL_read(ssl_.get(), dst,
-                   static_cast<int>(std::min<size_t>(room, INT_MAX)));
+      n = SSL_read(ssl_.get(), dst, static_cast<int>(std::min<size_t>(room, INT_MAX)));
       if (n <= 0) break;
       writer.Commit(static_cast<size_t>(n));
       if (static_cast<size_t>(n) == room) plaintext->push_back(writer.Take());
@@ -267,9 +255,7 @@ bool TlsSession::session_reused() const {
   return handshake_done_ && SSL_session_reused(ssl_.get());
 }
 
-int TlsSession::version() const {
-  return handshake_done_ ? SSL_version(ssl_.get()) : 0;
-}
+int TlsSession::version() const { return handshake_done_ ? SSL_version(ssl_.get()) : 0; }
 
 std::string_view TlsSession::cipher() const {
   if (!handshake_done_) return {};

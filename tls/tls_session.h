@@ -85,8 +85,7 @@ class TlsSession {
   // HTTP_REQUEST" (plain HTTP sent to the TLS port), "tls record error:
   // DECRYPTION_FAILED_OR_BAD_RECORD_MAC". A fatal alert for the peer is
   // usually pending in the output then: send it before closing.
-  absl::Status Feed(std::string_view ciphertext,
-                    std::vector<core::Slice>* plaintext);
+  absl::Status Feed(std::string_view ciphertext, std::vector<core::Slice>* plaintext);
 
   // Encrypts `plaintext` into records (at most 16 KiB each) appended to the
   // pending output; the caller's buffer is not referenced after the call.

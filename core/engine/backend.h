@@ -56,8 +56,7 @@ class Backend {
   virtual absl::Status Init(unsigned entries) = 0;
   // A provider for `count` receive buffers (a power of two), to be given
   // to BufferRing. At most one per backend; it must be destroyed first.
-  virtual absl::StatusOr<std::unique_ptr<BufferProvider>> NewBufferProvider(
-      uint32_t count) = 0;
+  virtual absl::StatusOr<std::unique_ptr<BufferProvider>> NewBufferProvider(uint32_t count) = 0;
 
   // Multishot accept on listening socket `fd`: res is a new socket (close
   // on exec) or -errno; it ends without kIoMore after Cancel.

@@ -22,8 +22,8 @@ absl::Status BufferRing::Init(std::unique_ptr<BufferProvider> provider, uint32_t
   reserve_ = std::max<uint32_t>(count / 8, 1);
   buffer_size_ = buffer_size;
   memory_bytes_ = static_cast<size_t>(count) * buffer_size;
-  void* mem = mmap(nullptr, memory_bytes_, PROT_READ | PROT_WRITE,
-             MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+  void* mem =
+      mmap(nullptr, memory_bytes_, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
   if (mem == MAP_FAILED) return absl::ResourceExhaustedError("mmap buffers");
   memory_ = static_cast<char*>(mem);
   refs_.resize(count);

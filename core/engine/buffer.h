@@ -23,8 +23,8 @@ class Stream;
 // released through the loop (Loop::NewAccount, ReleaseAccount): an account
 // outlives its owner while buffers it lent are still held somewhere.
 struct BufferAccount {
-  uint32_t held = 0;         // ring buffers lent and not yet back
-  bool orphaned = false;     // the owner released it; freed at held == 0
+  uint32_t held = 0;               // ring buffers lent and not yet back
+  bool orphaned = false;           // the owner released it; freed at held == 0
   std::vector<Stream*> upstreams;  // upstream links serving the owner now
 };
 
@@ -66,8 +66,7 @@ class BufferRing {
 
   // `count` must be a power of two. Buffers are handed to `provider`,
   // which the ring owns and destroys first.
-  absl::Status Init(std::unique_ptr<BufferProvider> provider, uint32_t count,
-                    uint32_t buffer_size);
+  absl::Status Init(std::unique_ptr<BufferProvider> provider, uint32_t count, uint32_t buffer_size);
 
   // Wraps buffer `bid`, just filled with `len` bytes, in a Slice. When the
   // ring runs low (fewer than count/8 buffers left to the kernel), the
@@ -95,21 +94,15 @@ class BufferRing {
   // since the last call. Returns whether another call could still do
   // something (the worker stops calling while idle and fully trimmed).
   bool Trim();
-  bool wants_trim() const {
-    return target_ > min_target_ || spare_.size() > spare_released_;
-  }
+  bool wants_trim() const { return target_ > min_target_ || spare_.size() > spare_released_; }
 
   // Buffers currently lent out (held by slices or not yet recycled).
   uint32_t in_use() const { return in_use_; }
   // Buffers handed to the kernel and not yet reported filled.
   uint32_t published() const { return published_; }
   // Spare buffers whose pages may be resident (not released by Trim).
-  uint32_t spare_warm() const {
-    return static_cast<uint32_t>(spare_.size() - spare_released_);
-  }
-  char* buffer(uint16_t bid) const {
-    return memory_ + static_cast<size_t>(bid) * buffer_size_;
-  }
+  uint32_t spare_warm() const { return static_cast<uint32_t>(spare_.size() - spare_released_); }
+  char* buffer(uint16_t bid) const { return memory_ + static_cast<size_t>(bid) * buffer_size_; }
   uint32_t count() const { return count_; }
   // Receives copied out of the ring because it ran low (see Take).
   uint64_t copied() const { return copied_; }

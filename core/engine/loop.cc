@@ -28,9 +28,7 @@ int64_t ClockNs(clockid_t clock) {
 Loop::Loop(const Options& options) : Loop(options, NewUringBackend()) {}
 
 Loop::Loop(const Options& options, std::unique_ptr<Backend> backend)
-    : options_(options),
-      backend_(std::move(backend)),
-      buffer_trim_timer_([this] {
+    : options_(options), backend_(std::move(backend)), buffer_trim_timer_([this] {
         if (buffers_.Trim()) Timers(kBufferTrimNs)->Arm(&buffer_trim_timer_, now_ns_);
       }) {
   wake_op_.loop = this;
@@ -68,8 +66,8 @@ absl::Status Loop::Init() {
   absl::StatusOr<std::unique_ptr<BufferProvider>> provider =
       backend_->NewBufferProvider(options_.recv_buffers);
   if (!provider.ok()) return provider.status();
-  if (absl::Status s = buffers_.Init(*std::move(provider), options_.recv_buffers,
-                                     options_.recv_buffer_size);
+  if (absl::Status s =
+          buffers_.Init(*std::move(provider), options_.recv_buffers, options_.recv_buffer_size);
       !s.ok()) {
     return s;
   }
@@ -164,9 +162,7 @@ void Loop::ArmAccept(AcceptOp* op) {
   op->armed = true;
 }
 
-void Loop::ArmWake() {
-  backend_->Read(wake_fd_, &wake_buf_, sizeof(wake_buf_), &wake_op_);
-}
+void Loop::ArmWake() { backend_->Read(wake_fd_, &wake_buf_, sizeof(wake_buf_), &wake_op_); }
 
 void Loop::OnAccept(AcceptOp* op, int res, uint32_t flags) {
   if (!(flags & kIoMore)) op->armed = false;
@@ -232,8 +228,7 @@ void Loop::RetryStarved() {
   // ring is believed to hold some (a receive that met the ring empty just
   // before this turn's completions refilled it must not wait for the next
   // buffer to be handed over, which may never come on an idle worker).
-  if (!starved_.empty() &&
-      (buffers_.recycled() != recycled_seen_ || buffers_.published() > 0)) {
+  if (!starved_.empty() && (buffers_.recycled() != recycled_seen_ || buffers_.published() > 0)) {
     std::vector<Stream*> starved;
     starved.swap(starved_);
     for (Stream* s : starved) s->RetryAfterBuffers();

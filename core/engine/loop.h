@@ -9,8 +9,8 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
-#include "core/engine/buffer.h"
 #include "core/engine/backend.h"
+#include "core/engine/buffer.h"
 #include "core/engine/send_queue.h"
 #include "core/engine/timer.h"
 
@@ -139,9 +139,7 @@ class Loop {
     int fd;
     int tag;
     bool armed = false;
-    void Complete(int res, uint32_t flags) override {
-      loop->OnAccept(this, res, flags);
-    }
+    void Complete(int res, uint32_t flags) override { loop->OnAccept(this, res, flags); }
   };
   struct WakeOp final : Completion {
     Loop* loop;

@@ -32,8 +32,7 @@ class Slice {
     if (owner_) ++owner_->refs;
   }
   Slice(const Slice& o) : Slice(o.owner_, o.data_, o.size_) {}
-  Slice(Slice&& o) noexcept
-      : owner_(o.owner_), data_(o.data_), size_(o.size_) {
+  Slice(Slice&& o) noexcept : owner_(o.owner_), data_(o.data_), size_(o.size_) {
     o.owner_ = nullptr;
     o.data_ = nullptr;
     o.size_ = 0;
@@ -51,9 +50,7 @@ class Slice {
   // A Slice that takes over `s` (no copy of its bytes).
   static Slice FromString(std::string s);
   // A Slice over memory that outlives every user (string literals).
-  static Slice Static(std::string_view bytes) {
-    return Slice(nullptr, bytes.data(), bytes.size());
-  }
+  static Slice Static(std::string_view bytes) { return Slice(nullptr, bytes.data(), bytes.size()); }
 
   const char* data() const { return data_; }
   size_t size() const { return size_; }
@@ -61,9 +58,7 @@ class Slice {
   std::string_view view() const { return {data_, size_}; }
 
   // A view of [offset, offset+len) sharing the same memory.
-  Slice Sub(size_t offset, size_t len) const {
-    return Slice(owner_, data_ + offset, len);
-  }
+  Slice Sub(size_t offset, size_t len) const { return Slice(owner_, data_ + offset, len); }
   // The sub-view covering `part`, which must lie inside this slice.
   Slice SubOf(std::string_view part) const {
     return Sub(static_cast<size_t>(part.data() - data_), part.size());

@@ -106,8 +106,8 @@ void Stream::OnRecv(int res, uint32_t flags) {
     OpDone();
   }
   if (res > 0) {
-    Slice data = loop_->buffers().Take(
-        static_cast<uint16_t>(flags >> kIoBufferShift), res, account_);
+    Slice data =
+        loop_->buffers().Take(static_cast<uint16_t>(flags >> kIoBufferShift), res, account_);
     if (!closing_) handler_->OnData(std::move(data));
   } else if (res == -ENOBUFS) {
     // The ring is empty: wait until slices release buffers, then re-arm.
@@ -186,8 +186,7 @@ void Stream::ReturnQueue() {
 }
 
 void Stream::KickSend() {
-  if (send_inflight_ || queue_empty() || closing_ || connecting_ ||
-      flush_pending_) {
+  if (send_inflight_ || queue_empty() || closing_ || connecting_ || flush_pending_) {
     return;
   }
   flush_pending_ = true;
@@ -199,8 +198,7 @@ void Stream::Flush() {
   if (send_inflight_ || queue_empty() || closing_ || connecting_) return;
   if (!scratch_) scratch_ = loop_->send_pool().TakeScratch();
   int n = 0;
-  for (auto it = queue_->begin();
-       it != queue_->end() && n < SendScratch::kMaxIov; ++it, ++n) {
+  for (auto it = queue_->begin(); it != queue_->end() && n < SendScratch::kMaxIov; ++it, ++n) {
     scratch_->iov[n].iov_base = const_cast<char*>(it->ptr);
     scratch_->iov[n].iov_len = it->len;
   }

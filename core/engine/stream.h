@@ -9,10 +9,10 @@
 #include <string>
 #include <string_view>
 
-#include "core/engine/buffer.h"
 #include "core/engine/backend.h"
-#include "core/engine/send_queue.h"
+#include "core/engine/buffer.h"
 #include "core/engine/loop.h"
+#include "core/engine/send_queue.h"
 
 namespace sluice::core {
 
@@ -80,9 +80,7 @@ class Stream final : public Flushable {
   // Backpressure: a producer pauses its source while congested() and
   // resumes once drained(). Pieces count too, because every queued slice
   // pins a whole provided buffer however few bytes it holds.
-  bool congested() const {
-    return queued_bytes_ > kHighWatermark || queued_pieces() > kMaxPieces;
-  }
+  bool congested() const { return queued_bytes_ > kHighWatermark || queued_pieces() > kMaxPieces; }
   bool drained() const {
     return queued_bytes_ <= kLowWatermark && queued_pieces() <= kMaxPieces / 4;
   }

@@ -11,8 +11,14 @@ TimerList::~TimerList() {
 }
 
 void TimerList::Unlink(Timer* t) {
-  if (t->prev_) t->prev_->next_ = t->next_; else head_ = t->next_;
-  if (t->next_) t->next_->prev_ = t->prev_; else tail_ = t->prev_;
+  if (t->prev_)
+    t->prev_->next_ = t->next_;
+  else
+    head_ = t->next_;
+  if (t->next_)
+    t->next_->prev_ = t->prev_;
+  else
+    tail_ = t->prev_;
   t->prev_ = t->next_ = nullptr;
   t->list_ = nullptr;
 }
@@ -23,7 +29,10 @@ void TimerList::Arm(Timer* t, int64_t now_ns) {
   t->list_ = this;
   t->prev_ = tail_;
   t->next_ = nullptr;
-  if (tail_) tail_->next_ = t; else head_ = t;
+  if (tail_)
+    tail_->next_ = t;
+  else
+    head_ = t;
   tail_ = t;
 }
 
@@ -35,8 +44,14 @@ void TimerList::ArmAt(Timer* t, int64_t deadline_ns) {
   while (after && after->deadline_ns_ > deadline_ns) after = after->prev_;
   t->prev_ = after;
   t->next_ = after ? after->next_ : head_;
-  if (t->next_) t->next_->prev_ = t; else tail_ = t;
-  if (after) after->next_ = t; else head_ = t;
+  if (t->next_)
+    t->next_->prev_ = t;
+  else
+    tail_ = t;
+  if (after)
+    after->next_ = t;
+  else
+    head_ = t;
 }
 
 void TimerList::Expire(int64_t now_ns) {

@@ -18,10 +18,8 @@ class Timer {
  public:
   template <typename F>
   explicit Timer(F on_fire) {
-    static_assert(sizeof(F) <= sizeof(callback_) &&
-                      alignof(F) <= alignof(void*) &&
-                      std::is_trivially_copyable_v<F> &&
-                      std::is_trivially_destructible_v<F>,
+    static_assert(sizeof(F) <= sizeof(callback_) && alignof(F) <= alignof(void*) &&
+                      std::is_trivially_copyable_v<F> && std::is_trivially_destructible_v<F>,
                   "a Timer's callback captures one pointer, like [this]");
     new (callback_) F(on_fire);
     fire_ = [](const void* callback) {

@@ -29,10 +29,11 @@ std::string IoUringUnavailableMessage(int err) {
                     "kernel.io_uring_group)");
   } else if (err == EPERM) {
     // The sysctl allows it, so something around the process refuses it.
-    absl::StrAppend(&msg, ": a seccomp profile (container runtime, systemd "
+    absl::StrAppend(&msg,
+                    ": a seccomp profile (container runtime, systemd "
                     "SystemCallFilter) blocks io_uring_setup although "
-                    "kernel.io_uring_disabled=", disabled.empty() ? "?" : disabled,
-                    "; allow the io_uring syscalls for sluice");
+                    "kernel.io_uring_disabled=",
+                    disabled.empty() ? "?" : disabled, "; allow the io_uring syscalls for sluice");
   } else if (err == ENOSYS) {
     absl::StrAppend(&msg, ": the kernel was built without io_uring (CONFIG_IO_URING)");
   } else if (err == ENOMEM) {
@@ -76,8 +77,8 @@ class UringBackend final : public Backend {
 
   absl::Status Init(unsigned entries) override {
     io_uring_params p{};
-    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
-              IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL;
+    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE |
+              IORING_SETUP_SUBMIT_ALL;
     p.cq_entries = entries * 4;
     int ret = io_uring_queue_init_params(entries, &ring_, &p);
     if (ret == -EINVAL) {

@@ -21,33 +21,33 @@ enum class AccessLogFormat {
 // One finished request, as the access log sees it. Views are valid for the
 // duration of the Append call.
 struct AccessRecord {
-  int64_t start_unix_ns = 0;      // wall clock when the request head arrived
-  std::string_view remote_addr;   // the client (after --trusted_proxies)
+  int64_t start_unix_ns = 0;     // wall clock when the request head arrived
+  std::string_view remote_addr;  // the client (after --trusted_proxies)
   // The key name or Basic user; for a refused Basic login the user name
   // it tried (nginx's $remote_user); empty: "-".
   std::string_view user;
   std::string_view method;
-  std::string_view target;        // as the client sent it
-  std::string_view protocol;      // "HTTP/1.1", "HTTP/1.0", "HTTP/2.0"
-  int status = 0;                 // 499: the client went away first
-  uint64_t body_bytes_sent = 0;   // response payload bytes, headers excluded
-  std::string_view referer;       // empty: "-"
-  std::string_view user_agent;    // empty: "-"
+  std::string_view target;       // as the client sent it
+  std::string_view protocol;     // "HTTP/1.1", "HTTP/1.0", "HTTP/2.0"
+  int status = 0;                // 499: the client went away first
+  uint64_t body_bytes_sent = 0;  // response payload bytes, headers excluded
+  std::string_view referer;      // empty: "-"
+  std::string_view user_agent;   // empty: "-"
   int64_t request_time_ns = 0;
   int64_t upstream_time_ns = -1;  // -1: no upstream was used ("-")
   // JSON only.
-  std::string_view principal;     // "key:NAME", "user:NAME"; empty: null
-  std::string_view route;         // route group
-  std::string_view model;         // empty: null
-  bool stream = false;            // the response was NDJSON or SSE
-  int64_t ttft_ns = -1;           // -1: null (no token event relayed)
+  std::string_view principal;  // "key:NAME", "user:NAME"; empty: null
+  std::string_view route;      // route group
+  std::string_view model;      // empty: null
+  bool stream = false;         // the response was NDJSON or SSE
+  int64_t ttft_ns = -1;        // -1: null (no token event relayed)
   int64_t gap_p50_ns = -1;
   int64_t gap_max_ns = -1;
-  int64_t prompt_tokens = -1;     // -1: null
+  int64_t prompt_tokens = -1;  // -1: null
   int64_t completion_tokens = -1;
-  bool cancelled = false;         // the client went away mid-request
+  bool cancelled = false;  // the client went away mid-request
   int worker = 0;
-  uint64_t connection = 0;        // the connection's number (log lines name it)
+  uint64_t connection = 0;  // the connection's number (log lines name it)
 };
 
 // The request's own fields of a record: method, target, protocol

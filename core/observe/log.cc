@@ -4,10 +4,9 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
-
 #include <cstdarg>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 
 namespace sluice::core {
@@ -53,8 +52,8 @@ void LogLine(LogLevel level, const char* fmt, ...) {
   tm local;
   localtime_r(&ts.tv_sec, &local);
   size_t n = strftime(buf, sizeof(buf), "%Y/%m/%d %H:%M:%S", &local);
-  int w = snprintf(buf + n, sizeof(buf) - n, " [%s] w%d: ",
-                   kNames[static_cast<int>(level)], t_worker);
+  int w =
+      snprintf(buf + n, sizeof(buf) - n, " [%s] w%d: ", kNames[static_cast<int>(level)], t_worker);
   if (w > 0) n += static_cast<size_t>(w);
   va_list ap;
   va_start(ap, fmt);

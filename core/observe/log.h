@@ -12,8 +12,7 @@ inline std::atomic<int> g_log_level{1};
 
 // Writes one line to stderr: time, level, worker, message. A single
 // write(2) per line, so lines from workers never interleave.
-void LogLine(LogLevel level, const char* fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+void LogLine(LogLevel level, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 
 // The calling thread's worker index, shown in log lines (-1: main).
 void SetLogWorker(int index);
@@ -28,11 +27,10 @@ void ReopenErrorLog();
 
 }  // namespace sluice::core
 
-#define SLUICE_LOG(level, ...)                                          \
-  do {                                                                  \
-    if (static_cast<int>(level) >=                                      \
-        ::sluice::core::g_log_level.load(std::memory_order_relaxed))    \
-      ::sluice::core::LogLine(level, __VA_ARGS__);                      \
+#define SLUICE_LOG(level, ...)                                                                  \
+  do {                                                                                          \
+    if (static_cast<int>(level) >= ::sluice::core::g_log_level.load(std::memory_order_relaxed)) \
+      ::sluice::core::LogLine(level, __VA_ARGS__);                                              \
   } while (0)
 #define LOG_DEBUG(...) SLUICE_LOG(::sluice::core::LogLevel::kDebug, __VA_ARGS__)
 #define LOG_INFO(...) SLUICE_LOG(::sluice::core::LogLevel::kInfo, __VA_ARGS__)

@@ -140,8 +140,8 @@ struct MetricsShard {
   static constexpr size_t kMaxTokenSeries = 1024;
 
   RouteStats& Route(std::string_view group);
-  void AddTokens(std::string_view principal, std::string_view model,
-                 int64_t prompt, int64_t completion);
+  void AddTokens(std::string_view principal, std::string_view model, int64_t prompt,
+                 int64_t completion);
   void Merge(const MetricsShard& other);
 };
 

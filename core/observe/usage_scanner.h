@@ -257,4 +257,3 @@ class RequestScanner {
 };
 
 }  // namespace sluice::core
-

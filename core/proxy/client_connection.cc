@@ -2,9 +2,9 @@
 
 #include <cstring>
 
+#include "core/observe/log.h"
 #include "core/proxy/h1_downstream.h"
 #include "core/proxy/h2_downstream.h"
-#include "core/observe/log.h"
 #include "core/server/shard.h"
 
 namespace sluice::core {
@@ -16,8 +16,7 @@ constexpr std::string_view kPriMethod = kH2Preface.substr(0, 4);  // "PRI "
 constexpr int64_t kLingerNs = 2'000'000'000;
 }  // namespace
 
-ClientConnection::ClientConnection(Shard* shard, int fd,
-                                   policy::IpAddress peer, ListenerKind kind,
+ClientConnection::ClientConnection(Shard* shard, int fd, policy::IpAddress peer, ListenerKind kind,
                                    std::shared_ptr<const tls::TlsContext> tls)
     : shard_(shard),
       number_(shard->NextConnectionNumber()),
@@ -83,8 +82,7 @@ void ClientConnection::Start() {
       stream_.Close();
       return;
     }
-    shard_->Timers(shard_->config().handshake_timeout_ns)
-        ->Arm(&handshake_timer_, shard_->now_ns());
+    shard_->Timers(shard_->config().handshake_timeout_ns)->Arm(&handshake_timer_, shard_->now_ns());
     stream_.StartReading();
   } else {
     // Plain listeners wait for the first bytes to tell h2c from HTTP/1.1;
@@ -133,8 +131,8 @@ void ClientConnection::OnCiphertext(Slice data) {
     // A failed handshake or a bad record closes this connection only; the
     // alert BoringSSL queued goes out first.
     if (!tls_->handshake_done()) ++shard_->metrics().tls_handshake_failures;
-    LOG_INFO("*%llu client %s: %s", static_cast<unsigned long long>(number_),
-             client_addr_.c_str(), std::string(st.message()).c_str());
+    LOG_INFO("*%llu client %s: %s", static_cast<unsigned long long>(number_), client_addr_.c_str(),
+             std::string(st.message()).c_str());
     SendTlsOutput();
     CloseAfterWrite();
     return;
@@ -212,8 +210,7 @@ void ClientConnection::SealPlaintext() {
   plain_bytes_ = 0;
   copies_.Trim();  // idle connections hold no copy block
   if (!st.ok()) {
-    LOG_DEBUG("*%llu client %s: %s", static_cast<unsigned long long>(number_),
-              client_addr_.c_str(),
+    LOG_DEBUG("*%llu client %s: %s", static_cast<unsigned long long>(number_), client_addr_.c_str(),
               std::string(st.message()).c_str());
     stream_.Close();
     return;

@@ -57,8 +57,7 @@ class ClientSession {
 class ClientConnection final : public StreamHandler, public Flushable {
  public:
   // `tls` is the context for a kTls listener (null otherwise).
-  ClientConnection(Shard* shard, int fd, policy::IpAddress peer,
-                   ListenerKind kind,
+  ClientConnection(Shard* shard, int fd, policy::IpAddress peer, ListenerKind kind,
                    std::shared_ptr<const tls::TlsContext> tls = nullptr);
   ~ClientConnection() override;
 
@@ -81,15 +80,10 @@ class ClientConnection final : public StreamHandler, public Flushable {
 
   // Backpressure of the send queue (see Stream), plaintext waiting for
   // encryption included.
-  bool congested() const {
-    return stream_.congested() || plain_bytes_ > kHighWatermark;
-  }
-  bool drained() const {
-    return stream_.drained() && plain_bytes_ <= kLowWatermark;
-  }
+  bool congested() const { return stream_.congested() || plain_bytes_ > kHighWatermark; }
+  bool drained() const { return stream_.drained() && plain_bytes_ <= kLowWatermark; }
   bool write_idle() const {
-    return stream_.write_idle() && plain_.empty() &&
-           (!tls_ || !tls_->HasOutput());
+    return stream_.write_idle() && plain_.empty() && (!tls_ || !tls_->HasOutput());
   }
 
   void StartReading() { stream_.StartReading(); }

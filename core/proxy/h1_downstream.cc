@@ -17,13 +17,13 @@ H1Downstream::H1Downstream(ClientConnection* conn)
       keepalive_timer_([this] { conn_->Close(); }),
       header_timer_([this] {
         if (responding_) return;
-        std::string out = http::JsonErrorResponse(408, "request header timeout", true, 0,
-                                                  ExtraFields());
+        std::string out =
+            http::JsonErrorResponse(408, "request header timeout", true, 0, ExtraFields());
         LOG_INFO("*%llu client %s: 408 request header timeout",
                  static_cast<unsigned long long>(conn_->number()), conn_->client_addr().c_str());
         shard_->AccountBare(nullptr, conn_->client_addr(), 408,
-                             http::JsonErrorBody("request header timeout").size(),
-                             shard_->now_ns(), shard_->now_unix_ns(), conn_->number(), "other");
+                            http::JsonErrorBody("request header timeout").size(), shard_->now_ns(),
+                            shard_->now_unix_ns(), conn_->number(), "other");
         conn_->WriteOwned(std::move(out));
         CloseAfterDrain();
       }),
@@ -103,8 +103,7 @@ void H1Downstream::ProcessInput() {
 
 void H1Downstream::UpdateReading() {
   // Unparsed pipelined input is bounded; relay backpressure pauses too.
-  bool want = !paused_by_relay_ && !close_after_ &&
-              pending_bytes_ <= kHighWatermark;
+  bool want = !paused_by_relay_ && !close_after_ && pending_bytes_ <= kHighWatermark;
   if (want && !conn_->reading()) {
     conn_->StartReading();
   } else if (!want && conn_->reading()) {
@@ -147,8 +146,8 @@ void H1Downstream::OnRequestHead(http::RequestHead head) {
     return;
   }
   relay_ = NewExchange(shard_, this, std::move(head),
-                       ClientInfo{conn_->client_addr(), conn_->peer(),
-                                  std::string(conn_->scheme()), conn_->number()});
+                       ClientInfo{conn_->client_addr(), conn_->peer(), std::string(conn_->scheme()),
+                                  conn_->number()});
   relay_->Start();
   ArmBodyTimer();
 }
@@ -165,8 +164,7 @@ void H1Downstream::OnRequestComplete() {
 void H1Downstream::ArmBodyTimer() {
   if (relay_ && request_has_body_ && codec_.in_message() && !paused_by_relay_ && !tunnel_ &&
       !close_after_) {
-    shard_->Timers(shard_->config().client_body_timeout_ns)
-        ->Arm(&body_timer_, shard_->now_ns());
+    shard_->Timers(shard_->config().client_body_timeout_ns)->Arm(&body_timer_, shard_->now_ns());
   } else {
     body_timer_.Disarm();
   }
@@ -175,9 +173,8 @@ void H1Downstream::ArmBodyTimer() {
 void H1Downstream::SendResponseHead(const http::ResponseHead& head) {
   using http::BodyFraming;
   const bool http10 = relay_ && relay_->head().version_minor == 0;
-  const bool no_body = (relay_ && relay_->head().is_head()) ||
-                       head.status < 200 || head.status == 204 ||
-                       head.status == 304;
+  const bool no_body = (relay_ && relay_->head().is_head()) || head.status < 200 ||
+                       head.status == 204 || head.status == 304;
   if (no_body) {
     framing_ = BodyFraming::kNone;
   } else if (head.content_length.has_value()) {
@@ -188,13 +185,12 @@ void H1Downstream::SendResponseHead(const http::ResponseHead& head) {
     framing_ = BodyFraming::kChunked;
   }
   const bool upgrade = head.status == 101;
-  if (!request_keep_alive_ || draining_ || framing_ == BodyFraming::kClose ||
-      codec_.in_message() || (relay_ && relay_->head().upgrade && !upgrade)) {
+  if (!request_keep_alive_ || draining_ || framing_ == BodyFraming::kClose || codec_.in_message() ||
+      (relay_ && relay_->head().upgrade && !upgrade)) {
     close_after_ = true;
   }
   std::string out;
-  http::AppendDownstreamResponseHead(head, framing_, close_after_ && !upgrade,
-                                     &out, ExtraFields());
+  http::AppendDownstreamResponseHead(head, framing_, close_after_ && !upgrade, &out, ExtraFields());
   conn_->WriteOwned(std::move(out));
   ArmSendTimer();
   if (upgrade) {
@@ -246,8 +242,7 @@ void H1Downstream::SendPolicyAnswer(int status, std::string_view error,
     head.status = status;
     head.content_length = 0;
     std::string out;
-    http::AppendDownstreamResponseHead(head, http::BodyFraming::kNone, close_after_,
-                                       &out, extra);
+    http::AppendDownstreamResponseHead(head, http::BodyFraming::kNone, close_after_, &out, extra);
     conn_->WriteOwned(std::move(out));
   } else {
     conn_->WriteOwned(http::JsonErrorResponse(status, error, close_after_, 0, extra));
@@ -324,7 +319,7 @@ void H1Downstream::CodecError(const absl::Status& status) {
   if (code == 413) msg = "request body too large";
   if (code == 431) msg = "request header fields too large";
   shard_->AccountBare(nullptr, conn_->client_addr(), code, http::JsonErrorBody(msg).size(),
-                       shard_->now_ns(), shard_->now_unix_ns(), conn_->number(), "other");
+                      shard_->now_ns(), shard_->now_unix_ns(), conn_->number(), "other");
   conn_->WriteOwned(http::JsonErrorResponse(code, msg, true, 0, ExtraFields()));
   CloseAfterDrain();
 }
@@ -387,8 +382,7 @@ void H1Downstream::OnReadEnd(int res) {
   // link at once so the model stops generating for nobody.
   if (relay_ && !tunnel_) {
     LOG_DEBUG("*%llu client %s went away mid-request (%d)",
-              static_cast<unsigned long long>(conn_->number()), conn_->client_addr().c_str(),
-              res);
+              static_cast<unsigned long long>(conn_->number()), conn_->client_addr().c_str(), res);
   }
   if (relay_ || res < 0) {
     Abort();
@@ -428,7 +422,7 @@ void H1Downstream::Redirect(const http::RequestHead& head) {
   const size_t head_end = out.find("\r\n\r\n");
   const uint64_t body_bytes = head_end == std::string::npos ? 0 : out.size() - head_end - 4;
   shard_->AccountBare(&head, conn_->client_addr(), 301, body_bytes, shard_->now_ns(),
-                       shard_->now_unix_ns(), conn_->number(), "redirect");
+                      shard_->now_unix_ns(), conn_->number(), "redirect");
   conn_->WriteOwned(std::move(out));
   FinishExchange();
 }

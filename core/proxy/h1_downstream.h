@@ -5,10 +5,10 @@
 #include <string>
 
 #include "core/engine/buffer.h"
-#include "core/proxy/client_connection.h"
-#include "core/proxy/exchange.h"
 #include "core/engine/stream.h"
 #include "core/engine/timer.h"
+#include "core/proxy/client_connection.h"
+#include "core/proxy/exchange.h"
 #include "http/h1_server_codec.h"
 #include "http/serialize.h"
 
@@ -28,9 +28,7 @@ class Shard;
 // (the relay stops reading the upstream above it), plus what one in-flight
 // receive completes with (one 16 KiB buffer). About 150 KiB at worst; an
 // idle keepalive connection holds no buffer at all.
-class H1Downstream final : public ClientSession,
-                           public http::H1RequestSink,
-                           public Downstream {
+class H1Downstream final : public ClientSession, public http::H1RequestSink, public Downstream {
  public:
   explicit H1Downstream(ClientConnection* conn);
   ~H1Downstream() override;
@@ -86,7 +84,7 @@ class H1Downstream final : public ClientSession,
   Shard* shard_;
   http::H1ServerCodec codec_;
   std::unique_ptr<Exchange> relay_;  // the request being answered
-  std::deque<Slice> pending_;  // received, not yet parsed
+  std::deque<Slice> pending_;        // received, not yet parsed
   size_t pending_bytes_ = 0;
   http::BodyFraming framing_ = http::BodyFraming::kNone;
   Timer keepalive_timer_;

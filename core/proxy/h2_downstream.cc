@@ -98,8 +98,7 @@ void H2Downstream::OnWriteError(int res) { conn_->Close(); }
 
 void H2Downstream::OnWriteProgress() {
   if (!conn_->write_idle() || codec_.WantsWrite()) {
-    shard_->Timers(shard_->config().send_timeout_ns)
-        ->Arm(&send_timer_, shard_->now_ns());
+    shard_->Timers(shard_->config().send_timeout_ns)->Arm(&send_timer_, shard_->now_ns());
   }
   if (codec_.WantsWrite() && !conn_->congested()) {
     Wake();
@@ -129,8 +128,7 @@ void H2Downstream::Flush() {
   }
   if (codec_.ShouldClose() && !failed_) close_when_done_ = true;
   if (progressed) {
-    shard_->Timers(shard_->config().send_timeout_ns)
-        ->Arm(&send_timer_, shard_->now_ns());
+    shard_->Timers(shard_->config().send_timeout_ns)->Arm(&send_timer_, shard_->now_ns());
   }
   UpdateTimers();
   MaybeClose();
@@ -153,8 +151,8 @@ void H2Downstream::UpdateTimers() {
   }
   // A stalled writer (zero window, or a socket the client does not read)
   // gets send_timeout from its last progress, like an HTTP/1.1 client.
-  const bool waiting = !conn_->write_idle() || codec_.WantsWrite() ||
-                       codec_.total_queued_bytes() > 0;
+  const bool waiting =
+      !conn_->write_idle() || codec_.WantsWrite() || codec_.total_queued_bytes() > 0;
   if (!waiting) {
     send_timer_.Disarm();
   } else if (!send_timer_.armed()) {
@@ -190,8 +188,7 @@ void H2Downstream::Retire(int32_t id) {
   UpdateTimers();
 }
 
-void H2Downstream::OnRequestHeaders(int32_t stream_id, http::RequestHead head,
-                                    bool end_stream) {
+void H2Downstream::OnRequestHeaders(int32_t stream_id, http::RequestHead head, bool end_stream) {
   ++shard_->metrics().requests;
   seen_request_ = true;
   conn_->SetPhase(ClientConnection::Phase::kWriting);
@@ -206,10 +203,9 @@ void H2Downstream::OnRequestHeaders(int32_t stream_id, http::RequestHead head,
     constexpr std::string_view kTooLarge = "request body too large";
     LOG_INFO("*%llu client %s: stream %d: 413 %s (content-length %llu)",
              static_cast<unsigned long long>(conn_->number()), conn_->client_addr().c_str(),
-             stream_id, kTooLarge.data(),
-             static_cast<unsigned long long>(*head.content_length));
+             stream_id, kTooLarge.data(), static_cast<unsigned long long>(*head.content_length));
     shard_->AccountBare(&head, conn_->client_addr(), 413, http::JsonErrorBody(kTooLarge).size(),
-                         shard_->now_ns(), shard_->now_unix_ns(), conn_->number(), "other");
+                        shard_->now_ns(), shard_->now_unix_ns(), conn_->number(), "other");
     Quiet(codec_.SubmitJsonError(stream_id, 413, kTooLarge));
     UpdateTimers();
     Wake();
@@ -260,12 +256,12 @@ void H2Downstream::OnRequestData(int32_t stream_id, Slice data) {
   Wake();
 }
 
-void H2Downstream::OnRequestTrailers(int32_t stream_id,
-                                     std::vector<http::Header> trailers) {
+void H2Downstream::OnRequestTrailers(int32_t stream_id, std::vector<http::Header> trailers) {
   // Ollama takes no request trailers; they end the body like END_STREAM
   // (OnRequestEnd follows), and are not forwarded, as nginx does.
   LOG_DEBUG("*%llu client %s: stream %d: %zu request trailer field(s) dropped",
-            static_cast<unsigned long long>(conn_->number()), conn_->client_addr().c_str(), stream_id, trailers.size());
+            static_cast<unsigned long long>(conn_->number()), conn_->client_addr().c_str(),
+            stream_id, trailers.size());
 }
 
 void H2Downstream::OnRequestEnd(int32_t stream_id) {
@@ -295,7 +291,8 @@ void H2Downstream::OnStreamReset(int32_t stream_id, uint32_t error_code) {
   // at once so Ollama stops generating.
   if (StreamState* st = Find(stream_id)) {
     LOG_DEBUG("*%llu client %s: stream %d reset (code %u)",
-              static_cast<unsigned long long>(conn_->number()), conn_->client_addr().c_str(), stream_id, error_code);
+              static_cast<unsigned long long>(conn_->number()), conn_->client_addr().c_str(),
+              stream_id, error_code);
     if (st->relay_) st->relay_->Cancel();
     Retire(stream_id);
   }
@@ -334,8 +331,8 @@ void H2Downstream::StreamState::SendError(int status, std::string_view message) 
   SendPolicyAnswer(status, message, {});
 }
 
-void H2Downstream::StreamState::SendPolicyAnswer(
-    int status, std::string_view message, const std::vector<http::Header>& headers) {
+void H2Downstream::StreamState::SendPolicyAnswer(int status, std::string_view message,
+                                                 const std::vector<http::Header>& headers) {
   H2Downstream* s = session_;
   const Config& cfg = s->shard_->config();
   // No body for an empty message (a CORS preflight's 204).
@@ -374,9 +371,7 @@ BufferAccount* H2Downstream::StreamState::buffer_account() const {
   return session_->conn_->buffer_account();
 }
 
-bool H2Downstream::StreamState::congested() const {
-  return session_->codec_.Congested(id_);
-}
+bool H2Downstream::StreamState::congested() const { return session_->codec_.Congested(id_); }
 
 void H2Downstream::StreamState::WatchStall() {
   if (stall_timer_.armed() || !session_->codec_.Congested(id_)) return;
@@ -443,9 +438,7 @@ void H2Downstream::StreamState::OnBodyTimeout() {
   s->Wake();
 }
 
-bool H2Downstream::StreamState::over_limit() const {
-  return session_->conn_->over_limit();
-}
+bool H2Downstream::StreamState::over_limit() const { return session_->conn_->over_limit(); }
 
 // GOAWAY, as on a drain: the streams in flight are still answered (503
 // too), then the connection closes.

@@ -6,9 +6,9 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "core/engine/timer.h"
 #include "core/proxy/client_connection.h"
 #include "core/proxy/exchange.h"
-#include "core/engine/timer.h"
 #include "http/h2_server_codec.h"
 
 namespace sluice::core {
@@ -89,21 +89,19 @@ class H2Downstream final : public ClientSession, public http::H2StreamSink {
     int32_t id_;
     std::unique_ptr<Exchange> relay_;
     bool head_request_ = false;
-    bool paused_ = false;       // request body not consumed (upstream full)
-    size_t unconsumed_ = 0;     // body bytes held back from the window
-    bool body_open_ = false;    // END_STREAM not yet received
-    uint64_t body_bytes_ = 0;   // request body bytes received (the cap)
+    bool paused_ = false;      // request body not consumed (upstream full)
+    size_t unconsumed_ = 0;    // body bytes held back from the window
+    bool body_open_ = false;   // END_STREAM not yet received
+    uint64_t body_bytes_ = 0;  // request body bytes received (the cap)
     Timer body_timer_;
     Timer stall_timer_;
     uint64_t stall_mark_ = 0;  // SentBytes when the stall period began
   };
 
   // H2StreamSink
-  void OnRequestHeaders(int32_t stream_id, http::RequestHead head,
-                        bool end_stream) override;
+  void OnRequestHeaders(int32_t stream_id, http::RequestHead head, bool end_stream) override;
   void OnRequestData(int32_t stream_id, Slice data) override;
-  void OnRequestTrailers(int32_t stream_id,
-                         std::vector<http::Header> trailers) override;
+  void OnRequestTrailers(int32_t stream_id, std::vector<http::Header> trailers) override;
   void OnRequestEnd(int32_t stream_id) override;
   void OnStreamWritable(int32_t stream_id) override;
   void OnStreamClosed(int32_t stream_id) override;
@@ -120,9 +118,9 @@ class H2Downstream final : public ClientSession, public http::H2StreamSink {
   Shard* shard_;
   http::H2ServerCodec codec_;
   absl::flat_hash_map<int32_t, std::unique_ptr<StreamState>> streams_;
-  Timer idle_timer_;     // no stream open: keepalive_timeout, then close
-  Timer send_timer_;     // output waiting and no progress: send_timeout
-  Timer goaway_timer_;   // drain: shutdown notice, then the final GOAWAY
+  Timer idle_timer_;    // no stream open: keepalive_timeout, then close
+  Timer send_timer_;    // output waiting and no progress: send_timeout
+  Timer goaway_timer_;  // drain: shutdown notice, then the final GOAWAY
   bool seen_request_ = false;
   bool draining_ = false;
   bool failed_ = false;

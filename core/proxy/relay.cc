@@ -117,7 +117,8 @@ void Relay::AnswerNoBackend() {
   constexpr std::string_view kMessage = "no Ollama backend available";
   RELAY_LOG(WARN, "%s %s: 503 %s", head_.method.c_str(), head_.target.c_str(), kMessage.data());
   record_.Answered(503, http::JsonErrorBody(kMessage).size());
-  downstream_->SendPolicyAnswer(503, kMessage, {http::Header{"Retry-After", absl::StrCat(seconds)}});
+  downstream_->SendPolicyAnswer(503, kMessage,
+                                {http::Header{"Retry-After", absl::StrCat(seconds)}});
 }
 
 bool Relay::KeepForReplay() const {

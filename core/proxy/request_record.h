@@ -8,8 +8,8 @@
 
 #include "core/observe/access_log.h"
 #include "core/observe/metrics.h"
-#include "http/message.h"
 #include "core/observe/usage_scanner.h"
+#include "http/message.h"
 #include "policy/policy.h"
 
 namespace sluice::core {

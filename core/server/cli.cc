@@ -20,12 +20,11 @@
 namespace sluice::core {
 namespace {
 
-void ParseOne(absl::string_view arg, const std::vector<std::string>& args,
-              size_t* i, std::vector<std::string>* positional, int depth,
-              absl::string_view usage);
+void ParseOne(absl::string_view arg, const std::vector<std::string>& args, size_t* i,
+              std::vector<std::string>* positional, int depth, absl::string_view usage);
 
-void ReadFlagfile(const std::string& path, std::vector<std::string>* positional,
-                  int depth, absl::string_view usage) {
+void ReadFlagfile(const std::string& path, std::vector<std::string>* positional, int depth,
+                  absl::string_view usage) {
   if (depth > 8) UsageError(absl::StrCat("--flagfile: nesting too deep at ", path));
   std::ifstream in(path);
   if (!in) UsageError(absl::StrCat("--flagfile: cannot read ", path, ": ", strerror(errno)));
@@ -61,8 +60,7 @@ void ReadFlagfile(const std::string& path, std::vector<std::string>* positional,
 
 bool IsOurs(const absl::CommandLineFlag& flag) {
   std::string file = flag.Filename();
-  return file.find("absl/") == std::string::npos &&
-         file.find("abseil") == std::string::npos;
+  return file.find("absl/") == std::string::npos && file.find("abseil") == std::string::npos;
 }
 
 [[noreturn]] void PrintHelp(absl::string_view usage) {
@@ -72,12 +70,11 @@ bool IsOurs(const absl::CommandLineFlag& flag) {
   for (const auto& [name, flag] : absl::GetAllFlags()) {
     if (IsOurs(*flag)) flags.push_back(flag);
   }
-  std::sort(flags.begin(), flags.end(),
-            [](auto* a, auto* b) { return a->Name() < b->Name(); });
+  std::sort(flags.begin(), flags.end(), [](auto* a, auto* b) { return a->Name() < b->Name(); });
   for (auto* f : flags) {
-    absl::StrAppend(&out, "  --", f->Name(), "  (default: ",
-                    f->DefaultValue().empty() ? "\"\"" : f->DefaultValue(), ")\n      ",
-                    f->Help(), "\n");
+    absl::StrAppend(&out, "  --", f->Name(),
+                    "  (default: ", f->DefaultValue().empty() ? "\"\"" : f->DefaultValue(),
+                    ")\n      ", f->Help(), "\n");
   }
   out += "  --flagfile=FILE  read flags from FILE, one per line\n  --help  this text\n";
   fwrite(out.data(), 1, out.size(), stdout);
@@ -95,9 +92,8 @@ void SetFlag(absl::string_view name, absl::string_view value) {
   }
 }
 
-void ParseOne(absl::string_view arg, const std::vector<std::string>& args,
-              size_t* i, std::vector<std::string>* positional, int depth,
-              absl::string_view usage) {
+void ParseOne(absl::string_view arg, const std::vector<std::string>& args, size_t* i,
+              std::vector<std::string>* positional, int depth, absl::string_view usage) {
   if (arg.size() < 2 || arg[0] != '-') {
     positional->emplace_back(arg);
     return;
@@ -143,8 +139,7 @@ void UsageError(absl::string_view message) {
   exit(2);
 }
 
-std::vector<std::string> ParseFlagsOrExit(int argc, char** argv,
-                                          absl::string_view usage) {
+std::vector<std::string> ParseFlagsOrExit(int argc, char** argv, absl::string_view usage) {
   std::vector<std::string> args(argv + 1, argv + argc);
   std::vector<std::string> positional;
   for (size_t i = 0; i < args.size(); ++i) {
@@ -157,8 +152,7 @@ std::vector<std::string> ParseFlagsOrExit(int argc, char** argv,
   return positional;
 }
 
-absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view text,
-                                            bool numeric_only) {
+absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view text, bool numeric_only) {
   absl::string_view t = text;
   // A URL where an address is expected: say so, rather than fail on the
   // colon of "https://" as if it were an IPv6 address, or drop a path
@@ -189,7 +183,8 @@ absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view text,
     host = std::string(t.substr(0, colon));
     port = std::string(t.substr(colon + 1));
     if (host.find(':') != std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrCat("put IPv6 addresses in brackets: '", text, "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("put IPv6 addresses in brackets: '", text, "'"));
     }
   }
   if (host.empty()) host = "0.0.0.0";
@@ -203,7 +198,8 @@ absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view text,
   addrinfo* res = nullptr;
   int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
   if (rc != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot resolve '", text, "': ", gai_strerror(rc)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot resolve '", text, "': ", gai_strerror(rc)));
   }
   addrinfo* pick = res;
   for (addrinfo* a = res; a; a = a->ai_next) {
@@ -227,10 +223,23 @@ bool AbslParseFlag(absl::string_view text, ByteSize* out, std::string* error) {
   }
   uint64_t mult = 1;
   switch (t.back()) {
-    case 'k': case 'K': mult = 1ull << 10; t.pop_back(); break;
-    case 'm': case 'M': mult = 1ull << 20; t.pop_back(); break;
-    case 'g': case 'G': mult = 1ull << 30; t.pop_back(); break;
-    default: break;
+    case 'k':
+    case 'K':
+      mult = 1ull << 10;
+      t.pop_back();
+      break;
+    case 'm':
+    case 'M':
+      mult = 1ull << 20;
+      t.pop_back();
+      break;
+    case 'g':
+    case 'G':
+      mult = 1ull << 30;
+      t.pop_back();
+      break;
+    default:
+      break;
   }
   if (t.empty() || t.find_first_not_of("0123456789") != std::string::npos || t.size() > 12) {
     *error = "expected a number of bytes with an optional k, m or g suffix";
@@ -251,7 +260,6 @@ std::string AbslUnparseFlag(ByteSize s) {
   if (s.bytes != 0 && s.bytes % (1ull << 10) == 0) return absl::StrCat(s.bytes >> 10, "K");
   return absl::StrCat(s.bytes);
 }
-
 
 absl::StatusOr<std::vector<BackendConfig>> ParseBackends(absl::string_view text,
                                                          absl::string_view host_header) {
@@ -274,22 +282,24 @@ absl::StatusOr<std::vector<BackendConfig>> ParseBackends(absl::string_view text,
       const size_t eq = w.find('=');
       const absl::string_view key = w.substr(0, eq);
       int value = 0;
-      const bool number = eq != absl::string_view::npos && absl::SimpleAtoi(w.substr(eq + 1), &value);
+      const bool number =
+          eq != absl::string_view::npos && absl::SimpleAtoi(w.substr(eq + 1), &value);
       if (key == "weight" && number && value >= 1 && value <= 1000) {
         b.weight = value;
       } else if (key == "slots" && number && value >= 1 && value <= 1024) {
         b.slots = value;
       } else if (key == "weight" || key == "slots") {
-        return absl::InvalidArgumentError(absl::StrCat(
-            b.name, ": \"", w, "\": ", key, " is a number from 1 to ",
-            key == "weight" ? "1000" : "1024"));
+        return absl::InvalidArgumentError(absl::StrCat(b.name, ": \"", w, "\": ", key,
+                                                       " is a number from 1 to ",
+                                                       key == "weight" ? "1000" : "1024"));
       } else {
-        return absl::InvalidArgumentError(absl::StrCat(
-            b.name, ": unknown option \"", w, "\" (use weight=N or slots=N)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(b.name, ": unknown option \"", w, "\" (use weight=N or slots=N)"));
       }
     }
     for (const BackendConfig& other : backends) {
-      if (other.addr.len == b.addr.len && memcmp(&other.addr.storage, &b.addr.storage, b.addr.len) == 0) {
+      if (other.addr.len == b.addr.len &&
+          memcmp(&other.addr.storage, &b.addr.storage, b.addr.len) == 0) {
         return absl::InvalidArgumentError(absl::StrCat(b.name, ": listed twice"));
       }
     }

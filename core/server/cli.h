@@ -2,10 +2,10 @@
 
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "core/server/config.h"
 
 namespace sluice::core {
@@ -16,8 +16,7 @@ namespace sluice::core {
 // exits 0. Any bad flag, value or file exits 2 after one line on stderr
 // that names the flag; a flagfile line "--name value" is told to write
 // "--name=value". Returns the positional arguments.
-std::vector<std::string> ParseFlagsOrExit(int argc, char** argv,
-                                          absl::string_view usage);
+std::vector<std::string> ParseFlagsOrExit(int argc, char** argv, absl::string_view usage);
 
 // A byte count flag: plain bytes or with a k/m/g suffix (powers of 1024),
 // as nginx writes client_max_body_size.
@@ -34,8 +33,7 @@ std::string AbslUnparseFlag(ByteSize s);
 // only when `numeric_only`, else names are resolved (IPv4 preferred, since
 // Ollama binds 127.0.0.1 by default). A scheme ("http://") or a path is
 // refused with a message that shows the host:port to write instead.
-absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view text,
-                                            bool numeric_only);
+absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view text, bool numeric_only);
 
 // --upstream: Ollama backends separated by commas, each an address as
 // ParseHostPort takes it followed by options separated by spaces:

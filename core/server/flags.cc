@@ -290,8 +290,8 @@ void UpstreamFlags(Config* c) {
   if (keepalive == "auto") {
     c->upstream_keepalive = -1;
   } else if (!absl::SimpleAtoi(keepalive, &c->upstream_keepalive) || c->upstream_keepalive < 0) {
-    UsageError(absl::StrCat("--upstream_keepalive: \"", keepalive,
-                            "\": use auto or a number >= 0"));
+    UsageError(
+        absl::StrCat("--upstream_keepalive: \"", keepalive, "\": use auto or a number >= 0"));
   }
   const int32_t max_idle = absl::GetFlag(FLAGS_upstream_max_idle);
   if (max_idle < 1) UsageError("--upstream_max_idle: must be >= 1");

@@ -24,7 +24,6 @@ namespace sluice::core {
 // are left null for the caller to fill.
 Config BuildConfig();
 
-
 // --error_log: sends the log lines to that file when one is named.
 void OpenErrorLogFlag();
 

@@ -79,9 +79,8 @@ void LoadCertificate(Reloader* reloader, Config* config) {
 
 void LogStarted(const Config& config, const policy::Policy& policy) {
   for (const BackendConfig& b : config.backends) {
-    LOG_INFO("upstream %s (Host: %s, weight %d, slots %s)", b.name.c_str(),
-             b.host_header.c_str(), b.weight,
-             b.slots > 0 ? std::to_string(b.slots).c_str() : "not given");
+    LOG_INFO("upstream %s (Host: %s, weight %d, slots %s)", b.name.c_str(), b.host_header.c_str(),
+             b.weight, b.slots > 0 ? std::to_string(b.slots).c_str() : "not given");
   }
   LOG_INFO("%zu backend(s), --balance=%s, %d worker(s)", config.backends.size(),
            config.balance == Balance::kLeastConn ? "least_conn" : "round_robin", config.threads);

@@ -24,8 +24,7 @@ Shard::Shard(int index, const Config& config, Loop* loop)
   // answer holds until a reload (the generation changes) or 10 minutes; a
   // wrong password is remembered for a minute, so repeating it costs no
   // bcrypt.
-  auth_cache_ = std::make_unique<policy::BasicAuthCache>(4096, absl::Minutes(10),
-                                                         absl::Minutes(1));
+  auth_cache_ = std::make_unique<policy::BasicAuthCache>(4096, absl::Minutes(10), absl::Minutes(1));
 }
 
 Shard::~Shard() = default;
@@ -91,8 +90,8 @@ void Shard::LogAccess(const AccessRecord& record) {
 }
 
 void Shard::AccountBare(const http::RequestHead* head, std::string_view client, int status,
-                         uint64_t body_bytes, int64_t start_ns, int64_t start_unix_ns,
-                         uint64_t connection, std::string_view group) {
+                        uint64_t body_bytes, int64_t start_ns, int64_t start_unix_ns,
+                        uint64_t connection, std::string_view group) {
   if (obs_->metrics) {
     RouteStats& route = metrics_.Route(group);
     ++route.by_status[status];

@@ -26,9 +26,7 @@ class SnapshotSlot {
     std::lock_guard<std::mutex> lock(mu_);
     return value_;
   }
-  uint64_t generation() const {
-    return generation_.load(std::memory_order_acquire);
-  }
+  uint64_t generation() const { return generation_.load(std::memory_order_acquire); }
 
  private:
   mutable std::mutex mu_;

@@ -9,8 +9,8 @@
 #include <cerrno>
 #include <cstring>
 
-#include "core/proxy/client_connection.h"
 #include "core/observe/log.h"
+#include "core/proxy/client_connection.h"
 #include "core/upstream/backend_set.h"
 
 namespace sluice::core {
@@ -35,8 +35,7 @@ policy::IpAddress PeerAddress(int fd) {
 
 }  // namespace
 
-Worker::Worker(int index, const Config& config, std::vector<Listener> listeners,
-               int cpu)
+Worker::Worker(int index, const Config& config, std::vector<Listener> listeners, int cpu)
     : index_(index),
       config_(config),
       listeners_(std::move(listeners)),
@@ -69,9 +68,10 @@ void Worker::OnAccepted(int tag, int fd) {
   const bool over_limit = shard_.AtConnectionCap();
   if (over_limit && loop_.now_ns() - overload_logged_ns_ >= 1'000'000'000) {
     overload_logged_ns_ = loop_.now_ns();
-    LOG_WARN("at the connection cap (%zu per worker, --max_connections): "
-             "new connections get 503",
-             static_cast<size_t>(config_.max_connections_per_worker));
+    LOG_WARN(
+        "at the connection cap (%zu per worker, --max_connections): "
+        "new connections get 503",
+        static_cast<size_t>(config_.max_connections_per_worker));
   }
   if (over_limit && shard_.OverLimitAllowanceUsed()) {
     ::close(fd);
@@ -109,8 +109,7 @@ void Worker::BeginDrain() {
   // worker's sockets (the others close theirs at the same time).
   loop_.CloseListeners();
   shard_.backends().CloseIdle();
-  std::vector<ClientConnection*> conns(shard_.connections().begin(),
-                                       shard_.connections().end());
+  std::vector<ClientConnection*> conns(shard_.connections().begin(), shard_.connections().end());
   for (ClientConnection* c : conns) c->Drain();
   LOG_INFO("draining %zu connection(s)", shard_.connections().size());
 }

@@ -28,8 +28,7 @@ struct Listener {
 class Worker final : public Acceptor {
  public:
   // The worker owns the listeners' sockets.
-  Worker(int index, const Config& config, std::vector<Listener> listeners,
-         int cpu);
+  Worker(int index, const Config& config, std::vector<Listener> listeners, int cpu);
   ~Worker();
 
   // Sets up the ring and buffers; runs on the worker's thread.
@@ -59,7 +58,7 @@ class Worker final : public Acceptor {
   Shard shard_;
   bool drain_timed_out_ = false;
   int64_t drain_deadline_ns_ = 0;
-  Timer drain_timer_;  // wakes the loop at the drain deadline
+  Timer drain_timer_;               // wakes the loop at the drain deadline
   int64_t overload_logged_ns_ = 0;  // last "connection limit" warning
 };
 

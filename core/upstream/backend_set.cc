@@ -7,10 +7,10 @@
 
 namespace sluice::core {
 
-BackendSet::BackendSet(Shard* shard, const std::vector<BackendConfig>& backends,
-                       Balance balance)
+BackendSet::BackendSet(Shard* shard, const std::vector<BackendConfig>& backends, Balance balance)
     : shard_(shard), balance_(balance), credit_(backends.size(), 0) {
-  for (const BackendConfig& b : backends) pools_.push_back(std::make_unique<UpstreamPool>(shard, &b));
+  for (const BackendConfig& b : backends)
+    pools_.push_back(std::make_unique<UpstreamPool>(shard, &b));
 }
 
 UpstreamPool* BackendSet::Pick(const UpstreamPool* except) {

@@ -94,8 +94,8 @@ absl::StatusOr<ProbeAnswer> ProbeGet(const BackendConfig& backend, std::string_v
   socklen_t len = sizeof(err);
   getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &len);
   if (err != 0) return absl::UnavailableError(absl::StrCat("connect: ", strerror(err)));
-  const std::string request = absl::StrCat("GET ", absl::string_view(path.data(), path.size()), " HTTP/1.1\r\nHost: ",
-                                           backend.host_header,
+  const std::string request = absl::StrCat("GET ", absl::string_view(path.data(), path.size()),
+                                           " HTTP/1.1\r\nHost: ", backend.host_header,
                                            "\r\nUser-Agent: sluice-health\r\n"
                                            "Connection: close\r\n\r\n");
   size_t sent = 0;
@@ -146,7 +146,9 @@ HealthProber::HealthProber(const std::vector<BackendConfig>& backends, int64_t i
 
 HealthProber::~HealthProber() { Stop(); }
 
-void HealthProber::Start() { thread_ = std::thread([this] { Run(); }); }
+void HealthProber::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
 
 void HealthProber::Stop() {
   {
@@ -178,10 +180,9 @@ void HealthProber::Check(size_t i, bool with_tags) {
   h.checks_.fetch_add(1, std::memory_order_relaxed);
   absl::StatusOr<ProbeAnswer> ps = ProbeGet(b, "/api/ps", timeout_ns_);
   absl::StatusOr<std::vector<std::string>> loaded =
-      !ps.ok() ? ps.status()
-      : ps->status != 200
-          ? absl::UnavailableError(absl::StrCat("/api/ps answered ", ps->status))
-          : ModelNames(ps->body);
+      !ps.ok()            ? ps.status()
+      : ps->status != 200 ? absl::UnavailableError(absl::StrCat("/api/ps answered ", ps->status))
+                          : ModelNames(ps->body);
   if (!loaded.ok()) {
     h.failed_.fetch_add(1, std::memory_order_relaxed);
     if (++h.failures_in_row_ == 2 && h.up()) {

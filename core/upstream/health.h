@@ -52,8 +52,7 @@ absl::StatusOr<std::vector<std::string>> ModelNames(std::string_view json);
 // workers' loops.
 class HealthProber {
  public:
-  HealthProber(const std::vector<BackendConfig>& backends, int64_t interval_ns,
-               int64_t timeout_ns);
+  HealthProber(const std::vector<BackendConfig>& backends, int64_t interval_ns, int64_t timeout_ns);
   ~HealthProber();
   HealthProber(const HealthProber&) = delete;
   HealthProber& operator=(const HealthProber&) = delete;

@@ -79,8 +79,7 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
     return link;
   }
   const Config& cfg = shard_->config();
-  int fd = ::socket(backend_->addr.family(),
-                    SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int fd = ::socket(backend_->addr.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     *err = -errno;
     return nullptr;
@@ -93,8 +92,7 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
   link->stream_.SetAccount(user->buffer_account(), /*upstream=*/true);
   ++shard_->metrics().upstream_connects;
   target_.NoteInUse(open_ - idle_.size(), shard_->now_ns());
-  link->stream_.Connect(backend_->addr.get(), backend_->addr.len,
-                        cfg.connect_timeout_ns);
+  link->stream_.Connect(backend_->addr.get(), backend_->addr.len, cfg.connect_timeout_ns);
   return link;
 }
 

@@ -44,15 +44,12 @@ namespace sluice::fuzz {
 namespace {
 
 void HostPort(absl::string_view text) {
-  absl::StatusOr<core::SocketAddress> a =
-      core::ParseHostPort(text, /*numeric_only=*/true);
+  absl::StatusOr<core::SocketAddress> a = core::ParseHostPort(text, /*numeric_only=*/true);
   if (!a.ok()) {
-    FUZZ_CHECK(a.status().code() == absl::StatusCode::kInvalidArgument,
-               "odd error code");
+    FUZZ_CHECK(a.status().code() == absl::StatusCode::kInvalidArgument, "odd error code");
     return;
   }
-  FUZZ_CHECK(a->family() == AF_INET || a->family() == AF_INET6,
-             "odd address family");
+  FUZZ_CHECK(a->family() == AF_INET || a->family() == AF_INET6, "odd address family");
   FUZZ_CHECK(a->len > 0 && a->len <= sizeof(a->storage), "odd address length");
 }
 
@@ -65,16 +62,14 @@ void Bytes(absl::string_view text) {
   }
   const std::string back = core::AbslUnparseFlag(size);
   core::ByteSize again;
-  FUZZ_CHECK(core::AbslParseFlag(back, &again, &error),
-             "unparsed size refused");
+  FUZZ_CHECK(core::AbslParseFlag(back, &again, &error), "unparsed size refused");
   FUZZ_CHECK(again.bytes == size.bytes, "size changed through unparse");
 }
 
 void Rate(absl::string_view text) {
   absl::StatusOr<policy::RateSpec> r = policy::ParseRateSpec(text);
   if (!r.ok()) {
-    FUZZ_CHECK(r.status().code() == absl::StatusCode::kInvalidArgument,
-               "odd error code");
+    FUZZ_CHECK(r.status().code() == absl::StatusCode::kInvalidArgument, "odd error code");
     return;
   }
   FUZZ_CHECK(r->rate_per_s > 0 && r->rate_per_s <= 1e9, "rate out of bounds");
@@ -85,13 +80,11 @@ void Rate(absl::string_view text) {
 void Set(absl::string_view text) {
   absl::StatusOr<policy::IpSet> set = policy::IpSet::Parse(text);
   if (!set.ok()) {
-    FUZZ_CHECK(set.status().code() == absl::StatusCode::kInvalidArgument,
-               "odd error code");
+    FUZZ_CHECK(set.status().code() == absl::StatusCode::kInvalidArgument, "odd error code");
     return;
   }
-  FUZZ_CHECK(
-      set->size() == set->cidrs().size() && set->empty() == (set->size() == 0),
-      "size disagrees");
+  FUZZ_CHECK(set->size() == set->cidrs().size() && set->empty() == (set->size() == 0),
+             "size disagrees");
   for (const policy::Cidr& c : set->cidrs()) {
     FUZZ_CHECK(set->Contains(c.base), "a set does not hold a block's base");
   }
@@ -102,29 +95,23 @@ void Set(absl::string_view text) {
 
 void Cidr(absl::string_view text) {
   if (absl::StatusOr<policy::Cidr> c = policy::ParseCidr(text); c.ok()) {
-    FUZZ_CHECK(c->prefix_len >= 0 && c->prefix_len <= 128,
-               "prefix out of range");
+    FUZZ_CHECK(c->prefix_len >= 0 && c->prefix_len <= 128, "prefix out of range");
     FUZZ_CHECK(c->Contains(c->base), "a block does not hold its base");
     absl::StatusOr<policy::Cidr> again = policy::ParseCidr(c->ToString());
     FUZZ_CHECK(again.ok(), "ToString's text refused");
     FUZZ_CHECK(*again == *c, "block changed through ToString");
   } else {
-    FUZZ_CHECK(c.status().code() == absl::StatusCode::kInvalidArgument,
-               "odd error code");
+    FUZZ_CHECK(c.status().code() == absl::StatusCode::kInvalidArgument, "odd error code");
   }
   if (std::optional<policy::IpAddress> a = policy::IpAddress::Parse(text)) {
-    std::optional<policy::IpAddress> again =
-        policy::IpAddress::Parse(a->ToString());
-    FUZZ_CHECK(again.has_value() && *again == *a,
-               "address changed through ToString");
+    std::optional<policy::IpAddress> again = policy::IpAddress::Parse(a->ToString());
+    FUZZ_CHECK(again.has_value() && *again == *a, "address changed through ToString");
     (void)policy::SteeringSlot(policy::SteeringHash(*a), 3);
   }
   // The text as an X-Forwarded-For header from a trusted proxy.
-  static const policy::IpSet trusted =
-      *policy::IpSet::Parse("10.0.0.0/8, fd00::/8");
+  static const policy::IpSet trusted = *policy::IpSet::Parse("10.0.0.0/8, fd00::/8");
   const policy::IpAddress peer = *policy::IpAddress::Parse("10.1.2.3");
-  const policy::IpAddress client =
-      policy::ClientAddressFromXff(peer, text, trusted);
+  const policy::IpAddress client = policy::ClientAddressFromXff(peer, text, trusted);
   (void)client.ToString();
 }
 
@@ -137,8 +124,7 @@ class RulesFile {
   }
   const std::string& Write(absl::string_view text) {
     FUZZ_CHECK(ftruncate(fd_, 0) == 0, "ftruncate failed");
-    FUZZ_CHECK(pwrite(fd_, text.data(), text.size(), 0) ==
-                   static_cast<ssize_t>(text.size()),
+    FUZZ_CHECK(pwrite(fd_, text.data(), text.size(), 0) == static_cast<ssize_t>(text.size()),
                "pwrite failed");
     return path_;
   }
@@ -150,16 +136,13 @@ class RulesFile {
 
 void Screen(const policy::Policy& p) {
   for (const policy::Route& r : p.routes()) {
-    FUZZ_CHECK(!r.pattern.empty() && r.pattern[0] == '/',
-               "route pattern not a path");
-    FUZZ_CHECK(
-        r.zone == policy::Route::kZoneByPath ||
-            (r.zone >= -1 && r.zone < static_cast<int>(p.zones().size())),
-        "route zone out of range");
+    FUZZ_CHECK(!r.pattern.empty() && r.pattern[0] == '/', "route pattern not a path");
+    FUZZ_CHECK(r.zone == policy::Route::kZoneByPath ||
+                   (r.zone >= -1 && r.zone < static_cast<int>(p.zones().size())),
+               "route zone out of range");
   }
-  static const char* const kTargets[] = {"/api/chat",   "/API/%64elete/",
-                                         "/api/pull?x", "/v1/models",
-                                         "*",           "/a/../../b"};
+  static const char* const kTargets[] = {"/api/chat", "/API/%64elete/", "/api/pull?x", "/v1/models",
+                                         "*",         "/a/../../b"};
   static const char* const kPeers[] = {"127.0.0.1", "203.0.113.9", "fd00::1"};
   for (const char* target : kTargets) {
     for (const char* peer : kPeers) {
@@ -171,8 +154,7 @@ void Screen(const policy::Policy& p) {
       req.peer = *policy::IpAddress::Parse(peer);
       policy::Admission a;
       const bool go_on = p.Screen(req, &a);
-      FUZZ_CHECK(go_on == (a.status == 0),
-                 "Screen's verdict and status disagree");
+      FUZZ_CHECK(go_on == (a.status == 0), "Screen's verdict and status disagree");
       if (go_on) FUZZ_CHECK(a.route != nullptr, "admitted without a route");
     }
   }
@@ -221,8 +203,7 @@ void Options(absl::string_view text) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace sluice::fuzz;
   if (size == 0 || size > 16 * 1024) return -1;
-  const Piece piece(
-      std::string_view(reinterpret_cast<const char*>(data) + 1, size - 1));
+  const Piece piece(std::string_view(reinterpret_cast<const char*>(data) + 1, size - 1));
   const absl::string_view text(piece.view().data(), piece.size());
   switch (data[0] % 7) {
     case 0:

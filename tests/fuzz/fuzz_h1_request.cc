@@ -69,13 +69,11 @@ void CheckForwardedHead(RequestHead head) {
   absl::StatusOr<size_t> n = codec.Dispatch(Slice::Copy(out));
   FUZZ_CHECK(n.ok(), std::string(n.status().message()).c_str());
   FUZZ_CHECK(*n == out.size(), "forwarded head not consumed whole");
-  FUZZ_CHECK(sink.heads == 1 && sink.bodies == 0,
-             "forwarded head is not one head");
+  FUZZ_CHECK(sink.heads == 1 && sink.bodies == 0, "forwarded head is not one head");
   FUZZ_CHECK(sink.head.method == head.method, "method changed");
   FUZZ_CHECK(sink.head.target == head.target, "target changed");
   FUZZ_CHECK(sink.head.chunked == head.chunked, "chunked framing changed");
-  FUZZ_CHECK(sink.head.content_length == head.content_length,
-             "content-length changed");
+  FUZZ_CHECK(sink.head.content_length == head.content_length, "content-length changed");
   FUZZ_CHECK(sink.head.upgrade == head.upgrade, "upgrade changed");
 }
 
@@ -89,12 +87,11 @@ class Recorder : public http::H1RequestSink {
     in_request_ = true;
     body_.clear();
     content_length_ = head.chunked ? std::nullopt : head.content_length;
-    absl::StrAppend(
-        &trace, "H ", head.method, " ", head.target, " ", head.version_major,
-        ".", head.version_minor, " host=", head.host,
-        " cl=", head.content_length ? absl::StrCat(*head.content_length) : "-",
-        " chunked=", head.chunked, " ka=", head.keep_alive,
-        " up=", head.upgrade, " expect=", head.expect_continue, "\n");
+    absl::StrAppend(&trace, "H ", head.method, " ", head.target, " ", head.version_major, ".",
+                    head.version_minor, " host=", head.host,
+                    " cl=", head.content_length ? absl::StrCat(*head.content_length) : "-",
+                    " chunked=", head.chunked, " ka=", head.keep_alive, " up=", head.upgrade,
+                    " expect=", head.expect_continue, "\n");
     for (const http::Header& h : head.headers) {
       absl::StrAppend(&trace, "  ", h.name, ": ", h.value, "\n");
     }
@@ -102,17 +99,14 @@ class Recorder : public http::H1RequestSink {
   }
   void OnRequestBody(Slice data) override {
     FUZZ_CHECK(in_request_, "body before head");
-    FUZZ_CHECK(Inside(data.view(), current),
-               "body view outside the dispatched buffer");
+    FUZZ_CHECK(Inside(data.view(), current), "body view outside the dispatched buffer");
     body_.append(data.view());
     FUZZ_CHECK(body_.size() <= limits_.max_body_bytes, "body over the limit");
-    if (content_length_)
-      FUZZ_CHECK(body_.size() <= *content_length_, "body over Content-Length");
+    if (content_length_) FUZZ_CHECK(body_.size() <= *content_length_, "body over Content-Length");
   }
   void OnRequestComplete() override {
     FUZZ_CHECK(in_request_, "complete before head");
-    if (content_length_)
-      FUZZ_CHECK(body_.size() == *content_length_, "short body");
+    if (content_length_) FUZZ_CHECK(body_.size() == *content_length_, "short body");
     absl::StrAppend(&trace, "B ", body_.size(), " ", body_, "\nC\n");
     in_request_ = false;
     ++completed;
@@ -131,8 +125,7 @@ class Recorder : public http::H1RequestSink {
 };
 
 // Runs the codec over `pieces` as the engine does; returns the trace.
-std::string Run(const std::vector<Piece>& pieces, H1Limits limits,
-                bool check_forwarded) {
+std::string Run(const std::vector<Piece>& pieces, H1Limits limits, bool check_forwarded) {
   Recorder sink(limits, check_forwarded);
   H1ServerCodec codec(&sink, limits);
   size_t consumed = 0;
@@ -151,9 +144,9 @@ std::string Run(const std::vector<Piece>& pieces, H1Limits limits,
       sink.current = {};
       if (!n.ok()) {
         const int status = http::HttpStatusForError(n.status());
-        FUZZ_CHECK(status == 400 || status == 413 || status == 417 ||
-                       status == 431 || status == 501,
-                   "unexpected status");
+        FUZZ_CHECK(
+            status == 400 || status == 413 || status == 417 || status == 431 || status == 501,
+            "unexpected status");
         // Only that it failed: which status a head that is both malformed
         // and too large gets (400 or 431) may depend on where a read
         // ended, since llhttp hands over a span when the span or the read
@@ -161,15 +154,13 @@ std::string Run(const std::vector<Piece>& pieces, H1Limits limits,
         absl::StrAppend(&sink.trace, "E\n");
         // An error is final.
         absl::StatusOr<size_t> again = codec.Dispatch(rest);
-        FUZZ_CHECK(!again.ok() && again.status() == n.status(),
-                   "error not sticky");
+        FUZZ_CHECK(!again.ok() && again.status() == n.status(), "error not sticky");
         failed = true;
         break;
       }
       FUZZ_CHECK(*n <= rest.size(), "consumed more than given");
       if (*n < rest.size()) {
-        FUZZ_CHECK(codec.paused() || codec.upgraded(),
-                   "stopped short without pausing");
+        FUZZ_CHECK(codec.paused() || codec.upgraded(), "stopped short without pausing");
       }
       consumed += *n;
       rest.RemovePrefix(*n);
@@ -179,8 +170,7 @@ std::string Run(const std::vector<Piece>& pieces, H1Limits limits,
   // After an error, how much the earlier pieces consumed depends on the
   // cuts; the error itself is in the trace.
   if (!failed) {
-    absl::StrAppend(&sink.trace, "consumed=", consumed,
-                    " upgraded=", codec.upgraded(),
+    absl::StrAppend(&sink.trace, "consumed=", consumed, " upgraded=", codec.upgraded(),
                     " in_message=", codec.in_message(), "\n");
   }
   return sink.trace;
@@ -193,10 +183,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace sluice::fuzz;
   SplitInput in;
   if (!TakeSplitInput(data, size, &in)) return -1;
-  const sluice::http::H1Limits limits =
-      (in.shape & 0x80) ? sluice::http::H1Limits{}
-                        : sluice::http::H1Limits{/*max_header_bytes=*/300,
-                                                 /*max_body_bytes=*/100};
+  const sluice::http::H1Limits limits = (in.shape & 0x80)
+                                            ? sluice::http::H1Limits{}
+                                            : sluice::http::H1Limits{/*max_header_bytes=*/300,
+                                                                     /*max_body_bytes=*/100};
   CheckSameParse(Run(in.pieces, limits, /*check_forwarded=*/true),
                  Run(in.whole, limits, /*check_forwarded=*/false));
   return 0;

@@ -64,8 +64,8 @@ class ReparseSink : public http::H1ResponseSink {
 // back as a client would.
 void CheckDownstreamHead(const ResponseHead& head, const ClientShape& client) {
   BodyFraming framing;
-  const bool no_body = client.head_request || head.status < 200 ||
-                       head.status == 204 || head.status == 304;
+  const bool no_body =
+      client.head_request || head.status < 200 || head.status == 204 || head.status == 304;
   if (no_body) {
     framing = BodyFraming::kNone;
   } else if (head.content_length.has_value()) {
@@ -77,34 +77,29 @@ void CheckDownstreamHead(const ResponseHead& head, const ClientShape& client) {
   }
   const bool upgrade = head.status == 101;
   std::string out;
-  http::AppendDownstreamResponseHead(
-      head, framing, client.close && !upgrade, &out,
-      "Strict-Transport-Security: max-age=60\r\n");
+  http::AppendDownstreamResponseHead(head, framing, client.close && !upgrade, &out,
+                                     "Strict-Transport-Security: max-age=60\r\n");
   ReparseSink sink;
   H1ResponseParser parser(&sink);
   parser.Begin(client.head_request, client.websocket);
   absl::StatusOr<size_t> n = parser.Dispatch(Slice::Copy(out));
   FUZZ_CHECK(n.ok(), std::string(n.status().message()).c_str());
   FUZZ_CHECK(*n == out.size(), "restated head not consumed whole");
-  FUZZ_CHECK(sink.heads == 1 && sink.bodies == 0,
-             "restated head is not one head");
+  FUZZ_CHECK(sink.heads == 1 && sink.bodies == 0, "restated head is not one head");
   FUZZ_CHECK(sink.head.status == head.status, "status changed");
   switch (framing) {
     case BodyFraming::kContentLength:
-      FUZZ_CHECK(sink.head.content_length == head.content_length,
-                 "length changed");
+      FUZZ_CHECK(sink.head.content_length == head.content_length, "length changed");
       FUZZ_CHECK(!sink.head.chunked, "became chunked");
       break;
     case BodyFraming::kChunked:
       FUZZ_CHECK(sink.head.chunked, "chunked framing lost");
       break;
     case BodyFraming::kNone:
-      FUZZ_CHECK(sink.completes == 1 || upgrade,
-                 "bodiless response not complete");
+      FUZZ_CHECK(sink.completes == 1 || upgrade, "bodiless response not complete");
       break;
     case BodyFraming::kClose:
-      FUZZ_CHECK(!sink.head.chunked && !sink.head.content_length,
-                 "close framing lost");
+      FUZZ_CHECK(!sink.head.chunked && !sink.head.content_length, "close framing lost");
       break;
   }
 }
@@ -116,17 +111,14 @@ class Recorder : public http::H1ResponseSink {
 
   void OnResponseHead(ResponseHead head) override {
     FUZZ_CHECK(!head_seen_, "two heads");
-    FUZZ_CHECK(head.status == 101 || head.status >= 200,
-               "interim head reached the sink");
+    FUZZ_CHECK(head.status == 101 || head.status >= 200, "interim head reached the sink");
     head_seen_ = true;
-    bodiless_ =
-        client_.head_request || head.status == 204 || head.status == 304;
+    bodiless_ = client_.head_request || head.status == 204 || head.status == 304;
     content_length_ = head.chunked ? std::nullopt : head.content_length;
-    absl::StrAppend(
-        &trace, "H ", head.status, " ", head.version_major, ".",
-        head.version_minor, " [", head.reason,
-        "] cl=", head.content_length ? absl::StrCat(*head.content_length) : "-",
-        " chunked=", head.chunked, " ka=", head.keep_alive, "\n");
+    absl::StrAppend(&trace, "H ", head.status, " ", head.version_major, ".", head.version_minor,
+                    " [", head.reason,
+                    "] cl=", head.content_length ? absl::StrCat(*head.content_length) : "-",
+                    " chunked=", head.chunked, " ka=", head.keep_alive, "\n");
     for (const http::Header& h : head.headers) {
       absl::StrAppend(&trace, "  ", h.name, ": ", h.value, "\n");
     }
@@ -135,11 +127,9 @@ class Recorder : public http::H1ResponseSink {
   void OnResponseBody(Slice data) override {
     FUZZ_CHECK(head_seen_ && !complete_, "body outside a response");
     FUZZ_CHECK(!bodiless_, "body for a bodiless response");
-    FUZZ_CHECK(Inside(data.view(), current),
-               "body view outside the dispatched buffer");
+    FUZZ_CHECK(Inside(data.view(), current), "body view outside the dispatched buffer");
     body_.append(data.view());
-    if (content_length_)
-      FUZZ_CHECK(body_.size() <= *content_length_, "body over Content-Length");
+    if (content_length_) FUZZ_CHECK(body_.size() <= *content_length_, "body over Content-Length");
   }
   void OnResponseComplete() override {
     FUZZ_CHECK(head_seen_ && !complete_, "complete twice or before the head");
@@ -169,8 +159,7 @@ class Recorder : public http::H1ResponseSink {
   std::string body_;
 };
 
-std::string Run(const std::vector<Piece>& pieces, ClientShape client,
-                bool check_downstream) {
+std::string Run(const std::vector<Piece>& pieces, ClientShape client, bool check_downstream) {
   Recorder sink(client, check_downstream);
   H1ResponseParser parser(&sink);
   parser.Begin(client.head_request, client.websocket);
@@ -190,8 +179,7 @@ std::string Run(const std::vector<Piece>& pieces, ClientShape client,
       absl::StatusOr<size_t> n = parser.Dispatch(rest);
       sink.current = {};
       if (!n.ok()) {
-        FUZZ_CHECK(n.status().code() == absl::StatusCode::kInvalidArgument,
-                   "odd error code");
+        FUZZ_CHECK(n.status().code() == absl::StatusCode::kInvalidArgument, "odd error code");
         absl::StatusOr<size_t> again = parser.Dispatch(rest);
         FUZZ_CHECK(!again.ok(), "error not sticky");
         FUZZ_CHECK(!parser.Finish().ok(), "Finish ok after an error");
@@ -212,16 +200,13 @@ std::string Run(const std::vector<Piece>& pieces, ClientShape client,
   }
   if (!broken && !stopped) {
     absl::Status st = parser.Finish();
-    absl::StrAppend(&sink.trace, "F ", absl::StatusCodeToString(st.code()),
-                    "\n");
+    absl::StrAppend(&sink.trace, "F ", absl::StatusCodeToString(st.code()), "\n");
     if (!st.ok()) broken = true;
     FUZZ_CHECK(st.ok() == parser.complete(), "Finish ok without completing");
   }
   if (parser.started()) FUZZ_CHECK(!pieces.empty(), "started without input");
-  absl::StrAppend(&sink.trace, "complete=", parser.complete(),
-                  " upgraded=", parser.upgraded(),
-                  " head_done=", parser.head_done(), " left_over=", left_over,
-                  "\n");
+  absl::StrAppend(&sink.trace, "complete=", parser.complete(), " upgraded=", parser.upgraded(),
+                  " head_done=", parser.head_done(), " left_over=", left_over, "\n");
   sink.EndTrace(broken);
   return sink.trace;
 }

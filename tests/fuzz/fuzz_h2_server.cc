@@ -90,20 +90,16 @@ class FrameChecker {
       }
       header_[header_len_++] = static_cast<uint8_t>(c);
       if (header_len_ == 9) {
-        const uint32_t length =
-            uint32_t{header_[0]} << 16 | uint32_t{header_[1]} << 8 | header_[2];
+        const uint32_t length = uint32_t{header_[0]} << 16 | uint32_t{header_[1]} << 8 | header_[2];
         const uint8_t type = header_[3];
-        const uint32_t stream =
-            (uint32_t{header_[5]} << 24 | uint32_t{header_[6]} << 16 |
-             uint32_t{header_[7]} << 8 | header_[8]) &
-            0x7fffffff;
+        const uint32_t stream = (uint32_t{header_[5]} << 24 | uint32_t{header_[6]} << 16 |
+                                 uint32_t{header_[7]} << 8 | header_[8]) &
+                                0x7fffffff;
         if (frames_ == 0) {
-          FUZZ_CHECK(type == 0x4 && stream == 0,
-                     "output does not start with SETTINGS");
+          FUZZ_CHECK(type == 0x4 && stream == 0, "output does not start with SETTINGS");
         }
         // Server frames on a stream are on client-initiated (odd) ones.
-        FUZZ_CHECK(stream == 0 || stream % 2 == 1,
-                   "server frame on an even stream");
+        FUZZ_CHECK(stream == 0 || stream % 2 == 1, "server frame on an even stream");
         ++frames_;
         payload_left_ = length;
         header_len_ = 0;
@@ -198,8 +194,7 @@ class Harness : public http::H2StreamSink {
     }
     if (!codec_->status().ok()) {
       for (const auto& [id, s] : streams_) {
-        FUZZ_CHECK(s.terminal || s.app_reset,
-                   "stream not reset after a connection error");
+        FUZZ_CHECK(s.terminal || s.app_reset, "stream not reset after a connection error");
       }
     }
     // total_queued_bytes() sums every stream, the sink's among them.
@@ -212,15 +207,11 @@ class Harness : public http::H2StreamSink {
 
   // --- H2StreamSink.
 
-  void OnRequestHeaders(int32_t id, RequestHead head,
-                        bool end_stream) override {
+  void OnRequestHeaders(int32_t id, RequestHead head, bool end_stream) override {
     FUZZ_CHECK(id > 0 && id % 2 == 1, "request on a server stream id");
-    FUZZ_CHECK(streams_.find(id) == streams_.end(),
-               "headers twice for a stream");
-    FUZZ_CHECK(head.version_major == 2 && head.version_minor == 0,
-               "version not 2.0");
-    FUZZ_CHECK(!(head.chunked && head.content_length.has_value()),
-               "chunked with a length");
+    FUZZ_CHECK(streams_.find(id) == streams_.end(), "headers twice for a stream");
+    FUZZ_CHECK(head.version_major == 2 && head.version_minor == 0, "version not 2.0");
+    FUZZ_CHECK(!(head.chunked && head.content_length.has_value()), "chunked with a length");
     FUZZ_CHECK(!(end_stream && head.chunked), "chunked without a body");
     CheckForwardedHead(head);
     StreamState& s = streams_[id];
@@ -241,8 +232,7 @@ class Harness : public http::H2StreamSink {
         r.headers.push_back(Header{"X-Hop", "dropped"});
         (void)codec_->SubmitResponse(id, r, s.head_request);
         if (!s.head_request) {
-          (void)codec_->SendData(id,
-                                 Slice::Static(std::string_view(kBody, 1000)));
+          (void)codec_->SendData(id, Slice::Static(std::string_view(kBody, 1000)));
           (void)codec_->SendData(id, Slice::FromString(std::string(500, 'y')));
           (void)codec_->EndStream(id);
         }
@@ -261,8 +251,7 @@ class Harness : public http::H2StreamSink {
       s.unconsumed += n;
       s.held.push_back(std::move(data));
     } else {
-      FUZZ_CHECK(codec_->ConsumeRequestBody(id, n).ok(),
-                 "consuming delivered bytes failed");
+      FUZZ_CHECK(codec_->ConsumeRequestBody(id, n).ok(), "consuming delivered bytes failed");
     }
   }
 
@@ -310,9 +299,9 @@ class Harness : public http::H2StreamSink {
           s.checked_dead = true;
           // Documented: NotFound for a stream that is closed.
           if (s.terminal) {
-            FUZZ_CHECK(codec_->SendData(id, Slice::Static("late")).code() ==
-                           absl::StatusCode::kNotFound,
-                       "SendData on a finished stream");
+            FUZZ_CHECK(
+                codec_->SendData(id, Slice::Static("late")).code() == absl::StatusCode::kNotFound,
+                "SendData on a finished stream");
             FUZZ_CHECK(codec_->ResetStream(id, http::kH2Cancel).ok(),
                        "ResetStream on a finished stream");
           }
@@ -342,12 +331,10 @@ class Harness : public http::H2StreamSink {
           r.headers.push_back(Header{"Keep-Alive", "timeout=5"});
           (void)codec_->SubmitResponse(id, r, s.head_request);
         } else if (s.step == 1) {
-          if (!s.head_request)
-            (void)codec_->SendData(id, Slice::Static("{\"done\":false}\n"));
+          if (!s.head_request) (void)codec_->SendData(id, Slice::Static("{\"done\":false}\n"));
         } else if (s.step == 2) {
           if (!s.head_request) {
-            (void)codec_->EndStream(
-                id, {Header{"X-Trailer", "1"}, Header{"TE", "x"}});
+            (void)codec_->EndStream(id, {Header{"X-Trailer", "1"}, Header{"TE", "x"}});
           }
         } else {
           return false;
@@ -367,8 +354,7 @@ class Harness : public http::H2StreamSink {
           // Backpressure as the relay applies it.
           if (codec_->QueuedBytes(id) >= 64 * 1024) return false;
           const size_t n = std::min<size_t>(20000, kBodyBytes - s.sent);
-          (void)codec_->SendData(
-              id, Slice::Static(std::string_view(kBody + s.sent, n)));
+          (void)codec_->SendData(id, Slice::Static(std::string_view(kBody + s.sent, n)));
           s.sent += n;
           if (s.sent == kBodyBytes) {
             (void)codec_->EndStream(id);
@@ -380,8 +366,7 @@ class Harness : public http::H2StreamSink {
       case Plan::kReset:
         if (s.step != 0) return false;
         s.step = 1;
-        FUZZ_CHECK(codec_->ResetStream(id, http::kH2Cancel).ok(),
-                   "ResetStream failed");
+        FUZZ_CHECK(codec_->ResetStream(id, http::kH2Cancel).ok(), "ResetStream failed");
         s.app_reset = true;
         s.held.clear();
         return true;

@@ -51,12 +51,9 @@ bool TooCostly(absl::string_view text) {
        at = text.find("rounds=", at + 1)) {
     absl::string_view digits = text.substr(at + 7);
     size_t n = 0;
-    while (n < digits.size() &&
-           absl::ascii_isdigit(static_cast<unsigned char>(digits[n])))
-      ++n;
+    while (n < digits.size() && absl::ascii_isdigit(static_cast<unsigned char>(digits[n]))) ++n;
     uint64_t rounds = 0;
-    if (n > 9 || !absl::SimpleAtoi(digits.substr(0, n), &rounds) ||
-        rounds > 5000) {
+    if (n > 9 || !absl::SimpleAtoi(digits.substr(0, n), &rounds) || rounds > 5000) {
       if (n > 0) return true;
     }
   }
@@ -68,18 +65,14 @@ bool TooCostly(absl::string_view text) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace sluice::fuzz;
   if (size > 16 * 1024) return -1;
-  const Piece piece(
-      std::string_view(reinterpret_cast<const char*>(data), size));
+  const Piece piece(std::string_view(reinterpret_cast<const char*>(data), size));
   const absl::string_view text(piece.view().data(), piece.size());
   if (TooCostly(text)) return -1;
 
-  absl::StatusOr<sluice::policy::Htpasswd> users =
-      sluice::policy::Htpasswd::Parse(text, "fuzz");
+  absl::StatusOr<sluice::policy::Htpasswd> users = sluice::policy::Htpasswd::Parse(text, "fuzz");
   if (!users.ok()) {
-    FUZZ_CHECK(users.status().code() == absl::StatusCode::kInvalidArgument,
-               "odd error code");
-    FUZZ_CHECK(absl::StartsWith(users.status().message(), "fuzz"),
-               "error not labelled");
+    FUZZ_CHECK(users.status().code() == absl::StatusCode::kInvalidArgument, "odd error code");
+    FUZZ_CHECK(absl::StartsWith(users.status().message(), "fuzz"), "error not labelled");
     return 0;
   }
   // The users, found as the header describes the format.
@@ -91,8 +84,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     absl::string_view hash = line.substr(colon + 1);
     entries.emplace_back(line.substr(0, colon), hash.substr(0, hash.find(':')));
   }
-  FUZZ_CHECK(entries.size() == users->size(),
-             "user count differs from the lines");
+  FUZZ_CHECK(entries.size() == users->size(), "user count differs from the lines");
   entries.emplace_back("no-such-user", "");
   for (const auto& [user, hash] : entries) {
     if (users->Expensive(user)) continue;

@@ -49,15 +49,13 @@ void CheckStore(const KeyStore& store) {
   // KeyLine's lines for the same names make a store that finds each key.
   std::string text = "# regenerated\n";
   for (const std::string& name : names) {
-    absl::StrAppend(
-        &text, policy::KeyLine(name, absl::StrCat("sk-", name, "-fuzz")), "\n");
+    absl::StrAppend(&text, policy::KeyLine(name, absl::StrCat("sk-", name, "-fuzz")), "\n");
   }
   absl::StatusOr<KeyStore> again = KeyStore::Parse(text, "regenerated");
   FUZZ_CHECK(again.ok(), std::string(again.status().message()).c_str());
   FUZZ_CHECK(again->names() == names, "names changed");
   for (const std::string& name : names) {
-    const std::string* found =
-        again->Lookup(absl::StrCat("sk-", name, "-fuzz"));
+    const std::string* found = again->Lookup(absl::StrCat("sk-", name, "-fuzz"));
     FUZZ_CHECK(found != nullptr && *found == name, "KeyLine's key not found");
   }
 }
@@ -68,28 +66,21 @@ void CheckStore(const KeyStore& store) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace sluice::fuzz;
   if (size > 64 * 1024) return -1;
-  const Piece piece(
-      std::string_view(reinterpret_cast<const char*>(data), size));
+  const Piece piece(std::string_view(reinterpret_cast<const char*>(data), size));
   const absl::string_view text(piece.view().data(), piece.size());
 
-  absl::StatusOr<sluice::policy::KeyStore> store =
-      sluice::policy::KeyStore::Parse(text, "fuzz");
+  absl::StatusOr<sluice::policy::KeyStore> store = sluice::policy::KeyStore::Parse(text, "fuzz");
   if (store.ok()) {
     CheckStore(*store);
   } else {
-    FUZZ_CHECK(store.status().code() == absl::StatusCode::kInvalidArgument,
-               "odd error code");
-    FUZZ_CHECK(absl::StartsWith(store.status().message(), "fuzz:"),
-               "error not labelled");
+    FUZZ_CHECK(store.status().code() == absl::StatusCode::kInvalidArgument, "odd error code");
+    FUZZ_CHECK(absl::StartsWith(store.status().message(), "fuzz:"), "error not labelled");
   }
 
   const absl::string_view line = text.substr(0, text.find('\n'));
   for (const auto& [auth, api_key] :
-       {std::pair<absl::string_view, absl::string_view>{line, ""},
-        {"", line},
-        {line, line}}) {
-    std::optional<absl::string_view> key =
-        sluice::policy::PresentedKey(auth, api_key);
+       {std::pair<absl::string_view, absl::string_view>{line, ""}, {"", line}, {line, line}}) {
+    std::optional<absl::string_view> key = sluice::policy::PresentedKey(auth, api_key);
     if (key) {
       FUZZ_CHECK(!key->empty(), "empty key presented");
       FUZZ_CHECK(InsideAbsl(*key, auth) || InsideAbsl(*key, api_key),

@@ -47,15 +47,13 @@ void CheckMatchForm(const std::string& m) {
 void CheckForwardPath(absl::string_view forward) {
   absl::string_view path = forward.substr(0, forward.find('?'));
   FUZZ_CHECK(!path.empty() && path[0] == '/', "forward does not start with /");
-  FUZZ_CHECK(path.find("//") == absl::string_view::npos,
-             "runs of / in forward");
+  FUZZ_CHECK(path.find("//") == absl::string_view::npos, "runs of / in forward");
 }
 
 void CheckTarget(absl::string_view target) {
   absl::StatusOr<NormalizedPath> n = NormalizePath(target);
   if (!n.ok()) {
-    FUZZ_CHECK(n.status().code() == absl::StatusCode::kInvalidArgument,
-               "odd error code");
+    FUZZ_CHECK(n.status().code() == absl::StatusCode::kInvalidArgument, "odd error code");
     return;
   }
   if (target == "*") {
@@ -76,13 +74,10 @@ void CheckTarget(absl::string_view target) {
   FUZZ_CHECK(PathMatches("*", m), "* does not cover everything");
   FUZZ_CHECK(PathMatches(m + "*", m), "PATTERN* does not cover PATTERN");
   if (m.size() > 1) {
-    FUZZ_CHECK(PathMatches(m.substr(0, m.size() / 2) + "*", m),
-               "prefix* does not cover");
-    FUZZ_CHECK(PathMatches(m, m + "/x"),
-               "a path does not cover what is under it");
+    FUZZ_CHECK(PathMatches(m.substr(0, m.size() / 2) + "*", m), "prefix* does not cover");
+    FUZZ_CHECK(PathMatches(m, m + "/x"), "a path does not cover what is under it");
     // (A match path ending in "*" reads as a prefix pattern.)
-    if (m.back() != '*')
-      FUZZ_CHECK(!PathMatches(m, m + "x"), "a path covers a sibling");
+    if (m.back() != '*') FUZZ_CHECK(!PathMatches(m, m + "x"), "a path covers a sibling");
   }
 }
 
@@ -94,21 +89,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size > 8192) return -1;
   const absl::string_view input(reinterpret_cast<const char*>(data), size);
   const size_t nl = input.find('\n');
-  const absl::string_view target =
-      nl == absl::string_view::npos ? input : input.substr(nl + 1);
+  const absl::string_view target = nl == absl::string_view::npos ? input : input.substr(nl + 1);
   // An exact-size copy, so over-reads are caught.
   const Piece piece(std::string_view(target.data(), target.size()));
   const absl::string_view t(piece.view().data(), piece.size());
   CheckTarget(t);
 
-  absl::StatusOr<sluice::policy::NormalizedPath> n =
-      sluice::policy::NormalizePath(t);
+  absl::StatusOr<sluice::policy::NormalizedPath> n = sluice::policy::NormalizePath(t);
   const absl::string_view match = n.ok() ? absl::string_view(n->match) : t;
   if (nl != absl::string_view::npos) {
     (void)sluice::policy::PathMatches(input.substr(0, nl), match);
   } else {
-    for (absl::string_view p :
-         {"/api/delete", "/v1/*", "/api/blob*", "/", "", "*", "/api/"}) {
+    for (absl::string_view p : {"/api/delete", "/v1/*", "/api/blob*", "/", "", "*", "/api/"}) {
       (void)sluice::policy::PathMatches(p, match);
     }
   }

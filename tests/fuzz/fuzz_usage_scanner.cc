@@ -35,24 +35,20 @@ std::string RunResponse(BodyFormat format, const std::vector<Piece>& pieces) {
   for (const Piece& p : pieces) events += scanner.Feed(p.view());
   events += scanner.Finish();
   const core::TokenUsage& u = scanner.usage();
-  FUZZ_CHECK(events == u.token_events,
-             "returned events differ from token_events");
+  FUZZ_CHECK(events == u.token_events, "returned events differ from token_events");
   FUZZ_CHECK(u.model.size() <= core::kMaxModelBytes, "model too long");
   return absl::StrCat(
-      "events=", events,
-      " prompt=", u.prompt_tokens ? absl::StrCat(*u.prompt_tokens) : "-",
-      " completion=",
-      u.completion_tokens ? absl::StrCat(*u.completion_tokens) : "-",
-      " model=[", u.model, "]");
+      "events=", events, " prompt=", u.prompt_tokens ? absl::StrCat(*u.prompt_tokens) : "-",
+      " completion=", u.completion_tokens ? absl::StrCat(*u.completion_tokens) : "-", " model=[",
+      u.model, "]");
 }
 
 std::string RunRequest(const std::vector<Piece>& pieces) {
   core::RequestScanner scanner;
   for (const Piece& p : pieces) scanner.Feed(p.view());
   FUZZ_CHECK(scanner.model().size() <= core::kMaxModelBytes, "model too long");
-  return absl::StrCat(
-      "model=[", scanner.model(), "] stream=",
-      scanner.stream() ? (*scanner.stream() ? "true" : "false") : "-");
+  return absl::StrCat("model=[", scanner.model(),
+                      "] stream=", scanner.stream() ? (*scanner.stream() ? "true" : "false") : "-");
 }
 
 }  // namespace
@@ -74,24 +70,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (input.size() <= 4096) {
     for (char c : input) bytes.emplace_back(std::string_view(&c, 1));
   }
-  static constexpr sluice::core::BodyFormat kFormats[3] = {
-      sluice::core::BodyFormat::kNdjson, sluice::core::BodyFormat::kSse,
-      sluice::core::BodyFormat::kJson};
+  static constexpr sluice::core::BodyFormat kFormats[3] = {sluice::core::BodyFormat::kNdjson,
+                                                           sluice::core::BodyFormat::kSse,
+                                                           sluice::core::BodyFormat::kJson};
   const int mode = (shape >> 2) & 3;
   std::string a, b, c;
   if (mode < 3) {
     a = RunResponse(kFormats[mode], split);
     b = RunResponse(kFormats[mode], whole);
-    c = bytes.empty() && !input.empty() ? b
-                                        : RunResponse(kFormats[mode], bytes);
+    c = bytes.empty() && !input.empty() ? b : RunResponse(kFormats[mode], bytes);
   } else {
     a = RunRequest(split);
     b = RunRequest(whole);
     c = bytes.empty() && !input.empty() ? b : RunRequest(bytes);
   }
   if (a != b || b != c) {
-    std::fprintf(stderr, "split: %s\nwhole: %s\nbytes: %s\n", a.c_str(),
-                 b.c_str(), c.c_str());
+    std::fprintf(stderr, "split: %s\nwhole: %s\nbytes: %s\n", a.c_str(), b.c_str(), c.c_str());
     FUZZ_CHECK(false, "the result depends on where the body was split");
   }
   return 0;

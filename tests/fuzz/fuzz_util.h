@@ -19,13 +19,13 @@ namespace sluice::fuzz {
 
 // Aborts with `what` when `cond` is false. Used for the invariants each
 // target checks; libFuzzer turns the abort into a crash report and file.
-#define FUZZ_CHECK(cond, what)                                                \
-  do {                                                                        \
-    if (!(cond)) {                                                            \
-      std::fprintf(stderr, "FUZZ_CHECK failed at %s:%d: %s (%s)\n", __FILE__, \
-                   __LINE__, #cond, what);                                    \
-      std::abort();                                                           \
-    }                                                                         \
+#define FUZZ_CHECK(cond, what)                                                                 \
+  do {                                                                                         \
+    if (!(cond)) {                                                                             \
+      std::fprintf(stderr, "FUZZ_CHECK failed at %s:%d: %s (%s)\n", __FILE__, __LINE__, #cond, \
+                   what);                                                                      \
+      std::abort();                                                                            \
+    }                                                                                          \
   } while (0)
 
 // One piece of input in its own heap block of exactly its size, so that a
@@ -34,8 +34,7 @@ namespace sluice::fuzz {
 class Piece {
  public:
   explicit Piece(std::string_view bytes)
-      : data_(new char[bytes.size() == 0 ? 1 : bytes.size()]),
-        size_(bytes.size()) {
+      : data_(new char[bytes.size() == 0 ? 1 : bytes.size()]), size_(bytes.size()) {
     if (size_ > 0) std::memcpy(data_.get(), bytes.data(), size_);
   }
   std::string_view view() const { return {data_.get(), size_}; }
@@ -59,8 +58,7 @@ class Control {
   }
   // What is left after the control bytes taken so far.
   std::string_view Rest() const {
-    return pos_ >= size_ ? std::string_view()
-                         : std::string_view(data_ + pos_, size_ - pos_);
+    return pos_ >= size_ ? std::string_view() : std::string_view(data_ + pos_, size_ - pos_);
   }
 
  private:
@@ -73,14 +71,13 @@ class Control {
 // positions picked by `count_byte` and the two cut bytes: a cut byte b
 // lands at b * (size + 1) / 256, so every offset of an input under 256
 // bytes is reachable and longer inputs are cut anywhere in proportion.
-inline std::vector<Piece> Split(std::string_view bytes, uint8_t count_byte,
-                                uint8_t cut1, uint8_t cut2) {
+inline std::vector<Piece> Split(std::string_view bytes, uint8_t count_byte, uint8_t cut1,
+                                uint8_t cut2) {
   const size_t pieces = 1 + count_byte % 3;
   std::vector<size_t> cuts = {0};
   const uint8_t cut_bytes[2] = {cut1, cut2};
   for (size_t i = 0; i + 1 < pieces; ++i) {
-    cuts.push_back(static_cast<size_t>(cut_bytes[i]) * (bytes.size() + 1) /
-                   256);
+    cuts.push_back(static_cast<size_t>(cut_bytes[i]) * (bytes.size() + 1) / 256);
   }
   cuts.push_back(bytes.size());
   std::sort(cuts.begin(), cuts.end());
@@ -120,8 +117,7 @@ inline bool TakeSplitInput(const uint8_t* data, size_t size, SplitInput* in) {
 // differ: the result must not depend on where the reads were cut.
 inline void CheckSameParse(const std::string& pieces, const std::string& whole) {
   if (pieces != whole) {
-    std::fprintf(stderr, "split trace:\n%s\nwhole trace:\n%s\n", pieces.c_str(),
-                 whole.c_str());
+    std::fprintf(stderr, "split trace:\n%s\nwhole trace:\n%s\n", pieces.c_str(), whole.c_str());
     FUZZ_CHECK(false, "the parse depends on where the input was split");
   }
 }
@@ -129,8 +125,7 @@ inline void CheckSameParse(const std::string& pieces, const std::string& whole) 
 // True when `part` lies inside `whole` (a view the codec documents as
 // pointing into the buffer it was given).
 inline bool Inside(std::string_view part, std::string_view whole) {
-  return part.data() >= whole.data() &&
-         part.data() + part.size() <= whole.data() + whole.size();
+  return part.data() >= whole.data() && part.data() + part.size() <= whole.data() + whole.size();
 }
 
 // Why `head` (a request head sluice sends upstream) might be read
@@ -142,10 +137,8 @@ inline bool Inside(std::string_view part, std::string_view whole) {
 // line, which is its last.
 inline const char* HeadProblem(std::string_view head) {
   auto tchar = [](unsigned char c) {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
-           (c >= 'A' && c <= 'Z') ||
-           std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) !=
-               std::string_view::npos;
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) != std::string_view::npos;
   };
   auto ctl = [](unsigned char c) { return c < 0x20 || c == 0x7f; };
   size_t pos = 0;
@@ -156,8 +149,7 @@ inline const char* HeadProblem(std::string_view head) {
     const std::string_view line = head.substr(pos, eol - pos);
     pos = eol + 2;
     for (char c : line) {
-      if (c == '\r' || c == '\n' || c == '\0')
-        return "CR, LF or NUL inside a line";
+      if (c == '\r' || c == '\n' || c == '\0') return "CR, LF or NUL inside a line";
     }
     if (line.empty()) {
       if (first) return "empty request line";
@@ -167,8 +159,7 @@ inline const char* HeadProblem(std::string_view head) {
       first = false;
       const size_t sp1 = line.find(' ');
       const size_t sp2 = line.rfind(' ');
-      if (sp1 == std::string_view::npos || sp1 == sp2)
-        return "request line without two spaces";
+      if (sp1 == std::string_view::npos || sp1 == sp2) return "request line without two spaces";
       const std::string_view method = line.substr(0, sp1);
       const std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
       if (method.empty()) return "empty method";
@@ -183,8 +174,7 @@ inline const char* HeadProblem(std::string_view head) {
       continue;
     }
     const size_t colon = line.find(':');
-    if (colon == std::string_view::npos || colon == 0)
-      return "field line without a name";
+    if (colon == std::string_view::npos || colon == 0) return "field line without a name";
     for (unsigned char c : line.substr(0, colon)) {
       if (!tchar(c)) return "field name is not a token";
     }

@@ -47,8 +47,8 @@ absl::Status WaitFor(int fd, short events, absl::Time deadline) {
       return absl::DeadlineExceededError("timed out");
     }
     pollfd p{fd, events, 0};
-    int ms = static_cast<int>(std::ceil(
-        absl::ToDoubleMilliseconds(std::min(left, absl::Seconds(1)))));
+    int ms =
+        static_cast<int>(std::ceil(absl::ToDoubleMilliseconds(std::min(left, absl::Seconds(1)))));
     int n = poll(&p, 1, std::max(ms, 1));
     if (n < 0 && errno != EINTR) return Errno("poll");
     if (n > 0) return absl::OkStatus();
@@ -74,8 +74,7 @@ absl::Status RecvSome(int fd, std::string* buf, absl::Time deadline) {
 }
 
 // The value of header `name` in an HTTP/1.1 head, if present.
-std::optional<std::string> HeadField(absl::string_view head,
-                                     absl::string_view name) {
+std::optional<std::string> HeadField(absl::string_view head, absl::string_view name) {
   for (absl::string_view line : absl::StrSplit(head, "\r\n")) {
     size_t colon = line.find(':');
     if (colon == absl::string_view::npos) continue;
@@ -126,9 +125,7 @@ int64_t CountFds(pid_t pid) {
   return n;
 }
 
-std::string Ms(absl::Duration d) {
-  return absl::StrFormat("%.2f", absl::ToDoubleMilliseconds(d));
-}
+std::string Ms(absl::Duration d) { return absl::StrFormat("%.2f", absl::ToDoubleMilliseconds(d)); }
 
 }  // namespace
 
@@ -169,8 +166,7 @@ void ScopedFd::reset(int fd) {
   fd_ = fd;
 }
 
-absl::StatusOr<ScopedFd> ConnectFrom(const std::string& source, int port,
-                                     absl::Duration timeout) {
+absl::StatusOr<ScopedFd> ConnectFrom(const std::string& source, int port, absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   ScopedFd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!fd.valid()) return Errno("socket");
@@ -207,8 +203,7 @@ absl::StatusOr<ScopedFd> ConnectFrom(const std::string& source, int port,
 
 absl::Status SendAll(int fd, absl::string_view bytes, absl::Time deadline) {
   while (!bytes.empty()) {
-    ssize_t n =
-        send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t n = send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n > 0) {
       bytes.remove_prefix(static_cast<size_t>(n));
       continue;
@@ -227,14 +222,13 @@ absl::StatusOr<int> ReadHttpStatus(int fd, absl::Time deadline) {
   while ((head_end = buf.find("\r\n\r\n")) == std::string::npos) {
     absl::Status st = RecvSome(fd, &buf, deadline);
     if (!st.ok()) {
-      return absl::Status(
-          st.code(), absl::StrCat("response head: ", st.message(), " after ",
-                                  buf.size(), " bytes"));
+      return absl::Status(st.code(), absl::StrCat("response head: ", st.message(), " after ",
+                                                  buf.size(), " bytes"));
     }
   }
   const absl::string_view head = absl::string_view(buf).substr(0, head_end);
-  std::vector<absl::string_view> first = absl::StrSplit(
-      head.substr(0, head.find("\r\n")), absl::MaxSplits(' ', 2));
+  std::vector<absl::string_view> first =
+      absl::StrSplit(head.substr(0, head.find("\r\n")), absl::MaxSplits(' ', 2));
   int status = 0;
   if (first.size() < 2 || !absl::StartsWith(first[0], "HTTP/1.") ||
       !absl::SimpleAtoi(first[1], &status)) {
@@ -254,15 +248,13 @@ absl::StatusOr<int> ReadHttpStatus(int fd, absl::Time deadline) {
         return absl::Status(st.code(), absl::StrCat("body: ", st.message()));
       }
     }
-  } else if (te.has_value() &&
-             absl::StrContains(absl::AsciiStrToLower(*te), "chunked")) {
+  } else if (te.has_value() && absl::StrContains(absl::AsciiStrToLower(*te), "chunked")) {
     // Enough for the short answers probed here: the last chunk and an
     // empty trailer section.
     while (buf.find("0\r\n\r\n", body_start) == std::string::npos) {
       absl::Status st = RecvSome(fd, &buf, deadline);
       if (!st.ok()) {
-        return absl::Status(st.code(),
-                            absl::StrCat("chunked body: ", st.message()));
+        return absl::Status(st.code(), absl::StrCat("chunked body: ", st.message()));
       }
     }
   } else if (status >= 200 && status != 204 && status != 304) {
@@ -293,8 +285,7 @@ RunDelay::RunDelay(const std::vector<pid_t>& pids) {
   for (pid_t pid : pids) {
     if (pid > 0) AddThreads(pid);
   }
-  paths_.push_back(
-      absl::StrCat("/proc/self/task/", syscall(SYS_gettid), "/schedstat"));
+  paths_.push_back(absl::StrCat("/proc/self/task/", syscall(SYS_gettid), "/schedstat"));
 }
 
 void RunDelay::AddThreads(pid_t pid) {
@@ -305,8 +296,7 @@ void RunDelay::AddThreads(pid_t pid) {
     if (e->d_name[0] == '.' || absl::StrCat(pid) == e->d_name) continue;
     const std::string dir = absl::StrCat(task, "/", e->d_name);
     std::ifstream in(dir + "/stat");
-    std::string stat((std::istreambuf_iterator<char>(in)),
-                     std::istreambuf_iterator<char>());
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     const size_t close = stat.rfind(')');
     if (close == std::string::npos || close + 2 > stat.size()) continue;
     // Field 41, the scheduling policy (field 3 is the first after ")").
@@ -334,17 +324,14 @@ absl::Status ProbeH1Once(const ProbeOptions& o) {
   const absl::Time deadline = absl::Now() + o.timeout;
   absl::StatusOr<ScopedFd> fd = ConnectFrom(o.source, o.port, o.timeout);
   if (!fd.ok()) return fd.status();
-  std::string req =
-      absl::StrCat("GET ", o.path, " HTTP/1.1\r\nHost: 127.0.0.1\r\n");
-  for (const auto& [n, v] : o.headers)
-    absl::StrAppend(&req, n, ": ", v, "\r\n");
+  std::string req = absl::StrCat("GET ", o.path, " HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+  for (const auto& [n, v] : o.headers) absl::StrAppend(&req, n, ": ", v, "\r\n");
   req += "\r\n";
   absl::Status st = SendAll(fd->get(), req, deadline);
   if (!st.ok()) return st;
   absl::StatusOr<int> status = ReadHttpStatus(fd->get(), deadline);
   if (!status.ok()) return status.status();
-  if (*status != 200)
-    return absl::InternalError(absl::StrCat("h1 status ", *status));
+  if (*status != 200) return absl::InternalError(absl::StrCat("h1 status ", *status));
   return absl::OkStatus();
 }
 
@@ -354,11 +341,10 @@ absl::Status ProbeH2Once(const ProbeOptions& o) {
   if (!fd.ok()) return fd.status();
   // The preface, our SETTINGS and the request in one write: no round trip
   // waits for the server's SETTINGS (RFC 9113 3.4 allows it).
-  const std::string out = absl::StrCat(
-      h2::ClientMagic(), h2::SettingsFrame(),
-      h2::HeadersFrame(
-          1, h2::HpackBlock(h2::RequestFields("GET", o.path, o.headers)),
-          /*end_stream=*/true));
+  const std::string out =
+      absl::StrCat(h2::ClientMagic(), h2::SettingsFrame(),
+                   h2::HeadersFrame(1, h2::HpackBlock(h2::RequestFields("GET", o.path, o.headers)),
+                                    /*end_stream=*/true));
   absl::Status st = SendAll(fd->get(), out, deadline);
   if (!st.ok()) return st;
 
@@ -376,13 +362,12 @@ absl::Status ProbeH2Once(const ProbeOptions& o) {
   while (true) {
     while (rx.size() - pos >= 9) {
       const auto* p = reinterpret_cast<const uint8_t*>(rx.data() + pos);
-      const uint32_t len =
-          (uint32_t{p[0]} << 16) | (uint32_t{p[1]} << 8) | p[2];
+      const uint32_t len = (uint32_t{p[0]} << 16) | (uint32_t{p[1]} << 8) | p[2];
       const uint8_t type = p[3];
       const uint8_t flags = p[4];
-      const uint32_t sid = ((uint32_t{p[5]} << 24) | (uint32_t{p[6]} << 16) |
-                            (uint32_t{p[7]} << 8) | p[8]) &
-                           0x7fffffff;
+      const uint32_t sid =
+          ((uint32_t{p[5]} << 24) | (uint32_t{p[6]} << 16) | (uint32_t{p[7]} << 8) | p[8]) &
+          0x7fffffff;
       if (rx.size() - pos < 9 + len) break;
       absl::string_view payload(rx.data() + pos + 9, len);
       pos += 9 + len;
@@ -393,8 +378,7 @@ absl::Status ProbeH2Once(const ProbeOptions& o) {
         return absl::UnavailableError("h2 GOAWAY");
       } else if (type == h2::kRstStream && sid == 1) {
         return absl::UnavailableError("h2 RST_STREAM on the probe");
-      } else if ((type == h2::kHeaders || type == h2::kContinuation) &&
-                 sid == 1) {
+      } else if ((type == h2::kHeaders || type == h2::kContinuation) && sid == 1) {
         if (type == h2::kHeaders) {
           size_t skip = 0, pad = 0;
           if ((flags & h2::kFlagPadded) != 0 && !payload.empty()) {
@@ -402,8 +386,7 @@ absl::Status ProbeH2Once(const ProbeOptions& o) {
             skip = 1;
           }
           if ((flags & h2::kFlagPriority) != 0) skip += 5;
-          if (skip + pad > payload.size())
-            return absl::InternalError("bad HEADERS");
+          if (skip + pad > payload.size()) return absl::InternalError("bad HEADERS");
           payload = payload.substr(skip, payload.size() - skip - pad);
         }
         block.append(payload.data(), payload.size());
@@ -413,19 +396,15 @@ absl::Status ProbeH2Once(const ProbeOptions& o) {
           while (true) {
             nghttp2_nv nv;
             int out_flags = 0;
-            ssize_t rv =
-                nghttp2_hd_inflate_hd2(hd, &nv, &out_flags, in, left, 1);
-            if (rv < 0)
-              return absl::InternalError("h2 header block does not decode");
+            ssize_t rv = nghttp2_hd_inflate_hd2(hd, &nv, &out_flags, in, left, 1);
+            if (rv < 0) return absl::InternalError("h2 header block does not decode");
             in += rv;
             left -= static_cast<size_t>(rv);
             if ((out_flags & NGHTTP2_HD_INFLATE_EMIT) != 0 &&
-                absl::string_view(reinterpret_cast<const char*>(nv.name),
-                                  nv.namelen) == ":status") {
+                absl::string_view(reinterpret_cast<const char*>(nv.name), nv.namelen) ==
+                    ":status") {
               absl::SimpleAtoi(
-                  absl::string_view(reinterpret_cast<const char*>(nv.value),
-                                    nv.valuelen),
-                  &status);
+                  absl::string_view(reinterpret_cast<const char*>(nv.value), nv.valuelen), &status);
             }
             if ((out_flags & NGHTTP2_HD_INFLATE_FINAL) != 0) {
               nghttp2_hd_inflate_end_headers(hd);
@@ -439,8 +418,7 @@ absl::Status ProbeH2Once(const ProbeOptions& o) {
       // The stream's end, on its HEADERS or its last DATA frame.
       if (sid == 1 && (type == h2::kHeaders || type == h2::kData) &&
           (flags & h2::kFlagEndStream) != 0 && status >= 200) {
-        if (status != 200)
-          return absl::InternalError(absl::StrCat("h2 status ", status));
+        if (status != 200) return absl::InternalError(absl::StrCat("h2 status ", status));
         return absl::OkStatus();
       }
     }
@@ -478,9 +456,8 @@ ProbeReport ProbeReport::Control() const {
 }
 
 std::string ProbeReport::Summary() const {
-  return absl::StrCat(ok, " ok / ", failed, " failed, p50 ", Ms(p50),
-                      " ms p99 ", Ms(p99), " ms max ", Ms(max_latency),
-                      " ms (raw p99 ", Ms(raw_p99), " ms)");
+  return absl::StrCat(ok, " ok / ", failed, " failed, p50 ", Ms(p50), " ms p99 ", Ms(p99),
+                      " ms max ", Ms(max_latency), " ms (raw p99 ", Ms(raw_p99), " ms)");
 }
 
 std::string ProbeReport::Slowest(size_t n, absl::Time origin) const {
@@ -488,18 +465,17 @@ std::string ProbeReport::Slowest(size_t n, absl::Time origin) const {
   for (const ProbeSample& s : samples) {
     if (!s.control && !s.synthetic) sorted.push_back(s);
   }
-  std::sort(sorted.begin(), sorted.end(),
-            [](const ProbeSample& a, const ProbeSample& b) {
-              return a.latency - a.run_delay > b.latency - b.run_delay;
-            });
+  std::sort(sorted.begin(), sorted.end(), [](const ProbeSample& a, const ProbeSample& b) {
+    return a.latency - a.run_delay > b.latency - b.run_delay;
+  });
   sorted.resize(std::min(n, sorted.size()));
   std::string out;
   for (const ProbeSample& s : sorted) {
-    absl::StrAppend(&out, "  +", absl::ToInt64Milliseconds(s.start - origin),
-                    " ms ", s.control ? "control " : "", s.h2 ? "h2" : "h1",
-                    " ", Ms(s.latency - s.run_delay), " ms net (",
-                    Ms(s.latency), " ms, waiting for a CPU ", Ms(s.run_delay),
-                    " ms)", s.ok ? "" : " (failed)", "\n");
+    absl::StrAppend(&out, "  +", absl::ToInt64Milliseconds(s.start - origin), " ms ",
+                    s.control ? "control " : "", s.h2 ? "h2" : "h1", " ",
+                    Ms(s.latency - s.run_delay), " ms net (", Ms(s.latency),
+                    " ms, waiting for a CPU ", Ms(s.run_delay), " ms)", s.ok ? "" : " (failed)",
+                    "\n");
   }
   return out;
 }
@@ -519,8 +495,7 @@ void Prober::Start() {
   const absl::Time epoch = absl::Now();
   thread_ = std::thread([this, epoch] { Run(/*control=*/false, epoch); });
   if (options_.control_port != 0) {
-    control_thread_ =
-        std::thread([this, epoch] { Run(/*control=*/true, epoch); });
+    control_thread_ = std::thread([this, epoch] { Run(/*control=*/true, epoch); });
   }
 }
 
@@ -532,16 +507,13 @@ ProbeReport Prober::Stop() {
   std::lock_guard<std::mutex> lock(mu_);
   ProbeReport r = report_;
   std::sort(r.samples.begin(), r.samples.end(),
-            [](const ProbeSample& a, const ProbeSample& b) {
-              return a.start < b.start;
-            });
+            [](const ProbeSample& a, const ProbeSample& b) { return a.start < b.start; });
   Summarise(&r);
   return r;
 }
 
-void Prober::Record(absl::Time start, absl::Duration latency,
-                    absl::Duration wait, bool h2, bool control,
-                    const absl::Status& st) {
+void Prober::Record(absl::Time start, absl::Duration latency, absl::Duration wait, bool h2,
+                    bool control, const absl::Status& st) {
   const bool ok = st.ok() && latency <= options_.timeout;
   std::lock_guard<std::mutex> lock(mu_);
   report_.samples.push_back({start, latency, wait, ok, h2, control});
@@ -561,11 +533,10 @@ void Prober::Record(absl::Time start, absl::Duration latency,
     report_.samples.push_back(missed);
   }
   if (!ok && report_.failures.size() < 5) {
-    report_.failures.push_back(absl::StrCat(
-        control ? "control " : "", h2 ? "h2 " : "h1 ",
-        absl::FormatTime("%H:%M:%E3S", start, absl::LocalTimeZone()), " after ",
-        Ms(latency),
-        " ms: ", st.ok() ? "slower than the timeout" : st.ToString()));
+    report_.failures.push_back(
+        absl::StrCat(control ? "control " : "", h2 ? "h2 " : "h1 ",
+                     absl::FormatTime("%H:%M:%E3S", start, absl::LocalTimeZone()), " after ",
+                     Ms(latency), " ms: ", st.ok() ? "slower than the timeout" : st.ToString()));
   }
 }
 
@@ -574,8 +545,7 @@ void Prober::SampleProcess(absl::Time* next_fd_sample) {
   const int64_t rss = ReadRssKib(options_.pid);
   int64_t fds = -1;
   const absl::Time now = absl::Now();
-  if (options_.fd_sample_interval > absl::ZeroDuration() &&
-      now >= *next_fd_sample) {
+  if (options_.fd_sample_interval > absl::ZeroDuration() && now >= *next_fd_sample) {
     fds = CountFds(options_.pid);
     *next_fd_sample = now + options_.fd_sample_interval;
   }
@@ -587,8 +557,7 @@ void Prober::SampleProcess(absl::Time* next_fd_sample) {
 void Prober::Run(bool control, absl::Time epoch) {
   ProbeOptions o = options_;
   if (control) o.port = options_.control_port;
-  const RunDelay run_delay(control ? options_.control_wait_pids
-                                   : options_.wait_pids);
+  const RunDelay run_delay(control ? options_.control_wait_pids : options_.wait_pids);
   absl::Time next_fd_sample = absl::Now();
   for (int64_t tick = 0; !stop_.load();) {
     const absl::Time start = absl::Now();
@@ -597,8 +566,7 @@ void Prober::Run(bool control, absl::Time epoch) {
     const absl::Duration wait_before = run_delay.Total();
     absl::Status st = h2 ? ProbeH2Once(o) : ProbeH1Once(o);
     const absl::Duration latency = absl::Now() - start;
-    Record(start, latency, std::min(latency, run_delay.Total() - wait_before),
-           h2, control, st);
+    Record(start, latency, std::min(latency, run_delay.Total() - wait_before), h2, control, st);
     // The next tick of the common schedule (skipping those a slow probe
     // overran).
     tick = std::max(tick + 1, (absl::Now() - epoch) / options_.interval + 1);
@@ -636,19 +604,17 @@ ProbeReport MeasureIdle(const ProbeOptions& options, absl::Duration duration) {
 
 std::string AttackLine(const AttackFigures& f) {
   auto word = [](absl::string_view s) {
-    std::string w =
-        absl::StrReplaceAll(s, {{" ", "_"}, {"\t", "_"}, {"=", ":"}});
+    std::string w = absl::StrReplaceAll(s, {{" ", "_"}, {"\t", "_"}, {"=", ":"}});
     return w.empty() ? std::string("-") : w;
   };
-  return absl::StrCat(
-      "[ attack   ] name=", word(f.name), " answer=", word(f.answer),
-      " probes=", f.probes, " probes_failed=", f.probes_failed,
-      " idle_p99_ms=", Ms(f.idle_p99), " control_p99_ms=", Ms(f.control_p99),
-      " attack_p99_ms=", Ms(f.attack_p99), " attack_max_ms=", Ms(f.attack_max),
-      " attack_raw_p99_ms=", Ms(f.attack_raw_p99), " bound_ms=", Ms(f.bound),
-      " cpu_s=", absl::StrFormat("%.2f", f.cpu_s),
-      " rss_base_kib=", f.rss_base_kib, " rss_peak_kib=", f.rss_peak_kib,
-      " fds_base=", f.fds_base, " fds_peak=", f.fds_peak);
+  return absl::StrCat("[ attack   ] name=", word(f.name), " answer=", word(f.answer),
+                      " probes=", f.probes, " probes_failed=", f.probes_failed,
+                      " idle_p99_ms=", Ms(f.idle_p99), " control_p99_ms=", Ms(f.control_p99),
+                      " attack_p99_ms=", Ms(f.attack_p99), " attack_max_ms=", Ms(f.attack_max),
+                      " attack_raw_p99_ms=", Ms(f.attack_raw_p99), " bound_ms=", Ms(f.bound),
+                      " cpu_s=", absl::StrFormat("%.2f", f.cpu_s), " rss_base_kib=", f.rss_base_kib,
+                      " rss_peak_kib=", f.rss_peak_kib, " fds_base=", f.fds_base,
+                      " fds_peak=", f.fds_peak);
 }
 
 AttackFigures ReportAttack(const AttackRun& r) {
@@ -670,22 +636,20 @@ AttackFigures ReportAttack(const AttackRun& r) {
   f.fds_base = r.baseline.fds;
   f.fds_peak = std::max(r.all.peak_fds, r.now.fds);
   std::cout << AttackLine(f) << std::endl;
-  std::cout << "[ measure  ] " << r.name << ": idle probes " << r.idle.Summary()
-            << "; during " << r.window.Summary() << " (all: " << r.all.Summary()
-            << "); control during " << control.Summary() << "; RSS +"
-            << absl::StrFormat("%.2f", (f.rss_peak_kib - f.rss_base_kib) / 1024.0)
-            << " MiB peak, +"
+  std::cout << "[ measure  ] " << r.name << ": idle probes " << r.idle.Summary() << "; during "
+            << r.window.Summary() << " (all: " << r.all.Summary() << "); control during "
+            << control.Summary() << "; RSS +"
+            << absl::StrFormat("%.2f", (f.rss_peak_kib - f.rss_base_kib) / 1024.0) << " MiB peak, +"
             << absl::StrFormat("%.2f", (r.now.rss_kib - f.rss_base_kib) / 1024.0)
-            << " MiB at the end; fds " << f.fds_base << " -> peak " << f.fds_peak
-            << " -> " << r.now.fds << "; sluice CPU " << absl::StrFormat("%.2f", f.cpu_s)
-            << " s" << std::endl;
+            << " MiB at the end; fds " << f.fds_base << " -> peak " << f.fds_peak << " -> "
+            << r.now.fds << "; sluice CPU " << absl::StrFormat("%.2f", f.cpu_s) << " s"
+            << std::endl;
   EXPECT_GT(r.window.count(), 0) << r.name << ": no probe ran during the attack";
-  EXPECT_EQ(r.all.failed, 0) << r.name << ": probes failed or took over " << ProbeTimeout()
-                             << ":\n"
+  EXPECT_EQ(r.all.failed, 0) << r.name << ": probes failed or took over " << ProbeTimeout() << ":\n"
                              << absl::StrJoin(r.all.failures, "\n");
   EXPECT_TRUE(!r.check_p99 || r.window.p99 <= f.bound)
-      << r.name << ": probe p99 " << r.window.p99 << " over the bound " << f.bound
-      << " (idle p99 " << r.idle.p99 << ", control p99 " << control.p99
+      << r.name << ": probe p99 " << r.window.p99 << " over the bound " << f.bound << " (idle p99 "
+      << r.idle.p99 << ", control p99 " << control.p99
       << "); the slowest, from the attack's start:\n"
       << r.window.Slowest(8, r.start) << "idle:\n"
       << r.idle.Slowest(4, r.idle.samples.empty() ? absl::Now() : r.idle.samples[0].start);
@@ -693,8 +657,7 @@ AttackFigures ReportAttack(const AttackRun& r) {
       << r.name << ": sluice used " << f.cpu_s << " s of CPU";
   if (r.check_rss) {
     EXPECT_LT(f.rss_peak_kib - f.rss_base_kib, r.rss_bound_kib * MemorySlack())
-        << r.name << ": RSS grew from " << f.rss_base_kib << " KiB to " << f.rss_peak_kib
-        << " KiB";
+        << r.name << ": RSS grew from " << f.rss_base_kib << " KiB to " << f.rss_peak_kib << " KiB";
   }
   return f;
 }

@@ -33,9 +33,7 @@ namespace sluice::integration {
 // A probe must be answered within this (2 s; wider under a sanitizer). A
 // proxy that one client can starve misses it by far: a single-threaded
 // worker stuck in a flood answers nothing until the flood ends.
-inline absl::Duration ProbeTimeout() {
-  return absl::Seconds(2) * TimingSlack();
-}
+inline absl::Duration ProbeTimeout() { return absl::Seconds(2) * TimingSlack(); }
 
 // The absolute part of the p99 bound (see P99Bound). Loopback probes take
 // 0.2-2 ms idle (a new TCP connection, the request, the upstream round trip
@@ -125,8 +123,7 @@ class ScopedFd {
 // address, any port), waiting until connected or `timeout`. The socket is
 // non-blocking (SendAll and ReadHttpStatus wait with deadlines), with
 // TCP_NODELAY.
-absl::StatusOr<ScopedFd> ConnectFrom(const std::string& source, int port,
-                                     absl::Duration timeout);
+absl::StatusOr<ScopedFd> ConnectFrom(const std::string& source, int port, absl::Duration timeout);
 
 // Writes all of `bytes` before `deadline` (MSG_NOSIGNAL); `fd` may be a
 // blocking socket (each send is MSG_DONTWAIT).
@@ -218,7 +215,7 @@ struct ProbeSample {
 struct ProbeReport {
   // Probes sent (ProbeSample::synthetic ones are not counted here).
   int ok = 0;
-  int failed = 0;  // errors, non-200 answers, or slower than the timeout
+  int failed = 0;                     // errors, non-200 answers, or slower than the timeout
   std::vector<std::string> failures;  // the first few (control ones too)
   // Of the net latencies (ProbeSample::run_delay). The p99 leaves out the
   // slowest probe: with no attack at all, one probe in ~700 still meets a
@@ -240,8 +237,7 @@ struct ProbeReport {
   ProbeReport Control() const;
   // The counts and percentiles over the probes that started in [from, to)
   // (the peaks stay those of the whole run; failures are not kept).
-  ProbeReport Between(absl::Time from,
-                      absl::Time to = absl::InfiniteFuture()) const;
+  ProbeReport Between(absl::Time from, absl::Time to = absl::InfiniteFuture()) const;
   // "20 ok / 0 failed, p50 0.41 ms p99 0.97 ms max 0.97 ms (raw p99
   // 1.20 ms)".
   std::string Summary() const;
@@ -268,8 +264,8 @@ class Prober {
  private:
   void Run(bool control, absl::Time epoch);
   // Records one probe; `wait` is its RunDelay.
-  void Record(absl::Time start, absl::Duration latency, absl::Duration wait,
-              bool h2, bool control, const absl::Status& st);
+  void Record(absl::Time start, absl::Duration latency, absl::Duration wait, bool h2, bool control,
+              const absl::Status& st);
   void SampleProcess(absl::Time* next_fd_sample);
 
   const ProbeOptions options_;
@@ -304,8 +300,7 @@ absl::Status ProbeH2Once(const ProbeOptions& options);
 
 // Probes for `duration` with nothing else running: the idle baseline of
 // the same probe kinds and address an attack will be measured with.
-ProbeReport MeasureIdle(const ProbeOptions& options,
-                        absl::Duration duration = absl::Seconds(2));
+ProbeReport MeasureIdle(const ProbeOptions& options, absl::Duration duration = absl::Seconds(2));
 
 // What one attack did, for the "[ attack   ]" line.
 struct AttackFigures {
@@ -338,17 +333,17 @@ std::string AttackLine(const AttackFigures& f);
 // One attack as a suite's fixture saw it: its probe runs and /proc samples.
 struct AttackRun {
   std::string name;
-  std::string answer;   // what the attack was answered (the test checks it)
-  ProbeReport idle;     // the probes before the attack
-  ProbeReport all;      // every probe from the attack's start
-  ProbeReport window;   // those counted for the p99 (part of `all`)
-  ProcSample baseline;  // the proxy after the warm-up
-  ProcSample before;    // at the attack's start
-  ProcSample now;       // at its end
-  absl::Time start;     // the attack's start
+  std::string answer;                 // what the attack was answered (the test checks it)
+  ProbeReport idle;                   // the probes before the attack
+  ProbeReport all;                    // every probe from the attack's start
+  ProbeReport window;                 // those counted for the p99 (part of `all`)
+  ProcSample baseline;                // the proxy after the warm-up
+  ProcSample before;                  // at the attack's start
+  ProcSample now;                     // at its end
+  absl::Time start;                   // the attack's start
   double cpu_bound_s = 1.0;           // the proxy's CPU time during it
   int64_t rss_bound_kib = 16 * 1024;  // peak VmRSS over the baseline
-  bool check_rss = true;  // false where freed memory stays resident (ASan)
+  bool check_rss = true;              // false where freed memory stays resident (ASan)
   // false where an instrumented build cannot keep up with the attack's own
   // legitimate load (the figure is printed either way)
   bool check_p99 = true;

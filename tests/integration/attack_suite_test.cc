@@ -63,11 +63,7 @@ namespace {
 constexpr absl::Duration kIdleWindow = absl::Seconds(2);
 constexpr absl::Duration kProbeInterval = absl::Milliseconds(20);
 
-std::string Fmt(double v, int decimals = 2) {
-  return absl::StrFormat("%.*f", decimals, v);
-}
-
-
+std::string Fmt(double v, int decimals = 2) { return absl::StrFormat("%.*f", decimals, v); }
 
 // Raises this process's RLIMIT_NOFILE soft limit to `want` (up to the hard
 // limit); sluice, started afterwards, inherits it. Returns the soft limit
@@ -110,8 +106,7 @@ class AttackSuite : public ProxyTest {
     probe_.interval = kProbeInterval;
     ASSERT_NO_FATAL_FAILURE(WarmUp());
     idle_ = MeasureIdle(probe_, kIdleWindow);
-    ASSERT_EQ(idle_.failed, 0) << "idle probes failed:\n"
-                               << absl::StrJoin(idle_.failures, "\n");
+    ASSERT_EQ(idle_.failed, 0) << "idle probes failed:\n" << absl::StrJoin(idle_.failures, "\n");
     baseline_ = SampleProc(sluice_->pid());
     ASSERT_GT(baseline_.rss_kib, 0);
     IT_ASSERT_OK_AND_ASSIGN(sim_before_, FetchSimStats(sim_port()));
@@ -127,8 +122,7 @@ class AttackSuite : public ProxyTest {
     auto c = h2::Connection::Connect(proxy_port());
     ASSERT_TRUE(c.ok()) << c.status();
     IT_ASSERT_OK((*c)->Establish());
-    const std::string frame =
-        h2::BuildFrame(/*type=*/0xfa, 0, 0, std::string(16384, 'w'));
+    const std::string frame = h2::BuildFrame(/*type=*/0xfa, 0, 0, std::string(16384, 'w'));
     std::string batch;
     for (int i = 0; i < 64; ++i) batch += frame;  // 1 MiB
     for (int i = 0; i < 72; ++i) IT_ASSERT_OK((*c)->Send(batch));
@@ -164,8 +158,7 @@ class AttackSuite : public ProxyTest {
   // Keeps probing for `b.after`, stops the probe, and checks (b) and (c);
   // prints the attack's line. `answer` is what the attack was answered
   // (checked by the test itself).
-  AttackFigures EndAttack(const std::string& name, const std::string& answer,
-                          const Bounds& b) {
+  AttackFigures EndAttack(const std::string& name, const std::string& answer, const Bounds& b) {
     absl::SleepFor(b.after);
     AttackRun r;
     r.all = prober_->Stop();
@@ -267,8 +260,7 @@ TEST_F(AttackSuite, SlowlorisHeadsGet408AtTheHeaderTimeout) {
   const absl::Duration kTimeout = absl::Seconds(3);
   ASSERT_NO_FATAL_FAILURE(StartAttackStack({"--client_header_timeout=3s"}));
   const std::string head = BuildRequest(
-      "GET", "/api/tags",
-      {{"User-Agent", "slowloris/1.0"}, {"X-Pad", std::string(200, 'p')}});
+      "GET", "/api/tags", {{"User-Agent", "slowloris/1.0"}, {"X-Pad", std::string(200, 'p')}});
   struct Slow {
     std::unique_ptr<HttpConnection> conn;
     size_t sent = 0;
@@ -283,8 +275,7 @@ TEST_F(AttackSuite, SlowlorisHeadsGet408AtTheHeaderTimeout) {
     IT_ASSERT_OK_AND_ASSIGN(s.conn, HttpConnection::Connect(proxy_port()));
   }
   const absl::Time start = absl::Now();
-  const absl::Time give_up =
-      start + kTimeout + absl::Seconds(4) * TimingSlack();
+  const absl::Time give_up = start + kTimeout + absl::Seconds(4) * TimingSlack();
   int open = kConns;
   for (int tick = 0; open > 0 && absl::Now() < give_up; ++tick) {
     for (Slow& s : conns) {
@@ -303,8 +294,8 @@ TEST_F(AttackSuite, SlowlorisHeadsGet408AtTheHeaderTimeout) {
         fds.push_back({s.conn->fd(), POLLIN, 0});
         who.push_back(&s);
       }
-      const int ms = std::max<int>(
-          1, static_cast<int>(absl::ToInt64Milliseconds(next - absl::Now())));
+      const int ms =
+          std::max<int>(1, static_cast<int>(absl::ToInt64Milliseconds(next - absl::Now())));
       if (poll(fds.data(), fds.size(), ms) <= 0) continue;
       for (size_t i = 0; i < fds.size(); ++i) {
         if (fds[i].revents == 0) continue;
@@ -325,12 +316,11 @@ TEST_F(AttackSuite, SlowlorisHeadsGet408AtTheHeaderTimeout) {
   const absl::Duration fastest = Percentile(times, 0.01);
   const absl::Duration slowest = Percentile(times, 1.0);
   EndAttack("slowloris", Tally(tally), {.cpu_s = 0.5, .rss_kib = 8 * 1024});
-  std::cout << "[ measure  ] slowloris: " << kConns << " heads at 1 byte/s; "
-            << Tally(tally) << "; answered " << MsText(fastest) << " to "
-            << MsText(slowest) << " ms after the first byte" << std::endl;
+  std::cout << "[ measure  ] slowloris: " << kConns << " heads at 1 byte/s; " << Tally(tally)
+            << "; answered " << MsText(fastest) << " to " << MsText(slowest)
+            << " ms after the first byte" << std::endl;
   for (const Slow& s : conns) {
-    ASSERT_TRUE(s.done) << "a slowloris connection is still open after "
-                        << absl::Now() - start;
+    ASSERT_TRUE(s.done) << "a slowloris connection is still open after " << absl::Now() - start;
     EXPECT_EQ(s.answer.status, 408) << s.answer.detail;
     EXPECT_TRUE(s.answer.json_error);
     EXPECT_TRUE(s.answer.closed) << s.answer.detail;
@@ -368,8 +358,7 @@ TEST_F(AttackSuite, SlowPostBodyIsCutOffByTheBodyTimeout) {
   // Every upstream request started (the head went on) before the trickle.
   absl::Time sim_deadline = absl::Now() + absl::Seconds(3);
   SimStats during = SimNow();
-  while (during.active < sim_before_.active + kConns &&
-         absl::Now() < sim_deadline) {
+  while (during.active < sim_before_.active + kConns && absl::Now() < sim_deadline) {
     absl::SleepFor(absl::Milliseconds(20));
     during = SimNow();
   }
@@ -386,29 +375,23 @@ TEST_F(AttackSuite, SlowPostBodyIsCutOffByTheBodyTimeout) {
     }
   }
   std::vector<absl::Duration> after_stall;
-  const absl::Time deadline =
-      last_byte + kTimeout + absl::Seconds(3) * TimingSlack();
+  const absl::Time deadline = last_byte + kTimeout + absl::Seconds(3) * TimingSlack();
   for (auto& c : conns) {
-    Answer a = ReadAnswer(
-        c.get(), std::max(absl::Milliseconds(1), deadline - absl::Now()));
+    Answer a = ReadAnswer(c.get(), std::max(absl::Milliseconds(1), deadline - absl::Now()));
     ++tally[a.Key()];
     if (a.status != 0) after_stall.push_back(absl::Now() - last_byte);
     EXPECT_EQ(a.status, 408) << a.detail;
     EXPECT_TRUE(a.json_error);
     EXPECT_TRUE(a.closed) << a.detail;
   }
-  EndAttack("slow POST body", Tally(tally),
-            {.cpu_s = 0.5, .rss_kib = 8 * 1024});
+  EndAttack("slow POST body", Tally(tally), {.cpu_s = 0.5, .rss_kib = 8 * 1024});
   const SimStats after = SimNow();
-  std::cout << "[ measure  ] slow POST body: " << kConns
-            << " bodies at 2 bytes/s then stalled; " << Tally(tally)
-            << "; sim links active " << sim_before_.active << " -> "
+  std::cout << "[ measure  ] slow POST body: " << kConns << " bodies at 2 bytes/s then stalled; "
+            << Tally(tally) << "; sim links active " << sim_before_.active << " -> "
             << during.active << " -> " << after.active << "; answered "
             << MsText(Percentile(after_stall, 0.01)) << " to "
-            << MsText(Percentile(after_stall, 1.0)) << " ms after the last byte"
-            << std::endl;
-  EXPECT_EQ(during.active, sim_before_.active + kConns)
-      << "the upstream requests did not start";
+            << MsText(Percentile(after_stall, 1.0)) << " ms after the last byte" << std::endl;
+  EXPECT_EQ(during.active, sim_before_.active + kConns) << "the upstream requests did not start";
   for (absl::Duration d : after_stall) EXPECT_PRED2(AtTimeout, d, kTimeout);
   // The upstream links of the abandoned requests are closed.
   EXPECT_LE(after.active, sim_before_.active);
@@ -440,20 +423,16 @@ absl::Status OpenIdle(int port, int n, const std::vector<std::string>& sources,
     std::vector<pollfd> pending;
     const int end = std::min(n, i + batch);
     for (int k = i; k < end; ++k) {
-      ScopedFd fd(
-          socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+      ScopedFd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
       if (!fd.valid()) {
         return absl::ResourceExhaustedError(
             absl::StrCat("socket() for connection ", k, ": ", strerror(errno)));
       }
       int one = 1;
-      setsockopt(fd.get(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one,
-                 sizeof(one));
+      setsockopt(fd.get(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
       sockaddr_in src{};
       src.sin_family = AF_INET;
-      inet_pton(AF_INET,
-                sources[static_cast<size_t>(k) % sources.size()].c_str(),
-                &src.sin_addr);
+      inet_pton(AF_INET, sources[static_cast<size_t>(k) % sources.size()].c_str(), &src.sin_addr);
       if (bind(fd.get(), reinterpret_cast<sockaddr*>(&src), sizeof(src)) != 0) {
         return absl::UnavailableError(absl::StrCat("bind: ", strerror(errno)));
       }
@@ -461,11 +440,9 @@ absl::Status OpenIdle(int port, int n, const std::vector<std::string>& sources,
       dst.sin_family = AF_INET;
       dst.sin_port = htons(static_cast<uint16_t>(port));
       dst.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      if (connect(fd.get(), reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) !=
-              0 &&
+      if (connect(fd.get(), reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) != 0 &&
           errno != EINPROGRESS) {
-        return absl::UnavailableError(
-            absl::StrCat("connect ", k, ": ", strerror(errno)));
+        return absl::UnavailableError(absl::StrCat("connect ", k, ": ", strerror(errno)));
       }
       pending.push_back({fd.get(), POLLOUT, 0});
       out->fds.push_back(std::move(fd));
@@ -476,8 +453,7 @@ absl::Status OpenIdle(int port, int n, const std::vector<std::string>& sources,
     while (connected < pending.size()) {
       if (absl::Now() > deadline) {
         return absl::DeadlineExceededError(
-            absl::StrCat("batch from ", i, ": ", connected, " of ",
-                         pending.size(), " connected"));
+            absl::StrCat("batch from ", i, ": ", connected, " of ", pending.size(), " connected"));
       }
       if (poll(pending.data(), pending.size(), 100) < 0 && errno != EINTR) {
         return absl::InternalError(absl::StrCat("poll: ", strerror(errno)));
@@ -488,8 +464,7 @@ absl::Status OpenIdle(int port, int n, const std::vector<std::string>& sources,
         socklen_t len = sizeof(err);
         getsockopt(p.fd, SOL_SOCKET, SO_ERROR, &err, &len);
         if (err != 0) {
-          return absl::UnavailableError(
-              absl::StrCat("connect: ", strerror(err)));
+          return absl::UnavailableError(absl::StrCat("connect: ", strerror(err)));
         }
         p.fd = -p.fd - 1;  // done: poll ignores negative fds
         ++connected;
@@ -498,11 +473,9 @@ absl::Status OpenIdle(int port, int n, const std::vector<std::string>& sources,
     for (int k = i; k < end; ++k) {
       const std::string bytes = first ? first(k) : std::string();
       if (bytes.empty()) continue;
-      if (send(out->fds[static_cast<size_t>(k)].get(), bytes.data(),
-               bytes.size(),
-               MSG_NOSIGNAL) != static_cast<ssize_t>(bytes.size())) {
-        return absl::UnavailableError(
-            absl::StrCat("send ", k, ": ", strerror(errno)));
+      if (send(out->fds[static_cast<size_t>(k)].get(), bytes.data(), bytes.size(), MSG_NOSIGNAL) !=
+          static_cast<ssize_t>(bytes.size())) {
+        return absl::UnavailableError(absl::StrCat("send ", k, ": ", strerror(errno)));
       }
     }
     i = end;
@@ -516,8 +489,7 @@ absl::Status OpenIdle(int port, int n, const std::vector<std::string>& sources,
 int CountEnded(const IdleSet& set) {
   std::vector<pollfd> fds;
   fds.reserve(set.fds.size());
-  for (const ScopedFd& fd : set.fds)
-    fds.push_back({fd.get(), POLLIN | POLLRDHUP, 0});
+  for (const ScopedFd& fd : set.fds) fds.push_back({fd.get(), POLLIN | POLLRDHUP, 0});
   if (poll(fds.data(), fds.size(), 0) < 0) return -1;
   int n = 0;
   for (const pollfd& p : fds) n += p.revents != 0;
@@ -596,30 +568,25 @@ TEST_F(AttackSuite, TenThousandIdleConnectionsAreHeldCheaply) {
   const int ended_while_held = CountEnded(idle);
   const absl::Time hold_to = absl::Now();
   idle.fds.clear();  // the clients close them all
-  const int64_t fds_after =
-      WaitFdsAtMost(sluice_->pid(), baseline_.fds + 2, absl::Seconds(5));
+  const int64_t fds_after = WaitFdsAtMost(sluice_->pid(), baseline_.fds + 2, absl::Seconds(5));
   const absl::Duration to_release = absl::Now() - hold_to;
   // Per connection: the ClientConnection, its timers and its multishot
   // receive; 10 000 x 4 KiB = 40 MiB leaves room for the allocator.
-  AttackFigures f = EndAttack("10k idle connections",
-                              ended_while_held == 0 ? "held" : "some_closed",
-                              {.cpu_s = 3.0,
-                               .rss_kib = 40 * 1024,
-                               .p99_from = hold_from,
-                               .p99_to = hold_to});
+  AttackFigures f =
+      EndAttack("10k idle connections", ended_while_held == 0 ? "held" : "some_closed",
+                {.cpu_s = 3.0, .rss_kib = 40 * 1024, .p99_from = hold_from, .p99_to = hold_to});
   const ProbeReport opening = last_probes_.Between(open_from, hold_from);
   const ProbeReport closing = last_probes_.Between(hold_to);
-  std::cout << "[ measure  ] 10k idle connections: opened in "
-            << MsText(idle.took) << " ms from 10 addresses; held: RSS +"
+  std::cout << "[ measure  ] 10k idle connections: opened in " << MsText(idle.took)
+            << " ms from 10 addresses; held: RSS +"
             << Fmt((held.rss_kib - baseline_.rss_kib) / 1024.0) << " MiB ("
-            << Fmt(static_cast<double>(held.rss_kib - baseline_.rss_kib) /
-                   kIdleConns)
+            << Fmt(static_cast<double>(held.rss_kib - baseline_.rss_kib) / kIdleConns)
             << " KiB each), fds " << held.fds
-            << "; closed by the server while held: " << ended_while_held
-            << "; fds back to " << fds_after << " in " << MsText(to_release)
+            << "; closed by the server while held: " << ended_while_held << "; fds back to "
+            << fds_after << " in " << MsText(to_release)
             << " ms after the clients closed; probes while "
-            << "opening: " << opening.Summary()
-            << "; while closing: " << closing.Summary() << std::endl;
+            << "opening: " << opening.Summary() << "; while closing: " << closing.Summary()
+            << std::endl;
   EXPECT_EQ(ended_while_held, 0);
   EXPECT_GE(held.fds, baseline_.fds + kIdleConns);
   EXPECT_LE(fds_after, baseline_.fds + 2) << "descriptors left after the close";
@@ -635,22 +602,19 @@ TEST_F(AttackSuite, TenThousandIdleConnectionsAreClosedByTheClientTimeouts) {
   const std::string problem = IdleLimitProblem();
   if (!problem.empty()) GTEST_SKIP() << problem;
   const absl::Duration kTimeout = absl::Seconds(3);
-  ASSERT_NO_FATAL_FAILURE(StartAttackStack(
-      IdleArgs({"--client_header_timeout=3s", "--keepalive_timeout=3s"})));
+  ASSERT_NO_FATAL_FAILURE(
+      StartAttackStack(IdleArgs({"--client_header_timeout=3s", "--keepalive_timeout=3s"})));
   IdleSet idle;
   BeginAttack();
   const absl::Time open_from = absl::Now();
   absl::Status st = OpenIdle(
       proxy_port(), kIdleConns, IdleSources(),
-      [](int i) {
-        return i % 10 == 0 ? std::string("PRI * HTTP/2.0\r\n") : std::string();
-      },
+      [](int i) { return i % 10 == 0 ? std::string("PRI * HTTP/2.0\r\n") : std::string(); },
       /*batch=*/250, absl::Seconds(20), &idle);
   ASSERT_TRUE(st.ok()) << st;
   const absl::Time opened = absl::Now();
   // The last ones opened are due at `opened` + the timeout.
-  const absl::Time deadline =
-      opened + kTimeout + absl::Seconds(3) * TimingSlack();
+  const absl::Time deadline = opened + kTimeout + absl::Seconds(3) * TimingSlack();
   int ended = CountEnded(idle);
   const int ended_early = ended;
   while (ended < kIdleConns && absl::Now() < deadline) {
@@ -659,20 +623,16 @@ TEST_F(AttackSuite, TenThousandIdleConnectionsAreClosedByTheClientTimeouts) {
   }
   const absl::Duration took = absl::Now() - opened;
   idle.fds.clear();
-  const int64_t fds_after =
-      WaitFdsAtMost(sluice_->pid(), baseline_.fds + 2, absl::Seconds(5));
-  EndAttack("10k idle connections, timeouts",
-            ended == kIdleConns ? "closed_at_timeout" : "held",
+  const int64_t fds_after = WaitFdsAtMost(sluice_->pid(), baseline_.fds + 2, absl::Seconds(5));
+  EndAttack("10k idle connections, timeouts", ended == kIdleConns ? "closed_at_timeout" : "held",
             {.cpu_s = 3.0, .rss_kib = 40 * 1024, .p99_from = opened});
   std::cout << "[ measure  ] 10k idle connections, timeouts: " << ended_early
-            << " ended before all were open, " << ended << " of " << kIdleConns
-            << " within " << MsText(took)
-            << " ms of the last open; fds back to " << fds_after
-            << "; probes while opening: "
-            << last_probes_.Between(open_from, opened).Summary() << std::endl;
+            << " ended before all were open, " << ended << " of " << kIdleConns << " within "
+            << MsText(took) << " ms of the last open; fds back to " << fds_after
+            << "; probes while opening: " << last_probes_.Between(open_from, opened).Summary()
+            << std::endl;
   EXPECT_EQ(ended_early, 0) << "closed before the timeout";
-  EXPECT_EQ(ended, kIdleConns)
-      << "idle connections outlived the client timeouts";
+  EXPECT_EQ(ended, kIdleConns) << "idle connections outlived the client timeouts";
   EXPECT_LE(fds_after, baseline_.fds + 2);
 }
 
@@ -690,12 +650,10 @@ constexpr absl::string_view kSmuggled =
 std::vector<std::pair<std::string, std::string>> SmuggleShapes() {
   using std::string_literals::operator""s;
   auto post = [](absl::string_view headers, absl::string_view body) {
-    return absl::StrCat("POST /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\n",
-                        headers, "\r\n", body);
+    return absl::StrCat("POST /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\n", headers, "\r\n", body);
   };
   auto echo = [](absl::string_view headers, absl::string_view body) {
-    return absl::StrCat("POST /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n",
-                        headers, "\r\n", body);
+    return absl::StrCat("POST /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n", headers, "\r\n", body);
   };
   const std::string chunked_hello = "5\r\nhello\r\n0\r\n\r\n";
   const std::string te = "Transfer-Encoding: chunked\r\n";
@@ -706,47 +664,35 @@ std::vector<std::pair<std::string, std::string>> SmuggleShapes() {
       {"CL +5", post("Content-Length: +5\r\n", "hello")},
       {"CL -1", post("Content-Length: -1\r\n", "")},
       {"CL hex", post("Content-Length: 0x5\r\n", "hello")},
-      {"TE chunked, identity",
-       post("Transfer-Encoding: chunked, identity\r\n", chunked_hello)},
+      {"TE chunked, identity", post("Transfer-Encoding: chunked, identity\r\n", chunked_hello)},
       {"TE gzip", post("Transfer-Encoding: gzip\r\n", "hello")},
       {"TE xchunked", post("Transfer-Encoding: xchunked\r\n", chunked_hello)},
-      {"TE space before colon",
-       post("Transfer-Encoding : chunked\r\n", chunked_hello)},
+      {"TE space before colon", post("Transfer-Encoding : chunked\r\n", chunked_hello)},
       {"TE leading space", post("X-Pad: 1\r\n " + te, chunked_hello)},
       {"TE leading tab", post("X-Pad: 1\r\n\t" + te, chunked_hello)},
       {"TE vertical tab", post("Transfer-Encoding:\x0b"
                                "chunked\r\n",
                                chunked_hello)},
-      {"obs-fold",
-       post("Content-Length: 5\r\nX-Folded: a\r\n  b\r\n", "hello")},
-      {"TE on HTTP/1.0", "POST /api/version HTTP/1.0\r\nHost: 127.0.0.1\r\n" +
-                             te + "\r\n" + chunked_hello},
+      {"obs-fold", post("Content-Length: 5\r\nX-Folded: a\r\n  b\r\n", "hello")},
+      {"TE on HTTP/1.0",
+       "POST /api/version HTTP/1.0\r\nHost: 127.0.0.1\r\n" + te + "\r\n" + chunked_hello},
       {"missing Host", "GET /api/version HTTP/1.1\r\nX-A: 1\r\n\r\n"},
       {"duplicate Host",
        "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: "
        "evil.example\r\n\r\n"},
-      {"Host space before colon",
-       "GET /api/version HTTP/1.1\r\nHost : x\r\n\r\n"},
+      {"Host space before colon", "GET /api/version HTTP/1.1\r\nHost : x\r\n\r\n"},
       {"bad chunk size", echo(te, "zz\r\nhello\r\n0\r\n\r\n")},
-      {"chunk size overflow",
-       echo(te, "ffffffffffffffffff\r\nhello\r\n0\r\n\r\n")},
+      {"chunk size overflow", echo(te, "ffffffffffffffffff\r\nhello\r\n0\r\n\r\n")},
       {"chunk data without CRLF", echo(te, "5\r\nhelloXX0\r\n\r\n")},
       {"bare LF", "GET /api/version HTTP/1.1\nHost: 127.0.0.1\n\n"},
-      {"bare LF in a header",
-       "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\nX-A: 1\r\n\r\n"},
+      {"bare LF in a header", "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\nX-A: 1\r\n\r\n"},
       {"bare LF after chunk size", echo(te, "5\nhello\r\n0\r\n\r\n")},
-      {"NUL in a value",
-       "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\0b\r\n\r\n"s},
-      {"CR in a value",
-       "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\rb\r\n\r\n"},
-      {"paren in a name",
-       "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX(A): 1\r\n\r\n"},
-      {"at in a name",
-       "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX@A: 1\r\n\r\n"},
-      {"space in a name",
-       "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX A: 1\r\n\r\n"},
-      {"empty name",
-       "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\n: 1\r\n\r\n"},
+      {"NUL in a value", "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\0b\r\n\r\n"s},
+      {"CR in a value", "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\rb\r\n\r\n"},
+      {"paren in a name", "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX(A): 1\r\n\r\n"},
+      {"at in a name", "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX@A: 1\r\n\r\n"},
+      {"space in a name", "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX A: 1\r\n\r\n"},
+      {"empty name", "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\n: 1\r\n\r\n"},
   };
 }
 
@@ -763,8 +709,7 @@ TEST_F(AttackSuite, SmugglingBurstIsRefusedWith400AndClose) {
   const absl::Time start = absl::Now();
   int sent = 0;
   for (; sent < kRequests && absl::Now() - start < absl::Seconds(30); ++sent) {
-    const auto& [name, bytes] =
-        shapes[static_cast<size_t>(sent) % shapes.size()];
+    const auto& [name, bytes] = shapes[static_cast<size_t>(sent) % shapes.size()];
     IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
     IT_ASSERT_OK(c->Send(absl::StrCat(bytes, kSmuggled)));
     Answer a = ReadAnswer(c.get(), absl::Seconds(5));
@@ -775,13 +720,11 @@ TEST_F(AttackSuite, SmugglingBurstIsRefusedWith400AndClose) {
     }
   }
   const absl::Duration took = absl::Now() - start;
-  EndAttack("smuggling burst", Tally(tally),
-            {.cpu_s = 1.5, .rss_kib = 16 * 1024});
+  EndAttack("smuggling burst", Tally(tally), {.cpu_s = 1.5, .rss_kib = 16 * 1024});
   const int64_t upstream = SimNow().requests - sim_before_.requests;
-  std::cout << "[ measure  ] smuggling burst: " << sent << " requests of "
-            << shapes.size() << " shapes in " << MsText(took) << " ms; "
-            << Tally(tally) << "; upstream requests " << upstream << " (probes "
-            << ProbeRequests() << ")" << std::endl;
+  std::cout << "[ measure  ] smuggling burst: " << sent << " requests of " << shapes.size()
+            << " shapes in " << MsText(took) << " ms; " << Tally(tally) << "; upstream requests "
+            << upstream << " (probes " << ProbeRequests() << ")" << std::endl;
   EXPECT_EQ(sent, kRequests);
   EXPECT_EQ(tally["400+close"], sent) << absl::StrJoin(wrong, "\n");
   EXPECT_LE(upstream, ProbeRequests()) << "a smuggling request reached Ollama";
@@ -799,18 +742,13 @@ TEST_F(AttackSuite, OversizedHeadsGet431) {
   ASSERT_NO_FATAL_FAILURE(StartAttackStack({}));
   std::string many;
   for (int i = 0; i < 2000; ++i) {
-    absl::StrAppend(&many, absl::StrFormat("X-Field-%04d: %s\r\n", i,
-                                           std::string(26, 'v')));
+    absl::StrAppend(&many, absl::StrFormat("X-Field-%04d: %s\r\n", i, std::string(26, 'v')));
   }
   const std::vector<std::pair<std::string, std::string>> shapes = {
-      {"80 KiB field", BuildRequest("GET", "/api/tags",
-                                    {{"X-Big", std::string(80 << 10, 'h')}})},
+      {"80 KiB field", BuildRequest("GET", "/api/tags", {{"X-Big", std::string(80 << 10, 'h')}})},
       {"72 KiB target",
-       BuildRequest("GET",
-                    absl::StrCat("/api/tags?q=", std::string(72 << 10, 'q')))},
-      {"2000 fields",
-       absl::StrCat("GET /api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\n", many,
-                    "\r\n")},
+       BuildRequest("GET", absl::StrCat("/api/tags?q=", std::string(72 << 10, 'q')))},
+      {"2000 fields", absl::StrCat("GET /api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\n", many, "\r\n")},
   };
   std::map<std::string, int> tally;
   std::vector<std::string> wrong;
@@ -818,8 +756,7 @@ TEST_F(AttackSuite, OversizedHeadsGet431) {
   const absl::Time start = absl::Now();
   int sent = 0;
   for (; sent < kRequests && absl::Now() - start < absl::Seconds(30); ++sent) {
-    const auto& [name, bytes] =
-        shapes[static_cast<size_t>(sent) % shapes.size()];
+    const auto& [name, bytes] = shapes[static_cast<size_t>(sent) % shapes.size()];
     const Answer a = SendAndRead(proxy_port(), bytes);
     const std::string key = a.Key();
     ++tally[key];
@@ -828,13 +765,12 @@ TEST_F(AttackSuite, OversizedHeadsGet431) {
     }
   }
   const absl::Duration took = absl::Now() - start;
-  EndAttack("oversized heads", Tally(tally),
-            {.cpu_s = 1.5, .rss_kib = 16 * 1024});
+  EndAttack("oversized heads", Tally(tally), {.cpu_s = 1.5, .rss_kib = 16 * 1024});
   const int64_t upstream = SimNow().requests - sim_before_.requests;
   std::cout << "[ measure  ] oversized heads: " << sent << " heads ("
-            << Fmt(static_cast<double>(sent) * 78 / 1024, 1) << " MiB) in "
-            << MsText(took) << " ms; " << Tally(tally) << "; upstream requests "
-            << upstream << " (probes " << ProbeRequests() << ")" << std::endl;
+            << Fmt(static_cast<double>(sent) * 78 / 1024, 1) << " MiB) in " << MsText(took)
+            << " ms; " << Tally(tally) << "; upstream requests " << upstream << " (probes "
+            << ProbeRequests() << ")" << std::endl;
   EXPECT_EQ(sent, kRequests);
   EXPECT_EQ(tally["431+close"], sent) << absl::StrJoin(wrong, "\n");
   EXPECT_LE(upstream, ProbeRequests());
@@ -883,14 +819,12 @@ TEST_F(AttackSuite, HeadOfManyEmptyFieldsGets431) {
   absl::SleepFor(absl::Milliseconds(300));
   const ProcSample held = SampleProc(sluice_->pid());
   stalled.clear();
-  EndAttack("many empty fields", Tally(tally),
-            {.cpu_s = 1.0, .rss_kib = 16 * 1024});
+  EndAttack("many empty fields", Tally(tally), {.cpu_s = 1.0, .rss_kib = 16 * 1024});
   const double held_mib = (held.rss_kib - baseline_.rss_kib) / 1024.0;
   std::cout << "[ measure  ] many empty fields: " << kConns << " heads of "
-            << "60000 empty fields (" << over.size() / 1024 << " KiB each) in "
-            << MsText(took) << " ms: " << Tally(tally) << "; " << kConns
-            << " stalled heads of 1000 empty fields: RSS +" << Fmt(held_mib)
-            << " MiB" << std::endl;
+            << "60000 empty fields (" << over.size() / 1024 << " KiB each) in " << MsText(took)
+            << " ms: " << Tally(tally) << "; " << kConns
+            << " stalled heads of 1000 empty fields: RSS +" << Fmt(held_mib) << " MiB" << std::endl;
   EXPECT_EQ(tally["431+close"], kConns) << absl::StrJoin(wrong, "\n");
   // 100 x 64 KiB = 6.25 MiB, twice that for the allocator's slack (in a
   // plain build: ASan's redzones and quarantine multiply heap RSS).
@@ -922,8 +856,7 @@ struct RouteVariant {
 // match either (it answers 404), e.g. ";x" is not a parameter separator
 // for Go, "%2564" decodes once to "%64", overlong UTF-8 is not "/" or ".".
 std::vector<RouteVariant> RouteVariants(int port) {
-  static const std::string absolute_push =
-      absl::StrCat("HTTP://127.0.0.1:", port, "/api/push");
+  static const std::string absolute_push = absl::StrCat("HTTP://127.0.0.1:", port, "/api/push");
   static const std::vector<RouteVariant> base = {
       {"/api/delete", RouteAnswer::kBlocked},
       {"/api//delete", RouteAnswer::kBlocked},
@@ -1011,32 +944,26 @@ TEST_F(AttackSuite, BlockedRouteSpellingsAreRefused) {
   int sent = 0;
   BeginAttack();
   const absl::Time start = absl::Now();
-  for (int round = 0; round < 5 && absl::Now() - start < absl::Seconds(20);
-       ++round) {
+  for (int round = 0; round < 5 && absl::Now() - start < absl::Seconds(20); ++round) {
     for (const RouteVariant& v : variants) {
       for (const char* method : {"DELETE", "POST"}) {
         IT_ASSERT_OK_AND_ASSIGN(
             HttpResponse r,
-            Exchange(proxy_port(), BuildRequest(method, v.target, {}, body),
-                     absl::Seconds(5)));
+            Exchange(proxy_port(), BuildRequest(method, v.target, {}, body), absl::Seconds(5)));
         ++sent;
         ++tally[absl::StrCat("h1_", r.status)];
         if (v.answer == RouteAnswer::kForwarded) ++forwarded;
         if (r.status != ExpectedStatus(v.answer) && wrong.size() < 20) {
-          wrong.push_back(absl::StrCat("h1 ", method, " ", v.target, ": ",
-                                       r.status, " ", r.body));
+          wrong.push_back(absl::StrCat("h1 ", method, " ", v.target, ": ", r.status, " ", r.body));
         }
         if (v.answer == RouteAnswer::kBlocked &&
-            !absl::StrContains(r.body, "is not permitted via API") &&
-            wrong.size() < 20) {
-          wrong.push_back(
-              absl::StrCat("h1 ", method, " ", v.target, ": ", r.body));
+            !absl::StrContains(r.body, "is not permitted via API") && wrong.size() < 20) {
+          wrong.push_back(absl::StrCat("h1 ", method, " ", v.target, ": ", r.body));
         }
       }
     }
   }
-  for (int round = 0; round < 3 && absl::Now() - start < absl::Seconds(30);
-       ++round) {
+  for (int round = 0; round < 3 && absl::Now() - start < absl::Seconds(30); ++round) {
     auto c = h2::Connection::Connect(proxy_port());
     ASSERT_TRUE(c.ok()) << c.status();
     IT_ASSERT_OK((*c)->Establish());
@@ -1046,9 +973,8 @@ TEST_F(AttackSuite, BlockedRouteSpellingsAreRefused) {
     for (const RouteVariant& v : variants) {
       if (v.target[0] != '/') continue;  // absolute-form is HTTP/1.1's
       for (const char* method : {"DELETE", "POST"}) {
-        frames += h2::HeadersFrame(
-            id, h2::HpackBlock(h2::RequestFields(method, v.target)),
-            /*end_stream=*/true);
+        frames += h2::HeadersFrame(id, h2::HpackBlock(h2::RequestFields(method, v.target)),
+                                   /*end_stream=*/true);
         streams.emplace_back(id, &v);
         id += 2;
       }
@@ -1057,9 +983,8 @@ TEST_F(AttackSuite, BlockedRouteSpellingsAreRefused) {
     size_t ended = 0;
     h2::ReadOutcome o = (*c)->ReadUntil(
         [&ended, n = streams.size()](const h2::Frame& f) {
-          if ((f.type == h2::kRstStream) ||
-              ((f.type == h2::kHeaders || f.type == h2::kData) &&
-               (f.flags & h2::kFlagEndStream) != 0)) {
+          if ((f.type == h2::kRstStream) || ((f.type == h2::kHeaders || f.type == h2::kData) &&
+                                             (f.flags & h2::kFlagEndStream) != 0)) {
             ++ended;
           }
           return f.type == h2::kGoaway || ended == n;
@@ -1072,27 +997,24 @@ TEST_F(AttackSuite, BlockedRouteSpellingsAreRefused) {
       ++tally[absl::StrCat("h2_", status)];
       if (v->answer == RouteAnswer::kForwarded) ++forwarded;
       if (status != ExpectedStatus(v->answer) && wrong.size() < 20) {
-        wrong.push_back(absl::StrCat(
-            "h2 stream ", sid, " ", v->target, ": ", status,
-            o.ResetCode(sid).has_value()
-                ? absl::StrCat(" RST_STREAM ", h2::ErrorName(*o.ResetCode(sid)))
-                : ""));
+        wrong.push_back(
+            absl::StrCat("h2 stream ", sid, " ", v->target, ": ", status,
+                         o.ResetCode(sid).has_value()
+                             ? absl::StrCat(" RST_STREAM ", h2::ErrorName(*o.ResetCode(sid)))
+                             : ""));
       }
     }
   }
   const absl::Duration took = absl::Now() - start;
-  EndAttack("blocked route spellings", Tally(tally),
-            {.cpu_s = 1.5, .rss_kib = 16 * 1024});
+  EndAttack("blocked route spellings", Tally(tally), {.cpu_s = 1.5, .rss_kib = 16 * 1024});
   const int64_t upstream = SimNow().requests - sim_before_.requests;
   std::cout << "[ measure  ] blocked route spellings: " << variants.size()
-            << " spellings x 2 methods, " << sent << " requests in "
-            << MsText(took) << " ms; " << Tally(tally) << "; upstream requests "
-            << upstream << " (forwarded spellings " << forwarded << ", probes "
-            << ProbeRequests() << ")" << std::endl;
+            << " spellings x 2 methods, " << sent << " requests in " << MsText(took) << " ms; "
+            << Tally(tally) << "; upstream requests " << upstream << " (forwarded spellings "
+            << forwarded << ", probes " << ProbeRequests() << ")" << std::endl;
   EXPECT_TRUE(wrong.empty()) << absl::StrJoin(wrong, "\n");
   EXPECT_GE(upstream, forwarded);
-  EXPECT_LE(upstream, forwarded + ProbeRequests())
-      << "a refused spelling reached Ollama";
+  EXPECT_LE(upstream, forwarded + ProbeRequests()) << "a refused spelling reached Ollama";
 }
 
 // ------------------------------------------------------------ passwords
@@ -1109,26 +1031,22 @@ TEST_F(AttackSuite, BlockedRouteSpellingsAreRefused) {
 // authenticate as another bcrypt user whose answer is cached, from another
 // address, keep their latency.
 TEST_F(AttackSuite, PasswordGuessingIsCutOffByTheLoginLimit) {
-  const std::string dir =
-      absl::StrCat(::testing::TempDir(), "sluice-attack-bcrypt-", getpid());
+  const std::string dir = absl::StrCat(::testing::TempDir(), "sluice-attack-bcrypt-", getpid());
   const std::string users = dir + "/users.htpasswd";
-  CommandResult made = RunShell(
-      absl::StrCat("rm -rf ", ShellQuote(dir), " && mkdir -p ", ShellQuote(dir),
-                   " && htpasswd -cbB -C 8 ", ShellQuote(users),
-                   " admin right-one", " && htpasswd -bB -C 8 ",
-                   ShellQuote(users), " probe probe-pass"),
-      absl::Seconds(30));
+  CommandResult made =
+      RunShell(absl::StrCat("rm -rf ", ShellQuote(dir), " && mkdir -p ", ShellQuote(dir),
+                            " && htpasswd -cbB -C 8 ", ShellQuote(users), " admin right-one",
+                            " && htpasswd -bB -C 8 ", ShellQuote(users), " probe probe-pass"),
+               absl::Seconds(30));
   if (made.exit.code == 127 || absl::StrContains(made.err, "not found")) {
     GTEST_SKIP() << "htpasswd (apache2-utils) is not installed";
   }
   ASSERT_EQ(made.exit.code, 0) << made.err;
-  probe_.headers = {
-      {"authorization", "Basic " + absl::Base64Escape("probe:probe-pass")}};
+  probe_.headers = {{"authorization", "Basic " + absl::Base64Escape("probe:probe-pass")}};
   ASSERT_NO_FATAL_FAILURE(StartAttackStack({"--htpasswd=" + users}));
   auto guess = [n = 0]() mutable {
     return std::pair<std::string, std::string>(
-        "Authorization",
-        "Basic " + absl::Base64Escape(absl::StrCat("admin:guess-", n++)));
+        "Authorization", "Basic " + absl::Base64Escape(absl::StrCat("admin:guess-", n++)));
   };
   constexpr int kAllowance = 11;  // burst=10, and the one the rate admits
   // The cost of one wrong password, alone: four in a row (four of the
@@ -1140,8 +1058,7 @@ TEST_F(AttackSuite, PasswordGuessingIsCutOffByTheLoginLimit) {
     IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
     for (int i = 0; i < kMeasured; ++i) {
       IT_ASSERT_OK(c->Send(BuildRequest("GET", "/api/tags", {guess()})));
-      IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
-                              c->ReadResponse(absl::Seconds(5)));
+      IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, c->ReadResponse(absl::Seconds(5)));
       ASSERT_EQ(r.status, 401) << r.body;
     }
     per_check_s = (SampleProc(sluice_->pid()).cpu_s - a.cpu_s) / kMeasured;
@@ -1153,8 +1070,7 @@ TEST_F(AttackSuite, PasswordGuessingIsCutOffByTheLoginLimit) {
   std::map<std::string, int> tally;
   std::vector<std::string> wrong;
   auto record = [&](const absl::StatusOr<HttpResponse>& r) {
-    const std::string key =
-        r.ok() ? absl::StrCat(r->status) : std::string("error");
+    const std::string key = r.ok() ? absl::StrCat(r->status) : std::string("error");
     ++tally[key];
     bool ok = false;
     if (r.ok() && r->status == 401) {
@@ -1164,8 +1080,7 @@ TEST_F(AttackSuite, PasswordGuessingIsCutOffByTheLoginLimit) {
            absl::StrContains(r->body, "too many failed logins");
     }
     if (!ok && wrong.size() < 10) {
-      wrong.push_back(r.ok() ? absl::StrCat(r->status, " ", r->body)
-                             : r.status().ToString());
+      wrong.push_back(r.ok() ? absl::StrCat(r->status, " ", r->body) : r.status().ToString());
     }
   };
   BeginAttack();
@@ -1175,10 +1090,8 @@ TEST_F(AttackSuite, PasswordGuessingIsCutOffByTheLoginLimit) {
     IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
     keepalive.push_back(std::move(c));
   }
-  for (int round = 0;
-       round < kRounds && absl::Now() - start < absl::Seconds(30); ++round) {
-    for (auto& c : keepalive)
-      IT_ASSERT_OK(c->Send(BuildRequest("GET", "/api/tags", {guess()})));
+  for (int round = 0; round < kRounds && absl::Now() - start < absl::Seconds(30); ++round) {
+    for (auto& c : keepalive) IT_ASSERT_OK(c->Send(BuildRequest("GET", "/api/tags", {guess()})));
     for (auto& c : keepalive) record(c->ReadResponse(absl::Seconds(10)));
   }
   std::vector<std::unique_ptr<HttpConnection>> burst;
@@ -1193,28 +1106,24 @@ TEST_F(AttackSuite, PasswordGuessingIsCutOffByTheLoginLimit) {
       HttpResponse right,
       Exchange(proxy_port(),
                BuildRequest("GET", "/api/tags",
-                            {{"Authorization",
-                              "Basic " + absl::Base64Escape("admin:right-one")}}),
+                            {{"Authorization", "Basic " + absl::Base64Escape("admin:right-one")}}),
                absl::Seconds(5)));
   const absl::Duration took = absl::Now() - start;
   // The attempts the limit admits: what was left of the burst, plus one
   // per 10 s of the attack.
   const int admitted =
-      kAllowance - kMeasured +
-      static_cast<int>(absl::ToDoubleSeconds(took) / 10) + 1;
+      kAllowance - kMeasured + static_cast<int>(absl::ToDoubleSeconds(took) / 10) + 1;
   // One bcrypt per 401, with room for the requests' own handling.
   const double cpu_bound = admitted * per_check_s * 1.5 + 0.5;
   AttackFigures f = EndAttack("bcrypt password guessing", Tally(tally),
                               {.cpu_s = cpu_bound, .rss_kib = 16 * 1024});
   const int64_t upstream = SimNow().requests - sim_before_.requests;
-  std::cout << "[ measure  ] bcrypt password guessing: " << kGuesses
-            << " guesses in " << MsText(took) << " ms ("
-            << Fmt(kGuesses / absl::ToDoubleSeconds(took), 0)
-            << "/s); one check alone " << Fmt(per_check_s * 1000, 1)
-            << " ms of CPU; sluice CPU " << Fmt(f.cpu_s) << " s; "
-            << Tally(tally) << "; the right password then: " << right.status
-            << "; upstream requests " << upstream << " (probes "
-            << ProbeRequests() << ")" << std::endl;
+  std::cout << "[ measure  ] bcrypt password guessing: " << kGuesses << " guesses in "
+            << MsText(took) << " ms (" << Fmt(kGuesses / absl::ToDoubleSeconds(took), 0)
+            << "/s); one check alone " << Fmt(per_check_s * 1000, 1) << " ms of CPU; sluice CPU "
+            << Fmt(f.cpu_s) << " s; " << Tally(tally)
+            << "; the right password then: " << right.status << "; upstream requests " << upstream
+            << " (probes " << ProbeRequests() << ")" << std::endl;
   EXPECT_TRUE(wrong.empty()) << absl::StrJoin(wrong, "\n");
   EXPECT_EQ(tally["401"] + tally["429"], kGuesses) << Tally(tally);
   EXPECT_GE(tally["401"], kAllowance - kMeasured) << Tally(tally);

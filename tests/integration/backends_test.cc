@@ -86,15 +86,15 @@ TEST_F(Backends, RefusingBackendFailsOverThenIsLeftOut) {
   auto b = StartSim({});
   ASSERT_TRUE(b.ok()) << b.status();
   sim_ = std::move(*b);
-  auto sluice = StartSluice(sim_->port(), {"--threads=1", "--health_interval=0",
-                                           absl::StrCat("--upstream=127.0.0.1:", dead,
-                                                         ",127.0.0.1:", sim_->port())});
+  auto sluice = StartSluice(
+      sim_->port(), {"--threads=1", "--health_interval=0",
+                     absl::StrCat("--upstream=127.0.0.1:", dead, ",127.0.0.1:", sim_->port())});
   ASSERT_TRUE(sluice.ok()) << sluice.status();
   sluice_ = std::move(*sluice);
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
   for (int i = 0; i < 12; ++i) {
-    ASSERT_NO_FATAL_FAILURE(EchoOk(conn.get(), absl::StrCat("{\"n\":", i, ",\"pad\":\"",
-                                                            std::string(3000, 'x'), "\"}")));
+    ASSERT_NO_FATAL_FAILURE(EchoOk(
+        conn.get(), absl::StrCat("{\"n\":", i, ",\"pad\":\"", std::string(3000, 'x'), "\"}")));
   }
   // Each echo above came back whole from the live backend.
   EXPECT_EQ(Counter("sluice_upstream_failovers_total"), 3);
@@ -105,10 +105,10 @@ TEST_F(Backends, RefusingBackendFailsOverThenIsLeftOut) {
 TEST_F(Backends, NoBackendLeftAnswers503WithRetryAfter) {
   const int dead_a = UnusedPort();
   const int dead_b = UnusedPort();
-  auto sluice = StartSluice(dead_a, {"--threads=1", "--upstream_max_fails=1", "--health_interval=0",
-                                     "--upstream_fail_timeout=30s",
-                                         absl::StrCat("--upstream=127.0.0.1:", dead_a,
-                                                      ",127.0.0.1:", dead_b)});
+  auto sluice =
+      StartSluice(dead_a, {"--threads=1", "--upstream_max_fails=1", "--health_interval=0",
+                           "--upstream_fail_timeout=30s",
+                           absl::StrCat("--upstream=127.0.0.1:", dead_a, ",127.0.0.1:", dead_b)});
   ASSERT_TRUE(sluice.ok()) << sluice.status();
   sluice_ = std::move(*sluice);
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
@@ -136,10 +136,10 @@ TEST_F(Backends, BackendThatComesBackIsUsedAgain) {
   auto b = StartSim({});
   ASSERT_TRUE(b.ok()) << b.status();
   sim_ = std::move(*b);
-  auto sluice = StartSluice(sim_->port(), {"--threads=1", "--upstream_max_fails=1",
-                                           "--upstream_fail_timeout=1s", "--health_interval=0",
-                                           absl::StrCat("--upstream=127.0.0.1:", port_a,
-                                                        ",127.0.0.1:", sim_->port())});
+  auto sluice = StartSluice(
+      sim_->port(),
+      {"--threads=1", "--upstream_max_fails=1", "--upstream_fail_timeout=1s", "--health_interval=0",
+       absl::StrCat("--upstream=127.0.0.1:", port_a, ",127.0.0.1:", sim_->port())});
   ASSERT_TRUE(sluice.ok()) << sluice.status();
   sluice_ = std::move(*sluice);
   ASSERT_NO_FATAL_FAILURE(Get(4));  // A refuses once, then is left out
@@ -211,8 +211,9 @@ std::map<std::string, int> EchoHosts(int proxy_port, int n) {
 // rotation before any request fails on it (passive detection off here),
 // and put back once its checks pass again.
 TEST_F(Backends, HealthChecksTakeADeadBackendOutAndBringItBack) {
-  ASSERT_NO_FATAL_FAILURE(StartTwo("", "", {"--threads=1", "--health_interval=100ms",
-                                            "--health_timeout=500ms", "--upstream_max_fails=0"}));
+  ASSERT_NO_FATAL_FAILURE(StartTwo("", "",
+                                   {"--threads=1", "--health_interval=100ms",
+                                    "--health_timeout=500ms", "--upstream_max_fails=0"}));
   const std::string host_a = absl::StrCat("127.0.0.1:", sim_a_->port());
   const std::string host_b = absl::StrCat("127.0.0.1:", sim_port());
   EXPECT_EQ(EchoHosts(proxy_port(), 10), (std::map<std::string, int>{{host_a, 5}, {host_b, 5}}));

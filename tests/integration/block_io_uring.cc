@@ -49,8 +49,7 @@ int InstallFilter(int refused_errno) {
       BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
       BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
       BPF_STMT(BPF_RET | BPF_K,
-               SECCOMP_RET_ERRNO |
-                   (static_cast<unsigned>(refused_errno) & SECCOMP_RET_DATA)),
+               SECCOMP_RET_ERRNO | (static_cast<unsigned>(refused_errno) & SECCOMP_RET_DATA)),
       BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
   };
   sock_fprog prog{};
@@ -83,8 +82,7 @@ int main(int argc, char** argv) {
     return Usage();
   }
   if (int err = InstallFilter(refused); err != 0) {
-    fprintf(stderr, "block_io_uring: cannot install the seccomp filter: %s\n",
-            strerror(err));
+    fprintf(stderr, "block_io_uring: cannot install the seccomp filter: %s\n", strerror(err));
     return 125;
   }
   if (strcmp(argv[2], "--probe") == 0) {

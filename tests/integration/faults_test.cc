@@ -154,10 +154,8 @@ class Blackhole {
     addr.sin_family = AF_INET;
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t len = sizeof(addr);
-    if (listener_ < 0 ||
-        bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) ||
-        listen(listener_, 0) ||
-        getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len)) {
+    if (listener_ < 0 || bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) ||
+        listen(listener_, 0) || getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len)) {
       return absl::InternalError("blackhole listener");
     }
     port_ = ntohs(addr.sin_port);
@@ -206,8 +204,7 @@ class Refuser {
     addr.sin_family = AF_INET;
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t len = sizeof(addr);
-    if (listener_ < 0 ||
-        bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) ||
+    if (listener_ < 0 || bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) ||
         listen(listener_, 512) ||
         getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len)) {
       return absl::InternalError("refuser listener");
@@ -295,15 +292,13 @@ H2Answer Collect(const ReadOutcome& out, uint32_t id) {
 
 // The frames of a request: HEADERS (with content-length for a body), then
 // the body in one DATA frame; END_STREAM on the last frame when `end`.
-std::string H2Request(uint32_t id, absl::string_view method,
-                      absl::string_view path, HeaderList extra = {},
-                      absl::string_view body = "", bool end = true) {
+std::string H2Request(uint32_t id, absl::string_view method, absl::string_view path,
+                      HeaderList extra = {}, absl::string_view body = "", bool end = true) {
   if (!body.empty()) {
     extra.emplace_back("content-length", absl::StrCat(body.size()));
   }
-  std::string out = h2::HeadersFrame(
-      id, h2::HpackBlock(h2::RequestFields(method, path, extra)),
-      /*end_stream=*/end && body.empty());
+  std::string out = h2::HeadersFrame(id, h2::HpackBlock(h2::RequestFields(method, path, extra)),
+                                     /*end_stream=*/end && body.empty());
   if (!body.empty()) out += h2::DataFrame(id, body, end);
   return out;
 }
@@ -312,13 +307,11 @@ std::string H2Request(uint32_t id, absl::string_view method,
 // SETTINGS_INITIAL_WINDOW_SIZE; `open_connection_window` widens the
 // connection window to 1 GiB, so that hundreds of sequential streams on one
 // connection never stall on a client that sends no WINDOW_UPDATE.
-absl::StatusOr<std::unique_ptr<h2::Connection>> OpenH2(
-    int port, uint32_t stream_window = 1 << 20,
-    bool open_connection_window = true) {
+absl::StatusOr<std::unique_ptr<h2::Connection>> OpenH2(int port, uint32_t stream_window = 1 << 20,
+                                                       bool open_connection_window = true) {
   auto c = h2::Connection::Connect(port);
   if (!c.ok()) return c.status();
-  absl::Status st =
-      (*c)->Establish({{h2::kSettingsInitialWindowSize, stream_window}});
+  absl::Status st = (*c)->Establish({{h2::kSettingsInitialWindowSize, stream_window}});
   if (!st.ok()) return st;
   if (open_connection_window) {
     st = (*c)->Send(h2::WindowUpdateFrame(0, (1u << 30) - 65535));
@@ -330,8 +323,7 @@ absl::StatusOr<std::unique_ptr<h2::Connection>> OpenH2(
 // Sends a request on `c` and reads its stream to the end.
 H2Answer H2Exchange(h2::Connection* c, uint32_t id, absl::string_view method,
                     absl::string_view path, const HeaderList& extra = {},
-                    absl::string_view body = "",
-                    absl::Duration timeout = absl::Seconds(10)) {
+                    absl::string_view body = "", absl::Duration timeout = absl::Seconds(10)) {
   absl::Status st = c->Send(H2Request(id, method, path, extra, body));
   if (!st.ok()) {
     H2Answer a;
@@ -344,14 +336,12 @@ H2Answer H2Exchange(h2::Connection* c, uint32_t id, absl::string_view method,
 
 // Reads until every stream in `ids` has ended (or the connection, or the
 // deadline).
-ReadOutcome ReadStreamsEnd(h2::Connection* c, std::set<uint32_t> ids,
-                           absl::Duration timeout) {
+ReadOutcome ReadStreamsEnd(h2::Connection* c, std::set<uint32_t> ids, absl::Duration timeout) {
   return c->ReadUntil(
       [&ids](const h2::Frame& f) {
         if (f.type == h2::kGoaway) return true;
-        bool ends = f.type == h2::kRstStream ||
-                    ((f.type == h2::kData || f.type == h2::kHeaders) &&
-                     (f.flags & h2::kFlagEndStream));
+        bool ends = f.type == h2::kRstStream || ((f.type == h2::kData || f.type == h2::kHeaders) &&
+                                                 (f.flags & h2::kFlagEndStream));
         if (ends) ids.erase(f.stream_id);
         return ids.empty();
       },
@@ -361,31 +351,27 @@ ReadOutcome ReadStreamsEnd(h2::Connection* c, std::set<uint32_t> ids,
 // ------------------------------------------------------------ checks
 
 // The JSON error answer of sluice (README "Behaviour").
-void ExpectJsonError(int status, absl::string_view content_type,
-                     absl::string_view body, int want_status,
-                     absl::string_view want_error, absl::string_view what) {
+void ExpectJsonError(int status, absl::string_view content_type, absl::string_view body,
+                     int want_status, absl::string_view want_error, absl::string_view what) {
   EXPECT_EQ(status, want_status) << what << ": " << body;
   EXPECT_TRUE(absl::StartsWith(content_type, "application/json"))
       << what << ": Content-Type " << content_type;
-  EXPECT_EQ(
-      JsonError(body).value_or("(not a JSON error: " + std::string(body) + ")"),
-      want_error)
+  EXPECT_EQ(JsonError(body).value_or("(not a JSON error: " + std::string(body) + ")"), want_error)
       << what;
 }
 
-void ExpectJsonError(const HttpResponse& r, int want_status,
-                     absl::string_view want_error, absl::string_view what) {
-  ExpectJsonError(r.status, r.Header("Content-Type").value_or(""), r.body,
-                  want_status, want_error, what);
+void ExpectJsonError(const HttpResponse& r, int want_status, absl::string_view want_error,
+                     absl::string_view what) {
+  ExpectJsonError(r.status, r.Header("Content-Type").value_or(""), r.body, want_status, want_error,
+                  what);
 }
 
-void ExpectJsonError(const H2Answer& a, int want_status,
-                     absl::string_view want_error, absl::string_view what) {
+void ExpectJsonError(const H2Answer& a, int want_status, absl::string_view want_error,
+                     absl::string_view what) {
   EXPECT_TRUE(a.end_stream && !a.reset.has_value())
       << what << ": the error answer did not end cleanly:\n"
       << a.frames;
-  ExpectJsonError(a.status, a.content_type, a.body, want_status, want_error,
-                  what);
+  ExpectJsonError(a.status, a.content_type, a.body, want_status, want_error, what);
 }
 
 // ------------------------------------------------------------ fixture
@@ -406,9 +392,8 @@ struct Footprint {
            (sim_links < 0 || sim_links == upstream_open);
   }
   std::string Describe() const {
-    return absl::StrCat("fds ", proc.fds, ", RSS ", proc.rss_kib,
-                        " KiB, upstream links open ", upstream_open, " idle ",
-                        upstream_idle, ", simulator links ", sim_links);
+    return absl::StrCat("fds ", proc.fds, ", RSS ", proc.rss_kib, " KiB, upstream links open ",
+                        upstream_open, " idle ", upstream_idle, ", simulator links ", sim_links);
   }
 };
 
@@ -448,8 +433,7 @@ class KeptStackEnvironment : public ::testing::Environment {
         if (child == nullptr) continue;
         child->Terminate();
         if (std::optional<std::string> report = ReportOf(child)) {
-          ADD_FAILURE() << "a kept process wrote a sanitizer report:\n"
-                        << *report;
+          ADD_FAILURE() << "a kept process wrote a sanitizer report:\n" << *report;
         }
       }
     }
@@ -466,8 +450,7 @@ class FaultTest : public ProxyTest {
   // defaults (one worker, h2c served on the plain port, no policy). With
   // `keep`, a stack kept by an earlier test with the same flags is taken
   // over, and this one is kept in turn if the test passes.
-  void StartFaultStack(const std::vector<std::string>& sluice_args = {},
-                       bool keep = true) {
+  void StartFaultStack(const std::vector<std::string>& sluice_args = {}, bool keep = true) {
     if (keep) {
       keep_args_ = sluice_args;
       auto it = KeptStacks().find(sluice_args);
@@ -487,9 +470,8 @@ class FaultTest : public ProxyTest {
   }
 
   void TearDown() override {
-    if (keep_args_.has_value() && !HasFailure() && Alive(sluice_.get()) &&
-        Alive(sim_.get()) && !ReportOf(sluice_.get()).has_value() &&
-        !ReportOf(sim_.get()).has_value()) {
+    if (keep_args_.has_value() && !HasFailure() && Alive(sluice_.get()) && Alive(sim_.get()) &&
+        !ReportOf(sluice_.get()).has_value() && !ReportOf(sim_.get()).has_value()) {
       KeptStack& kept = KeptStacks()[*keep_args_];
       kept.sim = std::move(sim_);
       kept.sluice = std::move(sluice_);
@@ -498,8 +480,7 @@ class FaultTest : public ProxyTest {
   }
 
   // sluice alone, in front of `upstream_port` (not the simulator).
-  void StartSluiceOnly(int upstream_port,
-                       const std::vector<std::string>& sluice_args) {
+  void StartSluiceOnly(int upstream_port, const std::vector<std::string>& sluice_args) {
     auto s = StartSluice(upstream_port, sluice_args);
     ASSERT_TRUE(s.ok()) << s.status();
     sluice_ = std::move(*s);
@@ -513,16 +494,13 @@ class FaultTest : public ProxyTest {
   void WarmRing() {
     IT_ASSERT_OK_AND_ASSIGN(auto c, h2::Connection::Connect(proxy_port()));
     IT_ASSERT_OK(c->Establish());
-    const std::string frame =
-        h2::BuildFrame(/*type=*/0xfa, 0, 0, std::string(16384, 'w'));
+    const std::string frame = h2::BuildFrame(/*type=*/0xfa, 0, 0, std::string(16384, 'w'));
     std::string batch;
     for (int i = 0; i < 64; ++i) batch += frame;  // 1 MiB
     for (int i = 0; i < 72; ++i) IT_ASSERT_OK(c->Send(batch));
     IT_ASSERT_OK(c->Send(h2::PingFrame(7)));
     ReadOutcome out = c->ReadUntil(
-        [](const h2::Frame& f) {
-          return f.type == h2::kPing && (f.flags & h2::kFlagAck);
-        },
+        [](const h2::Frame& f) { return f.type == h2::kPing && (f.flags & h2::kFlagAck); },
         absl::Seconds(10));
     ASSERT_FALSE(out.closed || out.timed_out) << out.Describe();
   }
@@ -533,10 +511,10 @@ class FaultTest : public ProxyTest {
     if (f.proc.fds < 0) return absl::UnavailableError("sluice is gone");
     auto families = ScrapeMetrics(proxy_port());
     if (!families.ok()) return families.status();
-    std::optional<double> open = FindSample(
-        *families, "sluice_upstream_connections", {{"state", "open"}});
-    std::optional<double> idle = FindSample(
-        *families, "sluice_upstream_connections", {{"state", "idle"}});
+    std::optional<double> open =
+        FindSample(*families, "sluice_upstream_connections", {{"state", "open"}});
+    std::optional<double> idle =
+        FindSample(*families, "sluice_upstream_connections", {{"state", "idle"}});
     if (!open.has_value() || !idle.has_value()) {
       return absl::NotFoundError("no sluice_upstream_connections gauge");
     }
@@ -591,33 +569,28 @@ class FaultTest : public ProxyTest {
       absl::SleepFor(absl::Milliseconds(20));
     }
     const absl::Duration settled = absl::Now() - start;
-    std::cout << "[ measure  ] " << name << ": " << loop.iterations
-              << " iterations in " << absl::ToDoubleMilliseconds(loop.elapsed)
-              << " ms; fds " << baseline_.proc.fds << " -> " << f.proc.fds
-              << " (upstream links " << baseline_.upstream_open << " -> "
-              << f.upstream_open << "), settled in "
-              << absl::ToDoubleMilliseconds(settled) << " ms; RSS "
-              << baseline_.proc.rss_kib << " -> " << f.proc.rss_kib << " KiB ("
-              << (f.proc.rss_kib - baseline_.proc.rss_kib) << " KiB)"
-              << std::endl;
+    std::cout << "[ measure  ] " << name << ": " << loop.iterations << " iterations in "
+              << absl::ToDoubleMilliseconds(loop.elapsed) << " ms; fds " << baseline_.proc.fds
+              << " -> " << f.proc.fds << " (upstream links " << baseline_.upstream_open << " -> "
+              << f.upstream_open << "), settled in " << absl::ToDoubleMilliseconds(settled)
+              << " ms; RSS " << baseline_.proc.rss_kib << " -> " << f.proc.rss_kib << " KiB ("
+              << (f.proc.rss_kib - baseline_.proc.rss_kib) << " KiB)" << std::endl;
     EXPECT_TRUE(f.Quiet()) << name << ": upstream links still busy or "
                            << "open on one side only: " << f.Describe();
     EXPECT_EQ(f.Own(), baseline_.Own())
-        << name << ": file descriptors not back at the baseline after "
-        << kSettle << "\nbaseline: " << baseline_.Describe()
-        << "\nnow:      " << f.Describe();
+        << name << ": file descriptors not back at the baseline after " << kSettle
+        << "\nbaseline: " << baseline_.Describe() << "\nnow:      " << f.Describe();
     EXPECT_LE(f.upstream_idle, 32) << "more idle links than the pool keeps";
     if (kCheckRss) {
       EXPECT_LT(f.proc.rss_kib - baseline_.proc.rss_kib, rss_slack_kib)
-          << name << ": RSS grew from " << baseline_.proc.rss_kib << " KiB to "
-          << f.proc.rss_kib << " KiB";
+          << name << ": RSS grew from " << baseline_.proc.rss_kib << " KiB to " << f.proc.rss_kib
+          << " KiB";
     }
   }
 
   // Calls once(i) up to `max` times within `budget`; stops at the first
   // fatal failure.
-  LoopResult Repeat(int max, absl::Duration budget,
-                    const std::function<void(int)>& once) {
+  LoopResult Repeat(int max, absl::Duration budget, const std::function<void(int)>& once) {
     LoopResult r;
     absl::Time start = absl::Now();
     while (r.iterations < max && absl::Now() - start < budget) {
@@ -647,8 +620,7 @@ class FaultTest : public ProxyTest {
     if (HasFatalFailure()) return loop;
     EXPECT_GE(loop.iterations, std::min(max, min))
         << name << ": too few iterations within " << kLoopBudget;
-    ExpectBackToBaseline(name, loop,
-                         max == 1 ? kBatchRssSlackKib : kRssSlackKib);
+    ExpectBackToBaseline(name, loop, max == 1 ? kBatchRssSlackKib : kRssSlackKib);
     return loop;
   }
 
@@ -656,12 +628,10 @@ class FaultTest : public ProxyTest {
   void ExpectServed(int status = 200) {
     IT_ASSERT_OK_AND_ASSIGN(
         HttpResponse r,
-        Exchange(proxy_port(), BuildRequest("GET", "/api/version"),
-                 absl::Seconds(5)));
+        Exchange(proxy_port(), BuildRequest("GET", "/api/version"), absl::Seconds(5)));
     EXPECT_EQ(r.status, status) << "HTTP/1.1 after the faults: " << r.body;
     IT_ASSERT_OK_AND_ASSIGN(auto c, OpenH2(proxy_port()));
-    H2Answer a =
-        H2Exchange(c.get(), 1, "GET", "/api/version", {}, "", absl::Seconds(5));
+    H2Answer a = H2Exchange(c.get(), 1, "GET", "/api/version", {}, "", absl::Seconds(5));
     EXPECT_EQ(a.status, status) << "HTTP/2 after the faults:\n" << a.frames;
   }
 
@@ -679,8 +649,7 @@ class FaultTest : public ProxyTest {
 
   // Waits until the simulator has taken up one more request than `before`.
   void WaitSimRequest(int64_t before) {
-    SimStats s =
-        WaitSim([before](const SimStats& s) { return s.requests > before; });
+    SimStats s = WaitSim([before](const SimStats& s) { return s.requests > before; });
     ASSERT_GT(s.requests, before) << "the request never reached the upstream";
   }
 
@@ -735,13 +704,12 @@ TEST_F(H1ToH1Faults, UpstreamDownIs502WithinConnectTimeout) {
         Exchange(proxy_port(),
                  i % 2 ? BuildRequest("GET", "/api/tags")
                        : BuildRequest("POST", "/api/generate",
-                                      {{"Content-Type", "application/json"}},
-                                      kGenerateBody)));
+                                      {{"Content-Type", "application/json"}}, kGenerateBody)));
     slowest = std::max(slowest, absl::Now() - start);
     ExpectJsonError(r, 502, "upstream unavailable", "upstream down");
   });
-  std::cout << "[ measure  ] slowest 502: "
-            << absl::ToDoubleMilliseconds(slowest) << " ms" << std::endl;
+  std::cout << "[ measure  ] slowest 502: " << absl::ToDoubleMilliseconds(slowest) << " ms"
+            << std::endl;
   EXPECT_LT(slowest, absl::Seconds(1)) << "a refused connect must not wait "
                                           "for --connect_timeout";
   ExpectServed(502);
@@ -755,8 +723,7 @@ TEST_F(H1ToH1Faults, UnreachableUpstreamIs504AtConnectTimeout) {
   absl::Status st = hole.Open();
   if (absl::IsFailedPrecondition(st)) GTEST_SKIP() << st;
   IT_ASSERT_OK(st);
-  ASSERT_NO_FATAL_FAILURE(
-      StartSluiceOnly(hole.port(), {"--connect_timeout=1s"}));
+  ASSERT_NO_FATAL_FAILURE(StartSluiceOnly(hole.port(), {"--connect_timeout=1s"}));
   absl::Duration fastest = absl::InfiniteDuration(), slowest;
   bool warmed = false;  // the first batch, of 2, is the warm-up
   auto batch = [&](int n) {
@@ -769,8 +736,7 @@ TEST_F(H1ToH1Faults, UnreachableUpstreamIs504AtConnectTimeout) {
       conns.push_back(std::move(c));
     }
     for (int i = 0; i < n; ++i) {
-      IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
-                              conns[i]->ReadResponse(absl::Seconds(10)));
+      IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conns[i]->ReadResponse(absl::Seconds(10)));
       ExpectJsonError(r, 504, "upstream timeout", "connect timeout");
       absl::Duration took = absl::Microseconds(r.head_arrival_us - sent_us[i]);
       fastest = std::min(fastest, took);
@@ -785,9 +751,8 @@ TEST_F(H1ToH1Faults, UnreachableUpstreamIs504AtConnectTimeout) {
         warmed = true;
       },
       [] {}, /*max=*/1, /*warm=*/1, /*min=*/1);
-  std::cout << "[ measure  ] 504 after " << absl::ToDoubleMilliseconds(fastest)
-            << " to " << absl::ToDoubleMilliseconds(slowest) << " ms"
-            << std::endl;
+  std::cout << "[ measure  ] 504 after " << absl::ToDoubleMilliseconds(fastest) << " to "
+            << absl::ToDoubleMilliseconds(slowest) << " ms" << std::endl;
   EXPECT_GE(fastest, absl::Milliseconds(900));
   EXPECT_LT(slowest, absl::Seconds(1) + absl::Seconds(1) * TimingSlack());
 }
@@ -803,8 +768,7 @@ TEST_F(H1ToH1Faults, RefusingUpstreamIs502) {
         Exchange(proxy_port(),
                  i % 2 ? BuildRequest("GET", "/api/tags")
                        : BuildRequest("POST", "/api/generate",
-                                      {{"Content-Type", "application/json"}},
-                                      kGenerateBody)));
+                                      {{"Content-Type", "application/json"}}, kGenerateBody)));
     ExpectJsonError(r, 502, "upstream unavailable", "refusing upstream");
   });
   EXPECT_GT(refuser.accepted(), kMinIterations);
@@ -825,8 +789,7 @@ TEST_F(H1ToH1Faults, UpstreamResetMidStreamClosesWithoutLastChunk) {
                                           {"X-Sim-Token-Delay-Ms", "2"},
                                           {"X-Sim-Reset-After", "3"}},
                                          kGenerateBody)));
-    IT_ASSERT_OK_AND_ASSIGN(HttpResponse head,
-                            conn->ReadHead(absl::Seconds(5)));
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse head, conn->ReadHead(absl::Seconds(5)));
     ASSERT_EQ(head.status, 200);
     ASSERT_TRUE(head.chunked);
     absl::Time deadline = absl::Now() + absl::Seconds(2);
@@ -838,8 +801,7 @@ TEST_F(H1ToH1Faults, UpstreamResetMidStreamClosesWithoutLastChunk) {
             << "the cut stream was not closed within 2 s: " << chunk.status();
         break;
       }
-      ASSERT_FALSE(chunk->data.empty())
-          << "a reset upstream stream ended with a clean last chunk";
+      ASSERT_FALSE(chunk->data.empty()) << "a reset upstream stream ended with a clean last chunk";
       ASSERT_FALSE(absl::StrContains(chunk->data, "\"done\":true"));
       ++chunks;
     }
@@ -867,14 +829,12 @@ TEST_F(H1ToH1Faults, SilentUpstreamIs504AtReadTimeout) {
       IT_ASSERT_OK(c->Send(
           i % 2 ? BuildRequest("GET", "/api/tags", {{"X-Sim-Mode", "hang"}})
                 : BuildRequest("POST", "/api/generate",
-                               {{"Content-Type", "application/json"},
-                                {"X-Sim-Mode", "hang"}},
+                               {{"Content-Type", "application/json"}, {"X-Sim-Mode", "hang"}},
                                kGenerateBody)));
       conns.push_back(std::move(c));
     }
     for (int i = 0; i < n; ++i) {
-      IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
-                              conns[i]->ReadResponse(absl::Seconds(10)));
+      IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conns[i]->ReadResponse(absl::Seconds(10)));
       ExpectJsonError(r, 504, "upstream timeout", "silent upstream");
       absl::Duration took = absl::Microseconds(r.head_arrival_us - sent_us[i]);
       fastest = std::min(fastest, took);
@@ -889,14 +849,12 @@ TEST_F(H1ToH1Faults, SilentUpstreamIs504AtReadTimeout) {
         warmed = true;
       },
       [] {}, /*max=*/1, /*warm=*/1, /*min=*/1);
-  std::cout << "[ measure  ] 504 after " << absl::ToDoubleMilliseconds(fastest)
-            << " to " << absl::ToDoubleMilliseconds(slowest) << " ms"
-            << std::endl;
+  std::cout << "[ measure  ] 504 after " << absl::ToDoubleMilliseconds(fastest) << " to "
+            << absl::ToDoubleMilliseconds(slowest) << " ms" << std::endl;
   EXPECT_GE(fastest, absl::Milliseconds(900));
   EXPECT_LT(slowest, absl::Seconds(1) + absl::Seconds(1) * TimingSlack());
-  SimStats s = WaitSim([&](const SimStats& s) {
-    return s.aborted_streams - sim_before_.aborted_streams >= total;
-  });
+  SimStats s = WaitSim(
+      [&](const SimStats& s) { return s.aborted_streams - sim_before_.aborted_streams >= total; });
   EXPECT_EQ(s.aborted_streams - sim_before_.aborted_streams, total)
       << "each timed-out request must close its upstream link";
   ExpectServed();
@@ -908,13 +866,11 @@ TEST_F(H1ToH1Faults, GarbageUpstreamIs502) {
   RunFault("h1 garbage upstream", [&](int i) {
     IT_ASSERT_OK_AND_ASSIGN(
         HttpResponse r,
-        Exchange(proxy_port(),
-                 i % 2 ? BuildRequest("GET", "/api/tags",
-                                      {{"X-Sim-Mode", "garbage"}})
-                       : BuildRequest("POST", "/api/generate",
-                                      {{"Content-Type", "application/json"},
-                                       {"X-Sim-Mode", "garbage"}},
-                                      kGenerateBody)));
+        Exchange(proxy_port(), i % 2 ? BuildRequest("GET", "/api/tags", {{"X-Sim-Mode", "garbage"}})
+                                     : BuildRequest("POST", "/api/generate",
+                                                    {{"Content-Type", "application/json"},
+                                                     {"X-Sim-Mode", "garbage"}},
+                                                    kGenerateBody)));
     ExpectJsonError(r, 502, "upstream unavailable", "garbage upstream");
   });
   ExpectServed();
@@ -942,8 +898,8 @@ TEST_F(H1ToH1Faults, KeepaliveLinkClosedBetweenRequestsIsRetried) {
   LoopResult loop = RunFault(
       "h1 keepalive link dropped",
       [&](int) {
-        HttpResponse mark = roundtrip(BuildRequest(
-            "GET", "/api/tags", {{"X-Sim-Drop-Next-Request", "1"}}));
+        HttpResponse mark =
+            roundtrip(BuildRequest("GET", "/api/tags", {{"X-Sim-Drop-Next-Request", "1"}}));
         ASSERT_EQ(mark.status, 200) << mark.body;
         HttpResponse r = roundtrip(BuildRequest("GET", "/api/tags"));
         ASSERT_EQ(r.status, 200) << r.body;
@@ -959,8 +915,7 @@ TEST_F(H1ToH1Faults, KeepaliveLinkClosedBetweenRequestsIsRetried) {
   // Two answered requests per iteration (the dropped one never reached a
   // handler), and one fresh link for the retry.
   EXPECT_EQ(s.requests - sim_before_.requests, 2 * loop.iterations);
-  EXPECT_EQ(Counter("sluice_upstream_connects_total") - connects_before,
-            loop.iterations);
+  EXPECT_EQ(Counter("sluice_upstream_connects_total") - connects_before, loop.iterations);
   ExpectServed();
 }
 
@@ -987,8 +942,7 @@ TEST_F(H2ToH1Faults, UpstreamDownIs502WithinConnectTimeout) {
         absl::Time start = absl::Now();
         H2Answer a = i % 2 ? H2Exchange(c.get(), id, "GET", "/api/tags")
                            : H2Exchange(c.get(), id, "POST", "/api/generate",
-                                        {{"content-type", "application/json"}},
-                                        kGenerateBody);
+                                        {{"content-type", "application/json"}}, kGenerateBody);
         slowest = std::max(slowest, absl::Now() - start);
         id += 2;
         ExpectJsonError(a, 502, "upstream unavailable", "upstream down");
@@ -1003,8 +957,7 @@ TEST_F(H2ToH1Faults, UnreachableUpstreamIs504AtConnectTimeout) {
   absl::Status st = hole.Open();
   if (absl::IsFailedPrecondition(st)) GTEST_SKIP() << st;
   IT_ASSERT_OK(st);
-  ASSERT_NO_FATAL_FAILURE(
-      StartSluiceOnly(hole.port(), {"--connect_timeout=1s"}));
+  ASSERT_NO_FATAL_FAILURE(StartSluiceOnly(hole.port(), {"--connect_timeout=1s"}));
   absl::Duration fastest = absl::InfiniteDuration(), slowest;
   bool warmed = false;  // the first batch, of 2, is the warm-up
   // 100 streams at once on one connection (under the 128 concurrent
@@ -1035,9 +988,8 @@ TEST_F(H2ToH1Faults, UnreachableUpstreamIs504AtConnectTimeout) {
         warmed = true;
       },
       [] {}, /*max=*/1, /*warm=*/1, /*min=*/1);
-  std::cout << "[ measure  ] 504 after " << absl::ToDoubleMilliseconds(fastest)
-            << " to " << absl::ToDoubleMilliseconds(slowest) << " ms"
-            << std::endl;
+  std::cout << "[ measure  ] 504 after " << absl::ToDoubleMilliseconds(fastest) << " to "
+            << absl::ToDoubleMilliseconds(slowest) << " ms" << std::endl;
   EXPECT_GE(fastest, absl::Milliseconds(900));
   EXPECT_LT(slowest, absl::Seconds(1) + absl::Seconds(1) * TimingSlack());
 }
@@ -1057,8 +1009,7 @@ TEST_F(H2ToH1Faults, RefusingUpstreamIs502) {
         }
         H2Answer a = i % 2 ? H2Exchange(c.get(), id, "GET", "/api/tags")
                            : H2Exchange(c.get(), id, "POST", "/api/generate",
-                                        {{"content-type", "application/json"}},
-                                        kGenerateBody);
+                                        {{"content-type", "application/json"}}, kGenerateBody);
         id += 2;
         ExpectJsonError(a, 502, "upstream unavailable", "refusing upstream");
       },
@@ -1093,14 +1044,12 @@ TEST_F(H2ToH1Faults, UpstreamResetMidStreamIsRstStream) {
                                  {"x-sim-reset-after", "3"}},
                                 kGenerateBody, absl::Seconds(2));
         id += 2;
-        ASSERT_FALSE(a.timed_out) << "no end of stream within 2 s:\n"
-                                  << a.frames;
+        ASSERT_FALSE(a.timed_out) << "no end of stream within 2 s:\n" << a.frames;
         ASSERT_EQ(a.status, 200) << "the response head was lost:\n" << a.frames;
         ASSERT_FALSE(a.goaway.has_value() || a.closed)
             << "the connection must outlive one stream's upstream:\n"
             << a.frames;
-        ASSERT_FALSE(a.end_stream) << "a reset upstream stream ended cleanly:\n"
-                                   << a.frames;
+        ASSERT_FALSE(a.end_stream) << "a reset upstream stream ended cleanly:\n" << a.frames;
         ASSERT_EQ(a.reset.value_or(0xffff), h2::kInternalError) << a.frames;
         EXPECT_LE(a.data_frames, 3);
         EXPECT_FALSE(absl::StrContains(a.body, "\"done\":true"));
@@ -1121,12 +1070,10 @@ TEST_F(H2ToH1Faults, SilentUpstreamIs504AtReadTimeout) {
     for (int i = 0; i < n; ++i) {
       uint32_t id = 2 * i + 1;
       ids.insert(id);
-      frames +=
-          i % 2 ? H2Request(id, "GET", "/api/tags", {{"x-sim-mode", "hang"}})
-                : H2Request(id, "POST", "/api/generate",
-                            {{"content-type", "application/json"},
-                             {"x-sim-mode", "hang"}},
-                            kGenerateBody);
+      frames += i % 2 ? H2Request(id, "GET", "/api/tags", {{"x-sim-mode", "hang"}})
+                      : H2Request(id, "POST", "/api/generate",
+                                  {{"content-type", "application/json"}, {"x-sim-mode", "hang"}},
+                                  kGenerateBody);
     }
     absl::Time sent = absl::Now();
     IT_ASSERT_OK(c->Send(frames));
@@ -1146,14 +1093,12 @@ TEST_F(H2ToH1Faults, SilentUpstreamIs504AtReadTimeout) {
         warmed = true;
       },
       [] {}, /*max=*/1, /*warm=*/1, /*min=*/1);
-  std::cout << "[ measure  ] 504 after " << absl::ToDoubleMilliseconds(fastest)
-            << " to " << absl::ToDoubleMilliseconds(slowest) << " ms"
-            << std::endl;
+  std::cout << "[ measure  ] 504 after " << absl::ToDoubleMilliseconds(fastest) << " to "
+            << absl::ToDoubleMilliseconds(slowest) << " ms" << std::endl;
   EXPECT_GE(fastest, absl::Milliseconds(900));
   EXPECT_LT(slowest, absl::Seconds(1) + absl::Seconds(1) * TimingSlack());
-  SimStats s = WaitSim([&](const SimStats& s) {
-    return s.aborted_streams - sim_before_.aborted_streams >= total;
-  });
+  SimStats s = WaitSim(
+      [&](const SimStats& s) { return s.aborted_streams - sim_before_.aborted_streams >= total; });
   EXPECT_EQ(s.aborted_streams - sim_before_.aborted_streams, total);
   ExpectServed();
 }
@@ -1169,12 +1114,11 @@ TEST_F(H2ToH1Faults, GarbageUpstreamIs502) {
           IT_ASSERT_OK_AND_ASSIGN(c, OpenH2(proxy_port()));
           id = 1;
         }
-        H2Answer a = i % 2 ? H2Exchange(c.get(), id, "GET", "/api/tags",
-                                        {{"x-sim-mode", "garbage"}})
-                           : H2Exchange(c.get(), id, "POST", "/api/generate",
-                                        {{"content-type", "application/json"},
-                                         {"x-sim-mode", "garbage"}},
-                                        kGenerateBody);
+        H2Answer a =
+            i % 2 ? H2Exchange(c.get(), id, "GET", "/api/tags", {{"x-sim-mode", "garbage"}})
+                  : H2Exchange(c.get(), id, "POST", "/api/generate",
+                               {{"content-type", "application/json"}, {"x-sim-mode", "garbage"}},
+                               kGenerateBody);
         id += 2;
         ExpectJsonError(a, 502, "upstream unavailable", "garbage upstream");
       },
@@ -1197,8 +1141,8 @@ TEST_F(H2ToH1Faults, KeepaliveLinkClosedBetweenRequestsIsRetried) {
           IT_ASSERT_OK_AND_ASSIGN(c, OpenH2(proxy_port()));
           id = 1;
         }
-        H2Answer mark = H2Exchange(c.get(), id, "GET", "/api/tags",
-                                   {{"x-sim-drop-next-request", "1"}});
+        H2Answer mark =
+            H2Exchange(c.get(), id, "GET", "/api/tags", {{"x-sim-drop-next-request", "1"}});
         id += 2;
         ASSERT_EQ(mark.status, 200) << mark.frames;
         ASSERT_TRUE(mark.end_stream) << mark.frames;
@@ -1210,8 +1154,8 @@ TEST_F(H2ToH1Faults, KeepaliveLinkClosedBetweenRequestsIsRetried) {
           ASSERT_TRUE(absl::StrContains(a.body, "sim:latest")) << a.body;
         } else {
           const std::string body = absl::StrCat("replay-", i);
-          H2Answer a = H2Exchange(c.get(), id, "POST", "/sim/echo",
-                                  {{"content-type", "text/plain"}}, body);
+          H2Answer a =
+              H2Exchange(c.get(), id, "POST", "/sim/echo", {{"content-type", "text/plain"}}, body);
           id += 2;
           ASSERT_EQ(a.status, 200) << a.frames;
           ASSERT_TRUE(a.end_stream && !a.reset.has_value()) << a.frames;
@@ -1232,8 +1176,7 @@ TEST_F(H2ToH1Faults, KeepaliveLinkClosedBetweenRequestsIsRetried) {
   // and one fresh link is opened for the retry.
   const int64_t posts = loop.iterations / 2 + loop.iterations % 2;
   EXPECT_EQ(s.requests - sim_before_.requests, 2 * loop.iterations - posts);
-  EXPECT_EQ(Counter("sluice_upstream_connects_total") - connects_before,
-            loop.iterations);
+  EXPECT_EQ(Counter("sluice_upstream_connects_total") - connects_before, loop.iterations);
   ExpectServed();
 }
 
@@ -1267,8 +1210,7 @@ TEST_F(H1ToH1ClientAbort, InRequestHead) {
         IT_ASSERT_OK(c->Send("POST /api/generate HTTP/1.1\r\nHost: 127.0"));
         break;
       case 2:
-        IT_ASSERT_OK(c->Send(
-            "GET /api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: abc"));
+        IT_ASSERT_OK(c->Send("GET /api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: abc"));
         break;
     }
     Drop(c.get(), i / 3);
@@ -1281,9 +1223,9 @@ TEST_F(H1ToH1ClientAbort, InRequestHead) {
 TEST_F(H1ToH1ClientAbort, AfterHeadBeforeBody) {
   RunFault("h1 abort before the body", [&](int i) {
     IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
-    IT_ASSERT_OK(c->Send(
-        "POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        "Content-Type: application/json\r\nContent-Length: 64\r\n\r\n"));
+    IT_ASSERT_OK(
+        c->Send("POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                "Content-Type: application/json\r\nContent-Length: 64\r\n\r\n"));
     if (i % 4 >= 2) absl::SleepFor(absl::Milliseconds(1));
     Drop(c.get(), i);
   });
@@ -1301,10 +1243,10 @@ TEST_F(H1ToH1ClientAbort, MidBody) {
                   "Content-Type: application/json\r\nContent-Length: 64\r\n\r\n"
                   R"({"model":"sim","prompt":")"));
     } else {
-      IT_ASSERT_OK(c->Send(
-          "POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-          "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-          "20\r\n{\"model\":\"sim\",\"prompt\":\"hi\", \r\n"));
+      IT_ASSERT_OK(
+          c->Send("POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "20\r\n{\"model\":\"sim\",\"prompt\":\"hi\", \r\n"));
     }
     absl::SleepFor(absl::Milliseconds(1));
     Drop(c.get(), i);
@@ -1320,8 +1262,7 @@ TEST_F(H1ToH1ClientAbort, WaitingForFirstByte) {
     const int64_t before = SimRequests();
     IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
     IT_ASSERT_OK(c->Send(BuildRequest(
-        "POST", "/api/generate",
-        {{"Content-Type", "application/json"}, {"X-Sim-TTFT-Ms", "10000"}},
+        "POST", "/api/generate", {{"Content-Type", "application/json"}, {"X-Sim-TTFT-Ms", "10000"}},
         kGenerateBody)));
     ASSERT_NO_FATAL_FAILURE(WaitSimRequest(before));
     Drop(c.get(), i);
@@ -1411,9 +1352,7 @@ class H2ToH1ClientAbort : public FaultTest {
     if (own->get() == nullptr) {
       IT_ASSERT_OK(kept_->Send(h2::RstStreamFrame(id, h2::kCancel)));
       H2Answer a = H2Exchange(kept_.get(), NextId(), "GET", "/api/version");
-      ASSERT_EQ(a.status, 200)
-          << "the connection does not serve after a cancel:\n"
-          << a.frames;
+      ASSERT_EQ(a.status, 200) << "the connection does not serve after a cancel:\n" << a.frames;
       ASSERT_TRUE(a.end_stream) << a.frames;
       return;
     }
@@ -1422,8 +1361,7 @@ class H2ToH1ClientAbort : public FaultTest {
   }
 
   // The connection for iteration i: the kept one (even i), or a new one.
-  h2::Connection* For(int i, std::unique_ptr<h2::Connection>* own,
-                      uint32_t* id) {
+  h2::Connection* For(int i, std::unique_ptr<h2::Connection>* own, uint32_t* id) {
     if (i % 2 == 0) {
       h2::Connection* c = Kept();
       *id = NextId();
@@ -1451,8 +1389,8 @@ class H2ToH1ClientAbort : public FaultTest {
 TEST_F(H2ToH1ClientAbort, InPrefaceOrRequestHead) {
   RunFault("h2 abort in the preface or head", [&](int i) {
     IT_ASSERT_OK_AND_ASSIGN(auto c, h2::Connection::Connect(proxy_port()));
-    const std::string block = h2::HpackBlock(h2::RequestFields(
-        "POST", "/api/generate", {{"content-type", "application/json"}}));
+    const std::string block = h2::HpackBlock(
+        h2::RequestFields("POST", "/api/generate", {{"content-type", "application/json"}}));
     switch (i % 4) {
       case 0:
         IT_ASSERT_OK(c->Send(h2::ClientMagic().substr(0, 10)));
@@ -1468,9 +1406,8 @@ TEST_F(H2ToH1ClientAbort, InPrefaceOrRequestHead) {
       }
       case 3:
         IT_ASSERT_OK(c->Establish());
-        IT_ASSERT_OK(
-            c->Send(h2::HeadersFrame(1, block.substr(0, block.size() / 2),
-                                     false, /*end_headers=*/false)));
+        IT_ASSERT_OK(c->Send(
+            h2::HeadersFrame(1, block.substr(0, block.size() / 2), false, /*end_headers=*/false)));
         break;
     }
     absl::SleepFor(absl::Milliseconds(1));
@@ -1489,13 +1426,12 @@ TEST_F(H2ToH1ClientAbort, AfterHeadBeforeBody) {
         uint32_t id = 0;
         h2::Connection* c = For(i, &own, &id);
         ASSERT_NE(c, nullptr);
-        IT_ASSERT_OK(
-            c->Send(h2::HeadersFrame(id,
-                                     h2::HpackBlock(h2::RequestFields(
-                                         "POST", "/api/generate",
-                                         {{"content-type", "application/json"},
-                                          {"content-length", "64"}})),
-                                     /*end_stream=*/false)));
+        IT_ASSERT_OK(c->Send(
+            h2::HeadersFrame(id,
+                             h2::HpackBlock(h2::RequestFields(
+                                 "POST", "/api/generate",
+                                 {{"content-type", "application/json"}, {"content-length", "64"}})),
+                             /*end_stream=*/false)));
         absl::SleepFor(absl::Milliseconds(1));
         ASSERT_NO_FATAL_FAILURE(Cancel(i, id, &own));
       },
@@ -1518,9 +1454,8 @@ TEST_F(H2ToH1ClientAbort, MidBody) {
         ASSERT_NE(c, nullptr);
         IT_ASSERT_OK(
             c->Send(H2Request(id, "POST", "/api/generate",
-                              {{"content-type", "application/json"},
-                               {"content-length", "64"}},
-                              "", /*end=*/false) +
+                              {{"content-type", "application/json"}, {"content-length", "64"}}, "",
+                              /*end=*/false) +
                     h2::DataFrame(id, R"({"model":"sim","prompt":")", false)));
         absl::SleepFor(absl::Milliseconds(1));
         ASSERT_NO_FATAL_FAILURE(Cancel(i, id, &own));
@@ -1544,8 +1479,7 @@ TEST_F(H2ToH1ClientAbort, WaitingForFirstByte) {
         const int64_t before = SimRequests();
         IT_ASSERT_OK(c->Send(H2Request(
             id, "POST", "/api/generate",
-            {{"content-type", "application/json"}, {"x-sim-ttft-ms", "10000"}},
-            kGenerateBody)));
+            {{"content-type", "application/json"}, {"x-sim-ttft-ms", "10000"}}, kGenerateBody)));
         ASSERT_NO_FATAL_FAILURE(WaitSimRequest(before));
         ASSERT_NO_FATAL_FAILURE(Cancel(i, id, &own));
       },
@@ -1572,8 +1506,7 @@ TEST_F(H2ToH1ClientAbort, MidStream) {
         ReadOutcome out = c->ReadUntil(
             [id](const h2::Frame& f) {
               return f.type == h2::kGoaway ||
-                     (f.stream_id == id &&
-                      (f.type == h2::kData || f.type == h2::kRstStream));
+                     (f.stream_id == id && (f.type == h2::kData || f.type == h2::kRstStream));
             },
             absl::Seconds(5));
         H2Answer a = Collect(out, id);
@@ -1633,15 +1566,13 @@ class H2ToH1TlsClientAbort : public FaultTest {
     certs_ = absl::StrCat(::testing::TempDir(), "sluice-faults-tls-", getpid());
     CommandResult res =
         RunShell(absl::StrCat("rm -rf ", ShellQuote(certs_), " && bash ",
-                              ShellQuote(src + "tools/make-certs.sh"), " ",
-                              ShellQuote(certs_)),
+                              ShellQuote(src + "tools/make-certs.sh"), " ", ShellQuote(certs_)),
                  absl::Seconds(30));
     ASSERT_TRUE(res.exit.exited && res.exit.code == 0) << res.out << res.err;
-    ASSERT_NO_FATAL_FAILURE(
-        StartFaultStack({"--listen_tls=127.0.0.1:0",
-                         absl::StrCat("--tls_cert=", certs_, "/server.pem"),
-                         absl::StrCat("--tls_key=", certs_, "/server.key")},
-                        /*keep=*/false));
+    ASSERT_NO_FATAL_FAILURE(StartFaultStack(
+        {"--listen_tls=127.0.0.1:0", absl::StrCat("--tls_cert=", certs_, "/server.pem"),
+         absl::StrCat("--tls_key=", certs_, "/server.key")},
+        /*keep=*/false));
   }
 
   void TearDown() override {
@@ -1693,8 +1624,8 @@ TEST_F(H2ToH1TlsClientAbort, InHandshakeOrPreface) {
       case 4: {  // preface sent, a request's HEADERS cut short
         IT_ASSERT_OK_AND_ASSIGN(auto c, h2::Connection::Connect(port, tls));
         IT_ASSERT_OK(c->Establish());
-        std::string frame = h2::HeadersFrame(
-            1, h2::HpackBlock(h2::RequestFields("GET", "/api/tags")), true);
+        std::string frame =
+            h2::HeadersFrame(1, h2::HpackBlock(h2::RequestFields("GET", "/api/tags")), true);
         IT_ASSERT_OK(c->Send(frame.substr(0, frame.size() - 3)));
         absl::SleepFor(absl::Milliseconds(1));
         c->Close(reset);

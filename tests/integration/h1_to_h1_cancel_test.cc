@@ -15,17 +15,13 @@ namespace {
 
 enum class CloseKind { kFin, kRst };
 
-void PrintTo(CloseKind kind, std::ostream* os) {
-  *os << (kind == CloseKind::kFin ? "FIN" : "RST");
-}
+void PrintTo(CloseKind kind, std::ostream* os) { *os << (kind == CloseKind::kFin ? "FIN" : "RST"); }
 
 // The simulator writes a token every 20 ms, so it notices a closed link at
 // its next write at the latest: 50 ms leaves room for that plus scheduling.
 constexpr int64_t kMaxCancelDelayUs = 50000 * TimingSlack();
 
-class H1ToH1StreamingCancel : public ProxyTest,
-                              public ::testing::WithParamInterface<CloseKind> {
-};
+class H1ToH1StreamingCancel : public ProxyTest, public ::testing::WithParamInterface<CloseKind> {};
 
 TEST_P(H1ToH1StreamingCancel, ClientCloseAbortsUpstreamAtOnce) {
   ASSERT_NO_FATAL_FAILURE(StartStack());
@@ -66,22 +62,19 @@ TEST_P(H1ToH1StreamingCancel, ClientCloseAbortsUpstreamAtOnce) {
   int64_t delay = after.last_abort_us - close_us;
   std::cout << "upstream abort noticed " << delay << " µs after the client "
             << (GetParam() == CloseKind::kFin ? "FIN" : "RST") << "\n";
-  EXPECT_LT(delay, kMaxCancelDelayUs)
-      << "upstream link closed " << delay << " µs after the client";
+  EXPECT_LT(delay, kMaxCancelDelayUs) << "upstream link closed " << delay << " µs after the client";
   EXPECT_GE(delay, -2000) << "abort noticed before the client closed?";
 
   // The proxy is still healthy afterwards.
-  IT_ASSERT_OK_AND_ASSIGN(
-      HttpResponse r, Exchange(proxy_port(), BuildRequest("GET", "/api/tags")));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, Exchange(proxy_port(), BuildRequest("GET", "/api/tags")));
   EXPECT_EQ(r.status, 200);
 }
 
 INSTANTIATE_TEST_SUITE_P(CloseKinds, H1ToH1StreamingCancel,
                          ::testing::Values(CloseKind::kFin, CloseKind::kRst),
                          [](const ::testing::TestParamInfo<CloseKind>& info) {
-                           return info.param == CloseKind::kFin
-                                      ? std::string("Fin")
-                                      : std::string("Rst");
+                           return info.param == CloseKind::kFin ? std::string("Fin")
+                                                                : std::string("Rst");
                          });
 
 // An upstream that dies mid-stream (X-Sim-Close-After): the client must not

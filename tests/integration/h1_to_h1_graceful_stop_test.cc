@@ -54,12 +54,10 @@ TEST_F(H1ToH1GracefulStop, InFlightStreamCompletesAndExitZero) {
   // Draining, sluice closes the connection once its response is complete
   // (keepalive ends); a client keeping it open must not hold the exit up.
   absl::Status closed = conn->ExpectClosed(absl::Seconds(1));
-  EXPECT_TRUE(closed.ok())
-      << "after the drained response, the client connection stayed open: "
-      << closed;
+  EXPECT_TRUE(closed.ok()) << "after the drained response, the client connection stayed open: "
+                           << closed;
 
-  std::optional<ExitInfo> exit =
-      sluice_->WaitExit(absl::Seconds(5) - (absl::Now() - term_at));
+  std::optional<ExitInfo> exit = sluice_->WaitExit(absl::Seconds(5) - (absl::Now() - term_at));
   ASSERT_TRUE(exit.has_value()) << "sluice still running 5 s after SIGTERM";
   EXPECT_TRUE(exit->exited) << "killed by signal " << exit->signal;
   EXPECT_EQ(exit->code, 0);
@@ -77,8 +75,7 @@ TEST_F(H1ToH1GracefulStop, IdleKeepaliveDoesNotDelayExit) {
 
   ASSERT_TRUE(sluice_->Signal(SIGTERM));
   std::optional<ExitInfo> exit = sluice_->WaitExit(absl::Seconds(5));
-  ASSERT_TRUE(exit.has_value())
-      << "an idle keepalive connection kept sluice alive after SIGTERM";
+  ASSERT_TRUE(exit.has_value()) << "an idle keepalive connection kept sluice alive after SIGTERM";
   EXPECT_TRUE(exit->exited);
   EXPECT_EQ(exit->code, 0);
   IT_ASSERT_OK(conn->ExpectClosed(absl::Seconds(1)));

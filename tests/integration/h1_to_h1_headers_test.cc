@@ -31,26 +31,19 @@ class H1ToH1HeaderRewrite : public ProxyTest {
 
 TEST_F(H1ToH1HeaderRewrite, ForwardedHeadersAdded) {
   EchoedRequest echo;
-  ASSERT_NO_FATAL_FAILURE(Echo(
-      BuildRequest("GET", "/sim/echo?x=1", {{"X-Forwarded-For", "1.2.3.4"}}, "",
-                   "client.example:8443"),
-      &echo));
+  ASSERT_NO_FATAL_FAILURE(
+      Echo(BuildRequest("GET", "/sim/echo?x=1", {{"X-Forwarded-For", "1.2.3.4"}}, "",
+                        "client.example:8443"),
+           &echo));
   const std::string dump = echo.HeaderDump();
   EXPECT_EQ(echo.method, "GET");
   EXPECT_EQ(echo.target, "/sim/echo?x=1");
-  EXPECT_EQ(echo.All("Host"),
-            std::vector<std::string>{absl::StrCat("127.0.0.1:", sim_port())})
+  EXPECT_EQ(echo.All("Host"), std::vector<std::string>{absl::StrCat("127.0.0.1:", sim_port())})
       << dump;
-  EXPECT_EQ(echo.All("X-Real-IP"), std::vector<std::string>{"127.0.0.1"})
-      << dump;
-  EXPECT_EQ(echo.All("X-Forwarded-For"),
-            std::vector<std::string>{"1.2.3.4, 127.0.0.1"})
-      << dump;
-  EXPECT_EQ(echo.All("X-Forwarded-Proto"), std::vector<std::string>{"http"})
-      << dump;
-  EXPECT_EQ(echo.All("X-Forwarded-Host"),
-            std::vector<std::string>{"client.example:8443"})
-      << dump;
+  EXPECT_EQ(echo.All("X-Real-IP"), std::vector<std::string>{"127.0.0.1"}) << dump;
+  EXPECT_EQ(echo.All("X-Forwarded-For"), std::vector<std::string>{"1.2.3.4, 127.0.0.1"}) << dump;
+  EXPECT_EQ(echo.All("X-Forwarded-Proto"), std::vector<std::string>{"http"}) << dump;
+  EXPECT_EQ(echo.All("X-Forwarded-Host"), std::vector<std::string>{"client.example:8443"}) << dump;
 }
 
 TEST_F(H1ToH1HeaderRewrite, ForwardedForStartsWithPeerWhenAbsent) {
@@ -70,43 +63,39 @@ TEST_F(H1ToH1HeaderRewrite, UpstreamHostFlagSetsHost) {
   sluice_ = std::move(*sluice);
   EchoedRequest echo;
   ASSERT_NO_FATAL_FAILURE(Echo(BuildRequest("GET", "/sim/echo"), &echo));
-  EXPECT_EQ(echo.All("Host"), std::vector<std::string>{host})
-      << echo.HeaderDump();
+  EXPECT_EQ(echo.All("Host"), std::vector<std::string>{host}) << echo.HeaderDump();
 }
 
 // Several incoming X-Forwarded-For lines form one list (RFC 9110 5.3);
 // the peer goes at its end, in a single header.
 TEST_F(H1ToH1HeaderRewrite, MultipleForwardedForJoined) {
   EchoedRequest echo;
-  ASSERT_NO_FATAL_FAILURE(Echo(BuildRequest("GET", "/sim/echo",
-                                            {{"X-Forwarded-For", "1.1.1.1"},
-                                             {"X-Forwarded-For", "2.2.2.2"}}),
-                               &echo));
-  EXPECT_EQ(echo.All("X-Forwarded-For"),
-            std::vector<std::string>{"1.1.1.1, 2.2.2.2, 127.0.0.1"})
+  ASSERT_NO_FATAL_FAILURE(
+      Echo(BuildRequest("GET", "/sim/echo",
+                        {{"X-Forwarded-For", "1.1.1.1"}, {"X-Forwarded-For", "2.2.2.2"}}),
+           &echo));
+  EXPECT_EQ(echo.All("X-Forwarded-For"), std::vector<std::string>{"1.1.1.1, 2.2.2.2, 127.0.0.1"})
       << echo.HeaderDump();
 }
 
 // A client cannot pass X-Real-IP of its choosing.
 TEST_F(H1ToH1HeaderRewrite, ClientRealIpReplaced) {
   EchoedRequest echo;
-  ASSERT_NO_FATAL_FAILURE(Echo(
-      BuildRequest("GET", "/sim/echo", {{"X-Real-IP", "6.6.6.6"}}), &echo));
-  EXPECT_EQ(echo.All("X-Real-IP"), std::vector<std::string>{"127.0.0.1"})
-      << echo.HeaderDump();
+  ASSERT_NO_FATAL_FAILURE(
+      Echo(BuildRequest("GET", "/sim/echo", {{"X-Real-IP", "6.6.6.6"}}), &echo));
+  EXPECT_EQ(echo.All("X-Real-IP"), std::vector<std::string>{"127.0.0.1"}) << echo.HeaderDump();
 }
 
 TEST_F(H1ToH1HeaderRewrite, HopByHopHeadersStripped) {
   EchoedRequest echo;
-  ASSERT_NO_FATAL_FAILURE(
-      Echo(BuildRequest("GET", "/sim/echo",
-                        {{"Connection", "keep-alive, X-Foo"},
-                         {"X-Foo", "1"},
-                         {"Keep-Alive", "timeout=5"},
-                         {"TE", "trailers"},
-                         {"Proxy-Connection", "keep-alive"},
-                         {"X-End-To-End", "kept"}}),
-           &echo));
+  ASSERT_NO_FATAL_FAILURE(Echo(BuildRequest("GET", "/sim/echo",
+                                            {{"Connection", "keep-alive, X-Foo"},
+                                             {"X-Foo", "1"},
+                                             {"Keep-Alive", "timeout=5"},
+                                             {"TE", "trailers"},
+                                             {"Proxy-Connection", "keep-alive"},
+                                             {"X-End-To-End", "kept"}}),
+                               &echo));
   const std::string dump = echo.HeaderDump();
   EXPECT_TRUE(echo.All("X-Foo").empty()) << "listed in Connection:\n" << dump;
   EXPECT_TRUE(echo.All("Keep-Alive").empty()) << dump;
@@ -121,16 +110,14 @@ TEST_F(H1ToH1HeaderRewrite, HopByHopHeadersStripped) {
 // Upgrade without a WebSocket handshake is hop-by-hop like the others.
 TEST_F(H1ToH1HeaderRewrite, NonWebSocketUpgradeStripped) {
   EchoedRequest echo;
-  ASSERT_NO_FATAL_FAILURE(
-      Echo(BuildRequest("GET", "/sim/echo", {{"Upgrade", "foo/1"}}), &echo));
+  ASSERT_NO_FATAL_FAILURE(Echo(BuildRequest("GET", "/sim/echo", {{"Upgrade", "foo/1"}}), &echo));
   EXPECT_TRUE(echo.All("Upgrade").empty()) << echo.HeaderDump();
 }
 
 TEST_F(H1ToH1HeaderRewrite, ForeignHostStillServed) {
   IT_ASSERT_OK_AND_ASSIGN(
       HttpResponse r,
-      Exchange(proxy_port(),
-               BuildRequest("GET", "/api/tags", {}, "", "evil.example")));
+      Exchange(proxy_port(), BuildRequest("GET", "/api/tags", {}, "", "evil.example")));
   EXPECT_EQ(r.status, 200) << r.body;
   EXPECT_TRUE(absl::StrContains(r.body, "sim:latest"));
 }
@@ -151,8 +138,7 @@ TEST_F(H1ToH1HeaderRewrite, ChunkedBodySentSlowlyForwarded) {
   IT_ASSERT_OK(
       conn->Send("POST /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                  "Transfer-Encoding: chunked\r\n\r\n"));
-  for (absl::string_view piece :
-       {"5\r\nhello\r\n", "6\r\n world\r\n", "0\r\n\r\n"}) {
+  for (absl::string_view piece : {"5\r\nhello\r\n", "6\r\n world\r\n", "0\r\n\r\n"}) {
     absl::SleepFor(absl::Milliseconds(50));
     IT_ASSERT_OK(conn->Send(piece));
   }
@@ -165,11 +151,9 @@ TEST_F(H1ToH1HeaderRewrite, ChunkedBodySentSlowlyForwarded) {
 
 TEST_F(H1ToH1HeaderRewrite, LargeBodyForwardedIntact) {
   std::string body(2 << 20, '\0');
-  for (size_t i = 0; i < body.size(); ++i)
-    body[i] = 'a' + (i * 7 + i / 13) % 26;
+  for (size_t i = 0; i < body.size(); ++i) body[i] = 'a' + (i * 7 + i / 13) % 26;
   EchoedRequest echo;
-  ASSERT_NO_FATAL_FAILURE(
-      Echo(BuildRequest("PUT", "/sim/echo", {}, body), &echo));
+  ASSERT_NO_FATAL_FAILURE(Echo(BuildRequest("PUT", "/sim/echo", {}, body), &echo));
   EXPECT_EQ(echo.method, "PUT");
   ASSERT_EQ(echo.body.size(), body.size());
   EXPECT_TRUE(echo.body == body) << "2 MiB body corrupted";
@@ -187,16 +171,13 @@ TEST_F(H1ToH1HeaderRewrite, DeleteWithBodyForwarded) {
   ASSERT_TRUE(restarted.ok()) << restarted.status();
   sluice_ = std::move(*restarted);
   IT_ASSERT_OK_AND_ASSIGN(
-      HttpResponse ok,
-      Exchange(proxy_port(),
-               BuildRequest("DELETE", "/api/delete",
-                            {{"Content-Type", "application/json"}},
-                            R"({"model":"sim"})")));
+      HttpResponse ok, Exchange(proxy_port(), BuildRequest("DELETE", "/api/delete",
+                                                           {{"Content-Type", "application/json"}},
+                                                           R"({"model":"sim"})")));
   EXPECT_EQ(ok.status, 200) << ok.body;
   IT_ASSERT_OK_AND_ASSIGN(
       HttpResponse bad,
-      Exchange(proxy_port(), BuildRequest("DELETE", "/api/delete",
-                                          {{"Content-Length", "0"}})));
+      Exchange(proxy_port(), BuildRequest("DELETE", "/api/delete", {{"Content-Length", "0"}})));
   EXPECT_EQ(bad.status, 400) << bad.body;
   EXPECT_EQ(JsonError(bad.body), "model is required");
 }
@@ -211,8 +192,7 @@ TEST_F(H1ToH1ExpectContinue, ProxyAnswers100ThenForwardsBody) {
   IT_ASSERT_OK(
       conn->Send("POST /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                  "Content-Length: 11\r\nExpect: 100-continue\r\n\r\n"));
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse interim,
-                          conn->ReadResponse(absl::Seconds(3)));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse interim, conn->ReadResponse(absl::Seconds(3)));
   ASSERT_EQ(interim.status, 100);
   EXPECT_EQ(interim.version, "HTTP/1.1");
   IT_ASSERT_OK(conn->Send("hello world"));
@@ -241,8 +221,7 @@ TEST_F(H1ToH1ExpectContinue, TooLargeGets413Not100) {
 // curl waits for the 100 up to --expect100-timeout (here 5 s) before it
 // sends the body anyway, so a quick answer proves sluice sent the 100.
 TEST_F(H1ToH1ExpectContinue, CurlExpect100) {
-  std::string path =
-      absl::StrCat(::testing::TempDir(), "/sluice-it-expect-", getpid());
+  std::string path = absl::StrCat(::testing::TempDir(), "/sluice-it-expect-", getpid());
   std::string body;
   for (int i = 0; i < 2000; ++i) body.push_back('a' + i % 26);
   {
@@ -250,11 +229,10 @@ TEST_F(H1ToH1ExpectContinue, CurlExpect100) {
     f << body;
   }
   absl::Time start = absl::Now();
-  CommandResult res =
-      RunShell(absl::StrCat("curl -s --max-time 20 --expect100-timeout 5 "
-                            "-H 'Expect: 100-continue' --data-binary @",
-                            ShellQuote(path), " ", proxy_url(), "/sim/echo"),
-               absl::Seconds(25));
+  CommandResult res = RunShell(absl::StrCat("curl -s --max-time 20 --expect100-timeout 5 "
+                                            "-H 'Expect: 100-continue' --data-binary @",
+                                            ShellQuote(path), " ", proxy_url(), "/sim/echo"),
+                               absl::Seconds(25));
   absl::Duration took = absl::Now() - start;
   unlink(path.c_str());
   ASSERT_FALSE(res.timed_out);
@@ -282,8 +260,9 @@ TEST_F(H1ToH1ExpectContinue, OversizeChunkedBodyStillReads413) {
   ASSERT_TRUE(sluice.ok()) << sluice.status();
   sluice_ = std::move(*sluice);
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
-  IT_ASSERT_OK(conn->Send("POST /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                          "Transfer-Encoding: chunked\r\n\r\n"));
+  IT_ASSERT_OK(
+      conn->Send("POST /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 "Transfer-Encoding: chunked\r\n\r\n"));
   // 256 KiB in 4 KiB chunks, sent before reading anything.
   std::string chunk = absl::StrCat("1000\r\n", std::string(4096, 'x'), "\r\n");
   for (int i = 0; i < 64; ++i) IT_ASSERT_OK(conn->Send(chunk));

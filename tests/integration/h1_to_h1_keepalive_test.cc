@@ -20,8 +20,7 @@ class H1ToH1Keepalive : public ProxyTest {};
 // through one worker with a pool of 4: sluice must reuse its upstream links
 // instead of opening one per request.
 TEST_F(H1ToH1Keepalive, UpstreamLinksAreReused) {
-  ASSERT_NO_FATAL_FAILURE(
-      StartStack({}, {"--threads=1", "--upstream_keepalive=4"}));
+  ASSERT_NO_FATAL_FAILURE(StartStack({}, {"--threads=1", "--upstream_keepalive=4"}));
   IT_ASSERT_OK(ResetSim(sim_port()));
 
   constexpr int kClients = 4;
@@ -39,28 +38,24 @@ TEST_F(H1ToH1Keepalive, UpstreamLinksAreReused) {
     clients.emplace_back([&, c] {
       auto conn = HttpConnection::Connect(proxy_port());
       if (!conn.ok()) {
-        record_error(
-            absl::StrCat("client ", c, ": ", conn.status().ToString()));
+        record_error(absl::StrCat("client ", c, ": ", conn.status().ToString()));
         return;
       }
-      const std::string request =
-          "GET /api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+      const std::string request = "GET /api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
       for (int i = 0; i < kRequestsPerClient; ++i) {
         absl::Status st = (*conn)->Send(request);
         if (!st.ok()) {
-          record_error(absl::StrCat("client ", c, " request ", i,
-                                    ": send: ", st.ToString()));
+          record_error(absl::StrCat("client ", c, " request ", i, ": send: ", st.ToString()));
           return;
         }
         auto r = (*conn)->ReadResponse(absl::Seconds(5));
         if (!r.ok()) {
-          record_error(absl::StrCat("client ", c, " request ", i, ": ",
-                                    r.status().ToString()));
+          record_error(absl::StrCat("client ", c, " request ", i, ": ", r.status().ToString()));
           return;
         }
         if (r->status != 200 || !absl::StrContains(r->body, "sim:latest")) {
-          record_error(absl::StrCat("client ", c, " request ", i, ": status ",
-                                    r->status, " body ", r->body));
+          record_error(absl::StrCat("client ", c, " request ", i, ": status ", r->status, " body ",
+                                    r->body));
           return;
         }
         ok_count.fetch_add(1);
@@ -73,13 +68,12 @@ TEST_F(H1ToH1Keepalive, UpstreamLinksAreReused) {
   EXPECT_EQ(ok_count.load(), kClients * kRequestsPerClient);
 
   IT_ASSERT_OK_AND_ASSIGN(SimStats stats, FetchSimStats(sim_port()));
-  std::cout << "upstream: " << stats.requests << " requests over "
-            << stats.opened << " connections (stats one included)\n";
+  std::cout << "upstream: " << stats.requests << " requests over " << stats.opened
+            << " connections (stats one included)\n";
   EXPECT_EQ(stats.requests, kClients * kRequestsPerClient);
   // At most 4 concurrent requests, so 4 links; +1 for this stats connection.
   EXPECT_LE(stats.opened, kClients + 1)
-      << "sluice opened " << stats.opened
-      << " upstream connections for 1000 keepalive requests";
+      << "sluice opened " << stats.opened << " upstream connections for 1000 keepalive requests";
 }
 
 // 48 clients keep a worker at about 48 streams in flight, each client
@@ -108,12 +102,11 @@ TEST_F(H1ToH1Keepalive, AdaptivePoolKeepsTheLinksASteadyLoadUses) {
       for (int i = 0; i < kRequestsPerClient; ++i) {
         // A short stream (3 tokens 5 ms apart) keeps the requests of all
         // clients overlapping.
-        absl::Status st = (*conn)->Send(BuildRequest(
-            "POST", "/api/generate",
-            {{"Content-Type", "application/json"},
-             {"X-Sim-Tokens", "3"},
-             {"X-Sim-Token-Delay-Ms", "5"}},
-            R"({"model":"sim","prompt":"hi"})"));
+        absl::Status st = (*conn)->Send(BuildRequest("POST", "/api/generate",
+                                                     {{"Content-Type", "application/json"},
+                                                      {"X-Sim-Tokens", "3"},
+                                                      {"X-Sim-Token-Delay-Ms", "5"}},
+                                                     R"({"model":"sim","prompt":"hi"})"));
         if (!st.ok()) return fail(st.ToString());
         auto r = (*conn)->ReadResponse(absl::Seconds(10));
         if (!r.ok()) return fail(r.status().ToString());
@@ -126,8 +119,8 @@ TEST_F(H1ToH1Keepalive, AdaptivePoolKeepsTheLinksASteadyLoadUses) {
   for (const std::string& e : errors) ADD_FAILURE() << e;
   EXPECT_EQ(ok_count.load(), kClients * kRequestsPerClient);
   IT_ASSERT_OK_AND_ASSIGN(SimStats stats, FetchSimStats(sim_port()));
-  std::cout << "[ measure  ] adaptive pool: " << stats.requests << " requests over "
-            << stats.opened << " upstream connections\n";
+  std::cout << "[ measure  ] adaptive pool: " << stats.requests << " requests over " << stats.opened
+            << " upstream connections\n";
   // One link per client at most, +1 for the stats connection.
   EXPECT_LE(stats.opened, kClients + 1)
       << "sluice opened " << stats.opened << " upstream connections for "
@@ -144,8 +137,7 @@ TEST_F(H1ToH1Keepalive, ClientConnectionCloseHonoured) {
     IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse());
     EXPECT_EQ(r.status, 200);
   }
-  IT_ASSERT_OK(conn->Send(
-      BuildRequest("GET", "/api/version", {{"Connection", "close"}})));
+  IT_ASSERT_OK(conn->Send(BuildRequest("GET", "/api/version", {{"Connection", "close"}})));
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse());
   EXPECT_EQ(r.status, 200);
   IT_ASSERT_OK(conn->ExpectClosed(absl::Seconds(2)));
@@ -158,8 +150,7 @@ TEST_F(H1ToH1Pipelining, ThreeRequestsInOneWriteAnsweredInOrder) {
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
   std::string batch;
   for (int n = 1; n <= 3; ++n) {
-    absl::StrAppend(&batch,
-                    BuildRequest("GET", absl::StrCat("/sim/echo?n=", n)));
+    absl::StrAppend(&batch, BuildRequest("GET", absl::StrCat("/sim/echo?n=", n)));
   }
   IT_ASSERT_OK(conn->Send(batch));
   for (int n = 1; n <= 3; ++n) {
@@ -175,14 +166,13 @@ TEST_F(H1ToH1Pipelining, ThreeRequestsInOneWriteAnsweredInOrder) {
 TEST_F(H1ToH1Pipelining, StreamBetweenEchoesKeepsOrder) {
   ASSERT_NO_FATAL_FAILURE(StartStack());
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
-  std::string batch =
-      absl::StrCat(BuildRequest("POST", "/sim/echo?n=1", {}, "first"),
-                   BuildRequest("POST", "/api/generate",
-                                {{"Content-Type", "application/json"},
-                                 {"X-Sim-Tokens", "5"},
-                                 {"X-Sim-Token-Delay-Ms", "10"}},
-                                R"({"model":"sim","prompt":"hi"})"),
-                   BuildRequest("POST", "/sim/echo?n=3", {}, "third"));
+  std::string batch = absl::StrCat(BuildRequest("POST", "/sim/echo?n=1", {}, "first"),
+                                   BuildRequest("POST", "/api/generate",
+                                                {{"Content-Type", "application/json"},
+                                                 {"X-Sim-Tokens", "5"},
+                                                 {"X-Sim-Token-Delay-Ms", "10"}},
+                                                R"({"model":"sim","prompt":"hi"})"),
+                                   BuildRequest("POST", "/sim/echo?n=3", {}, "third"));
   IT_ASSERT_OK(conn->Send(batch));
 
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse first, conn->ReadResponse());

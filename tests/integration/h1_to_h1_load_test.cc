@@ -86,24 +86,22 @@ TEST_F(H1ToH1Load, SlowReaderKeepsProxyMemoryBounded) {
   constexpr int64_t kMaxGrowthKib = 24 * 1024;
 
   // Warm up buffers and pools with a small stream first.
-  IT_ASSERT_OK_AND_ASSIGN(
-      HttpResponse warm,
-      Exchange(proxy_port(), BuildRequest("POST", "/api/generate",
-                                          {{"X-Sim-Tokens", "50"},
-                                           {"X-Sim-Token-Delay-Ms", "0"},
-                                           {"X-Sim-Chunk-Pad", "65536"}},
-                                          R"({"model":"sim","prompt":"hi"})")));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse warm,
+                          Exchange(proxy_port(), BuildRequest("POST", "/api/generate",
+                                                              {{"X-Sim-Tokens", "50"},
+                                                               {"X-Sim-Token-Delay-Ms", "0"},
+                                                               {"X-Sim-Chunk-Pad", "65536"}},
+                                                              R"({"model":"sim","prompt":"hi"})")));
   ASSERT_EQ(warm.status, 200);
   const int64_t rss_before = RssKib(sluice_->pid());
   ASSERT_GT(rss_before, 0);
 
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
-  IT_ASSERT_OK(
-      conn->Send(BuildRequest("POST", "/api/generate",
-                              {{"X-Sim-Tokens", absl::StrCat(kTokens)},
-                               {"X-Sim-Token-Delay-Ms", "0"},
-                               {"X-Sim-Chunk-Pad", absl::StrCat(kPad)}},
-                              R"({"model":"sim","prompt":"hi"})")));
+  IT_ASSERT_OK(conn->Send(BuildRequest("POST", "/api/generate",
+                                       {{"X-Sim-Tokens", absl::StrCat(kTokens)},
+                                        {"X-Sim-Token-Delay-Ms", "0"},
+                                        {"X-Sim-Chunk-Pad", absl::StrCat(kPad)}},
+                                       R"({"model":"sim","prompt":"hi"})")));
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadHead(absl::Seconds(5)));
   ASSERT_EQ(r.status, 200);
   int64_t rss_peak = rss_before;
@@ -123,12 +121,9 @@ TEST_F(H1ToH1Load, SlowReaderKeepsProxyMemoryBounded) {
   ASSERT_EQ(lines.size(), kTokens + 1u);
   EXPECT_TRUE(absl::StrContains(lines.back().text, "\"done\":true"));
   for (int i = 0; i < kTokens; i += 97) {
-    EXPECT_TRUE(
-        absl::StartsWith(lines[i].text, absl::StrCat(R"({"model":"sim",)")))
+    EXPECT_TRUE(absl::StartsWith(lines[i].text, absl::StrCat(R"({"model":"sim",)")))
         << "line " << i;
-    EXPECT_TRUE(
-        absl::StrContains(lines[i].text, absl::StrCat("tok", i + 1, " ")))
-        << "line " << i;
+    EXPECT_TRUE(absl::StrContains(lines[i].text, absl::StrCat("tok", i + 1, " "))) << "line " << i;
   }
 }
 

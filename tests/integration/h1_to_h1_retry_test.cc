@@ -45,8 +45,7 @@ class H1ToH1Retry : public ProxyTest {
   void PoolMarkedLink() {
     IT_ASSERT_OK_AND_ASSIGN(
         HttpResponse r,
-        Roundtrip(BuildRequest("GET", "/api/tags",
-                               {{"X-Sim-Drop-Next-Request", "1"}})));
+        Roundtrip(BuildRequest("GET", "/api/tags", {{"X-Sim-Drop-Next-Request", "1"}})));
     ASSERT_EQ(r.status, 200) << r.body;
     ASSERT_TRUE(absl::StrContains(r.body, "sim:latest")) << r.body;
   }
@@ -60,8 +59,7 @@ class H1ToH1Retry : public ProxyTest {
 
   static void ExpectUpstreamUnavailable(const HttpResponse& r) {
     EXPECT_EQ(r.status, 502) << r.body;
-    EXPECT_TRUE(absl::StartsWith(r.Header("Content-Type").value_or(""),
-                                 "application/json"))
+    EXPECT_TRUE(absl::StartsWith(r.Header("Content-Type").value_or(""), "application/json"))
         << "Content-Type: " << r.Header("Content-Type").value_or("(none)");
     EXPECT_EQ(JsonError(r.body).value_or("(not a JSON error: " + r.body + ")"),
               "upstream unavailable");
@@ -74,8 +72,7 @@ class H1ToH1Retry : public ProxyTest {
 // on a fresh link: the client sees one ordinary 200.
 TEST_F(H1ToH1Retry, GetOnDeadPooledLinkIsRetriedOnFreshLink) {
   ASSERT_NO_FATAL_FAILURE(PoolMarkedLink());
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
-                          Roundtrip(BuildRequest("GET", "/api/tags")));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, Roundtrip(BuildRequest("GET", "/api/tags")));
   EXPECT_EQ(r.status, 200) << r.body;
   EXPECT_TRUE(absl::StrContains(r.body, "sim:latest")) << r.body;
 
@@ -87,8 +84,7 @@ TEST_F(H1ToH1Retry, GetOnDeadPooledLinkIsRetriedOnFreshLink) {
 
   // The fresh link went back to the pool: the client connection and the
   // pool both keep working without another connect.
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse again,
-                          Roundtrip(BuildRequest("GET", "/api/version")));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse again, Roundtrip(BuildRequest("GET", "/api/version")));
   EXPECT_EQ(again.status, 200) << again.body;
   IT_ASSERT_OK_AND_ASSIGN(int64_t links, UpstreamLinksOpened());
   EXPECT_EQ(links, 3) << "the marked link, the retry link and the first "
@@ -103,9 +99,8 @@ TEST_F(H1ToH1Retry, ContentLengthBodyIsReplayedIntact) {
   for (int i = 0; body.size() < 20000; ++i) absl::StrAppend(&body, i, ",");
   IT_ASSERT_OK_AND_ASSIGN(
       HttpResponse r,
-      Roundtrip(BuildRequest(
-          "POST", "/sim/echo?retry=1",
-          {{"Content-Type", "text/plain"}, {"X-Trace", "one"}}, body)));
+      Roundtrip(BuildRequest("POST", "/sim/echo?retry=1",
+                             {{"Content-Type", "text/plain"}, {"X-Trace", "one"}}, body)));
   ASSERT_EQ(r.status, 200) << r.body;
   std::optional<EchoedRequest> echo = ParseEcho(r.body);
   ASSERT_TRUE(echo.has_value()) << r.body;
@@ -137,8 +132,8 @@ TEST_F(H1ToH1Retry, ChunkedBodyIsReplayedIntact) {
   ASSERT_EQ(r.status, 200) << r.body;
   std::optional<EchoedRequest> echo = ParseEcho(r.body);
   ASSERT_TRUE(echo.has_value()) << r.body;
-  EXPECT_TRUE(echo->body == body)
-      << "echoed " << echo->body.size() << " bytes, sent " << body.size();
+  EXPECT_TRUE(echo->body == body) << "echoed " << echo->body.size() << " bytes, sent "
+                                  << body.size();
   IT_ASSERT_OK_AND_ASSIGN(int64_t links, UpstreamLinksOpened());
   EXPECT_EQ(links, 2);
 }
@@ -147,8 +142,7 @@ TEST_F(H1ToH1Retry, ChunkedBodyIsReplayedIntact) {
 TEST_F(H1ToH1Retry, BodyAtReplayLimitIsRetried) {
   ASSERT_NO_FATAL_FAILURE(PoolMarkedLink());
   std::string body(kReplayLimit, 'r');
-  IT_ASSERT_OK_AND_ASSIGN(
-      HttpResponse r, Roundtrip(BuildRequest("POST", "/sim/echo", {}, body)));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, Roundtrip(BuildRequest("POST", "/sim/echo", {}, body)));
   ASSERT_EQ(r.status, 200) << r.body;
   std::optional<EchoedRequest> echo = ParseEcho(r.body);
   ASSERT_TRUE(echo.has_value()) << r.body;
@@ -163,8 +157,7 @@ TEST_F(H1ToH1Retry, BodyAtReplayLimitIsRetried) {
 TEST_F(H1ToH1Retry, BodyAboveReplayLimitIsNotRetried) {
   ASSERT_NO_FATAL_FAILURE(PoolMarkedLink());
   std::string body(kReplayLimit + 1, 'r');
-  IT_ASSERT_OK_AND_ASSIGN(
-      HttpResponse r, Roundtrip(BuildRequest("POST", "/sim/echo", {}, body)));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, Roundtrip(BuildRequest("POST", "/sim/echo", {}, body)));
   ExpectUpstreamUnavailable(r);
   IT_ASSERT_OK_AND_ASSIGN(int64_t links, UpstreamLinksOpened());
   EXPECT_EQ(links, 1) << "a body that was not kept must not be retried";
@@ -177,21 +170,18 @@ TEST_F(H1ToH1Retry, FreshLinkFailingTooIs502WithoutSecondRetry) {
   ASSERT_NO_FATAL_FAILURE(PoolMarkedLink());
   IT_ASSERT_OK_AND_ASSIGN(
       HttpResponse r,
-      Roundtrip(BuildRequest(
-          "POST", "/api/generate",
-          {{"Content-Type", "application/json"}, {"X-Sim-Close-After", "0"}},
-          R"({"model":"sim","prompt":"hi","stream":false})")));
+      Roundtrip(BuildRequest("POST", "/api/generate",
+                             {{"Content-Type", "application/json"}, {"X-Sim-Close-After", "0"}},
+                             R"({"model":"sim","prompt":"hi","stream":false})")));
   ExpectUpstreamUnavailable(r);
   IT_ASSERT_OK_AND_ASSIGN(SimStats stats, FetchSimStats(sim_port()));
-  EXPECT_EQ(stats.opened - 1, 2)
-      << "the marked link and one retry link, no more";
+  EXPECT_EQ(stats.opened - 1, 2) << "the marked link and one retry link, no more";
   // /api/tags, then the generation on the retry link (dropped on the first).
   EXPECT_EQ(stats.requests, 2);
 
   // The next request is served normally.
-  IT_ASSERT_OK_AND_ASSIGN(
-      HttpResponse ok,
-      Exchange(proxy_port(), BuildRequest("GET", "/api/tags")));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse ok,
+                          Exchange(proxy_port(), BuildRequest("GET", "/api/tags")));
   EXPECT_EQ(ok.status, 200) << ok.body;
 }
 
@@ -200,10 +190,9 @@ TEST_F(H1ToH1Retry, FreshLinkFailingTooIs502WithoutSecondRetry) {
 TEST_F(H1ToH1Retry, FreshLinkFailureIsNotRetried) {
   IT_ASSERT_OK_AND_ASSIGN(
       HttpResponse r,
-      Roundtrip(BuildRequest(
-          "POST", "/api/generate",
-          {{"Content-Type", "application/json"}, {"X-Sim-Close-After", "0"}},
-          R"({"model":"sim","prompt":"hi","stream":false})")));
+      Roundtrip(BuildRequest("POST", "/api/generate",
+                             {{"Content-Type", "application/json"}, {"X-Sim-Close-After", "0"}},
+                             R"({"model":"sim","prompt":"hi","stream":false})")));
   ExpectUpstreamUnavailable(r);
   IT_ASSERT_OK_AND_ASSIGN(int64_t links, UpstreamLinksOpened());
   EXPECT_EQ(links, 1);
@@ -213,8 +202,7 @@ TEST_F(H1ToH1Retry, FreshLinkFailureIsNotRetried) {
 // head already went to the client, whose stream is cut short.
 TEST_F(H1ToH1Retry, FailureAfterResponseBytesIsNotRetried) {
   // A plain answer leaves a clean reused link in the pool.
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse warm,
-                          Roundtrip(BuildRequest("GET", "/api/version")));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse warm, Roundtrip(BuildRequest("GET", "/api/version")));
   ASSERT_EQ(warm.status, 200) << warm.body;
   IT_ASSERT_OK(ResetSim(sim_port()));
 
@@ -224,8 +212,7 @@ TEST_F(H1ToH1Retry, FailureAfterResponseBytesIsNotRetried) {
                                          {"X-Sim-Token-Delay-Ms", "5"},
                                          {"X-Sim-Close-After", "2"}},
                                         R"({"model":"sim","prompt":"hi"})")));
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse head,
-                          conn_->ReadHead(absl::Seconds(10)));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse head, conn_->ReadHead(absl::Seconds(10)));
   EXPECT_EQ(head.status, 200);
   absl::Status body = conn_->ReadBody(&head, absl::Seconds(10));
   EXPECT_FALSE(body.ok() && head.saw_last_chunk)

@@ -30,14 +30,12 @@ struct SmuggleCase {
 // A POST to a counted endpoint (the answer does not matter, only whether
 // the request got through).
 std::string Post(absl::string_view headers, absl::string_view body) {
-  return absl::StrCat("POST /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\n",
-                      headers, "\r\n", body);
+  return absl::StrCat("POST /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\n", headers, "\r\n", body);
 }
 
 // The same to /sim/echo, which is not counted but shows what arrived.
 std::string PostEcho(absl::string_view headers, absl::string_view body) {
-  return absl::StrCat("POST /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n", headers,
-                      "\r\n", body);
+  return absl::StrCat("POST /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n", headers, "\r\n", body);
 }
 
 std::vector<SmuggleCase> Cases() {
@@ -45,38 +43,30 @@ std::vector<SmuggleCase> Cases() {
   const std::string chunked_hello = "5\r\nhello\r\n0\r\n\r\n";
   return {
       {"ContentLengthAndTransferEncoding",
-       Post("Content-Length: 4\r\nTransfer-Encoding: chunked\r\n", "0\r\n\r\n"),
-       true},
+       Post("Content-Length: 4\r\nTransfer-Encoding: chunked\r\n", "0\r\n\r\n"), true},
       {"TransferEncodingThenContentLength",
-       Post("Transfer-Encoding: chunked\r\nContent-Length: 30\r\n",
-            chunked_hello),
+       Post("Transfer-Encoding: chunked\r\nContent-Length: 30\r\n", chunked_hello), true},
+      {"TwoDifferentContentLengths", Post("Content-Length: 5\r\nContent-Length: 6\r\n", "hello!"),
        true},
-      {"TwoDifferentContentLengths",
-       Post("Content-Length: 5\r\nContent-Length: 6\r\n", "hello!"), true},
       {"ContentLengthWithPlus", Post("Content-Length: +5\r\n", "hello"), true},
       {"ContentLengthNegative", Post("Content-Length: -1\r\n", ""), true},
       {"ContentLengthHex", Post("Content-Length: 0x5\r\n", "hello"), true},
       {"TransferEncodingChunkedIdentity",
        Post("Transfer-Encoding: chunked, identity\r\n", chunked_hello), true},
-      {"TransferEncodingGzipOnly", Post("Transfer-Encoding: gzip\r\n", "hello"),
+      {"TransferEncodingGzipOnly", Post("Transfer-Encoding: gzip\r\n", "hello"), true},
+      {"TransferEncodingXchunked", Post("Transfer-Encoding: xchunked\r\n", chunked_hello), true},
+      {"TransferEncodingSpaceBeforeColon", Post("Transfer-Encoding : chunked\r\n", chunked_hello),
        true},
-      {"TransferEncodingXchunked",
-       Post("Transfer-Encoding: xchunked\r\n", chunked_hello), true},
-      {"TransferEncodingSpaceBeforeColon",
-       Post("Transfer-Encoding : chunked\r\n", chunked_hello), true},
       {"TransferEncodingLeadingSpace",
-       Post("X-Pad: 1\r\n Transfer-Encoding: chunked\r\n", chunked_hello),
-       true},
+       Post("X-Pad: 1\r\n Transfer-Encoding: chunked\r\n", chunked_hello), true},
       {"TransferEncodingLeadingTab",
-       Post("X-Pad: 1\r\n\tTransfer-Encoding: chunked\r\n", chunked_hello),
-       true},
+       Post("X-Pad: 1\r\n\tTransfer-Encoding: chunked\r\n", chunked_hello), true},
       {"TransferEncodingVerticalTab",
        Post("Transfer-Encoding:\x0b"
             "chunked\r\n",
             chunked_hello),
        true},
-      {"ObsFold", Post("Content-Length: 5\r\nX-Folded: a\r\n  b\r\n", "hello"),
-       true},
+      {"ObsFold", Post("Content-Length: 5\r\nX-Folded: a\r\n  b\r\n", "hello"), true},
       {"TransferEncodingOnHttp10",
        "POST /api/version HTTP/1.0\r\nHost: 127.0.0.1\r\n"
        "Transfer-Encoding: chunked\r\n\r\n" +
@@ -87,44 +77,31 @@ std::vector<SmuggleCase> Cases() {
        "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: "
        "evil.example\r\n\r\n",
        true},
-      {"HostSpaceBeforeColon", "GET /api/version HTTP/1.1\r\nHost : x\r\n\r\n",
-       true},
-      {"BadChunkSize",
-       Post("Transfer-Encoding: chunked\r\n", "zz\r\nhello\r\n0\r\n\r\n"),
-       false},
+      {"HostSpaceBeforeColon", "GET /api/version HTTP/1.1\r\nHost : x\r\n\r\n", true},
+      {"BadChunkSize", Post("Transfer-Encoding: chunked\r\n", "zz\r\nhello\r\n0\r\n\r\n"), false},
       {"ChunkSizeOverflow",
-       Post("Transfer-Encoding: chunked\r\n",
-            "ffffffffffffffffff\r\nhello\r\n0\r\n\r\n"),
+       Post("Transfer-Encoding: chunked\r\n", "ffffffffffffffffff\r\nhello\r\n0\r\n\r\n"), false},
+      {"ChunkDataMissingCrlf", Post("Transfer-Encoding: chunked\r\n", "5\r\nhelloXX0\r\n\r\n"),
        false},
-      {"ChunkDataMissingCrlf",
-       Post("Transfer-Encoding: chunked\r\n", "5\r\nhelloXX0\r\n\r\n"), false},
-      {"BareLfEverywhere", "GET /api/version HTTP/1.1\nHost: 127.0.0.1\n\n",
+      {"BareLfEverywhere", "GET /api/version HTTP/1.1\nHost: 127.0.0.1\n\n", true},
+      {"BareLfInOneHeader", "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\nX-A: 1\r\n\r\n", true},
+      {"BareLfAfterChunkSize", Post("Transfer-Encoding: chunked\r\n", "5\nhello\r\n0\r\n\r\n"),
+       false},
+      {"NulInHeaderValue", "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\0b\r\n\r\n"s,
        true},
-      {"BareLfInOneHeader",
-       "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\nX-A: 1\r\n\r\n", true},
-      {"BareLfAfterChunkSize",
-       Post("Transfer-Encoding: chunked\r\n", "5\nhello\r\n0\r\n\r\n"), false},
-      {"NulInHeaderValue",
-       "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\0b\r\n\r\n"s,
+      {"CrInHeaderValue", "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\rb\r\n\r\n",
        true},
-      {"CrInHeaderValue",
-       "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\rb\r\n\r\n",
+      {"ParenInHeaderName", "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX(A): 1\r\n\r\n",
        true},
-      {"ParenInHeaderName",
-       "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX(A): 1\r\n\r\n", true},
-      {"AtInHeaderName",
-       "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX@A: 1\r\n\r\n", true},
-      {"SpaceInHeaderName",
-       "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX A: 1\r\n\r\n", true},
-      {"EmptyHeaderName",
-       "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\n: 1\r\n\r\n", true},
+      {"AtInHeaderName", "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX@A: 1\r\n\r\n", true},
+      {"SpaceInHeaderName", "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX A: 1\r\n\r\n", true},
+      {"EmptyHeaderName", "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\n: 1\r\n\r\n", true},
   };
 }
 
 void PrintTo(const SmuggleCase& c, std::ostream* os) { *os << c.name; }
 
-class H1ToH1Smuggling : public ProxyTest,
-                        public ::testing::WithParamInterface<SmuggleCase> {};
+class H1ToH1Smuggling : public ProxyTest, public ::testing::WithParamInterface<SmuggleCase> {};
 
 TEST_P(H1ToH1Smuggling, RejectedWith400AndClosed) {
   const SmuggleCase& c = GetParam();
@@ -147,8 +124,7 @@ TEST_P(H1ToH1Smuggling, RejectedWith400AndClosed) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Malformed, H1ToH1Smuggling,
-                         ::testing::ValuesIn(Cases()),
+INSTANTIATE_TEST_SUITE_P(Malformed, H1ToH1Smuggling, ::testing::ValuesIn(Cases()),
                          [](const ::testing::TestParamInfo<SmuggleCase>& info) {
                            return std::string(info.param.name);
                          });
@@ -163,8 +139,7 @@ TEST_F(H1ToH1SmugglingStrict, RepeatedContentLengthValueNotSmuggled) {
   ASSERT_NO_FATAL_FAILURE(StartStack());
   IT_ASSERT_OK(ResetSim(sim_port()));
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
-  IT_ASSERT_OK(conn->Send(
-      absl::StrCat(PostEcho("Content-Length: 5, 5\r\n", "hello"), kSmuggled)));
+  IT_ASSERT_OK(conn->Send(absl::StrCat(PostEcho("Content-Length: 5, 5\r\n", "hello"), kSmuggled)));
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(5)));
   if (r.status == 400) {
     EXPECT_TRUE(JsonError(r.body).has_value()) << r.body;
@@ -178,8 +153,7 @@ TEST_F(H1ToH1SmugglingStrict, RepeatedContentLengthValueNotSmuggled) {
   ASSERT_TRUE(echo.has_value()) << r.body;
   EXPECT_EQ(echo->body, "hello");
   EXPECT_EQ(echo->All("Content-Length").size(), 1u) << echo->HeaderDump();
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse second,
-                          conn->ReadResponse(absl::Seconds(5)));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse second, conn->ReadResponse(absl::Seconds(5)));
   ASSERT_EQ(second.status, 200);
   EXPECT_TRUE(absl::StrContains(second.body, "sim:latest")) << second.body;
   IT_ASSERT_OK_AND_ASSIGN(SimStats stats, FetchSimStats(sim_port()));
@@ -194,16 +168,13 @@ TEST_F(H1ToH1SmugglingStrict, WellFormedPairIsServedTwice) {
   IT_ASSERT_OK(ResetSim(sim_port()));
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
   IT_ASSERT_OK(conn->Send(absl::StrCat(
-      PostEcho("Transfer-Encoding: chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"),
-      kSmuggled)));
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r1,
-                          conn->ReadResponse(absl::Seconds(5)));
+      PostEcho("Transfer-Encoding: chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"), kSmuggled)));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r1, conn->ReadResponse(absl::Seconds(5)));
   ASSERT_EQ(r1.status, 200) << r1.body;
   std::optional<EchoedRequest> echo = ParseEcho(r1.body);
   ASSERT_TRUE(echo.has_value()) << r1.body;
   EXPECT_EQ(echo->body, "hello");
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r2,
-                          conn->ReadResponse(absl::Seconds(5)));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r2, conn->ReadResponse(absl::Seconds(5)));
   ASSERT_EQ(r2.status, 200);
   EXPECT_TRUE(absl::StrContains(r2.body, "sim:latest")) << r2.body;
   IT_ASSERT_OK_AND_ASSIGN(SimStats stats, FetchSimStats(sim_port()));
@@ -216,16 +187,13 @@ TEST_F(H1ToH1SmugglingStrict, PipelinedRequestBeforeMalformedIsAnswered) {
   ASSERT_NO_FATAL_FAILURE(StartStack());
   IT_ASSERT_OK(ResetSim(sim_port()));
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
-  IT_ASSERT_OK(conn->Send(
-      absl::StrCat(BuildRequest("GET", "/api/version"),
-                   Post("Content-Length: 5\r\nContent-Length: 6\r\n", "hello!"),
-                   kSmuggled)));
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r1,
-                          conn->ReadResponse(absl::Seconds(5)));
+  IT_ASSERT_OK(conn->Send(absl::StrCat(BuildRequest("GET", "/api/version"),
+                                       Post("Content-Length: 5\r\nContent-Length: 6\r\n", "hello!"),
+                                       kSmuggled)));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r1, conn->ReadResponse(absl::Seconds(5)));
   EXPECT_EQ(r1.status, 200);
   EXPECT_TRUE(absl::StrContains(r1.body, "version")) << r1.body;
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r2,
-                          conn->ReadResponse(absl::Seconds(5)));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r2, conn->ReadResponse(absl::Seconds(5)));
   EXPECT_EQ(r2.status, 400) << r2.body;
   IT_ASSERT_OK(conn->ExpectClosed(absl::Seconds(2)));
   IT_ASSERT_OK_AND_ASSIGN(SimStats stats, FetchSimStats(sim_port()));

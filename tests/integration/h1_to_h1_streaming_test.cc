@@ -40,8 +40,8 @@ class H1ToH1Streaming : public ProxyTest {
 
   // Checks each record's relay delay and the spread of arrivals.
   // `records` hold JSON objects with "sim_t_us".
-  static void CheckIncremental(const std::vector<TimedRecord>& records,
-                               absl::string_view prefix, int64_t max_delay_us) {
+  static void CheckIncremental(const std::vector<TimedRecord>& records, absl::string_view prefix,
+                               int64_t max_delay_us) {
     ASSERT_FALSE(records.empty());
     int64_t max_delay = INT64_MIN;
     for (const TimedRecord& rec : records) {
@@ -58,24 +58,21 @@ class H1ToH1Streaming : public ProxyTest {
       int64_t delay = rec.arrival_us - *sent_us;
       max_delay = std::max(max_delay, delay);
       EXPECT_LT(delay, max_delay_us)
-          << "record arrived " << delay
-          << " µs after the simulator sent it: " << rec.text;
+          << "record arrived " << delay << " µs after the simulator sent it: " << rec.text;
       EXPECT_GT(delay, -kClockSlackUs) << rec.text;
     }
     int64_t spread = records.back().arrival_us - records.front().arrival_us;
-    std::cout << records.size() << " records, largest relay delay " << max_delay
-              << " µs, spread " << spread << " µs\n";
-    EXPECT_GE(spread, kMinSpreadUs)
-        << "all records arrived within " << spread << " µs: batched";
+    std::cout << records.size() << " records, largest relay delay " << max_delay << " µs, spread "
+              << spread << " µs\n";
+    EXPECT_GE(spread, kMinSpreadUs) << "all records arrived within " << spread << " µs: batched";
   }
 };
 
 TEST_F(H1ToH1Streaming, NdjsonGenerateArrivesIncrementally) {
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
-  IT_ASSERT_OK(conn->Send(BuildRequest("POST", "/api/generate", kStreamHeaders,
-                                       R"({"model":"sim","prompt":"hi"})")));
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
-                          conn->ReadResponse(absl::Seconds(15)));
+  IT_ASSERT_OK(conn->Send(
+      BuildRequest("POST", "/api/generate", kStreamHeaders, R"({"model":"sim","prompt":"hi"})")));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(15)));
   ASSERT_EQ(r.status, 200) << r.body;
   ASSERT_TRUE(r.chunked) << "a stream to an HTTP/1.1 client must be chunked";
   EXPECT_TRUE(r.saw_last_chunk);
@@ -91,11 +88,10 @@ TEST_F(H1ToH1Streaming, NdjsonGenerateArrivesIncrementally) {
 
 TEST_F(H1ToH1Streaming, NdjsonChatArrivesIncrementally) {
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
-  IT_ASSERT_OK(conn->Send(BuildRequest(
-      "POST", "/api/chat", kStreamHeaders,
-      R"({"model":"sim","messages":[{"role":"user","content":"hi"}]})")));
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
-                          conn->ReadResponse(absl::Seconds(15)));
+  IT_ASSERT_OK(
+      conn->Send(BuildRequest("POST", "/api/chat", kStreamHeaders,
+                              R"({"model":"sim","messages":[{"role":"user","content":"hi"}]})")));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(15)));
   ASSERT_EQ(r.status, 200) << r.body;
   std::vector<TimedRecord> lines = SplitRecords(r.chunks, "\n");
   ASSERT_EQ(lines.size(), kTokens + 1u) << r.body;
@@ -105,16 +101,13 @@ TEST_F(H1ToH1Streaming, NdjsonChatArrivesIncrementally) {
 
 TEST_F(H1ToH1Streaming, SseChatCompletionsArriveIncrementally) {
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
-  IT_ASSERT_OK(conn->Send(
-      BuildRequest("POST", "/v1/chat/completions", kStreamHeaders,
-                   R"({"model":"sim","stream":true,)"
-                   R"("messages":[{"role":"user","content":"hi"}]})")));
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
-                          conn->ReadResponse(absl::Seconds(15)));
+  IT_ASSERT_OK(conn->Send(BuildRequest("POST", "/v1/chat/completions", kStreamHeaders,
+                                       R"({"model":"sim","stream":true,)"
+                                       R"("messages":[{"role":"user","content":"hi"}]})")));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(15)));
   ASSERT_EQ(r.status, 200) << r.body;
   ASSERT_TRUE(r.chunked);
-  EXPECT_TRUE(absl::StartsWith(r.Header("Content-Type").value_or(""),
-                               "text/event-stream"));
+  EXPECT_TRUE(absl::StartsWith(r.Header("Content-Type").value_or(""), "text/event-stream"));
   std::vector<TimedRecord> events = SplitRecords(r.chunks, "\n\n");
   // One event per token, the finish_reason event, then [DONE].
   ASSERT_EQ(events.size(), kTokens + 2u) << r.body;
@@ -133,13 +126,11 @@ TEST_F(H1ToH1Streaming, CurlNdjsonArrivesIncrementally) {
       "' -d '{\"model\":\"sim\",\"prompt\":\"hi\"}' ", proxy_url(),
       "/api/generate | while IFS= read -r line; do "
       "printf '%s %s\\n' \"${EPOCHREALTIME/./}\" \"$line\"; done");
-  CommandResult res =
-      RunProgram("/bin/bash", {"-c", cmd}, absl::Seconds(25), {"LC_ALL=C"});
+  CommandResult res = RunProgram("/bin/bash", {"-c", cmd}, absl::Seconds(25), {"LC_ALL=C"});
   ASSERT_FALSE(res.timed_out);
   ASSERT_EQ(res.exit.code, 0) << res.err;
   std::vector<TimedRecord> lines;
-  for (absl::string_view line :
-       absl::StrSplit(res.out, '\n', absl::SkipEmpty())) {
+  for (absl::string_view line : absl::StrSplit(res.out, '\n', absl::SkipEmpty())) {
     std::pair<absl::string_view, absl::string_view> parts =
         absl::StrSplit(line, absl::MaxSplits(' ', 1));
     TimedRecord rec;
@@ -163,8 +154,7 @@ TEST_F(H1ToH1Streaming, CurlSseEndsWithDone) {
   ASSERT_FALSE(res.timed_out);
   ASSERT_EQ(res.exit.code, 0) << res.err;
   std::vector<std::string> data;
-  for (absl::string_view line :
-       absl::StrSplit(res.out, '\n', absl::SkipEmpty())) {
+  for (absl::string_view line : absl::StrSplit(res.out, '\n', absl::SkipEmpty())) {
     data.emplace_back(line);
   }
   ASSERT_EQ(data.size(), 8u + 2u) << res.out;
@@ -172,8 +162,7 @@ TEST_F(H1ToH1Streaming, CurlSseEndsWithDone) {
     EXPECT_TRUE(absl::StartsWith(d, "data: ")) << d;
   }
   EXPECT_EQ(data.back(), "data: [DONE]");
-  EXPECT_TRUE(
-      absl::StrContains(data[data.size() - 2], "\"finish_reason\":\"stop\""));
+  EXPECT_TRUE(absl::StrContains(data[data.size() - 2], "\"finish_reason\":\"stop\""));
 }
 
 // An HTTP/1.0 client cannot take chunked encoding: the stream must come
@@ -181,29 +170,26 @@ TEST_F(H1ToH1Streaming, CurlSseEndsWithDone) {
 TEST_F(H1ToH1Streaming, Http10ClientGetsUnchunkedStream) {
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
   std::string body = R"({"model":"sim","prompt":"hi"})";
-  IT_ASSERT_OK(conn->Send(
-      absl::StrCat("POST /api/generate HTTP/1.0\r\nHost: 127.0.0.1\r\n"
-                   "Content-Type: application/json\r\nX-Sim-Tokens: 5\r\n"
-                   "X-Sim-Token-Delay-Ms: 10\r\nContent-Length: ",
-                   body.size(), "\r\n\r\n", body)));
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
-                          conn->ReadResponse(absl::Seconds(10)));
+  IT_ASSERT_OK(
+      conn->Send(absl::StrCat("POST /api/generate HTTP/1.0\r\nHost: 127.0.0.1\r\n"
+                              "Content-Type: application/json\r\nX-Sim-Tokens: 5\r\n"
+                              "X-Sim-Token-Delay-Ms: 10\r\nContent-Length: ",
+                              body.size(), "\r\n\r\n", body)));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(10)));
   ASSERT_EQ(r.status, 200);
   EXPECT_FALSE(r.chunked) << "chunked encoding sent to an HTTP/1.0 client";
-  std::vector<std::string> lines =
-      absl::StrSplit(r.body, '\n', absl::SkipEmpty());
+  std::vector<std::string> lines = absl::StrSplit(r.body, '\n', absl::SkipEmpty());
   ASSERT_EQ(lines.size(), 6u) << r.body;
   EXPECT_TRUE(absl::StrContains(lines.back(), "\"done\":true"));
   IT_ASSERT_OK(conn->ExpectClosed(absl::Seconds(2)));
 }
 
 TEST_F(H1ToH1Streaming, PullProgressStreamEndsWithSuccess) {
-  IT_ASSERT_OK_AND_ASSIGN(
-      HttpResponse r,
-      Exchange(proxy_port(), BuildRequest("POST", "/api/pull",
-                                          {{"Content-Type", "application/json"},
-                                           {"X-Sim-Token-Delay-Ms", "5"}},
-                                          R"({"model":"sim"})")));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
+                          Exchange(proxy_port(), BuildRequest("POST", "/api/pull",
+                                                              {{"Content-Type", "application/json"},
+                                                               {"X-Sim-Token-Delay-Ms", "5"}},
+                                                              R"({"model":"sim"})")));
   ASSERT_EQ(r.status, 200);
   std::vector<TimedRecord> lines = SplitRecords(r.chunks, "\n");
   ASSERT_GE(lines.size(), 3u) << r.body;
@@ -215,13 +201,11 @@ TEST_F(H1ToH1Streaming, PullProgressStreamEndsWithSuccess) {
 TEST_F(H1ToH1Streaming, NonStreamingGenerateIsOneObject) {
   IT_ASSERT_OK_AND_ASSIGN(
       HttpResponse r,
-      Exchange(
-          proxy_port(),
-          BuildRequest("POST", "/api/generate",
-                       {{"Content-Type", "application/json"},
-                        {"X-Sim-Tokens", "5"},
-                        {"X-Sim-Token-Delay-Ms", "1"}},
-                       R"({"model":"sim","prompt":"hi","stream":false})")));
+      Exchange(proxy_port(), BuildRequest("POST", "/api/generate",
+                                          {{"Content-Type", "application/json"},
+                                           {"X-Sim-Tokens", "5"},
+                                           {"X-Sim-Token-Delay-Ms", "1"}},
+                                          R"({"model":"sim","prompt":"hi","stream":false})")));
   ASSERT_EQ(r.status, 200);
   std::optional<JsonValue> json = JsonValue::Parse(r.body);
   ASSERT_TRUE(json.has_value()) << r.body;
@@ -238,8 +222,7 @@ TEST_F(H1ToH1Streaming, LargePaddedChunksRelayedIntact) {
                                         {"X-Sim-Token-Delay-Ms", "0"},
                                         {"X-Sim-Chunk-Pad", "4096"}},
                                        R"({"model":"sim","prompt":"hi"})")));
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
-                          conn->ReadResponse(absl::Seconds(15)));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(15)));
   ASSERT_EQ(r.status, 200);
   std::vector<TimedRecord> lines = SplitRecords(r.chunks, "\n");
   ASSERT_EQ(lines.size(), 51u);
@@ -268,9 +251,9 @@ class H1ToH1BusyPoll : public ProxyTest {};
 TEST_F(H1ToH1BusyPoll, StreamsAndTimersWorkWhilePolling) {
   ASSERT_NO_FATAL_FAILURE(StartStack({}, {"--busy_poll=2ms", "--keepalive_timeout=1s"}));
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
-  IT_ASSERT_OK(conn->Send(BuildRequest(
-      "POST", "/api/generate", {{"X-Sim-Tokens", "5"}, {"X-Sim-Token-Delay-Ms", "50"}},
-      R"({"model":"sim","prompt":"hi"})")));
+  IT_ASSERT_OK(conn->Send(BuildRequest("POST", "/api/generate",
+                                       {{"X-Sim-Tokens", "5"}, {"X-Sim-Token-Delay-Ms", "50"}},
+                                       R"({"model":"sim","prompt":"hi"})")));
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(15)));
   ASSERT_EQ(r.status, 200) << r.body;
   std::vector<TimedRecord> lines = SplitRecords(r.chunks, "\n");

@@ -48,17 +48,15 @@ TEST_F(H1ToH1ClientTimeout, IdleKeepaliveClosedAfterKeepaliveTimeout) {
 // A long stream is not "idle": --keepalive_timeout must not cut a response
 // in progress, nor --client_header_timeout.
 TEST_F(H1ToH1ClientTimeout, StreamOutlivesClientTimeouts) {
-  ASSERT_NO_FATAL_FAILURE(
-      StartStack({}, {"--keepalive_timeout=1s", "--client_header_timeout=1s"}));
-  IT_ASSERT_OK_AND_ASSIGN(
-      HttpResponse r,
-      Exchange(proxy_port(),
-               BuildRequest("POST", "/api/generate",
-                            {{"Content-Type", "application/json"},
-                             {"X-Sim-Tokens", "10"},
-                             {"X-Sim-Token-Delay-Ms", "250"}},
-                            R"({"model":"sim","prompt":"hi"})"),
-               absl::Seconds(10)));
+  ASSERT_NO_FATAL_FAILURE(StartStack({}, {"--keepalive_timeout=1s", "--client_header_timeout=1s"}));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
+                          Exchange(proxy_port(),
+                                   BuildRequest("POST", "/api/generate",
+                                                {{"Content-Type", "application/json"},
+                                                 {"X-Sim-Tokens", "10"},
+                                                 {"X-Sim-Token-Delay-Ms", "250"}},
+                                                R"({"model":"sim","prompt":"hi"})"),
+                                   absl::Seconds(10)));
   ASSERT_EQ(r.status, 200);
   EXPECT_TRUE(r.saw_last_chunk);
   EXPECT_TRUE(absl::StrContains(r.body, "\"done\":true"));

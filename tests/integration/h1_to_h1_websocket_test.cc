@@ -39,8 +39,7 @@ std::string ClientFrame(uint8_t opcode, absl::string_view payload) {
   } else {
     f.push_back(static_cast<char>(0x80 | 127));
     for (int shift = 56; shift >= 0; shift -= 8) {
-      f.push_back(
-          static_cast<char>((static_cast<uint64_t>(n) >> shift) & 0xff));
+      f.push_back(static_cast<char>((static_cast<uint64_t>(n) >> shift) & 0xff));
     }
   }
   f.append(reinterpret_cast<const char*>(mask), 4);
@@ -57,13 +56,11 @@ struct Message {
 
 // Reads one message, joining continuation frames. Server frames must not be
 // masked (RFC 6455 5.1).
-absl::StatusOr<Message> ReadMessage(HttpConnection* conn,
-                                    absl::Duration timeout) {
+absl::StatusOr<Message> ReadMessage(HttpConnection* conn, absl::Duration timeout) {
   Message msg;
   absl::Time deadline = absl::Now() + timeout;
   for (int frames = 0; frames < 10000; ++frames) {
-    absl::Duration left =
-        std::max(deadline - absl::Now(), absl::ZeroDuration());
+    absl::Duration left = std::max(deadline - absl::Now(), absl::ZeroDuration());
     auto head = conn->ReadExactly(2, left);
     if (!head.ok()) return head.status();
     uint8_t b0 = static_cast<uint8_t>((*head)[0]);
@@ -94,21 +91,18 @@ class H1ToH1WebSocket : public ProxyTest {};
 TEST_F(H1ToH1WebSocket, EchoThroughTunnel) {
   ASSERT_NO_FATAL_FAILURE(StartStack());
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
-  IT_ASSERT_OK(conn->Send(absl::StrCat(
-      "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-      "Connection: Upgrade\r\nSec-WebSocket-Key: ",
-      kKey, "\r\nSec-WebSocket-Version: 13\r\n\r\n")));
+  IT_ASSERT_OK(
+      conn->Send(absl::StrCat("GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                              "Connection: Upgrade\r\nSec-WebSocket-Key: ",
+                              kKey, "\r\nSec-WebSocket-Version: 13\r\n\r\n")));
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse head, conn->ReadHead(absl::Seconds(5)));
   ASSERT_EQ(head.status, 101);
-  EXPECT_TRUE(
-      absl::EqualsIgnoreCase(head.Header("Upgrade").value_or(""), "websocket"));
-  EXPECT_TRUE(
-      ContainsIgnoreCase(head.Header("Connection").value_or(""), "upgrade"));
+  EXPECT_TRUE(absl::EqualsIgnoreCase(head.Header("Upgrade").value_or(""), "websocket"));
+  EXPECT_TRUE(ContainsIgnoreCase(head.Header("Connection").value_or(""), "upgrade"));
   EXPECT_EQ(head.Header("Sec-WebSocket-Accept").value_or(""), kAccept);
 
   IT_ASSERT_OK(conn->Send(ClientFrame(kOpText, "hello")));
-  IT_ASSERT_OK_AND_ASSIGN(Message text,
-                          ReadMessage(conn.get(), absl::Seconds(5)));
+  IT_ASSERT_OK_AND_ASSIGN(Message text, ReadMessage(conn.get(), absl::Seconds(5)));
   EXPECT_EQ(text.opcode, kOpText);
   EXPECT_EQ(text.payload, "hello");
 
@@ -119,8 +113,7 @@ TEST_F(H1ToH1WebSocket, EchoThroughTunnel) {
     c = static_cast<char>(x >> 16);
   }
   IT_ASSERT_OK(conn->Send(ClientFrame(kOpBinary, blob)));
-  IT_ASSERT_OK_AND_ASSIGN(Message binary,
-                          ReadMessage(conn.get(), absl::Seconds(5)));
+  IT_ASSERT_OK_AND_ASSIGN(Message binary, ReadMessage(conn.get(), absl::Seconds(5)));
   EXPECT_EQ(binary.opcode, kOpBinary);
   ASSERT_EQ(binary.payload.size(), blob.size());
   EXPECT_TRUE(binary.payload == blob) << "100 KiB frame corrupted";
@@ -129,8 +122,7 @@ TEST_F(H1ToH1WebSocket, EchoThroughTunnel) {
       "\x03\xe8"
       "bye";  // 1000, normal closure.
   IT_ASSERT_OK(conn->Send(ClientFrame(kOpClose, close_payload)));
-  IT_ASSERT_OK_AND_ASSIGN(Message close,
-                          ReadMessage(conn.get(), absl::Seconds(5)));
+  IT_ASSERT_OK_AND_ASSIGN(Message close, ReadMessage(conn.get(), absl::Seconds(5)));
   EXPECT_EQ(close.opcode, kOpClose);
   ASSERT_GE(close.payload.size(), 2u);
   EXPECT_EQ(close.payload.substr(0, 2), "\x03\xe8");
@@ -143,10 +135,10 @@ TEST_F(H1ToH1WebSocket, EchoThroughTunnel) {
 TEST_F(H1ToH1WebSocket, FrameSplitAcrossWrites) {
   ASSERT_NO_FATAL_FAILURE(StartStack());
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
-  IT_ASSERT_OK(conn->Send(absl::StrCat(
-      "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-      "Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: ",
-      kKey, "\r\nSec-WebSocket-Version: 13\r\n\r\n")));
+  IT_ASSERT_OK(
+      conn->Send(absl::StrCat("GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                              "Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: ",
+                              kKey, "\r\nSec-WebSocket-Version: 13\r\n\r\n")));
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse head, conn->ReadHead(absl::Seconds(5)));
   ASSERT_EQ(head.status, 101);
 
@@ -165,10 +157,10 @@ TEST_F(H1ToH1WebSocket, FrameSplitAcrossWrites) {
 TEST_F(H1ToH1WebSocket, RefusedUpgradePassedThrough) {
   ASSERT_NO_FATAL_FAILURE(StartStack());
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
-  IT_ASSERT_OK(conn->Send(absl::StrCat(
-      "GET /nows HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-      "Connection: Upgrade\r\nSec-WebSocket-Key: ",
-      kKey, "\r\nSec-WebSocket-Version: 13\r\n\r\n")));
+  IT_ASSERT_OK(
+      conn->Send(absl::StrCat("GET /nows HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                              "Connection: Upgrade\r\nSec-WebSocket-Key: ",
+                              kKey, "\r\nSec-WebSocket-Version: 13\r\n\r\n")));
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(5)));
   EXPECT_EQ(r.status, 404) << r.body;
   IT_ASSERT_OK(conn->ExpectClosed(absl::Seconds(3)));
@@ -182,24 +174,21 @@ TEST_F(H1ToH1WebSocket, OtherUpgradesAreServedAsPlainHttp) {
   ASSERT_NO_FATAL_FAILURE(StartStack());
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
   for (const char* proto : {"h2c", "TLS/1.2", "websocket-not"}) {
-    IT_ASSERT_OK(conn->Send(absl::StrCat(
-        "GET /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: ", proto,
-        "\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: "
-        "AAMAAABkAAQAAP__\r\n"
-        "Sec-WebSocket-Key: ",
-        kKey, "\r\nSec-WebSocket-Version: 13\r\n\r\n")));
-    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
-                            conn->ReadResponse(absl::Seconds(5)));
+    IT_ASSERT_OK(
+        conn->Send(absl::StrCat("GET /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: ", proto,
+                                "\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: "
+                                "AAMAAABkAAQAAP__\r\n"
+                                "Sec-WebSocket-Key: ",
+                                kKey, "\r\nSec-WebSocket-Version: 13\r\n\r\n")));
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(5)));
     ASSERT_EQ(r.status, 200) << proto << ": " << r.body;
     EXPECT_FALSE(r.Header("Upgrade").has_value()) << proto;
     std::optional<EchoedRequest> e = ParseEcho(r.body);
     ASSERT_TRUE(e.has_value()) << r.body;
     EXPECT_TRUE(e->All("Upgrade").empty()) << proto << "\n" << e->HeaderDump();
-    EXPECT_TRUE(e->All("HTTP2-Settings").empty()) << proto << "\n"
-                                                  << e->HeaderDump();
+    EXPECT_TRUE(e->All("HTTP2-Settings").empty()) << proto << "\n" << e->HeaderDump();
     for (const std::string& c : e->All("Connection")) {
-      EXPECT_FALSE(ContainsIgnoreCase(c, "upgrade")) << proto << "\n"
-                                                     << e->HeaderDump();
+      EXPECT_FALSE(ContainsIgnoreCase(c, "upgrade")) << proto << "\n" << e->HeaderDump();
     }
   }
   // Still HTTP/1.1 on the same connection.
@@ -215,10 +204,9 @@ TEST_F(H1ToH1WebSocket, SwitchingProtocolsNobodyAskedForIs502) {
   ASSERT_NO_FATAL_FAILURE(StartStack());
   {
     IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
-    IT_ASSERT_OK(conn->Send(BuildRequest(
-        "GET", "/api/tags", {{"X-Sim-Switch-Protocols", "raw-tcp"}})));
-    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
-                            conn->ReadResponse(absl::Seconds(5)));
+    IT_ASSERT_OK(
+        conn->Send(BuildRequest("GET", "/api/tags", {{"X-Sim-Switch-Protocols", "raw-tcp"}})));
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(5)));
     EXPECT_EQ(r.status, 502) << r.body;
     EXPECT_TRUE(JsonError(r.body).has_value()) << r.body;
     // Were it a tunnel, the simulator would echo this back.
@@ -231,13 +219,12 @@ TEST_F(H1ToH1WebSocket, SwitchingProtocolsNobodyAskedForIs502) {
   }
   {
     IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
-    IT_ASSERT_OK(conn->Send(absl::StrCat(
-        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nX-Sim-Switch-Protocols: "
-        "h2c\r\nSec-WebSocket-Key: ",
-        kKey, "\r\nSec-WebSocket-Version: 13\r\n\r\n")));
-    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
-                            conn->ReadResponse(absl::Seconds(5)));
+    IT_ASSERT_OK(
+        conn->Send(absl::StrCat("GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                                "Connection: Upgrade\r\nX-Sim-Switch-Protocols: "
+                                "h2c\r\nSec-WebSocket-Key: ",
+                                kKey, "\r\nSec-WebSocket-Version: 13\r\n\r\n")));
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(5)));
     EXPECT_EQ(r.status, 502) << r.body;
     EXPECT_TRUE(JsonError(r.body).has_value()) << r.body;
   }
@@ -252,9 +239,7 @@ TEST_F(H2ToH1SwitchingProtocols, AnswerToAnHttp2RequestIs502) {
   IT_ASSERT_OK_AND_ASSIGN(auto c, h2::Connection::Connect(proxy_port()));
   IT_ASSERT_OK(c->Establish());
   IT_ASSERT_OK(c->Send(h2::HeadersFrame(
-      1,
-      h2::HpackBlock(h2::RequestFields("GET", "/api/tags",
-                                       {{"x-sim-switch-protocols", "raw"}})),
+      1, h2::HpackBlock(h2::RequestFields("GET", "/api/tags", {{"x-sim-switch-protocols", "raw"}})),
       /*end_stream=*/true)));
   h2::ReadOutcome o = c->ReadUntilStreamEnd(1, absl::Seconds(5));
   EXPECT_EQ(o.StatusOf(1), 502) << o.Describe();
@@ -273,25 +258,22 @@ TEST_F(H1ToH1WebSocket, MalformedHandshakeIs400) {
   const std::string up = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"no key", "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n" + up + v13},
-      {"short key", "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n" + up +
-                        "Sec-WebSocket-Key: c2hvcnQ=\r\n" + v13},
-      {"version 12", "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n" + up + key +
-                         "Sec-WebSocket-Version: 12\r\n"},
+      {"short key",
+       "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n" + up + "Sec-WebSocket-Key: c2hvcnQ=\r\n" + v13},
+      {"version 12",
+       "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n" + up + key + "Sec-WebSocket-Version: 12\r\n"},
       {"no version", "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n" + up + key},
       {"POST", "POST /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n" + up + key + v13},
       {"HTTP/1.0", "GET /ws HTTP/1.0\r\nHost: 127.0.0.1\r\n" + up + key + v13},
       {"no Connection: upgrade",
-       "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n" + key +
-           v13},
+       "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n" + key + v13},
   };
   for (const auto& [name, head] : cases) {
     IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
     IT_ASSERT_OK(conn->Send(head + "\r\n"));
-    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
-                            conn->ReadResponse(absl::Seconds(5)));
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(5)));
     EXPECT_EQ(r.status, 400) << name << ": " << r.body;
-    EXPECT_TRUE(absl::StartsWith(JsonError(r.body).value_or(""),
-                                 "malformed WebSocket handshake"))
+    EXPECT_TRUE(absl::StartsWith(JsonError(r.body).value_or(""), "malformed WebSocket handshake"))
         << name << ": " << r.body;
   }
   IT_ASSERT_OK_AND_ASSIGN(SimStats stats, FetchSimStats(sim_port()));

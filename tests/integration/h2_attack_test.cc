@@ -88,10 +88,9 @@ struct FloodResult {
 // stops at its GOAWAY or close; without, it never reads (the client that
 // does not read) and stops when the server stops taking bytes for
 // `stall_timeout`.
-FloodResult Flood(h2::Connection* c,
-                  const std::function<std::string(size_t)>& unit,
-                  size_t max_units, size_t batch, absl::Duration max_time,
-                  bool watch, absl::Duration stall_timeout = absl::Seconds(2)) {
+FloodResult Flood(h2::Connection* c, const std::function<std::string(size_t)>& unit,
+                  size_t max_units, size_t batch, absl::Duration max_time, bool watch,
+                  absl::Duration stall_timeout = absl::Seconds(2)) {
   FloodResult r;
   absl::Time start = absl::Now();
   absl::Time end = start + max_time;
@@ -118,8 +117,7 @@ FloodResult Flood(h2::Connection* c,
 }
 
 // Adds what the server sends until its GOAWAY or close (at most `timeout`).
-void FinishReading(h2::Connection* c, ReadOutcome* seen,
-                   absl::Duration timeout) {
+void FinishReading(h2::Connection* c, ReadOutcome* seen, absl::Duration timeout) {
   if (seen->GoawayCode().has_value() || seen->closed) return;
   ReadOutcome more = c->ReadUntilGoaway(timeout);
   for (h2::Frame& f : more.frames) seen->frames.push_back(std::move(f));
@@ -132,8 +130,7 @@ void FinishReading(h2::Connection* c, ReadOutcome* seen,
 // "GOAWAY(ENHANCE_YOUR_CALM)+close", "close", or "none".
 std::string GoawayAnswer(const ReadOutcome& seen) {
   std::optional<uint32_t> code = seen.GoawayCode();
-  std::string out =
-      code ? absl::StrCat("GOAWAY(", h2::ErrorName(*code), ")") : "";
+  std::string out = code ? absl::StrCat("GOAWAY(", h2::ErrorName(*code), ")") : "";
   if (seen.closed) absl::StrAppend(&out, out.empty() ? "" : "+", "close");
   return out.empty() ? "none" : out;
 }
@@ -141,11 +138,9 @@ std::string GoawayAnswer(const ReadOutcome& seen) {
 // A scratch directory with a CA and a server certificate for 127.0.0.1,
 // made by tools/make-certs.sh.
 std::string MakeCerts(const std::string& name) {
-  std::string dir =
-      absl::StrCat(::testing::TempDir(), "sluice-attack-", name, "-", getpid());
+  std::string dir = absl::StrCat(::testing::TempDir(), "sluice-attack-", name, "-", getpid());
   CommandResult res =
-      RunShell(absl::StrCat("rm -rf ", ShellQuote(dir), " && bash ",
-                            ShellQuote(SLUICE_SOURCE_DIR),
+      RunShell(absl::StrCat("rm -rf ", ShellQuote(dir), " && bash ", ShellQuote(SLUICE_SOURCE_DIR),
                             "/tools/make-certs.sh ", ShellQuote(dir)),
                absl::Seconds(30));
   EXPECT_TRUE(res.exit.exited && res.exit.code == 0) << res.out << res.err;
@@ -165,14 +160,12 @@ class H2Attack : public ProxyTest {
   // Starts the stack and its unattacked copy (ControlStack), cycles the
   // receive buffer ring once, measures the idle probes for 2 s, and records
   // the baseline RSS.
-  void StartAttackStack(std::vector<std::string> sluice_args = {},
-                        bool tls = false) {
+  void StartAttackStack(std::vector<std::string> sluice_args = {}, bool tls = false) {
     if (probe_.path == kStatusPath) {
       sluice_args.push_back("--status_allow=127.0.0.0/8");
     }
     if (tls) {
-      certs_ = MakeCerts(
-          ::testing::UnitTest::GetInstance()->current_test_info()->name());
+      certs_ = MakeCerts(::testing::UnitTest::GetInstance()->current_test_info()->name());
       sluice_args.push_back("--listen_tls=127.0.0.1:0");
       sluice_args.push_back(absl::StrCat("--tls_cert=", certs_, "/server.pem"));
       sluice_args.push_back(absl::StrCat("--tls_key=", certs_, "/server.key"));
@@ -188,8 +181,7 @@ class H2Attack : public ProxyTest {
     probe_.pid = sluice_->pid();
     ASSERT_NO_FATAL_FAILURE(WarmUp());
     idle_ = MeasureIdle(probe_);
-    ASSERT_EQ(idle_.failed, 0) << "idle probes failed:\n"
-                               << absl::StrJoin(idle_.failures, "\n");
+    ASSERT_EQ(idle_.failed, 0) << "idle probes failed:\n" << absl::StrJoin(idle_.failures, "\n");
     baseline_ = SampleProc(sluice_->pid());
     ASSERT_GT(baseline_.rss_kib, 0);
     IT_ASSERT_OK_AND_ASSIGN(sim_before_, FetchSimStats(sim_port()));
@@ -203,8 +195,7 @@ class H2Attack : public ProxyTest {
     auto c = h2::Connection::Connect(proxy_port());
     ASSERT_TRUE(c.ok()) << c.status();
     IT_ASSERT_OK((*c)->Establish());
-    const std::string frame =
-        h2::BuildFrame(/*type=*/0xfa, 0, 0, std::string(16384, 'w'));
+    const std::string frame = h2::BuildFrame(/*type=*/0xfa, 0, 0, std::string(16384, 'w'));
     std::string batch;
     for (int i = 0; i < 64; ++i) batch += frame;  // 1 MiB
     for (int i = 0; i < 72; ++i) IT_ASSERT_OK((*c)->Send(batch));
@@ -214,9 +205,7 @@ class H2Attack : public ProxyTest {
     ASSERT_NO_FATAL_FAILURE(ExpectServed("warm-up"));
   }
 
-  int attack_port() const {
-    return certs_.empty() ? proxy_port() : sluice_->tls_port();
-  }
+  int attack_port() const { return certs_.empty() ? proxy_port() : sluice_->tls_port(); }
 
   std::unique_ptr<h2::Connection> Open(
       const std::vector<std::pair<uint16_t, uint32_t>>& settings = {},
@@ -242,8 +231,7 @@ class H2Attack : public ProxyTest {
   // checks the probes (the p99 over those started from `p99_from` on),
   // RSS and CPU, and prints the figures. `answer` is what the attack was
   // answered, for the "[ attack   ]" line (the test checks it).
-  ProbeReport EndAttack(const std::string& name, const std::string& answer,
-                        double cpu_bound_s,
+  ProbeReport EndAttack(const std::string& name, const std::string& answer, double cpu_bound_s,
                         absl::Duration after = absl::Milliseconds(500),
                         absl::Time p99_from = absl::InfinitePast(),
                         bool bounds_under_sanitizer = true) {
@@ -270,9 +258,7 @@ class H2Attack : public ProxyTest {
   // One request of each protocol, now.
   void ExpectServed(const std::string& when) {
     IT_ASSERT_OK_AND_ASSIGN(
-        HttpResponse r,
-        Exchange(proxy_port(), BuildRequest("GET", "/api/version"),
-                 kProbeBound));
+        HttpResponse r, Exchange(proxy_port(), BuildRequest("GET", "/api/version"), kProbeBound));
     EXPECT_EQ(r.status, 200) << when;
     auto c = h2::Connection::Connect(proxy_port());
     ASSERT_TRUE(c.ok()) << c.status();
@@ -317,9 +303,7 @@ class H2Attack : public ProxyTest {
 };
 
 // Request fields of a GET answered at once by the simulator.
-std::string VersionBlock() {
-  return h2::HpackBlock(h2::RequestFields("GET", "/api/version"));
-}
+std::string VersionBlock() { return h2::HpackBlock(h2::RequestFields("GET", "/api/version")); }
 
 // ------------------------------------------------------------ (1) Rapid Reset
 
@@ -354,9 +338,8 @@ class H2RapidReset : public H2Attack {
     const int64_t upstream = after.requests - sim_before_.requests;
     std::cout << "[ measure  ] " << name << ": " << r.sent << " pairs sent in "
               << absl::ToDoubleMilliseconds(r.elapsed) << " ms; GOAWAY "
-              << (code ? h2::ErrorName(*code) : std::string("none"))
-              << "; closed " << r.seen.closed << "; upstream requests "
-              << upstream << " (probes included)" << std::endl;
+              << (code ? h2::ErrorName(*code) : std::string("none")) << "; closed " << r.seen.closed
+              << "; upstream requests " << upstream << " (probes included)" << std::endl;
     // The connection is ended: GOAWAY with a calm-down verdict
     // (ENHANCE_YOUR_CALM, or INTERNAL_ERROR, which is what nghttp2's own
     // reset limiter sends), or at least closed.
@@ -372,9 +355,8 @@ class H2RapidReset : public H2Attack {
       for (const h2::Frame& f : r.seen.frames) {
         if (f.type == h2::kGoaway) last = f.LastStreamId();
       }
-      std::cout << "[ measure  ] " << name << ": GOAWAY last stream " << last
-                << " (" << (last + 1) / 2 << " of " << kPairs
-                << " streams processed)" << std::endl;
+      std::cout << "[ measure  ] " << name << ": GOAWAY last stream " << last << " ("
+                << (last + 1) / 2 << " of " << kPairs << " streams processed)" << std::endl;
       EXPECT_LT(last, 2 * kPairs - 1) << "the whole flood was processed";
     }
     // Few of the streams reached Ollama: most were reset in the read that
@@ -415,10 +397,8 @@ TEST_F(H2Attack, MadeYouResetEndsWithEnhanceYourCalm) {
   ASSERT_NE(c, nullptr);
   // Long generations: none completes during the test, so each upstream
   // request is either aborted or still active.
-  const HeaderList slow = {{"x-sim-tokens", "100"},
-                           {"x-sim-token-delay-ms", "1000"}};
-  const std::string streaming =
-      h2::HpackBlock(h2::RequestFields("POST", "/api/generate", slow));
+  const HeaderList slow = {{"x-sim-tokens", "100"}, {"x-sim-token-delay-ms", "1000"}};
+  const std::string streaming = h2::HpackBlock(h2::RequestFields("POST", "/api/generate", slow));
   HeaderList with_length = slow;
   with_length.emplace_back("content-length", "1");
   const std::string awaiting_body =
@@ -437,8 +417,7 @@ TEST_F(H2Attack, MadeYouResetEndsWithEnhanceYourCalm) {
     seen.close_error = o.close_error;
     return !o.closed && !seen.GoawayCode().has_value();
   };
-  for (; rounds < kRounds && absl::Now() - start < absl::Seconds(10);
-       ++rounds) {
+  for (; rounds < kRounds && absl::Now() - start < absl::Seconds(10); ++rounds) {
     std::string open;
     std::vector<uint32_t> streaming_ids, body_ids;
     for (int i = 0; i < kHalf; ++i) {
@@ -454,8 +433,7 @@ TEST_F(H2Attack, MadeYouResetEndsWithEnhanceYourCalm) {
     // have their upstream request open, waiting for the body.
     if (!keep(c->ReadUntil(
             [n = 0](const h2::Frame& f) mutable {
-              return f.type == h2::kGoaway ||
-                     (f.type == h2::kHeaders && ++n == kHalf);
+              return f.type == h2::kGoaway || (f.type == h2::kHeaders && ++n == kHalf);
             },
             absl::Seconds(3)))) {
       break;
@@ -470,8 +448,7 @@ TEST_F(H2Attack, MadeYouResetEndsWithEnhanceYourCalm) {
     bad_frames += 2 * kHalf;
     if (!keep(c->ReadUntil(
             [n = 0](const h2::Frame& f) mutable {
-              return f.type == h2::kGoaway ||
-                     (f.type == h2::kRstStream && ++n == 2 * kHalf);
+              return f.type == h2::kGoaway || (f.type == h2::kRstStream && ++n == 2 * kHalf);
             },
             absl::Seconds(3)))) {
       break;
@@ -479,8 +456,7 @@ TEST_F(H2Attack, MadeYouResetEndsWithEnhanceYourCalm) {
   }
   FinishReading(c.get(), &seen, absl::Seconds(3));
   EndAttack("MadeYouReset",
-            absl::StrCat("RST_STREAMx", seen.Count(h2::kRstStream), ",",
-                         GoawayAnswer(seen)),
+            absl::StrCat("RST_STREAMx", seen.Count(h2::kRstStream), ",", GoawayAnswer(seen)),
             /*cpu_bound_s=*/2.0);
 
   std::optional<uint32_t> code = seen.GoawayCode();
@@ -496,14 +472,13 @@ TEST_F(H2Attack, MadeYouResetEndsWithEnhanceYourCalm) {
   });
   const int64_t started = s.requests - sim_before_.requests;
   const int64_t aborted = s.aborted_streams - sim_before_.aborted_streams;
-  std::cout << "[ measure  ] MadeYouReset: " << bad_frames
-            << " stream-error frames in " << rounds + 1
-            << " round(s); RST_STREAM " << rst_protocol << " PROTOCOL_ERROR + "
+  std::cout << "[ measure  ] MadeYouReset: " << bad_frames << " stream-error frames in "
+            << rounds + 1 << " round(s); RST_STREAM " << rst_protocol << " PROTOCOL_ERROR + "
             << rst_flow << " FLOW_CONTROL_ERROR; GOAWAY "
-            << (code ? h2::ErrorName(*code) : std::string("none"))
-            << "; upstream requests " << started << " (probes included), "
-            << "aborted " << aborted << ", sim connections active "
-            << sim_before_.active << " -> " << s.active << std::endl;
+            << (code ? h2::ErrorName(*code) : std::string("none")) << "; upstream requests "
+            << started << " (probes included), "
+            << "aborted " << aborted << ", sim connections active " << sim_before_.active << " -> "
+            << s.active << std::endl;
   ASSERT_TRUE(code.has_value()) << seen.Describe();
   EXPECT_EQ(*code, h2::kEnhanceYourCalm) << seen.Describe();
   // The RFC's answer to each bad frame until the bucket ran out.
@@ -532,22 +507,19 @@ TEST_F(H2Attack, ContinuationFloodGetsGoaway) {
     const char* name;
     std::string payload;
   };
-  const Variant variants[] = {
-      {"field per frame", h2::HpackLiteral("x-c", std::string(100, 'c'))},
-      {"empty frames", ""},
-      {"16 KiB frames", h2::HpackLiteral("x-c", std::string(16370, 'c'))}};
+  const Variant variants[] = {{"field per frame", h2::HpackLiteral("x-c", std::string(100, 'c'))},
+                              {"empty frames", ""},
+                              {"16 KiB frames", h2::HpackLiteral("x-c", std::string(16370, 'c'))}};
   std::vector<std::pair<std::string, FloodResult>> results;
   for (const Variant& v : variants) {
     std::unique_ptr<h2::Connection> c = Open();
     ASSERT_NE(c, nullptr);
-    const std::string head = h2::HeadersFrame(
-        1, VersionBlock(), /*end_stream=*/true, /*end_headers=*/false);
+    const std::string head =
+        h2::HeadersFrame(1, VersionBlock(), /*end_stream=*/true, /*end_headers=*/false);
     ASSERT_TRUE(c->Send(head).ok());
     FloodResult r = Flood(
         c.get(),
-        [&v](size_t) {
-          return h2::ContinuationFrame(1, v.payload, /*end_headers=*/false);
-        },
+        [&v](size_t) { return h2::ContinuationFrame(1, v.payload, /*end_headers=*/false); },
         /*max_units=*/10000, /*batch=*/100, absl::Seconds(5), /*watch=*/true);
     FinishReading(c.get(), &r.seen, absl::Seconds(3));
     results.emplace_back(v.name, std::move(r));
@@ -559,10 +531,8 @@ TEST_F(H2Attack, ContinuationFloodGetsGoaway) {
   for (const auto& [name, r] : results) {
     std::optional<uint32_t> code = r.seen.GoawayCode();
     std::cout << "[ measure  ] CONTINUATION flood (" << name << "): " << r.sent
-              << " frames sent in " << absl::ToDoubleMilliseconds(r.elapsed)
-              << " ms; GOAWAY "
-              << (code ? h2::ErrorName(*code) : std::string("none"))
-              << std::endl;
+              << " frames sent in " << absl::ToDoubleMilliseconds(r.elapsed) << " ms; GOAWAY "
+              << (code ? h2::ErrorName(*code) : std::string("none")) << std::endl;
     ASSERT_TRUE(code.has_value()) << name << "\n" << r.seen.Describe();
     EXPECT_EQ(*code, h2::kEnhanceYourCalm) << name << "\n" << r.seen.Describe();
     // Nothing of the stream was answered: the block never completed.
@@ -594,14 +564,11 @@ TEST_F(H2Attack, HpackBombIsRefusedCheaply) {
   int reset = 0;
   std::optional<uint32_t> goaway;
   ReadOutcome all;
-  for (int i = 0; i < kRequests && absl::Now() - start < absl::Seconds(10);
-       ++i) {
+  for (int i = 0; i < kRequests && absl::Now() - start < absl::Seconds(10); ++i) {
     const uint32_t id = static_cast<uint32_t>(2 * i + 1);
-    std::string first =
-        absl::StrCat(VersionBlock(), h2::HpackLiteralIndexed("x-bomb", big));
+    std::string first = absl::StrCat(VersionBlock(), h2::HpackLiteralIndexed("x-bomb", big));
     first.append(kFrame - first.size(), '\xbe');  // indexed 62
-    std::string bytes =
-        h2::HeadersFrame(id, first, /*end_stream=*/true, /*end_headers=*/false);
+    std::string bytes = h2::HeadersFrame(id, first, /*end_stream=*/true, /*end_headers=*/false);
     for (int k = 0; k < 7; ++k) {
       bytes += h2::ContinuationFrame(id, std::string(kFrame, '\xbe'),
                                      /*end_headers=*/k == 6);
@@ -619,9 +586,8 @@ TEST_F(H2Attack, HpackBombIsRefusedCheaply) {
     }
     // Otherwise a stream or connection error is an acceptable answer too,
     // but not a request sent on, nor silence.
-    ASSERT_TRUE(was_reset || goaway.has_value())
-        << "request " << i << ": status " << status << "\n"
-        << o.Describe();
+    ASSERT_TRUE(was_reset || goaway.has_value()) << "request " << i << ": status " << status << "\n"
+                                                 << o.Describe();
     if (goaway.has_value()) break;
     ++reset;
   }
@@ -629,20 +595,18 @@ TEST_F(H2Attack, HpackBombIsRefusedCheaply) {
   // 2.5 MiB on the wire. Decoding 126 000 indexed fields costs a few ms per
   // request; 1 s is far above that and far below validating 500 MB of
   // field values per request.
-  EndAttack("HPACK bomb",
-            absl::StrCat(
-                "431x", answered_431, ",RST_STREAMx", reset,
-                goaway ? absl::StrCat(",GOAWAY(", h2::ErrorName(*goaway), ")")
-                       : std::string()),
-            /*cpu_bound_s=*/1.0);
-  std::cout << "[ measure  ] HPACK bomb: " << answered_431 << " of "
-            << kRequests << " answered 431, " << reset << " reset, GOAWAY "
-            << (goaway ? h2::ErrorName(*goaway) : std::string("none"))
-            << ", in " << absl::ToDoubleMilliseconds(took) << " ms (about "
+  EndAttack(
+      "HPACK bomb",
+      absl::StrCat("431x", answered_431, ",RST_STREAMx", reset,
+                   goaway ? absl::StrCat(",GOAWAY(", h2::ErrorName(*goaway), ")") : std::string()),
+      /*cpu_bound_s=*/1.0);
+  std::cout << "[ measure  ] HPACK bomb: " << answered_431 << " of " << kRequests
+            << " answered 431, " << reset << " reset, GOAWAY "
+            << (goaway ? h2::ErrorName(*goaway) : std::string("none")) << ", in "
+            << absl::ToDoubleMilliseconds(took) << " ms (about "
             << 126000LL * 4038 * (answered_431 + reset) / (1 << 20)
             << " MiB of header list, decoded size)" << std::endl;
-  EXPECT_TRUE(answered_431 + reset == kRequests || goaway.has_value())
-      << all.Describe();
+  EXPECT_TRUE(answered_431 + reset == kRequests || goaway.has_value()) << all.Describe();
   // None of them went upstream (the probes did).
   SimStats s = WaitSim([](const SimStats&) { return true; });
   EXPECT_LT(s.requests - sim_before_.requests,
@@ -678,21 +642,17 @@ class H2AckFlood : public H2Attack {
     std::optional<uint32_t> code = seen.GoawayCode();
     size_t acks = 0;
     for (const h2::Frame& f : seen.frames) {
-      if ((f.type == h2::kPing || f.type == h2::kSettings) &&
-          (f.flags & h2::kFlagAck) != 0) {
+      if ((f.type == h2::kPing || f.type == h2::kSettings) && (f.flags & h2::kFlagAck) != 0) {
         ++acks;
       }
     }
-    std::cout << "[ measure  ] " << name << ": " << r.sent
-              << " frames taken in " << absl::ToDoubleMilliseconds(r.elapsed)
-              << " ms ("
-              << (r.send_error.ok() ? std::string("all sent")
-                                    : std::string(r.send_error.message()))
+    std::cout << "[ measure  ] " << name << ": " << r.sent << " frames taken in "
+              << absl::ToDoubleMilliseconds(r.elapsed) << " ms ("
+              << (r.send_error.ok() ? std::string("all sent") : std::string(r.send_error.message()))
               << "); then " << acks << " ACKs read, GOAWAY "
-              << (code ? h2::ErrorName(*code) : std::string("none"))
-              << ", closed " << seen.closed << " (" << seen.close_error
-              << ") after " << absl::ToDoubleMilliseconds(to_close) << " ms"
-              << std::endl;
+              << (code ? h2::ErrorName(*code) : std::string("none")) << ", closed " << seen.closed
+              << " (" << seen.close_error << ") after " << absl::ToDoubleMilliseconds(to_close)
+              << " ms" << std::endl;
     // The socket buffers take much of the flood whether or not the server
     // reads; what counts is that it did not answer it frame for frame (its
     // queue of unsent ACKs is capped at 1000), and that the connection
@@ -706,13 +666,10 @@ class H2AckFlood : public H2Attack {
   }
 };
 
-TEST_F(H2AckFlood, PingFloodWithoutReadingIsClosed) {
-  Run("PING flood", h2::PingFrame(0x5eed));
-}
+TEST_F(H2AckFlood, PingFloodWithoutReadingIsClosed) { Run("PING flood", h2::PingFrame(0x5eed)); }
 
 TEST_F(H2AckFlood, SettingsFloodWithoutReadingIsClosed) {
-  Run("SETTINGS flood",
-      h2::SettingsFrame({{h2::kSettingsInitialWindowSize, 65535}}));
+  Run("SETTINGS flood", h2::SettingsFrame({{h2::kSettingsInitialWindowSize, 65535}}));
 }
 
 // ------------------------------------------------------------ slow body
@@ -732,9 +689,9 @@ TEST_F(H2Attack, SlowPostBodyStreamsGet408AtTheBodyTimeout) {
   ASSERT_NO_FATAL_FAILURE(StartAttackStack({"--client_body_timeout=2s"}));
   std::unique_ptr<h2::Connection> c = Open();
   ASSERT_NE(c, nullptr);
-  const std::string block = h2::HpackBlock(h2::RequestFields(
-      "POST", "/api/generate",
-      {{"content-type", "application/json"}, {"content-length", "100000"}}));
+  const std::string block = h2::HpackBlock(
+      h2::RequestFields("POST", "/api/generate",
+                        {{"content-type", "application/json"}, {"content-length", "100000"}}));
   std::vector<uint32_t> ids;
   std::string open;
   for (int i = 0; i < kStreams; ++i) {
@@ -746,9 +703,8 @@ TEST_F(H2Attack, SlowPostBodyStreamsGet408AtTheBodyTimeout) {
   BeginAttack();
   IT_ASSERT_OK(c->Send(open));
   // Every upstream request started (the head went on) before the trickle.
-  const SimStats during = WaitSim([this](const SimStats& s) {
-    return s.active >= sim_before_.active + kStreams;
-  });
+  const SimStats during =
+      WaitSim([this](const SimStats& s) { return s.active >= sim_before_.active + kStreams; });
   ReadOutcome seen;
   auto keep = [&seen](ReadOutcome o) {
     for (h2::Frame& f : o.frames) seen.frames.push_back(std::move(f));
@@ -771,8 +727,7 @@ TEST_F(H2Attack, SlowPostBodyStreamsGet408AtTheBodyTimeout) {
   std::set<uint32_t> ended;
   auto note_end = [&ended](const h2::Frame& f) {
     if (f.type == h2::kRstStream ||
-        ((f.type == h2::kData || f.type == h2::kHeaders) &&
-         (f.flags & h2::kFlagEndStream) != 0)) {
+        ((f.type == h2::kData || f.type == h2::kHeaders) && (f.flags & h2::kFlagEndStream) != 0)) {
       ended.insert(f.stream_id);
     }
   };
@@ -805,9 +760,8 @@ TEST_F(H2Attack, SlowPostBodyStreamsGet408AtTheBodyTimeout) {
       }
     }
     std::optional<uint32_t> rst = seen.ResetCode(id);
-    ++tally[absl::StrCat(status, rst ? absl::StrCat("+RST_STREAM(",
-                                                    h2::ErrorName(*rst), ")")
-                                     : std::string())];
+    ++tally[absl::StrCat(
+        status, rst ? absl::StrCat("+RST_STREAM(", h2::ErrorName(*rst), ")") : std::string())];
     EXPECT_EQ(status, 408) << "stream " << id << "\n" << seen.Describe();
     EXPECT_TRUE(absl::StrContains(body, R"("error":"request body timeout")"))
         << "stream " << id << ": " << body;
@@ -819,25 +773,20 @@ TEST_F(H2Attack, SlowPostBodyStreamsGet408AtTheBodyTimeout) {
     if (status != 0) after_stall.push_back(answered - last_byte);
   }
   EndAttack("slow POST body (h2)", Tally(tally), /*cpu_bound_s=*/0.5);
-  const SimStats after = WaitSim([this](const SimStats& s) {
-    return s.active <= sim_before_.active;
-  });
+  const SimStats after =
+      WaitSim([this](const SimStats& s) { return s.active <= sim_before_.active; });
   std::cout << "[ measure  ] slow POST body (h2): " << kStreams
-            << " streams at 2 bytes/s then stalled; " << Tally(tally)
-            << "; sim links active " << sim_before_.active << " -> "
-            << during.active << " -> " << after.active << "; answered "
-            << MsText(Percentile(after_stall, 0.01)) << " to "
-            << MsText(Percentile(after_stall, 1.0))
-            << " ms after the last byte" << std::endl;
-  EXPECT_EQ(answered_during_trickle, 0u)
-      << "a stream was answered while its body still trickled:\n"
-      << seen.Describe();
+            << " streams at 2 bytes/s then stalled; " << Tally(tally) << "; sim links active "
+            << sim_before_.active << " -> " << during.active << " -> " << after.active
+            << "; answered " << MsText(Percentile(after_stall, 0.01)) << " to "
+            << MsText(Percentile(after_stall, 1.0)) << " ms after the last byte" << std::endl;
+  EXPECT_EQ(answered_during_trickle, 0u) << "a stream was answered while its body still trickled:\n"
+                                         << seen.Describe();
   EXPECT_FALSE(seen.GoawayCode().has_value()) << seen.Describe();
   EXPECT_FALSE(seen.closed) << seen.Describe();
   ASSERT_TRUE(next.ok()) << next.status();
   EXPECT_EQ(*next, 200);
-  EXPECT_EQ(during.active, sim_before_.active + kStreams)
-      << "the upstream requests did not start";
+  EXPECT_EQ(during.active, sim_before_.active + kStreams) << "the upstream requests did not start";
   for (absl::Duration d : after_stall) EXPECT_PRED2(AtTimeout, d, kTimeout);
   // The upstream links of the abandoned requests are closed.
   EXPECT_LE(after.active, sim_before_.active);
@@ -852,36 +801,30 @@ TEST_F(H2Attack, SlowPostBodyStreamsGet408AtTheBodyTimeout) {
 TEST_F(H2Attack, ZeroWindowReaderIsClosedAfterSendTimeout) {
   ProbeTheProxyOnly();
   ASSERT_NO_FATAL_FAILURE(StartAttackStack({"--send_timeout=2s"}));
-  std::unique_ptr<h2::Connection> c =
-      Open({{h2::kSettingsInitialWindowSize, 0}});
+  std::unique_ptr<h2::Connection> c = Open({{h2::kSettingsInitialWindowSize, 0}});
   ASSERT_NE(c, nullptr);
   BeginAttack();
   absl::Time start = absl::Now();
-  ASSERT_TRUE(c->Send(h2::HeadersFrame(1,
-                                       h2::HpackBlock(h2::RequestFields(
-                                           "POST", "/api/generate",
-                                           {{"x-sim-tokens", "100000"},
-                                            {"x-sim-token-delay-ms", "1"}})),
-                                       /*end_stream=*/true))
-                  .ok());
+  ASSERT_TRUE(
+      c->Send(h2::HeadersFrame(1,
+                               h2::HpackBlock(h2::RequestFields(
+                                   "POST", "/api/generate",
+                                   {{"x-sim-tokens", "100000"}, {"x-sim-token-delay-ms", "1"}})),
+                               /*end_stream=*/true))
+          .ok());
   ReadOutcome seen = c->ReadUntilClosed(absl::Seconds(8));
   const absl::Duration to_close = absl::Now() - start;
   EndAttack("zero-window reader",
-            absl::StrCat(
-                seen.StatusOf(1), "+DATAx", seen.Count(h2::kData), "+",
-                seen.closed ? "close" : "open", "_after_",
-                absl::StrFormat("%.1f", absl::ToDoubleSeconds(to_close)), "s"),
+            absl::StrCat(seen.StatusOf(1), "+DATAx", seen.Count(h2::kData), "+",
+                         seen.closed ? "close" : "open", "_after_",
+                         absl::StrFormat("%.1f", absl::ToDoubleSeconds(to_close)), "s"),
             /*cpu_bound_s=*/1.0, absl::Milliseconds(200));
-  const SimStats s = WaitSim([this](const SimStats& s) {
-    return s.aborted_streams > sim_before_.aborted_streams;
-  });
-  std::cout << "[ measure  ] zero-window reader: closed " << seen.closed
-            << " after " << absl::ToDoubleMilliseconds(to_close)
-            << " ms; DATA frames " << seen.Count(h2::kData)
-            << "; upstream aborted "
-            << s.aborted_streams - sim_before_.aborted_streams
-            << ", sim active " << sim_before_.active << " -> " << s.active
-            << std::endl;
+  const SimStats s = WaitSim(
+      [this](const SimStats& s) { return s.aborted_streams > sim_before_.aborted_streams; });
+  std::cout << "[ measure  ] zero-window reader: closed " << seen.closed << " after "
+            << absl::ToDoubleMilliseconds(to_close) << " ms; DATA frames " << seen.Count(h2::kData)
+            << "; upstream aborted " << s.aborted_streams - sim_before_.aborted_streams
+            << ", sim active " << sim_before_.active << " -> " << s.active << std::endl;
   EXPECT_EQ(seen.StatusOf(1), 200) << seen.Describe();
   EXPECT_EQ(seen.Count(h2::kData), 0u) << "DATA sent into a zero window";
   ASSERT_TRUE(seen.closed) << seen.Describe();
@@ -902,29 +845,24 @@ TEST_F(H2Attack, ClientThatStopsReadingIsClosedAfterSendTimeout) {
   ASSERT_NE(c, nullptr);
   BeginAttack();
   absl::Time start = absl::Now();
-  ASSERT_TRUE(c->Send(h2::HeadersFrame(1,
-                                       h2::HpackBlock(h2::RequestFields(
-                                           "POST", "/api/generate",
-                                           {{"x-sim-tokens", "100000"},
-                                            {"x-sim-token-delay-ms", "0.2"},
-                                            {"x-sim-chunk-pad", "1000"}})),
-                                       /*end_stream=*/true))
-                  .ok());
+  ASSERT_TRUE(
+      c->Send(h2::HeadersFrame(1,
+                               h2::HpackBlock(h2::RequestFields("POST", "/api/generate",
+                                                                {{"x-sim-tokens", "100000"},
+                                                                 {"x-sim-token-delay-ms", "0.2"},
+                                                                 {"x-sim-chunk-pad", "1000"}})),
+                               /*end_stream=*/true))
+          .ok());
   // Not reading: wait for the server's verdict on the stalled connection,
   // visible as the simulator's abort.
-  const SimStats s = WaitSim(
-      [this](const SimStats& s) {
-        return s.aborted_streams > sim_before_.aborted_streams;
-      },
-      absl::Seconds(8));
+  const SimStats s =
+      WaitSim([this](const SimStats& s) { return s.aborted_streams > sim_before_.aborted_streams; },
+              absl::Seconds(8));
   const absl::Duration to_abort = absl::Now() - start;
   EndAttack("TCP-stalled reader",
-            absl::StrCat(
-                s.aborted_streams > sim_before_.aborted_streams
-                    ? "upstream_aborted"
-                    : "upstream_not_aborted",
-                "_after_",
-                absl::StrFormat("%.1f", absl::ToDoubleSeconds(to_abort)), "s"),
+            absl::StrCat(s.aborted_streams > sim_before_.aborted_streams ? "upstream_aborted"
+                                                                         : "upstream_not_aborted",
+                         "_after_", absl::StrFormat("%.1f", absl::ToDoubleSeconds(to_abort)), "s"),
             /*cpu_bound_s=*/1.5, absl::Milliseconds(200));
   std::cout << "[ measure  ] TCP-stalled reader: upstream aborted after "
             << absl::ToDoubleMilliseconds(to_abort) << " ms" << std::endl;
@@ -953,8 +891,7 @@ struct ZeroWindowCase {
   int streams;
 };
 
-class H2ZeroWindowStreams : public H2Attack,
-                            public ::testing::WithParamInterface<ZeroWindowCase> {
+class H2ZeroWindowStreams : public H2Attack, public ::testing::WithParamInterface<ZeroWindowCase> {
  protected:
   // sluice_recv_buffers_in_use (-1 when the scrape failed).
   int64_t BuffersInUse() {
@@ -980,9 +917,8 @@ TEST_P(H2ZeroWindowStreams, DoNotDrainTheBufferRing) {
     for (int i = 0; i < k.streams; ++i) {
       frames += h2::HeadersFrame(
           static_cast<uint32_t>(2 * i + 1),
-          h2::HpackBlock(h2::RequestFields("POST", "/api/generate",
-                                           {{"x-sim-tokens", "20000"},
-                                            {"x-sim-token-delay-ms", "2"}})),
+          h2::HpackBlock(h2::RequestFields(
+              "POST", "/api/generate", {{"x-sim-tokens", "20000"}, {"x-sim-token-delay-ms", "2"}})),
           /*end_stream=*/true);
     }
     IT_ASSERT_OK(conn->Send(frames));
@@ -1022,8 +958,7 @@ TEST_P(H2ZeroWindowStreams, DoNotDrainTheBufferRing) {
   EndAttack(absl::StrCat("zero-window streams ", k.name),
             absl::StrCat("peak_buffers_", peak, "+released_in_",
                          absl::StrFormat("%.2f", absl::ToDoubleSeconds(release)), "s"),
-            /*cpu_bound_s=*/6.0 * k.connections, absl::Milliseconds(300),
-            absl::InfinitePast(),
+            /*cpu_bound_s=*/6.0 * k.connections, absl::Milliseconds(300), absl::InfinitePast(),
             // 400 streams' legitimate token load saturates an instrumented
             // worker (probe p99 0.3-0.5 s under TSan) and ASan/TSan keep
             // freed copies resident: the latency and RSS bounds hold in
@@ -1040,22 +975,20 @@ TEST_P(H2ZeroWindowStreams, DoNotDrainTheBufferRing) {
   EXPECT_LE(in_use_after, buffers_before + 4);
   EXPECT_LE(proc.fds, baseline_.fds);
   EXPECT_LE(sim.active, expected_links) << "upstream links still open";
-  EXPECT_GE(sim.aborted_streams - sim_before_.aborted_streams,
-            int64_t{k.connections} * k.streams)
+  EXPECT_GE(sim.aborted_streams - sim_before_.aborted_streams, int64_t{k.connections} * k.streams)
       << "generations went on for nobody";
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Cases, H2ZeroWindowStreams,
-    ::testing::Values(ZeroWindowCase{"h2c_1x20", false, 1, 20},
-                      ZeroWindowCase{"tls_1x20", true, 1, 20},
-                      ZeroWindowCase{"h2c_20x20", false, 20, 20},
-                      ZeroWindowCase{"tls_20x20", true, 20, 20}),
-    [](const ::testing::TestParamInfo<ZeroWindowCase>& info) {
-      std::string name = info.param.name;
-      std::replace(name.begin(), name.end(), '_', 'X');
-      return name;
-    });
+INSTANTIATE_TEST_SUITE_P(Cases, H2ZeroWindowStreams,
+                         ::testing::Values(ZeroWindowCase{"h2c_1x20", false, 1, 20},
+                                           ZeroWindowCase{"tls_1x20", true, 1, 20},
+                                           ZeroWindowCase{"h2c_20x20", false, 20, 20},
+                                           ZeroWindowCase{"tls_20x20", true, 20, 20}),
+                         [](const ::testing::TestParamInfo<ZeroWindowCase>& info) {
+                           std::string name = info.param.name;
+                           std::replace(name.begin(), name.end(), '_', 'X');
+                           return name;
+                         });
 
 // One stream whose window stays shut while the connection's other streams
 // are read: the stalled stream is reset at --send_timeout (its generation
@@ -1108,18 +1041,17 @@ TEST_F(H2Attack, StalledStreamIsResetWhileOthersGoOn) {
     }
     ASSERT_NE(f->type, h2::kGoaway) << "the connection was closed for one stalled stream";
   }
-  EndAttack("stalled stream among others",
-            absl::StrCat(reset_seen ? "RST_STREAM(" : "no_reset(", reset_code, ")+ended_",
-                         ended.size()),
-            /*cpu_bound_s=*/2.0, absl::Milliseconds(200));
+  EndAttack(
+      "stalled stream among others",
+      absl::StrCat(reset_seen ? "RST_STREAM(" : "no_reset(", reset_code, ")+ended_", ended.size()),
+      /*cpu_bound_s=*/2.0, absl::Milliseconds(200));
   EXPECT_TRUE(ended.count(3) && ended.count(5)) << "the readable streams did not complete";
   ASSERT_TRUE(reset_seen) << "the stalled stream was never reset";
   EXPECT_EQ(reset_code, h2::kCancel);
   EXPECT_GE(reset_at - start, absl::Milliseconds(1500));
   EXPECT_LE(reset_at - start, absl::Milliseconds(4500) * TimingSlack());
-  const SimStats s = WaitSim([this](const SimStats& s) {
-    return s.aborted_streams > sim_before_.aborted_streams;
-  });
+  const SimStats s = WaitSim(
+      [this](const SimStats& s) { return s.aborted_streams > sim_before_.aborted_streams; });
   EXPECT_GE(s.aborted_streams - sim_before_.aborted_streams, 1)
       << "the stalled stream's generation went on";
   // The same connection still serves a new stream.
@@ -1151,8 +1083,7 @@ std::string PriorityFields(uint32_t dependency) {
 }
 
 std::string PriorityFrame(uint32_t stream_id, uint32_t dependency) {
-  return h2::BuildFrame(h2::kPriority, 0, stream_id,
-                        PriorityFields(dependency));
+  return h2::BuildFrame(h2::kPriority, 0, stream_id, PriorityFields(dependency));
 }
 
 std::vector<RfcCase> RfcCases() {
@@ -1160,145 +1091,113 @@ std::vector<RfcCase> RfcCases() {
   using h2::RequestFields;
   std::vector<RfcCase> cases;
   auto stream_error = [&](const char* name, const HeaderList& fields) {
-    cases.push_back({name, h2::HeadersFrame(1, HpackBlock(fields), true),
-                     h2::kProtocolError, std::nullopt});
+    cases.push_back(
+        {name, h2::HeadersFrame(1, HpackBlock(fields), true), h2::kProtocolError, std::nullopt});
   };
   // 8.3.1: :method, :scheme and :path are mandatory (GET).
-  stream_error(
-      "missing :path",
-      {{":method", "GET"}, {":scheme", "http"}, {":authority", "127.0.0.1"}});
-  stream_error("missing :method", {{":scheme", "http"},
-                                   {":path", "/api/version"},
-                                   {":authority", "127.0.0.1"}});
+  stream_error("missing :path",
+               {{":method", "GET"}, {":scheme", "http"}, {":authority", "127.0.0.1"}});
+  stream_error("missing :method",
+               {{":scheme", "http"}, {":path", "/api/version"}, {":authority", "127.0.0.1"}});
   stream_error("empty :path", RequestFields("GET", ""));
   // 8.3: pseudo-headers come first, once, and only the defined ones.
-  stream_error("pseudo-header after a regular field",
-               {{":method", "GET"},
-                {":scheme", "http"},
-                {":authority", "127.0.0.1"},
-                {"accept", "*/*"},
-                {":path", "/api/version"}});
-  stream_error("duplicate :path",
-               RequestFields("GET", "/api/version", {{":path", "/x"}}));
-  stream_error("unknown pseudo-header",
-               RequestFields("GET", "/api/version", {{":foo", "bar"}}));
+  stream_error("pseudo-header after a regular field", {{":method", "GET"},
+                                                       {":scheme", "http"},
+                                                       {":authority", "127.0.0.1"},
+                                                       {"accept", "*/*"},
+                                                       {":path", "/api/version"}});
+  stream_error("duplicate :path", RequestFields("GET", "/api/version", {{":path", "/x"}}));
+  stream_error("unknown pseudo-header", RequestFields("GET", "/api/version", {{":foo", "bar"}}));
   stream_error("response pseudo-header in a request",
                RequestFields("GET", "/api/version", {{":status", "200"}}));
   // 8.2.2: connection-specific fields.
-  stream_error("connection", RequestFields("GET", "/api/version",
-                                           {{"connection", "keep-alive"}}));
-  stream_error("keep-alive",
-               RequestFields("GET", "/api/version", {{"keep-alive", "5"}}));
+  stream_error("connection", RequestFields("GET", "/api/version", {{"connection", "keep-alive"}}));
+  stream_error("keep-alive", RequestFields("GET", "/api/version", {{"keep-alive", "5"}}));
   stream_error("proxy-connection",
-               RequestFields("GET", "/api/version",
-                             {{"proxy-connection", "keep-alive"}}));
-  stream_error(
-      "transfer-encoding",
-      RequestFields("GET", "/api/version", {{"transfer-encoding", "chunked"}}));
-  stream_error("upgrade",
-               RequestFields("GET", "/api/version", {{"upgrade", "h2c"}}));
-  stream_error("te other than trailers",
-               RequestFields("GET", "/api/version", {{"te", "gzip"}}));
+               RequestFields("GET", "/api/version", {{"proxy-connection", "keep-alive"}}));
+  stream_error("transfer-encoding",
+               RequestFields("GET", "/api/version", {{"transfer-encoding", "chunked"}}));
+  stream_error("upgrade", RequestFields("GET", "/api/version", {{"upgrade", "h2c"}}));
+  stream_error("te other than trailers", RequestFields("GET", "/api/version", {{"te", "gzip"}}));
   // 8.2.1: field names are lowercase, values without CR/LF/NUL.
-  stream_error("uppercase field name",
-               RequestFields("GET", "/api/version", {{"X-Upper", "1"}}));
-  stream_error("CRLF in a value",
-               RequestFields("GET", "/api/version", {{"x-a", "1\r\nx-b: 2"}}));
+  stream_error("uppercase field name", RequestFields("GET", "/api/version", {{"X-Upper", "1"}}));
+  stream_error("CRLF in a value", RequestFields("GET", "/api/version", {{"x-a", "1\r\nx-b: 2"}}));
   // 8.1.1: a Content-Length that the DATA does not match.
   {
-    const std::string head =
-        h2::HeadersFrame(1,
-                         HpackBlock(RequestFields("POST", "/api/generate",
-                                                  {{"content-length", "10"}})),
-                         /*end_stream=*/false);
-    cases.push_back({"content-length above the DATA",
-                     head + h2::DataFrame(1, "hello", true), h2::kProtocolError,
-                     std::nullopt, true});
-    cases.push_back({"content-length below the DATA",
-                     head + h2::DataFrame(1, "hello world!", true),
+    const std::string head = h2::HeadersFrame(
+        1, HpackBlock(RequestFields("POST", "/api/generate", {{"content-length", "10"}})),
+        /*end_stream=*/false);
+    cases.push_back({"content-length above the DATA", head + h2::DataFrame(1, "hello", true),
+                     h2::kProtocolError, std::nullopt, true});
+    cases.push_back({"content-length below the DATA", head + h2::DataFrame(1, "hello world!", true),
                      h2::kProtocolError, std::nullopt, true});
   }
   // 4.3: a header block that does not decode is a connection error.
-  cases.push_back({"HPACK index beyond the table",
-                   h2::HeadersFrame(1, h2::HpackIndexed(200), true),
+  cases.push_back({"HPACK index beyond the table", h2::HeadersFrame(1, h2::HpackIndexed(200), true),
                    std::nullopt, h2::kCompressionError});
   cases.push_back(
       {"HPACK integer overflow",
-       h2::HeadersFrame(
-           1, std::string("\xff\xff\xff\xff\xff\xff\xff\xff\x7f", 9), true),
+       h2::HeadersFrame(1, std::string("\xff\xff\xff\xff\xff\xff\xff\xff\x7f", 9), true),
        std::nullopt, h2::kCompressionError});
   cases.push_back(
       {"HPACK table size update above the setting",
-       h2::HeadersFrame(
-           1, absl::StrCat(h2::HpackInt(1 << 20, 5, 0x20), VersionBlock()),
-           true),
+       h2::HeadersFrame(1, absl::StrCat(h2::HpackInt(1 << 20, 5, 0x20), VersionBlock()), true),
        std::nullopt, h2::kCompressionError});
   // 4.2: a frame over SETTINGS_MAX_FRAME_SIZE (16384).
-  cases.push_back({"16385-byte HEADERS",
-                   h2::HeadersFrame(1, std::string(16385, '\0'), true),
+  cases.push_back({"16385-byte HEADERS", h2::HeadersFrame(1, std::string(16385, '\0'), true),
                    std::nullopt, h2::kFrameSizeError});
-  cases.push_back({"16385-byte DATA on stream 1",
-                   h2::HeadersFrame(1, VersionBlock(), false) +
-                       h2::DataFrame(1, std::string(16385, 'd'), true),
-                   std::nullopt, h2::kFrameSizeError});
+  cases.push_back(
+      {"16385-byte DATA on stream 1",
+       h2::HeadersFrame(1, VersionBlock(), false) + h2::DataFrame(1, std::string(16385, 'd'), true),
+       std::nullopt, h2::kFrameSizeError});
   // 6.7, 6.9, 6.5: frame sizes fixed by the RFC.
-  cases.push_back({"7-byte PING", h2::BuildFrame(h2::kPing, 0, 0, "1234567"),
-                   std::nullopt, h2::kFrameSizeError});
-  cases.push_back({"SETTINGS of 5 bytes",
-                   h2::BuildFrame(h2::kSettings, 0, 0, "12345"), std::nullopt,
+  cases.push_back({"7-byte PING", h2::BuildFrame(h2::kPing, 0, 0, "1234567"), std::nullopt,
                    h2::kFrameSizeError});
+  cases.push_back({"SETTINGS of 5 bytes", h2::BuildFrame(h2::kSettings, 0, 0, "12345"),
+                   std::nullopt, h2::kFrameSizeError});
   // 5.1.1, 6.1, 6.9: stream ids.
-  cases.push_back({"even stream id", h2::HeadersFrame(2, VersionBlock(), true),
-                   std::nullopt, h2::kProtocolError});
-  cases.push_back({"DATA on stream 0", h2::DataFrame(0, "x", false),
-                   std::nullopt, h2::kProtocolError});
-  cases.push_back({"WINDOW_UPDATE of 0 on the connection",
-                   h2::WindowUpdateFrame(0, 0), std::nullopt,
-                   h2::kProtocolError});
-  cases.push_back({"connection window overflow",
-                   h2::WindowUpdateFrame(0, 0x7fffffff) +
-                       h2::WindowUpdateFrame(0, 0x7fffffff),
-                   std::nullopt, h2::kFlowControlError});
-  cases.push_back({"CONTINUATION without HEADERS",
-                   h2::ContinuationFrame(1, VersionBlock(), true), std::nullopt,
+  cases.push_back({"even stream id", h2::HeadersFrame(2, VersionBlock(), true), std::nullopt,
                    h2::kProtocolError});
   cases.push_back(
-      {"HEADERS interrupted by another frame",
-       h2::HeadersFrame(1, VersionBlock(), true, false) + h2::PingFrame(1),
-       std::nullopt, h2::kProtocolError});
+      {"DATA on stream 0", h2::DataFrame(0, "x", false), std::nullopt, h2::kProtocolError});
+  cases.push_back({"WINDOW_UPDATE of 0 on the connection", h2::WindowUpdateFrame(0, 0),
+                   std::nullopt, h2::kProtocolError});
+  cases.push_back({"connection window overflow",
+                   h2::WindowUpdateFrame(0, 0x7fffffff) + h2::WindowUpdateFrame(0, 0x7fffffff),
+                   std::nullopt, h2::kFlowControlError});
+  cases.push_back({"CONTINUATION without HEADERS", h2::ContinuationFrame(1, VersionBlock(), true),
+                   std::nullopt, h2::kProtocolError});
+  cases.push_back({"HEADERS interrupted by another frame",
+                   h2::HeadersFrame(1, VersionBlock(), true, false) + h2::PingFrame(1),
+                   std::nullopt, h2::kProtocolError});
   // 5.1: frames on a stream the client reset (nghttp2, which keeps no
   // closed streams, would ignore them).
   const std::string open_then_reset =
-      h2::HeadersFrame(1, VersionBlock(), false) +
-      h2::RstStreamFrame(1, h2::kCancel);
+      h2::HeadersFrame(1, VersionBlock(), false) + h2::RstStreamFrame(1, h2::kCancel);
   cases.push_back({"DATA after the client's RST_STREAM",
-                   open_then_reset + h2::DataFrame(1, "late", true),
-                   h2::kStreamClosed, std::nullopt, true});
+                   open_then_reset + h2::DataFrame(1, "late", true), h2::kStreamClosed,
+                   std::nullopt, true});
   cases.push_back({"HEADERS after the client's RST_STREAM",
-                   open_then_reset + h2::HeadersFrame(1, VersionBlock(), true),
-                   std::nullopt, h2::kStreamClosed, true});
+                   open_then_reset + h2::HeadersFrame(1, VersionBlock(), true), std::nullopt,
+                   h2::kStreamClosed, true});
   // 5.1.1: a new stream below one already used.
-  cases.push_back({"HEADERS on a lower stream id",
-                   h2::HeadersFrame(3, VersionBlock(), true) +
-                       h2::HeadersFrame(1, VersionBlock(), true),
-                   std::nullopt, h2::kProtocolError, true});
-  // 6.3 and 5.3.1: PRIORITY on stream 0, a stream depending on itself.
-  cases.push_back({"PRIORITY on stream 0", PriorityFrame(0, 1), std::nullopt,
-                   h2::kProtocolError});
   cases.push_back(
-      {"PRIORITY making stream 1 depend on itself",
-       h2::HeadersFrame(1, VersionBlock(), false) + PriorityFrame(1, 1),
-       h2::kProtocolError, std::nullopt, true});
-  cases.push_back({"PRIORITY making an idle stream depend on itself",
-                   PriorityFrame(1, 1), std::nullopt, h2::kProtocolError});
+      {"HEADERS on a lower stream id",
+       h2::HeadersFrame(3, VersionBlock(), true) + h2::HeadersFrame(1, VersionBlock(), true),
+       std::nullopt, h2::kProtocolError, true});
+  // 6.3 and 5.3.1: PRIORITY on stream 0, a stream depending on itself.
+  cases.push_back({"PRIORITY on stream 0", PriorityFrame(0, 1), std::nullopt, h2::kProtocolError});
+  cases.push_back({"PRIORITY making stream 1 depend on itself",
+                   h2::HeadersFrame(1, VersionBlock(), false) + PriorityFrame(1, 1),
+                   h2::kProtocolError, std::nullopt, true});
+  cases.push_back({"PRIORITY making an idle stream depend on itself", PriorityFrame(1, 1),
+                   std::nullopt, h2::kProtocolError});
   cases.push_back(
       {"trailers depending on their own stream",
-       h2::HeadersFrame(1, VersionBlock(), false) +
-           h2::DataFrame(1, "{}", false) +
-           h2::BuildFrame(
-               h2::kHeaders,
-               h2::kFlagEndHeaders | h2::kFlagEndStream | h2::kFlagPriority, 1,
-               absl::StrCat(PriorityFields(1), h2::HpackBlock({{"x-t", "1"}}))),
+       h2::HeadersFrame(1, VersionBlock(), false) + h2::DataFrame(1, "{}", false) +
+           h2::BuildFrame(h2::kHeaders,
+                          h2::kFlagEndHeaders | h2::kFlagEndStream | h2::kFlagPriority, 1,
+                          absl::StrCat(PriorityFields(1), h2::HpackBlock({{"x-t", "1"}}))),
        h2::kProtocolError, std::nullopt, true});
   return cases;
 }
@@ -1319,23 +1218,21 @@ TEST_F(H2Attack, Rfc9113MustsThroughTheBinary) {
       o = c->ReadUntil(
           [](const h2::Frame& f) {
             return f.type == h2::kGoaway ||
-                   (f.stream_id == 1 &&
-                    (f.type == h2::kRstStream || f.type == h2::kHeaders));
+                   (f.stream_id == 1 && (f.type == h2::kRstStream || f.type == h2::kHeaders));
           },
           absl::Seconds(3));
       std::optional<uint32_t> code = o.ResetCode(1);
       if (code != rc.reset) {
-        problems.push_back(absl::StrCat(rc.name, ": expected RST_STREAM ",
-                                        h2::ErrorName(*rc.reset), ", got\n",
-                                        o.Describe()));
+        problems.push_back(absl::StrCat(rc.name, ": expected RST_STREAM ", h2::ErrorName(*rc.reset),
+                                        ", got\n", o.Describe()));
         continue;
       }
       // A stream error leaves the connection usable.
       auto status = c->Get(3, "/api/version");
       if (!status.ok() || *status != 200) {
-        problems.push_back(absl::StrCat(
-            rc.name, ": stream 3 after the reset: ",
-            status.ok() ? absl::StrCat(*status) : status.status().ToString()));
+        problems.push_back(
+            absl::StrCat(rc.name, ": stream 3 after the reset: ",
+                         status.ok() ? absl::StrCat(*status) : status.status().ToString()));
       }
     } else {
       o = c->ReadUntilGoaway(absl::Seconds(3));
@@ -1344,36 +1241,31 @@ TEST_F(H2Attack, Rfc9113MustsThroughTheBinary) {
         continue;
       }
       if (o.GoawayCode() != rc.goaway) {
-        problems.push_back(absl::StrCat(rc.name, ": expected GOAWAY ",
-                                        h2::ErrorName(*rc.goaway), ", got\n",
-                                        o.Describe()));
+        problems.push_back(absl::StrCat(rc.name, ": expected GOAWAY ", h2::ErrorName(*rc.goaway),
+                                        ", got\n", o.Describe()));
         continue;
       }
       // Then the connection ends.
       ReadOutcome rest = c->ReadUntilClosed(absl::Seconds(3));
       if (!rest.closed) {
-        problems.push_back(
-            absl::StrCat(rc.name, ": not closed after the GOAWAY"));
+        problems.push_back(absl::StrCat(rc.name, ": not closed after the GOAWAY"));
       }
     }
     // Never a 400 page instead of the RFC's answer.
     if (o.StatusOf(1) != 0) {
-      problems.push_back(
-          absl::StrCat(rc.name, ": answered :status ", o.StatusOf(1)));
+      problems.push_back(absl::StrCat(rc.name, ": answered :status ", o.StatusOf(1)));
     }
   }
-  ProbeReport p =
-      EndAttack("RFC 9113 cases",
-                absl::StrCat("RFC_answer_", RfcCases().size() - problems.size(),
-                             "/", RfcCases().size()),
-                /*cpu_bound_s=*/1.0, absl::Milliseconds(200));
+  ProbeReport p = EndAttack(
+      "RFC 9113 cases",
+      absl::StrCat("RFC_answer_", RfcCases().size() - problems.size(), "/", RfcCases().size()),
+      /*cpu_bound_s=*/1.0, absl::Milliseconds(200));
   // No malformed request was relayed: the simulator saw at most the
   // requests above, the probes and EndAttack's two.
   SimStats s = WaitSim([](const SimStats&) { return true; });
-  EXPECT_LE(s.requests - sim_before_.requests,
-            upstream_allowed + p.ok + p.failed + 2);
-  std::cout << "[ measure  ] RFC 9113 cases: " << RfcCases().size()
-            << " cases, " << problems.size() << " wrong answer(s)" << std::endl;
+  EXPECT_LE(s.requests - sim_before_.requests, upstream_allowed + p.ok + p.failed + 2);
+  std::cout << "[ measure  ] RFC 9113 cases: " << RfcCases().size() << " cases, " << problems.size()
+            << " wrong answer(s)" << std::endl;
   EXPECT_TRUE(problems.empty()) << absl::StrJoin(problems, "\n");
 }
 
@@ -1405,8 +1297,7 @@ TEST_F(H2StreamStates, FramesOnAClosedStreamAreAnswered) {
   IT_ASSERT_OK(c->Send(h2::DataFrame(1, "late", true)));
   ReadOutcome o = c->ReadUntil(
       [](const h2::Frame& f) {
-        return f.type == h2::kGoaway ||
-               (f.type == h2::kRstStream && f.stream_id == 1);
+        return f.type == h2::kGoaway || (f.type == h2::kRstStream && f.stream_id == 1);
       },
       absl::Seconds(3));
   EXPECT_EQ(o.ResetCode(1), h2::kStreamClosed) << o.Describe();
@@ -1450,13 +1341,11 @@ TEST_F(H2StreamStates, StrayingH2cPrefaceIsClosedNotAnsweredAsHttp1) {
   // A method that merely starts like the preface is HTTP/1.1's.
   IT_ASSERT_OK_AND_ASSIGN(
       HttpResponse r,
-      Exchange(proxy_port(), BuildRequest("POST", "/api/version"),
-               absl::Seconds(5)));
+      Exchange(proxy_port(), BuildRequest("POST", "/api/version"), absl::Seconds(5)));
   EXPECT_NE(r.status, 0);
   IT_ASSERT_OK_AND_ASSIGN(
       HttpResponse r2,
-      Exchange(proxy_port(), BuildRequest("PRX", "/api/version"),
-               absl::Seconds(5)));
+      Exchange(proxy_port(), BuildRequest("PRX", "/api/version"), absl::Seconds(5)));
   EXPECT_GE(r2.status, 400);
 }
 
@@ -1476,8 +1365,8 @@ TEST_F(H2Attack, ThousandIdleConnectionsDoNotStarveOthers) {
     setrlimit(RLIMIT_NOFILE, &nofile);
   }
   if (nofile.rlim_cur < kIdle + 200) {
-    GTEST_SKIP() << "RLIMIT_NOFILE hard limit " << nofile.rlim_max
-                 << " is too low for " << kIdle << " connections";
+    GTEST_SKIP() << "RLIMIT_NOFILE hard limit " << nofile.rlim_max << " is too low for " << kIdle
+                 << " connections";
   }
   ASSERT_NO_FATAL_FAILURE(StartAttackStack());
   BeginAttack();
@@ -1513,23 +1402,18 @@ TEST_F(H2Attack, ThousandIdleConnectionsDoNotStarveOthers) {
     h2::Connection* c = idle[static_cast<size_t>(i)].get();
     if (!c->Send(h2::PingFrame(static_cast<uint64_t>(i))).ok()) continue;
     ReadOutcome o = c->ReadUntil(
-        [](const h2::Frame& f) {
-          return f.type == h2::kPing && (f.flags & h2::kFlagAck) != 0;
-        },
+        [](const h2::Frame& f) { return f.type == h2::kPing && (f.flags & h2::kFlagAck) != 0; },
         absl::Seconds(2));
     if (!o.frames.empty() && o.frames.back().type == h2::kPing) ++alive;
   }
-  EndAttack("1000 idle connections",
-            absl::StrCat("held;PING_answered_", alive, "/20"),
+  EndAttack("1000 idle connections", absl::StrCat("held;PING_answered_", alive, "/20"),
             /*cpu_bound_s=*/2.0, absl::Milliseconds(500), hold_from);
-  const double per_conn_kib =
-      static_cast<double>(held.rss_kib - baseline_.rss_kib) / kIdle;
+  const double per_conn_kib = static_cast<double>(held.rss_kib - baseline_.rss_kib) / kIdle;
   std::cout << "[ measure  ] 1000 idle connections: opened in "
             << absl::ToDoubleMilliseconds(open_time) << " ms; probe (h1 + h2) "
             << absl::ToDoubleMilliseconds(probe) << " ms; RSS +"
-            << (held.rss_kib - baseline_.rss_kib) / 1024.0 << " MiB ("
-            << per_conn_kib << " KiB per connection); " << alive
-            << " of 20 sampled answer PING" << std::endl;
+            << (held.rss_kib - baseline_.rss_kib) / 1024.0 << " MiB (" << per_conn_kib
+            << " KiB per connection); " << alive << " of 20 sampled answer PING" << std::endl;
   EXPECT_EQ(alive, 20);
   EXPECT_LT(probe, 2 * kProbeBound);
 }

@@ -39,8 +39,7 @@ void Put32(std::string* out, uint32_t v) {
 
 uint32_t Get32(absl::string_view s, size_t at) {
   const auto* p = reinterpret_cast<const uint8_t*>(s.data()) + at;
-  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) |
-         (uint32_t{p[2]} << 8) | uint32_t{p[3]};
+  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
 }
 
 int PollMillis(absl::Duration left) {
@@ -116,14 +115,11 @@ std::string HpackString(absl::string_view s) {
 }
 
 std::string HpackLiteral(absl::string_view name, absl::string_view value) {
-  return absl::StrCat(std::string(1, '\0'), HpackString(name),
-                      HpackString(value));
+  return absl::StrCat(std::string(1, '\0'), HpackString(name), HpackString(value));
 }
 
-std::string HpackLiteralIndexed(absl::string_view name,
-                                absl::string_view value) {
-  return absl::StrCat(std::string(1, '\x40'), HpackString(name),
-                      HpackString(value));
+std::string HpackLiteralIndexed(absl::string_view name, absl::string_view value) {
+  return absl::StrCat(std::string(1, '\x40'), HpackString(name), HpackString(value));
 }
 
 std::string HpackIndexed(uint32_t index) { return HpackInt(index, 7, 0x80); }
@@ -148,8 +144,7 @@ HeaderList RequestFields(absl::string_view method, absl::string_view path,
 
 // ------------------------------------------------------------ frame bytes
 
-std::string FrameHeader(uint32_t length, uint8_t type, uint8_t flags,
-                        uint32_t stream_id) {
+std::string FrameHeader(uint32_t length, uint8_t type, uint8_t flags, uint32_t stream_id) {
   std::string out;
   out.push_back(static_cast<char>(length >> 16));
   out.push_back(static_cast<char>(length >> 8));
@@ -160,28 +155,22 @@ std::string FrameHeader(uint32_t length, uint8_t type, uint8_t flags,
   return out;
 }
 
-std::string BuildFrame(uint8_t type, uint8_t flags, uint32_t stream_id,
-                       absl::string_view payload) {
-  return absl::StrCat(FrameHeader(static_cast<uint32_t>(payload.size()), type,
-                                  flags, stream_id),
+std::string BuildFrame(uint8_t type, uint8_t flags, uint32_t stream_id, absl::string_view payload) {
+  return absl::StrCat(FrameHeader(static_cast<uint32_t>(payload.size()), type, flags, stream_id),
                       payload);
 }
 
-std::string HeadersFrame(uint32_t stream_id, absl::string_view block,
-                         bool end_stream, bool end_headers) {
-  uint8_t flags =
-      (end_stream ? kFlagEndStream : 0) | (end_headers ? kFlagEndHeaders : 0);
+std::string HeadersFrame(uint32_t stream_id, absl::string_view block, bool end_stream,
+                         bool end_headers) {
+  uint8_t flags = (end_stream ? kFlagEndStream : 0) | (end_headers ? kFlagEndHeaders : 0);
   return BuildFrame(kHeaders, flags, stream_id, block);
 }
 
-std::string ContinuationFrame(uint32_t stream_id, absl::string_view block,
-                              bool end_headers) {
-  return BuildFrame(kContinuation, end_headers ? kFlagEndHeaders : 0, stream_id,
-                    block);
+std::string ContinuationFrame(uint32_t stream_id, absl::string_view block, bool end_headers) {
+  return BuildFrame(kContinuation, end_headers ? kFlagEndHeaders : 0, stream_id, block);
 }
 
-std::string DataFrame(uint32_t stream_id, absl::string_view data,
-                      bool end_stream) {
+std::string DataFrame(uint32_t stream_id, absl::string_view data, bool end_stream) {
   return BuildFrame(kData, end_stream ? kFlagEndStream : 0, stream_id, data);
 }
 
@@ -191,8 +180,7 @@ std::string RstStreamFrame(uint32_t stream_id, uint32_t error_code) {
   return BuildFrame(kRstStream, 0, stream_id, payload);
 }
 
-std::string SettingsFrame(
-    const std::vector<std::pair<uint16_t, uint32_t>>& settings) {
+std::string SettingsFrame(const std::vector<std::pair<uint16_t, uint32_t>>& settings) {
   std::string payload;
   for (const auto& [id, value] : settings) {
     payload.push_back(static_cast<char>(id >> 8));
@@ -202,9 +190,7 @@ std::string SettingsFrame(
   return BuildFrame(kSettings, 0, 0, payload);
 }
 
-std::string SettingsAckFrame() {
-  return BuildFrame(kSettings, kFlagAck, 0, "");
-}
+std::string SettingsAckFrame() { return BuildFrame(kSettings, kFlagAck, 0, ""); }
 
 std::string PingFrame(uint64_t opaque, bool ack) {
   std::string payload;
@@ -248,9 +234,9 @@ int Frame::Status() const {
 }
 
 std::string Frame::Describe() const {
-  static const char* kNames[] = {
-      "DATA",         "HEADERS", "PRIORITY", "RST_STREAM",    "SETTINGS",
-      "PUSH_PROMISE", "PING",    "GOAWAY",   "WINDOW_UPDATE", "CONTINUATION"};
+  static const char* kNames[] = {"DATA",          "HEADERS",      "PRIORITY", "RST_STREAM",
+                                 "SETTINGS",      "PUSH_PROMISE", "PING",     "GOAWAY",
+                                 "WINDOW_UPDATE", "CONTINUATION"};
   std::string out = type < 10 ? kNames[type] : absl::StrCat("type ", type);
   absl::StrAppend(&out, " stream=", stream_id, " flags=0x", absl::Hex(flags),
                   " len=", payload.size());
@@ -292,9 +278,8 @@ int ReadOutcome::StatusOf(uint32_t stream_id) const {
 }
 
 size_t ReadOutcome::Count(uint8_t type) const {
-  return static_cast<size_t>(
-      std::count_if(frames.begin(), frames.end(),
-                    [type](const Frame& f) { return f.type == type; }));
+  return static_cast<size_t>(std::count_if(frames.begin(), frames.end(),
+                                           [type](const Frame& f) { return f.type == type; }));
 }
 
 std::string ReadOutcome::Describe() const {
@@ -348,16 +333,14 @@ void Connection::Close(bool reset) {
   fd_ = -1;
 }
 
-absl::StatusOr<std::unique_ptr<Connection>> Connection::Connect(
-    int port, const Options& options) {
+absl::StatusOr<std::unique_ptr<Connection>> Connection::Connect(int port, const Options& options) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     return absl::UnavailableError(absl::StrCat("socket: ", strerror(errno)));
   }
   if (options.recv_buffer > 0) {
     // Before connect, so the window scale matches the small buffer.
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &options.recv_buffer,
-               sizeof(options.recv_buffer));
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &options.recv_buffer, sizeof(options.recv_buffer));
   }
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -369,8 +352,8 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Connect(
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   while (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     if (errno == EINTR) continue;
-    absl::Status st = absl::UnavailableError(
-        absl::StrCat("connect 127.0.0.1:", port, ": ", strerror(errno)));
+    absl::Status st =
+        absl::UnavailableError(absl::StrCat("connect 127.0.0.1:", port, ": ", strerror(errno)));
     close(fd);
     return st;
   }
@@ -393,8 +376,7 @@ absl::Status Connection::Handshake(absl::Time deadline) {
   SSL_CTX_set_alpn_protos(tls_->ctx, kAlpn, sizeof(kAlpn));
   tls_->ssl = SSL_new(tls_->ctx);
   if (tls_->ssl == nullptr) return absl::InternalError(SslErrorText());
-  SSL_set_mode(tls_->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE |
-                              SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  SSL_set_mode(tls_->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   SSL_set_fd(tls_->ssl, fd_);
   SSL_set_connect_state(tls_->ssl);
   while (true) {
@@ -407,8 +389,7 @@ absl::Status Connection::Handshake(absl::Time deadline) {
     } else if (err == SSL_ERROR_WANT_WRITE) {
       events = POLLOUT;
     } else {
-      return absl::UnavailableError(
-          absl::StrCat("TLS handshake: ", SslErrorText()));
+      return absl::UnavailableError(absl::StrCat("TLS handshake: ", SslErrorText()));
     }
     pollfd p{fd_, events, 0};
     if (poll(&p, 1, PollMillis(deadline - absl::Now())) == 0) {
@@ -420,21 +401,18 @@ absl::Status Connection::Handshake(absl::Time deadline) {
   SSL_get0_alpn_selected(tls_->ssl, &proto, &len);
   alpn_.assign(reinterpret_cast<const char*>(proto), len);
   if (alpn_ != "h2") {
-    return absl::FailedPreconditionError(
-        absl::StrCat("ALPN chose \"", alpn_, "\", not h2"));
+    return absl::FailedPreconditionError(absl::StrCat("ALPN chose \"", alpn_, "\", not h2"));
   }
   return absl::OkStatus();
 }
 
-absl::Status Connection::SendPreface(
-    const std::vector<std::pair<uint16_t, uint32_t>>& settings,
-    absl::Duration timeout) {
+absl::Status Connection::SendPreface(const std::vector<std::pair<uint16_t, uint32_t>>& settings,
+                                     absl::Duration timeout) {
   return Send(absl::StrCat(ClientMagic(), SettingsFrame(settings)), timeout);
 }
 
-absl::Status Connection::Establish(
-    const std::vector<std::pair<uint16_t, uint32_t>>& settings,
-    absl::Duration timeout) {
+absl::Status Connection::Establish(const std::vector<std::pair<uint16_t, uint32_t>>& settings,
+                                   absl::Duration timeout) {
   absl::Time deadline = absl::Now() + timeout;
   absl::Status st = SendPreface(settings, timeout);
   if (!st.ok()) return st;
@@ -462,9 +440,8 @@ bool Connection::DrainReadable() {
         }
         eof_ = true;
         close_error_ = err == SSL_ERROR_ZERO_RETURN ? "TLS close_notify"
-                       : err == SSL_ERROR_SYSCALL
-                           ? (errno != 0 ? strerror(errno) : "EOF")
-                           : SslErrorText();
+                       : err == SSL_ERROR_SYSCALL   ? (errno != 0 ? strerror(errno) : "EOF")
+                                                    : SslErrorText();
         return false;
       }
     } else {
@@ -492,8 +469,7 @@ absl::Status Connection::Fill(absl::Time deadline) {
     size_t before = rx_.size();
     DrainReadable();
     if (rx_.size() > before) return absl::OkStatus();
-    if (eof_)
-      return absl::UnavailableError(absl::StrCat("closed: ", close_error_));
+    if (eof_) return absl::UnavailableError(absl::StrCat("closed: ", close_error_));
     if (fd_ < 0) return absl::FailedPreconditionError("socket closed");
     absl::Duration left = deadline - absl::Now();
     if (left <= absl::ZeroDuration()) {
@@ -524,8 +500,7 @@ absl::Status Connection::Send(absl::string_view bytes, absl::Duration timeout) {
           n = -1;
         } else {
           return absl::UnavailableError(absl::StrCat(
-              "TLS write: ",
-              err == SSL_ERROR_SYSCALL ? strerror(errno) : SslErrorText()));
+              "TLS write: ", err == SSL_ERROR_SYSCALL ? strerror(errno) : SslErrorText()));
         }
       }
     } else {
@@ -533,8 +508,7 @@ absl::Status Connection::Send(absl::string_view bytes, absl::Duration timeout) {
       if (n < 0) {
         if (errno == EINTR) continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK) {
-          return absl::UnavailableError(
-              absl::StrCat("send: ", strerror(errno)));
+          return absl::UnavailableError(absl::StrCat("send: ", strerror(errno)));
         }
       }
     }
@@ -544,11 +518,10 @@ absl::Status Connection::Send(absl::string_view bytes, absl::Duration timeout) {
     }
     absl::Duration left = deadline - absl::Now();
     if (left <= absl::ZeroDuration()) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "the server stopped taking bytes (", bytes.size(), " left to send)"));
+      return absl::DeadlineExceededError(
+          absl::StrCat("the server stopped taking bytes (", bytes.size(), " left to send)"));
     }
-    bool drain = (read_while_sending_ || want_read) && !eof_ &&
-                 rx_.size() - rx_pos_ < kMaxRxBytes;
+    bool drain = (read_while_sending_ || want_read) && !eof_ && rx_.size() - rx_pos_ < kMaxRxBytes;
     pollfd p{fd_, static_cast<short>(want_read ? POLLIN : POLLOUT), 0};
     if (drain) p.events |= POLLIN;
     poll(&p, 1, PollMillis(left));
@@ -571,8 +544,7 @@ void Connection::DecodeBlock(Frame* f, absl::string_view block) {
   while (true) {
     nghttp2_nv nv;
     int flags = 0;
-    ssize_t rv =
-        nghttp2_hd_inflate_hd2(inflater_->hd, &nv, &flags, in, left, 1);
+    ssize_t rv = nghttp2_hd_inflate_hd2(inflater_->hd, &nv, &flags, in, left, 1);
     if (rv < 0) {
       inflater_->broken = true;
       f->header_error = true;
@@ -581,9 +553,8 @@ void Connection::DecodeBlock(Frame* f, absl::string_view block) {
     in += rv;
     left -= static_cast<size_t>(rv);
     if ((flags & NGHTTP2_HD_INFLATE_EMIT) != 0) {
-      f->headers.emplace_back(
-          std::string(reinterpret_cast<const char*>(nv.name), nv.namelen),
-          std::string(reinterpret_cast<const char*>(nv.value), nv.valuelen));
+      f->headers.emplace_back(std::string(reinterpret_cast<const char*>(nv.name), nv.namelen),
+                              std::string(reinterpret_cast<const char*>(nv.value), nv.valuelen));
     }
     if ((flags & NGHTTP2_HD_INFLATE_FINAL) != 0) {
       nghttp2_hd_inflate_end_headers(inflater_->hd);
@@ -596,8 +567,7 @@ void Connection::DecodeBlock(Frame* f, absl::string_view block) {
 std::optional<Frame> Connection::TakeFrame() {
   absl::string_view rx(rx_);
   rx.remove_prefix(rx_pos_);
-  auto header_at = [&rx](size_t at, uint32_t* len, uint8_t* type,
-                         uint8_t* flags, uint32_t* sid) {
+  auto header_at = [&rx](size_t at, uint32_t* len, uint8_t* type, uint8_t* flags, uint32_t* sid) {
     if (rx.size() < at + kFrameHeaderLen) return false;
     const auto* p = reinterpret_cast<const uint8_t*>(rx.data()) + at;
     *len = (uint32_t{p[0]} << 16) | (uint32_t{p[1]} << 8) | p[2];
@@ -695,8 +665,7 @@ ReadOutcome Connection::Poll() {
     out.frames.push_back(std::move(backlog_.front()));
     backlog_.erase(backlog_.begin());
   }
-  while (std::optional<Frame> f = TakeFrame())
-    out.frames.push_back(std::move(*f));
+  while (std::optional<Frame> f = TakeFrame()) out.frames.push_back(std::move(*f));
   if (eof_) {
     out.closed = true;
     out.close_error = close_error_;
@@ -712,15 +681,13 @@ ReadOutcome Connection::ReadUntilClosed(absl::Duration timeout) {
   return ReadUntil([](const Frame&) { return false; }, timeout);
 }
 
-ReadOutcome Connection::ReadUntilStreamEnd(uint32_t stream_id,
-                                           absl::Duration timeout) {
+ReadOutcome Connection::ReadUntilStreamEnd(uint32_t stream_id, absl::Duration timeout) {
   return ReadUntil(
       [stream_id](const Frame& f) {
         if (f.type == kGoaway) return true;
         if (f.stream_id != stream_id) return false;
         if (f.type == kRstStream) return true;
-        return (f.type == kData || f.type == kHeaders) &&
-               (f.flags & kFlagEndStream) != 0;
+        return (f.type == kData || f.type == kHeaders) && (f.flags & kFlagEndStream) != 0;
       },
       timeout);
 }
@@ -728,19 +695,17 @@ ReadOutcome Connection::ReadUntilStreamEnd(uint32_t stream_id,
 absl::StatusOr<int> Connection::Get(uint32_t stream_id, absl::string_view path,
                                     absl::Duration timeout) {
   absl::Time deadline = absl::Now() + timeout;
-  absl::Status st =
-      Send(HeadersFrame(stream_id, HpackBlock(RequestFields("GET", path)),
-                        /*end_stream=*/true),
-           timeout);
+  absl::Status st = Send(HeadersFrame(stream_id, HpackBlock(RequestFields("GET", path)),
+                                      /*end_stream=*/true),
+                         timeout);
   if (!st.ok()) return st;
   ReadOutcome out = ReadUntilStreamEnd(stream_id, deadline - absl::Now());
   int status = out.StatusOf(stream_id);
-  bool ended = !out.frames.empty() &&
-               out.frames.back().stream_id == stream_id &&
+  bool ended = !out.frames.empty() && out.frames.back().stream_id == stream_id &&
                out.frames.back().type != kRstStream;
   if (status == 0 || !ended) {
-    return absl::UnavailableError(absl::StrCat(
-        "GET ", path, " on stream ", stream_id, ":\n", out.Describe()));
+    return absl::UnavailableError(
+        absl::StrCat("GET ", path, " on stream ", stream_id, ":\n", out.Describe()));
   }
   return status;
 }

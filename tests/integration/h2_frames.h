@@ -83,8 +83,7 @@ std::string HpackString(absl::string_view s);
 std::string HpackLiteral(absl::string_view name, absl::string_view value);
 // Literal with incremental indexing, new name (6.2.1): the field enters the
 // dynamic table at index 62.
-std::string HpackLiteralIndexed(absl::string_view name,
-                                absl::string_view value);
+std::string HpackLiteralIndexed(absl::string_view name, absl::string_view value);
 // Indexed field (6.1); index 62 is the newest dynamic-table entry.
 std::string HpackIndexed(uint32_t index);
 // Every field as HpackLiteral, in order.
@@ -97,20 +96,15 @@ HeaderList RequestFields(absl::string_view method, absl::string_view path,
 
 // --- Frame builders (the bytes on the wire).
 
-std::string BuildFrame(uint8_t type, uint8_t flags, uint32_t stream_id,
-                       absl::string_view payload);
+std::string BuildFrame(uint8_t type, uint8_t flags, uint32_t stream_id, absl::string_view payload);
 // A frame header announcing `length` payload bytes, whatever follows.
-std::string FrameHeader(uint32_t length, uint8_t type, uint8_t flags,
-                        uint32_t stream_id);
-std::string HeadersFrame(uint32_t stream_id, absl::string_view block,
-                         bool end_stream, bool end_headers = true);
-std::string ContinuationFrame(uint32_t stream_id, absl::string_view block,
-                              bool end_headers);
-std::string DataFrame(uint32_t stream_id, absl::string_view data,
-                      bool end_stream);
+std::string FrameHeader(uint32_t length, uint8_t type, uint8_t flags, uint32_t stream_id);
+std::string HeadersFrame(uint32_t stream_id, absl::string_view block, bool end_stream,
+                         bool end_headers = true);
+std::string ContinuationFrame(uint32_t stream_id, absl::string_view block, bool end_headers);
+std::string DataFrame(uint32_t stream_id, absl::string_view data, bool end_stream);
 std::string RstStreamFrame(uint32_t stream_id, uint32_t error_code);
-std::string SettingsFrame(
-    const std::vector<std::pair<uint16_t, uint32_t>>& settings = {});
+std::string SettingsFrame(const std::vector<std::pair<uint16_t, uint32_t>>& settings = {});
 std::string SettingsAckFrame();
 std::string PingFrame(uint64_t opaque, bool ack = false);
 std::string WindowUpdateFrame(uint32_t stream_id, uint32_t increment);
@@ -168,8 +162,7 @@ class Connection {
     absl::Duration connect_timeout = absl::Seconds(5);
   };
 
-  static absl::StatusOr<std::unique_ptr<Connection>> Connect(
-      int port, const Options& options);
+  static absl::StatusOr<std::unique_ptr<Connection>> Connect(int port, const Options& options);
   static absl::StatusOr<std::unique_ptr<Connection>> Connect(int port) {
     return Connect(port, Options());
   }
@@ -179,23 +172,20 @@ class Connection {
   ~Connection();
 
   // The client preface: the magic, then a SETTINGS frame with `settings`.
-  absl::Status SendPreface(
-      const std::vector<std::pair<uint16_t, uint32_t>>& settings = {},
-      absl::Duration timeout = absl::Seconds(5));
+  absl::Status SendPreface(const std::vector<std::pair<uint16_t, uint32_t>>& settings = {},
+                           absl::Duration timeout = absl::Seconds(5));
 
   // SendPreface, then waits for the server's SETTINGS and acknowledges it
   // (other frames read meanwhile are kept for ReadFrame).
-  absl::Status Establish(
-      const std::vector<std::pair<uint16_t, uint32_t>>& settings = {},
-      absl::Duration timeout = absl::Seconds(5));
+  absl::Status Establish(const std::vector<std::pair<uint16_t, uint32_t>>& settings = {},
+                         absl::Duration timeout = absl::Seconds(5));
 
   // Writes all of `bytes` before the deadline. While the socket does not
   // take more, frames the server sends are read into the receive buffer
   // (unless set_read_while_sending(false)), so that neither side waits on
   // the other. kDeadlineExceeded when the server stopped taking bytes,
   // kUnavailable when it closed or reset the connection.
-  absl::Status Send(absl::string_view bytes,
-                    absl::Duration timeout = absl::Seconds(5));
+  absl::Status Send(absl::string_view bytes, absl::Duration timeout = absl::Seconds(5));
   void set_read_while_sending(bool on) { read_while_sending_ = on; }
 
   // The next frame. kDeadlineExceeded at the deadline, kUnavailable when

@@ -28,10 +28,10 @@ bool Exists(const std::string& path) {
 // made by tools/make-certs.sh as a user would.
 std::string MakeCerts(const std::string& name, bool rsa = false) {
   std::string dir = absl::StrCat(::testing::TempDir(), "sluice-", name, "-", getpid());
-  CommandResult res = RunShell(
-      absl::StrCat("rm -rf ", ShellQuote(dir), " && bash ", ShellQuote(SLUICE_SOURCE_DIR),
-                   "/tools/make-certs.sh ", rsa ? "--rsa " : "", ShellQuote(dir)),
-      absl::Seconds(30));
+  CommandResult res =
+      RunShell(absl::StrCat("rm -rf ", ShellQuote(dir), " && bash ", ShellQuote(SLUICE_SOURCE_DIR),
+                            "/tools/make-certs.sh ", rsa ? "--rsa " : "", ShellQuote(dir)),
+               absl::Seconds(30));
   EXPECT_TRUE(res.exit.exited && res.exit.code == 0) << res.out << res.err;
   return dir;
 }
@@ -40,24 +40,21 @@ class H2ToH1Tls : public ProxyTest {
  protected:
   void StartTls(std::vector<std::string> extra = {}, bool rsa = false) {
     certs_ = MakeCerts(::testing::UnitTest::GetInstance()->current_test_info()->name(), rsa);
-    std::vector<std::string> args = {
-        "--listen_tls=127.0.0.1:0", "--http_mode=redirect",
-        absl::StrCat("--tls_cert=", certs_, "/server.pem"),
-        absl::StrCat("--tls_key=", certs_, "/server.key")};
+    std::vector<std::string> args = {"--listen_tls=127.0.0.1:0", "--http_mode=redirect",
+                                     absl::StrCat("--tls_cert=", certs_, "/server.pem"),
+                                     absl::StrCat("--tls_key=", certs_, "/server.key")};
     args.insert(args.end(), extra.begin(), extra.end());
     ASSERT_NO_FATAL_FAILURE(StartStack({}, args));
     ASSERT_GT(sluice_->tls_port(), 0);
   }
-  std::string https() const {
-    return absl::StrCat("https://127.0.0.1:", sluice_->tls_port());
-  }
+  std::string https() const { return absl::StrCat("https://127.0.0.1:", sluice_->tls_port()); }
   std::string ca() const { return absl::StrCat(certs_, "/ca.pem"); }
   // curl against the TLS port; `opts` go before the URL.
   CommandResult Curl(const std::string& opts, const std::string& path,
                      const std::string& ca_file = "") {
     return RunShell(absl::StrCat("curl -sS --max-time 10 --cacert ",
-                                 ShellQuote(ca_file.empty() ? ca() : ca_file), " ", opts,
-                                 " ", ShellQuote(https() + path)),
+                                 ShellQuote(ca_file.empty() ? ca() : ca_file), " ", opts, " ",
+                                 ShellQuote(https() + path)),
                     absl::Seconds(15));
   }
   CommandResult Node(const std::string& script, const std::vector<std::string>& args) {
@@ -77,8 +74,8 @@ TEST_F(H2ToH1Tls, CurlHttp2GetsHstsAndTheModelList) {
   ASSERT_EQ(res.exit.code, 0) << res.err;
   EXPECT_TRUE(absl::StrContains(res.out, "HTTP/2 200")) << res.out;
   EXPECT_TRUE(absl::StrContains(res.out, "version=2")) << res.out;
-  EXPECT_TRUE(ContainsIgnoreCase(
-      res.out, "strict-transport-security: max-age=63072000; includeSubDomains"))
+  EXPECT_TRUE(
+      ContainsIgnoreCase(res.out, "strict-transport-security: max-age=63072000; includeSubDomains"))
       << res.out;
   EXPECT_TRUE(absl::StrContains(res.out, "\"models\"")) << res.out;
 }
@@ -86,8 +83,8 @@ TEST_F(H2ToH1Tls, CurlHttp2GetsHstsAndTheModelList) {
 TEST_F(H2ToH1Tls, CurlHttp11AndNoAlpnFallBackToHttp11) {
   ASSERT_NO_FATAL_FAILURE(StartTls());
   for (const char* opts : {"--http1.1", "--http1.1 --no-alpn", "--http2 --no-alpn"}) {
-    CommandResult res = Curl(absl::StrCat(opts, " -i -w '\\nversion=%{http_version}'"),
-                             "/api/version");
+    CommandResult res =
+        Curl(absl::StrCat(opts, " -i -w '\\nversion=%{http_version}'"), "/api/version");
     ASSERT_EQ(res.exit.code, 0) << opts << ": " << res.err;
     EXPECT_TRUE(absl::StrContains(res.out, "HTTP/1.1 200")) << opts << ": " << res.out;
     EXPECT_TRUE(absl::StrContains(res.out, "version=1.1")) << opts << ": " << res.out;
@@ -104,9 +101,8 @@ TEST_F(H2ToH1Tls, RsaCertificateWorksToo) {
 TEST_F(H2ToH1Tls, PlainPortRedirectsToHttps) {
   ASSERT_NO_FATAL_FAILURE(StartTls());
   IT_ASSERT_OK_AND_ASSIGN(
-      HttpResponse r,
-      Exchange(proxy_port(),
-               BuildRequest("GET", "/api/tags?x=1", {{"Host", "example.test:80"}}, "", "")));
+      HttpResponse r, Exchange(proxy_port(), BuildRequest("GET", "/api/tags?x=1",
+                                                          {{"Host", "example.test:80"}}, "", "")));
   EXPECT_EQ(r.status, 301);
   EXPECT_EQ(r.Header("location").value_or(""),
             absl::StrCat("https://example.test:", sluice_->tls_port(), "/api/tags?x=1"));
@@ -125,8 +121,9 @@ TEST_F(H2ToH1Tls, HstsCanBeTurnedOff) {
 TEST_F(H2ToH1Tls, H2cWithPriorKnowledgeOnThePlainListener) {
   ASSERT_NO_FATAL_FAILURE(StartStack());  // plain: --http_mode=serve, no TLS
   CommandResult res = RunShell(
-      absl::StrCat("curl -sS --max-time 10 --http2-prior-knowledge -w '\\nversion=%{http_version}' ",
-                   proxy_url(), "/api/version"),
+      absl::StrCat(
+          "curl -sS --max-time 10 --http2-prior-knowledge -w '\\nversion=%{http_version}' ",
+          proxy_url(), "/api/version"),
       absl::Seconds(15));
   ASSERT_EQ(res.exit.code, 0) << res.err;
   EXPECT_TRUE(absl::StrContains(res.out, "version=2")) << res.out;
@@ -173,8 +170,8 @@ TEST_F(H2ToH1Tls, RequestBodiesOverTheCapGet413) {
   };
   for (const CurlCase& c : cases) {
     CommandResult res = RunShell(c.command, absl::Seconds(15));
-    EXPECT_TRUE(absl::StrContains(res.out, "status=413 version=2")) << c.name << ": " << res.out
-                                                                    << res.err;
+    EXPECT_TRUE(absl::StrContains(res.out, "status=413 version=2"))
+        << c.name << ": " << res.out << res.err;
     EXPECT_TRUE(absl::StrContains(res.out, "{\"error\":\"request body too large\"}"))
         << c.name << ": " << res.out;
     if (c.declared) {
@@ -186,22 +183,23 @@ TEST_F(H2ToH1Tls, RequestBodiesOverTheCapGet413) {
   // node's http2 module, both ways, both transports.
   for (const std::string& base : {https(), proxy_url()}) {
     for (const char* how : {"length", "stream"}) {
-      CommandResult res = RunProgram(
-          SLUICE_NODE_BIN,
-          {absl::StrCat(SLUICE_NODE_DIR, "/h2_client.mjs"), "upload", "10240", how},
-          absl::Seconds(30),
-          {absl::StrCat("SLUICE_URL=", base), absl::StrCat("SLUICE_CA=", ca()),
-           absl::StrCat("NODE_EXTRA_CA_CERTS=", ca())});
+      CommandResult res =
+          RunProgram(SLUICE_NODE_BIN,
+                     {absl::StrCat(SLUICE_NODE_DIR, "/h2_client.mjs"), "upload", "10240", how},
+                     absl::Seconds(30),
+                     {absl::StrCat("SLUICE_URL=", base), absl::StrCat("SLUICE_CA=", ca()),
+                      absl::StrCat("NODE_EXTRA_CA_CERTS=", ca())});
       ASSERT_EQ(res.exit.code, 0) << base << " " << how << ": " << res.err << res.out;
-      EXPECT_TRUE(absl::StrContains(res.out, "\"status\":413")) << base << " " << how << ": "
-                                                                 << res.out;
+      EXPECT_TRUE(absl::StrContains(res.out, "\"status\":413"))
+          << base << " " << how << ": " << res.out;
       EXPECT_TRUE(absl::StrContains(res.out, "request body too large")) << res.out;
     }
-    CommandResult small = RunProgram(
-        SLUICE_NODE_BIN, {absl::StrCat(SLUICE_NODE_DIR, "/h2_client.mjs"), "upload", "1000", "length"},
-        absl::Seconds(30),
-        {absl::StrCat("SLUICE_URL=", base), absl::StrCat("SLUICE_CA=", ca()),
-         absl::StrCat("NODE_EXTRA_CA_CERTS=", ca())});
+    CommandResult small =
+        RunProgram(SLUICE_NODE_BIN,
+                   {absl::StrCat(SLUICE_NODE_DIR, "/h2_client.mjs"), "upload", "1000", "length"},
+                   absl::Seconds(30),
+                   {absl::StrCat("SLUICE_URL=", base), absl::StrCat("SLUICE_CA=", ca()),
+                    absl::StrCat("NODE_EXTRA_CA_CERTS=", ca())});
     ASSERT_EQ(small.exit.code, 0) << small.err << small.out;
     EXPECT_TRUE(absl::StrContains(small.out, "\"status\":200")) << base << ": " << small.out;
   }
@@ -224,10 +222,9 @@ TEST_F(H2ToH1Tls, NghttpStreamsAGeneration) {
   std::string body = absl::StrCat(certs_, "/body.json");
   RunShell(absl::StrCat("echo '{\"model\":\"sim\",\"prompt\":\"hi\"}' > ", ShellQuote(body)),
            absl::Seconds(5));
-  CommandResult res = RunShell(
-      absl::StrCat("nghttp -v -d ", ShellQuote(body), " -H 'x-sim-tokens: 5' ", https(),
-                   "/api/generate"),
-      absl::Seconds(15));
+  CommandResult res = RunShell(absl::StrCat("nghttp -v -d ", ShellQuote(body),
+                                            " -H 'x-sim-tokens: 5' ", https(), "/api/generate"),
+                               absl::Seconds(15));
   ASSERT_EQ(res.exit.code, 0) << res.err << res.out;
   EXPECT_TRUE(absl::StrContains(res.out, ":status: 200")) << res.out;
   EXPECT_TRUE(absl::StrContains(res.out, "\"done\":true")) << res.out;
@@ -241,8 +238,8 @@ TEST_F(H2ToH1Tls, NghttpStreamsAGeneration) {
 
 TEST_F(H2ToH1Tls, H2loadHundredStreamsOnOneConnection) {
   ASSERT_NO_FATAL_FAILURE(StartTls());
-  CommandResult res = RunShell(
-      absl::StrCat("h2load -n 500 -c 1 -m 100 ", https(), "/api/tags"), absl::Seconds(30));
+  CommandResult res =
+      RunShell(absl::StrCat("h2load -n 500 -c 1 -m 100 ", https(), "/api/tags"), absl::Seconds(30));
   ASSERT_EQ(res.exit.code, 0) << res.err << res.out;
   EXPECT_TRUE(absl::StrContains(res.out, "500 succeeded, 0 failed, 0 errored")) << res.out;
   EXPECT_TRUE(absl::StrContains(res.out, "status codes: 500 2xx")) << res.out;
@@ -265,7 +262,8 @@ TEST_F(H2ToH1Tls, NodeHttp2StreamArrivesIncrementally) {
   EXPECT_GE(last - first, 700) << res.out;
   // Every chunk reaches the client soon after the simulator sent it (loose
   // bound: this is a correctness test, the delay figure is in bench/).
-  for (const JsonValue& lag : lags->array()) EXPECT_LT(lag.AsInt64().value_or(1 << 30), 50000) << res.out;
+  for (const JsonValue& lag : lags->array())
+    EXPECT_LT(lag.AsInt64().value_or(1 << 30), 50000) << res.out;
 }
 
 TEST_F(H2ToH1Tls, NodeHttp2HundredConcurrentStreamsOneSession) {
@@ -288,8 +286,8 @@ TEST_F(H2ToH1Tls, RstStreamClosesTheUpstreamWithin50ms) {
     if (abort_us <= 0) absl::SleepFor(absl::Milliseconds(10));
   }
   ASSERT_GT(abort_us, 0) << "the simulator never saw the stream aborted";
-  EXPECT_LT(abort_us - *cancel_us, 50000) << "cancel at " << *cancel_us << ", upstream close at "
-                                          << abort_us;
+  EXPECT_LT(abort_us - *cancel_us, 50000)
+      << "cancel at " << *cancel_us << ", upstream close at " << abort_us;
   // The connection and the proxy keep working.
   CommandResult after = Curl("--http2 -o /dev/null -w '%{http_code}'", "/api/version");
   EXPECT_EQ(after.out, "200");
@@ -309,7 +307,9 @@ TEST_F(H2ToH1Tls, SighupReloadsCertificateAndRefusesABrokenPair) {
   // A new pair from a different CA, copied over the files sluice was given.
   std::string fresh = MakeCerts("reload-new");
   ASSERT_EQ(RunShell(absl::StrCat("cp ", fresh, "/server.pem ", fresh, "/server.key ", certs_, "/"),
-                     absl::Seconds(5)).exit.code, 0);
+                     absl::Seconds(5))
+                .exit.code,
+            0);
   ASSERT_TRUE(sluice_->Signal(SIGHUP));
   bool reloaded = false;
   for (int i = 0; i < 100 && !reloaded; ++i) {
@@ -317,15 +317,18 @@ TEST_F(H2ToH1Tls, SighupReloadsCertificateAndRefusesABrokenPair) {
     if (!reloaded) absl::SleepFor(absl::Milliseconds(20));
   }
   ASSERT_TRUE(reloaded) << sluice_->Stderr();
-  EXPECT_EQ(Curl("--http2 -o /dev/null -w '%{http_code}'", "/api/version",
-                 absl::StrCat(fresh, "/ca.pem")).out, "200");
+  EXPECT_EQ(
+      Curl("--http2 -o /dev/null -w '%{http_code}'", "/api/version", absl::StrCat(fresh, "/ca.pem"))
+          .out,
+      "200");
   EXPECT_NE(Curl("--http2 -o /dev/null", "/api/version", old_ca).exit.code, 0)
       << "the old certificate is still served";
 
   // A broken pair: the key file holds garbage. It is refused, the last good
   // pair stays in use.
-  ASSERT_EQ(RunShell(absl::StrCat("echo garbage > ", certs_, "/server.key"), absl::Seconds(5))
-                .exit.code, 0);
+  ASSERT_EQ(
+      RunShell(absl::StrCat("echo garbage > ", certs_, "/server.key"), absl::Seconds(5)).exit.code,
+      0);
   ASSERT_TRUE(sluice_->Signal(SIGHUP));
   bool refused = false;
   for (int i = 0; i < 100 && !refused; ++i) {
@@ -333,8 +336,10 @@ TEST_F(H2ToH1Tls, SighupReloadsCertificateAndRefusesABrokenPair) {
     if (!refused) absl::SleepFor(absl::Milliseconds(20));
   }
   EXPECT_TRUE(refused) << sluice_->Stderr();
-  EXPECT_EQ(Curl("--http2 -o /dev/null -w '%{http_code}'", "/api/version",
-                 absl::StrCat(fresh, "/ca.pem")).out, "200");
+  EXPECT_EQ(
+      Curl("--http2 -o /dev/null -w '%{http_code}'", "/api/version", absl::StrCat(fresh, "/ca.pem"))
+          .out,
+      "200");
 }
 
 TEST_F(H2ToH1Tls, StalledHandshakeClosedAfterTimeoutOthersServed) {
@@ -351,18 +356,19 @@ TEST_F(H2ToH1Tls, StalledHandshakeClosedAfterTimeoutOthersServed) {
 }
 
 TEST_F(H2ToH1Tls, MissingOrBadCertificateIsAFlagError) {
-  CommandResult no_cert = RunProgram(SluiceBinary(), {"--listen_http=", "--listen_tls=127.0.0.1:0",
-                                                      "--upstream=127.0.0.1:9"},
-                                     absl::Seconds(5));
+  CommandResult no_cert = RunProgram(
+      SluiceBinary(), {"--listen_http=", "--listen_tls=127.0.0.1:0", "--upstream=127.0.0.1:9"},
+      absl::Seconds(5));
   EXPECT_EQ(no_cert.exit.code, 2) << no_cert.err;
   EXPECT_TRUE(absl::StrContains(no_cert.err, "--tls_cert")) << no_cert.err;
   std::string dir = MakeCerts("badpair");
   RunShell(absl::StrCat("echo junk > ", dir, "/bad.pem"), absl::Seconds(5));
-  CommandResult bad = RunProgram(
-      SluiceBinary(),
-      {"--listen_http=", "--listen_tls=127.0.0.1:0", "--upstream=127.0.0.1:9", "--auth=none",
-       absl::StrCat("--tls_cert=", dir, "/bad.pem"), absl::StrCat("--tls_key=", dir, "/server.key")},
-      absl::Seconds(5));
+  CommandResult bad =
+      RunProgram(SluiceBinary(),
+                 {"--listen_http=", "--listen_tls=127.0.0.1:0", "--upstream=127.0.0.1:9",
+                  "--auth=none", absl::StrCat("--tls_cert=", dir, "/bad.pem"),
+                  absl::StrCat("--tls_key=", dir, "/server.key")},
+                 absl::Seconds(5));
   EXPECT_EQ(bad.exit.code, 2) << bad.err;
   EXPECT_TRUE(absl::StrContains(bad.err, "bad.pem")) << bad.err;
   EXPECT_EQ(std::count(bad.err.begin(), bad.err.end(), '\n'), 1) << bad.err;

@@ -54,8 +54,7 @@ std::string TempDir() {
 }
 
 // Creates an empty temp file; returns its path and an O_CLOEXEC fd.
-absl::StatusOr<std::pair<std::string, int>> MakeTempFile(
-    absl::string_view tag) {
+absl::StatusOr<std::pair<std::string, int>> MakeTempFile(absl::string_view tag) {
   std::string path = absl::StrCat(TempDir(), "/sluice-it-", tag, "-XXXXXX");
   int fd = mkostemp(path.data(), O_CLOEXEC);
   if (fd < 0) {
@@ -93,8 +92,7 @@ absl::Status Errno(absl::string_view what) {
 }  // namespace
 
 bool ContainsIgnoreCase(absl::string_view haystack, absl::string_view needle) {
-  return absl::StrContains(absl::AsciiStrToLower(haystack),
-                           absl::AsciiStrToLower(needle));
+  return absl::StrContains(absl::AsciiStrToLower(haystack), absl::AsciiStrToLower(needle));
 }
 
 int64_t RealtimeMicros() {
@@ -164,20 +162,17 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
   posix_spawnattr_setsigmask(&attr, &empty);
   posix_spawnattr_setsigdefault(&attr, &defaults);
   posix_spawnattr_setpgroup(&attr, 0);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK |
-                                      POSIX_SPAWN_SETSIGDEF |
-                                      POSIX_SPAWN_SETPGROUP);
+  posix_spawnattr_setflags(&attr,
+                           POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
 
   pid_t pid;
-  int rc = posix_spawn(&pid, path.c_str(), &actions, &attr, argv.data(),
-                       envp.data());
+  int rc = posix_spawn(&pid, path.c_str(), &actions, &attr, argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attr);
   close(out->second);
   close(err->second);
   if (rc != 0) {
-    return absl::NotFoundError(
-        absl::StrCat("posix_spawn ", path, ": ", strerror(rc)));
+    return absl::NotFoundError(absl::StrCat("posix_spawn ", path, ": ", strerror(rc)));
   }
   child->pid_ = pid;
   return child;
@@ -195,8 +190,7 @@ std::string ChildProcess::Stderr() const { return ReadWholeFile(stderr_path_); }
 namespace {
 // The port of the first complete "<marker>HOST:PORT" line in `out`: 0 when
 // there is none yet, -1 when it does not parse.
-int FindListening(absl::string_view out, absl::string_view marker,
-                  std::string* host) {
+int FindListening(absl::string_view out, absl::string_view marker, std::string* host) {
   size_t at = out.find(marker);
   if (at == absl::string_view::npos) return 0;
   size_t start = at + marker.size();
@@ -205,9 +199,8 @@ int FindListening(absl::string_view out, absl::string_view marker,
   absl::string_view hostport = out.substr(start, end - start);
   size_t colon = hostport.rfind(':');
   int port = 0;
-  if (colon == absl::string_view::npos ||
-      !absl::SimpleAtoi(hostport.substr(colon + 1), &port) || port <= 0 ||
-      port > 65535) {
+  if (colon == absl::string_view::npos || !absl::SimpleAtoi(hostport.substr(colon + 1), &port) ||
+      port <= 0 || port > 65535) {
     return -1;
   }
   *host = std::string(hostport.substr(0, colon));
@@ -234,15 +227,14 @@ absl::Status ChildProcess::WaitListening(absl::Duration timeout) {
       return absl::OkStatus();
     }
     if (!running() || WaitExit(absl::ZeroDuration()).has_value()) {
-      return absl::InternalError(
-          absl::StrCat("process exited (code ", exit_->code, ", signal ",
-                       exit_->signal, ") before listening; stdout:\n",
-                       Tail(out, 2000), "\nstderr:\n", Tail(Stderr(), 4000)));
+      return absl::InternalError(absl::StrCat(
+          "process exited (code ", exit_->code, ", signal ", exit_->signal,
+          ") before listening; stdout:\n", Tail(out, 2000), "\nstderr:\n", Tail(Stderr(), 4000)));
     }
     if (absl::Now() >= deadline) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "no 'listening on' line within ", absl::FormatDuration(timeout),
-          "; stdout:\n", Tail(out, 2000), "\nstderr:\n", Tail(Stderr(), 4000)));
+      return absl::DeadlineExceededError(
+          absl::StrCat("no 'listening on' line within ", absl::FormatDuration(timeout),
+                       "; stdout:\n", Tail(out, 2000), "\nstderr:\n", Tail(Stderr(), 4000)));
     }
     absl::SleepFor(absl::Milliseconds(5));
   }
@@ -289,8 +281,7 @@ ExitInfo ChildProcess::Terminate(absl::Duration grace) {
 std::string SluiceBinary() { return SLUICE_BIN; }
 std::string OllamaSimBinary() { return OLLAMA_SIM_BIN; }
 
-absl::StatusOr<std::unique_ptr<ChildProcess>> StartSim(
-    const std::vector<std::string>& extra_args) {
+absl::StatusOr<std::unique_ptr<ChildProcess>> StartSim(const std::vector<std::string>& extra_args) {
   std::vector<std::string> args;
   if (!HasFlag(extra_args, "listen")) args.push_back("--listen=127.0.0.1:0");
   if (!HasFlag(extra_args, "threads")) args.push_back("--threads=1");
@@ -340,10 +331,8 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> StartSluiceAt(
   return child;
 }
 
-CommandResult RunProgram(const std::string& path,
-                         const std::vector<std::string>& args,
-                         absl::Duration timeout,
-                         const std::vector<std::string>& extra_env) {
+CommandResult RunProgram(const std::string& path, const std::vector<std::string>& args,
+                         absl::Duration timeout, const std::vector<std::string>& extra_env) {
   CommandResult result;
   auto child = ChildProcess::Spawn(path, args, extra_env);
   if (!child.ok()) {
@@ -397,8 +386,7 @@ std::vector<TimedRecord> SplitRecords(const std::vector<Chunk>& chunks,
   for (const Chunk& chunk : chunks) {
     pending += chunk.data;
     size_t at;
-    while ((at = pending.find(separator.data(), 0, separator.size())) !=
-           std::string::npos) {
+    while ((at = pending.find(separator.data(), 0, separator.size())) != std::string::npos) {
       out.push_back({pending.substr(0, at), chunk.arrival_us});
       pending.erase(0, at + separator.size());
     }
@@ -409,8 +397,8 @@ std::vector<TimedRecord> SplitRecords(const std::vector<Chunk>& chunks,
   return out;
 }
 
-absl::StatusOr<std::unique_ptr<HttpConnection>> HttpConnection::Connect(
-    int port, absl::Duration timeout) {
+absl::StatusOr<std::unique_ptr<HttpConnection>> HttpConnection::Connect(int port,
+                                                                        absl::Duration timeout) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return Errno("socket");
   // SO_SNDTIMEO bounds a blocking connect() on Linux.
@@ -468,8 +456,7 @@ absl::Status HttpConnection::Fill(absl::Time deadline) {
     }
     if (r == 0) {
       return absl::DeadlineExceededError(
-          absl::StrCat("timed out waiting for data; have ", buffered().size(),
-                       " unread bytes"));
+          absl::StrCat("timed out waiting for data; have ", buffered().size(), " unread bytes"));
     }
     char tmp[65536];
     ssize_t n = recv(fd_, tmp, sizeof(tmp), 0);
@@ -499,8 +486,7 @@ absl::StatusOr<std::string> HttpConnection::ReadLineUntil(absl::Time deadline) {
     if (lf != absl::string_view::npos) {
       if (lf == 0 || have[lf - 1] != '\r') {
         return absl::DataLossError(
-            absl::StrCat("bare LF in the response: '",
-                         absl::CEscape(have.substr(0, lf + 1)), "'"));
+            absl::StrCat("bare LF in the response: '", absl::CEscape(have.substr(0, lf + 1)), "'"));
       }
       std::string line(have.substr(0, lf - 1));
       pos_ += lf + 1;
@@ -518,14 +504,12 @@ absl::StatusOr<std::string> HttpConnection::ReadLine(absl::Duration timeout) {
   return ReadLineUntil(absl::Now() + timeout);
 }
 
-absl::StatusOr<std::string> HttpConnection::ReadExactlyUntil(
-    size_t n, absl::Time deadline) {
+absl::StatusOr<std::string> HttpConnection::ReadExactlyUntil(size_t n, absl::Time deadline) {
   while (buffered().size() < n) {
     absl::Status st = Fill(deadline);
     if (!st.ok()) {
-      return absl::Status(
-          st.code(), absl::StrCat(st.message(), " (wanted ", n, " bytes, have ",
-                                  buffered().size(), ")"));
+      return absl::Status(st.code(), absl::StrCat(st.message(), " (wanted ", n, " bytes, have ",
+                                                  buffered().size(), ")"));
     }
   }
   std::string out(buffered().substr(0, n));
@@ -533,21 +517,18 @@ absl::StatusOr<std::string> HttpConnection::ReadExactlyUntil(
   return out;
 }
 
-absl::StatusOr<std::string> HttpConnection::ReadExactly(
-    size_t n, absl::Duration timeout) {
+absl::StatusOr<std::string> HttpConnection::ReadExactly(size_t n, absl::Duration timeout) {
   return ReadExactlyUntil(n, absl::Now() + timeout);
 }
 
-absl::StatusOr<HttpResponse> HttpConnection::ReadHeadUntil(absl::Time deadline,
-                                                           bool no_body) {
+absl::StatusOr<HttpResponse> HttpConnection::ReadHeadUntil(absl::Time deadline, bool no_body) {
   HttpResponse r;
   auto status_line = ReadLineUntil(deadline);
   if (!status_line.ok()) return status_line.status();
   r.head_arrival_us = last_recv_us_;
-  std::vector<absl::string_view> parts =
-      absl::StrSplit(*status_line, absl::MaxSplits(' ', 2));
-  if (parts.size() < 2 || !absl::StartsWith(parts[0], "HTTP/1.") ||
-      parts[1].size() != 3 || !absl::SimpleAtoi(parts[1], &r.status)) {
+  std::vector<absl::string_view> parts = absl::StrSplit(*status_line, absl::MaxSplits(' ', 2));
+  if (parts.size() < 2 || !absl::StartsWith(parts[0], "HTTP/1.") || parts[1].size() != 3 ||
+      !absl::SimpleAtoi(parts[1], &r.status)) {
     return absl::DataLossError(
         absl::StrCat("bad status line: '", absl::CEscape(*status_line), "'"));
   }
@@ -559,12 +540,11 @@ absl::StatusOr<HttpResponse> HttpConnection::ReadHeadUntil(absl::Time deadline,
     if (line->empty()) break;
     size_t colon = line->find(':');
     if (colon == std::string::npos || colon == 0) {
-      return absl::DataLossError(
-          absl::StrCat("bad header line: '", absl::CEscape(*line), "'"));
+      return absl::DataLossError(absl::StrCat("bad header line: '", absl::CEscape(*line), "'"));
     }
-    r.headers.emplace_back(line->substr(0, colon),
-                           std::string(absl::StripAsciiWhitespace(
-                               absl::string_view(*line).substr(colon + 1))));
+    r.headers.emplace_back(
+        line->substr(0, colon),
+        std::string(absl::StripAsciiWhitespace(absl::string_view(*line).substr(colon + 1))));
   }
   framing_ = Framing::kClose;
   remaining_ = 0;
@@ -614,8 +594,8 @@ absl::StatusOr<Chunk> HttpConnection::ReadChunkUntil(absl::Time deadline) {
     } else if (c >= 'A' && c <= 'F') {
       v = c - 'A' + 10;
     } else {
-      return absl::DataLossError(absl::StrCat("bad chunk size line: '",
-                                              absl::CEscape(*size_line), "'"));
+      return absl::DataLossError(
+          absl::StrCat("bad chunk size line: '", absl::CEscape(*size_line), "'"));
     }
     size = size * 16 + v;
   }
@@ -646,8 +626,7 @@ absl::StatusOr<Chunk> HttpConnection::ReadChunk(absl::Duration timeout) {
   return ReadChunkUntil(absl::Now() + timeout);
 }
 
-absl::Status HttpConnection::ReadBodyUntil(HttpResponse* r,
-                                           absl::Time deadline) {
+absl::Status HttpConnection::ReadBodyUntil(HttpResponse* r, absl::Time deadline) {
   switch (framing_) {
     case Framing::kNone:
       return absl::OkStatus();
@@ -683,13 +662,11 @@ absl::Status HttpConnection::ReadBodyUntil(HttpResponse* r,
   return absl::OkStatus();
 }
 
-absl::Status HttpConnection::ReadBody(HttpResponse* head,
-                                      absl::Duration timeout) {
+absl::Status HttpConnection::ReadBody(HttpResponse* head, absl::Duration timeout) {
   return ReadBodyUntil(head, absl::Now() + timeout);
 }
 
-absl::StatusOr<HttpResponse> HttpConnection::ReadResponse(
-    absl::Duration timeout, bool no_body) {
+absl::StatusOr<HttpResponse> HttpConnection::ReadResponse(absl::Duration timeout, bool no_body) {
   absl::Time deadline = absl::Now() + timeout;
   auto r = ReadHeadUntil(deadline, no_body);
   if (!r.ok()) return r.status();
@@ -709,8 +686,8 @@ absl::Status HttpConnection::ExpectClosed(absl::Duration timeout) {
     absl::Status st = Fill(deadline);
     if (absl::IsUnavailable(st)) return absl::OkStatus();
     if (absl::IsDeadlineExceeded(st)) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "connection still open after ", absl::FormatDuration(timeout)));
+      return absl::DeadlineExceededError(
+          absl::StrCat("connection still open after ", absl::FormatDuration(timeout)));
     }
     if (!st.ok()) return st;
   }
@@ -732,8 +709,7 @@ void HttpConnection::ShutdownWrite() {
   if (fd_ >= 0) shutdown(fd_, SHUT_WR);
 }
 
-absl::StatusOr<HttpResponse> Exchange(int port, absl::string_view request,
-                                      absl::Duration timeout) {
+absl::StatusOr<HttpResponse> Exchange(int port, absl::string_view request, absl::Duration timeout) {
   auto conn = HttpConnection::Connect(port);
   if (!conn.ok()) return conn.status();
   absl::Status st = (*conn)->Send(request);
@@ -741,10 +717,9 @@ absl::StatusOr<HttpResponse> Exchange(int port, absl::string_view request,
   return (*conn)->ReadResponse(timeout);
 }
 
-std::string BuildRequest(
-    absl::string_view method, absl::string_view target,
-    const std::vector<std::pair<std::string, std::string>>& headers,
-    absl::string_view body, absl::string_view host) {
+std::string BuildRequest(absl::string_view method, absl::string_view target,
+                         const std::vector<std::pair<std::string, std::string>>& headers,
+                         absl::string_view body, absl::string_view host) {
   bool has_host = false;
   bool has_framing = false;
   for (const auto& [n, v] : headers) {
@@ -764,8 +739,7 @@ std::string BuildRequest(
   return out;
 }
 
-std::optional<int64_t> FindJsonInt(absl::string_view json,
-                                   absl::string_view key) {
+std::optional<int64_t> FindJsonInt(absl::string_view json, absl::string_view key) {
   std::string quoted = absl::StrCat("\"", key, "\"");
   size_t at = json.find(quoted);
   if (at == absl::string_view::npos) return std::nullopt;
@@ -774,8 +748,7 @@ std::optional<int64_t> FindJsonInt(absl::string_view json,
   if (!absl::ConsumePrefix(&rest, ":")) return std::nullopt;
   rest = absl::StripLeadingAsciiWhitespace(rest);
   size_t end = 0;
-  while (end < rest.size() &&
-         (absl::ascii_isdigit(rest[end]) || (end == 0 && rest[end] == '-'))) {
+  while (end < rest.size() && (absl::ascii_isdigit(rest[end]) || (end == 0 && rest[end] == '-'))) {
     ++end;
   }
   int64_t v;
@@ -790,8 +763,7 @@ absl::StatusOr<SimStats> FetchSimStats(int sim_port) {
                     absl::Seconds(5));
   if (!r.ok()) return r.status();
   if (r->status != 200) {
-    return absl::InternalError(
-        absl::StrCat("/sim/stats answered ", r->status, ": ", r->body));
+    return absl::InternalError(absl::StrCat("/sim/stats answered ", r->status, ": ", r->body));
   }
   SimStats s;
   struct Field {
@@ -806,8 +778,7 @@ absl::StatusOr<SimStats> FetchSimStats(int sim_port) {
   for (const Field& f : fields) {
     std::optional<int64_t> v = FindJsonInt(r->body, f.key);
     if (!v.has_value()) {
-      return absl::InternalError(
-          absl::StrCat("/sim/stats lacks \"", f.key, "\": ", r->body));
+      return absl::InternalError(absl::StrCat("/sim/stats lacks \"", f.key, "\": ", r->body));
     }
     *f.out = *v;
   }
@@ -821,16 +792,14 @@ absl::Status ResetSim(int sim_port) {
                     absl::Seconds(5));
   if (!r.ok()) return r.status();
   if (r->status != 200) {
-    return absl::InternalError(
-        absl::StrCat("/sim/reset answered ", r->status, ": ", r->body));
+    return absl::InternalError(absl::StrCat("/sim/reset answered ", r->status, ": ", r->body));
   }
   return absl::OkStatus();
 }
 
 std::optional<std::string> SanitizerReport(absl::string_view stderr_text) {
-  constexpr absl::string_view kMarkers[] = {
-      "WARNING: ThreadSanitizer:", "ERROR: AddressSanitizer:",
-      "ERROR: LeakSanitizer:", "runtime error:"};
+  constexpr absl::string_view kMarkers[] = {"WARNING: ThreadSanitizer:", "ERROR: AddressSanitizer:",
+                                            "ERROR: LeakSanitizer:", "runtime error:"};
   size_t first = absl::string_view::npos;
   for (absl::string_view marker : kMarkers) {
     first = std::min(first, stderr_text.find(marker));

@@ -105,8 +105,7 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> StartSluice(
     int upstream_port, const std::vector<std::string>& extra_args = {});
 // The same with another copy of the binary (a restart test upgrades it).
 absl::StatusOr<std::unique_ptr<ChildProcess>> StartSluiceAt(
-    const std::string& binary, int upstream_port,
-    const std::vector<std::string>& extra_args = {});
+    const std::string& binary, int upstream_port, const std::vector<std::string>& extra_args = {});
 
 // Runs a program to completion with stdout and stderr captured apart.
 struct CommandResult {
@@ -115,10 +114,8 @@ struct CommandResult {
   std::string out;
   std::string err;
 };
-CommandResult RunProgram(const std::string& path,
-                         const std::vector<std::string>& args,
-                         absl::Duration timeout,
-                         const std::vector<std::string>& extra_env = {});
+CommandResult RunProgram(const std::string& path, const std::vector<std::string>& args,
+                         absl::Duration timeout, const std::vector<std::string>& extra_env = {});
 // Runs `command` with /bin/sh -c.
 CommandResult RunShell(const std::string& command, absl::Duration timeout,
                        const std::vector<std::string>& extra_env = {});
@@ -177,8 +174,8 @@ class HttpConnection {
   // Reads one complete response (status line, headers, body by
   // Content-Length / chunked / close framing). A 1xx answer is returned on
   // its own, without a body. `no_body` is for answers to HEAD.
-  absl::StatusOr<HttpResponse> ReadResponse(
-      absl::Duration timeout = absl::Seconds(10), bool no_body = false);
+  absl::StatusOr<HttpResponse> ReadResponse(absl::Duration timeout = absl::Seconds(10),
+                                            bool no_body = false);
 
   // Step by step: the head only; then ReadChunk() for a chunked body, one
   // chunk per call (empty data = the last chunk; trailers are consumed).
@@ -203,9 +200,7 @@ class HttpConnection {
 
   int fd() const { return fd_; }
   // Bytes received but not consumed yet.
-  absl::string_view buffered() const {
-    return absl::string_view(buf_).substr(pos_);
-  }
+  absl::string_view buffered() const { return absl::string_view(buf_).substr(pos_); }
 
  private:
   explicit HttpConnection(int fd) : fd_(fd) {}
@@ -225,27 +220,20 @@ class HttpConnection {
   bool eof_ = false;
   int64_t last_recv_us_ = 0;
   // Framing of the response whose head was read last.
-  enum class Framing {
-    kNone,
-    kLength,
-    kChunked,
-    kClose
-  } framing_ = Framing::kNone;
+  enum class Framing { kNone, kLength, kChunked, kClose } framing_ = Framing::kNone;
   size_t remaining_ = 0;
 };
 
 // Connects, sends `request`, reads one response.
-absl::StatusOr<HttpResponse> Exchange(
-    int port, absl::string_view request,
-    absl::Duration timeout = absl::Seconds(10));
+absl::StatusOr<HttpResponse> Exchange(int port, absl::string_view request,
+                                      absl::Duration timeout = absl::Seconds(10));
 
 // Builds a request: "METHOD target HTTP/1.1", Host (unless `headers` has
 // one, or `host` is empty), `headers` in order, Content-Length for a
 // non-empty body unless a framing header is given, then the body.
-std::string BuildRequest(
-    absl::string_view method, absl::string_view target,
-    const std::vector<std::pair<std::string, std::string>>& headers = {},
-    absl::string_view body = "", absl::string_view host = "127.0.0.1");
+std::string BuildRequest(absl::string_view method, absl::string_view target,
+                         const std::vector<std::pair<std::string, std::string>>& headers = {},
+                         absl::string_view body = "", absl::string_view host = "127.0.0.1");
 
 // The simulator's /sim/stats counters.
 struct SimStats {
@@ -261,8 +249,7 @@ absl::StatusOr<SimStats> FetchSimStats(int sim_port);
 absl::Status ResetSim(int sim_port);
 
 // The integer after "key": in a flat JSON object; nullopt when absent.
-std::optional<int64_t> FindJsonInt(absl::string_view json,
-                                   absl::string_view key);
+std::optional<int64_t> FindJsonInt(absl::string_view json, absl::string_view key);
 
 // The first sanitizer report (ASan, UBSan, TSan, LSan) in a child's
 // stderr, from its first line on (at most 8000 characters), or nullopt.

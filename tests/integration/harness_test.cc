@@ -14,9 +14,9 @@ namespace sluice::integration {
 namespace {
 
 TEST(JsonLite, ParsesNestedValues) {
-  std::optional<JsonValue> v = JsonValue::Parse(
-      R"( {"a":1795583906259987,"b":[["X","y\"z"],["\u00e9",""]],)"
-      R"("t":true,"f":false,"n":null,"d":-1.5e3,"s":"\ud83d\ude00"} )");
+  std::optional<JsonValue> v =
+      JsonValue::Parse(R"( {"a":1795583906259987,"b":[["X","y\"z"],["\u00e9",""]],)"
+                       R"("t":true,"f":false,"n":null,"d":-1.5e3,"s":"\ud83d\ude00"} )");
   ASSERT_TRUE(v.has_value());
   EXPECT_EQ(v->GetInt("a"), 1795583906259987);
   ASSERT_TRUE(v->Get("b")->is_array());
@@ -69,10 +69,9 @@ TEST_F(SimDirect, StatsCountConnectionsAndRequests) {
 
 TEST_F(SimDirect, ChunkArrivalMatchesSendTime) {
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(sim_->port()));
-  IT_ASSERT_OK(conn->Send(
-      BuildRequest("POST", "/api/generate",
-                   {{"X-Sim-Tokens", "5"}, {"X-Sim-Token-Delay-Ms", "50"}},
-                   R"({"model":"sim","prompt":"hi"})")));
+  IT_ASSERT_OK(conn->Send(BuildRequest("POST", "/api/generate",
+                                       {{"X-Sim-Tokens", "5"}, {"X-Sim-Token-Delay-Ms", "50"}},
+                                       R"({"model":"sim","prompt":"hi"})")));
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse());
   ASSERT_EQ(r.status, 200);
   ASSERT_TRUE(r.chunked);
@@ -84,8 +83,7 @@ TEST_F(SimDirect, ChunkArrivalMatchesSendTime) {
     ASSERT_TRUE(json.has_value()) << line.text;
     int64_t delay = line.arrival_us - json->GetInt("sim_t_us").value_or(0);
     EXPECT_GT(delay, -2000);
-    EXPECT_LT(delay, 10000 * TimingSlack())
-        << "the harness itself is slow to read";
+    EXPECT_LT(delay, 10000 * TimingSlack()) << "the harness itself is slow to read";
   }
   EXPECT_GE(lines.back().arrival_us - lines.front().arrival_us, 200000);
 }
@@ -93,10 +91,9 @@ TEST_F(SimDirect, ChunkArrivalMatchesSendTime) {
 TEST_F(SimDirect, AbortNoticedPromptly) {
   IT_ASSERT_OK(ResetSim(sim_->port()));
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(sim_->port()));
-  IT_ASSERT_OK(conn->Send(
-      BuildRequest("POST", "/api/generate",
-                   {{"X-Sim-Tokens", "1000"}, {"X-Sim-Token-Delay-Ms", "20"}},
-                   R"({"model":"sim","prompt":"hi"})")));
+  IT_ASSERT_OK(conn->Send(BuildRequest("POST", "/api/generate",
+                                       {{"X-Sim-Tokens", "1000"}, {"X-Sim-Token-Delay-Ms", "20"}},
+                                       R"({"model":"sim","prompt":"hi"})")));
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse head, conn->ReadHead(absl::Seconds(5)));
   IT_ASSERT_OK_AND_ASSIGN(Chunk c, conn->ReadChunk(absl::Seconds(5)));
   int64_t close_us = RealtimeMicros();
@@ -115,8 +112,7 @@ TEST_F(SimDirect, EchoListsHeadersInOrder) {
   IT_ASSERT_OK_AND_ASSIGN(
       HttpResponse r,
       Exchange(sim_->port(),
-               BuildRequest("POST", "/sim/echo?x=1",
-                            {{"X-First", "1"}, {"x-second", "two words"}},
+               BuildRequest("POST", "/sim/echo?x=1", {{"X-First", "1"}, {"x-second", "two words"}},
                             "body\"with\\quotes")));
   ASSERT_EQ(r.status, 200);
   std::optional<EchoedRequest> echo = ParseEcho(r.body);
@@ -126,24 +122,20 @@ TEST_F(SimDirect, EchoListsHeadersInOrder) {
   EXPECT_EQ(echo->body, "body\"with\\quotes");
   ASSERT_GE(echo->headers.size(), 3u);
   EXPECT_EQ(echo->headers[0].first, "Host");
-  EXPECT_EQ(echo->headers[1],
-            std::make_pair(std::string("X-First"), std::string("1")));
-  EXPECT_EQ(echo->headers[2],
-            std::make_pair(std::string("x-second"), std::string("two words")));
+  EXPECT_EQ(echo->headers[1], std::make_pair(std::string("X-First"), std::string("1")));
+  EXPECT_EQ(echo->headers[2], std::make_pair(std::string("x-second"), std::string("two words")));
 }
 
 TEST_F(SimDirect, ForeignHostIsForbidden) {
   IT_ASSERT_OK_AND_ASSIGN(
       HttpResponse r,
-      Exchange(sim_->port(),
-               BuildRequest("GET", "/api/tags", {}, "", "evil.example")));
+      Exchange(sim_->port(), BuildRequest("GET", "/api/tags", {}, "", "evil.example")));
   EXPECT_EQ(r.status, 403);
 }
 
 TEST_F(SimDirect, ExpectClosedSeesServerClose) {
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(sim_->port()));
-  IT_ASSERT_OK(conn->Send(
-      BuildRequest("GET", "/api/version", {{"Connection", "close"}})));
+  IT_ASSERT_OK(conn->Send(BuildRequest("GET", "/api/version", {{"Connection", "close"}})));
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse());
   EXPECT_EQ(r.status, 200);
   IT_ASSERT_OK(conn->ExpectClosed(absl::Seconds(2)));
@@ -155,17 +147,15 @@ TEST_F(SimDirect, ExpectClosedSeesServerClose) {
 TEST_F(SimDirect, DropNextRequestClosesWithoutAnswer) {
   IT_ASSERT_OK(ResetSim(sim_->port()));
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(sim_->port()));
-  IT_ASSERT_OK(conn->Send(
-      BuildRequest("GET", "/api/version", {{"X-Sim-Drop-Next-Request", "1"}})));
+  IT_ASSERT_OK(conn->Send(BuildRequest("GET", "/api/version", {{"X-Sim-Drop-Next-Request", "1"}})));
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse());
   EXPECT_EQ(r.status, 200);
   IT_ASSERT_OK(conn->Send(BuildRequest("GET", "/api/version")));
   IT_ASSERT_OK(conn->ExpectClosed(absl::Seconds(2)));
 
   // Only that connection: a new one is served.
-  IT_ASSERT_OK_AND_ASSIGN(
-      HttpResponse fresh,
-      Exchange(sim_->port(), BuildRequest("GET", "/api/version")));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse fresh,
+                          Exchange(sim_->port(), BuildRequest("GET", "/api/version")));
   EXPECT_EQ(fresh.status, 200);
   IT_ASSERT_OK_AND_ASSIGN(SimStats s, FetchSimStats(sim_->port()));
   EXPECT_EQ(s.requests, 2);
@@ -178,27 +168,22 @@ TEST(Harness, SanitizerReportFindsTheFirstReport) {
       "(pid=1)\n  Write of size 8\n";
   std::optional<std::string> report = SanitizerReport(tsan);
   ASSERT_TRUE(report.has_value());
-  EXPECT_TRUE(absl::StartsWith(*report, "WARNING: ThreadSanitizer: data race"))
-      << *report;
+  EXPECT_TRUE(absl::StartsWith(*report, "WARNING: ThreadSanitizer: data race")) << *report;
   std::optional<std::string> ubsan =
       SanitizerReport("core/x.cc:3:5: runtime error: signed integer overflow");
   ASSERT_TRUE(ubsan.has_value());
   EXPECT_TRUE(absl::StartsWith(*ubsan, "core/x.cc:3:5")) << *ubsan;
-  EXPECT_TRUE(
-      SanitizerReport("==7==ERROR: AddressSanitizer: heap-use-after-free")
-          .has_value());
+  EXPECT_TRUE(SanitizerReport("==7==ERROR: AddressSanitizer: heap-use-after-free").has_value());
 }
 
 TEST(Harness, StartFailureReportsStderr) {
   auto sim = StartSim({"--threads=abc"});
   ASSERT_FALSE(sim.ok());
-  EXPECT_TRUE(absl::StrContains(sim.status().message(), "threads"))
-      << sim.status();
+  EXPECT_TRUE(absl::StrContains(sim.status().message(), "threads")) << sim.status();
 }
 
 TEST(Harness, RunShellCapturesAndTimesOut) {
-  CommandResult ok =
-      RunShell("echo out; echo err >&2; exit 3", absl::Seconds(5));
+  CommandResult ok = RunShell("echo out; echo err >&2; exit 3", absl::Seconds(5));
   EXPECT_EQ(ok.exit.code, 3);
   EXPECT_EQ(ok.out, "out\n");
   EXPECT_EQ(ok.err, "err\n");

@@ -48,8 +48,7 @@ class SluiceIoUringUnavailable : public ::testing::TestWithParam<Refusal> {
     // The helper itself must work here: a kernel without seccomp cannot
     // run this test, and a filter that does not bite would prove nothing.
     CommandResult probe =
-        RunProgram(BlockIoUringBinary(), {GetParam().errno_name, "--probe"},
-                   absl::Seconds(5));
+        RunProgram(BlockIoUringBinary(), {GetParam().errno_name, "--probe"}, absl::Seconds(5));
     ASSERT_FALSE(probe.timed_out);
     if (probe.exit.exited && probe.exit.code == 125) {
       GTEST_SKIP() << "no seccomp here: " << probe.err;
@@ -57,33 +56,27 @@ class SluiceIoUringUnavailable : public ::testing::TestWithParam<Refusal> {
     ASSERT_TRUE(probe.exit.exited && probe.exit.code == 0)
         << "code " << probe.exit.code << " signal " << probe.exit.signal
         << " stderr: " << probe.err;
-    ASSERT_EQ(
-        absl::StripTrailingAsciiWhitespace(probe.out),
-        absl::StrCat("io_uring_setup failed: errno ", GetParam().errno_value));
+    ASSERT_EQ(absl::StripTrailingAsciiWhitespace(probe.out),
+              absl::StrCat("io_uring_setup failed: errno ", GetParam().errno_value));
   }
 };
 
 TEST_P(SluiceIoUringUnavailable, ExitsNonZeroWithOneLineNamingIoUring) {
   const Refusal& refusal = GetParam();
-  CommandResult res = RunProgram(
-      BlockIoUringBinary(),
-      {refusal.errno_name, SluiceBinary(), "--listen_http=127.0.0.1:0",
-       "--listen_tls=", "--http_mode=serve", "--upstream=127.0.0.1:9", "--auth=none",
-       absl::StrCat("--threads=", refusal.threads)},
-      absl::Seconds(10));
-  ASSERT_FALSE(res.timed_out)
-      << "sluice kept running without io_uring; stdout: " << res.out
-      << "\nstderr: " << res.err;
-  ASSERT_TRUE(res.exit.exited)
-      << "killed by signal " << res.exit.signal << "; stderr: " << res.err;
+  CommandResult res = RunProgram(BlockIoUringBinary(),
+                                 {refusal.errno_name, SluiceBinary(), "--listen_http=127.0.0.1:0",
+                                  "--listen_tls=", "--http_mode=serve", "--upstream=127.0.0.1:9",
+                                  "--auth=none", absl::StrCat("--threads=", refusal.threads)},
+                                 absl::Seconds(10));
+  ASSERT_FALSE(res.timed_out) << "sluice kept running without io_uring; stdout: " << res.out
+                              << "\nstderr: " << res.err;
+  ASSERT_TRUE(res.exit.exited) << "killed by signal " << res.exit.signal << "; stderr: " << res.err;
   EXPECT_NE(res.exit.code, 0) << "stderr: " << res.err;
-  EXPECT_NE(res.exit.code, 127)
-      << "the helper could not exec sluice: " << res.err;
+  EXPECT_NE(res.exit.code, 127) << "the helper could not exec sluice: " << res.err;
   EXPECT_FALSE(absl::StrContains(res.out, "listening on"))
       << "sluice announced a listener it cannot serve: " << res.out;
 
-  std::vector<std::string> lines =
-      absl::StrSplit(res.err, '\n', absl::SkipWhitespace());
+  std::vector<std::string> lines = absl::StrSplit(res.err, '\n', absl::SkipWhitespace());
   ASSERT_EQ(lines.size(), 1u) << "stderr:\n" << res.err;
   const std::string& line = lines[0];
   EXPECT_TRUE(absl::StrContains(line, "io_uring")) << line;
@@ -103,12 +96,11 @@ TEST_P(SluiceIoUringUnavailable, ExitsNonZeroWithOneLineNamingIoUring) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Errnos, SluiceIoUringUnavailable,
-                         ::testing::Values(Refusal{"EPERM", EPERM, 1},
-                                           Refusal{"EPERM", EPERM, 2},
+                         ::testing::Values(Refusal{"EPERM", EPERM, 1}, Refusal{"EPERM", EPERM, 2},
                                            Refusal{"ENOSYS", ENOSYS, 1}),
                          [](const ::testing::TestParamInfo<Refusal>& info) {
-                           return absl::StrCat(info.param.errno_name,
-                                               "_threads", info.param.threads);
+                           return absl::StrCat(info.param.errno_name, "_threads",
+                                               info.param.threads);
                          });
 
 }  // namespace

@@ -40,9 +40,7 @@ class JsonValue {
   // Elements of a kArray value (empty otherwise).
   const std::vector<JsonValue>& array() const { return array_; }
   // Members of a kObject value in source order (empty otherwise).
-  const std::vector<std::pair<std::string, JsonValue>>& members() const {
-    return members_;
-  }
+  const std::vector<std::pair<std::string, JsonValue>>& members() const { return members_; }
 
   // Convenience: the string member `key`, or nullopt.
   std::optional<std::string> GetString(absl::string_view key) const;

@@ -26,14 +26,12 @@ class H1ToH1NodeClient : public ProxyTest {
     ASSERT_FALSE(node.empty() || !Exists(node))
         << "node not found at configure time; install nodejs and re-run "
            "cmake";
-    ASSERT_TRUE(
-        Exists(absl::StrCat(dir, "/node_modules/", package, "/package.json")))
+    ASSERT_TRUE(Exists(absl::StrCat(dir, "/node_modules/", package, "/package.json")))
         << "npm package '" << package << "' is not installed: run `npm ci` "
         << "in " << dir << " (tests/integration/node)";
     ASSERT_NO_FATAL_FAILURE(StartStack());
-    CommandResult res =
-        RunProgram(node, {absl::StrCat(dir, "/", script)}, absl::Seconds(30),
-                   {absl::StrCat("SLUICE_URL=", proxy_url())});
+    CommandResult res = RunProgram(node, {absl::StrCat(dir, "/", script)}, absl::Seconds(30),
+                                   {absl::StrCat("SLUICE_URL=", proxy_url())});
     ASSERT_FALSE(res.timed_out) << script << " timed out\n" << res.err;
     EXPECT_TRUE(res.exit.exited && res.exit.code == 0)
         << script << " failed (code " << res.exit.code << ")\nstdout:\n"
@@ -42,9 +40,7 @@ class H1ToH1NodeClient : public ProxyTest {
   }
 };
 
-TEST_F(H1ToH1NodeClient, OllamaLibraryStreamingChat) {
-  RunScript("ollama_chat.mjs", "ollama");
-}
+TEST_F(H1ToH1NodeClient, OllamaLibraryStreamingChat) { RunScript("ollama_chat.mjs", "ollama"); }
 
 TEST_F(H1ToH1NodeClient, OpenAiLibraryStreamingChatCompletions) {
   RunScript("openai_chat.mjs", "openai");

@@ -59,9 +59,9 @@ class ObservabilityIt : public ProxyTest {
 
   // Adds an API key named `name`; returns the key.
   std::string AddKey(const std::string& name) {
-    CommandResult r = RunProgram(
-        SluiceBinary(), {"keys", "add", name, "--keys_file", dir_ + "/keys.txt"},
-        absl::Seconds(10));
+    CommandResult r =
+        RunProgram(SluiceBinary(), {"keys", "add", name, "--keys_file", dir_ + "/keys.txt"},
+                   absl::Seconds(10));
     EXPECT_EQ(r.exit.code, 0) << r.err;
     return std::string(absl::StripAsciiWhitespace(r.out));
   }
@@ -91,11 +91,10 @@ class ObservabilityIt : public ProxyTest {
   // when `body` is set.
   std::string Curl(const std::string& opts, const std::string& path,
                    const std::string& source = "127.0.0.1", bool body = false) {
-    CommandResult r = RunShell(
-        absl::StrCat("curl -sS --max-time 20 --interface ", source, " ",
-                     body ? "" : "-o /dev/null -w '%{http_code}' ", opts, " ",
-                     ShellQuote(absl::StrCat(proxy_url(), path))),
-        absl::Seconds(25));
+    CommandResult r = RunShell(absl::StrCat("curl -sS --max-time 20 --interface ", source, " ",
+                                            body ? "" : "-o /dev/null -w '%{http_code}' ", opts,
+                                            " ", ShellQuote(absl::StrCat(proxy_url(), path))),
+                               absl::Seconds(25));
     EXPECT_EQ(r.exit.code, 0) << opts << " " << path << ": " << r.err;
     return r.out;
   }
@@ -128,15 +127,13 @@ class ObservabilityIt : public ProxyTest {
 // operators run on it (README.md, Observability) giving the right answers.
 TEST_F(ObservabilityIt, NginxFormatLogAnswersTheOperatorsOneLiners) {
   const std::string key = AddKey("team");
-  ASSERT_NO_FATAL_FAILURE(
-      StartStack({"--token_delay_ms=1", "--tokens=3"},
-                 {"--keys_file=" + dir_ + "/keys.txt", "--access_log=" + log_path(),
-                  "--access_log_flush=10ms"}));
+  ASSERT_NO_FATAL_FAILURE(StartStack({"--token_delay_ms=1", "--tokens=3"},
+                                     {"--keys_file=" + dir_ + "/keys.txt",
+                                      "--access_log=" + log_path(), "--access_log_flush=10ms"}));
   const std::string auth = ShellQuote("Authorization: Bearer " + key);
   for (int i = 0; i < 3; ++i) EXPECT_EQ(Curl("-H " + auth, "/api/tags"), "200");
   for (int i = 0; i < 2; ++i) {
-    EXPECT_EQ(Curl("-H " + auth + " -H 'Referer: https://app.example/x'", "/api/ps",
-                   "127.0.0.2"),
+    EXPECT_EQ(Curl("-H " + auth + " -H 'Referer: https://app.example/x'", "/api/ps", "127.0.0.2"),
               "200");
   }
   const std::string gen = "-H " + auth + " -d '{\"model\":\"sim\",\"prompt\":\"hi\"}'";
@@ -176,16 +173,16 @@ TEST_F(ObservabilityIt, NginxFormatLogAnswersTheOperatorsOneLiners) {
 
   const std::string log = ShellQuote(log_path());
   // Requests per client address.
-  CommandResult per_ip =
-      RunShell(absl::StrCat("awk '{print $1}' ", log, " | sort | uniq -c | sort -rn"),
-               absl::Seconds(5));
+  CommandResult per_ip = RunShell(
+      absl::StrCat("awk '{print $1}' ", log, " | sort | uniq -c | sort -rn"), absl::Seconds(5));
   EXPECT_EQ(per_ip.out, "      5 127.0.0.1\n      2 127.0.0.3\n      2 127.0.0.2\n");
   // The slowest requests by rt=.
   CommandResult slowest = RunShell(
       absl::StrCat("awk '{for (i = 1; i <= NF; i++) if ($i ~ /^rt=/) print substr($i, 4), $7}' ",
                    log, " | sort -rn | head -1"),
       absl::Seconds(5));
-  std::vector<std::string> top = absl::StrSplit(absl::StripTrailingAsciiWhitespace(slowest.out), ' ');
+  std::vector<std::string> top =
+      absl::StrSplit(absl::StripTrailingAsciiWhitespace(slowest.out), ' ');
   ASSERT_EQ(top.size(), 2u) << slowest.out;
   double rt = 0;
   ASSERT_TRUE(absl::SimpleAtod(top[0], &rt)) << slowest.out;
@@ -218,8 +215,7 @@ TEST_F(ObservabilityIt, JsonLogCountsTokensOfEveryAnswerShape) {
                   "--access_log_format=json", "--access_log_flush=10ms"}));
   const std::string auth = ShellQuote("Authorization: Bearer " + key);
   // 1: Ollama NDJSON stream.
-  EXPECT_EQ(Curl("-H " + auth + " -d '{\"model\":\"llama3\",\"prompt\":\"hi\"}'",
-                 "/api/generate"),
+  EXPECT_EQ(Curl("-H " + auth + " -d '{\"model\":\"llama3\",\"prompt\":\"hi\"}'", "/api/generate"),
             "200");
   // 2: Ollama, not streamed.
   EXPECT_EQ(Curl("-H " + auth +
@@ -239,11 +235,12 @@ TEST_F(ObservabilityIt, JsonLogCountsTokensOfEveryAnswerShape) {
     auto conn = HttpConnection::Connect(proxy_port());
     ASSERT_TRUE(conn.ok()) << conn.status();
     const std::string body = "{\"model\":\"llama3\",\"prompt\":\"long\"}";
-    IT_ASSERT_OK((*conn)->Send(BuildRequest(
-        "POST", "/api/generate",
-        {{"Authorization", "Bearer " + key}, {"X-Sim-Tokens", "200"},
-         {"X-Sim-Token-Delay-Ms", "20"}, {"Content-Type", "application/json"}},
-        body)));
+    IT_ASSERT_OK((*conn)->Send(BuildRequest("POST", "/api/generate",
+                                            {{"Authorization", "Bearer " + key},
+                                             {"X-Sim-Tokens", "200"},
+                                             {"X-Sim-Token-Delay-Ms", "20"},
+                                             {"Content-Type", "application/json"}},
+                                            body)));
     IT_ASSERT_OK_AND_ASSIGN(HttpResponse head, (*conn)->ReadHead(absl::Seconds(5)));
     EXPECT_EQ(head.status, 200);
     for (int i = 0; i < 3; ++i) {
@@ -308,17 +305,16 @@ TEST_F(ObservabilityIt, JsonLogCountsTokensOfEveryAnswerShape) {
 // abandoned upstream request and a bare 408 besides), and one 408 in the
 // metrics.
 TEST_F(ObservabilityIt, BodyTimeoutIsOneLoggedRequest) {
-  ASSERT_NO_FATAL_FAILURE(StartStack(
-      {}, {"--client_body_timeout=1s", "--access_log=" + log_path(),
-           "--access_log_format=json", "--access_log_flush=10ms"}));
+  ASSERT_NO_FATAL_FAILURE(StartStack({}, {"--client_body_timeout=1s", "--access_log=" + log_path(),
+                                          "--access_log_format=json", "--access_log_flush=10ms"}));
   // HTTP/1.1: 10 of 100 announced bytes, then nothing.
   {
     auto conn = HttpConnection::Connect(proxy_port());
     ASSERT_TRUE(conn.ok()) << conn.status();
-    IT_ASSERT_OK((*conn)->Send(
-        "POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
-        "{\"model\":"));
+    IT_ASSERT_OK(
+        (*conn)->Send("POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                      "{\"model\":"));
     IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, (*conn)->ReadResponse(absl::Seconds(5)));
     EXPECT_EQ(r.status, 408);
     EXPECT_EQ(r.body, "{\"error\":\"request body timeout\"}\n");
@@ -333,8 +329,7 @@ TEST_F(ObservabilityIt, BodyTimeoutIsOneLoggedRequest) {
         h2::HeadersFrame(1,
                          h2::HpackBlock(h2::RequestFields(
                              "POST", "/api/generate",
-                             {{"content-type", "application/json"},
-                              {"content-length", "100"}})),
+                             {{"content-type", "application/json"}, {"content-length", "100"}})),
                          /*end_stream=*/false) +
         h2::DataFrame(1, "{\"model\":", /*end_stream=*/false)));
     h2::ReadOutcome o = (*c)->ReadUntilStreamEnd(1, absl::Seconds(5));
@@ -363,9 +358,8 @@ TEST_F(ObservabilityIt, BodyTimeoutIsOneLoggedRequest) {
 // at the configured paths while nothing is lost.
 TEST_F(ObservabilityIt, Sigusr1ReopensAccessAndErrorLogs) {
   const std::string err_path = dir_ + "/error.log";
-  ASSERT_NO_FATAL_FAILURE(StartStack({}, {"--access_log=" + log_path(),
-                                          "--access_log_flush=10ms",
-                                          "--error_log=" + err_path}));
+  ASSERT_NO_FATAL_FAILURE(StartStack(
+      {}, {"--access_log=" + log_path(), "--access_log_flush=10ms", "--error_log=" + err_path}));
   EXPECT_EQ(Get("/api/tags").status, 200);
   EXPECT_EQ(Get("/api/version").status, 200);
   WaitLines(log_path(), 2);
@@ -374,13 +368,12 @@ TEST_F(ObservabilityIt, Sigusr1ReopensAccessAndErrorLogs) {
   ASSERT_TRUE(sluice_->Signal(SIGUSR1));
   // The reopen is logged once the new error log is open.
   const absl::Time deadline = absl::Now() + absl::Seconds(5);
-  while (absl::Now() < deadline &&
-         !absl::StrContains(ReadWhole(err_path), "reopened log files")) {
+  while (absl::Now() < deadline && !absl::StrContains(ReadWhole(err_path), "reopened log files")) {
     absl::SleepFor(absl::Milliseconds(20));
   }
   EXPECT_TRUE(absl::StrContains(ReadWhole(err_path), "reopened log files"));
-  EXPECT_TRUE(absl::StrContains(ReadWhole(err_path + ".1"), "listening")
-              || absl::StrContains(ReadWhole(err_path + ".1"), "upstream"))
+  EXPECT_TRUE(absl::StrContains(ReadWhole(err_path + ".1"), "listening") ||
+              absl::StrContains(ReadWhole(err_path + ".1"), "upstream"))
       << ReadWhole(err_path + ".1");
   EXPECT_EQ(Get("/api/ps").status, 200);
   std::vector<std::string> fresh = WaitLines(log_path(), 1);
@@ -602,8 +595,9 @@ TEST_F(ObservabilityIt, StubStatusLayoutAndCounts) {
   // A stream in flight and an idle keepalive connection.
   auto streaming = HttpConnection::Connect(proxy_port());
   ASSERT_TRUE(streaming.ok());
-  IT_ASSERT_OK((*streaming)->Send(BuildRequest("POST", "/api/generate", {},
-                                               "{\"model\":\"sim\",\"prompt\":\"x\"}")));
+  IT_ASSERT_OK((*streaming)
+                   ->Send(BuildRequest("POST", "/api/generate", {},
+                                       "{\"model\":\"sim\",\"prompt\":\"x\"}")));
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse head, (*streaming)->ReadHead(absl::Seconds(5)));
   EXPECT_EQ(head.status, 200);
   auto idle = HttpConnection::Connect(proxy_port());
@@ -624,8 +618,8 @@ TEST_F(ObservabilityIt, StubStatusLayoutAndCounts) {
   EXPECT_EQ(lines[1], "server accepts handled requests");
   ASSERT_EQ(sscanf(lines[2].c_str(), " %d %d %d ", &accepts, &handled, &requests), 3);
   EXPECT_TRUE(absl::StartsWith(lines[2], " ") && absl::EndsWith(lines[2], " ")) << r.body;
-  ASSERT_EQ(sscanf(lines[3].c_str(), "Reading: %d Writing: %d Waiting: %d ", &reading,
-                   &writing, &waiting),
+  ASSERT_EQ(sscanf(lines[3].c_str(), "Reading: %d Writing: %d Waiting: %d ", &reading, &writing,
+                   &waiting),
             3)
       << r.body;
   EXPECT_EQ(accepts, 7) << r.body;  // 4 + streaming + idle + this one
@@ -643,10 +637,9 @@ TEST_F(ObservabilityIt, StubStatusLayoutAndCounts) {
 // handshakes and resumptions; rejections.
 TEST_F(ObservabilityIt, MetricsAreValidAndMoveWithRequests) {
   const std::string key = AddKey("bob");
-  CommandResult certs =
-      RunShell(absl::StrCat("bash ", ShellQuote(SLUICE_SOURCE_DIR), "/tools/make-certs.sh ",
-                            ShellQuote(dir_ + "/certs")),
-               absl::Seconds(30));
+  CommandResult certs = RunShell(absl::StrCat("bash ", ShellQuote(SLUICE_SOURCE_DIR),
+                                              "/tools/make-certs.sh ", ShellQuote(dir_ + "/certs")),
+                                 absl::Seconds(30));
   ASSERT_EQ(certs.exit.code, 0) << certs.err;
   ASSERT_NO_FATAL_FAILURE(StartStack(
       {"--token_delay_ms=1", "--tokens=7"},
@@ -663,20 +656,19 @@ TEST_F(ObservabilityIt, MetricsAreValidAndMoveWithRequests) {
   }
   EXPECT_EQ(Curl("", "/api/tags", "127.0.0.9"), "401");
   for (int i = 1; i <= 2; ++i) {
-    EXPECT_EQ(Curl("-H " + auth + " -d '{\"model\":\"llama3\",\"prompt\":\"hi\"}'",
-                   "/api/generate", absl::StrCat("127.0.0.", i)),
+    EXPECT_EQ(Curl("-H " + auth + " -d '{\"model\":\"llama3\",\"prompt\":\"hi\"}'", "/api/generate",
+                   absl::StrCat("127.0.0.", i)),
               "200");
   }
   // Two TLS connections from one curl: the second resumes the session.
   CommandResult tls = RunShell(
-      absl::StrCat("curl -sS --http1.1 --max-time 10 --cacert ", ShellQuote(dir_ + "/certs/ca.pem"),
-                   " -H 'Connection: close' -o /dev/null -w '%{http_code}\\n' -H ", auth, " ",
-                   ShellQuote(absl::StrCat("https://127.0.0.1:", sluice_->tls_port(),
-                                           "/api/tags")),
-                   " --next --http1.1 --cacert ", ShellQuote(dir_ + "/certs/ca.pem"), " -H ", auth,
-                   " -o /dev/null -w '%{http_code}\\n' ",
-                   ShellQuote(absl::StrCat("https://127.0.0.1:", sluice_->tls_port(),
-                                           "/api/version"))),
+      absl::StrCat(
+          "curl -sS --http1.1 --max-time 10 --cacert ", ShellQuote(dir_ + "/certs/ca.pem"),
+          " -H 'Connection: close' -o /dev/null -w '%{http_code}\\n' -H ", auth, " ",
+          ShellQuote(absl::StrCat("https://127.0.0.1:", sluice_->tls_port(), "/api/tags")),
+          " --next --http1.1 --cacert ", ShellQuote(dir_ + "/certs/ca.pem"), " -H ", auth,
+          " -o /dev/null -w '%{http_code}\\n' ",
+          ShellQuote(absl::StrCat("https://127.0.0.1:", sluice_->tls_port(), "/api/version"))),
       absl::Seconds(20));
   EXPECT_EQ(tls.out, "200\n200\n") << tls.err;
 
@@ -700,10 +692,8 @@ TEST_F(ObservabilityIt, MetricsAreValidAndMoveWithRequests) {
             16);
   EXPECT_EQ(Value(after, "sluice_token_requests_total", {{"key", "key:bob"}, {"model", "llama3"}}),
             2);
-  EXPECT_EQ(Value(after, "sluice_time_to_first_token_seconds_count", {{"route", "generation"}}),
-            2);
-  EXPECT_EQ(Value(after, "sluice_inter_token_gap_seconds_count", {{"route", "generation"}}),
-            12);
+  EXPECT_EQ(Value(after, "sluice_time_to_first_token_seconds_count", {{"route", "generation"}}), 2);
+  EXPECT_EQ(Value(after, "sluice_inter_token_gap_seconds_count", {{"route", "generation"}}), 12);
   EXPECT_EQ(Value(after, "sluice_request_duration_seconds_count", {{"route", "generation"}}), 2);
   EXPECT_EQ(Value(after, "sluice_upstream_response_seconds_count", {{"route", "generation"}}), 2);
   EXPECT_GE(delta("sluice_connections_accepted_total"), 11);
@@ -758,8 +748,8 @@ TEST_F(ObservabilityIt, BadFlagsNameTheFlag) {
       {{"--access_log_flush=0s"}, "--access_log_flush"},
   };
   for (const Case& c : cases) {
-    std::vector<std::string> args = {"--listen_http=127.0.0.1:0", "--listen_tls=",
-                                     "--http_mode=serve", "--auth=none"};
+    std::vector<std::string> args = {"--listen_http=127.0.0.1:0",
+                                     "--listen_tls=", "--http_mode=serve", "--auth=none"};
     args.insert(args.end(), c.args.begin(), c.args.end());
     CommandResult r = RunProgram(SluiceBinary(), args, absl::Seconds(10));
     EXPECT_EQ(r.exit.code, 2) << c.flag << ": " << r.err;

@@ -85,12 +85,11 @@ class Overload : public ProxyTest {
   absl::StatusOr<HeldStream> StartStream(int tokens, int delay_ms) {
     auto conn = HttpConnection::Connect(proxy_port(), absl::Seconds(5));
     if (!conn.ok()) return conn.status();
-    absl::Status st = (*conn)->Send(
-        BuildRequest("POST", "/api/generate",
-                     {{"Content-Type", "application/json"},
-                      {"X-Sim-Tokens", absl::StrCat(tokens)},
-                      {"X-Sim-Token-Delay-Ms", absl::StrCat(delay_ms)}},
-                     R"({"model":"sim","prompt":"hi"})"));
+    absl::Status st = (*conn)->Send(BuildRequest("POST", "/api/generate",
+                                                 {{"Content-Type", "application/json"},
+                                                  {"X-Sim-Tokens", absl::StrCat(tokens)},
+                                                  {"X-Sim-Token-Delay-Ms", absl::StrCat(delay_ms)}},
+                                                 R"({"model":"sim","prompt":"hi"})"));
     if (!st.ok()) return st;
     auto head = (*conn)->ReadHead(absl::Seconds(5));
     if (!head.ok()) return head.status();
@@ -183,8 +182,8 @@ TEST_F(Overload, ExcessGets503WhileAdmittedStreamsKeepTheirPace) {
     for (size_t k = 0; k < got[i].size(); ++k) {
       body += got[i][k].data;
       if (k > 0) {
-        max_gap = std::max(max_gap, absl::Microseconds(got[i][k].arrival_us -
-                                                       got[i][k - 1].arrival_us));
+        max_gap =
+            std::max(max_gap, absl::Microseconds(got[i][k].arrival_us - got[i][k - 1].arrival_us));
       }
     }
     EXPECT_TRUE(absl::StrContains(body, absl::StrCat("tok", kTokens, " ")) &&
@@ -215,9 +214,9 @@ TEST_F(Overload, ExcessGets503WhileAdmittedStreamsKeepTheirPace) {
   // The refusals are counted.
   auto metrics = Exchange(proxy_port(), BuildRequest("GET", "/metrics"));
   ASSERT_TRUE(metrics.ok());
-  EXPECT_TRUE(absl::StrContains(
-      metrics->body, absl::StrCat("sluice_rejections_total{reason=\"overload\"} ",
-                                  n503.load() + 1 + late503, "\n")))
+  EXPECT_TRUE(
+      absl::StrContains(metrics->body, absl::StrCat("sluice_rejections_total{reason=\"overload\"} ",
+                                                    n503.load() + 1 + late503, "\n")))
       << metrics->body;
 }
 
@@ -256,15 +255,13 @@ TEST_F(Overload, PastTheAllowanceSocketsAreClosedAtAccept) {
   ASSERT_GE(after.accepts, 0);
   EXPECT_EQ(after.accepts - before.accepts, 2 + 16 + kExtra + 1);
   EXPECT_EQ(after.handled - before.handled, 2 + 16 + 1);
-  EXPECT_TRUE(absl::StrContains(sluice_->Stderr(), "at the connection cap"))
-      << sluice_->Stderr();
+  EXPECT_TRUE(absl::StrContains(sluice_->Stderr(), "at the connection cap")) << sluice_->Stderr();
 }
 
 // HTTP/2: every stream of an over-limit connection is answered 503 with
 // retry-after, then the connection gets GOAWAY and closes.
 TEST_F(Overload, Http2StreamsPastTheCapGet503ThenGoaway) {
-  ASSERT_NO_FATAL_FAILURE(
-      StartStack({}, {"--max_connections=1", "--http_mode=serve"}));
+  ASSERT_NO_FATAL_FAILURE(StartStack({}, {"--max_connections=1", "--http_mode=serve"}));
   IT_ASSERT_OK_AND_ASSIGN(auto admitted, HttpConnection::Connect(proxy_port()));
   IT_ASSERT_OK(admitted->Send(BuildRequest("GET", "/api/version")));
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse first, admitted->ReadResponse());

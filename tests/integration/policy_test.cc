@@ -24,9 +24,9 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "policy/ip_set.h"
 #include "tests/integration/proxy_test_base.h"
 #include "tests/integration/timing.h"
-#include "policy/ip_set.h"
 
 namespace sluice::integration {
 namespace {
@@ -40,8 +40,8 @@ class PolicyIt : public ProxyTest {
  protected:
   void SetUp() override {
     dir_ = absl::StrCat(::testing::TempDir(), "sluice-policy-",
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name(),
-                        "-", getpid());
+                        ::testing::UnitTest::GetInstance()->current_test_info()->name(), "-",
+                        getpid());
     RunShell(absl::StrCat("rm -rf ", ShellQuote(dir_), " && mkdir -p ", ShellQuote(dir_)),
              absl::Seconds(5));
   }
@@ -65,10 +65,10 @@ class PolicyIt : public ProxyTest {
   void AddUser(const std::string& flags, const std::string& user, const std::string& pass) {
     struct stat st;
     const bool exists = stat(users().c_str(), &st) == 0;
-    CommandResult r = RunShell(absl::StrCat("htpasswd -b", exists ? "" : "c", flags, " ",
-                                            ShellQuote(users()), " ", ShellQuote(user), " ",
-                                            ShellQuote(pass)),
-                               absl::Seconds(30));
+    CommandResult r =
+        RunShell(absl::StrCat("htpasswd -b", exists ? "" : "c", flags, " ", ShellQuote(users()),
+                              " ", ShellQuote(user), " ", ShellQuote(pass)),
+                 absl::Seconds(30));
     ASSERT_EQ(r.exit.code, 0) << r.err;
   }
   // One request on a fresh connection; returns the response.
@@ -84,8 +84,8 @@ class PolicyIt : public ProxyTest {
   }
   // Runs sluice with `args` (no harness defaults) and returns how it ended.
   CommandResult RunSluice(std::vector<std::string> args) {
-    args.insert(args.begin(), {"--listen_http=127.0.0.1:0", "--listen_tls=",
-                               "--http_mode=serve", "--upstream=127.0.0.1:9"});
+    args.insert(args.begin(), {"--listen_http=127.0.0.1:0", "--listen_tls=", "--http_mode=serve",
+                               "--upstream=127.0.0.1:9"});
     return RunProgram(SluiceBinary(), args, absl::Seconds(10));
   }
   int64_t SimRequests() {
@@ -126,8 +126,8 @@ TEST_F(PolicyIt, RefusesToStartWithoutAuthUnlessAskedAndNamesBadFlags) {
   for (const Case& c : cases) {
     CommandResult res = RunSluice(c.args);
     EXPECT_EQ(res.exit.code, 2) << absl::StrJoin(c.args, " ") << ": " << res.err;
-    EXPECT_TRUE(absl::StrContains(res.err, c.expect)) << absl::StrJoin(c.args, " ") << ": "
-                                                       << res.err;
+    EXPECT_TRUE(absl::StrContains(res.err, c.expect))
+        << absl::StrJoin(c.args, " ") << ": " << res.err;
     EXPECT_EQ(std::count(res.err.begin(), res.err.end(), '\n'), 1) << res.err;
   }
 }
@@ -208,23 +208,23 @@ TEST_F(PolicyIt, BasicAuthWithEveryHtpasswdFormat) {
 TEST_F(PolicyIt, OperatorChecksOverTlsWithDefaults) {
   const std::string key = AddKey("team");
   ASSERT_NO_FATAL_FAILURE(AddUser("B -C 5", "ann", "s3cret"));
-  CommandResult certs = RunShell(
-      absl::StrCat("bash ", ShellQuote(SLUICE_SOURCE_DIR), "/tools/make-certs.sh ",
-                   ShellQuote(dir_ + "/certs")),
-      absl::Seconds(30));
+  CommandResult certs = RunShell(absl::StrCat("bash ", ShellQuote(SLUICE_SOURCE_DIR),
+                                              "/tools/make-certs.sh ", ShellQuote(dir_ + "/certs")),
+                                 absl::Seconds(30));
   ASSERT_EQ(certs.exit.code, 0) << certs.err;
   ASSERT_NO_FATAL_FAILURE(StartStack(
       {"--token_delay_ms=0"},
-      {"--listen_tls=127.0.0.1:0", "--http_mode=redirect", "--tls_cert=" + dir_ + "/certs/server.pem",
-       "--tls_key=" + dir_ + "/certs/server.key", "--keys_file=" + keys(),
-       "--htpasswd=" + users(), "--rate_generation=10r/m burst=5 nodelay",
+      {"--listen_tls=127.0.0.1:0", "--http_mode=redirect",
+       "--tls_cert=" + dir_ + "/certs/server.pem", "--tls_key=" + dir_ + "/certs/server.key",
+       "--keys_file=" + keys(), "--htpasswd=" + users(), "--rate_generation=10r/m burst=5 nodelay",
        "--rate_api=60r/m burst=20 nodelay"}));
   auto curl = [&](const std::string& opts, const std::string& path) {
-    return RunShell(absl::StrCat("curl -sS --max-time 10 --path-as-is --cacert ",
-                                 ShellQuote(dir_ + "/certs/ca.pem"), " -o /dev/null -w '%{http_code}' ",
-                                 opts, " ", ShellQuote(absl::StrCat("https://127.0.0.1:",
-                                                                    sluice_->tls_port(), path))),
-                    absl::Seconds(15))
+    return RunShell(
+               absl::StrCat(
+                   "curl -sS --max-time 10 --path-as-is --cacert ",
+                   ShellQuote(dir_ + "/certs/ca.pem"), " -o /dev/null -w '%{http_code}' ", opts,
+                   " ", ShellQuote(absl::StrCat("https://127.0.0.1:", sluice_->tls_port(), path))),
+               absl::Seconds(15))
         .out;
   };
   const std::string auth = ShellQuote("Authorization: Bearer " + key);
@@ -233,8 +233,8 @@ TEST_F(PolicyIt, OperatorChecksOverTlsWithDefaults) {
     EXPECT_EQ(curl(absl::StrCat(proto, " -H ", auth), "/api/tags"), "200") << proto;
     EXPECT_EQ(curl(absl::StrCat(proto, " -u ann:s3cret"), "/api/tags"), "200") << proto;
     EXPECT_EQ(curl(absl::StrCat(proto, " -u ann:wrong"), "/api/tags"), "401") << proto;
-    for (const char* path : {"/api/delete", "/api//delete", "/api/%64elete",
-                             "/api/./x/../delete", "/API/DELETE", "/api/push"}) {
+    for (const char* path : {"/api/delete", "/api//delete", "/api/%64elete", "/api/./x/../delete",
+                             "/API/DELETE", "/api/push"}) {
       EXPECT_EQ(curl(absl::StrCat(proto, " -X DELETE -H ", auth), path), "403")
           << proto << " " << path;
     }
@@ -257,13 +257,14 @@ TEST_F(PolicyIt, BlockedRoutesHoldOnEveryPathVariantAndNothingReachesOllama) {
   for (const char* target :
        {"/api/delete", "/api//delete", "//api/delete", "/api/%64elete", "/api/del%65te",
         "/%61pi/delete", "/api/./x/../delete", "/API/DELETE", "/Api/Delete/", "/api/delete/",
-        "/api%2Fdelete", "/api/x%2F..%2Fdelete", "/api/delete?name=m", "/api/push",
-        "/api/%70ush", "/api/./push/"}) {
+        "/api%2Fdelete", "/api/x%2F..%2Fdelete", "/api/delete?name=m", "/api/push", "/api/%70ush",
+        "/api/./push/"}) {
     HttpResponse r = Get(target, {}, "DELETE", "{\"model\":\"m\"}");
     EXPECT_EQ(r.status, 403) << target;
     EXPECT_TRUE(absl::StrContains(r.body, "not permitted via API")) << target << ": " << r.body;
   }
-  for (const char* target : {"/api/../../x", "/api/%00", "/api/a%2", "/api\\delete", "/api/%5cdelete"}) {
+  for (const char* target :
+       {"/api/../../x", "/api/%00", "/api/a%2", "/api\\delete", "/api/%5cdelete"}) {
     EXPECT_EQ(Get(target).status, 400) << target;
   }
   EXPECT_EQ(SimRequests(), 0);
@@ -279,11 +280,11 @@ TEST_F(PolicyIt, AdminRoutesAndTrustedProxies) {
   // Default admin addresses are loopback: the test client is one.
   EXPECT_EQ(Get("/api/pull", {}, "POST", "{\"model\":\"m\",\"stream\":false}").status, 200);
   sluice_.reset();
-  ASSERT_NO_FATAL_FAILURE(StartStack(
-      {"--token_delay_ms=0"},
-      {"--auth=none", "--admin_cidrs=10.9.9.0/24", "--trusted_proxies=127.0.0.0/8"}));
-  for (const char* path : {"/api/pull", "/api/create", "/api/copy", "/api/blobs/sha256:00",
-                           "/api//PULL/"}) {
+  ASSERT_NO_FATAL_FAILURE(
+      StartStack({"--token_delay_ms=0"},
+                 {"--auth=none", "--admin_cidrs=10.9.9.0/24", "--trusted_proxies=127.0.0.0/8"}));
+  for (const char* path :
+       {"/api/pull", "/api/create", "/api/copy", "/api/blobs/sha256:00", "/api//PULL/"}) {
     HttpResponse r = Get(path, {}, "POST", "{}");
     EXPECT_EQ(r.status, 403) << path;
     EXPECT_TRUE(absl::StrContains(r.body, "admin")) << r.body;
@@ -362,8 +363,8 @@ TEST_F(PolicyIt, RulesReloadAtomicallyAndABrokenFileKeepsTheOldPolicy) {
 
 TEST_F(PolicyIt, CorsIsAnsweredByTheProxy) {
   const std::string key = AddKey("web");
-  ASSERT_NO_FATAL_FAILURE(StartStack(
-      {}, {"--keys_file=" + keys(), "--cors_origins=https://app.example"}));
+  ASSERT_NO_FATAL_FAILURE(
+      StartStack({}, {"--keys_file=" + keys(), "--cors_origins=https://app.example"}));
   // A preflight carries no credentials and is answered here.
   HttpResponse pre = Get("/api/chat",
                          {{"Origin", "https://app.example"},
@@ -373,8 +374,7 @@ TEST_F(PolicyIt, CorsIsAnsweredByTheProxy) {
   EXPECT_EQ(pre.status, 204);
   EXPECT_EQ(pre.Header("access-control-allow-origin").value_or(""), "https://app.example");
   EXPECT_TRUE(absl::StrContains(pre.Header("access-control-allow-methods").value_or(""), "POST"));
-  EXPECT_EQ(pre.Header("access-control-allow-headers").value_or(""),
-            "authorization, content-type");
+  EXPECT_EQ(pre.Header("access-control-allow-headers").value_or(""), "authorization, content-type");
   // The real request: allowed origin echoed, Origin not forwarded.
   HttpResponse echo = Get("/sim/echo", {{"Origin", "https://app.example"}, Bearer(key)});
   EXPECT_EQ(echo.status, 200);
@@ -399,13 +399,12 @@ TEST_F(PolicyIt, CorsIsAnsweredByTheProxy) {
 // Each client address is steered to one worker (the SO_REUSEPORT program
 // and policy::SteeringSlot agree), so its limit state stays on that CPU.
 TEST_F(PolicyIt, EachClientAddressIsSteeredToOneWorker) {
-  ASSERT_NO_FATAL_FAILURE(
-      StartStack({}, {"--auth=none", "--threads=2", "--log_level=debug"}));
-  CommandResult r = RunShell(
-      absl::StrCat("for x in 1 2 3 4 5 6 7 8; do for k in 1 2; do curl -s -o /dev/null "
-                   "--max-time 5 --interface 127.0.0.$x ",
-                   proxy_url(), "/api/version; done; done"),
-      absl::Seconds(30));
+  ASSERT_NO_FATAL_FAILURE(StartStack({}, {"--auth=none", "--threads=2", "--log_level=debug"}));
+  CommandResult r =
+      RunShell(absl::StrCat("for x in 1 2 3 4 5 6 7 8; do for k in 1 2; do curl -s -o /dev/null "
+                            "--max-time 5 --interface 127.0.0.$x ",
+                            proxy_url(), "/api/version; done; done"),
+               absl::Seconds(30));
   ASSERT_EQ(r.exit.code, 0) << r.err;
   std::map<std::string, std::set<std::string>> workers;  // address -> wN
   for (absl::string_view line : absl::StrSplit(sluice_->Stderr(), '\n')) {
@@ -450,17 +449,17 @@ TEST_F(PolicyIt, RateLimitIsExactAcrossWorkers) {
     return codes;
   };
   // By key: the connections of one key meet both workers.
-  ASSERT_NO_FATAL_FAILURE(StartStack(
-      {}, {"--keys_file=" + keys(), "--threads=2", "--rate_api=6r/m burst=9 nodelay",
-           "--rate_by=credential"}));
+  ASSERT_NO_FATAL_FAILURE(
+      StartStack({}, {"--keys_file=" + keys(), "--threads=2", "--rate_api=6r/m burst=9 nodelay",
+                      "--rate_by=credential"}));
   std::map<std::string, int> codes = burst("");
   EXPECT_EQ(codes["200"], 10);
   EXPECT_EQ(codes["429"], 30);
   // By address: one client behind trusted proxies on both workers.
   sluice_.reset();
-  ASSERT_NO_FATAL_FAILURE(StartStack(
-      {}, {"--keys_file=" + keys(), "--threads=2", "--rate_api=6r/m burst=9 nodelay",
-           "--trusted_proxies=127.0.0.0/8"}));
+  ASSERT_NO_FATAL_FAILURE(
+      StartStack({}, {"--keys_file=" + keys(), "--threads=2", "--rate_api=6r/m burst=9 nodelay",
+                      "--trusted_proxies=127.0.0.0/8"}));
   codes = burst("-H 'X-Forwarded-For: 203.0.113.5'");
   EXPECT_EQ(codes["200"], 10);
   EXPECT_EQ(codes["429"], 30);
@@ -492,14 +491,14 @@ TEST_F(PolicyIt, DelayedModeQueuesUpToTheBurst) {
 
 TEST_F(PolicyIt, ConcurrencyCapsPerIpAndPerKey) {
   const std::string key = AddKey("solo");
-  ASSERT_NO_FATAL_FAILURE(StartStack(
-      {"--tokens=200", "--token_delay_ms=10"},
-      {"--keys_file=" + keys(), "--max_streams_per_key=2", "--max_streams_per_ip=3"}));
+  ASSERT_NO_FATAL_FAILURE(
+      StartStack({"--tokens=200", "--token_delay_ms=10"},
+                 {"--keys_file=" + keys(), "--max_streams_per_key=2", "--max_streams_per_ip=3"}));
   auto start_stream = [&](std::unique_ptr<HttpConnection>* out, int* status) {
     auto c = HttpConnection::Connect(proxy_port());
     ASSERT_TRUE(c.ok());
-    IT_ASSERT_OK((*c)->Send(BuildRequest("POST", "/api/generate", {Bearer(key)},
-                                         "{\"model\":\"m\"}")));
+    IT_ASSERT_OK(
+        (*c)->Send(BuildRequest("POST", "/api/generate", {Bearer(key)}, "{\"model\":\"m\"}")));
     IT_ASSERT_OK_AND_ASSIGN(HttpResponse head, (*c)->ReadHead(absl::Seconds(5)));
     *status = head.status;
     *out = std::move(*c);
@@ -531,8 +530,7 @@ TEST_F(PolicyIt, ConcurrencyCapsPerIpAndPerKey) {
 TEST_F(PolicyIt, WrongBcryptPasswordsDoNotStallOtherClients) {
   const std::string key = AddKey("probe");
   ASSERT_NO_FATAL_FAILURE(AddUser("B -C 12", "slow", "right"));
-  ASSERT_NO_FATAL_FAILURE(
-      StartStack({}, {"--keys_file=" + keys(), "--htpasswd=" + users()}));
+  ASSERT_NO_FATAL_FAILURE(StartStack({}, {"--keys_file=" + keys(), "--htpasswd=" + users()}));
   std::vector<std::unique_ptr<HttpConnection>> flood;
   for (int i = 0; i < 6; ++i) {
     IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
@@ -611,10 +609,9 @@ TEST_F(PolicyIt, OneAddressManyUsersAndAStaleKey) {
   constexpr int kUsers = 50;
   // Half bcrypt (checked on a helper thread), half apr1 (checked inline),
   // plus two users who log in only late.
-  std::string script =
-      absl::StrCat("set -e; f=", ShellQuote(users()),
-                   "; htpasswd -cbB -C 4 \"$f\" late late-pw 2>/dev/null",
-                   "; htpasswd -bB -C 4 \"$f\" later later-pw 2>/dev/null");
+  std::string script = absl::StrCat("set -e; f=", ShellQuote(users()),
+                                    "; htpasswd -cbB -C 4 \"$f\" late late-pw 2>/dev/null",
+                                    "; htpasswd -bB -C 4 \"$f\" later later-pw 2>/dev/null");
   for (int i = 0; i < kUsers; ++i) {
     absl::StrAppend(&script, "; htpasswd -b", i % 2 ? "m" : "B -C 4", " \"$f\" user", i, " pw", i,
                     " 2>/dev/null");
@@ -623,8 +620,8 @@ TEST_F(PolicyIt, OneAddressManyUsersAndAStaleKey) {
   ASSERT_EQ(made.exit.code, 0) << made.err;
   std::vector<std::string> app_keys;
   for (int i = 0; i < kUsers; ++i) app_keys.push_back(AddKey(absl::StrCat("app", i)));
-  ASSERT_NO_FATAL_FAILURE(StartStack(
-      {}, {"--keys_file=" + keys(), "--htpasswd=" + users(), "--rate_by=credential"}));
+  ASSERT_NO_FATAL_FAILURE(
+      StartStack({}, {"--keys_file=" + keys(), "--htpasswd=" + users(), "--rate_by=credential"}));
   auto basic = [](const std::string& user, const std::string& pw) {
     return std::pair<std::string, std::string>{
         "Authorization", "Basic " + absl::Base64Escape(absl::StrCat(user, ":", pw))};
@@ -653,9 +650,8 @@ TEST_F(PolicyIt, OneAddressManyUsersAndAStaleKey) {
   std::vector<int> stale_statuses;
   for (int round = 0; round < 20; ++round) {
     HttpResponse r = Get("/api/tags", {Bearer(stale)});
-    stale_statuses.push_back(r.status == 401 && r.Header("WWW-Authenticate").has_value()
-                                 ? 401
-                                 : r.status);
+    stale_statuses.push_back(
+        r.status == 401 && r.Header("WWW-Authenticate").has_value() ? 401 : r.status);
     others(round, "stale key");
   }
   EXPECT_EQ(std::count(stale_statuses.begin(), stale_statuses.end(), 401), 20)
@@ -706,8 +702,7 @@ TEST_F(PolicyIt, OneAddressManyUsersAndAStaleKey) {
 // succeeds, none is dropped.
 TEST_F(PolicyIt, ReloadUnderLoadLosesNothing) {
   const std::string key = AddKey("steady");
-  ASSERT_NO_FATAL_FAILURE(
-      StartStack({}, {"--keys_file=" + keys(), "--threads=2"}));
+  ASSERT_NO_FATAL_FAILURE(StartStack({}, {"--keys_file=" + keys(), "--threads=2"}));
   std::atomic<bool> stop{false};
   std::atomic<int> ok{0}, bad{0};
   std::vector<std::thread> clients;

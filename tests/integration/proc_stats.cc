@@ -43,19 +43,15 @@ ProcSample SampleProc(pid_t pid) {
   }
   {
     std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-    std::string stat((std::istreambuf_iterator<char>(in)),
-                     std::istreambuf_iterator<char>());
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     // Fields after the command name (which may hold spaces): state is
     // field 3, utime 14, stime 15.
     size_t close = stat.rfind(')');
     if (close != std::string::npos && close + 2 <= stat.size()) {
-      std::vector<std::string> f =
-          absl::StrSplit(stat.substr(close + 2), ' ', absl::SkipEmpty());
+      std::vector<std::string> f = absl::StrSplit(stat.substr(close + 2), ' ', absl::SkipEmpty());
       int64_t ut = 0, st = 0;
-      if (f.size() > 12 && absl::SimpleAtoi(f[11], &ut) &&
-          absl::SimpleAtoi(f[12], &st)) {
-        s.cpu_s = static_cast<double>(ut + st) /
-                  static_cast<double>(sysconf(_SC_CLK_TCK));
+      if (f.size() > 12 && absl::SimpleAtoi(f[11], &ut) && absl::SimpleAtoi(f[12], &st)) {
+        s.cpu_s = static_cast<double>(ut + st) / static_cast<double>(sysconf(_SC_CLK_TCK));
       }
     }
   }

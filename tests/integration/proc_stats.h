@@ -10,10 +10,10 @@
 namespace sluice::integration {
 
 struct ProcSample {
-  int64_t rss_kib = -1;   // VmRSS
-  double cpu_s = -1;      // utime + stime, seconds
-  int64_t fds = -1;       // entries in /proc/PID/fd
-  int64_t threads = -1;   // Threads:
+  int64_t rss_kib = -1;  // VmRSS
+  double cpu_s = -1;     // utime + stime, seconds
+  int64_t fds = -1;      // entries in /proc/PID/fd
+  int64_t threads = -1;  // Threads:
 };
 
 // -1 fields where /proc could not be read (the process is gone).

@@ -54,8 +54,8 @@ class ProxyTest : public ::testing::Test {
     if (sluice_ != nullptr && !expect_sluice_exit_ &&
         sluice_->WaitExit(absl::ZeroDuration()).has_value()) {
       ExitInfo info = *sluice_->WaitExit(absl::ZeroDuration());
-      ADD_FAILURE() << "sluice exited during the test (code " << info.code
-                    << ", signal " << info.signal << ")";
+      ADD_FAILURE() << "sluice exited during the test (code " << info.code << ", signal "
+                    << info.signal << ")";
     }
     // A sanitizer build reports in the child's stderr and, for TSan, keeps
     // running: stop both processes so that the reports are complete, then
@@ -72,12 +72,10 @@ class ProxyTest : public ::testing::Test {
     }
     if (HasFailure()) {
       if (sluice_ != nullptr) {
-        std::cerr << "---- sluice stderr (tail) ----\n"
-                  << Tail(sluice_->Stderr()) << "\n";
+        std::cerr << "---- sluice stderr (tail) ----\n" << Tail(sluice_->Stderr()) << "\n";
       }
       if (sim_ != nullptr) {
-        std::cerr << "---- ollama-sim stderr (tail) ----\n"
-                  << Tail(sim_->Stderr()) << "\n";
+        std::cerr << "---- ollama-sim stderr (tail) ----\n" << Tail(sim_->Stderr()) << "\n";
       }
     }
     sluice_.reset();
@@ -91,9 +89,7 @@ class ProxyTest : public ::testing::Test {
 
   int sim_port() const { return sim_->port(); }
   int proxy_port() const { return sluice_->port(); }
-  std::string proxy_url() const {
-    return absl::StrCat("http://127.0.0.1:", proxy_port());
-  }
+  std::string proxy_url() const { return absl::StrCat("http://127.0.0.1:", proxy_port()); }
 
   std::unique_ptr<ChildProcess> sim_;
   std::unique_ptr<ChildProcess> sluice_;

@@ -145,8 +145,7 @@ TEST_F(Restart, UnderLoadNothingIsRefusedOrLost) {
           conn = std::move(*c);
         }
         absl::Status st = conn->Send(BuildRequest("GET", "/api/version"));
-        auto r = st.ok() ? conn->ReadResponse(absl::Seconds(5))
-                         : absl::StatusOr<HttpResponse>(st);
+        auto r = st.ok() ? conn->ReadResponse(absl::Seconds(5)) : absl::StatusOr<HttpResponse>(st);
         if (r.ok() && r->status == 200) {
           ++ok;
           if (r->Header("Connection") == "close") conn.reset();
@@ -172,8 +171,8 @@ TEST_F(Restart, UnderLoadNothingIsRefusedOrLost) {
   EXPECT_EQ(bad.load(), 0);
   EXPECT_GT(before, 20);
   EXPECT_GT(during, 0);
-  std::cout << "[ measure  ] requests " << ok.load() << " ok, " << bad.load()
-            << " failed; " << during << " while the old process handed over\n";
+  std::cout << "[ measure  ] requests " << ok.load() << " ok, " << bad.load() << " failed; "
+            << during << " while the old process handed over\n";
 
   // The streams ran to their end on the old process before it exited.
   for (int i = 0; i < kStreams; ++i) {
@@ -194,10 +193,10 @@ TEST_F(Restart, UnderLoadNothingIsRefusedOrLost) {
 TEST_F(Restart, FailedStartKeepsTheOldProcessAndAnUpgradeTakesOver) {
   dir_ = absl::StrCat(::testing::TempDir(), "sluice-restart-", getpid());
   const std::string bin = dir_ + "/sluice";
-  CommandResult cp = RunShell(
-      absl::StrCat("rm -rf ", ShellQuote(dir_), " && mkdir -p ", ShellQuote(dir_), " && cp ",
-                   ShellQuote(SluiceBinary()), " ", ShellQuote(bin)),
-      absl::Seconds(10));
+  CommandResult cp =
+      RunShell(absl::StrCat("rm -rf ", ShellQuote(dir_), " && mkdir -p ", ShellQuote(dir_),
+                            " && cp ", ShellQuote(SluiceBinary()), " ", ShellQuote(bin)),
+               absl::Seconds(10));
   ASSERT_TRUE(cp.exit.exited && cp.exit.code == 0) << cp.err;
   auto sim = StartSim();
   ASSERT_TRUE(sim.ok()) << sim.status();
@@ -217,11 +216,11 @@ TEST_F(Restart, FailedStartKeepsTheOldProcessAndAnUpgradeTakesOver) {
   ASSERT_EQ(rename((dir_ + "/broken").c_str(), bin.c_str()), 0);
   ASSERT_TRUE(sluice_->Signal(SIGUSR2));
   absl::Time deadline = absl::Now() + absl::Seconds(5);
-  while (absl::Now() < deadline &&
-         !absl::StrContains(sluice_->Stderr(), "keeps serving")) {
+  while (absl::Now() < deadline && !absl::StrContains(sluice_->Stderr(), "keeps serving")) {
     absl::SleepFor(absl::Milliseconds(20));
   }
-  EXPECT_TRUE(absl::StrContains(sluice_->Stderr(), "failed (exit status 3); this one keeps serving"))
+  EXPECT_TRUE(
+      absl::StrContains(sluice_->Stderr(), "failed (exit status 3); this one keeps serving"))
       << sluice_->Stderr();
   EXPECT_TRUE(sluice_->running());
   EXPECT_EQ(GetStatus(port), 200);

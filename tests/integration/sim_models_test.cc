@@ -37,10 +37,9 @@ absl::StatusOr<HttpResponse> Get(int port, absl::string_view path) {
 // A short generation: 2 tokens 1 ms apart.
 absl::StatusOr<HttpResponse> Generate(int port, absl::string_view model,
                                       absl::string_view extra = "") {
-  return Post(
-      port, "/api/generate",
-      absl::StrCat(R"({"model":")", model, R"(","stream":false)", extra, "}"),
-      {{"X-Sim-Tokens", "2"}, {"X-Sim-Token-Delay-Ms", "1"}});
+  return Post(port, "/api/generate",
+              absl::StrCat(R"({"model":")", model, R"(","stream":false)", extra, "}"),
+              {{"X-Sim-Tokens", "2"}, {"X-Sim-Token-Delay-Ms", "1"}});
 }
 
 // The member `model` of /sim/stats "models", or nullopt.
@@ -92,17 +91,14 @@ TEST(SimModels, UnknownModelIs404) {
   EXPECT_EQ(json->Get("models")->array()[0].GetString("name"), "alpha:latest");
   EXPECT_EQ(json->Get("models")->array()[1].GetString("model"), "beta:7b");
 
-  for (const char* path : {"/api/generate", "/api/chat", "/api/embed",
-                           "/api/embeddings", "/api/show"}) {
-    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
-                            Post(port, path, R"({"model":"gamma"})"));
+  for (const char* path :
+       {"/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/show"}) {
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, Post(port, path, R"({"model":"gamma"})"));
     EXPECT_EQ(r.status, 404) << path;
     EXPECT_EQ(r.body, R"({"error":"model 'gamma' not found"})") << path;
   }
-  for (const char* path :
-       {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}) {
-    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
-                            Post(port, path, R"({"model":"gamma"})"));
+  for (const char* path : {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}) {
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, Post(port, path, R"({"model":"gamma"})"));
     EXPECT_EQ(r.status, 404) << path;
     EXPECT_EQ(r.body, R"({"error":{"message":"model 'gamma' not found",)"
                       R"("type":"not_found_error","param":null,"code":null}})")
@@ -125,10 +121,9 @@ TEST(SimModels, LoadDelaysTheFirstTokenAndReportsLoadDuration) {
   int port = sim->port();
   IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(port));
   int64_t sent_us = RealtimeMicros();
-  IT_ASSERT_OK(conn->Send(
-      BuildRequest("POST", "/api/generate",
-                   {{"X-Sim-Tokens", "2"}, {"X-Sim-Token-Delay-Ms", "1"}},
-                   R"({"model":"alpha"})")));
+  IT_ASSERT_OK(conn->Send(BuildRequest("POST", "/api/generate",
+                                       {{"X-Sim-Tokens", "2"}, {"X-Sim-Token-Delay-Ms", "1"}},
+                                       R"({"model":"alpha"})")));
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse());
   ASSERT_EQ(r.status, 200);
   std::vector<TimedRecord> lines = SplitRecords(r.chunks, "\n");
@@ -179,10 +174,9 @@ TEST(SimModels, BusyModelIsNotEvicted) {
   ASSERT_NE(sim, nullptr);
   int port = sim->port();
   IT_ASSERT_OK_AND_ASSIGN(auto first, HttpConnection::Connect(port));
-  IT_ASSERT_OK(first->Send(
-      BuildRequest("POST", "/api/generate",
-                   {{"X-Sim-Tokens", "5"}, {"X-Sim-Token-Delay-Ms", "60"}},
-                   R"({"model":"a"})")));
+  IT_ASSERT_OK(first->Send(BuildRequest("POST", "/api/generate",
+                                        {{"X-Sim-Tokens", "5"}, {"X-Sim-Token-Delay-Ms", "60"}},
+                                        R"({"model":"a"})")));
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse head, first->ReadHead(absl::Seconds(5)));
   int64_t sent_us = RealtimeMicros();
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse b, Generate(port, "b"));
@@ -198,8 +192,7 @@ TEST(SimModels, NumParallelQueuesInOrder) {
   ASSERT_NE(sim, nullptr);
   int port = sim->port();
   std::string request =
-      BuildRequest("POST", "/api/generate",
-                   {{"X-Sim-Tokens", "5"}, {"X-Sim-Token-Delay-Ms", "40"}},
+      BuildRequest("POST", "/api/generate", {{"X-Sim-Tokens", "5"}, {"X-Sim-Token-Delay-Ms", "40"}},
                    R"({"model":"a"})");
   IT_ASSERT_OK_AND_ASSIGN(auto c1, HttpConnection::Connect(port));
   IT_ASSERT_OK_AND_ASSIGN(auto c2, HttpConnection::Connect(port));
@@ -222,32 +215,26 @@ TEST(SimModels, NumParallelQueuesInOrder) {
 }
 
 TEST(SimModels, PastMaxQueueIs503) {
-  auto sim =
-      Sim({"--models=a", "--num_parallel=1", "--max_queue=1", "--threads=2"});
+  auto sim = Sim({"--models=a", "--num_parallel=1", "--max_queue=1", "--threads=2"});
   ASSERT_NE(sim, nullptr);
   int port = sim->port();
   std::string request =
-      BuildRequest("POST", "/api/generate",
-                   {{"X-Sim-Tokens", "5"}, {"X-Sim-Token-Delay-Ms", "60"}},
+      BuildRequest("POST", "/api/generate", {{"X-Sim-Tokens", "5"}, {"X-Sim-Token-Delay-Ms", "60"}},
                    R"({"model":"a"})");
   IT_ASSERT_OK_AND_ASSIGN(auto running, HttpConnection::Connect(port));
   IT_ASSERT_OK(running->Send(request));
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse head,
-                          running->ReadHead(absl::Seconds(5)));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse head, running->ReadHead(absl::Seconds(5)));
   IT_ASSERT_OK_AND_ASSIGN(auto queued, HttpConnection::Connect(port));
   IT_ASSERT_OK(queued->Send(request));
   absl::SleepFor(absl::Milliseconds(30));
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse busy,
-                          Post(port, "/api/chat", R"({"model":"a"})"));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse busy, Post(port, "/api/chat", R"({"model":"a"})"));
   EXPECT_EQ(busy.status, 503);
   EXPECT_EQ(busy.body, R"({"error":"server busy, please try again.  )"
                        R"(maximum pending requests exceeded"})");
-  IT_ASSERT_OK_AND_ASSIGN(
-      HttpResponse openai,
-      Post(port, "/v1/chat/completions", R"({"model":"a"})"));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse openai,
+                          Post(port, "/v1/chat/completions", R"({"model":"a"})"));
   EXPECT_EQ(openai.status, 503);
-  EXPECT_TRUE(absl::StrContains(openai.body, R"("type":"api_error")"))
-      << openai.body;
+  EXPECT_TRUE(absl::StrContains(openai.body, R"("type":"api_error")")) << openai.body;
   IT_ASSERT_OK(running->ReadBody(&head, absl::Seconds(5)));
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse second, queued->ReadResponse());
   EXPECT_EQ(second.status, 200);
@@ -258,13 +245,11 @@ TEST(SimModels, QueuedRequestLeavesTheQueueWhenItsClientGoes) {
   ASSERT_NE(sim, nullptr);
   int port = sim->port();
   std::string request =
-      BuildRequest("POST", "/api/generate",
-                   {{"X-Sim-Tokens", "5"}, {"X-Sim-Token-Delay-Ms", "60"}},
+      BuildRequest("POST", "/api/generate", {{"X-Sim-Tokens", "5"}, {"X-Sim-Token-Delay-Ms", "60"}},
                    R"({"model":"a"})");
   IT_ASSERT_OK_AND_ASSIGN(auto running, HttpConnection::Connect(port));
   IT_ASSERT_OK(running->Send(request));
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse head,
-                          running->ReadHead(absl::Seconds(5)));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse head, running->ReadHead(absl::Seconds(5)));
   IT_ASSERT_OK_AND_ASSIGN(auto gone, HttpConnection::Connect(port));
   IT_ASSERT_OK(gone->Send(request));
   absl::SleepFor(absl::Milliseconds(30));
@@ -286,28 +271,23 @@ TEST(SimModels, KeepAliveZeroUnloadsAndMinusOnePins) {
   auto sim = Sim({"--models=a,b,c"});
   ASSERT_NE(sim, nullptr);
   int port = sim->port();
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r0,
-                          Generate(port, "a", R"(,"keep_alive":0)"));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r0, Generate(port, "a", R"(,"keep_alive":0)"));
   EXPECT_EQ(r0.status, 200);
   EXPECT_TRUE(PsNames(port).empty());
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r1,
-                          Generate(port, "b", R"(,"keep_alive":-1)"));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r1, Generate(port, "b", R"(,"keep_alive":-1)"));
   EXPECT_EQ(r1.status, 200);
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r2,
-                          Generate(port, "c", R"(,"keep_alive":"200ms")"));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r2, Generate(port, "c", R"(,"keep_alive":"200ms")"));
   EXPECT_EQ(r2.status, 200);
   EXPECT_EQ(PsNames(port), (std::vector<std::string>{"b:latest", "c:latest"}));
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse ps, Get(port, "/api/ps"));
   std::optional<JsonValue> json = JsonValue::Parse(ps.body);
   ASSERT_TRUE(json.has_value()) << ps.body;
   // -1: Ollama's "forever", about 292 years ahead.
-  std::string pinned =
-      json->Get("models")->array()[0].GetString("expires_at").value_or("");
+  std::string pinned = json->Get("models")->array()[0].GetString("expires_at").value_or("");
   EXPECT_GE(pinned.substr(0, 4), "2300") << pinned;
   absl::SleepFor(absl::Milliseconds(400));
   EXPECT_EQ(PsNames(port), std::vector<std::string>{"b:latest"});
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse bad,
-                          Generate(port, "a", R"(,"keep_alive":"5x")"));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse bad, Generate(port, "a", R"(,"keep_alive":"5x")"));
   EXPECT_EQ(bad.status, 400);
 }
 
@@ -341,16 +321,13 @@ TEST(SimEmbeddings, ArrayInputGetsOneVectorEach) {
   auto sim = Sim({});
   ASSERT_NE(sim, nullptr);
   int port = sim->port();
-  IT_ASSERT_OK_AND_ASSIGN(
-      HttpResponse one,
-      Post(port, "/v1/embeddings", R"({"model":"m","input":"hi"})"));
-  EXPECT_EQ(one.body,
-            R"({"object":"list","data":[{"object":"embedding","embedding":)"
-            R"([0.125,-0.25,0.375,-0.5,0.625,-0.75,0.875,-1.0],"index":0}],)"
-            R"("model":"m","usage":{"prompt_tokens":8,"total_tokens":8}})");
-  IT_ASSERT_OK_AND_ASSIGN(HttpResponse three,
-                          Post(port, "/v1/embeddings",
-                               R"({"model":"m","input":["a","b, c",[1,2]]})"));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse one,
+                          Post(port, "/v1/embeddings", R"({"model":"m","input":"hi"})"));
+  EXPECT_EQ(one.body, R"({"object":"list","data":[{"object":"embedding","embedding":)"
+                      R"([0.125,-0.25,0.375,-0.5,0.625,-0.75,0.875,-1.0],"index":0}],)"
+                      R"("model":"m","usage":{"prompt_tokens":8,"total_tokens":8}})");
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse three, Post(port, "/v1/embeddings",
+                                                   R"({"model":"m","input":["a","b, c",[1,2]]})"));
   std::optional<JsonValue> json = JsonValue::Parse(three.body);
   ASSERT_TRUE(json.has_value()) << three.body;
   ASSERT_EQ(json->Get("data")->array().size(), 3u);
@@ -359,15 +336,13 @@ TEST(SimEmbeddings, ArrayInputGetsOneVectorEach) {
   }
   EXPECT_EQ(json->Get("usage")->GetInt("prompt_tokens"), 24);
   // A flat token array is one input.
-  IT_ASSERT_OK_AND_ASSIGN(
-      HttpResponse tokens,
-      Post(port, "/v1/embeddings", R"({"model":"m","input":[1,2,3]})"));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse tokens,
+                          Post(port, "/v1/embeddings", R"({"model":"m","input":[1,2,3]})"));
   json = JsonValue::Parse(tokens.body);
   ASSERT_TRUE(json.has_value()) << tokens.body;
   EXPECT_EQ(json->Get("data")->array().size(), 1u);
-  IT_ASSERT_OK_AND_ASSIGN(
-      HttpResponse native,
-      Post(port, "/api/embed", R"({"model":"m","input":["a","b"]})"));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse native,
+                          Post(port, "/api/embed", R"({"model":"m","input":["a","b"]})"));
   json = JsonValue::Parse(native.body);
   ASSERT_TRUE(json.has_value()) << native.body;
   EXPECT_EQ(json->Get("embeddings")->array().size(), 2u);
@@ -376,10 +351,9 @@ TEST(SimEmbeddings, ArrayInputGetsOneVectorEach) {
 TEST(SimEmbeddings, Base64EncodingIsLittleEndianFloat32) {
   auto sim = Sim({});
   ASSERT_NE(sim, nullptr);
-  IT_ASSERT_OK_AND_ASSIGN(
-      HttpResponse r,
-      Post(sim->port(), "/v1/embeddings",
-           R"({"model":"m","input":["a","b"],"encoding_format":"base64"})"));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r,
+                          Post(sim->port(), "/v1/embeddings",
+                               R"({"model":"m","input":["a","b"],"encoding_format":"base64"})"));
   ASSERT_EQ(r.status, 200);
   std::optional<JsonValue> json = JsonValue::Parse(r.body);
   ASSERT_TRUE(json.has_value()) << r.body;

@@ -16,9 +16,7 @@ namespace sluice::integration {
 // slower (TSan 5-15x of CPU time, ASan about 2x). The bounds stay far
 // below what they guard against: 3 x 30 ms relay delay is still under the
 // 100 ms between two tokens, so a batched stream still fails.
-constexpr int64_t TimingSlack() {
-  return std::string_view(SLUICE_TEST_SANITIZE).empty() ? 1 : 3;
-}
+constexpr int64_t TimingSlack() { return std::string_view(SLUICE_TEST_SANITIZE).empty() ? 1 : 3; }
 
 // The factor for a memory bound (RSS growth): 4 under ThreadSanitizer,
 // whose shadow memory and allocator metadata take several times the

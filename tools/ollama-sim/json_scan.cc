@@ -65,8 +65,7 @@ bool ReadValue(absl::string_view s, size_t* i, JsonValue* value) {
 
 }  // namespace
 
-std::optional<JsonValue> FindJsonField(absl::string_view json,
-                                       absl::string_view key) {
+std::optional<JsonValue> FindJsonField(absl::string_view json, absl::string_view key) {
   size_t i = 0;
   SkipSpace(json, &i);
   if (i >= json.size() || json[i] != '{') return std::nullopt;
@@ -89,15 +88,13 @@ std::optional<JsonValue> FindJsonField(absl::string_view json,
   }
 }
 
-std::optional<absl::string_view> FindJsonString(absl::string_view json,
-                                                absl::string_view key) {
+std::optional<absl::string_view> FindJsonString(absl::string_view json, absl::string_view key) {
   std::optional<JsonValue> value = FindJsonField(json, key);
   if (!value || !value->is_string || value->raw.empty()) return std::nullopt;
   return value->raw;
 }
 
-std::optional<bool> FindJsonBool(absl::string_view json,
-                                 absl::string_view key) {
+std::optional<bool> FindJsonBool(absl::string_view json, absl::string_view key) {
   std::optional<JsonValue> value = FindJsonField(json, key);
   if (!value || value->is_string) return std::nullopt;
   if (value->raw == "true") return true;
@@ -120,8 +117,7 @@ int CountJsonArrayElements(absl::string_view array) {
       if (!ReadValue(array, &i, &ignored)) return -1;
     } else {
       size_t start = i;
-      while (i < array.size() && array[i] != ',' && array[i] != ']' &&
-             !IsSpace(array[i])) {
+      while (i < array.size() && array[i] != ',' && array[i] != ']' && !IsSpace(array[i])) {
         ++i;
       }
       if (i == start) return -1;

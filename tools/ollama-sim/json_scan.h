@@ -21,13 +21,11 @@ struct JsonValue {
 // Finds the value of `key` among the top-level members of the JSON object in
 // `json`. Returns nullopt when the key is absent or the text is malformed
 // before the key is reached. The result points into `json`.
-std::optional<JsonValue> FindJsonField(absl::string_view json,
-                                       absl::string_view key);
+std::optional<JsonValue> FindJsonField(absl::string_view json, absl::string_view key);
 
 // Convenience: the string value of `key`, or nullopt when absent, not a
 // string, or empty.
-std::optional<absl::string_view> FindJsonString(absl::string_view json,
-                                                absl::string_view key);
+std::optional<absl::string_view> FindJsonString(absl::string_view json, absl::string_view key);
 
 // Convenience: the boolean value of `key`, or nullopt when absent or not a
 // boolean literal.

@@ -36,33 +36,25 @@ ABSL_FLAG(std::string, ttft_ms, "0", "Extra delay before the first token, ms");
 ABSL_FLAG(std::string, mode, "normal", "normal | hang | garbage | busy");
 ABSL_FLAG(bool, allow_any_host, false, "Skip the loopback Host header check");
 // Model mode: any of these turns it on (see README.md).
-ABSL_FLAG(std::string, models, "",
-          "Comma-separated models /api/tags lists; others get 404");
-ABSL_FLAG(std::string, num_parallel, "",
-          "Generations at once per loaded model (0 = no limit)");
-ABSL_FLAG(std::string, max_queue, "",
-          "Requests waiting at once before 503 (default 512)");
-ABSL_FLAG(std::string, max_loaded_models, "",
-          "Models loaded at once; LRU eviction (0 = no limit)");
-ABSL_FLAG(std::string, load_ms, "",
-          "Time a model takes to load on first use, ms");
+ABSL_FLAG(std::string, models, "", "Comma-separated models /api/tags lists; others get 404");
+ABSL_FLAG(std::string, num_parallel, "", "Generations at once per loaded model (0 = no limit)");
+ABSL_FLAG(std::string, max_queue, "", "Requests waiting at once before 503 (default 512)");
+ABSL_FLAG(std::string, max_loaded_models, "", "Models loaded at once; LRU eviction (0 = no limit)");
+ABSL_FLAG(std::string, load_ms, "", "Time a model takes to load on first use, ms");
 
 namespace sluice::sim {
 namespace {
 
-[[noreturn]] void BadFlag(const char* flag, const std::string& value,
-                          const char* why) {
-  fprintf(stderr, "ollama-sim: invalid --%s value '%s': %s\n", flag,
-          value.c_str(), why);
+[[noreturn]] void BadFlag(const char* flag, const std::string& value, const char* why) {
+  fprintf(stderr, "ollama-sim: invalid --%s value '%s': %s\n", flag, value.c_str(), why);
   exit(2);
 }
 
 int IntFlag(const char* name, const std::string& value, int min, int max) {
   int parsed;
-  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(value), &parsed) ||
-      parsed < min || parsed > max) {
-    std::string why =
-        absl::StrCat("expected an integer in [", min, ", ", max, "]");
+  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(value), &parsed) || parsed < min ||
+      parsed > max) {
+    std::string why = absl::StrCat("expected an integer in [", min, ", ", max, "]");
     BadFlag(name, value, why.c_str());
   }
   return parsed;
@@ -70,8 +62,8 @@ int IntFlag(const char* name, const std::string& value, int min, int max) {
 
 int64_t MsFlagToNs(const char* name, const std::string& value) {
   double ms;
-  if (!absl::SimpleAtod(absl::StripAsciiWhitespace(value), &ms) ||
-      !std::isfinite(ms) || ms < 0 || ms > 1e9) {
+  if (!absl::SimpleAtod(absl::StripAsciiWhitespace(value), &ms) || !std::isfinite(ms) || ms < 0 ||
+      ms > 1e9) {
     BadFlag(name, value, "expected a non-negative number of milliseconds");
   }
   return static_cast<int64_t>(std::llround(ms * 1e6));
@@ -80,8 +72,7 @@ int64_t MsFlagToNs(const char* name, const std::string& value) {
 // Benchmarks open thousands of connections; the soft limit is often 1024.
 void RaiseFileLimit() {
   rlimit limit;
-  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 &&
-      limit.rlim_cur < limit.rlim_max) {
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
     limit.rlim_cur = limit.rlim_max;
     setrlimit(RLIMIT_NOFILE, &limit);
   }
@@ -94,11 +85,9 @@ void ModelFlags(SimConfig* config) {
   std::string max_queue = absl::GetFlag(FLAGS_max_queue);
   std::string max_loaded = absl::GetFlag(FLAGS_max_loaded_models);
   std::string load_ms = absl::GetFlag(FLAGS_load_ms);
-  config->model_mode = !models.empty() || !num_parallel.empty() ||
-                       !max_queue.empty() || !max_loaded.empty() ||
-                       !load_ms.empty();
-  for (absl::string_view name :
-       absl::StrSplit(models, ',', absl::SkipWhitespace())) {
+  config->model_mode = !models.empty() || !num_parallel.empty() || !max_queue.empty() ||
+                       !max_loaded.empty() || !load_ms.empty();
+  for (absl::string_view name : absl::StrSplit(models, ',', absl::SkipWhitespace())) {
     std::string full = NormalizeModelName(absl::StripAsciiWhitespace(name));
     if (full.find_first_of("\"\\ ") != std::string::npos) {
       BadFlag("models", models, "a model name has a quote, backslash or space");
@@ -112,8 +101,7 @@ void ModelFlags(SimConfig* config) {
     config->max_queue = IntFlag("max_queue", max_queue, 0, 1 << 20);
   }
   if (!max_loaded.empty()) {
-    config->max_loaded_models =
-        IntFlag("max_loaded_models", max_loaded, 0, 1 << 20);
+    config->max_loaded_models = IntFlag("max_loaded_models", max_loaded, 0, 1 << 20);
   }
   if (!load_ms.empty()) config->load_ns = MsFlagToNs("load_ms", load_ms);
 }
@@ -131,8 +119,7 @@ Options OptionsFromFlags() {
   SimConfig& config = options.config;
   options.threads = IntFlag("threads", absl::GetFlag(FLAGS_threads), 1, 256);
   config.tokens = IntFlag("tokens", absl::GetFlag(FLAGS_tokens), 0, 10'000'000);
-  config.token_delay_ns =
-      MsFlagToNs("token_delay_ms", absl::GetFlag(FLAGS_token_delay_ms));
+  config.token_delay_ns = MsFlagToNs("token_delay_ms", absl::GetFlag(FLAGS_token_delay_ms));
   config.ttft_ns = MsFlagToNs("ttft_ms", absl::GetFlag(FLAGS_ttft_ms));
   std::string mode = absl::GetFlag(FLAGS_mode);
   if (!ParseMode(mode, &config.mode)) {
@@ -163,8 +150,8 @@ sigset_t BlockSignals() {
 
 // One listener per worker thread on `address`; `*port` becomes the port they
 // share (the ephemeral one the first got when `address` asks for port 0).
-absl::StatusOr<std::vector<int>> OpenListeners(const ListenAddress& address,
-                                               int threads, int* port) {
+absl::StatusOr<std::vector<int>> OpenListeners(const ListenAddress& address, int threads,
+                                               int* port) {
   // Bind the first listener to learn the real port when 0 was asked for;
   // the others join it with SO_REUSEPORT and the kernel spreads
   // connections across them.
@@ -192,8 +179,8 @@ absl::StatusOr<std::vector<int>> OpenListeners(const ListenAddress& address,
 }
 
 // A worker for each listener, initialised (not yet running).
-absl::StatusOr<std::vector<std::unique_ptr<Worker>>> MakeWorkers(
-    const std::vector<int>& listeners, const SimConfig* config) {
+absl::StatusOr<std::vector<std::unique_ptr<Worker>>> MakeWorkers(const std::vector<int>& listeners,
+                                                                 const SimConfig* config) {
   std::vector<std::unique_ptr<Worker>> workers;
   for (int fd : listeners) {
     auto worker = std::make_unique<Worker>(fd, config);
@@ -204,8 +191,7 @@ absl::StatusOr<std::vector<std::unique_ptr<Worker>>> MakeWorkers(
 }
 
 int Main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "Simulated Ollama server for tests and benchmarks.");
+  absl::SetProgramUsageMessage("Simulated Ollama server for tests and benchmarks.");
   absl::ParseCommandLine(argc, argv);
   const Options options = OptionsFromFlags();
   ModelScheduler::Global().Configure(options.config);
@@ -217,15 +203,13 @@ int Main(int argc, char** argv) {
   absl::StatusOr<std::vector<int>> listeners =
       OpenListeners(options.address, options.threads, &port);
   if (!listeners.ok()) {
-    fprintf(stderr, "ollama-sim: %s\n",
-            std::string(listeners.status().message()).c_str());
+    fprintf(stderr, "ollama-sim: %s\n", std::string(listeners.status().message()).c_str());
     return 1;
   }
   absl::StatusOr<std::vector<std::unique_ptr<Worker>>> workers =
       MakeWorkers(*listeners, &options.config);
   if (!workers.ok()) {
-    fprintf(stderr, "ollama-sim: %s\n",
-            std::string(workers.status().message()).c_str());
+    fprintf(stderr, "ollama-sim: %s\n", std::string(workers.status().message()).c_str());
     return 1;
   }
   std::vector<std::thread> running;
@@ -233,8 +217,7 @@ int Main(int argc, char** argv) {
     running.emplace_back([w = worker.get()] { w->Run(); });
   }
 
-  printf("ollama-sim listening on http://%s:%d\n",
-         options.address.display_host.c_str(), port);
+  printf("ollama-sim listening on http://%s:%d\n", options.address.display_host.c_str(), port);
   fflush(stdout);
 
   int signal_number = 0;

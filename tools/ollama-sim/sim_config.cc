@@ -31,14 +31,12 @@ void SimStats::Reset() {
 }
 
 std::string SimStats::ToJson() const {
-  return absl::StrCat(
-      "{\"opened\":", opened.load(std::memory_order_relaxed),
-      ",\"closed\":", closed.load(std::memory_order_relaxed),
-      ",\"active\":", active.load(std::memory_order_relaxed),
-      ",\"requests\":", requests.load(std::memory_order_relaxed),
-      ",\"aborted_streams\":", aborted_streams.load(std::memory_order_relaxed),
-      ",\"last_abort_us\":", last_abort_us.load(std::memory_order_relaxed),
-      "}");
+  return absl::StrCat("{\"opened\":", opened.load(std::memory_order_relaxed),
+                      ",\"closed\":", closed.load(std::memory_order_relaxed),
+                      ",\"active\":", active.load(std::memory_order_relaxed),
+                      ",\"requests\":", requests.load(std::memory_order_relaxed),
+                      ",\"aborted_streams\":", aborted_streams.load(std::memory_order_relaxed),
+                      ",\"last_abort_us\":", last_abort_us.load(std::memory_order_relaxed), "}");
 }
 
 SimStats& GlobalStats() {

@@ -16,8 +16,7 @@
 
 namespace sluice::sim {
 
-Connection::Connection(Worker* worker, int fd, uint64_t id)
-    : worker_(worker), fd_(fd), id_(id) {
+Connection::Connection(Worker* worker, int fd, uint64_t id) : worker_(worker), fd_(fd), id_(id) {
   llhttp_init(&parser_, HTTP_REQUEST, &Settings());
   parser_.data = this;
 }
@@ -105,9 +104,7 @@ int Connection::OnHeaderValueComplete(llhttp_t* parser) {
   self->header_field_.clear();
   self->header_value_.clear();
   r.all_headers.emplace_back(name, value);
-  auto is = [&name](absl::string_view wanted) {
-    return absl::EqualsIgnoreCase(name, wanted);
-  };
+  auto is = [&name](absl::string_view wanted) { return absl::EqualsIgnoreCase(name, wanted); };
   if (is("host")) {
     if (!r.host) r.host = std::move(value);
   } else if (absl::StartsWithIgnoreCase(name, "x-sim-")) {
@@ -140,8 +137,7 @@ int Connection::OnHeaderValueComplete(llhttp_t* parser) {
   } else if (is("sec-websocket-version")) {
     r.ws_version = std::move(value);
   } else if (is("expect")) {
-    r.expect_continue = absl::EqualsIgnoreCase(
-        absl::StripAsciiWhitespace(value), "100-continue");
+    r.expect_continue = absl::EqualsIgnoreCase(absl::StripAsciiWhitespace(value), "100-continue");
   }
   return 0;
 }
@@ -152,16 +148,15 @@ int Connection::OnHeadersComplete(llhttp_t* parser) {
   r.method = parser->method;
   r.http_major = parser->http_major;
   r.http_minor = parser->http_minor;
-  if ((parser->flags & F_CONTENT_LENGTH) &&
-      parser->content_length > kMaxBodyBytes) {
+  if ((parser->flags & F_CONTENT_LENGTH) && parser->content_length > kMaxBodyBytes) {
     self->callback_error_status_ = 413;
     return -1;
   }
   // A client waiting for 100 Continue would stall for its timeout (curl:
   // 1 s) before sending the body. Only say it when nothing is ahead of this
   // request, or the interim response would overtake an earlier answer.
-  if (r.expect_continue && r.http_minor >= 1 && !self->active_ &&
-      self->queue_.empty() && self->state_ == State::kHttp) {
+  if (r.expect_continue && r.http_minor >= 1 && !self->active_ && self->queue_.empty() &&
+      self->state_ == State::kHttp) {
     self->out_.append("HTTP/1.1 100 Continue\r\n\r\n");
     self->Flush();
   }
@@ -288,8 +283,7 @@ void Connection::OnBytes(const char* data, size_t length) {
   } else if (err != HPE_OK) {
     // Answer the bad request in order, after those parsed before it.
     HttpRequest bad;
-    bad.parse_error_status =
-        callback_error_status_ != 0 ? callback_error_status_ : 400;
+    bad.parse_error_status = callback_error_status_ != 0 ? callback_error_status_ : 400;
     bad.keep_alive = false;
     queue_.push_back(std::move(bad));
     parser_stopped_ = true;
@@ -325,8 +319,7 @@ void Connection::OnPeerGone() {
 }
 
 void Connection::ProcessQueue() {
-  while (!dead_ && !active_ && state_ == State::kHttp && !close_when_flushed_ &&
-         !queue_.empty()) {
+  while (!dead_ && !active_ && state_ == State::kHttp && !close_when_flushed_ && !queue_.empty()) {
     HttpRequest request = std::move(queue_.front());
     queue_.pop_front();
     Dispatch(std::move(request));

@@ -111,8 +111,7 @@ class Connection {
   void RunActive();
   void FinishActive();
 
-  void AppendSimpleResponse(const ResponsePlan& plan, bool keep_alive,
-                            bool http10);
+  void AppendSimpleResponse(const ResponsePlan& plan, bool keep_alive, bool http10);
   void AppendStreamHeaders();
   void AppendChunk(absl::string_view payload);
   size_t OutPending() const { return out_.size() - out_offset_; }

@@ -118,23 +118,20 @@ struct ResponsePlan {
 // Decides the answer to `request`. `count_request` is set to false for the
 // simulator's own /sim/* endpoints so that /sim/stats "requests" counts only
 // the traffic under test.
-ResponsePlan PlanResponse(const HttpRequest& request, const SimConfig& config,
-                          bool* count_request);
+ResponsePlan PlanResponse(const HttpRequest& request, const SimConfig& config, bool* count_request);
 
 // Appends the payload(s) of item `index` of a stream to *payloads; each
 // payload becomes one HTTP chunk. `elapsed_ns` is the time since the request
 // started (for "total_duration"), `sim_t_us` the realtime stamp to embed.
-void BuildStreamItem(const StreamSpec& spec, int index, int64_t elapsed_ns,
-                     int64_t sim_t_us, std::vector<std::string>* payloads);
+void BuildStreamItem(const StreamSpec& spec, int index, int64_t elapsed_ns, int64_t sim_t_us,
+                     std::vector<std::string>* payloads);
 
 // The single JSON body of a stream:false generation or pull.
-std::string BuildNonStreamBody(const StreamSpec& spec, int64_t elapsed_ns,
-                               int64_t sim_t_us);
+std::string BuildNonStreamBody(const StreamSpec& spec, int64_t elapsed_ns, int64_t sim_t_us);
 
 // An error answer in the shape of `format`'s API: {"error":"..."} for
 // Ollama's, {"error":{"message":...,"type":...}} for OpenAI's.
-ResponsePlan ErrorPlan(StreamFormat format, int status,
-                       absl::string_view message);
+ResponsePlan ErrorPlan(StreamFormat format, int status, absl::string_view message);
 
 // Content-Type of a stream of `format`.
 absl::string_view StreamContentType(StreamFormat format);

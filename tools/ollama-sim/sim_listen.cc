@@ -39,14 +39,12 @@ absl::StatusOr<ListenAddress> ParseListenAddress(absl::string_view text) {
     host = text.substr(0, colon);
     port = text.substr(colon + 1);
     if (host.find(':') != absl::string_view::npos) {
-      return absl::InvalidArgumentError(
-          "IPv6 addresses need brackets: [addr]:port");
+      return absl::InvalidArgumentError("IPv6 addresses need brackets: [addr]:port");
     }
     if (host.empty()) host = "0.0.0.0";
     result.display_host = std::string(host);
   }
-  if (!absl::SimpleAtoi(port, &result.port) || result.port < 0 ||
-      result.port > 65535) {
+  if (!absl::SimpleAtoi(port, &result.port) || result.port < 0 || result.port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("bad port '", port, "'"));
   }
   std::string host_str(host);
@@ -97,8 +95,7 @@ absl::Status ProbePortFree(const ListenAddress& address) {
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   absl::Status status = absl::OkStatus();
   if (bind(fd, reinterpret_cast<sockaddr*>(&addr), address.addr_len) != 0) {
-    status = ErrnoStatus(
-        absl::StrCat("bind ", address.display_host, ":", address.port));
+    status = ErrnoStatus(absl::StrCat("bind ", address.display_host, ":", address.port));
   }
   close(fd);
   return status;
@@ -106,8 +103,7 @@ absl::Status ProbePortFree(const ListenAddress& address) {
 
 absl::StatusOr<int> OpenListener(const ListenAddress& address, int port) {
   sockaddr_storage addr = WithPort(address, port);
-  int fd =
-      socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return ErrnoStatus("socket");
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
@@ -117,8 +113,7 @@ absl::StatusOr<int> OpenListener(const ListenAddress& address, int port) {
     return status;
   }
   if (bind(fd, reinterpret_cast<sockaddr*>(&addr), address.addr_len) != 0) {
-    absl::Status status =
-        ErrnoStatus(absl::StrCat("bind ", address.display_host, ":", port));
+    absl::Status status = ErrnoStatus(absl::StrCat("bind ", address.display_host, ":", port));
     close(fd);
     return status;
   }

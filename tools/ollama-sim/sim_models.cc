@@ -27,10 +27,9 @@ std::string Digest(absl::string_view name) {
 }
 
 void AppendDetails(std::string* out) {
-  out->append(
-      R"("details":{"parent_model":"","format":"gguf","family":"llama",)"
-      R"("families":["llama"],"parameter_size":"1B",)"
-      R"("quantization_level":"Q4_0"})");
+  out->append(R"("details":{"parent_model":"","format":"gguf","family":"llama",)"
+              R"("families":["llama"],"parameter_size":"1B",)"
+              R"("quantization_level":"Q4_0"})");
 }
 
 // RFC 3339 (UTC, nanoseconds) of the realtime instant `delta_ns` from now;
@@ -50,8 +49,7 @@ std::string RealtimeAfter(int64_t delta_ns) {
   gmtime_r(&sec, &parts);
   char text[48];
   size_t n = strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%S", &parts);
-  snprintf(text + n, sizeof(text) - n, ".%09lldZ",
-           static_cast<long long>(nsec));
+  snprintf(text + n, sizeof(text) - n, ".%09lldZ", static_cast<long long>(nsec));
   return text;
 }
 
@@ -71,8 +69,7 @@ bool ParseGoDuration(absl::string_view text, int64_t* ns) {
   double total = 0;
   while (!text.empty()) {
     size_t digits = 0;
-    while (digits < text.size() &&
-           (absl::ascii_isdigit(text[digits]) || text[digits] == '.')) {
+    while (digits < text.size() && (absl::ascii_isdigit(text[digits]) || text[digits] == '.')) {
       ++digits;
     }
     double value;
@@ -124,8 +121,7 @@ std::string NormalizeModelName(absl::string_view name) {
 bool ModelKnown(const SimConfig& config, absl::string_view model) {
   if (config.models.empty()) return true;
   std::string full = NormalizeModelName(model);
-  return std::find(config.models.begin(), config.models.end(), full) !=
-         config.models.end();
+  return std::find(config.models.begin(), config.models.end(), full) != config.models.end();
 }
 
 bool ParseKeepAlive(absl::string_view body, int64_t* keep_alive_ns) {
@@ -150,10 +146,9 @@ bool ParseKeepAlive(absl::string_view body, int64_t* keep_alive_ns) {
 std::string ModelTagsBody(const std::vector<std::string>& models) {
   std::string body = "{\"models\":[";
   for (size_t i = 0; i < models.size(); ++i) {
-    absl::StrAppend(&body, i ? "," : "", "{\"name\":\"", models[i],
-                    "\",\"model\":\"", models[i],
-                    "\",\"modified_at\":\"2024-01-01T00:00:00Z\",\"size\":",
-                    kModelSize, ",\"digest\":\"", Digest(models[i]), "\",");
+    absl::StrAppend(&body, i ? "," : "", "{\"name\":\"", models[i], "\",\"model\":\"", models[i],
+                    "\",\"modified_at\":\"2024-01-01T00:00:00Z\",\"size\":", kModelSize,
+                    ",\"digest\":\"", Digest(models[i]), "\",");
     AppendDetails(&body);
     body.append("}");
   }
@@ -193,8 +188,8 @@ void ModelScheduler::CountRequest(const std::string& key) {
 
 void ModelScheduler::ExpireLocked(int64_t now) {
   for (auto& [name, model] : models_) {
-    if (model.loaded && model.running == 0 &&
-        model.keep_alive_ns != kKeepForever && model.expires_ns <= now) {
+    if (model.loaded && model.running == 0 && model.keep_alive_ns != kKeepForever &&
+        model.expires_ns <= now) {
       model.loaded = false;
     }
   }
@@ -219,8 +214,7 @@ bool ModelScheduler::EvictLocked() {
   return true;
 }
 
-bool ModelScheduler::StartLocked(Model& model, uint64_t ticket,
-                                 int64_t keep_alive_ns, int64_t now,
+bool ModelScheduler::StartLocked(Model& model, uint64_t ticket, int64_t keep_alive_ns, int64_t now,
                                  ModelGrant* grant) {
   // FIFO per model: only the head of the queue (or a newcomer to an empty
   // queue) may take a slot.
@@ -231,8 +225,7 @@ bool ModelScheduler::StartLocked(Model& model, uint64_t ticket,
   if (model.loaded) {
     if (num_parallel_ > 0 && model.running >= num_parallel_) return false;
   } else {
-    if (max_loaded_ > 0 && LoadedCountLocked() >= max_loaded_ &&
-        !EvictLocked()) {
+    if (max_loaded_ > 0 && LoadedCountLocked() >= max_loaded_ && !EvictLocked()) {
       return false;  // Every loaded model is busy: wait for one to finish.
     }
     model.loaded = true;
@@ -252,10 +245,8 @@ bool ModelScheduler::StartLocked(Model& model, uint64_t ticket,
   return true;
 }
 
-ModelScheduler::Admission ModelScheduler::Admit(const std::string& key,
-                                                int64_t keep_alive_ns,
-                                                int64_t now, ModelGrant* grant,
-                                                uint64_t* ticket) {
+ModelScheduler::Admission ModelScheduler::Admit(const std::string& key, int64_t keep_alive_ns,
+                                                int64_t now, ModelGrant* grant, uint64_t* ticket) {
   std::lock_guard<std::mutex> lock(mu_);
   ExpireLocked(now);
   Model& model = models_[key];
@@ -269,9 +260,8 @@ ModelScheduler::Admission ModelScheduler::Admit(const std::string& key,
   return Admission::kQueued;
 }
 
-bool ModelScheduler::TryStart(const std::string& key, uint64_t ticket,
-                              int64_t keep_alive_ns, int64_t now,
-                              ModelGrant* grant) {
+bool ModelScheduler::TryStart(const std::string& key, uint64_t ticket, int64_t keep_alive_ns,
+                              int64_t now, ModelGrant* grant) {
   std::lock_guard<std::mutex> lock(mu_);
   ExpireLocked(now);
   return StartLocked(models_[key], ticket, keep_alive_ns, now, grant);
@@ -312,13 +302,11 @@ std::string ModelScheduler::PsBody() {
     if (left != kKeepForever && model.running == 0) {
       left = std::max<int64_t>(0, model.expires_ns - now);
     }
-    absl::StrAppend(&body, first ? "" : ",", "{\"name\":\"", name,
-                    "\",\"model\":\"", name, "\",\"size\":", kModelSize,
-                    ",\"digest\":\"", Digest(name), "\",");
+    absl::StrAppend(&body, first ? "" : ",", "{\"name\":\"", name, "\",\"model\":\"", name,
+                    "\",\"size\":", kModelSize, ",\"digest\":\"", Digest(name), "\",");
     AppendDetails(&body);
     absl::StrAppend(&body, ",\"expires_at\":\"", RealtimeAfter(left),
-                    "\",\"size_vram\":", kModelSize,
-                    ",\"context_length\":4096}");
+                    "\",\"size_vram\":", kModelSize, ",\"context_length\":4096}");
     first = false;
   }
   body.append("]}");
@@ -331,11 +319,9 @@ std::string ModelScheduler::StatsJson() {
   std::string out = ",\"models\":{";
   bool first = true;
   for (const auto& [name, model] : models_) {
-    absl::StrAppend(&out, first ? "" : ",", "\"", name,
-                    "\":{\"loads\":", model.loads,
+    absl::StrAppend(&out, first ? "" : ",", "\"", name, "\":{\"loads\":", model.loads,
                     ",\"requests\":", model.requests,
-                    ",\"loaded\":", model.loaded ? "true" : "false",
-                    ",\"running\":", model.running,
+                    ",\"loaded\":", model.loaded ? "true" : "false", ",\"running\":", model.running,
                     ",\"waiting\":", model.waiting.size(), "}");
     first = false;
   }
@@ -360,15 +346,14 @@ ModelLease::~ModelLease() {
 }
 
 ModelScheduler::Admission ModelLease::Admit(int64_t now, ModelGrant* grant) {
-  ModelScheduler::Admission admission = ModelScheduler::Global().Admit(
-      key_, keep_alive_ns_, now, grant, &ticket_);
+  ModelScheduler::Admission admission =
+      ModelScheduler::Global().Admit(key_, keep_alive_ns_, now, grant, &ticket_);
   running_ = admission == ModelScheduler::Admission::kStarted;
   return admission;
 }
 
 bool ModelLease::TryStart(int64_t now, ModelGrant* grant) {
-  running_ = ModelScheduler::Global().TryStart(key_, ticket_, keep_alive_ns_,
-                                               now, grant);
+  running_ = ModelScheduler::Global().TryStart(key_, ticket_, keep_alive_ns_, now, grant);
   if (running_) ticket_ = 0;
   return running_;
 }

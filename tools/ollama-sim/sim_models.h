@@ -66,11 +66,11 @@ class ModelScheduler {
   void CountRequest(const std::string& key);
   // A new generation for `key`: starts it when a slot is free (*grant set),
   // queues it (*ticket set) or refuses it when --max_queue are waiting.
-  Admission Admit(const std::string& key, int64_t keep_alive_ns, int64_t now,
-                  ModelGrant* grant, uint64_t* ticket);
+  Admission Admit(const std::string& key, int64_t keep_alive_ns, int64_t now, ModelGrant* grant,
+                  uint64_t* ticket);
   // A queued generation asks again; true (and *grant) once it may run.
-  bool TryStart(const std::string& key, uint64_t ticket, int64_t keep_alive_ns,
-                int64_t now, ModelGrant* grant);
+  bool TryStart(const std::string& key, uint64_t ticket, int64_t keep_alive_ns, int64_t now,
+                ModelGrant* grant);
   // A queued generation gave up (its client went away).
   void Cancel(const std::string& key, uint64_t ticket);
   // A running generation ended; keep_alive decides when the model unloads.
@@ -89,15 +89,15 @@ class ModelScheduler {
     int running = 0;
     int64_t last_used_ns = 0;
     int64_t keep_alive_ns = kDefaultKeepAliveNs;  // Of the latest request.
-    int64_t expires_ns = 0;  // Idle and loaded: unloads then.
+    int64_t expires_ns = 0;                       // Idle and loaded: unloads then.
     std::deque<uint64_t> waiting;
     int64_t loads = 0;
     int64_t requests = 0;
   };
 
   void ExpireLocked(int64_t now);
-  bool StartLocked(Model& model, uint64_t ticket, int64_t keep_alive_ns,
-                   int64_t now, ModelGrant* grant);
+  bool StartLocked(Model& model, uint64_t ticket, int64_t keep_alive_ns, int64_t now,
+                   ModelGrant* grant);
   // Unloads the least recently used idle model; false when none is idle.
   bool EvictLocked();
   int LoadedCountLocked() const;

@@ -40,9 +40,9 @@ void Connection::Dispatch(HttpRequest request) {
   bool http10 = request.http_major == 1 && request.http_minor == 0;
   // An Upgrade request the simulator does not honour leaves unparsed bytes
   // of another protocol behind it, so the connection cannot continue.
-  bool keep_alive = request.keep_alive && !plan.close &&
-                    !(request.upgrade && plan.kind != PlanKind::kWebSocket &&
-                      plan.kind != PlanKind::kSwitch);
+  bool keep_alive =
+      request.keep_alive && !plan.close &&
+      !(request.upgrade && plan.kind != PlanKind::kWebSocket && plan.kind != PlanKind::kSwitch);
   switch (plan.kind) {
     case PlanKind::kImmediate:
       AppendSimpleResponse(plan, keep_alive, http10);
@@ -54,15 +54,14 @@ void Connection::Dispatch(HttpRequest request) {
       return;
     case PlanKind::kHang:
       state_ = State::kHung;
-      active_ = Active{
-          .kind = PlanKind::kHang, .spec = {}, .start_ns = MonotonicNowNs()};
+      active_ = Active{.kind = PlanKind::kHang, .spec = {}, .start_ns = MonotonicNowNs()};
       queue_.clear();
       return;
     case PlanKind::kWebSocket: {
-      out_.append(absl::StrCat(
-          "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-          "Connection: Upgrade\r\nSec-WebSocket-Accept: ",
-          plan.ws_accept, "\r\n\r\n"));
+      out_.append(
+          absl::StrCat("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                       "Connection: Upgrade\r\nSec-WebSocket-Accept: ",
+                       plan.ws_accept, "\r\n\r\n"));
       state_ = State::kWebSocket;
       // 64 MiB: the largest message the echo tests send is far smaller.
       ws_parser_ = std::make_unique<WsFrameParser>(kMaxBodyBytes);
@@ -73,9 +72,8 @@ void Connection::Dispatch(HttpRequest request) {
       return;
     }
     case PlanKind::kSwitch: {
-      out_.append(absl::StrCat(
-          "HTTP/1.1 101 Switching Protocols\r\nUpgrade: ", plan.switch_to,
-          "\r\nConnection: Upgrade\r\n\r\n"));
+      out_.append(absl::StrCat("HTTP/1.1 101 Switching Protocols\r\nUpgrade: ", plan.switch_to,
+                               "\r\nConnection: Upgrade\r\n\r\n"));
       state_ = State::kRawEcho;
       queue_.clear();
       parser_stopped_ = true;
@@ -91,38 +89,34 @@ void Connection::Dispatch(HttpRequest request) {
   }
 }
 
-void Connection::StartGeneration(ResponsePlan plan, bool keep_alive,
-                                 bool http10) {
+void Connection::StartGeneration(ResponsePlan plan, bool keep_alive, bool http10) {
   int64_t now = MonotonicNowNs();
   std::unique_ptr<ModelLease> lease;
   ModelGrant grant{.ready_ns = now, .load_ns = plan.stream.load_duration_ns};
   bool waiting = false;
   if (!plan.stream.model_key.empty()) {
-    lease = std::make_unique<ModelLease>(plan.stream.model_key,
-                                         plan.stream.keep_alive_ns);
+    lease = std::make_unique<ModelLease>(plan.stream.model_key, plan.stream.keep_alive_ns);
     ModelScheduler::Admission admission = lease->Admit(now, &grant);
     if (admission == ModelScheduler::Admission::kQueueFull) {
-      AppendSimpleResponse(ErrorPlan(plan.stream.format, 503, kMaxQueueError),
-                           keep_alive, http10);
+      AppendSimpleResponse(ErrorPlan(plan.stream.format, 503, kMaxQueueError), keep_alive, http10);
       if (!keep_alive) close_when_flushed_ = true;
       return;
     }
     waiting = admission == ModelScheduler::Admission::kQueued;
   }
-  active_ = Active{
-      .kind = plan.kind,
-      .spec = std::move(plan.stream),
-      .start_ns = now,
-      .gen_start_ns = grant.ready_ns,
-      .next_item = 0,
-      // HTTP/1.0 has no chunked coding: a streamed body ends
-      // with the connection.
-      .keep_alive = keep_alive && !(http10 && plan.kind == PlanKind::kStream),
-      .chunked = !http10,
-      .http10 = http10,
-      .headers_sent = false,
-      .lease = std::move(lease),
-      .waiting = waiting};
+  active_ = Active{.kind = plan.kind,
+                   .spec = std::move(plan.stream),
+                   .start_ns = now,
+                   .gen_start_ns = grant.ready_ns,
+                   .next_item = 0,
+                   // HTTP/1.0 has no chunked coding: a streamed body ends
+                   // with the connection.
+                   .keep_alive = keep_alive && !(http10 && plan.kind == PlanKind::kStream),
+                   .chunked = !http10,
+                   .http10 = http10,
+                   .headers_sent = false,
+                   .lease = std::move(lease),
+                   .waiting = waiting};
   if (!waiting) active_->spec.load_duration_ns = grant.load_ns;
   RunActive();
 }
@@ -153,8 +147,7 @@ void Connection::RunActive() {
 
   if (a.kind == PlanKind::kDelayed) {
     int waited_items = closes ? spec.close_after : items - 1;
-    int64_t deadline = a.gen_start_ns + spec.ttft_ns +
-                       int64_t{waited_items} * spec.token_delay_ns;
+    int64_t deadline = a.gen_start_ns + spec.ttft_ns + int64_t{waited_items} * spec.token_delay_ns;
     if (now < deadline) {
       worker_->ScheduleTimer(this, deadline);
       return;
@@ -179,8 +172,7 @@ void Connection::RunActive() {
       return;
     }
     int i = a.next_item;
-    int64_t deadline =
-        a.gen_start_ns + spec.ttft_ns + int64_t{i} * spec.token_delay_ns;
+    int64_t deadline = a.gen_start_ns + spec.ttft_ns + int64_t{i} * spec.token_delay_ns;
     // "Close after N": right after the Nth item went out; for N = 0, when the
     // first item would have (so the headers still arrive first).
     if (closes && i == spec.close_after && (i > 0 || now >= deadline)) {
@@ -228,15 +220,12 @@ void Connection::FinishActive() {
   ProcessQueue();
 }
 
-void Connection::AppendSimpleResponse(const ResponsePlan& plan, bool keep_alive,
-                                      bool http10) {
-  absl::StrAppend(&out_, "HTTP/1.1 ", plan.status, " ",
-                  StatusReason(plan.status), "\r\n");
+void Connection::AppendSimpleResponse(const ResponsePlan& plan, bool keep_alive, bool http10) {
+  absl::StrAppend(&out_, "HTTP/1.1 ", plan.status, " ", StatusReason(plan.status), "\r\n");
   if (!plan.content_type.empty()) {
     absl::StrAppend(&out_, "Content-Type: ", plan.content_type, "\r\n");
   }
-  absl::StrAppend(&out_, "Content-Length: ", plan.body.size(), "\r\n",
-                  plan.extra_headers);
+  absl::StrAppend(&out_, "Content-Length: ", plan.body.size(), "\r\n", plan.extra_headers);
   if (!keep_alive) {
     out_.append("Connection: close\r\n");
   } else if (http10) {
@@ -248,8 +237,8 @@ void Connection::AppendSimpleResponse(const ResponsePlan& plan, bool keep_alive,
 
 void Connection::AppendStreamHeaders() {
   Active& a = *active_;
-  absl::StrAppend(&out_, "HTTP/1.1 200 OK\r\nContent-Type: ",
-                  StreamContentType(a.spec.format), "\r\n");
+  absl::StrAppend(&out_, "HTTP/1.1 200 OK\r\nContent-Type: ", StreamContentType(a.spec.format),
+                  "\r\n");
   if (a.chunked) out_.append("Transfer-Encoding: chunked\r\n");
   if (a.spec.format == StreamFormat::kOpenAiChat ||
       a.spec.format == StreamFormat::kOpenAiCompletion) {
@@ -275,8 +264,7 @@ void Connection::AppendChunk(absl::string_view payload) {
 void Connection::Flush() {
   if (dead_) return;
   while (out_offset_ < out_.size()) {
-    ssize_t n = send(fd_, out_.data() + out_offset_, out_.size() - out_offset_,
-                     MSG_NOSIGNAL);
+    ssize_t n = send(fd_, out_.data() + out_offset_, out_.size() - out_offset_, MSG_NOSIGNAL);
     if (n > 0) {
       out_offset_ += static_cast<size_t>(n);
       continue;

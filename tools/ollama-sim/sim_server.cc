@@ -22,8 +22,7 @@ constexpr uint64_t kWakeTag = 1;
 
 }  // namespace
 
-Worker::Worker(int listen_fd, const SimConfig* config)
-    : listen_fd_(listen_fd), config_(config) {}
+Worker::Worker(int listen_fd, const SimConfig* config) : listen_fd_(listen_fd), config_(config) {}
 
 Worker::~Worker() {
   connections_.clear();
@@ -61,30 +60,25 @@ void Worker::Stop() {
 }
 
 void Worker::ScheduleTimer(Connection* connection, int64_t deadline_ns) {
-  timers_.push_back(
-      {deadline_ns, connection->id(), connection->NextTimerSeq()});
+  timers_.push_back({deadline_ns, connection->id(), connection->NextTimerSeq()});
   std::push_heap(timers_.begin(), timers_.end());
 }
 
 int Worker::Wait(epoll_event* events, int max_events) {
   int64_t timeout_ns = -1;
   if (!timers_.empty()) {
-    timeout_ns =
-        std::max<int64_t>(0, timers_.front().deadline_ns - MonotonicNowNs());
+    timeout_ns = std::max<int64_t>(0, timers_.front().deadline_ns - MonotonicNowNs());
   }
   if (have_pwait2_) {
     // epoll_pwait2 takes a timespec: sub-millisecond token delays (0.5 ms)
     // need better than epoll_wait's millisecond timeout.
     timespec ts{static_cast<time_t>(timeout_ns / 1'000'000'000),
                 static_cast<long>(timeout_ns % 1'000'000'000)};
-    int n = epoll_pwait2(epoll_fd_, events, max_events,
-                         timeout_ns < 0 ? nullptr : &ts, nullptr);
+    int n = epoll_pwait2(epoll_fd_, events, max_events, timeout_ns < 0 ? nullptr : &ts, nullptr);
     if (n >= 0 || errno != ENOSYS) return n;
     have_pwait2_ = false;
   }
-  int timeout_ms = timeout_ns < 0
-                       ? -1
-                       : static_cast<int>((timeout_ns + 999'999) / 1'000'000);
+  int timeout_ms = timeout_ns < 0 ? -1 : static_cast<int>((timeout_ns + 999'999) / 1'000'000);
   return epoll_wait(epoll_fd_, events, max_events, timeout_ms);
 }
 
@@ -145,12 +139,10 @@ void Worker::DestroyIfDead(uint64_t id) {
 
 void Worker::AcceptAll() {
   for (int i = 0; i < 64; ++i) {
-    int fd =
-        accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno != EAGAIN && errno != EWOULDBLOCK)
-        perror("ollama-sim: accept4");
+      if (errno != EAGAIN && errno != EWOULDBLOCK) perror("ollama-sim: accept4");
       return;
     }
     int one = 1;

@@ -54,9 +54,7 @@ class Worker {
     uint64_t connection_id;
     uint64_t seq;
     // std::push_heap builds a max-heap; invert to pop the earliest first.
-    bool operator<(const TimerEntry& other) const {
-      return deadline_ns > other.deadline_ns;
-    }
+    bool operator<(const TimerEntry& other) const { return deadline_ns > other.deadline_ns; }
   };
 
   void AcceptAll();

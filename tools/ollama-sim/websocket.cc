@@ -67,8 +67,7 @@ bool WsFrameParser::Feed(absl::string_view data, std::vector<WsFrame>* frames) {
   return true;
 }
 
-void AppendWsFrame(bool fin, uint8_t opcode, absl::string_view payload,
-                   std::string* out) {
+void AppendWsFrame(bool fin, uint8_t opcode, absl::string_view payload, std::string* out) {
   char header[10];
   size_t n = 0;
   header[n++] = static_cast<char>((fin ? 0x80 : 0x00) | (opcode & 0x0F));
@@ -81,8 +80,7 @@ void AppendWsFrame(bool fin, uint8_t opcode, absl::string_view payload,
     header[n++] = static_cast<char>(len);
   } else {
     header[n++] = 127;
-    for (int i = 7; i >= 0; --i)
-      header[n++] = static_cast<char>(len >> (8 * i));
+    for (int i = 7; i >= 0; --i) header[n++] = static_cast<char>(len >> (8 * i));
   }
   out->append(header, n);
   out->append(payload.data(), payload.size());

@@ -48,7 +48,6 @@ class WsFrameParser {
 };
 
 // Appends one unmasked (server-to-client) frame to *out.
-void AppendWsFrame(bool fin, uint8_t opcode, absl::string_view payload,
-                   std::string* out);
+void AppendWsFrame(bool fin, uint8_t opcode, absl::string_view payload, std::string* out);
 
 }  // namespace sluice::sim

@@ -29,8 +29,7 @@ class BufferRingTest : public ::testing::TestWithParam<Kind> {
   }
   void TearDown() override { buffers_.reset(); }
   absl::Status Init(uint32_t count, uint32_t size) {
-    absl::StatusOr<std::unique_ptr<BufferProvider>> provider =
-        backend_->NewBufferProvider(count);
+    absl::StatusOr<std::unique_ptr<BufferProvider>> provider = backend_->NewBufferProvider(count);
     if (!provider.ok()) return provider.status();
     return buffers_->Init(*std::move(provider), count, size);
   }

@@ -14,9 +14,9 @@ namespace sluice::core {
 namespace {
 
 TEST(ModelNamesTest, ReadsTheNamesOfTagsAndPsAnswers) {
-  absl::StatusOr<std::vector<std::string>> names = ModelNames(
-      R"({"models":[{"name":"llama3:8b","size":1,"details":{"family":"llama"}},)"
-      R"({"model":"x","name":"qwen2:0.5b","expires_at":"2026-12-07T13:00:00Z"}]})");
+  absl::StatusOr<std::vector<std::string>> names =
+      ModelNames(R"({"models":[{"name":"llama3:8b","size":1,"details":{"family":"llama"}},)"
+                 R"({"model":"x","name":"qwen2:0.5b","expires_at":"2026-12-07T13:00:00Z"}]})");
   ASSERT_TRUE(names.ok()) << names.status();
   EXPECT_EQ(*names, (std::vector<std::string>{"llama3:8b", "qwen2:0.5b"}));
   names = ModelNames(R"({"models":[]})");

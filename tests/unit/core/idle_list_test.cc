@@ -1,7 +1,6 @@
 #include "core/engine/idle_list.h"
 
 #include "core/upstream/idle_target.h"
-
 #include "gtest/gtest.h"
 
 namespace sluice::core {

@@ -1,7 +1,5 @@
 #include "core/engine/loop.h"
 
-#include "core/engine/stream.h"
-
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -13,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/engine/stream.h"
 #include "gtest/gtest.h"
 
 namespace sluice::core {
@@ -292,7 +291,8 @@ TEST_P(LoopTest, StreamConnectsSendsReceivesAndCloses) {
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   a.sin_port = htons(static_cast<uint16_t>(port));
   EchoHandler h;
-  auto* s = new Stream(loop_.get(), socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), &h);
+  auto* s =
+      new Stream(loop_.get(), socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), &h);
   s->Connect(reinterpret_cast<sockaddr*>(&a), sizeof(a), 1'000'000'000);
   s->WriteStatic("GET / HTTP/1.1\r\n");
   s->WriteCopy("Host: x\r\n\r\n");
@@ -380,7 +380,8 @@ TEST_P(LoopTest, RingPressurePausesTheBiggestHoldersUpstreams) {
     const std::string chunk(512, 'x');
     // The greedy sender writes until the stream is paused.
     for (int i = 0; i < 400 && !greedy.paused_for_pressure(); ++i) {
-      ASSERT_EQ(write(greedy_fds[1], chunk.data(), chunk.size()), static_cast<ssize_t>(chunk.size()));
+      ASSERT_EQ(write(greedy_fds[1], chunk.data(), chunk.size()),
+                static_cast<ssize_t>(chunk.size()));
       turns(3, [&] { return greedy.paused_for_pressure(); });
     }
     ASSERT_TRUE(greedy.paused_for_pressure()) << "held " << greedy_account->held;
@@ -392,8 +393,10 @@ TEST_P(LoopTest, RingPressurePausesTheBiggestHoldersUpstreams) {
     // served.
     const size_t greedy_bytes = greedy_h.bytes;
     for (int i = 0; i < 20; ++i) {
-      ASSERT_EQ(write(greedy_fds[1], chunk.data(), chunk.size()), static_cast<ssize_t>(chunk.size()));
-      ASSERT_EQ(write(polite_fds[1], chunk.data(), chunk.size()), static_cast<ssize_t>(chunk.size()));
+      ASSERT_EQ(write(greedy_fds[1], chunk.data(), chunk.size()),
+                static_cast<ssize_t>(chunk.size()));
+      ASSERT_EQ(write(polite_fds[1], chunk.data(), chunk.size()),
+                static_cast<ssize_t>(chunk.size()));
       turns(3, [] { return false; });
     }
     EXPECT_LE(greedy_h.bytes, greedy_bytes + 2 * chunk.size()) << "in flight at the pause at most";
@@ -402,7 +405,9 @@ TEST_P(LoopTest, RingPressurePausesTheBiggestHoldersUpstreams) {
     // gets what waited in its socket.
     greedy_h.hold = false;
     greedy_h.held.clear();
-    turns(50, [&] { return !greedy.paused_for_pressure() && greedy_h.bytes >= greedy_bytes + 20 * chunk.size(); });
+    turns(50, [&] {
+      return !greedy.paused_for_pressure() && greedy_h.bytes >= greedy_bytes + 20 * chunk.size();
+    });
     EXPECT_FALSE(greedy.paused_for_pressure());
     EXPECT_EQ(loop_->paused_count(), 0u);
     EXPECT_GE(greedy_h.bytes, greedy_bytes + 20 * chunk.size());

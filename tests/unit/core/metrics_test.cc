@@ -227,9 +227,9 @@ MetricsShard Numbered(uint64_t base) {
   for (uint64_t* f :
        {&m.connections_accepted, &m.connections_handled, &m.requests, &m.tls_handshakes,
         &m.tls_resumptions, &m.tls_handshake_failures, &m.upstream_connects, &m.upstream_reused,
-        &m.upstream_connect_failures, &m.upstream_failovers, &m.rejected_auth, &m.rejected_denied, &m.rejected_rate,
-        &m.rejected_concurrency, &m.rejected_busy, &m.rejected_overload, &m.connections_dropped,
-        &m.client_cancellations}) {
+        &m.upstream_connect_failures, &m.upstream_failovers, &m.rejected_auth, &m.rejected_denied,
+        &m.rejected_rate, &m.rejected_concurrency, &m.rejected_busy, &m.rejected_overload,
+        &m.connections_dropped, &m.client_cancellations}) {
     *f = v++;
   }
   for (int64_t* f : {&m.connections_reading, &m.connections_writing, &m.connections_waiting,

@@ -84,9 +84,9 @@ TEST(SliceTest, ExtendMergesOnlyContiguousViewsOfOneOwner) {
   Slice a(&owner, bytes, 3);
   EXPECT_TRUE(a.Extend(Slice(&owner, bytes + 3, 2)));
   EXPECT_EQ(a.view(), "abcde");
-  EXPECT_EQ(owner.refs, 1u);  // the merged view holds one reference
-  EXPECT_FALSE(a.Extend(Slice(&owner, bytes + 6, 2)));   // a gap
-  EXPECT_FALSE(a.Extend(Slice(&other, bytes + 5, 2)));   // another owner
+  EXPECT_EQ(owner.refs, 1u);                            // the merged view holds one reference
+  EXPECT_FALSE(a.Extend(Slice(&owner, bytes + 6, 2)));  // a gap
+  EXPECT_FALSE(a.Extend(Slice(&other, bytes + 5, 2)));  // another owner
   EXPECT_FALSE(Slice::Static("ab").Extend(Slice::Static("c")));  // no owner
   EXPECT_EQ(a.view(), "abcde");
 }

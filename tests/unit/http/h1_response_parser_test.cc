@@ -39,8 +39,8 @@ struct Result {
 };
 
 // Feeds `input` in pieces cut at `cuts`, then EOF if `eof`.
-void Parse(Result& r, const std::string& input, std::vector<size_t> cuts,
-           bool head_request = false, bool eof = false, bool websocket = false) {
+void Parse(Result& r, const std::string& input, std::vector<size_t> cuts, bool head_request = false,
+           bool eof = false, bool websocket = false) {
   H1ResponseParser p(&r.rec);
   p.Begin(head_request, websocket);
   cuts.push_back(input.size());
@@ -117,8 +117,10 @@ TEST(H1ResponseParserTest, BodilessStatusesIgnoreFramingHeaders) {
     EXPECT_EQ(r.consumed, head.size()) << head;
   }
   Result r;
-  Parse(r, "HTTP/1.1 100 Continue\r\nContent-Length: 3\r\n\r\n"
-           "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", {});
+  Parse(r,
+        "HTTP/1.1 100 Continue\r\nContent-Length: 3\r\n\r\n"
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        {});
   ASSERT_TRUE(r.status.ok());
   ASSERT_EQ(r.rec.heads.size(), 1u);
   EXPECT_EQ(r.rec.heads[0].status, 200);
@@ -151,16 +153,19 @@ TEST(H1ResponseParserTest, SwitchingProtocolsLeavesTunnelBytes) {
 TEST(H1ResponseParserTest, SwitchingProtocolsOnlyAnswersAWebSocketHandshake) {
   {
     Result r;
-    Parse(r, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-             "Connection: Upgrade\r\n\r\nraw", {});
+    Parse(r,
+          "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+          "Connection: Upgrade\r\n\r\nraw",
+          {});
     EXPECT_FALSE(r.status.ok());
     EXPECT_FALSE(r.upgraded);
     EXPECT_TRUE(r.rec.heads.empty());
   }
   for (const char* proto : {"h2c", "foo", "websocketx"}) {
     Result r;
-    Parse(r, absl::StrCat("HTTP/1.1 101 Switching Protocols\r\nUpgrade: ", proto,
-                          "\r\nConnection: Upgrade\r\n\r\nraw"),
+    Parse(r,
+          absl::StrCat("HTTP/1.1 101 Switching Protocols\r\nUpgrade: ", proto,
+                       "\r\nConnection: Upgrade\r\n\r\nraw"),
           {}, false, false, /*websocket=*/true);
     EXPECT_FALSE(r.status.ok()) << proto;
     EXPECT_FALSE(r.upgraded) << proto;
@@ -168,8 +173,8 @@ TEST(H1ResponseParserTest, SwitchingProtocolsOnlyAnswersAWebSocketHandshake) {
   }
   {
     Result r;
-    Parse(r, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n", {}, false,
-          false, /*websocket=*/true);
+    Parse(r, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n", {}, false, false,
+          /*websocket=*/true);
     EXPECT_FALSE(r.status.ok());
   }
 }

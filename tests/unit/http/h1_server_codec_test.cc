@@ -24,9 +24,7 @@ class Recorder : public H1RequestSink {
     heads.push_back(head);
     log += "head:" + head.method + " " + head.target + "|";
   }
-  void OnRequestBody(Slice data) override {
-    bodies.back_or_new() += data.view();
-  }
+  void OnRequestBody(Slice data) override { bodies.back_or_new() += data.view(); }
   void OnRequestComplete() override {
     log += "body:" + bodies.current + "|end|";
     bodies.current.clear();
@@ -50,8 +48,7 @@ struct Outcome {
 // Feeds `input` split into the given pieces, as a connection would: bytes
 // a paused codec did not consume are fed again after Resume, in front of
 // the next piece.
-Outcome Feed(const std::string& input, const std::vector<size_t>& cuts,
-            H1Limits limits = {}) {
+Outcome Feed(const std::string& input, const std::vector<size_t>& cuts, H1Limits limits = {}) {
   Recorder rec;
   H1ServerCodec codec(&rec, limits);
   Outcome out;
@@ -118,8 +115,8 @@ TEST(H1ServerCodecTest, SimpleGet) {
 }
 
 TEST(H1ServerCodecTest, ContentLengthBody) {
-  Outcome o = RunAllSplits(
-      "POST /api/chat HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world");
+  Outcome o =
+      RunAllSplits("POST /api/chat HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world");
   ASSERT_TRUE(o.status.ok()) << o.status;
   EXPECT_EQ(o.log, "head:POST /api/chat|body:hello world|end|");
   EXPECT_EQ(o.heads[0].content_length, 11u);
@@ -207,7 +204,8 @@ TEST(H1ServerCodecTest, ExpectContinue) {
       "POST /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nz");
   ASSERT_TRUE(o.status.ok());
   EXPECT_TRUE(o.heads[0].expect_continue);
-  Outcome bad = Feed("POST /x HTTP/1.1\r\nHost: a\r\nExpect: magic\r\nContent-Length: 1\r\n\r\nz", {});
+  Outcome bad =
+      Feed("POST /x HTTP/1.1\r\nHost: a\r\nExpect: magic\r\nContent-Length: 1\r\n\r\nz", {});
   EXPECT_EQ(HttpStatusForError(bad.status), 417);
 }
 
@@ -254,14 +252,15 @@ TEST(H1ServerCodecTest, WebSocketKeyMustBeSixteenBytesInBase64) {
 }
 
 TEST(H1ServerCodecTest, AuthoritySyntax) {
-  for (const char* good : {"a", "localhost:11434", "127.0.0.1", "[::1]", "[::1]:8080",
-                           "ollama.example", "xn--bcher-kva.example:443", "a%41b", "host:",
-                           "[fe80::1%25eth0]:80"}) {
+  for (const char* good :
+       {"a", "localhost:11434", "127.0.0.1", "[::1]", "[::1]:8080", "ollama.example",
+        "xn--bcher-kva.example:443", "a%41b", "host:", "[fe80::1%25eth0]:80"}) {
     EXPECT_TRUE(ValidAuthority(good)) << good;
   }
-  for (const char* bad : {"", "user:pw@host", "@host", "host/path", "host?q", "host#f",
-                          "host:80/x", "ho st", "host:abc", "host:123456", "[::1", "[]",
-                          "[::1]x", "[zz::1]", "[::1/8]", "[::1@x]", ":80", "host\\x", "a\"b", "a%4"}) {
+  for (const char* bad :
+       {"",        "user:pw@host", "@host",       "host/path", "host?q", "host#f", "host:80/x",
+        "ho st",   "host:abc",     "host:123456", "[::1",      "[]",     "[::1]x", "[zz::1]",
+        "[::1/8]", "[::1@x]",      ":80",         "host\\x",   "a\"b",   "a%4"}) {
     EXPECT_FALSE(ValidAuthority(bad)) << bad;
   }
 }
@@ -305,11 +304,13 @@ TEST(H1ServerCodecTest, ManyEmptyFieldsCountAgainstTheHeaderLimit) {
 TEST(H1ServerCodecTest, BodyLimitGives413) {
   H1Limits limits;
   limits.max_body_bytes = 10;
-  Outcome declared = RunAllSplits("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n", limits);
+  Outcome declared =
+      RunAllSplits("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n", limits);
   EXPECT_EQ(HttpStatusForError(declared.status), 413);
   Outcome streamed = RunAllSplits(
       "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-      "6\r\nabcdef\r\n6\r\nghijkl\r\n0\r\n\r\n", limits);
+      "6\r\nabcdef\r\n6\r\nghijkl\r\n0\r\n\r\n",
+      limits);
   EXPECT_EQ(HttpStatusForError(streamed.status), 413);
   EXPECT_EQ(streamed.log, "head:POST /|");
 }
@@ -336,50 +337,128 @@ TEST_P(H1ServerCodecRejects, WithStatus) {
 INSTANTIATE_TEST_SUITE_P(
     Smuggling, H1ServerCodecRejects,
     testing::Values(
-        BadCase{"ClAndTe", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
-        BadCase{"TeAndCl", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 400},
-        BadCase{"TwoContentLengths", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400},
-        BadCase{"SameContentLengthTwice", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400},
-        BadCase{"ContentLengthList", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\nhello", 400},
-        BadCase{"ContentLengthPlus", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello", 400},
-        BadCase{"ContentLengthHex", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\nhello", 400},
-        BadCase{"ChunkedThenIdentity", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", 400},
+        BadCase{"ClAndTe",
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: "
+                "chunked\r\n\r\n0\r\n\r\n",
+                400},
+        BadCase{"TeAndCl",
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: "
+                "5\r\n\r\n0\r\n\r\n",
+                400},
+        BadCase{
+            "TwoContentLengths",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            400},
+        BadCase{"SameContentLengthTwice",
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+                400},
+        BadCase{"ContentLengthList",
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\nhello", 400},
+        BadCase{"ContentLengthPlus",
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello", 400},
+        BadCase{"ContentLengthHex",
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\nhello", 400},
+        BadCase{
+            "ChunkedThenIdentity",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+            400},
         BadCase{"GzipOnly", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nxx", 400},
-        BadCase{"IdentityOnly", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\nxx", 400},
+        BadCase{"IdentityOnly",
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\nxx", 400},
         // RFC 9112 6.1: a coding the proxy does not relay (the body would
         // go on de-chunked but still gzip'd) is 501, never dropped.
-        BadCase{"GzipThenChunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501},
+        BadCase{"GzipThenChunked",
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+                501},
         // llhttp itself refuses a chunked that is not the last coding of
         // its field (RFC 9112 6.1: chunked is applied at most once).
-        BadCase{"ChunkedTwice", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", 400},
-        BadCase{"ChunkedInTwoFields", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
-        BadCase{"TwoTeFields", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501},
+        BadCase{
+            "ChunkedTwice",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            400},
+        BadCase{"ChunkedInTwoFields",
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: "
+                "chunked\r\n\r\n0\r\n\r\n",
+                400},
+        BadCase{"TwoTeFields",
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: "
+                "chunked\r\n\r\n0\r\n\r\n",
+                501},
         BadCase{"HostWithPath", "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400},
         BadCase{"HostWithUserinfo", "GET / HTTP/1.1\r\nHost: u:p@a\r\n\r\n", 400},
         BadCase{"HostWithQuery", "GET / HTTP/1.1\r\nHost: a?x\r\n\r\n", 400},
         BadCase{"AbsoluteFormWithPort", "GET http://a:b/ HTTP/1.1\r\nHost: a\r\n\r\n", 400},
-        BadCase{"WsKeyMissing", "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n", 400},
-        BadCase{"WsKeyShort", "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: x\r\nSec-WebSocket-Version: 13\r\n\r\n", 400},
-        BadCase{"WsKeyTwice", "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", 400},
-        BadCase{"WsVersion12", "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 12\r\n\r\n", 400},
-        BadCase{"WsNoVersion", "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", 400},
-        BadCase{"WsKeyNamedByConnection", "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade, Sec-WebSocket-Key\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", 400},
-        BadCase{"WsPost", "POST /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", 400},
-        BadCase{"WsHttp10", "GET /ws HTTP/1.0\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", 400},
-        BadCase{"WsNoConnectionUpgrade", "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", 400},
-        BadCase{"WsWithBody", "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 2\r\n\r\nxx", 400},
-        BadCase{"XChunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 400},
-        BadCase{"TeSpaceBeforeColon", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400},
-        BadCase{"TeLeadingTabName", "POST / HTTP/1.1\r\nHost: a\r\n\tTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
+        BadCase{"WsKeyMissing",
+                "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: "
+                "Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                400},
+        BadCase{"WsKeyShort",
+                "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: "
+                "Upgrade\r\nSec-WebSocket-Key: x\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                400},
+        BadCase{"WsKeyTwice",
+                "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: "
+                "Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: "
+                "dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                400},
+        BadCase{"WsVersion12",
+                "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: "
+                "Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: "
+                "12\r\n\r\n",
+                400},
+        BadCase{"WsNoVersion",
+                "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: "
+                "Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+                400},
+        BadCase{"WsKeyNamedByConnection",
+                "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade, "
+                "Sec-WebSocket-Key\r\nSec-WebSocket-Key: "
+                "dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                400},
+        BadCase{"WsPost",
+                "POST /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: "
+                "Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: "
+                "13\r\n\r\n",
+                400},
+        BadCase{"WsHttp10",
+                "GET /ws HTTP/1.0\r\nHost: a\r\nUpgrade: websocket\r\nConnection: "
+                "Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: "
+                "13\r\n\r\n",
+                400},
+        BadCase{"WsNoConnectionUpgrade",
+                "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nSec-WebSocket-Key: "
+                "dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                400},
+        BadCase{"WsWithBody",
+                "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: "
+                "Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: "
+                "13\r\nContent-Length: 2\r\n\r\nxx",
+                400},
+        BadCase{"XChunked",
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 400},
+        BadCase{"TeSpaceBeforeColon",
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400},
+        BadCase{"TeLeadingTabName",
+                "POST / HTTP/1.1\r\nHost: a\r\n\tTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
         BadCase{"ObsFold", "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n", 400},
         BadCase{"ObsFoldTab", "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n\tc\r\n\r\n", 400},
-        BadCase{"TeOnHttp10", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
+        BadCase{"TeOnHttp10", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                400},
         BadCase{"MissingHost", "GET / HTTP/1.1\r\nUser-Agent: x\r\n\r\n", 400},
         BadCase{"DuplicateHost", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400},
         BadCase{"HostSpaceBeforeColon", "GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400},
-        BadCase{"BadChunkSize", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400},
-        BadCase{"ChunkSizeOverflow", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nx\r\n0\r\n\r\n", 400},
-        BadCase{"ChunkMissingCrlf", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n", 400},
+        BadCase{"BadChunkSize",
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: "
+                "chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+                400},
+        BadCase{"ChunkSizeOverflow",
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: "
+                "chunked\r\n\r\nffffffffffffffffff\r\nx\r\n0\r\n\r\n",
+                400},
+        BadCase{
+            "ChunkMissingCrlf",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+            400},
         BadCase{"BareLfLines", "GET / HTTP/1.1\nHost: a\n\n", 400},
         BadCase{"BareLfAfterHeader", "GET / HTTP/1.1\r\nHost: a\nX: y\r\n\r\n", 400},
         BadCase{"NulInValue", std::string("GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n", 35), 400},

@@ -44,8 +44,7 @@ void Put32(std::string* out, uint32_t v) {
   out->push_back(static_cast<char>(v));
 }
 
-std::string FrameHeader(uint32_t len, uint8_t type, uint8_t flags,
-                        uint32_t stream) {
+std::string FrameHeader(uint32_t len, uint8_t type, uint8_t flags, uint32_t stream) {
   std::string h;
   h.push_back(static_cast<char>(len >> 16));
   h.push_back(static_cast<char>(len >> 8));
@@ -56,11 +55,8 @@ std::string FrameHeader(uint32_t len, uint8_t type, uint8_t flags,
   return h;
 }
 
-std::string Frame(uint8_t type, uint8_t flags, uint32_t stream,
-                  const std::string& payload) {
-  return FrameHeader(static_cast<uint32_t>(payload.size()), type, flags,
-                     stream) +
-         payload;
+std::string Frame(uint8_t type, uint8_t flags, uint32_t stream, const std::string& payload) {
+  return FrameHeader(static_cast<uint32_t>(payload.size()), type, flags, stream) + payload;
 }
 
 // HPACK integer with an N-bit prefix (RFC 7541 5.1); `first` holds the
@@ -100,16 +96,12 @@ std::string Block(const Fields& fields) {
 }
 
 Fields GetFields(const std::string& path = "/") {
-  return {{":method", "GET"},
-          {":scheme", "https"},
-          {":authority", "example.test"},
-          {":path", path}};
+  return {
+      {":method", "GET"}, {":scheme", "https"}, {":authority", "example.test"}, {":path", path}};
 }
 
-std::string HeadersFrame(uint32_t stream, const Fields& fields,
-                         bool end_stream = true) {
-  return Frame(kHeaders, kEndHeaders | (end_stream ? kEndStream : 0), stream,
-               Block(fields));
+std::string HeadersFrame(uint32_t stream, const Fields& fields, bool end_stream = true) {
+  return Frame(kHeaders, kEndHeaders | (end_stream ? kEndStream : 0), stream, Block(fields));
 }
 
 std::string RstStream(uint32_t stream, uint32_t code) {
@@ -198,11 +190,9 @@ class RawConn {
       const auto* p = reinterpret_cast<const uint8_t*>(rx_.data());
       uint32_t len = (p[0] << 16) | (p[1] << 8) | p[2];
       if (rx_.size() < 9 + len) break;
-      ParsedFrame f{
-          p[3], p[4],
-          ((uint32_t{p[5]} << 24) | (p[6] << 16) | (p[7] << 8) | p[8]) &
-              0x7fffffff,
-          rx_.substr(9, len)};
+      ParsedFrame f{p[3], p[4],
+                    ((uint32_t{p[5]} << 24) | (p[6] << 16) | (p[7] << 8) | p[8]) & 0x7fffffff,
+                    rx_.substr(9, len)};
       total_out += 9 + len;
       if (f.type == kHeaders) Decode(f);
       got.push_back(f);
@@ -282,13 +272,11 @@ struct MalformedCase {
   Fields fields;
 };
 
-class H2MalformedRequestTest : public ::testing::TestWithParam<MalformedCase> {
-};
+class H2MalformedRequestTest : public ::testing::TestWithParam<MalformedCase> {};
 
 TEST_P(H2MalformedRequestTest, IsStreamErrorProtocolError) {
   RawConn conn;
-  EXPECT_EQ(ResetCodeFor(HeadersFrame(1, GetParam().fields), &conn),
-            kH2ProtocolError);
+  EXPECT_EQ(ResetCodeFor(HeadersFrame(1, GetParam().fields), &conn), kH2ProtocolError);
   EXPECT_TRUE(conn.sink.heads.empty());
   EXPECT_EQ(conn.Goaway(), nullptr);
   EXPECT_TRUE(conn.status.ok());
@@ -300,15 +288,10 @@ TEST_P(H2MalformedRequestTest, IsStreamErrorProtocolError) {
 INSTANTIATE_TEST_SUITE_P(
     H2Rfc9113, H2MalformedRequestTest,
     ::testing::Values(
-        MalformedCase{
-            "MissingMethod",
-            {{":scheme", "https"}, {":authority", "a"}, {":path", "/"}}},
-        MalformedCase{
-            "MissingPath",
-            {{":method", "GET"}, {":scheme", "https"}, {":authority", "a"}}},
-        MalformedCase{
-            "MissingScheme",
-            {{":method", "GET"}, {":authority", "a"}, {":path", "/"}}},
+        MalformedCase{"MissingMethod", {{":scheme", "https"}, {":authority", "a"}, {":path", "/"}}},
+        MalformedCase{"MissingPath",
+                      {{":method", "GET"}, {":scheme", "https"}, {":authority", "a"}}},
+        MalformedCase{"MissingScheme", {{":method", "GET"}, {":authority", "a"}, {":path", "/"}}},
         MalformedCase{"DuplicatePath",
                       {{":method", "GET"},
                        {":scheme", "https"},
@@ -321,11 +304,9 @@ INSTANTIATE_TEST_SUITE_P(
                        {":scheme", "https"},
                        {":authority", "a"},
                        {":path", "/"}}},
-        MalformedCase{"EmptyPath",
-                      {{":method", "GET"},
-                       {":scheme", "https"},
-                       {":authority", "a"},
-                       {":path", ""}}},
+        MalformedCase{
+            "EmptyPath",
+            {{":method", "GET"}, {":scheme", "https"}, {":authority", "a"}, {":path", ""}}},
         MalformedCase{"UnknownPseudoHeader",
                       {{":method", "GET"},
                        {":scheme", "https"},
@@ -429,14 +410,11 @@ INSTANTIATE_TEST_SUITE_P(
                        {":authority", "a"},
                        {":path", "/"},
                        {"host", "b"}}},
+        MalformedCase{"NoAuthorityNoHost",
+                      {{":method", "GET"}, {":scheme", "https"}, {":path", "/"}}},
         MalformedCase{
-            "NoAuthorityNoHost",
-            {{":method", "GET"}, {":scheme", "https"}, {":path", "/"}}},
-        MalformedCase{"PathNotOriginForm",
-                      {{":method", "GET"},
-                       {":scheme", "https"},
-                       {":authority", "a"},
-                       {":path", "api/tags"}}},
+            "PathNotOriginForm",
+            {{":method", "GET"}, {":scheme", "https"}, {":authority", "a"}, {":path", "api/tags"}}},
         MalformedCase{"ExtendedConnectWithoutSetting",
                       {{":method", "CONNECT"},
                        {":protocol", "websocket"},
@@ -464,13 +442,11 @@ TEST(H2ConformanceTest, TeTrailersAndHostAloneAreAccepted) {
 TEST(H2ConformanceTest, PlainConnectIsRefusedWith501) {
   RawConn conn;
   conn.Start();
-  conn.Send(HeadersFrame(1, {{":method", "CONNECT"}, {":authority", "a:443"}},
-                         false));
+  conn.Send(HeadersFrame(1, {{":method", "CONNECT"}, {":authority", "a:443"}}, false));
   conn.Read();
   EXPECT_TRUE(conn.sink.heads.empty());
   ASSERT_FALSE(conn.headers[1].empty());
-  EXPECT_EQ(conn.headers[1][0],
-            std::make_pair(std::string(":status"), std::string("501")));
+  EXPECT_EQ(conn.headers[1][0], std::make_pair(std::string(":status"), std::string("501")));
   const ParsedFrame* body = conn.Find(kData, 1);
   ASSERT_NE(body, nullptr);
   EXPECT_NE(body->payload.find("\"error\""), std::string::npos);
@@ -481,9 +457,7 @@ TEST(H2ConformanceTest, ContentLengthLargerThanData) {
   Fields f = GetFields();
   f[0].second = "POST";
   f.emplace_back("content-length", "10");
-  EXPECT_EQ(ResetCodeFor(HeadersFrame(1, f, false) +
-                             Frame(kData, kEndStream, 1, "12345"),
-                         &conn),
+  EXPECT_EQ(ResetCodeFor(HeadersFrame(1, f, false) + Frame(kData, kEndStream, 1, "12345"), &conn),
             kH2ProtocolError);
   ASSERT_EQ(conn.sink.heads.size(), 1u);
   EXPECT_EQ(conn.sink.ends, 0);
@@ -496,9 +470,7 @@ TEST(H2ConformanceTest, ContentLengthSmallerThanData) {
   Fields f = GetFields();
   f[0].second = "POST";
   f.emplace_back("content-length", "2");
-  EXPECT_EQ(ResetCodeFor(HeadersFrame(1, f, false) +
-                             Frame(kData, kEndStream, 1, "12345"),
-                         &conn),
+  EXPECT_EQ(ResetCodeFor(HeadersFrame(1, f, false) + Frame(kData, kEndStream, 1, "12345"), &conn),
             kH2ProtocolError);
   EXPECT_EQ(conn.sink.body, "");
   EXPECT_EQ(conn.sink.resets, 1);
@@ -515,19 +487,16 @@ TEST(H2ConformanceTest, TrailersWithPseudoHeader) {
   RawConn conn;
   Fields f = GetFields();
   f[0].second = "POST";
-  EXPECT_EQ(ResetCodeFor(HeadersFrame(1, f, false) +
-                             HeadersFrame(1, {{":path", "/x"}}, true),
-                         &conn),
-            kH2ProtocolError);
+  EXPECT_EQ(
+      ResetCodeFor(HeadersFrame(1, f, false) + HeadersFrame(1, {{":path", "/x"}}, true), &conn),
+      kH2ProtocolError);
 }
 
 TEST(H2ConformanceTest, TrailersWithoutEndStream) {
   RawConn conn;
   Fields f = GetFields();
   f[0].second = "POST";
-  EXPECT_EQ(ResetCodeFor(HeadersFrame(1, f, false) +
-                             HeadersFrame(1, {{"x-t", "1"}}, false),
-                         &conn),
+  EXPECT_EQ(ResetCodeFor(HeadersFrame(1, f, false) + HeadersFrame(1, {{"x-t", "1"}}, false), &conn),
             kH2ProtocolError);
 }
 
@@ -535,9 +504,8 @@ TEST(H2ConformanceTest, BadHpackIsCompressionError) {
   RawConn conn;
   conn.Start();
   // Indexed field with index 0 (RFC 7541 6.1) is a decoding error.
-  EXPECT_FALSE(conn.Send(Frame(kHeaders, kEndHeaders | kEndStream, 1,
-                               std::string(1, '\x80')))
-                   .ok());
+  EXPECT_FALSE(
+      conn.Send(Frame(kHeaders, kEndHeaders | kEndStream, 1, std::string(1, '\x80'))).ok());
   conn.Read();
   ASSERT_NE(conn.Goaway(), nullptr);
   EXPECT_EQ(conn.Goaway()->code(), kH2CompressionError);
@@ -547,9 +515,8 @@ TEST(H2ConformanceTest, BadHpackIsCompressionError) {
 TEST(H2ConformanceTest, HpackIndexOutOfRangeIsCompressionError) {
   RawConn conn;
   conn.Start();
-  EXPECT_FALSE(conn.Send(Frame(kHeaders, kEndHeaders | kEndStream, 1,
-                               HpackInt(200, 7, 0x80)))
-                   .ok());
+  EXPECT_FALSE(
+      conn.Send(Frame(kHeaders, kEndHeaders | kEndStream, 1, HpackInt(200, 7, 0x80))).ok());
   conn.Read();
   ASSERT_NE(conn.Goaway(), nullptr);
   EXPECT_EQ(conn.Goaway()->code(), kH2CompressionError);
@@ -712,8 +679,7 @@ TEST(H2ConformanceTest, RequestBodyBeyondStreamWindowIsFlowControlError) {
   Fields f = GetFields();
   f[0].second = "POST";
   conn.Send(HeadersFrame(1, f, false));
-  for (int i = 0; i < 2; ++i)
-    conn.Send(Frame(kData, 0, 1, std::string(10000, 'x')));
+  for (int i = 0; i < 2; ++i) conn.Send(Frame(kData, 0, 1, std::string(10000, 'x')));
   conn.Read();
   const ParsedFrame* rst = conn.Find(kRstStream, 1);
   const ParsedFrame* goaway = conn.Goaway();
@@ -730,8 +696,7 @@ TEST(H2ConformanceTest, ServerSettingsAreAlwaysSent) {
   bool has_max_streams = false;
   for (size_t i = 0; i + 6 <= s.payload.size(); i += 6) {
     uint16_t id = (uint8_t(s.payload[i]) << 8) | uint8_t(s.payload[i + 1]);
-    uint32_t v =
-        ParsedFrame{kRstStream, 0, 0, s.payload.substr(i + 2, 4)}.code();
+    uint32_t v = ParsedFrame{kRstStream, 0, 0, s.payload.substr(i + 2, 4)}.code();
     if (id == 0x3) {
       has_max_streams = true;
       EXPECT_EQ(v, 128u);
@@ -801,17 +766,14 @@ void RapidResetFlood(bool split) {
 
 TEST(H2ConformanceTest, RapidResetFloodEndsInGoaway) { RapidResetFlood(false); }
 
-TEST(H2ConformanceTest, RapidResetFloodSplitReadsEndsInGoaway) {
-  RapidResetFlood(true);
-}
+TEST(H2ConformanceTest, RapidResetFloodSplitReadsEndsInGoaway) { RapidResetFlood(true); }
 
 TEST(H2ConformanceTest, ContinuationFloodEndsInGoaway) {
   RawConn conn;
   conn.Start();
   std::string flood = Frame(kHeaders, 0, 1, Block(GetFields()));
   for (int i = 0; i < 50; ++i) {
-    flood +=
-        Frame(kContinuation, 0, 1, Literal("x-c" + std::to_string(i), "v"));
+    flood += Frame(kContinuation, 0, 1, Literal("x-c" + std::to_string(i), "v"));
   }
   EXPECT_FALSE(conn.Send(flood).ok());
   conn.Read();
@@ -825,8 +787,8 @@ TEST(H2ConformanceTest, EightContinuationsAreFine) {
   conn.Start();
   std::string block = Frame(kHeaders, kEndStream, 1, Block(GetFields()));
   for (int i = 0; i < 8; ++i) {
-    block += Frame(kContinuation, i == 7 ? kEndHeaders : 0, 1,
-                   Literal("x-c" + std::to_string(i), "v"));
+    block +=
+        Frame(kContinuation, i == 7 ? kEndHeaders : 0, 1, Literal("x-c" + std::to_string(i), "v"));
   }
   EXPECT_TRUE(conn.Send(block).ok());
   EXPECT_EQ(conn.sink.heads.size(), 1u);
@@ -892,8 +854,7 @@ TEST(H2ConformanceTest, MadeYouResetEndsInEnhanceYourCalm) {
   uint32_t id = 1;
   auto provoke = [&](int n) {
     for (int i = 0; i < n; ++i, id += 2) {
-      conn.Send(HeadersFrame(id, GetFields(), false) +
-                WindowUpdate(id, 0x7fffffff));
+      conn.Send(HeadersFrame(id, GetFields(), false) + WindowUpdate(id, 0x7fffffff));
       conn.Read();
     }
   };
@@ -968,19 +929,18 @@ std::string Priority(uint32_t stream, uint32_t dependency) {
 }
 
 // HEADERS with the PRIORITY flag (and PADDED with `pad` > 0).
-std::string HeadersWithPriority(uint32_t stream, uint32_t dependency,
-                                const Fields& fields, bool end_stream,
-                                uint8_t pad = 0) {
+std::string HeadersWithPriority(uint32_t stream, uint32_t dependency, const Fields& fields,
+                                bool end_stream, uint8_t pad = 0) {
   std::string p;
   if (pad > 0) p.push_back(static_cast<char>(pad));
   Put32(&p, dependency);
   p.push_back(15);
   p += Block(fields);
   p += std::string(pad, '\0');
-  return Frame(kHeaders,
-               kEndHeaders | kPriorityFlag | (pad > 0 ? kPadded : 0) |
-                   (end_stream ? kEndStream : 0),
-               stream, p);
+  return Frame(
+      kHeaders,
+      kEndHeaders | kPriorityFlag | (pad > 0 ? kPadded : 0) | (end_stream ? kEndStream : 0), stream,
+      p);
 }
 
 Fields PostFields() {
@@ -1031,10 +991,10 @@ class H2ClosedStreamTest : public ::testing::TestWithParam<bool> {};
 TEST_P(H2ClosedStreamTest, DataAfterClientResetIsStreamClosed) {
   RawConn conn;
   conn.Start();
-  SendMaybeByByte(&conn,
-                  HeadersFrame(1, PostFields(), false) +
-                      RstStream(1, kH2Cancel) + Frame(kData, 0, 1, "late"),
-                  GetParam());
+  SendMaybeByByte(
+      &conn,
+      HeadersFrame(1, PostFields(), false) + RstStream(1, kH2Cancel) + Frame(kData, 0, 1, "late"),
+      GetParam());
   conn.Read();
   const ParsedFrame* rst = conn.Find(kRstStream, 1);
   ASSERT_NE(rst, nullptr);
@@ -1051,8 +1011,7 @@ TEST_P(H2ClosedStreamTest, HeadersAfterClientResetIsStreamClosed) {
   RawConn conn;
   conn.Start();
   SendMaybeByByte(&conn,
-                  HeadersFrame(1, PostFields(), false) +
-                      RstStream(1, kH2Cancel) +
+                  HeadersFrame(1, PostFields(), false) + RstStream(1, kH2Cancel) +
                       HeadersFrame(1, {{"x-trailer", "1"}}, true),
                   GetParam());
   EXPECT_FALSE(conn.status.ok());
@@ -1092,8 +1051,7 @@ TEST_P(H2ClosedStreamTest, LowerStreamIdIsProtocolError) {
   RawConn conn;
   // The whole exchange, preface included, byte by byte or at once.
   SendMaybeByByte(&conn,
-                  kPreface + Frame(kSettings, 0, 0, "") +
-                      HeadersFrame(1, GetFields(), true) +
+                  kPreface + Frame(kSettings, 0, 0, "") + HeadersFrame(1, GetFields(), true) +
                       HeadersFrame(7, GetFields(), true) +
                       HeadersFrame(5, GetFields("/lower"), true),
                   GetParam());
@@ -1117,8 +1075,7 @@ TEST_P(H2ClosedStreamTest, FramesAfterServerResetAreIgnored) {
   ASSERT_NE(conn.Find(kRstStream, 1), nullptr);
   ASSERT_EQ(conn.codec().active_streams(), 0u);
   SendMaybeByByte(&conn,
-                  Frame(kData, 0, 1, "in flight") +
-                      HeadersFrame(1, {{"x-trailer", "1"}}, true),
+                  Frame(kData, 0, 1, "in flight") + HeadersFrame(1, {{"x-trailer", "1"}}, true),
                   GetParam());
   EXPECT_TRUE(conn.status.ok()) << conn.status;
   conn.Read();
@@ -1136,10 +1093,8 @@ TEST_P(H2ClosedStreamTest, FramesOnRefusedStreamAreIgnored) {
   // queued for a stream nghttp2 never opened.
   conn.Start(/*ack=*/false);
   SendMaybeByByte(&conn,
-                  HeadersFrame(1, PostFields(), false) +
-                      HeadersFrame(3, PostFields(), false) +
-                      Frame(kData, 0, 3, "in flight") +
-                      Frame(kData, kEndStream, 3, "too"),
+                  HeadersFrame(1, PostFields(), false) + HeadersFrame(3, PostFields(), false) +
+                      Frame(kData, 0, 3, "in flight") + Frame(kData, kEndStream, 3, "too"),
                   GetParam());
   EXPECT_TRUE(conn.status.ok()) << conn.status;
   conn.Read();
@@ -1158,10 +1113,8 @@ TEST_P(H2ClosedStreamTest, StreamsAfterGoawayAreIgnored) {
   conn.codec().GracefulGoaway();
   conn.Read();
   ASSERT_NE(conn.Goaway(), nullptr);
-  SendMaybeByByte(
-      &conn,
-      HeadersFrame(3, PostFields(), false) + Frame(kData, kEndStream, 3, "x"),
-      GetParam());
+  SendMaybeByByte(&conn, HeadersFrame(3, PostFields(), false) + Frame(kData, kEndStream, 3, "x"),
+                  GetParam());
   EXPECT_TRUE(conn.status.ok()) << conn.status;
   conn.Read();
   EXPECT_EQ(conn.Find(kRstStream, 3), nullptr);
@@ -1185,8 +1138,7 @@ TEST_P(H2ClosedStreamTest, PriorityDependingOnItselfIsStreamError) {
   RawConn conn;
   conn.Start();
   // In one read with the HEADERS that opens the stream, or byte by byte.
-  SendMaybeByByte(&conn, HeadersFrame(1, PostFields(), false) + Priority(1, 1),
-                  GetParam());
+  SendMaybeByByte(&conn, HeadersFrame(1, PostFields(), false) + Priority(1, 1), GetParam());
   EXPECT_TRUE(conn.status.ok()) << conn.status;
   conn.Read();
   const ParsedFrame* rst = conn.Find(kRstStream, 1);
@@ -1202,8 +1154,7 @@ TEST_P(H2ClosedStreamTest, TrailersDependingOnThemselvesAreStreamError) {
   RawConn conn;
   conn.Start();
   SendMaybeByByte(&conn,
-                  HeadersFrame(1, PostFields(), false) +
-                      Frame(kData, 0, 1, "body") +
+                  HeadersFrame(1, PostFields(), false) + Frame(kData, 0, 1, "body") +
                       HeadersWithPriority(1, 1, {{"x-trailer", "1"}}, true,
                                           /*pad=*/3),
                   GetParam());
@@ -1222,8 +1173,7 @@ TEST_P(H2ClosedStreamTest, TrailersDependingOnThemselvesAreStreamError) {
 TEST_P(H2ClosedStreamTest, NewStreamDependingOnItselfEndsTheConnection) {
   RawConn conn;
   conn.Start();
-  SendMaybeByByte(&conn, HeadersWithPriority(1, 1, GetFields(), true),
-                  GetParam());
+  SendMaybeByByte(&conn, HeadersWithPriority(1, 1, GetFields(), true), GetParam());
   conn.Read();
   ASSERT_NE(conn.Goaway(), nullptr);
   EXPECT_EQ(conn.Goaway()->code(), kH2ProtocolError);
@@ -1251,8 +1201,8 @@ TEST_P(H2ClosedStreamTest, OrdinaryPrioritiesAreIgnored) {
   ASSERT_NO_FATAL_FAILURE(FinishStream(&conn, 1));
   SendMaybeByByte(&conn,
                   Priority(1, 0) + Priority(11, 0) + Priority(13, 11) +
-                      HeadersWithPriority(3, 0, GetFields(), false) +
-                      Priority(3, 13) + Frame(kData, kEndStream, 3, "") +
+                      HeadersWithPriority(3, 0, GetFields(), false) + Priority(3, 13) +
+                      Frame(kData, kEndStream, 3, "") +
                       HeadersWithPriority(5, 3, GetFields(), true, 2),
                   GetParam());
   EXPECT_TRUE(conn.status.ok()) << conn.status;

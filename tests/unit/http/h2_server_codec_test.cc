@@ -7,8 +7,8 @@
 #include <nghttp2/nghttp2.h>
 
 #include <algorithm>
-#include <functional>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -39,8 +39,7 @@ struct ServerStream {
 
 class RecordingSink : public H2StreamSink {
  public:
-  void OnRequestHeaders(int32_t id, RequestHead head,
-                        bool end_stream) override {
+  void OnRequestHeaders(int32_t id, RequestHead head, bool end_stream) override {
     ServerStream& s = streams[id];
     EXPECT_FALSE(s.has_head);
     s.has_head = true;
@@ -55,8 +54,7 @@ class RecordingSink : public H2StreamSink {
     s.body.append(data.data(), data.size());
     if (current_input != nullptr && data.size() >= 1024) {
       bool inside = data.data() >= current_input->data() &&
-                    data.data() + data.size() <=
-                        current_input->data() + current_input->size();
+                    data.data() + data.size() <= current_input->data() + current_input->size();
       if (inside)
         ++views;
       else
@@ -111,7 +109,7 @@ struct ClientStream {
 };
 
 struct ClientConfig {
-  bool manual_window = false;  // the test consumes received DATA itself
+  bool manual_window = false;                // the test consumes received DATA itself
   uint32_t peer_max_concurrent_streams = 0;  // 0: nghttp2's default
   size_t max_send_header_block = 0;
   uint32_t window = 0;  // stream and connection receive window; 0: default
@@ -131,43 +129,36 @@ class Client {
     nghttp2_option_new(&opt);
     if (config.manual_window) nghttp2_option_set_no_auto_window_update(opt, 1);
     if (config.peer_max_concurrent_streams > 0) {
-      nghttp2_option_set_peer_max_concurrent_streams(
-          opt, config.peer_max_concurrent_streams);
+      nghttp2_option_set_peer_max_concurrent_streams(opt, config.peer_max_concurrent_streams);
     }
     if (config.max_send_header_block > 0) {
-      nghttp2_option_set_max_send_header_block_length(
-          opt, config.max_send_header_block);
+      nghttp2_option_set_max_send_header_block_length(opt, config.max_send_header_block);
     }
     nghttp2_session_client_new2(&session_, cbs, this, opt);
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cbs);
     if (config.window > 0) {
-      nghttp2_settings_entry iv = {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE,
-                                   config.window};
+      nghttp2_settings_entry iv = {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, config.window};
       nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, &iv, 1);
-      nghttp2_session_set_local_window_size(
-          session_, NGHTTP2_FLAG_NONE, 0, static_cast<int32_t>(config.window));
+      nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0,
+                                            static_cast<int32_t>(config.window));
     } else {
       nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, nullptr, 0);
     }
   }
   ~Client() { nghttp2_session_del(session_); }
 
-  int32_t Request(
-      const std::string& method, const std::string& path,
-      std::vector<std::pair<std::string, std::string>> extra = {},
-      const std::string* body = nullptr,
-      std::vector<std::pair<std::string, std::string>> trailers = {}) {
+  int32_t Request(const std::string& method, const std::string& path,
+                  std::vector<std::pair<std::string, std::string>> extra = {},
+                  const std::string* body = nullptr,
+                  std::vector<std::pair<std::string, std::string>> trailers = {}) {
     std::vector<std::pair<std::string, std::string>> fields = {
-        {":method", method},
-        {":scheme", "https"},
-        {":authority", "example.test"},
-        {":path", path}};
+        {":method", method}, {":scheme", "https"}, {":authority", "example.test"}, {":path", path}};
     for (auto& f : extra) fields.push_back(f);
     std::vector<nghttp2_nv> nva;
     for (auto& [n, v] : fields) {
-      nva.push_back({(uint8_t*)n.data(), (uint8_t*)v.data(), n.size(), v.size(),
-                     NGHTTP2_NV_FLAG_NONE});
+      nva.push_back(
+          {(uint8_t*)n.data(), (uint8_t*)v.data(), n.size(), v.size(), NGHTTP2_NV_FLAG_NONE});
     }
     int32_t id;
     if (body != nullptr) {
@@ -176,11 +167,9 @@ class Client {
       prd.read_callback = &ReadUpload;
       pending_upload_ = *body;
       pending_trailers_ = std::move(trailers);
-      id = nghttp2_submit_request(session_, nullptr, nva.data(), nva.size(),
-                                  &prd, nullptr);
+      id = nghttp2_submit_request(session_, nullptr, nva.data(), nva.size(), &prd, nullptr);
     } else {
-      id = nghttp2_submit_request(session_, nullptr, nva.data(), nva.size(),
-                                  nullptr, nullptr);
+      id = nghttp2_submit_request(session_, nullptr, nva.data(), nva.size(), nullptr, nullptr);
     }
     EXPECT_GT(id, 0);
     streams[id].upload = std::move(pending_upload_);
@@ -210,8 +199,8 @@ class Client {
       codec_->TakeOutput(&out);
       for (const Slice& s : out) {
         output_ptrs.push_back(s.data());
-        ssize_t rv = nghttp2_session_mem_recv(
-            session_, reinterpret_cast<const uint8_t*>(s.data()), s.size());
+        ssize_t rv = nghttp2_session_mem_recv(session_, reinterpret_cast<const uint8_t*>(s.data()),
+                                              s.size());
         EXPECT_EQ(rv, static_cast<ssize_t>(s.size()));
         progress = true;
       }
@@ -236,16 +225,13 @@ class Client {
     size_t total = 0;
     for (const Slice& s : out) {
       total += s.size();
-      nghttp2_session_mem_recv(
-          session_, reinterpret_cast<const uint8_t*>(s.data()), s.size());
+      nghttp2_session_mem_recv(session_, reinterpret_cast<const uint8_t*>(s.data()), s.size());
     }
     return total;
   }
 
   // Consumes received DATA (manual window mode).
-  void Consume(int32_t id, size_t n) {
-    nghttp2_session_consume(session_, id, n);
-  }
+  void Consume(int32_t id, size_t n) { nghttp2_session_consume(session_, id, n); }
 
   nghttp2_session* session() { return session_; }
 
@@ -259,9 +245,8 @@ class Client {
  private:
   static Client* Self(void* u) { return static_cast<Client*>(u); }
 
-  static int OnHeader(nghttp2_session*, const nghttp2_frame* frame,
-                      const uint8_t* name, size_t namelen, const uint8_t* value,
-                      size_t valuelen, uint8_t, void* u) {
+  static int OnHeader(nghttp2_session*, const nghttp2_frame* frame, const uint8_t* name,
+                      size_t namelen, const uint8_t* value, size_t valuelen, uint8_t, void* u) {
     ClientStream& s = Self(u)->streams[frame->hd.stream_id];
     std::string n(reinterpret_cast<const char*>(name), namelen);
     std::string v(reinterpret_cast<const char*>(value), valuelen);
@@ -269,8 +254,8 @@ class Client {
     s.headers.emplace_back(n, v);
     return 0;
   }
-  static int OnData(nghttp2_session*, uint8_t, int32_t id, const uint8_t* data,
-                    size_t len, void* u) {
+  static int OnData(nghttp2_session*, uint8_t, int32_t id, const uint8_t* data, size_t len,
+                    void* u) {
     ClientStream& s = Self(u)->streams[id];
     s.body.append(reinterpret_cast<const char*>(data), len);
     s.chunks.emplace_back(reinterpret_cast<const char*>(data), len);
@@ -293,9 +278,8 @@ class Client {
     }
     return 0;
   }
-  static ssize_t ReadUpload(nghttp2_session* session, int32_t id, uint8_t* buf,
-                            size_t length, uint32_t* flags,
-                            nghttp2_data_source*, void* u) {
+  static ssize_t ReadUpload(nghttp2_session* session, int32_t id, uint8_t* buf, size_t length,
+                            uint32_t* flags, nghttp2_data_source*, void* u) {
     ClientStream& s = Self(u)->streams[id];
     size_t n = std::min(length, s.upload.size() - s.upload_off);
     memcpy(buf, s.upload.data() + s.upload_off, n);
@@ -306,8 +290,8 @@ class Client {
         *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
         std::vector<nghttp2_nv> nva;
         for (auto& [n2, v] : s.upload_trailers) {
-          nva.push_back({(uint8_t*)n2.data(), (uint8_t*)v.data(), n2.size(),
-                         v.size(), NGHTTP2_NV_FLAG_NONE});
+          nva.push_back(
+              {(uint8_t*)n2.data(), (uint8_t*)v.data(), n2.size(), v.size(), NGHTTP2_NV_FLAG_NONE});
         }
         nghttp2_submit_trailer(session, id, nva.data(), nva.size());
       }
@@ -357,16 +341,15 @@ TEST(H2ServerCodecTest, GetWithDataPiecesRelayedWithoutCopy) {
   EXPECT_EQ(sink.streams[id].ends, 1);
 
   // Hop-by-hop fields are dropped, names lowercased.
-  ASSERT_TRUE(
-      codec
-          .SubmitResponse(id,
-                          Head(200, {{"Content-Type", "application/x-ndjson"},
-                                     {"Connection", "close, X-Drop"},
-                                     {"X-Drop", "1"},
-                                     {"Transfer-Encoding", "chunked"},
-                                     {"Keep-Alive", "timeout=5"}}),
-                          false)
-          .ok());
+  ASSERT_TRUE(codec
+                  .SubmitResponse(id,
+                                  Head(200, {{"Content-Type", "application/x-ndjson"},
+                                             {"Connection", "close, X-Drop"},
+                                             {"X-Drop", "1"},
+                                             {"Transfer-Encoding", "chunked"},
+                                             {"Keep-Alive", "timeout=5"}}),
+                                  false)
+                  .ok());
   client.Drive();
   EXPECT_EQ(client.streams[id].status, "200");
   for (auto& [n, v] : client.streams[id].headers) {
@@ -376,11 +359,9 @@ TEST(H2ServerCodecTest, GetWithDataPiecesRelayedWithoutCopy) {
     EXPECT_NE(n, "keep-alive");
   }
   EXPECT_EQ(client.streams[id].headers.back(),
-            std::make_pair(std::string("content-type"),
-                           std::string("application/x-ndjson")));
+            std::make_pair(std::string("content-type"), std::string("application/x-ndjson")));
 
-  std::vector<std::string> pieces = {"{\"response\":\"Hel\"}\n",
-                                     "{\"response\":\"lo\"}\n",
+  std::vector<std::string> pieces = {"{\"response\":\"Hel\"}\n", "{\"response\":\"lo\"}\n",
                                      Pattern(3000, 'a')};
   for (size_t i = 0; i < pieces.size(); ++i) {
     Slice piece = Slice::Copy(pieces[i]);
@@ -407,8 +388,7 @@ TEST(H2ServerCodecTest, GetWithDataPiecesRelayedWithoutCopy) {
   EXPECT_EQ(sink.streams[id].closed, 1);
   EXPECT_EQ(sink.streams[id].resets, 0);
   EXPECT_EQ(codec.active_streams(), 0u);
-  EXPECT_EQ(codec.SendData(id, Slice::Copy("x")).code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(codec.SendData(id, Slice::Copy("x")).code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(client.dispatch_status.ok());
 }
 
@@ -426,8 +406,7 @@ TEST(H2ServerCodecTest, HundredConcurrentStreams) {
   // Answer in reverse order, each with its own body.
   for (auto it = ids.rbegin(); it != ids.rend(); ++it) {
     ASSERT_TRUE(codec.SubmitResponse(*it, Head(200), false).ok());
-    ASSERT_TRUE(
-        codec.SendData(*it, Slice::Copy("resp-" + std::to_string(*it))).ok());
+    ASSERT_TRUE(codec.SendData(*it, Slice::Copy("resp-" + std::to_string(*it))).ok());
     ASSERT_TRUE(codec.EndStream(*it).ok());
   }
   client.Drive();
@@ -447,9 +426,8 @@ TEST(H2ServerCodecTest, PostBodyProgressesOnlyAsConsumed) {
   H2ServerCodec codec(&sink, opts);
   Client client(&codec, &sink);
   std::string body = Pattern(300 * 1024, 'A');
-  int32_t id =
-      client.Request("POST", "/api/blobs/sha256:x",
-                     {{"content-length", std::to_string(body.size())}}, &body);
+  int32_t id = client.Request("POST", "/api/blobs/sha256:x",
+                              {{"content-length", std::to_string(body.size())}}, &body);
   client.Drive();
   ServerStream& s = sink.streams[id];
   ASSERT_TRUE(s.has_head);
@@ -478,8 +456,7 @@ TEST(H2ServerCodecTest, PostBodyProgressesOnlyAsConsumed) {
   EXPECT_GT(sink.views, 0);
   EXPECT_EQ(sink.copies, 0);
   ASSERT_TRUE(codec.ConsumeRequestBody(id, s.body.size() - consumed).ok());
-  EXPECT_EQ(codec.ConsumeRequestBody(id, 1).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(codec.ConsumeRequestBody(id, 1).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(H2ServerCodecTest, BodyWithoutContentLengthIsMarkedChunked) {
@@ -505,13 +482,11 @@ TEST(H2ServerCodecTest, ClientResetReachesSink) {
   ASSERT_TRUE(codec.SendData(id, Slice::Copy("tok")).ok());
   client.Drive();
   EXPECT_EQ(client.streams[id].body, "tok");
-  nghttp2_submit_rst_stream(client.session(), NGHTTP2_FLAG_NONE, id,
-                            NGHTTP2_CANCEL);
+  nghttp2_submit_rst_stream(client.session(), NGHTTP2_FLAG_NONE, id, NGHTTP2_CANCEL);
   client.Drive();
   EXPECT_EQ(sink.streams[id].resets, 1);
   EXPECT_EQ(sink.streams[id].reset_code, NGHTTP2_CANCEL);
-  EXPECT_EQ(codec.SendData(id, Slice::Copy("more")).code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(codec.SendData(id, Slice::Copy("more")).code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(codec.active_streams(), 0u);
 }
 
@@ -721,8 +696,8 @@ TEST(H2ServerCodecTest, RequestTrailersAreDelivered) {
   H2ServerCodec codec(&sink, H2Options{});
   Client client(&codec, &sink);
   std::string body = "payload";
-  int32_t id = client.Request("POST", "/upload", {{"te", "trailers"}}, &body,
-                              {{"x-checksum", "abc123"}});
+  int32_t id =
+      client.Request("POST", "/upload", {{"te", "trailers"}}, &body, {{"x-checksum", "abc123"}});
   client.Drive();
   ServerStream& s = sink.streams[id];
   EXPECT_EQ(s.body, "payload");
@@ -793,8 +768,7 @@ TEST(H2ServerCodecTest, OversizeHeadersGet431OtherStreamsWork) {
   int32_t a = client.Request("GET", "/a", big);
   // 150 small fields: over the field count limit.
   std::vector<std::pair<std::string, std::string>> many;
-  for (int i = 0; i < 150; ++i)
-    many.emplace_back("x-f" + std::to_string(i), "1");
+  for (int i = 0; i < 150; ++i) many.emplace_back("x-f" + std::to_string(i), "1");
   int32_t b = client.Request("GET", "/b", many);
   int32_t c = client.Request("GET", "/c", {{"x-small", "1"}});
   client.Drive();
@@ -843,8 +817,7 @@ TEST(H2ServerCodecTest, CookieCrumbsAreJoined) {
   RecordingSink sink;
   H2ServerCodec codec(&sink, H2Options{});
   Client client(&codec, &sink);
-  int32_t id = client.Request(
-      "GET", "/", {{"cookie", "a=1"}, {"x-other", "o"}, {"cookie", "b=2"}});
+  int32_t id = client.Request("GET", "/", {{"cookie", "a=1"}, {"x-other", "o"}, {"cookie", "b=2"}});
   client.Drive();
   const RequestHead& head = sink.streams[id].head;
   int cookies = 0;

@@ -21,8 +21,7 @@ namespace {
 
 using core::Slice;
 
-std::string Frame(uint8_t type, uint8_t flags, uint32_t stream,
-                  const std::string& payload) {
+std::string Frame(uint8_t type, uint8_t flags, uint32_t stream, const std::string& payload) {
   std::string f;
   const uint32_t len = static_cast<uint32_t>(payload.size());
   f.push_back(static_cast<char>(len >> 16));
@@ -46,8 +45,7 @@ std::string Literal(const std::string& name, const std::string& value) {
 std::string Get(uint32_t stream) {
   return Frame(0x1, 0x5, stream,
                Literal(":method", "GET") + Literal(":scheme", "https") +
-                   Literal(":authority", "a.test") +
-                   Literal(":path", "/api/tags"));
+                   Literal(":authority", "a.test") + Literal(":path", "/api/tags"));
 }
 
 const std::string kPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -121,8 +119,8 @@ TEST(H2SessionMemoryTest, IdleSessionMemory) {
   for (int i = 0; i < kConns; ++i) {
     conns.push_back(std::make_unique<Conn>());
     Conn& c = *conns.back();
-    ASSERT_NO_FATAL_FAILURE(c.Send(kPreface + Frame(0x4, 0, 0, "") +
-                                   Frame(0x4, 0x1, 0, "") + Get(1)));
+    ASSERT_NO_FATAL_FAILURE(
+        c.Send(kPreface + Frame(0x4, 0, 0, "") + Frame(0x4, 0x1, 0, "") + Get(1)));
     ASSERT_NO_FATAL_FAILURE(c.Send(Get(3)));
     ASSERT_EQ(c.sink.answered, 2);
     ASSERT_EQ(c.codec->active_streams(), 0u);
@@ -132,10 +130,8 @@ TEST(H2SessionMemoryTest, IdleSessionMemory) {
   }
   const int64_t after = ResidentBytes();
   const double per_conn = static_cast<double>(after - before) / kConns;
-  RecordProperty("resident_bytes_per_idle_h2_codec",
-                 static_cast<int>(per_conn));
-  std::printf("idle h2 codec after two requests: %.0f resident bytes\n",
-              per_conn);
+  RecordProperty("resident_bytes_per_idle_h2_codec", static_cast<int>(per_conn));
+  std::printf("idle h2 codec after two requests: %.0f resident bytes\n", per_conn);
   // Without the release the frame buffer's first page and the stream
   // table's page stay resident: about 8 KiB more.
   EXPECT_LT(per_conn, 8 * 1024);
@@ -147,8 +143,7 @@ TEST(H2SessionMemoryTest, ReleasedPagesServeTheNextRequests) {
   std::vector<std::unique_ptr<Conn>> conns(8);
   for (auto& c : conns) {
     c = std::make_unique<Conn>();
-    ASSERT_NO_FATAL_FAILURE(
-        c->Send(kPreface + Frame(0x4, 0, 0, "") + Frame(0x4, 0x1, 0, "")));
+    ASSERT_NO_FATAL_FAILURE(c->Send(kPreface + Frame(0x4, 0, 0, "") + Frame(0x4, 0x1, 0, "")));
   }
   uint32_t id = 1;
   for (int round = 0; round < 50; ++round, id += 2) {

@@ -52,7 +52,9 @@ TEST(SerializeTest, ChunkedRequestStaysChunked) {
 }
 
 TEST(SerializeTest, UpgradeKeepsUpgradeHeaders) {
-  RequestHead h = Head({{"Host", "a"}, {"Upgrade", "websocket"}, {"Connection", "Upgrade"},
+  RequestHead h = Head({{"Host", "a"},
+                        {"Upgrade", "websocket"},
+                        {"Connection", "Upgrade"},
                         {"Sec-WebSocket-Key", "k"}});
   h.method = "GET";
   h.upgrade = true;
@@ -65,8 +67,8 @@ TEST(SerializeTest, UpgradeKeepsUpgradeHeaders) {
 // Found by fuzz_h1_request: an empty first Upgrade field went upstream as
 // "Upgrade: " while a later one made the request an upgrade.
 TEST(SerializeTest, UpgradeFieldsAreJoinedWithoutEmptyOnes) {
-  RequestHead h = Head({{"Host", "a"}, {"Upgrade", ""}, {"Upgrade", "websocket"},
-                        {"Connection", "Upgrade"}});
+  RequestHead h =
+      Head({{"Host", "a"}, {"Upgrade", ""}, {"Upgrade", "websocket"}, {"Connection", "Upgrade"}});
   h.method = "GET";
   h.upgrade = true;
   std::string out;
@@ -78,8 +80,10 @@ TEST(SerializeTest, UpgradeFieldsAreJoinedWithoutEmptyOnes) {
 // A WebSocket handshake offers only websocket upstream, whatever else the
 // client listed beside it.
 TEST(SerializeTest, UpgradeOffersOnlyWebSocket) {
-  RequestHead h = Head({{"Host", "a"}, {"Upgrade", "h2c, websocket"},
-                        {"Connection", "Upgrade, HTTP2-Settings"}, {"HTTP2-Settings", "x"}});
+  RequestHead h = Head({{"Host", "a"},
+                        {"Upgrade", "h2c, websocket"},
+                        {"Connection", "Upgrade, HTTP2-Settings"},
+                        {"HTTP2-Settings", "x"}});
   h.method = "GET";
   h.upgrade = true;
   std::string out;
@@ -93,15 +97,16 @@ TEST(SerializeTest, UpgradeOffersOnlyWebSocket) {
 // proxy, X-Forwarded-For included; the fields the proxy sets itself (Host,
 // the framing, X-Real-IP and X-Forwarded-*) are set all the same.
 TEST(SerializeTest, FieldsNamedByConnectionAreDroppedButTheProxysOwnAreSet) {
-  RequestHead h = Head({{"Host", "proxy.example"},
-                        {"Connection", "X-Forwarded-For, x-real-ip, Host, Content-Length"},
-                        {"Connection", "cookie, X-Forwarded-Proto, X-Forwarded-Host, Authorization"},
-                        {"X-Forwarded-For", "10.9.9.9"},
-                        {"X-Real-IP", "6.6.6.6"},
-                        {"Cookie", "c=1"},
-                        {"Authorization", "Bearer x"},
-                        {"X-Kept", "1"},
-                        {"Content-Length", "2"}});
+  RequestHead h =
+      Head({{"Host", "proxy.example"},
+            {"Connection", "X-Forwarded-For, x-real-ip, Host, Content-Length"},
+            {"Connection", "cookie, X-Forwarded-Proto, X-Forwarded-Host, Authorization"},
+            {"X-Forwarded-For", "10.9.9.9"},
+            {"X-Real-IP", "6.6.6.6"},
+            {"Cookie", "c=1"},
+            {"Authorization", "Bearer x"},
+            {"X-Kept", "1"},
+            {"Content-Length", "2"}});
   h.content_length = 2;
   std::string out;
   AppendUpstreamRequestHead(h, {"127.0.0.1", "https", "127.0.0.1:11434"}, &out);

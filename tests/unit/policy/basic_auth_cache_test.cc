@@ -30,40 +30,31 @@ TEST(BasicAuthCacheTest, MissThenValidForTheSameCredentialsOnly) {
 TEST(BasicAuthCacheTest, NulBytesCannotMoveTheBoundary) {
   BasicAuthCache cache(16, absl::Seconds(60), absl::Seconds(5));
   cache.Insert(absl::string_view("a\0b", 3), "c", true, 1, kT0);
-  EXPECT_EQ(cache.Lookup(absl::string_view("a\0b", 3), "c", 1, kT0),
-            CacheResult::kValid);
-  EXPECT_EQ(cache.Lookup("a", absl::string_view("b\0c", 3), 1, kT0),
-            CacheResult::kMiss);
+  EXPECT_EQ(cache.Lookup(absl::string_view("a\0b", 3), "c", 1, kT0), CacheResult::kValid);
+  EXPECT_EQ(cache.Lookup("a", absl::string_view("b\0c", 3), 1, kT0), CacheResult::kMiss);
 }
 
 TEST(BasicAuthCacheTest, NegativeEntries) {
   BasicAuthCache cache(16, absl::Seconds(60), absl::Seconds(5));
   cache.Insert("alice", "guess", false, 1, kT0);
   EXPECT_EQ(cache.Lookup("alice", "guess", 1, kT0), CacheResult::kInvalid);
-  EXPECT_EQ(cache.Lookup("alice", "guess", 1, kT0 + 5 * kSecond - 1),
-            CacheResult::kInvalid);
-  EXPECT_EQ(cache.Lookup("alice", "guess", 1, kT0 + 5 * kSecond),
-            CacheResult::kMiss);
+  EXPECT_EQ(cache.Lookup("alice", "guess", 1, kT0 + 5 * kSecond - 1), CacheResult::kInvalid);
+  EXPECT_EQ(cache.Lookup("alice", "guess", 1, kT0 + 5 * kSecond), CacheResult::kMiss);
   // A later result replaces the entry.
   cache.Insert("alice", "guess", true, 1, kT0 + 6 * kSecond);
-  EXPECT_EQ(cache.Lookup("alice", "guess", 1, kT0 + 6 * kSecond),
-            CacheResult::kValid);
+  EXPECT_EQ(cache.Lookup("alice", "guess", 1, kT0 + 6 * kSecond), CacheResult::kValid);
   cache.Insert("alice", "guess", false, 1, kT0 + 7 * kSecond);
-  EXPECT_EQ(cache.Lookup("alice", "guess", 1, kT0 + 7 * kSecond),
-            CacheResult::kInvalid);
+  EXPECT_EQ(cache.Lookup("alice", "guess", 1, kT0 + 7 * kSecond), CacheResult::kInvalid);
   EXPECT_EQ(cache.size(), 1u);
 }
 
 TEST(BasicAuthCacheTest, PositiveTtlExpires) {
   BasicAuthCache cache(16, absl::Seconds(60), absl::Seconds(5));
   cache.Insert("alice", "pw", true, 1, kT0);
-  EXPECT_EQ(cache.Lookup("alice", "pw", 1, kT0 + 60 * kSecond - 1),
-            CacheResult::kValid);
-  EXPECT_EQ(cache.Lookup("alice", "pw", 1, kT0 + 60 * kSecond),
-            CacheResult::kMiss);
+  EXPECT_EQ(cache.Lookup("alice", "pw", 1, kT0 + 60 * kSecond - 1), CacheResult::kValid);
+  EXPECT_EQ(cache.Lookup("alice", "pw", 1, kT0 + 60 * kSecond), CacheResult::kMiss);
   cache.Insert("alice", "pw", true, 1, kT0 + 61 * kSecond);
-  EXPECT_EQ(cache.Lookup("alice", "pw", 1, kT0 + 62 * kSecond),
-            CacheResult::kValid);
+  EXPECT_EQ(cache.Lookup("alice", "pw", 1, kT0 + 62 * kSecond), CacheResult::kValid);
 }
 
 TEST(BasicAuthCacheTest, ZeroTtlKeepsNothingOfThatKind) {
@@ -83,8 +74,7 @@ TEST(BasicAuthCacheTest, ZeroTtlKeepsNothingOfThatKind) {
 TEST(BasicAuthCacheTest, InfiniteTtlDoesNotOverflow) {
   BasicAuthCache cache(16, absl::InfiniteDuration(), absl::Seconds(1));
   cache.Insert("alice", "pw", true, 1, kT0);
-  EXPECT_EQ(cache.Lookup("alice", "pw", 1, kT0 + 1'000'000 * kSecond),
-            CacheResult::kValid);
+  EXPECT_EQ(cache.Lookup("alice", "pw", 1, kT0 + 1'000'000 * kSecond), CacheResult::kValid);
 }
 
 TEST(BasicAuthCacheTest, AnotherGenerationIsAMiss) {

@@ -23,19 +23,14 @@ namespace {
 
 // Lines made by Apache's htpasswd 2.4 (apache2-utils) and by libxcrypt's
 // crypt(), kept so these checks run where the tool is not installed.
-constexpr absl::string_view kApr1Pass =
-    "u:$apr1$DrUGLckq$ROP59x6XkOt2.xo.dF0G7.";
-constexpr absl::string_view kApr1Empty =
-    "u:$apr1$XCMp736h$gSdT6uW2WKMnKcn9JWWK20";
-constexpr absl::string_view kApr1Long =
-    "u:$apr1$Djn939JH$P1so/JFWMCUqTnRus95BM0";
-constexpr absl::string_view kLongPassword =
-    "correct horse battery staple, twice as long";
+constexpr absl::string_view kApr1Pass = "u:$apr1$DrUGLckq$ROP59x6XkOt2.xo.dF0G7.";
+constexpr absl::string_view kApr1Empty = "u:$apr1$XCMp736h$gSdT6uW2WKMnKcn9JWWK20";
+constexpr absl::string_view kApr1Long = "u:$apr1$Djn939JH$P1so/JFWMCUqTnRus95BM0";
+constexpr absl::string_view kLongPassword = "correct horse battery staple, twice as long";
 constexpr absl::string_view kBcryptPass =
     "u:$2y$04$xKGzC6dsYqyU66r6ohDHJudQBbzRslsDwPvW0oN78ja7K2Io/bdOy";
 constexpr absl::string_view kShaPass = "u:{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ=";
-constexpr absl::string_view kMd5CryptPass =
-    "u:$1$saltsalt$hZR.9zfJXcVTsa9iTxnQR1";
+constexpr absl::string_view kMd5CryptPass = "u:$1$saltsalt$hZR.9zfJXcVTsa9iTxnQR1";
 constexpr absl::string_view kSha256Pass =
     "u:$5$rounds=1000$saltsalt$9XEseG1/bjdqJc4RQ15hmZfmT.KRO57mluphiNKkmkA";
 constexpr absl::string_view kSha512Pass =
@@ -61,15 +56,13 @@ std::string ParseError(absl::string_view text) {
   return std::string(h.status().message());
 }
 
-bool HaveHtpasswdTool() {
-  return system("command -v htpasswd >/dev/null 2>&1") == 0;
-}
+bool HaveHtpasswdTool() { return system("command -v htpasswd >/dev/null 2>&1") == 0; }
 
 // Runs the real `htpasswd -nb <flags> user password` and returns its line.
 std::string RunHtpasswd(absl::string_view flags, absl::string_view user,
                         absl::string_view password) {
-  std::string cmd = absl::StrCat("htpasswd -nb ", flags, " '", user, "' '",
-                                 password, "' 2>/dev/null");
+  std::string cmd =
+      absl::StrCat("htpasswd -nb ", flags, " '", user, "' '", password, "' 2>/dev/null");
   FILE* p = popen(cmd.c_str(), "r");
   if (p == nullptr) return "";
   std::string out;
@@ -86,10 +79,9 @@ TEST(HtpasswdTest, FixedVectorsOfEveryScheme) {
     absl::string_view password;
     bool expensive;
   } cases[] = {
-      {kApr1Pass, "pass", false},        {kApr1Empty, "", false},
-      {kApr1Long, kLongPassword, false}, {kBcryptPass, "pass", true},
-      {kShaPass, "pass", false},         {kMd5CryptPass, "pass", false},
-      {kSha256Pass, "pass", true},       {kSha512Pass, "pass", true},
+      {kApr1Pass, "pass", false},  {kApr1Empty, "", false},     {kApr1Long, kLongPassword, false},
+      {kBcryptPass, "pass", true}, {kShaPass, "pass", false},   {kMd5CryptPass, "pass", false},
+      {kSha256Pass, "pass", true}, {kSha512Pass, "pass", true},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.line);
@@ -133,8 +125,7 @@ TEST(HtpasswdTest, FilesMadeByTheRealHtpasswdTool) {
   for (const Case& c : cases) {
     std::string user = absl::StrCat("user", n++);
     std::string line = RunHtpasswd(c.flags, user, absl::StrCat("pw-", user));
-    EXPECT_TRUE(absl::StartsWith(line, absl::StrCat(user, ":", c.prefix)))
-        << line;
+    EXPECT_TRUE(absl::StartsWith(line, absl::StrCat(user, ":", c.prefix))) << line;
     absl::StrAppend(&file, line, "\n");
   }
   Htpasswd h = MustParse(file);
@@ -159,9 +150,8 @@ TEST(HtpasswdTest, ToolMadeApr1WithAwkwardPasswords) {
   if (!HaveHtpasswdTool()) GTEST_SKIP() << "htpasswd (apache2-utils) missing";
   // Lengths around md5-crypt's 16-byte blocks, and bytes beyond ASCII.
   for (std::string password :
-       {std::string("a"), std::string(15, 'b'), std::string(16, 'c'),
-        std::string(17, 'd'), std::string(33, 'e'),
-        std::string("p\xc3\xa4ss w\xc3\xb6rd")}) {
+       {std::string("a"), std::string(15, 'b'), std::string(16, 'c'), std::string(17, 'd'),
+        std::string(33, 'e'), std::string("p\xc3\xa4ss w\xc3\xb6rd")}) {
     std::string line = RunHtpasswd("-m", "u", password);
     Htpasswd h = MustParse(line);
     EXPECT_TRUE(h.Verify("u", password)) << line;
@@ -171,11 +161,11 @@ TEST(HtpasswdTest, ToolMadeApr1WithAwkwardPasswords) {
 
 TEST(HtpasswdTest, UnknownUserIsFalseAndCostsAboutAsMuch) {
   // bcrypt cost 6: ~4 ms a check, well above timer noise.
-  absl::StatusOr<Htpasswd> parsed = Htpasswd::Parse(
-      absl::StrCat("u2", kApr1Pass.substr(1), "\n",
-                   "alice:$2y$06$xKGzC6dsYqyU66r6ohDHJudQBbzRslsDwPvW0oN78ja7"
-                   "K2Io/bdOy\n"),
-      "users");
+  absl::StatusOr<Htpasswd> parsed =
+      Htpasswd::Parse(absl::StrCat("u2", kApr1Pass.substr(1), "\n",
+                                   "alice:$2y$06$xKGzC6dsYqyU66r6ohDHJudQBbzRslsDwPvW0oN78ja7"
+                                   "K2Io/bdOy\n"),
+                      "users");
   ASSERT_TRUE(parsed.ok()) << parsed.status();
   const Htpasswd& h = *parsed;
   EXPECT_TRUE(h.Expensive("alice"));
@@ -186,9 +176,8 @@ TEST(HtpasswdTest, UnknownUserIsFalseAndCostsAboutAsMuch) {
     for (int i = 0; i < 5; ++i) {
       auto start = std::chrono::steady_clock::now();
       EXPECT_FALSE(h.Verify(user, "wrong"));
-      best =
-          std::min(best, std::chrono::duration_cast<std::chrono::nanoseconds>(
-                             std::chrono::steady_clock::now() - start));
+      best = std::min(best, std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                std::chrono::steady_clock::now() - start));
     }
     return best.count();
   };
@@ -201,8 +190,7 @@ TEST(HtpasswdTest, UnknownUserIsFalseAndCostsAboutAsMuch) {
 }
 
 TEST(HtpasswdTest, CheapDummyWhenTheFileIsCheap) {
-  Htpasswd h =
-      MustParse(absl::StrCat(kApr1Pass, "\n", "v", kShaPass.substr(1)));
+  Htpasswd h = MustParse(absl::StrCat(kApr1Pass, "\n", "v", kShaPass.substr(1)));
   EXPECT_EQ(h.size(), 2u);
   EXPECT_FALSE(h.Expensive("nobody"));
   EXPECT_FALSE(h.Verify("nobody", "pass"));
@@ -270,8 +258,7 @@ TEST(HtpasswdTest, EmptyFileVerifiesNobody) {
 
 TEST(HtpasswdTest, PasswordWithNulNeverVerifies) {
   // crypt() would stop at the NUL and accept "pass\0anything" as "pass".
-  for (absl::string_view line :
-       {kBcryptPass, kMd5CryptPass, kApr1Pass, kShaPass}) {
+  for (absl::string_view line : {kBcryptPass, kMd5CryptPass, kApr1Pass, kShaPass}) {
     Htpasswd h = MustParse(line);
     EXPECT_FALSE(h.Verify("u", absl::string_view("pass\0x", 6))) << line;
     EXPECT_FALSE(h.Verify("u", absl::string_view("pass\0", 5))) << line;
@@ -279,9 +266,8 @@ TEST(HtpasswdTest, PasswordWithNulNeverVerifies) {
 }
 
 TEST(HtpasswdTest, CommentsBlanksCrlfAndExtraFields) {
-  Htpasswd h = MustParse(absl::StrCat("# users\r\n\r\n", kApr1Pass,
-                                      ":extra field\r\n  # more\n", "b",
-                                      kShaPass.substr(1), "\r\n"));
+  Htpasswd h = MustParse(absl::StrCat("# users\r\n\r\n", kApr1Pass, ":extra field\r\n  # more\n",
+                                      "b", kShaPass.substr(1), "\r\n"));
   EXPECT_EQ(h.size(), 2u);
   EXPECT_TRUE(h.Verify("u", "pass"));
   EXPECT_TRUE(h.Verify("b", "pass"));
@@ -289,8 +275,7 @@ TEST(HtpasswdTest, CommentsBlanksCrlfAndExtraFields) {
 
 TEST(HtpasswdTest, ParseErrorsNameFileLineAndReason) {
   EXPECT_EQ(ParseError("# c\n\nalice\n"), ".htpasswd:3: expected user:hash");
-  EXPECT_EQ(ParseError(":{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ="),
-            ".htpasswd:1: empty user name");
+  EXPECT_EQ(ParseError(":{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ="), ".htpasswd:1: empty user name");
   EXPECT_EQ(ParseError("alice:"), ".htpasswd:1: empty password hash");
   EXPECT_EQ(ParseError(absl::StrCat(kShaPass, "\n", kApr1Pass)),
             ".htpasswd:2: duplicate user \"u\" (first on line 1)");
@@ -301,25 +286,19 @@ TEST(HtpasswdTest, ParseErrorsNameFileLineAndReason) {
                ".htpasswd:1: unsupported hash scheme: DES crypt");
   EXPECT_EQ(ParseError("alice:$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"),
             ".htpasswd:1: unsupported hash scheme \"$argon2id$\"");
-  EXPECT_EQ(ParseError("alice:$y$j9T$salt$hash"),
-            ".htpasswd:1: unsupported hash scheme \"$y$\"");
-  EXPECT_EQ(ParseError("alice:{SSHA}abcdefgh"),
-            ".htpasswd:1: unsupported hash scheme \"{SSHA}\"");
-  EXPECT_EQ(ParseError("alice:$2y$04$short"),
-            ".htpasswd:1: malformed bcrypt hash");
+  EXPECT_EQ(ParseError("alice:$y$j9T$salt$hash"), ".htpasswd:1: unsupported hash scheme \"$y$\"");
+  EXPECT_EQ(ParseError("alice:{SSHA}abcdefgh"), ".htpasswd:1: unsupported hash scheme \"{SSHA}\"");
+  EXPECT_EQ(ParseError("alice:$2y$04$short"), ".htpasswd:1: malformed bcrypt hash");
   EXPECT_EQ(ParseError("alice:$2y$03$xKGzC6dsYqyU66r6ohDHJudQBbzRslsDwPvW0oN78"
                        "ja7K2Io/bdOy"),
             ".htpasswd:1: bcrypt cost 3 not in 4..31");
   EXPECT_EQ(ParseError("alice:$apr1$toolongsalt$ROP59x6XkOt2.xo.dF0G7."),
             ".htpasswd:1: malformed Apache MD5 ($apr1$) hash");
-  EXPECT_EQ(ParseError("alice:$1$salt$short"),
-            ".htpasswd:1: malformed md5-crypt ($1$) hash");
-  EXPECT_EQ(ParseError("alice:$5$salt$short"),
-            ".htpasswd:1: malformed SHA-256-crypt ($5$) hash");
+  EXPECT_EQ(ParseError("alice:$1$salt$short"), ".htpasswd:1: malformed md5-crypt ($1$) hash");
+  EXPECT_EQ(ParseError("alice:$5$salt$short"), ".htpasswd:1: malformed SHA-256-crypt ($5$) hash");
   EXPECT_EQ(ParseError("alice:$6$rounds=x$salt$short"),
             ".htpasswd:1: malformed SHA-512-crypt ($6$) hash");
-  EXPECT_EQ(ParseError("alice:{SHA}not base64!"),
-            ".htpasswd:1: malformed {SHA} hash");
+  EXPECT_EQ(ParseError("alice:{SHA}not base64!"), ".htpasswd:1: malformed {SHA} hash");
 }
 
 TEST(HtpasswdTest, LoadNamesTheFile) {
@@ -328,8 +307,7 @@ TEST(HtpasswdTest, LoadNamesTheFile) {
   const std::string path = absl::StrCat(dir_template, "/users");
   absl::StatusOr<Htpasswd> h = Htpasswd::Load(path);
   ASSERT_FALSE(h.ok());
-  EXPECT_EQ(h.status().message(),
-            absl::StrCat(path, ": No such file or directory"));
+  EXPECT_EQ(h.status().message(), absl::StrCat(path, ": No such file or directory"));
   std::ofstream(path) << kApr1Pass << "\nbob:plain\n";
   h = Htpasswd::Load(path);
   ASSERT_FALSE(h.ok());
@@ -345,9 +323,9 @@ TEST(HtpasswdTest, LoadNamesTheFile) {
 }
 
 TEST(HtpasswdTest, VerifyIsThreadSafe) {
-  Htpasswd h = MustParse(absl::StrCat(
-      kBcryptPass, "\n", "a", kApr1Pass.substr(1), "\n", "s",
-      kSha512Pass.substr(1), "\n", "m", kMd5CryptPass.substr(1), "\n"));
+  Htpasswd h =
+      MustParse(absl::StrCat(kBcryptPass, "\n", "a", kApr1Pass.substr(1), "\n", "s",
+                             kSha512Pass.substr(1), "\n", "m", kMd5CryptPass.substr(1), "\n"));
   std::atomic<int> wrong{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t) {

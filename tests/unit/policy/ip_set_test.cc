@@ -1,10 +1,10 @@
 #include "policy/ip_set.h"
 
-#include <optional>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "absl/container/flat_hash_set.h"
@@ -49,12 +49,10 @@ TEST(IpSetAddress, MappedFormEqualsIpv4) {
 
 TEST(IpSetAddress, RejectsJunk) {
   for (absl::string_view bad :
-       {"",           " 1.2.3.4",  "1.2.3.4 ",     "1.2.3",
-        "1.2.3.4.5",  "256.1.1.1", "01.2.3.4",     "1.2.3.4/8",
-        "1.2.3.4:80", "[::1]:80",  "fe80::1%eth0", "fe80::1%25eth0",
-        "[::1",       "::1]",      "[]",           ":::",
-        "1::2::3",    "abc",       "0x1.2.3.4",    "::g",
-        "1.2.3.4\n",  "12345::"}) {
+       {"",          " 1.2.3.4",  "1.2.3.4 ",   "1.2.3",    "1.2.3.4.5",    "256.1.1.1",
+        "01.2.3.4",  "1.2.3.4/8", "1.2.3.4:80", "[::1]:80", "fe80::1%eth0", "fe80::1%25eth0",
+        "[::1",      "::1]",      "[]",         ":::",      "1::2::3",      "abc",
+        "0x1.2.3.4", "::g",       "1.2.3.4\n",  "12345::"}) {
     EXPECT_FALSE(IpAddress::Parse(bad).has_value()) << bad;
   }
   EXPECT_FALSE(IpAddress::Parse(absl::string_view("1.2.3.4\0", 8)).has_value());
@@ -66,16 +64,13 @@ TEST(IpSetAddress, FromSockaddr) {
   in.sin_family = AF_INET;
   in.sin_port = htons(80);
   ASSERT_EQ(inet_pton(AF_INET, "192.0.2.9", &in.sin_addr), 1);
-  EXPECT_EQ(IpAddress::FromSockaddr(reinterpret_cast<sockaddr*>(&in)),
-            Ip("192.0.2.9"));
+  EXPECT_EQ(IpAddress::FromSockaddr(reinterpret_cast<sockaddr*>(&in)), Ip("192.0.2.9"));
   sockaddr_in6 in6{};
   in6.sin6_family = AF_INET6;
   ASSERT_EQ(inet_pton(AF_INET6, "2001:db8::5", &in6.sin6_addr), 1);
-  EXPECT_EQ(IpAddress::FromSockaddr(reinterpret_cast<sockaddr*>(&in6)),
-            Ip("2001:db8::5"));
+  EXPECT_EQ(IpAddress::FromSockaddr(reinterpret_cast<sockaddr*>(&in6)), Ip("2001:db8::5"));
   ASSERT_EQ(inet_pton(AF_INET6, "::ffff:192.0.2.9", &in6.sin6_addr), 1);
-  EXPECT_EQ(IpAddress::FromSockaddr(reinterpret_cast<sockaddr*>(&in6)),
-            Ip("192.0.2.9"));
+  EXPECT_EQ(IpAddress::FromSockaddr(reinterpret_cast<sockaddr*>(&in6)), Ip("192.0.2.9"));
   sockaddr un{};
   un.sa_family = AF_UNIX;
   EXPECT_EQ(IpAddress::FromSockaddr(&un), IpAddress{});
@@ -83,13 +78,11 @@ TEST(IpSetAddress, FromSockaddr) {
 }
 
 TEST(IpSetAddress, HashesAndBytes) {
-  absl::flat_hash_set<IpAddress> set = {Ip("1.2.3.4"), Ip("::ffff:1.2.3.4"),
-                                        Ip("::1")};
+  absl::flat_hash_set<IpAddress> set = {Ip("1.2.3.4"), Ip("::ffff:1.2.3.4"), Ip("::1")};
   EXPECT_EQ(set.size(), 2u);
   EXPECT_TRUE(set.contains(Ip("::1")));
-  EXPECT_EQ(
-      Ip("1.2.3.4").AsBytes(),
-      absl::string_view("\0\0\0\0\0\0\0\0\0\0\xff\xff\x01\x02\x03\x04", 16));
+  EXPECT_EQ(Ip("1.2.3.4").AsBytes(),
+            absl::string_view("\0\0\0\0\0\0\0\0\0\0\xff\xff\x01\x02\x03\x04", 16));
 }
 
 TEST(IpSetCidr, ParsesAndContains) {
@@ -107,12 +100,10 @@ TEST(IpSetCidr, ParsesAndContains) {
            {"::1", "::1", "::2", "::1/128"},
            {"[::1]/128", "::1", "::", "::1/128"},
            {"fd00::/8", "fdff::1", "fe00::1", "fd00::/8"},
-           {"fd12:3456::1/33",
-            "fd12:3456:7fff::", "fd12:3456:8000::", "fd12:3456::/33"},
-           {"2001:db8::/64", "2001:db8::ffff:ffff:ffff:ffff",
-            "2001:db8:0:1::", "2001:db8::/64"},
-           {"2001:db8::8000:0:0:1/65", "2001:db8::ffff:0:0:0",
-            "2001:db8::7fff:0:0:0", "2001:db8:0:0:8000::/65"},
+           {"fd12:3456::1/33", "fd12:3456:7fff::", "fd12:3456:8000::", "fd12:3456::/33"},
+           {"2001:db8::/64", "2001:db8::ffff:ffff:ffff:ffff", "2001:db8:0:1::", "2001:db8::/64"},
+           {"2001:db8::8000:0:0:1/65", "2001:db8::ffff:0:0:0", "2001:db8::7fff:0:0:0",
+            "2001:db8:0:0:8000::/65"},
            {"0.0.0.0/0", "255.255.255.255", "::1", "0.0.0.0/0"},
            {"::/0", "::1", "", "::/0"},
            {"::ffff:0:0/96", "8.8.8.8", "::fffe:0:1", "0.0.0.0/0"},
@@ -134,15 +125,13 @@ TEST(IpSetCidr, ParsesAndContains) {
 
 TEST(IpSetCidr, RejectsBadText) {
   for (absl::string_view bad :
-       {"", "/", "/8", "10.0.0.0/", "10.0.0.0/33", "::/129", "10.0.0.0/-1",
-        "10.0.0.0/+8", "10.0.0.0/8/8", "10.0.0.0/ 8", "10.0.0.0/8 ",
-        " 10.0.0.0/8", "10.0.0/8", "::1/0129", "10.0.0.0/0x8", "fe80::%1/64",
-        "host.example/8", "10.0.0.0/1000"}) {
+       {"", "/", "/8", "10.0.0.0/", "10.0.0.0/33", "::/129", "10.0.0.0/-1", "10.0.0.0/+8",
+        "10.0.0.0/8/8", "10.0.0.0/ 8", "10.0.0.0/8 ", " 10.0.0.0/8", "10.0.0/8", "::1/0129",
+        "10.0.0.0/0x8", "fe80::%1/64", "host.example/8", "10.0.0.0/1000"}) {
     absl::StatusOr<Cidr> cidr = ParseCidr(bad);
     EXPECT_FALSE(cidr.ok()) << bad;
     EXPECT_EQ(cidr.status().code(), absl::StatusCode::kInvalidArgument) << bad;
-    EXPECT_NE(cidr.status().message().find("bad CIDR"),
-              absl::string_view::npos);
+    EXPECT_NE(cidr.status().message().find("bad CIDR"), absl::string_view::npos);
   }
   EXPECT_NE(ParseCidr("10.0.0.0/33").status().message().find("10.0.0.0/33"),
             absl::string_view::npos);
@@ -167,8 +156,7 @@ TEST(IpSetSet, ParsesLists) {
 
   absl::StatusOr<IpSet> bad = IpSet::Parse("10.0.0.0/8, 300.0.0.0/8");
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("300.0.0.0/8"),
-            absl::string_view::npos);
+  EXPECT_NE(bad.status().message().find("300.0.0.0/8"), absl::string_view::npos);
 
   IpSet added;
   added.Add(*ParseCidr("1.2.3.0/24"));
@@ -178,10 +166,8 @@ TEST(IpSetSet, ParsesLists) {
 
 TEST(IpSetXff, UntrustedPeerIgnoresHeader) {
   IpSet trusted = Set("10.0.0.0/8");
-  EXPECT_EQ(ClientAddressFromXff(Ip("203.0.113.5"), "1.1.1.1", trusted),
-            Ip("203.0.113.5"));
-  EXPECT_EQ(ClientAddressFromXff(Ip("203.0.113.5"), "1.1.1.1", IpSet()),
-            Ip("203.0.113.5"));
+  EXPECT_EQ(ClientAddressFromXff(Ip("203.0.113.5"), "1.1.1.1", trusted), Ip("203.0.113.5"));
+  EXPECT_EQ(ClientAddressFromXff(Ip("203.0.113.5"), "1.1.1.1", IpSet()), Ip("203.0.113.5"));
 }
 
 TEST(IpSetXff, WalksFromTheRight) {
@@ -189,25 +175,18 @@ TEST(IpSetXff, WalksFromTheRight) {
   const IpAddress peer = Ip("10.0.0.1");
   EXPECT_EQ(ClientAddressFromXff(peer, "", trusted), peer);
   EXPECT_EQ(ClientAddressFromXff(peer, "  ", trusted), peer);
-  EXPECT_EQ(ClientAddressFromXff(peer, "203.0.113.7", trusted),
-            Ip("203.0.113.7"));
+  EXPECT_EQ(ClientAddressFromXff(peer, "203.0.113.7", trusted), Ip("203.0.113.7"));
   // The client wrote "6.6.6.6"; the first untrusted hop from the right wins.
-  EXPECT_EQ(
-      ClientAddressFromXff(peer, "6.6.6.6, 203.0.113.7, 10.0.0.2", trusted),
-      Ip("203.0.113.7"));
-  EXPECT_EQ(
-      ClientAddressFromXff(peer, "6.6.6.6,203.0.113.7,::1,10.9.9.9", trusted),
-      Ip("203.0.113.7"));
-  EXPECT_EQ(ClientAddressFromXff(peer, "2001:db8::1 , 10.0.0.3", trusted),
-            Ip("2001:db8::1"));
-  EXPECT_EQ(ClientAddressFromXff(peer, "[2001:db8::1]", trusted),
-            Ip("2001:db8::1"));
-  // Every hop trusted: the leftmost one.
-  EXPECT_EQ(ClientAddressFromXff(peer, "10.0.0.9, 10.0.0.8", trusted),
-            Ip("10.0.0.9"));
-  // Empty entries are skipped.
-  EXPECT_EQ(ClientAddressFromXff(peer, "203.0.113.7,, ,", trusted),
+  EXPECT_EQ(ClientAddressFromXff(peer, "6.6.6.6, 203.0.113.7, 10.0.0.2", trusted),
             Ip("203.0.113.7"));
+  EXPECT_EQ(ClientAddressFromXff(peer, "6.6.6.6,203.0.113.7,::1,10.9.9.9", trusted),
+            Ip("203.0.113.7"));
+  EXPECT_EQ(ClientAddressFromXff(peer, "2001:db8::1 , 10.0.0.3", trusted), Ip("2001:db8::1"));
+  EXPECT_EQ(ClientAddressFromXff(peer, "[2001:db8::1]", trusted), Ip("2001:db8::1"));
+  // Every hop trusted: the leftmost one.
+  EXPECT_EQ(ClientAddressFromXff(peer, "10.0.0.9, 10.0.0.8", trusted), Ip("10.0.0.9"));
+  // Empty entries are skipped.
+  EXPECT_EQ(ClientAddressFromXff(peer, "203.0.113.7,, ,", trusted), Ip("203.0.113.7"));
 }
 
 TEST(IpSetXff, UnparsableEntryStopsAtLastTrustedHop) {
@@ -215,13 +194,9 @@ TEST(IpSetXff, UnparsableEntryStopsAtLastTrustedHop) {
   const IpAddress peer = Ip("10.0.0.1");
   EXPECT_EQ(ClientAddressFromXff(peer, "junk", trusted), peer);
   EXPECT_EQ(ClientAddressFromXff(peer, "6.6.6.6, junk", trusted), peer);
-  EXPECT_EQ(ClientAddressFromXff(peer, "6.6.6.6, junk, 10.0.0.5", trusted),
-            Ip("10.0.0.5"));
-  EXPECT_EQ(
-      ClientAddressFromXff(peer, "6.6.6.6, 1.2.3.4:80, 10.0.0.5", trusted),
-      Ip("10.0.0.5"));
-  EXPECT_EQ(ClientAddressFromXff(peer, "unknown, 203.0.113.7", trusted),
-            Ip("203.0.113.7"));
+  EXPECT_EQ(ClientAddressFromXff(peer, "6.6.6.6, junk, 10.0.0.5", trusted), Ip("10.0.0.5"));
+  EXPECT_EQ(ClientAddressFromXff(peer, "6.6.6.6, 1.2.3.4:80, 10.0.0.5", trusted), Ip("10.0.0.5"));
+  EXPECT_EQ(ClientAddressFromXff(peer, "unknown, 203.0.113.7", trusted), Ip("203.0.113.7"));
 }
 
 }  // namespace

@@ -50,8 +50,7 @@ TEST(KeysTest, GenerateKeyIsSkAnd43Base64UrlCharacters) {
     ASSERT_EQ(key.size(), 3u + 43u) << key;
     EXPECT_TRUE(absl::StartsWith(key, "sk-")) << key;
     for (char c : key.substr(3)) {
-      EXPECT_TRUE(absl::ascii_isalnum(static_cast<unsigned char>(c)) ||
-                  c == '-' || c == '_')
+      EXPECT_TRUE(absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_')
           << key;
     }
   }
@@ -62,8 +61,7 @@ TEST(KeysTest, LookupFindsEachKeyByNameAndMissesOthers) {
   std::string alice = GenerateKey();
   std::string bob = GenerateKey();
   absl::StatusOr<KeyStore> store = KeyStore::Parse(
-      absl::StrCat(KeyLine("alice", alice), "\n", KeyLine("bob", bob), "\n"),
-      "keys.txt");
+      absl::StrCat(KeyLine("alice", alice), "\n", KeyLine("bob", bob), "\n"), "keys.txt");
   ASSERT_TRUE(store.ok()) << store.status();
   ASSERT_EQ(store->size(), 2u);
   const std::string* name = store->Lookup(alice);
@@ -83,8 +81,7 @@ TEST(KeysTest, LookupFindsEachKeyByNameAndMissesOthers) {
 
 TEST(KeysTest, LookupSurvivesMoveAndCopy) {
   std::string key = GenerateKey();
-  absl::StatusOr<KeyStore> parsed =
-      KeyStore::Parse(KeyLine("svc", key), "keys.txt");
+  absl::StatusOr<KeyStore> parsed = KeyStore::Parse(KeyLine("svc", key), "keys.txt");
   ASSERT_TRUE(parsed.ok());
   KeyStore moved = std::move(*parsed);
   KeyStore copy = moved;
@@ -99,14 +96,13 @@ TEST(KeysTest, CommentsBlanksWhitespaceCrlfAndUppercaseHex) {
   // The hex of SHA-256("def"), in capitals.
   std::string upper = KeyLine("x", "def").substr(9);
   for (char& c : upper) c = absl::ascii_toupper(static_cast<unsigned char>(c));
-  absl::StatusOr<KeyStore> store = KeyStore::Parse(
-      absl::StrCat("# keys for the lab\n\n   \n  # indented comment\n",
-                   "  first.user@example-1 : sha256 : ", kAbcDigest, "  \r\n",
-                   "second_one:sha256:", upper, "\n"),
-      "keys.txt");
+  absl::StatusOr<KeyStore> store =
+      KeyStore::Parse(absl::StrCat("# keys for the lab\n\n   \n  # indented comment\n",
+                                   "  first.user@example-1 : sha256 : ", kAbcDigest, "  \r\n",
+                                   "second_one:sha256:", upper, "\n"),
+                      "keys.txt");
   ASSERT_TRUE(store.ok()) << store.status();
-  EXPECT_EQ(store->names(),
-            (std::vector<std::string>{"first.user@example-1", "second_one"}));
+  EXPECT_EQ(store->names(), (std::vector<std::string>{"first.user@example-1", "second_one"}));
   ASSERT_NE(store->Lookup("abc"), nullptr);
   EXPECT_EQ(*store->Lookup("abc"), "first.user@example-1");
   ASSERT_NE(store->Lookup("def"), nullptr);
@@ -123,25 +119,19 @@ TEST(KeysTest, EmptyFileIsAnEmptyStore) {
 
 TEST(KeysTest, ParseErrorsNameFileAndLine) {
   const std::string good = absl::StrCat("a:sha256:", kAbcDigest);
-  EXPECT_EQ(ParseError("# c\n\njust-a-name\n"),
-            "keys.txt:3: expected NAME:sha256:HEX");
+  EXPECT_EQ(ParseError("# c\n\njust-a-name\n"), "keys.txt:3: expected NAME:sha256:HEX");
   EXPECT_EQ(ParseError(absl::StrCat("a:b:sha256:", kAbcDigest)),
             "keys.txt:1: expected NAME:sha256:HEX");
-  EXPECT_PRED2(HasPrefix,
-               ParseError(absl::StrCat("bad name:sha256:", kAbcDigest)),
+  EXPECT_PRED2(HasPrefix, ParseError(absl::StrCat("bad name:sha256:", kAbcDigest)),
                "keys.txt:1: invalid key name");
   EXPECT_PRED2(HasPrefix, ParseError(absl::StrCat(":sha256:", kAbcDigest)),
                "keys.txt:1: invalid key name");
-  EXPECT_PRED2(
-      HasPrefix,
-      ParseError(absl::StrCat(std::string(65, 'n'), ":sha256:", kAbcDigest)),
-      "keys.txt:1: invalid key name");
+  EXPECT_PRED2(HasPrefix, ParseError(absl::StrCat(std::string(65, 'n'), ":sha256:", kAbcDigest)),
+               "keys.txt:1: invalid key name");
   EXPECT_PRED2(HasPrefix, ParseError(absl::StrCat("a:md5:", kAbcDigest)),
                "keys.txt:1: unsupported hash \"md5\"");
-  EXPECT_PRED2(HasPrefix, ParseError("a:sha256:abcd"),
-               "keys.txt:1: expected 64 hex digits");
-  EXPECT_PRED2(HasPrefix,
-               ParseError(absl::StrCat("a:sha256:", kAbcDigest.substr(1), "g")),
+  EXPECT_PRED2(HasPrefix, ParseError("a:sha256:abcd"), "keys.txt:1: expected 64 hex digits");
+  EXPECT_PRED2(HasPrefix, ParseError(absl::StrCat("a:sha256:", kAbcDigest.substr(1), "g")),
                "keys.txt:1: expected 64 hex digits");
   EXPECT_EQ(ParseError(absl::StrCat(good, "\n#\n", KeyLine("a", "other"))),
             "keys.txt:3: duplicate key name \"a\" (first on line 1)");
@@ -172,8 +162,7 @@ TEST(KeysTest, LoadReadsTheFileAndNamesAMissingOne) {
   }
   absl::StatusOr<KeyStore> store = KeyStore::Load(path);
   ASSERT_FALSE(store.ok());
-  EXPECT_EQ(store.status().message(),
-            absl::StrCat(path, ":2: expected NAME:sha256:HEX"));
+  EXPECT_EQ(store.status().message(), absl::StrCat(path, ":2: expected NAME:sha256:HEX"));
   {
     std::ofstream f(path);
     f << KeyLine("alice", "abc") << "\n";
@@ -186,8 +175,7 @@ TEST(KeysTest, LoadReadsTheFileAndNamesAMissingOne) {
   store = KeyStore::Load(path);
   ASSERT_FALSE(store.ok());
   EXPECT_EQ(store.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(store.status().message(),
-            absl::StrCat(path, ": No such file or directory"));
+  EXPECT_EQ(store.status().message(), absl::StrCat(path, ": No such file or directory"));
   rmdir(dir_template);
 }
 
@@ -239,8 +227,7 @@ class KeysCommandTest : public ::testing::Test {
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
     std::ostringstream out, err;
-    int code =
-        RunKeysCommand(static_cast<int>(args.size()), argv.data(), out, err);
+    int code = RunKeysCommand(static_cast<int>(args.size()), argv.data(), out, err);
     return {code, out.str(), err.str()};
   }
 
@@ -281,8 +268,7 @@ class KeysCommandTest : public ::testing::Test {
   }
 
   // Expects a failure: status 1, nothing on stdout, one stderr line.
-  void ExpectFailure(std::vector<std::string> args,
-                     absl::string_view substring) {
+  void ExpectFailure(std::vector<std::string> args, absl::string_view substring) {
     Result r = Run(std::move(args));
     EXPECT_EQ(r.code, 1);
     EXPECT_TRUE(r.out.empty()) << r.out;
@@ -303,8 +289,7 @@ TEST_F(KeysCommandTest, AddListLookupRevoke) {
   ASSERT_EQ(r.code, 0) << r.err;
   const std::string bob = r.out.substr(0, r.out.size() - 1);
   EXPECT_NE(alice, bob);
-  EXPECT_EQ(ReadFile(), absl::StrCat(KeyLine("alice", alice), "\n",
-                                     KeyLine("bob", bob), "\n"));
+  EXPECT_EQ(ReadFile(), absl::StrCat(KeyLine("alice", alice), "\n", KeyLine("bob", bob), "\n"));
 
   r = Run({"list", "--keys_file", file_});
   EXPECT_EQ(r.code, 0);
@@ -334,32 +319,28 @@ TEST_F(KeysCommandTest, AddListLookupRevoke) {
 }
 
 TEST_F(KeysCommandTest, RevokeKeepsCommentsOtherLinesAndMode) {
-  const std::string text = absl::StrCat(
-      "# team keys\n", KeyLine("a", "ka"), "\n\n", "  # b is the CI bot\n",
-      "  b : sha256 : ", KeyLine("b", "kb").substr(9), "\n",
-      KeyLine("c", "kc"));
+  const std::string text =
+      absl::StrCat("# team keys\n", KeyLine("a", "ka"), "\n\n", "  # b is the CI bot\n",
+                   "  b : sha256 : ", KeyLine("b", "kb").substr(9), "\n", KeyLine("c", "kc"));
   WriteFile(text, 0640);
   Result r = Run({"revoke", "b", "--keys_file", file_});
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_EQ(ReadFile(),
-            absl::StrCat("# team keys\n", KeyLine("a", "ka"), "\n\n",
-                         "  # b is the CI bot\n", KeyLine("c", "kc")));
+  EXPECT_EQ(ReadFile(), absl::StrCat("# team keys\n", KeyLine("a", "ka"), "\n\n",
+                                     "  # b is the CI bot\n", KeyLine("c", "kc")));
   EXPECT_EQ(Mode(), 0640u);
   // The last line, without a newline after it.
   ASSERT_EQ(Run({"revoke", "c", "--keys_file", file_}).code, 0);
-  EXPECT_EQ(ReadFile(), absl::StrCat("# team keys\n", KeyLine("a", "ka"),
-                                     "\n\n", "  # b is the CI bot"));
+  EXPECT_EQ(ReadFile(),
+            absl::StrCat("# team keys\n", KeyLine("a", "ka"), "\n\n", "  # b is the CI bot"));
   // Adding after a last line without newline starts a new line.
   const std::string d = Add("d");
-  EXPECT_EQ(ReadFile(),
-            absl::StrCat("# team keys\n", KeyLine("a", "ka"), "\n\n",
-                         "  # b is the CI bot\n", KeyLine("d", d), "\n"));
+  EXPECT_EQ(ReadFile(), absl::StrCat("# team keys\n", KeyLine("a", "ka"), "\n\n",
+                                     "  # b is the CI bot\n", KeyLine("d", d), "\n"));
   EXPECT_EQ(Mode(), 0640u);  // an existing file keeps its mode
 }
 
 TEST_F(KeysCommandTest, RevokeThroughSymlinkReplacesTheTarget) {
-  WriteFile(absl::StrCat(KeyLine("a", "ka"), "\n", KeyLine("b", "kb"), "\n"),
-            0600);
+  WriteFile(absl::StrCat(KeyLine("a", "ka"), "\n", KeyLine("b", "kb"), "\n"), 0600);
   const std::string link = dir_ + "/link";
   ASSERT_EQ(symlink(file_.c_str(), link.c_str()), 0);
   ASSERT_EQ(Run({"revoke", "a", "--keys_file", link}).code, 0);
@@ -380,8 +361,7 @@ TEST_F(KeysCommandTest, UsageErrorsExitTwoWithOneLine) {
   ExpectUsage({"add", "a:b", "--keys_file", file_},
               "invalid key name \"a:b\" (1 to 64 characters of "
               "A-Za-z0-9._@-)");
-  ExpectUsage({"add", "a", "b", "--keys_file", file_},
-              "unexpected argument \"b\"");
+  ExpectUsage({"add", "a", "b", "--keys_file", file_}, "unexpected argument \"b\"");
   ExpectUsage({"list", "x", "--keys_file", file_}, "unexpected argument \"x\"");
   ExpectUsage({"list", "--keys-file", file_}, "unknown flag \"--keys-file\"");
   ExpectUsage({"list", "--keys_file"}, "--keys_file needs a value");
@@ -390,30 +370,23 @@ TEST_F(KeysCommandTest, UsageErrorsExitTwoWithOneLine) {
 
   Result r = Run({"--help"});
   EXPECT_EQ(r.code, 0);
-  EXPECT_TRUE(absl::StrContains(r.out, "sluice keys add NAME --keys_file F"))
-      << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "sluice keys add NAME --keys_file F")) << r.out;
 }
 
 TEST_F(KeysCommandTest, FailuresExitOneWithOneLine) {
   ExpectFailure({"list", "--keys_file", file_}, "No such file or directory");
-  ExpectFailure({"revoke", "a", "--keys_file", file_},
-                "No such file or directory");
+  ExpectFailure({"revoke", "a", "--keys_file", file_}, "No such file or directory");
   const std::string alice = Add("alice");
   const std::string before = ReadFile();
-  ExpectFailure({"add", "alice", "--keys_file", file_},
-                "key \"alice\" already exists in " + file_);
-  ExpectFailure({"revoke", "bob", "--keys_file", file_},
-                "no key named \"bob\" in " + file_);
+  ExpectFailure({"add", "alice", "--keys_file", file_}, "key \"alice\" already exists in " + file_);
+  ExpectFailure({"revoke", "bob", "--keys_file", file_}, "no key named \"bob\" in " + file_);
   EXPECT_EQ(ReadFile(), before);
 
   // A file that does not parse is left alone.
   WriteFile(before + "garbage\n", 0600);
-  ExpectFailure({"add", "bob", "--keys_file", file_},
-                file_ + ":2: expected NAME:sha256:HEX");
-  ExpectFailure({"revoke", "alice", "--keys_file", file_},
-                file_ + ":2: expected NAME:sha256:HEX");
-  ExpectFailure({"list", "--keys_file", file_},
-                file_ + ":2: expected NAME:sha256:HEX");
+  ExpectFailure({"add", "bob", "--keys_file", file_}, file_ + ":2: expected NAME:sha256:HEX");
+  ExpectFailure({"revoke", "alice", "--keys_file", file_}, file_ + ":2: expected NAME:sha256:HEX");
+  ExpectFailure({"list", "--keys_file", file_}, file_ + ":2: expected NAME:sha256:HEX");
   EXPECT_EQ(ReadFile(), before + "garbage\n");
 
   ExpectFailure({"add", "x", "--keys_file", dir_ + "/no/such/dir/keys"},

@@ -1,5 +1,4 @@
 #include "policy/limiter.h"
-#include "policy/ip_set.h"
 
 #include <openssl/sha.h>
 
@@ -12,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "policy/ip_set.h"
 
 namespace sluice::policy {
 namespace {
@@ -83,8 +83,7 @@ TEST(RateSpecParse, RejectsNamingTheToken) {
     absl::StatusOr<RateSpec> s = ParseRateSpec(c.text);
     ASSERT_FALSE(s.ok()) << c.text;
     EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(s.status().message().find(absl::StrCat("\"", c.token, "\"")),
-              absl::string_view::npos)
+    EXPECT_NE(s.status().message().find(absl::StrCat("\"", c.token, "\"")), absl::string_view::npos)
         << c.text << ": " << s.status();
   }
   EXPECT_FALSE(ParseRateSpec("").ok());
@@ -96,8 +95,7 @@ TEST(RateSpecParse, RejectsNamingTheToken) {
 // milli-requests, time in milliseconds, integer division throughout.
 class NginxLimitReq {
  public:
-  NginxLimitReq(int64_t n, bool per_minute, int64_t burst, int64_t delay,
-                bool nodelay)
+  NginxLimitReq(int64_t n, bool per_minute, int64_t burst, int64_t delay, bool nodelay)
       : rate_(n * 1000 / (per_minute ? 60 : 1)),
         burst_(burst * 1000),
         delay_(nodelay ? INT64_MAX / 1000 : delay * 1000) {}
@@ -188,23 +186,19 @@ TEST(RateTableModel, AgreesWithNginxOnRandomSequences) {
         ASSERT_EQ(nginx_would, want.allowed);
         // Peek says what Check will, and accounts nothing (asked twice).
         for (int k = 0; k < 2; ++k) {
-          const RateTable::RateResult peek =
-              table.Peek(7, "client", spec, now_ms * kMs);
+          const RateTable::RateResult peek = table.Peek(7, "client", spec, now_ms * kMs);
           ASSERT_EQ(peek.allowed, want.allowed) << mc.spec << " request " << i;
           if (!peek.allowed) {
             EXPECT_EQ(peek.retry_after_ns,
                       table.Peek(7, "client", spec, now_ms * kMs).retry_after_ns);
           }
         }
-        const RateTable::RateResult got =
-            table.Check(7, "client", spec, now_ms * kMs);
+        const RateTable::RateResult got = table.Check(7, "client", spec, now_ms * kMs);
         if (!got.allowed) {
-          EXPECT_EQ(got.retry_after_ns,
-                    table.Peek(7, "client", spec, now_ms * kMs).retry_after_ns);
+          EXPECT_EQ(got.retry_after_ns, table.Peek(7, "client", spec, now_ms * kMs).retry_after_ns);
         }
         ASSERT_EQ(got.allowed, want.allowed)
-            << mc.spec << " seq " << seq << " request " << i << " at "
-            << now_ms;
+            << mc.spec << " seq " << seq << " request " << i << " at " << now_ms;
         if (got.allowed) {
           ++admitted;
           EXPECT_EQ(got.delay_ns, want.delay_ms * kMs)
@@ -278,17 +272,14 @@ TEST(RateTableModel, DelayedModeSpacesRequests) {
 TEST(RateTableModel, RetryAfterWithoutBurst) {
   RateTable table(1024);
   const RateSpec spec = Spec("1r/s burst=2");
-  for (int i = 0; i < 3; ++i)
-    EXPECT_TRUE(table.Check(1, "k", spec, kT0).allowed);
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(table.Check(1, "k", spec, kT0).allowed);
   EXPECT_EQ(table.Check(1, "k", spec, kT0).retry_after_ns, kSec);
-  EXPECT_EQ(table.Check(1, "k", spec, kT0 + 400 * kMs).retry_after_ns,
-            600 * kMs);
+  EXPECT_EQ(table.Check(1, "k", spec, kT0 + 400 * kMs).retry_after_ns, 600 * kMs);
   EXPECT_TRUE(table.Check(1, "k", spec, kT0 + kSec).allowed);
 
   const RateSpec per_minute = Spec("1r/m");
   EXPECT_TRUE(table.Check(2, "k", per_minute, kT0).allowed);
-  EXPECT_EQ(table.Check(2, "k", per_minute, kT0 + kSec).retry_after_ns,
-            59 * kSec);
+  EXPECT_EQ(table.Check(2, "k", per_minute, kT0 + kSec).retry_after_ns, 59 * kSec);
 }
 
 // Refund undoes one admitted Check: the next Check answers as if the
@@ -323,8 +314,7 @@ TEST(RateTable, ZonesAndKeysAreSeparate) {
   EXPECT_TRUE(table.Check(2, "alice", spec, kT0).allowed);
   EXPECT_TRUE(table.Check(1, "alicf", spec, kT0).allowed);
   EXPECT_TRUE(table.Check(1, "alic", spec, kT0).allowed);
-  EXPECT_TRUE(
-      table.Check(1, absl::string_view("alice\0", 6), spec, kT0).allowed);
+  EXPECT_TRUE(table.Check(1, absl::string_view("alice\0", 6), spec, kT0).allowed);
   EXPECT_TRUE(table.Check(1, "", spec, kT0).allowed);
   EXPECT_FALSE(table.Check(1, "", spec, kT0).allowed);
   EXPECT_EQ(table.size(), 6u);
@@ -398,8 +388,7 @@ TEST(RateTable, EvictsExpiredStateFirstThenOldest) {
   // At +1.2 s the seven "old" states are expired; "young" (TAT +1.5 s) is
   // live and must survive seven newcomers.
   for (int i = 0; i < 7; ++i) {
-    ASSERT_TRUE(
-        table.Check(1, absl::StrCat("new", i), spec, kT0 + 1200 * kMs).allowed);
+    ASSERT_TRUE(table.Check(1, absl::StrCat("new", i), spec, kT0 + 1200 * kMs).allowed);
   }
   EXPECT_FALSE(table.Check(1, "young", spec, kT0 + 1200 * kMs).allowed);
   EXPECT_EQ(table.size(), 8u);
@@ -446,8 +435,7 @@ TEST(RateTableThreads, DistinctKeysEachAdmitBurstPlusOne) {
   }
   for (std::thread& t : threads) t.join();
   for (int t = 0; t < kThreads; ++t) {
-    for (int k = 0; k < kKeys; ++k)
-      EXPECT_EQ(admitted[t][k], 4) << t << "/" << k;
+    for (int k = 0; k < kKeys; ++k) EXPECT_EQ(admitted[t][k], 4) << t << "/" << k;
   }
   EXPECT_EQ(table.size(), static_cast<size_t>(kThreads * kKeys));
 }
@@ -520,8 +508,7 @@ TEST(ConcurrencyTableThreads, AcquireReleaseBalance) {
         if (table.Acquire(9, "shared", kLimit)) {
           const int now = in_flight.fetch_add(1) + 1;
           int seen = max_in_flight.load();
-          while (now > seen &&
-                 !max_in_flight.compare_exchange_weak(seen, now)) {
+          while (now > seen && !max_in_flight.compare_exchange_weak(seen, now)) {
           }
           acquired.fetch_add(1);
           in_flight.fetch_sub(1);

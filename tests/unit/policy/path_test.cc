@@ -53,12 +53,10 @@ TEST(PathNormalize, DeleteRuleCannotBeBypassed) {
 
 TEST(PathNormalize, OtherPathsDoNotMatchDelete) {
   for (absl::string_view target :
-       {"/api/deletex", "/api/tags", "/api/delet", "/api/delete-x",
-        "/apix/delete", "/api/delete%3Fx", "/x/api/delete", "/api/delete.json",
-        "/", "*"}) {
+       {"/api/deletex", "/api/tags", "/api/delet", "/api/delete-x", "/apix/delete",
+        "/api/delete%3Fx", "/x/api/delete", "/api/delete.json", "/", "*"}) {
     NormalizedPath n = Norm(target);
-    EXPECT_FALSE(PathMatches("/api/delete", n.match))
-        << target << " -> " << n.match;
+    EXPECT_FALSE(PathMatches("/api/delete", n.match)) << target << " -> " << n.match;
   }
 }
 
@@ -92,10 +90,8 @@ TEST(PathNormalize, ForwardAndMatchForms) {
            {"/a/.../b", "/a/.../b", "/a/.../b"},
            {"/a/..b/.c", "/a/..b/.c", "/a/..b/.c"},
            {"/a/x%2F..%2Fb", "/a/x%2F..%2Fb", "/a/b"},
-           {"/v1/chat/completions", "/v1/chat/completions",
-            "/v1/chat/completions"},
-           {"/api/blobs/sha256:abc", "/api/blobs/sha256:abc",
-            "/api/blobs/sha256:abc"},
+           {"/v1/chat/completions", "/v1/chat/completions", "/v1/chat/completions"},
+           {"/api/blobs/sha256:abc", "/api/blobs/sha256:abc", "/api/blobs/sha256:abc"},
            {"/a;b=c", "/a;b=c", "/a;b=c"},
            {"*", "*", "*"},
        }) {
@@ -155,8 +151,7 @@ TEST(PathNormalize, ForwardFormIsAFixedPoint) {
   for (int i = 0; i < 20000; ++i) {
     std::string target = "/";
     const int len = static_cast<int>(rng() % 24);
-    for (int j = 0; j < len; ++j)
-      target.push_back(kAlphabet[rng() % kAlphabet.size()]);
+    for (int j = 0; j < len; ++j) target.push_back(kAlphabet[rng() % kAlphabet.size()]);
     absl::StatusOr<NormalizedPath> n = NormalizePath(target);
     if (!n.ok()) continue;
     ++accepted;
@@ -196,8 +191,7 @@ TEST(PathMatches, Patterns) {
            {"/api/", "/apix", false},
            {"", "/", false},
        }) {
-    EXPECT_EQ(PathMatches(c.pattern, c.path), c.matches)
-        << c.pattern << " vs " << c.path;
+    EXPECT_EQ(PathMatches(c.pattern, c.path), c.matches) << c.pattern << " vs " << c.path;
   }
 }
 

@@ -35,8 +35,7 @@ constexpr absl::string_view kClient = "192.0.2.10";
 // htpasswd 2.4 lines (the hashes of tests/unit/policy/htpasswd_test.cc under
 // other user names: apr1 and bcrypt hash only the password and the salt).
 // Both passwords are "pass". ann is cheap (apr1), bea is bcrypt cost 4.
-constexpr absl::string_view kAnnApr1 =
-    "ann:$apr1$DrUGLckq$ROP59x6XkOt2.xo.dF0G7.";
+constexpr absl::string_view kAnnApr1 = "ann:$apr1$DrUGLckq$ROP59x6XkOt2.xo.dF0G7.";
 constexpr absl::string_view kBeaBcrypt =
     "bea:$2y$04$xKGzC6dsYqyU66r6ohDHJudQBbzRslsDwPvW0oN78ja7K2Io/bdOy";
 
@@ -44,9 +43,7 @@ constexpr absl::string_view kBeaBcrypt =
 bool HasPrefix(const std::string& s, absl::string_view prefix) {
   return absl::StartsWith(s, prefix);
 }
-bool Contains(const std::string& s, absl::string_view part) {
-  return absl::StrContains(s, part);
-}
+bool Contains(const std::string& s, absl::string_view part) { return absl::StrContains(s, part); }
 
 IpAddress Ip(absl::string_view text) {
   std::optional<IpAddress> ip = IpAddress::Parse(text);
@@ -66,8 +63,7 @@ RequestFacts Get(absl::string_view target, absl::string_view peer = kClient) {
 }
 
 // The value of header `name`, or "(absent)".
-std::string Header(const std::vector<HeaderField>& headers,
-                   absl::string_view name) {
+std::string Header(const std::vector<HeaderField>& headers, absl::string_view name) {
   for (const HeaderField& h : headers) {
     if (h.first == name) return h.second;
   }
@@ -80,10 +76,8 @@ PolicyOptions NoAuth() {
   return o;
 }
 
-std::shared_ptr<const Policy> MustBuild(const PolicyOptions& o,
-                                        uint64_t generation = 1) {
-  absl::StatusOr<std::shared_ptr<const Policy>> p =
-      Policy::Build(o, generation);
+std::shared_ptr<const Policy> MustBuild(const PolicyOptions& o, uint64_t generation = 1) {
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Build(o, generation);
   EXPECT_TRUE(p.ok()) << p.status();
   return p.ok() ? *p : nullptr;
 }
@@ -92,8 +86,7 @@ std::string BuildError(const PolicyOptions& o) {
   absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Build(o, 1);
   EXPECT_FALSE(p.ok()) << "built: " << (*p)->Summary();
   if (p.ok()) return "";
-  EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument)
-      << p.status();
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument) << p.status();
   return std::string(p.status().message());
 }
 
@@ -104,15 +97,13 @@ int ZoneIndex(const Policy& p, absl::string_view name) {
   return -1;
 }
 
-bool HaveHtpasswdTool() {
-  return system("command -v htpasswd >/dev/null 2>&1") == 0;
-}
+bool HaveHtpasswdTool() { return system("command -v htpasswd >/dev/null 2>&1") == 0; }
 
 // Runs the real `htpasswd -nb <flags> user password` and returns its line.
 std::string RunHtpasswd(absl::string_view flags, absl::string_view user,
                         absl::string_view password) {
-  std::string cmd = absl::StrCat("htpasswd -nb ", flags, " '", user, "' '",
-                                 password, "' 2>/dev/null");
+  std::string cmd =
+      absl::StrCat("htpasswd -nb ", flags, " '", user, "' '", password, "' 2>/dev/null");
   FILE* p = popen(cmd.c_str(), "r");
   if (p == nullptr) return "";
   std::string out;
@@ -132,14 +123,12 @@ std::string BasicHeader(absl::string_view user_colon_password) {
 class PolicyFixture : public ::testing::Test {
  protected:
   void SetUp() override {
-    const ::testing::TestInfo* info =
-        ::testing::UnitTest::GetInstance()->current_test_info();
+    const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
     dir_ = absl::StrCat(::testing::TempDir(), "/sluice_policy_", getpid(), "_",
                         info->test_suite_name(), "_", info->name());
     std::error_code ec;
     std::filesystem::remove_all(dir_, ec);
-    ASSERT_TRUE(std::filesystem::create_directories(dir_, ec))
-        << dir_ << ": " << ec.message();
+    ASSERT_TRUE(std::filesystem::create_directories(dir_, ec)) << dir_ << ": " << ec.message();
   }
   void TearDown() override {
     std::error_code ec;
@@ -156,24 +145,18 @@ class PolicyFixture : public ::testing::Test {
   }
   std::string KeysFile() {
     return Write("keys.txt",
-                 absl::StrCat("# API keys\n", KeyLine("alice", alice_), "\n",
-                              KeyLine("bob", bob_), "\n",
-                              KeyLine("carol", carol_), "\n"));
+                 absl::StrCat("# API keys\n", KeyLine("alice", alice_), "\n", KeyLine("bob", bob_),
+                              "\n", KeyLine("carol", carol_), "\n"));
   }
   std::string UsersFile() {
-    return Write("users.htpasswd",
-                 absl::StrCat(kAnnApr1, "\n", kBeaBcrypt, "\n"));
+    return Write("users.htpasswd", absl::StrCat(kAnnApr1, "\n", kBeaBcrypt, "\n"));
   }
-  std::string RulesFile(absl::string_view text) {
-    return Write("rules.txt", text);
-  }
+  std::string RulesFile(absl::string_view text) { return Write("rules.txt", text); }
 
   // Screen, Authenticate (which must end kDone) and Limit at `now`.
-  LimitStep Admit(const Policy& p, const RequestFacts& r, int64_t now,
-                  Admission* a) {
+  LimitStep Admit(const Policy& p, const RequestFacts& r, int64_t now, Admission* a) {
     if (!p.Screen(r, a)) {
-      ADD_FAILURE() << r.target << ": screened out with " << a->status << " "
-                    << a->error;
+      ADD_FAILURE() << r.target << ": screened out with " << a->status << " " << a->error;
       return LimitStep{LimitStep::kRefuse, 0};
     }
     const AuthStep auth = p.Authenticate(r, a, &cache_, now);
@@ -202,10 +185,9 @@ class PolicyFixture : public ::testing::Test {
 class PolicyBuildTest : public PolicyFixture {};
 
 TEST_F(PolicyBuildTest, NoFilesAndNoAuthModeNamesTheAuthFlag) {
-  EXPECT_PRED2(
-      HasPrefix, BuildError(PolicyOptions{}),
-      "--auth: no --keys_file or --htpasswd given; sluice does not run without "
-      "authentication unless --auth=none is set");
+  EXPECT_PRED2(HasPrefix, BuildError(PolicyOptions{}),
+               "--auth: no --keys_file or --htpasswd given; sluice does not run without "
+               "authentication unless --auth=none is set");
 }
 
 // Each bad value is refused with a message that starts with its flag; the
@@ -332,33 +314,26 @@ TEST_F(PolicyBuildTest, RatesOffLeaveNoZones) {
 
 TEST_F(PolicyBuildTest, KeysFileErrorsNameFileAndLine) {
   PolicyOptions o;
-  const std::string path = Write(
-      "keys.txt",
-      absl::StrCat("# keys\n", KeyLine("alice", alice_), "\nnot a key line\n"));
+  const std::string path =
+      Write("keys.txt", absl::StrCat("# keys\n", KeyLine("alice", alice_), "\nnot a key line\n"));
   o.keys_file = path;
-  EXPECT_EQ(BuildError(o), absl::StrCat("--keys_file: ", path,
-                                        ":3: expected NAME:sha256:HEX"));
+  EXPECT_EQ(BuildError(o), absl::StrCat("--keys_file: ", path, ":3: expected NAME:sha256:HEX"));
 
-  Write("keys.txt", absl::StrCat(KeyLine("alice", alice_), "\n",
-                                 KeyLine("alice", bob_), "\n"));
-  EXPECT_PRED2(
-      HasPrefix, BuildError(o),
-      absl::StrCat("--keys_file: ", path, ":2: duplicate key name \"alice\""));
+  Write("keys.txt", absl::StrCat(KeyLine("alice", alice_), "\n", KeyLine("alice", bob_), "\n"));
+  EXPECT_PRED2(HasPrefix, BuildError(o),
+               absl::StrCat("--keys_file: ", path, ":2: duplicate key name \"alice\""));
 
   o.keys_file = absl::StrCat(dir_, "/missing.txt");
   EXPECT_EQ(BuildError(o),
-            absl::StrCat("--keys_file: ", dir_,
-                         "/missing.txt: No such file or directory"));
+            absl::StrCat("--keys_file: ", dir_, "/missing.txt: No such file or directory"));
 }
 
 TEST_F(PolicyBuildTest, HtpasswdErrorsNameTheFlagFileAndLine) {
   PolicyOptions o;
   o.htpasswd_file = Write("users", "ann:plaintext\n");
-  EXPECT_PRED2(HasPrefix, BuildError(o),
-               absl::StrCat("--htpasswd: ", o.htpasswd_file, ":1: "));
+  EXPECT_PRED2(HasPrefix, BuildError(o), absl::StrCat("--htpasswd: ", o.htpasswd_file, ":1: "));
   o.htpasswd_file = absl::StrCat(dir_, "/nope");
-  EXPECT_EQ(BuildError(o), absl::StrCat("--htpasswd: ", dir_,
-                                        "/nope: No such file or directory"));
+  EXPECT_EQ(BuildError(o), absl::StrCat("--htpasswd: ", dir_, "/nope: No such file or directory"));
 }
 
 TEST_F(PolicyBuildTest, RulesFileErrorsNameFileAndLine) {
@@ -383,8 +358,7 @@ TEST_F(PolicyBuildTest, RulesFileErrorsNameFileAndLine) {
       {"route /x allow zone\n", 1, "\"zone\": expected key=value"},
       {"route /x allow allow_ip=10.0.0.0/40\n", 1, "bad CIDR"},
       {"route /x allow deny_ip=nonsense\n", 1, "bad CIDR"},
-      {"route /x allow max_per_ip=many\n", 1,
-       "\"max_per_ip=many\": not a count"},
+      {"route /x allow max_per_ip=many\n", 1, "\"max_per_ip=many\": not a count"},
       {"route /x allow max_per_key=-1\n", 1, "\"max_per_key=-1\": not a count"},
       {"route api/x allow\n", 1, "a route pattern starts with /"},
       {"route *.json allow\n", 1, "a route pattern starts with /"},
@@ -396,15 +370,13 @@ TEST_F(PolicyBuildTest, RulesFileErrorsNameFileAndLine) {
     PolicyOptions o = NoAuth();
     o.rules_file = RulesFile(c.text);
     EXPECT_PRED2(HasPrefix, BuildError(o),
-                 absl::StrCat("--rules_file: ", o.rules_file, ":", c.line, ": ",
-                              c.message))
+                 absl::StrCat("--rules_file: ", o.rules_file, ":", c.line, ": ", c.message))
         << c.text;
   }
   PolicyOptions o = NoAuth();
   o.rules_file = absl::StrCat(dir_, "/absent.txt");
   EXPECT_EQ(BuildError(o),
-            absl::StrCat("--rules_file: ", dir_,
-                         "/absent.txt: No such file or directory"));
+            absl::StrCat("--rules_file: ", dir_, "/absent.txt: No such file or directory"));
 }
 
 TEST_F(PolicyBuildTest, DefaultAuthModeIsKeyOrBasicWithEitherFile) {
@@ -432,8 +404,7 @@ TEST_F(PolicyBuildTest, DefaultAuthModeIsKeyOrBasicWithEitherFile) {
 
   for (auto [text, mode] :
        {std::pair{"key", AuthMode::kKey}, std::pair{"basic", AuthMode::kBasic},
-        std::pair{"key_or_basic", AuthMode::kKeyOrBasic},
-        std::pair{"none", AuthMode::kNone}}) {
+        std::pair{"key_or_basic", AuthMode::kKeyOrBasic}, std::pair{"none", AuthMode::kNone}}) {
     o.auth = text;
     std::shared_ptr<const Policy> p = MustBuild(o);
     ASSERT_NE(p, nullptr) << text;
@@ -458,8 +429,7 @@ TEST_F(PolicyBuildTest, Summary) {
 
   o.auth = "basic";
   o.rate_api = "off";
-  o.rules_file =
-      RulesFile("zone slow 1r/s burst=2\nroute /api/tags allow zone=slow\n");
+  o.rules_file = RulesFile("zone slow 1r/s burst=2\nroute /api/tags allow zone=slow\n");
   p = MustBuild(o);
   ASSERT_NE(p, nullptr);
   EXPECT_EQ(p->Summary(),
@@ -535,8 +505,7 @@ TEST_F(PolicyBuildTest, RulesFileRoutesAndZones) {
   const std::vector<Route>& routes = p->routes();
   ASSERT_EQ(routes.size(), 14u + 5u);
 
-  const int team = ZoneIndex(*p, "team"), gen = ZoneIndex(*p, "gen"),
-            api = ZoneIndex(*p, "api");
+  const int team = ZoneIndex(*p, "team"), gen = ZoneIndex(*p, "gen"), api = ZoneIndex(*p, "api");
   ASSERT_EQ(p->zones().size(), 3u);
   ASSERT_GE(team, 0);
   EXPECT_GE(api, 0) << "the flags' api zone is kept beside the file's";
@@ -594,9 +563,8 @@ class PolicyScreenTest : public PolicyFixture {};
 TEST_F(PolicyScreenTest, BadTargetsAre400) {
   std::shared_ptr<const Policy> p = MustBuild(NoAuth());
   ASSERT_NE(p, nullptr);
-  for (absl::string_view target :
-       {"api/tags", "", "/api/%zz", "/api/%4", "/a b", "/../api/tags",
-        "/api\\tags", "/api/%5Ctags", "/api/%00", "/api#x"}) {
+  for (absl::string_view target : {"api/tags", "", "/api/%zz", "/api/%4", "/a b", "/../api/tags",
+                                   "/api\\tags", "/api/%5Ctags", "/api/%00", "/api#x"}) {
     Admission a;
     EXPECT_FALSE(p->Screen(Get(target), &a)) << target;
     EXPECT_EQ(a.status, 400) << target;
@@ -739,28 +707,23 @@ TEST_F(PolicyScreenTest, AdminRoutesOnlyFromAdminCidrs) {
     absl::string_view target;
     absl::string_view shown;
   } cases[] = {
-      {"/api/pull", "/api/pull"},
-      {"/api/create", "/api/create"},
-      {"/api/copy", "/api/copy"},
-      {"/api/blobs/sha256:0123abcd", "/api/blobs"},
+      {"/api/pull", "/api/pull"},   {"/api/create", "/api/create"},
+      {"/api/copy", "/api/copy"},   {"/api/blobs/sha256:0123abcd", "/api/blobs"},
       {"/API/%50ull", "/api/pull"},
   };
   for (const Case& c : cases) {
     Admission a;
     EXPECT_FALSE(p->Screen(Get(c.target), &a)) << c.target;
     EXPECT_EQ(a.status, 403) << c.target;
-    EXPECT_EQ(a.error,
-              absl::StrCat(c.shown, " is only permitted from admin addresses"));
+    EXPECT_EQ(a.error, absl::StrCat(c.shown, " is only permitted from admin addresses"));
     for (absl::string_view peer : {"127.0.0.1", "::1"}) {
       Admission b;
-      EXPECT_TRUE(p->Screen(Get(c.target, peer), &b))
-          << c.target << " from " << peer;
+      EXPECT_TRUE(p->Screen(Get(c.target, peer), &b)) << c.target << " from " << peer;
       EXPECT_EQ(b.route->group, "admin");
     }
   }
   Admission a;
-  EXPECT_FALSE(
-      p->Screen(Get("/api/pull", "127.0.0.2"), &a));  // only 127.0.0.1/32
+  EXPECT_FALSE(p->Screen(Get("/api/pull", "127.0.0.2"), &a));  // only 127.0.0.1/32
 
   PolicyOptions o = NoAuth();
   o.admin_cidrs = "192.0.2.0/24";
@@ -800,14 +763,12 @@ TEST_F(PolicyScreenTest, RouteIpRulesFromTheRulesFile) {
       {"/api/version", "192.0.2.1", 0, ""},  // other routes are untouched
       // An admin route's own ACL narrows --admin_cidrs; it does not widen it.
       {"/api/pull", "127.0.0.1", 0, ""},
-      {"/api/pull", "192.0.2.1", 403,
-       "/api/pull is only permitted from admin addresses"},
+      {"/api/pull", "192.0.2.1", 403, "/api/pull is only permitted from admin addresses"},
       {"/api/pull", "::1", 403, "access denied for this address"},
   };
   for (const Case& c : cases) {
     Admission a;
-    EXPECT_EQ(p->Screen(Get(c.target, c.peer), &a), c.status == 0)
-        << c.target << " " << c.peer;
+    EXPECT_EQ(p->Screen(Get(c.target, c.peer), &a), c.status == 0) << c.target << " " << c.peer;
     EXPECT_EQ(a.status, c.status) << c.target << " " << c.peer;
     EXPECT_EQ(a.error, c.error) << c.target << " " << c.peer;
   }
@@ -842,8 +803,7 @@ TEST_F(PolicyScreenTest, FileRoutesComeBeforeBuiltInOnes) {
   EXPECT_EQ(c.error, "/api/tags is not permitted via API");
 
   Admission d;
-  EXPECT_TRUE(p->Screen(Get("/api/pull"), &d))
-      << d.error;  // no longer admin-only
+  EXPECT_TRUE(p->Screen(Get("/api/pull"), &d)) << d.error;  // no longer admin-only
   Admission e;
   EXPECT_FALSE(p->Screen(Get("/api/ps"), &e));
   EXPECT_EQ(e.error, "/api/ps is only permitted from admin addresses");
@@ -856,9 +816,8 @@ TEST_F(PolicyScreenTest, RouteGroupsAndZones) {
   ASSERT_NE(p, nullptr);
   const int gen = ZoneIndex(*p, "gen"), api = ZoneIndex(*p, "api");
   for (absl::string_view target :
-       {"/api/generate", "/api/chat", "/api/embed", "/api/embeddings",
-        "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
-        "/API/Chat/", "/v1//chat/completions?stream=1"}) {
+       {"/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/v1/chat/completions",
+        "/v1/completions", "/v1/embeddings", "/API/Chat/", "/v1//chat/completions?stream=1"}) {
     Admission a;
     ASSERT_TRUE(p->Screen(Get(target), &a)) << target;
     EXPECT_EQ(a.route->group, "generation") << target;
@@ -866,8 +825,7 @@ TEST_F(PolicyScreenTest, RouteGroupsAndZones) {
     EXPECT_EQ(p->zones()[a.route->zone].name, "gen");
   }
   for (absl::string_view target :
-       {"/api/tags", "/api/show", "/api/ps", "/api/version", "/v1/models", "/",
-        "/api/chatx"}) {
+       {"/api/tags", "/api/show", "/api/ps", "/api/version", "/v1/models", "/", "/api/chatx"}) {
     Admission a;
     ASSERT_TRUE(p->Screen(Get(target), &a)) << target;
     EXPECT_EQ(a.route->group, "api") << target;
@@ -927,8 +885,7 @@ TEST_F(PolicyScreenTest, OptionsStarUsesTheRootRoute) {
 
   // "*" is matched as "/": a file rule for "/" or "/*" covers it, others not.
   PolicyOptions o = NoAuth();
-  o.rules_file =
-      RulesFile("route /v1/* deny\nroute /* allow allow_ip=10.0.0.0/8\n");
+  o.rules_file = RulesFile("route /v1/* deny\nroute /* allow allow_ip=10.0.0.0/8\n");
   p = MustBuild(o);
   ASSERT_NE(p, nullptr);
   Admission b;
@@ -960,10 +917,9 @@ TEST_F(PolicyCorsTest, ListedOriginIsEchoed) {
   ASSERT_TRUE(p->Screen(r, &a)) << a.error;
   EXPECT_EQ(a.cors_origin, "https://app.example");
   EXPECT_TRUE(a.headers.empty());
-  std::vector<HeaderField> want = {
-      {"Access-Control-Allow-Origin", "https://app.example"},
-      {"Access-Control-Allow-Credentials", "true"},
-      {"Vary", "Origin"}};
+  std::vector<HeaderField> want = {{"Access-Control-Allow-Origin", "https://app.example"},
+                                   {"Access-Control-Allow-Credentials", "true"},
+                                   {"Vary", "Origin"}};
   EXPECT_EQ(a.ResponseHeaders(), want);
 
   // Compared without case and without the listed trailing slash; echoed as
@@ -972,8 +928,7 @@ TEST_F(PolicyCorsTest, ListedOriginIsEchoed) {
   Admission b;
   ASSERT_TRUE(p->Screen(r, &b)) << b.error;
   EXPECT_EQ(b.cors_origin, "https://b.EXAMPLE:8443");
-  EXPECT_EQ(Header(b.ResponseHeaders(), "Access-Control-Allow-Origin"),
-            "https://b.EXAMPLE:8443");
+  EXPECT_EQ(Header(b.ResponseHeaders(), "Access-Control-Allow-Origin"), "https://b.EXAMPLE:8443");
 
   // No Origin: no CORS headers.
   Admission c;
@@ -996,8 +951,7 @@ TEST_F(PolicyCorsTest, PreflightIsAnswered204) {
   EXPECT_FALSE(p->Screen(r, &a));
   EXPECT_EQ(a.status, 204);
   EXPECT_TRUE(a.error.empty());
-  EXPECT_EQ(Header(a.headers, "Access-Control-Allow-Origin"),
-            "https://app.example");
+  EXPECT_EQ(Header(a.headers, "Access-Control-Allow-Origin"), "https://app.example");
   EXPECT_EQ(Header(a.headers, "Access-Control-Allow-Credentials"), "true");
   EXPECT_EQ(Header(a.headers, "Vary"), "Origin");
   EXPECT_EQ(Header(a.headers, "Access-Control-Allow-Methods"),
@@ -1039,9 +993,8 @@ TEST_F(PolicyCorsTest, UnlistedOriginIs403) {
   o.cors_origins = "https://app.example";
   std::shared_ptr<const Policy> p = MustBuild(o);
   ASSERT_NE(p, nullptr);
-  for (absl::string_view origin :
-       {"https://evil.example", "http://app.example",
-        "https://app.example.evil", "https://app.example:443", "null"}) {
+  for (absl::string_view origin : {"https://evil.example", "http://app.example",
+                                   "https://app.example.evil", "https://app.example:443", "null"}) {
     RequestFacts r = Get("/api/tags");
     r.origin = origin;
     Admission a;
@@ -1049,8 +1002,7 @@ TEST_F(PolicyCorsTest, UnlistedOriginIs403) {
     EXPECT_EQ(a.status, 403) << origin;
     EXPECT_EQ(a.error, "origin not allowed") << origin;
     EXPECT_TRUE(a.cors_origin.empty()) << origin;
-    EXPECT_EQ(Header(a.headers, "Access-Control-Allow-Origin"), "(absent)")
-        << origin;
+    EXPECT_EQ(Header(a.headers, "Access-Control-Allow-Origin"), "(absent)") << origin;
   }
   // Without --cors_origins every foreign origin is refused.
   p = MustBuild(NoAuth());
@@ -1066,8 +1018,7 @@ TEST_F(PolicyCorsTest, SameOriginPassesWithoutCorsHeaders) {
   std::shared_ptr<const Policy> p = MustBuild(NoAuth());
   ASSERT_NE(p, nullptr);
   RequestFacts r = Get("/api/tags");  // https://proxy.example
-  for (absl::string_view origin :
-       {"https://proxy.example", "HTTPS://Proxy.Example"}) {
+  for (absl::string_view origin : {"https://proxy.example", "HTTPS://Proxy.Example"}) {
     r.origin = origin;
     Admission a;
     EXPECT_TRUE(p->Screen(r, &a)) << origin << ": " << a.error;
@@ -1103,8 +1054,7 @@ TEST_F(PolicyCorsTest, StarAllowsEveryOrigin) {
   o.cors_origins = "*";
   std::shared_ptr<const Policy> p = MustBuild(o);
   ASSERT_NE(p, nullptr);
-  for (absl::string_view origin :
-       {"https://anything.example", "http://localhost:3000", "null"}) {
+  for (absl::string_view origin : {"https://anything.example", "http://localhost:3000", "null"}) {
     RequestFacts r = Get("/api/tags");
     r.origin = origin;
     Admission a;
@@ -1113,8 +1063,7 @@ TEST_F(PolicyCorsTest, StarAllowsEveryOrigin) {
     // "*" without credentials: a page may use its own key, never the
     // browser's stored Basic credentials.
     EXPECT_EQ(Header(a.ResponseHeaders(), "Access-Control-Allow-Origin"), "*");
-    EXPECT_EQ(Header(a.ResponseHeaders(), "Access-Control-Allow-Credentials"),
-              "(absent)");
+    EXPECT_EQ(Header(a.ResponseHeaders(), "Access-Control-Allow-Credentials"), "(absent)");
   }
 }
 
@@ -1129,16 +1078,14 @@ TEST_F(PolicyCorsTest, RefusalsToAListedOriginCarryCorsHeaders) {
   Admission a;
   EXPECT_FALSE(p->Screen(r, &a));
   EXPECT_EQ(a.status, 403);
-  EXPECT_EQ(Header(a.headers, "Access-Control-Allow-Origin"),
-            "https://app.example");
+  EXPECT_EQ(Header(a.headers, "Access-Control-Allow-Origin"), "https://app.example");
 
   r.target = "/api/tags";
   Admission b;
   ASSERT_TRUE(p->Screen(r, &b));
   EXPECT_EQ(p->Authenticate(r, &b, &cache_, kT0), AuthStep::kRefused);
   EXPECT_EQ(b.status, 401);
-  EXPECT_EQ(Header(b.headers, "Access-Control-Allow-Origin"),
-            "https://app.example");
+  EXPECT_EQ(Header(b.headers, "Access-Control-Allow-Origin"), "https://app.example");
   EXPECT_EQ(Header(b.headers, "WWW-Authenticate"), "Bearer realm=\"sluice\"");
 
   // The global IP rules come first: a denied address gets no CORS headers.
@@ -1248,9 +1195,8 @@ TEST_F(PolicyAuthTest, WrongOrMissingKeyIs401WithBearerChallengeWithoutUsers) {
   const std::string almost = absl::StrCat("Bearer ", alice_, "x");
   const std::string basic = BasicHeader("ann:pass");
   for (absl::string_view authorization :
-       {absl::string_view(), absl::string_view("Bearer "),
-        absl::string_view(wrong), absl::string_view(almost),
-        absl::string_view(basic), absl::string_view("Token whatever")}) {
+       {absl::string_view(), absl::string_view("Bearer "), absl::string_view(wrong),
+        absl::string_view(almost), absl::string_view(basic), absl::string_view("Token whatever")}) {
     RequestFacts r = Get("/api/tags");
     r.authorization = authorization;
     Admission a;
@@ -1273,15 +1219,13 @@ TEST_F(PolicyAuthTest, ChallengeIsBasicWhenThereAreUsers) {
   std::shared_ptr<const Policy> p = MustBuild(o);
   ASSERT_NE(p, nullptr);
   const std::string wrong = absl::StrCat("Bearer ", GenerateKey());
-  for (absl::string_view authorization :
-       {absl::string_view(), absl::string_view(wrong)}) {
+  for (absl::string_view authorization : {absl::string_view(), absl::string_view(wrong)}) {
     RequestFacts r = Get("/api/tags");
     r.authorization = authorization;
     Admission a;
     EXPECT_EQ(Auth(*p, r, &a), AuthStep::kRefused);
     EXPECT_EQ(a.status, 401);
-    EXPECT_EQ(Header(a.headers, "WWW-Authenticate"),
-              "Basic realm=\"sluice\", charset=\"UTF-8\"");
+    EXPECT_EQ(Header(a.headers, "WWW-Authenticate"), "Basic realm=\"sluice\", charset=\"UTF-8\"");
   }
   // --auth=key never asks a browser for a password.
   o.auth = "key";
@@ -1311,8 +1255,7 @@ TEST_F(PolicyAuthTest, BasicApr1UserIsVerifiedInline) {
   EXPECT_EQ(cache_.size(), 1u);  // recorded
 
   // The scheme is case-insensitive.
-  const std::string upper =
-      absl::StrCat("BASIC ", absl::Base64Escape("ann:pass"));
+  const std::string upper = absl::StrCat("BASIC ", absl::Base64Escape("ann:pass"));
   r.authorization = upper;
   Admission b;
   EXPECT_EQ(Auth(*p, r, &b), AuthStep::kDone);
@@ -1326,8 +1269,7 @@ TEST_F(PolicyAuthTest, BasicApr1UserIsVerifiedInline) {
   EXPECT_EQ(c.error, "Unauthorized");
   EXPECT_TRUE(c.principal.empty());
   EXPECT_TRUE(c.basic_password.empty());
-  EXPECT_EQ(Header(c.headers, "WWW-Authenticate"),
-            "Basic realm=\"sluice\", charset=\"UTF-8\"");
+  EXPECT_EQ(Header(c.headers, "WWW-Authenticate"), "Basic realm=\"sluice\", charset=\"UTF-8\"");
 }
 
 TEST_F(PolicyAuthTest, BcryptUserNeedsVerifyThenTheCacheAnswers) {
@@ -1370,8 +1312,7 @@ TEST_F(PolicyAuthTest, BcryptUserNeedsVerifyThenTheCacheAnswers) {
   EXPECT_EQ(c.status, 401);
   EXPECT_EQ(c.error, "Unauthorized");
   EXPECT_TRUE(c.principal.empty());
-  EXPECT_EQ(Header(c.headers, "WWW-Authenticate"),
-            "Basic realm=\"sluice\", charset=\"UTF-8\"");
+  EXPECT_EQ(Header(c.headers, "WWW-Authenticate"), "Basic realm=\"sluice\", charset=\"UTF-8\"");
   Admission d;
   EXPECT_EQ(Auth(*p, r, &d), AuthStep::kRefused);
   EXPECT_EQ(d.status, 401);
@@ -1415,9 +1356,8 @@ TEST_F(PolicyAuthTest, MalformedBasicCredentialsAre401) {
   const std::string no_colon = BasicHeader("annpass");
   const std::string empty_user = BasicHeader(":pass");
   for (absl::string_view authorization :
-       {absl::string_view("Basic !!!!"), absl::string_view("Basic a"),
-        absl::string_view(no_colon), absl::string_view(empty_user),
-        absl::string_view("Basic ")}) {
+       {absl::string_view("Basic !!!!"), absl::string_view("Basic a"), absl::string_view(no_colon),
+        absl::string_view(empty_user), absl::string_view("Basic ")}) {
     RequestFacts r = Get("/api/tags");
     r.authorization = authorization;
     Admission a;
@@ -1442,8 +1382,7 @@ TEST_F(PolicyAuthTest, BasicModeRefusesKeys) {
   Admission a;
   EXPECT_EQ(Auth(*p, r, &a), AuthStep::kRefused);
   EXPECT_EQ(a.status, 401);
-  EXPECT_EQ(Header(a.headers, "WWW-Authenticate"),
-            "Basic realm=\"sluice\", charset=\"UTF-8\"");
+  EXPECT_EQ(Header(a.headers, "WWW-Authenticate"), "Basic realm=\"sluice\", charset=\"UTF-8\"");
 
   r.authorization = "";
   r.x_api_key = alice_;
@@ -1500,8 +1439,7 @@ TEST_F(PolicyAuthTest, FinishBasicClearsThePassword) {
   Admission a;
   a.basic_user = "bea";
   a.basic_password = "pass";
-  EXPECT_TRUE(
-      p->FinishBasic(true, &a, nullptr, kT0));  // no cache: nothing recorded
+  EXPECT_TRUE(p->FinishBasic(true, &a, nullptr, kT0));  // no cache: nothing recorded
   EXPECT_TRUE(a.basic_password.empty());
   EXPECT_EQ(a.principal, "user:bea");
 
@@ -1512,20 +1450,17 @@ TEST_F(PolicyAuthTest, FinishBasicClearsThePassword) {
   EXPECT_TRUE(b.basic_password.empty());
   EXPECT_EQ(b.status, 401);
   EXPECT_EQ(cache_.size(), 1u);
-  EXPECT_EQ(cache_.Lookup("bea", "wrong", p->generation(), kT0),
-            CacheResult::kInvalid);
+  EXPECT_EQ(cache_.Lookup("bea", "wrong", p->generation(), kT0), CacheResult::kInvalid);
 }
 
 TEST_F(PolicyAuthTest, LinesMadeByTheRealHtpasswdTool) {
-  if (!HaveHtpasswdTool())
-    GTEST_SKIP() << "htpasswd (apache2-utils) not installed";
+  if (!HaveHtpasswdTool()) GTEST_SKIP() << "htpasswd (apache2-utils) not installed";
   const std::string md5 = RunHtpasswd("-m", "tom", "s3cret pw");
   const std::string bcrypt = RunHtpasswd("-B -C 4", "tim", "s3cret pw");
   ASSERT_PRED2(HasPrefix, md5, "tom:$apr1$");
   ASSERT_PRED2(HasPrefix, bcrypt, "tim:$2y$04$");
   PolicyOptions o;
-  o.htpasswd_file =
-      Write("tool.htpasswd", absl::StrCat(md5, "\n", bcrypt, "\n"));
+  o.htpasswd_file = Write("tool.htpasswd", absl::StrCat(md5, "\n", bcrypt, "\n"));
   std::shared_ptr<const Policy> p = MustBuild(o);
   ASSERT_NE(p, nullptr);
   EXPECT_EQ(p->user_count(), 2u);
@@ -1541,8 +1476,7 @@ TEST_F(PolicyAuthTest, LinesMadeByTheRealHtpasswdTool) {
   r.authorization = tim;
   Admission b;
   ASSERT_EQ(Auth(*p, r, &b), AuthStep::kNeedVerify);
-  EXPECT_TRUE(p->FinishBasic(p->VerifyBasic(b.basic_user, b.basic_password), &b,
-                             &cache_, kT0));
+  EXPECT_TRUE(p->FinishBasic(p->VerifyBasic(b.basic_user, b.basic_password), &b, &cache_, kT0));
   EXPECT_EQ(b.principal, "user:tim");
 }
 
@@ -1761,32 +1695,25 @@ TEST_F(PolicyLimitTest, BurstThen429WithRetryAfter) {
   EXPECT_TRUE(a.held.empty());
 
   Admission b;  // rounded up to whole seconds
-  EXPECT_EQ(Admit(*p, Get("/api/chat"), kT0 + kSec / 2, &b).kind,
-            LimitStep::kRefuse);
+  EXPECT_EQ(Admit(*p, Get("/api/chat"), kT0 + kSec / 2, &b).kind, LimitStep::kRefuse);
   EXPECT_EQ(Header(b.headers, "Retry-After"), "6");
-  EXPECT_EQ(Admit(*p, Get("/api/chat"), kT0 + 6 * kSec - 1).kind,
-            LimitStep::kRefuse);
-  EXPECT_EQ(Admit(*p, Get("/api/chat"), kT0 + 6 * kSec).kind,
-            LimitStep::kAdmit);
+  EXPECT_EQ(Admit(*p, Get("/api/chat"), kT0 + 6 * kSec - 1).kind, LimitStep::kRefuse);
+  EXPECT_EQ(Admit(*p, Get("/api/chat"), kT0 + 6 * kSec).kind, LimitStep::kAdmit);
 
   // Another address has its own bucket; another zone too.
-  EXPECT_EQ(Admit(*p, Get("/api/chat", "192.0.2.11"), kT0).kind,
-            LimitStep::kAdmit);
+  EXPECT_EQ(Admit(*p, Get("/api/chat", "192.0.2.11"), kT0).kind, LimitStep::kAdmit);
   EXPECT_EQ(Admit(*p, Get("/api/tags"), kT0).kind, LimitStep::kAdmit);
   // The generation routes share the zone.
-  EXPECT_EQ(Admit(*p, Get("/v1/chat/completions"), kT0 + 6 * kSec).kind,
-            LimitStep::kRefuse);
+  EXPECT_EQ(Admit(*p, Get("/v1/chat/completions"), kT0 + 6 * kSec).kind, LimitStep::kRefuse);
 
   // A refusal less than a second from admission still says at least 1.
   PolicyOptions o = NoAuth();
   o.rate_api = "10r/s";
   p = MustBuild(o);
   ASSERT_NE(p, nullptr);
-  EXPECT_EQ(Admit(*p, Get("/api/tags", "198.51.100.7"), kT0).kind,
-            LimitStep::kAdmit);
+  EXPECT_EQ(Admit(*p, Get("/api/tags", "198.51.100.7"), kT0).kind, LimitStep::kAdmit);
   Admission c;
-  EXPECT_EQ(Admit(*p, Get("/api/tags", "198.51.100.7"), kT0 + 1, &c).kind,
-            LimitStep::kRefuse);
+  EXPECT_EQ(Admit(*p, Get("/api/tags", "198.51.100.7"), kT0 + 1, &c).kind, LimitStep::kRefuse);
   EXPECT_EQ(Header(c.headers, "Retry-After"), "1");
 }
 
@@ -1829,8 +1756,7 @@ TEST_F(PolicyLimitTest, RateByCredentialCountsPerKey) {
   o.rate_api = "60r/m burst=1 nodelay";
   std::shared_ptr<const Policy> p = MustBuild(o);
   ASSERT_NE(p, nullptr);
-  const std::string alice = absl::StrCat("Bearer ", alice_),
-                    bob = absl::StrCat("Bearer ", bob_);
+  const std::string alice = absl::StrCat("Bearer ", alice_), bob = absl::StrCat("Bearer ", bob_);
   RequestFacts ra = Get("/api/tags"), rb = Get("/api/tags");
   ra.authorization = alice;
   rb.authorization = bob;
@@ -1849,8 +1775,7 @@ TEST_F(PolicyLimitTest, RateByCredentialCountsPerKey) {
   o.rate_by = "ip";
   p = MustBuild(o);
   ASSERT_NE(p, nullptr);
-  RequestFacts rc = Get("/api/tags", "203.0.113.1"),
-               rd = Get("/api/tags", "203.0.113.1");
+  RequestFacts rc = Get("/api/tags", "203.0.113.1"), rd = Get("/api/tags", "203.0.113.1");
   rc.authorization = alice;
   rd.authorization = bob;
   EXPECT_EQ(Admit(*p, rc, kT0).kind, LimitStep::kAdmit);
@@ -1869,10 +1794,8 @@ TEST_F(PolicyLimitTest, RateByCredentialFallsBackToTheAddressWhenAnonymous) {
   EXPECT_EQ(Admit(*p, Get("/api/tags"), kT0).kind, LimitStep::kAdmit);
   EXPECT_EQ(Admit(*p, Get("/api/tags"), kT0).kind, LimitStep::kAdmit);
   EXPECT_EQ(Admit(*p, Get("/api/tags"), kT0).kind, LimitStep::kRefuse);
-  EXPECT_EQ(Admit(*p, Get("/api/tags", "192.0.2.11"), kT0).kind,
-            LimitStep::kAdmit);
-  EXPECT_EQ(Admit(*p, Get("/api/tags", "::ffff:192.0.2.10"), kT0).kind,
-            LimitStep::kRefuse);
+  EXPECT_EQ(Admit(*p, Get("/api/tags", "192.0.2.11"), kT0).kind, LimitStep::kAdmit);
+  EXPECT_EQ(Admit(*p, Get("/api/tags", "::ffff:192.0.2.10"), kT0).kind, LimitStep::kRefuse);
 }
 
 TEST_F(PolicyLimitTest, ZoneByOptionOverridesRateBy) {
@@ -1883,8 +1806,7 @@ TEST_F(PolicyLimitTest, ZoneByOptionOverridesRateBy) {
       "route /api/tags allow zone=perkey\n");
   std::shared_ptr<const Policy> p = MustBuild(o);
   ASSERT_NE(p, nullptr);
-  const std::string alice = absl::StrCat("Bearer ", alice_),
-                    bob = absl::StrCat("Bearer ", bob_);
+  const std::string alice = absl::StrCat("Bearer ", alice_), bob = absl::StrCat("Bearer ", bob_);
   RequestFacts ra = Get("/api/tags"), rb = Get("/api/tags");
   ra.authorization = alice;
   rb.authorization = bob;
@@ -1915,9 +1837,7 @@ TEST_F(PolicyLimitTest, ZoneOffHasNoRateLimit) {
   p = MustBuild(o);
   ASSERT_NE(p, nullptr);
   for (int i = 0; i < 100; ++i) {
-    ASSERT_EQ(Admit(*p, Get("/api/ps", "192.0.2.77"), kT0).kind,
-              LimitStep::kAdmit)
-        << i;
+    ASSERT_EQ(Admit(*p, Get("/api/ps", "192.0.2.77"), kT0).kind, LimitStep::kAdmit) << i;
   }
 }
 
@@ -1930,11 +1850,9 @@ TEST_F(PolicyLimitTest, StreamCapsPerIpAndPerKey) {
   o.rate_api = "off";
   std::shared_ptr<const Policy> p = MustBuild(o);
   ASSERT_NE(p, nullptr);
-  const std::string alice = absl::StrCat("Bearer ", alice_),
-                    bob = absl::StrCat("Bearer ", bob_),
+  const std::string alice = absl::StrCat("Bearer ", alice_), bob = absl::StrCat("Bearer ", bob_),
                     carol = absl::StrCat("Bearer ", carol_);
-  auto req = [](absl::string_view target, absl::string_view peer,
-                const std::string& auth) {
+  auto req = [](absl::string_view target, absl::string_view peer, const std::string& auth) {
     RequestFacts r = Get(target, peer);
     r.authorization = auth;
     return r;
@@ -1942,8 +1860,7 @@ TEST_F(PolicyLimitTest, StreamCapsPerIpAndPerKey) {
   const IpAddress ip1 = Ip("192.0.2.1"), ip2 = Ip("192.0.2.2");
 
   Admission a1;
-  ASSERT_EQ(Admit(*p, req("/api/chat", "192.0.2.1", alice), kT0, &a1).kind,
-            LimitStep::kAdmit);
+  ASSERT_EQ(Admit(*p, req("/api/chat", "192.0.2.1", alice), kT0, &a1).kind, LimitStep::kAdmit);
   ASSERT_EQ(a1.held.size(), 2u);
   const uint32_t ip_zone = a1.held[0].first, key_zone = a1.held[1].first;
   EXPECT_NE(ip_zone, key_zone);
@@ -1955,24 +1872,21 @@ TEST_F(PolicyLimitTest, StreamCapsPerIpAndPerKey) {
   // alice again: the IP cap has room, the key cap not; the IP slot taken
   // first is given back.
   Admission a2;
-  EXPECT_EQ(Admit(*p, req("/api/chat", "192.0.2.1", alice), kT0, &a2).kind,
-            LimitStep::kRefuse);
+  EXPECT_EQ(Admit(*p, req("/api/chat", "192.0.2.1", alice), kT0, &a2).kind, LimitStep::kRefuse);
   EXPECT_EQ(a2.status, 429);
   EXPECT_EQ(a2.error, "too many concurrent requests");
   EXPECT_EQ(Header(a2.headers, "Retry-After"), "1");
   EXPECT_TRUE(a2.held.empty());
   EXPECT_EQ(conns_.Count(ip_zone, ip1.AsBytes()), 1u);
   Admission a3;
-  EXPECT_EQ(Admit(*p, req("/api/generate", "192.0.2.2", alice), kT0, &a3).kind,
-            LimitStep::kRefuse);
+  EXPECT_EQ(Admit(*p, req("/api/generate", "192.0.2.2", alice), kT0, &a3).kind, LimitStep::kRefuse);
   EXPECT_EQ(conns_.Count(ip_zone, ip2.AsBytes()), 0u);
   EXPECT_EQ(conns_.Count(key_zone, "key:alice"), 1u);
 
   // bob fills the address's second place; carol finds none, on any
   // generation route (one group).
   Admission b1;
-  EXPECT_EQ(Admit(*p, req("/api/chat", "192.0.2.1", bob), kT0, &b1).kind,
-            LimitStep::kAdmit);
+  EXPECT_EQ(Admit(*p, req("/api/chat", "192.0.2.1", bob), kT0, &b1).kind, LimitStep::kAdmit);
   EXPECT_EQ(conns_.Count(ip_zone, ip1.AsBytes()), 2u);
   Admission c1;
   EXPECT_EQ(Admit(*p, req("/v1/embeddings", "192.0.2.1", carol), kT0, &c1).kind,
@@ -1981,8 +1895,7 @@ TEST_F(PolicyLimitTest, StreamCapsPerIpAndPerKey) {
   EXPECT_EQ(conns_.Count(key_zone, "key:carol"), 0u);
   // Other routes have no caps.
   Admission c2;
-  EXPECT_EQ(Admit(*p, req("/api/tags", "192.0.2.1", carol), kT0, &c2).kind,
-            LimitStep::kAdmit);
+  EXPECT_EQ(Admit(*p, req("/api/tags", "192.0.2.1", carol), kT0, &c2).kind, LimitStep::kAdmit);
   EXPECT_TRUE(c2.held.empty());
 
   // Release gives the places back.
@@ -1991,8 +1904,7 @@ TEST_F(PolicyLimitTest, StreamCapsPerIpAndPerKey) {
   EXPECT_EQ(conns_.Count(ip_zone, ip1.AsBytes()), 1u);
   EXPECT_EQ(conns_.Count(key_zone, "key:alice"), 0u);
   Admission c3;
-  EXPECT_EQ(Admit(*p, req("/api/chat", "192.0.2.1", carol), kT0, &c3).kind,
-            LimitStep::kAdmit);
+  EXPECT_EQ(Admit(*p, req("/api/chat", "192.0.2.1", carol), kT0, &c3).kind, LimitStep::kAdmit);
   Policy::Release(&a1, &conns_);  // twice: nothing more
   EXPECT_EQ(conns_.Count(ip_zone, ip1.AsBytes()), 2u);
   Policy::Release(&b1, &conns_);
@@ -2012,8 +1924,7 @@ TEST_F(PolicyLimitTest, StreamCapPerIpWithoutCredentials) {
   EXPECT_EQ(a.held.size(), 1u);
   Admission b;
   EXPECT_EQ(Admit(*p, Get("/api/chat"), kT0, &b).kind, LimitStep::kRefuse);
-  EXPECT_EQ(Admit(*p, Get("/api/chat", "192.0.2.11"), kT0).kind,
-            LimitStep::kAdmit);
+  EXPECT_EQ(Admit(*p, Get("/api/chat", "192.0.2.11"), kT0).kind, LimitStep::kAdmit);
   Policy::Release(&a, &conns_);
   Admission c;
   EXPECT_EQ(Admit(*p, Get("/api/chat"), kT0, &c).kind, LimitStep::kAdmit);
@@ -2073,8 +1984,7 @@ TEST_F(PolicyLimitTest, ZonesKeepTheirStateAcrossARebuild) {
 
   std::shared_ptr<const Policy> p2 = MustBuild(o, 2);
   ASSERT_NE(p2, nullptr);
-  EXPECT_EQ(p2->zones()[ZoneIndex(*p2, "api")].id,
-            p1->zones()[ZoneIndex(*p1, "api")].id);
+  EXPECT_EQ(p2->zones()[ZoneIndex(*p2, "api")].id, p1->zones()[ZoneIndex(*p1, "api")].id);
   EXPECT_EQ(Admit(*p2, Get("/api/tags"), kT0).kind, LimitStep::kRefuse);
 
   // A changed rate keeps the state too: the TAT is 2 s ahead, burst=3 allows
@@ -2087,8 +1997,7 @@ TEST_F(PolicyLimitTest, ZonesKeepTheirStateAcrossARebuild) {
   EXPECT_EQ(Admit(*p3, Get("/api/tags"), kT0).kind, LimitStep::kRefuse);
 
   // A zone of another name starts afresh.
-  o.rules_file = RulesFile(
-      "zone other 60r/m burst=1 nodelay\nroute /api/tags allow zone=other\n");
+  o.rules_file = RulesFile("zone other 60r/m burst=1 nodelay\nroute /api/tags allow zone=other\n");
   std::shared_ptr<const Policy> p4 = MustBuild(o, 4);
   ASSERT_NE(p4, nullptr);
   EXPECT_EQ(Admit(*p4, Get("/api/tags"), kT0).kind, LimitStep::kAdmit);
@@ -2101,19 +2010,15 @@ TEST_F(PolicyLimitTest, ZonesKeepTheirStateAcrossARebuild) {
   std::shared_ptr<const Policy> p5 = MustBuild(o, 5);
   ASSERT_NE(p5, nullptr);
   Admission held;
-  ASSERT_EQ(Admit(*p5, Get("/api/chat", "198.51.100.5"), kT0, &held).kind,
-            LimitStep::kAdmit);
+  ASSERT_EQ(Admit(*p5, Get("/api/chat", "198.51.100.5"), kT0, &held).kind, LimitStep::kAdmit);
   std::shared_ptr<const Policy> p6 = MustBuild(o, 6);
   ASSERT_NE(p6, nullptr);
-  EXPECT_EQ(Admit(*p6, Get("/api/chat", "198.51.100.5"), kT0 + 6 * kSec).kind,
-            LimitStep::kRefuse);
+  EXPECT_EQ(Admit(*p6, Get("/api/chat", "198.51.100.5"), kT0 + 6 * kSec).kind, LimitStep::kRefuse);
   p5.reset();
   Policy::Release(&held, &conns_);
   Admission again;
-  EXPECT_EQ(
-      Admit(*p6, Get("/api/chat", "198.51.100.5"), kT0 + 12 * kSec, &again)
-          .kind,
-      LimitStep::kAdmit);
+  EXPECT_EQ(Admit(*p6, Get("/api/chat", "198.51.100.5"), kT0 + 12 * kSec, &again).kind,
+            LimitStep::kAdmit);
   Policy::Release(&again, &conns_);
 }
 
@@ -2129,8 +2034,7 @@ TEST_F(PolicyLimitTest, RateRefusalToAListedOriginCarriesCorsHeaders) {
   Admission a;
   EXPECT_EQ(Admit(*p, r, kT0, &a).kind, LimitStep::kRefuse);
   EXPECT_EQ(a.status, 429);
-  EXPECT_EQ(Header(a.headers, "Access-Control-Allow-Origin"),
-            "https://app.example");
+  EXPECT_EQ(Header(a.headers, "Access-Control-Allow-Origin"), "https://app.example");
   EXPECT_EQ(Header(a.headers, "Retry-After"), "1");
 }
 
@@ -2142,8 +2046,7 @@ TEST_F(PolicyLimitTest, RateRefusalToAListedOriginCarriesCorsHeaders) {
 // generation path that only adds an address rule (no max_per_ip=) gets the
 // generation zone and group from the defaults (policy.cc:216-219), but not
 // the flag's caps, so the cap silently disappears on that path.
-TEST_F(PolicyLimitTest,
-       FileRouteForAGenerationPathKeepsTheStreamCaps) {
+TEST_F(PolicyLimitTest, FileRouteForAGenerationPathKeepsTheStreamCaps) {
   PolicyOptions o = NoAuth();
   o.max_streams_per_ip = 1;
   o.rules_file = RulesFile("route /api/chat allow deny_ip=203.0.113.0/24\n");
@@ -2164,8 +2067,7 @@ TEST_F(PolicyLimitTest,
 // pattern such as "/v1/*" that test is false, so /v1/chat/completions moves
 // from the generation zone (10r/m burst=5) to the api zone (60r/m burst=20)
 // and group "api" as soon as a rule like this one is added for its ACL.
-TEST_F(PolicyLimitTest,
-       StarRouteOverGenerationPathsKeepsTheGenerationZone) {
+TEST_F(PolicyLimitTest, StarRouteOverGenerationPathsKeepsTheGenerationZone) {
   PolicyOptions o = NoAuth();
   o.rules_file = RulesFile("route /v1/* allow deny_ip=203.0.113.0/24\n");
   std::shared_ptr<const Policy> p = MustBuild(o);
@@ -2180,8 +2082,7 @@ TEST_F(PolicyLimitTest,
   EXPECT_EQ(models.zone, ZoneIndex(*p, "api"));
   int admitted = 0;
   for (int i = 0; i < 10; ++i) {
-    admitted +=
-        Admit(*p, Get("/v1/chat/completions"), kT0).kind == LimitStep::kAdmit;
+    admitted += Admit(*p, Get("/v1/chat/completions"), kT0).kind == LimitStep::kAdmit;
   }
   EXPECT_EQ(admitted, 6);  // 1 + burst 5 of the generation zone
 }
@@ -2191,14 +2092,13 @@ TEST_F(PolicyLimitTest,
 
 TEST(PolicyGenerationPathTest, IsGenerationPath) {
   for (absl::string_view path :
-       {"/api/generate", "/api/chat", "/api/embed", "/api/embeddings",
-        "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
-        "/api/chat/sub"}) {
+       {"/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/v1/chat/completions",
+        "/v1/completions", "/v1/embeddings", "/api/chat/sub"}) {
     EXPECT_TRUE(IsGenerationPath(path)) << path;
   }
   for (absl::string_view path :
-       {"/api/chatx", "/api/tags", "/api/generate2", "/v1/models", "/v1/chat",
-        "/v1", "/", "*", "", "/API/CHAT", "/api/embedding", "/api"}) {
+       {"/api/chatx", "/api/tags", "/api/generate2", "/v1/models", "/v1/chat", "/v1", "/", "*", "",
+        "/API/CHAT", "/api/embedding", "/api"}) {
     EXPECT_FALSE(IsGenerationPath(path)) << path;
   }
 }

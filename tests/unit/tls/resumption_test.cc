@@ -51,9 +51,8 @@ ResumptionOptions Options(FakeClock& clock) {
 std::string Seal(TicketKeyRing& ring, const std::string& plain) {
   std::string out(plain.size() + TicketKeyRing::MaxOverhead(), '\0');
   size_t len = 0;
-  EXPECT_TRUE(
-      ring.Seal(reinterpret_cast<uint8_t*>(out.data()), &len, out.size(),
-                reinterpret_cast<const uint8_t*>(plain.data()), plain.size()));
+  EXPECT_TRUE(ring.Seal(reinterpret_cast<uint8_t*>(out.data()), &len, out.size(),
+                        reinterpret_cast<const uint8_t*>(plain.data()), plain.size()));
   out.resize(len);
   return out;
 }
@@ -61,9 +60,8 @@ std::string Seal(TicketKeyRing& ring, const std::string& plain) {
 bool Open(TicketKeyRing& ring, const std::string& ticket, std::string* plain) {
   plain->assign(ticket.size(), '\0');
   size_t len = 0;
-  bool ok =
-      ring.Open(reinterpret_cast<uint8_t*>(plain->data()), &len, plain->size(),
-                reinterpret_cast<const uint8_t*>(ticket.data()), ticket.size());
+  bool ok = ring.Open(reinterpret_cast<uint8_t*>(plain->data()), &len, plain->size(),
+                      reinterpret_cast<const uint8_t*>(ticket.data()), ticket.size());
   plain->resize(ok ? len : 0);
   return ok;
 }
@@ -134,8 +132,7 @@ TEST(TlsTicketKeyRingTest, ConcurrentSealOpenAcrossRotations) {
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < 500; ++i) {
-        std::string msg =
-            "thread " + std::to_string(t) + " " + std::to_string(i);
+        std::string msg = "thread " + std::to_string(t) + " " + std::to_string(i);
         std::string ticket = Seal(ring, msg);
         if (t == 0 && i % 50 == 0) clock.Advance(absl::Minutes(61));
         std::string plain;
@@ -153,14 +150,12 @@ class TlsSessionCacheTest : public ::testing::Test {
   // A real TLS 1.2 session to copy under various IDs (BoringSSL serializes
   // only complete sessions).
   static void SetUpTestSuite() {
-    testing::TestPki pki =
-        testing::MakePki(testing::KeyKind::kEcdsa, "cache_source");
+    testing::TestPki pki = testing::MakePki(testing::KeyKind::kEcdsa, "cache_source");
     TlsContextOptions o = pki.Options();
     o.session_tickets = false;
     auto ctx = TlsContext::Create(o);
     ASSERT_TRUE(ctx.ok()) << ctx.status();
-    testing::TestClient client(
-        testing::ClientOptions{.max_version = TLS1_2_VERSION});
+    testing::TestClient client(testing::ClientOptions{.max_version = TLS1_2_VERSION});
     TlsSession server(*ctx);
     ASSERT_TRUE(testing::Pump(client, server).ok());
     ASSERT_NE(client.last_session(), nullptr);
@@ -175,11 +170,9 @@ class TlsSessionCacheTest : public ::testing::Test {
     uint8_t* der;
     size_t len;
     EXPECT_TRUE(SSL_SESSION_to_bytes(source_, &der, &len));
-    bssl::UniquePtr<SSL_SESSION> s(
-        SSL_SESSION_from_bytes(der, len, ctx_.get()));
+    bssl::UniquePtr<SSL_SESSION> s(SSL_SESSION_from_bytes(der, len, ctx_.get()));
     OPENSSL_free(der);
-    SSL_SESSION_set1_id(s.get(), reinterpret_cast<const uint8_t*>(id.data()),
-                        id.size());
+    SSL_SESSION_set1_id(s.get(), reinterpret_cast<const uint8_t*>(id.data()), id.size());
     return s;
   }
   static std::string Id(const SSL_SESSION* s) {

@@ -60,8 +60,7 @@ TEST(TlsContextTest, MissingFilesAreNotFoundAndNamed) {
 
   o = pki.Options();
   o.key_path.clear();
-  EXPECT_EQ(TlsContext::Create(o).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(TlsContext::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(TlsContextTest, BadPemIsRefusedAndNamed) {
@@ -102,8 +101,7 @@ TEST(TlsContextTest, BadPemIsRefusedAndNamed) {
   ctx = TlsContext::Create(o);
   ASSERT_FALSE(ctx.ok());
   EXPECT_TRUE(Contains(ctx.status(), broken)) << ctx.status();
-  EXPECT_TRUE(Contains(ctx.status(), "bad PEM certificate after #1"))
-      << ctx.status();
+  EXPECT_TRUE(Contains(ctx.status(), "bad PEM certificate after #1")) << ctx.status();
 }
 
 TEST(TlsContextTest, MismatchedKeyIsRefusedNamingBothFiles) {
@@ -128,14 +126,13 @@ TEST(TlsContextTest, EncryptedKeyIsRefusedWithoutPrompting) {
   TestPki pki = MakePki(KeyKind::kEcdsa, "encrypted");
   bssl::UniquePtr<BIO> bio(BIO_new(BIO_s_mem()));
   static char pass[] = "secret";
-  ASSERT_TRUE(PEM_write_bio_PrivateKey(
-      bio.get(), testing::SharedKey(KeyKind::kEcdsa), EVP_aes_128_cbc(),
-      reinterpret_cast<unsigned char*>(pass), 6, nullptr, nullptr));
+  ASSERT_TRUE(PEM_write_bio_PrivateKey(bio.get(), testing::SharedKey(KeyKind::kEcdsa),
+                                       EVP_aes_128_cbc(), reinterpret_cast<unsigned char*>(pass), 6,
+                                       nullptr, nullptr));
   const uint8_t* data;
   size_t len;
   BIO_mem_contents(bio.get(), &data, &len);
-  WriteFile(pki.key_path,
-            std::string_view(reinterpret_cast<const char*>(data), len));
+  WriteFile(pki.key_path, std::string_view(reinterpret_cast<const char*>(data), len));
   auto ctx = TlsContext::Create(pki.Options());
   ASSERT_FALSE(ctx.ok());
   EXPECT_TRUE(Contains(ctx.status(), pki.key_path)) << ctx.status();
@@ -146,11 +143,9 @@ TEST(TlsContextTest, BadAlpnNameIsRefused) {
   TestPki pki = MakePki(KeyKind::kEcdsa, "alpn");
   TlsContextOptions o = pki.Options();
   o.alpn = {"h2", ""};
-  EXPECT_EQ(TlsContext::Create(o).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(TlsContext::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
   o.alpn = {std::string(256, 'x')};
-  EXPECT_EQ(TlsContext::Create(o).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(TlsContext::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(TlsContextTest, ReloadSharesResumptionAndKeepsOldOnError) {
@@ -186,8 +181,7 @@ std::string ReadAll(const std::string& path) {
 }
 
 int RunMakeCerts(const std::string& args) {
-  std::string cmd =
-      SourceRoot() + "/tools/make-certs.sh " + args + " >/dev/null 2>&1";
+  std::string cmd = SourceRoot() + "/tools/make-certs.sh " + args + " >/dev/null 2>&1";
   return std::system(cmd.c_str());
 }
 
@@ -221,8 +215,7 @@ TEST(TlsContextTest, MakeCertsScriptOutputWorks) {
     ASSERT_TRUE(ctx.ok()) << ctx.status();
 
     bssl::UniquePtr<BIO> bio(BIO_new_file((dir + "/ca.pem").c_str(), "r"));
-    bssl::UniquePtr<X509> ca(
-        PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+    bssl::UniquePtr<X509> ca(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
     ASSERT_TRUE(ca != nullptr);
     for (const char* host : {"localhost", "127.0.0.1", "::1"}) {
       TestClient client(ClientOptions{.trust = ca.get(), .host = host});
@@ -233,18 +226,15 @@ TEST(TlsContextTest, MakeCertsScriptOutputWorks) {
       EXPECT_EQ(SSL_get_verify_result(client.ssl()), X509_V_OK) << host;
     }
     {
-      TestClient client(
-          ClientOptions{.trust = ca.get(), .host = "example.com"});
+      TestClient client(ClientOptions{.trust = ca.get(), .host = "example.com"});
       TlsSession server(*ctx);
       // The client rejects the name and alerts the server.
       EXPECT_FALSE(Pump(client, server).ok());
       EXPECT_FALSE(client.handshake_done());
       EXPECT_EQ(client.error(), "CERTIFICATE_VERIFY_FAILED");
     }
-    bssl::UniquePtr<BIO> leaf_bio(
-        BIO_new_file((dir + "/server.pem").c_str(), "r"));
-    bssl::UniquePtr<X509> leaf(
-        PEM_read_bio_X509(leaf_bio.get(), nullptr, nullptr, nullptr));
+    bssl::UniquePtr<BIO> leaf_bio(BIO_new_file((dir + "/server.pem").c_str(), "r"));
+    bssl::UniquePtr<X509> leaf(PEM_read_bio_X509(leaf_bio.get(), nullptr, nullptr, nullptr));
     ASSERT_TRUE(leaf != nullptr);
     bssl::UniquePtr<EVP_PKEY> pub(X509_get_pubkey(leaf.get()));
     EXPECT_EQ(EVP_PKEY_id(pub.get()), *flag ? EVP_PKEY_RSA : EVP_PKEY_EC);

@@ -35,8 +35,7 @@ bool Contains(std::string_view s, std::string_view part) {
 std::vector<std::pair<int, size_t>> Records(std::string_view stream) {
   std::vector<std::pair<int, size_t>> records;
   while (stream.size() >= 5) {
-    size_t len = (static_cast<uint8_t>(stream[3]) << 8) |
-                 static_cast<uint8_t>(stream[4]);
+    size_t len = (static_cast<uint8_t>(stream[3]) << 8) | static_cast<uint8_t>(stream[4]);
     records.emplace_back(static_cast<uint8_t>(stream[0]), len);
     if (stream.size() < 5 + len) break;
     stream.remove_prefix(5 + len);
@@ -73,8 +72,7 @@ class TlsSessionTest : public ::testing::Test {
     delete rsa_;
   }
 
-  static std::shared_ptr<const TlsContext> Context(const TestPki& pki,
-                                                   bool tickets = true,
+  static std::shared_ptr<const TlsContext> Context(const TestPki& pki, bool tickets = true,
                                                    bool cache = true) {
     TlsContextOptions o = pki.Options();
     o.session_tickets = tickets;
@@ -92,8 +90,7 @@ class TlsSessionTest : public ::testing::Test {
     bool reused = false;
     std::string client_error;
   };
-  static Result Connect(std::shared_ptr<const TlsContext> ctx,
-                        ClientOptions opts,
+  static Result Connect(std::shared_ptr<const TlsContext> ctx, ClientOptions opts,
                         bssl::UniquePtr<SSL_SESSION>* session_out = nullptr) {
     TestClient client(opts);
     TlsSession server(ctx);
@@ -104,8 +101,7 @@ class TlsSessionTest : public ::testing::Test {
     r.alpn = std::string(server.alpn());
     r.version = server.version();
     r.reused = server.session_reused();
-    EXPECT_EQ(server.session_reused(),
-              static_cast<bool>(SSL_session_reused(client.ssl())));
+    EXPECT_EQ(server.session_reused(), static_cast<bool>(SSL_session_reused(client.ssl())));
     // Application data both ways proves the keys agree.
     client.Write("ping");
     std::string plain;
@@ -130,14 +126,12 @@ TestPki* TlsSessionTest::rsa_ = nullptr;
 
 TEST_F(TlsSessionTest, Tls13HandshakeVerifiesChainAndCarriesData) {
   auto ctx = Context(*ecdsa_);
-  TestClient client(
-      ClientOptions{.alpn = {"h2", "http/1.1"}, .trust = ecdsa_->ca.get()});
+  TestClient client(ClientOptions{.alpn = {"h2", "http/1.1"}, .trust = ecdsa_->ca.get()});
   TlsSession server(ctx);
   EXPECT_FALSE(server.handshake_done());
   EXPECT_EQ(server.alpn(), "");
   EXPECT_EQ(server.version(), 0);
-  EXPECT_EQ(server.Write("early").code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(server.Write("early").code(), absl::StatusCode::kFailedPrecondition);
   ASSERT_TRUE(Pump(client, server).ok());
   ASSERT_TRUE(server.handshake_done());
   ASSERT_TRUE(client.handshake_done()) << client.error();
@@ -171,9 +165,8 @@ TEST_F(TlsSessionTest, Tls13HandshakeVerifiesChainAndCarriesData) {
 TEST_F(TlsSessionTest, Tls12ForcedWithEcdsaAndRsa) {
   for (TestPki* pki : {ecdsa_, rsa_}) {
     auto ctx = Context(*pki);
-    TestClient client(ClientOptions{.max_version = TLS1_2_VERSION,
-                                    .alpn = {"http/1.1"},
-                                    .trust = pki->ca.get()});
+    TestClient client(
+        ClientOptions{.max_version = TLS1_2_VERSION, .alpn = {"http/1.1"}, .trust = pki->ca.get()});
     TlsSession server(ctx);
     ASSERT_TRUE(Pump(client, server).ok());
     ASSERT_TRUE(server.handshake_done()) << client.error();
@@ -196,8 +189,7 @@ TEST_F(TlsSessionTest, RsaCertificateOverTls13) {
 TEST_F(TlsSessionTest, Tls12CipherPolicy) {
   auto ctx = Context(*ecdsa_);
   auto with = [&](const char* ciphers) {
-    TestClient client(
-        ClientOptions{.max_version = TLS1_2_VERSION, .cipher_list = ciphers});
+    TestClient client(ClientOptions{.max_version = TLS1_2_VERSION, .cipher_list = ciphers});
     TlsSession server(ctx);
     absl::Status s = Pump(client, server);
     return std::make_pair(s, std::string(server.cipher()));
@@ -210,12 +202,11 @@ TEST_F(TlsSessionTest, Tls12CipherPolicy) {
   ASSERT_TRUE(r.first.ok()) << r.first;
   EXPECT_EQ(r.second, "ECDHE-ECDSA-AES256-GCM-SHA384");
   // No forward secrecy, or CBC: refused.
-  for (const char* bad : {"AES128-GCM-SHA256", "ECDHE-ECDSA-AES128-SHA",
-                          "ECDHE-RSA-AES128-SHA:AES256-SHA"}) {
+  for (const char* bad :
+       {"AES128-GCM-SHA256", "ECDHE-ECDSA-AES128-SHA", "ECDHE-RSA-AES128-SHA:AES256-SHA"}) {
     r = with(bad);
     EXPECT_FALSE(r.first.ok()) << bad;
-    EXPECT_TRUE(Contains(std::string(r.first.message()), "NO_SHARED_CIPHER"))
-        << r.first;
+    EXPECT_TRUE(Contains(std::string(r.first.message()), "NO_SHARED_CIPHER")) << r.first;
   }
 }
 
@@ -236,8 +227,7 @@ TEST_F(TlsSessionTest, AlpnSelection) {
            {{"foo", "h2"}, "h2"},
        }) {
     for (uint16_t v : {TLS1_2_VERSION, TLS1_3_VERSION}) {
-      Result r =
-          Connect(ctx, ClientOptions{.max_version = v, .alpn = c.offered});
+      Result r = Connect(ctx, ClientOptions{.max_version = v, .alpn = c.offered});
       ASSERT_TRUE(r.status.ok()) << r.status;
       EXPECT_EQ(r.alpn, c.want) << "offered " << c.offered.size();
     }
@@ -257,8 +247,7 @@ TEST_F(TlsSessionTest, AlpnSelection) {
     absl::Status s = Pump(client, server);
     EXPECT_FALSE(s.ok());
     EXPECT_FALSE(server.handshake_done());
-    EXPECT_TRUE(Contains(client.error(), "NO_APPLICATION_PROTOCOL"))
-        << client.error();
+    EXPECT_TRUE(Contains(client.error(), "NO_APPLICATION_PROTOCOL")) << client.error();
   }
   // A context limited to HTTP/1.1.
   TlsContextOptions o = ecdsa_->Options();
@@ -273,8 +262,7 @@ TEST_F(TlsSessionTest, AlpnSelection) {
     TestClient client(ClientOptions{.alpn = {"h2"}});
     TlsSession server(*h1);
     EXPECT_FALSE(Pump(client, server).ok());
-    EXPECT_TRUE(Contains(client.error(), "NO_APPLICATION_PROTOCOL"))
-        << client.error();
+    EXPECT_TRUE(Contains(client.error(), "NO_APPLICATION_PROTOCOL")) << client.error();
   }
   // ALPN disabled: every client gets HTTP/1.1, without the extension.
   o.alpn = {};
@@ -288,14 +276,12 @@ TEST_F(TlsSessionTest, AlpnSelection) {
 TEST_F(TlsSessionTest, OldProtocolVersionsAreRefused) {
   auto ctx = Context(*ecdsa_);
   for (uint16_t v : {TLS1_VERSION, TLS1_1_VERSION}) {
-    TestClient client(
-        ClientOptions{.min_version = TLS1_VERSION, .max_version = v});
+    TestClient client(ClientOptions{.min_version = TLS1_VERSION, .max_version = v});
     TlsSession server(ctx);
     absl::Status s = Pump(client, server);
     ASSERT_FALSE(s.ok());
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_TRUE(Contains(std::string(s.message()), "UNSUPPORTED_PROTOCOL"))
-        << s;
+    EXPECT_TRUE(Contains(std::string(s.message()), "UNSUPPORTED_PROTOCOL")) << s;
     EXPECT_FALSE(server.handshake_done());
     EXPECT_TRUE(server.failed());
     // The client got a protocol_version alert.
@@ -328,8 +314,7 @@ TEST_F(TlsSessionTest, ResumesWithTicketsOnBothVersions) {
     EXPECT_FALSE(first.reused);
     ASSERT_TRUE(session != nullptr);
     EXPECT_TRUE(SSL_SESSION_has_ticket(session.get()));
-    Result second =
-        Connect(ctx, ClientOptions{.max_version = v, .session = session.get()});
+    Result second = Connect(ctx, ClientOptions{.max_version = v, .session = session.get()});
     ASSERT_TRUE(second.status.ok());
     EXPECT_TRUE(second.reused) << "version " << v;
     EXPECT_EQ(second.version, v);
@@ -351,19 +336,15 @@ TEST_F(TlsSessionTest, ResumesAcrossReloadWithNewCertificate) {
     ASSERT_TRUE(after.ok()) << after.status();
     for (uint16_t v : {TLS1_2_VERSION, TLS1_3_VERSION}) {
       bssl::UniquePtr<SSL_SESSION> session;
-      ASSERT_TRUE(Connect(*before, ClientOptions{.max_version = v}, &session)
-                      .status.ok());
+      ASSERT_TRUE(Connect(*before, ClientOptions{.max_version = v}, &session).status.ok());
       if (!tickets && v == TLS1_3_VERSION) {
         // BoringSSL resumes TLS 1.3 by ticket only.
-        EXPECT_TRUE(session == nullptr ||
-                    !SSL_SESSION_has_ticket(session.get()));
+        EXPECT_TRUE(session == nullptr || !SSL_SESSION_has_ticket(session.get()));
         continue;
       }
       ASSERT_TRUE(session != nullptr);
-      EXPECT_EQ(static_cast<bool>(SSL_SESSION_has_ticket(session.get())),
-                tickets);
-      Result r = Connect(
-          *after, ClientOptions{.max_version = v, .session = session.get()});
+      EXPECT_EQ(static_cast<bool>(SSL_SESSION_has_ticket(session.get())), tickets);
+      Result r = Connect(*after, ClientOptions{.max_version = v, .session = session.get()});
       ASSERT_TRUE(r.status.ok());
       EXPECT_TRUE(r.reused) << "tickets " << tickets << " version " << v;
     }
@@ -383,10 +364,8 @@ TEST_F(TlsSessionTest, ReloadToAnotherKeyTypeResumesTls13Only) {
   ASSERT_TRUE(after.ok());
   for (uint16_t v : {TLS1_2_VERSION, TLS1_3_VERSION}) {
     bssl::UniquePtr<SSL_SESSION> session;
-    ASSERT_TRUE(
-        Connect(before, ClientOptions{.max_version = v}, &session).status.ok());
-    Result r = Connect(
-        *after, ClientOptions{.max_version = v, .session = session.get()});
+    ASSERT_TRUE(Connect(before, ClientOptions{.max_version = v}, &session).status.ok());
+    Result r = Connect(*after, ClientOptions{.max_version = v, .session = session.get()});
     ASSERT_TRUE(r.status.ok());
     EXPECT_EQ(r.reused, v == TLS1_3_VERSION);
   }
@@ -395,14 +374,11 @@ TEST_F(TlsSessionTest, ReloadToAnotherKeyTypeResumesTls13Only) {
 TEST_F(TlsSessionTest, SessionCacheResumesTls12WithTicketsOff) {
   auto ctx = Context(*ecdsa_, /*tickets=*/false);
   bssl::UniquePtr<SSL_SESSION> session;
-  ASSERT_TRUE(
-      Connect(ctx, ClientOptions{.max_version = TLS1_2_VERSION}, &session)
-          .status.ok());
+  ASSERT_TRUE(Connect(ctx, ClientOptions{.max_version = TLS1_2_VERSION}, &session).status.ok());
   ASSERT_TRUE(session != nullptr);
   EXPECT_FALSE(SSL_SESSION_has_ticket(session.get()));
   EXPECT_EQ(ctx->resumption()->session_cache().size(), 1u);
-  Result r = Connect(ctx, ClientOptions{.max_version = TLS1_2_VERSION,
-                                        .session = session.get()});
+  Result r = Connect(ctx, ClientOptions{.max_version = TLS1_2_VERSION, .session = session.get()});
   ASSERT_TRUE(r.status.ok());
   EXPECT_TRUE(r.reused);
 
@@ -411,8 +387,7 @@ TEST_F(TlsSessionTest, SessionCacheResumesTls12WithTicketsOff) {
   TestClient client(ClientOptions{});
   TlsSession server(ctx);
   ASSERT_TRUE(Pump(client, server).ok());
-  EXPECT_TRUE(client.sessions().empty() ||
-              !SSL_SESSION_has_ticket(client.last_session()));
+  EXPECT_TRUE(client.sessions().empty() || !SSL_SESSION_has_ticket(client.last_session()));
 }
 
 // A context with tickets and cache off resumes nothing, even a session that
@@ -426,14 +401,11 @@ TEST_F(TlsSessionTest, NoResumptionWhenBothOff) {
   ASSERT_TRUE(without.ok());
   for (uint16_t v : {TLS1_2_VERSION, TLS1_3_VERSION}) {
     bssl::UniquePtr<SSL_SESSION> session;
-    ASSERT_TRUE(Connect(with_both, ClientOptions{.max_version = v}, &session)
-                    .status.ok());
+    ASSERT_TRUE(Connect(with_both, ClientOptions{.max_version = v}, &session).status.ok());
     ASSERT_TRUE(session != nullptr);
-    EXPECT_TRUE(Connect(with_both, ClientOptions{.max_version = v,
-                                                 .session = session.get()})
-                    .reused);
-    Result r = Connect(
-        *without, ClientOptions{.max_version = v, .session = session.get()});
+    EXPECT_TRUE(
+        Connect(with_both, ClientOptions{.max_version = v, .session = session.get()}).reused);
+    Result r = Connect(*without, ClientOptions{.max_version = v, .session = session.get()});
     ASSERT_TRUE(r.status.ok());
     EXPECT_FALSE(r.reused) << v;
   }
@@ -453,10 +425,8 @@ TEST_F(TlsSessionTest, ForeignTicketFallsBackToFullHandshake) {
   auto theirs = Context(*ecdsa_);  // fresh Resumption: other ticket keys
   for (uint16_t v : {TLS1_2_VERSION, TLS1_3_VERSION}) {
     bssl::UniquePtr<SSL_SESSION> session;
-    ASSERT_TRUE(
-        Connect(theirs, ClientOptions{.max_version = v}, &session).status.ok());
-    Result r = Connect(
-        ours, ClientOptions{.max_version = v, .session = session.get()});
+    ASSERT_TRUE(Connect(theirs, ClientOptions{.max_version = v}, &session).status.ok());
+    Result r = Connect(ours, ClientOptions{.max_version = v, .session = session.get()});
     ASSERT_TRUE(r.status.ok()) << r.status;
     EXPECT_FALSE(r.reused);
   }
@@ -505,8 +475,7 @@ TEST_F(TlsSessionTest, HandshakeSplitAtEveryOffset) {
         }
         flight_len = bytes.size();
         if (k >= bytes.size()) break;
-        ASSERT_TRUE(
-            server.Feed(std::string_view(bytes).substr(0, k), &plain).ok())
+        ASSERT_TRUE(server.Feed(std::string_view(bytes).substr(0, k), &plain).ok())
             << "flight " << flight << " split " << k;
         ASSERT_TRUE(server.Feed(std::string_view(bytes).substr(k), &plain).ok())
             << "flight " << flight << " split " << k;
@@ -533,9 +502,7 @@ TEST_F(TlsSessionTest, RandomChunksAndSingleBytes) {
     if (iter < 4) {
       chunk = [](size_t) { return size_t{1}; };
     } else {
-      chunk = [&rng](size_t left) {
-        return 1 + rng() % std::min<size_t>(left, 700);
-      };
+      chunk = [&rng](size_t left) { return 1 + rng() % std::min<size_t>(left, 700); };
     }
     ASSERT_TRUE(Pump(client, server, nullptr, chunk).ok());
     ASSERT_TRUE(server.handshake_done());
@@ -683,8 +650,7 @@ TEST_F(TlsSessionTest, CloseNotifyBothWays) {
     // Half-closed: we may still answer, then close ourselves.
     ASSERT_TRUE(server.Write("bye").ok());
     server.Shutdown();
-    EXPECT_EQ(server.Write("more").code(),
-              absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(server.Write("more").code(), absl::StatusCode::kFailedPrecondition);
     std::vector<core::Slice> out;
     server.TakeOutput(&out);
     auto records = Records(Concat(out));
@@ -693,8 +659,7 @@ TEST_F(TlsSessionTest, CloseNotifyBothWays) {
     client.Step();
     EXPECT_EQ(client.received(), "bye");
     EXPECT_TRUE(client.closed());
-    EXPECT_EQ(SSL_get_shutdown(client.ssl()) & SSL_RECEIVED_SHUTDOWN,
-              SSL_RECEIVED_SHUTDOWN);
+    EXPECT_EQ(SSL_get_shutdown(client.ssl()) & SSL_RECEIVED_SHUTDOWN, SSL_RECEIVED_SHUTDOWN);
   }
   // Shutdown before the handshake queues nothing.
   TlsSession early(ctx);
@@ -771,10 +736,8 @@ TEST_F(TlsSessionTest, IdleSessionMemory) {
       ASSERT_FALSE(sessions.back()->HasOutput());
     }
     size_t after = mallinfo2().uordblks;
-    double per_session =
-        (static_cast<double>(after) - static_cast<double>(before)) / kSessions;
-    RecordProperty("bytes_per_idle_session_v" + std::to_string(v),
-                   static_cast<int>(per_session));
+    double per_session = (static_cast<double>(after) - static_cast<double>(before)) / kSessions;
+    RecordProperty("bytes_per_idle_session_v" + std::to_string(v), static_cast<int>(per_session));
     std::printf("idle TLS %s server session: %.0f heap bytes\n",
                 v == TLS1_3_VERSION ? "1.3" : "1.2", per_session);
     // nginx on OpenSSL 3 holds well over 16 KiB per idle TLS connection;

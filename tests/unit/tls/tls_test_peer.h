@@ -61,17 +61,15 @@ inline EVP_PKEY* SharedKey(KeyKind kind, int slot = 0) {
 inline void AddExt(X509* cert, X509* issuer, int nid, const char* value) {
   X509V3_CTX ctx;
   X509V3_set_ctx(&ctx, issuer, cert, nullptr, nullptr, 0);
-  bssl::UniquePtr<X509_EXTENSION> ext(
-      X509V3_EXT_nconf_nid(nullptr, &ctx, nid, value));
+  bssl::UniquePtr<X509_EXTENSION> ext(X509V3_EXT_nconf_nid(nullptr, &ctx, nid, value));
   ASSERT_TRUE(ext != nullptr) << value;
   ASSERT_TRUE(X509_add_ext(cert, ext.get(), -1));
 }
 
 // A certificate for `key` named `cn`, signed by (issuer, issuer_key), or
 // self-signed when issuer is null.
-inline bssl::UniquePtr<X509> NewCert(EVP_PKEY* key, const char* cn,
-                                     X509* issuer, EVP_PKEY* issuer_key,
-                                     bool is_ca) {
+inline bssl::UniquePtr<X509> NewCert(EVP_PKEY* key, const char* cn, X509* issuer,
+                                     EVP_PKEY* issuer_key, bool is_ca) {
   static long serial = 1;
   bssl::UniquePtr<X509> cert(X509_new());
   X509_set_version(cert.get(), X509_VERSION_3);
@@ -80,8 +78,8 @@ inline bssl::UniquePtr<X509> NewCert(EVP_PKEY* key, const char* cn,
   X509_gmtime_adj(X509_getm_notAfter(cert.get()), 30L * 24 * 3600);
   X509_set_pubkey(cert.get(), key);
   X509_NAME* name = X509_get_subject_name(cert.get());
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                             reinterpret_cast<const uint8_t*>(cn), -1, -1, 0);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const uint8_t*>(cn), -1, -1,
+                             0);
   X509* signer = issuer != nullptr ? issuer : cert.get();
   X509_set_issuer_name(cert.get(), X509_get_subject_name(signer));
   if (is_ca) {
@@ -89,12 +87,10 @@ inline bssl::UniquePtr<X509> NewCert(EVP_PKEY* key, const char* cn,
     AddExt(cert.get(), signer, NID_key_usage, "critical,keyCertSign,cRLSign");
   } else {
     AddExt(cert.get(), signer, NID_basic_constraints, "critical,CA:FALSE");
-    AddExt(cert.get(), signer, NID_subject_alt_name,
-           "DNS:localhost,IP:127.0.0.1,IP:::1");
+    AddExt(cert.get(), signer, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1,IP:::1");
     AddExt(cert.get(), signer, NID_ext_key_usage, "serverAuth");
   }
-  EXPECT_TRUE(X509_sign(cert.get(), issuer_key != nullptr ? issuer_key : key,
-                        EVP_sha256()));
+  EXPECT_TRUE(X509_sign(cert.get(), issuer_key != nullptr ? issuer_key : key, EVP_sha256()));
   return cert;
 }
 
@@ -109,8 +105,7 @@ inline std::string ToPem(X509* cert) {
 
 inline std::string ToPem(EVP_PKEY* key) {
   bssl::UniquePtr<BIO> bio(BIO_new(BIO_s_mem()));
-  PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr,
-                           nullptr);
+  PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr);
   const uint8_t* data;
   size_t len;
   BIO_mem_contents(bio.get(), &data, &len);
@@ -137,9 +132,8 @@ struct TempDirs {
 inline std::string TempDir(const std::string& name) {
   static TempDirs made;
   static int counter = 0;
-  std::string dir = ::testing::TempDir() + "/sluice_tls_" +
-                    std::to_string(::getpid()) + "_" + name + "_" +
-                    std::to_string(counter++);
+  std::string dir = ::testing::TempDir() + "/sluice_tls_" + std::to_string(::getpid()) + "_" +
+                    name + "_" + std::to_string(counter++);
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   made.dirs.push_back(dir);
@@ -163,8 +157,7 @@ struct TestPki {
   }
 };
 
-inline TestPki MakePki(KeyKind kind, const std::string& name,
-                       int key_slot = 0) {
+inline TestPki MakePki(KeyKind kind, const std::string& name, int key_slot = 0) {
   TestPki pki;
   pki.dir = TempDir(name);
   // A CA of its own (P-256 keys are quick to make), so one PKI's clients
@@ -199,13 +192,11 @@ class TestClient {
     SSL_CTX_set_min_proto_version(ctx_.get(), o.min_version);
     SSL_CTX_set_max_proto_version(ctx_.get(), o.max_version);
     if (!o.cipher_list.empty()) {
-      EXPECT_TRUE(
-          SSL_CTX_set_strict_cipher_list(ctx_.get(), o.cipher_list.c_str()));
+      EXPECT_TRUE(SSL_CTX_set_strict_cipher_list(ctx_.get(), o.cipher_list.c_str()));
     }
     SSL_CTX_set_session_cache_mode(ctx_.get(), SSL_SESS_CACHE_CLIENT);
     SSL_CTX_sess_set_new_cb(ctx_.get(), [](SSL* ssl, SSL_SESSION* s) {
-      static_cast<TestClient*>(SSL_get_app_data(ssl))
-          ->sessions_.emplace_back(s);
+      static_cast<TestClient*>(SSL_get_app_data(ssl))->sessions_.emplace_back(s);
       return 1;  // we keep the reference
     });
     if (o.trust != nullptr) {
@@ -219,8 +210,7 @@ class TestClient {
       SSL_set_tlsext_host_name(ssl_.get(), o.host.c_str());
       if (o.trust != nullptr) {
         X509_VERIFY_PARAM* param = SSL_get0_param(ssl_.get());
-        if (o.host.find(':') != std::string::npos ||
-            (o.host[0] >= '0' && o.host[0] <= '9')) {
+        if (o.host.find(':') != std::string::npos || (o.host[0] >= '0' && o.host[0] <= '9')) {
           X509_VERIFY_PARAM_set1_ip_asc(param, o.host.c_str());
         } else {
           X509_VERIFY_PARAM_set1_host(param, o.host.c_str(), o.host.size());
@@ -233,9 +223,7 @@ class TestClient {
         wire.push_back(static_cast<char>(p.size()));
         wire += p;
       }
-      SSL_set_alpn_protos(ssl_.get(),
-                          reinterpret_cast<const uint8_t*>(wire.data()),
-                          wire.size());
+      SSL_set_alpn_protos(ssl_.get(), reinterpret_cast<const uint8_t*>(wire.data()), wire.size());
     }
     if (o.session != nullptr) SSL_set_session(ssl_.get(), o.session);
     BIO* rbio = BIO_new(BIO_s_mem());
@@ -249,8 +237,7 @@ class TestClient {
   // Bytes from the server.
   void Receive(std::string_view bytes) {
     if (!bytes.empty())
-      BIO_write(SSL_get_rbio(ssl_.get()), bytes.data(),
-                static_cast<int>(bytes.size()));
+      BIO_write(SSL_get_rbio(ssl_.get()), bytes.data(), static_cast<int>(bytes.size()));
   }
   void Receive(const std::vector<core::Slice>& slices) {
     for (const core::Slice& s : slices) Receive(s.view());
@@ -285,9 +272,8 @@ class TestClient {
 
   void Write(std::string_view data) {
     while (!data.empty()) {
-      int n =
-          SSL_write(ssl_.get(), data.data(),
-                    static_cast<int>(std::min<size_t>(data.size(), 1 << 20)));
+      int n = SSL_write(ssl_.get(), data.data(),
+                        static_cast<int>(std::min<size_t>(data.size(), 1 << 20)));
       ASSERT_GT(n, 0);
       data.remove_prefix(n);
     }
@@ -298,9 +284,7 @@ class TestClient {
   const std::string& error() const { return error_; }
   std::string& received() { return received_; }
   std::vector<bssl::UniquePtr<SSL_SESSION>>& sessions() { return sessions_; }
-  SSL_SESSION* last_session() {
-    return sessions_.empty() ? nullptr : sessions_.back().get();
-  }
+  SSL_SESSION* last_session() { return sessions_.empty() ? nullptr : sessions_.back().get(); }
   std::string_view alpn() {
     const uint8_t* p;
     unsigned len;
@@ -340,8 +324,7 @@ inline std::string Concat(const std::vector<core::Slice>& slices) {
 // say. Client bytes reach the server in chunks of `chunk(remaining)` bytes
 // (all at once by default). Server plaintext is appended to `*plaintext`.
 // Returns the server's first error.
-inline absl::Status Pump(TestClient& client, TlsSession& server,
-                         std::string* plaintext = nullptr,
+inline absl::Status Pump(TestClient& client, TlsSession& server, std::string* plaintext = nullptr,
                          const std::function<size_t(size_t)>& chunk = nullptr) {
   for (int round = 0; round < 1000; ++round) {
     client.Step();
