@@ -2,6 +2,7 @@
 # Checks that the C++ sources follow .clang-format (Google style, 100
 # columns): every *.cc and *.h under core/ http/ tls/ policy/ bench/ tests/
 # tools/ that git tracks (or would track: new files not yet added count too).
+# Run by ctest (test "format").
 #
 #   tools/check_format.sh [ROOT]         lists the files clang-format would
 #                                        change; exit 1 if there are any
