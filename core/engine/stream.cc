@@ -93,6 +93,15 @@ void Stream::ArmRecv() {
   ++inflight_;
 }
 
+int Stream::PeekReadEnd() const {
+  if (fd_ < 0 || closing_ || read_ended_) return 1;
+  char c;
+  const ssize_t n = ::recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n == 0) return 0;
+  if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return -errno;
+  return 1;
+}
+
 void Stream::RetryAfterBuffers() {
   starved_ = false;
   if (CanArmRecv()) ArmRecv();

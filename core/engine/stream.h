@@ -95,6 +95,14 @@ class Stream final : public Flushable {
   bool closing() const { return closing_; }
   int fd() const { return fd_; }
 
+  // Whether the peer closed or reset, seen without taking any byte
+  // (MSG_PEEK): 0 at the end of the stream, -errno after a reset, 1
+  // otherwise (bytes waiting, nothing yet, or already known). For a
+  // connection that waits on a peer: a multishot receive can miss an EOF
+  // that follows data at once (a kernel race seen with io_uring), and
+  // nothing else would wake it.
+  int PeekReadEnd() const;
+
   // Re-arms a receive that stopped on -ENOBUFS (called by the loop).
   void RetryAfterBuffers();
 

@@ -89,6 +89,8 @@ class ClientConnection final : public StreamHandler, public Flushable {
   void StartReading() { stream_.StartReading(); }
   void StopReading() { stream_.StopReading(); }
   bool reading() const { return stream_.reading(); }
+  // See Stream::PeekReadEnd.
+  int PeekReadEnd() const { return stream_.PeekReadEnd(); }
 
   // Aborts: cancels everything and closes the socket; the connection (and
   // its session) is destroyed once nothing is in flight.

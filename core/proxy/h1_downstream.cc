@@ -8,6 +8,11 @@
 #include "core/server/shard.h"
 
 namespace sluice::core {
+namespace {
+// How often a connection waiting for the rest of a request head checks
+// that its client is still there.
+constexpr int64_t kEofProbeNs = 1'000'000'000;
+}  // namespace
 
 H1Downstream::H1Downstream(ClientConnection* conn)
     : conn_(conn),
@@ -26,6 +31,14 @@ H1Downstream::H1Downstream(ClientConnection* conn)
                             shard_->now_unix_ns(), conn_->number(), "other");
         conn_->WriteOwned(std::move(out));
         CloseAfterDrain();
+      }),
+      eof_probe_timer_([this] {
+        if (responding_ || !header_timer_.armed()) return;
+        if (const int r = conn_->PeekReadEnd(); r <= 0) {
+          OnReadEnd(r);
+          return;
+        }
+        shard_->Timers(kEofProbeNs)->Arm(&eof_probe_timer_, shard_->now_ns());
       }),
       send_timer_([this] { Abort(); }),
       body_timer_([this] {
@@ -122,6 +135,9 @@ void H1Downstream::ArmIdleTimers() {
     keepalive_timer_.Disarm();
     if (!header_timer_.armed()) {
       shard_->Timers(cfg.client_header_timeout_ns)->Arm(&header_timer_, shard_->now_ns());
+    }
+    if (!eof_probe_timer_.armed()) {
+      shard_->Timers(kEofProbeNs)->Arm(&eof_probe_timer_, shard_->now_ns());
     }
   } else {
     conn_->SetPhase(ClientConnection::Phase::kWaiting);

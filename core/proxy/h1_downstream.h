@@ -89,6 +89,9 @@ class H1Downstream final : public ClientSession, public http::H1RequestSink, pub
   http::BodyFraming framing_ = http::BodyFraming::kNone;
   Timer keepalive_timer_;
   Timer header_timer_;
+  // While a request head is incomplete: once a second, whether the client
+  // has in fact gone (Stream::PeekReadEnd).
+  Timer eof_probe_timer_;
   Timer send_timer_;
   Timer body_timer_;
   bool request_has_body_ = false;
