@@ -95,6 +95,7 @@ ResponseScanner::JsonTokenizer::Path ResponseScanner::JsonTokenizer::KeyPath() c
       if (Equals(k, n, "usage")) return Path::kUsage;
       if (Equals(k, n, "prompt_eval_count")) return Path::kPromptCount;
       if (Equals(k, n, "eval_count")) return Path::kCompletionCount;
+      if (Equals(k, n, "load_duration")) return Path::kLoadDuration;
       return Path::kNone;
     case Path::kMessage:
       if (Equals(k, n, "content") || Equals(k, n, "thinking")) return Path::kText;
@@ -234,6 +235,7 @@ void ResponseScanner::JsonTokenizer::EndNumber() {
   if (num_integer_ && !num_negative_ && !num_overflow_) {
     if (role_ == Path::kPromptCount) prompt_tokens_ = static_cast<int64_t>(num_value_);
     if (role_ == Path::kCompletionCount) completion_tokens_ = static_cast<int64_t>(num_value_);
+    if (role_ == Path::kLoadDuration) load_duration_ = static_cast<int64_t>(num_value_);
   }
   AfterValue();
 }

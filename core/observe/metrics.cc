@@ -171,6 +171,11 @@ void MetricsShard::Merge(const MetricsShard& o) {
   upstream_reused += o.upstream_reused;
   upstream_connect_failures += o.upstream_connect_failures;
   upstream_failovers += o.upstream_failovers;
+  route_loaded += o.route_loaded;
+  route_queued += o.route_queued;
+  route_spill += o.route_spill;
+  route_cold += o.route_cold;
+  route_not_found += o.route_not_found;
   rejected_auth += o.rejected_auth;
   rejected_denied += o.rejected_denied;
   rejected_rate += o.rejected_rate;
@@ -414,6 +419,16 @@ void AppendUpstreamFamilies(std::string* out, const MetricsShard& total) {
   AppendCounter(out, "sluice_upstream_failovers_total",
                 "Requests sent to another backend after theirs failed before answering.",
                 total.upstream_failovers);
+  AppendFamily(out, "sluice_route_decisions_total", "counter",
+               "Requests routed by the model they name: loaded (where it is loaded, a slot "
+               "free), queued (loaded, slots busy), spill (loaded elsewhere on a free backend "
+               "rather than wait), cold (loaded nowhere), not_found (404).");
+  AppendSample(out, "sluice_route_decisions_total", {{"kind", "loaded"}}, U(total.route_loaded));
+  AppendSample(out, "sluice_route_decisions_total", {{"kind", "queued"}}, U(total.route_queued));
+  AppendSample(out, "sluice_route_decisions_total", {{"kind", "spill"}}, U(total.route_spill));
+  AppendSample(out, "sluice_route_decisions_total", {{"kind", "cold"}}, U(total.route_cold));
+  AppendSample(out, "sluice_route_decisions_total", {{"kind", "not_found"}},
+               U(total.route_not_found));
 }
 
 void AppendRejectionFamilies(std::string* out, const MetricsShard& total) {

@@ -107,6 +107,12 @@ struct MetricsShard {
   uint64_t upstream_reused = 0;
   uint64_t upstream_connect_failures = 0;
   uint64_t upstream_failovers = 0;
+  // Model-routed requests by how their backend was chosen (RouteChoice).
+  uint64_t route_loaded = 0;
+  uint64_t route_queued = 0;
+  uint64_t route_spill = 0;
+  uint64_t route_cold = 0;
+  uint64_t route_not_found = 0;
   uint64_t rejected_auth = 0;         // 401
   uint64_t rejected_denied = 0;       // 403 by IP, route or CORS rules
   uint64_t rejected_rate = 0;         // 429 by a rate zone

@@ -55,6 +55,7 @@ size_t ResponseScanner::EndFrame() {
     }
     if (json_.prompt_tokens_) usage_.prompt_tokens = json_.prompt_tokens_;
     if (json_.completion_tokens_) usage_.completion_tokens = json_.completion_tokens_;
+    if (json_.load_duration_) usage_.load_duration_ns = json_.load_duration_;
     if (json_.model_done_ && !model_seen_) {
       usage_.model.assign(json_.model_, json_.model_len_);
       model_seen_ = true;
@@ -211,6 +212,7 @@ void RequestScanner::Feed(std::string_view bytes) {
     switch (json_.Run(&p, end)) {
       case Yield::kModel:
         model_.assign(json_.model_, json_.model_len_);
+        model_cut_ = json_.model_cut_;
         break;
       case Yield::kStream:
         stream_ = json_.stream_;

@@ -26,6 +26,9 @@ struct TokenUsage {
   // top-level "usage" object has them; the last one seen wins).
   std::optional<int64_t> prompt_tokens;
   std::optional<int64_t> completion_tokens;
+  // Ollama: the final object's load_duration (nanoseconds spent loading the
+  // model for this request; 0 or tiny when it was loaded already).
+  std::optional<int64_t> load_duration_ns;
   // The first top-level "model" string seen, at most kMaxModelBytes bytes
   // (longer values are cut there), JSON escapes decoded.
   std::string model;
@@ -134,6 +137,7 @@ class ResponseScanner {
       kText,             // a string whose non-emptiness makes a token event
       kPromptCount,      // root.prompt_eval_count, root.usage.prompt_tokens
       kCompletionCount,  // root.eval_count, root.usage.completion_tokens
+      kLoadDuration,     // root.load_duration
       kStream,           // request root.stream
     };
 
@@ -205,6 +209,7 @@ class ResponseScanner {
     bool stream_ = false;
     std::optional<int64_t> prompt_tokens_;
     std::optional<int64_t> completion_tokens_;
+    std::optional<int64_t> load_duration_;
   };
 
   // SSE line parsing: where in a line the scanner is.
@@ -249,9 +254,15 @@ class RequestScanner {
   const std::string& model() const { return model_; }
   // The top-level "stream" boolean, when present.
   std::optional<bool> stream() const { return stream_; }
+  // model() was cut at kMaxModelBytes.
+  bool model_cut() const { return model_cut_; }
+  // The top-level object closed, or the body is not JSON: nothing more
+  // will be read.
+  bool done() const { return json_.Complete() || json_.Broken(); }
 
  private:
   std::string model_;
+  bool model_cut_ = false;
   std::optional<bool> stream_;
   ResponseScanner::JsonTokenizer json_;
 };

@@ -54,6 +54,7 @@ void Relay::Close() {
   if (closed_) return;
   closed_ = true;
   DropLink();
+  EndModel(false);
   gate_.Close();
   --shard_->metrics().active_streams;
   record_.Account(shard_, head_, gate_.admission(), client_.addr);
@@ -88,17 +89,7 @@ void Relay::Proceed() {
            (drop_credentials && (http::EqualsIgnoreCase(h.name, "authorization") ||
                                  http::EqualsIgnoreCase(h.name, "x-api-key")));
   });
-  pool_ = shard_->backends().Pick();
-  if (pool_ == nullptr) {
-    AnswerNoBackend();
-    return;
-  }
-  SerializeHead();
-  if (!AttachLink(false)) return;
-  downstream_->OnAdmitted();
-  gate_.ResumeReading();
-  for (Slice& piece : gate_.TakeHeld()) OnRequestBody(std::move(piece));
-  if (!head_.has_body() || gate_.end_held()) OnRequestEnd();
+  Route();
 }
 
 void Relay::SerializeHead() {
@@ -168,6 +159,10 @@ void Relay::OnRequestBody(Slice piece) {
     if (!finished_) gate_.Hold(std::move(piece));
     return;
   }
+  if (peek_) {
+    Peek(std::move(piece));
+    return;
+  }
   if (link_ == nullptr || piece.empty()) return;
   record_.RequestBody(piece.view());
   if (head_.chunked) {
@@ -188,6 +183,11 @@ void Relay::OnRequestBody(Slice piece) {
 void Relay::OnRequestEnd() {
   if (!gate_.open()) {
     gate_.HoldEnd();
+    return;
+  }
+  if (peek_) {
+    peek_->end = true;
+    RouteByModel();
     return;
   }
   if (request_done_) return;
@@ -277,6 +277,7 @@ void Relay::OnResponseHead(http::ResponseHead head) {
     }
   }
   if (link_) link_->pool()->ReportSuccess();
+  response_head_ns_ = shard_->now_ns();
   head_sent_ = true;
   record_.ResponseStarted(response_, head_.is_head(), admission.path.match);
   downstream_->SendResponseHead(response_);
@@ -354,7 +355,7 @@ void Relay::LinkFailed(int status, std::string_view message) {
     // A fresh link's failure is the backend's; the request goes once to
     // another backend, its body replayed.
     link_->pool()->ReportFailure(shard_->now_ns());
-    UpstreamPool* next = failed_over_ || !replayable_ ? nullptr : shard_->backends().Pick(pool_);
+    UpstreamPool* next = failed_over_ || !replayable_ ? nullptr : NextBackend();
     if (next != nullptr) {
       failed_over_ = true;
       connect_failed_ = false;
@@ -363,7 +364,9 @@ void Relay::LinkFailed(int status, std::string_view message) {
                 head_.target.c_str(), pool_->backend().name.c_str(), fail_cause_.c_str(),
                 next->backend().name.c_str());
       DropLink();
+      EndModel(false);
       pool_ = next;
+      BeginModel(route_kind_);
       SerializeHead();
       AttachLink(true);
       return;
@@ -396,6 +399,7 @@ void Relay::EndWithError(int status, std::string_view message) {
 
 void Relay::Finish(bool reusable) {
   finished_ = true;
+  EndModel(response_.status >= 200 && response_.status < 300);
   read_timer_.Disarm();
   send_timer_.Disarm();
   if (link_) {

@@ -1,14 +1,18 @@
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/engine/buffer.h"
 #include "core/engine/timer.h"
+#include "core/observe/usage_scanner.h"
 #include "core/proxy/admission.h"
 #include "core/proxy/exchange.h"
 #include "core/proxy/request_record.h"
 #include "core/proxy/websocket_tunnel.h"
+#include "core/upstream/model_router.h"
 #include "core/upstream/upstream_pool.h"
 #include "http/h1_response_parser.h"
 #include "http/message.h"
@@ -65,6 +69,22 @@ class Relay final : public Exchange, public LinkUser, public http::H1ResponseSin
   // The gate's answer: go upstream, or answer the client as it says.
   void OnVerdict(const AdmissionGate::Verdict& verdict);
   void Proceed();
+  // Routing (relay_route.cc). Chooses the backend: the one the request
+  // names (X-Sluice-Backend), or by the model its body names (after a
+  // peek at the body), or by --balance; then sends the request there.
+  void Route();
+  // The backend named by X-Sluice-Backend (removed from the request), or
+  // what to answer: false when the request was answered.
+  bool PinBackend(RouteClass route_class, UpstreamPool** pinned);
+  void StartPeek();
+  void Peek(Slice piece);
+  void RouteByModel();
+  // Sends the request to pool_ with what was held back.
+  void Go(std::vector<Slice> held, bool end);
+  void AnswerModelNotFound(std::string_view model);
+  // The generation's place in its backend's ModelTable.
+  void BeginModel(RouteChoice::Kind kind);
+  void EndModel(bool ok);
   // Feeds the response parser; false when the exchange ended or moved to a
   // fresh link meanwhile.
   bool ParseResponse(Slice data);
@@ -76,6 +96,8 @@ class Relay final : public Exchange, public LinkUser, public http::H1ResponseSin
   // Whether body bytes sent now are kept for a retry or a failover.
   bool KeepForReplay() const;
   bool AttachLink(bool fresh);
+  // Another backend for a request that failed before its answer (failover).
+  UpstreamPool* NextBackend();
   void FailBeforeResponse(int status, std::string_view message);
   // Ends the exchange: the upstream link closes, and the client gets
   // `status` with a JSON error, or, past the response head, a response cut
@@ -101,6 +123,20 @@ class Relay final : public Exchange, public LinkUser, public http::H1ResponseSin
   std::string request_bytes_;  // serialised head, kept for a retry
   std::string replay_;         // body bytes as sent, kept for a retry
   http::ResponseHead response_;
+  // Model routing: the body's start, held (no copy) while its "model" is
+  // looked for; then the canonical model and its place in the table.
+  struct ModelPeek {
+    RequestScanner scanner;
+    std::vector<Slice> held;
+    size_t bytes = 0;
+    bool end = false;
+  };
+  std::optional<ModelPeek> peek_;
+  std::string model_;
+  ModelTable* model_table_ = nullptr;
+  RouteChoice::Kind route_kind_ = RouteChoice::Kind::kLoaded;
+  int64_t model_start_ns_ = 0;
+  int64_t response_head_ns_ = 0;
   std::string fail_cause_;  // why the upstream failed, for the error log
   Timer read_timer_;
   Timer send_timer_;

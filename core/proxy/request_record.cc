@@ -21,6 +21,11 @@ void RequestRecord::RequestBody(std::string_view bytes) {
   if (request_scan_) request_scan_->Feed(bytes);
 }
 
+std::optional<int64_t> RequestRecord::load_duration_ns() const {
+  if (!tokens_) return std::nullopt;
+  return tokens_->scanner.usage().load_duration_ns;
+}
+
 void RequestRecord::UpstreamStarted(int64_t now_ns) {
   if (upstream_start_ns_ < 0) upstream_start_ns_ = now_ns;
 }

@@ -54,6 +54,8 @@ class RequestRecord {
   void Cancelled() { cancelled_ = true; }
 
   int status() const { return status_; }
+  // The response's load_duration (Ollama's final object), when read.
+  std::optional<int64_t> load_duration_ns() const;
   bool cancelled() const { return cancelled_; }
   bool finished() const { return finished_; }
   uint64_t body_bytes_sent() const { return body_bytes_sent_; }

@@ -261,6 +261,47 @@ std::string AbslUnparseFlag(ByteSize s) {
   return absl::StrCat(s.bytes);
 }
 
+namespace {
+
+// One `key=value` setting of a backend in --upstream.
+absl::Status ParseBackendOption(absl::string_view addr, absl::string_view w, BackendConfig* b) {
+  const size_t eq = w.find('=');
+  const absl::string_view key = w.substr(0, eq);
+  const absl::string_view text = eq == absl::string_view::npos ? "" : w.substr(eq + 1);
+  if (key == "name") {
+    if (text.empty() || text.size() > 64 || !std::all_of(text.begin(), text.end(), [](char c) {
+          return absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.';
+        })) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(addr, ": \"", w, "\": a name is 1 to 64 letters, digits, '-', '_' or '.'"));
+    }
+    b->name = std::string(text);
+    return absl::OkStatus();
+  }
+  struct Range {
+    absl::string_view key;
+    int min, max;
+    int* field;
+  };
+  const Range ranges[] = {{"weight", 1, 1000, &b->weight},
+                          {"slots", 1, 1024, &b->slots},
+                          {"max_loaded", 1, 1024, &b->max_loaded}};
+  for (const Range& r : ranges) {
+    if (key != r.key) continue;
+    int value = 0;
+    if (!absl::SimpleAtoi(text, &value) || value < r.min || value > r.max) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(addr, ": \"", w, "\": ", key, " is a number from ", r.min, " to ", r.max));
+    }
+    *r.field = value;
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      addr, ": unknown option \"", w, "\" (use name=NAME, weight=N, slots=N or max_loaded=N)"));
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<BackendConfig>> ParseBackends(absl::string_view text,
                                                          absl::string_view host_header) {
   std::vector<BackendConfig> backends;
@@ -278,29 +319,17 @@ absl::StatusOr<std::vector<BackendConfig>> ParseBackends(absl::string_view text,
     b.addr = *addr;
     b.host_header = host_header.empty() ? b.name : std::string(host_header);
     for (size_t i = 1; i < words.size(); ++i) {
-      const absl::string_view w = words[i];
-      const size_t eq = w.find('=');
-      const absl::string_view key = w.substr(0, eq);
-      int value = 0;
-      const bool number =
-          eq != absl::string_view::npos && absl::SimpleAtoi(w.substr(eq + 1), &value);
-      if (key == "weight" && number && value >= 1 && value <= 1000) {
-        b.weight = value;
-      } else if (key == "slots" && number && value >= 1 && value <= 1024) {
-        b.slots = value;
-      } else if (key == "weight" || key == "slots") {
-        return absl::InvalidArgumentError(absl::StrCat(b.name, ": \"", w, "\": ", key,
-                                                       " is a number from 1 to ",
-                                                       key == "weight" ? "1000" : "1024"));
-      } else {
-        return absl::InvalidArgumentError(
-            absl::StrCat(b.name, ": unknown option \"", w, "\" (use weight=N or slots=N)"));
-      }
+      absl::Status st = ParseBackendOption(words[0], words[i], &b);
+      if (!st.ok()) return st;
     }
     for (const BackendConfig& other : backends) {
       if (other.addr.len == b.addr.len &&
           memcmp(&other.addr.storage, &b.addr.storage, b.addr.len) == 0) {
-        return absl::InvalidArgumentError(absl::StrCat(b.name, ": listed twice"));
+        return absl::InvalidArgumentError(absl::StrCat(words[0], ": listed twice"));
+      }
+      if (other.name == b.name) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(words[0], ": the name \"", b.name, "\" is taken by another backend"));
       }
     }
     backends.push_back(std::move(b));

@@ -29,20 +29,26 @@ struct SocketAddress {
 };
 
 class BackendHealth;
+class ModelTable;
 
 // One Ollama backend: an entry of --upstream.
 struct BackendConfig {
-  std::string name;  // host:port as written
+  std::string name;  // name=, else host:port as written
   SocketAddress addr;
   std::string host_header;  // Host sent to it
   int weight = 1;
-  int slots = 0;  // generations it runs at once (OLLAMA_NUM_PARALLEL); 0: not given
-  // The active checks' view, shared by the workers (null: not checked).
+  int slots = 0;       // generations it runs at once (OLLAMA_NUM_PARALLEL); 0: not given
+  int max_loaded = 0;  // models it keeps loaded (OLLAMA_MAX_LOADED_MODELS); 0: not given
+  // The active checks' view, shared by the workers (null: one backend).
   const BackendHealth* health = nullptr;
+  // Its models as the router knows them, shared by the workers (null: one
+  // backend).
+  ModelTable* models = nullptr;
 };
 
-// How a request picks its backend (--balance).
-enum class Balance { kRoundRobin, kLeastConn };
+// How a request picks its backend (--balance): by the model its body names
+// (requests without one by least_conn), or by the classic rules.
+enum class Balance { kModel, kRoundRobin, kLeastConn };
 
 // Everything a worker needs, fixed at start-up (built from the flags in
 // flags.cc). Durations are in nanoseconds.
@@ -74,7 +80,7 @@ struct Config {
   int threads = 1;
   // The Ollama backends (at least one once built from the flags).
   std::vector<BackendConfig> backends;
-  Balance balance = Balance::kRoundRobin;
+  Balance balance = Balance::kModel;
   // With several backends: failures in a row after which a backend is
   // left out for upstream_fail_timeout_ns (nginx max_fails, fail_timeout).
   int upstream_max_fails = 3;

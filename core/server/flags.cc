@@ -59,9 +59,10 @@ ABSL_FLAG(absl::Duration, health_interval, absl::Seconds(5),
           "out until a check succeeds. 0 = no checks.");
 ABSL_FLAG(absl::Duration, health_timeout, absl::Seconds(2),
           "Time a backend has to answer a check.");
-ABSL_FLAG(std::string, balance, "round_robin",
-          "How a request picks its backend: round_robin (weighted) or least_conn "
-          "(fewest requests in flight per weight).");
+ABSL_FLAG(std::string, balance, "model",
+          "How a request picks its backend: model (a generation goes where its model is "
+          "loaded with a free slot; other requests by least_conn), round_robin (weighted) "
+          "or least_conn (fewest requests in flight per weight).");
 ABSL_FLAG(std::string, upstream_host, "",
           "Host header sent upstream; empty = the --upstream host:port (a "
           "loopback-bound Ollama answers 403 to other hosts).");
@@ -272,12 +273,14 @@ void UpstreamFlags(Config* c) {
   }
   c->backends = *std::move(backends);
   const std::string balance = absl::GetFlag(FLAGS_balance);
-  if (balance == "round_robin") {
+  if (balance == "model") {
+    c->balance = Balance::kModel;
+  } else if (balance == "round_robin") {
     c->balance = Balance::kRoundRobin;
   } else if (balance == "least_conn") {
     c->balance = Balance::kLeastConn;
   } else {
-    UsageError(absl::StrCat("--balance: \"", balance, "\": use round_robin or least_conn"));
+    UsageError(absl::StrCat("--balance: \"", balance, "\": use model, round_robin or least_conn"));
   }
   c->upstream_max_fails = absl::GetFlag(FLAGS_upstream_max_fails);
   if (c->upstream_max_fails < 0) UsageError("--upstream_max_fails: must be >= 0");

@@ -77,27 +77,41 @@ void LoadCertificate(Reloader* reloader, Config* config) {
   config->tls_slot = reloader->tls_slot();
 }
 
+const char* BalanceName(Balance balance) {
+  switch (balance) {
+    case Balance::kModel:
+      return "model";
+    case Balance::kLeastConn:
+      return "least_conn";
+    case Balance::kRoundRobin:
+      break;
+  }
+  return "round_robin";
+}
+
 void LogStarted(const Config& config, const policy::Policy& policy) {
   for (const BackendConfig& b : config.backends) {
     LOG_INFO("upstream %s (Host: %s, weight %d, slots %s)", b.name.c_str(), b.host_header.c_str(),
              b.weight, b.slots > 0 ? std::to_string(b.slots).c_str() : "not given");
   }
   LOG_INFO("%zu backend(s), --balance=%s, %d worker(s)", config.backends.size(),
-           config.balance == Balance::kLeastConn ? "least_conn" : "round_robin", config.threads);
+           BalanceName(config.balance), config.threads);
   LOG_INFO("policy: %s", policy.Summary().c_str());
   LogUsersWarning(policy, "");
 }
 
-// With several backends, one thread checks them all (HealthProber); the
-// workers read its findings through each BackendConfig.
+// With several backends, one thread checks them all (HealthProber; none
+// with --health_interval=0); the workers read its findings, and share what
+// they route where, through each BackendConfig.
 std::unique_ptr<HealthProber> StartHealthChecks(Config* config) {
-  if (config->backends.size() < 2 || config->health_interval_ns == 0) return nullptr;
+  if (config->backends.size() < 2) return nullptr;
   auto prober = std::make_unique<HealthProber>(config->backends, config->health_interval_ns,
                                                config->health_timeout_ns);
   for (size_t i = 0; i < config->backends.size(); ++i) {
     config->backends[i].health = prober->health(i);
+    config->backends[i].models = prober->health(i)->table();
   }
-  prober->Start();
+  if (config->health_interval_ns > 0) prober->Start();
   return prober;
 }
 

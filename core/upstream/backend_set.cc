@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_join.h"
 #include "core/server/shard.h"
 #include "core/upstream/health.h"
 
@@ -13,21 +14,62 @@ BackendSet::BackendSet(Shard* shard, const std::vector<BackendConfig>& backends,
     pools_.push_back(std::make_unique<UpstreamPool>(shard, &b));
 }
 
-UpstreamPool* BackendSet::Pick(const UpstreamPool* except) {
-  if (pools_.size() == 1) return except == pools_[0].get() ? nullptr : pools_[0].get();
-  const int64_t now = shard_->now_ns();
+bool BackendSet::Usable(const UpstreamPool* pool) const {
+  if (pools_.size() == 1) return true;
+  const BackendHealth* health = pool->backend().health;
+  return pool->available(shard_->now_ns()) && (health == nullptr || health->up());
+}
+
+bool BackendSet::MarkUsable(const UpstreamPool* except) {
   usable_.assign(pools_.size(), false);
   bool any = false;
   for (size_t i = 0; i < pools_.size(); ++i) {
-    const BackendHealth* health = pools_[i]->backend().health;
-    usable_[i] = pools_[i].get() != except && pools_[i]->available(now) &&
-                 (health == nullptr || health->up());
+    usable_[i] = pools_[i].get() != except && Usable(pools_[i].get());
     any = any || usable_[i];
   }
-  if (!any) return nullptr;
+  return any;
+}
+
+UpstreamPool* BackendSet::Pick(const UpstreamPool* except) {
+  if (pools_.size() == 1) return except == pools_[0].get() ? nullptr : pools_[0].get();
+  if (!MarkUsable(except)) return nullptr;
   const size_t i =
-      balance_ == Balance::kLeastConn ? PickLeastConn(usable_) : PickRoundRobin(usable_);
+      balance_ == Balance::kRoundRobin ? PickRoundRobin(usable_) : PickLeastConn(usable_);
   return pools_[i].get();
+}
+
+UpstreamPool* BackendSet::PickForModel(const std::string& model, const UpstreamPool* except,
+                                       RouteChoice* choice) {
+  if (pools_.size() == 1 || balance_ != Balance::kModel) {
+    UpstreamPool* pool = Pick(except);
+    *choice = {pool ? RouteChoice::Kind::kLoaded : RouteChoice::Kind::kNone, pool ? 0 : -1};
+    return pool;
+  }
+  MarkUsable(except);
+  candidates_.resize(pools_.size());
+  for (size_t i = 0; i < pools_.size(); ++i) {
+    const BackendConfig& b = pools_[i]->backend();
+    RouteCandidate& c = candidates_[i];
+    c.usable = usable_[i];
+    c.slots = b.slots > 0 ? b.slots : 1;
+    c.max_loaded = b.max_loaded;
+    c.view = b.models != nullptr ? b.models->Look(model) : ModelTable::View{};
+  }
+  *choice = ChooseBackend(candidates_);
+  return choice->index >= 0 ? pools_[choice->index].get() : nullptr;
+}
+
+UpstreamPool* BackendSet::Find(std::string_view name) {
+  for (auto& p : pools_) {
+    if (p->backend().name == name) return p.get();
+  }
+  return nullptr;
+}
+
+std::string BackendSet::Names() const {
+  std::vector<std::string> names;
+  for (const auto& p : pools_) names.push_back(p->backend().name);
+  return absl::StrJoin(names, ", ");
 }
 
 int64_t BackendSet::NextAvailableNs() const {

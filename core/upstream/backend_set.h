@@ -3,9 +3,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/server/config.h"
+#include "core/upstream/model_router.h"
 #include "core/upstream/upstream_pool.h"
 
 namespace sluice::core {
@@ -25,6 +28,19 @@ class BackendSet {
   // null when none is (with one backend: always that one, as nginx never
   // leaves out a lone server).
   UpstreamPool* Pick(const UpstreamPool* except = nullptr);
+  // The pool for a generation of `model` (canonical, see CanonicalModel)
+  // by ChooseBackend, and how it was chosen; null with choice->kind
+  // kNotFound or kNone. With one backend: always that one (kLoaded).
+  UpstreamPool* PickForModel(const std::string& model, const UpstreamPool* except,
+                             RouteChoice* choice);
+  // The backend named `name` (name= in --upstream, else host:port); null
+  // when none is.
+  UpstreamPool* Find(std::string_view name);
+  // Whether `pool` is up and not left out for failures (with one backend:
+  // always).
+  bool Usable(const UpstreamPool* pool) const;
+  // "a, b, c": every backend's name (error messages).
+  std::string Names() const;
   // When the first backend left out comes back (for Retry-After).
   int64_t NextAvailableNs() const;
   size_t size() const { return pools_.size(); }
@@ -42,6 +58,8 @@ class BackendSet {
   size_t PickRoundRobin(const std::vector<bool>& usable);
   // The fewest requests in flight per unit of weight; ties by round robin.
   size_t PickLeastConn(const std::vector<bool>& usable);
+  // Fills usable_ (up, not left out, not `except`); false when none is.
+  bool MarkUsable(const UpstreamPool* except);
 
   Shard* shard_;
 
@@ -50,6 +68,7 @@ class BackendSet {
   std::vector<int64_t> credit_;
   size_t next_ = 0;
   std::vector<bool> usable_;
+  std::vector<RouteCandidate> candidates_;
 };
 
 }  // namespace sluice::core

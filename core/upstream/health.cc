@@ -140,7 +140,7 @@ HealthProber::HealthProber(const std::vector<BackendConfig>& backends, int64_t i
                            int64_t timeout_ns)
     : backends_(backends), interval_ns_(interval_ns), timeout_ns_(timeout_ns) {
   for (size_t i = 0; i < backends_.size(); ++i) {
-    health_.push_back(std::make_unique<BackendHealth>());
+    health_.push_back(std::make_unique<BackendHealth>(backends_[i].max_loaded));
   }
 }
 
@@ -178,6 +178,7 @@ void HealthProber::Check(size_t i, bool with_tags) {
   BackendHealth& h = *health_[i];
   const BackendConfig& b = backends_[i];
   h.checks_.fetch_add(1, std::memory_order_relaxed);
+  const int64_t asked_ns = NowNs();
   absl::StatusOr<ProbeAnswer> ps = ProbeGet(b, "/api/ps", timeout_ns_);
   absl::StatusOr<std::vector<std::string>> loaded =
       !ps.ok()            ? ps.status()
@@ -192,6 +193,7 @@ void HealthProber::Check(size_t i, bool with_tags) {
     }
     return;
   }
+  h.table_.SetLoaded(*loaded, asked_ns);
   {
     std::lock_guard<std::mutex> lock(h.mu_);
     h.loaded_ = *std::move(loaded);
@@ -200,6 +202,7 @@ void HealthProber::Check(size_t i, bool with_tags) {
     absl::StatusOr<ProbeAnswer> tags = ProbeGet(b, "/api/tags", timeout_ns_);
     if (tags.ok() && tags->status == 200) {
       if (absl::StatusOr<std::vector<std::string>> models = ModelNames(tags->body); models.ok()) {
+        h.table_.SetAvailable(*models);
         std::lock_guard<std::mutex> lock(h.mu_);
         h.models_ = *std::move(models);
       }

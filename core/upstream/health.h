@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/server/config.h"
+#include "core/upstream/model_router.h"
 
 namespace sluice::core {
 
@@ -21,12 +22,17 @@ namespace sluice::core {
 // load (up) or a short lock (the model lists, which change rarely).
 class BackendHealth {
  public:
+  explicit BackendHealth(int max_loaded = 0) : table_(max_loaded) {}
+
   // Until the first check says otherwise a backend is up.
   bool up() const { return up_.load(std::memory_order_relaxed); }
   std::vector<std::string> models() const;
   std::vector<std::string> loaded() const;
   uint64_t checks() const { return checks_.load(std::memory_order_relaxed); }
   uint64_t failed_checks() const { return failed_.load(std::memory_order_relaxed); }
+  // The router's table of this backend's models, fed by the checks too.
+  ModelTable* table() { return &table_; }
+  const ModelTable* table() const { return &table_; }
 
  private:
   friend class HealthProber;
@@ -37,6 +43,7 @@ class BackendHealth {
   mutable std::mutex mu_;
   std::vector<std::string> models_;  // guarded by mu_
   std::vector<std::string> loaded_;  // guarded by mu_
+  ModelTable table_;
 };
 
 // The "name" of every entry of the "models" array of an /api/tags or

@@ -162,7 +162,8 @@ TEST_F(Backends, RoundRobinAlternates) {
 
 // Weights share the requests in proportion.
 TEST_F(Backends, WeightsShareInProportion) {
-  ASSERT_NO_FATAL_FAILURE(StartTwo(" weight=3", " slots=2", {"--threads=1"}));
+  ASSERT_NO_FATAL_FAILURE(
+      StartTwo(" weight=3", " slots=2", {"--threads=1", "--balance=round_robin"}));
   ASSERT_NO_FATAL_FAILURE(Get(20));
   EXPECT_EQ(Requests(sim_a_->port()), 15);
   EXPECT_EQ(Requests(sim_port()), 5);

@@ -77,7 +77,7 @@ TEST_F(FlagsTest, DefaultsOfAPlainHttpConfig) {
   EXPECT_EQ(Port(c.backends[0].addr), 11434);
   EXPECT_EQ(c.backends[0].host_header, "127.0.0.1:11434");
   EXPECT_EQ(c.backends[0].weight, 1);
-  EXPECT_EQ(c.balance, Balance::kRoundRobin);
+  EXPECT_EQ(c.balance, Balance::kModel);
   EXPECT_EQ(c.upstream_keepalive, -1) << "auto";
   EXPECT_EQ(c.upstream_max_idle, 1024u);
   EXPECT_EQ(c.upstream_idle_timeout_ns, 60'000'000'000);
@@ -178,11 +178,18 @@ TEST_F(FlagsTest, RefusedValuesExitNamingTheFlag) {
       {{{"upstream", "127.0.0.1:1 slots=x"}},
        "--upstream: 127.0.0.1:1: \"slots=x\": slots is a number from 1 to 1024"},
       {{{"upstream", "127.0.0.1:1 fast"}},
-       "--upstream: 127.0.0.1:1: unknown option \"fast\" (use weight=N or slots=N)"},
+       "--upstream: 127.0.0.1:1: unknown option \"fast\" (use name=NAME, weight=N, slots=N or "
+       "max_loaded=N)"},
       {{{"upstream", "127.0.0.1:1,127.0.0.1:1"}}, "--upstream: 127.0.0.1:1: listed twice"},
+      {{{"upstream", "127.0.0.1:1 name=gpu,127.0.0.1:2 name=gpu"}},
+       "--upstream: 127.0.0.1:2: the name \"gpu\" is taken by another backend"},
+      {{{"upstream", "127.0.0.1:1 name=a/b"}},
+       "--upstream: 127.0.0.1:1: \"name=a/b\": a name is 1 to 64 letters, digits, '-', '_' or '.'"},
+      {{{"upstream", "127.0.0.1:1 max_loaded=0"}},
+       "--upstream: 127.0.0.1:1: \"max_loaded=0\": max_loaded is a number from 1 to 1024"},
       {{{"upstream_max_fails", "-1"}}, "--upstream_max_fails: must be >= 0"},
       {{{"upstream_fail_timeout", "0s"}}, "--upstream_fail_timeout: must be positive"},
-      {{{"balance", "random"}}, "--balance: \"random\": use round_robin or least_conn"},
+      {{{"balance", "random"}}, "--balance: \"random\": use model, round_robin or least_conn"},
       {{{"upstream_keepalive", "-1"}}, "--upstream_keepalive: \"-1\": use auto or a number >= 0"},
       {{{"upstream_keepalive", "many"}},
        "--upstream_keepalive: \"many\": use auto or a number >= 0"},
@@ -337,6 +344,19 @@ TEST_F(FlagsTest, SeveralBackends) {
   EXPECT_EQ(Port(c.backends[1].addr), 11435);
   EXPECT_EQ(c.backends[1].slots, 0);
   EXPECT_EQ(c.balance, Balance::kLeastConn);
+}
+
+// name= names a backend (X-Sluice-Backend, logs); its Host stays host:port.
+TEST_F(FlagsTest, NamedBackendKeepsItsHost) {
+  SetAll(kServe);
+  SetAll({{"upstream", "127.0.0.1:11434 name=gpu1 max_loaded=2,127.0.0.1:11435"}});
+  Config c = BuildConfig();
+  ASSERT_EQ(c.backends.size(), 2u);
+  EXPECT_EQ(c.backends[0].name, "gpu1");
+  EXPECT_EQ(c.backends[0].host_header, "127.0.0.1:11434");
+  EXPECT_EQ(c.backends[0].max_loaded, 2);
+  EXPECT_EQ(c.backends[1].name, "127.0.0.1:11435");
+  EXPECT_EQ(c.balance, Balance::kModel);
 }
 
 }  // namespace

@@ -18,6 +18,8 @@ std::string Describe(const TokenUsage& u) {
   s += " completion=";
   s += u.completion_tokens ? std::to_string(*u.completion_tokens) : "none";
   s += " model=\"" + u.model + "\" events=" + std::to_string(u.token_events);
+  s += " load=";
+  s += u.load_duration_ns ? std::to_string(*u.load_duration_ns) : "none";
   return s;
 }
 
@@ -211,6 +213,8 @@ TEST(ResponseScannerTest, OllamaGenerateStream) {
   EXPECT_EQ(u.prompt_tokens, 26);
   EXPECT_EQ(u.completion_tokens, 259);
   EXPECT_EQ(u.model, "llama3.2");
+  // How long the model took to load, for the router's estimates.
+  EXPECT_EQ(u.load_duration_ns, 6338219291);
 }
 
 TEST(ResponseScannerTest, OllamaGenerateThinking) {

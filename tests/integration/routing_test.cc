@@ -1,0 +1,250 @@
+// Model-aware routing (--balance=model, the default with several backends):
+// two simulators in model mode behind one sluice; which backend served
+// which model is read from each simulator's per-model counters.
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "tests/integration/json_lite.h"
+#include "tests/integration/prom_text.h"
+#include "tests/integration/proxy_test_base.h"
+
+namespace sluice::integration {
+namespace {
+
+using Headers = std::vector<std::pair<std::string, std::string>>;
+
+// A generation of `tokens` tokens `delay_ms` apart.
+std::string Generate(absl::string_view model, int tokens = 2, int delay_ms = 1,
+                     const Headers& extra = {}) {
+  Headers headers = {{"X-Sim-Tokens", absl::StrCat(tokens)},
+                     {"X-Sim-Token-Delay-Ms", absl::StrCat(delay_ms)}};
+  headers.insert(headers.end(), extra.begin(), extra.end());
+  return BuildRequest("POST", "/api/generate", headers,
+                      absl::StrCat(R"({"model":")", model, R"(","prompt":"hi","stream":false})"));
+}
+
+class Routing : public ProxyTest {
+ protected:
+  // Simulators A (sim_a_) and B (sim_) with `sim_args` each, sluice in front
+  // with the backends named "a" and "b" and active checks every
+  // `health_interval`; returns once both were checked (their models known).
+  void StartTwo(const std::vector<std::string>& sim_args, std::vector<std::string> sluice_args,
+                const std::string& health_interval = "1s") {
+    auto a = StartSim(sim_args);
+    ASSERT_TRUE(a.ok()) << a.status();
+    sim_a_ = std::move(*a);
+    auto b = StartSim(sim_args);
+    ASSERT_TRUE(b.ok()) << b.status();
+    sim_ = std::move(*b);
+    for (int port : {sim_a_->port(), sim_->port()}) {
+      for (const std::string& warm : preload_[port == sim_a_->port() ? 0 : 1]) {
+        IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, integration::Exchange(port, Generate(warm)));
+        ASSERT_EQ(r.status, 200) << r.body;
+      }
+    }
+    sluice_args.push_back(absl::StrCat("--health_interval=", health_interval));
+    sluice_args.push_back(absl::StrCat("--upstream=127.0.0.1:", sim_a_->port(),
+                                       " name=a max_loaded=1,127.0.0.1:", sim_->port(),
+                                       " name=b max_loaded=1"));
+    auto sluice = StartSluice(sim_->port(), sluice_args);
+    ASSERT_TRUE(sluice.ok()) << sluice.status();
+    sluice_ = std::move(*sluice);
+    // The first round of checks asks /api/ps and /api/tags of each.
+    const absl::Time deadline = absl::Now() + absl::Seconds(5);
+    for (int port : {sim_a_->port(), sim_->port()}) {
+      const int64_t before = static_cast<int64_t>(preload_[port == sim_a_->port() ? 0 : 1].size());
+      while (absl::Now() < deadline) {
+        absl::StatusOr<SimStats> s = FetchSimStats(port);
+        if (s.ok() && s->requests >= before + 2) break;
+        absl::SleepFor(absl::Milliseconds(10));
+      }
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  void TearDown() override {
+    ProxyTest::TearDown();
+    if (sim_a_) sim_a_->Terminate();
+    sim_a_.reset();
+  }
+
+  // A model's counter ("loads", "requests") at a simulator.
+  int64_t ModelCount(int port, absl::string_view model, absl::string_view what) {
+    absl::StatusOr<HttpResponse> r = integration::Exchange(port, BuildRequest("GET", "/sim/stats"));
+    if (!r.ok()) return -1;
+    std::optional<JsonValue> json = JsonValue::Parse(r->body);
+    if (!json || !json->Get("models")) return -1;
+    const JsonValue* m = json->Get("models")->Get(absl::StrCat(model, ":latest"));
+    return m ? m->GetInt(what).value_or(-1) : 0;
+  }
+  int64_t RouteDecisions(absl::string_view kind) {
+    auto families = ScrapeMetrics(proxy_port());
+    EXPECT_TRUE(families.ok()) << families.status();
+    if (!families.ok()) return -1;
+    return static_cast<int64_t>(
+        FindSample(*families, "sluice_route_decisions_total", {{"kind", std::string(kind)}})
+            .value_or(-1));
+  }
+
+  std::vector<std::string> preload_[2];
+  std::unique_ptr<ChildProcess> sim_a_;
+};
+
+// Each model goes to the backend where it is loaded, every time: no load
+// beyond the two made before sluice started, where round robin would
+// reload on nearly every request.
+TEST_F(Routing, GenerationsGoWhereTheirModelIsLoaded) {
+  preload_[0] = {"alpha"};
+  preload_[1] = {"beta"};
+  ASSERT_NO_FATAL_FAILURE(StartTwo({"--models=alpha,beta", "--max_loaded_models=1"}, {}));
+  IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
+  // Out of step with any rotation over two backends.
+  const char* models[] = {"alpha", "alpha",        "beta", "alpha", "beta:latest",
+                          "beta",  "alpha:latest", "beta", "alpha", "alpha"};
+  for (const char* model : models) {
+    IT_ASSERT_OK(conn->Send(Generate(model)));
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse());
+    ASSERT_EQ(r.status, 200) << r.body;
+  }
+  EXPECT_EQ(ModelCount(sim_a_->port(), "alpha", "requests"), 7);
+  EXPECT_EQ(ModelCount(sim_a_->port(), "beta", "requests"), 0);
+  EXPECT_EQ(ModelCount(sim_->port(), "beta", "requests"), 5);
+  EXPECT_EQ(ModelCount(sim_->port(), "alpha", "requests"), 0);
+  EXPECT_EQ(ModelCount(sim_a_->port(), "alpha", "loads"), 1);
+  EXPECT_EQ(ModelCount(sim_->port(), "beta", "loads"), 1);
+  EXPECT_EQ(RouteDecisions("loaded"), 10);
+}
+
+// A model no backend lists: 404 as Ollama words it, and no backend sees
+// the request. The OpenAI route too.
+TEST_F(Routing, UnknownModelIs404) {
+  ASSERT_NO_FATAL_FAILURE(StartTwo({"--models=alpha"}, {}));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, integration::Exchange(proxy_port(), Generate("gamma")));
+  EXPECT_EQ(r.status, 404);
+  EXPECT_EQ(r.body, "{\"error\":\"model 'gamma' not found\"}\n");
+  IT_ASSERT_OK_AND_ASSIGN(
+      HttpResponse o,
+      integration::Exchange(proxy_port(), BuildRequest("POST", "/v1/chat/completions", {},
+                                                       R"({"model":"gpt-4","messages":[]})")));
+  EXPECT_EQ(o.status, 404);
+  EXPECT_EQ(o.body, "{\"error\":\"model 'gpt-4' not found\"}\n");
+  EXPECT_EQ(ModelCount(sim_a_->port(), "gamma", "requests"), 0);
+  EXPECT_EQ(ModelCount(sim_->port(), "gamma", "requests"), 0);
+  EXPECT_EQ(RouteDecisions("not_found"), 2);
+}
+
+// The "model" comes in a later piece of a chunked body: the start is held
+// until it does, and the whole body reaches the backend that has it loaded.
+TEST_F(Routing, ModelInALaterPieceOfTheBody) {
+  preload_[1] = {"beta"};
+  ASSERT_NO_FATAL_FAILURE(StartTwo({"--models=alpha,beta", "--max_loaded_models=1"}, {}));
+  IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
+  const std::string first = R"({"prompt":")" + std::string(2000, 'p') + R"(",)";
+  const std::string second = R"("model":"beta","stream":false})";
+  IT_ASSERT_OK(conn->Send(
+      absl::StrCat("POST /api/generate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                   "X-Sim-Tokens: 2\r\n\r\n",
+                   absl::Hex(first.size()), "\r\n", first, "\r\n")));
+  absl::SleepFor(absl::Milliseconds(200));
+  IT_ASSERT_OK(conn->Send(absl::StrCat(absl::Hex(second.size()), "\r\n", second, "\r\n0\r\n\r\n")));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse());
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(ModelCount(sim_->port(), "beta", "requests"), 2);
+  EXPECT_EQ(ModelCount(sim_a_->port(), "beta", "requests"), 0);
+}
+
+// With its slot busy and a generation taking about a second, a model
+// spills onto the other backend, whose loaded model is idle and which
+// loads in 100 ms, rather than wait; while it had a free slot it stayed.
+TEST_F(Routing, SpillsOverWhenLoadingIsQuickerThanWaiting) {
+  ASSERT_NO_FATAL_FAILURE(StartTwo(
+      {"--models=alpha,beta", "--max_loaded_models=1", "--num_parallel=1", "--load_ms=100"},
+      {"--threads=1"}));
+  // alpha loads on one backend (cold: both empty), taking about a second
+  // in all; beta loads on the other, which teaches sluice its load time.
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r1,
+                          integration::Exchange(proxy_port(), Generate("alpha", 10, 100)));
+  ASSERT_EQ(r1.status, 200) << r1.body;
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r2, integration::Exchange(proxy_port(), Generate("beta")));
+  ASSERT_EQ(r2.status, 200) << r2.body;
+  const bool alpha_on_a = ModelCount(sim_a_->port(), "alpha", "requests") == 1;
+  const int alpha_home = alpha_on_a ? sim_a_->port() : sim_->port();
+  const int other = alpha_on_a ? sim_->port() : sim_a_->port();
+  ASSERT_EQ(ModelCount(other, "beta", "requests"), 1) << "beta went where alpha was not";
+  // One long alpha generation holds the slot; the next alpha spills.
+  IT_ASSERT_OK_AND_ASSIGN(auto busy, HttpConnection::Connect(proxy_port()));
+  IT_ASSERT_OK(busy->Send(Generate("alpha", 20, 100)));
+  absl::SleepFor(absl::Milliseconds(200));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r3, integration::Exchange(proxy_port(), Generate("alpha")));
+  ASSERT_EQ(r3.status, 200) << r3.body;
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r4, busy->ReadResponse());
+  ASSERT_EQ(r4.status, 200) << r4.body;
+  EXPECT_EQ(ModelCount(alpha_home, "alpha", "requests"), 2);
+  EXPECT_EQ(ModelCount(other, "alpha", "requests"), 1);
+  EXPECT_EQ(RouteDecisions("spill"), 1);
+  EXPECT_EQ(RouteDecisions("cold"), 2);
+}
+
+// Admin routes change one backend: without X-Sluice-Backend they are
+// refused with the names to choose from; with it they reach that backend
+// only, and the header does not.
+TEST_F(Routing, AdminRoutesGoToTheNamedBackend) {
+  ASSERT_NO_FATAL_FAILURE(StartTwo({"--models=alpha"}, {}));
+  const std::string pull = R"({"model":"alpha","stream":false})";
+  IT_ASSERT_OK_AND_ASSIGN(
+      HttpResponse refused,
+      integration::Exchange(proxy_port(), BuildRequest("POST", "/api/pull", {}, pull)));
+  EXPECT_EQ(refused.status, 400);
+  EXPECT_EQ(refused.body,
+            "{\"error\":\"/api/pull changes one backend: name it in the X-Sluice-Backend header "
+            "(one of: a, b)\"}\n");
+  IT_ASSERT_OK_AND_ASSIGN(
+      HttpResponse unknown,
+      integration::Exchange(proxy_port(),
+                            BuildRequest("POST", "/api/pull", {{"X-Sluice-Backend", "c"}}, pull)));
+  EXPECT_EQ(unknown.status, 400);
+  EXPECT_TRUE(absl::StrContains(unknown.body, "unknown backend \\\"c\\\"")) << unknown.body;
+  IT_ASSERT_OK_AND_ASSIGN(SimStats a_before, FetchSimStats(sim_a_->port()));
+  IT_ASSERT_OK_AND_ASSIGN(SimStats b_before, FetchSimStats(sim_->port()));
+  for (int i = 0; i < 3; ++i) {
+    IT_ASSERT_OK_AND_ASSIGN(
+        HttpResponse ok,
+        integration::Exchange(
+            proxy_port(), BuildRequest("POST", "/api/pull", {{"X-Sluice-Backend", "b"}}, pull)));
+    EXPECT_EQ(ok.status, 200) << ok.body;
+  }
+  IT_ASSERT_OK_AND_ASSIGN(SimStats a_after, FetchSimStats(sim_a_->port()));
+  IT_ASSERT_OK_AND_ASSIGN(SimStats b_after, FetchSimStats(sim_->port()));
+  // Checks may land meanwhile (one /api/ps a second); pulls only on b.
+  EXPECT_LE(a_after.requests - a_before.requests, 2);
+  EXPECT_GE(b_after.requests - b_before.requests, 3);
+  // The header is the proxy's: the backend never sees it.
+  IT_ASSERT_OK_AND_ASSIGN(
+      HttpResponse echo,
+      integration::Exchange(proxy_port(),
+                            BuildRequest("POST", "/sim/echo", {{"X-Sluice-Backend", "a"}}, "{}")));
+  ASSERT_EQ(echo.status, 200) << echo.body;
+  EXPECT_FALSE(ContainsIgnoreCase(echo.body, "x-sluice-backend")) << echo.body;
+}
+
+// A backend that refuses connections: a model's generations fail over to
+// the other backend that has it, body replayed, none lost.
+TEST_F(Routing, GenerationsFailOverToABackendWithTheModel) {
+  preload_[0] = {"alpha"};
+  ASSERT_NO_FATAL_FAILURE(StartTwo({"--models=alpha"}, {"--threads=1"}));
+  sim_a_->Terminate();
+  for (int i = 0; i < 5; ++i) {
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, integration::Exchange(proxy_port(), Generate("alpha")));
+    EXPECT_EQ(r.status, 200) << r.body;
+  }
+  EXPECT_EQ(ModelCount(sim_->port(), "alpha", "requests"), 5);
+}
+
+}  // namespace
+}  // namespace sluice::integration
