@@ -231,7 +231,6 @@ void Relay::OnLinkData(Slice data) {
     tunnel_.FromUpstream(std::move(data));
   } else {
     if (request_done_) ArmReadTimer();
-    replay_.clear();
     if (!ParseResponse(std::move(data))) return;
   }
   if (link_ && downstream_->congested() && !upstream_paused_) {
@@ -249,6 +248,10 @@ bool Relay::ParseResponse(Slice data) {
       return false;
     }
     data.RemovePrefix(*n);
+    if (busy_next_ != nullptr) {
+      FailOverBusy();
+      return false;
+    }
     if (complete_) {
       // Bytes after a complete response mean the link is out of step.
       Finish(data.empty() && response_.keep_alive);
@@ -266,6 +269,14 @@ bool Relay::ParseResponse(Slice data) {
 }
 
 void Relay::OnResponseHead(http::ResponseHead head) {
+  // Ollama's 503 ("server busy": its queue is full) before anything was
+  // relayed: the request goes once to another backend that has the model.
+  if (head.status == 503 && request_done_ && replayable_ && !failed_over_ &&
+      shard_->backends().size() > 1) {
+    busy_next_ = NextBackend();
+    if (busy_next_ != nullptr) return;
+  }
+  replay_.clear();
   response_ = std::move(head);
   const policy::Admission& admission = gate_.admission();
   if (!admission.cors_origin.empty()) {
@@ -284,11 +295,13 @@ void Relay::OnResponseHead(http::ResponseHead head) {
 }
 
 void Relay::OnResponseBody(Slice data) {
+  if (busy_next_ != nullptr) return;  // a 503's body, not relayed
   record_.ResponseBody(data.view(), shard_->now_ns());
   downstream_->SendResponseBody(std::move(data));
 }
 
 void Relay::OnResponseComplete() {
+  if (busy_next_ != nullptr) return;
   complete_ = true;
   record_.ResponseComplete(shard_->now_ns());
 }
@@ -357,22 +370,35 @@ void Relay::LinkFailed(int status, std::string_view message) {
     link_->pool()->ReportFailure(shard_->now_ns());
     UpstreamPool* next = failed_over_ || !replayable_ ? nullptr : NextBackend();
     if (next != nullptr) {
-      failed_over_ = true;
-      connect_failed_ = false;
-      ++shard_->metrics().upstream_failovers;
       RELAY_LOG(WARN, "%s %s: backend %s failed (%s): trying %s", head_.method.c_str(),
                 head_.target.c_str(), pool_->backend().name.c_str(), fail_cause_.c_str(),
                 next->backend().name.c_str());
-      DropLink();
-      EndModel(false);
-      pool_ = next;
-      BeginModel(route_kind_);
-      SerializeHead();
+      SwitchBackend(next);
       AttachLink(true);
       return;
     }
   }
   FailBeforeResponse(status, message);
+}
+
+void Relay::SwitchBackend(UpstreamPool* next) {
+  failed_over_ = true;
+  connect_failed_ = false;
+  ++shard_->metrics().upstream_failovers;
+  DropLink();
+  EndModel(false);
+  pool_ = next;
+  BeginModel(route_kind_);
+  SerializeHead();
+}
+
+void Relay::FailOverBusy() {
+  UpstreamPool* next = busy_next_;
+  busy_next_ = nullptr;
+  RELAY_LOG(WARN, "%s %s: backend %s is busy (503): trying %s", head_.method.c_str(),
+            head_.target.c_str(), pool_->backend().name.c_str(), next->backend().name.c_str());
+  SwitchBackend(next);
+  AttachLink(false);
 }
 
 void Relay::FailBeforeResponse(int status, std::string_view message) {

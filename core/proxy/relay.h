@@ -98,6 +98,10 @@ class Relay final : public Exchange, public LinkUser, public http::H1ResponseSin
   bool AttachLink(bool fresh);
   // Another backend for a request that failed before its answer (failover).
   UpstreamPool* NextBackend();
+  // Moves the request to `next` (its link and model place with it).
+  void SwitchBackend(UpstreamPool* next);
+  // The backend answered 503 before anything was relayed: on to busy_next_.
+  void FailOverBusy();
   void FailBeforeResponse(int status, std::string_view message);
   // Ends the exchange: the upstream link closes, and the client gets
   // `status` with a JSON error, or, past the response head, a response cut
@@ -119,6 +123,8 @@ class Relay final : public Exchange, public LinkUser, public http::H1ResponseSin
   // The pool of the backend chosen for this request, and the link from it.
   UpstreamPool* pool_ = nullptr;
   UpstreamLink* link_ = nullptr;
+  // Set by a 503 head that is not relayed: the backend to try instead.
+  UpstreamPool* busy_next_ = nullptr;
   http::H1ResponseParser parser_;
   std::string request_bytes_;  // serialised head, kept for a retry
   std::string replay_;         // body bytes as sent, kept for a retry

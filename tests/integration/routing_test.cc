@@ -246,5 +246,28 @@ TEST_F(Routing, GenerationsFailOverToABackendWithTheModel) {
   EXPECT_EQ(ModelCount(sim_->port(), "alpha", "requests"), 5);
 }
 
+// Ollama answers 503 "server busy" when its queue is full: the request,
+// not yet answered, goes once to another backend with the model, body
+// replayed; the client never sees the 503.
+TEST_F(Routing, BusyBackendFailsOverBeforeAnswering) {
+  preload_[0] = {"alpha"};
+  ASSERT_NO_FATAL_FAILURE(
+      StartTwo({"--models=alpha", "--num_parallel=1", "--max_queue=1"}, {"--threads=1"}));
+  // Others fill A's slot and queue behind sluice's back.
+  std::vector<std::unique_ptr<HttpConnection>> direct;
+  for (int i = 0; i < 2; ++i) {
+    IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(sim_a_->port()));
+    IT_ASSERT_OK(c->Send(Generate("alpha", 20, 100)));
+    direct.push_back(std::move(c));
+  }
+  absl::SleepFor(absl::Milliseconds(100));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, integration::Exchange(proxy_port(), Generate("alpha")));
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(ModelCount(sim_->port(), "alpha", "requests"), 1);
+  auto families = ScrapeMetrics(proxy_port());
+  ASSERT_TRUE(families.ok()) << families.status();
+  EXPECT_EQ(FindSample(*families, "sluice_upstream_failovers_total", {}).value_or(-1), 1);
+}
+
 }  // namespace
 }  // namespace sluice::integration
