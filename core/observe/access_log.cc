@@ -219,6 +219,8 @@ inline void AppendJsonResponseFields(const AccessRecord& r, std::string* out) {
   AppendSeconds(r.request_time_ns, 3, out);
   out->append(",\"upstream_response_time\":");
   AppendJsonSecondsOrNull(r.upstream_time_ns, 3, out);
+  out->append(",\"backend\":");
+  AppendJsonStringOrNull(r.backend, out);
   out->append(",\"route\":");
   AppendJsonStringOrNull(r.route, out);
   out->append(",\"key\":");
@@ -278,6 +280,11 @@ void AccessLogFormatter::Append(const AccessRecord& r, std::string* out) {
       out->push_back('-');
     } else {
       AppendSeconds(r.upstream_time_ns, 3, out);
+    }
+    if (!r.backend.empty()) {
+      // With several backends: which one (nginx's $upstream_addr).
+      out->append(" ua=");
+      AppendNginxField(r.backend, /*escape_space=*/true, out);
     }
     out->push_back('\n');
     return;

@@ -35,6 +35,8 @@ struct AccessRecord {
   std::string_view user_agent;   // empty: "-"
   int64_t request_time_ns = 0;
   int64_t upstream_time_ns = -1;  // -1: no upstream was used ("-")
+  // The backend that answered (with several --upstream); empty: not logged.
+  std::string_view backend;
   // JSON only.
   std::string_view principal;  // "key:NAME", "user:NAME"; empty: null
   std::string_view route;      // route group

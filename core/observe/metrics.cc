@@ -160,7 +160,22 @@ void MetricsShard::AddTokens(std::string_view principal, std::string_view model,
   if (completion > 0) t.completion += static_cast<uint64_t>(completion);
 }
 
+void BackendStats::Merge(const BackendStats& o) {
+  if (name.empty()) {
+    name = o.name;
+    up = o.up;
+    loaded = o.loaded;
+  }
+  in_flight += o.in_flight;
+  requests += o.requests;
+  failures += o.failures;
+  failovers += o.failovers;
+  for (size_t k = 0; k < 4; ++k) routed[k] += o.routed[k];
+}
+
 void MetricsShard::Merge(const MetricsShard& o) {
+  if (backends.size() < o.backends.size()) backends.resize(o.backends.size());
+  for (size_t i = 0; i < o.backends.size(); ++i) backends[i].Merge(o.backends[i]);
   connections_accepted += o.connections_accepted;
   connections_handled += o.connections_handled;
   requests += o.requests;
@@ -431,6 +446,53 @@ void AppendUpstreamFamilies(std::string* out, const MetricsShard& total) {
                U(total.route_not_found));
 }
 
+// Per backend (--upstream), labelled by its name.
+void AppendBackendFamilies(std::string* out, const MetricsShard& total) {
+  if (total.backends.empty()) return;
+  struct Family {
+    const char* name;
+    const char* type;
+    const char* help;
+    int64_t (*value)(const BackendStats&);
+  };
+  static constexpr Family kFamilies[] = {
+      {"sluice_backend_up", "gauge", "1 while the backend passes its health checks.",
+       [](const BackendStats& b) { return b.up; }},
+      {"sluice_backend_in_flight", "gauge", "Requests in flight to the backend.",
+       [](const BackendStats& b) { return b.in_flight; }},
+      {"sluice_backend_loaded_models", "gauge",
+       "Models loaded on the backend, as the router knows them.",
+       [](const BackendStats& b) { return static_cast<int64_t>(b.loaded.size()); }},
+      {"sluice_backend_requests_total", "counter", "Requests sent to the backend (each attempt).",
+       [](const BackendStats& b) { return static_cast<int64_t>(b.requests); }},
+      {"sluice_backend_failures_total", "counter",
+       "Requests the backend failed before answering (connect, reset, close).",
+       [](const BackendStats& b) { return static_cast<int64_t>(b.failures); }},
+      {"sluice_backend_failovers_total", "counter",
+       "Requests moved from the backend to another (a failure or a 503 before any byte).",
+       [](const BackendStats& b) { return static_cast<int64_t>(b.failovers); }},
+      {"sluice_backend_model_loads_total", "counter",
+       "Generations sent to the backend for a model not loaded there (cold or spill): "
+       "the loads routing caused.",
+       [](const BackendStats& b) { return static_cast<int64_t>(b.routed[2] + b.routed[3]); }},
+  };
+  for (const Family& f : kFamilies) {
+    AppendFamily(out, f.name, f.type, f.help);
+    for (const BackendStats& b : total.backends) {
+      AppendSample(out, f.name, {{"backend", b.name}}, I(f.value(b)));
+    }
+  }
+  static constexpr const char* kKinds[] = {"loaded", "queued", "spill", "cold"};
+  AppendFamily(out, "sluice_backend_routed_total", "counter",
+               "Generations placed on the backend by model routing, by how.");
+  for (const BackendStats& b : total.backends) {
+    for (size_t k = 0; k < 4; ++k) {
+      AppendSample(out, "sluice_backend_routed_total", {{"backend", b.name}, {"kind", kKinds[k]}},
+                   U(b.routed[k]));
+    }
+  }
+}
+
 void AppendRejectionFamilies(std::string* out, const MetricsShard& total) {
   AppendFamily(out, "sluice_rejections_total", "counter",
                "Requests refused by policy: auth (401), denied (403), rate_limit and "
@@ -486,6 +548,7 @@ std::string RenderPrometheus(const MetricsShard& total, const ProcessInfo& info)
   AppendRouteHistograms(&out, route_names, total);
   AppendTokenFamilies(&out, total);
   AppendUpstreamFamilies(&out, total);
+  AppendBackendFamilies(&out, total);
   AppendRejectionFamilies(&out, total);
   AppendEngineFamilies(&out, total, info);
   return out;

@@ -92,6 +92,21 @@ struct TokenTotals {
   uint64_t completion = 0;
 };
 
+// One backend's share of a worker's counts (index: its place in
+// --upstream). `up` and `loaded` are the process-wide view, copied in.
+struct BackendStats {
+  std::string name;
+  int64_t up = 1;
+  int64_t in_flight = 0;  // upstream links in use
+  std::vector<std::string> loaded;
+  uint64_t requests = 0;   // requests sent to it (each attempt)
+  uint64_t failures = 0;   // connect failures, resets, closes before an answer
+  uint64_t failovers = 0;  // requests moved from it to another backend
+  // Generations placed on it, by RouteChoice kind: loaded, queued, spill, cold.
+  uint64_t routed[4] = {};
+  void Merge(const BackendStats& o);
+};
+
 // Everything one worker counts. Only its worker writes it, with plain
 // integers (no atomics, no locks on the request path); a scrape asks each
 // worker for a copy through its mailbox and merges the copies.
@@ -113,6 +128,7 @@ struct MetricsShard {
   uint64_t route_spill = 0;
   uint64_t route_cold = 0;
   uint64_t route_not_found = 0;
+  std::vector<BackendStats> backends;
   uint64_t rejected_auth = 0;         // 401
   uint64_t rejected_denied = 0;       // 403 by IP, route or CORS rules
   uint64_t rejected_rate = 0;         // 429 by a rate zone

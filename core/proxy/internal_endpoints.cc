@@ -1,5 +1,7 @@
 #include "core/proxy/internal_endpoints.h"
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "core/observe/log.h"
 #include "core/observe/observability.h"
 #include "core/server/shard.h"
@@ -84,6 +86,44 @@ void InternalEndpoint::Scrape() {
   }
 }
 
+std::string RenderStatusJson(const MetricsShard& total) {
+  std::string out = "{";
+  const std::pair<const char*, int64_t> fields[] = {
+      {"active_connections",
+       total.connections_reading + total.connections_writing + total.connections_waiting},
+      {"accepts", static_cast<int64_t>(total.connections_accepted)},
+      {"handled", static_cast<int64_t>(total.connections_handled)},
+      {"requests", static_cast<int64_t>(total.requests)},
+      {"reading", total.connections_reading},
+      {"writing", total.connections_writing},
+      {"waiting", total.connections_waiting},
+  };
+  for (const auto& [name, value] : fields) absl::StrAppend(&out, "\"", name, "\":", value, ",");
+  out += "\"backends\":[";
+  static constexpr const char* kKinds[] = {"loaded", "queued", "spill", "cold"};
+  for (size_t i = 0; i < total.backends.size(); ++i) {
+    const BackendStats& b = total.backends[i];
+    if (i > 0) out += ",";
+    out += "{\"name\":\"";
+    http::AppendJsonEscaped(b.name, &out);
+    absl::StrAppend(&out, "\",\"up\":", b.up ? "true" : "false", ",\"in_flight\":", b.in_flight,
+                    ",\"requests\":", b.requests, ",\"failures\":", b.failures,
+                    ",\"failovers\":", b.failovers, ",\"loaded\":[");
+    for (size_t m = 0; m < b.loaded.size(); ++m) {
+      out += m > 0 ? ",\"" : "\"";
+      http::AppendJsonEscaped(b.loaded[m], &out);
+      out += "\"";
+    }
+    out += "],\"routed\":{";
+    for (size_t k = 0; k < 4; ++k) {
+      absl::StrAppend(&out, k > 0 ? "," : "", "\"", kKinds[k], "\":", b.routed[k]);
+    }
+    out += "}}";
+  }
+  out += "]}\n";
+  return out;
+}
+
 void InternalEndpoint::Answer() {
   if (finished_) return;
   finished_ = true;
@@ -98,6 +138,9 @@ void InternalEndpoint::Answer() {
     body = RenderPrometheus(scrape_->total, info);
     head.headers.push_back(
         http::Header{"Content-Type", "text/plain; version=0.0.4; charset=utf-8"});
+  } else if (absl::StrContains(head_.target, "format=json")) {
+    body = RenderStatusJson(scrape_->total);
+    head.headers.push_back(http::Header{"Content-Type", "application/json"});
   } else {
     body = RenderStubStatus(scrape_->total);
     head.headers.push_back(http::Header{"Content-Type", "text/plain"});

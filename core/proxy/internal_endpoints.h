@@ -15,6 +15,11 @@ namespace sluice::core {
 
 struct Observability;
 
+// The status page as JSON (--status_path?format=json): stub_status's
+// numbers and one object per backend (name, up, in flight, requests,
+// failures, failovers, loaded models, routing decisions).
+std::string RenderStatusJson(const MetricsShard& total);
+
 // The proxy's own endpoints, --status_path (nginx's stub_status) and
 // --metrics_path (Prometheus), answered without an upstream from every
 // worker's counters: each worker copies its own on its own thread and posts

@@ -121,6 +121,11 @@ bool Relay::AttachLink(bool fresh) {
   int err = 0;
   link_ = pool_->Acquire(this, fresh, &err);
   record_.UpstreamStarted(shard_->now_ns());
+  if (shard_->backends().size() > 1) record_.set_backend(pool_->backend().name);
+  if (std::vector<BackendStats>& stats = shard_->metrics().backends;
+      pool_->index() < stats.size()) {
+    ++stats[pool_->index()].requests;
+  }
   if (link_ == nullptr) {
     ++shard_->metrics().upstream_connect_failures;
     fail_cause_ = absl::StrCat("no socket: ", strerror(-err));
@@ -382,6 +387,10 @@ void Relay::LinkFailed(int status, std::string_view message) {
 }
 
 void Relay::SwitchBackend(UpstreamPool* next) {
+  if (std::vector<BackendStats>& stats = shard_->metrics().backends;
+      pool_->index() < stats.size()) {
+    ++stats[pool_->index()].failovers;
+  }
   failed_over_ = true;
   connect_failed_ = false;
   ++shard_->metrics().upstream_failovers;

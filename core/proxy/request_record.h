@@ -37,6 +37,8 @@ class RequestRecord {
   void set_original_target(std::string target) { original_target_ = std::move(target); }
   // The first upstream link was asked for (the upstream time starts).
   void UpstreamStarted(int64_t now_ns);
+  // The backend the request went to last (logged with several backends).
+  void set_backend(std::string_view name) { backend_ = name; }
   // The client was answered here (a policy answer, an error): `status` and
   // the JSON body's size.
   void Answered(int status, uint64_t body_bytes);
@@ -97,6 +99,7 @@ class RequestRecord {
   bool cancelled_ = false;
   bool finished_ = false;
   std::string original_target_;  // before normalisation, for the log
+  std::string_view backend_;     // a BackendConfig's name (outlives the request)
   std::optional<RequestScanner> request_scan_;
   std::unique_ptr<TokenTrack> tokens_;
 };

@@ -6,6 +6,7 @@
 #include "core/observe/observability.h"
 #include "core/server/snapshot_slot.h"
 #include "core/upstream/backend_set.h"
+#include "core/upstream/health.h"
 
 namespace sluice::core {
 
@@ -20,6 +21,7 @@ Shard::Shard(int index, const Config& config, Loop* loop)
     access_formatter_ = std::make_unique<AccessLogFormatter>(obs_->access_log_format);
   }
   backends_ = std::make_unique<BackendSet>(this, config_.backends, config_.balance);
+  metrics_.backends.resize(config_.backends.size());
   // 4096 remembered credentials per worker, about 150 KiB. A positive
   // answer holds until a reload (the generation changes) or 10 minutes; a
   // wrong password is remembered for a minute, so repeating it costs no
@@ -68,6 +70,15 @@ MetricsShard Shard::SnapshotMetrics() const {
   MetricsShard copy = metrics_;
   copy.upstream_open = static_cast<int64_t>(backends_->open_count());
   copy.upstream_idle = static_cast<int64_t>(backends_->idle_count());
+  for (size_t i = 0; i < copy.backends.size(); ++i) {
+    const UpstreamPool& pool = *backends_->pools()[i];
+    const BackendConfig& b = pool.backend();
+    BackendStats& s = copy.backends[i];
+    s.name = b.name;
+    s.in_flight = static_cast<int64_t>(pool.in_use());
+    s.up = b.health == nullptr || b.health->up() ? 1 : 0;
+    if (b.models != nullptr) s.loaded = b.models->LoadedModels();
+  }
   copy.recv_buffers_in_use = loop_->buffers().in_use();
   copy.recv_buffer_copies = loop_->buffers().copied();
   copy.recv_buffer_pressure_pauses = loop_->pressure_pauses();

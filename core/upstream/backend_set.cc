@@ -10,8 +10,9 @@ namespace sluice::core {
 
 BackendSet::BackendSet(Shard* shard, const std::vector<BackendConfig>& backends, Balance balance)
     : shard_(shard), balance_(balance), credit_(backends.size(), 0) {
-  for (const BackendConfig& b : backends)
-    pools_.push_back(std::make_unique<UpstreamPool>(shard, &b));
+  for (size_t i = 0; i < backends.size(); ++i) {
+    pools_.push_back(std::make_unique<UpstreamPool>(shard, &backends[i], i));
+  }
 }
 
 bool BackendSet::Usable(const UpstreamPool* pool) const {

@@ -55,9 +55,10 @@ void UpstreamLink::OnConnected(int res) {
 
 void UpstreamLink::OnClosed() { pool_->Destroy(this); }
 
-UpstreamPool::UpstreamPool(Shard* shard, const BackendConfig* backend)
+UpstreamPool::UpstreamPool(Shard* shard, const BackendConfig* backend, size_t index)
     : shard_(shard),
       backend_(backend),
+      index_(index),
       target_(shard->config().upstream_keepalive, shard->config().upstream_max_idle,
               shard->config().upstream_idle_timeout_ns),
       idle_(0) {}
@@ -112,6 +113,8 @@ void UpstreamPool::Release(UpstreamLink* link) {
 }
 
 void UpstreamPool::ReportFailure(int64_t now_ns) {
+  std::vector<BackendStats>& stats = shard_->metrics().backends;
+  if (index_ < stats.size()) ++stats[index_].failures;
   const Config& cfg = shard_->config();
   if (cfg.upstream_max_fails == 0) return;
   if (++failures_ >= cfg.upstream_max_fails) out_until_ns_ = now_ns + cfg.upstream_fail_timeout_ns;

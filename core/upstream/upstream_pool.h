@@ -69,7 +69,8 @@ class UpstreamLink final : public StreamHandler {
 class UpstreamPool {
  public:
   // The links of this worker to `backend` (which outlives the pool).
-  UpstreamPool(Shard* shard, const BackendConfig* backend);
+  // `index`: the backend's place in --upstream (its metrics' slot).
+  UpstreamPool(Shard* shard, const BackendConfig* backend, size_t index = 0);
   ~UpstreamPool();
 
   // A link for one request: an idle one, or (also when `fresh` is set) a new
@@ -97,6 +98,7 @@ class UpstreamPool {
   void ReportFailure(int64_t now_ns);
   void ReportSuccess() { failures_ = 0; }
   bool available(int64_t now_ns) const { return now_ns >= out_until_ns_; }
+  size_t index() const { return index_; }
   int64_t out_until_ns() const { return out_until_ns_; }
   // How many idle links the pool keeps now.
   size_t idle_capacity() { return target_.Capacity(shard_now()); }
@@ -108,6 +110,7 @@ class UpstreamPool {
 
   Shard* shard_;
   const BackendConfig* backend_;
+  size_t index_;
   IdleTarget target_;
   IdleList<UpstreamLink> idle_;
   size_t open_ = 0;

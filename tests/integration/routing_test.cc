@@ -1,6 +1,10 @@
 // Model-aware routing (--balance=model, the default with several backends):
 // two simulators in model mode behind one sluice; which backend served
 // which model is read from each simulator's per-model counters.
+#include <unistd.h>
+
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
@@ -244,6 +248,54 @@ TEST_F(Routing, GenerationsFailOverToABackendWithTheModel) {
     EXPECT_EQ(r.status, 200) << r.body;
   }
   EXPECT_EQ(ModelCount(sim_->port(), "alpha", "requests"), 5);
+}
+
+// What the router did shows per backend: /metrics, the status page's JSON
+// form, and the access log's ua= field.
+TEST_F(Routing, MetricsStatusAndAccessLogNameTheBackend) {
+  preload_[0] = {"alpha"};
+  const std::string log = absl::StrCat(::testing::TempDir(), "sluice-routing-", getpid(), ".log");
+  unlink(log.c_str());
+  ASSERT_NO_FATAL_FAILURE(
+      StartTwo({"--models=alpha,beta"}, {"--access_log=" + log, "--access_log_flush=10ms"}));
+  for (int i = 0; i < 3; ++i) {
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, integration::Exchange(proxy_port(), Generate("alpha")));
+    ASSERT_EQ(r.status, 200) << r.body;
+  }
+  auto families = ScrapeMetrics(proxy_port());
+  ASSERT_TRUE(families.ok()) << families.status();
+  EXPECT_EQ(
+      FindSample(*families, "sluice_backend_routed_total", {{"backend", "a"}, {"kind", "loaded"}}),
+      3);
+  EXPECT_EQ(FindSample(*families, "sluice_backend_requests_total", {{"backend", "b"}}), 0);
+  EXPECT_EQ(FindSample(*families, "sluice_backend_up", {{"backend", "b"}}), 1);
+  IT_ASSERT_OK_AND_ASSIGN(
+      HttpResponse status,
+      integration::Exchange(proxy_port(), BuildRequest("GET", "/status?format=json")));
+  ASSERT_EQ(status.status, 200) << status.body;
+  std::optional<JsonValue> json = JsonValue::Parse(status.body);
+  ASSERT_TRUE(json && json->Get("backends")) << status.body;
+  ASSERT_EQ(json->Get("backends")->array().size(), 2u) << status.body;
+  const JsonValue& a = json->Get("backends")->array()[0];
+  EXPECT_EQ(a.GetString("name"), "a");
+  EXPECT_EQ(a.GetInt("requests"), 3);
+  ASSERT_NE(a.Get("loaded"), nullptr);
+  ASSERT_EQ(a.Get("loaded")->array().size(), 1u) << status.body;
+  EXPECT_EQ(a.Get("loaded")->array()[0].str(), "alpha:latest");
+  // The plain page stays nginx's stub_status.
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse stub,
+                          integration::Exchange(proxy_port(), BuildRequest("GET", "/status")));
+  EXPECT_TRUE(absl::StartsWith(stub.body, "Active connections: ")) << stub.body;
+  std::string text;
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  while (absl::Now() < deadline) {
+    std::ifstream in(log);
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    if (absl::StrContains(text, "POST /api/generate") && absl::StrContains(text, " ua=a\n")) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_TRUE(absl::StrContains(text, " ua=a\n")) << text;
+  unlink(log.c_str());
 }
 
 // Ollama answers 503 "server busy" when its queue is full: the request,

@@ -49,3 +49,35 @@ TEST(InternalEndpointMatchTest, PathDecidesBeforeAnyRelay) {
 
 }  // namespace
 }  // namespace sluice::core
+
+namespace sluice::core {
+namespace {
+
+// The status page's JSON form: stub_status's numbers and each backend.
+TEST(StatusJsonTest, StubNumbersAndBackends) {
+  MetricsShard m;
+  m.connections_accepted = 10;
+  m.connections_handled = 9;
+  m.requests = 25;
+  m.connections_writing = 1;
+  m.connections_waiting = 2;
+  m.backends.resize(2);
+  m.backends[0].name = "gpu1";
+  m.backends[0].loaded = {"a:latest", "q\"x"};
+  m.backends[0].requests = 7;
+  m.backends[0].routed[0] = 5;
+  m.backends[1].name = "gpu2";
+  m.backends[1].up = 0;
+  EXPECT_EQ(RenderStatusJson(m),
+            "{\"active_connections\":3,\"accepts\":10,\"handled\":9,\"requests\":25,"
+            "\"reading\":0,\"writing\":1,\"waiting\":2,\"backends\":["
+            "{\"name\":\"gpu1\",\"up\":true,\"in_flight\":0,\"requests\":7,\"failures\":0,"
+            "\"failovers\":0,\"loaded\":[\"a:latest\",\"q\\\"x\"],"
+            "\"routed\":{\"loaded\":5,\"queued\":0,\"spill\":0,\"cold\":0}},"
+            "{\"name\":\"gpu2\",\"up\":false,\"in_flight\":0,\"requests\":0,\"failures\":0,"
+            "\"failovers\":0,\"loaded\":[],"
+            "\"routed\":{\"loaded\":0,\"queued\":0,\"spill\":0,\"cold\":0}}]}\n");
+}
+
+}  // namespace
+}  // namespace sluice::core

@@ -317,6 +317,7 @@ const std::vector<std::string>& AllFamilies() {
       "sluice_upstream_reused_total",
       "sluice_upstream_connect_failures_total",
       "sluice_upstream_failovers_total",
+      "sluice_route_decisions_total",
       "sluice_rejections_total",
       "sluice_connections_dropped_total",
       "sluice_recv_buffers_in_use",
@@ -616,6 +617,43 @@ TEST(RenderPrometheusTest, MergedWorkersRenderTheirSum) {
                        {{"route", "generation"}, {"le", "0.05"}}),
             2);
   EXPECT_EQ(FindSample(families, "sluice_connections", {{"state", "waiting"}}), 7);
+}
+
+// Per backend: workers' counts add up; the shared view (up, loaded) is
+// taken once.
+TEST(RenderPrometheusTest, BackendFamiliesAddUpPerBackend) {
+  MetricsShard w0, w1, total;
+  for (MetricsShard* w : {&w0, &w1}) {
+    w->backends.resize(2);
+    w->backends[0].name = "gpu1";
+    w->backends[1].name = "gpu2";
+    w->backends[1].up = 0;
+    w->backends[0].loaded = {"a:latest", "b:latest"};
+  }
+  w0.backends[0].requests = 3;
+  w1.backends[0].requests = 4;
+  w0.backends[0].in_flight = 1;
+  w1.backends[0].in_flight = 2;
+  w0.backends[1].failovers = 1;
+  w0.backends[0].routed[0] = 5;  // loaded
+  w1.backends[0].routed[3] = 2;  // cold
+  w1.backends[0].routed[2] = 1;  // spill
+  total.Merge(w0);
+  total.Merge(w1);
+  auto families = MustParse(RenderPrometheus(total, ProcessInfo{}));
+  EXPECT_EQ(FindSample(families, "sluice_backend_requests_total", {{"backend", "gpu1"}}), 7);
+  EXPECT_EQ(FindSample(families, "sluice_backend_in_flight", {{"backend", "gpu1"}}), 3);
+  EXPECT_EQ(FindSample(families, "sluice_backend_up", {{"backend", "gpu1"}}), 1);
+  EXPECT_EQ(FindSample(families, "sluice_backend_up", {{"backend", "gpu2"}}), 0);
+  EXPECT_EQ(FindSample(families, "sluice_backend_loaded_models", {{"backend", "gpu1"}}), 2);
+  EXPECT_EQ(FindSample(families, "sluice_backend_failovers_total", {{"backend", "gpu2"}}), 1);
+  EXPECT_EQ(FindSample(families, "sluice_backend_model_loads_total", {{"backend", "gpu1"}}), 3);
+  EXPECT_EQ(FindSample(families, "sluice_backend_routed_total",
+                       {{"backend", "gpu1"}, {"kind", "loaded"}}),
+            5);
+  EXPECT_EQ(
+      FindSample(families, "sluice_backend_routed_total", {{"backend", "gpu2"}, {"kind", "cold"}}),
+      0);
 }
 
 // -------------------------------------------------------------- StubStatus
