@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "tests/integration/h2_frames.h"
 #include "tests/integration/json_lite.h"
 #include "tests/integration/proxy_test_base.h"
 
@@ -307,6 +308,40 @@ TEST_F(Aggregate, ClientGoneMidFanOut) {
   EXPECT_EQ(Keys(r.body, "models", "name"), (Names{"b:latest"}));
   EXPECT_TRUE(absl::StrContains(sluice_->Stderr(), "client went away, upstream links closed"))
       << "the fan-out was cancelled";
+}
+
+// The same over h2c: a stream reset while one backend is silent closes its
+// fan-out; the other streams of the connection are answered.
+TEST_F(Aggregate, H2StreamResetMidFanOut) {
+  ASSERT_NO_FATAL_FAILURE(
+      StartTwo({"--mode=hang"}, {"--models=b"}, {"--health_timeout=1s", "--log_level=debug"}));
+  IT_ASSERT_OK_AND_ASSIGN(auto h2c, h2::Connection::Connect(proxy_port()));
+  IT_ASSERT_OK(h2c->Establish());
+  for (uint32_t id : {1u, 3u, 5u}) {
+    IT_ASSERT_OK(h2c->Send(
+        h2::HeadersFrame(id, h2::HpackBlock(h2::RequestFields("GET", "/api/tags")), true)));
+  }
+  absl::SleepFor(absl::Milliseconds(50));
+  IT_ASSERT_OK(h2c->Send(h2::RstStreamFrame(1, h2::kCancel)));
+  IT_ASSERT_OK(h2c->Send(h2::RstStreamFrame(5, h2::kCancel)));
+  absl::StatusOr<int> status = h2c->Get(7, "/v1/models", absl::Seconds(5));
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(*status, 200);
+  EXPECT_TRUE(absl::StrContains(sluice_->Stderr(), "client went away, upstream links closed"));
+}
+
+// A backend's keepalive link that it closed meanwhile (X-Sim-Drop-Next-
+// Request drops the next request on the same link) is retried on a fresh
+// link: the union stays whole.
+TEST_F(Aggregate, StaleKeepaliveLinkIsRetried) {
+  ASSERT_NO_FATAL_FAILURE(StartTwo({"--models=a"}, {"--models=b"}));
+  HttpResponse first = Get(proxy_port(), "/api/tags", "GET", {{"X-Sim-Drop-Next-Request", "1"}});
+  ASSERT_EQ(first.status, 200) << first.body;
+  EXPECT_EQ(Keys(first.body, "models", "name"), (Names{"a:latest", "b:latest"}));
+  HttpResponse second = Get(proxy_port(), "/api/tags");
+  ASSERT_EQ(second.status, 200) << second.body;
+  EXPECT_EQ(Keys(second.body, "models", "name"), (Names{"a:latest", "b:latest"}));
+  EXPECT_FALSE(absl::StrContains(sluice_->Stderr(), "left out")) << sluice_->Stderr();
 }
 
 TEST_F(Aggregate, OllamaLibraryListsTheModelsOfBoth) {
