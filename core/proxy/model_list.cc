@@ -17,13 +17,13 @@ std::string_view TrimRight(std::string_view s) {
 }
 
 // The string `key` of one entry (its raw JSON text).
-bool EntryKey(std::string_view entry, std::string_view key, std::string* out) {
-  simdjson::ondemand::parser parser;
+bool EntryKey(simdjson::ondemand::parser* parser, std::string_view entry, std::string_view key,
+              std::string* out) {
   simdjson::padded_string padded(entry.data(), entry.size());
   simdjson::ondemand::document doc;
   simdjson::ondemand::object o;
   std::string_view value;
-  if (parser.iterate(padded).get(doc) != simdjson::SUCCESS ||
+  if (parser->iterate(padded).get(doc) != simdjson::SUCCESS ||
       doc.get_object().get(o) != simdjson::SUCCESS ||
       o[key].get_string().get(value) != simdjson::SUCCESS) {
     return false;
@@ -49,10 +49,18 @@ absl::Status ModelListMerger::Add(std::string_view body) {
     }
   }
   simdjson::ondemand::parser parser;
+  simdjson::ondemand::parser entry_parser;
   simdjson::ondemand::document doc;
-  simdjson::ondemand::array array;
+  simdjson::ondemand::value list;
   if (parser.iterate(padded).get(doc) != simdjson::SUCCESS ||
-      doc[array_key].get_array().get(array) != simdjson::SUCCESS) {
+      doc[array_key].get(list) != simdjson::SUCCESS) {
+    return absl::InvalidArgumentError(absl::StrCat("no \"", array_key, "\" array"));
+  }
+  // A Go nil slice is encoded as null: an Ollama without models may answer
+  // "data":null.
+  if (list.is_null()) return absl::OkStatus();
+  simdjson::ondemand::array array;
+  if (list.get_array().get(array) != simdjson::SUCCESS) {
     return absl::InvalidArgumentError(absl::StrCat("no \"", array_key, "\" array"));
   }
   std::vector<std::pair<std::string, std::string_view>> entries;
@@ -61,7 +69,8 @@ absl::Status ModelListMerger::Add(std::string_view body) {
     std::string_view raw;
     std::string name;
     if (item.get_object().get(o) != simdjson::SUCCESS ||
-        o.raw_json().get(raw) != simdjson::SUCCESS || !EntryKey(TrimRight(raw), entry_key, &name)) {
+        o.raw_json().get(raw) != simdjson::SUCCESS ||
+        !EntryKey(&entry_parser, TrimRight(raw), entry_key, &name)) {
       return absl::InvalidArgumentError(absl::StrCat("an entry without a \"", entry_key, "\""));
     }
     entries.emplace_back(std::move(name), TrimRight(raw));

@@ -57,6 +57,11 @@ TEST(ModelListMergerTest, EmptyListsAndNothingAdded) {
   ASSERT_TRUE(m.Add(R"({"models":[{"name":"x"}]})").ok());
   ASSERT_TRUE(m.Add(R"({"models":[]})").ok());
   EXPECT_EQ(m.Finish(), R"({"models":[{"name":"x"}]})");
+  // Ollama's /v1/models without models: "data":null (a Go nil slice).
+  ModelListMerger o(ModelList::kOpenAi);
+  ASSERT_TRUE(o.Add(R"({"object":"list","data":null})").ok());
+  ASSERT_TRUE(o.Add(R"({"object":"list","data":[{"id":"y"}]})").ok());
+  EXPECT_EQ(o.Finish(), R"({"object":"list","data":[{"id":"y"}]})");
 }
 
 TEST(ModelListMergerTest, MalformedAnswersAddNothing) {
