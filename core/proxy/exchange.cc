@@ -3,9 +3,11 @@
 #include <optional>
 
 #include "core/observe/observability.h"
+#include "core/proxy/aggregate.h"
 #include "core/proxy/internal_endpoints.h"
 #include "core/proxy/relay.h"
 #include "core/server/shard.h"
+#include "core/upstream/backend_set.h"
 
 namespace sluice::core {
 
@@ -14,6 +16,10 @@ std::unique_ptr<Exchange> NewExchange(Shard* shard, Downstream* downstream, http
   if (std::optional<InternalEndpoint::Kind> kind = InternalEndpoint::Match(shard->obs(), head)) {
     return std::make_unique<InternalEndpoint>(shard, downstream, std::move(head), std::move(client),
                                               *kind);
+  }
+  if (std::optional<ModelList> list = Aggregate::Match(head, shard->backends().size())) {
+    return std::make_unique<Aggregate>(shard, downstream, std::move(head), std::move(client),
+                                       *list);
   }
   return std::make_unique<Relay>(shard, downstream, std::move(head), std::move(client));
 }

@@ -57,7 +57,8 @@ class Downstream {
 };
 
 // One request as a downstream session drives it, whoever answers it: the
-// Relay (to the upstream) or the internal endpoints (/status, /metrics).
+// Relay (to the upstream), the Aggregate (the model lists of several
+// backends) or the internal endpoints (/status, /metrics).
 // The downstream creates it with NewExchange, feeds it the request, and
 // ends it with Close where it frees it.
 class Exchange {
@@ -102,8 +103,9 @@ struct ClientInfo {
 };
 
 // The exchange for a request: the internal endpoints' handler for
-// --status_path and --metrics_path, a Relay for everything else. Chosen
-// here, before any relay exists.
+// --status_path and --metrics_path, with several backends an Aggregate for
+// the model lists (/api/tags, /api/ps, /v1/models), a Relay for everything
+// else. Chosen here, before any relay exists.
 std::unique_ptr<Exchange> NewExchange(Shard* shard, Downstream* downstream, http::RequestHead head,
                                       ClientInfo client);
 

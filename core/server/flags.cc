@@ -58,7 +58,8 @@ ABSL_FLAG(absl::Duration, health_interval, absl::Seconds(5),
           "/api/tags every tenth time); two failed checks in a row take a backend "
           "out until a check succeeds. 0 = no checks.");
 ABSL_FLAG(absl::Duration, health_timeout, absl::Seconds(2),
-          "Time a backend has to answer a check.");
+          "Time a backend has to answer a check, and its part of a model list merged "
+          "from several backends (/api/tags, /api/ps, /v1/models).");
 ABSL_FLAG(std::string, balance, "model",
           "How a request picks its backend: model (a generation goes where its model is "
           "loaded with a free slot; other requests by least_conn), round_robin (weighted) "
