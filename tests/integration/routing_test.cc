@@ -1,6 +1,7 @@
 // Model-aware routing (--balance=model, the default with several backends):
 // two simulators in model mode behind one sluice; which backend served
 // which model is read from each simulator's per-model counters.
+#include <signal.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -319,6 +320,64 @@ TEST_F(Routing, BusyBackendFailsOverBeforeAnswering) {
   auto families = ScrapeMetrics(proxy_port());
   ASSERT_TRUE(families.ok()) << families.status();
   EXPECT_EQ(FindSample(*families, "sluice_upstream_failovers_total", {}).value_or(-1), 1);
+}
+
+// kill -9 of a backend under load. The stream it was sending ends cut
+// short (no last chunk), the other backend's stream completes; the
+// generations that come next fail over to the other backend that has the
+// model and none is lost; once the killed backend is back (it passes a
+// check) it is used again.
+TEST_F(Routing, KilledBackendUnderLoad) {
+  preload_[0] = {"alpha"};
+  preload_[1] = {"alpha"};
+  const std::vector<std::string> sim_args = {"--models=alpha,beta", "--max_loaded_models=1"};
+  ASSERT_NO_FATAL_FAILURE(
+      StartTwo(sim_args, {"--threads=1", "--upstream_fail_timeout=1s"}, "200ms"));
+  const int port_a = sim_a_->port();
+  const std::string stream = BuildRequest("POST", "/api/generate",
+                                          {{"X-Sim-Tokens", "40"}, {"X-Sim-Token-Delay-Ms", "50"}},
+                                          R"({"model":"alpha","prompt":"hi"})");
+  std::vector<std::unique_ptr<HttpConnection>> streams;
+  std::vector<HttpResponse> heads;
+  for (int i = 0; i < 2; ++i) {
+    IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
+    IT_ASSERT_OK(c->Send(stream));
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse head, c->ReadHead(absl::Seconds(5)));
+    ASSERT_EQ(head.status, 200);
+    streams.push_back(std::move(c));
+    heads.push_back(std::move(head));
+  }
+  // One stream on each backend (each has one slot and the model loaded).
+  ASSERT_EQ(ModelCount(port_a, "alpha", "requests"), 2);
+  ASSERT_EQ(ModelCount(sim_->port(), "alpha", "requests"), 2);
+  sim_a_->Signal(SIGKILL);
+  int complete = 0;
+  int cut = 0;
+  for (size_t i = 0; i < streams.size(); ++i) {
+    HttpResponse& r = heads[i];
+    absl::Status st = streams[i]->ReadBody(&r, absl::Seconds(10));
+    if (st.ok() && r.saw_last_chunk && absl::StrContains(r.body, "\"done\":true")) {
+      ++complete;
+    } else {
+      ++cut;
+    }
+  }
+  EXPECT_EQ(complete, 1);
+  EXPECT_EQ(cut, 1);
+  for (int i = 0; i < 6; ++i) {
+    IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, integration::Exchange(proxy_port(), Generate("alpha")));
+    EXPECT_EQ(r.status, 200) << r.body;
+  }
+  EXPECT_EQ(ModelCount(sim_->port(), "alpha", "requests"), 8);
+  // Back, with nothing loaded: beta goes where it evicts nothing.
+  auto a = StartSim({absl::StrCat("--listen=127.0.0.1:", port_a), sim_args[0], sim_args[1]});
+  ASSERT_TRUE(a.ok()) << a.status();
+  sim_a_ = std::move(*a);
+  absl::SleepFor(absl::Milliseconds(1500));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse beta, integration::Exchange(proxy_port(), Generate("beta")));
+  EXPECT_EQ(beta.status, 200) << beta.body;
+  EXPECT_EQ(ModelCount(port_a, "beta", "requests"), 1) << "back in use";
+  EXPECT_EQ(ModelCount(sim_->port(), "beta", "requests"), 0);
 }
 
 }  // namespace
