@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "tests/integration/h2_frames.h"
 #include "tests/integration/json_lite.h"
 #include "tests/integration/prom_text.h"
 #include "tests/integration/proxy_test_base.h"
@@ -162,6 +163,34 @@ TEST_F(Routing, ModelInALaterPieceOfTheBody) {
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(ModelCount(sim_->port(), "beta", "requests"), 2);
   EXPECT_EQ(ModelCount(sim_a_->port(), "beta", "requests"), 0);
+}
+
+// Over h2c: the "model" comes in a later DATA frame; the stream is routed
+// by it once it arrives, and a second stream reset while its body is held
+// leaves nothing behind (the connection and the other stream go on).
+TEST_F(Routing, H2BodyRoutedByALaterFrameAndResetWhileHeld) {
+  preload_[1] = {"beta"};
+  ASSERT_NO_FATAL_FAILURE(StartTwo({"--models=alpha,beta", "--max_loaded_models=1"}, {}));
+  IT_ASSERT_OK_AND_ASSIGN(auto h2c, h2::Connection::Connect(proxy_port()));
+  IT_ASSERT_OK(h2c->Establish());
+  const h2::HeaderList extra = {{"content-type", "application/json"}, {"x-sim-tokens", "2"}};
+  for (uint32_t id : {1u, 3u}) {
+    IT_ASSERT_OK(h2c->Send(h2::HeadersFrame(
+        id, h2::HpackBlock(h2::RequestFields("POST", "/api/generate", extra)), false)));
+    IT_ASSERT_OK(
+        h2c->Send(h2::DataFrame(id, R"({"prompt":")" + std::string(3000, 'p') + R"(",)", false)));
+  }
+  absl::SleepFor(absl::Milliseconds(150));
+  IT_ASSERT_OK(h2c->Send(h2::RstStreamFrame(3, h2::kCancel)));
+  IT_ASSERT_OK(h2c->Send(h2::DataFrame(1, R"("model":"beta","stream":false})", true)));
+  h2::ReadOutcome out = h2c->ReadUntilStreamEnd(1, absl::Seconds(5));
+  EXPECT_EQ(out.StatusOf(1), 200) << out.Describe();
+  EXPECT_EQ(ModelCount(sim_->port(), "beta", "requests"), 2);
+  EXPECT_EQ(ModelCount(sim_a_->port(), "beta", "requests"), 0);
+  // The connection still serves.
+  absl::StatusOr<int> tags = h2c->Get(5, "/api/version");
+  ASSERT_TRUE(tags.ok()) << tags.status();
+  EXPECT_EQ(*tags, 200);
 }
 
 // With its slot busy and a generation taking about a second, a model
