@@ -55,6 +55,7 @@ class Aggregate::Fetch final : public LinkUser, public http::H1ResponseSink {
  private:
   void Attach(bool fresh) {
     int err = 0;
+    pool_->TakeProbe(owner_->shard_->now_ns());
     link_ = pool_->Acquire(this, fresh, &err);
     if (link_ == nullptr) {
       ++owner_->shard_->metrics().upstream_connect_failures;

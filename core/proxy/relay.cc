@@ -119,6 +119,7 @@ bool Relay::KeepForReplay() const {
 
 bool Relay::AttachLink(bool fresh) {
   int err = 0;
+  pool_->TakeProbe(shard_->now_ns());
   link_ = pool_->Acquire(this, fresh, &err);
   record_.UpstreamStarted(shard_->now_ns());
   if (shard_->backends().size() > 1) record_.set_backend(pool_->backend().name);
@@ -292,7 +293,16 @@ void Relay::OnResponseHead(http::ResponseHead head) {
       response_.headers.push_back(http::Header{name, value});
     }
   }
-  if (link_) link_->pool()->ReportSuccess();
+  if (link_) {
+    // A backend's own failure answers count against it (503 is Ollama's
+    // "busy", not a fault).
+    const int s = response_.status;
+    if (s == 500 || s == 502 || s == 504) {
+      link_->pool()->ReportFailure(shard_->now_ns());
+    } else {
+      link_->pool()->ReportSuccess();
+    }
+  }
   response_head_ns_ = shard_->now_ns();
   head_sent_ = true;
   record_.ResponseStarted(response_, head_.is_head(), admission.path.match);
@@ -411,6 +421,10 @@ void Relay::FailOverBusy() {
 }
 
 void Relay::FailBeforeResponse(int status, std::string_view message) {
+  // No answer within --read_timeout or --send_timeout: the backend's fault.
+  if (status == 504 && !connect_failed_ && link_ != nullptr) {
+    link_->pool()->ReportFailure(shard_->now_ns());
+  }
   if (head_sent_) {
     RELAY_LOG(WARN, "%s %s: response cut short: upstream %s", head_.method.c_str(),
               head_.target.c_str(), fail_cause_.c_str());

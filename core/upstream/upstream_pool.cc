@@ -117,7 +117,17 @@ void UpstreamPool::ReportFailure(int64_t now_ns) {
   if (index_ < stats.size()) ++stats[index_].failures;
   const Config& cfg = shard_->config();
   if (cfg.upstream_max_fails == 0) return;
-  if (++failures_ >= cfg.upstream_max_fails) out_until_ns_ = now_ns + cfg.upstream_fail_timeout_ns;
+  if (tripped_ || ++failures_ >= cfg.upstream_max_fails) {
+    tripped_ = true;
+    probe_until_ns_ = 0;
+    out_until_ns_ = now_ns + cfg.upstream_fail_timeout_ns;
+  }
+}
+
+void UpstreamPool::TakeProbe(int64_t now_ns) {
+  if (tripped_ && now_ns >= out_until_ns_ && now_ns >= probe_until_ns_) {
+    probe_until_ns_ = now_ns + shard_->config().upstream_fail_timeout_ns;
+  }
 }
 
 void UpstreamPool::Discard(UpstreamLink* link) {

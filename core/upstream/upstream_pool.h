@@ -90,14 +90,26 @@ class UpstreamPool {
   size_t in_use() const { return open_ - idle_.size(); }
   const BackendConfig& backend() const { return *backend_; }
 
-  // Passive health, this worker's view: a request that failed before any
-  // response byte (connect failure, reset, close) counts against the
-  // backend; a response head clears the count. After --upstream_max_fails
-  // in a row the backend is left out until --upstream_fail_timeout passed;
-  // then requests try it again, and one more failure leaves it out again.
+  // Passive health, this worker's view, as a circuit: a request that failed
+  // before any response byte (connect failure, reset, close), timed out,
+  // or was answered 500, 502 or 504 counts against the backend; any other
+  // response head clears the count. After --upstream_max_fails in a row the
+  // circuit opens: the backend is left out for --upstream_fail_timeout.
+  // Then it is half-open: one request goes (the probe; TakeProbe) while
+  // the others still leave it out. The probe's success closes the circuit;
+  // its failure opens it again. A probe that tells nothing (its client
+  // left) for another --upstream_fail_timeout lets the next one go.
   void ReportFailure(int64_t now_ns);
-  void ReportSuccess() { failures_ = 0; }
-  bool available(int64_t now_ns) const { return now_ns >= out_until_ns_; }
+  void ReportSuccess() {
+    failures_ = 0;
+    tripped_ = false;
+    probe_until_ns_ = 0;
+  }
+  bool available(int64_t now_ns) const {
+    return now_ns >= out_until_ns_ && (!tripped_ || now_ns >= probe_until_ns_);
+  }
+  // The request about to use this backend is its probe, if it is half-open.
+  void TakeProbe(int64_t now_ns);
   size_t index() const { return index_; }
   int64_t out_until_ns() const { return out_until_ns_; }
   // How many idle links the pool keeps now.
@@ -116,6 +128,8 @@ class UpstreamPool {
   size_t open_ = 0;
   int failures_ = 0;
   int64_t out_until_ns_ = 0;
+  bool tripped_ = false;        // the circuit opened and no success since
+  int64_t probe_until_ns_ = 0;  // a probe is out until then
 };
 
 }  // namespace sluice::core

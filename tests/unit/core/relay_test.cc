@@ -247,6 +247,34 @@ TEST_P(RelayTest, SilentUpstreamAnswers504) {
   EXPECT_EQ(h_.pool().open_count(), 0u);
 }
 
+// The passive circuit counts a backend's own failures: 500, 502 and 504
+// answers and a read timeout do, 503 (Ollama busy) and 404 do not, and any
+// of those clears the count.
+TEST_P(RelayTest, FailureAnswersCountAgainstTheBackend) {
+  h_.config().upstream_max_fails = 2;
+  h_.config().upstream_fail_timeout_ns = 60'000'000'000;
+  h_.config().read_timeout_ns = 30'000'000;
+  SLUICE_START_PROXY(h_);
+  Peer* client = h_.Connect();
+  Peer* up = nullptr;
+  auto answer = [&](std::string_view status_line) {
+    ASSERT_TRUE(h_.Send(client, Get("/api/tags")));
+    if (up == nullptr) up = h_.AcceptUpstream();
+    ASSERT_NE(up, nullptr);
+    ASSERT_EQ(h_.ReadMessage(up), Upstream("GET", "/api/tags"));
+    ASSERT_TRUE(h_.Send(up, Cat(status_line, "\r\nContent-Length: 2\r\n\r\n{}")));
+    ASSERT_EQ(StatusOf(h_.ReadMessage(client)), std::stoi(std::string(status_line.substr(9, 3))));
+  };
+  const int64_t now = h_.loop()->now_ns();
+  ASSERT_NO_FATAL_FAILURE(answer("HTTP/1.1 500 Internal Server Error"));
+  EXPECT_TRUE(h_.pool().available(now));
+  ASSERT_NO_FATAL_FAILURE(answer("HTTP/1.1 503 Service Unavailable"));
+  ASSERT_NO_FATAL_FAILURE(answer("HTTP/1.1 502 Bad Gateway"));
+  EXPECT_TRUE(h_.pool().available(h_.loop()->now_ns())) << "the 503 cleared the count";
+  ASSERT_NO_FATAL_FAILURE(answer("HTTP/1.1 504 Gateway Timeout"));
+  EXPECT_FALSE(h_.pool().available(h_.loop()->now_ns())) << "502 then 504: two in a row";
+}
+
 // The upstream dies mid-response: the client's chunked response ends
 // without its last-chunk and the connection closes, so the client can tell
 // it was cut short.

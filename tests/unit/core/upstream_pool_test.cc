@@ -197,5 +197,43 @@ TEST_P(UpstreamPoolTest, DrainClosesIdleLinks) {
   EXPECT_TRUE(h_.RunUntil([&] { return pool().open_count() == 0; }));
 }
 
+// The passive circuit: open after --upstream_max_fails failures in a row,
+// half-open after --upstream_fail_timeout with one probe let through, closed
+// by the probe's success, opened again by its failure.
+TEST_P(UpstreamPoolTest, CircuitOpensHalfOpensWithOneProbeAndCloses) {
+  h_.config().upstream_max_fails = 2;
+  h_.config().upstream_fail_timeout_ns = 1000;
+  SLUICE_START_PROXY(h_);
+  UpstreamPool& p = pool();
+  int64_t t = 1'000'000;
+  EXPECT_TRUE(p.available(t));
+  p.ReportFailure(t);
+  EXPECT_TRUE(p.available(t)) << "one failure of two";
+  p.ReportFailure(t);
+  EXPECT_FALSE(p.available(t)) << "open";
+  EXPECT_FALSE(p.available(t + 999));
+  t += 1000;
+  EXPECT_TRUE(p.available(t)) << "half-open: a probe may go";
+  p.TakeProbe(t);
+  EXPECT_FALSE(p.available(t)) << "only the probe";
+  p.ReportFailure(t + 10);
+  EXPECT_FALSE(p.available(t + 10)) << "the probe failed: open again";
+  EXPECT_FALSE(p.available(t + 1009));
+  t += 1010;
+  EXPECT_TRUE(p.available(t));
+  p.TakeProbe(t);
+  // A probe that tells nothing (its client left) frees the way after
+  // another --upstream_fail_timeout.
+  EXPECT_FALSE(p.available(t + 999));
+  EXPECT_TRUE(p.available(t + 1000));
+  p.TakeProbe(t + 1000);
+  p.ReportSuccess();
+  EXPECT_TRUE(p.available(t + 1000)) << "closed";
+  p.TakeProbe(t + 1000);
+  EXPECT_TRUE(p.available(t + 1000)) << "no probe when closed";
+  p.ReportFailure(t + 1000);
+  EXPECT_TRUE(p.available(t + 1000)) << "the count starts again";
+}
+
 }  // namespace
 }  // namespace sluice::core
