@@ -10,6 +10,7 @@
 #include "core/observe/observability.h"
 #include "core/server/shard.h"
 #include "core/upstream/backend_set.h"
+#include "core/upstream/resolver.h"
 #include "http/serialize.h"
 
 namespace sluice::core {
@@ -221,6 +222,8 @@ void Relay::ArmSendTimer() {
 void Relay::OnLinkConnected(int res) {
   if (res == 0) return;
   ++shard_->metrics().upstream_connect_failures;
+  // A name's address may have moved: resolve it again soon.
+  if (pool_->backend().dns != nullptr) pool_->backend().dns->RequestResolve();
   connect_failed_ = true;
   if (res == -ECANCELED || res == -ETIMEDOUT) {
     fail_cause_ = "connect timed out";

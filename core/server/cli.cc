@@ -1,5 +1,6 @@
 #include "core/server/cli.h"
 
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 
@@ -16,6 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "core/upstream/resolver.h"
 
 namespace sluice::core {
 namespace {
@@ -152,7 +154,7 @@ std::vector<std::string> ParseFlagsOrExit(int argc, char** argv, absl::string_vi
   return positional;
 }
 
-absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view text, bool numeric_only) {
+absl::Status SplitHostPort(absl::string_view text, std::string* host_out, std::string* port_out) {
   absl::string_view t = text;
   // A URL where an address is expected: say so, rather than fail on the
   // colon of "https://" as if it were an IPv6 address, or drop a path
@@ -167,7 +169,8 @@ absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view text, bool numeric
     return absl::InvalidArgumentError(absl::StrCat("expected host:port without a path, got '", text,
                                                    "' (write '", t.substr(0, slash), "')"));
   }
-  std::string host, port;
+  std::string& host = *host_out;
+  std::string& port = *port_out;
   if (!t.empty() && t[0] == '[') {
     size_t close = t.find(']');
     if (close == absl::string_view::npos || close + 1 >= t.size() || t[close + 1] != ':') {
@@ -187,11 +190,17 @@ absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view text, bool numeric
           absl::StrCat("put IPv6 addresses in brackets: '", text, "'"));
     }
   }
-  if (host.empty()) host = "0.0.0.0";
   if (port.empty() || port.find_first_not_of("0123456789") != std::string::npos ||
       port.size() > 5 || std::stoi(port) > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("invalid port in '", text, "'"));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view text, bool numeric_only) {
+  std::string host, port;
+  if (absl::Status st = SplitHostPort(text, &host, &port); !st.ok()) return st;
+  if (host.empty()) host = "0.0.0.0";
   addrinfo hints{};
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_NUMERICSERV | (numeric_only ? AI_NUMERICHOST : 0);
@@ -312,19 +321,37 @@ absl::StatusOr<std::vector<BackendConfig>> ParseBackends(absl::string_view text,
       return absl::InvalidArgumentError(
           absl::StrCat("empty entry in \"", text, "\" (backends are separated by commas)"));
     }
-    absl::StatusOr<SocketAddress> addr = ParseHostPort(words[0], /*numeric_only=*/false);
-    if (!addr.ok()) return addr.status();
+    std::string host, port;
+    if (absl::Status st = SplitHostPort(words[0], &host, &port); !st.ok()) return st;
     BackendConfig b;
     b.name = std::string(words[0]);
-    b.addr = *addr;
+    in_addr v4;
+    in6_addr v6;
+    if (host.empty() || inet_pton(AF_INET, host.c_str(), &v4) == 1 ||
+        inet_pton(AF_INET6, host.c_str(), &v6) == 1) {
+      absl::StatusOr<SocketAddress> addr = ParseHostPort(words[0], /*numeric_only=*/true);
+      if (!addr.ok()) return addr.status();
+      b.addr = *addr;
+    } else {
+      // A DNS name: resolved now if it can be, and again every
+      // --resolve_interval by the Resolver; one that does not resolve yet
+      // is not an error (a service that comes up later).
+      b.dns = std::make_shared<DnsAddress>(host, port);
+      if (b.dns->Resolve().ok()) b.dns->Get(&b.addr);
+    }
     b.host_header = host_header.empty() ? b.name : std::string(host_header);
     for (size_t i = 1; i < words.size(); ++i) {
       absl::Status st = ParseBackendOption(words[0], words[i], &b);
       if (!st.ok()) return st;
     }
     for (const BackendConfig& other : backends) {
-      if (other.addr.len == b.addr.len &&
-          memcmp(&other.addr.storage, &b.addr.storage, b.addr.len) == 0) {
+      const bool same_address = other.dns == nullptr && b.dns == nullptr &&
+                                other.addr.len == b.addr.len &&
+                                memcmp(&other.addr.storage, &b.addr.storage, b.addr.len) == 0;
+      const bool same_name = other.dns != nullptr && b.dns != nullptr &&
+                             other.dns->host() == b.dns->host() &&
+                             other.dns->port() == b.dns->port();
+      if (same_address || same_name) {
         return absl::InvalidArgumentError(absl::StrCat(words[0], ": listed twice"));
       }
       if (other.name == b.name) {

@@ -34,6 +34,9 @@ std::string AbslUnparseFlag(ByteSize s);
 // Ollama binds 127.0.0.1 by default). A scheme ("http://") or a path is
 // refused with a message that shows the host:port to write instead.
 absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view text, bool numeric_only);
+// The host and port of "host:port" or "[v6]:port", checked but not
+// resolved (host may be empty: ":port").
+absl::Status SplitHostPort(absl::string_view text, std::string* host, std::string* port);
 
 // --upstream: Ollama backends separated by commas, each an address as
 // ParseHostPort takes it followed by options separated by spaces:

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -30,11 +31,15 @@ struct SocketAddress {
 
 class BackendHealth;
 class ModelTable;
+class DnsAddress;
 
 // One Ollama backend: an entry of --upstream.
 struct BackendConfig {
   std::string name;  // name=, else host:port as written
+  // A numeric address, or what a DNS name resolved to at start (len 0:
+  // it did not); `dns` then holds the name's current address.
   SocketAddress addr;
+  std::shared_ptr<DnsAddress> dns;
   std::string host_header;  // Host sent to it
   int weight = 1;
   int slots = 0;       // generations it runs at once (OLLAMA_NUM_PARALLEL); 0: not given
@@ -84,6 +89,8 @@ struct Config {
   // With several backends: failures in a row after which a backend is
   // left out for upstream_fail_timeout_ns (nginx max_fails, fail_timeout).
   int upstream_max_fails = 3;
+  // How often backends given by DNS name are resolved again.
+  int64_t resolve_interval_ns = 30'000'000'000;
   int64_t upstream_fail_timeout_ns = 10'000'000'000;
   // Active checks of the backends when there are several (0: none).
   int64_t health_interval_ns = 5'000'000'000;

@@ -57,6 +57,9 @@ ABSL_FLAG(absl::Duration, health_interval, absl::Seconds(5),
           "With several backends: how often one thread checks each (GET /api/ps, and "
           "/api/tags every tenth time); two failed checks in a row take a backend "
           "out until a check succeeds. 0 = no checks.");
+ABSL_FLAG(absl::Duration, resolve_interval, absl::Seconds(30),
+          "How often backends given by DNS name in --upstream are resolved again (also "
+          "within a second of a failed connect).");
 ABSL_FLAG(absl::Duration, health_timeout, absl::Seconds(2),
           "Time a backend has to answer a check, and its part of a model list merged "
           "from several backends (/api/tags, /api/ps, /v1/models).");
@@ -290,6 +293,7 @@ void UpstreamFlags(Config* c) {
   if (interval < absl::ZeroDuration()) UsageError("--health_interval: must be >= 0");
   c->health_interval_ns = absl::ToInt64Nanoseconds(interval);
   c->health_timeout_ns = DurationFlag(FLAGS_health_timeout, "health_timeout");
+  c->resolve_interval_ns = DurationFlag(FLAGS_resolve_interval, "resolve_interval");
   const std::string keepalive = absl::GetFlag(FLAGS_upstream_keepalive);
   if (keepalive == "auto") {
     c->upstream_keepalive = -1;

@@ -28,6 +28,7 @@
 #include "core/server/signals.h"
 #include "core/server/workers.h"
 #include "core/upstream/health.h"
+#include "core/upstream/resolver.h"
 #include "policy/keys_command.h"
 #include "policy/limiter.h"
 
@@ -93,6 +94,12 @@ void LogStarted(const Config& config, const policy::Policy& policy) {
   for (const BackendConfig& b : config.backends) {
     LOG_INFO("upstream %s (Host: %s, weight %d, slots %s)", b.name.c_str(), b.host_header.c_str(),
              b.weight, b.slots > 0 ? std::to_string(b.slots).c_str() : "not given");
+    if (!HasAddress(b)) {
+      LOG_WARN(
+          "upstream %s: %s does not resolve yet; its requests get 503 until it does "
+          "(resolved again every --resolve_interval)",
+          b.name.c_str(), b.dns->host().c_str());
+    }
   }
   LOG_INFO("%zu backend(s), --balance=%s, %d worker(s)", config.backends.size(),
            BalanceName(config.balance), config.threads);
@@ -156,6 +163,8 @@ int Run(int argc, char** argv) {
 
   LoadCertificate(&reloader, &config);
   std::unique_ptr<HealthProber> prober = StartHealthChecks(&config);
+  Resolver resolver(config.backends, config.resolve_interval_ns);
+  resolver.Start();
 
   const std::vector<int> cpus = AllowedCpus();
   SizeWorkers(cpus, &config);
@@ -187,6 +196,7 @@ int Run(int argc, char** argv) {
       .Run();
   workers.Join();
   if (prober) prober->Stop();
+  resolver.Stop();
   // Every worker handed its last lines over when its loop ended.
   access_log.reset();
   LOG_INFO("stopped");

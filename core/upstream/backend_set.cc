@@ -5,6 +5,7 @@
 #include "absl/strings/str_join.h"
 #include "core/server/shard.h"
 #include "core/upstream/health.h"
+#include "core/upstream/resolver.h"
 
 namespace sluice::core {
 
@@ -16,6 +17,7 @@ BackendSet::BackendSet(Shard* shard, const std::vector<BackendConfig>& backends,
 }
 
 bool BackendSet::Usable(const UpstreamPool* pool) const {
+  if (!HasAddress(pool->backend())) return false;
   if (pools_.size() == 1) return true;
   const BackendHealth* health = pool->backend().health;
   return pool->available(shard_->now_ns()) && (health == nullptr || health->up());
@@ -32,7 +34,10 @@ bool BackendSet::MarkUsable(const UpstreamPool* except) {
 }
 
 UpstreamPool* BackendSet::Pick(const UpstreamPool* except) {
-  if (pools_.size() == 1) return except == pools_[0].get() ? nullptr : pools_[0].get();
+  if (pools_.size() == 1) {
+    UpstreamPool* only = pools_[0].get();
+    return except == only || !HasAddress(only->backend()) ? nullptr : only;
+  }
   if (!MarkUsable(except)) return nullptr;
   const size_t i =
       balance_ == Balance::kRoundRobin ? PickRoundRobin(usable_) : PickLeastConn(usable_);

@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "core/observe/log.h"
+#include "core/upstream/resolver.h"
 #include "simdjson.h"
 
 namespace sluice::core {
@@ -84,9 +85,11 @@ absl::StatusOr<std::vector<std::string>> ModelNames(std::string_view json) {
 absl::StatusOr<ProbeAnswer> ProbeGet(const BackendConfig& backend, std::string_view path,
                                      int64_t timeout_ns) {
   const int64_t deadline = NowNs() + timeout_ns;
-  Fd s{socket(backend.addr.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)};
+  SocketAddress addr;
+  if (!CurrentAddress(backend, &addr)) return absl::UnavailableError("its name does not resolve");
+  Fd s{socket(addr.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)};
   if (s.fd < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
-  if (connect(s.fd, backend.addr.get(), backend.addr.len) != 0 && errno != EINPROGRESS) {
+  if (connect(s.fd, addr.get(), addr.len) != 0 && errno != EINPROGRESS) {
     return absl::UnavailableError(absl::StrCat("connect: ", strerror(errno)));
   }
   if (!WaitFor(s.fd, POLLOUT, deadline)) return absl::DeadlineExceededError("connect timed out");

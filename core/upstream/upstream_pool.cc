@@ -8,6 +8,7 @@
 #include <cerrno>
 
 #include "core/server/shard.h"
+#include "core/upstream/resolver.h"
 
 namespace sluice::core {
 
@@ -68,6 +69,12 @@ int64_t UpstreamPool::shard_now() const { return shard_->now_ns(); }
 UpstreamPool::~UpstreamPool() = default;
 
 UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
+  // A backend given by name whose address changed: its idle links go to
+  // the old address and close.
+  if (backend_->dns != nullptr && backend_->dns->generation() != address_generation_) {
+    address_generation_ = backend_->dns->generation();
+    CloseIdle();
+  }
   UpstreamLink* link = fresh ? nullptr : idle_.TakeNewest();
   if (link != nullptr) {
     link->idle_ = false;
@@ -80,7 +87,12 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
     return link;
   }
   const Config& cfg = shard_->config();
-  int fd = ::socket(backend_->addr.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  SocketAddress addr;
+  if (!CurrentAddress(*backend_, &addr)) {
+    *err = -EHOSTUNREACH;  // a name that has not resolved yet
+    return nullptr;
+  }
+  int fd = ::socket(addr.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     *err = -errno;
     return nullptr;
@@ -93,7 +105,10 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
   link->stream_.SetAccount(user->buffer_account(), /*upstream=*/true);
   ++shard_->metrics().upstream_connects;
   target_.NoteInUse(open_ - idle_.size(), shard_->now_ns());
-  link->stream_.Connect(backend_->addr.get(), backend_->addr.len, cfg.connect_timeout_ns);
+  // The engine reads the address when it submits the connect: it lives in
+  // the link.
+  link->peer_ = addr;
+  link->stream_.Connect(link->peer_.get(), link->peer_.len, cfg.connect_timeout_ns);
   return link;
 }
 

@@ -53,6 +53,7 @@ class UpstreamLink final : public StreamHandler {
   void OnClosed() override;
 
   UpstreamPool* pool_;
+  SocketAddress peer_;  // where it connects (read by the engine at submission)
   Stream stream_;
   LinkUser* user_ = nullptr;
   Timer idle_timer_;
@@ -128,8 +129,9 @@ class UpstreamPool {
   size_t open_ = 0;
   int failures_ = 0;
   int64_t out_until_ns_ = 0;
-  bool tripped_ = false;        // the circuit opened and no success since
-  int64_t probe_until_ns_ = 0;  // a probe is out until then
+  uint64_t address_generation_ = 0;  // of backend_->dns when last seen
+  bool tripped_ = false;             // the circuit opened and no success since
+  int64_t probe_until_ns_ = 0;       // a probe is out until then
 };
 
 }  // namespace sluice::core
