@@ -822,6 +822,13 @@ ollama-sim /sim/stats at the end: $SIM_STATS. nginx stub_status at the end: $NGI
 if awk -v l="${LOAD_BEFORE%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n) }'; then
   NOTES+=$'\n'"BUSY MACHINE: the 1-minute load average before the run ($LOAD_BEFORE) was above the CPU count; other work competed with the proxy on CPU 0 and with the clients on CPU 1, so rates and delays are contended (the per-core rows and the memory rows suffer least)."
 fi
+# Only the rows and notes of the measures run (--only).
+only_run() {
+  awk -v only="$ONLY" '{ l = $0; sub(/^\| /, "", l)
+    if (l ~ /^\([a-f]\)/ && index(only, substr(l, 2, 1)) == 0) next; print }'
+}
+TABLE=$(only_run <<<"$TABLE")
+NOTES=$(only_run <<<"$NOTES")
 [[ -z "$PROBLEMS" ]] && PROBLEMS="none (no failed requests, non-2xx, socket errors, failed streams, missed aborts, or warnings in any log)"$'\n'
 
 print_results "sluice against nginx and HAProxy (bench/compare_nginx.sh)" \
