@@ -93,7 +93,7 @@ frontend api
     log-format "%ci - - [%tr] \"%r\" %ST %B \"%[capture.req.hdr(0)]\" \"%[capture.req.hdr(1)]\" rt=%Ta urt=%Tr"
     http-after-response set-header Strict-Transport-Security "max-age=63072000; includeSubDomains"
 
-    acl gen path -m reg ^/api/(generate|chat)\$
+    acl gen path /api/generate /api/chat
     acl denied path_beg /api/delete /api/push
     acl key_ok req.fhdr(authorization) -m str -f $dir/api_keys.lst
     # A request refused before its body arrived: take the body (up to
