@@ -33,9 +33,10 @@
 # - timeouts as the others: connect 10 s, server 600 s, client 600 s,
 #   request head 60 s and idle keepalive 75 s (nginx's
 #   client_header_timeout and keepalive_timeout), tunnel (WebSocket) 600 s;
-# - an access log of every request. HAProxy 2.6 logs only to syslog
-#   targets; "log stdout format raw" writes each line with one write() to
-#   its standard output, which the script points at a file
+# - an access log of every request. HAProxy 2.6 does not open a log file
+#   itself (it logs to syslog servers, sockets, rings or a file
+#   descriptor); "log stdout format raw" writes each line with one write()
+#   to its standard output, which the script points at a file
 #   (DIR/access.log). That is a write per request, as nginx's unbuffered
 #   access_log does; sluice batches its lines in a per-worker buffer and a
 #   writer thread. The format follows nginx's baseline log_format (client,
