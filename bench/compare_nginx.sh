@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # sluice against nginx configured like the production baseline
-# (NGINX_BASELINE.md), both in front of the same ollama-sim, over TLS.
+# (NGINX_BASELINE.md) and against HAProxy configured for the same job
+# (bench/haproxy.sh), all three in front of the same ollama-sim, over TLS.
 #
 #   bash bench/compare_nginx.sh [--record] [--quick] [--rounds=N] [--only=abcdef]
 #                               [--keep] [BUILD_DIR]
@@ -8,14 +9,25 @@
 #
 # Builds nothing: it runs BUILD_DIR's core/sluice, tools/ollama-sim/ollama-sim
 # and bench/{relay_delay,h2_relay_delay,cancel_latency,tls_handshakes,
-# idle_conns} (default build dir: build-bench), and Debian's /usr/sbin/nginx
-# (as root, with a private prefix and config in a temporary directory),
-# h2load (nghttp2-client) and wrk. Certificates come from tools/make-certs.sh
-# in the temporary directory. Everything listens on 127.0.0.1. Each proxy
-# has one worker pinned to CPU 0; the simulator and the load generators
-# share CPU 1.
+# idle_conns} (default build dir: build-bench), Debian's /usr/sbin/nginx
+# (as root, with a private prefix and config in a temporary directory) and
+# /usr/sbin/haproxy (2.6, config in the temporary directory), h2load
+# (nghttp2-client) and wrk. Certificates come from tools/make-certs.sh in
+# the temporary directory. Everything listens on 127.0.0.1. Each proxy has
+# one worker (HAProxy: nbthread 1) pinned to CPU 0; the simulator and the
+# load generators share CPU 1.
 #
-# Rounds alternate nginx then sluice for every measure (A B A B ...):
+# Equal work: each proxy checks the API key, runs its per-client rate
+# check (limits no client reaches), applies the deny rules and writes an
+# access log line per request (sluice --access_log to a file; nginx's
+# access_log; HAProxy's log to its stdout, a file). Before measuring, each
+# must answer 200 with HSTS over h2, 401 without or with a wrong key, 403
+# on /api/delete and /api/push and 301 on its plain-HTTP port; the script
+# stops (exit 1) when one does not, so a misconfigured proxy yields no
+# figures.
+#
+# Rounds alternate the three proxies for every measure, the order rotated
+# each round (nginx haproxy sluice, haproxy sluice nginx, ...):
 #  (a) h2load over TLS (h2), GET /api/tags, -c64 -m10: req/s
 #  (b) wrk over TLS (HTTP/1.1), GET /api/tags, -c64: req/s and p99 latency
 #  (c) full TLS handshakes per second, one small request per connection
@@ -30,13 +42,14 @@
 #      also with ALPN http/1.1 and no request (the TLS part alone)
 #  (f) client cancel to upstream close (bench/cancel_latency): h2
 #      RST_STREAM and HTTP/1.1 close, against the simulator's last_abort_us
-# and prints a markdown table of medians with sluice/nginx ratios.
+# and prints a markdown table of medians with sluice/nginx and
+# sluice/HAProxy ratios.
 # --record appends the table, per-round figures and notes to
 # bench/RESULTS.md. --quick: 1 round, short runs, 1000 idle connections
 # (for trying the script; not for recording). --only=LETTERS runs only
 # those measures. --keep leaves the temporary directory (configs, logs, raw
 # tool output) in place and prints its path. Full run (3 rounds): about
-# 6 minutes.
+# 9 minutes; --only=a (the h2 req/s the targets name): about 1 minute.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -86,6 +99,7 @@ fi
 API_KEY="sk-bench-0123456789abcdef"
 AUTH="Bearer $API_KEY"
 NGINX=/usr/sbin/nginx
+HAPROXY=/usr/sbin/haproxy
 
 # --- Tools --------------------------------------------------------------
 SLUICE="$BUILD_DIR/core/sluice"
@@ -97,6 +111,7 @@ for bin in "$SLUICE" "$SIM" "$BUILD_DIR/bench/relay_delay" "$BUILD_DIR/bench/h2_
   [[ -x "$bin" ]] || missing+=("$bin (not built: cmake --build ${BUILD_DIR#"$ROOT"/})")
 done
 [[ -x "$NGINX" ]] || missing+=("$NGINX (Debian package nginx)")
+[[ -x "$HAPROXY" ]] || missing+=("$HAPROXY (Debian package haproxy)")
 for tool in h2load:nghttp2-client wrk:wrk curl:curl openssl:openssl taskset:util-linux ss:iproute2; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool%%:*} (Debian package ${tool#*:})")
 done
@@ -104,7 +119,7 @@ if ((${#missing[@]})); then
   echo "compare_nginx.sh: missing:" >&2
   printf '  %s\n' "${missing[@]}" >&2
   echo "Build: cmake -S . -B build-bench -G Ninja -DCMAKE_BUILD_TYPE=Release -DSLUICE_BUILD_TESTS=OFF && cmake --build build-bench" >&2
-  echo "Packages: tools/install-deps.sh --test installs nginx, nghttp2-client and wrk." >&2
+  echo "Packages: tools/install-deps.sh --test installs nginx, haproxy, nghttp2-client and wrk." >&2
   exit 2
 fi
 if (( $(id -u) != 0 )); then
@@ -113,7 +128,7 @@ if (( $(id -u) != 0 )); then
 fi
 
 # Pinning: each proxy alone on CPU 0, everything else on CPU 1.
-pin_cpus "proxy (nginx or sluice, one worker) on CPU 0; ollama-sim and load generators on CPU 1"
+pin_cpus "proxy (nginx, HAProxy or sluice, one worker) on CPU 0; ollama-sim and load generators on CPU 1"
 
 # 5000 idle connections need more than the usual 1024 descriptors, in the
 # proxies (which inherit this) and the clients.
@@ -125,6 +140,12 @@ if (( FD_LIMIT < IDLE_CONNS + 200 )); then
 fi
 
 make_work sluice-vs-nginx
+# The proxies sluice is measured against: write_nginx_conf/start_nginx
+# and write_haproxy_conf/start_haproxy.
+# shellcheck source=bench/nginx.sh
+source "$ROOT/bench/nginx.sh"
+# shellcheck source=bench/haproxy.sh
+source "$ROOT/bench/haproxy.sh"
 
 # stop_pid PID: stops one process this script started and forgets it, so
 # that the exit trap never signals a recycled PID.
@@ -138,7 +159,7 @@ stop_pid() {
   PIDS=("${keep[@]}")
 }
 
-# A port for nginx (it cannot report a kernel-chosen one): below the
+# A port for nginx or HAProxy (they cannot report a kernel-chosen one): below the
 # ephemeral range, so no client connection of this run can hold it, and
 # unused in any state now.
 free_port() {
@@ -162,179 +183,17 @@ https_ok() {
 }
 
 bash "$ROOT/tools/make-certs.sh" "$WORK/certs" >/dev/null
+# The same key for sluice, stored as its hash (sluice keys add makes
+# random keys; the bench needs this fixed one).
+printf 'bench:sha256:%s\n' "$(printf '%s' "$API_KEY" | sha256sum | cut -d' ' -f1)" \
+  >"$WORK/sluice_keys.txt"
 
 start_sim --threads=1
 
-# --- nginx, set up like NGINX_BASELINE.md ---------------------------------
-# write_nginx_conf DIR TLS_PORT HTTP_PORT
-write_nginx_conf() {
-  local dir=$1 tls_port=$2 http_port=$3
-  mkdir -p "$dir/tmp"
-  # The API keys file the baseline includes into its map.
-  printf '"Bearer %s" 1;\n' "$API_KEY" >"$dir/api_keys.map"
-  # The same key for sluice, stored as its hash (sluice keys add makes
-  # random keys; the bench needs this fixed one).
-  printf 'bench:sha256:%s\n' "$(printf '%s' "$API_KEY" | sha256sum | cut -d' ' -f1)" \
-    >"$WORK/sluice_keys.txt"
-  cat >"$dir/nginx.conf" <<EOF
-# Generated by bench/compare_nginx.sh: the baseline (NGINX_BASELINE.md) on
-# loopback ports, with a private prefix. Rate limits keep the baseline's
-# zones but rates and bursts no client reaches, so the code path runs and
-# never rejects.
-daemon off;
-master_process on;
-worker_processes 1;
-# Workers as root: the temporary prefix is private to root.
-user root;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-worker_rlimit_nofile $FD_LIMIT;
-events {
-    worker_connections $((IDLE_CONNS + 1000));
-}
-http {
-    default_type application/octet-stream;
-    client_body_temp_path $dir/tmp/body;
-    proxy_temp_path $dir/tmp/proxy;
-    fastcgi_temp_path $dir/tmp/fastcgi;
-    uwsgi_temp_path $dir/tmp/uwsgi;
-    scgi_temp_path $dir/tmp/scgi;
-
-    log_format ollama '\$remote_addr - \$remote_user [\$time_local] "\$request" '
-                      '\$status \$body_bytes_sent "\$http_referer" "\$http_user_agent" '
-                      'rt=\$request_time urt=\$upstream_response_time';
-    access_log $dir/access.log ollama;
-
-    map \$http_authorization \$api_key_valid {
-        default 0;
-        include $dir/api_keys.map;
-    }
-    # WebSocket pass-through. An empty Upgrade maps to an empty Connection
-    # header, so ordinary requests keep the upstream keepalive link.
-    map \$http_upgrade \$connection_upgrade {
-        default upgrade;
-        ''      '';
-    }
-    limit_req_zone \$binary_remote_addr zone=gen:10m rate=1000000r/s;
-    limit_req_zone \$binary_remote_addr zone=api:10m rate=1000000r/s;
-    limit_req_status 429;
-
-    upstream ollama {
-        server 127.0.0.1:$SIM_PORT;
-        keepalive 32;
-    }
-
-    server {
-        listen 127.0.0.1:$http_port;
-        server_name localhost;
-        return 301 https://\$server_name\$request_uri;
-    }
-
-    server {
-        listen 127.0.0.1:$tls_port ssl http2;
-        server_name localhost;
-
-        ssl_certificate $WORK/certs/server.pem;
-        ssl_certificate_key $WORK/certs/server.key;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384;
-        ssl_prefer_server_ciphers off;
-        ssl_session_cache shared:SSL:10m;
-        ssl_session_timeout 1d;
-        ssl_session_tickets off;
-
-        add_header Strict-Transport-Security "max-age=63072000; includeSubDomains" always;
-
-        client_max_body_size 100M;
-
-        proxy_http_version 1.1;
-        proxy_set_header Host \$host;
-        proxy_set_header X-Real-IP \$remote_addr;
-        proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-        proxy_set_header X-Forwarded-Proto \$scheme;
-        proxy_set_header Upgrade \$http_upgrade;
-        proxy_set_header Connection \$connection_upgrade;
-        proxy_buffering off;
-        proxy_cache off;
-        chunked_transfer_encoding on;
-        proxy_connect_timeout 10s;
-        proxy_send_timeout 600s;
-        proxy_read_timeout 300s;
-
-        location = /nginx_status {
-            stub_status;
-            allow 127.0.0.1;
-            deny all;
-        }
-
-        location /api/delete {
-            default_type application/json;
-            return 403 '{"error": "model deletion is not permitted via API"}';
-        }
-        location /api/push {
-            default_type application/json;
-            return 403 '{"error": "model push is not permitted via API"}';
-        }
-
-        location /api/pull {
-            allow 127.0.0.1;
-            deny all;
-            if (\$api_key_valid = 0) {
-                return 401 '{"error":"Unauthorized"}';
-            }
-            limit_req zone=api burst=1000000 nodelay;
-            proxy_pass http://ollama;
-        }
-
-        location ~ ^/api/(generate|chat)\$ {
-            default_type application/json;
-            if (\$api_key_valid = 0) {
-                return 401 '{"error":"Unauthorized"}';
-            }
-            limit_req zone=gen burst=1000000 nodelay;
-            proxy_read_timeout 600s;
-            proxy_pass http://ollama;
-        }
-
-        location / {
-            default_type application/json;
-            if (\$api_key_valid = 0) {
-                return 401 '{"error":"Unauthorized"}';
-            }
-            limit_req zone=api burst=1000000 nodelay;
-            proxy_pass http://ollama;
-        }
-    }
-}
-EOF
-}
-
-# start_nginx TAG: starts nginx; sets STARTED_PID (the master) and
-# STARTED_PORT (TLS).
-start_nginx() {
-  local dir="$WORK/nginx-$1" tls_port http_port
-  tls_port=$(free_port); http_port=$(free_port)
-  write_nginx_conf "$dir" "$tls_port" "$http_port"
-  "$NGINX" -t -q -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" || {
-    echo "compare_nginx.sh: nginx -t failed:" >&2; cat "$dir/error.log" >&2; return 1; }
-  "${PROXY_CPU[@]}" "$NGINX" -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" \
-    >"$dir/stdout.log" 2>&1 &
-  STARTED_PID=$!
-  PIDS+=("$STARTED_PID")
-  STARTED_PORT=$tls_port
-  STARTED_HTTP_PORT=$http_port
-  for _ in $(seq 100); do
-    https_ok "$tls_port" && return 0
-    kill -0 "$STARTED_PID" 2>/dev/null || break
-    sleep 0.05
-  done
-  echo "compare_nginx.sh: nginx did not come up on :$tls_port" >&2
-  cat "$dir/error.log" >&2
-  return 1
-}
-
 # start_sluice TAG: the same settings as flags (sluice's defaults already
-# match most; spelled out here so the comparison is explicit).
+# match most; spelled out here so the comparison is explicit). Its access
+# log (the baseline's nginx format) goes to $WORK/sluice-TAG-access.log;
+# its upstream pool is the default adaptive one (--upstream_keepalive=auto).
 start_sluice() {
   local log="$WORK/sluice-$1.log"
   "${PROXY_CPU[@]}" "$SLUICE" --threads=1 \
@@ -342,7 +201,8 @@ start_sluice() {
     --tls_session_tickets=false \
     --listen_http=127.0.0.1:0 --http_mode=redirect \
     --hsts='max-age=63072000; includeSubDomains' \
-    --upstream="127.0.0.1:$SIM_PORT" --upstream_keepalive=32 \
+    --upstream="127.0.0.1:$SIM_PORT" \
+    --access_log="$WORK/sluice-$1-access.log" \
     --connect_timeout=10s --read_timeout=600s --send_timeout=600s \
     --client_max_body_size=100M --h2_max_concurrent_streams=128 \
     --keys_file="$WORK/sluice_keys.txt" \
@@ -393,13 +253,30 @@ declare -A S50 S99 DCPU DP50 DP99 DMAX TTFC50 TTFC99 ONE50 ONE99 ONEEL MEMB MEMP
 DIRECT_P50=""; DIRECT_P99=""; DIRECT_MAX=""
 PROBLEMS=""
 problem() { PROBLEMS+="$1"$'\n'; echo "  problem: $1" >&2; }
+access_lines() {  # NAME: lines in that proxy's access logs (all its instances)
+  case $1 in
+    nginx) cat "$WORK"/nginx-*/access.log ;;
+    haproxy) cat "$WORK"/haproxy-*/access.log ;;
+    sluice) cat "$WORK"/sluice-*-access.log ;;
+  esac 2>/dev/null | wc -l
+}
 
-start_nginx main; PID[nginx]=$STARTED_PID; PORT[nginx]=$STARTED_PORT; HTTP_PORT[nginx]=$STARTED_HTTP_PORT
-start_sluice main; PID[sluice]=$STARTED_PID; PORT[sluice]=$STARTED_PORT; HTTP_PORT[sluice]=$STARTED_HTTP_PORT
+# The contenders, in the order of round 1; each later round starts one
+# further along (round 2: haproxy sluice nginx), so no proxy always runs
+# first or last after a given other.
+CONTENDERS=(nginx haproxy sluice)
+order() {  # ROUND: the contenders in that round's order
+  local n=${#CONTENDERS[@]} i
+  for ((i = 0; i < n; i++)); do echo "${CONTENDERS[$(( (i + $1 - 1) % n ))]}"; done
+}
+for name in "${CONTENDERS[@]}"; do
+  "start_$name" main
+  PID[$name]=$STARTED_PID; PORT[$name]=$STARTED_PORT; HTTP_PORT[$name]=$STARTED_HTTP_PORT
+done
 
-# Both must answer the same way before anything is measured: 200 with HSTS
+# All must answer the same way before anything is measured: 200 with HSTS
 # over h2.
-for name in nginx sluice; do
+for name in "${CONTENDERS[@]}"; do
   hdrs=$(curl -sS -D - -o /dev/null --http2 --max-time 3 --cacert "$WORK/certs/ca.pem" \
     -H "Authorization: $AUTH" "https://localhost:${PORT[$name]}/api/tags" || true)
   grep -q '^HTTP/2 200' <<<"$hdrs" || problem "$name: GET /api/tags over h2 did not answer 200"
@@ -413,20 +290,33 @@ expect_code() {
   got=$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 --cacert "$WORK/certs/ca.pem" "$@" || true)
   [[ "$got" == "$want" ]] || problem "$what answered $got, not $want"
 }
-for name in nginx sluice; do
+for name in "${CONTENDERS[@]}"; do
   expect_code "$name: plain-HTTP listener" 301 "http://127.0.0.1:${HTTP_PORT[$name]}/api/tags"
 done
-# The baseline's policy rows, on both.
-for name in nginx sluice; do
+# The baseline's policy rows, on each.
+for name in "${CONTENDERS[@]}"; do
   N="https://localhost:${PORT[$name]}"
   expect_code "$name: /api/tags without a key" 401 "$N/api/tags"
   expect_code "$name: /api/tags with a wrong key" 401 -H "Authorization: Bearer sk-wrong" "$N/api/tags"
+  expect_code "$name: /api/tags with the key but no Bearer" 401 -H "Authorization: $API_KEY" "$N/api/tags"
+  expect_code "$name: DELETE /api/delete without a key" 403 -X DELETE -d '{"model":"m"}' "$N/api/delete"
   expect_code "$name: DELETE /api/delete" 403 -X DELETE -H "Authorization: $AUTH" -d '{"model":"m"}' "$N/api/delete"
   expect_code "$name: POST /api/push" 403 -H "Authorization: $AUTH" -d '{"model":"m"}' "$N/api/push"
   expect_code "$name: POST /api/pull from 127.0.0.1" 200 -H "Authorization: $AUTH" \
     -H 'X-Sim-Token-Delay-Ms: 0' -d '{"model":"m","stream":false}' "$N/api/pull"
 done
 expect_code "nginx: stub_status from 127.0.0.1" 200 -H "Authorization: $AUTH" "https://localhost:${PORT[nginx]}/nginx_status"
+# Each logs the requests it got (HAProxy and nginx at once; sluice within
+# --access_log_flush, 1 s).
+sleep 1.5
+for name in "${CONTENDERS[@]}"; do
+  [[ "$(access_lines "$name")" -gt 0 ]] || problem "$name: no access log lines after the checks"
+done
+if [[ -n "$PROBLEMS" ]]; then
+  echo "compare_nginx.sh: a proxy does not answer as configured; nothing measured. Logs and configs: $WORK" >&2
+  KEEP=1
+  exit 1
+fi
 
 # --- Measures -----------------------------------------------------------
 run_h2load() {  # NAME ROUND
@@ -446,15 +336,9 @@ run_h2load() {  # NAME ROUND
   req=$(grep -E '^requests:' <<<"$out" || true)
   non2xx=$(sed -nE 's/^status codes: [0-9]+ 2xx, [0-9]+ 3xx, ([0-9]+) 4xx, ([0-9]+) 5xx/\1 \2/p' <<<"$out")
   if [[ -z "$rps" ]] || ! grep -qE ' 0 failed, 0 errored, 0 timeout' <<<"$req" || [[ "$non2xx" != "0 0" ]]; then
-    local why=""
-    # nginx ends an h2 connection with GOAWAY after keepalive_requests
-    # (1000) requests; h2load counts the streams it had in flight beyond
-    # the GOAWAY's last stream id as errored, and reconnects.
-    [[ $name == nginx && "$non2xx" == "0 0" ]] &&
-      why=" (expected: streams in flight when nginx's GOAWAY after keepalive_requests=1000 closed a connection; h2load reconnects)"
-    problem "h2load $name round $round: ${req:-no summary}; 4xx/5xx: ${non2xx:-?}$why"
+    problem "h2load $name round $round: ${req:-no summary}; 4xx/5xx: ${non2xx:-?}"
   fi
-  printf '  (a) h2load %-6s round %d: %s req/s, proxy CPU %s%%\n' "$name" "$round" "${rps:-n/a}" "$cpu" >&2
+  printf '  (a) h2load %-7s round %d: %s req/s, proxy CPU %s%%\n' "$name" "$round" "${rps:-n/a}" "$cpu" >&2
 }
 
 run_wrk() {  # NAME ROUND
@@ -474,7 +358,7 @@ run_wrk() {  # NAME ROUND
   local bad
   bad=$(grep -E 'Non-2xx|Socket errors' <<<"$out" | tr -s ' ' | paste -sd';' || true)
   [[ -n "$bad" || -z "$rps" ]] && problem "wrk $name round $round: ${bad:-no result}"
-  printf '  (b) wrk    %-6s round %d: %s req/s, proxy CPU %s%%\n' "$name" "$round" "${rps:-n/a}" "$cpu" >&2
+  printf '  (b) wrk    %-7s round %d: %s req/s, proxy CPU %s%%\n' "$name" "$round" "${rps:-n/a}" "$cpu" >&2
 }
 
 run_handshakes() {  # NAME ROUND
@@ -615,46 +499,51 @@ run_cancel() {  # NAME ROUND
 }
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-echo "compare_nginx.sh: sim :$SIM_PORT, nginx :${PORT[nginx]}, sluice :${PORT[sluice]}; $PINNING; load average $LOAD_BEFORE; $ROUNDS round(s)" >&2
-# Warm both (upstream keepalive pools, page cache, CPU frequency).
-for name in nginx sluice; do
+echo "compare_nginx.sh: sim :$SIM_PORT, nginx :${PORT[nginx]}, haproxy :${PORT[haproxy]}, sluice :${PORT[sluice]}; $PINNING; load average $LOAD_BEFORE; $ROUNDS round(s)" >&2
+# Warm each (upstream keepalive pools, page cache, CPU frequency).
+for name in "${CONTENDERS[@]}"; do
   "${LOAD_CPU[@]}" timeout 10 h2load -t1 -c8 -m4 -D1 -H "Authorization: $AUTH" \
     "https://127.0.0.1:${PORT[$name]}/api/tags" >/dev/null 2>&1 || true
 done
 
 T_START=$(date +%s)
 for round in $(seq "$ROUNDS"); do
-  if wanted a; then for name in nginx sluice; do run_h2load "$name" "$round"; done; fi
-  if wanted b; then for name in nginx sluice; do run_wrk "$name" "$round"; done; fi
-  if wanted c; then for name in nginx sluice; do run_handshakes "$name" "$round"; done; fi
+  mapfile -t ROUND_ORDER < <(order "$round")
+  if wanted a; then for name in "${ROUND_ORDER[@]}"; do run_h2load "$name" "$round"; done; fi
+  if wanted b; then for name in "${ROUND_ORDER[@]}"; do run_wrk "$name" "$round"; done; fi
+  if wanted c; then for name in "${ROUND_ORDER[@]}"; do run_handshakes "$name" "$round"; done; fi
   if wanted d; then
     run_direct_delay "$round"
-    for name in nginx sluice; do run_delay "$name" "$round"; done
-    for name in nginx sluice; do run_oneconn "$name" "$round"; done
-    for name in nginx sluice; do run_single "$name" "$round"; done
+    for name in "${ROUND_ORDER[@]}"; do run_delay "$name" "$round"; done
+    for name in "${ROUND_ORDER[@]}"; do run_oneconn "$name" "$round"; done
+    for name in "${ROUND_ORDER[@]}"; do run_single "$name" "$round"; done
   fi
-  if wanted f; then for name in nginx sluice; do run_cancel "$name" "$round"; done; fi
+  if wanted f; then for name in "${ROUND_ORDER[@]}"; do run_cancel "$name" "$round"; done; fi
   if wanted e; then
-    for name in nginx sluice; do run_memory "$name" "$round"; done
+    for name in "${ROUND_ORDER[@]}"; do run_memory "$name" "$round"; done
     # TLS alone (no HTTP/2 session), once: splits the per-connection cost.
     if (( round == 1 )); then
-      for name in nginx sluice; do run_memory "$name" "$round" http/1.1; done
+      for name in "${ROUND_ORDER[@]}"; do run_memory "$name" "$round" http/1.1; done
     fi
   fi
 done
 T_TOTAL=$(( $(date +%s) - T_START ))
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
-for name in nginx sluice; do
+for name in "${CONTENDERS[@]}"; do
   kill -0 "${PID[$name]}" 2>/dev/null || problem "$name exited during the run"
 done
 SIM_STATS=$(curl -s --max-time 2 "http://127.0.0.1:$SIM_PORT/sim/stats" || true)
 NGINX_STATUS=$(curl -s --max-time 2 --cacert "$WORK/certs/ca.pem" -H "Authorization: $AUTH" \
   "https://localhost:${PORT[nginx]}/nginx_status" | paste -sd' ' || true)
-ACCESS_LINES=$(cat "$WORK"/nginx-*/access.log 2>/dev/null | wc -l)
+sleep 1.5  # sluice's access log flush
+declare -A ACCESS
+for name in "${CONTENDERS[@]}"; do ACCESS[$name]=$(access_lines "$name"); done
 NGINX_LOG=$(grep -hE '\[(warn|error|crit|alert|emerg)\]' "$WORK"/nginx-*/error.log 2>/dev/null | head -3 || true)
-SLUICE_LOG=$(grep -hE '\[(warn|error)\]' "$WORK"/sluice-*.log 2>/dev/null | head -5 || true)
+HAPROXY_LOG=$(grep -hE '\[(WARNING|ALERT)\]' "$WORK"/haproxy-*/error.log 2>/dev/null | head -3 || true)
+SLUICE_LOG=$(grep -hE --exclude='*-access.log' '\[(warn|error)\]' "$WORK"/sluice-*.log 2>/dev/null | head -5 || true)
 [[ -n "$NGINX_LOG" ]] && problem "nginx error log: $(paste -sd';' <<<"$NGINX_LOG")"
+[[ -n "$HAPROXY_LOG" ]] && problem "haproxy log: $(paste -sd';' <<<"$HAPROXY_LOG")"
 [[ -n "$SLUICE_LOG" ]] && problem "sluice log: $(paste -sd';' <<<"$SLUICE_LOG")"
 
 # --- Table --------------------------------------------------------------
@@ -662,7 +551,7 @@ SLUICE_LOG=$(grep -hE '\[(warn|error)\]' "$WORK"/sluice-*.log 2>/dev/null | head
 m() { median $1; }
 
 declare -A R
-for name in nginx sluice; do
+for name in "${CONTENDERS[@]}"; do
   R[h2,$name]=$(m "${H2RPS[$name]-}")
   R[h2pc,$name]=$(m "${H2PC[$name]-}")
   R[wrk,$name]=$(m "${WRKRPS[$name]-}")
@@ -688,6 +577,7 @@ for name in nginx sluice; do
 done
 D50=$(m "$DIRECT_P50"); D99=$(m "$DIRECT_P99"); DMX=$(m "$DIRECT_MAX")
 H2_RATIO=$(ratio "${R[h2,sluice]}" "${R[h2,nginx]}")
+H2_RATIO_HA=$(ratio "${R[h2,sluice]}" "${R[h2,haproxy]}")
 MEM_RATIO=$(ratio "${R[mem,sluice]}" "${R[mem,nginx]}")
 ADDED99=$(added "${R[dp99,sluice]}" "$D99")
 # The direct reference runs 1000 HTTP/1.1 connections to the simulator with
@@ -701,16 +591,17 @@ else
   DELAY_VERDICT=$(verdict "${ADDED99#+}" 100 le)
 fi
 row() {  # LABEL KEY [TARGET]
-  printf '| %s | %s | %s | %s | %s |\n' "$1" "$(fmt "${R[$2,nginx]}")" "$(fmt "${R[$2,sluice]}")" \
-    "$(ratio "${R[$2,sluice]}" "${R[$2,nginx]}")" "${3:-}"
+  printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$(fmt "${R[$2,nginx]}")" \
+    "$(fmt "${R[$2,haproxy]}")" "$(fmt "${R[$2,sluice]}")" \
+    "$(ratio "${R[$2,sluice]}" "${R[$2,nginx]}")" "$(ratio "${R[$2,sluice]}" "${R[$2,haproxy]}")" "${3:-}"
 }
 TABLE=$(
-  echo "| Measure (median of $ROUNDS rounds, nginx and sluice alternating) | nginx | sluice | sluice/nginx | target |"
-  echo "|---|---:|---:|---:|---|"
+  echo "| Measure (median of $ROUNDS rounds, the three alternating) | nginx | HAProxy | sluice | sluice/nginx | sluice/HAProxy | target |"
+  echo "|---|---:|---:|---:|---:|---:|---|"
   row "(a) h2 over TLS, GET /api/tags req/s (h2load -t1 -c$H2_CONNS -m$H2_STREAMS -D${H2_SECONDS}s)" h2 \
-    ">= 1.50: $(verdict "$H2_RATIO" 1.5 ge)"
+    "sluice/nginx >= 2.50: $(verdict "$H2_RATIO" 2.5 ge); sluice/HAProxy >= 1.25: $(verdict "$H2_RATIO_HA" 1.25 ge)"
   row "(a) the same per fully busy proxy core (req/s ÷ proxy CPU share)" h2pc \
-    "(>= 1.50 per core: $(verdict "$(ratio "${R[h2pc,sluice]}" "${R[h2pc,nginx]}")" 1.5 ge))"
+    "(per core: sluice/nginx $(verdict "$(ratio "${R[h2pc,sluice]}" "${R[h2pc,nginx]}")" 2.5 ge), sluice/HAProxy $(verdict "$(ratio "${R[h2pc,sluice]}" "${R[h2pc,haproxy]}")" 1.25 ge))"
   row "(b) HTTP/1.1 over TLS, GET /api/tags req/s (wrk -t1 -c$WRK_CONNS -d${WRK_SECONDS}s)" wrk
   row "(b) the same per fully busy proxy core" wrkpc
   row "(b) HTTP/1.1 over TLS, GET /api/tags latency p99 (µs)" wrkp99
@@ -734,25 +625,42 @@ TABLE=$(
   row "(f) client cancel to upstream close, HTTP/1.1 close (µs, median of all trials)" c1
 )
 
-per_round() {  # ARRAY_NAME: "nginx [..] sluice [..]"
+per_round() {  # ARRAY_NAME: "nginx [..] haproxy [..] sluice [..]"
   local k v
-  for k in nginx sluice; do eval "v=\${$1[$k]-}"; printf '%s [%s] ' "$k" "${v% }"; done
+  for k in "${CONTENDERS[@]}"; do eval "v=\${$1[$k]-}"; printf '%s [%s] ' "$k" "${v% }"; done
 }
-NOTES="Setup: $PINNING. nginx $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') (OpenSSL), worker_processes 1, the baseline config (generated into the temp dir: TLS 1.2/1.3, ECDHE AES-GCM ciphers, shared session cache 10m, tickets off, HSTS always, API-key map with the auth check, limit_req zones gen/api with unreachable rates, /api/delete and /api/push 403, /api/pull allow-list, stub_status, access_log with the baseline format); its defaults otherwise (http2_max_concurrent_streams 128, keepalive_requests 1000). sluice --threads=1 with the same settings (tickets off, keepalive 32, timeouts 10/600/600 s, body 100M, 128 h2 streams, the same API key in a keys file, rate zones with unreachable rates, default route rules). Both use the same ECDSA P-256 certificate from tools/make-certs.sh and the same ollama-sim --threads=1.
-Work per request: both check the API key and run the rate zones; nginx also writes its access log (it got $ACCESS_LINES lines), sluice runs with its default --access_log=off.
+# round_ratios ARRAY_NAME OTHER: sluice/OTHER within each round (the runs
+# of one round are next to each other in time).
+round_ratios() {
+  local -a s o
+  local i out=""
+  eval "read -r -a s <<<\"\${$1[sluice]-}\""
+  eval "read -r -a o <<<\"\${$1[$2]-}\""
+  for i in "${!s[@]}"; do out+="$(ratio "${s[$i]}" "${o[$i]:-n/a}") "; done
+  echo "${out% }"
+}
+NOTES="Setup: $PINNING. nginx $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') (OpenSSL), worker_processes 1, the baseline config (generated into the temp dir: TLS 1.2/1.3, ECDHE AES-GCM ciphers, shared session cache 10m, tickets off, HSTS always, API-key map with the auth check, limit_req zones gen/api with unreachable rates, /api/delete and /api/push 403, /api/pull allow-list, stub_status, access_log with the baseline format), except keepalive_requests 1000000 (the baseline's 1000 would end each client connection with GOAWAY every 1000 requests) and upstream keepalive 1024 (the baseline's 32 reconnects for most requests at 640 in flight); its defaults otherwise (http2_max_concurrent_streams 128). HAProxy $("$HAPROXY" -v 2>&1 | sed -nE 's/^HAProxy version ([^ ]+).*/\1/p') (OpenSSL), nbthread 1, the same job (bench/haproxy.sh: TLS 1.2/1.3 with the same ciphers, session cache 40000 entries for 1 day, tickets off, ALPN h2,http/1.1, 128 h2 streams, HSTS on every response, the API key as an ACL on the whole Authorization value from a pattern file, stick-tables gen/api tracking every request by client address against an unreachable 1000000 req/s, /api/delete and /api/push 403, /api/pull allow-list, 413 over 100M, X-Forwarded-For, X-Real-IP, X-Forwarded-Proto, http-reuse always with an unbounded idle pool, timeouts 10/600/600 s, access log in the baseline's format). sluice --threads=1 with the same settings (tickets off, the default adaptive upstream pool, timeouts 10/600/600 s, body 100M, 128 h2 streams, the same API key in a keys file, rate zones with unreachable rates, default route rules, --access_log in the baseline's nginx format). All use the same ECDSA P-256 certificate from tools/make-certs.sh and the same ollama-sim --threads=1.
+Work per request: each checks the API key, runs its rate zones and writes an access log line per request: access log lines at the end, nginx ${ACCESS[nginx]}, HAProxy ${ACCESS[haproxy]} (log stdout to a file, one write per line), sluice ${ACCESS[sluice]} (buffered, a writer thread).
 Proxy CPU % = CPU time of all the proxy's threads (schedstat) over the run's wall time, in percent of one core; 'per fully busy proxy core' = rate × 100 / CPU %, which reads through a client-bound or starved run (it assumes cost scales linearly).
-(a) req/s per round: $(per_round H2RPS); proxy CPU %: $(per_round H2CPU); per busy core: $(per_round H2PC).
+(a) req/s per round (round order: $(order 1 | paste -sd' '), then rotated): $(per_round H2RPS); sluice/nginx per round [$(round_ratios H2RPS nginx)], sluice/HAProxy per round [$(round_ratios H2RPS haproxy)]; proxy CPU %: $(per_round H2CPU); per busy core: $(per_round H2PC).
 (b) req/s per round: $(per_round WRKRPS); p99 µs: $(per_round WRKP99); proxy CPU %: $(per_round WRKCPU); per busy core: $(per_round WRKPC).
 (c) bench/tls_handshakes (BoringSSL client, no session cache, ALPN http/1.1, X25519 + ECDSA P-256 as negotiated by default, Connection: close after one GET /api/tags; the client on CPU 1 does as much crypto per handshake as the server, so a proxy below 100 % CPU here was limited by the client): per round $(per_round HSRATE); proxy CPU %: $(per_round HSCPU); per busy core: $(per_round HSPC).
-(d) bench/h2_relay_delay --connections=$DELAY_CONNS --streams=$DELAY_STREAMS --tokens=$DELAY_TOKENS --token_delay_ms=$DELAY_MS ($((DELAY_STREAMS / DELAY_CONNS)) streams per connection, under both proxies' 128 limit, so no stream waits for a slot). p99 per round: $(per_round DP99); max: $(per_round DMAX); ttfc p99: $(per_round TTFC99); proxy CPU % over the run: $(per_round DCPU). The same tool with all $DELAY_STREAMS streams on one connection and $ONECONN_TOKENS tokens each: the server's SETTINGS_MAX_CONCURRENT_STREAMS (128 for both) makes the client queue the rest, so the first chunk waits for earlier streams to end; run time per round: $(per_round ONEEL) s. One stream alone ($SINGLE_TOKENS tokens, one connection): the delay with the proxy otherwise idle, p50 per round $(per_round S50). Direct reference: relay_delay with $DELAY_STREAMS HTTP/1.1 connections straight to the simulator, p50 [${DIRECT_P50% }] p99 [${DIRECT_P99% }] max [${DIRECT_MAX% }]; 'sluice added' = sluice h2+TLS p99 minus direct h1 p99.
-(e) bench/idle_conns: $IDLE_CONNS TLS connections (ALPN h2, preface + SETTINGS exchanged both ways, no stream) against a freshly started instance of each proxy warmed with 3 requests; (RSS after - RSS before) / established, RSS = VmRSS summed over the proxy's processes (nginx: master + worker). Per round bytes/conn: $(per_round MEMB); PSS: $(per_round MEMPSS). Once more in round 1 with ALPN http/1.1 and no request (TLS and connection state without an HTTP/2 session): $(per_round MEMTLS). Kernel socket buffers are in neither.
+(d) bench/h2_relay_delay --connections=$DELAY_CONNS --streams=$DELAY_STREAMS --tokens=$DELAY_TOKENS --token_delay_ms=$DELAY_MS ($((DELAY_STREAMS / DELAY_CONNS)) streams per connection, under the proxies' 128 limit, so no stream waits for a slot). p99 per round: $(per_round DP99); max: $(per_round DMAX); ttfc p99: $(per_round TTFC99); proxy CPU % over the run: $(per_round DCPU). The same tool with all $DELAY_STREAMS streams on one connection and $ONECONN_TOKENS tokens each: the server's SETTINGS_MAX_CONCURRENT_STREAMS (128 for all three) makes the client queue the rest, so the first chunk waits for earlier streams to end; run time per round: $(per_round ONEEL) s. One stream alone ($SINGLE_TOKENS tokens, one connection): the delay with the proxy otherwise idle, p50 per round $(per_round S50). Direct reference: relay_delay with $DELAY_STREAMS HTTP/1.1 connections straight to the simulator, p50 [${DIRECT_P50% }] p99 [${DIRECT_P99% }] max [${DIRECT_MAX% }]; 'sluice added' = sluice h2+TLS p99 minus direct h1 p99.
+(e) bench/idle_conns: $IDLE_CONNS TLS connections (ALPN h2, preface + SETTINGS exchanged both ways, no stream) against a freshly started instance of each proxy warmed with 3 requests; (RSS after - RSS before) / established, RSS = VmRSS summed over the proxy's processes (nginx: master + worker; HAProxy: one process). Per round bytes/conn: $(per_round MEMB); PSS: $(per_round MEMPSS). Once more in round 1 with ALPN http/1.1 and no request (TLS and connection state without an HTTP/2 session): $(per_round MEMTLS). Kernel socket buffers are in none of the figures.
 (f) bench/cancel_latency, $CANCEL_TRIALS trials per protocol per round: a generation (1 token every $CANCEL_DELAY_MS ms) cancelled after $CANCEL_AFTER chunks; sample = sim last_abort_us - client CLOCK_REALTIME just before sending RST_STREAM / closing. Per-round medians h2: $(per_round CAN_H2_R); h1: $(per_round CAN_H1_R).
 Load average (1/5/15 min) before: $LOAD_BEFORE, after: $LOAD_AFTER (the run itself keeps up to 2 busy); $T_TOTAL s of measuring; other processes share these CPUs.
 ollama-sim /sim/stats at the end: $SIM_STATS. nginx stub_status at the end: $NGINX_STATUS"
 if awk -v l="${LOAD_BEFORE%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n) }'; then
   NOTES+=$'\n'"BUSY MACHINE: the 1-minute load average before the run ($LOAD_BEFORE) was above the CPU count; other work competed with the proxy on CPU 0 and with the clients on CPU 1, so rates and delays are contended (the per-core rows and the memory rows suffer least)."
 fi
-[[ -z "$PROBLEMS" ]] && PROBLEMS="none (no failed requests, non-2xx, socket errors, failed streams, missed aborts, or warnings in either log)"$'\n'
+# Only the rows and notes of the measures run (--only).
+only_run() {
+  awk -v only="$ONLY" '{ l = $0; sub(/^\| /, "", l)
+    if (l ~ /^\([a-f]\)/ && index(only, substr(l, 2, 1)) == 0) next; print }'
+}
+TABLE=$(only_run <<<"$TABLE")
+NOTES=$(only_run <<<"$NOTES")
+[[ -z "$PROBLEMS" ]] && PROBLEMS="none (no failed requests, non-2xx, socket errors, failed streams, missed aborts, or warnings in any log)"$'\n'
 
-print_results "sluice against nginx (bench/compare_nginx.sh)" \
+print_results "sluice against nginx and HAProxy (bench/compare_nginx.sh)" \
   "; sluice binary built $(date -u -r "$SLUICE" '+%Y-%m-%d %H:%M UTC') (the tree may have moved since)"

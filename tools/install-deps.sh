@@ -8,7 +8,7 @@ pkgs=(g++ cmake ninja-build pkg-config curl openssl
       libcrypt-dev liburing-dev libnghttp2-dev node-llhttp android-libboringssl-dev libabsl-dev
       libsimdjson-dev)
 if [[ "${1:-}" == "--test" ]]; then
-  pkgs+=(libgtest-dev libgmock-dev libbenchmark-dev nghttp2-client wrk nginx apache2-utils python3
+  pkgs+=(libgtest-dev libgmock-dev libbenchmark-dev nghttp2-client wrk nginx haproxy apache2-utils python3
           clang libclang-rt-14-dev clang-format)
 fi
 
