@@ -22,7 +22,7 @@
 # (sluice_route_decisions_total) and where each model's requests went.
 # Target (issue: model-aware routing): at least 5x fewer loads per request
 # and lower TTFT p50 and p99 than round-robin. Prints a markdown table;
-# --record appends it to bench/RESULTS.md. About 5 minutes.
+# --record appends it to bench/RESULTS.md. About 4 minutes.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
