@@ -57,7 +57,7 @@ ModelTable::View ModelTable::Look(const std::string& model) const {
     if (name != model && e.in_flight == 0) ++v.idle_loaded;
   }
   if (auto it = entries_.find(model); it != entries_.end()) {
-    v.loaded = it->second.loaded;
+    v.loaded = it->second.loaded && !it->second.evicting;
     v.in_flight = it->second.in_flight;
     v.gen_ns = it->second.gen_ns;
   }
@@ -76,8 +76,19 @@ void ModelTable::MakeRoomLocked(const std::string& model) {
         lru = &e;
       }
     }
-    // Every loaded model is in use: Ollama waits for one to go idle.
-    if (lru == nullptr) return;
+    if (lru == nullptr) {
+      // Every loaded model is in use: Ollama waits for one to go idle and
+      // unloads it then; the least recently used not already going.
+      Entry* busy = nullptr;
+      for (auto& [name, e] : entries_) {
+        if (e.loaded && !e.evicting && name != model &&
+            (busy == nullptr || e.loaded_ns < busy->loaded_ns)) {
+          busy = &e;
+        }
+      }
+      if (busy != nullptr) busy->evicting = true;
+      return;
+    }
     lru->loaded = false;
     --loaded;
   }
@@ -89,6 +100,7 @@ void ModelTable::Begin(const std::string& model, int64_t now_ns) {
   if (it == entries_.end() || !it->second.loaded) MakeRoomLocked(model);
   Entry& e = entries_[model];
   e.loaded = true;
+  e.evicting = false;
   e.loaded_ns = now_ns;
   ++e.in_flight;
   ++total_in_flight_;
@@ -103,6 +115,10 @@ void ModelTable::End(const std::string& model, int64_t now_ns, bool ok, int stat
   e.in_flight = std::max(0, e.in_flight - 1);
   total_in_flight_ = std::max(0, total_in_flight_ - 1);
   e.loaded_ns = std::max(e.loaded_ns, now_ns);
+  if (e.evicting && e.in_flight == 0) {
+    e.loaded = false;
+    e.evicting = false;
+  }
   if (ok) {
     if (gen_ns > 0) e.gen_ns = Blend(e.gen_ns, gen_ns);
     if (load_ns > 0) load_ns_ = Blend(load_ns_, load_ns);
@@ -126,6 +142,7 @@ void ModelTable::SetLoaded(const std::vector<std::string>& names, int64_t asked_
   std::lock_guard<std::mutex> lock(mu_);
   for (auto& [name, e] : entries_) {
     e.loaded = loaded.contains(name) || e.in_flight > 0 || (e.loaded && e.loaded_ns > asked_ns);
+    if (e.evicting && e.in_flight == 0) e.loaded = e.evicting = false;
   }
   for (const std::string& name : loaded) {
     Entry& e = entries_[name];
@@ -138,7 +155,7 @@ std::vector<std::string> ModelTable::LoadedModels() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<std::string> out;
   for (const auto& [name, e] : entries_) {
-    if (e.loaded) out.push_back(name);
+    if (e.loaded && !e.evicting) out.push_back(name);
   }
   std::sort(out.begin(), out.end());
   return out;

@@ -49,8 +49,11 @@ class ModelTable {
 
   View Look(const std::string& model) const;
   // A generation of `model` goes here: it is loaded, or being loaded, from
-  // now on (with max_loaded known, the least recently used idle model is
-  // taken to be unloaded to make room, as Ollama does).
+  // now on. With max_loaded known and no room, the least recently used
+  // idle model is taken to be unloaded, as Ollama does; if every loaded
+  // model is in use, the least recently used one is unloaded once its
+  // generations end (Ollama holds the new model's request until then), and
+  // is no longer offered as loaded meanwhile.
   void Begin(const std::string& model, int64_t now_ns);
   // It ended. `ok`: it was answered 2xx (its time, from start to end, is a
   // generation-time sample; `load_ns` > 0 a load-time sample too). A 404
@@ -69,6 +72,9 @@ class ModelTable {
   struct Entry {
     int in_flight = 0;
     bool loaded = false;
+    // Loaded, but another model waits for its place: Ollama unloads it as
+    // soon as its generations end, so no new one is sent for it.
+    bool evicting = false;
     int64_t loaded_ns = 0;  // when it was last sent here or seen loaded
     int64_t gen_ns = 0;
   };

@@ -184,10 +184,30 @@ TEST(ModelTableTest, MaxLoadedEvictsTheLeastRecentlyUsedIdleModel) {
   t.Begin("b:latest", 200);
   EXPECT_FALSE(t.Look("a:latest").loaded);
   EXPECT_TRUE(t.Look("b:latest").loaded);
-  // b is in use: loading c cannot evict it (Ollama waits).
+  // b is in use: c waits for it to end, and b is on its way out.
   t.Begin("c:latest", 300);
-  EXPECT_TRUE(t.Look("b:latest").loaded);
+  EXPECT_FALSE(t.Look("b:latest").loaded);
+  EXPECT_EQ(t.Look("b:latest").in_flight, 1);
   EXPECT_TRUE(t.Look("c:latest").loaded);
+}
+
+// Every loaded model in use and no room: the least recently used one is
+// unloaded once its generations end, and no longer offered as loaded (a
+// request for it would wait for the other model's load, then reload it).
+TEST(ModelTableTest, ABusyModelThatMustMakeRoomIsNotOfferedAsLoaded) {
+  ModelTable t(/*max_loaded=*/1);
+  t.Begin("a:latest", 100);  // a runs
+  t.Begin("b:latest", 200);  // b waits for a's place
+  EXPECT_FALSE(t.Look("a:latest").loaded);
+  EXPECT_EQ(t.Look("a:latest").in_flight, 1);
+  EXPECT_TRUE(t.Look("b:latest").loaded);
+  EXPECT_EQ(t.LoadedModels(), std::vector<std::string>{"b:latest"});
+  // The /api/ps answer still lists a while it runs: it stays on its way out.
+  t.SetLoaded({"a:latest"}, 250);
+  EXPECT_FALSE(t.Look("a:latest").loaded);
+  t.End("a:latest", 300, true, 200, 100, 0);
+  EXPECT_FALSE(t.Look("a:latest").loaded);
+  EXPECT_EQ(t.Look("b:latest").loaded_count, 1);
 }
 
 TEST(ModelTableTest, PsAnswerKeepsWhatIsInFlightOrNewer) {
