@@ -59,7 +59,7 @@ UpstreamPool* BackendSet::PickForModel(const std::string& model, const UpstreamP
     c.usable = usable_[i];
     c.slots = b.slots > 0 ? b.slots : 1;
     c.max_loaded = b.max_loaded;
-    c.view = b.models != nullptr ? b.models->Look(model) : ModelTable::View{};
+    c.view = b.models != nullptr ? b.models->Look(model, shard_->now_ns()) : ModelTable::View{};
   }
   *choice = ChooseBackend(candidates_);
   return choice->index >= 0 ? pools_[choice->index].get() : nullptr;

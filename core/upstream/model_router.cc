@@ -1,12 +1,22 @@
 #include "core/upstream/model_router.h"
 
 #include <algorithm>
+#include <cmath>
 #include <tuple>
+#include <utility>
 
 #include "absl/strings/ascii.h"
 
 namespace sluice::core {
 namespace {
+
+// A model's demand halves every 30 s without requests.
+constexpr double kDemandHalfLifeNs = 30e9;
+
+double Decayed(double demand, int64_t since_ns, int64_t now_ns) {
+  if (now_ns <= since_ns || demand == 0) return demand;
+  return demand * std::exp2(-static_cast<double>(now_ns - since_ns) / kDemandHalfLifeNs);
+}
 
 // Recent times weigh 1/4, what came before 3/4.
 int64_t Blend(int64_t old_ns, int64_t sample_ns) {
@@ -45,16 +55,21 @@ std::string CanonicalModel(std::string_view name) {
   return out;
 }
 
-ModelTable::View ModelTable::Look(const std::string& model) const {
+ModelTable::View ModelTable::Look(const std::string& model, int64_t now_ns) const {
   std::lock_guard<std::mutex> lock(mu_);
   View v;
   if (tags_known_) v.has = available_.contains(model) ? View::Has::kYes : View::Has::kNo;
   v.total_in_flight = total_in_flight_;
   v.load_ns = load_ns_;
+  bool other = false;
   for (const auto& [name, e] : entries_) {
     if (!e.loaded) continue;
     ++v.loaded_count;
-    if (name != model && e.in_flight == 0) ++v.idle_loaded;
+    if (name == model || e.evicting) continue;
+    if (e.in_flight == 0) ++v.idle_loaded;
+    const double demand = Decayed(e.demand, e.demand_ns, now_ns);
+    v.least_demand_other = other ? std::min(v.least_demand_other, demand) : demand;
+    other = true;
   }
   if (auto it = entries_.find(model); it != entries_.end()) {
     v.loaded = it->second.loaded && !it->second.evicting;
@@ -99,6 +114,8 @@ void ModelTable::Begin(const std::string& model, int64_t now_ns) {
   auto it = entries_.find(model);
   if (it == entries_.end() || !it->second.loaded) MakeRoomLocked(model);
   Entry& e = entries_[model];
+  e.demand = Decayed(e.demand, e.demand_ns, now_ns) + 1;
+  e.demand_ns = now_ns;
   e.loaded = true;
   e.evicting = false;
   e.loaded_ns = now_ns;
@@ -204,6 +221,9 @@ int64_t ExpectedWaitNs(const RouteCandidate& c) {
   return rounds * (c.view.gen_ns > 0 ? c.view.gen_ns : kDefaultGenerationNs);
 }
 
+// The demand of the model a load there would displace (0 with room).
+double Displaced(const RouteCandidate& c) { return HasRoom(c) ? 0 : c.view.least_demand_other; }
+
 int64_t LoadNs(const RouteCandidate& c) {
   return c.view.load_ns > 0 ? c.view.load_ns : kDefaultLoadNs;
 }
@@ -241,10 +261,11 @@ RouteChoice ChooseBackend(const std::vector<RouteCandidate>& candidates) {
     }
   }
   // 3. Where it can be loaded without evicting a model in use: first where
-  // it evicts nothing at all, then the quickest load, then the least busy.
+  // it evicts nothing at all, then where the model it displaces is in
+  // least demand, then the quickest load, then the least busy.
   int cold = -1;
   auto rank = [](const RouteCandidate& c) {
-    return std::make_tuple(!HasRoom(c), LoadNs(c), c.view.total_in_flight);
+    return std::make_tuple(!HasRoom(c), Displaced(c), LoadNs(c), c.view.total_in_flight);
   };
   for (int i = 0; i < n; ++i) {
     const RouteCandidate& c = candidates[i];
@@ -257,11 +278,16 @@ RouteChoice ChooseBackend(const std::vector<RouteCandidate>& candidates) {
   }
   if (cold >= 0) return {RouteChoice::Kind::kCold, cold};
 
-  // 4. Every backend that has it is busy with other models: the least busy.
+  // 4. Every backend that has it is busy with other models: where the
+  // model it would displace is in least demand (its generations in flight),
+  // so that a popular model keeps its place; then the least busy.
+  auto displaces = [](const RouteCandidate& c) {
+    return std::make_pair(Displaced(c), c.view.total_in_flight);
+  };
   for (int i = 0; i < n; ++i) {
     const RouteCandidate& c = candidates[i];
     if (!Serves(c)) continue;
-    if (best < 0 || c.view.total_in_flight < candidates[best].view.total_in_flight) best = i;
+    if (best < 0 || displaces(c) < displaces(candidates[best])) best = i;
   }
   if (best >= 0) return {RouteChoice::Kind::kCold, best};
 

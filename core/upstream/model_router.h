@@ -41,13 +41,18 @@ class ModelTable {
     int total_in_flight = 0;  // of every model
     int loaded_count = 0;     // models loaded
     int idle_loaded = 0;      // loaded models other than this one with none in flight
-    int64_t gen_ns = 0;       // recent generation time of this model here (0: none seen)
-    int64_t load_ns = 0;      // recent load time here (0: none seen)
+    // The least recent demand (generations sent lately, halved every 30 s)
+    // of a loaded model other than this one: what a load here would
+    // displace. 0 when none is loaded.
+    double least_demand_other = 0;
+    int64_t gen_ns = 0;   // recent generation time of this model here (0: none seen)
+    int64_t load_ns = 0;  // recent load time here (0: none seen)
   };
 
   explicit ModelTable(int max_loaded = 0) : max_loaded_(max_loaded) {}
 
-  View Look(const std::string& model) const;
+  // `now_ns`: for the demand's decay (0: none).
+  View Look(const std::string& model, int64_t now_ns = 0) const;
   // A generation of `model` goes here: it is loaded, or being loaded, from
   // now on. With max_loaded known and no room, the least recently used
   // idle model is taken to be unloaded, as Ollama does; if every loaded
@@ -77,6 +82,8 @@ class ModelTable {
     bool evicting = false;
     int64_t loaded_ns = 0;  // when it was last sent here or seen loaded
     int64_t gen_ns = 0;
+    double demand = 0;  // generations sent, decayed (see Demand)
+    int64_t demand_ns = 0;
   };
   void MakeRoomLocked(const std::string& model);
 

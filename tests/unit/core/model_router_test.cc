@@ -132,6 +132,19 @@ TEST(ChooseBackendTest, ColdEverywhereBusyTakesTheLeastBusy) {
   EXPECT_EQ(r.index, 1);
 }
 
+// Every backend busy with another model: the load goes where the model it
+// displaces is in least demand, so a popular model keeps its place even on
+// the busier backend.
+TEST(ChooseBackendTest, ColdEverywhereBusyDisplacesTheLeastDemandedModel) {
+  RouteCandidate popular = Cold(1, 0, 4);
+  popular.view.least_demand_other = 40;
+  RouteCandidate rare = Cold(1, 0, 5);
+  rare.view.least_demand_other = 3;
+  RouteChoice r = ChooseBackend({popular, rare});
+  EXPECT_EQ(r.kind, Kind::kCold);
+  EXPECT_EQ(r.index, 1);
+}
+
 TEST(ChooseBackendTest, NotFoundAndNone) {
   RouteCandidate lacks = Cold(0, 0);
   lacks.view.has = Has::kNo;
@@ -201,6 +214,7 @@ TEST(ModelTableTest, ABusyModelThatMustMakeRoomIsNotOfferedAsLoaded) {
   EXPECT_FALSE(t.Look("a:latest").loaded);
   EXPECT_EQ(t.Look("a:latest").in_flight, 1);
   EXPECT_TRUE(t.Look("b:latest").loaded);
+  EXPECT_DOUBLE_EQ(t.Look("c:latest").least_demand_other, 1) << "b, a is on its way out";
   EXPECT_EQ(t.LoadedModels(), std::vector<std::string>{"b:latest"});
   // The /api/ps answer still lists a while it runs: it stays on its way out.
   t.SetLoaded({"a:latest"}, 250);
@@ -222,6 +236,24 @@ TEST(ModelTableTest, PsAnswerKeepsWhatIsInFlightOrNewer) {
   EXPECT_FALSE(t.Look("b:latest").loaded);
   EXPECT_TRUE(t.Look("c:latest").loaded);
   EXPECT_TRUE(t.Look("d:latest").loaded);
+}
+
+// Demand counts the generations sent lately and halves every 30 s; an idle
+// but popular model is not the one a load displaces.
+TEST(ModelTableTest, DemandDecaysAndGuidesWhatALoadDisplaces) {
+  ModelTable t;
+  for (int i = 0; i < 8; ++i) t.Begin("a:latest", 1'000'000'000);
+  for (int i = 0; i < 8; ++i) t.End("a:latest", 2'000'000'000, true, 200, 1, 0);
+  EXPECT_DOUBLE_EQ(t.Look("c:latest", 1'000'000'000).least_demand_other, 8);
+  EXPECT_NEAR(t.Look("c:latest", 31'000'000'000).least_demand_other, 4, 1e-9);
+  // Two backends, each with an idle model: the one with less demand goes.
+  RouteCandidate busy_model = Cold(1, 1);
+  busy_model.view.least_demand_other = 8;
+  RouteCandidate quiet_model = Cold(1, 1, 3);
+  quiet_model.view.least_demand_other = 0.5;
+  RouteChoice r = ChooseBackend({busy_model, quiet_model});
+  EXPECT_EQ(r.kind, Kind::kCold);
+  EXPECT_EQ(r.index, 1);
 }
 
 TEST(ModelTableTest, TagsAndA404) {
