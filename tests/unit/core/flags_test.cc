@@ -188,6 +188,7 @@ TEST_F(FlagsTest, RefusedValuesExitNamingTheFlag) {
       {{{"upstream", "127.0.0.1:1 max_loaded=0"}},
        "--upstream: 127.0.0.1:1: \"max_loaded=0\": max_loaded is a number from 1 to 1024"},
       {{{"upstream_max_fails", "-1"}}, "--upstream_max_fails: must be >= 0"},
+      {{{"resolve_interval", "0s"}}, "--resolve_interval: must be positive"},
       {{{"upstream_fail_timeout", "0s"}}, "--upstream_fail_timeout: must be positive"},
       {{{"balance", "random"}}, "--balance: \"random\": use model, round_robin or least_conn"},
       {{{"upstream_keepalive", "-1"}}, "--upstream_keepalive: \"-1\": use auto or a number >= 0"},
