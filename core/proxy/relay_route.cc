@@ -60,7 +60,10 @@ bool Relay::PinBackend(RouteClass route_class, UpstreamPool** pinned) {
   std::string error;
   if (it != head_.headers.end()) {
     const std::string name = it->value;
-    head_.headers.erase(it);
+    // Every copy goes: the header is the proxy's, never Ollama's.
+    std::erase_if(head_.headers, [](const http::Header& h) {
+      return http::EqualsIgnoreCase(h.name, kBackendHeader);
+    });
     *pinned = backends.Find(name);
     if (*pinned == nullptr) {
       error = absl::StrCat("unknown backend \"", name,
