@@ -21,6 +21,15 @@ namespace sluice::core {
 
 class Shard;
 
+// A request body's start held by a Relay while its top-level "model" is
+// looked for (model routing).
+struct ModelPeek {
+  RequestScanner scanner;
+  std::vector<Slice> held;
+  size_t bytes = 0;
+  bool end = false;
+};
+
 // Joins one downstream request to one upstream link: waits for its
 // admission (AdmissionGate), re-serialises the request with the normalised
 // path, streams its body up, parses the response and hands every payload
@@ -131,12 +140,6 @@ class Relay final : public Exchange, public LinkUser, public http::H1ResponseSin
   http::ResponseHead response_;
   // Model routing: the body's start, held (no copy) while its "model" is
   // looked for; then the canonical model and its place in the table.
-  struct ModelPeek {
-    RequestScanner scanner;
-    std::vector<Slice> held;
-    size_t bytes = 0;
-    bool end = false;
-  };
   std::optional<ModelPeek> peek_;
   std::string model_;
   ModelTable* model_table_ = nullptr;
