@@ -11,7 +11,6 @@
 #include "core/observe/observability.h"
 #include "core/server/shard.h"
 #include "core/upstream/backend_set.h"
-#include "core/upstream/health.h"
 #include "core/upstream/upstream_pool.h"
 #include "http/h1_response_parser.h"
 #include "http/serialize.h"
@@ -251,9 +250,9 @@ void Aggregate::FanOut() {
                                  http::EqualsIgnoreCase(h.name, "x-api-key")));
   });
   const int64_t now = shard_->now_ns();
-  for (const std::unique_ptr<UpstreamPool>& pool : shard_->backends().pools()) {
-    const BackendHealth* health = pool->backend().health;
-    if (!pool->available(now) || (health != nullptr && !health->up())) continue;
+  BackendSet& backends = shard_->backends();
+  for (const std::unique_ptr<UpstreamPool>& pool : backends.pools()) {
+    if (!backends.Usable(pool.get())) continue;
     std::string request;
     http::ForwardContext ctx{client_.addr, client_.scheme, pool->backend().host_header,
                              admission.client_text};
