@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "policy/route_rules.h"
 
 namespace sluice::policy {
 namespace {
@@ -26,6 +27,9 @@ constexpr absl::string_view kDeniedPaths[] = {"/api/delete", "/api/push"};
 constexpr absl::string_view kAdminPaths[] = {"/api/pull", "/api/create", "/api/copy", "/api/blobs"};
 
 constexpr char kRealm[] = "sluice";
+
+// AuthMode's names, as --auth and auth= spell them.
+constexpr const char* kAuthModeNames[] = {"key", "basic", "key_or_basic", "none"};
 
 // FNV-1a: a stable zone id from its name, so limit state survives a reload
 // that keeps the zone.
@@ -81,82 +85,6 @@ Route DefaultRoute(absl::string_view pattern, RouteAction action, int zone, cons
   r.group = group;
   r.source = "default";
   return r;
-}
-
-// A route rule's PATTERN, normalised as request paths are; a trailing '*'
-// (and the '/' written before it) is kept.
-absl::StatusOr<std::string> RoutePattern(absl::string_view pattern) {
-  if (!absl::StartsWith(pattern, "/")) {
-    return absl::InvalidArgumentError("a route pattern starts with /");
-  }
-  const bool star = absl::EndsWith(pattern, "*");
-  absl::StatusOr<NormalizedPath> norm =
-      NormalizePath(star ? pattern.substr(0, pattern.size() - 1) : pattern);
-  if (!norm.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("bad pattern: ", norm.status().message()));
-  }
-  std::string out = norm->match;
-  if (star) {
-    // Keep a trailing slash the author wrote before the '*'.
-    if (pattern.size() >= 2 && pattern[pattern.size() - 2] == '/' && out != "/") {
-      out += '/';
-    }
-    out += '*';
-  }
-  return out;
-}
-
-// One key=value option of a route rule.
-absl::Status ApplyRouteOption(absl::string_view w, Route* r, std::string* zone_name) {
-  size_t eq = w.find('=');
-  if (eq == absl::string_view::npos) {
-    return absl::InvalidArgumentError(absl::StrCat("\"", w, "\": expected key=value"));
-  }
-  absl::string_view key = w.substr(0, eq), value = w.substr(eq + 1);
-  if (key == "zone") {
-    *zone_name = std::string(value);
-  } else if (key == "allow_ip" || key == "deny_ip") {
-    absl::StatusOr<IpSet> set = IpSet::Parse(value);
-    if (!set.ok()) return set.status();
-    (key == "allow_ip" ? r->allow_ip : r->deny_ip) = *std::move(set);
-  } else if (key == "max_per_ip" || key == "max_per_key") {
-    uint32_t n = 0;
-    if (!absl::SimpleAtoi(value, &n)) {
-      return absl::InvalidArgumentError(absl::StrCat("\"", w, "\": not a count"));
-    }
-    (key == "max_per_ip" ? r->max_per_ip : r->max_per_credential) = n;
-  } else if (key == "group") {
-    r->group = std::string(value);
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat("\"", key, "\": unknown route option"));
-  }
-  return absl::OkStatus();
-}
-
-// route PATTERN allow|deny|admin [options]: fills *r but its source, and
-// the zone it names (resolved once every zone is known).
-absl::Status ParseRouteLine(const std::vector<absl::string_view>& words, Route* r,
-                            std::string* zone_name) {
-  if (words.size() < 3) {
-    return absl::InvalidArgumentError("route PATTERN allow|deny|admin [options]");
-  }
-  absl::StatusOr<std::string> pattern = RoutePattern(words[1]);
-  if (!pattern.ok()) return pattern.status();
-  r->pattern = *std::move(pattern);
-  if (words[2] == "allow") {
-    r->action = RouteAction::kAllow;
-  } else if (words[2] == "deny") {
-    r->action = RouteAction::kDeny;
-  } else if (words[2] == "admin") {
-    r->action = RouteAction::kAdmin;
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat("\"", words[2], "\": use allow, deny or admin"));
-  }
-  for (size_t i = 3; i < words.size(); ++i) {
-    absl::Status st = ApplyRouteOption(words[i], r, zone_name);
-    if (!st.ok()) return st;
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -337,7 +265,7 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Build(const PolicyOptions&
   if (absl::Status st = p->SetCorsOrigins(o.cors_origins); !st.ok()) return st;
   if (absl::Status st = p->SetRateZones(o); !st.ok()) return st;
   if (!o.rules_file.empty()) {
-    absl::Status st = p->AddRulesFile(o.rules_file);
+    absl::Status st = p->AddRulesFile(o.rules_file, o.parse_upstream);
     if (!st.ok()) return FlagError("rules_file", st.message());
   }
   p->AddGlobalIpRules(std::move(allow), std::move(deny));
@@ -349,15 +277,17 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Build(const PolicyOptions&
 //   allow CIDR[,CIDR...]        global address rules, first match wins
 //   deny CIDR[,CIDR...]|all
 //   zone NAME [by=ip|credential] RATE [burst=N] [nodelay|delay=N]
+//   upstream NAME ADDRESSES     another upstream than Ollama
 //   route PATTERN allow|deny|admin [zone=NAME|off] [allow_ip=CIDRS]
 //         [deny_ip=CIDRS] [max_per_ip=N] [max_per_key=N] [group=NAME]
+//         [host=NAMES] [upstream=NAME] [auth=MODE]
 // The helpers of one line return the reason of an error; AddRulesFile adds
 // the file and line to it.
-absl::Status Policy::AddRulesFile(const std::string& path) {
+absl::Status Policy::AddRulesFile(const std::string& path, const UpstreamParser& parse_upstream) {
   absl::StatusOr<std::string> text = ReadPolicyFile(path);
   if (!text.ok()) return text.status();
   int line_no = 0;
-  std::vector<std::pair<Route, std::string>> pending_zone;  // route, zone name
+  std::vector<std::pair<Route, RouteRefs>> pending;
   for (absl::string_view raw : absl::StrSplit(*text, '\n')) {
     ++line_no;
     absl::string_view line = raw;
@@ -368,26 +298,27 @@ absl::Status Policy::AddRulesFile(const std::string& path) {
         absl::StrSplit(line, absl::ByAnyChar(" \t\r"), absl::SkipEmpty());
     if (words.empty()) continue;
     const absl::string_view verb = words[0];
+    const std::string source = absl::StrCat(path, ":", line_no);
     absl::Status st;
     if (verb == "allow" || verb == "deny") {
       st = AddIpRuleLine(words);
     } else if (verb == "zone") {
       st = AddZoneLine(words);
+    } else if (verb == "upstream") {
+      st = AddUpstreamLine(words, parse_upstream, source);
     } else if (verb == "route") {
       Route r;
-      r.source = absl::StrCat(path, ":", line_no);
-      std::string zone_name;
-      st = ParseRouteLine(words, &r, &zone_name);
-      if (st.ok()) pending_zone.emplace_back(std::move(r), std::move(zone_name));
+      r.source = source;
+      RouteRefs refs;
+      st = ParseRouteLine(words, &r, &refs);
+      if (st.ok()) pending.emplace_back(std::move(r), std::move(refs));
     } else {
       st = absl::InvalidArgumentError(
-          absl::StrCat("\"", verb, "\": expected allow, deny, zone or route"));
+          absl::StrCat("\"", verb, "\": expected allow, deny, zone, upstream or route"));
     }
-    if (!st.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no, ": ", st.message()));
-    }
+    if (!st.ok()) return absl::InvalidArgumentError(absl::StrCat(source, ": ", st.message()));
   }
-  return AddPendingRoutes(&pending_zone);
+  return AddPendingRoutes(&pending);
 }
 
 absl::Status Policy::AddIpRuleLine(const std::vector<absl::string_view>& words) {
@@ -418,21 +349,71 @@ absl::Status Policy::AddZoneLine(const std::vector<absl::string_view>& words) {
   return AddZone(name, absl::StrJoin(rest, " "), zone_by);
 }
 
-// Zones may be defined after the routes that use them.
-absl::Status Policy::AddPendingRoutes(std::vector<std::pair<Route, std::string>>* pending_zone) {
-  for (auto& [r, zone_name] : *pending_zone) {
-    if (zone_name == "off") {
+absl::Status Policy::AddUpstreamLine(const std::vector<absl::string_view>& words,
+                                     const UpstreamParser& parse, std::string source) {
+  if (words.size() < 3) return absl::InvalidArgumentError("upstream NAME ADDRESS[,ADDRESS...]");
+  const absl::string_view name = words[1];
+  if (!ValidName(name)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", name, "\": a name is 1 to 64 letters, digits, '-', '_' or '.'"));
+  }
+  if (name == "ollama") {
+    return absl::InvalidArgumentError(
+        "the name \"ollama\" is taken: it means the --upstream backends");
+  }
+  for (const NamedUpstream& u : upstreams_) {
+    if (u.name == name) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("upstream \"", name, "\" is already defined at ", u.source));
+    }
+  }
+  if (!parse) return absl::InvalidArgumentError("upstream lines are not read here");
+  std::vector<absl::string_view> rest(words.begin() + 2, words.end());
+  absl::StatusOr<std::shared_ptr<const UpstreamTarget>> target = parse(absl::StrJoin(rest, " "));
+  if (!target.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("upstream ", name, ": ", target.status().message()));
+  }
+  upstreams_.push_back(NamedUpstream{std::string(name), *std::move(target), std::move(source)});
+  return absl::OkStatus();
+}
+
+// Zones and upstreams may be defined after the routes that use them.
+absl::Status Policy::AddPendingRoutes(std::vector<std::pair<Route, RouteRefs>>* pending) {
+  for (auto& [r, refs] : *pending) {
+    if (refs.zone == "off") {
       r.zone = -1;
-    } else if (!zone_name.empty()) {
+    } else if (!refs.zone.empty()) {
       r.zone = -1;
       for (size_t i = 0; i < zones_.size(); ++i) {
-        if (zones_[i].name == zone_name) r.zone = static_cast<int>(i);
+        if (zones_[i].name == refs.zone) r.zone = static_cast<int>(i);
       }
       if (r.zone < 0) {
         return absl::InvalidArgumentError(
-            absl::StrCat(r.source, ": zone \"", zone_name, "\" is not defined"));
+            absl::StrCat(r.source, ": zone \"", refs.zone, "\" is not defined"));
       }
     }
+    if (!refs.upstream.empty() && refs.upstream != "ollama") {
+      for (size_t i = 0; i < upstreams_.size(); ++i) {
+        if (upstreams_[i].name == refs.upstream) r.upstream = static_cast<int>(i);
+      }
+      if (r.upstream < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(r.source, ": upstream \"", refs.upstream, "\" is not defined"));
+      }
+      has_upstream_routes_ = true;
+    }
+    if (r.auth) {
+      const bool ok = (*r.auth != AuthMode::kKey || keys_) &&
+                      (*r.auth != AuthMode::kBasic || users_) &&
+                      (*r.auth != AuthMode::kKeyOrBasic || keys_ || users_);
+      if (!ok) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(r.source, ": auth=", kAuthModeNames[static_cast<int>(*r.auth)],
+                         " needs the credentials file it checks (--keys_file or --htpasswd)"));
+      }
+    }
+    has_host_routes_ = has_host_routes_ || !r.hosts.empty();
     routes_.push_back(std::move(r));
   }
   return absl::OkStatus();
@@ -495,19 +476,24 @@ bool Policy::Screen(const RequestFacts& req, Admission* a) const {
 
   const absl::string_view match =
       a->path.match == "*" ? absl::string_view("/") : absl::string_view(a->path.match);
-  for (const Route& r : routes_) {
-    if (!PathMatches(r.pattern, match)) continue;
-    a->route = &r;
-    break;
+  const Route& r = MatchRoute(has_host_routes_ ? MatchHost(req.host) : std::string(), match);
+  a->route = &r;
+  if (r.upstream >= 0) {
+    // Another application: none of Ollama's default limits (its own
+    // apply); the route's own ones do.
+    a->zone = r.zone == Route::kZoneByPath ? -1 : r.zone;
+    a->group = !r.group.empty() ? r.group : upstreams_[r.upstream].name;
+    a->max_per_ip = r.max_per_ip;
+    a->max_per_credential = r.max_per_credential;
+  } else {
+    const bool generation = IsGenerationPath(match);
+    a->zone = r.zone == Route::kZoneByPath ? (generation ? gen_zone_ : api_zone_) : r.zone;
+    a->group = !r.group.empty() ? r.group : generation ? "generation" : "api";
+    a->max_per_ip = r.max_per_ip ? r.max_per_ip : generation ? gen_max_per_ip_ : 0;
+    a->max_per_credential = r.max_per_credential ? r.max_per_credential
+                            : generation         ? gen_max_per_credential_
+                                                 : 0;
   }
-  const Route& r = *a->route;  // the last default route matches every path
-  const bool generation = IsGenerationPath(match);
-  a->zone = r.zone == Route::kZoneByPath ? (generation ? gen_zone_ : api_zone_) : r.zone;
-  a->group = !r.group.empty() ? r.group : generation ? "generation" : "api";
-  a->max_per_ip = r.max_per_ip ? r.max_per_ip : generation ? gen_max_per_ip_ : 0;
-  a->max_per_credential = r.max_per_credential ? r.max_per_credential
-                          : generation         ? gen_max_per_credential_
-                                               : 0;
   if (r.action == RouteAction::kDeny) {
     std::string shown = r.pattern;
     if (!shown.empty() && shown.back() == '*') shown.pop_back();
@@ -527,11 +513,27 @@ bool Policy::Screen(const RequestFacts& req, Admission* a) const {
   return true;
 }
 
-void Policy::RefuseAuth(Admission* a) const {
+const Route& Policy::MatchRoute(absl::string_view host, absl::string_view match) const {
+  for (const Route& r : routes_) {
+    if (!r.hosts.empty() && !HostMatches(r.hosts, host)) continue;
+    if (PathMatches(r.pattern, match)) return r;
+  }
+  return routes_.back();  // the last default route matches every path
+}
+
+const Route* Policy::FindRoute(absl::string_view host, absl::string_view target) const {
+  absl::StatusOr<NormalizedPath> path = NormalizePath(target);
+  if (!path.ok()) return nullptr;
+  const absl::string_view match =
+      path->match == "*" ? absl::string_view("/") : absl::string_view(path->match);
+  return &MatchRoute(has_host_routes_ ? MatchHost(host) : std::string(), match);
+}
+
+void Policy::RefuseAuth(Admission* a, AuthMode mode) const {
   Refuse(a, 401, "Unauthorized");
   // Challenge with Basic only where a user could answer it: a browser
   // prompts for a password on a Basic challenge.
-  if (auth_ == AuthMode::kKey || !users_) {
+  if (mode == AuthMode::kKey || !users_) {
     a->headers.emplace_back("WWW-Authenticate", absl::StrCat("Bearer realm=\"", kRealm, "\""));
   } else {
     a->headers.emplace_back("WWW-Authenticate",
@@ -559,7 +561,8 @@ void Policy::RefundLogin(Admission* a, RateTable* attempts, int64_t now_ns) cons
 
 AuthStep Policy::Authenticate(const RequestFacts& req, Admission* a, BasicAuthCache* cache,
                               int64_t now_ns, RateTable* attempts) const {
-  if (auth_ == AuthMode::kNone) return AuthStep::kDone;
+  const AuthMode mode = AuthFor(*a);
+  if (mode == AuthMode::kNone) return AuthStep::kDone;
   absl::string_view auth = req.authorization;
   if (req.repeated_credentials ||
       (!auth.empty() && !req.x_api_key.empty() &&
@@ -575,10 +578,10 @@ AuthStep Policy::Authenticate(const RequestFacts& req, Admission* a, BasicAuthCa
   // past the limit it is the 429.
   const bool presented = !auth.empty() || !req.x_api_key.empty();
   auto refuse = [&] {
-    if (!presented || ChargeLogin(a, attempts, now_ns)) RefuseAuth(a);
+    if (!presented || ChargeLogin(a, attempts, now_ns)) RefuseAuth(a, mode);
     return AuthStep::kRefused;
   };
-  if (auth_ != AuthMode::kBasic && !basic) {
+  if (mode != AuthMode::kBasic && !basic) {
     // Keys are 256-bit random values: a lookup answers no guess, so a key
     // is always looked up, a valid one passes whatever the address's
     // failures, and a wrong or revoked one is a plain 401 that does not
@@ -587,14 +590,14 @@ AuthStep Policy::Authenticate(const RequestFacts& req, Admission* a, BasicAuthCa
     std::optional<absl::string_view> key = PresentedKey(auth, req.x_api_key);
     const std::string* name = key && keys_ ? keys_->Lookup(*key) : nullptr;
     if (name == nullptr) {
-      RefuseAuth(a);
+      RefuseAuth(a, mode);
       return AuthStep::kRefused;
     }
     a->user_name = *name;
     a->principal = absl::StrCat("key:", *name);
     return AuthStep::kDone;
   }
-  if (auth_ == AuthMode::kKey || !basic || !users_) return refuse();
+  if (mode == AuthMode::kKey || !basic || !users_) return refuse();
   std::string decoded;
   absl::string_view b64 = absl::StripLeadingAsciiWhitespace(auth.substr(6));
   if (!absl::Base64Unescape(b64, &decoded)) return refuse();
@@ -642,7 +645,7 @@ bool Policy::FinishBasic(bool valid, Admission* a, BasicAuthCache* cache, int64_
   ForgetPassword(a);
   if (!valid) {
     a->login_charged = false;  // a failed check keeps its count
-    RefuseAuth(a);
+    RefuseAuth(a, AuthFor(*a));
     return false;
   }
   RefundLogin(a, attempts, now_ns);
@@ -705,9 +708,11 @@ void Policy::Release(Admission* a, ConcurrencyTable* conns) {
 }
 
 std::string Policy::Summary() const {
-  static constexpr const char* kModes[] = {"key", "basic", "key_or_basic", "none"};
-  std::string s = absl::StrCat("auth=", kModes[static_cast<int>(auth_)], " keys=", key_count(),
-                               " users=", user_count(), " routes=", routes_.size(), " zones=");
+  std::string s =
+      absl::StrCat("auth=", kAuthModeNames[static_cast<int>(auth_)], " keys=", key_count(),
+                   " users=", user_count(), " routes=", routes_.size());
+  if (!upstreams_.empty()) absl::StrAppend(&s, " upstreams=", upstreams_.size());
+  s += " zones=";
   for (size_t i = 0; i < zones_.size(); ++i) {
     absl::StrAppend(&s, i ? "," : "", zones_[i].name, "(", zones_[i].rate.rate_per_s * 60,
                     "r/m burst=", zones_[i].rate.burst, ")");

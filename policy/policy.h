@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -17,6 +18,8 @@
 #include "policy/path.h"
 
 namespace sluice::policy {
+
+struct RouteRefs;
 
 // --auth: which credentials a request must carry.
 enum class AuthMode { kKey, kBasic, kKeyOrBasic, kNone };
@@ -43,10 +46,38 @@ struct Zone {
   LimitBy by = LimitBy::kIp;
 };
 
-// One route rule. The first rule whose pattern matches the normalised path
-// decides (rules from --rules_file come before the built-in defaults).
+// An upstream other than Ollama (a web UI, another API), named by an
+// `upstream` line of the rules file. The policy only carries it: what the
+// addresses mean and how they are reached is the proxy's, which parses
+// them (PolicyOptions::parse_upstream) into a type of its own.
+class UpstreamTarget {
+ public:
+  virtual ~UpstreamTarget() = default;
+};
+
+struct NamedUpstream {
+  std::string name;
+  std::shared_ptr<const UpstreamTarget> target;
+  std::string source;  // "FILE:LINE"
+};
+
+// Parses the addresses of an `upstream` line (all the words after its
+// name); an error names what is wrong without the file and line.
+using UpstreamParser =
+    std::function<absl::StatusOr<std::shared_ptr<const UpstreamTarget>>(absl::string_view spec)>;
+
+// One route rule. The first rule whose host list and pattern match the
+// request decides (rules from --rules_file come before the built-in
+// defaults).
 struct Route {
   std::string pattern;  // as PathMatches takes it: lowercase, normalised
+  // host= names, lowercase ("*.example.com": any name below it); empty:
+  // any host.
+  std::vector<std::string> hosts;
+  // Index into Policy::upstreams(), or -1: Ollama (--upstream).
+  int upstream = -1;
+  // auth= of the route; none given: --auth.
+  std::optional<AuthMode> auth;
   RouteAction action = RouteAction::kAllow;
   IpSet allow_ip;  // when not empty, only these addresses
   IpSet deny_ip;   // these addresses get 403
@@ -87,6 +118,8 @@ struct PolicyOptions {
   std::string auth_attempts = "6r/m burst=10";
   uint32_t max_streams_per_ip = 0;
   uint32_t max_streams_per_key = 0;
+  // Parses `upstream` lines of the rules file; null: they are an error.
+  UpstreamParser parse_upstream;
 };
 
 // One request as the policy sees it. Views into the request head; valid for
@@ -233,6 +266,16 @@ class Policy {
   }
 
   AuthMode auth_mode() const { return auth_; }
+  // The credentials a request's route asks for (its auth=, else --auth).
+  AuthMode AuthFor(const Admission& a) const {
+    return a.route != nullptr && a.route->auth ? *a.route->auth : auth_;
+  }
+  // The route a request goes by, as Screen finds it, without the rest of
+  // Screen: null when the target is not a valid path.
+  const Route* FindRoute(absl::string_view host, absl::string_view target) const;
+  // Whether some route sends requests to a named upstream.
+  bool has_upstream_routes() const { return has_upstream_routes_; }
+  const std::vector<NamedUpstream>& upstreams() const { return upstreams_; }
   uint64_t generation() const { return generation_; }
   const std::vector<Route>& routes() const { return routes_; }
   const std::vector<Zone>& zones() const { return zones_; }
@@ -254,15 +297,20 @@ class Policy {
   absl::Status SetRateZones(const PolicyOptions& o);
   void AddGlobalIpRules(IpSet allow, IpSet deny);
   void AddDefaultRoutes(const PolicyOptions& o);
-  absl::Status AddRulesFile(const std::string& path);
+  absl::Status AddRulesFile(const std::string& path, const UpstreamParser& parse_upstream);
   // Lines of the rules file (the error without its FILE:LINE).
   absl::Status AddIpRuleLine(const std::vector<absl::string_view>& words);
   absl::Status AddZoneLine(const std::vector<absl::string_view>& words);
+  absl::Status AddUpstreamLine(const std::vector<absl::string_view>& words,
+                               const UpstreamParser& parse, std::string source);
+  // The first route for `host` (MatchHost's form) and the normalised
+  // `match` path.
+  const Route& MatchRoute(absl::string_view host, absl::string_view match) const;
   // The file's routes, their zone names resolved.
-  absl::Status AddPendingRoutes(std::vector<std::pair<Route, std::string>>* pending_zone);
+  absl::Status AddPendingRoutes(std::vector<std::pair<Route, RouteRefs>>* pending);
   absl::Status AddZone(const std::string& name, absl::string_view spec, LimitBy by);
   void Refuse(Admission* a, int status, std::string error) const;
-  void RefuseAuth(Admission* a) const;
+  void RefuseAuth(Admission* a, AuthMode mode) const;
   // Counts one login attempt of a->client; false (a->status holds the 429)
   // past --auth_attempts, nothing counted.
   bool ChargeLogin(Admission* a, RateTable* attempts, int64_t now_ns) const;
@@ -285,6 +333,9 @@ class Policy {
   bool cors_any_ = false;
   std::vector<Zone> zones_;
   std::vector<Route> routes_;
+  std::vector<NamedUpstream> upstreams_;
+  bool has_upstream_routes_ = false;
+  bool has_host_routes_ = false;
   LimitBy rate_by_ = LimitBy::kIp;
   int gen_zone_ = -1;
   int api_zone_ = -1;

@@ -241,7 +241,8 @@ void Aggregate::FanOut() {
   http::RequestHead up = head_;
   up.method = "GET";
   if (admission.path.forward != "*") up.target = admission.path.forward;
-  const bool drop_credentials = gate_.policy().auth_mode() != policy::AuthMode::kNone;
+  const bool drop_credentials =
+      gate_.policy().AuthFor(gate_.admission()) != policy::AuthMode::kNone;
   std::erase_if(up.headers, [&](const http::Header& h) {
     return http::EqualsIgnoreCase(h.name, "origin") ||
            http::EqualsIgnoreCase(h.name, "accept-encoding") ||

@@ -17,6 +17,14 @@ std::unique_ptr<Exchange> NewExchange(Shard* shard, Downstream* downstream, http
     return std::make_unique<InternalEndpoint>(shard, downstream, std::move(head), std::move(client),
                                               *kind);
   }
+  // A route to a rules-file upstream is that application's, whatever its
+  // path: only the relay serves it.
+  const policy::Policy& policy = *shard->policy();
+  const policy::Route* route =
+      policy.has_upstream_routes() ? policy.FindRoute(head.host, head.target) : nullptr;
+  if (route != nullptr && route->upstream >= 0) {
+    return std::make_unique<Relay>(shard, downstream, std::move(head), std::move(client));
+  }
   if (std::optional<ModelList> list = Aggregate::Match(head, shard->backends().size())) {
     return std::make_unique<Aggregate>(shard, downstream, std::move(head), std::move(client),
                                        *list);

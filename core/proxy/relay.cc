@@ -37,6 +37,7 @@ Relay::Relay(Shard* shard, Downstream* downstream, http::RequestHead head, Clien
               shard->now_unix_ns()),
       gate_(shard, downstream, &head_, &client_),
       tunnel_(downstream, &record_),
+      backends_(&shard->backends()),
       parser_(this),
       read_timer_([this] {
         fail_cause_ = "no response within --read_timeout";
@@ -84,7 +85,8 @@ void Relay::Proceed() {
     record_.set_original_target(std::move(head_.target));
     head_.target = admission.path.forward;
   }
-  const bool drop_credentials = gate_.policy().auth_mode() != policy::AuthMode::kNone;
+  const bool drop_credentials =
+      gate_.policy().AuthFor(gate_.admission()) != policy::AuthMode::kNone;
   std::erase_if(head_.headers, [&](const http::Header& h) {
     return http::EqualsIgnoreCase(h.name, "origin") ||
            (drop_credentials && (http::EqualsIgnoreCase(h.name, "authorization") ||
@@ -104,18 +106,18 @@ void Relay::SerializeHead() {
 // first comes back.
 void Relay::AnswerNoBackend() {
   finished_ = true;
-  const int64_t wait_ns = shard_->backends().NextAvailableNs() - shard_->now_ns();
+  const int64_t wait_ns = backends_->NextAvailableNs() - shard_->now_ns();
   const int64_t seconds = std::max<int64_t>(1, (wait_ns + 999'999'999) / 1'000'000'000);
-  constexpr std::string_view kMessage = "no Ollama backend available";
-  RELAY_LOG(WARN, "%s %s: 503 %s", head_.method.c_str(), head_.target.c_str(), kMessage.data());
-  record_.Answered(503, http::JsonErrorBody(kMessage).size());
-  downstream_->SendPolicyAnswer(503, kMessage,
-                                {http::Header{"Retry-After", absl::StrCat(seconds)}});
+  const std::string_view message =
+      named_ ? "no backend of the upstream available" : "no Ollama backend available";
+  RELAY_LOG(WARN, "%s %s: 503 %s", head_.method.c_str(), head_.target.c_str(), message.data());
+  record_.Answered(503, http::JsonErrorBody(message).size());
+  downstream_->SendPolicyAnswer(503, message, {http::Header{"Retry-After", absl::StrCat(seconds)}});
 }
 
 bool Relay::KeepForReplay() const {
   if (!replayable_ || parser_.started()) return false;
-  return (link_->reused() && !retried_) || (!failed_over_ && shard_->backends().size() > 1);
+  return (link_->reused() && !retried_) || (!failed_over_ && backends_->size() > 1);
 }
 
 bool Relay::AttachLink(bool fresh) {
@@ -123,7 +125,7 @@ bool Relay::AttachLink(bool fresh) {
   pool_->TakeProbe(shard_->now_ns());
   link_ = pool_->Acquire(this, fresh, &err);
   record_.UpstreamStarted(shard_->now_ns());
-  if (shard_->backends().size() > 1) record_.set_backend(pool_->backend().name);
+  if (backends_->size() > 1 || named_) record_.set_backend(pool_->backend().name);
   if (std::vector<BackendStats>& stats = shard_->metrics().backends;
       pool_->index() < stats.size()) {
     ++stats[pool_->index()].requests;
@@ -281,7 +283,7 @@ void Relay::OnResponseHead(http::ResponseHead head) {
   // Ollama's 503 ("server busy": its queue is full) before anything was
   // relayed: the request goes once to another backend that has the model.
   if (head.status == 503 && request_done_ && replayable_ && !failed_over_ &&
-      shard_->backends().size() > 1) {
+      backends_->size() > 1 && named_ == nullptr) {
     busy_next_ = NextBackend();
     if (busy_next_ != nullptr) return;
   }

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -19,6 +20,7 @@
 
 namespace sluice::core {
 
+class BackendSet;
 class Shard;
 
 // A request body's start held by a Relay while its top-level "model" is
@@ -129,6 +131,10 @@ class Relay final : public Exchange, public LinkUser, public http::H1ResponseSin
   RequestRecord record_;
   AdmissionGate gate_;
   WebSocketTunnel tunnel_;
+  // Where the request goes: the --upstream backends, or a rules-file
+  // upstream's (held while the request lives).
+  BackendSet* backends_;
+  std::shared_ptr<BackendSet> named_;
   // The pool of the backend chosen for this request, and the link from it.
   UpstreamPool* pool_ = nullptr;
   UpstreamLink* link_ = nullptr;

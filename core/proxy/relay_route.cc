@@ -30,18 +30,30 @@ constexpr size_t kPeekBytes = 64 * 1024;
               client_.addr.c_str(), ##__VA_ARGS__)
 
 void Relay::Route() {
-  BackendSet& backends = shard_->backends();
-  const RouteClass route_class = ClassifyRoute(head_.method, head_.target);
-  UpstreamPool* pinned = nullptr;
-  if (!PinBackend(route_class, &pinned)) return;
-  if (pinned != nullptr) {
-    pool_ = pinned;
-  } else if (route_class == RouteClass::kModel && head_.has_body() && backends.size() > 1 &&
-             shard_->config().balance == Balance::kModel) {
-    StartPeek();
-    return;
+  const policy::Route* route = gate_.admission().route;
+  if (route != nullptr && route->upstream >= 0) {
+    // A rules-file upstream: another application, none of Ollama's
+    // routing; the proxy's own header goes nowhere.
+    std::erase_if(head_.headers, [](const http::Header& h) {
+      return http::EqualsIgnoreCase(h.name, kBackendHeader);
+    });
+    named_ = shard_->NamedBackends(gate_.policy().upstreams()[route->upstream].target);
+    backends_ = named_.get();
+    pool_ = backends_->Pick();
   } else {
-    pool_ = backends.Pick();
+    BackendSet& backends = shard_->backends();
+    const RouteClass route_class = ClassifyRoute(head_.method, head_.target);
+    UpstreamPool* pinned = nullptr;
+    if (!PinBackend(route_class, &pinned)) return;
+    if (pinned != nullptr) {
+      pool_ = pinned;
+    } else if (route_class == RouteClass::kModel && head_.has_body() && backends.size() > 1 &&
+               shard_->config().balance == Balance::kModel) {
+      StartPeek();
+      return;
+    } else {
+      pool_ = backends.Pick();
+    }
   }
   if (pool_ == nullptr) {
     AnswerNoBackend();
@@ -154,9 +166,9 @@ void Relay::AnswerModelNotFound(std::string_view model) {
 }
 
 UpstreamPool* Relay::NextBackend() {
-  if (model_.empty()) return shard_->backends().Pick(pool_);
+  if (model_.empty()) return backends_->Pick(pool_);
   RouteChoice choice;
-  UpstreamPool* next = shard_->backends().PickForModel(model_, pool_, &choice);
+  UpstreamPool* next = backends_->PickForModel(model_, pool_, &choice);
   route_kind_ = choice.kind;
   return next;
 }

@@ -13,6 +13,7 @@
 #include "core/observe/log.h"
 #include "core/server/cli.h"
 #include "core/server/listeners.h"
+#include "core/upstream/backend_set.h"
 
 using sluice::core::ByteSize;
 
@@ -385,6 +386,7 @@ policy::PolicyOptions PolicyFlags() {
   if (per_key < 0) UsageError("--max_streams_per_key: must be 0 or more");
   o.max_streams_per_ip = static_cast<uint32_t>(per_ip);
   o.max_streams_per_key = static_cast<uint32_t>(per_key);
+  o.parse_upstream = ParseNamedUpstream;
   return o;
 }
 

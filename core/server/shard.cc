@@ -36,8 +36,49 @@ const std::shared_ptr<const policy::Policy>& Shard::policy() {
   if (gen != policy_generation_) {
     policy_ = config_.policy_slot->Get();
     policy_generation_ = gen;
+    if (!named_.empty()) RetireNamed();
   }
+  if (!retired_.empty()) SweepRetired();
   return policy_;
+}
+
+std::shared_ptr<BackendSet> Shard::NamedBackends(
+    const std::shared_ptr<const policy::UpstreamTarget>& target) {
+  auto it = named_.find(target.get());
+  if (it != named_.end()) return it->second;
+  const auto& named = static_cast<const core::NamedBackends&>(*target);
+  auto set = std::make_shared<BackendSet>(this, named.backends, named.balance, /*counted=*/false);
+  set->set_owner(target);
+  named_.emplace(target.get(), set);
+  return set;
+}
+
+void Shard::RetireNamed() {
+  for (auto it = named_.begin(); it != named_.end();) {
+    const auto& kept = policy_->upstreams();
+    const bool named = std::any_of(kept.begin(), kept.end(), [&](const policy::NamedUpstream& u) {
+      return u.target.get() == it->first;
+    });
+    if (named) {
+      ++it;
+      continue;
+    }
+    it->second->CloseIdle();
+    retired_.push_back(std::move(it->second));
+    named_.erase(it++);
+  }
+}
+
+void Shard::SweepRetired() {
+  std::erase_if(retired_, [](const std::shared_ptr<BackendSet>& set) {
+    return set.use_count() == 1 && set->open_count() == 0;
+  });
+}
+
+void Shard::CloseIdleUpstreams() {
+  backends_->CloseIdle();
+  for (auto& [target, set] : named_) set->CloseIdle();
+  for (auto& set : retired_) set->CloseIdle();
 }
 
 std::shared_ptr<const tls::TlsContext> Shard::TlsContextForNewConnection() {
@@ -70,6 +111,10 @@ MetricsShard Shard::SnapshotMetrics() const {
   MetricsShard copy = metrics_;
   copy.upstream_open = static_cast<int64_t>(backends_->open_count());
   copy.upstream_idle = static_cast<int64_t>(backends_->idle_count());
+  for (const auto& [target, set] : named_) {
+    copy.upstream_open += static_cast<int64_t>(set->open_count());
+    copy.upstream_idle += static_cast<int64_t>(set->idle_count());
+  }
   for (size_t i = 0; i < copy.backends.size(); ++i) {
     const UpstreamPool& pool = *backends_->pools()[i];
     const BackendConfig& b = pool.backend();

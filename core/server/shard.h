@@ -5,7 +5,9 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "core/engine/loop.h"
 #include "core/engine/timer.h"
@@ -56,6 +58,14 @@ class Shard {
 
   // The backends' keepalive pools and the choice among them.
   BackendSet& backends() { return *backends_; }
+  // The pools of a rules-file upstream (a NamedBackends), made in this
+  // worker on first use and kept while the policy names it or a request
+  // holds it (a reload that drops or changes it retires the old set: its
+  // idle links close, and it goes once no link of it is open).
+  std::shared_ptr<BackendSet> NamedBackends(
+      const std::shared_ptr<const policy::UpstreamTarget>& target);
+  // Closes every idle upstream link, of every set (drain).
+  void CloseIdleUpstreams();
   // The policy for a new request: the slot's current snapshot, refreshed
   // when its generation moved (one atomic load otherwise).
   const std::shared_ptr<const policy::Policy>& policy();
@@ -120,7 +130,14 @@ class Shard {
   // This core's copy of the TLS context and the slot generation it is of.
   std::shared_ptr<const tls::TlsContext> tls_context_;
   uint64_t tls_generation_ = ~0ull;
+  // On a new policy: sets of upstreams it no longer names are retired.
+  void RetireNamed();
+  // Frees retired sets no request holds and no link of which is open.
+  void SweepRetired();
+
   std::unique_ptr<BackendSet> backends_;
+  absl::flat_hash_map<const policy::UpstreamTarget*, std::shared_ptr<BackendSet>> named_;
+  std::vector<std::shared_ptr<BackendSet>> retired_;
   MetricsShard metrics_;
   std::unique_ptr<AccessLogFormatter> access_formatter_;
   std::string access_buf_;

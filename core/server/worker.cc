@@ -108,7 +108,7 @@ void Worker::BeginDrain() {
   // Closing the listeners makes the kernel refuse new connections to this
   // worker's sockets (the others close theirs at the same time).
   loop_.CloseListeners();
-  shard_.backends().CloseIdle();
+  shard_.CloseIdleUpstreams();
   std::vector<ClientConnection*> conns(shard_.connections().begin(), shard_.connections().end());
   for (ClientConnection* c : conns) c->Drain();
   LOG_INFO("draining %zu connection(s)", shard_.connections().size());

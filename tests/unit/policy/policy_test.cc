@@ -343,7 +343,7 @@ TEST_F(PolicyBuildTest, RulesFileErrorsNameFileAndLine) {
     absl::string_view message;  // the start of what follows "FILE:LINE: "
   } cases[] = {
       {"# comment\n\nfrobnicate 10.0.0.0/8\n", 3,
-       "\"frobnicate\": expected allow, deny, zone or route"},
+       "\"frobnicate\": expected allow, deny, zone, upstream or route"},
       {"allow 10.0.0.0/33\n", 1, "bad CIDR"},
       {"deny 10.0.0.0/8 10.1.0.0/16\n", 1, "deny takes one CIDR list"},
       {"allow\n", 1, "allow takes one CIDR list"},
