@@ -80,15 +80,16 @@ void Relay::Proceed() {
   const policy::Admission& admission = gate_.admission();
   // Ollama sees exactly the path the rules were checked against. The
   // proxy's own credentials and the Origin (CORS is answered here; Ollama
-  // would refuse origins it does not know) stay here.
+  // would refuse origins it does not know) stay here. A rules-file
+  // upstream (a web application) gets the Origin its own checks need.
   if (admission.path.forward != "*") {
     record_.set_original_target(std::move(head_.target));
     head_.target = admission.path.forward;
   }
-  const bool drop_credentials =
-      gate_.policy().AuthFor(gate_.admission()) != policy::AuthMode::kNone;
+  const bool drop_credentials = gate_.policy().AuthFor(admission) != policy::AuthMode::kNone;
+  const bool drop_origin = admission.route == nullptr || admission.route->upstream < 0;
   std::erase_if(head_.headers, [&](const http::Header& h) {
-    return http::EqualsIgnoreCase(h.name, "origin") ||
+    return (drop_origin && http::EqualsIgnoreCase(h.name, "origin")) ||
            (drop_credentials && (http::EqualsIgnoreCase(h.name, "authorization") ||
                                  http::EqualsIgnoreCase(h.name, "x-api-key")));
   });

@@ -114,6 +114,16 @@ TEST_F(NamedUpstream, HostPicksTheUpstreamAndItsOwnAuth) {
   echo = ParseEcho(api.body);
   ASSERT_TRUE(echo.has_value());
   EXPECT_FALSE(echo->First("authorization").has_value());
+  // The web UI gets its own page's Origin (its own checks need it); a
+  // foreign page is refused by the proxy's CORS check, as for Ollama.
+  HttpResponse same = Request("chat.example.com", "/sim/echo",
+                              {{"Origin", "http://chat.example.com"}});
+  ASSERT_EQ(same.status, 200) << same.body;
+  echo = ParseEcho(same.body);
+  ASSERT_TRUE(echo.has_value());
+  EXPECT_EQ(echo->First("origin").value_or(""), "http://chat.example.com");
+  EXPECT_EQ(Request("chat.example.com", "/sim/echo", {{"Origin", "https://evil.example"}}).status,
+            403);
   // A look-alike host is not the web UI's.
   EXPECT_EQ(Request("chat.example.com.evil.net", "/sim/echo").status, 401);
 }
