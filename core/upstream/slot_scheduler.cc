@@ -1,0 +1,163 @@
+#include "core/upstream/slot_scheduler.h"
+
+#include <algorithm>
+
+namespace sluice::core {
+
+SlotScheduler::Outcome SlotScheduler::Acquire(const std::shared_ptr<SlotTicket>& ticket,
+                                              int64_t now_ns) {
+  std::vector<std::shared_ptr<SlotTicket>> granted;
+  Outcome outcome = Outcome::kQueued;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Queue& q = queues_[ticket->queue];
+    q.slots = std::max(1, ticket->slots);  // the backend's setting as the request saw it
+    if (q.in_use < q.slots && q.waiting == 0) {
+      GrantLocked(&q, ticket.get());
+      return Outcome::kGranted;
+    }
+    size_t& mine = waiting_per_key_[ticket->key];
+    if (mine >= limits_.per_key || waiting_ >= limits_.total) {
+      outcome = mine >= limits_.per_key ? Outcome::kKeyFull : Outcome::kFull;
+      if (mine == 0) waiting_per_key_.erase(ticket->key);
+      ticket->state = SlotTicket::State::kDone;
+      if (q.in_use == 0 && q.waiting == 0) queues_.erase(ticket->queue);
+      return outcome;
+    }
+    ++mine;
+    ++waiting_;
+    ++q.waiting;
+    auto& line = q.waiters[ticket->key];
+    if (line.empty()) q.turn.push_back(ticket->key);
+    line.push_back(ticket);
+    ticket->enqueued_ns = now_ns;
+    ticket->state = SlotTicket::State::kQueued;
+    // Slots freed by a larger setting go to the waiters, this one among
+    // them if its turn comes.
+    while (q.in_use < q.slots) {
+      std::shared_ptr<SlotTicket> next = NextLocked(&q);
+      if (next == nullptr) break;
+      if (next == ticket) {
+        outcome = Outcome::kGranted;
+      } else {
+        granted.push_back(std::move(next));
+      }
+    }
+  }
+  for (const auto& t : granted) t->on_grant();
+  return outcome;
+}
+
+bool SlotScheduler::Release(SlotTicket* ticket) {
+  std::vector<std::shared_ptr<SlotTicket>> granted;
+  bool held = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const SlotTicket::State was = ticket->state;
+    if (was == SlotTicket::State::kNew || was == SlotTicket::State::kDone) {
+      ticket->state = SlotTicket::State::kDone;
+      return false;
+    }
+    ticket->state = SlotTicket::State::kDone;
+    auto it = queues_.find(ticket->queue);
+    if (it == queues_.end()) return false;  // cannot happen: a live ticket keeps its queue
+    Queue& q = it->second;
+    if (was == SlotTicket::State::kQueued) {
+      ForgetWaiterLocked(*ticket);
+      auto& line = q.waiters[ticket->key];
+      std::erase_if(line, [&](const std::shared_ptr<SlotTicket>& t) { return t.get() == ticket; });
+      --q.waiting;
+      if (line.empty()) {
+        q.waiters.erase(ticket->key);
+        std::erase(q.turn, ticket->key);
+        ForgetKeyIfIdle(&q, ticket->key);
+      }
+    } else {
+      held = true;
+      --q.in_use;
+      if (auto h = q.held.find(ticket->key); h != q.held.end() && --h->second <= 0) {
+        q.held.erase(h);
+        ForgetKeyIfIdle(&q, ticket->key);
+      }
+      while (q.in_use < q.slots) {
+        std::shared_ptr<SlotTicket> next = NextLocked(&q);
+        if (next == nullptr) break;
+        granted.push_back(std::move(next));
+      }
+    }
+    if (q.in_use == 0 && q.waiting == 0) queues_.erase(it);
+  }
+  for (const auto& t : granted) t->on_grant();
+  return held;
+}
+
+void SlotScheduler::ForgetWaiterLocked(const SlotTicket& t) {
+  --waiting_;
+  auto it = waiting_per_key_.find(t.key);
+  if (it != waiting_per_key_.end() && --it->second == 0) waiting_per_key_.erase(it);
+}
+
+void SlotScheduler::GrantLocked(Queue* q, SlotTicket* t) {
+  ++q->in_use;
+  ++q->held[t->key];
+  q->last_grant[t->key] = ++q->grants;
+  t->state = SlotTicket::State::kGranted;
+}
+
+void SlotScheduler::ForgetKeyIfIdle(Queue* q, const std::string& key) {
+  if (!q->held.contains(key) && !q->waiters.contains(key)) q->last_grant.erase(key);
+}
+
+std::shared_ptr<SlotTicket> SlotScheduler::NextLocked(Queue* q) {
+  if (q->turn.empty()) return nullptr;
+  // The waiting key with the fewest slots held per weight (held/weight
+  // compared as cross products), then the one granted least recently.
+  size_t best = 0;
+  int64_t best_held = 0, best_weight = 1;
+  uint64_t best_last = 0;
+  for (size_t i = 0; i < q->turn.size(); ++i) {
+    const std::string& key = q->turn[i];
+    const auto h = q->held.find(key);
+    const int64_t held = h == q->held.end() ? 0 : h->second;
+    const int64_t weight = std::max<uint32_t>(1, q->waiters[key].front()->weight);
+    const auto l = q->last_grant.find(key);
+    const uint64_t last = l == q->last_grant.end() ? 0 : l->second;
+    const int64_t lhs = held * best_weight, rhs = best_held * weight;
+    if (i == 0 || lhs < rhs || (lhs == rhs && last < best_last)) {
+      best = i;
+      best_held = held;
+      best_weight = weight;
+      best_last = last;
+    }
+  }
+  const std::string key = q->turn[best];
+  auto& line = q->waiters[key];
+  std::shared_ptr<SlotTicket> t = std::move(line.front());
+  line.pop_front();
+  ForgetWaiterLocked(*t);
+  --q->waiting;
+  GrantLocked(q, t.get());
+  if (line.empty()) {
+    q->waiters.erase(key);
+    q->turn[best] = std::move(q->turn.back());
+    q->turn.pop_back();
+  }
+  return t;
+}
+
+std::vector<SlotScheduler::QueueStats> SlotScheduler::Stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<QueueStats> out;
+  out.reserve(queues_.size());
+  for (const auto& [name, q] : queues_) out.push_back({name, q.slots, q.in_use, q.waiting});
+  std::sort(out.begin(), out.end(),
+            [](const QueueStats& a, const QueueStats& b) { return a.queue < b.queue; });
+  return out;
+}
+
+size_t SlotScheduler::waiting() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return waiting_;
+}
+
+}  // namespace sluice::core

@@ -1,0 +1,114 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+
+namespace sluice::core {
+
+// One generation's claim on a slot of one backend's model: made by the
+// request, handed to the SlotScheduler, shared by both until it is done.
+// The fields are set before Acquire and read-only after, but for the
+// scheduler's own state (under its lock).
+struct SlotTicket {
+  std::string queue;     // the backend and model whose slots it wants
+  int slots = 1;         // how many generations that queue runs at once
+  std::string key;       // who waits: "key:NAME", "user:NAME" or an address
+  uint32_t weight = 1;   // the key's share (grants per round)
+  int64_t enqueued_ns = 0;
+  // Called once when a queued ticket gets its slot, on the thread that
+  // freed the slot (another worker's, possibly), outside the scheduler's
+  // lock: it must only hand the news to the request's own thread.
+  std::function<void()> on_grant;
+
+  // The scheduler's (under its lock).
+  enum class State : uint8_t { kNew, kQueued, kGranted, kDone } state = State::kNew;
+};
+
+// The generation slots of every backend and model, shared by all workers,
+// and the requests that wait for them, shared fairly between keys.
+//
+// Each queue (a backend's model) admits `slots` generations at once; the
+// rest wait in sluice, not in Ollama. When a slot frees, it goes to the
+// waiting key that holds the fewest slots of that queue per unit of
+// weight (ties: the key granted one least recently); within a key,
+// first come first served. So a key with nothing running goes before a
+// key that already runs generations, however many that key has waiting,
+// and backlogged keys hold the slots in proportion to their weights, which
+// over time is their share of slot-seconds.
+//
+// One mutex guards it all: an acquisition and a release are a few hash
+// lookups and a scan of the keys waiting on that queue (bench/ measures
+// them), against a generation's milliseconds to minutes of GPU time.
+class SlotScheduler {
+ public:
+  struct Limits {
+    size_t per_key = 64;   // requests one key may have waiting, all queues
+    size_t total = 4096;   // requests waiting, all keys and queues
+  };
+  explicit SlotScheduler(Limits limits) : limits_(limits) {}
+  SlotScheduler(const SlotScheduler&) = delete;
+  SlotScheduler& operator=(const SlotScheduler&) = delete;
+
+  enum class Outcome {
+    kGranted,  // a slot was free: go
+    kQueued,   // waits; on_grant is called when the slot is its
+    kKeyFull,  // the key already has Limits::per_key waiting (429)
+    kFull,     // Limits::total are waiting (503)
+  };
+  Outcome Acquire(const std::shared_ptr<SlotTicket>& ticket, int64_t now_ns);
+
+  // Ends the ticket: a waiting one leaves its queue, a granted one gives
+  // its slot to the next waiter (whose on_grant runs here, after the lock).
+  // Only the first call does anything; returns whether the ticket held a
+  // slot then.
+  bool Release(SlotTicket* ticket);
+
+  // A view for metrics and status (copied under the lock).
+  struct QueueStats {
+    std::string queue;
+    int slots = 0;
+    int in_use = 0;
+    size_t waiting = 0;
+  };
+  std::vector<QueueStats> Stats() const;
+  size_t waiting() const;
+
+ private:
+  struct Queue {
+    int slots = 1;
+    int in_use = 0;
+    size_t waiting = 0;
+    // Per key: its waiters, and the slots it holds.
+    absl::flat_hash_map<std::string, std::deque<std::shared_ptr<SlotTicket>>> waiters;
+    absl::flat_hash_map<std::string, int> held;
+    // When each key with waiters or slots was last granted one (a count of
+    // grants; none: not since it came).
+    absl::flat_hash_map<std::string, uint64_t> last_grant;
+    uint64_t grants = 0;
+    std::vector<std::string> turn;  // keys with waiters
+  };
+  // Forgets what `q` knows of `key` once it neither waits nor holds.
+  static void ForgetKeyIfIdle(Queue* q, const std::string& key);
+
+  // Takes a slot of `q` for `t`.
+  static void GrantLocked(Queue* q, SlotTicket* t);
+  // The next waiter of `q` by the discipline (its slot taken), or null.
+  std::shared_ptr<SlotTicket> NextLocked(Queue* q);
+  void ForgetWaiterLocked(const SlotTicket& t);
+
+  const Limits limits_;
+  mutable std::mutex mu_;
+  absl::flat_hash_map<std::string, Queue> queues_;
+  absl::flat_hash_map<std::string, size_t> waiting_per_key_;
+  size_t waiting_ = 0;
+};
+
+}  // namespace sluice::core
