@@ -27,8 +27,8 @@ namespace sluice::core {
 namespace {
 
 SlotScheduler& Shared() {
-  static SlotScheduler* s = new SlotScheduler(SlotScheduler::Limits{.per_key = 1 << 20,
-                                                                     .total = 1 << 22});
+  static SlotScheduler* s =
+      new SlotScheduler(SlotScheduler::Limits{.per_key = 1 << 20, .total = 1 << 22});
   return *s;
 }
 

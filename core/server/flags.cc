@@ -13,7 +13,7 @@
 #include "core/observe/log.h"
 #include "core/server/cli.h"
 #include "core/server/listeners.h"
-#include "core/upstream/backend_set.h"
+#include "core/server/named_upstream.h"
 
 using sluice::core::ByteSize;
 

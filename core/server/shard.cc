@@ -4,6 +4,7 @@
 
 #include "absl/time/time.h"
 #include "core/observe/observability.h"
+#include "core/server/named_upstream.h"
 #include "core/server/snapshot_slot.h"
 #include "core/upstream/backend_set.h"
 #include "core/upstream/health.h"

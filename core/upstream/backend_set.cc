@@ -2,11 +2,7 @@
 
 #include <algorithm>
 
-#include "absl/strings/match.h"
-#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/strip.h"
-#include "core/server/cli.h"
 #include "core/server/shard.h"
 #include "core/upstream/health.h"
 #include "core/upstream/resolver.h"
@@ -139,35 +135,6 @@ size_t BackendSet::idle_count() const {
   size_t n = 0;
   for (const auto& p : pools_) n += p->idle_count();
   return n;
-}
-
-absl::StatusOr<std::shared_ptr<const policy::UpstreamTarget>> ParseNamedUpstream(
-    absl::string_view spec) {
-  auto target = std::make_shared<NamedBackends>();
-  absl::string_view rest = absl::StripLeadingAsciiWhitespace(spec);
-  if (absl::ConsumePrefix(&rest, "balance=")) {
-    const size_t end = std::min(rest.find_first_of(" \t"), rest.size());
-    const absl::string_view mode = rest.substr(0, end);
-    if (mode == "round_robin") {
-      target->balance = Balance::kRoundRobin;
-    } else if (mode == "least_conn") {
-      target->balance = Balance::kLeastConn;
-    } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat("balance=", mode, ": use round_robin or least_conn"));
-    }
-    rest = rest.substr(end);
-  }
-  absl::StatusOr<std::vector<BackendConfig>> backends = ParseBackends(rest, "");
-  if (!backends.ok()) return backends.status();
-  for (const BackendConfig& b : *backends) {
-    if (b.slots != 0 || b.max_loaded != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(b.name, ": slots= and max_loaded= are for Ollama backends (--upstream)"));
-    }
-  }
-  target->backends = *std::move(backends);
-  return std::shared_ptr<const policy::UpstreamTarget>(std::move(target));
 }
 
 }  // namespace sluice::core

@@ -7,12 +7,9 @@
 #include <string_view>
 #include <vector>
 
-#include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
 #include "core/server/config.h"
 #include "core/upstream/model_router.h"
 #include "core/upstream/upstream_pool.h"
-#include "policy/policy.h"
 
 namespace sluice::core {
 
@@ -54,7 +51,7 @@ class BackendSet {
   const std::vector<std::unique_ptr<UpstreamPool>>& pools() const { return pools_; }
   // What holds the backends' configs when this set does not outlive them
   // otherwise (a rules-file upstream): kept as long as the set.
-  void set_owner(std::shared_ptr<const policy::UpstreamTarget> owner) { owner_ = std::move(owner); }
+  void set_owner(std::shared_ptr<const void> owner) { owner_ = std::move(owner); }
   // Closes every idle link (drain).
   void CloseIdle();
   size_t open_count() const;
@@ -70,7 +67,7 @@ class BackendSet {
   // Fills usable_ (up, not left out, not `except`); false when none is.
   bool MarkUsable(const UpstreamPool* except);
 
-  std::shared_ptr<const policy::UpstreamTarget> owner_;  // before pools_: outlives them
+  std::shared_ptr<const void> owner_;  // before pools_: outlives them
   Shard* shard_;
 
   Balance balance_;
@@ -80,21 +77,5 @@ class BackendSet {
   std::vector<bool> usable_;
   std::vector<RouteCandidate> candidates_;
 };
-
-// An `upstream` of the rules file as the workers reach it: its backends
-// (no health checks, no models: the passive circuit of each pool) and
-// how one is picked. Shared by the workers through the policy snapshot;
-// each worker makes its own BackendSet of it on first use.
-struct NamedBackends final : policy::UpstreamTarget {
-  std::vector<BackendConfig> backends;
-  Balance balance = Balance::kRoundRobin;
-};
-
-// The words of an `upstream` line after its name:
-// "[balance=round_robin|least_conn] ADDRESS [name=N] [weight=N][, ...]",
-// addresses as --upstream takes them (DNS names are resolved when the
-// file is read, at start and on SIGHUP).
-absl::StatusOr<std::shared_ptr<const policy::UpstreamTarget>> ParseNamedUpstream(
-    absl::string_view spec);
 
 }  // namespace sluice::core

@@ -18,10 +18,10 @@ namespace sluice::core {
 // The fields are set before Acquire and read-only after, but for the
 // scheduler's own state (under its lock).
 struct SlotTicket {
-  std::string queue;     // the backend and model whose slots it wants
-  int slots = 1;         // how many generations that queue runs at once
-  std::string key;       // who waits: "key:NAME", "user:NAME" or an address
-  uint32_t weight = 1;   // the key's share (grants per round)
+  std::string queue;    // the backend and model whose slots it wants
+  int slots = 1;        // how many generations that queue runs at once
+  std::string key;      // who waits: "key:NAME", "user:NAME" or an address
+  uint32_t weight = 1;  // the key's share (grants per round)
   int64_t enqueued_ns = 0;
   // Called once when a queued ticket gets its slot, on the thread that
   // freed the slot (another worker's, possibly), outside the scheduler's
@@ -50,8 +50,8 @@ struct SlotTicket {
 class SlotScheduler {
  public:
   struct Limits {
-    size_t per_key = 64;   // requests one key may have waiting, all queues
-    size_t total = 4096;   // requests waiting, all keys and queues
+    size_t per_key = 64;  // requests one key may have waiting, all queues
+    size_t total = 4096;  // requests waiting, all keys and queues
   };
   explicit SlotScheduler(Limits limits) : limits_(limits) {}
   SlotScheduler(const SlotScheduler&) = delete;

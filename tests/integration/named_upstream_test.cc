@@ -116,8 +116,8 @@ TEST_F(NamedUpstream, HostPicksTheUpstreamAndItsOwnAuth) {
   EXPECT_FALSE(echo->First("authorization").has_value());
   // The web UI gets its own page's Origin (its own checks need it); a
   // foreign page is refused by the proxy's CORS check, as for Ollama.
-  HttpResponse same = Request("chat.example.com", "/sim/echo",
-                              {{"Origin", "http://chat.example.com"}});
+  HttpResponse same =
+      Request("chat.example.com", "/sim/echo", {{"Origin", "http://chat.example.com"}});
   ASSERT_EQ(same.status, 200) << same.body;
   echo = ParseEcho(same.body);
   ASSERT_TRUE(echo.has_value());
