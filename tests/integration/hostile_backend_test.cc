@@ -74,7 +74,13 @@ class FakeBackend {
   FakeBackend& operator=(const FakeBackend&) = delete;
 
   int port() const { return port_; }
-  void set_answer(Answer a) { answer_ = a; }
+  // How /api/ps and /api/tags are answered; set_tags_answer for /api/tags
+  // alone.
+  void set_answer(Answer a) {
+    answer_ = a;
+    tags_answer_ = a;
+  }
+  void set_tags_answer(Answer a) { tags_answer_ = a; }
   int64_t probes() const { return probes_; }
   int64_t others() const { return others_; }
 
@@ -133,8 +139,8 @@ class FakeBackend {
       if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) return;
       if (n > 0) head.append(buf, static_cast<size_t>(n));
     }
-    const bool probe =
-        absl::StartsWith(head, "GET /api/ps ") || absl::StartsWith(head, "GET /api/tags ");
+    const bool tags = absl::StartsWith(head, "GET /api/tags ");
+    const bool probe = tags || absl::StartsWith(head, "GET /api/ps ");
     if (!probe) {
       ++others_;
       SendAll(fd,
@@ -146,7 +152,7 @@ class FakeBackend {
     ++probes_;
     constexpr absl::string_view kHead =
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n";
-    switch (answer_.load()) {
+    switch (tags ? tags_answer_.load() : answer_.load()) {
       case Answer::kOk:
         SendAll(fd, absl::StrCat(kHead, R"({"models":[]})"), deadline);
         break;
@@ -192,6 +198,7 @@ class FakeBackend {
   int port_ = 0;
   std::atomic<bool> stop_{false};
   std::atomic<Answer> answer_{Answer::kOk};
+  std::atomic<Answer> tags_answer_{Answer::kOk};
   std::atomic<int64_t> probes_{0};
   std::atomic<int64_t> others_{0};
   std::thread acceptor_;
@@ -339,6 +346,39 @@ TEST_F(HostileBackends, MalformedCheckAnswers) {
     ASSERT_NO_FATAL_FAILURE(AwaitBad(1));
   }
   EXPECT_EQ(Up("good"), 1);
+}
+
+// The model lists that sluice merges from every backend (GET /api/tags)
+// are read on a worker's loop: a backend that passes its checks but
+// answers the list with 64 MiB, a trickle, or not JSON is left out of the
+// union (past 8 MiB, at --health_timeout), the client gets the other
+// backend's models in time, and memory stays bounded: the peak grows by
+// what one capped answer takes (up to 8 MiB read into a string that grows
+// by doubling: about 24 MiB at its reallocation), never by a whole answer.
+TEST_F(HostileBackends, HostileModelListsAreLeftOutOfTheUnion) {
+  ASSERT_NO_FATAL_FAILURE(Start(Answer::kOk));
+  ASSERT_NO_FATAL_FAILURE(AwaitBad(1));
+  const int64_t peak_at_start = PeakRssKib(sluice_->pid());
+  IT_ASSERT_OK_AND_ASSIGN(auto conn, HttpConnection::Connect(proxy_port()));
+  for (Answer a : {Answer::kHuge, Answer::kSlow, Answer::kNotJson, Answer::kHuge}) {
+    SCOPED_TRACE(static_cast<int>(a));
+    fake_->set_tags_answer(a);
+    for (int i = 0; i < 3; ++i) {
+      const absl::Time sent = absl::Now();
+      IT_ASSERT_OK(conn->Send(BuildRequest("GET", "/api/tags")));
+      IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, conn->ReadResponse(absl::Seconds(10)));
+      EXPECT_LT(absl::Now() - sent, absl::Milliseconds(1500 * TimingSlack()));
+      ASSERT_EQ(r.status, 200) << r.body.substr(0, 300);
+      EXPECT_TRUE(absl::StrContains(r.body, "\"alpha:latest\"")) << r.body.substr(0, 300);
+      EXPECT_FALSE(absl::StrContains(r.body, "model-")) << r.body.substr(0, 300);
+    }
+  }
+  const int64_t peak = PeakRssKib(sluice_->pid());
+  ASSERT_GT(peak_at_start, 0);
+  EXPECT_LT(peak - peak_at_start, 40 * 1024 * MemorySlack())
+      << "peak RSS " << peak_at_start << " KiB -> " << peak << " KiB";
+  EXPECT_EQ(Up("bad"), 1) << "a bad model list alone does not take a backend out";
+  EXPECT_EQ(fake_->others(), 0);
 }
 
 }  // namespace
