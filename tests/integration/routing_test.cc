@@ -16,6 +16,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "tests/integration/h2_frames.h"
@@ -633,6 +634,62 @@ TEST_F(Routing, KilledBackendUnderLoadOverH2) {
   EXPECT_TRUE(streams[id].end_stream) << streams[id].body;
   EXPECT_EQ(ModelCount(port_a, "beta", "requests"), 1) << "back in use";
   EXPECT_EQ(ModelCount(sim_->port(), "beta", "requests"), 0);
+}
+
+// Two workers (clients from eight loopback addresses, which the listener
+// steers to both), checks every 50 ms, and generations of two models over
+// HTTP/1.1 and h2c while one backend is killed and comes back: what the
+// workers and the checks' thread share (each backend's model table and
+// health) is read and written from all three at once, which is what a
+// ThreadSanitizer build of this test looks at. The answers are not
+// streamed (stream:false: no response byte before the end), so a kill
+// never cuts one: each request still on the killed backend fails over and
+// every one is answered 200.
+TEST_F(Routing, SeveralWorkersShareTheBackendStateUnderLoad) {
+  preload_[0] = {"alpha"};
+  preload_[1] = {"beta"};
+  const std::vector<std::string> sim_args = {"--models=alpha,beta", "--max_loaded_models=1"};
+  ASSERT_NO_FATAL_FAILURE(
+      StartTwo(sim_args, {"--threads=2", "--upstream_fail_timeout=500ms"}, "50ms"));
+  const int port_a = sim_a_->port();
+  // 8 addresses x 16 generations; every other one over h2c. One status
+  // line per request.
+  const std::string script = absl::StrCat(
+      "for x in 1 2 3 4 5 6 7 8; do (for k in $(seq 16); do "
+      "if [ $(((x + k) % 2)) = 0 ]; then m=alpha; else m=beta; fi; "
+      "if [ $((k % 2)) = 0 ]; then h2=--http2-prior-knowledge; else h2=; fi; "
+      "curl -s -o /dev/null -w '%{http_code}\\n' --max-time 20 --interface 127.0.0.$x $h2 "
+      "-H 'Content-Type: application/json' -H 'X-Sim-Tokens: 5' -H 'X-Sim-Token-Delay-Ms: 20' "
+      "-d \"{\\\"model\\\":\\\"$m\\\",\\\"prompt\\\":\\\"hi\\\",\\\"stream\\\":false}\" ",
+      proxy_url(), "/api/generate; done) & done; wait");
+  CommandResult load;
+  std::thread runner([&] { load = RunShell(script, absl::Seconds(120)); });
+  absl::SleepFor(absl::Milliseconds(700));
+  sim_a_->Signal(SIGKILL);
+  sim_a_->WaitExit(absl::Seconds(5));
+  absl::SleepFor(absl::Milliseconds(700));
+  auto a = StartSim({absl::StrCat("--listen=127.0.0.1:", port_a), sim_args[0], sim_args[1]});
+  runner.join();
+  ASSERT_TRUE(a.ok()) << a.status();
+  sim_a_ = std::move(*a);
+  ASSERT_FALSE(load.timed_out);
+  std::map<std::string, int> statuses;
+  for (absl::string_view line : absl::StrSplit(load.out, '\n', absl::SkipEmpty())) {
+    ++statuses[std::string(line)];
+  }
+  EXPECT_EQ(statuses, (std::map<std::string, int>{{"200", 128}})) << load.err;
+  // Back in use: it passes its checks.
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  double up = -1;
+  while (absl::Now() < deadline) {
+    auto families = ScrapeMetrics(proxy_port());
+    if (families.ok()) {
+      up = FindSample(*families, "sluice_backend_up", {{"backend", "a"}}).value_or(-1);
+    }
+    if (up == 1) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(up, 1);
 }
 
 }  // namespace
