@@ -418,9 +418,10 @@ TEST_F(Routing, KilledBackendUnderLoad) {
 // The "model" after the first 64 KiB of the body (a long prompt first):
 // the request is not refused but goes by the documented fallback,
 // least_conn, not by its model; a body over 64 KiB whose "model" comes
-// first goes by its model. A generation pinned to B keeps one request in
-// flight there, so least_conn's choice is A while the model is loaded on B
-// only.
+// first goes by its model. Over HTTP/1.1 and over h2c (curl, which keeps
+// to sluice's flow-control windows). A generation pinned to B keeps one
+// request in flight there, so least_conn's choice is A while the model is
+// loaded on B only.
 TEST_F(Routing, ModelPastThePeekGoesByLeastConn) {
   preload_[1] = {"beta"};
   ASSERT_NO_FATAL_FAILURE(
@@ -428,44 +429,61 @@ TEST_F(Routing, ModelPastThePeekGoesByLeastConn) {
   IT_ASSERT_OK_AND_ASSIGN(auto hold, HttpConnection::Connect(proxy_port()));
   IT_ASSERT_OK(hold->Send(BuildRequest(
       "POST", "/api/generate",
-      {{"X-Sluice-Backend", "b"}, {"X-Sim-Tokens", "40"}, {"X-Sim-Token-Delay-Ms", "50"}},
+      {{"X-Sluice-Backend", "b"}, {"X-Sim-Tokens", "100"}, {"X-Sim-Token-Delay-Ms", "50"}},
       R"({"model":"beta","prompt":"hold"})")));
   IT_ASSERT_OK_AND_ASSIGN(HttpResponse hold_head, hold->ReadHead(absl::Seconds(5)));
   ASSERT_EQ(hold_head.status, 200);
   ASSERT_EQ(ModelCount(sim_->port(), "beta", "requests"), 2);
   const std::string prompt(200 * 1024, 'p');
+  const std::string early_body =
+      absl::StrCat(R"({"model":"beta","prompt":")", prompt, R"(","stream":false})");
+  const std::string late_body =
+      absl::StrCat(R"({"prompt":")", prompt, R"(","model":"beta","stream":false})");
   const Headers quick = {{"X-Sim-Tokens", "2"}, {"X-Sim-Token-Delay-Ms", "1"}};
+  auto over_h1 = [&](const std::string& body) {
+    IT_ASSERT_OK_AND_ASSIGN(
+        HttpResponse r,
+        integration::Exchange(proxy_port(), BuildRequest("POST", "/api/generate", quick, body)));
+    EXPECT_EQ(r.status, 200) << r.body.substr(0, 200);
+    EXPECT_TRUE(absl::StrContains(r.body, "\"done\":true")) << r.body.substr(0, 200);
+  };
+  const std::string file = absl::StrCat(::testing::TempDir(), "sluice-peek-", getpid(), ".json");
+  auto over_h2 = [&](const std::string& body) {
+    {
+      std::ofstream out(file, std::ios::binary | std::ios::trunc);
+      out << body;
+    }
+    CommandResult r = RunShell(
+        absl::StrCat("curl -s --http2-prior-knowledge --max-time 10 -w '\\n%{http_version} "
+                     "%{http_code}' -H 'Content-Type: application/json' -H 'X-Sim-Tokens: 2' "
+                     "-H 'X-Sim-Token-Delay-Ms: 1' --data-binary @",
+                     ShellQuote(file), " ", proxy_url(), "/api/generate"),
+        absl::Seconds(15));
+    EXPECT_TRUE(absl::EndsWith(r.out, "\n2 200")) << r.out.substr(0, 200) << r.err;
+    EXPECT_TRUE(absl::StrContains(r.out, "\"done\":true")) << r.out.substr(0, 200);
+  };
   // "model" first, 200 KiB after it: routed by model, to B.
-  IT_ASSERT_OK_AND_ASSIGN(
-      HttpResponse early,
-      integration::Exchange(proxy_port(),
-                            BuildRequest("POST", "/api/generate", quick,
-                                         absl::StrCat(R"({"model":"beta","prompt":")", prompt,
-                                                      R"(","stream":false})"))));
-  ASSERT_EQ(early.status, 200) << early.body.substr(0, 200);
-  EXPECT_TRUE(absl::StrContains(early.body, "\"done\":true")) << early.body.substr(0, 200);
-  EXPECT_EQ(ModelCount(sim_->port(), "beta", "requests"), 3);
+  ASSERT_NO_FATAL_FAILURE(over_h1(early_body));
+  ASSERT_NO_FATAL_FAILURE(over_h2(early_body));
+  EXPECT_EQ(ModelCount(sim_->port(), "beta", "requests"), 4);
   EXPECT_EQ(ModelCount(sim_a_->port(), "beta", "requests"), 0);
-  EXPECT_EQ(RouteDecisions("loaded"), 1);
+  EXPECT_EQ(RouteDecisions("loaded"), 2);
   // "model" 200 KiB in: not refused, sent by least_conn to A (B has the
   // pinned generation in flight), which loads beta for it.
-  IT_ASSERT_OK_AND_ASSIGN(
-      HttpResponse late,
-      integration::Exchange(proxy_port(),
-                            BuildRequest("POST", "/api/generate", quick,
-                                         absl::StrCat(R"({"prompt":")", prompt,
-                                                      R"(","model":"beta","stream":false})"))));
-  ASSERT_EQ(late.status, 200) << late.body.substr(0, 200);
-  EXPECT_TRUE(absl::StrContains(late.body, "\"done\":true")) << late.body.substr(0, 200);
-  EXPECT_EQ(ModelCount(sim_a_->port(), "beta", "requests"), 1);
+  ASSERT_NO_FATAL_FAILURE(over_h1(late_body));
+  ASSERT_NO_FATAL_FAILURE(over_h2(late_body));
+  unlink(file.c_str());
+  EXPECT_EQ(ModelCount(sim_a_->port(), "beta", "requests"), 2);
   EXPECT_EQ(ModelCount(sim_a_->port(), "beta", "loads"), 1);
-  EXPECT_EQ(ModelCount(sim_->port(), "beta", "requests"), 3);
+  EXPECT_EQ(ModelCount(sim_->port(), "beta", "requests"), 4);
   // Routed by --balance's fallback, not by model: no routing decision.
   EXPECT_EQ(RouteDecisions("loaded") + RouteDecisions("cold") + RouteDecisions("spill") +
                 RouteDecisions("queued"),
-            1);
-  ASSERT_TRUE(hold->ReadBody(&hold_head, absl::Seconds(10)).ok());
-  EXPECT_TRUE(hold_head.saw_last_chunk);
+            2);
+  // The pinned generation was in flight all along.
+  IT_ASSERT_OK_AND_ASSIGN(Chunk next, hold->ReadChunk(absl::Seconds(5)));
+  EXPECT_FALSE(next.data.empty()) << "the pinned generation ended before the test did";
+  hold->Close();
 }
 
 // How each HTTP/2 stream of one connection ended, as read by ReadStreams.
