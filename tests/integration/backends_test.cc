@@ -233,5 +233,70 @@ TEST_F(Backends, HealthChecksTakeADeadBackendOutAndBringItBack) {
   EXPECT_EQ(EchoHosts(proxy_port(), 10), (std::map<std::string, int>{{host_a, 5}, {host_b, 5}}));
 }
 
+// The half-open circuit (checks off, passive detection only): once
+// --upstream_fail_timeout has passed, one request goes to the backend left
+// out (the probe) while the others still go elsewhere; its success brings
+// the backend back. The probe here is pinned to A and answered after one
+// second, so the requests sent meanwhile show that A is still left out.
+TEST_F(Backends, HalfOpenCircuitLetsOneProbeThrough) {
+  const int port_a = UnusedPort();
+  auto b = StartSim({});
+  ASSERT_TRUE(b.ok()) << b.status();
+  sim_ = std::move(*b);
+  auto sluice =
+      StartSluice(sim_->port(), {"--threads=1", "--upstream_max_fails=1",
+                                 "--upstream_fail_timeout=2s", "--health_interval=0",
+                                 absl::StrCat("--upstream=127.0.0.1:", port_a,
+                                              " name=a,127.0.0.1:", sim_->port(), " name=b")});
+  ASSERT_TRUE(sluice.ok()) << sluice.status();
+  sluice_ = std::move(*sluice);
+  ASSERT_NO_FATAL_FAILURE(Get(2));  // A refuses once, then is left out
+  EXPECT_EQ(Requests(sim_port()), 2);
+  auto a = StartSim({absl::StrCat("--listen=127.0.0.1:", port_a)});
+  ASSERT_TRUE(a.ok()) << a.status();
+  sim_a_ = std::move(*a);
+  absl::SleepFor(absl::Milliseconds(2200));
+  IT_ASSERT_OK_AND_ASSIGN(auto probe, HttpConnection::Connect(proxy_port()));
+  IT_ASSERT_OK(probe->Send(
+      BuildRequest("POST", "/api/generate",
+                   {{"X-Sluice-Backend", "a"}, {"X-Sim-TTFT-Ms", "1000"}, {"X-Sim-Tokens", "1"}},
+                   R"({"model":"sim","prompt":"hi","stream":false})")));
+  absl::SleepFor(absl::Milliseconds(100));
+  ASSERT_NO_FATAL_FAILURE(Get(6));
+  EXPECT_EQ(Requests(sim_a_->port()), 1) << "only the probe while it is out";
+  EXPECT_EQ(Requests(sim_port()), 8);
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, probe->ReadResponse(absl::Seconds(5)));
+  EXPECT_EQ(r.status, 200) << r.body;
+  ASSERT_NO_FATAL_FAILURE(Get(10));
+  EXPECT_EQ(Requests(sim_a_->port()), 6) << "back in the rotation";
+  EXPECT_EQ(Requests(sim_port()), 13);
+}
+
+// A probe that fails (the backend still refuses) is failed over like any
+// request and leaves the backend out for another --upstream_fail_timeout:
+// one connect attempt per period, not one per request, and no request
+// lost.
+TEST_F(Backends, FailedProbeLeavesTheBackendOutAgain) {
+  const int dead = UnusedPort();
+  auto b = StartSim({});
+  ASSERT_TRUE(b.ok()) << b.status();
+  sim_ = std::move(*b);
+  auto sluice = StartSluice(
+      sim_->port(),
+      {"--threads=1", "--upstream_max_fails=1", "--upstream_fail_timeout=1s", "--health_interval=0",
+       absl::StrCat("--upstream=127.0.0.1:", dead, ",127.0.0.1:", sim_->port())});
+  ASSERT_TRUE(sluice.ok()) << sluice.status();
+  sluice_ = std::move(*sluice);
+  ASSERT_NO_FATAL_FAILURE(Get(10));
+  EXPECT_EQ(Counter("sluice_upstream_connect_failures_total"), 1);
+  for (int period = 2; period <= 3; ++period) {
+    absl::SleepFor(absl::Milliseconds(1100));
+    ASSERT_NO_FATAL_FAILURE(Get(10));  // the first is the probe
+    EXPECT_EQ(Counter("sluice_upstream_connect_failures_total"), period);
+    EXPECT_EQ(Counter("sluice_upstream_failovers_total"), period);
+  }
+  EXPECT_EQ(Requests(sim_port()), 30);
+}
+
 }  // namespace
 }  // namespace sluice::integration

@@ -6,20 +6,24 @@
 
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "tests/integration/h2_frames.h"
 #include "tests/integration/json_lite.h"
 #include "tests/integration/prom_text.h"
 #include "tests/integration/proxy_test_base.h"
+#include "tests/integration/timing.h"
 
 namespace sluice::integration {
 namespace {
@@ -409,6 +413,301 @@ TEST_F(Routing, KilledBackendUnderLoad) {
   EXPECT_EQ(beta.status, 200) << beta.body;
   EXPECT_EQ(ModelCount(port_a, "beta", "requests"), 1) << "back in use";
   EXPECT_EQ(ModelCount(sim_->port(), "beta", "requests"), 0);
+}
+
+// The "model" after the first 64 KiB of the body (a long prompt first):
+// the request is not refused but goes by the documented fallback,
+// least_conn, not by its model; a body over 64 KiB whose "model" comes
+// first goes by its model. Over HTTP/1.1 and over h2c (curl, which keeps
+// to sluice's flow-control windows). A generation pinned to B keeps one
+// request in flight there, so least_conn's choice is A while the model is
+// loaded on B only.
+TEST_F(Routing, ModelPastThePeekGoesByLeastConn) {
+  preload_[1] = {"beta"};
+  ASSERT_NO_FATAL_FAILURE(
+      StartTwo({"--models=alpha,beta", "--max_loaded_models=1"}, {"--threads=1"}));
+  IT_ASSERT_OK_AND_ASSIGN(auto hold, HttpConnection::Connect(proxy_port()));
+  IT_ASSERT_OK(hold->Send(BuildRequest(
+      "POST", "/api/generate",
+      {{"X-Sluice-Backend", "b"}, {"X-Sim-Tokens", "100"}, {"X-Sim-Token-Delay-Ms", "50"}},
+      R"({"model":"beta","prompt":"hold"})")));
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse hold_head, hold->ReadHead(absl::Seconds(5)));
+  ASSERT_EQ(hold_head.status, 200);
+  ASSERT_EQ(ModelCount(sim_->port(), "beta", "requests"), 2);
+  const std::string prompt(200 * 1024, 'p');
+  const std::string early_body =
+      absl::StrCat(R"({"model":"beta","prompt":")", prompt, R"(","stream":false})");
+  const std::string late_body =
+      absl::StrCat(R"({"prompt":")", prompt, R"(","model":"beta","stream":false})");
+  const Headers quick = {{"X-Sim-Tokens", "2"}, {"X-Sim-Token-Delay-Ms", "1"}};
+  auto over_h1 = [&](const std::string& body) {
+    IT_ASSERT_OK_AND_ASSIGN(
+        HttpResponse r,
+        integration::Exchange(proxy_port(), BuildRequest("POST", "/api/generate", quick, body)));
+    EXPECT_EQ(r.status, 200) << r.body.substr(0, 200);
+    EXPECT_TRUE(absl::StrContains(r.body, "\"done\":true")) << r.body.substr(0, 200);
+  };
+  const std::string file = absl::StrCat(::testing::TempDir(), "sluice-peek-", getpid(), ".json");
+  auto over_h2 = [&](const std::string& body) {
+    {
+      std::ofstream out(file, std::ios::binary | std::ios::trunc);
+      out << body;
+    }
+    CommandResult r = RunShell(
+        absl::StrCat("curl -s --http2-prior-knowledge --max-time 10 -w '\\n%{http_version} "
+                     "%{http_code}' -H 'Content-Type: application/json' -H 'X-Sim-Tokens: 2' "
+                     "-H 'X-Sim-Token-Delay-Ms: 1' --data-binary @",
+                     ShellQuote(file), " ", proxy_url(), "/api/generate"),
+        absl::Seconds(15));
+    EXPECT_TRUE(absl::EndsWith(r.out, "\n2 200")) << r.out.substr(0, 200) << r.err;
+    EXPECT_TRUE(absl::StrContains(r.out, "\"done\":true")) << r.out.substr(0, 200);
+  };
+  // "model" first, 200 KiB after it: routed by model, to B.
+  ASSERT_NO_FATAL_FAILURE(over_h1(early_body));
+  ASSERT_NO_FATAL_FAILURE(over_h2(early_body));
+  EXPECT_EQ(ModelCount(sim_->port(), "beta", "requests"), 4);
+  EXPECT_EQ(ModelCount(sim_a_->port(), "beta", "requests"), 0);
+  EXPECT_EQ(RouteDecisions("loaded"), 2);
+  // "model" 200 KiB in: not refused, sent by least_conn to A (B has the
+  // pinned generation in flight), which loads beta for it.
+  ASSERT_NO_FATAL_FAILURE(over_h1(late_body));
+  ASSERT_NO_FATAL_FAILURE(over_h2(late_body));
+  unlink(file.c_str());
+  EXPECT_EQ(ModelCount(sim_a_->port(), "beta", "requests"), 2);
+  EXPECT_EQ(ModelCount(sim_a_->port(), "beta", "loads"), 1);
+  EXPECT_EQ(ModelCount(sim_->port(), "beta", "requests"), 4);
+  // Routed by --balance's fallback, not by model: no routing decision.
+  EXPECT_EQ(RouteDecisions("loaded") + RouteDecisions("cold") + RouteDecisions("spill") +
+                RouteDecisions("queued"),
+            2);
+  // The pinned generation was in flight all along.
+  IT_ASSERT_OK_AND_ASSIGN(Chunk next, hold->ReadChunk(absl::Seconds(5)));
+  EXPECT_FALSE(next.data.empty()) << "the pinned generation ended before the test did";
+  hold->Close();
+}
+
+// How each HTTP/2 stream of one connection ended, as read by ReadStreams.
+struct H2StreamEnd {
+  int status = 0;                 // the final :status, 0 before HEADERS
+  bool end_stream = false;        // ended with END_STREAM
+  std::optional<uint32_t> reset;  // ended with RST_STREAM and this code
+  absl::Time reset_at;
+  std::string body;  // DATA payloads, concatenated
+  bool ended() const { return end_stream || reset.has_value(); }
+};
+
+// Reads frames of `c` into `*streams` until `done(*streams)`, a GOAWAY, the
+// end of the connection, or `timeout`; false on the last three.
+template <typename Done>
+bool ReadStreams(h2::Connection* c, std::map<uint32_t, H2StreamEnd>* streams, Done done,
+                 absl::Duration timeout, std::string* trace) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!done(*streams)) {
+    absl::StatusOr<h2::Frame> f = c->ReadFrame(deadline - absl::Now());
+    if (!f.ok()) {
+      absl::StrAppend(trace, "read: ", f.status().message(), "\n");
+      return false;
+    }
+    if (f->type == h2::kGoaway) {
+      absl::StrAppend(trace, f->Describe(), "\n");
+      return false;
+    }
+    auto it = streams->find(f->stream_id);
+    if (it == streams->end()) continue;
+    H2StreamEnd& s = it->second;
+    if (f->type == h2::kHeaders && f->Status() >= 200) s.status = f->Status();
+    if (f->type == h2::kData) s.body += f->payload;
+    if ((f->type == h2::kData || f->type == h2::kHeaders) && (f->flags & h2::kFlagEndStream)) {
+      s.end_stream = true;
+    }
+    if (f->type == h2::kRstStream) {
+      s.reset = f->ErrorCode();
+      s.reset_at = f->arrival;
+    }
+  }
+  return true;
+}
+
+// An h2c POST /api/generate of `model` on stream `id`.
+std::string H2Generate(uint32_t id, absl::string_view model, int tokens, int delay_ms) {
+  const h2::HeaderList fields = {{"content-type", "application/json"},
+                                 {"x-sim-tokens", absl::StrCat(tokens)},
+                                 {"x-sim-token-delay-ms", absl::StrCat(delay_ms)}};
+  return h2::HeadersFrame(id, h2::HpackBlock(h2::RequestFields("POST", "/api/generate", fields)),
+                          false) +
+         h2::DataFrame(id, absl::StrCat(R"({"model":")", model, R"(","prompt":"hi"})"), true);
+}
+
+// kill -9 of a backend under load over h2c, several streams on one
+// connection (Routing.KilledBackendUnderLoad over HTTP/1.1). The streams the
+// killed backend was sending end with RST_STREAM(INTERNAL_ERROR) after
+// their 200 HEADERS and some DATA (RELIABILITY.md, "upstream resets
+// mid-stream"), within 2 s; the other backend's streams complete; the
+// connection carries on. Generations sent right after the kill, some over
+// a keepalive link to the dead backend, fail over to the other backend that
+// has the model and none is lost; once the killed backend is back (it
+// passes a check) it is used again, on the same connection.
+TEST_F(Routing, KilledBackendUnderLoadOverH2) {
+  preload_[0] = {"alpha"};
+  preload_[1] = {"alpha"};
+  const std::vector<std::string> sim_args = {"--models=alpha,beta", "--max_loaded_models=1"};
+  ASSERT_NO_FATAL_FAILURE(
+      StartTwo(sim_args, {"--threads=1", "--upstream_fail_timeout=1s"}, "200ms"));
+  const int port_a = sim_a_->port();
+  IT_ASSERT_OK_AND_ASSIGN(auto c, h2::Connection::Connect(proxy_port()));
+  IT_ASSERT_OK(c->Establish({{h2::kSettingsInitialWindowSize, 1u << 30}}));
+  IT_ASSERT_OK(c->Send(h2::WindowUpdateFrame(0, (1u << 30) - 65535)));
+  std::map<uint32_t, H2StreamEnd> streams;
+  std::string trace;
+  auto all_ended = [](const std::map<uint32_t, H2StreamEnd>& m) {
+    for (const auto& [id, s] : m) {
+      if (!s.ended()) return false;
+    }
+    return true;
+  };
+  // One request pinned to each backend leaves an idle keepalive link to
+  // both in the worker's pools.
+  uint32_t id = 1;
+  for (const char* backend : {"a", "b"}) {
+    streams[id] = {};
+    IT_ASSERT_OK(c->Send(h2::HeadersFrame(
+        id,
+        h2::HpackBlock(h2::RequestFields("GET", "/api/version", {{"x-sluice-backend", backend}})),
+        true)));
+    id += 2;
+  }
+  ASSERT_TRUE(ReadStreams(c.get(), &streams, all_ended, absl::Seconds(5), &trace)) << trace;
+  for (const auto& [sid, s] : streams) ASSERT_EQ(s.status, 200) << "stream " << sid;
+  streams.clear();
+  // Four long streams: one backend cannot hold them all (slots=1 each).
+  std::set<uint32_t> long_ids;
+  for (int i = 0; i < 4; ++i, id += 2) {
+    long_ids.insert(id);
+    streams[id] = {};
+    IT_ASSERT_OK(c->Send(H2Generate(id, "alpha", 40, 50)));
+  }
+  auto all_started = [](const std::map<uint32_t, H2StreamEnd>& m) {
+    for (const auto& [sid, s] : m) {
+      if (s.status == 0 || s.body.empty()) return false;
+    }
+    return true;
+  };
+  ASSERT_TRUE(ReadStreams(c.get(), &streams, all_started, absl::Seconds(5), &trace)) << trace;
+  const int64_t on_a = ModelCount(port_a, "alpha", "requests") - 1;
+  const int64_t on_b = ModelCount(sim_->port(), "alpha", "requests") - 1;
+  ASSERT_GE(on_a, 1);
+  ASSERT_GE(on_b, 1);
+  ASSERT_EQ(on_a + on_b, 4);
+  const absl::Time killed = absl::Now();
+  sim_a_->Signal(SIGKILL);
+  ASSERT_TRUE(sim_a_->WaitExit(absl::Seconds(5)).has_value());
+  // Generations not started yet: every one is answered, by B.
+  std::set<uint32_t> new_ids;
+  std::string batch;
+  for (int i = 0; i < 8; ++i, id += 2) {
+    new_ids.insert(id);
+    streams[id] = {};
+    batch += H2Generate(id, "alpha", 2, 1);
+  }
+  IT_ASSERT_OK(c->Send(batch));
+  ASSERT_TRUE(ReadStreams(c.get(), &streams, all_ended, absl::Seconds(10), &trace)) << trace;
+  int complete = 0;
+  int cut = 0;
+  for (uint32_t sid : long_ids) {
+    const H2StreamEnd& s = streams[sid];
+    EXPECT_EQ(s.status, 200) << "stream " << sid;
+    if (s.end_stream && absl::StrContains(s.body, "\"done\":true")) {
+      ++complete;
+      continue;
+    }
+    ++cut;
+    EXPECT_EQ(s.reset.value_or(0xffff), h2::kInternalError) << "stream " << sid;
+    EXPECT_FALSE(absl::StrContains(s.body, "\"done\":true")) << "stream " << sid;
+    EXPECT_LT(s.reset_at - killed, absl::Seconds(2 * TimingSlack())) << "stream " << sid;
+  }
+  EXPECT_EQ(cut, on_a);
+  EXPECT_EQ(complete, on_b);
+  for (uint32_t sid : new_ids) {
+    const H2StreamEnd& s = streams[sid];
+    EXPECT_EQ(s.status, 200) << "stream " << sid << ": " << s.body;
+    EXPECT_TRUE(s.end_stream && absl::StrContains(s.body, "\"done\":true"))
+        << "stream " << sid << ": " << s.body;
+  }
+  EXPECT_EQ(ModelCount(sim_->port(), "alpha", "requests"), 1 + on_b + 8);
+  {
+    auto families = ScrapeMetrics(proxy_port());
+    ASSERT_TRUE(families.ok()) << families.status();
+    EXPECT_GE(FindSample(*families, "sluice_upstream_failovers_total", {}).value_or(-1), 1);
+  }
+  // Back, with nothing loaded: beta goes where it evicts nothing.
+  auto a = StartSim({absl::StrCat("--listen=127.0.0.1:", port_a), sim_args[0], sim_args[1]});
+  ASSERT_TRUE(a.ok()) << a.status();
+  sim_a_ = std::move(*a);
+  absl::SleepFor(absl::Milliseconds(1500));
+  streams.clear();
+  streams[id] = {};
+  IT_ASSERT_OK(c->Send(H2Generate(id, "beta", 2, 1)));
+  ASSERT_TRUE(ReadStreams(c.get(), &streams, all_ended, absl::Seconds(10), &trace)) << trace;
+  EXPECT_EQ(streams[id].status, 200) << streams[id].body;
+  EXPECT_TRUE(streams[id].end_stream) << streams[id].body;
+  EXPECT_EQ(ModelCount(port_a, "beta", "requests"), 1) << "back in use";
+  EXPECT_EQ(ModelCount(sim_->port(), "beta", "requests"), 0);
+}
+
+// Two workers (clients from eight loopback addresses, which the listener
+// steers to both), checks every 50 ms, and generations of two models over
+// HTTP/1.1 and h2c while one backend is killed and comes back: what the
+// workers and the checks' thread share (each backend's model table and
+// health) is read and written from all three at once, which is what a
+// ThreadSanitizer build of this test looks at. The answers are not
+// streamed (stream:false: no response byte before the end), so a kill
+// never cuts one: each request still on the killed backend fails over and
+// every one is answered 200.
+TEST_F(Routing, SeveralWorkersShareTheBackendStateUnderLoad) {
+  preload_[0] = {"alpha"};
+  preload_[1] = {"beta"};
+  const std::vector<std::string> sim_args = {"--models=alpha,beta", "--max_loaded_models=1"};
+  ASSERT_NO_FATAL_FAILURE(
+      StartTwo(sim_args, {"--threads=2", "--upstream_fail_timeout=500ms"}, "50ms"));
+  const int port_a = sim_a_->port();
+  // 8 addresses x 16 generations; every other one over h2c. One status
+  // line per request.
+  const std::string script = absl::StrCat(
+      "for x in 1 2 3 4 5 6 7 8; do (for k in $(seq 16); do "
+      "if [ $(((x + k) % 2)) = 0 ]; then m=alpha; else m=beta; fi; "
+      "if [ $((k % 2)) = 0 ]; then h2=--http2-prior-knowledge; else h2=; fi; "
+      "curl -s -o /dev/null -w '%{http_code}\\n' --max-time 20 --interface 127.0.0.$x $h2 "
+      "-H 'Content-Type: application/json' -H 'X-Sim-Tokens: 5' -H 'X-Sim-Token-Delay-Ms: 20' "
+      "-d \"{\\\"model\\\":\\\"$m\\\",\\\"prompt\\\":\\\"hi\\\",\\\"stream\\\":false}\" ",
+      proxy_url(), "/api/generate; done) & done; wait");
+  CommandResult load;
+  std::thread runner([&] { load = RunShell(script, absl::Seconds(120)); });
+  absl::SleepFor(absl::Milliseconds(700));
+  sim_a_->Signal(SIGKILL);
+  sim_a_->WaitExit(absl::Seconds(5));
+  absl::SleepFor(absl::Milliseconds(700));
+  auto a = StartSim({absl::StrCat("--listen=127.0.0.1:", port_a), sim_args[0], sim_args[1]});
+  runner.join();
+  ASSERT_TRUE(a.ok()) << a.status();
+  sim_a_ = std::move(*a);
+  ASSERT_FALSE(load.timed_out);
+  std::map<std::string, int> statuses;
+  for (absl::string_view line : absl::StrSplit(load.out, '\n', absl::SkipEmpty())) {
+    ++statuses[std::string(line)];
+  }
+  EXPECT_EQ(statuses, (std::map<std::string, int>{{"200", 128}})) << load.err;
+  // Back in use: it passes its checks.
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  double up = -1;
+  while (absl::Now() < deadline) {
+    auto families = ScrapeMetrics(proxy_port());
+    if (families.ok()) {
+      up = FindSample(*families, "sluice_backend_up", {{"backend", "a"}}).value_or(-1);
+    }
+    if (up == 1) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(up, 1);
 }
 
 }  // namespace
