@@ -11,7 +11,6 @@
 #include <cstring>
 #include <tuple>
 
-#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/observe/log.h"
@@ -197,17 +196,18 @@ bool CurrentAddress(const BackendConfig& b, SocketAddress* out) {
 Resolver::Resolver(const std::vector<BackendConfig>& backends, int64_t interval_ns,
                    std::function<void(size_t)> on_change)
     : on_change_(std::move(on_change)), interval_ns_(interval_ns) {
-  absl::flat_hash_map<const DnsName*, size_t> seen;
   for (size_t i = 0; i < backends.size(); ++i) {
     const BackendConfig& b = backends[i];
     if (b.dns == nullptr) continue;
-    auto [it, fresh] = seen.try_emplace(b.dns.get(), names_.size());
-    if (fresh) {
+    auto it = std::find_if(names_.begin(), names_.end(),
+                           [&b](const Name& n) { return n.dns == b.dns.get(); });
+    if (it == names_.end()) {
       names_.push_back(Name{b.name, b.dns.get()});
       names_.back().backends.assign(b.dns->slots(), SIZE_MAX);
       names_.back().slot_names.assign(b.dns->slots(), b.name);
+      it = names_.end() - 1;
     }
-    Name& n = names_[it->second];
+    Name& n = *it;
     if (b.dns_slot < n.backends.size()) {
       n.backends[b.dns_slot] = i;
       n.slot_names[b.dns_slot] = b.name;
