@@ -38,10 +38,12 @@ bool BackendSet::MarkUsable(const UpstreamPool* except) {
 }
 
 UpstreamPool* BackendSet::Lone(const UpstreamPool* except) {
+  UpstreamPool* lone = nullptr;
   for (auto& p : pools_) {
-    if (HasAddress(p->backend())) return p.get() == except ? nullptr : p.get();
+    p->FollowAddress();  // a name's other places close their idle links
+    if (lone == nullptr && HasAddress(p->backend())) lone = p.get();
   }
-  return nullptr;
+  return lone == except ? nullptr : lone;
 }
 
 UpstreamPool* BackendSet::Pick(const UpstreamPool* except) {

@@ -336,5 +336,49 @@ TEST_F(Dns, ModelGoesToTheAddressWhereItIsLoaded) {
   EXPECT_EQ(ModelCount(port, "127.0.0.3", "beta", "loads"), 1);
 }
 
+// An address that takes the place another had is another backend: what
+// the checks and the router knew of the old one (its loaded models) is
+// forgotten at once, not carried over until the next check.
+TEST_F(Dns, ANewAddressInAPlaceStartsAfresh) {
+  const std::vector<std::string> models = {"--models=alpha"};
+  const int port = StartSimAt("127.0.0.2", 0, models);
+  ASSERT_GT(port, 0);
+  ASSERT_GT(StartSimAt("127.0.0.3", port, models), 0);
+  ASSERT_GT(StartSimAt("127.0.0.4", port, models), 0);
+  CommandResult warm = RunProgram("/usr/bin/curl",
+                                  {"-s", "--max-time", "5", "-H", "Host: localhost", "-d",
+                                   R"({"model":"alpha","prompt":"hi","stream":false})",
+                                   absl::StrCat("http://127.0.0.2:", port, "/api/generate")},
+                                  absl::Seconds(10));
+  ASSERT_EQ(warm.exit.code, 0) << warm.err;
+  WriteHosts("127.0.0.2 ollama.test\n127.0.0.3 ollama.test\n");
+  const std::string name = absl::StrCat("ollama.test:", port);
+  // One round of checks, at start; none after.
+  ASSERT_NO_FATAL_FAILURE(
+      StartSluiceWithHosts({"--upstream=" + name, "--upstream_host=localhost",
+                            "--health_interval=1h", "--resolve_interval=200ms"}));
+  auto loaded = [&]() -> std::string {
+    absl::StatusOr<HttpResponse> r =
+        integration::Exchange(proxy_port(), BuildRequest("GET", "/status?format=json"));
+    if (!r.ok()) return "?";
+    std::optional<JsonValue> json = JsonValue::Parse(r->body);
+    if (!json || !json->Get("backends")) return "?";
+    for (const JsonValue& b : json->Get("backends")->array()) {
+      if (b.GetString("name") != name || !b.Get("loaded")) continue;
+      std::string out = b.Get("address") ? b.Get("address")->str() : "";
+      for (const JsonValue& m : b.Get("loaded")->array()) out += " " + m.str();
+      return out;
+    }
+    return "?";
+  };
+  ASSERT_TRUE(WaitFor([&] {
+    return loaded() == absl::StrCat("127.0.0.2:", port, " alpha:latest");
+  })) << loaded();
+  WriteHosts("127.0.0.3 ollama.test\n127.0.0.4 ollama.test\n");
+  ASSERT_TRUE(
+      WaitFor([&] { return loaded() != absl::StrCat("127.0.0.2:", port, " alpha:latest"); }));
+  EXPECT_EQ(loaded(), absl::StrCat("127.0.0.4:", port)) << "nothing loaded there that sluice knows";
+}
+
 }  // namespace
 }  // namespace sluice::integration
