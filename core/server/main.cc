@@ -107,6 +107,12 @@ void LogStarted(const Config& config, const policy::Policy& policy) {
           "(resolved again every --resolve_interval)",
           b.name.c_str(), b.dns->host().c_str());
     }
+    if (b.dns != nullptr && b.dns_slot == 0 && b.dns->left_out() > 0) {
+      LOG_WARN(
+          "upstream %s: %s has %zu more address(es) than its max_addresses=%zu; those are "
+          "not used",
+          b.name.c_str(), b.dns->host().c_str(), b.dns->left_out(), b.dns->slots());
+    }
   }
   LOG_INFO("%zu backend(s), --balance=%s, %d worker(s)", CountBackends(config.backends),
            BalanceName(config.balance), config.threads);

@@ -153,6 +153,7 @@ void DnsName::Apply(std::vector<SocketAddress> addresses, Change* change) {
     slots_[i].has.store(next[i].has_value(), std::memory_order_release);
   }
   count_.store(count, std::memory_order_release);
+  left_out_.store(addresses.size() - count, std::memory_order_release);
   if (change) change->left_out = addresses.size() - count;
 }
 
@@ -203,6 +204,7 @@ Resolver::Resolver(const std::vector<BackendConfig>& backends, int64_t interval_
                            [&b](const Name& n) { return n.dns == b.dns.get(); });
     if (it == names_.end()) {
       names_.push_back(Name{b.name, b.dns.get()});
+      names_.back().left_out = b.dns->left_out();  // LogStarted told it
       names_.back().backends.assign(b.dns->slots(), SIZE_MAX);
       names_.back().slot_names.assign(b.dns->slots(), b.name);
       it = names_.end() - 1;

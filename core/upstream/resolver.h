@@ -39,6 +39,8 @@ class DnsName {
   size_t count() const { return count_.load(std::memory_order_acquire); }
   size_t slots() const { return n_; }
   bool resolved() const { return count() > 0; }
+  // Addresses the last lookup found beyond the slots (not used).
+  size_t left_out() const { return left_out_.load(std::memory_order_acquire); }
 
   // What one lookup changed: the slots that lost their address (went) and
   // those that got one (came; a slot can be in both), and how many
@@ -72,6 +74,7 @@ class DnsName {
   std::unique_ptr<Slot[]> slots_;
   mutable std::mutex mu_;
   std::atomic<size_t> count_{0};
+  std::atomic<size_t> left_out_{0};
   std::atomic<bool> requested_{false};
 };
 
