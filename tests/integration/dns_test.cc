@@ -251,6 +251,16 @@ TEST_F(Dns, EveryAddressOfTheNameIsABackend) {
   });
   EXPECT_TRUE(absl::StrContains(text, " ua=" + name + "#2\n")) << text;
   unlink(log.c_str());
+  // X-Sluice-Backend names one address's backend.
+  for (int i = 0; i < 3; ++i) {
+    IT_ASSERT_OK_AND_ASSIGN(
+        HttpResponse r,
+        integration::Exchange(proxy_port(), BuildRequest("GET", "/api/version",
+                                                         {{"X-Sluice-Backend", name + "#2"}})));
+    EXPECT_EQ(r.status, 200) << r.body;
+  }
+  EXPECT_EQ(Requests(port, "127.0.0.2"), 5);
+  EXPECT_EQ(Requests(port, "127.0.0.3"), 8);
 }
 
 // Addresses come and go with the name: one removed from the hosts file
