@@ -479,13 +479,24 @@ void AppendBackendFamilies(std::string* out, const MetricsShard& total) {
   for (const Family& f : kFamilies) {
     AppendFamily(out, f.name, f.type, f.help);
     for (const BackendStats& b : total.backends) {
-      AppendSample(out, f.name, {{"backend", b.name}}, I(f.value(b)));
+      if (!b.hidden) AppendSample(out, f.name, {{"backend", b.name}}, I(f.value(b)));
+    }
+  }
+  if (std::any_of(total.backends.begin(), total.backends.end(),
+                  [](const BackendStats& b) { return !b.address.empty(); })) {
+    AppendFamily(out, "sluice_backend_address", "gauge",
+                 "1 for the address a backend given by DNS name has now.");
+    for (const BackendStats& b : total.backends) {
+      if (b.address.empty() || b.hidden) continue;
+      AppendSample(out, "sluice_backend_address", {{"backend", b.name}, {"address", b.address}},
+                   "1");
     }
   }
   static constexpr const char* kKinds[] = {"loaded", "queued", "spill", "cold"};
   AppendFamily(out, "sluice_backend_routed_total", "counter",
                "Generations placed on the backend by model routing, by how.");
   for (const BackendStats& b : total.backends) {
+    if (b.hidden) continue;
     for (size_t k = 0; k < 4; ++k) {
       AppendSample(out, "sluice_backend_routed_total", {{"backend", b.name}, {"kind", kKinds[k]}},
                    U(b.routed[k]));

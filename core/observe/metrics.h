@@ -104,6 +104,11 @@ struct BackendStats {
   uint64_t failovers = 0;  // requests moved from it to another backend
   // Generations placed on it, by RouteChoice kind: loaded, queued, spill, cold.
   uint64_t routed[4] = {};
+  // A DNS name's backend: the address it has now ("" if none); set on the
+  // merged copy. `hidden`: a spare slot of a name that never had an
+  // address and never a request: not shown.
+  std::string address;
+  bool hidden = false;
   void Merge(const BackendStats& o);
 };
 

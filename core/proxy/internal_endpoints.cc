@@ -5,6 +5,7 @@
 #include "core/observe/log.h"
 #include "core/observe/observability.h"
 #include "core/server/shard.h"
+#include "core/upstream/resolver.h"
 #include "http/serialize.h"
 
 namespace sluice::core {
@@ -101,11 +102,14 @@ std::string RenderStatusJson(const MetricsShard& total) {
   for (const auto& [name, value] : fields) absl::StrAppend(&out, "\"", name, "\":", value, ",");
   out += "\"backends\":[";
   static constexpr const char* kKinds[] = {"loaded", "queued", "spill", "cold"};
-  for (size_t i = 0; i < total.backends.size(); ++i) {
-    const BackendStats& b = total.backends[i];
-    if (i > 0) out += ",";
+  bool first = true;
+  for (const BackendStats& b : total.backends) {
+    if (b.hidden) continue;
+    if (!first) out += ",";
+    first = false;
     out += "{\"name\":\"";
     http::AppendJsonEscaped(b.name, &out);
+    if (!b.address.empty()) absl::StrAppend(&out, "\",\"address\":\"", b.address);
     absl::StrAppend(&out, "\",\"up\":", b.up ? "true" : "false", ",\"in_flight\":", b.in_flight,
                     ",\"requests\":", b.requests, ",\"failures\":", b.failures,
                     ",\"failovers\":", b.failovers, ",\"loaded\":[");
@@ -124,10 +128,25 @@ std::string RenderStatusJson(const MetricsShard& total) {
   return out;
 }
 
+void NoteAddresses(const std::vector<BackendConfig>& backends, MetricsShard* total) {
+  for (size_t i = 0; i < backends.size() && i < total->backends.size(); ++i) {
+    const BackendConfig& b = backends[i];
+    if (b.dns == nullptr) continue;
+    BackendStats& s = total->backends[i];
+    if (SocketAddress a; CurrentAddress(b, &a)) {
+      s.address = AddressText(a);
+    } else {
+      s.up = 0;
+      s.hidden = b.dns_slot > 0 && s.requests == 0;
+    }
+  }
+}
+
 void InternalEndpoint::Answer() {
   if (finished_) return;
   finished_ = true;
   scrape_timer_.Disarm();
+  NoteAddresses(shard_->config().backends, &scrape_->total);
   const Observability& obs = shard_->obs();
   std::string body;
   http::ResponseHead head;

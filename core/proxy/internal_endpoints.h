@@ -3,12 +3,14 @@
 #include <memory>
 #include <optional>
 #include <string_view>
+#include <vector>
 
 #include "core/engine/timer.h"
 #include "core/observe/metrics.h"
 #include "core/proxy/admission.h"
 #include "core/proxy/exchange.h"
 #include "core/proxy/request_record.h"
+#include "core/server/config.h"
 #include "http/message.h"
 
 namespace sluice::core {
@@ -16,9 +18,13 @@ namespace sluice::core {
 struct Observability;
 
 // The status page as JSON (--status_path?format=json): stub_status's
-// numbers and one object per backend (name, up, in flight, requests,
-// failures, failovers, loaded models, routing decisions).
+// numbers and one object per backend (name, address for a backend given by
+// DNS name, up, in flight, requests, failures, failovers, loaded models,
+// routing decisions).
 std::string RenderStatusJson(const MetricsShard& total);
+// Fills in each DNS-named backend's address now (none: up 0, and a spare
+// slot that never had a request is hidden).
+void NoteAddresses(const std::vector<BackendConfig>& backends, MetricsShard* total);
 
 // The proxy's own endpoints, --status_path (nginx's stub_status) and
 // --metrics_path (Prometheus), answered without an upstream from every

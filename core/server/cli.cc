@@ -294,7 +294,8 @@ absl::Status ParseBackendOption(absl::string_view addr, absl::string_view w, Bac
   };
   const Range ranges[] = {{"weight", 1, 1000, &b->weight},
                           {"slots", 1, 1024, &b->slots},
-                          {"max_loaded", 1, 1024, &b->max_loaded}};
+                          {"max_loaded", 1, 1024, &b->max_loaded},
+                          {"max_addresses", 1, 64, &b->max_addresses}};
   for (const Range& r : ranges) {
     if (key != r.key) continue;
     int value = 0;
@@ -325,25 +326,32 @@ absl::StatusOr<std::vector<BackendConfig>> ParseBackends(absl::string_view text,
     if (absl::Status st = SplitHostPort(words[0], &host, &port); !st.ok()) return st;
     BackendConfig b;
     b.name = std::string(words[0]);
-    in_addr v4;
-    in6_addr v6;
-    if (host.empty() || inet_pton(AF_INET, host.c_str(), &v4) == 1 ||
-        inet_pton(AF_INET6, host.c_str(), &v6) == 1) {
-      absl::StatusOr<SocketAddress> addr = ParseHostPort(words[0], /*numeric_only=*/true);
-      if (!addr.ok()) return addr.status();
-      b.addr = *addr;
-    } else {
-      // A DNS name: resolved now if it can be, and again every
-      // --resolve_interval by the Resolver; one that does not resolve yet
-      // is not an error (a service that comes up later).
-      b.dns = std::make_shared<DnsAddress>(host, port);
-      if (b.dns->Resolve().ok()) b.dns->Get(&b.addr);
-    }
-    b.host_header = host_header.empty() ? b.name : std::string(host_header);
+    b.max_addresses = 0;  // not given
     for (size_t i = 1; i < words.size(); ++i) {
       absl::Status st = ParseBackendOption(words[0], words[i], &b);
       if (!st.ok()) return st;
     }
+    in_addr v4;
+    in6_addr v6;
+    if (host.empty() || inet_pton(AF_INET, host.c_str(), &v4) == 1 ||
+        inet_pton(AF_INET6, host.c_str(), &v6) == 1) {
+      if (b.max_addresses != 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(words[0], ": max_addresses=N is for a backend given by DNS name"));
+      }
+      absl::StatusOr<SocketAddress> addr = ParseHostPort(words[0], /*numeric_only=*/true);
+      if (!addr.ok()) return addr.status();
+      b.addr = *addr;
+    } else {
+      // A DNS name: every address it resolves to is a backend (up to
+      // max_addresses, see ExpandNames). Resolved now if it can be, and
+      // again every --resolve_interval by the Resolver; one that does not
+      // resolve yet is not an error (a service that comes up later).
+      if (b.max_addresses == 0) b.max_addresses = kDefaultMaxAddresses;
+      b.dns = std::make_shared<DnsName>(host, port, static_cast<size_t>(b.max_addresses));
+      if (b.dns->Resolve().ok()) b.dns->Get(0, &b.addr);
+    }
+    b.host_header = host_header.empty() ? std::string(words[0]) : std::string(host_header);
     for (const BackendConfig& other : backends) {
       const bool same_address = other.dns == nullptr && b.dns == nullptr &&
                                 other.addr.len == b.addr.len &&

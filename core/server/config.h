@@ -31,16 +31,23 @@ struct SocketAddress {
 
 class BackendHealth;
 class ModelTable;
-class DnsAddress;
+class DnsName;
+
+// A DNS name in --upstream is this many backends at most unless its
+// max_addresses=N says otherwise.
+inline constexpr int kDefaultMaxAddresses = 8;
 
 // One Ollama backend: an entry of --upstream.
 struct BackendConfig {
-  std::string name;  // name=, else host:port as written
-  // A numeric address, or what a DNS name resolved to at start (len 0:
-  // it did not); `dns` then holds the name's current address.
+  std::string name;  // name=, else host:port as written (NAME#2...: see ExpandNames)
+  // A numeric address, or what a DNS name resolved to first at start (len
+  // 0: it did not); `dns` then holds the name's current addresses, and
+  // this backend is its slot `dns_slot`.
   SocketAddress addr;
-  std::shared_ptr<DnsAddress> dns;
-  std::string host_header;  // Host sent to it
+  std::shared_ptr<DnsName> dns;
+  size_t dns_slot = 0;
+  int max_addresses = kDefaultMaxAddresses;  // a name's backends at most (max_addresses=N)
+  std::string host_header;                   // Host sent to it
   int weight = 1;
   int slots = 0;       // generations it runs at once (OLLAMA_NUM_PARALLEL); 0: not given
   int max_loaded = 0;  // models it keeps loaded (OLLAMA_MAX_LOADED_MODELS); 0: not given

@@ -46,7 +46,8 @@ ABSL_FLAG(int32_t, threads, 0,
 ABSL_FLAG(std::string, upstream, "127.0.0.1:11434",
           "Ollama backends, separated by commas: host:port or [v6]:port, each "
           "optionally followed by weight=N and slots=N (its OLLAMA_NUM_PARALLEL), "
-          "e.g. '10.0.0.5:11434 slots=4, 10.0.0.6:11434'.");
+          "e.g. '10.0.0.5:11434 slots=4, 10.0.0.6:11434'. Every address of a DNS "
+          "name is a backend (NAME, NAME#2...), up to its max_addresses=N (default 8).");
 ABSL_FLAG(int32_t, upstream_max_fails, 3,
           "With several backends: connect failures, resets or closes before the "
           "response head in a row after which a backend is left out for "

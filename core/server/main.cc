@@ -92,24 +92,38 @@ const char* BalanceName(Balance balance) {
 
 void LogStarted(const Config& config, const policy::Policy& policy) {
   for (const BackendConfig& b : config.backends) {
-    LOG_INFO("upstream %s (Host: %s, weight %d, slots %s)", b.name.c_str(), b.host_header.c_str(),
-             b.weight, b.slots > 0 ? std::to_string(b.slots).c_str() : "not given");
+    // A name's backends without an address are its spare slots.
+    if (b.dns != nullptr && !HasAddress(b) && (b.dns_slot > 0 || b.dns->resolved())) continue;
+    std::string address;
+    if (SocketAddress a; b.dns != nullptr && CurrentAddress(b, &a)) {
+      address = absl::StrCat(", ", b.dns->host(), " is ", AddressText(a));
+    }
+    LOG_INFO("upstream %s (Host: %s, weight %d, slots %s%s)", b.name.c_str(), b.host_header.c_str(),
+             b.weight, b.slots > 0 ? std::to_string(b.slots).c_str() : "not given",
+             address.c_str());
     if (!HasAddress(b)) {
       LOG_WARN(
           "upstream %s: %s does not resolve yet; its requests get 503 until it does "
           "(resolved again every --resolve_interval)",
           b.name.c_str(), b.dns->host().c_str());
     }
+    if (b.dns != nullptr && b.dns_slot == 0 && b.dns->left_out() > 0) {
+      LOG_WARN(
+          "upstream %s: %s has %zu more address(es) than its max_addresses=%zu; those are "
+          "not used",
+          b.name.c_str(), b.dns->host().c_str(), b.dns->left_out(), b.dns->slots());
+    }
   }
-  LOG_INFO("%zu backend(s), --balance=%s, %d worker(s)", config.backends.size(),
+  LOG_INFO("%zu backend(s), --balance=%s, %d worker(s)", CountBackends(config.backends),
            BalanceName(config.balance), config.threads);
   LOG_INFO("policy: %s", policy.Summary().c_str());
   LogUsersWarning(policy, "");
 }
 
-// With several backends, one thread checks them all (HealthProber; none
-// with --health_interval=0); the workers read its findings, and share what
-// they route where, through each BackendConfig.
+// With several backends (a name counting as its max_addresses), one
+// thread checks them all (HealthProber; none with --health_interval=0); the
+// workers read its findings, and share what they route where, through each
+// BackendConfig.
 std::unique_ptr<HealthProber> StartHealthChecks(Config* config) {
   if (config->backends.size() < 2) return nullptr;
   auto prober = std::make_unique<HealthProber>(config->backends, config->health_interval_ns,
@@ -135,6 +149,8 @@ int Run(int argc, char** argv) {
   Restarter restarter(argc, argv);  // argv as given, before parsing
   ParseCommandLine(argc, argv);
   Config config = BuildConfig();
+  // Every address of a name is a backend: a slot each (see ExpandNames).
+  ExpandNames(&config.backends);
   g_log_level.store(config.log_level);
   OpenErrorLogFlag();
   // Signals go to the main thread only (SignalLoop); every thread started
@@ -163,7 +179,11 @@ int Run(int argc, char** argv) {
 
   LoadCertificate(&reloader, &config);
   std::unique_ptr<HealthProber> prober = StartHealthChecks(&config);
-  Resolver resolver(config.backends, config.resolve_interval_ns);
+  // A backend whose address changed forgets what the checks and the
+  // router knew of the old one.
+  Resolver resolver(config.backends, config.resolve_interval_ns, [&prober](size_t i) {
+    if (prober) prober->Forget(i);
+  });
   resolver.Start();
 
   const std::vector<int> cpus = AllowedCpus();

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "core/server/cli.h"
+#include "core/upstream/resolver.h"
 
 namespace sluice::core {
 
@@ -33,6 +34,9 @@ absl::StatusOr<std::shared_ptr<const policy::UpstreamTarget>> ParseNamedUpstream
           absl::StrCat(b.name, ": slots= and max_loaded= are for Ollama backends (--upstream)"));
     }
   }
+  // A DNS name stands for each of its addresses (max_addresses=), as
+  // in --upstream; they are not looked up again until the file is.
+  ExpandNames(&*backends);
   target->backends = *std::move(backends);
   return std::shared_ptr<const policy::UpstreamTarget>(std::move(target));
 }

@@ -11,16 +11,19 @@ namespace sluice::core {
 
 BackendSet::BackendSet(Shard* shard, const std::vector<BackendConfig>& backends, Balance balance,
                        bool counted)
-    : shard_(shard), balance_(balance), credit_(backends.size(), 0) {
+    : shard_(shard), backends_(&backends), balance_(balance), credit_(backends.size(), 0) {
   for (size_t i = 0; i < backends.size(); ++i) {
     // SIZE_MAX: no metrics slot (every use checks the index).
     pools_.push_back(std::make_unique<UpstreamPool>(shard, &backends[i], counted ? i : SIZE_MAX));
+    has_names_ = has_names_ || backends[i].dns != nullptr;
   }
 }
 
-bool BackendSet::Usable(const UpstreamPool* pool) const {
+bool BackendSet::Usable(const UpstreamPool* pool) const { return UsableIn(pool, size() == 1); }
+
+bool BackendSet::UsableIn(const UpstreamPool* pool, bool lone) const {
   if (!HasAddress(pool->backend())) return false;
-  if (pools_.size() == 1) return true;
+  if (lone) return true;
   const BackendHealth* health = pool->backend().health;
   return pool->available(shard_->now_ns()) && (health == nullptr || health->up());
 }
@@ -29,17 +32,24 @@ bool BackendSet::MarkUsable(const UpstreamPool* except) {
   usable_.assign(pools_.size(), false);
   bool any = false;
   for (size_t i = 0; i < pools_.size(); ++i) {
-    usable_[i] = pools_[i].get() != except && Usable(pools_[i].get());
+    pools_[i]->FollowAddress();
+    usable_[i] = pools_[i].get() != except && UsableIn(pools_[i].get(), false);
     any = any || usable_[i];
   }
   return any;
 }
 
-UpstreamPool* BackendSet::Pick(const UpstreamPool* except) {
-  if (pools_.size() == 1) {
-    UpstreamPool* only = pools_[0].get();
-    return except == only || !HasAddress(only->backend()) ? nullptr : only;
+UpstreamPool* BackendSet::Lone(const UpstreamPool* except) {
+  UpstreamPool* lone = nullptr;
+  for (auto& p : pools_) {
+    p->FollowAddress();  // a name's other places close their idle links
+    if (lone == nullptr && HasAddress(p->backend())) lone = p.get();
   }
+  return lone == except ? nullptr : lone;
+}
+
+UpstreamPool* BackendSet::Pick(const UpstreamPool* except) {
+  if (size() == 1) return Lone(except);
   if (!MarkUsable(except)) return nullptr;
   const size_t i =
       balance_ == Balance::kRoundRobin ? PickRoundRobin(usable_) : PickLeastConn(usable_);
@@ -48,7 +58,7 @@ UpstreamPool* BackendSet::Pick(const UpstreamPool* except) {
 
 UpstreamPool* BackendSet::PickForModel(const std::string& model, const UpstreamPool* except,
                                        RouteChoice* choice) {
-  if (pools_.size() == 1 || balance_ != Balance::kModel) {
+  if (balance_ != Balance::kModel || size() == 1) {
     UpstreamPool* pool = Pick(except);
     *choice = {pool ? RouteChoice::Kind::kLoaded : RouteChoice::Kind::kNone, pool ? 0 : -1};
     return pool;
@@ -62,6 +72,11 @@ UpstreamPool* BackendSet::PickForModel(const std::string& model, const UpstreamP
     c.slots = b.slots > 0 ? b.slots : 1;
     c.max_loaded = b.max_loaded;
     c.view = b.models != nullptr ? b.models->Look(model, shard_->now_ns()) : ModelTable::View{};
+    // A name's slot without an address is no backend at all (not one that
+    // might have the model), unless the name has none yet.
+    if (!HasAddress(b) && (b.dns_slot > 0 || b.dns->resolved())) {
+      c.view.has = ModelTable::View::Has::kNo;
+    }
   }
   *choice = ChooseBackend(candidates_);
   return choice->index >= 0 ? pools_[choice->index].get() : nullptr;
@@ -76,7 +91,10 @@ UpstreamPool* BackendSet::Find(std::string_view name) {
 
 std::string BackendSet::Names() const {
   std::vector<std::string> names;
-  for (const auto& p : pools_) names.push_back(p->backend().name);
+  for (const auto& p : pools_) {
+    const BackendConfig& b = p->backend();
+    if (HasAddress(b) || b.dns_slot == 0) names.push_back(b.name);
+  }
   return absl::StrJoin(names, ", ");
 }
 

@@ -9,6 +9,7 @@
 
 #include "core/server/config.h"
 #include "core/upstream/model_router.h"
+#include "core/upstream/resolver.h"
 #include "core/upstream/upstream_pool.h"
 
 namespace sluice::core {
@@ -16,13 +17,16 @@ namespace sluice::core {
 class Shard;
 
 // A worker's way to its Ollama backends: one keepalive pool per backend
-// (--upstream) and the choice of backend for each request (--balance).
-// Per worker like everything on the request path: round robin turns and
-// in-flight counts are this worker's own.
+// (--upstream, a DNS name as one per address: ExpandNames) and the choice
+// of backend for each request (--balance). Per worker like everything on
+// the request path: round robin turns and in-flight counts are this
+// worker's own. A backend without an address (a name's unused slot, or a
+// name that does not resolve) is never picked.
 class BackendSet {
  public:
-  // `counted`: the backends have slots in the per-backend metrics (those
-  // of --upstream); a rules-file upstream's have none.
+  // `backends` outlives the set. `counted`: the backends have slots in
+  // the per-backend metrics (those of --upstream); a rules-file
+  // upstream's have none.
   BackendSet(Shard* shard, const std::vector<BackendConfig>& backends, Balance balance,
              bool counted = true);
 
@@ -42,11 +46,17 @@ class BackendSet {
   // Whether `pool` is up and not left out for failures (with one backend:
   // always).
   bool Usable(const UpstreamPool* pool) const;
-  // "a, b, c": every backend's name (error messages).
+  // "a, b, c": every backend's name (error messages); of a name's
+  // backends, those with an address and the first.
   std::string Names() const;
   // When the first backend left out comes back (for Retry-After).
   int64_t NextAvailableNs() const;
-  size_t size() const { return pools_.size(); }
+  // How many backends there are now (CountBackends): with one, it takes
+  // every request, as nginx never leaves out a lone server, and the
+  // several-backend features (model routing, merged model lists, admin
+  // requests naming their backend) stay off. A name with one address is
+  // one backend; with three, three.
+  size_t size() const { return has_names_ ? CountBackends(*backends_) : pools_.size(); }
 
   const std::vector<std::unique_ptr<UpstreamPool>>& pools() const { return pools_; }
   // What holds the backends' configs when this set does not outlive them
@@ -66,9 +76,14 @@ class BackendSet {
   size_t PickLeastConn(const std::vector<bool>& usable);
   // Fills usable_ (up, not left out, not `except`); false when none is.
   bool MarkUsable(const UpstreamPool* except);
+  bool UsableIn(const UpstreamPool* pool, bool lone) const;
+  // The one backend with an address, other than `except` (null if none).
+  UpstreamPool* Lone(const UpstreamPool* except);
 
   std::shared_ptr<const void> owner_;  // before pools_: outlives them
   Shard* shard_;
+  const std::vector<BackendConfig>* backends_;
+  bool has_names_ = false;
 
   Balance balance_;
   std::vector<std::unique_ptr<UpstreamPool>> pools_;

@@ -172,14 +172,38 @@ void HealthProber::Run() {
   }
 }
 
+void HealthProber::Forget(size_t i) {
+  BackendHealth& h = *health_[i];
+  h.table_.Reset();
+  {
+    std::lock_guard<std::mutex> lock(h.mu_);
+    h.models_.clear();
+    h.loaded_.clear();
+  }
+  h.up_.store(true, std::memory_order_relaxed);
+  h.forgotten_.store(true, std::memory_order_release);
+}
+
 void HealthProber::CheckAll() {
+  // A lone backend is never left out: checking it would change nothing.
+  if (CountBackends(backends_) < 2) return;
   const bool with_tags = rounds_++ % 10 == 0;
-  for (size_t i = 0; i < backends_.size(); ++i) Check(i, with_tags);
+  for (size_t i = 0; i < backends_.size(); ++i) {
+    if (HasAddress(backends_[i])) Check(i, with_tags);
+  }
 }
 
 void HealthProber::Check(size_t i, bool with_tags) {
   BackendHealth& h = *health_[i];
   const BackendConfig& b = backends_[i];
+  // A new address starts afresh, with its model list asked at once.
+  const uint64_t generation = AddressGeneration(b);
+  if (h.forgotten_.exchange(false, std::memory_order_acquire) ||
+      generation != h.address_generation_) {
+    h.address_generation_ = generation;
+    h.failures_in_row_ = 0;
+    with_tags = true;
+  }
   h.checks_.fetch_add(1, std::memory_order_relaxed);
   const int64_t asked_ns = NowNs();
   absl::StatusOr<ProbeAnswer> ps = ProbeGet(b, "/api/ps", timeout_ns_);

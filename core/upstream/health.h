@@ -39,7 +39,9 @@ class BackendHealth {
   std::atomic<bool> up_{true};
   std::atomic<uint64_t> checks_{0};
   std::atomic<uint64_t> failed_{0};
-  int failures_in_row_ = 0;  // the prober's thread only
+  int failures_in_row_ = 0;          // the prober's thread only
+  uint64_t address_generation_ = 0;  // the prober's thread only
+  std::atomic<bool> forgotten_{false};
   mutable std::mutex mu_;
   std::vector<std::string> models_;  // guarded by mu_
   std::vector<std::string> loaded_;  // guarded by mu_
@@ -56,7 +58,9 @@ absl::StatusOr<std::vector<std::string>> ModelNames(std::string_view json);
 // GET /api/tags on the first round and every tenth. Two failed checks in a
 // row mark a backend down; one good check brings it back. The requests
 // are plain blocking HTTP/1.1 with `timeout_ns` for each step, off the
-// workers' loops.
+// workers' loops. A name's backend without an address is not checked, and
+// no backend is while there is only one (CountBackends: a name with one
+// address).
 class HealthProber {
  public:
   HealthProber(const std::vector<BackendConfig>& backends, int64_t interval_ns, int64_t timeout_ns);
@@ -69,6 +73,10 @@ class HealthProber {
   // One round of checks on the caller's thread.
   void CheckAll();
   BackendHealth* health(size_t i) { return health_[i].get(); }
+  // Backend `i`'s address changed (any thread): what the checks found is
+  // forgotten, as is what the router knew of its models; it is up until a
+  // check of its new address says otherwise.
+  void Forget(size_t i);
 
  private:
   void Run();

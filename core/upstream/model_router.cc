@@ -126,6 +126,12 @@ void ModelTable::Begin(const std::string& model, int64_t now_ns) {
 void ModelTable::End(const std::string& model, int64_t now_ns, bool ok, int status, int64_t gen_ns,
                      int64_t load_ns) {
   std::lock_guard<std::mutex> lock(mu_);
+  // One sent before a Reset ends first, as far as the counts go: the sum
+  // stays right and this backend's count never drops below its own.
+  if (auto old = before_reset_.find(model); old != before_reset_.end()) {
+    if (--old->second <= 0) before_reset_.erase(old);
+    return;
+  }
   auto it = entries_.find(model);
   if (it == entries_.end()) return;
   Entry& e = it->second;
@@ -166,6 +172,18 @@ void ModelTable::SetLoaded(const std::vector<std::string>& names, int64_t asked_
     if (!e.loaded) e.loaded_ns = asked_ns;
     e.loaded = true;
   }
+}
+
+void ModelTable::Reset() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [name, e] : entries_) {
+    if (e.in_flight > 0) before_reset_[name] += e.in_flight;
+  }
+  entries_.clear();
+  tags_known_ = false;
+  available_.clear();
+  load_ns_ = 0;
+  total_in_flight_ = 0;
 }
 
 std::vector<std::string> ModelTable::LoadedModels() const {

@@ -72,6 +72,10 @@ class ModelTable {
   // loading still).
   void SetLoaded(const std::vector<std::string>& names, int64_t asked_ns);
   std::vector<std::string> LoadedModels() const;
+  // The backend's address changed: what was known is another backend's.
+  // The generations in flight to the old address still End here; they are
+  // counted apart (and no longer as this backend's) until they do.
+  void Reset();
 
  private:
   struct Entry {
@@ -94,6 +98,8 @@ class ModelTable {
   absl::flat_hash_set<std::string> available_;       // guarded by mu_
   int64_t load_ns_ = 0;                              // guarded by mu_
   int total_in_flight_ = 0;                          // guarded by mu_
+  // Generations sent before the last Reset, by model, not ended yet.
+  absl::flat_hash_map<std::string, int> before_reset_;  // guarded by mu_
 };
 
 // One backend as the router sees it for a request.

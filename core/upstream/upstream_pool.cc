@@ -69,12 +69,7 @@ int64_t UpstreamPool::shard_now() const { return shard_->now_ns(); }
 UpstreamPool::~UpstreamPool() = default;
 
 UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
-  // A backend given by name whose address changed: its idle links go to
-  // the old address and close.
-  if (backend_->dns != nullptr && backend_->dns->generation() != address_generation_) {
-    address_generation_ = backend_->dns->generation();
-    CloseIdle();
-  }
+  FollowAddress();
   UpstreamLink* link = fresh ? nullptr : idle_.TakeNewest();
   if (link != nullptr) {
     link->idle_ = false;
@@ -100,6 +95,7 @@ UpstreamLink* UpstreamPool::Acquire(LinkUser* user, bool fresh, int* err) {
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   link = new UpstreamLink(this, shard_, fd);
+  link->generation_ = address_generation_;
   ++open_;
   link->user_ = user;
   link->stream_.SetAccount(user->buffer_account(), /*upstream=*/true);
@@ -117,7 +113,9 @@ void UpstreamPool::Release(UpstreamLink* link) {
   link->stream_.SetAccount(nullptr, false);
   const Config& cfg = shard_->config();
   idle_.set_capacity(target_.Capacity(shard_->now_ns()));
-  if (shard_->draining() || link->stream_.closing() || !idle_.Offer(link)) {
+  // A link to an address the backend no longer has is not kept.
+  if (shard_->draining() || link->stream_.closing() || link->generation_ != address_generation_ ||
+      AddressGeneration(*backend_) != address_generation_ || !idle_.Offer(link)) {
     Discard(link);
     return;
   }
@@ -154,6 +152,17 @@ void UpstreamPool::Discard(UpstreamLink* link) {
     link->idle_ = false;
   }
   link->stream_.Close();
+}
+
+void UpstreamPool::FollowAddress() {
+  const uint64_t generation = AddressGeneration(*backend_);
+  if (generation == address_generation_) return;
+  address_generation_ = generation;
+  CloseIdle();
+  failures_ = 0;
+  tripped_ = false;
+  out_until_ns_ = 0;
+  probe_until_ns_ = 0;
 }
 
 void UpstreamPool::CloseIdle() {

@@ -57,6 +57,7 @@ class UpstreamLink final : public StreamHandler {
   Stream stream_;
   LinkUser* user_ = nullptr;
   Timer idle_timer_;
+  uint64_t generation_ = 0;  // of the backend's address it connected to
   bool reused_ = false;
   bool connected_ = false;
   bool idle_ = false;
@@ -84,6 +85,10 @@ class UpstreamPool {
   void Discard(UpstreamLink* link);
   // Closes every idle link (drain).
   void CloseIdle();
+  // A backend given by name whose address changed (or went) since the last
+  // call: its idle links, to the old address, close, and the old address's
+  // failures no longer count against it.
+  void FollowAddress();
 
   size_t idle_count() const { return idle_.size(); }
   size_t open_count() const { return open_; }
@@ -129,7 +134,7 @@ class UpstreamPool {
   size_t open_ = 0;
   int failures_ = 0;
   int64_t out_until_ns_ = 0;
-  uint64_t address_generation_ = 0;  // of backend_->dns when last seen
+  uint64_t address_generation_ = 0;  // AddressGeneration when last seen
   bool tripped_ = false;             // the circuit opened and no success since
   int64_t probe_until_ns_ = 0;       // a probe is out until then
 };

@@ -14,7 +14,9 @@
 
 #include "absl/flags/commandlineflag.h"
 #include "absl/flags/reflection.h"
+#include "absl/strings/str_cat.h"
 #include "core/server/listeners.h"
+#include "core/upstream/resolver.h"
 #include "gtest/gtest.h"
 
 namespace sluice::core {
@@ -358,6 +360,31 @@ TEST_F(FlagsTest, NamedBackendKeepsItsHost) {
   EXPECT_EQ(c.backends[0].max_loaded, 2);
   EXPECT_EQ(c.backends[1].name, "127.0.0.1:11435");
   EXPECT_EQ(c.balance, Balance::kModel);
+}
+
+// max_addresses=N: how many of a DNS name's addresses are backends; only
+// for a name, 1 to 64.
+TEST_F(FlagsTest, MaxAddressesIsForNames) {
+  SetAll(kServe);
+  SetAll({{"upstream", "localhost:11434 max_addresses=3, localhost:11435"}});
+  Config c = BuildConfig();
+  ASSERT_EQ(c.backends.size(), 2u);
+  ASSERT_NE(c.backends[0].dns, nullptr);
+  EXPECT_EQ(c.backends[0].dns->slots(), 3u);
+  EXPECT_EQ(c.backends[1].dns->slots(), static_cast<size_t>(kDefaultMaxAddresses));
+  const std::pair<const char*, const char*> cases[] = {
+      {"127.0.0.1:1 max_addresses=2",
+       "127.0.0.1:1: max_addresses=N is for a backend given by DNS name"},
+      {"localhost:1 max_addresses=65",
+       "localhost:1: \"max_addresses=65\": max_addresses is a number from 1 to 64"},
+  };
+  for (const auto& [upstream, message] : cases) {
+    absl::FlagSaver saver;
+    SetAll({{"upstream", upstream}});
+    EXPECT_EXIT(BuildConfig(), testing::ExitedWithCode(2),
+                "^" + Literal(absl::StrCat("sluice: --upstream: ", message, "\n")) + "$")
+        << message;
+  }
 }
 
 }  // namespace
