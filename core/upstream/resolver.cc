@@ -203,7 +203,10 @@ Resolver::Resolver(const std::vector<BackendConfig>& backends, int64_t interval_
     auto it = std::find_if(names_.begin(), names_.end(),
                            [&b](const Name& n) { return n.dns == b.dns.get(); });
     if (it == names_.end()) {
-      names_.push_back(Name{.label = b.name, .dns = b.dns.get()});
+      Name name;
+      name.label = b.name;
+      name.dns = b.dns.get();
+      names_.push_back(std::move(name));
       names_.back().left_out = b.dns->left_out();  // LogStarted told it
       names_.back().backends.assign(b.dns->slots(), SIZE_MAX);
       names_.back().slot_names.assign(b.dns->slots(), b.name);

@@ -142,7 +142,7 @@ class Resolver {
 
   struct Name {
     std::string label;  // the name's first backend, for the log
-    DnsName* dns;
+    DnsName* dns = nullptr;
     std::vector<size_t> backends;  // index in --upstream's slots, by slot
     std::vector<std::string> slot_names;
     bool failing = false;

@@ -241,6 +241,24 @@ TEST_F(NamedUpstream, WebSocketThroughTheNamedUpstream) {
   EXPECT_EQ(ollama_stats.requests, 0);
 }
 
+// An upstream given by DNS name is resolved when the file is read.
+TEST_F(NamedUpstream, UpstreamByName) {
+  ASSERT_NO_FATAL_FAILURE(Start(""));
+  WriteRules(absl::StrCat("upstream webui localhost:", web_->port(),
+                          " max_addresses=1\nroute /* allow host=chat.example.com upstream=webui "
+                          "auth=none\n"));
+  ASSERT_TRUE(sluice_->Signal(SIGHUP));
+  absl::Time deadline = absl::Now() + absl::Seconds(5);
+  HttpResponse r;
+  do {
+    r = Request("chat.example.com", "/sim/echo");
+    if (r.status == 200) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  } while (absl::Now() < deadline);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(EchoedHost(r), absl::StrCat("localhost:", web_->port()));
+}
+
 TEST_F(NamedUpstream, DeadUpstreamIs502AndOllamaKeepsServing) {
   const int dead = UnusedPort();
   ASSERT_NO_FATAL_FAILURE(Start(absl::StrCat("upstream gone 127.0.0.1:", dead,
