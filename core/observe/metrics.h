@@ -134,6 +134,11 @@ struct MetricsShard {
   uint64_t route_cold = 0;
   uint64_t route_not_found = 0;
   std::vector<BackendStats> backends;
+  // The counters of --upstream's backend `index`; null for one without
+  // (a rules-file upstream's).
+  BackendStats* backend(size_t index) {
+    return index < backends.size() ? &backends[index] : nullptr;
+  }
   uint64_t rejected_auth = 0;         // 401
   uint64_t rejected_denied = 0;       // 403 by IP, route or CORS rules
   uint64_t rejected_rate = 0;         // 429 by a rate zone

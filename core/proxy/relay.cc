@@ -127,10 +127,7 @@ bool Relay::AttachLink(bool fresh) {
   link_ = pool_->Acquire(this, fresh, &err);
   record_.UpstreamStarted(shard_->now_ns());
   if (backends_->size() > 1 || named_) record_.set_backend(pool_->backend().name);
-  if (std::vector<BackendStats>& stats = shard_->metrics().backends;
-      pool_->index() < stats.size()) {
-    ++stats[pool_->index()].requests;
-  }
+  if (BackendStats* stats = shard_->metrics().backend(pool_->index())) ++stats->requests;
   if (link_ == nullptr) {
     ++shard_->metrics().upstream_connect_failures;
     fail_cause_ = absl::StrCat("no socket: ", strerror(-err));
@@ -403,10 +400,7 @@ void Relay::LinkFailed(int status, std::string_view message) {
 }
 
 void Relay::SwitchBackend(UpstreamPool* next) {
-  if (std::vector<BackendStats>& stats = shard_->metrics().backends;
-      pool_->index() < stats.size()) {
-    ++stats[pool_->index()].failovers;
-  }
+  if (BackendStats* stats = shard_->metrics().backend(pool_->index())) ++stats->failovers;
   failed_over_ = true;
   connect_failed_ = false;
   ++shard_->metrics().upstream_failovers;

@@ -193,9 +193,9 @@ void Relay::BeginModel(RouteChoice::Kind kind) {
     case RouteChoice::Kind::kNone:
       break;
   }
-  if (std::vector<BackendStats>& stats = m.backends;
-      pool_->index() < stats.size() && static_cast<size_t>(kind) < 4) {
-    ++stats[pool_->index()].routed[static_cast<size_t>(kind)];
+  if (BackendStats* stats = m.backend(pool_->index());
+      stats != nullptr && static_cast<size_t>(kind) < 4) {
+    ++stats->routed[static_cast<size_t>(kind)];
   }
   model_table_ = pool_->backend().models;
   if (model_table_ == nullptr) return;

@@ -126,8 +126,7 @@ void UpstreamPool::Release(UpstreamLink* link) {
 }
 
 void UpstreamPool::ReportFailure(int64_t now_ns) {
-  std::vector<BackendStats>& stats = shard_->metrics().backends;
-  if (index_ < stats.size()) ++stats[index_].failures;
+  if (BackendStats* stats = shard_->metrics().backend(index_)) ++stats->failures;
   const Config& cfg = shard_->config();
   if (cfg.upstream_max_fails == 0) return;
   if (tripped_ || ++failures_ >= cfg.upstream_max_fails) {
