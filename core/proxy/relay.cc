@@ -46,16 +46,21 @@ Relay::Relay(Shard* shard, Downstream* downstream, http::RequestHead head, Clien
       send_timer_([this] {
         fail_cause_ = "request not taken within --send_timeout";
         LinkFailed(504, "upstream timeout");
-      }) {
+      }),
+      queue_timer_([this] { OnQueueTimeout(); }) {
   ++shard_->metrics().active_streams;
 }
 
-Relay::~Relay() { DropLink(); }
+Relay::~Relay() {
+  DropLink();
+  ReleaseSlot();
+}
 
 void Relay::Close() {
   if (closed_) return;
   closed_ = true;
   DropLink();
+  ReleaseSlot();
   EndModel(false);
   gate_.Close();
   --shard_->metrics().active_streams;
@@ -170,6 +175,10 @@ void Relay::OnRequestBody(Slice piece) {
     Peek(std::move(piece));
     return;
   }
+  if (waiting_slot_) {
+    if (!piece.empty()) ParkBody(std::move(piece));
+    return;
+  }
   if (link_ == nullptr || piece.empty()) return;
   record_.RequestBody(piece.view());
   if (head_.chunked) {
@@ -195,6 +204,10 @@ void Relay::OnRequestEnd() {
   if (peek_) {
     peek_->end = true;
     RouteByModel();
+    return;
+  }
+  if (waiting_slot_) {
+    parked_end_ = true;
     return;
   }
   if (request_done_) return;
@@ -295,6 +308,11 @@ void Relay::OnResponseHead(http::ResponseHead head) {
     for (auto& [name, value] : admission.ResponseHeaders()) {
       response_.headers.push_back(http::Header{name, value});
     }
+  }
+  if (queue_wait_ns_ >= 0) {
+    // How long it waited for its generation slot (0: one was free).
+    response_.headers.push_back(
+        http::Header{"X-Queue-Wait-Ms", absl::StrCat(queue_wait_ns_ / 1'000'000)});
   }
   if (link_) {
     // A backend's own failure answers count against it (503 is Ollama's
@@ -407,6 +425,7 @@ void Relay::SwitchBackend(UpstreamPool* next) {
   DropLink();
   EndModel(false);
   pool_ = next;
+  MoveSlot();
   BeginModel(route_kind_);
   SerializeHead();
 }
@@ -438,6 +457,7 @@ void Relay::FailBeforeResponse(int status, std::string_view message) {
 void Relay::EndWithError(int status, std::string_view message) {
   finished_ = true;
   DropLink();
+  ReleaseSlot();
   if (head_sent_) {
     downstream_->AbortResponse();
     return;
@@ -448,6 +468,7 @@ void Relay::EndWithError(int status, std::string_view message) {
 
 void Relay::Finish(bool reusable) {
   finished_ = true;
+  ReleaseSlot();
   EndModel(response_.status >= 200 && response_.status < 300);
   read_timer_.Disarm();
   send_timer_.Disarm();
@@ -486,6 +507,7 @@ void Relay::Cancel() {
   }
   finished_ = true;
   DropLink();
+  ReleaseSlot();
   gate_.Cancel();
 }
 

@@ -14,6 +14,7 @@
 #include "core/proxy/request_record.h"
 #include "core/proxy/websocket_tunnel.h"
 #include "core/upstream/model_router.h"
+#include "core/upstream/slot_scheduler.h"
 #include "core/upstream/upstream_pool.h"
 #include "http/h1_response_parser.h"
 #include "http/message.h"
@@ -90,8 +91,27 @@ class Relay final : public Exchange, public LinkUser, public http::H1ResponseSin
   void StartPeek();
   void Peek(Slice piece);
   void RouteByModel();
-  // Sends the request to pool_ with what was held back.
+  // Sends the request to pool_ with what was held back (once it has its
+  // generation slot: see TakeSlot).
   void Go(std::vector<Slice> held, bool end);
+  // Generation slots (relay_slot.cc). Whether this request takes a slot
+  // of pool_'s backend: a generation route to an Ollama backend with
+  // slots= (SlotScheduler).
+  bool NeedsSlot() const;
+  // Takes the slot, or parks the request (`held`, `end` kept) until the
+  // scheduler grants it: false while it waits or when it was refused (and
+  // answered).
+  bool TakeSlot(std::vector<Slice>* held, bool end);
+  // After a failover: a slot of the new backend, waited for already.
+  void MoveSlot();
+  // A piece of body that came while the request waits.
+  void ParkBody(Slice piece);
+  void OnSlotGranted();
+  void OnQueueTimeout();
+  // Gives the slot back, or leaves the queue (once; later calls do nothing).
+  void ReleaseSlot();
+  // Answers a request the queue refused or gave up on.
+  void AnswerQueue(int status, std::string_view error);
   void AnswerModelNotFound(std::string_view model);
   // The generation's place in its backend's ModelTable.
   void BeginModel(RouteChoice::Kind kind);
@@ -152,9 +172,18 @@ class Relay final : public Exchange, public LinkUser, public http::H1ResponseSin
   RouteChoice::Kind route_kind_ = RouteChoice::Kind::kLoaded;
   int64_t model_start_ns_ = 0;
   int64_t response_head_ns_ = 0;
+  // Its generation slot, the body held while it waits, and how long it did.
+  std::shared_ptr<SlotTicket> slot_;
+  std::vector<Slice> parked_;
+  bool parked_end_ = false;
+  size_t parked_bytes_ = 0;
+  bool parked_paused_ = false;  // the client is not read while it waits
+  bool waiting_slot_ = false;
+  int64_t queue_wait_ns_ = -1;
   std::string fail_cause_;  // why the upstream failed, for the error log
   Timer read_timer_;
   Timer send_timer_;
+  Timer queue_timer_;
   bool replayable_ = true;
   bool retried_ = false;
   bool failed_over_ = false;

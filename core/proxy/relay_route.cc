@@ -47,8 +47,11 @@ void Relay::Route() {
     if (!PinBackend(route_class, &pinned)) return;
     if (pinned != nullptr) {
       pool_ = pinned;
-    } else if (route_class == RouteClass::kModel && head_.has_body() && backends.size() > 1 &&
-               shard_->config().balance == Balance::kModel) {
+    } else if (route_class == RouteClass::kModel && head_.has_body() &&
+               ((backends.size() > 1 && shard_->config().balance == Balance::kModel) ||
+                (backends.size() == 1 && backends.pools()[0]->backend().slots > 0 &&
+                 shard_->config().slot_scheduler != nullptr))) {
+      // (With one backend that has slots, the model names the queue.)
       StartPeek();
       return;
     } else {
@@ -127,6 +130,16 @@ void Relay::RouteByModel() {
   RouteChoice choice;
   if (named.empty() || peek.scanner.model_cut()) {
     pool_ = backends.Pick();
+  } else if (backends.size() == 1) {
+    // One backend: the model only names its slot queue.
+    model_ = CanonicalModel(named);
+    pool_ = backends.Pick();
+    if (pool_ == nullptr) {
+      AnswerNoBackend();
+      return;
+    }
+    Go(std::move(peek.held), peek.end);
+    return;
   } else {
     model_ = CanonicalModel(named);
     pool_ = backends.PickForModel(model_, nullptr, &choice);
@@ -148,6 +161,7 @@ void Relay::RouteByModel() {
 }
 
 void Relay::Go(std::vector<Slice> held, bool end) {
+  if (!TakeSlot(&held, end)) return;
   SerializeHead();
   if (!AttachLink(false)) return;
   for (Slice& piece : held) OnRequestBody(std::move(piece));

@@ -10,6 +10,8 @@
 
 namespace sluice::core {
 
+class SlotScheduler;
+
 class TlsContextSlot;
 class PolicySlot;
 class AuthVerifier;
@@ -102,6 +104,13 @@ struct Config {
   // Active checks of the backends when there are several (0: none).
   int64_t health_interval_ns = 5'000'000'000;
   int64_t health_timeout_ns = 2'000'000'000;
+  // The generation slots of backends with slots= and their fair queue,
+  // shared by the workers (owned by main; null: none, as in tests that
+  // build a Config by hand). A request waits at most queue_timeout_ns.
+  SlotScheduler* slot_scheduler = nullptr;
+  int64_t queue_timeout_ns = 120'000'000'000;
+  size_t queue_per_key = 64;
+  size_t queue_max = 4096;
   // Idle upstream links kept per worker: < 0 adaptive (the recent peak of
   // links in use, up to upstream_max_idle), else that fixed number.
   int upstream_keepalive = -1;

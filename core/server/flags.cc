@@ -76,6 +76,11 @@ ABSL_FLAG(std::string, upstream_keepalive, "auto",
           "Idle keepalive links to the upstream kept per worker: auto = as many as "
           "were in use at once during the last --upstream_idle_timeout, up to "
           "--upstream_max_idle; N = a fixed number, as nginx's keepalive N.");
+ABSL_FLAG(absl::Duration, queue_timeout, absl::Seconds(120),
+          "Longest a generation waits in sluice for a slot of a backend with slots= (503 after).");
+ABSL_FLAG(int32_t, queue_per_key, 64,
+          "Generations one key (or user, or address) may have waiting for slots (429 past it).");
+ABSL_FLAG(int32_t, queue_max, 4096, "Generations waiting for slots in all (503 past it).");
 ABSL_FLAG(int32_t, upstream_max_idle, 1024,
           "Most idle upstream links a worker keeps with --upstream_keepalive=auto.");
 ABSL_FLAG(absl::Duration, upstream_idle_timeout, absl::Seconds(60),
@@ -310,6 +315,13 @@ void UpstreamFlags(Config* c) {
   c->connect_timeout_ns = DurationFlag(FLAGS_connect_timeout, "connect_timeout");
   c->read_timeout_ns = DurationFlag(FLAGS_read_timeout, "read_timeout");
   c->send_timeout_ns = DurationFlag(FLAGS_send_timeout, "send_timeout");
+  c->queue_timeout_ns = DurationFlag(FLAGS_queue_timeout, "queue_timeout");
+  const int32_t per_key = absl::GetFlag(FLAGS_queue_per_key);
+  const int32_t queue_max = absl::GetFlag(FLAGS_queue_max);
+  if (per_key < 1) UsageError("--queue_per_key: must be >= 1");
+  if (queue_max < 1) UsageError("--queue_max: must be >= 1");
+  c->queue_per_key = static_cast<size_t>(per_key);
+  c->queue_max = static_cast<size_t>(queue_max);
 }
 
 // The client side's timeouts and limits.

@@ -29,6 +29,7 @@
 #include "core/server/workers.h"
 #include "core/upstream/health.h"
 #include "core/upstream/resolver.h"
+#include "core/upstream/slot_scheduler.h"
 #include "policy/keys_command.h"
 #include "policy/limiter.h"
 
@@ -179,6 +180,9 @@ int Run(int argc, char** argv) {
 
   LoadCertificate(&reloader, &config);
   std::unique_ptr<HealthProber> prober = StartHealthChecks(&config);
+  SlotScheduler slot_scheduler(
+      SlotScheduler::Limits{.per_key = config.queue_per_key, .total = config.queue_max});
+  config.slot_scheduler = &slot_scheduler;
   // A backend whose address changed forgets what the checks and the
   // router knew of the old one.
   Resolver resolver(config.backends, config.resolve_interval_ns, [&prober](size_t i) {

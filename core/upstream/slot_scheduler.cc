@@ -5,14 +5,14 @@
 namespace sluice::core {
 
 SlotScheduler::Outcome SlotScheduler::Acquire(const std::shared_ptr<SlotTicket>& ticket,
-                                              int64_t now_ns) {
+                                              int64_t now_ns, bool force) {
   std::vector<std::shared_ptr<SlotTicket>> granted;
   Outcome outcome = Outcome::kQueued;
   {
     std::lock_guard<std::mutex> lock(mu_);
     Queue& q = queues_[ticket->queue];
     q.slots = std::max(1, ticket->slots);  // the backend's setting as the request saw it
-    if (q.in_use < q.slots && q.waiting == 0) {
+    if (force || (q.in_use < q.slots && q.waiting == 0)) {
       GrantLocked(&q, ticket.get());
       return Outcome::kGranted;
     }

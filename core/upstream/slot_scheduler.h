@@ -27,6 +27,9 @@ struct SlotTicket {
   // freed the slot (another worker's, possibly), outside the scheduler's
   // lock: it must only hand the news to the request's own thread.
   std::function<void()> on_grant;
+  // The request's own (the scheduler never touches it): set and cleared
+  // on the request's thread only.
+  void* owner = nullptr;
 
   // The scheduler's (under its lock).
   enum class State : uint8_t { kNew, kQueued, kGranted, kDone } state = State::kNew;
@@ -63,7 +66,9 @@ class SlotScheduler {
     kKeyFull,  // the key already has Limits::per_key waiting (429)
     kFull,     // Limits::total are waiting (503)
   };
-  Outcome Acquire(const std::shared_ptr<SlotTicket>& ticket, int64_t now_ns);
+  // `force`: a slot now even if none is free (a request that already
+  // waited and fails over to another backend); never queued or refused.
+  Outcome Acquire(const std::shared_ptr<SlotTicket>& ticket, int64_t now_ns, bool force = false);
 
   // Ends the ticket: a waiting one leaves its queue, a granted one gives
   // its slot to the next waiter (whose on_grant runs here, after the lock).

@@ -67,7 +67,9 @@ INSTANTIATE_TEST_SUITE_P(
         BadFlag{"listen_http", "nowhere"}, BadFlag{"upstream", "nohost"},
         BadFlag{"log_level", "loud"}, BadFlag{"http_mode", "sideways"},
         BadFlag{"listen_tls", "nowhere"}, BadFlag{"busy_poll", "1s"},
-        BadFlag{"h2_max_concurrent_streams", "0"}, BadFlag{"handshake_timeout", "fast"}),
+        BadFlag{"h2_max_concurrent_streams", "0"}, BadFlag{"handshake_timeout", "fast"},
+        BadFlag{"queue_timeout", "forever"}, BadFlag{"queue_per_key", "0"},
+        BadFlag{"queue_max", "-5"}),
     [](const ::testing::TestParamInfo<BadFlag>& info) { return std::string(info.param.flag); });
 
 TEST(SluiceCli, HelpExitsZeroAndListsEveryFlag) {
@@ -81,6 +83,9 @@ TEST(SluiceCli, HelpExitsZeroAndListsEveryFlag) {
                            "upstream_host",
                            "upstream_keepalive",
                            "upstream_max_idle",
+                           "queue_timeout",
+                           "queue_per_key",
+                           "queue_max",
                            "balance",
                            "upstream_max_fails",
                            "upstream_fail_timeout",

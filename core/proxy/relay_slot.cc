@@ -1,0 +1,152 @@
+// How a Relay takes a generation slot of its backend (SlotScheduler): the
+// request waits in sluice, its body held and its client not read, until
+// the fair queue grants it a slot; see README "Fair sharing of generation
+// slots".
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "core/observe/log.h"
+#include "core/proxy/relay.h"
+#include "core/server/shard.h"
+#include "http/serialize.h"
+#include "policy/policy.h"
+
+namespace sluice::core {
+namespace {
+
+// Retry-After for a refused or timed-out wait: the router's first guess
+// at a generation's length until it has measured one.
+constexpr int64_t kRetryAfterSeconds = 10;
+
+// The most body a waiting request keeps in memory before its client is no
+// longer read.
+constexpr size_t kMaxParkedBytes = 64 * 1024;
+
+}  // namespace
+
+#define SLOT_LOG(level, fmt, ...)                                                           \
+  LOG_##level("*%llu client %s: " fmt, static_cast<unsigned long long>(client_.connection), \
+              client_.addr.c_str(), ##__VA_ARGS__)
+
+bool Relay::NeedsSlot() const {
+  if (shard_->config().slot_scheduler == nullptr || named_ != nullptr || pool_ == nullptr ||
+      pool_->backend().slots <= 0 || head_.method != "POST") {
+    return false;
+  }
+  return policy::IsGenerationPath(gate_.admission().path.match);
+}
+
+bool Relay::TakeSlot(std::vector<Slice>* held, bool end) {
+  if (slot_ != nullptr || !NeedsSlot()) return true;
+  const policy::Admission& admission = gate_.admission();
+  slot_ = std::make_shared<SlotTicket>();
+  slot_->queue = absl::StrCat(pool_->backend().name, " ", model_);
+  slot_->slots = pool_->backend().slots;
+  slot_->key = !admission.principal.empty() ? admission.principal : admission.client_text;
+  slot_->owner = this;
+  Shard* shard = shard_;
+  // The grant may come from another worker's thread: the news goes to this
+  // one, where the ticket's owner says whether the request is still here.
+  std::weak_ptr<SlotTicket> weak = slot_;
+  slot_->on_grant = [shard, weak] {
+    std::shared_ptr<SlotTicket> ticket = weak.lock();
+    if (ticket == nullptr) return;
+    shard->Post([ticket] {
+      if (ticket->owner != nullptr) static_cast<Relay*>(ticket->owner)->OnSlotGranted();
+    });
+  };
+  const int64_t now = shard_->now_ns();
+  switch (shard_->config().slot_scheduler->Acquire(slot_, now)) {
+    case SlotScheduler::Outcome::kGranted:
+      queue_wait_ns_ = 0;
+      return true;
+    case SlotScheduler::Outcome::kQueued:
+      break;
+    case SlotScheduler::Outcome::kKeyFull:
+      AnswerQueue(429, "too many generations waiting for this key; retry later");
+      return false;
+    case SlotScheduler::Outcome::kFull:
+      AnswerQueue(503, "too many generations waiting; retry later");
+      return false;
+  }
+  waiting_slot_ = true;
+  parked_ = std::move(*held);
+  parked_end_ = end;
+  // The client is read on while it waits, so that its close or reset is
+  // seen at once and takes the request out of the queue; past
+  // kMaxParkedBytes of body the rest waits in its socket (ParkBody).
+  parked_bytes_ = 0;
+  for (const Slice& piece : parked_) parked_bytes_ += piece.size();
+  if (parked_bytes_ > kMaxParkedBytes) {
+    parked_paused_ = true;
+    downstream_->PauseReading();
+  }
+  shard_->Timers(shard_->config().queue_timeout_ns)->Arm(&queue_timer_, now);
+  SLOT_LOG(DEBUG, "%s %s: waits for a slot of %s", head_.method.c_str(), head_.target.c_str(),
+           slot_->queue.c_str());
+  return false;
+}
+
+void Relay::ParkBody(Slice piece) {
+  parked_bytes_ += piece.size();
+  parked_.push_back(std::move(piece));
+  if (parked_bytes_ > kMaxParkedBytes && !parked_paused_) {
+    parked_paused_ = true;
+    downstream_->PauseReading();
+  }
+}
+
+void Relay::OnSlotGranted() {
+  if (!waiting_slot_ || finished_) return;
+  waiting_slot_ = false;
+  queue_timer_.Disarm();
+  queue_wait_ns_ = std::max<int64_t>(0, shard_->now_ns() - slot_->enqueued_ns);
+  if (parked_paused_) downstream_->ResumeReading();
+  parked_paused_ = false;
+  std::vector<Slice> held = std::move(parked_);
+  parked_.clear();
+  Go(std::move(held), parked_end_);
+}
+
+void Relay::OnQueueTimeout() {
+  if (!waiting_slot_) return;
+  waiting_slot_ = false;
+  ReleaseSlot();
+  AnswerQueue(503, "no generation slot free within --queue_timeout; retry later");
+}
+
+void Relay::MoveSlot() {
+  if (slot_ == nullptr) return;
+  ReleaseSlot();
+  slot_.reset();
+  if (!NeedsSlot()) return;
+  // It waited already: a slot of the new backend now, over its count if
+  // every one is busy (Ollama then queues it), never to the back of a line.
+  slot_ = std::make_shared<SlotTicket>();
+  slot_->queue = absl::StrCat(pool_->backend().name, " ", model_);
+  slot_->slots = pool_->backend().slots;
+  const policy::Admission& admission = gate_.admission();
+  slot_->key = !admission.principal.empty() ? admission.principal : admission.client_text;
+  slot_->on_grant = [] {};
+  shard_->config().slot_scheduler->Acquire(slot_, shard_->now_ns(), /*force=*/true);
+}
+
+void Relay::ReleaseSlot() {
+  if (slot_ == nullptr) return;
+  slot_->owner = nullptr;
+  queue_timer_.Disarm();
+  shard_->config().slot_scheduler->Release(slot_.get());
+}
+
+void Relay::AnswerQueue(int status, std::string_view error) {
+  finished_ = true;
+  parked_.clear();
+  SLOT_LOG(INFO, "%s %s: %d %s", head_.method.c_str(), head_.target.c_str(), status,
+           std::string(error).c_str());
+  record_.Answered(status, http::JsonErrorBody(error).size());
+  downstream_->SendPolicyAnswer(status, error,
+                                {http::Header{"Retry-After", absl::StrCat(kRetryAfterSeconds)}});
+}
+
+}  // namespace sluice::core
