@@ -98,6 +98,8 @@ class Relay final : public Exchange, public LinkUser, public http::H1ResponseSin
   // of pool_'s backend: a generation route to an Ollama backend with
   // slots= (SlotScheduler).
   bool NeedsSlot() const;
+  // A ticket for pool_'s queue of model_, in the name of the request's key.
+  std::shared_ptr<SlotTicket> NewTicket() const;
   // Takes the slot, or parks the request (`held`, `end` kept) until the
   // scheduler grants it: false while it waits or when it was refused (and
   // answered).

@@ -1,7 +1,7 @@
 // How a Relay takes a generation slot of its backend (SlotScheduler): the
-// request waits in sluice, its body held and its client not read, until
-// the fair queue grants it a slot; see README "Fair sharing of generation
-// slots".
+// request waits in sluice, its body held (up to kMaxParkedBytes, then its
+// client is no longer read), until the fair queue grants it a slot; see
+// README "Fair sharing of generation slots".
 
 #include <algorithm>
 
@@ -37,13 +37,18 @@ bool Relay::NeedsSlot() const {
   return policy::IsGenerationPath(gate_.admission().path.match);
 }
 
+std::shared_ptr<SlotTicket> Relay::NewTicket() const {
+  const policy::Admission& admission = gate_.admission();
+  auto ticket = std::make_shared<SlotTicket>();
+  ticket->queue = absl::StrCat(pool_->backend().name, " ", model_);
+  ticket->slots = pool_->backend().slots;
+  ticket->key = !admission.principal.empty() ? admission.principal : admission.client_text;
+  return ticket;
+}
+
 bool Relay::TakeSlot(std::vector<Slice>* held, bool end) {
   if (slot_ != nullptr || !NeedsSlot()) return true;
-  const policy::Admission& admission = gate_.admission();
-  slot_ = std::make_shared<SlotTicket>();
-  slot_->queue = absl::StrCat(pool_->backend().name, " ", model_);
-  slot_->slots = pool_->backend().slots;
-  slot_->key = !admission.principal.empty() ? admission.principal : admission.client_text;
+  slot_ = NewTicket();
   slot_->owner = this;
   Shard* shard = shard_;
   // The grant may come from another worker's thread: the news goes to this
@@ -123,11 +128,7 @@ void Relay::MoveSlot() {
   if (!NeedsSlot()) return;
   // It waited already: a slot of the new backend now, over its count if
   // every one is busy (Ollama then queues it), never to the back of a line.
-  slot_ = std::make_shared<SlotTicket>();
-  slot_->queue = absl::StrCat(pool_->backend().name, " ", model_);
-  slot_->slots = pool_->backend().slots;
-  const policy::Admission& admission = gate_.admission();
-  slot_->key = !admission.principal.empty() ? admission.principal : admission.client_text;
+  slot_ = NewTicket();
   slot_->on_grant = [] {};
   shard_->config().slot_scheduler->Acquire(slot_, shard_->now_ns(), /*force=*/true);
 }
