@@ -181,6 +181,13 @@ void ModelScheduler::Configure(const SimConfig& config) {
   for (const std::string& name : config.models) models_[name];
 }
 
+void ModelScheduler::AccountBusy(Model& model, int64_t now) {
+  if (model.running > 0 && now > model.busy_since_ns) {
+    model.busy_ns += (now - model.busy_since_ns) * model.running;
+  }
+  model.busy_since_ns = now;
+}
+
 void ModelScheduler::CountRequest(const std::string& key) {
   std::lock_guard<std::mutex> lock(mu_);
   ++models_[key].requests;
@@ -238,7 +245,9 @@ bool ModelScheduler::StartLocked(Model& model, uint64_t ticket, int64_t keep_ali
     model.waiting.pop_front();
     --waiting_total_;
   }
+  AccountBusy(model, now);
   ++model.running;
+  model.max_running = std::max(model.max_running, model.running);
   model.last_used_ns = now;
   model.keep_alive_ns = keep_alive_ns;
   grant->ready_ns = std::max(now, model.ready_ns);
@@ -255,6 +264,7 @@ ModelScheduler::Admission ModelScheduler::Admit(const std::string& key, int64_t 
   }
   if (waiting_total_ >= max_queue_) return Admission::kQueueFull;
   *ticket = next_ticket_++;
+  ++model.queued;
   model.waiting.push_back(*ticket);
   ++waiting_total_;
   return Admission::kQueued;
@@ -280,6 +290,7 @@ void ModelScheduler::Release(const std::string& key) {
   std::lock_guard<std::mutex> lock(mu_);
   Model& model = models_[key];
   int64_t now = MonotonicNowNs();
+  AccountBusy(model, now);
   if (model.running > 0) --model.running;
   model.last_used_ns = now;
   if (model.running > 0) return;
@@ -315,14 +326,17 @@ std::string ModelScheduler::PsBody() {
 
 std::string ModelScheduler::StatsJson() {
   std::lock_guard<std::mutex> lock(mu_);
-  ExpireLocked(MonotonicNowNs());
+  const int64_t now = MonotonicNowNs();
+  ExpireLocked(now);
   std::string out = ",\"models\":{";
   bool first = true;
-  for (const auto& [name, model] : models_) {
+  for (auto& [name, model] : models_) {
+    AccountBusy(model, now);
     absl::StrAppend(&out, first ? "" : ",", "\"", name, "\":{\"loads\":", model.loads,
                     ",\"requests\":", model.requests,
                     ",\"loaded\":", model.loaded ? "true" : "false", ",\"running\":", model.running,
-                    ",\"waiting\":", model.waiting.size(), "}");
+                    ",\"waiting\":", model.waiting.size(), ",\"max_running\":", model.max_running,
+                    ",\"queued\":", model.queued, ",\"busy_ms\":", model.busy_ns / 1'000'000, "}");
     first = false;
   }
   out.append("}");
@@ -331,9 +345,14 @@ std::string ModelScheduler::StatsJson() {
 
 void ModelScheduler::ResetStats() {
   std::lock_guard<std::mutex> lock(mu_);
+  const int64_t now = MonotonicNowNs();
   for (auto& [name, model] : models_) {
     model.loads = 0;
     model.requests = 0;
+    model.max_running = model.running;
+    model.queued = 0;
+    model.busy_ns = 0;
+    model.busy_since_ns = now;
   }
 }
 

@@ -93,7 +93,16 @@ class ModelScheduler {
     std::deque<uint64_t> waiting;
     int64_t loads = 0;
     int64_t requests = 0;
+    // Since the last reset: the most generations running at once, how many
+    // generations had to wait here, and the slot time used (the sum over
+    // time of `running`, so a proxy's slot use can be measured).
+    int max_running = 0;
+    int64_t queued = 0;
+    int64_t busy_ns = 0;
+    int64_t busy_since_ns = 0;  // when `running` last changed
   };
+  // Adds the slot time since `running` last changed (call before changing it).
+  static void AccountBusy(Model& model, int64_t now);
 
   void ExpireLocked(int64_t now);
   bool StartLocked(Model& model, uint64_t ticket, int64_t keep_alive_ns, int64_t now,
