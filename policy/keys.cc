@@ -15,6 +15,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -39,6 +40,25 @@ int HexValue(char c) {
 
 absl::Status LineError(absl::string_view file_name, int line, absl::string_view reason) {
   return absl::InvalidArgumentError(absl::StrCat(file_name, ":", line, ": ", reason));
+}
+
+// One `name=value` setting after a key's digest.
+absl::Status ParseSetting(absl::string_view setting, KeyEntry* entry) {
+  const size_t eq = setting.find('=');
+  const absl::string_view name = setting.substr(0, eq);
+  const absl::string_view value = eq == absl::string_view::npos ? "" : setting.substr(eq + 1);
+  if (name == "weight") {
+    uint32_t weight = 0;
+    if (!absl::SimpleAtoi(value, &weight) || weight < 1 || weight > kMaxKeyWeight) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("weight=\"%s\": expected a whole number from 1 to %d",
+                          absl::CHexEscape(value), kMaxKeyWeight));
+    }
+    entry->weight = weight;
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "unknown setting \"%s\" after the digest (expected weight=N)", absl::CHexEscape(setting)));
 }
 
 }  // namespace
@@ -70,7 +90,10 @@ absl::StatusOr<KeyStore> KeyStore::Parse(absl::string_view text, absl::string_vi
     }
     absl::string_view name = absl::StripAsciiWhitespace(fields[0]);
     absl::string_view scheme = absl::StripAsciiWhitespace(fields[1]);
-    absl::string_view hex = absl::StripAsciiWhitespace(fields[2]);
+    // The digest, then the key's settings.
+    std::vector<absl::string_view> rest =
+        absl::StrSplit(fields[2], absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    absl::string_view hex = rest.empty() ? absl::string_view() : rest[0];
     if (!ValidKeyName(name)) {
       return LineError(file_name, line_no,
                        absl::StrFormat("invalid key name \"%s\" (1 to %d characters of "
@@ -96,22 +119,28 @@ absl::StatusOr<KeyStore> KeyStore::Parse(absl::string_view text, absl::string_vi
                        "expected 64 hex digits (the SHA-256 of the key) "
                        "after \"sha256:\"");
     }
+    KeyEntry entry{std::string(name)};
+    for (size_t i = 1; i < rest.size(); ++i) {
+      if (absl::Status s = ParseSetting(rest[i], &entry); !s.ok()) {
+        return LineError(file_name, line_no, s.message());
+      }
+    }
     if (auto it = name_index.find(name); it != name_index.end()) {
       return LineError(file_name, line_no,
                        absl::StrFormat("duplicate key name \"%s\" (first on "
                                        "line %d)",
                                        name, lines[it->second]));
     }
-    size_t index = store.names_.size();
+    size_t index = store.entries_.size();
     auto [it, inserted] = store.by_digest_.emplace(digest, static_cast<uint32_t>(index));
     if (!inserted) {
       return LineError(file_name, line_no,
                        absl::StrFormat("duplicate key hash (the same key as "
                                        "\"%s\" on line %d)",
-                                       store.names_[it->second], lines[it->second]));
+                                       store.entries_[it->second].name, lines[it->second]));
     }
     name_index.emplace(std::string(name), index);
-    store.names_.emplace_back(name);
+    store.entries_.push_back(std::move(entry));
     lines.push_back(line_no);
   }
   return store;
@@ -124,13 +153,25 @@ absl::StatusOr<KeyStore> KeyStore::Load(const std::string& path) {
 }
 
 const std::string* KeyStore::Lookup(absl::string_view presented_key) const {
+  const KeyEntry* entry = Find(presented_key);
+  return entry != nullptr ? &entry->name : nullptr;
+}
+
+std::vector<std::string> KeyStore::names() const {
+  std::vector<std::string> out;
+  out.reserve(entries_.size());
+  for (const KeyEntry& e : entries_) out.push_back(e.name);
+  return out;
+}
+
+const KeyEntry* KeyStore::Find(absl::string_view presented_key) const {
   if (by_digest_.empty()) return nullptr;
   Digest digest;
   SHA256(reinterpret_cast<const uint8_t*>(presented_key.data()), presented_key.size(),
          digest.bytes.data());
   auto it = by_digest_.find(digest);
   if (it == by_digest_.end()) return nullptr;
-  return &names_[it->second];
+  return &entries_[it->second];
 }
 
 absl::StatusOr<std::string> ReadPolicyFile(const std::string& path) {
@@ -175,12 +216,14 @@ std::string GenerateKey() {
   return key;
 }
 
-std::string KeyLine(absl::string_view name, absl::string_view key) {
+std::string KeyLine(absl::string_view name, absl::string_view key, uint32_t weight) {
   uint8_t digest[SHA256_DIGEST_LENGTH];
   SHA256(reinterpret_cast<const uint8_t*>(key.data()), key.size(), digest);
-  return absl::StrCat(name, ":", kScheme, ":",
-                      absl::BytesToHexString(absl::string_view(
-                          reinterpret_cast<const char*>(digest), sizeof(digest))));
+  std::string line = absl::StrCat(name, ":", kScheme, ":",
+                                  absl::BytesToHexString(absl::string_view(
+                                      reinterpret_cast<const char*>(digest), sizeof(digest))));
+  if (weight != 1) absl::StrAppend(&line, " weight=", weight);
+  return line;
 }
 
 std::optional<absl::string_view> PresentedKey(absl::string_view authorization,

@@ -9,9 +9,14 @@
 //
 //   # comment
 //   alice:sha256:<64 hex digits: SHA-256 of the whole key, "sk-..." included>
+//   batch:sha256:<hex> weight=3
 //
 // Blank lines and lines starting with `#` are ignored; whitespace around each
-// field is trimmed. `sluice keys add` (keys_command.h) writes these lines.
+// field is trimmed. After the digest, whitespace-separated settings of the
+// key may follow:
+//   weight=N   its share of generation slots against other keys waiting
+//              for the same ones (1 to 1000; default 1): see SlotScheduler.
+// `sluice keys add` (keys_command.h) writes these lines.
 
 #include <array>
 #include <cstddef>
@@ -29,6 +34,15 @@ namespace sluice::policy {
 
 // Longest key name accepted, in bytes.
 inline constexpr size_t kMaxKeyNameLength = 64;
+
+// The largest weight= a key may have.
+inline constexpr uint32_t kMaxKeyWeight = 1000;
+
+// One key of a keys file: its name and settings.
+struct KeyEntry {
+  std::string name;
+  uint32_t weight = 1;  // share of generation slots
+};
 
 // True when `name` is a valid key name: 1 to 64 characters of
 // [A-Za-z0-9._@-]. Names end up in logs and in the keys file, so they never
@@ -61,12 +75,16 @@ class KeyStore {
   // taken does not depend on how much of a stored digest matches. The
   // returned string lives as long as this store.
   const std::string* Lookup(absl::string_view presented_key) const;
+  // The same, with the key's settings: its entry, or nullptr.
+  const KeyEntry* Find(absl::string_view presented_key) const;
 
   // Number of keys.
-  size_t size() const { return names_.size(); }
+  size_t size() const { return entries_.size(); }
 
   // The key names, in file order.
-  std::vector<std::string> names() const { return names_; }
+  std::vector<std::string> names() const;
+  // The keys with their settings, in file order.
+  const std::vector<KeyEntry>& entries() const { return entries_; }
 
  private:
   // A SHA-256 digest as a hash-table key.
@@ -87,8 +105,8 @@ class KeyStore {
     bool operator()(const Digest& a, const Digest& b) const;
   };
 
-  // Key names in file order; by_digest_ maps each digest to its index here.
-  std::vector<std::string> names_;
+  // Keys in file order; by_digest_ maps each digest to its index here.
+  std::vector<KeyEntry> entries_;
   absl::flat_hash_map<Digest, uint32_t, DigestHash, DigestEq> by_digest_;
 };
 
@@ -105,9 +123,10 @@ absl::StatusOr<std::string> ReadPolicyFile(const std::string& path);
 std::string GenerateKey();
 
 // The keys-file line (without newline) that accepts `key` under `name`:
-// "NAME:sha256:HEX", HEX being the lowercase hex SHA-256 of `key`. The
-// caller checks the name with ValidKeyName first.
-std::string KeyLine(absl::string_view name, absl::string_view key);
+// "NAME:sha256:HEX", HEX being the lowercase hex SHA-256 of `key`, then
+// " weight=N" when `weight` is not 1. The caller checks the name with
+// ValidKeyName first.
+std::string KeyLine(absl::string_view name, absl::string_view key, uint32_t weight = 1);
 
 // Finds the API key a request presents. `authorization` is the value of its
 // Authorization header and `x_api_key` that of its x-api-key header, each

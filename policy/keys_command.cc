@@ -18,6 +18,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -34,13 +35,17 @@ constexpr int kExitUsage = 2;
 constexpr absl::string_view kUsage =
     "usage: sluice keys add NAME --keys_file F     make a key, print it once, "
     "store its hash\n"
-    "       sluice keys list --keys_file F         print the key names\n"
+    "         [--weight N]                         its share of generation slots "
+    "(1-1000, default 1)\n"
+    "       sluice keys list --keys_file F         print the key names (and weights "
+    "other than 1)\n"
     "       sluice keys revoke NAME --keys_file F  remove a key\n"
     "NAME: 1 to 64 characters of A-Za-z0-9._@-\n";
 
 struct Args {
   std::vector<std::string> positional;
   std::string keys_file;
+  std::optional<std::string> weight;
   bool help = false;
 };
 
@@ -54,6 +59,11 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args& args) {
       args.keys_file = argv[++i];
     } else if (absl::StartsWith(arg, "--keys_file=")) {
       args.keys_file = std::string(arg.substr(kFlag.size() + 1));
+    } else if (arg == "--weight") {
+      if (i + 1 >= argc) return "--weight needs a value";
+      args.weight = argv[++i];
+    } else if (absl::StartsWith(arg, "--weight=")) {
+      args.weight = std::string(arg.substr(9));
     } else if (arg == "--help" || arg == "-h" || arg == "-help") {
       args.help = true;
     } else if (arg.size() > 1 && arg.front() == '-') {
@@ -114,7 +124,8 @@ bool HasName(const KeyStore& store, absl::string_view name) {
   return false;
 }
 
-absl::Status Add(const std::string& path, const std::string& name, std::ostream& out) {
+absl::Status Add(const std::string& path, const std::string& name, uint32_t weight,
+                 std::ostream& out) {
   bool exists = access(path.c_str(), F_OK) == 0;
   absl::StatusOr<std::string> text = ReadKeys(path, /*missing_ok=*/true);
   if (!text.ok()) return text.status();
@@ -124,7 +135,7 @@ absl::Status Add(const std::string& path, const std::string& name, std::ostream&
     return absl::AlreadyExistsError(absl::StrCat("key \"", name, "\" already exists in ", path));
   }
   std::string key = GenerateKey();
-  std::string line = KeyLine(name, key);
+  std::string line = KeyLine(name, key, weight);
   if (!text->empty() && text->back() != '\n') line.insert(0, "\n");
   line.push_back('\n');
 
@@ -154,7 +165,11 @@ absl::Status List(const std::string& path, std::ostream& out) {
   if (!text.ok()) return text.status();
   absl::StatusOr<KeyStore> store = KeyStore::Parse(*text, path);
   if (!store.ok()) return store.status();
-  for (const std::string& name : store->names()) out << name << "\n";
+  for (const KeyEntry& key : store->entries()) {
+    out << key.name;
+    if (key.weight != 1) out << " weight=" << key.weight;
+    out << "\n";
+  }
   out.flush();
   return absl::OkStatus();
 }
@@ -267,10 +282,18 @@ int RunKeysCommand(int argc, char** argv, std::ostream& out, std::ostream& err) 
                                     "\" (1 to 64 characters of A-Za-z0-9._@-)"));
   }
   if (args.keys_file.empty()) return usage_error("--keys_file is required");
+  uint32_t weight = 1;
+  if (args.weight.has_value()) {
+    if (sub != "add") return usage_error("--weight: only for add");
+    if (!absl::SimpleAtoi(*args.weight, &weight) || weight < 1 || weight > kMaxKeyWeight) {
+      return usage_error(absl::StrCat("--weight: expected a whole number from 1 to ", kMaxKeyWeight,
+                                      ", got \"", absl::CHexEscape(*args.weight), "\""));
+    }
+  }
 
   absl::Status status;
   if (sub == "add") {
-    status = Add(args.keys_file, args.positional[1], out);
+    status = Add(args.keys_file, args.positional[1], weight, out);
   } else if (sub == "list") {
     status = List(args.keys_file, out);
   } else {

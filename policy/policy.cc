@@ -588,13 +588,14 @@ AuthStep Policy::Authenticate(const RequestFacts& req, Admission* a, BasicAuthCa
     // count either (one client with a stale key must not lock out the
     // users behind its address).
     std::optional<absl::string_view> key = PresentedKey(auth, req.x_api_key);
-    const std::string* name = key && keys_ ? keys_->Lookup(*key) : nullptr;
-    if (name == nullptr) {
+    const KeyEntry* entry = key && keys_ ? keys_->Find(*key) : nullptr;
+    if (entry == nullptr) {
       RefuseAuth(a, mode);
       return AuthStep::kRefused;
     }
-    a->user_name = *name;
-    a->principal = absl::StrCat("key:", *name);
+    a->user_name = entry->name;
+    a->weight = entry->weight;
+    a->principal = absl::StrCat("key:", entry->name);
     return AuthStep::kDone;
   }
   if (mode == AuthMode::kKey || !basic || !users_) return refuse();

@@ -163,6 +163,7 @@ struct Admission {
   // Set by Authenticate: "key:NAME", "user:NAME", or empty (--auth=none).
   std::string principal;
   std::string user_name;  // the bare key or user name, for logs
+  uint32_t weight = 1;    // the key's share of generation slots (keys file)
   // Basic credentials waiting for an off-loop verification.
   std::string basic_user;
   std::string basic_password;

@@ -219,6 +219,8 @@ inline void AppendJsonResponseFields(const AccessRecord& r, std::string* out) {
   AppendSeconds(r.request_time_ns, 3, out);
   out->append(",\"upstream_response_time\":");
   AppendJsonSecondsOrNull(r.upstream_time_ns, 3, out);
+  out->append(",\"queue_wait\":");
+  AppendJsonSecondsOrNull(r.queue_wait_ns, 3, out);
   out->append(",\"backend\":");
   AppendJsonStringOrNull(r.backend, out);
   out->append(",\"route\":");
@@ -285,6 +287,10 @@ void AccessLogFormatter::Append(const AccessRecord& r, std::string* out) {
       // With several backends: which one (nginx's $upstream_addr).
       out->append(" ua=");
       AppendNginxField(r.backend, /*escape_space=*/true, out);
+    }
+    if (r.queue_wait_ns >= 0) {
+      out->append(" qw=");
+      AppendSeconds(r.queue_wait_ns, 3, out);
     }
     out->push_back('\n');
     return;

@@ -13,6 +13,8 @@ enum class AccessLogFormat {
   //   $remote_addr - $remote_user [$time_local] "$request" $status
   //   $body_bytes_sent "$http_referer" "$http_user_agent" rt=$request_time
   //   urt=$upstream_response_time
+  // then ua=BACKEND with several backends, and qw=SECONDS for a request
+  // that took a generation slot (its wait in sluice's queue).
   kNginx,
   // One JSON object per line with the same fields plus the LLM ones.
   kJson,
@@ -37,6 +39,9 @@ struct AccessRecord {
   int64_t upstream_time_ns = -1;  // -1: no upstream was used ("-")
   // The backend that answered (with several --upstream); empty: not logged.
   std::string_view backend;
+  // The wait for a generation slot (a backend with slots=); -1: it took
+  // none (not logged; JSON null).
+  int64_t queue_wait_ns = -1;
   // JSON only.
   std::string_view principal;  // "key:NAME", "user:NAME"; empty: null
   std::string_view route;      // route group

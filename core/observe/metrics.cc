@@ -26,7 +26,13 @@ constexpr double kFirstTokenBounds[] = {0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10
 constexpr double kTokenGapBounds[] = {0.001, 0.0025, 0.005, 0.01, 0.02, 0.05,
                                       0.1,   0.2,    0.5,   1,    2,    5};
 
+// A request waits for a slot from nothing (one free) to a few generations
+// (seconds to minutes), up to --queue_timeout (120 s by default).
+constexpr double kQueueWaitBounds[] = {0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1,   2.5,
+                                       5,     10,   20,   30,  60,   120, 300, 600};
+
 static_assert(std::size(kRequestBounds) <= kMaxBuckets);
+static_assert(std::size(kQueueWaitBounds) <= kMaxBuckets);
 static_assert(std::size(kFirstTokenBounds) <= kMaxBuckets);
 static_assert(std::size(kTokenGapBounds) <= kMaxBuckets);
 
@@ -48,6 +54,7 @@ constexpr NsBounds ToNs(const double (&bounds)[N]) {
 constexpr NsBounds kRequestNs = ToNs(kRequestBounds);
 constexpr NsBounds kFirstTokenNs = ToNs(kFirstTokenBounds);
 constexpr NsBounds kTokenGapNs = ToNs(kTokenGapBounds);
+constexpr NsBounds kQueueWaitNs = ToNs(kQueueWaitBounds);
 
 const NsBounds& NsBoundsOf(HistogramKind kind) {
   switch (kind) {
@@ -55,6 +62,8 @@ const NsBounds& NsBoundsOf(HistogramKind kind) {
       return kFirstTokenNs;
     case HistogramKind::kTokenGap:
       return kTokenGapNs;
+    case HistogramKind::kQueueWait:
+      return kQueueWaitNs;
     case HistogramKind::kRequest:
     case HistogramKind::kUpstream:
       break;
@@ -72,6 +81,8 @@ BucketSpan BucketBounds(HistogramKind kind) {
       return {kFirstTokenBounds, std::size(kFirstTokenBounds)};
     case HistogramKind::kTokenGap:
       return {kTokenGapBounds, std::size(kTokenGapBounds)};
+    case HistogramKind::kQueueWait:
+      return {kQueueWaitBounds, std::size(kQueueWaitBounds)};
     case HistogramKind::kRequest:
     case HistogramKind::kUpstream:
       break;
@@ -160,6 +171,17 @@ void MetricsShard::AddTokens(std::string_view principal, std::string_view model,
   if (completion > 0) t.completion += static_cast<uint64_t>(completion);
 }
 
+void MetricsShard::AddSlotTime(std::string_view principal, int64_t ns) {
+  if (ns <= 0) return;
+  std::string key(principal.empty() ? "-" : principal);
+  auto it = slot_ns.find(key);
+  if (it == slot_ns.end()) {
+    if (slot_ns.size() >= kMaxTokenSeries) key = "_other";
+    it = slot_ns.try_emplace(std::move(key), 0).first;
+  }
+  it->second += ns;
+}
+
 void BackendStats::Merge(const BackendStats& o) {
   if (name.empty()) {
     name = o.name;
@@ -171,6 +193,7 @@ void BackendStats::Merge(const BackendStats& o) {
   failures += o.failures;
   failovers += o.failovers;
   for (size_t k = 0; k < 4; ++k) routed[k] += o.routed[k];
+  queue_wait.Merge(o.queue_wait);
 }
 
 void MetricsShard::Merge(const MetricsShard& o) {
@@ -199,6 +222,9 @@ void MetricsShard::Merge(const MetricsShard& o) {
   rejected_overload += o.rejected_overload;
   connections_dropped += o.connections_dropped;
   client_cancellations += o.client_cancellations;
+  rejected_queue_key += o.rejected_queue_key;
+  rejected_queue_full += o.rejected_queue_full;
+  rejected_queue_timeout += o.rejected_queue_timeout;
   connections_reading += o.connections_reading;
   connections_writing += o.connections_writing;
   connections_waiting += o.connections_waiting;
@@ -217,6 +243,7 @@ void MetricsShard::Merge(const MetricsShard& o) {
     mine.prompt += t.prompt;
     mine.completion += t.completion;
   }
+  for (const auto& [key, ns] : o.slot_ns) slot_ns[key] += ns;
 }
 
 namespace {
@@ -297,6 +324,25 @@ void AppendGauge(std::string* out, std::string_view name, std::string_view help,
   AppendSample(out, name, {}, I(v));
 }
 
+// One labelled histogram's _bucket (cumulative, ending in +Inf), _sum and
+// _count samples; nothing when it is empty.
+void AppendHistogramSamples(std::string* out, std::string_view name, std::string_view label,
+                            std::string_view value, const Histogram& h) {
+  const uint64_t count = h.count();
+  if (count == 0) return;
+  const std::string bucket_name = std::string(name) + "_bucket";
+  BucketSpan bounds = BucketBounds(h.kind());
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < bounds.size; ++i) {
+    cumulative += h.buckets()[i];
+    std::string le = Bound(bounds.bounds[i]);
+    AppendSample(out, bucket_name, {{label, value}, {"le", le}}, U(cumulative));
+  }
+  AppendSample(out, bucket_name, {{label, value}, {"le", "+Inf"}}, U(count));
+  AppendSample(out, std::string(name) + "_sum", {{label, value}}, NsToSeconds(h.sum_ns()));
+  AppendSample(out, std::string(name) + "_count", {{label, value}}, U(count));
+}
+
 void AppendHistogramFamily(std::string* out, std::string_view name, std::string_view help,
                            const std::vector<const std::string*>& route_names,
                            const MetricsShard& total, const Histogram& (*pick)(const RouteStats&)) {
@@ -305,19 +351,7 @@ void AppendHistogramFamily(std::string* out, std::string_view name, std::string_
   const std::string sum_name = std::string(name) + "_sum";
   const std::string count_name = std::string(name) + "_count";
   for (const std::string* route : route_names) {
-    const Histogram& h = pick(total.routes.find(*route)->second);
-    const uint64_t count = h.count();
-    if (count == 0) continue;
-    BucketSpan bounds = BucketBounds(h.kind());
-    uint64_t cumulative = 0;
-    for (size_t i = 0; i < bounds.size; ++i) {
-      cumulative += h.buckets()[i];
-      std::string le = Bound(bounds.bounds[i]);
-      AppendSample(out, bucket_name, {{"route", *route}, {"le", le}}, U(cumulative));
-    }
-    AppendSample(out, bucket_name, {{"route", *route}, {"le", "+Inf"}}, U(count));
-    AppendSample(out, sum_name, {{"route", *route}}, NsToSeconds(h.sum_ns()));
-    AppendSample(out, count_name, {{"route", *route}}, U(count));
+    AppendHistogramSamples(out, name, "route", *route, pick(total.routes.find(*route)->second));
   }
 }
 
@@ -504,10 +538,51 @@ void AppendBackendFamilies(std::string* out, const MetricsShard& total) {
   }
 }
 
+// The generation-slot queues (backends with slots=): gauges per queue
+// while it has a slot in use or a waiter, the waits per backend, the slot
+// time per principal.
+void AppendQueueFamilies(std::string* out, const MetricsShard& total) {
+  struct Gauge {
+    const char* name;
+    const char* help;
+    int64_t QueueGauge::*value;
+  };
+  static constexpr Gauge kGauges[] = {
+      {"sluice_queue_waiting", "Generations waiting in sluice for a slot, by backend and model.",
+       &QueueGauge::waiting},
+      {"sluice_slots_in_use", "Generation slots in use, by backend and model.",
+       &QueueGauge::in_use},
+      {"sluice_slots", "Generation slots (the backend's slots=), by backend and model.",
+       &QueueGauge::slots},
+  };
+  for (const Gauge& g : kGauges) {
+    AppendFamily(out, g.name, "gauge", g.help);
+    for (const QueueGauge& q : total.queues) {
+      AppendSample(out, g.name, {{"backend", q.backend}, {"model", q.model}}, I(q.*g.value));
+    }
+  }
+  AppendFamily(out, "sluice_queue_wait_seconds", "histogram",
+               "How long generations waited for a slot of the backend (0: one was free).");
+  for (const BackendStats& b : total.backends) {
+    if (!b.hidden)
+      AppendHistogramSamples(out, "sluice_queue_wait_seconds", "backend", b.name, b.queue_wait);
+  }
+  std::vector<std::pair<std::string_view, int64_t>> slot_time(total.slot_ns.begin(),
+                                                              total.slot_ns.end());
+  std::sort(slot_time.begin(), slot_time.end());
+  AppendFamily(out, "sluice_slot_seconds_total", "counter",
+               "Generation slot time held, by principal (- anonymous; _other past the series "
+               "cap).");
+  for (const auto& [key, ns] : slot_time) {
+    AppendSample(out, "sluice_slot_seconds_total", {{"key", key}}, NsToSeconds(ns));
+  }
+}
+
 void AppendRejectionFamilies(std::string* out, const MetricsShard& total) {
   AppendFamily(out, "sluice_rejections_total", "counter",
                "Requests refused by policy: auth (401), denied (403), rate_limit and "
-               "concurrency (429), busy and overload (503).");
+               "concurrency (429), busy and overload (503); by the slot queue: queue_key "
+               "(429), queue_full and queue_timeout (503).");
   AppendSample(out, "sluice_rejections_total", {{"reason", "auth"}}, U(total.rejected_auth));
   AppendSample(out, "sluice_rejections_total", {{"reason", "denied"}}, U(total.rejected_denied));
   AppendSample(out, "sluice_rejections_total", {{"reason", "rate_limit"}}, U(total.rejected_rate));
@@ -516,6 +591,12 @@ void AppendRejectionFamilies(std::string* out, const MetricsShard& total) {
   AppendSample(out, "sluice_rejections_total", {{"reason", "busy"}}, U(total.rejected_busy));
   AppendSample(out, "sluice_rejections_total", {{"reason", "overload"}},
                U(total.rejected_overload));
+  AppendSample(out, "sluice_rejections_total", {{"reason", "queue_key"}},
+               U(total.rejected_queue_key));
+  AppendSample(out, "sluice_rejections_total", {{"reason", "queue_full"}},
+               U(total.rejected_queue_full));
+  AppendSample(out, "sluice_rejections_total", {{"reason", "queue_timeout"}},
+               U(total.rejected_queue_timeout));
   AppendCounter(out, "sluice_connections_dropped_total",
                 "Connections closed at accept: past --max_connections and its 503 allowance.",
                 total.connections_dropped);
@@ -560,6 +641,7 @@ std::string RenderPrometheus(const MetricsShard& total, const ProcessInfo& info)
   AppendTokenFamilies(&out, total);
   AppendUpstreamFamilies(&out, total);
   AppendBackendFamilies(&out, total);
+  AppendQueueFamilies(&out, total);
   AppendRejectionFamilies(&out, total);
   AppendEngineFamilies(&out, total, info);
   return out;

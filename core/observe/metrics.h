@@ -18,6 +18,7 @@ enum class HistogramKind {
   kUpstream,    // upstream link taken -> response complete ($upstream_response_time)
   kFirstToken,  // request received -> first token event relayed
   kTokenGap,    // between two token events of one response
+  kQueueWait,   // waiting in sluice for a generation slot (0: one was free)
 };
 
 // At most this many finite bounds per kind; +Inf is implicit.
@@ -109,7 +110,19 @@ struct BackendStats {
   // address and never a request: not shown.
   std::string address;
   bool hidden = false;
+  // Generations that took one of its slots (slots=): how long each waited.
+  Histogram queue_wait{HistogramKind::kQueueWait};
   void Merge(const BackendStats& o);
+};
+
+// One generation-slot queue (a backend's model) as the SlotScheduler sees
+// it at scrape time.
+struct QueueGauge {
+  std::string backend;
+  std::string model;
+  int64_t slots = 0;
+  int64_t in_use = 0;
+  int64_t waiting = 0;
 };
 
 // Everything one worker counts. Only its worker writes it, with plain
@@ -147,6 +160,11 @@ struct MetricsShard {
   uint64_t rejected_overload = 0;     // 503: connection past --max_connections
   uint64_t connections_dropped = 0;   // closed at accept, past the allowance
   uint64_t client_cancellations = 0;  // logged as 499
+  // Generations refused by the slot queue: the key's own backlog is full
+  // (429), every queue is full (503), no slot within --queue_timeout (503).
+  uint64_t rejected_queue_key = 0;
+  uint64_t rejected_queue_full = 0;
+  uint64_t rejected_queue_timeout = 0;
   // Gauges: filled in by the worker when it makes its copy.
   int64_t connections_reading = 0;
   int64_t connections_writing = 0;
@@ -165,6 +183,10 @@ struct MetricsShard {
   // ("key:NAME", "user:NAME"; "-" when anonymous), model as the request or
   // response named it ("-" when neither did).
   absl::flat_hash_map<std::pair<std::string, std::string>, TokenTotals> tokens;
+  // Generation slot time held, by principal ("-" when anonymous), ns.
+  absl::flat_hash_map<std::string, int64_t> slot_ns;
+  // The slot queues: filled in on the merged copy at scrape time.
+  std::vector<QueueGauge> queues;
 
   // Distinct (principal, model) pairs kept per shard; past it the pair is
   // counted under model "_other" (request bodies choose the model name, so
@@ -174,6 +196,9 @@ struct MetricsShard {
   RouteStats& Route(std::string_view group);
   void AddTokens(std::string_view principal, std::string_view model, int64_t prompt,
                  int64_t completion);
+  // Slot time of `principal` (bounded like tokens: past kMaxTokenSeries
+  // principals, "_other").
+  void AddSlotTime(std::string_view principal, int64_t ns);
   void Merge(const MetricsShard& other);
 };
 

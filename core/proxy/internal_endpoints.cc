@@ -1,11 +1,17 @@
 #include "core/proxy/internal_endpoints.h"
 
+#include <algorithm>
+#include <utility>
+#include <vector>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "core/observe/log.h"
 #include "core/observe/observability.h"
 #include "core/server/shard.h"
 #include "core/upstream/resolver.h"
+#include "core/upstream/slot_scheduler.h"
 #include "http/serialize.h"
 
 namespace sluice::core {
@@ -124,8 +130,37 @@ std::string RenderStatusJson(const MetricsShard& total) {
     }
     out += "}}";
   }
-  out += "]}\n";
+  out += "],\"queues\":[";
+  for (size_t i = 0; i < total.queues.size(); ++i) {
+    const QueueGauge& q = total.queues[i];
+    out += i > 0 ? ",{\"backend\":\"" : "{\"backend\":\"";
+    http::AppendJsonEscaped(q.backend, &out);
+    out += "\",\"model\":\"";
+    http::AppendJsonEscaped(q.model, &out);
+    absl::StrAppend(&out, "\",\"slots\":", q.slots, ",\"in_use\":", q.in_use,
+                    ",\"waiting\":", q.waiting, "}");
+  }
+  // Slot time per principal, in seconds, sorted.
+  std::vector<std::pair<std::string, int64_t>> slot_time(total.slot_ns.begin(),
+                                                         total.slot_ns.end());
+  std::sort(slot_time.begin(), slot_time.end());
+  out += "],\"slot_seconds\":{";
+  for (size_t i = 0; i < slot_time.size(); ++i) {
+    out += i > 0 ? ",\"" : "\"";
+    http::AppendJsonEscaped(slot_time[i].first, &out);
+    absl::StrAppend(&out, "\":", absl::StrFormat("%.3f", slot_time[i].second / 1e9));
+  }
+  out += "}}\n";
   return out;
+}
+
+// The slot queues now, from the scheduler all workers share.
+void NoteQueues(const SlotScheduler* scheduler, MetricsShard* total) {
+  if (scheduler == nullptr) return;
+  for (SlotScheduler::QueueStats& q : scheduler->Stats()) {
+    total->queues.push_back(QueueGauge{std::move(q.backend), std::move(q.model), q.slots, q.in_use,
+                                       static_cast<int64_t>(q.waiting)});
+  }
 }
 
 void NoteAddresses(const std::vector<BackendConfig>& backends, MetricsShard* total) {
@@ -147,6 +182,7 @@ void InternalEndpoint::Answer() {
   finished_ = true;
   scrape_timer_.Disarm();
   NoteAddresses(shard_->config().backends, &scrape_->total);
+  NoteQueues(shard_->config().slot_scheduler, &scrape_->total);
   const Observability& obs = shard_->obs();
   std::string body;
   http::ResponseHead head;

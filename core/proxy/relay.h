@@ -112,8 +112,13 @@ class Relay final : public Exchange, public LinkUser, public http::H1ResponseSin
   void OnQueueTimeout();
   // Gives the slot back, or leaves the queue (once; later calls do nothing).
   void ReleaseSlot();
+  // The request waited `ns` for its slot (0: one was free): for the
+  // response header, the access log and the backend's wait histogram.
+  void NoteQueueWait(int64_t ns);
   // Answers a request the queue refused or gave up on.
-  void AnswerQueue(int status, std::string_view error);
+  // `own_backlog`: refused for the key's own backlog (Retry-After: see
+  // SlotScheduler::EstimateWaitNs).
+  void AnswerQueue(int status, std::string_view error, bool own_backlog);
   void AnswerModelNotFound(std::string_view model);
   // The generation's place in its backend's ModelTable.
   void BeginModel(RouteChoice::Kind kind);

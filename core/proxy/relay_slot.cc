@@ -15,9 +15,10 @@
 namespace sluice::core {
 namespace {
 
-// Retry-After for a refused or timed-out wait: the router's first guess
-// at a generation's length until it has measured one.
+// Retry-After for a refused or timed-out wait until the backend has a
+// generation measured; and the most it says.
 constexpr int64_t kRetryAfterSeconds = 10;
+constexpr int64_t kMaxRetryAfterSeconds = 3600;
 
 // The most body a waiting request keeps in memory before its client is no
 // longer read.
@@ -40,9 +41,12 @@ bool Relay::NeedsSlot() const {
 std::shared_ptr<SlotTicket> Relay::NewTicket() const {
   const policy::Admission& admission = gate_.admission();
   auto ticket = std::make_shared<SlotTicket>();
-  ticket->queue = absl::StrCat(pool_->backend().name, " ", model_);
+  ticket->backend = pool_->backend().name;
+  ticket->model = model_;
+  ticket->queue = absl::StrCat(ticket->backend, " ", model_);
   ticket->slots = pool_->backend().slots;
   ticket->key = !admission.principal.empty() ? admission.principal : admission.client_text;
+  ticket->weight = std::max<uint32_t>(1, admission.weight);
   return ticket;
 }
 
@@ -64,15 +68,17 @@ bool Relay::TakeSlot(std::vector<Slice>* held, bool end) {
   const int64_t now = shard_->now_ns();
   switch (shard_->config().slot_scheduler->Acquire(slot_, now)) {
     case SlotScheduler::Outcome::kGranted:
-      queue_wait_ns_ = 0;
+      NoteQueueWait(0);
       return true;
     case SlotScheduler::Outcome::kQueued:
       break;
     case SlotScheduler::Outcome::kKeyFull:
-      AnswerQueue(429, "too many generations waiting for this key; retry later");
+      ++shard_->metrics().rejected_queue_key;
+      AnswerQueue(429, "too many generations waiting for this key; retry later", true);
       return false;
     case SlotScheduler::Outcome::kFull:
-      AnswerQueue(503, "too many generations waiting; retry later");
+      ++shard_->metrics().rejected_queue_full;
+      AnswerQueue(503, "too many generations waiting; retry later", false);
       return false;
   }
   waiting_slot_ = true;
@@ -106,7 +112,7 @@ void Relay::OnSlotGranted() {
   if (!waiting_slot_ || finished_) return;
   waiting_slot_ = false;
   queue_timer_.Disarm();
-  queue_wait_ns_ = std::max<int64_t>(0, shard_->now_ns() - slot_->enqueued_ns);
+  NoteQueueWait(std::max<int64_t>(0, shard_->now_ns() - slot_->enqueued_ns));
   if (parked_paused_) downstream_->ResumeReading();
   parked_paused_ = false;
   std::vector<Slice> held = std::move(parked_);
@@ -117,8 +123,21 @@ void Relay::OnSlotGranted() {
 void Relay::OnQueueTimeout() {
   if (!waiting_slot_) return;
   waiting_slot_ = false;
+  // Logged with its wait; not counted in the wait histogram, which holds
+  // the waits of generations that ran.
+  queue_wait_ns_ = std::max<int64_t>(0, shard_->now_ns() - slot_->enqueued_ns);
+  record_.set_queue_wait(queue_wait_ns_);
   ReleaseSlot();
-  AnswerQueue(503, "no generation slot free within --queue_timeout; retry later");
+  ++shard_->metrics().rejected_queue_timeout;
+  AnswerQueue(503, "no generation slot free within --queue_timeout; retry later", false);
+}
+
+void Relay::NoteQueueWait(int64_t ns) {
+  queue_wait_ns_ = ns;
+  record_.set_queue_wait(ns);
+  if (BackendStats* stats = shard_->metrics().backend(pool_->index())) {
+    stats->queue_wait.Observe(ns);
+  }
 }
 
 void Relay::MoveSlot() {
@@ -137,17 +156,32 @@ void Relay::ReleaseSlot() {
   if (slot_ == nullptr) return;
   slot_->owner = nullptr;
   queue_timer_.Disarm();
-  shard_->config().slot_scheduler->Release(slot_.get());
+  const int64_t now = shard_->now_ns();
+  if (shard_->config().slot_scheduler->Release(slot_.get(), now) && slot_->granted_ns > 0) {
+    shard_->metrics().AddSlotTime(gate_.admission().principal, now - slot_->granted_ns);
+  }
 }
 
-void Relay::AnswerQueue(int status, std::string_view error) {
+void Relay::AnswerQueue(int status, std::string_view error, bool own_backlog) {
+  // Retry-After: how long the backlog ahead would take at the backend's
+  // measured generation time (SlotScheduler::EstimateWaitNs).
+  int64_t retry_after = kRetryAfterSeconds;
+  if (slot_ != nullptr) {
+    const int64_t ns = shard_->config().slot_scheduler->EstimateWaitNs(*slot_, own_backlog);
+    if (ns > 0)
+      retry_after =
+          std::clamp<int64_t>((ns + 999'999'999) / 1'000'000'000, 1, kMaxRetryAfterSeconds);
+  }
   finished_ = true;
   parked_.clear();
   SLOT_LOG(INFO, "%s %s: %d %s", head_.method.c_str(), head_.target.c_str(), status,
            std::string(error).c_str());
   record_.Answered(status, http::JsonErrorBody(error).size());
-  downstream_->SendPolicyAnswer(status, error,
-                                {http::Header{"Retry-After", absl::StrCat(kRetryAfterSeconds)}});
+  std::vector<http::Header> headers = {http::Header{"Retry-After", absl::StrCat(retry_after)}};
+  if (queue_wait_ns_ > 0) {
+    headers.push_back(http::Header{"X-Queue-Wait-Ms", absl::StrCat(queue_wait_ns_ / 1'000'000)});
+  }
+  downstream_->SendPolicyAnswer(status, error, headers);
 }
 
 }  // namespace sluice::core

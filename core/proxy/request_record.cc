@@ -145,6 +145,7 @@ bool RequestRecord::Finish(int64_t now_ns, const http::RequestHead& head,
   r.body_bytes_sent = body_bytes_sent_;
   r.request_time_ns = request_ns;
   r.upstream_time_ns = upstream_ns;
+  r.queue_wait_ns = queue_wait_ns_;
   r.backend = backend_;
   r.principal = admission.principal;
   r.route = group;

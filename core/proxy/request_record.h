@@ -39,6 +39,8 @@ class RequestRecord {
   void UpstreamStarted(int64_t now_ns);
   // The backend the request went to last (logged with several backends).
   void set_backend(std::string_view name) { backend_ = name; }
+  // How long it waited for a generation slot (logged as qw=).
+  void set_queue_wait(int64_t ns) { queue_wait_ns_ = ns; }
   // The client was answered here (a policy answer, an error): `status` and
   // the JSON body's size.
   void Answered(int status, uint64_t body_bytes);
@@ -94,6 +96,7 @@ class RequestRecord {
   const int64_t start_ns_;
   const int64_t start_unix_ns_;
   int64_t upstream_start_ns_ = -1;
+  int64_t queue_wait_ns_ = -1;
   uint64_t body_bytes_sent_ = 0;
   int status_ = 0;  // the status the client was sent
   bool cancelled_ = false;

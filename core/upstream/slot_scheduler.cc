@@ -11,9 +11,13 @@ SlotScheduler::Outcome SlotScheduler::Acquire(const std::shared_ptr<SlotTicket>&
   {
     std::lock_guard<std::mutex> lock(mu_);
     Queue& q = queues_[ticket->queue];
+    if (q.in_use == 0 && q.waiting == 0) {
+      q.backend = ticket->backend;
+      q.model = ticket->model;
+    }
     q.slots = std::max(1, ticket->slots);  // the backend's setting as the request saw it
     if (force || (q.in_use < q.slots && q.waiting == 0)) {
-      GrantLocked(&q, ticket.get());
+      GrantLocked(&q, ticket.get(), now_ns);
       return Outcome::kGranted;
     }
     size_t& mine = waiting_per_key_[ticket->key];
@@ -35,7 +39,7 @@ SlotScheduler::Outcome SlotScheduler::Acquire(const std::shared_ptr<SlotTicket>&
     // Slots freed by a larger setting go to the waiters, this one among
     // them if its turn comes.
     while (q.in_use < q.slots) {
-      std::shared_ptr<SlotTicket> next = NextLocked(&q);
+      std::shared_ptr<SlotTicket> next = NextLocked(&q, now_ns);
       if (next == nullptr) break;
       if (next == ticket) {
         outcome = Outcome::kGranted;
@@ -48,7 +52,7 @@ SlotScheduler::Outcome SlotScheduler::Acquire(const std::shared_ptr<SlotTicket>&
   return outcome;
 }
 
-bool SlotScheduler::Release(SlotTicket* ticket) {
+bool SlotScheduler::Release(SlotTicket* ticket, int64_t now_ns) {
   std::vector<std::shared_ptr<SlotTicket>> granted;
   bool held = false;
   {
@@ -75,12 +79,18 @@ bool SlotScheduler::Release(SlotTicket* ticket) {
     } else {
       held = true;
       --q.in_use;
+      if (now_ns > 0 && ticket->granted_ns > 0 && now_ns >= ticket->granted_ns) {
+        // A moving average over about the last 8 generations.
+        const int64_t took = now_ns - ticket->granted_ns;
+        int64_t& mean = generation_ns_[ticket->backend];
+        mean = mean == 0 ? took : mean + (took - mean) / 8;
+      }
       if (auto h = q.held.find(ticket->key); h != q.held.end() && --h->second <= 0) {
         q.held.erase(h);
         ForgetKeyIfIdle(&q, ticket->key);
       }
       while (q.in_use < q.slots) {
-        std::shared_ptr<SlotTicket> next = NextLocked(&q);
+        std::shared_ptr<SlotTicket> next = NextLocked(&q, now_ns);
         if (next == nullptr) break;
         granted.push_back(std::move(next));
       }
@@ -97,7 +107,8 @@ void SlotScheduler::ForgetWaiterLocked(const SlotTicket& t) {
   if (it != waiting_per_key_.end() && --it->second == 0) waiting_per_key_.erase(it);
 }
 
-void SlotScheduler::GrantLocked(Queue* q, SlotTicket* t) {
+void SlotScheduler::GrantLocked(Queue* q, SlotTicket* t, int64_t now_ns) {
+  t->granted_ns = now_ns;
   ++q->in_use;
   ++q->held[t->key];
   q->last_grant[t->key] = ++q->grants;
@@ -108,7 +119,7 @@ void SlotScheduler::ForgetKeyIfIdle(Queue* q, const std::string& key) {
   if (!q->held.contains(key) && !q->waiters.contains(key)) q->last_grant.erase(key);
 }
 
-std::shared_ptr<SlotTicket> SlotScheduler::NextLocked(Queue* q) {
+std::shared_ptr<SlotTicket> SlotScheduler::NextLocked(Queue* q, int64_t now_ns) {
   if (q->turn.empty()) return nullptr;
   // The waiting key with the fewest slots held per weight (held/weight
   // compared as cross products), then the one granted least recently.
@@ -136,7 +147,7 @@ std::shared_ptr<SlotTicket> SlotScheduler::NextLocked(Queue* q) {
   line.pop_front();
   ForgetWaiterLocked(*t);
   --q->waiting;
-  GrantLocked(q, t.get());
+  GrantLocked(q, t.get(), now_ns);
   if (line.empty()) {
     q->waiters.erase(key);
     q->turn[best] = std::move(q->turn.back());
@@ -149,10 +160,26 @@ std::vector<SlotScheduler::QueueStats> SlotScheduler::Stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<QueueStats> out;
   out.reserve(queues_.size());
-  for (const auto& [name, q] : queues_) out.push_back({name, q.slots, q.in_use, q.waiting});
+  for (const auto& [name, q] : queues_) {
+    out.push_back({name, q.backend, q.model, q.slots, q.in_use, q.waiting});
+  }
   std::sort(out.begin(), out.end(),
             [](const QueueStats& a, const QueueStats& b) { return a.queue < b.queue; });
   return out;
+}
+
+int64_t SlotScheduler::EstimateWaitNs(const SlotTicket& ticket, bool own_backlog) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto mean = generation_ns_.find(ticket.backend);
+  if (mean == generation_ns_.end() || mean->second <= 0) return 0;
+  int slots = std::max(1, ticket.slots);
+  size_t ahead = 0;
+  if (const auto it = queues_.find(ticket.queue); it != queues_.end()) {
+    const Queue& q = it->second;
+    slots = std::max(1, q.slots);
+    ahead = !own_backlog ? q.waiting : q.turn.size() - (q.waiters.contains(ticket.key) ? 1 : 0);
+  }
+  return mean->second * static_cast<int64_t>(ahead + 1) / slots;
 }
 
 size_t SlotScheduler::waiting() const {

@@ -19,10 +19,13 @@ namespace sluice::core {
 // scheduler's own state (under its lock).
 struct SlotTicket {
   std::string queue;    // the backend and model whose slots it wants
+  std::string backend;  // the queue's parts, for metrics and estimates
+  std::string model;
   int slots = 1;        // how many generations that queue runs at once
   std::string key;      // who waits: "key:NAME", "user:NAME" or an address
   uint32_t weight = 1;  // the key's share (grants per round)
   int64_t enqueued_ns = 0;
+  int64_t granted_ns = 0;  // when it got its slot (the clock of Acquire/Release)
   // Called once when a queued ticket gets its slot, on the thread that
   // freed the slot (another worker's, possibly), outside the scheduler's
   // lock: it must only hand the news to the request's own thread.
@@ -70,15 +73,28 @@ class SlotScheduler {
   // waited and fails over to another backend); never queued or refused.
   Outcome Acquire(const std::shared_ptr<SlotTicket>& ticket, int64_t now_ns, bool force = false);
 
-  // Ends the ticket: a waiting one leaves its queue, a granted one gives
-  // its slot to the next waiter (whose on_grant runs here, after the lock).
-  // Only the first call does anything; returns whether the ticket held a
-  // slot then.
-  bool Release(SlotTicket* ticket);
+  // Ends the ticket at `now_ns`: a waiting one leaves its queue, a granted
+  // one gives its slot to the next waiter (whose on_grant runs here, after
+  // the lock). Only the first call does anything; returns whether the
+  // ticket held a slot then. A held slot's time (now_ns - granted_ns) feeds
+  // its backend's mean generation time (EstimateWaitNs); now_ns 0: not
+  // measured.
+  bool Release(SlotTicket* ticket, int64_t now_ns = 0);
+
+  // How long a request like `ticket` would wait now, for Retry-After: the
+  // backend's mean generation time (a moving average of the slot times
+  // released) times the grants before its turn, over the queue's slots.
+  // Before its turn: every waiter of the queue, or with `own_backlog` (a
+  // key refused for its own backlog) one round of the other waiting keys,
+  // since the fair order serves each of them once before the key's next.
+  // 0 when the backend has no generation measured yet.
+  int64_t EstimateWaitNs(const SlotTicket& ticket, bool own_backlog) const;
 
   // A view for metrics and status (copied under the lock).
   struct QueueStats {
     std::string queue;
+    std::string backend;
+    std::string model;
     int slots = 0;
     int in_use = 0;
     size_t waiting = 0;
@@ -88,6 +104,7 @@ class SlotScheduler {
 
  private:
   struct Queue {
+    std::string backend, model;
     int slots = 1;
     int in_use = 0;
     size_t waiting = 0;
@@ -104,15 +121,18 @@ class SlotScheduler {
   static void ForgetKeyIfIdle(Queue* q, const std::string& key);
 
   // Takes a slot of `q` for `t`.
-  static void GrantLocked(Queue* q, SlotTicket* t);
-  // The next waiter of `q` by the discipline (its slot taken), or null.
-  std::shared_ptr<SlotTicket> NextLocked(Queue* q);
+  static void GrantLocked(Queue* q, SlotTicket* t, int64_t now_ns);
+  // The next waiter of `q` by the discipline (its slot taken at `now_ns`),
+  // or null.
+  std::shared_ptr<SlotTicket> NextLocked(Queue* q, int64_t now_ns);
   void ForgetWaiterLocked(const SlotTicket& t);
 
   const Limits limits_;
   mutable std::mutex mu_;
   absl::flat_hash_map<std::string, Queue> queues_;
   absl::flat_hash_map<std::string, size_t> waiting_per_key_;
+  // Per backend: the moving average of its slot times (ns), for estimates.
+  absl::flat_hash_map<std::string, int64_t> generation_ns_;
   size_t waiting_ = 0;
 };
 

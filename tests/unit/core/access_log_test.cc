@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "gtest/gtest.h"
@@ -105,6 +106,21 @@ TEST_F(AccessLogTest, SeveralBackendsNameTheBackend) {
   const std::string nginx = Format(AccessLogFormat::kNginx, r);
   EXPECT_EQ(nginx.substr(nginx.size() - 28), "rt=0.012 urt=0.012 ua=gpu-1\n") << nginx;
   EXPECT_NE(Format(AccessLogFormat::kJson, r).find(",\"backend\":\"gpu-1\","), std::string::npos);
+}
+
+// A generation that took a slot of a backend with slots= logs its wait in
+// sluice's queue: qw= last on the nginx line, queue_wait in JSON.
+TEST_F(AccessLogTest, QueueWaitIsLoggedWhenTheRequestTookASlot) {
+  AccessRecord r = Full();
+  r.backend = "gpu-1";
+  r.queue_wait_ns = 1'234'567'890;
+  const std::string nginx = Format(AccessLogFormat::kNginx, r);
+  EXPECT_TRUE(absl::EndsWith(nginx, " urt=0.012 ua=gpu-1 qw=1.235\n")) << nginx;
+  EXPECT_NE(Format(AccessLogFormat::kJson, r).find(",\"queue_wait\":1.235,"), std::string::npos);
+  r.queue_wait_ns = 0;  // a slot was free
+  EXPECT_TRUE(absl::EndsWith(Format(AccessLogFormat::kNginx, r), " qw=0.000\n"));
+  r.queue_wait_ns = -1;  // took none
+  EXPECT_EQ(Format(AccessLogFormat::kNginx, r).find("qw="), std::string::npos);
 }
 
 TEST_F(AccessLogTest, NginxEmptyFieldsAreDashesAndNoUpstreamIsDash) {
@@ -276,7 +292,8 @@ TEST_F(AccessLogTest, JsonLineIsExact) {
             "\"user\":\"alice\",\"request_method\":\"POST\",\"uri\":\"/api/generate?x=1\","
             "\"protocol\":\"HTTP/1.1\",\"status\":200,\"body_bytes_sent\":5120,"
             "\"referer\":\"https://ui.example/chat\",\"user_agent\":\"curl/8.5.0\","
-            "\"request_time\":0.012,\"upstream_response_time\":0.012,\"backend\":null,"
+            "\"request_time\":0.012,\"upstream_response_time\":0.012,\"queue_wait\":null,"
+            "\"backend\":null,"
             "\"route\":\"generation\","
             "\"key\":\"key:alice\",\"model\":\"llama3\",\"stream\":true,\"ttft\":0.250001,"
             "\"gap_p50\":0.021000,\"gap_max\":1.000001,\"prompt_tokens\":26,"
@@ -297,25 +314,38 @@ TEST_F(AccessLogTest, JsonKeysInOrderAndUnknownsNull) {
   EXPECT_EQ(line.find('\n'), line.size() - 1);
   std::optional<JsonValue> v = JsonValue::Parse(line.substr(0, line.size() - 1));
   ASSERT_TRUE(v.has_value()) << line;
-  const std::vector<std::string> keys = {"time",          "remote_addr",
-                                         "user",          "request_method",
-                                         "uri",           "protocol",
-                                         "status",        "body_bytes_sent",
-                                         "referer",       "user_agent",
-                                         "request_time",  "upstream_response_time",
-                                         "backend",       "route",
-                                         "key",           "model",
-                                         "stream",        "ttft",
-                                         "gap_p50",       "gap_max",
-                                         "prompt_tokens", "completion_tokens",
-                                         "cancelled",     "worker",
+  const std::vector<std::string> keys = {"time",
+                                         "remote_addr",
+                                         "user",
+                                         "request_method",
+                                         "uri",
+                                         "protocol",
+                                         "status",
+                                         "body_bytes_sent",
+                                         "referer",
+                                         "user_agent",
+                                         "request_time",
+                                         "upstream_response_time",
+                                         "queue_wait",
+                                         "backend",
+                                         "route",
+                                         "key",
+                                         "model",
+                                         "stream",
+                                         "ttft",
+                                         "gap_p50",
+                                         "gap_max",
+                                         "prompt_tokens",
+                                         "completion_tokens",
+                                         "cancelled",
+                                         "worker",
                                          "connection"};
   ASSERT_EQ(v->members().size(), keys.size());
   for (size_t i = 0; i < keys.size(); ++i) EXPECT_EQ(v->members()[i].first, keys[i]);
   EXPECT_EQ(v->GetString("time"), "2026-11-25T21:41:52.007+00:00");
   for (const char* null_key :
-       {"user", "referer", "user_agent", "upstream_response_time", "backend", "route", "key",
-        "model", "ttft", "gap_p50", "gap_max", "prompt_tokens", "completion_tokens"}) {
+       {"user", "referer", "user_agent", "upstream_response_time", "queue_wait", "backend", "route",
+        "key", "model", "ttft", "gap_p50", "gap_max", "prompt_tokens", "completion_tokens"}) {
     ASSERT_NE(v->Get(null_key), nullptr) << null_key;
     EXPECT_EQ(v->Get(null_key)->type(), JsonValue::Type::kNull) << null_key;
   }

@@ -76,7 +76,25 @@ TEST(StatusJsonTest, StubNumbersAndBackends) {
             "\"routed\":{\"loaded\":5,\"queued\":0,\"spill\":0,\"cold\":0}},"
             "{\"name\":\"gpu2\",\"up\":false,\"in_flight\":0,\"requests\":0,\"failures\":0,"
             "\"failovers\":0,\"loaded\":[],"
-            "\"routed\":{\"loaded\":0,\"queued\":0,\"spill\":0,\"cold\":0}}]}\n");
+            "\"routed\":{\"loaded\":0,\"queued\":0,\"spill\":0,\"cold\":0}}],"
+            "\"queues\":[],\"slot_seconds\":{}}\n");
+}
+
+// With slot queues: each queue's slots, use and waiters, and the slot time
+// per principal.
+TEST(StatusJsonTest, QueuesAndSlotSeconds) {
+  MetricsShard m;
+  m.queues.push_back(QueueGauge{"gpu1", "llama3:8b", 2, 2, 7});
+  m.queues.push_back(QueueGauge{"gpu\"2", "m", 1, 0, 0});
+  m.AddSlotTime("key:bob", 2'500'000'000);
+  m.AddSlotTime("key:alice", 1'000'000);
+  const std::string json = RenderStatusJson(m);
+  EXPECT_NE(json.find("\"queues\":[{\"backend\":\"gpu1\",\"model\":\"llama3:8b\",\"slots\":2,"
+                      "\"in_use\":2,\"waiting\":7},{\"backend\":\"gpu\\\"2\",\"model\":\"m\","
+                      "\"slots\":1,\"in_use\":0,\"waiting\":0}],"
+                      "\"slot_seconds\":{\"key:alice\":0.001,\"key:bob\":2.500}}\n"),
+            std::string::npos)
+      << json;
 }
 
 }  // namespace

@@ -32,8 +32,9 @@ std::vector<PromFamily> MustParse(const std::string& text) {
 // ---------------------------------------------------------------- Histogram
 
 TEST(HistogramTest, BoundsAreAscendingAndFitKMaxBuckets) {
-  for (HistogramKind kind : {HistogramKind::kRequest, HistogramKind::kUpstream,
-                             HistogramKind::kFirstToken, HistogramKind::kTokenGap}) {
+  for (HistogramKind kind :
+       {HistogramKind::kRequest, HistogramKind::kUpstream, HistogramKind::kFirstToken,
+        HistogramKind::kTokenGap, HistogramKind::kQueueWait}) {
     BucketSpan span = BucketBounds(kind);
     ASSERT_GT(span.size, 0u);
     ASSERT_LE(span.size, kMaxBuckets);
@@ -318,6 +319,11 @@ const std::vector<std::string>& AllFamilies() {
       "sluice_upstream_connect_failures_total",
       "sluice_upstream_failovers_total",
       "sluice_route_decisions_total",
+      "sluice_queue_waiting",
+      "sluice_slots_in_use",
+      "sluice_slots",
+      "sluice_queue_wait_seconds",
+      "sluice_slot_seconds_total",
       "sluice_rejections_total",
       "sluice_connections_dropped_total",
       "sluice_recv_buffers_in_use",
@@ -354,7 +360,8 @@ TEST(RenderPrometheusTest, EmptyShardIsValidWithEveryFamily) {
   EXPECT_EQ(FindSample(families, "sluice_workers", {}), 4);
   EXPECT_EQ(FindSample(families, "sluice_start_time_seconds", {}), 1795642912.25);
   EXPECT_EQ(FindSample(families, "sluice_connections_accepted_total", {}), 0);
-  for (const char* reason : {"auth", "denied", "rate_limit", "concurrency", "busy", "overload"}) {
+  for (const char* reason : {"auth", "denied", "rate_limit", "concurrency", "busy", "overload",
+                             "queue_key", "queue_full", "queue_timeout"}) {
     EXPECT_EQ(FindSample(families, "sluice_rejections_total", {{"reason", reason}}), 0) << reason;
   }
   for (const char* name : {"sluice_request_duration_seconds", "sluice_http_requests_total",
@@ -654,6 +661,54 @@ TEST(RenderPrometheusTest, BackendFamiliesAddUpPerBackend) {
   EXPECT_EQ(
       FindSample(families, "sluice_backend_routed_total", {{"backend", "gpu2"}, {"kind", "cold"}}),
       0);
+}
+
+// The slot queues: gauges per (backend, model) from the scheduler's view,
+// waits per backend summed over workers, slot time per principal (capped).
+TEST(RenderPrometheusTest, QueueFamilies) {
+  MetricsShard w0, w1, total;
+  for (MetricsShard* w : {&w0, &w1}) {
+    w->backends.resize(2);
+    w->backends[0].name = "gpu1";
+    w->backends[1].name = "gpu2";
+  }
+  w0.backends[0].queue_wait.Observe(0);
+  w1.backends[0].queue_wait.Observe(2'000'000'000);
+  w0.AddSlotTime("key:alice", 1'500'000'000);
+  w1.AddSlotTime("key:alice", 500'000'000);
+  w1.AddSlotTime("", 250'000'000);
+  w1.rejected_queue_key = 2;
+  w0.rejected_queue_timeout = 1;
+  total.Merge(w0);
+  total.Merge(w1);
+  total.queues.push_back(QueueGauge{"gpu1", "llama3:8b", 2, 2, 5});
+  auto families = MustParse(RenderPrometheus(total, ProcessInfo{}));
+  const std::vector<std::pair<std::string, std::string>> q = {{"backend", "gpu1"},
+                                                              {"model", "llama3:8b"}};
+  EXPECT_EQ(FindSample(families, "sluice_queue_waiting", q), 5);
+  EXPECT_EQ(FindSample(families, "sluice_slots_in_use", q), 2);
+  EXPECT_EQ(FindSample(families, "sluice_slots", q), 2);
+  EXPECT_EQ(FindSample(families, "sluice_queue_wait_seconds_count", {{"backend", "gpu1"}}), 2);
+  EXPECT_EQ(FindSample(families, "sluice_queue_wait_seconds_sum", {{"backend", "gpu1"}}), 2);
+  EXPECT_EQ(FindSample(families, "sluice_queue_wait_seconds_bucket",
+                       {{"backend", "gpu1"}, {"le", "0.001"}}),
+            1);
+  EXPECT_EQ(FindSample(families, "sluice_queue_wait_seconds_bucket",
+                       {{"backend", "gpu1"}, {"le", "2.5"}}),
+            2);
+  // A backend nothing waited for has no series.
+  EXPECT_FALSE(FindSample(families, "sluice_queue_wait_seconds_count", {{"backend", "gpu2"}}));
+  EXPECT_EQ(FindSample(families, "sluice_slot_seconds_total", {{"key", "key:alice"}}), 2);
+  EXPECT_EQ(FindSample(families, "sluice_slot_seconds_total", {{"key", "-"}}), 0.25);
+  EXPECT_EQ(FindSample(families, "sluice_rejections_total", {{"reason", "queue_key"}}), 2);
+  EXPECT_EQ(FindSample(families, "sluice_rejections_total", {{"reason", "queue_timeout"}}), 1);
+
+  MetricsShard capped;
+  for (size_t i = 0; i < MetricsShard::kMaxTokenSeries + 5; ++i) {
+    capped.AddSlotTime("key:k" + std::to_string(i), 1'000'000'000);
+  }
+  EXPECT_EQ(capped.slot_ns.size(), MetricsShard::kMaxTokenSeries + 1);
+  EXPECT_EQ(capped.slot_ns["_other"], 5'000'000'000);
 }
 
 // -------------------------------------------------------------- StubStatus

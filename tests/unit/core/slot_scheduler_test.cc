@@ -254,3 +254,66 @@ TEST_F(SlotSchedulerTest, ThreadsNeverExceedTheSlots) {
 
 }  // namespace
 }  // namespace sluice::core
+
+namespace sluice::core {
+namespace {
+
+// Retry-After's estimate: the backend's mean slot time (measured from the
+// grant to the release, at the clock Acquire and Release are given) times
+// the grants ahead, over the slots.
+TEST_F(SlotSchedulerTest, EstimateFollowsMeasuredGenerationTimes) {
+  auto first = Ticket("k", 2);
+  first->backend = "gpu";
+  ASSERT_EQ(sched_.Acquire(first, now_), SlotScheduler::Outcome::kGranted);
+  EXPECT_EQ(first->granted_ns, now_);
+  EXPECT_EQ(sched_.EstimateWaitNs(*first, false), 0);  // nothing measured yet
+  EXPECT_TRUE(sched_.Release(first.get(), now_ + 4000 * kMs));
+
+  // Two running, four waiting (greedy 3, polite 1).
+  std::vector<std::shared_ptr<SlotTicket>> all;
+  for (const char* key : {"greedy", "greedy", "greedy", "greedy", "greedy", "polite"}) {
+    all.push_back(Ticket(key, 2));
+    all.back()->backend = "gpu";
+    sched_.Acquire(all.back(), now_ + 5000 * kMs);
+  }
+  // The next of anyone waits for the 4 ahead and itself: 5 grants at 2
+  // slots of 4 s each.
+  EXPECT_EQ(sched_.EstimateWaitNs(*all.back(), false), 4000 * kMs * 5 / 2);
+  // A key refused for its own backlog waits for one round of the others
+  // (polite) and then its own grant: 2 grants.
+  EXPECT_EQ(sched_.EstimateWaitNs(*all[0], true), 4000 * kMs * 2 / 2);
+  // A queued grant takes the release's clock; the mean moves by 1/8 of the
+  // difference: (4 s + (2 s - 4 s) / 8) = 3.75 s.
+  EXPECT_TRUE(sched_.Release(all[0].get(), now_ + 7000 * kMs));
+  EXPECT_EQ(granted_.back(), all[5].get());
+  EXPECT_EQ(all[5]->granted_ns, now_ + 7000 * kMs);
+  auto other = Ticket("x", 2);
+  other->backend = "gpu";
+  EXPECT_EQ(sched_.EstimateWaitNs(*other, false), 3750 * kMs * 4 / 2);
+  // Another backend has its own mean; a release without a clock measures
+  // nothing.
+  other->backend = "cpu";
+  EXPECT_EQ(sched_.EstimateWaitNs(*other, false), 0);
+  EXPECT_TRUE(sched_.Release(all[1].get()));
+  other->backend = "gpu";
+  EXPECT_EQ(sched_.EstimateWaitNs(*other, false), 3750 * kMs * 3 / 2);
+  for (auto& t : all) sched_.Release(t.get());
+}
+
+TEST_F(SlotSchedulerTest, StatsNameTheBackendAndModel) {
+  auto t = Ticket("k", 3, 1, "gpu llama3");
+  t->backend = "gpu";
+  t->model = "llama3";
+  ASSERT_EQ(sched_.Acquire(t, now_), SlotScheduler::Outcome::kGranted);
+  std::vector<SlotScheduler::QueueStats> stats = sched_.Stats();
+  ASSERT_EQ(stats.size(), 1u);
+  EXPECT_EQ(stats[0].backend, "gpu");
+  EXPECT_EQ(stats[0].model, "llama3");
+  EXPECT_EQ(stats[0].slots, 3);
+  EXPECT_EQ(stats[0].in_use, 1);
+  EXPECT_EQ(stats[0].waiting, 0u);
+  sched_.Release(t.get());
+}
+
+}  // namespace
+}  // namespace sluice::core

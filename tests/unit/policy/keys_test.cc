@@ -139,6 +139,36 @@ TEST(KeysTest, ParseErrorsNameFileAndLine) {
             "keys.txt:2: duplicate key hash (the same key as \"a\" on line 1)");
 }
 
+// Settings after the digest: weight=N (1..1000), the slot share; a key
+// without one has weight 1. Anything else is an error naming the line.
+TEST(KeysTest, WeightSettingAfterTheDigest) {
+  absl::StatusOr<KeyStore> store = KeyStore::Parse(
+      absl::StrCat(KeyLine("batch", "kb", 3), "\n", KeyLine("alice", "ka"), "\n",
+                   "  carol : sha256 : ", KeyLine("c", "kc").substr(9), "\tweight=1000  \r\n"),
+      "keys.txt");
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ(KeyLine("batch", "kb", 3), absl::StrCat(KeyLine("batch", "kb"), " weight=3"));
+  ASSERT_NE(store->Find("kb"), nullptr);
+  EXPECT_EQ(store->Find("kb")->name, "batch");
+  EXPECT_EQ(store->Find("kb")->weight, 3u);
+  EXPECT_EQ(store->Find("ka")->weight, 1u);
+  EXPECT_EQ(store->Find("kc")->weight, 1000u);
+  EXPECT_EQ(*store->Lookup("kb"), "batch");
+  EXPECT_EQ(store->Find("nope"), nullptr);
+  EXPECT_EQ(store->names(), (std::vector<std::string>{"batch", "alice", "carol"}));
+
+  const std::string good = absl::StrCat("a:sha256:", kAbcDigest);
+  for (const char* bad : {"0", "1001", "-1", "x", "", "2.5", "99999999999"}) {
+    EXPECT_EQ(
+        ParseError(absl::StrCat(good, " weight=", bad)),
+        absl::StrCat("keys.txt:1: weight=\"", bad, "\": expected a whole number from 1 to 1000"));
+  }
+  EXPECT_EQ(ParseError(absl::StrCat("# c\n", good, " models=llama3")),
+            "keys.txt:2: unknown setting \"models=llama3\" after the digest (expected weight=N)");
+  EXPECT_EQ(ParseError(absl::StrCat(good, " weight")),
+            "keys.txt:1: weight=\"\": expected a whole number from 1 to 1000");
+}
+
 TEST(KeysTest, ValidKeyName) {
   EXPECT_TRUE(ValidKeyName("a"));
   EXPECT_TRUE(ValidKeyName("ci-bot_2.prod@team"));
@@ -316,6 +346,35 @@ TEST_F(KeysCommandTest, AddListLookupRevoke) {
   // No temporary file left behind.
   std::string ls = absl::StrCat("test $(ls -A '", dir_, "' | wc -l) -eq 1");
   EXPECT_EQ(system(ls.c_str()), 0);
+}
+
+// `keys add NAME --weight N` writes the setting; list shows weights other
+// than 1; a bad weight is a usage error and writes nothing.
+TEST_F(KeysCommandTest, AddWithWeightAndListShowsIt) {
+  Result r = Run({"add", "batch", "--weight", "4", "--keys_file", file_});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string batch = r.out.substr(0, r.out.size() - 1);
+  r = Run({"add", "alice", "--weight=1", "--keys_file", file_});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string alice = r.out.substr(0, r.out.size() - 1);
+  EXPECT_EQ(ReadFile(),
+            absl::StrCat(KeyLine("batch", batch, 4), "\n", KeyLine("alice", alice), "\n"));
+  EXPECT_EQ(Run({"list", "--keys_file", file_}).out, "batch weight=4\nalice\n");
+  absl::StatusOr<KeyStore> store = KeyStore::Load(file_);
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ(store->Find(batch)->weight, 4u);
+  // Revoking works on weighted lines too.
+  ASSERT_EQ(Run({"revoke", "batch", "--keys_file", file_}).code, 0);
+  EXPECT_EQ(Run({"list", "--keys_file", file_}).out, "alice\n");
+
+  const std::string before = ReadFile();
+  ExpectUsage({"add", "c", "--weight", "0", "--keys_file", file_},
+              "--weight: expected a whole number from 1 to 1000, got \"0\"");
+  ExpectUsage({"add", "c", "--weight=lots", "--keys_file", file_},
+              "--weight: expected a whole number from 1 to 1000, got \"lots\"");
+  ExpectUsage({"add", "c", "--keys_file", file_, "--weight"}, "--weight needs a value");
+  ExpectUsage({"list", "--weight", "2", "--keys_file", file_}, "--weight: only for add");
+  EXPECT_EQ(ReadFile(), before);
 }
 
 TEST_F(KeysCommandTest, RevokeKeepsCommentsOtherLinesAndMode) {
