@@ -32,7 +32,15 @@ SlotScheduler::Outcome SlotScheduler::Acquire(const std::shared_ptr<SlotTicket>&
     ++waiting_;
     ++q.waiting;
     auto& line = q.waiters[ticket->key];
-    if (line.empty()) q.turn.push_back(ticket->key);
+    if (line.empty()) {
+      q.turn.push_back(ticket->key);
+      // A key new to the queue (or forgotten since) joins the round just
+      // before the key granted last: among keys holding as many slots, it
+      // goes after those granted one earlier. Taken as "never granted", a
+      // key that sends one request after another would win every tie and
+      // starve a backlogged key holding no more slots than it.
+      q.last_grant.try_emplace(ticket->key, q.grants == 0 ? 0 : 2 * q.grants - 1);
+    }
     line.push_back(ticket);
     ticket->enqueued_ns = now_ns;
     ticket->state = SlotTicket::State::kQueued;
@@ -74,7 +82,7 @@ bool SlotScheduler::Release(SlotTicket* ticket, int64_t now_ns) {
       if (line.empty()) {
         q.waiters.erase(ticket->key);
         std::erase(q.turn, ticket->key);
-        ForgetKeyIfIdle(&q, ticket->key);
+        ForgetIdleKeys(&q);
       }
     } else {
       held = true;
@@ -87,7 +95,7 @@ bool SlotScheduler::Release(SlotTicket* ticket, int64_t now_ns) {
       }
       if (auto h = q.held.find(ticket->key); h != q.held.end() && --h->second <= 0) {
         q.held.erase(h);
-        ForgetKeyIfIdle(&q, ticket->key);
+        ForgetIdleKeys(&q);
       }
       while (q.in_use < q.slots) {
         std::shared_ptr<SlotTicket> next = NextLocked(&q, now_ns);
@@ -111,12 +119,25 @@ void SlotScheduler::GrantLocked(Queue* q, SlotTicket* t, int64_t now_ns) {
   t->granted_ns = now_ns;
   ++q->in_use;
   ++q->held[t->key];
-  q->last_grant[t->key] = ++q->grants;
+  q->last_grant[t->key] = 2 * ++q->grants;  // even: odd ones are for newcomers
   t->state = SlotTicket::State::kGranted;
 }
 
-void SlotScheduler::ForgetKeyIfIdle(Queue* q, const std::string& key) {
-  if (!q->held.contains(key) && !q->waiters.contains(key)) q->last_grant.erase(key);
+void SlotScheduler::ForgetIdleKeys(Queue* q) {
+  // A key whose last slot ended keeps its last grant, so that when it
+  // comes back it takes its turn from there (a key that sends one request
+  // after another is served in the round like a backlogged one). Keys that
+  // neither wait nor hold are forgotten in bulk once they outnumber the
+  // rest: memory stays bounded by the active keys, at amortised O(1).
+  const size_t active = q->held.size() + q->waiters.size();
+  if (q->last_grant.size() <= 2 * active + 64) return;
+  for (auto it = q->last_grant.begin(); it != q->last_grant.end();) {
+    if (!q->held.contains(it->first) && !q->waiters.contains(it->first)) {
+      q->last_grant.erase(it++);
+    } else {
+      ++it;
+    }
+  }
 }
 
 std::shared_ptr<SlotTicket> SlotScheduler::NextLocked(Queue* q, int64_t now_ns) {

@@ -111,14 +111,17 @@ class SlotScheduler {
     // Per key: its waiters, and the slots it holds.
     absl::flat_hash_map<std::string, std::deque<std::shared_ptr<SlotTicket>>> waiters;
     absl::flat_hash_map<std::string, int> held;
-    // When each key with waiters or slots was last granted one (a count of
-    // grants; none: not since it came).
+    // When each key was last granted one: twice the count of grants then.
+    // A key that comes to wait without one gets the odd number just before
+    // the latest grant's, so it takes its turn after the keys granted
+    // earlier and before the one granted last.
     absl::flat_hash_map<std::string, uint64_t> last_grant;
     uint64_t grants = 0;
     std::vector<std::string> turn;  // keys with waiters
   };
-  // Forgets what `q` knows of `key` once it neither waits nor holds.
-  static void ForgetKeyIfIdle(Queue* q, const std::string& key);
+  // Forgets the last grants of keys that neither wait nor hold, once they
+  // outnumber the others.
+  static void ForgetIdleKeys(Queue* q);
 
   // Takes a slot of `q` for `t`.
   static void GrantLocked(Queue* q, SlotTicket* t, int64_t now_ns);

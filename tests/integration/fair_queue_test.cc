@@ -3,8 +3,12 @@
 // keeps the rest waiting, per key, so a polite key's request goes before a
 // greedy key's backlog; a request whose client leaves while it waits never
 // reaches the simulator; the per-key bound (429) and the wait bound (503).
+#include <algorithm>
 #include <atomic>
+#include <fstream>
 #include <memory>
+#include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <utility>
@@ -13,9 +17,12 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "tests/integration/prom_text.h"
 #include "tests/integration/proxy_test_base.h"
 
 namespace sluice::integration {
@@ -196,6 +203,176 @@ TEST_F(FairQueue, OtherRoutesAreNotQueued) {
     auto g = c->ReadResponse(absl::Seconds(20));
     EXPECT_TRUE(g.ok() && g->status == 200);
   }
+}
+
+std::string ReadWhole(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// A key with weight=3 against one with weight 1, both backlogged on a
+// backend with 4 slots: the heavy key holds 3 of them. Of the first 16
+// generations to finish (4 run at the start, 2 of each key), about 11 are
+// the heavy key's; with equal weights it would be 8.
+TEST_F(FairQueue, KeyWeightsFromTheKeysFileShareTheSlots) {
+  RunShell(absl::StrCat(ShellQuote(SluiceBinary()), " keys add heavy --weight 3 --keys_file ",
+                        ShellQuote(keys()), " > ", ShellQuote(dir_ + "/heavy")),
+           absl::Seconds(10));
+  const std::string heavy(absl::StripAsciiWhitespace(ReadWhole(dir_ + "/heavy")));
+  const std::string light = AddKey("light");
+  ASSERT_FALSE(heavy.empty());
+  auto sim = StartSim({"--models=llama3", "--num_parallel=4"});
+  ASSERT_TRUE(sim.ok()) << sim.status();
+  sim_ = std::move(*sim);
+  auto sluice = StartSluice(
+      sim_->port(), {absl::StrCat("--upstream=127.0.0.1:", sim_->port(), " slots=4"),
+                     "--keys_file=" + keys(), "--rate_generation=off", "--queue_per_key=64"});
+  ASSERT_TRUE(sluice.ok()) << sluice.status();
+  sluice_ = std::move(*sluice);
+
+  constexpr int kEach = 16;
+  std::vector<std::unique_ptr<HttpConnection>> conns;
+  std::vector<std::string> owner;
+  for (int i = 0; i < kEach; ++i) {
+    for (const std::string* key : {&heavy, &light}) {
+      IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
+      IT_ASSERT_OK(c->Send(Generate(*key, 8, 40)));
+      conns.push_back(std::move(c));
+      owner.push_back(key == &heavy ? "heavy" : "light");
+      absl::SleepFor(absl::Milliseconds(5));  // arrive in this order
+    }
+  }
+  std::mutex mu;
+  std::vector<std::string> finished;
+  std::vector<std::thread> readers;
+  for (size_t i = 0; i < conns.size(); ++i) {
+    readers.emplace_back([&, i] {
+      auto r = conns[i]->ReadResponse(absl::Seconds(60));
+      std::lock_guard<std::mutex> lock(mu);
+      finished.push_back(r.ok() && r->status == 200 ? owner[i] : "failed");
+    });
+  }
+  for (auto& t : readers) t.join();
+  ASSERT_EQ(finished.size(), conns.size());
+  EXPECT_EQ(std::count(finished.begin(), finished.end(), "failed"), 0);
+  const auto first = std::vector<std::string>(finished.begin(), finished.begin() + 16);
+  const int heavy_first = static_cast<int>(std::count(first.begin(), first.end(), "heavy"));
+  EXPECT_GE(heavy_first, 10) << absl::StrJoin(finished, " ");
+  EXPECT_LE(heavy_first, 13) << absl::StrJoin(finished, " ");  // light is not starved
+}
+
+// While generations wait, /metrics and /status?format=json show the queue;
+// afterwards the waits, the slot time per key and the access log's qw=.
+TEST_F(FairQueue, MetricsStatusAndAccessLogShowTheQueue) {
+  const std::string k = AddKey("k");
+  const std::string log = dir_ + "/access.log";
+  ASSERT_NO_FATAL_FAILURE(Start({"--access_log=" + log, "--access_log_flush=10ms"}));
+  std::vector<std::unique_ptr<HttpConnection>> conns;
+  for (int i = 0; i < 4; ++i) {  // 2 run (~1 s), 2 wait
+    IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
+    IT_ASSERT_OK(c->Send(Generate(k, 10, 100)));
+    conns.push_back(std::move(c));
+  }
+  absl::SleepFor(absl::Milliseconds(300));
+  const std::string backend = absl::StrCat("127.0.0.1:", sim_->port());
+  auto families = ScrapeMetrics(proxy_port());
+  ASSERT_TRUE(families.ok()) << families.status();
+  const std::vector<std::pair<std::string, std::string>> queue = {{"backend", backend},
+                                                                  {"model", "llama3:latest"}};
+  EXPECT_EQ(FindSample(*families, "sluice_queue_waiting", queue), 2);
+  EXPECT_EQ(FindSample(*families, "sluice_slots_in_use", queue), 2);
+  EXPECT_EQ(FindSample(*families, "sluice_slots", queue), 2);
+  auto status = Exchange(proxy_port(), BuildRequest("GET", "/status?format=json", {}));
+  ASSERT_TRUE(status.ok()) << status.status();
+  std::optional<JsonValue> json = JsonValue::Parse(status->body);
+  ASSERT_TRUE(json.has_value()) << status->body;
+  const JsonValue* queues = json->Get("queues");
+  ASSERT_NE(queues, nullptr) << status->body;
+  ASSERT_EQ(queues->array().size(), 1u) << status->body;
+  EXPECT_EQ(queues->array()[0].GetString("backend"), backend);
+  EXPECT_EQ(queues->array()[0].GetString("model"), "llama3:latest");
+  EXPECT_EQ(queues->array()[0].GetInt("waiting"), 2);
+  EXPECT_EQ(queues->array()[0].GetInt("in_use"), 2);
+
+  for (auto& c : conns) {
+    auto g = c->ReadResponse(absl::Seconds(20));
+    ASSERT_TRUE(g.ok()) << g.status();
+    EXPECT_EQ(g->status, 200);
+  }
+  families = ScrapeMetrics(proxy_port());
+  ASSERT_TRUE(families.ok()) << families.status();
+  EXPECT_FALSE(FindSample(*families, "sluice_queue_waiting", queue));  // an idle queue is gone
+  EXPECT_EQ(FindSample(*families, "sluice_queue_wait_seconds_count", {{"backend", backend}}), 4);
+  EXPECT_GE(
+      FindSample(*families, "sluice_queue_wait_seconds_sum", {{"backend", backend}}).value_or(0),
+      1.0);  // two waited about one generation each
+  // Four generations of ~1 s each.
+  EXPECT_GE(FindSample(*families, "sluice_slot_seconds_total", {{"key", "key:k"}}).value_or(0),
+            3.6);
+
+  std::vector<std::string> lines;
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < deadline) {
+    lines = absl::StrSplit(ReadWhole(log), '\n', absl::SkipEmpty());
+    std::erase_if(lines,
+                  [](const std::string& l) { return !absl::StrContains(l, "/api/generate"); });
+    if (lines.size() >= 4) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(lines.size(), 4u);
+  int waited = 0;
+  for (const std::string& line : lines) {
+    const size_t at = line.rfind(" qw=");
+    ASSERT_NE(at, std::string::npos) << line;
+    double seconds = -1;
+    ASSERT_TRUE(absl::SimpleAtod(line.substr(at + 4), &seconds)) << line;
+    waited += seconds >= 0.5;
+  }
+  EXPECT_EQ(waited, 2) << absl::StrJoin(lines, "\n");
+}
+
+// Retry-After comes from the generation time measured on the backend: with
+// generations of ~3 s, two slots busy and one waiting, the next request
+// refused for a full queue hears about 3 s (2 grants ahead of it at 2
+// slots), not the 10 s said before anything is measured.
+TEST_F(FairQueue, RetryAfterFollowsTheMeasuredGenerationTime) {
+  const std::string k = AddKey("k");
+  const std::string other = AddKey("other");
+  ASSERT_NO_FATAL_FAILURE(Start({"--queue_max=1"}));
+  std::vector<std::unique_ptr<HttpConnection>> conns;
+  for (int i = 0; i < 3; ++i) {
+    IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
+    IT_ASSERT_OK(c->Send(Generate(k, 30, 100)));
+    conns.push_back(std::move(c));
+  }
+  absl::SleepFor(absl::Milliseconds(300));
+  auto before = Exchange(proxy_port(), Generate(other, 1, 1), absl::Seconds(10));
+  ASSERT_TRUE(before.ok());
+  EXPECT_EQ(before->status, 503) << before->body;
+  EXPECT_EQ(before->Header("Retry-After").value_or(""), "10");  // nothing measured yet
+  // The first two end (~3 s), the third runs: one more behind it waits.
+  for (int i = 0; i < 2; ++i) {
+    auto g = conns[i]->ReadResponse(absl::Seconds(20));
+    ASSERT_TRUE(g.ok()) << g.status();
+  }
+  std::vector<std::unique_ptr<HttpConnection>> more;
+  for (int i = 0; i < 2; ++i) {
+    IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
+    IT_ASSERT_OK(c->Send(Generate(k, 30, 100)));
+    more.push_back(std::move(c));
+  }
+  absl::SleepFor(absl::Milliseconds(300));
+  auto after = Exchange(proxy_port(), Generate(other, 1, 1), absl::Seconds(10));
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->status, 503) << after->body;
+  int64_t retry = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(after->Header("Retry-After").value_or("x"), &retry));
+  EXPECT_GE(retry, 3);
+  EXPECT_LE(retry, 6);
+  for (auto& c : more) c->Close();
+  conns.clear();
 }
 
 }  // namespace

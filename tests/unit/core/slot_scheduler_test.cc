@@ -5,6 +5,7 @@
 #include "core/upstream/slot_scheduler.h"
 
 #include <atomic>
+#include <deque>
 #include <map>
 #include <memory>
 #include <string>
@@ -298,6 +299,43 @@ TEST_F(SlotSchedulerTest, EstimateFollowsMeasuredGenerationTimes) {
   other->backend = "gpu";
   EXPECT_EQ(sched_.EstimateWaitNs(*other, false), 3750 * kMs * 3 / 2);
   for (auto& t : all) sched_.Release(t.get());
+}
+
+// Four keys that each send their next request as soon as the last ends,
+// and one key with a deep backlog, on 2 slots: all five keys get an equal
+// share of grants. (A key that came back after its last slot was freed
+// once counted as "never granted" and won every tie, so the backlogged
+// key never ran.)
+TEST_F(SlotSchedulerTest, KeysThatComeBackDoNotStarveABacklog) {
+  std::vector<std::shared_ptr<SlotTicket>> keep;
+  for (int i = 0; i < 200; ++i) {
+    keep.push_back(Ticket("greedy"));
+    sched_.Acquire(keep.back(), now_);
+  }
+  std::deque<SlotTicket*> running = {keep[0].get(), keep[1].get()};
+  for (const char* key : {"p1", "p2", "p3", "p4"}) {
+    keep.push_back(Ticket(key));
+    ASSERT_EQ(sched_.Acquire(keep.back(), now_), SlotScheduler::Outcome::kQueued);
+  }
+  std::map<std::string, int> grants;
+  for (int i = 0; i < 100; ++i) {
+    SlotTicket* done = running.front();
+    running.pop_front();
+    const size_t before = granted_.size();
+    ASSERT_TRUE(sched_.Release(done));
+    ASSERT_EQ(granted_.size(), before + 1);
+    running.push_back(granted_.back());
+    ++grants[granted_.back()->key];
+    if (done->key != "greedy") {  // the polite key asks again at once
+      keep.push_back(Ticket(done->key));
+      ASSERT_EQ(sched_.Acquire(keep.back(), now_), SlotScheduler::Outcome::kQueued);
+    }
+  }
+  for (const char* key : {"greedy", "p1", "p2", "p3", "p4"}) {
+    EXPECT_GE(grants[key], 18) << key;
+    EXPECT_LE(grants[key], 22) << key;
+  }
+  for (auto& t : keep) sched_.Release(t.get());
 }
 
 TEST_F(SlotSchedulerTest, StatsNameTheBackendAndModel) {
