@@ -21,6 +21,10 @@ namespace {
 // (images) are streamed without a safety net, as nginx does when it has not
 // buffered the body.
 constexpr size_t kMaxReplayBytes = 64 * 1024;
+// A generation routed by its model has been held by the router already
+// and a failover is worth more to it (another backend with the model):
+// up to 1 MiB of its body is kept, until the response head comes.
+constexpr size_t kMaxRoutedReplayBytes = 1024 * 1024;
 }  // namespace
 
 // Error log lines about a request name its connection and client.
@@ -150,7 +154,8 @@ bool Relay::AttachLink(bool fresh) {
 void Relay::WriteUp(Slice piece) {
   if (link_ == nullptr) return;
   if (KeepForReplay()) {
-    if (replay_.size() + piece.size() <= kMaxReplayBytes) {
+    const size_t bound = model_.empty() ? kMaxReplayBytes : kMaxRoutedReplayBytes;
+    if (replay_.size() + piece.size() <= bound) {
       replay_.append(piece.data(), piece.size());
     } else {
       replayable_ = false;

@@ -357,6 +357,34 @@ TEST_F(Routing, BusyBackendFailsOverBeforeAnswering) {
   EXPECT_EQ(FindSample(*families, "sluice_upstream_failovers_total", {}).value_or(-1), 1);
 }
 
+// A routed generation's body is kept for a failover up to 1 MiB (not
+// 64 KiB): a 600 KiB prompt refused busy by A reaches B whole; past the
+// bound (1.5 MiB) it is not replayed, and the client gets A's 503.
+TEST_F(Routing, BusyBackendFailsOverWithALargeBodyUpToTheBound) {
+  preload_[0] = {"alpha"};
+  ASSERT_NO_FATAL_FAILURE(
+      StartTwo({"--models=alpha", "--num_parallel=1", "--max_queue=1"}, {"--threads=1"}));
+  std::vector<std::unique_ptr<HttpConnection>> direct;
+  for (int i = 0; i < 2; ++i) {
+    IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(sim_a_->port()));
+    IT_ASSERT_OK(c->Send(Generate("alpha", 40, 100)));
+    direct.push_back(std::move(c));
+  }
+  absl::SleepFor(absl::Milliseconds(100));
+  auto request = [](size_t prompt_bytes) {
+    return BuildRequest("POST", "/api/generate", {{"X-Sim-Tokens", "2"}},
+                        absl::StrCat(R"({"model":"alpha","prompt":")",
+                                     std::string(prompt_bytes, 'p'), R"(","stream":false})"));
+  };
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse r, integration::Exchange(proxy_port(), request(600 * 1024)));
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(ModelCount(sim_->port(), "alpha", "requests"), 1);
+  IT_ASSERT_OK_AND_ASSIGN(HttpResponse big,
+                          integration::Exchange(proxy_port(), request(1536 * 1024)));
+  EXPECT_EQ(big.status, 503) << big.body;
+  EXPECT_EQ(ModelCount(sim_->port(), "alpha", "requests"), 1);
+}
+
 // kill -9 of a backend under load. The stream it was sending ends cut
 // short (no last chunk), the other backend's stream completes; the
 // generations that come next fail over to the other backend that has the
