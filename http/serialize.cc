@@ -166,7 +166,11 @@ std::string RedirectResponse(std::string_view location, bool close) {
 
 std::string JsonErrorResponse(int status, std::string_view message, bool close,
                               int retry_after_seconds, std::string_view extra_fields) {
-  std::string body = JsonErrorBody(message);
+  return JsonResponse(status, JsonErrorBody(message), close, retry_after_seconds, extra_fields);
+}
+
+std::string JsonResponse(int status, std::string_view body, bool close, int retry_after_seconds,
+                         std::string_view extra_fields) {
   std::string out = absl::StrCat("HTTP/1.1 ", status, " ");
   out.append(ReasonPhrase(status));
   absl::StrAppend(&out,

@@ -52,6 +52,10 @@ void AppendDownstreamResponseHead(const ResponseHead& head, BodyFraming framing,
 std::string JsonErrorResponse(int status, std::string_view message, bool close,
                               int retry_after_seconds = 0, std::string_view extra_fields = {});
 
+// The same with the JSON body given whole.
+std::string JsonResponse(int status, std::string_view json, bool close, int retry_after_seconds = 0,
+                         std::string_view extra_fields = {});
+
 // The JSON body alone: {"error":"<message>"} and a newline.
 std::string JsonErrorBody(std::string_view message);
 

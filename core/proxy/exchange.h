@@ -33,6 +33,10 @@ class Downstream {
   // is empty (a CORS preflight's 204), with `headers` added. Only before SendResponseHead.
   virtual void SendPolicyAnswer(int status, std::string_view error,
                                 const std::vector<http::Header>& headers) = 0;
+  // The same with the JSON body given whole (`json` must be valid JSON;
+  // the OpenAI-shaped errors of /v1 routes).
+  virtual void SendJsonAnswer(int status, std::string json,
+                              const std::vector<http::Header>& headers) = 0;
   // The connection was accepted past --max_connections: its requests are
   // answered 503, after which it closes.
   virtual bool over_limit() const { return false; }

@@ -246,6 +246,11 @@ void H1Downstream::SendError(int status, std::string_view message) {
 
 void H1Downstream::SendPolicyAnswer(int status, std::string_view error,
                                     const std::vector<http::Header>& headers) {
+  SendJsonAnswer(status, error.empty() ? std::string() : http::JsonErrorBody(error), headers);
+}
+
+void H1Downstream::SendJsonAnswer(int status, std::string json,
+                                  const std::vector<http::Header>& headers) {
   // An unread request body leaves the connection unusable.
   if (codec_.in_message() && request_has_body_) close_after_ = true;
   if (!request_keep_alive_ || draining_) close_after_ = true;
@@ -253,7 +258,7 @@ void H1Downstream::SendPolicyAnswer(int status, std::string_view error,
   for (const http::Header& h : headers) {
     extra.append(h.name).append(": ").append(h.value).append("\r\n");
   }
-  if (error.empty()) {
+  if (json.empty()) {
     http::ResponseHead head;
     head.status = status;
     head.content_length = 0;
@@ -261,7 +266,7 @@ void H1Downstream::SendPolicyAnswer(int status, std::string_view error,
     http::AppendDownstreamResponseHead(head, http::BodyFraming::kNone, close_after_, &out, extra);
     conn_->WriteOwned(std::move(out));
   } else {
-    conn_->WriteOwned(http::JsonErrorResponse(status, error, close_after_, 0, extra));
+    conn_->WriteOwned(http::JsonResponse(status, json, close_after_, 0, extra));
   }
   FinishExchange();
 }

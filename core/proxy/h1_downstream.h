@@ -52,6 +52,8 @@ class H1Downstream final : public ClientSession, public http::H1RequestSink, pub
   void SendResponseBody(Slice piece) override;
   void SendResponseEnd() override;
   void SendError(int status, std::string_view message) override;
+  void SendJsonAnswer(int status, std::string json,
+                      const std::vector<http::Header>& headers) override;
   void SendPolicyAnswer(int status, std::string_view error,
                         const std::vector<http::Header>& headers) override;
   void OnAdmitted() override;

@@ -333,10 +333,14 @@ void H2Downstream::StreamState::SendError(int status, std::string_view message) 
 
 void H2Downstream::StreamState::SendPolicyAnswer(int status, std::string_view message,
                                                  const std::vector<http::Header>& headers) {
+  // No body for an empty message (a CORS preflight's 204).
+  SendJsonAnswer(status, message.empty() ? std::string() : http::JsonErrorBody(message), headers);
+}
+
+void H2Downstream::StreamState::SendJsonAnswer(int status, std::string body,
+                                               const std::vector<http::Header>& headers) {
   H2Downstream* s = session_;
   const Config& cfg = s->shard_->config();
-  // No body for an empty message (a CORS preflight's 204).
-  std::string body = message.empty() ? std::string() : http::JsonErrorBody(message);
   http::ResponseHead h;
   h.status = status;
   if (!body.empty()) h.headers.push_back(http::Header{"content-type", "application/json"});

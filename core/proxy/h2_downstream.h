@@ -58,6 +58,8 @@ class H2Downstream final : public ClientSession, public http::H2StreamSink {
     void SendResponseBody(Slice piece) override;
     void SendResponseEnd() override;
     void SendError(int status, std::string_view message) override;
+    void SendJsonAnswer(int status, std::string json,
+                        const std::vector<http::Header>& headers) override;
     void SendPolicyAnswer(int status, std::string_view error,
                           const std::vector<http::Header>& headers) override;
     void AbortResponse() override;

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/observe/log.h"
 #include "core/proxy/relay.h"
@@ -168,15 +169,25 @@ void Relay::Go(std::vector<Slice> held, bool end) {
   if (end) OnRequestEnd();
 }
 
-// As Ollama answers a model it does not have.
+// As Ollama answers a model it does not have: {"error":"..."} on its own
+// API, and on the OpenAI-compatible one (/v1/...) the OpenAI error object
+// its compatibility layer writes, which the OpenAI SDKs read.
 void Relay::AnswerModelNotFound(std::string_view model) {
   finished_ = true;
   ++shard_->metrics().route_not_found;
   const std::string error =
       absl::StrCat("model '", absl::string_view(model.data(), model.size()), "' not found");
   ROUTE_LOG(INFO, "%s %s: 404 %s", head_.method.c_str(), head_.target.c_str(), error.c_str());
-  record_.Answered(404, http::JsonErrorBody(error).size());
-  downstream_->SendError(404, error);
+  std::string body;
+  if (absl::StartsWith(gate_.admission().path.match, "/v1/")) {
+    body = "{\"error\":{\"message\":\"";
+    http::AppendJsonEscaped(error, &body);
+    body += "\",\"type\":\"not_found_error\",\"param\":null,\"code\":null}}\n";
+  } else {
+    body = http::JsonErrorBody(error);
+  }
+  record_.Answered(404, body.size());
+  downstream_->SendJsonAnswer(404, std::move(body), {});
 }
 
 UpstreamPool* Relay::NextBackend() {

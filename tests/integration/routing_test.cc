@@ -143,7 +143,12 @@ TEST_F(Routing, UnknownModelIs404) {
       integration::Exchange(proxy_port(), BuildRequest("POST", "/v1/chat/completions", {},
                                                        R"({"model":"gpt-4","messages":[]})")));
   EXPECT_EQ(o.status, 404);
-  EXPECT_EQ(o.body, "{\"error\":\"model 'gpt-4' not found\"}\n");
+  // The OpenAI-compatible routes answer as Ollama's compatibility layer
+  // does: OpenAI's error object.
+  EXPECT_EQ(o.body,
+            "{\"error\":{\"message\":\"model 'gpt-4' not found\",\"type\":\"not_found_error\","
+            "\"param\":null,\"code\":null}}\n");
+  EXPECT_EQ(o.Header("Content-Type").value_or(""), "application/json");
   EXPECT_EQ(ModelCount(sim_a_->port(), "gamma", "requests"), 0);
   EXPECT_EQ(ModelCount(sim_->port(), "gamma", "requests"), 0);
   EXPECT_EQ(RouteDecisions("not_found"), 2);

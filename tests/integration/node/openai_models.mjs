@@ -1,6 +1,8 @@
 // Drives the npm `openai` client's models.list() through sluice in front of
 // several backends: the ids must be exactly EXPECT_MODELS (comma-separated,
-// in order). Exits non-zero on failure.
+// in order). Then a chat with a model no backend has must fail as the
+// client's NotFoundError (404) carrying the message of the error object.
+// Exits non-zero on failure.
 // Usage: SLUICE_URL=http://127.0.0.1:PORT EXPECT_MODELS=a:latest,b:latest node openai_models.mjs
 import OpenAI from 'openai';
 
@@ -29,7 +31,22 @@ try {
   }
   check(JSON.stringify(ids) === JSON.stringify(expected),
         `models.list(): ${JSON.stringify(ids)}, expected ${JSON.stringify(expected)}`);
-  console.log(`ok: ${ids.join(' ')}`);
+  let missing = null;
+  try {
+    await client.chat.completions.create({
+      model: 'no-such-model',
+      messages: [{ role: 'user', content: 'hi' }],
+    });
+  } catch (err) {
+    missing = err;
+  }
+  check(missing instanceof OpenAI.NotFoundError,
+        `a missing model gave ${missing?.constructor?.name}: ${missing?.message}`);
+  check(missing.status === 404, `status ${missing.status}`);
+  check(missing.message.includes("model 'no-such-model' not found"),
+        `message '${missing.message}'`);
+  check(missing.type === 'not_found_error', `type '${missing.type}'`);
+  console.log(`ok: ${ids.join(' ')}; missing model: ${missing.message}`);
   clearTimeout(watchdog);
 } catch (err) {
   console.error('FAIL:', err?.stack ?? err, err?.cause ?? '', err?.cause?.cause ?? '');

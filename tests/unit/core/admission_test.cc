@@ -28,6 +28,10 @@ struct FakeDownstream final : Downstream {
                         const std::vector<http::Header>& headers) override {
     answers.push_back({status, std::string(error), headers});
   }
+  void SendJsonAnswer(int status, std::string json,
+                      const std::vector<http::Header>& headers) override {
+    answers.push_back({status, std::move(json), headers});
+  }
   bool over_limit() const override { return over; }
   void CloseAfterResponse() override { close_after = true; }
   void AbortResponse() override {}
