@@ -23,6 +23,7 @@
 #include "core/server/config.h"
 #include "core/server/flags.h"
 #include "core/server/listeners.h"
+#include "core/server/named_upstream.h"
 #include "core/server/reload.h"
 #include "core/server/restart.h"
 #include "core/server/signals.h"
@@ -187,6 +188,12 @@ int Run(int argc, char** argv) {
   // router knew of the old one.
   Resolver resolver(config.backends, config.resolve_interval_ns, [&prober](size_t i) {
     if (prober) prober->Forget(i);
+  });
+  // The rules file's upstreams given by name too, as the policy in force
+  // has them.
+  resolver.SetOthers([slot = reloader.policy_slot()] {
+    std::shared_ptr<const policy::Policy> policy = slot->Get();
+    return policy ? NamedUpstreamNames(*policy) : std::vector<Resolver::OtherName>();
   });
   resolver.Start();
 

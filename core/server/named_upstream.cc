@@ -41,4 +41,24 @@ absl::StatusOr<std::shared_ptr<const policy::UpstreamTarget>> ParseNamedUpstream
   return std::shared_ptr<const policy::UpstreamTarget>(std::move(target));
 }
 
+std::vector<Resolver::OtherName> NamedUpstreamNames(const policy::Policy& policy) {
+  std::vector<Resolver::OtherName> out;
+  for (const policy::NamedUpstream& u : policy.upstreams()) {
+    const auto* target = dynamic_cast<const NamedBackends*>(u.target.get());
+    if (target == nullptr) continue;
+    for (const BackendConfig& b : target->backends) {
+      if (b.dns == nullptr) continue;
+      auto it = std::find_if(out.begin(), out.end(),
+                             [&b](const Resolver::OtherName& o) { return o.dns == b.dns; });
+      if (it == out.end()) {
+        out.push_back(Resolver::OtherName{absl::StrCat("upstream ", u.name, " ", b.name), b.dns,
+                                          std::vector<std::string>(b.dns->slots(), b.name)});
+        it = out.end() - 1;
+      }
+      if (b.dns_slot < it->slot_names.size()) it->slot_names[b.dns_slot] = b.name;
+    }
+  }
+  return out;
+}
+
 }  // namespace sluice::core

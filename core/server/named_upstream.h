@@ -6,6 +6,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "core/server/config.h"
+#include "core/upstream/resolver.h"
 #include "policy/policy.h"
 
 namespace sluice::core {
@@ -23,9 +24,13 @@ struct NamedBackends final : policy::UpstreamTarget {
 // The words of an `upstream` line after its name:
 // "[balance=round_robin|least_conn] ADDRESS [name=N] [weight=N][, ...]",
 // addresses as --upstream takes them (DNS names are resolved when the
-// file is read, at start and on SIGHUP). policy::PolicyOptions'
+// file is read, at start and on SIGHUP, and again by the Resolver every
+// --resolve_interval and after a connect failure). policy::PolicyOptions'
 // parse_upstream.
 absl::StatusOr<std::shared_ptr<const policy::UpstreamTarget>> ParseNamedUpstream(
     absl::string_view spec);
+
+// The DNS names of `policy`'s upstreams, for the Resolver to re-resolve.
+std::vector<Resolver::OtherName> NamedUpstreamNames(const policy::Policy& policy);
 
 }  // namespace sluice::core

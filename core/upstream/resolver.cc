@@ -223,7 +223,7 @@ Resolver::Resolver(const std::vector<BackendConfig>& backends, int64_t interval_
 Resolver::~Resolver() { Stop(); }
 
 void Resolver::Start() {
-  if (names_.empty()) return;
+  if (!needed()) return;
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -236,25 +236,54 @@ void Resolver::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-void Resolver::ResolveAll(bool only_requested) {
-  for (Name& n : names_) {
-    const bool asked = n.dns->TakeRequest();
-    if (only_requested && !asked) continue;
-    DnsName::Change change;
-    absl::Status st = n.dns->Resolve(&change);
-    if (!st.ok()) {
-      if (!n.failing) {
-        LOG_WARN("backend %s: %s does not resolve: %s%s", n.label.c_str(), n.dns->host().c_str(),
-                 std::string(st.message()).c_str(),
-                 n.dns->resolved() ? " (the last addresses stay in use)"
-                                   : " (not used until it does: 503)");
-      }
-      n.failing = true;
+void Resolver::RefreshOthers() {
+  if (others_source_ == nullptr) return;
+  std::vector<Name> now;
+  for (OtherName& o : others_source_()) {
+    if (o.dns == nullptr) continue;
+    auto it = std::find_if(others_.begin(), others_.end(),
+                           [&o](const Name& n) { return n.dns == o.dns.get(); });
+    if (it != others_.end()) {
+      now.push_back(std::move(*it));
       continue;
     }
-    n.failing = false;
-    Report(n, change);
+    Name n;
+    n.label = std::move(o.label);
+    n.dns = o.dns.get();
+    n.keep = std::move(o.dns);
+    n.left_out = n.dns->left_out();
+    n.backends.assign(n.dns->slots(), SIZE_MAX);  // no --upstream index: nothing to forget
+    n.slot_names = std::move(o.slot_names);
+    n.slot_names.resize(n.dns->slots(), n.label);
+    now.push_back(std::move(n));
   }
+  others_ = std::move(now);
+}
+
+void Resolver::ResolveAll(bool only_requested) {
+  if (!only_requested) RefreshOthers();
+  for (std::vector<Name>* list : {&names_, &others_}) {
+    for (Name& n : *list) ResolveName(n, only_requested);
+  }
+}
+
+void Resolver::ResolveName(Name& n, bool only_requested) {
+  const bool asked = n.dns->TakeRequest();
+  if (only_requested && !asked) return;
+  DnsName::Change change;
+  absl::Status st = n.dns->Resolve(&change);
+  if (!st.ok()) {
+    if (!n.failing) {
+      LOG_WARN("backend %s: %s does not resolve: %s%s", n.label.c_str(), n.dns->host().c_str(),
+               std::string(st.message()).c_str(),
+               n.dns->resolved() ? " (the last addresses stay in use)"
+                                 : " (not used until it does: 503)");
+    }
+    n.failing = true;
+    return;
+  }
+  n.failing = false;
+  Report(n, change);
 }
 
 // One line per lookup that changed something: which addresses came (and

@@ -128,8 +128,22 @@ class Resolver {
   Resolver(const Resolver&) = delete;
   Resolver& operator=(const Resolver&) = delete;
 
-  // Whether any backend is given by name (else there is nothing to run).
-  bool needed() const { return !names_.empty(); }
+  // DNS names the resolver does not own but re-resolves too: the rules
+  // file's upstreams, which a reload replaces. `others` is asked on the
+  // resolver's thread at every full round; what it returns is kept alive
+  // until the next one. Set before Start.
+  struct OtherName {
+    std::string label;  // for the log, e.g. "upstream ui"
+    std::shared_ptr<DnsName> dns;
+    std::vector<std::string> slot_names;  // by slot
+  };
+  void SetOthers(std::function<std::vector<OtherName>()> others) {
+    others_source_ = std::move(others);
+  }
+
+  // Whether any backend is given by name, or others may be (else there is
+  // nothing to run).
+  bool needed() const { return !names_.empty() || others_source_ != nullptr; }
   void Start();
   void Stop();
   // One round on the caller's thread: every name, or only those asked for.
@@ -140,15 +154,23 @@ class Resolver {
   struct Name;
   void Report(Name& n, const DnsName::Change& change);
 
+  // The names of `others_source_` now, keeping what the last round knew of
+  // each (by its DnsName).
+  void RefreshOthers();
+  void ResolveName(Name& n, bool only_requested);
+
   struct Name {
     std::string label;  // the name's first backend, for the log
     DnsName* dns = nullptr;
-    std::vector<size_t> backends;  // index in --upstream's slots, by slot
+    std::shared_ptr<DnsName> keep;  // an other name: held while listed
+    std::vector<size_t> backends;   // index in --upstream's slots, by slot
     std::vector<std::string> slot_names;
     bool failing = false;
     size_t left_out = 0;
   };
   std::vector<Name> names_;
+  std::function<std::vector<OtherName>()> others_source_;
+  std::vector<Name> others_;  // the resolver thread's (or ResolveAll's caller's)
   std::function<void(size_t)> on_change_;
   const int64_t interval_ns_;
   std::mutex mu_;

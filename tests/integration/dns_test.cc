@@ -390,5 +390,40 @@ TEST_F(Dns, ANewAddressInAPlaceStartsAfresh) {
   EXPECT_EQ(loaded(), absl::StrCat("127.0.0.4:", port)) << "nothing loaded there that sluice knows";
 }
 
+// A rules-file upstream given by name is re-resolved like --upstream's
+// backends (every --resolve_interval), not only when the file is read
+// again: its requests follow the name to a new address without a SIGHUP.
+TEST_F(Dns, RulesFileUpstreamFollowsItsName) {
+  const int ollama = StartSimAt("127.0.0.1", 0);
+  ASSERT_GT(ollama, 0);
+  const int port = StartSimAt("127.0.0.2", 0);
+  ASSERT_GT(port, 0);
+  ASSERT_GT(StartSimAt("127.0.0.3", port), 0);
+  WriteHosts("127.0.0.2 ui.test\n");
+  const std::string rules = hosts_ + ".rules";
+  {
+    std::ofstream out(rules, std::ios::trunc);
+    out << "upstream ui ui.test:" << port << "\nroute /ui/* allow upstream=ui auth=none\n";
+  }
+  ASSERT_NO_FATAL_FAILURE(
+      StartSluiceWithHosts({absl::StrCat("--upstream=127.0.0.1:", ollama), "--rules_file=" + rules,
+                            "--resolve_interval=200ms"}));
+  auto ui = [&] {
+    absl::StatusOr<HttpResponse> r =
+        integration::Exchange(proxy_port(), BuildRequest("GET", "/ui/x", {{"Host", "localhost"}}));
+    return r.ok() ? r->status : -1;
+  };
+  for (int i = 0; i < 3; ++i) ui();
+  EXPECT_EQ(Requests(port, "127.0.0.2"), 3);
+  WriteHosts("127.0.0.3 ui.test\n");
+  absl::SleepFor(absl::Milliseconds(700));
+  for (int i = 0; i < 3; ++i) ui();
+  EXPECT_EQ(Requests(port, "127.0.0.2"), 3) << "nothing more to the old address";
+  EXPECT_EQ(Requests(port, "127.0.0.3"), 3);
+  EXPECT_EQ(Requests(ollama), 0);
+  EXPECT_TRUE(absl::StrContains(sluice_->Stderr(), "upstream ui")) << sluice_->Stderr();
+  unlink(rules.c_str());
+}
+
 }  // namespace
 }  // namespace sluice::integration
