@@ -409,11 +409,14 @@ struct Load {
 constexpr int kGreedy = 20;
 constexpr int kPolite = 4;
 constexpr int kPoliteRounds = 3;
+// A polite key's pause between its requests: about a generation, a little
+// different per key so that they do not all come back at once.
+absl::Duration PoliteThink(int k) { return kGeneration + absl::Milliseconds(50) * k; }
 
 // The greedy key's 20 generations fill the queue at once (2 run, 18 wait: a
 // FIFO would put anyone else behind 18 x 400 ms / 2 = 3.6 s); 300 ms later
-// 4 polite keys each send 3 generations one at a time, a generation's
-// time apart. Every request completes; nothing waits in the simulator,
+// 4 polite keys (100 ms apart) each send 3 generations one at a time,
+// about a generation's time apart. Every request completes; nothing waits in the simulator,
 // which never runs more than 2; each polite request waits about a
 // generation, far less than the greedy backlog; the polite keys are done
 // while the greedy backlog is still being served.
@@ -495,11 +498,11 @@ TEST_F(FairQueueLoad, GreedyAndPoliteKeysAcrossTwoWorkersHttp1) {
   absl::SleepFor(absl::Milliseconds(300));
   for (int k = 0; k < kPolite; ++k) {
     threads.emplace_back([&, k] {
-      absl::SleepFor(absl::Milliseconds(50) * k);
+      absl::SleepFor(absl::Milliseconds(100) * k);
       auto c = HttpConnection::ConnectFrom(proxy_port(), polite_from[k]);
       for (int r = 0; r < kPoliteRounds && c.ok(); ++r) {
         load.polite[k][r] = H1Generation(c->get(), polite[k], kTokens, kDelayMs);
-        absl::SleepFor(kGeneration);  // one request at a time, with a pause
+        absl::SleepFor(PoliteThink(k));
       }
       if (!c.ok()) load.polite[k][0].error = c.status().ToString();
     });
@@ -546,7 +549,7 @@ TEST_F(FairQueueLoad, GreedyAndPoliteKeysAcrossTwoWorkersHttp2) {
   absl::SleepFor(absl::Milliseconds(300));
   for (int k = 0; k < kPolite; ++k) {
     threads.emplace_back([&, k] {
-      absl::SleepFor(absl::Milliseconds(50) * k);
+      absl::SleepFor(absl::Milliseconds(100) * k);
       auto client = H2Client::Open(proxy_port(), polite_from[k]);
       if (!client.ok()) {
         load.polite[k][0].error = client.status().ToString();
@@ -557,7 +560,7 @@ TEST_F(FairQueueLoad, GreedyAndPoliteKeysAcrossTwoWorkersHttp2) {
         if (!(*client)->Generate(id, polite[k], kTokens, kDelayMs).ok()) break;
         (*client)->AwaitEnd({id}, absl::Seconds(30));
         load.polite[k][r] = (*client)->stream(id).ToOutcome();
-        absl::SleepFor(kGeneration);
+        absl::SleepFor(PoliteThink(k));
       }
     });
   }
@@ -577,8 +580,8 @@ TEST_F(FairQueueLoad, H2StreamResetWhileWaitingLeavesTheQueueAtOnce) {
   const std::string k = AddKey("k");
   ASSERT_NO_FATAL_FAILURE(Start({"--queue_per_key=2"}));
   IT_ASSERT_OK_AND_ASSIGN(auto c, H2Client::Open(proxy_port()));
-  IT_ASSERT_OK(c->Generate(1, k, 8, 100));
-  IT_ASSERT_OK(c->Generate(3, k, 8, 100));
+  IT_ASSERT_OK(c->Generate(1, k, 8, 100));   // the first slot frees at ~800 ms
+  IT_ASSERT_OK(c->Generate(3, k, 14, 100));  // the second at ~1400 ms
   ASSERT_TRUE(c->AwaitHead(1, absl::Seconds(5)) && c->AwaitHead(3, absl::Seconds(5)));
   IT_ASSERT_OK(c->Generate(5, k, 1, 1));
   IT_ASSERT_OK(c->Generate(7, k, 2, 50));
@@ -594,8 +597,10 @@ TEST_F(FairQueueLoad, H2StreamResetWhileWaitingLeavesTheQueueAtOnce) {
     EXPECT_TRUE(c->stream(id).ToOutcome().complete) << id;
   }
   EXPECT_EQ(c->stream(5).status, 0);  // nothing answered on the reset stream
-  // 7 took the first slot that freed (FIFO within the key), before 9.
-  EXPECT_LT(c->stream(7).head, c->stream(9).head);
+  // 7 took the first slot that freed (FIFO within the key), 9 the slot 7
+  // gave back.
+  EXPECT_LE(c->stream(7).end, c->stream(9).head);
+  EXPECT_LT(c->stream(9).head, c->stream(3).end);
   EXPECT_FALSE(c->goaway());
   EXPECT_EQ(SimRequests(), 4);  // 1, 3, 7, 9: never 5
   ModelStats m = Model();
@@ -650,7 +655,8 @@ TEST_F(FairQueueLoad, H2ConnectionClosedWhileStreamsWaitLeavesTheQueue) {
 // A 300 KiB body sent while its request waits (sluice holds 64 KiB of it,
 // the rest waits in the client's socket or HTTP/2 window): once granted
 // the simulator gets all of it (one embedding per input), and the request
-// kept its place: the key's request queued after it runs after it.
+// kept its place: the key's request queued after it (a 1 s generation)
+// runs after it.
 class LargeBody : public FairQueueLoad {
  protected:
   // Two generations of key "a" hold the slots, one ending at ~600 ms, the
@@ -675,10 +681,14 @@ class LargeBody : public FairQueueLoad {
   void Check(const Outcome& big, absl::string_view big_body, const Outcome& small) {
     EXPECT_EQ(big.status, 200) << big.error;
     EXPECT_TRUE(EmbedAnswerCounts(big_body, inputs_)) << big_body.substr(0, 300);
-    EXPECT_LT(big.done - start_, absl::Milliseconds(1300)) << "not the first slot";
     EXPECT_EQ(small.status, 200) << small.error;
     EXPECT_TRUE(small.complete);
-    EXPECT_LE(big.done, small.head) << "the later request of the key went first";
+    // Both ran before the second holder ended (~1500 ms): the embed on the
+    // slot that freed first, the 1 s generation on the one the embed gave
+    // back. Had the generation gone first, the embed would have waited for
+    // the second holder.
+    EXPECT_LT(big.done - start_, absl::Milliseconds(1300)) << "not the first slot";
+    EXPECT_LT(small.head - start_, absl::Milliseconds(1300));
     for (auto& h : holders_) {
       auto r = h->ReadResponse(absl::Seconds(10));
       (void)r;
@@ -709,7 +719,7 @@ TEST_F(LargeBody, ArrivesWholeOnceGrantedHttp1) {
   Outcome small;
   std::thread later([&] {
     auto c = HttpConnection::Connect(proxy_port());
-    if (c.ok()) small = H1Generation(c->get(), p_, 2, 20);
+    if (c.ok()) small = H1Generation(c->get(), p_, 10, 100);
   });
   // The rest of the body, while it waits: sluice stops reading after 64 KiB,
   // so this blocks until the grant unless the socket buffers take it all.
@@ -737,10 +747,13 @@ TEST_F(LargeBody, ArrivesWholeOnceGrantedHttp2) {
                            {"content-length", absl::StrCat(body_.size())}},
                           absl::string_view(body_).substr(0, 1000), /*end=*/false));
   c->ReadFor(absl::Milliseconds(100));
-  IT_ASSERT_OK(c->Generate(3, p_, 2, 20));
+  IT_ASSERT_OK(c->Generate(3, p_, 10, 100));
   c->ReadFor(absl::Milliseconds(100));
   EXPECT_EQ(SimRequests(), 2);
   IT_ASSERT_OK(c->SendBody(1, absl::string_view(body_).substr(1000), true, absl::Seconds(20)));
+  // sluice kept the stream's window shut past 64 KiB until the grant, when
+  // the first holder ended (~600 ms).
+  EXPECT_GE(absl::Now() - start_, absl::Milliseconds(450));
   ASSERT_TRUE(c->AwaitEnd({1, 3}, absl::Seconds(20)));
   Outcome b;
   b.status = c->stream(1).status;
@@ -772,7 +785,8 @@ TEST_F(FairQueueLoad, RunningGenerationCancelledFreesItsSlotAtOnce) {
   for (uint32_t id : {1u, 3u, 5u}) IT_ASSERT_OK(waiters->Generate(id, w, 40, 100));
   waiters->ReadFor(absl::Milliseconds(200));
   ASSERT_EQ(waiters->stream(1).status, 0);
-  const absl::Duration prompt = absl::Milliseconds(150) * TimingSlack();
+  // Far less than the 3.5 s left of the cancelled generation.
+  const absl::Duration prompt = absl::Milliseconds(300) * TimingSlack();
   // 1: the HTTP/1.1 client closes.
   absl::Time gone = absl::Now();
   h1->Close();
@@ -809,6 +823,7 @@ TEST_F(FairQueueLoad, RunningGenerationCancelledFreesItsSlotAtOnce) {
   ModelStats m = Model();
   EXPECT_EQ(m.running, 0) << m.text;
   EXPECT_EQ(m.max_running, 2) << m.text;
+  EXPECT_EQ(m.queued, 0) << m.text;  // each link was shut before its slot moved on
 }
 
 // Many cancels, waiting and running, HTTP/1.1 and HTTP/2, from clients on
@@ -867,23 +882,26 @@ TEST_F(FairQueueLoad, ManyCancelsLeaveExactlyTwoSlots) {
   EXPECT_EQ(m.running, 0) << m.text;             // every cancelled generation stopped
   EXPECT_EQ(m.waiting, 0) << m.text;
   EXPECT_EQ(m.max_running, 2) << m.text;
+  // A cancelled generation's upstream link is shut down before its slot
+  // goes to the next waiter, so the simulator never had 3 at once.
+  EXPECT_EQ(m.queued, 0) << m.text;
   IT_ASSERT_OK(ResetSim(sim_port()));
   // Six at once from three keys on both workers: 2 start at once, the
   // others wait; the simulator runs 2 at a time and queues none.
-  std::vector<Outcome> out(6);
-  std::vector<std::thread> threads;
+  std::vector<std::unique_ptr<HttpConnection>> conns;
   for (int i = 0; i < 6; ++i) {
-    threads.emplace_back([&, i] {
-      auto c = HttpConnection::ConnectFrom(proxy_port(), i % 2 ? w1[i % 2] : w0[i % 2]);
-      if (c.ok()) out[i] = H1Generation(c->get(), keys[i % 3], 5, 40);
-    });
+    IT_ASSERT_OK_AND_ASSIGN(auto c,
+                            HttpConnection::ConnectFrom(proxy_port(), (i % 2 ? w1 : w0)[i / 3]));
+    IT_ASSERT_OK(c->Send(StreamGenerate(keys[i % 3], kTokens, kDelayMs)));
+    conns.push_back(std::move(c));
   }
-  for (std::thread& t : threads) t.join();
   int at_once = 0;
-  for (const Outcome& o : out) {
-    EXPECT_EQ(o.status, 200) << o.error;
-    EXPECT_TRUE(o.complete) << o.error;
-    at_once += o.wait_ms == 0;
+  for (auto& c : conns) {
+    auto r = c->ReadResponse(absl::Seconds(20));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->status, 200);
+    EXPECT_TRUE(absl::StrContains(r->body, "\"done\":true"));
+    at_once += r->Header("X-Queue-Wait-Ms").value_or("") == "0";
   }
   EXPECT_EQ(at_once, 2);
   m = Model();
