@@ -221,7 +221,11 @@ class H2Client {
   absl::Status Request(uint32_t id, absl::string_view method, absl::string_view path,
                        const Headers& fields, absl::string_view body = "", bool end = true) {
     h2::HeaderList all = fields;
-    if (!body.empty() && end) all.emplace_back("content-length", absl::StrCat(body.size()));
+    const bool has_length = std::any_of(all.begin(), all.end(),
+                                        [](const auto& f) { return f.first == "content-length"; });
+    if (!body.empty() && end && !has_length) {
+      all.emplace_back("content-length", absl::StrCat(body.size()));
+    }
     streams_[id].sent = absl::Now();
     window_[id] = initial_window_;
     absl::Status st = conn_->Send(h2::HeadersFrame(
@@ -760,6 +764,55 @@ TEST_F(LargeBody, ArrivesWholeOnceGrantedHttp2) {
   b.done = c->stream(1).end;
   Check(b, c->stream(1).body, c->stream(3).ToOutcome());
   EXPECT_FALSE(c->goaway());
+}
+
+// Streams whose bodies sluice held back while they waited (its window
+// shut past 64 KiB) and that then ended waiting, reset by the client or
+// timed out: the bytes the connection's window lent them come back, so
+// after more than the connection's 1 MiB window of such bodies the
+// connection still carries a 300 KiB body; none of them reached the
+// simulator.
+TEST_F(LargeBody, CancelledWaitersGiveTheConnectionWindowBack) {
+  a_ = AddKey("a");
+  p_ = AddKey("p");
+  ASSERT_NO_FATAL_FAILURE(Start({"--queue_timeout=400ms"}));
+  for (int i = 0; i < 2; ++i) {
+    IT_ASSERT_OK_AND_ASSIGN(auto h, HttpConnection::Connect(proxy_port()));
+    IT_ASSERT_OK(h->Send(StreamGenerate(a_, 45, 100)));
+    holders_.push_back(std::move(h));
+  }
+  body_ = LargeEmbedBody(300 * 1024, &inputs_);
+  const Headers fields = {{"authorization", "Bearer " + p_},
+                          {"content-type", "application/json"},
+                          {"content-length", absl::StrCat(body_.size())}};
+  const absl::string_view first = absl::string_view(body_).substr(0, 1000);
+  const absl::string_view rest = absl::string_view(body_).substr(1000);
+  IT_ASSERT_OK_AND_ASSIGN(auto c, H2Client::Open(proxy_port()));
+  uint32_t id = 1;
+  for (int round = 0; round < 16; ++round, id += 2) {
+    IT_ASSERT_OK(c->Request(id, "POST", "/api/embed", fields, first, /*end=*/false));
+    const bool reset = round < 12;
+    // It waits, so its window shuts before the body is in.
+    absl::Status st = c->SendBody(id, rest, true, absl::Milliseconds(reset ? 150 : 700));
+    EXPECT_TRUE(absl::IsDeadlineExceeded(st)) << round << ": " << st;
+    if (reset) {
+      IT_ASSERT_OK(c->Send(h2::RstStreamFrame(id, h2::kCancel)));
+    } else {
+      ASSERT_TRUE(c->AwaitEnd({id}, absl::Seconds(5))) << round;
+      EXPECT_EQ(c->stream(id).status, 503) << round;
+    }
+  }
+  EXPECT_EQ(SimRequests(), 2);  // the holders only
+  for (auto& h : holders_) {
+    auto r = h->ReadResponse(absl::Seconds(10));
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  IT_ASSERT_OK(c->Request(id, "POST", "/api/embed", fields, body_));
+  ASSERT_TRUE(c->AwaitEnd({id}, absl::Seconds(10)));
+  EXPECT_EQ(c->stream(id).status, 200) << c->stream(id).body.substr(0, 300);
+  EXPECT_TRUE(EmbedAnswerCounts(c->stream(id).body, inputs_));
+  EXPECT_FALSE(c->goaway());
+  EXPECT_EQ(SimRequests(), 3);
 }
 
 // A client that goes away in the middle of its running generation (an
