@@ -675,6 +675,7 @@ class LargeBody : public FairQueueLoad {
       IT_ASSERT_OK_AND_ASSIGN(HttpResponse head, h->ReadHead(absl::Seconds(5)));
       EXPECT_EQ(head.status, 200);
       holders_.push_back(std::move(h));
+      heads_.push_back(std::move(head));
     }
     start_ = absl::Now();
     body_ = LargeEmbedBody(300 * 1024, &inputs_);
@@ -693,14 +694,18 @@ class LargeBody : public FairQueueLoad {
     // the second holder.
     EXPECT_LT(big.done - start_, absl::Milliseconds(1300)) << "not the first slot";
     EXPECT_LT(small.head - start_, absl::Milliseconds(1300));
-    for (auto& h : holders_) {
-      auto r = h->ReadResponse(absl::Seconds(10));
-      (void)r;
-    }
+    ASSERT_NO_FATAL_FAILURE(FinishHolders());
     EXPECT_EQ(SimRequests(), 4);
     ModelStats m = Model();
     EXPECT_EQ(m.max_running, 2) << m.text;
     EXPECT_EQ(m.queued, 0) << m.text;
+  }
+  // The rest of the holders' answers.
+  void FinishHolders() {
+    for (size_t i = 0; i < holders_.size(); ++i) {
+      IT_ASSERT_OK(holders_[i]->ReadBody(&heads_[i], absl::Seconds(10)));
+      EXPECT_TRUE(absl::StrContains(heads_[i].body, "\"done\":true"));
+    }
   }
   static std::string EmbedHead(const std::string& key, size_t length) {
     return BuildRequest("POST", "/api/embed",
@@ -713,6 +718,7 @@ class LargeBody : public FairQueueLoad {
   int inputs_ = 0;
   absl::Time start_;
   std::vector<std::unique_ptr<HttpConnection>> holders_;
+  std::vector<HttpResponse> heads_;
 };
 
 TEST_F(LargeBody, ArrivesWholeOnceGrantedHttp1) {
@@ -813,6 +819,41 @@ TEST_F(LargeBody, CancelledWaitersGiveTheConnectionWindowBack) {
   EXPECT_TRUE(EmbedAnswerCounts(c->stream(id).body, inputs_));
   EXPECT_FALSE(c->goaway());
   EXPECT_EQ(SimRequests(), 3);
+}
+
+// HTTP/1.1 clients that leave while sluice holds part of their bodies and
+// no longer reads them (one with FIN, one with RST): sluice sees it when
+// their turn comes (README), and then the simulator gets no complete
+// request; their slots come back, so afterwards 2 new generations start at
+// once and nothing is left waiting.
+TEST_F(LargeBody, Http1ClientThatLeavesWithItsBodyHeldNeverCompletesUpstream) {
+  ASSERT_NO_FATAL_FAILURE(HoldSlots());
+  for (bool reset : {false, true}) {
+    IT_ASSERT_OK_AND_ASSIGN(auto gone, HttpConnection::Connect(proxy_port()));
+    IT_ASSERT_OK(gone->Send(EmbedHead(p_, body_.size()) + body_.substr(0, 200 * 1024)));
+    absl::SleepFor(absl::Milliseconds(100));
+    reset ? gone->CloseWithReset() : gone->Close();
+  }
+  ASSERT_NO_FATAL_FAILURE(FinishHolders());
+  absl::SleepFor(absl::Milliseconds(100));
+  std::vector<std::unique_ptr<HttpConnection>> conns;
+  for (int i = 0; i < 3; ++i) {
+    IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
+    IT_ASSERT_OK(c->Send(StreamGenerate(p_, kTokens, kDelayMs)));
+    conns.push_back(std::move(c));
+  }
+  int at_once = 0;
+  for (auto& c : conns) {
+    auto r = c->ReadResponse(absl::Seconds(10));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->status, 200);
+    at_once += r->Header("X-Queue-Wait-Ms").value_or("") == "0";
+  }
+  EXPECT_EQ(at_once, 2);
+  EXPECT_EQ(SimRequests(), 5);  // the holders and the 3: no embed completed
+  ModelStats m = Model();
+  EXPECT_EQ(m.max_running, 2) << m.text;
+  EXPECT_EQ(m.queued, 0) << m.text;
 }
 
 // A client that goes away in the middle of its running generation (an
