@@ -420,10 +420,10 @@ absl::Duration PoliteThink(int k) { return kGeneration + absl::Milliseconds(50) 
 // The greedy key's 20 generations fill the queue at once (2 run, 18 wait: a
 // FIFO would put anyone else behind 18 x 400 ms / 2 = 3.6 s); 300 ms later
 // 4 polite keys (100 ms apart) each send 3 generations one at a time,
-// about a generation's time apart. Every request completes; nothing waits in the simulator,
-// which never runs more than 2; each polite request waits about a
-// generation, far less than the greedy backlog; the polite keys are done
-// while the greedy backlog is still being served.
+// about a generation's time apart. Every request completes; nothing waits
+// in the simulator, which never runs more than 2; each polite request
+// waits about a generation, far less than the greedy backlog; the polite
+// keys are done while the greedy backlog is still being served.
 void CheckLoad(const Load& load, const ModelStats& model) {
   int greedy_ok = 0;
   absl::Time greedy_last = absl::InfinitePast();
