@@ -342,6 +342,17 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Connect(int port, const 
     // Before connect, so the window scale matches the small buffer.
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &options.recv_buffer, sizeof(options.recv_buffer));
   }
+  if (!options.source_address.empty()) {
+    sockaddr_in src{};
+    src.sin_family = AF_INET;
+    if (inet_pton(AF_INET, options.source_address.c_str(), &src.sin_addr) != 1 ||
+        bind(fd, reinterpret_cast<sockaddr*>(&src), sizeof(src)) != 0) {
+      absl::Status st = absl::UnavailableError(
+          absl::StrCat("bind ", options.source_address, ": ", strerror(errno)));
+      close(fd);
+      return st;
+    }
+  }
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   timeval tv = absl::ToTimeval(options.connect_timeout);

@@ -160,6 +160,9 @@ class Connection {
     // verified (the tests own both ends).
     bool tls = false;
     absl::Duration connect_timeout = absl::Seconds(5);
+    // The loopback address to connect from ("127.0.0.7"; empty: the
+    // kernel's choice). sluice steers each client address to one worker.
+    std::string source_address;
   };
 
   static absl::StatusOr<std::unique_ptr<Connection>> Connect(int port, const Options& options);

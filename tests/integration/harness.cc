@@ -399,8 +399,26 @@ std::vector<TimedRecord> SplitRecords(const std::vector<Chunk>& chunks,
 
 absl::StatusOr<std::unique_ptr<HttpConnection>> HttpConnection::Connect(int port,
                                                                         absl::Duration timeout) {
+  return ConnectFrom(port, "", timeout);
+}
+
+absl::StatusOr<std::unique_ptr<HttpConnection>> HttpConnection::ConnectFrom(
+    int port, const std::string& source_ip, absl::Duration timeout) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return Errno("socket");
+  if (!source_ip.empty()) {
+    sockaddr_in src{};
+    src.sin_family = AF_INET;
+    if (inet_pton(AF_INET, source_ip.c_str(), &src.sin_addr) != 1) {
+      close(fd);
+      return absl::InvalidArgumentError(absl::StrCat("bad source address ", source_ip));
+    }
+    if (bind(fd, reinterpret_cast<sockaddr*>(&src), sizeof(src)) != 0) {
+      absl::Status st = Errno(absl::StrCat("bind ", source_ip));
+      close(fd);
+      return st;
+    }
+  }
   // SO_SNDTIMEO bounds a blocking connect() on Linux.
   timeval tv = absl::ToTimeval(timeout);
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));

@@ -163,6 +163,11 @@ class HttpConnection {
  public:
   static absl::StatusOr<std::unique_ptr<HttpConnection>> Connect(
       int port, absl::Duration timeout = absl::Seconds(5));
+  // The same from the loopback address `source_ip` ("127.0.0.7"): sluice
+  // steers each client address to one worker, so a test picks the worker
+  // by the address.
+  static absl::StatusOr<std::unique_ptr<HttpConnection>> ConnectFrom(
+      int port, const std::string& source_ip, absl::Duration timeout = absl::Seconds(5));
 
   HttpConnection(const HttpConnection&) = delete;
   HttpConnection& operator=(const HttpConnection&) = delete;
