@@ -1,5 +1,7 @@
 #include "core/engine/stream.h"
 
+#include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -100,6 +102,13 @@ int Stream::PeekReadEnd() const {
   if (n == 0) return 0;
   if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return -errno;
   return 1;
+}
+
+bool Stream::PeerHungUp() const {
+  if (fd_ < 0 || closing_) return false;
+  if (read_ended_) return true;
+  pollfd p{fd_, POLLRDHUP, 0};
+  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 
 void Stream::RetryAfterBuffers() {

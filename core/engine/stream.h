@@ -102,6 +102,10 @@ class Stream final : public Flushable {
   // that follows data at once (a kernel race seen with io_uring), and
   // nothing else would wake it.
   int PeekReadEnd() const;
+  // Whether the peer has shut down its side or reset, even with bytes
+  // still unread before its FIN (poll's POLLRDHUP), for a connection that
+  // is not being read.
+  bool PeerHungUp() const;
 
   // Re-arms a receive that stopped on -ENOBUFS (called by the loop).
   void RetryAfterBuffers();

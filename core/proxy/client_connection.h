@@ -91,6 +91,8 @@ class ClientConnection final : public StreamHandler, public Flushable {
   bool reading() const { return stream_.reading(); }
   // See Stream::PeekReadEnd.
   int PeekReadEnd() const { return stream_.PeekReadEnd(); }
+  // See Stream::PeerHungUp.
+  bool PeerHungUp() const { return stream_.PeerHungUp(); }
 
   // Aborts: cancels everything and closes the socket; the connection (and
   // its session) is destroyed once nothing is in flight.

@@ -56,6 +56,10 @@ class Downstream {
   // Backpressure towards reading the client (request body, tunnel).
   virtual void PauseReading() = 0;
   virtual void ResumeReading() = 0;
+  // Whether the client has closed or reset its connection though it is not
+  // being read (paused): what it sent before is still unread. HTTP/2
+  // connections are always read, so their streams never need it.
+  virtual bool PeerGone() const { return false; }
   // The client connection's buffer account (see BufferAccount).
   virtual BufferAccount* buffer_account() const { return nullptr; }
 };

@@ -61,6 +61,7 @@ class H1Downstream final : public ClientSession, public http::H1RequestSink, pub
   void SendTunnelData(Slice data) override;
   void EndTunnel() override;
   bool congested() const override { return conn_->congested(); }
+  bool PeerGone() const override { return conn_->PeerHungUp(); }
   BufferAccount* buffer_account() const override { return conn_->buffer_account(); }
   void PauseReading() override;
   void ResumeReading() override;

@@ -51,7 +51,15 @@ Relay::Relay(Shard* shard, Downstream* downstream, http::RequestHead head, Clien
         fail_cause_ = "request not taken within --send_timeout";
         LinkFailed(504, "upstream timeout");
       }),
-      queue_timer_([this] { OnQueueTimeout(); }) {
+      queue_timer_([this] { OnQueueTimeout(); }),
+      hangup_timer_([this] {
+        if (!waiting_slot_ || !parked_paused_) return;
+        if (downstream_->PeerGone()) {
+          LeaveForGoneClient();
+        } else {
+          PauseParked();  // looks again in a second
+        }
+      }) {
   ++shard_->metrics().active_streams;
 }
 
@@ -180,6 +188,7 @@ void Relay::OnRequestBody(Slice piece) {
     Peek(std::move(piece));
     return;
   }
+  if (client_gone_) return;  // dropped: the request ends with its connection
   if (waiting_slot_) {
     if (!piece.empty()) ParkBody(std::move(piece));
     return;
@@ -211,6 +220,7 @@ void Relay::OnRequestEnd() {
     RouteByModel();
     return;
   }
+  if (client_gone_) return;
   if (waiting_slot_) {
     parked_end_ = true;
     return;

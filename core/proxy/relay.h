@@ -110,6 +110,11 @@ class Relay final : public Exchange, public LinkUser, public http::H1ResponseSin
   void ParkBody(Slice piece);
   void OnSlotGranted();
   void OnQueueTimeout();
+  // Stops reading the waiting request's client (past kMaxParkedBytes) and
+  // from then on checks every second whether it hung up.
+  void PauseParked();
+  // Leaves the queue for a client that hung up while it was not read.
+  void LeaveForGoneClient();
   // Gives the slot back, or leaves the queue (once; later calls do nothing).
   void ReleaseSlot();
   // The request waited `ns` for its slot (0: one was free): for the
@@ -186,11 +191,15 @@ class Relay final : public Exchange, public LinkUser, public http::H1ResponseSin
   size_t parked_bytes_ = 0;
   bool parked_paused_ = false;  // the client is not read while it waits
   bool waiting_slot_ = false;
+  // The client hung up while not read: what it sent is read and dropped
+  // until its connection ends (and cancels this request).
+  bool client_gone_ = false;
   int64_t queue_wait_ns_ = -1;
   std::string fail_cause_;  // why the upstream failed, for the error log
   Timer read_timer_;
   Timer send_timer_;
   Timer queue_timer_;
+  Timer hangup_timer_;  // while paused: has the client hung up?
   bool replayable_ = true;
   bool retried_ = false;
   bool failed_over_ = false;

@@ -24,6 +24,10 @@ constexpr int64_t kMaxRetryAfterSeconds = 3600;
 // longer read.
 constexpr size_t kMaxParkedBytes = 64 * 1024;
 
+// How often a waiting request whose client is not read looks whether that
+// client hung up.
+constexpr int64_t kHangupCheckNs = 1'000'000'000;
+
 }  // namespace
 
 #define SLOT_LOG(level, fmt, ...)                                                           \
@@ -89,10 +93,7 @@ bool Relay::TakeSlot(std::vector<Slice>* held, bool end) {
   // kMaxParkedBytes of body the rest waits in its socket (ParkBody).
   parked_bytes_ = 0;
   for (const Slice& piece : parked_) parked_bytes_ += piece.size();
-  if (parked_bytes_ > kMaxParkedBytes) {
-    parked_paused_ = true;
-    downstream_->PauseReading();
-  }
+  if (parked_bytes_ > kMaxParkedBytes) PauseParked();
   shard_->Timers(shard_->config().queue_timeout_ns)->Arm(&queue_timer_, now);
   SLOT_LOG(DEBUG, "%s %s: waits for a slot of %s", head_.method.c_str(), head_.target.c_str(),
            slot_->queue.c_str());
@@ -102,16 +103,42 @@ bool Relay::TakeSlot(std::vector<Slice>* held, bool end) {
 void Relay::ParkBody(Slice piece) {
   parked_bytes_ += piece.size();
   parked_.push_back(std::move(piece));
-  if (parked_bytes_ > kMaxParkedBytes && !parked_paused_) {
+  if (parked_bytes_ > kMaxParkedBytes && !parked_paused_) PauseParked();
+}
+
+void Relay::PauseParked() {
+  if (!parked_paused_) {
     parked_paused_ = true;
     downstream_->PauseReading();
   }
+  shard_->Timers(kHangupCheckNs)->Arm(&hangup_timer_, shard_->now_ns());
+}
+
+void Relay::LeaveForGoneClient() {
+  SLOT_LOG(DEBUG, "%s %s: client hung up while waiting for a slot", head_.method.c_str(),
+           head_.target.c_str());
+  waiting_slot_ = false;
+  ReleaseSlot();
+  client_gone_ = true;
+  parked_.clear();
+  parked_paused_ = false;
+  // What it sent before its FIN is read and dropped; the end of its
+  // connection then cancels this request (499), as for any client that
+  // leaves.
+  downstream_->ResumeReading();
 }
 
 void Relay::OnSlotGranted() {
   if (!waiting_slot_ || finished_) return;
+  // A client that hung up since the last look: the slot goes on to the
+  // next waiter, and nothing of this request to the backend.
+  if (parked_paused_ && downstream_->PeerGone()) {
+    LeaveForGoneClient();
+    return;
+  }
   waiting_slot_ = false;
   queue_timer_.Disarm();
+  hangup_timer_.Disarm();
   NoteQueueWait(std::max<int64_t>(0, shard_->now_ns() - slot_->enqueued_ns));
   if (parked_paused_) downstream_->ResumeReading();
   parked_paused_ = false;
@@ -156,6 +183,7 @@ void Relay::ReleaseSlot() {
   if (slot_ == nullptr) return;
   slot_->owner = nullptr;
   queue_timer_.Disarm();
+  hangup_timer_.Disarm();
   const int64_t now = shard_->now_ns();
   if (shard_->config().slot_scheduler->Release(slot_.get(), now) && slot_->granted_ns > 0) {
     shard_->metrics().AddSlotTime(gate_.admission().principal, now - slot_->granted_ns);

@@ -822,10 +822,10 @@ TEST_F(LargeBody, CancelledWaitersGiveTheConnectionWindowBack) {
 }
 
 // HTTP/1.1 clients that leave while sluice holds part of their bodies and
-// no longer reads them (one with FIN, one with RST): sluice sees it when
-// their turn comes (README), and then the simulator gets no complete
-// request; their slots come back, so afterwards 2 new generations start at
-// once and nothing is left waiting.
+// no longer reads them (one with FIN, one with RST): sluice sees it within
+// a second or when their turn comes, whichever is first (README), and the
+// simulator gets no request of theirs; their slots come back, so afterwards
+// 2 new generations start at once and nothing is left waiting.
 TEST_F(LargeBody, Http1ClientThatLeavesWithItsBodyHeldNeverCompletesUpstream) {
   ASSERT_NO_FATAL_FAILURE(HoldSlots());
   for (bool reset : {false, true}) {

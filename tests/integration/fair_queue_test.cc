@@ -385,5 +385,55 @@ TEST_F(FairQueue, StreamCapsAndRateLimitsComeBeforeTheQueue) {
   EXPECT_EQ(SimRequests(), 3 + passed);
 }
 
+// HTTP/1.1 clients that hang up (FIN, RST) while they wait with part of a
+// large body held and unread: sluice looks every second whether a client it
+// does not read has gone, so they leave the queue while the slots are still
+// busy, not at their turn, and nothing of theirs reaches the backend.
+TEST_F(FairQueue, Http1ClientThatHangsUpWithItsBodyUnreadLeavesTheQueue) {
+  const std::string k = AddKey("k");
+  const std::string gone = AddKey("gone");
+  ASSERT_NO_FATAL_FAILURE(Start());
+  std::vector<std::unique_ptr<HttpConnection>> running;
+  for (int i = 0; i < 2; ++i) {  // both slots for ~3 s
+    IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
+    IT_ASSERT_OK(c->Send(Generate(k, 30, 100)));
+    running.push_back(std::move(c));
+  }
+  absl::SleepFor(absl::Milliseconds(200));
+  const absl::Time start = absl::Now();
+  const std::string head = BuildRequest("POST", "/api/generate",
+                                        {{"Authorization", "Bearer " + gone},
+                                         {"Content-Type", "application/json"},
+                                         {"Content-Length", absl::StrCat(300 * 1024)}});
+  const std::string part =
+      absl::StrCat(R"({"model":"llama3","prompt":")", std::string(200 * 1024, 'p'));
+  for (bool reset : {false, true}) {
+    IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
+    IT_ASSERT_OK(c->Send(head + part));
+    absl::SleepFor(absl::Milliseconds(100));
+    reset ? c->CloseWithReset() : c->Close();
+  }
+  const std::vector<std::pair<std::string, std::string>> queue = {
+      {"backend", absl::StrCat("127.0.0.1:", sim_->port())}, {"model", "llama3:latest"}};
+  double waiting = -1;
+  while (absl::Now() - start < absl::Milliseconds(2600)) {
+    auto families = ScrapeMetrics(proxy_port());
+    ASSERT_TRUE(families.ok()) << families.status();
+    waiting = FindSample(*families, "sluice_queue_waiting", queue).value_or(-1);
+    if (waiting == 0) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(waiting, 0) << "still waiting after " << absl::Now() - start;
+  for (auto& c : running) {
+    auto g = c->ReadResponse(absl::Seconds(20));
+    ASSERT_TRUE(g.ok()) << g.status();
+    EXPECT_EQ(g->status, 200);
+  }
+  auto after = Exchange(proxy_port(), Generate(k, 1, 1), absl::Seconds(10));
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->Header("X-Queue-Wait-Ms").value_or(""), "0");
+  EXPECT_EQ(SimRequests(), 3);  // the two that ran and the last
+}
+
 }  // namespace
 }  // namespace sluice::integration
