@@ -196,9 +196,10 @@ void Relay::AnswerQueue(int status, std::string_view error, bool own_backlog) {
   int64_t retry_after = kRetryAfterSeconds;
   if (slot_ != nullptr) {
     const int64_t ns = shard_->config().slot_scheduler->EstimateWaitNs(*slot_, own_backlog);
-    if (ns > 0)
+    if (ns > 0) {
       retry_after =
           std::clamp<int64_t>((ns + 999'999'999) / 1'000'000'000, 1, kMaxRetryAfterSeconds);
+    }
   }
   finished_ = true;
   parked_.clear();

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -62,6 +63,16 @@ class FairQueue : public ProxyTest {
                          {"X-Sim-Tokens", absl::StrCat(tokens)},
                          {"X-Sim-Token-Delay-Ms", absl::StrCat(delay_ms)}},
                         R"({"model":"llama3","prompt":"hi","stream":false})");
+  }
+  // `n` connections to sluice, each sending `request`; their answers are
+  // read later.
+  void SendEach(int n, const std::string& request,
+                std::vector<std::unique_ptr<HttpConnection>>* conns) {
+    for (int i = 0; i < n; ++i) {
+      IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
+      IT_ASSERT_OK(c->Send(request));
+      conns->push_back(std::move(c));
+    }
   }
   int64_t SimRequests() {
     absl::StatusOr<SimStats> s = FetchSimStats(sim_->port());

@@ -36,11 +36,7 @@ TEST_F(FairQueue, PoliteKeyWaitsAboutOneGenerationWhateverTheBacklog) {
   const std::string polite = AddKey("polite");
   ASSERT_NO_FATAL_FAILURE(Start());
   std::vector<std::unique_ptr<HttpConnection>> conns;
-  for (int i = 0; i < 8; ++i) {
-    IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
-    IT_ASSERT_OK(c->Send(Generate(greedy, 10, 100)));
-    conns.push_back(std::move(c));
-  }
+  ASSERT_NO_FATAL_FAILURE(SendEach(8, Generate(greedy, 10, 100), &conns));
   absl::SleepFor(absl::Milliseconds(300));  // greedy's 8 are in: 2 run, 6 wait
   EXPECT_EQ(SimRequests(), 2);              // the simulator sees only what has a slot
   const absl::Time start = absl::Now();
@@ -68,11 +64,7 @@ TEST_F(FairQueue, ClientThatLeavesWhileWaitingNeverReachesTheBackend) {
   const std::string k = AddKey("k");
   ASSERT_NO_FATAL_FAILURE(Start());
   std::vector<std::unique_ptr<HttpConnection>> running;
-  for (int i = 0; i < 2; ++i) {
-    IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
-    IT_ASSERT_OK(c->Send(Generate(k, 8, 100)));
-    running.push_back(std::move(c));
-  }
+  ASSERT_NO_FATAL_FAILURE(SendEach(2, Generate(k, 8, 100), &running));
   absl::SleepFor(absl::Milliseconds(200));
   {
     IT_ASSERT_OK_AND_ASSIGN(auto leaving, HttpConnection::Connect(proxy_port()));
@@ -97,11 +89,8 @@ TEST_F(FairQueue, PerKeyBoundIs429AndTheWaitBoundIs503) {
   const std::string other = AddKey("other");
   ASSERT_NO_FATAL_FAILURE(Start({"--queue_per_key=2", "--queue_timeout=700ms"}));
   std::vector<std::unique_ptr<HttpConnection>> conns;
-  for (int i = 0; i < 4; ++i) {  // 2 run, 2 wait
-    IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
-    IT_ASSERT_OK(c->Send(Generate(k, 20, 100)));
-    conns.push_back(std::move(c));
-  }
+  // 2 run, 2 wait
+  ASSERT_NO_FATAL_FAILURE(SendEach(4, Generate(k, 20, 100), &conns));
   absl::SleepFor(absl::Milliseconds(200));
   auto over = Exchange(proxy_port(), Generate(k, 1, 1), absl::Seconds(10));
   ASSERT_TRUE(over.ok());
@@ -133,11 +122,7 @@ TEST_F(FairQueue, OtherRoutesAreNotQueued) {
   const std::string k = AddKey("k");
   ASSERT_NO_FATAL_FAILURE(Start());
   std::vector<std::unique_ptr<HttpConnection>> conns;
-  for (int i = 0; i < 4; ++i) {
-    IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
-    IT_ASSERT_OK(c->Send(Generate(k, 10, 100)));
-    conns.push_back(std::move(c));
-  }
+  ASSERT_NO_FATAL_FAILURE(SendEach(4, Generate(k, 10, 100), &conns));
   absl::SleepFor(absl::Milliseconds(200));
   const absl::Time start = absl::Now();
   auto tags =
@@ -217,11 +202,8 @@ TEST_F(FairQueue, MetricsStatusAndAccessLogShowTheQueue) {
   const std::string log = dir_ + "/access.log";
   ASSERT_NO_FATAL_FAILURE(Start({"--access_log=" + log, "--access_log_flush=10ms"}));
   std::vector<std::unique_ptr<HttpConnection>> conns;
-  for (int i = 0; i < 4; ++i) {  // 2 run (~1 s), 2 wait
-    IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
-    IT_ASSERT_OK(c->Send(Generate(k, 10, 100)));
-    conns.push_back(std::move(c));
-  }
+  // 2 run (~1 s), 2 wait
+  ASSERT_NO_FATAL_FAILURE(SendEach(4, Generate(k, 10, 100), &conns));
   absl::SleepFor(absl::Milliseconds(300));
   const std::string backend = absl::StrCat("127.0.0.1:", sim_->port());
   auto families = ScrapeMetrics(proxy_port());
@@ -289,11 +271,7 @@ TEST_F(FairQueue, RetryAfterFollowsTheMeasuredGenerationTime) {
   const std::string other = AddKey("other");
   ASSERT_NO_FATAL_FAILURE(Start({"--queue_max=1"}));
   std::vector<std::unique_ptr<HttpConnection>> conns;
-  for (int i = 0; i < 3; ++i) {
-    IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
-    IT_ASSERT_OK(c->Send(Generate(k, 30, 100)));
-    conns.push_back(std::move(c));
-  }
+  ASSERT_NO_FATAL_FAILURE(SendEach(3, Generate(k, 30, 100), &conns));
   absl::SleepFor(absl::Milliseconds(300));
   auto before = Exchange(proxy_port(), Generate(other, 1, 1), absl::Seconds(10));
   ASSERT_TRUE(before.ok());
@@ -305,11 +283,7 @@ TEST_F(FairQueue, RetryAfterFollowsTheMeasuredGenerationTime) {
     ASSERT_TRUE(g.ok()) << g.status();
   }
   std::vector<std::unique_ptr<HttpConnection>> more;
-  for (int i = 0; i < 2; ++i) {
-    IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
-    IT_ASSERT_OK(c->Send(Generate(k, 30, 100)));
-    more.push_back(std::move(c));
-  }
+  ASSERT_NO_FATAL_FAILURE(SendEach(2, Generate(k, 30, 100), &more));
   absl::SleepFor(absl::Milliseconds(300));
   auto after = Exchange(proxy_port(), Generate(other, 1, 1), absl::Seconds(10));
   ASSERT_TRUE(after.ok());
@@ -337,11 +311,8 @@ TEST_F(FairQueue, StreamCapsAndRateLimitsComeBeforeTheQueue) {
   ASSERT_TRUE(sluice.ok()) << sluice.status();
   sluice_ = std::move(*sluice);
   std::vector<std::unique_ptr<HttpConnection>> conns;
-  for (int i = 0; i < 3; ++i) {  // 2 run, 1 waits
-    IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
-    IT_ASSERT_OK(c->Send(Generate(k, 10, 100)));
-    conns.push_back(std::move(c));
-  }
+  // 2 run, 1 waits
+  ASSERT_NO_FATAL_FAILURE(SendEach(3, Generate(k, 10, 100), &conns));
   absl::SleepFor(absl::Milliseconds(300));
   absl::Time start = absl::Now();
   auto capped = Exchange(proxy_port(), Generate(k, 1, 1), absl::Seconds(10));
@@ -394,11 +365,8 @@ TEST_F(FairQueue, Http1ClientThatHangsUpWithItsBodyUnreadLeavesTheQueue) {
   const std::string gone = AddKey("gone");
   ASSERT_NO_FATAL_FAILURE(Start());
   std::vector<std::unique_ptr<HttpConnection>> running;
-  for (int i = 0; i < 2; ++i) {  // both slots for ~3 s
-    IT_ASSERT_OK_AND_ASSIGN(auto c, HttpConnection::Connect(proxy_port()));
-    IT_ASSERT_OK(c->Send(Generate(k, 30, 100)));
-    running.push_back(std::move(c));
-  }
+  // both slots for ~3 s
+  ASSERT_NO_FATAL_FAILURE(SendEach(2, Generate(k, 30, 100), &running));
   absl::SleepFor(absl::Milliseconds(200));
   const absl::Time start = absl::Now();
   const std::string head = BuildRequest("POST", "/api/generate",
