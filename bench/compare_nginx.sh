@@ -194,6 +194,8 @@ start_sim --threads=1
 # match most; spelled out here so the comparison is explicit). Its access
 # log (the baseline's nginx format) goes to $WORK/sluice-TAG-access.log;
 # its upstream pool is the default adaptive one (--upstream_keepalive=auto).
+# slots=0: its generations go to the simulator at once, as nginx's do (by
+# default sluice would hold all but one per model in its fair queue).
 start_sluice() {
   local log="$WORK/sluice-$1.log"
   "${PROXY_CPU[@]}" "$SLUICE" --threads=1 \
@@ -201,7 +203,7 @@ start_sluice() {
     --tls_session_tickets=false \
     --listen_http=127.0.0.1:0 --http_mode=redirect \
     --hsts='max-age=63072000; includeSubDomains' \
-    --upstream="127.0.0.1:$SIM_PORT" \
+    --upstream="127.0.0.1:$SIM_PORT slots=0" \
     --access_log="$WORK/sluice-$1-access.log" \
     --connect_timeout=10s --read_timeout=600s --send_timeout=600s \
     --client_max_body_size=100M --h2_max_concurrent_streams=128 \

@@ -56,7 +56,7 @@ bash "$ROOT/tools/make-certs.sh" "$WORK/certs" >/dev/null
 start_sim --threads=1
 "$SLUICE" --threads=2 --listen_http= --listen_tls=127.0.0.1:0 \
   --tls_cert="$WORK/certs/server.pem" --tls_key="$WORK/certs/server.key" \
-  --upstream="127.0.0.1:$SIM_PORT" --auth=none --rate_generation=off --rate_api=off \
+  --upstream="127.0.0.1:$SIM_PORT slots=0" --auth=none --rate_generation=off --rate_api=off \
   --max_connections=$(( 2 * CONNS + 2000 )) --keepalive_timeout=600s \
   --client_header_timeout=600s --log_level=warn >"$WORK/sluice.log" 2>&1 &
 SLUICE_PID=$!; PIDS+=("$SLUICE_PID")

@@ -55,12 +55,13 @@ start_sim() {
 # start_sluice_http NAME ARGS...: sluice --threads=1 with ARGS in front of
 # the simulator, serving plain HTTP on 127.0.0.1 (a port the kernel picks),
 # on the proxy CPU; its log is $WORK/sluice-NAME.log. Sets STARTED_PID and
-# STARTED_PORT.
+# STARTED_PORT. slots=0: generations go to the simulator at once, as
+# through nginx and HAProxy (the fair queue has its own bench/fairness.sh).
 start_sluice_http() {
   local log="$WORK/sluice-$1.log"
   shift
   "${PROXY_CPU[@]}" "$SLUICE" --threads=1 --listen_http=127.0.0.1:0 --listen_tls= \
-    --http_mode=serve --upstream="127.0.0.1:$SIM_PORT" "$@" >"$log" 2>&1 &
+    --http_mode=serve --upstream="127.0.0.1:$SIM_PORT slots=0" "$@" >"$log" 2>&1 &
   STARTED_PID=$!
   PIDS+=("$STARTED_PID")
   STARTED_PORT=$(wait_listening "$log" "$STARTED_PID" \

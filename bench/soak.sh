@@ -87,7 +87,7 @@ start_sim --threads=2 --token_delay_ms=2
 
 SLUICE_ARGS=(--threads=2 --listen_tls=127.0.0.1:0 --listen_http=
   --tls_cert="$WORK/tls/server.pem" --tls_key="$WORK/tls/server.key"
-  --upstream="127.0.0.1:$SIM_PORT" --keys_file="$WORK/keys.txt"
+  --upstream="127.0.0.1:$SIM_PORT slots=0" --keys_file="$WORK/keys.txt"
   --rate_generation=off --rate_api=off
   --access_log="$WORK/access.log" --access_log_format=json --metrics=true)
 "$SLUICE" "${SLUICE_ARGS[@]}" >"$WORK/sluice.log" 2>&1 &

@@ -39,7 +39,7 @@ struct AccessRecord {
   int64_t upstream_time_ns = -1;  // -1: no upstream was used ("-")
   // The backend that answered (with several --upstream); empty: not logged.
   std::string_view backend;
-  // The wait for a generation slot (a backend with slots=); -1: it took
+  // The wait for a generation slot (a backend with slots= above 0); -1: it took
   // none (not logged; JSON null).
   int64_t queue_wait_ns = -1;
   // JSON only.

@@ -538,7 +538,7 @@ void AppendBackendFamilies(std::string* out, const MetricsShard& total) {
   }
 }
 
-// The generation-slot queues (backends with slots=): gauges per queue
+// The generation-slot queues (backends with slots= above 0): gauges per queue
 // while it has a slot in use or a waiter, the waits per backend, the slot
 // time per principal.
 void AppendQueueFamilies(std::string* out, const MetricsShard& total) {

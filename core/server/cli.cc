@@ -293,7 +293,7 @@ absl::Status ParseBackendOption(absl::string_view addr, absl::string_view w, Bac
     int* field;
   };
   const Range ranges[] = {{"weight", 1, 1000, &b->weight},
-                          {"slots", 1, 1024, &b->slots},
+                          {"slots", 0, 1024, &b->slots},
                           {"max_loaded", 1, 1024, &b->max_loaded},
                           {"max_addresses", 1, 64, &b->max_addresses}};
   for (const Range& r : ranges) {

@@ -41,7 +41,8 @@ absl::Status SplitHostPort(absl::string_view text, std::string* host, std::strin
 // --upstream: Ollama backends separated by commas, each an address as
 // ParseHostPort takes it followed by options separated by spaces:
 // `weight=N` (1..1000, share of requests under --balance=round_robin) and
-// `slots=N` (1..1024, generations it runs at once: its OLLAMA_NUM_PARALLEL),
+// `slots=N` (0..1024, generations it runs at once: its OLLAMA_NUM_PARALLEL;
+// 0: not queued by sluice; left kSlotsNotGiven when not written),
 // `max_loaded=N`, `name=NAME` and, for a DNS name, `max_addresses=N` (1..64,
 // default 8: how many of its addresses are backends; see ExpandNames).
 // E.g. "10.0.0.5:11434 slots=4 weight=2, 10.0.0.6:11434". Each backend's

@@ -38,6 +38,10 @@ class DnsName;
 // A DNS name in --upstream is this many backends at most unless its
 // max_addresses=N says otherwise.
 inline constexpr int kDefaultMaxAddresses = 8;
+// A backend's slots= when --upstream does not give it (Ollama's default
+// OLLAMA_NUM_PARALLEL), and the value that says it was not given.
+inline constexpr int kDefaultSlots = 1;
+inline constexpr int kSlotsNotGiven = -1;
 
 // One Ollama backend: an entry of --upstream.
 struct BackendConfig {
@@ -51,7 +55,10 @@ struct BackendConfig {
   int max_addresses = kDefaultMaxAddresses;  // a name's backends at most (max_addresses=N)
   std::string host_header;                   // Host sent to it
   int weight = 1;
-  int slots = 0;       // generations it runs at once (OLLAMA_NUM_PARALLEL); 0: not given
+  // Generations it runs at once (OLLAMA_NUM_PARALLEL): sluice queues the
+  // rest. 0: sluice does not queue them; kSlotsNotGiven: slots= was not
+  // written (--upstream then makes it kDefaultSlots).
+  int slots = kSlotsNotGiven;
   int max_loaded = 0;  // models it keeps loaded (OLLAMA_MAX_LOADED_MODELS); 0: not given
   // The active checks' view, shared by the workers (null: one backend).
   const BackendHealth* health = nullptr;
@@ -104,7 +111,7 @@ struct Config {
   // Active checks of the backends when there are several (0: none).
   int64_t health_interval_ns = 5'000'000'000;
   int64_t health_timeout_ns = 2'000'000'000;
-  // The generation slots of backends with slots= and their fair queue,
+  // The generation slots of backends (slots= above 0) and their fair queue,
   // shared by the workers (owned by main; null: none, as in tests that
   // build a Config by hand). A request waits at most queue_timeout_ns.
   SlotScheduler* slot_scheduler = nullptr;

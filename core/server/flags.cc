@@ -45,7 +45,8 @@ ABSL_FLAG(int32_t, threads, 0,
           "Worker threads, one pinned per CPU; 0 = the CPUs in the affinity mask.");
 ABSL_FLAG(std::string, upstream, "127.0.0.1:11434",
           "Ollama backends, separated by commas: host:port or [v6]:port, each "
-          "optionally followed by weight=N and slots=N (its OLLAMA_NUM_PARALLEL), "
+          "optionally followed by weight=N and slots=N (its OLLAMA_NUM_PARALLEL, "
+          "default 1: sluice queues the generations past it; 0: no queue), "
           "e.g. '10.0.0.5:11434 slots=4, 10.0.0.6:11434'. Every address of a DNS "
           "name is a backend (NAME, NAME#2...), up to its max_addresses=N (default 8).");
 ABSL_FLAG(int32_t, upstream_max_fails, 3,
@@ -77,7 +78,7 @@ ABSL_FLAG(std::string, upstream_keepalive, "auto",
           "were in use at once during the last --upstream_idle_timeout, up to "
           "--upstream_max_idle; N = a fixed number, as nginx's keepalive N.");
 ABSL_FLAG(absl::Duration, queue_timeout, absl::Seconds(120),
-          "Longest a generation waits in sluice for a slot of a backend with slots= (503 after).");
+          "Longest a generation waits in sluice for a generation slot (503 after).");
 ABSL_FLAG(int32_t, queue_per_key, 64,
           "Generations one key (or user, or address) may have waiting for slots (429 past it).");
 ABSL_FLAG(int32_t, queue_max, 4096, "Generations waiting for slots in all (503 past it).");
@@ -283,6 +284,11 @@ void UpstreamFlags(Config* c) {
                                 : ""));
   }
   c->backends = *std::move(backends);
+  // An Ollama backend runs one generation per model at once unless told
+  // otherwise, as Ollama's OLLAMA_NUM_PARALLEL does by default.
+  for (BackendConfig& b : c->backends) {
+    if (b.slots == kSlotsNotGiven) b.slots = kDefaultSlots;
+  }
   const std::string balance = absl::GetFlag(FLAGS_balance);
   if (balance == "model") {
     c->balance = Balance::kModel;

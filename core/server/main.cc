@@ -101,7 +101,7 @@ void LogStarted(const Config& config, const policy::Policy& policy) {
       address = absl::StrCat(", ", b.dns->host(), " is ", AddressText(a));
     }
     LOG_INFO("upstream %s (Host: %s, weight %d, slots %s%s)", b.name.c_str(), b.host_header.c_str(),
-             b.weight, b.slots > 0 ? std::to_string(b.slots).c_str() : "not given",
+             b.weight, b.slots > 0 ? std::to_string(b.slots).c_str() : "0, not queued",
              address.c_str());
     if (!HasAddress(b)) {
       LOG_WARN(

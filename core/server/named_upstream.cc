@@ -29,7 +29,7 @@ absl::StatusOr<std::shared_ptr<const policy::UpstreamTarget>> ParseNamedUpstream
   absl::StatusOr<std::vector<BackendConfig>> backends = ParseBackends(rest, "");
   if (!backends.ok()) return backends.status();
   for (const BackendConfig& b : *backends) {
-    if (b.slots != 0 || b.max_loaded != 0) {
+    if (b.slots != kSlotsNotGiven || b.max_loaded != 0) {
       return absl::InvalidArgumentError(
           absl::StrCat(b.name, ": slots= and max_loaded= are for Ollama backends (--upstream)"));
     }

@@ -37,36 +37,6 @@ constexpr int kTokens = 10;
 constexpr int kDelayMs = 40;
 constexpr absl::Duration kGeneration = absl::Milliseconds(kTokens * kDelayMs);
 
-// The simulator's counters of its model llama3.
-struct ModelStats {
-  int64_t requests = -1;
-  int64_t running = -1;
-  int64_t waiting = -1;
-  int64_t max_running = -1;
-  int64_t queued = -1;
-  std::string text;  // the whole answer, for failure messages
-};
-
-absl::StatusOr<ModelStats> FetchModelStats(int sim_port) {
-  auto r = Exchange(sim_port, BuildRequest("GET", "/sim/stats"));
-  if (!r.ok()) return r.status();
-  std::optional<JsonValue> json = JsonValue::Parse(r->body);
-  const JsonValue* models = json.has_value() ? json->Get("models") : nullptr;
-  if (models == nullptr) return absl::InternalError(absl::StrCat("no models in ", r->body));
-  for (const auto& [name, m] : models->members()) {
-    if (!absl::StartsWith(name, "llama3")) continue;
-    ModelStats s;
-    s.requests = m.GetInt("requests").value_or(-1);
-    s.running = m.GetInt("running").value_or(-1);
-    s.waiting = m.GetInt("waiting").value_or(-1);
-    s.max_running = m.GetInt("max_running").value_or(-1);
-    s.queued = m.GetInt("queued").value_or(-1);
-    s.text = r->body;
-    return s;
-  }
-  return absl::NotFoundError(absl::StrCat("no llama3 in ", r->body));
-}
-
 // Loopback addresses (127.0.0.2 on) that sluice's steering gives to worker
 // `worker` of 2: a test picks its clients' workers by their addresses.
 std::vector<std::string> AddressesOnWorker(uint32_t worker, size_t n) {

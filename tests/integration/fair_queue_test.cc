@@ -59,6 +59,51 @@ TEST_F(FairQueue, PoliteKeyWaitsAboutOneGenerationWhateverTheBacklog) {
   EXPECT_EQ(SimRequests(), 9);
 }
 
+// A backend without slots= runs one generation per model at once, as
+// Ollama does by default: three clients at once, the simulator (which
+// could run 2) never runs more than one, and sluice's queue holds the rest.
+TEST_F(FairQueue, OneSlotPerModelWhenSlotsIsNotGiven) {
+  const std::string key = AddKey("k");
+  ASSERT_NO_FATAL_FAILURE(Start({}, ""));
+  std::vector<std::unique_ptr<HttpConnection>> conns;
+  ASSERT_NO_FATAL_FAILURE(SendEach(3, Generate(key, 5, 60), &conns));
+  int ok = 0;
+  int waited = 0;
+  for (auto& c : conns) {
+    auto g = c->ReadResponse(absl::Seconds(20));
+    ASSERT_TRUE(g.ok()) << g.status();
+    ok += g->status == 200;
+    int64_t wait_ms = -1;
+    EXPECT_TRUE(absl::SimpleAtoi(g->Header("X-Queue-Wait-Ms").value_or("x"), &wait_ms));
+    waited += wait_ms >= 200;
+  }
+  EXPECT_EQ(ok, 3);
+  EXPECT_GE(waited, 2);  // the second waited ~300 ms, the third ~600 ms
+  IT_ASSERT_OK_AND_ASSIGN(ModelStats m, FetchModelStats(sim_->port()));
+  EXPECT_EQ(m.requests, 3) << m.text;
+  EXPECT_EQ(m.max_running, 1) << m.text;
+  EXPECT_EQ(m.queued, 0) << m.text;
+}
+
+// slots=0: sluice queues nothing for that backend; the simulator runs 2 at
+// once and queues the third itself, first come first served.
+TEST_F(FairQueue, SlotsZeroLeavesTheQueueToTheBackend) {
+  const std::string key = AddKey("k");
+  ASSERT_NO_FATAL_FAILURE(Start({}, " slots=0"));
+  std::vector<std::unique_ptr<HttpConnection>> conns;
+  ASSERT_NO_FATAL_FAILURE(SendEach(3, Generate(key, 5, 60), &conns));
+  for (auto& c : conns) {
+    auto g = c->ReadResponse(absl::Seconds(20));
+    ASSERT_TRUE(g.ok()) << g.status();
+    EXPECT_EQ(g->status, 200) << g->body;
+    EXPECT_FALSE(g->Header("X-Queue-Wait-Ms").has_value());
+  }
+  IT_ASSERT_OK_AND_ASSIGN(ModelStats m, FetchModelStats(sim_->port()));
+  EXPECT_EQ(m.requests, 3) << m.text;
+  EXPECT_EQ(m.max_running, 2) << m.text;
+  EXPECT_EQ(m.queued, 1) << m.text;
+}
+
 // A request whose client leaves while it waits never reaches Ollama.
 TEST_F(FairQueue, ClientThatLeavesWhileWaitingNeverReachesTheBackend) {
   const std::string k = AddKey("k");

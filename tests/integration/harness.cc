@@ -309,8 +309,11 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> StartSluiceAt(
   // Plain HTTP tests run without TLS unless they ask for it.
   if (!HasFlag(extra_args, "listen_tls")) args.push_back("--listen_tls=");
   if (!HasFlag(extra_args, "http_mode")) args.push_back("--http_mode=serve");
+  // Tests of other features send generations to the simulator at once, as
+  // they would reach a server without sluice's queue (slots=0); the fair
+  // queue's tests (and the default of one slot) give their own --upstream.
   if (!HasFlag(extra_args, "upstream")) {
-    args.push_back(absl::StrCat("--upstream=127.0.0.1:", upstream_port));
+    args.push_back(absl::StrCat("--upstream=127.0.0.1:", upstream_port, " slots=0"));
   }
   if (!HasFlag(extra_args, "threads")) args.push_back("--threads=1");
   // Tests of other features run without the access policy unless they set

@@ -60,9 +60,12 @@ class Routing : public ProxyTest {
       }
     }
     sluice_args.push_back(absl::StrCat("--health_interval=", health_interval));
+    // slots=0: the routing alone is tested here, sluice queues nothing
+    // (the router counts one slot each); the queue's own tests are in
+    // fair_queue_test.cc.
     sluice_args.push_back(absl::StrCat("--upstream=127.0.0.1:", sim_a_->port(),
-                                       " name=a max_loaded=1,127.0.0.1:", sim_->port(),
-                                       " name=b max_loaded=1"));
+                                       " name=a max_loaded=1 slots=0,127.0.0.1:", sim_->port(),
+                                       " name=b max_loaded=1 slots=0"));
     auto sluice = StartSluice(sim_->port(), sluice_args);
     ASSERT_TRUE(sluice.ok()) << sluice.status();
     sluice_ = std::move(*sluice);
@@ -612,7 +615,8 @@ TEST_F(Routing, KilledBackendUnderLoadOverH2) {
   ASSERT_TRUE(ReadStreams(c.get(), &streams, all_ended, absl::Seconds(5), &trace)) << trace;
   for (const auto& [sid, s] : streams) ASSERT_EQ(s.status, 200) << "stream " << sid;
   streams.clear();
-  // Four long streams: one backend cannot hold them all (slots=1 each).
+  // Four long streams: one backend cannot hold them all (the router counts
+  // one slot each).
   std::set<uint32_t> long_ids;
   for (int i = 0; i < 4; ++i, id += 2) {
     long_ids.insert(id);

@@ -178,7 +178,11 @@ TEST_F(FlagsTest, RefusedValuesExitNamingTheFlag) {
       {{{"upstream", "127.0.0.1:1 weight=0"}},
        "--upstream: 127.0.0.1:1: \"weight=0\": weight is a number from 1 to 1000"},
       {{{"upstream", "127.0.0.1:1 slots=x"}},
-       "--upstream: 127.0.0.1:1: \"slots=x\": slots is a number from 1 to 1024"},
+       "--upstream: 127.0.0.1:1: \"slots=x\": slots is a number from 0 to 1024"},
+      {{{"upstream", "127.0.0.1:1 slots=-1"}},
+       "--upstream: 127.0.0.1:1: \"slots=-1\": slots is a number from 0 to 1024"},
+      {{{"upstream", "127.0.0.1:1 slots=1025"}},
+       "--upstream: 127.0.0.1:1: \"slots=1025\": slots is a number from 0 to 1024"},
       {{{"upstream", "127.0.0.1:1 fast"}},
        "--upstream: 127.0.0.1:1: unknown option \"fast\" (use name=NAME, weight=N, slots=N or "
        "max_loaded=N)"},
@@ -345,8 +349,17 @@ TEST_F(FlagsTest, SeveralBackends) {
   EXPECT_EQ(c.backends[1].name, "localhost:11435");
   EXPECT_EQ(c.backends[1].host_header, "localhost:11435");
   EXPECT_EQ(Port(c.backends[1].addr), 11435);
-  EXPECT_EQ(c.backends[1].slots, 0);
+  EXPECT_EQ(c.backends[1].slots, kDefaultSlots);  // one generation at once, as Ollama
   EXPECT_EQ(c.balance, Balance::kLeastConn);
+}
+
+// slots=0 turns the queue off for a backend.
+TEST_F(FlagsTest, SlotsZeroIsNotQueued) {
+  SetAll(kServe);
+  SetAll({{"upstream", "127.0.0.1:11434 slots=0"}});
+  Config c = BuildConfig();
+  ASSERT_EQ(c.backends.size(), 1u);
+  EXPECT_EQ(c.backends[0].slots, 0);
 }
 
 // name= names a backend (X-Sluice-Backend, logs); its Host stays host:port.
