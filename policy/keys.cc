@@ -57,8 +57,15 @@ absl::Status ParseSetting(absl::string_view setting, KeyEntry* entry) {
     entry->weight = weight;
     return absl::OkStatus();
   }
-  return absl::InvalidArgumentError(absl::StrFormat(
-      "unknown setting \"%s\" after the digest (expected weight=N)", absl::CHexEscape(setting)));
+  absl::Status status = ParseModelSetting(name, value, &entry->model);
+  if (absl::IsNotFound(status)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "unknown setting \"%s\" after the digest (expected weight=N, models=, alias=, "
+        "max_keep_alive=, keep_alive_forever=, max_num_ctx=, max_num_predict=, over_max= or "
+        "pull_registries=)",
+        absl::CHexEscape(setting)));
+  }
+  return status;
 }
 
 }  // namespace
@@ -84,7 +91,9 @@ absl::StatusOr<KeyStore> KeyStore::Parse(absl::string_view text, absl::string_vi
     ++line_no;
     line = absl::StripAsciiWhitespace(line);
     if (line.empty() || line.front() == '#') continue;
-    std::vector<absl::string_view> fields = absl::StrSplit(line, ':');
+    // NAME:sha256:HEX, then settings, which may hold ':' themselves
+    // (alias=gpt-4o=llama3.1:8b).
+    std::vector<absl::string_view> fields = absl::StrSplit(line, absl::MaxSplits(':', 2));
     if (fields.size() != 3) {
       return LineError(file_name, line_no, "expected NAME:sha256:HEX");
     }
@@ -94,6 +103,9 @@ absl::StatusOr<KeyStore> KeyStore::Parse(absl::string_view text, absl::string_vi
     std::vector<absl::string_view> rest =
         absl::StrSplit(fields[2], absl::ByAnyChar(" \t"), absl::SkipEmpty());
     absl::string_view hex = rest.empty() ? absl::string_view() : rest[0];
+    if (absl::StrContains(hex, ':')) {
+      return LineError(file_name, line_no, "expected NAME:sha256:HEX");
+    }
     if (!ValidKeyName(name)) {
       return LineError(file_name, line_no,
                        absl::StrFormat("invalid key name \"%s\" (1 to %d characters of "
@@ -119,7 +131,8 @@ absl::StatusOr<KeyStore> KeyStore::Parse(absl::string_view text, absl::string_vi
                        "expected 64 hex digits (the SHA-256 of the key) "
                        "after \"sha256:\"");
     }
-    KeyEntry entry{std::string(name)};
+    KeyEntry entry;
+    entry.name = std::string(name);
     for (size_t i = 1; i < rest.size(); ++i) {
       if (absl::Status s = ParseSetting(rest[i], &entry); !s.ok()) {
         return LineError(file_name, line_no, s.message());
@@ -216,13 +229,19 @@ std::string GenerateKey() {
   return key;
 }
 
-std::string KeyLine(absl::string_view name, absl::string_view key, uint32_t weight) {
+void KeyStore::ResolveModelPolicies(const ModelPolicy& defaults) {
+  for (KeyEntry& e : entries_) e.model_policy = defaults.With(e.model);
+}
+
+std::string KeyLine(absl::string_view name, absl::string_view key, uint32_t weight,
+                    const std::vector<std::string>& settings) {
   uint8_t digest[SHA256_DIGEST_LENGTH];
   SHA256(reinterpret_cast<const uint8_t*>(key.data()), key.size(), digest);
   std::string line = absl::StrCat(name, ":", kScheme, ":",
                                   absl::BytesToHexString(absl::string_view(
                                       reinterpret_cast<const char*>(digest), sizeof(digest))));
   if (weight != 1) absl::StrAppend(&line, " weight=", weight);
+  for (const std::string& s : settings) absl::StrAppend(&line, " ", s);
   return line;
 }
 

@@ -16,6 +16,10 @@
 // key may follow:
 //   weight=N   its share of generation slots against other keys waiting
 //              for the same ones (1 to 1000; default 1): see SlotScheduler.
+//   models=..., alias=..., max_keep_alive=..., keep_alive_forever=...,
+//   max_num_ctx=..., max_num_predict=..., over_max=...
+//              its model policy (model_policy.h, ParseModelSetting); each
+//              one not given is the flags' default.
 // `sluice keys add` (keys_command.h) writes these lines.
 
 #include <array>
@@ -29,6 +33,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "policy/model_policy.h"
 
 namespace sluice::policy {
 
@@ -42,6 +47,10 @@ inline constexpr uint32_t kMaxKeyWeight = 1000;
 struct KeyEntry {
   std::string name;
   uint32_t weight = 1;  // share of generation slots
+  ModelSettings model;  // its own model settings, as written
+  // The model policy in force: the defaults with `model` over them (set by
+  // KeyStore::ResolveModelPolicies; until then the built-in defaults).
+  ModelPolicy model_policy;
 };
 
 // True when `name` is a valid key name: 1 to 64 characters of
@@ -80,6 +89,10 @@ class KeyStore {
 
   // Number of keys.
   size_t size() const { return entries_.size(); }
+
+  // Sets each key's model_policy: `defaults` with its own settings over
+  // them. Called once, before the store is shared.
+  void ResolveModelPolicies(const ModelPolicy& defaults);
 
   // The key names, in file order.
   std::vector<std::string> names() const;
@@ -124,9 +137,11 @@ std::string GenerateKey();
 
 // The keys-file line (without newline) that accepts `key` under `name`:
 // "NAME:sha256:HEX", HEX being the lowercase hex SHA-256 of `key`, then
-// " weight=N" when `weight` is not 1. The caller checks the name with
-// ValidKeyName first.
-std::string KeyLine(absl::string_view name, absl::string_view key, uint32_t weight = 1);
+// " weight=N" when `weight` is not 1, then each of `settings` (model
+// settings, "name=value") after a space. The caller checks the name with
+// ValidKeyName first, and the settings with ParseModelSetting.
+std::string KeyLine(absl::string_view name, absl::string_view key, uint32_t weight = 1,
+                    const std::vector<std::string>& settings = {});
 
 // Finds the API key a request presents. `authorization` is the value of its
 // Authorization header and `x_api_key` that of its x-api-key header, each

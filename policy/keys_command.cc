@@ -37,8 +37,10 @@ constexpr absl::string_view kUsage =
     "store its hash\n"
     "         [--weight N]                         its share of generation slots "
     "(1-1000, default 1)\n"
+    "         [--set SETTING=VALUE]...             its model policy, e.g. "
+    "--set models=llama3*,qwen2.5:7b --set max_num_predict=1024\n"
     "       sluice keys list --keys_file F         print the key names (and weights "
-    "other than 1)\n"
+    "other than 1, and settings)\n"
     "       sluice keys revoke NAME --keys_file F  remove a key\n"
     "NAME: 1 to 64 characters of A-Za-z0-9._@-\n";
 
@@ -46,6 +48,7 @@ struct Args {
   std::vector<std::string> positional;
   std::string keys_file;
   std::optional<std::string> weight;
+  std::vector<std::string> settings;  // --set NAME=VALUE
   bool help = false;
 };
 
@@ -64,6 +67,11 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args& args) {
       args.weight = argv[++i];
     } else if (absl::StartsWith(arg, "--weight=")) {
       args.weight = std::string(arg.substr(9));
+    } else if (arg == "--set") {
+      if (i + 1 >= argc) return "--set needs a value";
+      args.settings.emplace_back(argv[++i]);
+    } else if (absl::StartsWith(arg, "--set=")) {
+      args.settings.emplace_back(arg.substr(6));
     } else if (arg == "--help" || arg == "-h" || arg == "-help") {
       args.help = true;
     } else if (arg.size() > 1 && arg.front() == '-') {
@@ -125,7 +133,7 @@ bool HasName(const KeyStore& store, absl::string_view name) {
 }
 
 absl::Status Add(const std::string& path, const std::string& name, uint32_t weight,
-                 std::ostream& out) {
+                 const std::vector<std::string>& settings, std::ostream& out) {
   bool exists = access(path.c_str(), F_OK) == 0;
   absl::StatusOr<std::string> text = ReadKeys(path, /*missing_ok=*/true);
   if (!text.ok()) return text.status();
@@ -135,7 +143,7 @@ absl::Status Add(const std::string& path, const std::string& name, uint32_t weig
     return absl::AlreadyExistsError(absl::StrCat("key \"", name, "\" already exists in ", path));
   }
   std::string key = GenerateKey();
-  std::string line = KeyLine(name, key, weight);
+  std::string line = KeyLine(name, key, weight, settings);
   if (!text->empty() && text->back() != '\n') line.insert(0, "\n");
   line.push_back('\n');
 
@@ -168,6 +176,7 @@ absl::Status List(const std::string& path, std::ostream& out) {
   for (const KeyEntry& key : store->entries()) {
     out << key.name;
     if (key.weight != 1) out << " weight=" << key.weight;
+    for (const std::string& w : ModelSettingWords(key.model)) out << " " << w;
     out << "\n";
   }
   out.flush();
@@ -290,10 +299,20 @@ int RunKeysCommand(int argc, char** argv, std::ostream& out, std::ostream& err) 
                                       ", got \"", absl::CHexEscape(*args.weight), "\""));
     }
   }
+  if (!args.settings.empty() && sub != "add") return usage_error("--set: only for add");
+  ModelSettings settings;
+  for (const std::string& s : args.settings) {
+    const size_t eq = s.find('=');
+    absl::Status st = eq == std::string::npos
+                          ? absl::InvalidArgumentError(absl::StrCat("\"", absl::CHexEscape(s),
+                                                                    "\": expected SETTING=VALUE"))
+                          : ParseModelSetting(s.substr(0, eq), s.substr(eq + 1), &settings);
+    if (!st.ok()) return usage_error(absl::StrCat("--set: ", st.message()));
+  }
 
   absl::Status status;
   if (sub == "add") {
-    status = Add(args.keys_file, args.positional[1], weight, out);
+    status = Add(args.keys_file, args.positional[1], weight, args.settings, out);
   } else if (sub == "list") {
     status = List(args.keys_file, out);
   } else {

@@ -128,6 +128,12 @@ absl::Status Policy::SetAuth(const PolicyOptions& o) {
     if (!keys.ok()) return FlagError("keys_file", keys.status().message());
     keys_ = *std::move(keys);
   }
+  default_model_policy_ = ModelPolicy{}.With(o.model_defaults);
+  restricts_models_ = !default_model_policy_.models.empty();
+  if (keys_) {
+    keys_->ResolveModelPolicies(default_model_policy_);
+    for (const KeyEntry& e : keys_->entries()) restricts_models_ |= !e.model_policy.models.empty();
+  }
   if (!o.htpasswd_file.empty()) {
     absl::StatusOr<Htpasswd> users = Htpasswd::Load(o.htpasswd_file);
     if (!users.ok()) return FlagError("htpasswd", users.status().message());
@@ -561,6 +567,7 @@ void Policy::RefundLogin(Admission* a, RateTable* attempts, int64_t now_ns) cons
 
 AuthStep Policy::Authenticate(const RequestFacts& req, Admission* a, BasicAuthCache* cache,
                               int64_t now_ns, RateTable* attempts) const {
+  a->model_policy = &default_model_policy_;  // a key's own replaces it below
   const AuthMode mode = AuthFor(*a);
   if (mode == AuthMode::kNone) return AuthStep::kDone;
   absl::string_view auth = req.authorization;
@@ -595,6 +602,7 @@ AuthStep Policy::Authenticate(const RequestFacts& req, Admission* a, BasicAuthCa
     }
     a->user_name = entry->name;
     a->weight = entry->weight;
+    a->model_policy = &entry->model_policy;
     a->principal = absl::StrCat("key:", entry->name);
     return AuthStep::kDone;
   }

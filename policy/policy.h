@@ -118,6 +118,8 @@ struct PolicyOptions {
   std::string auth_attempts = "6r/m burst=10";
   uint32_t max_streams_per_ip = 0;
   uint32_t max_streams_per_key = 0;
+  // The model policy of clients without settings of their own (flags).
+  ModelSettings model_defaults;
   // Parses `upstream` lines of the rules file; null: they are an error.
   UpstreamParser parse_upstream;
 };
@@ -164,6 +166,9 @@ struct Admission {
   std::string principal;
   std::string user_name;  // the bare key or user name, for logs
   uint32_t weight = 1;    // the key's share of generation slots (keys file)
+  // What the client may ask of the models: its key's policy, or the
+  // defaults (points into the Policy the caller holds).
+  const ModelPolicy* model_policy = nullptr;
   // Basic credentials waiting for an off-loop verification.
   std::string basic_user;
   std::string basic_password;
@@ -281,6 +286,10 @@ class Policy {
   const std::vector<Route>& routes() const { return routes_; }
   const std::vector<Zone>& zones() const { return zones_; }
   size_t key_count() const { return keys_ ? keys_->size() : 0; }
+  // Whether some client's model policy lists the models it may use.
+  bool restricts_models() const { return restricts_models_; }
+  // The model policy of clients without one of their own.
+  const ModelPolicy& default_model_policy() const { return default_model_policy_; }
   size_t user_count() const { return users_ ? users_->size() : 0; }
   // Htpasswd::cost_warning() of the users file, or empty: logged at load.
   absl::string_view users_warning() const {
@@ -327,6 +336,8 @@ class Policy {
   AuthMode auth_ = AuthMode::kNone;
   std::optional<KeyStore> keys_;
   std::optional<Htpasswd> users_;
+  ModelPolicy default_model_policy_;
+  bool restricts_models_ = false;
   std::vector<IpRule> ip_rules_;  // first match wins; none: allowed
   IpSet trusted_proxies_;
   IpSet admin_;

@@ -25,6 +25,8 @@
 // images of many megabytes) are skipped, not kept, except the decoded text
 // of the fields below (at most kMaxFieldText bytes each).
 
+#include <bitset>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -114,9 +116,7 @@ class RequestBodyReader {
   // Bytes fed so far.
   uint64_t offset() const { return offset_; }
 
-  const BodyValue& Get(BodyField field) const {
-    return fields_[static_cast<size_t>(field)];
-  }
+  const BodyValue& Get(BodyField field) const { return fields_[static_cast<size_t>(field)]; }
   // Offsets of the root object's '{' and (once complete) its '}', and
   // whether it has no member (so an insertion needs no comma).
   uint64_t root_begin() const { return root_begin_; }
@@ -140,16 +140,135 @@ class RequestBodyReader {
   uint64_t prompt_bytes() const { return prompt_bytes_; }
 
  private:
-  // Implementation state (request_body.cc).
+  // Keys longer than this match no field (the longest name has 21 bytes).
+  static constexpr size_t kMaxKeyBytes = 64;
+  // Containers whose role and start are remembered; deeper ones hold no
+  // field (the deepest read is messages[*].content[*].image_url.url).
+  static constexpr size_t kTracked = 8;
+
+  enum class State : uint8_t {
+    kStart,       // before the root object
+    kValue,       // a value: after ':', or after ',' in an array
+    kValueOrEnd,  // after '[': a value or ']'
+    kKeyOrEnd,    // after '{': a key or '}'
+    kKey,         // after ',' in an object: a key
+    kColon,       // after a key
+    kAfter,       // after a value in a container: ',' or its closer
+    kDone,        // the root object closed: only whitespace may follow
+    kString,
+    kEscape,  // after a backslash in a string
+    kHex,     // in the 4 hex digits of a \u escape
+    kNumber,
+    kLiteral,  // true, false, null
+    kFailed,
+  };
+  enum class NumState : uint8_t {
+    kStart,
+    kMinus,
+    kZero,
+    kInt,
+    kDot,
+    kFrac,
+    kExp,
+    kExpSign,
+    kExpDigits,
+  };
+  // What a container or a value is to the reader.
+  enum class Role : uint8_t {
+    kOther,
+    kRoot,
+    kOptions,         // root.options (native)
+    kStreamOptions,   // root.stream_options (OpenAI)
+    kMessages,        // root.messages
+    kMessage,         // messages[*]
+    kImages,          // root.images, messages[*].images (native)
+    kImage,           // a string that is an image
+    kPrompt,          // a string that is prompt text
+    kPromptOrInputs,  // prompt, system, suffix, input: a string or strings
+    kInputs,          // an array of prompt strings
+    kContent,         // messages[*].content (OpenAI): a string or parts
+    kParts,           // messages[*].content as an array
+    kPart,            // content[*]
+    kImageUrl,        // content[*].image_url: a string or {"url"}
+    kImageUrlObject,  // content[*].image_url as an object
+  };
+  static constexpr const char* kLiterals[] = {"true", "false", "null"};
+
+  bool Fail(std::string why);
+  const char* Step(const char* p, const char* end);
+  const char* StepStructure(const char* p);
+  void StartValue(char c);
+  void OpenContainer(bool array);
+  void CloseContainer(bool array);
+  void StartString(bool key);
+  void Take(const char* from, const char* to);
+  void Keep(std::string_view bytes);
+  void ReadEscape(char c);
+  void ReadHex(char c);
+  void FlushSurrogate();
+  void EndString();
+  // False at the number's end (the byte is not part of it) or on an error.
+  bool ReadNumber(char c);
+  void EndNumber();
+  void EndValue(BodyValueKind kind, uint64_t value_end);
+  void EndKey();
+  void RootKey(std::string_view key, bool native);
+  Role ElementRole() const;
+  Role RoleAt(size_t d) const { return d < kTracked ? frames_[d].role : Role::kOther; }
+  bool in_array() const { return arrays_[depth_ - 1]; }
+
   BodyApi api_;
   std::string error_;
-  uint64_t offset_ = 0;
+  State state_ = State::kStart;
+  uint64_t offset_ = 0;  // bytes fed before the current piece
+  // The current piece: its start, and its first byte's body offset.
+  const char* begin_ = nullptr;
+  uint64_t base_ = 0;
+  uint64_t at_ = 0;  // body offset of the byte being read
+  // Open containers: whether each is an array, and for the first kTracked
+  // its role, start and the field it is the value of.
+  size_t depth_ = 0;
+  std::bitset<kMaxBodyDepth> arrays_;
+  struct Frame {
+    Role role = Role::kOther;
+    BodyField field = BodyField::kCount;
+    uint64_t value_begin = 0;
+    uint64_t key_begin = 0;
+    bool key_exact = true;
+  };
+  Frame frames_[kTracked];
+  // The value about to be read, or being read.
+  Role role_ = Role::kOther;
+  BodyField field_ = BodyField::kCount;  // kCount: none
+  uint64_t field_key_begin_ = 0;
+  bool field_key_exact_ = true;
+  uint64_t value_begin_ = 0;
+  // The string being read.
+  bool in_key_ = false;
+  bool keep_text_ = false;
+  bool escaped_ = false;  // it had an escape
+  uint64_t key_begin_ = 0;
+  uint64_t string_bytes_ = 0;  // as written, between the quotes
+  std::string text_;           // decoded, for keys and fields
+  bool text_cut_ = false;
+  uint8_t hex_count_ = 0;
+  uint16_t hex_value_ = 0;
+  uint16_t high_surrogate_ = 0;
+  // A number or literal being read.
+  NumState num_state_ = NumState::kStart;
+  std::string number_;
+  bool number_cut_ = false;
+  uint8_t literal_ = 0;
+  uint8_t literal_pos_ = 0;
+  // What was found.
   BodyValue fields_[static_cast<size_t>(BodyField::kCount)];
   uint64_t root_begin_ = 0;
   uint64_t root_end_ = 0;
   uint32_t root_members_ = 0;
   uint64_t options_begin_ = 0;
   uint32_t options_members_ = 0;
+  uint64_t pending_options_begin_ = 0;
+  uint32_t pending_options_members_ = 0;
   uint32_t images_ = 0;
   uint64_t image_bytes_ = 0;
   uint64_t prompt_bytes_ = 0;

@@ -4,6 +4,7 @@
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
+#include <iterator>
 #include <map>
 #include <tuple>
 #include <vector>
@@ -225,6 +226,11 @@ void MetricsShard::Merge(const MetricsShard& o) {
   rejected_queue_key += o.rejected_queue_key;
   rejected_queue_full += o.rejected_queue_full;
   rejected_queue_timeout += o.rejected_queue_timeout;
+  rejected_model += o.rejected_model;
+  rejected_registry += o.rejected_registry;
+  rejected_body += o.rejected_body;
+  rejected_over_max += o.rejected_over_max;
+  for (size_t i = 0; i < std::size(body_rewrites); ++i) body_rewrites[i] += o.body_rewrites[i];
   connections_reading += o.connections_reading;
   connections_writing += o.connections_writing;
   connections_waiting += o.connections_waiting;
@@ -582,7 +588,8 @@ void AppendRejectionFamilies(std::string* out, const MetricsShard& total) {
   AppendFamily(out, "sluice_rejections_total", "counter",
                "Requests refused by policy: auth (401), denied (403), rate_limit and "
                "concurrency (429), busy and overload (503); by the slot queue: queue_key "
-               "(429), queue_full and queue_timeout (503).");
+               "(429), queue_full and queue_timeout (503); by the model policy: model and registry "
+               "(403), body and over_max (400).");
   AppendSample(out, "sluice_rejections_total", {{"reason", "auth"}}, U(total.rejected_auth));
   AppendSample(out, "sluice_rejections_total", {{"reason", "denied"}}, U(total.rejected_denied));
   AppendSample(out, "sluice_rejections_total", {{"reason", "rate_limit"}}, U(total.rejected_rate));
@@ -597,6 +604,20 @@ void AppendRejectionFamilies(std::string* out, const MetricsShard& total) {
                U(total.rejected_queue_full));
   AppendSample(out, "sluice_rejections_total", {{"reason", "queue_timeout"}},
                U(total.rejected_queue_timeout));
+  AppendSample(out, "sluice_rejections_total", {{"reason", "model"}}, U(total.rejected_model));
+  AppendSample(out, "sluice_rejections_total", {{"reason", "registry"}},
+               U(total.rejected_registry));
+  AppendSample(out, "sluice_rejections_total", {{"reason", "body"}}, U(total.rejected_body));
+  AppendSample(out, "sluice_rejections_total", {{"reason", "over_max"}},
+               U(total.rejected_over_max));
+  AppendFamily(out, "sluice_body_rewrites_total", "counter",
+               "Request bodies the model policy rewrote, by what it changed: alias (the "
+               "model), keep_alive, num_ctx, num_predict (or /v1 max_tokens).");
+  constexpr const char* kRewriteKinds[] = {"alias", "keep_alive", "num_ctx", "num_predict"};
+  for (size_t i = 0; i < std::size(kRewriteKinds); ++i) {
+    AppendSample(out, "sluice_body_rewrites_total", {{"kind", kRewriteKinds[i]}},
+                 U(total.body_rewrites[i]));
+  }
   AppendCounter(out, "sluice_connections_dropped_total",
                 "Connections closed at accept: past --max_connections and its 503 allowance.",
                 total.connections_dropped);

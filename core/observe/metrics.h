@@ -165,6 +165,16 @@ struct MetricsShard {
   uint64_t rejected_queue_key = 0;
   uint64_t rejected_queue_full = 0;
   uint64_t rejected_queue_timeout = 0;
+  // Generations refused by the model policy on their body: a model the key
+  // may not use (403), a body that is not valid JSON or a field Ollama would
+  // refuse (400), a value over a maximum with over_max=refuse (400).
+  uint64_t rejected_model = 0;
+  uint64_t rejected_registry = 0;  // /api/pull or create from another registry (403)
+  uint64_t rejected_body = 0;
+  uint64_t rejected_over_max = 0;
+  // Bodies rewritten by the model policy, by kind (policy::BodyRewrite:
+  // alias, keep_alive, num_ctx, num_predict).
+  uint64_t body_rewrites[4] = {};
   // Gauges: filled in by the worker when it makes its copy.
   int64_t connections_reading = 0;
   int64_t connections_writing = 0;

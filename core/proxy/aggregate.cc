@@ -187,8 +187,9 @@ class Aggregate::Fetch final : public LinkUser, public http::H1ResponseSink {
   bool done_ = false;
 };
 
-std::optional<ModelList> Aggregate::Match(const http::RequestHead& head, size_t backends) {
-  if (backends < 2 || head.upgrade || head.has_body() ||
+std::optional<ModelList> Aggregate::Match(const http::RequestHead& head, size_t backends,
+                                          bool filtered) {
+  if ((backends < 2 && !filtered) || head.upgrade || head.has_body() ||
       (head.method != "GET" && head.method != "HEAD")) {
     return std::nullopt;
   }
@@ -291,6 +292,9 @@ void Aggregate::Answer() {
   finished_ = true;
   deadline_.Disarm();
   ModelListMerger merger(kind_);
+  // A client whose policy lists its models sees only those.
+  const policy::ModelPolicy* models = gate_.admission().model_policy;
+  if (models != nullptr && !models->models.empty()) merger.set_filter(models);
   size_t answered = 0;
   for (const std::unique_ptr<Fetch>& fetch : fetches_) {
     absl::Status st =

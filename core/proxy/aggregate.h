@@ -34,7 +34,10 @@ class Aggregate final : public Exchange {
   // Which list `head` asks for, if any: GET or HEAD of exactly one of the
   // three paths (a query allowed), without a body; only with `backends` > 1
   // (with one backend these requests are relayed as any other).
-  static std::optional<ModelList> Match(const http::RequestHead& head, size_t backends);
+  // `filtered`: some client's model policy limits its models, so even one
+  // backend's list is answered here (filtered per client).
+  static std::optional<ModelList> Match(const http::RequestHead& head, size_t backends,
+                                        bool filtered = false);
 
   Aggregate(Shard* shard, Downstream* downstream, http::RequestHead head, ClientInfo client,
             ModelList kind);

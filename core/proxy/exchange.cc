@@ -25,7 +25,8 @@ std::unique_ptr<Exchange> NewExchange(Shard* shard, Downstream* downstream, http
   if (route != nullptr && route->upstream >= 0) {
     return std::make_unique<Relay>(shard, downstream, std::move(head), std::move(client));
   }
-  if (std::optional<ModelList> list = Aggregate::Match(head, shard->backends().size())) {
+  if (std::optional<ModelList> list =
+          Aggregate::Match(head, shard->backends().size(), policy.restricts_models())) {
     return std::make_unique<Aggregate>(shard, downstream, std::move(head), std::move(client),
                                        *list);
   }

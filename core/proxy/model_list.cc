@@ -76,6 +76,9 @@ absl::Status ModelListMerger::Add(std::string_view body) {
     entries.emplace_back(std::move(name), TrimRight(raw));
   }
   for (auto& [name, raw] : entries) {
+    if (filter_ != nullptr && !policy::ModelAllowed(*filter_, policy::CanonicalModelName(name))) {
+      continue;
+    }
     if (!seen_.insert(std::move(name)).second) continue;
     if (!entries_.empty()) entries_.push_back(',');
     entries_.append(raw);

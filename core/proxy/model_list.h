@@ -6,6 +6,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "policy/model_policy.h"
 
 namespace sluice::core {
 
@@ -25,6 +26,8 @@ enum class ModelList {
 class ModelListMerger {
  public:
   explicit ModelListMerger(ModelList kind) : kind_(kind) {}
+  // Keeps only the models `policy` allows (null: all). It outlives this.
+  void set_filter(const policy::ModelPolicy* policy) { filter_ = policy; }
 
   // Adds one backend's answer body. An answer that is not such a list (not
   // valid JSON, no array under "models" or "data", an entry that is not an
@@ -37,6 +40,7 @@ class ModelListMerger {
 
  private:
   ModelList kind_;
+  const policy::ModelPolicy* filter_ = nullptr;
   absl::flat_hash_set<std::string> seen_;
   std::string entries_;  // the kept entries, comma-separated
 };

@@ -188,6 +188,7 @@ void Relay::OnRequestBody(Slice piece) {
     Peek(std::move(piece));
     return;
   }
+  if (tail_ && !resending_ && !CheckTail(piece)) return;
   if (client_gone_) return;  // dropped: the request ends with its connection
   if (waiting_slot_) {
     if (!piece.empty()) ParkBody(std::move(piece));
@@ -220,6 +221,9 @@ void Relay::OnRequestEnd() {
     RouteByModel();
     return;
   }
+  // Every piece of a large body was read before it went up: nothing is
+  // left to check at its end.
+  tail_.reset();
   if (client_gone_) return;
   if (waiting_slot_) {
     parked_end_ = true;

@@ -18,6 +18,8 @@
 #include "core/upstream/upstream_pool.h"
 #include "http/h1_response_parser.h"
 #include "http/message.h"
+#include "policy/model_policy.h"
+#include "policy/request_body.h"
 
 namespace sluice::core {
 
@@ -31,6 +33,23 @@ struct ModelPeek {
   std::vector<Slice> held;
   size_t bytes = 0;
   bool end = false;
+  // With a model policy to apply (relay_body.cc): the body is read whole,
+  // up to kBodyHoldBytes, and judged before anything goes up.
+  std::optional<policy::RequestBodyReader> reader;
+};
+
+// The most of a body held to be judged whole by the model policy: 1 MiB
+// covers chat histories of a 128k-token context; images make bodies
+// larger (see BodyTail).
+inline constexpr size_t kBodyHoldBytes = 1 << 20;
+
+// A large body's rest, read as it passes after its start was judged: a
+// field that would need a rewrite there, or another model, ends the
+// request before its last byte reaches Ollama.
+struct BodyTail {
+  policy::RequestBodyReader reader;
+  uint64_t judged = 0;  // body bytes judged (and rewritten) before it went up
+  std::string model;    // the model the start named
 };
 
 // Joins one downstream request to one upstream link: waits for its
@@ -91,6 +110,23 @@ class Relay final : public Exchange, public LinkUser, public http::H1ResponseSin
   void StartPeek();
   void Peek(Slice piece);
   void RouteByModel();
+  // Whether generations are routed by the model their body names: several
+  // backends under --balance=model, or one whose slots queue by model.
+  bool RoutesByModel() const;
+  // The model policy (relay_body.cc). Whether the body is judged: a
+  // generation or embedding to Ollama whose key's policy checks something.
+  bool WantsBodyCheck() const;
+  policy::BodyApi BodyApiOf() const;
+  policy::BodyRoute BodyRouteOf() const;
+  // Judges the held body (all of it, or its first kBodyHoldBytes) and
+  // applies the rewrites to `peek->held` and the head's framing; the model
+  // to route by goes to *model. False when the request was answered.
+  bool JudgeHeld(ModelPeek* peek, std::string* model);
+  // A piece of a large body's rest: false when the request was ended.
+  bool CheckTail(const Slice& piece);
+  // Refuses a body: `status` with {"error":...} (the OpenAI error object
+  // on /v1).
+  void AnswerBody(int status, std::string_view reason, std::string_view error);
   // Sends the request to pool_ with what was held back (once it has its
   // generation slot: see TakeSlot).
   void Go(std::vector<Slice> held, bool end);
@@ -179,6 +215,8 @@ class Relay final : public Exchange, public LinkUser, public http::H1ResponseSin
   // Model routing: the body's start, held (no copy) while its "model" is
   // looked for; then the canonical model and its place in the table.
   std::optional<ModelPeek> peek_;
+  std::optional<BodyTail> tail_;
+  bool resending_ = false;  // Go hands held pieces on: already read by tail_
   std::string model_;
   ModelTable* model_table_ = nullptr;
   RouteChoice::Kind route_kind_ = RouteChoice::Kind::kLoaded;

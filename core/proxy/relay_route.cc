@@ -46,12 +46,16 @@ void Relay::Route() {
     const RouteClass route_class = ClassifyRoute(head_.method, head_.target);
     UpstreamPool* pinned = nullptr;
     if (!PinBackend(route_class, &pinned)) return;
+    if (WantsBodyCheck()) {
+      // The key's model policy reads the whole body first (relay_body.cc);
+      // a pinned backend stays the one used.
+      pool_ = pinned;
+      StartPeek();
+      return;
+    }
     if (pinned != nullptr) {
       pool_ = pinned;
-    } else if (route_class == RouteClass::kModel && head_.has_body() &&
-               ((backends.size() > 1 && shard_->config().balance == Balance::kModel) ||
-                (backends.size() == 1 && backends.pools()[0]->backend().slots > 0 &&
-                 shard_->config().slot_scheduler != nullptr))) {
+    } else if (route_class == RouteClass::kModel && head_.has_body() && RoutesByModel()) {
       // (With one backend that has slots, the model names the queue.)
       StartPeek();
       return;
@@ -102,8 +106,16 @@ bool Relay::PinBackend(RouteClass route_class, UpstreamPool** pinned) {
   return false;
 }
 
+bool Relay::RoutesByModel() const {
+  BackendSet& backends = shard_->backends();
+  return (backends.size() > 1 && shard_->config().balance == Balance::kModel) ||
+         (backends.size() == 1 && backends.pools()[0]->backend().slots > 0 &&
+          shard_->config().slot_scheduler != nullptr);
+}
+
 void Relay::StartPeek() {
   peek_.emplace();
+  if (WantsBodyCheck()) peek_->reader.emplace(BodyApiOf());
   downstream_->OnAdmitted();
   gate_.ResumeReading();
   // Through OnRequestBody: once the model is found, the rest goes up.
@@ -113,6 +125,14 @@ void Relay::StartPeek() {
 
 void Relay::Peek(Slice piece) {
   if (piece.empty()) return;
+  if (peek_->reader) {
+    // The whole body is read (up to kBodyHoldBytes) before it is judged.
+    peek_->reader->Feed(piece.view());
+    peek_->bytes += piece.size();
+    peek_->held.push_back(std::move(piece));
+    if (peek_->reader->failed() || peek_->bytes >= kBodyHoldBytes) RouteByModel();
+    return;
+  }
   peek_->scanner.Feed(piece.view());
   peek_->bytes += piece.size();
   peek_->held.push_back(std::move(piece));
@@ -127,9 +147,28 @@ void Relay::RouteByModel() {
   ModelPeek peek = *std::move(peek_);
   peek_.reset();
   BackendSet& backends = shard_->backends();
-  const std::string& named = peek.scanner.model();
+  std::string named = peek.scanner.model();
+  bool cut = peek.scanner.model_cut();
+  if (peek.reader) {
+    if (!JudgeHeld(&peek, &named)) return;
+    cut = false;
+    if (pool_ != nullptr) {  // pinned by X-Sluice-Backend
+      if (!named.empty()) model_ = CanonicalModel(named);
+      Go(std::move(peek.held), peek.end);
+      return;
+    }
+    if (!RoutesByModel() || ClassifyRoute(head_.method, head_.target) != RouteClass::kModel) {
+      pool_ = backends.Pick();
+      if (pool_ == nullptr) {
+        AnswerNoBackend();
+        return;
+      }
+      Go(std::move(peek.held), peek.end);
+      return;
+    }
+  }
   RouteChoice choice;
-  if (named.empty() || peek.scanner.model_cut()) {
+  if (named.empty() || cut) {
     pool_ = backends.Pick();
   } else if (backends.size() == 1) {
     // One backend: the model only names its slot queue.
@@ -165,7 +204,9 @@ void Relay::Go(std::vector<Slice> held, bool end) {
   if (!TakeSlot(&held, end)) return;
   SerializeHead();
   if (!AttachLink(false)) return;
+  resending_ = true;
   for (Slice& piece : held) OnRequestBody(std::move(piece));
+  resending_ = false;
   if (end) OnRequestEnd();
 }
 

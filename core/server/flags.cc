@@ -8,7 +8,9 @@
 #include <tuple>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "core/observe/log.h"
 #include "core/server/cli.h"
@@ -194,6 +196,27 @@ ABSL_FLAG(int32_t, max_streams_per_ip, 0,
           "(429 above it); 0: no cap.");
 ABSL_FLAG(int32_t, max_streams_per_key, 0,
           "Concurrent requests on the generation routes per key or user; 0: no cap.");
+ABSL_FLAG(std::string, models, "",
+          "Models a client may use unless its key has models= of its own: names "
+          "and globs separated by commas (llama3.1:8b,qwen2.5*); empty: any.");
+ABSL_FLAG(std::string, model_aliases, "",
+          "Model names rewritten before they reach Ollama, NAME=MODEL separated by "
+          "commas (gpt-4o=llama3.1:8b); a key's alias= adds to them.");
+ABSL_FLAG(std::string, max_keep_alive, "1h",
+          "Longest keep_alive a request may ask for (a duration, or inf); longer "
+          "ones are lowered to it (--over_max).");
+ABSL_FLAG(bool, keep_alive_forever, false,
+          "Allow a negative keep_alive (the model stays loaded forever); when "
+          "false it is lowered to --max_keep_alive.");
+ABSL_FLAG(int64_t, max_num_ctx, 0, "Largest options.num_ctx a request may set; 0: no limit.");
+ABSL_FLAG(int64_t, max_num_predict, 0,
+          "Most tokens a generation may produce (options.num_predict, /v1 max_tokens); "
+          "also set when a request gives none; 0: no limit.");
+ABSL_FLAG(std::string, over_max, "clamp",
+          "A value over its maximum is lowered to it (clamp) or refused with 400 (refuse).");
+ABSL_FLAG(std::string, pull_registries, "registry.ollama.ai",
+          "Registries /api/pull may fetch from, and /api/create's \"from\" may name "
+          "(hosts separated by commas; * for any). \"insecure\" pulls are refused.");
 ABSL_FLAG(int32_t, limit_table_entries, 131072,
           "Client states the rate-limit table keeps (about 64 bytes each); the "
           "least recently limited are dropped when it is full.");
@@ -384,6 +407,28 @@ void OpenErrorLogFlag() {
   }
 }
 
+// The model policy's flags, read as the keys file's settings are.
+policy::ModelSettings ModelDefaultsFlags() {
+  policy::ModelSettings s;
+  auto set = [&s](const char* flag, const char* name, absl::string_view value) {
+    absl::Status st = policy::ParseModelSetting(name, value, &s);
+    if (!st.ok()) UsageError(absl::StrCat("--", flag, ": ", st.message()));
+  };
+  set("models", "models", absl::GetFlag(FLAGS_models));
+  for (absl::string_view alias :
+       absl::StrSplit(absl::GetFlag(FLAGS_model_aliases), ',', absl::SkipWhitespace())) {
+    set("model_aliases", "alias", absl::StripAsciiWhitespace(alias));
+  }
+  set("max_keep_alive", "max_keep_alive", absl::GetFlag(FLAGS_max_keep_alive));
+  set("keep_alive_forever", "keep_alive_forever",
+      absl::GetFlag(FLAGS_keep_alive_forever) ? "yes" : "no");
+  set("max_num_ctx", "max_num_ctx", absl::StrCat(absl::GetFlag(FLAGS_max_num_ctx)));
+  set("max_num_predict", "max_num_predict", absl::StrCat(absl::GetFlag(FLAGS_max_num_predict)));
+  set("over_max", "over_max", absl::GetFlag(FLAGS_over_max));
+  set("pull_registries", "pull_registries", absl::GetFlag(FLAGS_pull_registries));
+  return s;
+}
+
 policy::PolicyOptions PolicyFlags() {
   policy::PolicyOptions o;
   o.auth = absl::GetFlag(FLAGS_auth);
@@ -406,6 +451,7 @@ policy::PolicyOptions PolicyFlags() {
   o.max_streams_per_ip = static_cast<uint32_t>(per_ip);
   o.max_streams_per_key = static_cast<uint32_t>(per_key);
   o.parse_upstream = ParseNamedUpstream;
+  o.model_defaults = ModelDefaultsFlags();
   return o;
 }
 

@@ -30,6 +30,9 @@ void OpenErrorLogFlag();
 // The access policy flags (auth, files, CIDR lists, rates, stream caps),
 // for policy::Policy::Build, which reads the files they name.
 policy::PolicyOptions PolicyFlags();
+// --models, --model_aliases, --max_keep_alive...: the model policy of clients
+// without settings of their own (exit 2 naming the flag when one is bad).
+policy::ModelSettings ModelDefaultsFlags();
 
 // --limit_table_entries: client states each limit table keeps (>= 1024).
 size_t LimitTableEntriesFlag();

@@ -316,6 +316,19 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> StartSluiceAt(
     args.push_back(absl::StrCat("--upstream=127.0.0.1:", upstream_port, " slots=0"));
   }
   if (!HasFlag(extra_args, "threads")) args.push_back("--threads=1");
+  // Tests of other features send any bytes as generation bodies, and see
+  // them streamed up as they come: the model policy reads nothing unless a
+  // test sets one of its flags (model_policy_test.cc runs the defaults).
+  bool model_policy = false;
+  for (const char* flag : {"models", "model_aliases", "max_keep_alive", "keep_alive_forever",
+                           "max_num_ctx", "max_num_predict", "over_max", "pull_registries"}) {
+    model_policy = model_policy || HasFlag(extra_args, flag);
+  }
+  if (!model_policy) {
+    args.push_back("--max_keep_alive=inf");
+    args.push_back("--keep_alive_forever");
+    args.push_back("--pull_registries=*");
+  }
   // Tests of other features run without the access policy unless they set
   // it up: no credentials, no rate limits (the policy tests pass their own).
   if (!HasFlag(extra_args, "auth") && !HasFlag(extra_args, "keys_file") &&

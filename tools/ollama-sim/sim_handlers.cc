@@ -3,6 +3,7 @@
 #include <llhttp.h>
 #include <time.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <optional>
@@ -441,9 +442,14 @@ std::optional<ResponsePlan> SimEndpoint(const HttpRequest& request, const SimCon
     }
     return GetResource(request, kJson, std::move(body));
   }
-  if (absl::StartsWith(path, "/sim/echo")) {
-    // The request as the simulator saw it, for header-rewrite tests.
-    *count_request = false;
+  const bool echo_header =
+      std::any_of(request.all_headers.begin(), request.all_headers.end(),
+                  [](const auto& h) { return absl::EqualsIgnoreCase(h.first, "X-Sim-Echo"); });
+  if (absl::StartsWith(path, "/sim/echo") || echo_header) {
+    // The request as the simulator saw it, for header-rewrite tests (and,
+    // with X-Sim-Echo on any path, for tests of what a proxy forwards:
+    // those count as requests, so a test sees what reached the simulator).
+    *count_request = !absl::StartsWith(path, "/sim/");
     std::string body =
         absl::StrCat("{\"method\":\"",
                      JsonEscape(llhttp_method_name(static_cast<llhttp_method_t>(request.method))),

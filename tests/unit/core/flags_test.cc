@@ -353,6 +353,58 @@ TEST_F(FlagsTest, SeveralBackends) {
   EXPECT_EQ(c.balance, Balance::kLeastConn);
 }
 
+// The model policy's flags: their defaults, values read as the keys file's
+// settings, and each bad one an exit naming the flag.
+TEST_F(FlagsTest, ModelPolicyFlags) {
+  SetAll(kServe);
+  policy::ModelPolicy defaults = policy::ModelPolicy{}.With(ModelDefaultsFlags());
+  EXPECT_TRUE(defaults.models.empty());
+  EXPECT_EQ(defaults.max_keep_alive_ns, int64_t{3600} * 1'000'000'000);
+  EXPECT_FALSE(defaults.keep_alive_forever);
+  EXPECT_EQ(defaults.max_num_ctx, policy::kNoLimit);
+  EXPECT_EQ(defaults.max_num_predict, policy::kNoLimit);
+  EXPECT_FALSE(defaults.refuse_over);
+  {
+    absl::FlagSaver saver;
+    SetAll({{"models", "llama3*,qwen2.5:7b"},
+            {"model_aliases", "gpt-4o=llama3.1:8b, mini=llama3.2:3b"},
+            {"max_keep_alive", "inf"},
+            {"keep_alive_forever", "true"},
+            {"max_num_ctx", "8192"},
+            {"max_num_predict", "1024"},
+            {"over_max", "refuse"}});
+    policy::ModelPolicy p = policy::ModelPolicy{}.With(ModelDefaultsFlags());
+    EXPECT_EQ(p.models, (std::vector<std::string>{"llama3*", "qwen2.5:7b"}));
+    ASSERT_EQ(p.aliases.size(), 2u);
+    EXPECT_EQ(p.aliases[1].first, "mini:latest");
+    EXPECT_EQ(p.aliases[1].second, "llama3.2:3b");
+    EXPECT_TRUE(p.Open() == false);
+    EXPECT_EQ(p.max_keep_alive_ns, policy::kNoLimit);
+    EXPECT_TRUE(p.keep_alive_forever);
+    EXPECT_EQ(p.max_num_ctx, 8192);
+    EXPECT_EQ(p.max_num_predict, 1024);
+    EXPECT_TRUE(p.refuse_over);
+  }
+  const std::vector<std::pair<Flags, std::string>> cases = {
+      {{{"max_keep_alive", "x"}},
+       "--max_keep_alive: max_keep_alive=\"x\": expected a duration such as 30m or 2h, or inf"},
+      {{{"over_max", "drop"}}, "--over_max: over_max=\"drop\": expected clamp or refuse"},
+      {{{"models", "a b"}},
+       "--models: models=\"a b\": expected model names or globs separated by commas"},
+      {{{"model_aliases", "gpt-4o"}},
+       "--model_aliases: alias=\"gpt-4o\": expected NAME=MODEL, e.g. alias=gpt-4o=llama3.1:8b"},
+      {{{"max_num_ctx", "-1"}},
+       "--max_num_ctx: max_num_ctx=\"-1\": expected a whole number (0: no limit)"},
+  };
+  for (const auto& [flags, message] : cases) {
+    absl::FlagSaver saver;
+    SetAll(flags);
+    EXPECT_EXIT(ModelDefaultsFlags(), testing::ExitedWithCode(2),
+                "^" + Literal(absl::StrCat("sluice: ", message, "\n")) + "$")
+        << message;
+  }
+}
+
 // slots=0 turns the queue off for a backend.
 TEST_F(FlagsTest, SlotsZeroIsNotQueued) {
   SetAll(kServe);

@@ -226,11 +226,14 @@ MetricsShard Numbered(uint64_t base) {
   MetricsShard m;
   uint64_t v = base;
   for (uint64_t* f :
-       {&m.connections_accepted, &m.connections_handled, &m.requests, &m.tls_handshakes,
-        &m.tls_resumptions, &m.tls_handshake_failures, &m.upstream_connects, &m.upstream_reused,
-        &m.upstream_connect_failures, &m.upstream_failovers, &m.rejected_auth, &m.rejected_denied,
-        &m.rejected_rate, &m.rejected_concurrency, &m.rejected_busy, &m.rejected_overload,
-        &m.connections_dropped, &m.client_cancellations}) {
+       {&m.connections_accepted, &m.connections_handled,  &m.requests,
+        &m.tls_handshakes,       &m.tls_resumptions,      &m.tls_handshake_failures,
+        &m.upstream_connects,    &m.upstream_reused,      &m.upstream_connect_failures,
+        &m.upstream_failovers,   &m.rejected_auth,        &m.rejected_denied,
+        &m.rejected_rate,        &m.rejected_concurrency, &m.rejected_busy,
+        &m.rejected_overload,    &m.rejected_model,       &m.rejected_registry,
+        &m.rejected_body,        &m.rejected_over_max,    &m.body_rewrites[0],
+        &m.body_rewrites[3],     &m.connections_dropped,  &m.client_cancellations}) {
     *f = v++;
   }
   for (int64_t* f : {&m.connections_reading, &m.connections_writing, &m.connections_waiting,
@@ -273,6 +276,12 @@ TEST(MetricsShardTest, MergeSumsCountersGaugesRoutesAndTokens) {
   EXPECT_EQ(a.rejected_concurrency, want_a.rejected_concurrency + want_b.rejected_concurrency);
   EXPECT_EQ(a.rejected_busy, want_a.rejected_busy + want_b.rejected_busy);
   EXPECT_EQ(a.rejected_overload, want_a.rejected_overload + want_b.rejected_overload);
+  EXPECT_EQ(a.rejected_model, want_a.rejected_model + want_b.rejected_model);
+  EXPECT_EQ(a.rejected_registry, want_a.rejected_registry + want_b.rejected_registry);
+  EXPECT_EQ(a.rejected_body, want_a.rejected_body + want_b.rejected_body);
+  EXPECT_EQ(a.rejected_over_max, want_a.rejected_over_max + want_b.rejected_over_max);
+  EXPECT_EQ(a.body_rewrites[0], want_a.body_rewrites[0] + want_b.body_rewrites[0]);
+  EXPECT_EQ(a.body_rewrites[3], want_a.body_rewrites[3] + want_b.body_rewrites[3]);
   EXPECT_EQ(a.connections_dropped, want_a.connections_dropped + want_b.connections_dropped);
   EXPECT_EQ(a.client_cancellations, want_a.client_cancellations + want_b.client_cancellations);
   EXPECT_EQ(a.connections_reading, want_a.connections_reading + want_b.connections_reading);
@@ -325,6 +334,7 @@ const std::vector<std::string>& AllFamilies() {
       "sluice_queue_wait_seconds",
       "sluice_slot_seconds_total",
       "sluice_rejections_total",
+      "sluice_body_rewrites_total",
       "sluice_connections_dropped_total",
       "sluice_recv_buffers_in_use",
       "sluice_recv_buffer_copies_total",
@@ -360,8 +370,9 @@ TEST(RenderPrometheusTest, EmptyShardIsValidWithEveryFamily) {
   EXPECT_EQ(FindSample(families, "sluice_workers", {}), 4);
   EXPECT_EQ(FindSample(families, "sluice_start_time_seconds", {}), 1795642912.25);
   EXPECT_EQ(FindSample(families, "sluice_connections_accepted_total", {}), 0);
-  for (const char* reason : {"auth", "denied", "rate_limit", "concurrency", "busy", "overload",
-                             "queue_key", "queue_full", "queue_timeout"}) {
+  for (const char* reason :
+       {"auth", "denied", "rate_limit", "concurrency", "busy", "overload", "queue_key",
+        "queue_full", "queue_timeout", "model", "registry", "body", "over_max"}) {
     EXPECT_EQ(FindSample(families, "sluice_rejections_total", {{"reason", reason}}), 0) << reason;
   }
   for (const char* name : {"sluice_request_duration_seconds", "sluice_http_requests_total",
@@ -391,6 +402,12 @@ TEST(RenderPrometheusTest, RendersEveryValue) {
   m.rejected_concurrency = 9;
   m.rejected_busy = 12;
   m.rejected_overload = 15;
+  m.rejected_model = 31;
+  m.rejected_registry = 32;
+  m.rejected_body = 33;
+  m.rejected_over_max = 34;
+  m.body_rewrites[0] = 35;
+  m.body_rewrites[3] = 38;
   m.connections_dropped = 16;
   m.recv_buffers_in_use = 21;
   m.recv_buffer_copies = 22;
@@ -486,6 +503,12 @@ TEST(RenderPrometheusTest, RendersEveryValue) {
   EXPECT_EQ(v("sluice_rejections_total", {{"reason", "concurrency"}}), 9);
   EXPECT_EQ(v("sluice_rejections_total", {{"reason", "busy"}}), 12);
   EXPECT_EQ(v("sluice_rejections_total", {{"reason", "overload"}}), 15);
+  EXPECT_EQ(v("sluice_rejections_total", {{"reason", "model"}}), 31);
+  EXPECT_EQ(v("sluice_rejections_total", {{"reason", "registry"}}), 32);
+  EXPECT_EQ(v("sluice_rejections_total", {{"reason", "body"}}), 33);
+  EXPECT_EQ(v("sluice_rejections_total", {{"reason", "over_max"}}), 34);
+  EXPECT_EQ(v("sluice_body_rewrites_total", {{"kind", "alias"}}), 35);
+  EXPECT_EQ(v("sluice_body_rewrites_total", {{"kind", "num_predict"}}), 38);
   EXPECT_EQ(v("sluice_connections_dropped_total"), 16);
   EXPECT_EQ(v("sluice_recv_buffers_in_use"), 21);
   EXPECT_EQ(v("sluice_recv_buffer_copies_total"), 22);

@@ -163,10 +163,40 @@ TEST(KeysTest, WeightSettingAfterTheDigest) {
         ParseError(absl::StrCat(good, " weight=", bad)),
         absl::StrCat("keys.txt:1: weight=\"", bad, "\": expected a whole number from 1 to 1000"));
   }
-  EXPECT_EQ(ParseError(absl::StrCat("# c\n", good, " models=llama3")),
-            "keys.txt:2: unknown setting \"models=llama3\" after the digest (expected weight=N)");
+  EXPECT_EQ(ParseError(absl::StrCat("# c\n", good, " colour=blue")),
+            "keys.txt:2: unknown setting \"colour=blue\" after the digest (expected weight=N, "
+            "models=, alias=, max_keep_alive=, keep_alive_forever=, max_num_ctx=, "
+            "max_num_predict=, over_max= or pull_registries=)");
+  EXPECT_EQ(ParseError(absl::StrCat(good, " max_num_ctx=lots")),
+            "keys.txt:1: max_num_ctx=\"lots\": expected a whole number (0: no limit)");
   EXPECT_EQ(ParseError(absl::StrCat(good, " weight")),
             "keys.txt:1: weight=\"\": expected a whole number from 1 to 1000");
+}
+
+// Model settings after the digest: kept as written, and resolved over the
+// defaults for the key's policy.
+TEST(KeysTest, ModelSettings) {
+  const std::string text = absl::StrCat(
+      "a:sha256:", kAbcDigest, " weight=2 models=llama3*,qwen2.5:7b alias=gpt-4o=llama3.1:8b",
+      " max_num_predict=256\n", "b:sha256:", std::string(64, 'b'), "\n");
+  absl::StatusOr<KeyStore> store = KeyStore::Parse(text, "keys.txt");
+  ASSERT_TRUE(store.ok()) << store.status();
+  ModelPolicy defaults;
+  defaults.max_num_ctx = 4096;
+  store->ResolveModelPolicies(defaults);
+  const KeyEntry& a = store->entries()[0];
+  EXPECT_EQ(a.weight, 2u);
+  EXPECT_EQ(ModelSettingWords(a.model),
+            (std::vector<std::string>{"models=llama3*,qwen2.5:7b",
+                                      "alias=gpt-4o:latest=llama3.1:8b", "max_num_predict=256"}));
+  EXPECT_EQ(a.model_policy.models, (std::vector<std::string>{"llama3*", "qwen2.5:7b"}));
+  EXPECT_EQ(a.model_policy.max_num_predict, 256);
+  EXPECT_EQ(a.model_policy.max_num_ctx, 4096);  // from the defaults
+  const KeyEntry& b = store->entries()[1];
+  EXPECT_TRUE(b.model_policy.models.empty());
+  EXPECT_EQ(b.model_policy.max_num_ctx, 4096);
+  EXPECT_EQ(KeyLine("c", "kc", 1, {"models=x", "max_num_ctx=8"}),
+            absl::StrCat(KeyLine("c", "kc"), " models=x max_num_ctx=8"));
 }
 
 TEST(KeysTest, ValidKeyName) {
@@ -374,6 +404,36 @@ TEST_F(KeysCommandTest, AddWithWeightAndListShowsIt) {
               "--weight: expected a whole number from 1 to 1000, got \"lots\"");
   ExpectUsage({"add", "c", "--keys_file", file_, "--weight"}, "--weight needs a value");
   ExpectUsage({"list", "--weight", "2", "--keys_file", file_}, "--weight: only for add");
+  EXPECT_EQ(ReadFile(), before);
+}
+
+// `keys add NAME --set S=V` writes model settings; list shows them; a bad
+// one is a usage error naming it and writes nothing.
+TEST_F(KeysCommandTest, AddWithModelSettings) {
+  Result r = Run({"add", "intern", "--set", "models=llama3.2*", "--set=max_num_predict=512",
+                  "--weight", "2", "--keys_file", file_});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string intern = r.out.substr(0, r.out.size() - 1);
+  EXPECT_EQ(ReadFile(),
+            absl::StrCat(KeyLine("intern", intern, 2, {"models=llama3.2*", "max_num_predict=512"}),
+                         "\n"));
+  EXPECT_EQ(Run({"list", "--keys_file", file_}).out,
+            "intern weight=2 models=llama3.2* max_num_predict=512\n");
+  absl::StatusOr<KeyStore> store = KeyStore::Load(file_);
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ(store->Find(intern)->model.max_num_predict, 512);
+
+  const std::string before = ReadFile();
+  ExpectUsage({"add", "c", "--set", "max_num_ctx=big", "--keys_file", file_},
+              "--set: max_num_ctx=\"big\": expected a whole number (0: no limit)");
+  ExpectUsage({"add", "c", "--set", "colour=blue", "--keys_file", file_},
+              "--set: unknown setting \"colour\"");
+  ExpectUsage({"add", "c", "--set", "models", "--keys_file", file_},
+              "--set: \"models\": expected SETTING=VALUE");
+  ExpectUsage({"add", "c", "--set", "models=a b", "--keys_file", file_},
+              "--set: models=\"a b\": expected model names or globs separated by commas");
+  ExpectUsage({"add", "c", "--keys_file", file_, "--set"}, "--set needs a value");
+  ExpectUsage({"list", "--set", "models=x", "--keys_file", file_}, "--set: only for add");
   EXPECT_EQ(ReadFile(), before);
 }
 
