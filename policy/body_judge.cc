@@ -46,7 +46,7 @@ class Judge {
       Registry();
       return std::move(v_);
     }
-    if (Model() && KeepAlive() && NumCtx() && Predict()) {
+    if (Model() && Images() && KeepAlive() && NumCtx() && Predict()) {
       std::sort(v_.edits.begin(), v_.edits.end(),
                 [](const BodyEdit& a, const BodyEdit& b) { return a.begin < b.begin; });
     } else {
@@ -118,6 +118,22 @@ class Judge {
     }
     if (!ModelAllowed(p_, asked) && !ModelAllowed(p_, used)) {
       return Refuse(403, "model", absl::StrCat("model '", m.text, "' is not allowed for this key"));
+    }
+    return true;
+  }
+
+  // Images sent (base64 strings), counted and measured as they are read.
+  bool Images() {
+    if (p_.max_images != kNoLimit && body_.images() > p_.max_images) {
+      return Refuse(400, "images",
+                    absl::StrCat("the request has ", body_.images(), " images; this key may send ",
+                                 p_.max_images, " at most"));
+    }
+    if (p_.max_image_bytes != kNoLimit &&
+        body_.image_bytes() > static_cast<uint64_t>(p_.max_image_bytes)) {
+      return Refuse(400, "images",
+                    absl::StrCat("the request's images have ", body_.image_bytes(),
+                                 " bytes; this key may send ", p_.max_image_bytes, " at most"));
     }
     return true;
   }

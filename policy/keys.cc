@@ -61,8 +61,8 @@ absl::Status ParseSetting(absl::string_view setting, KeyEntry* entry) {
   if (absl::IsNotFound(status)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "unknown setting \"%s\" after the digest (expected weight=N, models=, alias=, "
-        "max_keep_alive=, keep_alive_forever=, max_num_ctx=, max_num_predict=, over_max= or "
-        "pull_registries=)",
+        "max_keep_alive=, keep_alive_forever=, max_num_ctx=, max_num_predict=, over_max=, "
+        "pull_registries=, max_images= or max_image_bytes=)",
         absl::CHexEscape(setting)));
   }
   return status;

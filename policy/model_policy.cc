@@ -62,7 +62,7 @@ std::string FormatDuration(int64_t ns) {
 
 bool ModelSettings::empty() const {
   return !models && aliases.empty() && !max_keep_alive_ns && !keep_alive_forever && !max_num_ctx &&
-         !max_num_predict && !refuse_over && !registries;
+         !max_num_predict && !refuse_over && !registries && !max_images && !max_image_bytes;
 }
 
 absl::Status ParseModelSetting(absl::string_view name, absl::string_view value, ModelSettings* s) {
@@ -121,6 +121,22 @@ absl::Status ParseModelSetting(absl::string_view name, absl::string_view value, 
     return absl::OkStatus();
   }
   if (name == "max_num_ctx") return ParseCount(name, value, &s->max_num_ctx);
+  if (name == "max_images") return ParseCount(name, value, &s->max_images);
+  if (name == "max_image_bytes") {
+    int64_t n = 0;
+    int64_t unit = 1;
+    absl::string_view digits = value;
+    if (!digits.empty()) {
+      const char u = absl::ascii_tolower(static_cast<unsigned char>(digits.back()));
+      unit = u == 'k' ? 1024 : u == 'm' ? 1024 * 1024 : u == 'g' ? int64_t{1} << 30 : 1;
+      if (unit != 1) digits.remove_suffix(1);
+    }
+    if (!absl::SimpleAtoi(digits, &n) || n < 0 || n > (int64_t{1} << 40) / unit) {
+      return Bad(name, value, "a size such as 20M or 512k (0: no limit)");
+    }
+    s->max_image_bytes = n == 0 ? kNoLimit : n * unit;
+    return absl::OkStatus();
+  }
   if (name == "max_num_predict") return ParseCount(name, value, &s->max_num_predict);
   if (name == "over_max") {
     if (value != "clamp" && value != "refuse") return Bad(name, value, "clamp or refuse");
@@ -146,8 +162,13 @@ std::vector<std::string> ModelSettingWords(const ModelSettings& s) {
     out.push_back(absl::StrCat("max_num_predict=", count(*s.max_num_predict)));
   }
   if (s.refuse_over) out.push_back(*s.refuse_over ? "over_max=refuse" : "over_max=clamp");
-  if (s.registries)
+  if (s.registries) {
     out.push_back(absl::StrCat("pull_registries=", absl::StrJoin(*s.registries, ",")));
+  }
+  if (s.max_images) out.push_back(absl::StrCat("max_images=", count(*s.max_images)));
+  if (s.max_image_bytes) {
+    out.push_back(absl::StrCat("max_image_bytes=", count(*s.max_image_bytes)));
+  }
   return out;
 }
 
@@ -170,12 +191,15 @@ ModelPolicy ModelPolicy::With(const ModelSettings& over) const {
   if (over.max_num_predict) p.max_num_predict = *over.max_num_predict;
   if (over.refuse_over) p.refuse_over = *over.refuse_over;
   if (over.registries) p.registries = *over.registries;
+  if (over.max_images) p.max_images = *over.max_images;
+  if (over.max_image_bytes) p.max_image_bytes = *over.max_image_bytes;
   return p;
 }
 
 bool ModelPolicy::Open() const {
   return models.empty() && aliases.empty() && max_keep_alive_ns == kNoLimit && keep_alive_forever &&
-         max_num_ctx == kNoLimit && max_num_predict == kNoLimit;
+         max_num_ctx == kNoLimit && max_num_predict == kNoLimit && max_images == kNoLimit &&
+         max_image_bytes == kNoLimit;
 }
 
 std::string CanonicalModelName(absl::string_view name) {

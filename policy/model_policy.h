@@ -32,6 +32,8 @@ struct ModelSettings {
   std::optional<int64_t> max_num_predict;                    // kNoLimit: none
   std::optional<bool> refuse_over;                     // past a maximum: 400 rather than lowered
   std::optional<std::vector<std::string>> registries;  // pull/create sources
+  std::optional<int64_t> max_images;                   // kNoLimit: none
+  std::optional<int64_t> max_image_bytes;              // all of a request's, as sent
 
   bool empty() const;
 };
@@ -46,6 +48,8 @@ struct ModelSettings {
 //   over_max=clamp|refuse      a value past its maximum is lowered or refused
 //   pull_registries=HOST,...   registries /api/pull and /api/create "from"
 //                              may fetch from ("*": any)
+//   max_images=N               images in one request; 0: no limit
+//   max_image_bytes=SIZE       their size as sent (base64), 20M, 512k; 0: none
 // Returns InvalidArgument naming the setting; NotFound when `name` is none
 // of these (the caller may know other settings).
 absl::Status ParseModelSetting(absl::string_view name, absl::string_view value, ModelSettings* s);
@@ -66,6 +70,8 @@ struct ModelPolicy {
   // Registries /api/pull may fetch from and /api/create may build "from"
   // (hosts, lower case; "*": any).
   std::vector<std::string> registries = {"registry.ollama.ai"};
+  int64_t max_images = kNoLimit;
+  int64_t max_image_bytes = kNoLimit;
 
   // `over` with the unset settings taken from this one.
   ModelPolicy With(const ModelSettings& over) const;

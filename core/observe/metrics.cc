@@ -230,6 +230,7 @@ void MetricsShard::Merge(const MetricsShard& o) {
   rejected_registry += o.rejected_registry;
   rejected_body += o.rejected_body;
   rejected_over_max += o.rejected_over_max;
+  rejected_images += o.rejected_images;
   for (size_t i = 0; i < std::size(body_rewrites); ++i) body_rewrites[i] += o.body_rewrites[i];
   connections_reading += o.connections_reading;
   connections_writing += o.connections_writing;
@@ -589,7 +590,7 @@ void AppendRejectionFamilies(std::string* out, const MetricsShard& total) {
                "Requests refused by policy: auth (401), denied (403), rate_limit and "
                "concurrency (429), busy and overload (503); by the slot queue: queue_key "
                "(429), queue_full and queue_timeout (503); by the model policy: model and registry "
-               "(403), body and over_max (400).");
+               "(403), body, over_max and images (400).");
   AppendSample(out, "sluice_rejections_total", {{"reason", "auth"}}, U(total.rejected_auth));
   AppendSample(out, "sluice_rejections_total", {{"reason", "denied"}}, U(total.rejected_denied));
   AppendSample(out, "sluice_rejections_total", {{"reason", "rate_limit"}}, U(total.rejected_rate));
@@ -610,6 +611,7 @@ void AppendRejectionFamilies(std::string* out, const MetricsShard& total) {
   AppendSample(out, "sluice_rejections_total", {{"reason", "body"}}, U(total.rejected_body));
   AppendSample(out, "sluice_rejections_total", {{"reason", "over_max"}},
                U(total.rejected_over_max));
+  AppendSample(out, "sluice_rejections_total", {{"reason", "images"}}, U(total.rejected_images));
   AppendFamily(out, "sluice_body_rewrites_total", "counter",
                "Request bodies the model policy rewrote, by what it changed: alias (the "
                "model), keep_alive, num_ctx, num_predict (or /v1 max_tokens).");

@@ -172,6 +172,7 @@ struct MetricsShard {
   uint64_t rejected_registry = 0;  // /api/pull or create from another registry (403)
   uint64_t rejected_body = 0;
   uint64_t rejected_over_max = 0;
+  uint64_t rejected_images = 0;  // past max_images or max_image_bytes (400)
   // Bodies rewritten by the model policy, by kind (policy::BodyRewrite:
   // alias, keep_alive, num_ctx, num_predict).
   uint64_t body_rewrites[4] = {};

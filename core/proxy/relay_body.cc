@@ -170,6 +170,7 @@ void Relay::AnswerBody(int status, std::string_view reason, std::string_view err
   ++(reason == "model"      ? m.rejected_model
      : reason == "registry" ? m.rejected_registry
      : reason == "body"     ? m.rejected_body
+     : reason == "images"   ? m.rejected_images
                             : m.rejected_over_max);
   BODY_LOG(INFO, "%s %s: %d %.*s", head_.method.c_str(), head_.target.c_str(), status,
            static_cast<int>(error.size()), error.data());

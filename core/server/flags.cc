@@ -217,6 +217,9 @@ ABSL_FLAG(std::string, over_max, "clamp",
 ABSL_FLAG(std::string, pull_registries, "registry.ollama.ai",
           "Registries /api/pull may fetch from, and /api/create's \"from\" may name "
           "(hosts separated by commas; * for any). \"insecure\" pulls are refused.");
+ABSL_FLAG(int64_t, max_images, 0, "Images one generation may carry; 0: no limit.");
+ABSL_FLAG(std::string, max_image_bytes, "0",
+          "Bytes of images one generation may carry, as sent (base64), e.g. 20M; 0: no limit.");
 ABSL_FLAG(int32_t, limit_table_entries, 131072,
           "Client states the rate-limit table keeps (about 64 bytes each); the "
           "least recently limited are dropped when it is full.");
@@ -426,6 +429,8 @@ policy::ModelSettings ModelDefaultsFlags() {
   set("max_num_predict", "max_num_predict", absl::StrCat(absl::GetFlag(FLAGS_max_num_predict)));
   set("over_max", "over_max", absl::GetFlag(FLAGS_over_max));
   set("pull_registries", "pull_registries", absl::GetFlag(FLAGS_pull_registries));
+  set("max_images", "max_images", absl::StrCat(absl::GetFlag(FLAGS_max_images)));
+  set("max_image_bytes", "max_image_bytes", absl::GetFlag(FLAGS_max_image_bytes));
   return s;
 }
 

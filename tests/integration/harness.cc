@@ -320,8 +320,9 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> StartSluiceAt(
   // them streamed up as they come: the model policy reads nothing unless a
   // test sets one of its flags (model_policy_test.cc runs the defaults).
   bool model_policy = false;
-  for (const char* flag : {"models", "model_aliases", "max_keep_alive", "keep_alive_forever",
-                           "max_num_ctx", "max_num_predict", "over_max", "pull_registries"}) {
+  for (const char* flag :
+       {"models", "model_aliases", "max_keep_alive", "keep_alive_forever", "max_num_ctx",
+        "max_num_predict", "over_max", "pull_registries", "max_images", "max_image_bytes"}) {
     model_policy = model_policy || HasFlag(extra_args, flag);
   }
   if (!model_policy) {

@@ -213,6 +213,34 @@ TEST_F(ModelPolicyIt, KeepAliveNumCtxAndNumPredictAreLowered) {
   EXPECT_EQ(e.body, R"({"model":"m","input":"x"})");
 }
 
+// A key's image limits: past them 400 before anything goes up, also when
+// the images come after the first MiB of a large body.
+TEST_F(ModelPolicyIt, ImageLimits) {
+  const std::string k = AddKey("k", {"max_images=1", "max_image_bytes=2M"});
+  ASSERT_NO_FATAL_FAILURE(Start({"--client_max_body_size=16m"}));
+  const int64_t before = SimRequests();
+  auto r = Exchange(proxy_port(),
+                    Echoed(k, "/api/generate", R"({"model":"m","images":["AAAA","BBBB"]})"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 400);
+  EXPECT_EQ(r->body, "{\"error\":\"the request has 2 images; this key may send 1 at most\"}\n");
+  const std::string big(3 << 20, 'A');
+  r = Exchange(
+      proxy_port(),
+      Echoed(k, "/api/generate", absl::StrCat(R"({"model":"m","images":[")", big, R"("]})")),
+      absl::Seconds(30));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 400);
+  EXPECT_TRUE(absl::StrContains(r->body, "images have")) << r->body;
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_EQ(SimRequests(), before);
+  EchoedRequest e = Forwarded(Echoed(k, "/api/generate", R"({"model":"m","images":["AAAA"]})"));
+  EXPECT_EQ(e.body, R"({"model":"m","images":["AAAA"]})");
+  auto families = ScrapeMetrics(proxy_port());
+  ASSERT_TRUE(families.ok()) << families.status();
+  EXPECT_EQ(FindSample(*families, "sluice_rejections_total", {{"reason", "images"}}), 1);
+}
+
 // --over_max=refuse: a value over its maximum is 400, before anything
 // reaches the simulator.
 TEST_F(ModelPolicyIt, OverMaxRefuse) {

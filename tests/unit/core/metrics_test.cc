@@ -372,7 +372,7 @@ TEST(RenderPrometheusTest, EmptyShardIsValidWithEveryFamily) {
   EXPECT_EQ(FindSample(families, "sluice_connections_accepted_total", {}), 0);
   for (const char* reason :
        {"auth", "denied", "rate_limit", "concurrency", "busy", "overload", "queue_key",
-        "queue_full", "queue_timeout", "model", "registry", "body", "over_max"}) {
+        "queue_full", "queue_timeout", "model", "registry", "body", "over_max", "images"}) {
     EXPECT_EQ(FindSample(families, "sluice_rejections_total", {{"reason", reason}}), 0) << reason;
   }
   for (const char* name : {"sluice_request_duration_seconds", "sluice_http_requests_total",

@@ -166,7 +166,7 @@ TEST(KeysTest, WeightSettingAfterTheDigest) {
   EXPECT_EQ(ParseError(absl::StrCat("# c\n", good, " colour=blue")),
             "keys.txt:2: unknown setting \"colour=blue\" after the digest (expected weight=N, "
             "models=, alias=, max_keep_alive=, keep_alive_forever=, max_num_ctx=, "
-            "max_num_predict=, over_max= or pull_registries=)");
+            "max_num_predict=, over_max=, pull_registries=, max_images= or max_image_bytes=)");
   EXPECT_EQ(ParseError(absl::StrCat(good, " max_num_ctx=lots")),
             "keys.txt:1: max_num_ctx=\"lots\": expected a whole number (0: no limit)");
   EXPECT_EQ(ParseError(absl::StrCat(good, " weight")),

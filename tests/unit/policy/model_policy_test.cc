@@ -256,6 +256,28 @@ TEST(ModelPolicyTest, NumPredict) {
             R"({"options":{"num_predict":512}})");
 }
 
+TEST(ModelPolicyTest, Images) {
+  ModelSettings s;
+  ASSERT_TRUE(ParseModelSetting("max_image_bytes", "2k", &s).ok());
+  EXPECT_EQ(s.max_image_bytes, 2048);
+  EXPECT_TRUE(ParseModelSetting("max_image_bytes", "20M", &s).ok());
+  EXPECT_EQ(s.max_image_bytes, 20 << 20);
+  EXPECT_FALSE(ParseModelSetting("max_image_bytes", "lots", &s).ok());
+  EXPECT_FALSE(ParseModelSetting("max_image_bytes", "-1k", &s).ok());
+  ModelPolicy p = PolicyOf({{"max_images", "2"}, {"max_image_bytes", "8"}});
+  EXPECT_EQ(JudgeText(p, R"({"images":["AAAA","AAAA"]})").verdict.status, 0);
+  Judged j = JudgeText(p, R"({"images":["A","A","A"]})");
+  EXPECT_EQ(j.verdict.status, 400);
+  EXPECT_EQ(j.verdict.reason, "images");
+  EXPECT_EQ(j.verdict.error, "the request has 3 images; this key may send 2 at most");
+  j = JudgeText(p, R"({"messages":[{"content":"x","images":["AAAAAAAAA"]}]})");
+  EXPECT_EQ(j.verdict.status, 400);
+  EXPECT_EQ(j.verdict.error, "the request's images have 9 bytes; this key may send 8 at most");
+  j = JudgeText(p, R"({"messages":[{"content":[{"type":"image_url","image_url":"ABCDEFGHIJ"}]}]})",
+                BodyApi::kOpenAi);
+  EXPECT_EQ(j.verdict.status, 400);
+}
+
 TEST(ModelPolicyTest, PullAndCreateRegistries) {
   EXPECT_EQ(ModelRegistry("llama3"), "registry.ollama.ai");
   EXPECT_EQ(ModelRegistry("library/llama3:8b"), "registry.ollama.ai");
