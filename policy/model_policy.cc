@@ -176,13 +176,13 @@ ModelPolicy ModelPolicy::With(const ModelSettings& over) const {
   ModelPolicy p = *this;
   if (over.models) p.models = *over.models;
   // A key's alias of a name replaces the default's of the same name.
-  for (const auto& [from, to] : over.aliases) {
+  for (const auto& alias : over.aliases) {
     auto it = std::find_if(p.aliases.begin(), p.aliases.end(),
-                           [&](const auto& a) { return a.first == from; });
+                           [&](const auto& a) { return a.first == alias.first; });
     if (it != p.aliases.end()) {
-      it->second = to;
+      it->second = alias.second;
     } else {
-      p.aliases.emplace_back(from, to);
+      p.aliases.push_back(alias);
     }
   }
   if (over.max_keep_alive_ns) p.max_keep_alive_ns = *over.max_keep_alive_ns;

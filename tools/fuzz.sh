@@ -21,7 +21,7 @@ if ! [[ "$seconds" =~ ^[0-9]+$ ]] || ((seconds == 0)); then
   exit 2
 fi
 all_targets=(fuzz_h1_request fuzz_h2_server fuzz_h1_response fuzz_usage_scanner
-             fuzz_path fuzz_keys_file fuzz_htpasswd fuzz_flag_values)
+             fuzz_request_body fuzz_path fuzz_keys_file fuzz_htpasswd fuzz_flag_values)
 targets=("$@")
 ((${#targets[@]})) || targets=("${all_targets[@]}")
 for t in "${targets[@]}"; do

@@ -146,6 +146,26 @@ usage("request-escaped", '{"stream" : true , "model":"\\u006c\\u006cama' + "x" *
       REQUEST)
 usage("request-images", '{"images":["' + "QUFB" * 200 + '"],"model":"llava"}', REQUEST)
 
+# --- fuzz_request_body: [shape, cut1, cut2] + body. shape bit 2: OpenAI
+# API, bit 3: an embedding route.
+NATIVE, OPENAI, EMBED = 0x00, 0x04, 0x08
+
+
+def body(name, text, mode, pieces=2, cut1=0x40, cut2=0xc0):
+    write("fuzz_request_body", name, bytes([mode | pieces, cut1, cut2]) + text.encode())
+
+
+body("chat", '{"model":"gpt-4o","messages":[{"role":"user","content":"hi","images":["QUFB"]}],'
+     '"keep_alive":-1,"options":{"num_ctx":131072,"temperature":0.2}}', NATIVE)
+body("generate-folded", '{"MODEL":"llama3","\\u212aeep_alive":"24h","options":{"num_predict":-1},'
+     '"options":null,"prompt":"x\\ud83d\\ude00"}', NATIVE)
+body("openai", '{"model":"qwen2:7b","max_tokens":4096,"stream":true,"stream_options":'
+     '{"include_usage":false},"messages":[{"role":"user","content":[{"type":"text","text":"a"},'
+     '{"type":"image_url","image_url":{"url":"data:x"}}]}]}', OPENAI)
+body("embed", '{"model":"llama3","input":["a","b"],"options":{}}', EMBED)
+body("empty", '{}', NATIVE, pieces=1)
+body("bad", '{"model":"m"} {"model":"x"}', NATIVE)
+
 # --- fuzz_h2_server: [flags, cut1, cut2, seed] + client bytes. flags bit
 # 2: prepend the client preface (the seeds carry it themselves), bits 0-1:
 # pieces, bit 3/4: shutdown notice / GOAWAY, bits 5-6: TakeOutput limit,
