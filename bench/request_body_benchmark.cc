@@ -59,8 +59,8 @@ void ReadAndJudge(benchmark::State& state, const std::string& body) {
     sluice::policy::RequestBodyReader r(BodyApi::kNative);
     r.Feed(body);
     if (!r.Finish()) state.SkipWithError(r.error().c_str());
-    sluice::policy::BodyVerdict v = sluice::policy::JudgeBody(p, BodyApi::kNative,
-                                                              BodyRoute::kGenerate, r);
+    sluice::policy::BodyVerdict v =
+        sluice::policy::JudgeBody(p, BodyApi::kNative, BodyRoute::kGenerate, r);
     benchmark::DoNotOptimize(v);
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * body.size()));
